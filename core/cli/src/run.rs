@@ -1,0 +1,202 @@
+//! Commands that load a model and run it: convert, generate, chat.
+
+use crate::ModelArgs;
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{BufRead, Write};
+use std::path::Path;
+use tailor_model::{
+    generate, GenerateParams, LoadOptions, Message, Model, SamplingParams, TokenEvent,
+};
+use tailor_tensor::DType;
+
+#[derive(Args)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep the k most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling mass (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Repetition penalty (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn params(&self, logprobs: usize) -> GenerateParams {
+        GenerateParams {
+            max_tokens: self.max_tokens,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                repetition_penalty: self.repeat_penalty,
+                seed: self.seed,
+            },
+            stop_tokens: Vec::new(),
+            logprobs,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// System message (with --chat).
+    #[arg(long)]
+    system: Option<String>,
+    /// Print, per generated position, the top-K tokens with log-probabilities as JSON lines.
+    #[arg(long, default_value_t = 0)]
+    logprobs: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// System message.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+/// Loads a model with a progress bar on stderr.
+pub fn load_model(args: &ModelArgs) -> Result<Model> {
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => crate::fetch::default_model()?,
+    };
+    let dtype = args.dtype.as_deref().map(str::parse::<DType>).transpose()?;
+    let bar = ProgressBar::new(1).with_style(
+        ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(path.display().to_string());
+    let progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let model = Model::load(
+        &path,
+        LoadOptions {
+            dtype,
+            progress: &progress,
+        },
+    )?;
+    bar.finish_and_clear();
+    Ok(model)
+}
+
+pub fn convert(gguf: &Path, out_dir: &Path) -> Result<()> {
+    let bar = ProgressBar::new(1);
+    let progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    tailor_model::convert::gguf_to_hf(gguf, out_dir, &progress)
+        .with_context(|| format!("converting {}", gguf.display()))?;
+    bar.finish_and_clear();
+    eprintln!("wrote {}", out_dir.display());
+    Ok(())
+}
+
+pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
+    let model = load_model(&args.model)?;
+    let prompt = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(Message::new("system", system));
+        }
+        messages.push(Message::new("user", &args.prompt));
+        model.encode_chat(&messages)?
+    } else {
+        model.encode(&args.prompt)?
+    };
+    let params = args.sampling.params(args.logprobs);
+    let stdout = std::io::stdout();
+    let json_lines = args.logprobs > 0;
+    let mut on_token = |event: &TokenEvent| {
+        let mut out = stdout.lock();
+        let written = if json_lines {
+            writeln!(out, "{}", logprob_line(event))
+        } else {
+            write!(out, "{}", event.text)
+        };
+        written.and_then(|_| out.flush()).is_ok()
+    };
+    let result = generate(&model, &prompt, &params, &mut on_token)?;
+    if !json_lines {
+        println!();
+    }
+    let decode_tps = result.tokens.len() as f64 / result.decode_secs.max(1e-9);
+    eprintln!(
+        "[{} prompt tokens in {:.2}s, {} generated at {:.1} tok/s, finish: {:?}]",
+        result.prompt_tokens,
+        result.prefill_secs,
+        result.tokens.len(),
+        decode_tps,
+        result.finish
+    );
+    Ok(())
+}
+
+/// One OpenAI-style logprobs entry as a JSON line.
+fn logprob_line(event: &TokenEvent) -> String {
+    let top: Vec<serde_json::Value> = event
+        .top_logprobs
+        .iter()
+        .map(|(id, token, logprob)| serde_json::json!({"token": token, "id": id, "logprob": logprob}))
+        .collect();
+    serde_json::json!({"token": event.text, "id": event.id, "logprob": event.logprob, "top_logprobs": top}).to_string()
+}
+
+pub fn chat_cmd(args: &ChatArgs) -> Result<()> {
+    let model = load_model(&args.model)?;
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(Message::new("system", system));
+    }
+    let params = args.sampling.params(0);
+    let stdin = std::io::stdin();
+    eprintln!(
+        "chatting with {} (empty line or Ctrl-D to quit)",
+        model.source.display()
+    );
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        messages.push(Message::new("user", line.trim_end()));
+        let prompt = model.encode_chat(&messages)?;
+        let mut on_token = |event: &TokenEvent| {
+            print!("{}", event.text);
+            std::io::stdout().flush().is_ok()
+        };
+        let result = generate(&model, &prompt, &params, &mut on_token)?;
+        println!();
+        messages.push(Message::new("assistant", &result.text));
+    }
+}

@@ -1,0 +1,132 @@
+//! `tailor convert`: a GGUF file to the equivalent Hugging Face folder
+//! (f32 safetensors, config.json, tokenizer.json, tokenizer_config.json),
+//! so transformers can load exactly the weights tailor runs.
+
+use crate::config::LlamaConfig;
+use crate::error::{io_error, ModelError, Result};
+use crate::gguf::{GgufFile, MetaValue};
+use crate::tokenizer::gguf_tokenizer_json;
+use crate::weights::{GgufWeights, WeightSource};
+use std::borrow::Cow;
+use std::path::Path;
+
+/// A dense f32 tensor to write.
+struct F32View {
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl safetensors::View for F32View {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Hugging Face names of every tensor of the decoder described by `config`.
+pub fn hf_tensor_names(config: &LlamaConfig, has_lm_head: bool) -> Vec<String> {
+    let mut names = vec![
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".to_string(),
+    ];
+    if has_lm_head {
+        names.push("lm_head.weight".to_string());
+    }
+    for layer in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{layer}");
+        for part in [
+            "input_layernorm",
+            "post_attention_layernorm",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ] {
+            names.push(format!("{p}.{part}.weight"));
+        }
+        if config.attention_bias {
+            for proj in ["q_proj", "k_proj", "v_proj"] {
+                names.push(format!("{p}.self_attn.{proj}.bias"));
+            }
+        }
+    }
+    names
+}
+
+/// Writes the Hugging Face folder for `gguf` into `out_dir`.
+pub fn gguf_to_hf(gguf: &Path, out_dir: &Path, progress: &dyn Fn(usize, usize)) -> Result<()> {
+    let file = GgufFile::open(gguf)?;
+    let config = LlamaConfig::from_gguf(&file)?;
+    let weights = GgufWeights::new(&file, &config);
+    std::fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
+    let names = hf_tensor_names(&config, weights.contains("lm_head.weight"));
+    let mut views = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let tensor = weights.get(name)?;
+        let values = tensor.to_f32()?;
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        views.push((
+            name.clone(),
+            F32View {
+                shape: tensor.shape().to_vec(),
+                bytes,
+            },
+        ));
+        progress(i + 1, names.len());
+    }
+    let weights_path = out_dir.join("model.safetensors");
+    safetensors::serialize_to_file(views, None, &weights_path).map_err(|e| {
+        ModelError::Corrupt {
+            path: weights_path.clone(),
+            detail: format!("writing failed: {e}"),
+        }
+    })?;
+    write_json(&out_dir.join("config.json"), &config.to_hf_json())?;
+    write_json(
+        &out_dir.join("tokenizer.json"),
+        &gguf_tokenizer_json(&file)?,
+    )?;
+    write_json(
+        &out_dir.join("tokenizer_config.json"),
+        &tokenizer_config(&file, &config),
+    )?;
+    Ok(())
+}
+
+fn tokenizer_config(file: &GgufFile, config: &LlamaConfig) -> serde_json::Value {
+    let tokens = file
+        .get("tokenizer.ggml.tokens")
+        .and_then(MetaValue::as_array);
+    let token = |id: Option<u32>| {
+        id.and_then(|i| tokens.and_then(|t| t.get(i as usize)))
+            .and_then(MetaValue::as_str)
+    };
+    serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": token(config.bos_token_id),
+        "eos_token": token(config.eos_token_ids.first().copied()),
+        "chat_template": file.get("tokenizer.chat_template").and_then(MetaValue::as_str),
+        "model_max_length": config.max_position_embeddings,
+        "clean_up_tokenization_spaces": false,
+        "add_bos_token": false,
+    })
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    std::fs::write(path, text).map_err(io_error(path))
+}

@@ -1,0 +1,28 @@
+//! tailor-model: everything between a model file and a stream of tokens.
+//!
+//! Loading (GGUF and Hugging Face safetensors folders, memory-mapped),
+//! tokenizers, the Llama-family decoder with its KV cache, sampling, chat
+//! templates and the generation loop. Built on tailor-tensor's kernels.
+
+pub mod chat;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod kv_cache;
+pub mod linear;
+pub mod llama;
+pub mod model;
+pub mod sampler;
+pub mod tokenizer;
+pub mod weights;
+
+pub use chat::{ChatTemplate, Message};
+pub use config::LlamaConfig;
+pub use error::{ModelError, Result};
+pub use generate::{generate, FinishReason, GenerateParams, Generation, TokenEvent};
+pub use kv_cache::KvCache;
+pub use llama::{Llama, Logits};
+pub use model::{LoadOptions, Model};
+pub use sampler::{Sampler, SamplingParams};

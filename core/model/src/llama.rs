@@ -1,0 +1,356 @@
+//! The Llama-family decoder: one implementation, switched by [`LlamaConfig`]
+//! (grouped-query attention, optional q/k/v bias, tied embeddings, RoPE
+//! scaling). Weights come from any [`WeightSource`] under Hugging Face names.
+
+use crate::config::{rope_inv_freq, LlamaConfig};
+use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
+use crate::linear::Linear;
+use crate::weights::WeightSource;
+use tailor_tensor::cpu::{
+    add_in_place, causal_attention, rms_norm, silu_mul, AttentionShape, LinearScratch, RopeTable,
+};
+use tailor_tensor::{DType, Tensor};
+
+/// Which positions to compute logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation).
+    Last,
+    /// Every position (scoring, tests).
+    All,
+}
+
+struct Block {
+    attn_norm: Vec<f32>,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ffn_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A loaded decoder.
+pub struct Llama {
+    config: LlamaConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Vec<f32>,
+    lm_head: Linear,
+    rope: RopeTable,
+}
+
+/// Options for building the decoder from weights.
+#[derive(Clone, Copy)]
+pub struct BuildOptions<'a> {
+    /// Convert linear and embedding weights to this dtype on load.
+    pub dtype: Option<DType>,
+    /// Called with (tensors done, tensors total) while loading.
+    pub progress: &'a (dyn Fn(usize, usize) + Sync),
+}
+
+impl Llama {
+    /// Builds the decoder, checking every tensor's shape against the config.
+    pub fn load(
+        config: LlamaConfig,
+        source: &dyn WeightSource,
+        options: BuildOptions<'_>,
+    ) -> Result<Llama> {
+        let loader = Loader {
+            source,
+            config: &config,
+            dtype: options.dtype,
+        };
+        let total = config.num_hidden_layers + 2;
+        let embed = loader.matrix(
+            "model.embed_tokens.weight",
+            config.vocab_size,
+            config.hidden_size,
+        )?;
+        (options.progress)(1, total);
+        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        for layer in 0..config.num_hidden_layers {
+            blocks.push(loader.block(layer)?);
+            (options.progress)(layer + 2, total);
+        }
+        let norm = loader.vector("model.norm.weight", config.hidden_size)?;
+        let lm_head = if config.tie_word_embeddings && !source.contains("lm_head.weight") {
+            Linear::new(embed.clone(), None)
+        } else {
+            loader.linear(
+                "lm_head.weight",
+                config.vocab_size,
+                config.hidden_size,
+                false,
+            )?
+        };
+        (options.progress)(total, total);
+        let inv_freq = rope_inv_freq(&config);
+        let rope = RopeTable::new(config.head_dim, &inv_freq, config.max_position_embeddings);
+        Ok(Llama {
+            config,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rope,
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Longest sequence this model can process.
+    pub fn context_length(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    /// A fresh KV cache for one sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_hidden_layers, self.config.kv_dim())
+    }
+
+    /// Bytes of weights in memory (or mapped).
+    pub fn weight_bytes(&self) -> usize {
+        let block_bytes: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down])
+            .map(|l| l.weight().bytes().len())
+            .sum();
+        block_bytes + self.embed.bytes().len()
+    }
+
+    /// Runs `tokens` after what `cache` holds, appends their keys/values, and
+    /// returns logits (`vocab` values per requested position).
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        let (n, start) = (tokens.len(), cache.len());
+        if n == 0 {
+            return Err(ModelError::EmptyPrompt);
+        }
+        if start + n > self.context_length() {
+            return Err(ModelError::ContextOverflow {
+                tokens: start + n,
+                context: self.context_length(),
+            });
+        }
+        let mut x = self.embed_tokens(tokens)?;
+        let mut s = Scratch::new(cfg, n);
+        for (layer, block) in self.blocks.iter().enumerate() {
+            self.attention(layer, block, &mut x, start, cache, &mut s)?;
+            self.mlp(block, &mut x, &mut s)?;
+        }
+        cache.advance(n);
+        let rows = match which {
+            Logits::Last => &x[(n - 1) * cfg.hidden_size..],
+            Logits::All => &x[..],
+        };
+        let count = rows.len() / cfg.hidden_size;
+        let mut normed = vec![0f32; rows.len()];
+        rms_norm(rows, &self.norm, cfg.rms_norm_eps as f32, &mut normed);
+        let mut logits = vec![0f32; count * cfg.vocab_size];
+        self.lm_head
+            .forward(&normed, count, &mut logits, &mut s.linear)?;
+        Ok(logits)
+    }
+
+    fn embed_tokens(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let dim = self.config.hidden_size;
+        let mut x = vec![0f32; tokens.len() * dim];
+        for (row, &id) in x.chunks_exact_mut(dim).zip(tokens) {
+            if id as usize >= self.config.vocab_size {
+                return Err(ModelError::BadToken {
+                    id,
+                    vocab: self.config.vocab_size,
+                });
+            }
+            tailor_tensor::quant::dequantize_row(
+                self.embed.dtype(),
+                self.embed.row_bytes(id as usize),
+                row,
+            )?;
+        }
+        Ok(x)
+    }
+
+    fn attention(
+        &self,
+        layer: usize,
+        b: &Block,
+        x: &mut [f32],
+        start: usize,
+        cache: &mut KvCache,
+        s: &mut Scratch,
+    ) -> Result<()> {
+        let cfg = &self.config;
+        let n = s.tokens;
+        rms_norm(x, &b.attn_norm, cfg.rms_norm_eps as f32, &mut s.normed);
+        b.q.forward(&s.normed, n, &mut s.q, &mut s.linear)?;
+        b.k.forward(&s.normed, n, &mut s.k, &mut s.linear)?;
+        b.v.forward(&s.normed, n, &mut s.v, &mut s.linear)?;
+        self.rope.apply(&mut s.q, cfg.num_attention_heads, start);
+        self.rope.apply(&mut s.k, cfg.num_key_value_heads, start);
+        cache.append(layer, &s.k, &s.v);
+        let (keys, values) = cache.layer(layer);
+        let shape = AttentionShape {
+            n_head: cfg.num_attention_heads,
+            n_kv_head: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        };
+        causal_attention(&s.q, keys, values, start, shape, &mut s.attn);
+        b.o.forward(&s.attn, n, &mut s.out, &mut s.linear)?;
+        add_in_place(x, &s.out);
+        Ok(())
+    }
+
+    fn mlp(&self, b: &Block, x: &mut [f32], s: &mut Scratch) -> Result<()> {
+        let n = s.tokens;
+        rms_norm(
+            x,
+            &b.ffn_norm,
+            self.config.rms_norm_eps as f32,
+            &mut s.normed,
+        );
+        b.gate.forward(&s.normed, n, &mut s.gate, &mut s.linear)?;
+        b.up.forward(&s.normed, n, &mut s.up, &mut s.linear)?;
+        silu_mul(&mut s.gate, &s.up);
+        b.down.forward(&s.gate, n, &mut s.out, &mut s.linear)?;
+        add_in_place(x, &s.out);
+        Ok(())
+    }
+}
+
+/// Activations of one forward pass.
+struct Scratch {
+    tokens: usize,
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    out: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    linear: LinearScratch,
+}
+
+impl Scratch {
+    fn new(cfg: &LlamaConfig, n: usize) -> Scratch {
+        Scratch {
+            tokens: n,
+            normed: vec![0.0; n * cfg.hidden_size],
+            q: vec![0.0; n * cfg.q_dim()],
+            k: vec![0.0; n * cfg.kv_dim()],
+            v: vec![0.0; n * cfg.kv_dim()],
+            attn: vec![0.0; n * cfg.q_dim()],
+            out: vec![0.0; n * cfg.hidden_size],
+            gate: vec![0.0; n * cfg.intermediate_size],
+            up: vec![0.0; n * cfg.intermediate_size],
+            linear: LinearScratch::default(),
+        }
+    }
+}
+
+struct Loader<'a> {
+    source: &'a dyn WeightSource,
+    config: &'a LlamaConfig,
+    dtype: Option<DType>,
+}
+
+impl Loader<'_> {
+    fn checked(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        let tensor = self.source.get(name)?;
+        if tensor.shape() != expected {
+            return Err(ModelError::WrongShape {
+                path: self.source.path().to_path_buf(),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                actual: tensor.shape().to_vec(),
+            });
+        }
+        Ok(tensor)
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        Ok(self.checked(name, &[len])?.to_f32()?.into_owned())
+    }
+
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor> {
+        let tensor = self.checked(name, &[rows, cols])?;
+        match self.dtype {
+            Some(dtype) if dtype != tensor.dtype() => Ok(tensor.to_dtype(dtype)?),
+            _ => Ok(tensor),
+        }
+    }
+
+    fn linear(&self, name: &str, out: usize, inp: usize, with_bias: bool) -> Result<Linear> {
+        let weight = self.matrix(name, out, inp)?;
+        let bias = if with_bias {
+            Some(self.vector(&name.replace(".weight", ".bias"), out)?)
+        } else {
+            None
+        };
+        Ok(Linear::new(weight, bias))
+    }
+
+    fn block(&self, layer: usize) -> Result<Block> {
+        let c = self.config;
+        let p = format!("model.layers.{layer}");
+        let bias = c.attention_bias;
+        Ok(Block {
+            attn_norm: self.vector(&format!("{p}.input_layernorm.weight"), c.hidden_size)?,
+            q: self.linear(
+                &format!("{p}.self_attn.q_proj.weight"),
+                c.q_dim(),
+                c.hidden_size,
+                bias,
+            )?,
+            k: self.linear(
+                &format!("{p}.self_attn.k_proj.weight"),
+                c.kv_dim(),
+                c.hidden_size,
+                bias,
+            )?,
+            v: self.linear(
+                &format!("{p}.self_attn.v_proj.weight"),
+                c.kv_dim(),
+                c.hidden_size,
+                bias,
+            )?,
+            o: self.linear(
+                &format!("{p}.self_attn.o_proj.weight"),
+                c.hidden_size,
+                c.q_dim(),
+                false,
+            )?,
+            ffn_norm: self.vector(
+                &format!("{p}.post_attention_layernorm.weight"),
+                c.hidden_size,
+            )?,
+            gate: self.linear(
+                &format!("{p}.mlp.gate_proj.weight"),
+                c.intermediate_size,
+                c.hidden_size,
+                false,
+            )?,
+            up: self.linear(
+                &format!("{p}.mlp.up_proj.weight"),
+                c.intermediate_size,
+                c.hidden_size,
+                false,
+            )?,
+            down: self.linear(
+                &format!("{p}.mlp.down_proj.weight"),
+                c.hidden_size,
+                c.intermediate_size,
+                false,
+            )?,
+        })
+    }
+}

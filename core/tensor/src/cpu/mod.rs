@@ -1,0 +1,10 @@
+//! CPU kernels. All take plain slices in row-major layout and parallelise
+//! with rayon's global pool, whose size is the process's CPU thread budget.
+
+mod attention;
+mod matmul;
+mod ops;
+
+pub use attention::{causal_attention, AttentionShape};
+pub use matmul::{gemm_f32, linear, matvec_f32, LinearScratch, QUANT_GEMM_MIN_TOKENS};
+pub use ops::{add_in_place, rms_norm, silu_mul, softmax_in_place, RopeTable};

@@ -1,0 +1,67 @@
+//! Where a tensor lives and where kernels run.
+//!
+//! The CPU is always available. The CUDA device exists in the type so that
+//! callers can be written once; in a build without the `cuda` feature (or on a
+//! machine without a driver) asking for it returns
+//! [`TensorError::DeviceUnavailable`] instead of failing later.
+
+use crate::{Result, TensorError};
+
+/// A compute device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// Host memory and CPU kernels.
+    Cpu,
+    /// An NVIDIA GPU by ordinal.
+    Cuda(usize),
+}
+
+impl Device {
+    /// Returns the CUDA device `ordinal` if this build and machine can use it.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        Err(TensorError::DeviceUnavailable(
+            format!("cuda:{ordinal}"),
+            cuda_unavailable_reason().to_string(),
+        ))
+    }
+
+    /// True when the device can run kernels in this process.
+    pub fn is_available(self) -> bool {
+        match self {
+            Device::Cpu => true,
+            Device::Cuda(ordinal) => Device::cuda(ordinal).is_ok(),
+        }
+    }
+
+    /// Parses `cpu` or `cuda` / `cuda:N`, checking availability.
+    pub fn parse(spec: &str) -> Result<Device> {
+        match spec {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Device::cuda(0),
+            other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+                Some(ordinal) => Device::cuda(ordinal),
+                None => Err(TensorError::DeviceUnavailable(
+                    other.to_string(),
+                    "expected cpu, cuda or cuda:N".into(),
+                )),
+            },
+        }
+    }
+}
+
+fn cuda_unavailable_reason() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "the CUDA backend is not implemented in this version; use the CPU"
+    } else {
+        "this build has no CUDA support (rebuild with --features cuda)"
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}

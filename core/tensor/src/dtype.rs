@@ -1,0 +1,139 @@
+//! Element types: dense floats and the GGUF block-quantized formats.
+//!
+//! A block format stores `block_size()` elements in `type_size()` bytes; a
+//! dense type is a block of one element.
+
+use crate::{Result, TensorError};
+
+/// The element type of a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// IEEE single precision.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// 32 elements: f16 scale + 32 × i8.
+    Q8_0,
+    /// 32 elements: f16 scale + 32 × 4-bit (offset 8).
+    Q4_0,
+    /// 32 elements: f16 scale, f16 min + 32 × 4-bit.
+    Q4_1,
+    /// 256 elements: super-block of 8 × 32 with 6-bit scales and mins.
+    Q4K,
+    /// 256 elements: 6-bit quants, 16 × 16 with i8 scales.
+    Q6K,
+}
+
+impl DType {
+    /// Elements per block (1 for dense types).
+    pub fn block_size(self) -> usize {
+        match self {
+            DType::F32 | DType::F16 | DType::BF16 => 1,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
+            DType::Q4K | DType::Q6K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::Q8_0 => 34,
+            DType::Q4_0 => 18,
+            DType::Q4_1 => 20,
+            DType::Q4K => 144,
+            DType::Q6K => 210,
+        }
+    }
+
+    /// True for the block-quantized formats.
+    pub fn is_quantized(self) -> bool {
+        self.block_size() > 1
+    }
+
+    /// Bytes needed for `n` elements; errors if `n` is not whole blocks.
+    pub fn bytes_for(self, n: usize) -> Result<usize> {
+        let block = self.block_size();
+        if n % block != 0 {
+            return Err(TensorError::BadBlockLength {
+                dtype: self,
+                block,
+                len: n,
+            });
+        }
+        Ok(n / block * self.type_size())
+    }
+
+    /// The ggml type id used in GGUF files.
+    pub fn ggml_id(self) -> u32 {
+        match self {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            DType::Q4_0 => 2,
+            DType::Q4_1 => 3,
+            DType::Q8_0 => 8,
+            DType::Q4K => 12,
+            DType::Q6K => 14,
+            DType::BF16 => 30,
+        }
+    }
+
+    /// Maps a ggml type id from a GGUF file to a dtype.
+    pub fn from_ggml_id(id: u32) -> Result<Self> {
+        Ok(match id {
+            0 => DType::F32,
+            1 => DType::F16,
+            2 => DType::Q4_0,
+            3 => DType::Q4_1,
+            8 => DType::Q8_0,
+            12 => DType::Q4K,
+            14 => DType::Q6K,
+            30 => DType::BF16,
+            other => return Err(TensorError::UnknownGgmlType(other)),
+        })
+    }
+
+    /// Lower-case name as used on the command line (`q4_0`, `bf16`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::Q8_0 => "q8_0",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_1 => "q4_1",
+            DType::Q4K => "q4_k",
+            DType::Q6K => "q6_k",
+        }
+    }
+}
+
+impl std::str::FromStr for DType {
+    type Err = TensorError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let all = [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q4K,
+            DType::Q6K,
+        ];
+        let wanted = s.to_ascii_lowercase();
+        all.into_iter()
+            .find(|d| d.name() == wanted)
+            .ok_or_else(|| TensorError::UnknownDTypeName(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,251 @@
+//! Block layouts of each format, written out once for dequantization and
+//! quantization. The layouts follow ggml's `block_*` structs byte for byte.
+
+use super::f16_at;
+use crate::{DType, Result, TensorError};
+use half::f16;
+
+/// Dequantizes `out.len()` elements of `dtype` from `bytes`.
+pub fn dequantize_row(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let needed = dtype.bytes_for(out.len())?;
+    if bytes.len() != needed {
+        return Err(TensorError::Incompatible {
+            op: "dequantize_row",
+            detail: format!(
+                "{} elements of {dtype} need {needed} bytes, got {}",
+                out.len(),
+                bytes.len()
+            ),
+        });
+    }
+    let (block, size) = (dtype.block_size(), dtype.type_size());
+    let blocks = bytes.chunks_exact(size).zip(out.chunks_exact_mut(block));
+    match dtype {
+        DType::F32 => blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        DType::F16 => blocks.for_each(|(b, y)| y[0] = f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        DType::BF16 => {
+            blocks.for_each(|(b, y)| y[0] = half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+        }
+        DType::Q8_0 => blocks.for_each(|(b, y)| dequant_q8_0(b, y)),
+        DType::Q4_0 => blocks.for_each(|(b, y)| dequant_q4_0(b, y)),
+        DType::Q4_1 => blocks.for_each(|(b, y)| dequant_q4_1(b, y)),
+        DType::Q4K => blocks.for_each(|(b, y)| dequant_q4_k(b, y)),
+        DType::Q6K => blocks.for_each(|(b, y)| dequant_q6_k(b, y)),
+    }
+    Ok(())
+}
+
+/// Quantizes `x` into `dtype` blocks appended to `out`.
+pub fn quantize_row(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
+    let block = dtype.block_size();
+    dtype.bytes_for(x.len())?;
+    for chunk in x.chunks_exact(block) {
+        match dtype {
+            DType::F32 => out.extend_from_slice(&chunk[0].to_le_bytes()),
+            DType::F16 => out.extend_from_slice(&f16::from_f32(chunk[0]).to_le_bytes()),
+            DType::BF16 => out.extend_from_slice(&half::bf16::from_f32(chunk[0]).to_le_bytes()),
+            DType::Q8_0 => quant_q8_0(chunk, out),
+            DType::Q4_0 => quant_q4_0(chunk, out),
+            DType::Q4_1 => quant_q4_1(chunk, out),
+            DType::Q4K => quant_q4_k(chunk, out),
+            DType::Q6K => quant_q6_k(chunk, out),
+        }
+    }
+    Ok(())
+}
+
+// ---- q8_0: f16 d | i8 qs[32] ----
+
+fn dequant_q8_0(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    for (v, q) in y.iter_mut().zip(&b[2..34]) {
+        *v = d * (*q as i8) as f32;
+    }
+}
+
+fn quant_q8_0(x: &[f32], out: &mut Vec<u8>) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+    out.extend(x.iter().map(|v| (v * id).round() as i8 as u8));
+}
+
+// ---- q4_0: f16 d | u8 qs[16]; element j in low nibble, j+16 in high ----
+
+fn dequant_q4_0(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    for (j, q) in b[2..18].iter().enumerate() {
+        y[j] = d * ((q & 0x0F) as i32 - 8) as f32;
+        y[j + 16] = d * ((q >> 4) as i32 - 8) as f32;
+    }
+}
+
+fn quant_q4_0(x: &[f32], out: &mut Vec<u8>) {
+    let max = x
+        .iter()
+        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+    let q = |v: f32| ((v * id + 8.5) as i32).clamp(0, 15) as u8;
+    out.extend((0..16).map(|j| q(x[j]) | (q(x[j + 16]) << 4)));
+}
+
+// ---- q4_1: f16 d | f16 m | u8 qs[16] ----
+
+fn dequant_q4_1(b: &[u8], y: &mut [f32]) {
+    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+    for (j, q) in b[4..20].iter().enumerate() {
+        y[j] = d * (q & 0x0F) as f32 + m;
+        y[j + 16] = d * (q >> 4) as f32 + m;
+    }
+}
+
+fn quant_q4_1(x: &[f32], out: &mut Vec<u8>) {
+    let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let d = (max - min) / 15.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+    out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+    let q = |v: f32| (((v - min) * id + 0.5) as i32).clamp(0, 15) as u8;
+    out.extend((0..16).map(|j| q(x[j]) | (q(x[j + 16]) << 4)));
+}
+
+// ---- q4_k: f16 d | f16 dmin | u8 scales[12] | u8 qs[128] ----
+
+/// The 6-bit scale and min of sub-block `j` (0..8) of a q4_k block.
+pub(crate) fn q4_k_scale_min(scales: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (scales[j] & 63, scales[j + 4] & 63)
+    } else {
+        let sc = (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4);
+        let m = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+        (sc, m)
+    }
+}
+
+fn dequant_q4_k(b: &[u8], y: &mut [f32]) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let scales = &b[4..16];
+    for chunk in 0..4 {
+        let qs = &b[16 + 32 * chunk..16 + 32 * chunk + 32];
+        let (sc_lo, m_lo) = q4_k_scale_min(scales, 2 * chunk);
+        let (sc_hi, m_hi) = q4_k_scale_min(scales, 2 * chunk + 1);
+        let out = &mut y[64 * chunk..64 * chunk + 64];
+        for (l, q) in qs.iter().enumerate() {
+            out[l] = d * sc_lo as f32 * (q & 0x0F) as f32 - dmin * m_lo as f32;
+            out[l + 32] = d * sc_hi as f32 * (q >> 4) as f32 - dmin * m_hi as f32;
+        }
+    }
+}
+
+fn quant_q4_k(x: &[f32], out: &mut Vec<u8>) {
+    let mut sub_scale = [0f32; 8];
+    let mut sub_min = [0f32; 8];
+    for (j, sub) in x.chunks_exact(32).enumerate() {
+        let min = sub.iter().copied().fold(0f32, f32::min);
+        let max = sub.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        sub_scale[j] = (max - min) / 15.0;
+        sub_min[j] = -min;
+    }
+    let d = sub_scale.iter().copied().fold(0f32, f32::max) / 63.0;
+    let dmin = sub_min.iter().copied().fold(0f32, f32::max) / 63.0;
+    let (d16, dmin16) = (f16::from_f32(d), f16::from_f32(dmin));
+    let (d, dmin) = (d16.to_f32(), dmin16.to_f32());
+    let to6 = |v: f32, s: f32| {
+        if s > 0.0 {
+            ((v / s).round() as i32).clamp(0, 63) as u8
+        } else {
+            0
+        }
+    };
+    let sc: Vec<u8> = sub_scale.iter().map(|&s| to6(s, d)).collect();
+    let mn: Vec<u8> = sub_min.iter().map(|&m| to6(m, dmin)).collect();
+    out.extend_from_slice(&d16.to_le_bytes());
+    out.extend_from_slice(&dmin16.to_le_bytes());
+    let mut scales = [0u8; 12];
+    for k in 0..4 {
+        scales[k] = sc[k] | ((sc[k + 4] >> 4) << 6);
+        scales[k + 4] = mn[k] | ((mn[k + 4] >> 4) << 6);
+        scales[k + 8] = (sc[k + 4] & 0x0F) | ((mn[k + 4] & 0x0F) << 4);
+    }
+    out.extend_from_slice(&scales);
+    let q = |i: usize| {
+        let j = i / 32;
+        let step = d * sc[j] as f32;
+        if step == 0.0 {
+            return 0u8;
+        }
+        (((x[i] + dmin * mn[j] as f32) / step).round() as i32).clamp(0, 15) as u8
+    };
+    for chunk in 0..4 {
+        out.extend((0..32).map(|l| q(64 * chunk + l) | (q(64 * chunk + 32 + l) << 4)));
+    }
+}
+
+// ---- q6_k: u8 ql[128] | u8 qh[64] | i8 scales[16] | f16 d ----
+
+/// Position of element `e` (0..256) of a q6_k block: (ql byte, shift, qh byte, qh shift).
+fn q6_k_position(e: usize) -> (usize, u32, usize, u32) {
+    let (half, r) = (e / 128, e % 128);
+    let (group, l) = (r / 32, r % 32);
+    let ql = 64 * half + l + if group % 2 == 1 { 32 } else { 0 };
+    let ql_shift = if group >= 2 { 4 } else { 0 };
+    (ql, ql_shift, 128 + 32 * half + l, 2 * group as u32)
+}
+
+/// The 6-bit quant (offset by 32) of element `e` of a q6_k block.
+pub(crate) fn q6_k_quant(b: &[u8], e: usize) -> i32 {
+    let (ql, ql_shift, qh, qh_shift) = q6_k_position(e);
+    let lo = (b[ql] >> ql_shift) & 0x0F;
+    let hi = (b[qh] >> qh_shift) & 3;
+    (lo | (hi << 4)) as i32 - 32
+}
+
+fn dequant_q6_k(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 208);
+    for (e, v) in y.iter_mut().enumerate() {
+        let sc = b[192 + e / 16] as i8;
+        *v = d * sc as f32 * q6_k_quant(b, e) as f32;
+    }
+}
+
+fn quant_q6_k(x: &[f32], out: &mut Vec<u8>) {
+    let sub_scale: Vec<f32> = x
+        .chunks_exact(16)
+        .map(|s| s.iter().fold(0f32, |m, v| m.max(v.abs())) / 31.0)
+        .collect();
+    let d = sub_scale.iter().copied().fold(0f32, f32::max) / 127.0;
+    let d16 = f16::from_f32(d);
+    let d = d16.to_f32();
+    let sc: Vec<i8> = sub_scale
+        .iter()
+        .map(|&s| {
+            if d > 0.0 {
+                (s / d).round().clamp(-128.0, 127.0) as i8
+            } else {
+                0
+            }
+        })
+        .collect();
+    let mut block = [0u8; 210];
+    for (e, &v) in x.iter().enumerate() {
+        let step = d * sc[e / 16] as f32;
+        let q = if step != 0.0 {
+            ((v / step).round() as i32).clamp(-32, 31)
+        } else {
+            0
+        };
+        let u = (q + 32) as u8;
+        let (ql, ql_shift, qh, qh_shift) = q6_k_position(e);
+        block[ql] |= (u & 0x0F) << ql_shift;
+        block[qh] |= (u >> 4) << qh_shift;
+    }
+    for (j, s) in sc.iter().enumerate() {
+        block[192 + j] = *s as u8;
+    }
+    block[208..210].copy_from_slice(&d16.to_le_bytes());
+    out.extend_from_slice(&block);
+}

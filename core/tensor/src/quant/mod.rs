@@ -1,0 +1,107 @@
+//! GGUF block-quantized formats: layouts, (de)quantization and dot products.
+//!
+//! Weights stay in their block format; activations are quantized to 8 bits in
+//! blocks of 32 ([`BlockQ8`]) so a matvec becomes integer dot products, as
+//! llama.cpp does. Every format has a scalar path (the reference) and, where
+//! it matters for speed, an AVX2 path chosen at run time.
+
+mod avx2;
+mod formats;
+mod scalar;
+
+pub use formats::{dequantize_row, quantize_row};
+
+use crate::{DType, Result, TensorError};
+
+/// Elements per activation block.
+pub const QK: usize = 32;
+
+/// One block of 32 activations quantized to i8 with a shared scale.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ8 {
+    /// Scale: value = d * q.
+    pub d: f32,
+    /// d times the sum of the quants (used for formats with an offset or min).
+    pub s: f32,
+    /// The quants.
+    pub qs: [i8; QK],
+}
+
+/// Quantizes a row of activations (length a multiple of 32) to [`BlockQ8`]s.
+pub fn quantize_activations(x: &[f32], out: &mut Vec<BlockQ8>) -> Result<()> {
+    if x.len() % QK != 0 {
+        return Err(TensorError::BadBlockLength {
+            dtype: DType::Q8_0,
+            block: QK,
+            len: x.len(),
+        });
+    }
+    out.clear();
+    out.extend(x.chunks_exact(QK).map(quantize_activation_block));
+    Ok(())
+}
+
+fn quantize_activation_block(x: &[f32]) -> BlockQ8 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; QK];
+    let mut sum = 0i32;
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+        sum += *q as i32;
+    }
+    BlockQ8 {
+        d,
+        s: d * sum as f32,
+        qs,
+    }
+}
+
+/// Which implementation of the quantized dot product to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DotImpl {
+    /// Portable scalar code (the reference).
+    Scalar,
+    /// AVX2 + FMA + F16C, detected at run time.
+    Avx2,
+}
+
+impl DotImpl {
+    /// The fastest implementation this CPU supports.
+    pub fn detect() -> DotImpl {
+        if avx2::is_supported() {
+            DotImpl::Avx2
+        } else {
+            DotImpl::Scalar
+        }
+    }
+}
+
+/// Dot product of one quantized weight row with quantized activations.
+///
+/// `row` holds `acts.len() * 32` elements of `dtype`. Callers check lengths;
+/// this panics only on a programming error inside the crate.
+pub fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8], imp: DotImpl) -> f32 {
+    debug_assert_eq!(
+        row.len(),
+        acts.len() * QK / dtype.block_size() * dtype.type_size()
+    );
+    match imp {
+        DotImpl::Avx2 => avx2::vec_dot(dtype, row, acts),
+        DotImpl::Scalar => scalar::vec_dot(dtype, row, acts),
+    }
+}
+
+/// True when `vec_dot` supports weights of this dtype.
+pub fn supports_dot(dtype: DType) -> bool {
+    matches!(
+        dtype,
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4K | DType::Q6K
+    )
+}
+
+pub(crate) fn f16_at(bytes: &[u8], offset: usize) -> f32 {
+    half::f16::from_le_bytes([bytes[offset], bytes[offset + 1]]).to_f32()
+}

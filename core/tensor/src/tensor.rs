@@ -1,0 +1,211 @@
+//! The tensor container: a shape, a dtype, a device and the bytes.
+//!
+//! Weights are usually 2-D `[rows, cols]` with rows contiguous, which is how
+//! both safetensors (`[out, in]`) and GGUF store linear layers. Storage may be
+//! owned or borrowed from a memory-mapped file, so loading a model copies
+//! nothing it does not have to.
+
+use crate::quant::{dequantize_row, quantize_row};
+use crate::{DType, Device, Result, TensorError};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// The bytes behind a tensor.
+#[derive(Clone)]
+pub enum Storage {
+    /// Owned f32 values (always aligned).
+    F32(Arc<Vec<f32>>),
+    /// Owned raw bytes in the tensor's dtype.
+    Bytes(Arc<Vec<u8>>),
+    /// A byte range of a shared buffer, typically a memory-mapped file.
+    Mapped {
+        /// The whole buffer.
+        buffer: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        /// Start of this tensor.
+        offset: usize,
+        /// Length in bytes.
+        len: usize,
+    },
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::F32(v) => write!(f, "F32({} values)", v.len()),
+            Storage::Bytes(v) => write!(f, "Bytes({} bytes)", v.len()),
+            Storage::Mapped { offset, len, .. } => write!(f, "Mapped({len} bytes at {offset})"),
+        }
+    }
+}
+
+/// An n-dimensional array on a device.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    storage: Storage,
+    shape: Vec<usize>,
+    dtype: DType,
+    device: Device,
+}
+
+impl Tensor {
+    /// A CPU f32 tensor from values; errors if the shape does not fit.
+    pub fn from_f32(values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+        check_len(shape, DType::F32, values.len() * 4)?;
+        Ok(Tensor {
+            storage: Storage::F32(Arc::new(values)),
+            shape: shape.to_vec(),
+            dtype: DType::F32,
+            device: Device::Cpu,
+        })
+    }
+
+    /// A CPU tensor from raw bytes in `dtype`; errors if the shape does not fit.
+    pub fn from_bytes(bytes: Vec<u8>, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        check_len(shape, dtype, bytes.len())?;
+        Ok(Tensor {
+            storage: Storage::Bytes(Arc::new(bytes)),
+            shape: shape.to_vec(),
+            dtype,
+            device: Device::Cpu,
+        })
+    }
+
+    /// A CPU tensor viewing `len` bytes at `offset` of a shared buffer.
+    pub fn mapped(
+        buffer: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        offset: usize,
+        len: usize,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        let available = (*buffer).as_ref().len();
+        if offset.checked_add(len).is_none_or(|end| end > available) {
+            return Err(TensorError::Incompatible {
+                op: "mapped",
+                detail: format!(
+                    "range {offset}+{len} is past the end of a {available}-byte buffer"
+                ),
+            });
+        }
+        check_len(shape, dtype, len)?;
+        Ok(Tensor {
+            storage: Storage::Mapped {
+                buffer,
+                offset,
+                len,
+            },
+            shape: shape.to_vec(),
+            dtype,
+            device: Device::Cpu,
+        })
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device holding the data.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Number of elements.
+    pub fn elem_count(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Length of the last dimension (1 for a scalar).
+    pub fn row_len(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+
+    /// Number of rows (product of all but the last dimension).
+    pub fn row_count(&self) -> usize {
+        self.elem_count() / self.row_len().max(1)
+    }
+
+    /// The raw bytes in the tensor's dtype.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.storage {
+            Storage::F32(v) => bytemuck::cast_slice(v.as_slice()),
+            Storage::Bytes(v) => v.as_slice(),
+            Storage::Mapped {
+                buffer,
+                offset,
+                len,
+            } => &(**buffer).as_ref()[*offset..*offset + *len],
+        }
+    }
+
+    /// Bytes of row `i` (rows of `row_len()` elements).
+    pub fn row_bytes(&self, i: usize) -> &[u8] {
+        let row = self.dtype.type_size() * self.row_len() / self.dtype.block_size();
+        &self.bytes()[i * row..(i + 1) * row]
+    }
+
+    /// The values as f32: borrowed when stored as aligned f32, else converted.
+    pub fn to_f32(&self) -> Result<Cow<'_, [f32]>> {
+        if self.dtype == DType::F32 {
+            if let Ok(values) = bytemuck::try_cast_slice::<u8, f32>(self.bytes()) {
+                return Ok(Cow::Borrowed(values));
+            }
+        }
+        let mut out = vec![0f32; self.elem_count()];
+        dequantize_row(self.dtype, self.bytes(), &mut out)?;
+        Ok(Cow::Owned(out))
+    }
+
+    /// A copy converted (quantized or dequantized) to `dtype`, row by row.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype {
+            return Ok(self.clone());
+        }
+        let values = self.to_f32()?;
+        if dtype == DType::F32 {
+            return Tensor::from_f32(values.into_owned(), &self.shape);
+        }
+        let mut bytes = Vec::with_capacity(dtype.bytes_for(self.elem_count())?);
+        for row in values.chunks(self.row_len().max(1)) {
+            quantize_row(dtype, row, &mut bytes)?;
+        }
+        Tensor::from_bytes(bytes, dtype, &self.shape)
+    }
+
+    /// The same data under another shape with the same element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        check_len(shape, self.dtype, self.bytes().len())?;
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            ..self.clone()
+        })
+    }
+}
+
+fn check_len(shape: &[usize], dtype: DType, actual_bytes: usize) -> Result<()> {
+    let expected: usize = shape.iter().product();
+    let row = shape.last().copied().unwrap_or(1);
+    let mismatch = || TensorError::ShapeMismatch {
+        shape: shape.to_vec(),
+        dtype,
+        expected,
+        expected_bytes: dtype.bytes_for(expected).unwrap_or(0),
+        actual_bytes,
+    };
+    if row % dtype.block_size() != 0 {
+        return Err(TensorError::BadBlockLength {
+            dtype,
+            block: dtype.block_size(),
+            len: row,
+        });
+    }
+    match dtype.bytes_for(expected) {
+        Ok(n) if n == actual_bytes => Ok(()),
+        _ => Err(mismatch()),
+    }
+}
