@@ -25,14 +25,12 @@ pub struct BenchArgs {
     json: bool,
 }
 
-const FILLER: &str = "The quick brown fox jumps over the lazy dog while the river flows past old stone bridges and quiet towns. ";
+const FILLER: &str =
+    "The quick brown fox jumps over the lazy dog while the river flows past old stone bridges and quiet towns. ";
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     let model = crate::run::load_model(&args.model)?;
-    ensure!(
-        args.prompt_tokens > 0 && args.repeat > 0,
-        "--prompt-tokens and --repeat must be positive"
-    );
+    ensure!(args.prompt_tokens > 0 && args.repeat > 0, "--prompt-tokens and --repeat must be positive");
     let mut prompt = Vec::new();
     while prompt.len() < args.prompt_tokens {
         prompt.extend(model.encode(FILLER)?);
@@ -65,14 +63,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     } else {
         println!("model:   {}", model.source.display());
         println!("threads: {threads}");
-        println!(
-            "prefill: {prefill_tps:.1} tok/s ({} tokens)",
-            args.prompt_tokens
-        );
-        println!(
-            "decode:  {decode_tps:.1} tok/s ({} tokens)",
-            args.gen_tokens
-        );
+        println!("prefill: {prefill_tps:.1} tok/s ({} tokens)", args.prompt_tokens);
+        println!("decode:  {decode_tps:.1} tok/s ({} tokens)", args.gen_tokens);
         println!("peak RSS: {rss_mib:.0} MiB");
     }
     Ok(())

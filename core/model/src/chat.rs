@@ -16,10 +16,7 @@ pub struct Message {
 impl Message {
     /// A message with this role and content.
     pub fn new(role: &str, content: &str) -> Message {
-        Message {
-            role: role.to_string(),
-            content: content.to_string(),
-        }
+        Message { role: role.to_string(), content: content.to_string() }
     }
 }
 
@@ -40,9 +37,7 @@ impl ChatTemplate {
     /// Recognises a Jinja chat template; `None` when no known format matches.
     pub fn detect(jinja: &str) -> Option<ChatTemplate> {
         if jinja.contains("<|im_start|>") {
-            Some(ChatTemplate::ChatMl {
-                default_system: default_chatml_system(jinja),
-            })
+            Some(ChatTemplate::ChatMl { default_system: default_chatml_system(jinja) })
         } else if jinja.contains("<|start_header_id|>") {
             Some(ChatTemplate::Llama3)
         } else {
@@ -60,10 +55,7 @@ impl ChatTemplate {
                     out.push_str(&format!("<|im_start|>system\n{system}<|im_end|>\n"));
                 }
                 for m in messages {
-                    out.push_str(&format!(
-                        "<|im_start|>{}\n{}<|im_end|>\n",
-                        m.role, m.content
-                    ));
+                    out.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
                 }
                 out.push_str("<|im_start|>assistant\n");
             }
@@ -95,9 +87,7 @@ impl ChatTemplate {
 fn default_chatml_system(jinja: &str) -> Option<String> {
     let start = jinja.find("<|im_start|>system")? + "<|im_start|>system".len();
     let rest = &jinja[start..];
-    let rest = rest
-        .strip_prefix("\\n")
-        .or_else(|| rest.strip_prefix('\n'))?;
+    let rest = rest.strip_prefix("\\n").or_else(|| rest.strip_prefix('\n'))?;
     let end = rest.find("<|im_end|>")?;
     let text = &rest[..end];
     // A template that splices a variable here has no fixed default.

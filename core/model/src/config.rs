@@ -86,31 +86,17 @@ struct HfConfig {
 impl LlamaConfig {
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_json(path: &Path, text: &str) -> Result<LlamaConfig> {
-        let bad = |detail: String| ModelError::Config {
-            path: path.to_path_buf(),
-            detail,
-        };
+        let bad = |detail: String| ModelError::Config { path: path.to_path_buf(), detail };
         let hf: HfConfig = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         let model_type = hf
             .model_type
             .clone()
-            .or_else(|| {
-                hf.architectures
-                    .as_ref()
-                    .and_then(|a| a.first())
-                    .map(|a| arch_from_class(a))
-            })
+            .or_else(|| hf.architectures.as_ref().and_then(|a| a.first()).map(|a| arch_from_class(a)))
             .ok_or_else(|| bad("neither model_type nor architectures is set".into()))?;
         check_architecture(path, &model_type)?;
         let eos_token_ids = match &hf.eos_token_id {
-            Some(serde_json::Value::Number(n)) => {
-                n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()
-            }
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_u64())
-                .map(|v| v as u32)
-                .collect(),
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
             _ => Vec::new(),
         };
         let rope_scaling = match &hf.rope_scaling {
@@ -125,9 +111,7 @@ impl LlamaConfig {
             num_hidden_layers: hf.num_hidden_layers,
             num_attention_heads: hf.num_attention_heads,
             num_key_value_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-            head_dim: hf
-                .head_dim
-                .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
+            head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
             vocab_size: hf.vocab_size,
             rms_norm_eps: hf.rms_norm_eps,
             rope_theta: hf.rope_theta.unwrap_or(10_000.0),
@@ -144,10 +128,7 @@ impl LlamaConfig {
     /// Reads the hyper-parameters from GGUF metadata (`{arch}.*` keys).
     pub fn from_gguf(file: &GgufFile) -> Result<LlamaConfig> {
         let path = file.path();
-        let bad = |detail: String| ModelError::Config {
-            path: path.to_path_buf(),
-            detail,
-        };
+        let bad = |detail: String| ModelError::Config { path: path.to_path_buf(), detail };
         let arch = file
             .get("general.architecture")
             .and_then(|v| v.as_str())
@@ -186,9 +167,7 @@ impl LlamaConfig {
             max_position_embeddings: int("context_length").unwrap_or(2048),
             tie_word_embeddings: tied,
             bos_token_id: token_id("tokenizer.ggml.bos_token_id"),
-            eos_token_ids: token_id("tokenizer.ggml.eos_token_id")
-                .into_iter()
-                .collect(),
+            eos_token_ids: token_id("tokenizer.ggml.eos_token_id").into_iter().collect(),
         };
         config.validate(path)?;
         Ok(config)
@@ -196,21 +175,9 @@ impl LlamaConfig {
 
     /// Checks the values are mutually consistent.
     pub fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |detail: String| {
-            Err(ModelError::Config {
-                path: path.to_path_buf(),
-                detail,
-            })
-        };
-        if self.hidden_size == 0
-            || self.num_hidden_layers == 0
-            || self.vocab_size == 0
-            || self.intermediate_size == 0
-        {
-            return bad(
-                "hidden_size, num_hidden_layers, intermediate_size and vocab_size must be positive"
-                    .into(),
-            );
+        let bad = |detail: String| Err(ModelError::Config { path: path.to_path_buf(), detail });
+        if self.hidden_size == 0 || self.num_hidden_layers == 0 || self.vocab_size == 0 || self.intermediate_size == 0 {
+            return bad("hidden_size, num_hidden_layers, intermediate_size and vocab_size must be positive".into());
         }
         if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {
             return bad("head counts must be positive".into());
@@ -222,10 +189,7 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
-            return bad(format!(
-                "head_dim {} must be even and positive",
-                self.head_dim
-            ));
+            return bad(format!("head_dim {} must be even and positive", self.head_dim));
         }
         Ok(())
     }
@@ -279,30 +243,16 @@ fn check_architecture(path: &Path, arch: &str) -> Result<()> {
     if SUPPORTED_ARCHITECTURES.contains(&arch) {
         Ok(())
     } else {
-        Err(ModelError::UnsupportedArchitecture {
-            path: path.to_path_buf(),
-            arch: arch.to_string(),
-        })
+        Err(ModelError::UnsupportedArchitecture { path: path.to_path_buf(), arch: arch.to_string() })
     }
 }
 
 fn parse_rope_scaling(value: &serde_json::Value) -> std::result::Result<RopeScaling, String> {
-    let kind = value
-        .get("rope_type")
-        .or_else(|| value.get("type"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
+    let kind = value.get("rope_type").or_else(|| value.get("type")).and_then(|v| v.as_str()).unwrap_or("");
     if kind != "llama3" {
-        return Err(format!(
-            "rope_scaling type {kind:?} is not supported (only llama3)"
-        ));
+        return Err(format!("rope_scaling type {kind:?} is not supported (only llama3)"));
     }
-    let num = |key: &str| {
-        value
-            .get(key)
-            .and_then(|v| v.as_f64())
-            .ok_or(format!("rope_scaling.{key} is missing"))
-    };
+    let num = |key: &str| value.get(key).and_then(|v| v.as_f64()).ok_or(format!("rope_scaling.{key} is missing"));
     Ok(RopeScaling {
         rope_type: kind.to_string(),
         factor: num("factor")? as f32,
@@ -314,8 +264,7 @@ fn parse_rope_scaling(value: &serde_json::Value) -> std::result::Result<RopeScal
 
 /// Inverse RoPE frequencies, with Llama 3.1 scaling when configured.
 pub fn rope_inv_freq(config: &LlamaConfig) -> Vec<f32> {
-    let base =
-        tailor_tensor::cpu::RopeTable::default_inv_freq(config.head_dim, config.rope_theta as f32);
+    let base = tailor_tensor::cpu::RopeTable::default_inv_freq(config.head_dim, config.rope_theta as f32);
     let Some(s) = &config.rope_scaling else {
         return base;
     };
@@ -329,8 +278,7 @@ pub fn rope_inv_freq(config: &LlamaConfig) -> Vec<f32> {
             } else if wavelen > low_wavelen {
                 f / s.factor
             } else {
-                let smooth =
-                    (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
                 (1.0 - smooth) * f / s.factor + smooth * f
             }
         })

@@ -33,10 +33,7 @@ impl safetensors::View for F32View {
 
 /// Hugging Face names of every tensor of the decoder described by `config`.
 pub fn hf_tensor_names(config: &LlamaConfig, has_lm_head: bool) -> Vec<String> {
-    let mut names = vec![
-        "model.embed_tokens.weight".to_string(),
-        "model.norm.weight".to_string(),
-    ];
+    let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
     if has_lm_head {
         names.push("lm_head.weight".to_string());
     }
@@ -76,42 +73,21 @@ pub fn gguf_to_hf(gguf: &Path, out_dir: &Path, progress: &dyn Fn(usize, usize)) 
         let tensor = weights.get(name)?;
         let values = tensor.to_f32()?;
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        views.push((
-            name.clone(),
-            F32View {
-                shape: tensor.shape().to_vec(),
-                bytes,
-            },
-        ));
+        views.push((name.clone(), F32View { shape: tensor.shape().to_vec(), bytes }));
         progress(i + 1, names.len());
     }
     let weights_path = out_dir.join("model.safetensors");
-    safetensors::serialize_to_file(views, None, &weights_path).map_err(|e| {
-        ModelError::Corrupt {
-            path: weights_path.clone(),
-            detail: format!("writing failed: {e}"),
-        }
-    })?;
+    safetensors::serialize_to_file(views, None, &weights_path)
+        .map_err(|e| ModelError::Corrupt { path: weights_path.clone(), detail: format!("writing failed: {e}") })?;
     write_json(&out_dir.join("config.json"), &config.to_hf_json())?;
-    write_json(
-        &out_dir.join("tokenizer.json"),
-        &gguf_tokenizer_json(&file)?,
-    )?;
-    write_json(
-        &out_dir.join("tokenizer_config.json"),
-        &tokenizer_config(&file, &config),
-    )?;
+    write_json(&out_dir.join("tokenizer.json"), &gguf_tokenizer_json(&file)?)?;
+    write_json(&out_dir.join("tokenizer_config.json"), &tokenizer_config(&file, &config))?;
     Ok(())
 }
 
 fn tokenizer_config(file: &GgufFile, config: &LlamaConfig) -> serde_json::Value {
-    let tokens = file
-        .get("tokenizer.ggml.tokens")
-        .and_then(MetaValue::as_array);
-    let token = |id: Option<u32>| {
-        id.and_then(|i| tokens.and_then(|t| t.get(i as usize)))
-            .and_then(MetaValue::as_str)
-    };
+    let tokens = file.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array);
+    let token = |id: Option<u32>| id.and_then(|i| tokens.and_then(|t| t.get(i as usize))).and_then(MetaValue::as_str);
     serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": token(config.bos_token_id),
@@ -124,9 +100,7 @@ fn tokenizer_config(file: &GgufFile, config: &LlamaConfig) -> serde_json::Value 
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| ModelError::Corrupt {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| ModelError::Corrupt { path: path.to_path_buf(), detail: e.to_string() })?;
     std::fs::write(path, text).map_err(io_error(path))
 }

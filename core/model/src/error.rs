@@ -114,8 +114,5 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 /// Wraps an I/O error with the path it concerns.
 pub(crate) fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
-    move |source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| ModelError::Io { path: path.to_path_buf(), source }
 }

@@ -22,12 +22,7 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams {
-            max_tokens: 128,
-            sampling: SamplingParams::default(),
-            stop_tokens: Vec::new(),
-            logprobs: 0,
-        }
+        GenerateParams { max_tokens: 128, sampling: SamplingParams::default(), stop_tokens: Vec::new(), logprobs: 0 }
     }
 }
 
@@ -85,10 +80,7 @@ pub fn generate(
     }
     let context = model.llama.context_length();
     if prompt.len() >= context {
-        return Err(ModelError::ContextOverflow {
-            tokens: prompt.len(),
-            context,
-        });
+        return Err(ModelError::ContextOverflow { tokens: prompt.len(), context });
     }
     let mut sampler = Sampler::new(params.sampling.clone())?;
     let mut stops = model.stop_tokens();
@@ -109,11 +101,7 @@ pub fn generate(
     let decode_start = Instant::now();
     let mut emitted = 0usize;
     while out.tokens.len() < params.max_tokens {
-        let top = if params.logprobs > 0 {
-            top_logprobs(&logits, params.logprobs.max(1))
-        } else {
-            Vec::new()
-        };
+        let top = if params.logprobs > 0 { top_logprobs(&logits, params.logprobs.max(1)) } else { Vec::new() };
         let raw = logits.clone();
         let id = sampler.sample(&mut logits, &history);
         if stops.contains(&id) {
@@ -157,26 +145,13 @@ fn token_event(
 ) -> TokenEvent {
     let name = |t: u32| model.tokenizer.decode(&[t], false).unwrap_or_default();
     let logprob = want_logprob.then(|| {
-        top.iter()
-            .find(|(t, _)| *t == id)
-            .map(|(_, l)| *l)
-            .unwrap_or_else(|| log_softmax_at(raw, id as usize))
+        top.iter().find(|(t, _)| *t == id).map(|(_, l)| *l).unwrap_or_else(|| log_softmax_at(raw, id as usize))
     });
-    TokenEvent {
-        id,
-        text,
-        top_logprobs: top.into_iter().map(|(t, l)| (t, name(t), l)).collect(),
-        logprob,
-    }
+    TokenEvent { id, text, top_logprobs: top.into_iter().map(|(t, l)| (t, name(t), l)).collect(), logprob }
 }
 
 fn log_softmax_at(logits: &[f32], index: usize) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits
-        .iter()
-        .map(|l| ((l - max) as f64).exp())
-        .sum::<f64>()
-        .ln() as f32
-        + max;
+    let log_sum = logits.iter().map(|l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
     logits[index] - log_sum
 }

@@ -104,18 +104,8 @@ impl GgufFile {
         // loader (llama.cpp included) can defend against.
         let map = unsafe { Mmap::map(&file) }.map_err(io_error(path))?;
         let map = Arc::new(map);
-        let (metadata, tensors) = Parser {
-            path,
-            bytes: &map,
-            pos: 0,
-        }
-        .parse()?;
-        Ok(GgufFile {
-            path: path.to_path_buf(),
-            map,
-            metadata,
-            tensors,
-        })
+        let (metadata, tensors) = Parser { path, bytes: &map, pos: 0 }.parse()?;
+        Ok(GgufFile { path: path.to_path_buf(), map, metadata, tensors })
     }
 
     /// The file's path.
@@ -133,18 +123,9 @@ impl GgufFile {
         let info = self
             .tensors
             .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.path.clone(),
-                name: name.to_string(),
-            })?;
+            .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), name: name.to_string() })?;
         let buffer: Arc<dyn AsRef<[u8]> + Send + Sync> = self.map.clone();
-        Ok(Tensor::mapped(
-            buffer,
-            info.offset,
-            info.len,
-            info.dtype,
-            &info.shape,
-        )?)
+        Ok(Tensor::mapped(buffer, info.offset, info.len, info.dtype, &info.shape)?)
     }
 }
 
@@ -175,14 +156,9 @@ impl Parser<'_> {
             let value = self.value(kind, 0)?;
             metadata.insert(key, value);
         }
-        let alignment = match metadata
-            .get("general.alignment")
-            .and_then(MetaValue::as_u64)
-        {
+        let alignment = match metadata.get("general.alignment").and_then(MetaValue::as_u64) {
             Some(a) if a.is_power_of_two() => a as usize,
-            Some(a) => {
-                return Err(self.corrupt(format!("general.alignment {a} is not a power of two")))
-            }
+            Some(a) => return Err(self.corrupt(format!("general.alignment {a} is not a power of two"))),
             None => DEFAULT_ALIGNMENT,
         };
         let mut infos = Vec::new();
@@ -198,23 +174,11 @@ impl Parser<'_> {
         Ok((metadata, tensors))
     }
 
-    fn place(
-        &self,
-        name: &str,
-        shape: Vec<usize>,
-        dtype: DType,
-        rel: u64,
-        data_start: usize,
-    ) -> Result<TensorInfo> {
+    fn place(&self, name: &str, shape: Vec<usize>, dtype: DType, rel: u64, data_start: usize) -> Result<TensorInfo> {
         let elems = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        let elems = elems
-            .ok_or_else(|| self.corrupt(format!("tensor {name:?}: shape {shape:?} overflows")))?;
-        let len = dtype
-            .bytes_for(elems)
-            .map_err(|e| self.corrupt(format!("tensor {name:?}: {e}")))?;
-        let offset = usize::try_from(rel)
-            .ok()
-            .and_then(|r| r.checked_add(data_start));
+        let elems = elems.ok_or_else(|| self.corrupt(format!("tensor {name:?}: shape {shape:?} overflows")))?;
+        let len = dtype.bytes_for(elems).map_err(|e| self.corrupt(format!("tensor {name:?}: {e}")))?;
+        let offset = usize::try_from(rel).ok().and_then(|r| r.checked_add(data_start));
         let end = offset.and_then(|o| o.checked_add(len));
         match (offset, end) {
             (Some(offset), Some(end)) if end <= self.bytes.len() => Ok(TensorInfo { shape, dtype, offset, len }),
@@ -237,15 +201,11 @@ impl Parser<'_> {
         let mut shape = Vec::new();
         for _ in 0..n_dims {
             let d = self.u64()?;
-            shape.push(
-                usize::try_from(d)
-                    .map_err(|_| self.corrupt(format!("tensor {name:?}: dimension {d}")))?,
-            );
+            shape.push(usize::try_from(d).map_err(|_| self.corrupt(format!("tensor {name:?}: dimension {d}")))?);
         }
         shape.reverse();
         let type_id = self.u32()?;
-        let dtype = DType::from_ggml_id(type_id)
-            .map_err(|e| self.corrupt(format!("tensor {name:?}: {e}")))?;
+        let dtype = DType::from_ggml_id(type_id).map_err(|e| self.corrupt(format!("tensor {name:?}: {e}")))?;
         let offset = self.u64()?;
         Ok((name, shape, dtype, offset))
     }
@@ -269,9 +229,7 @@ impl Parser<'_> {
                 if count > (self.bytes.len() - self.pos) as u64 {
                     return Err(self.truncated(format!("array of {count} items")));
                 }
-                let items = (0..count)
-                    .map(|_| self.value(item_kind, depth + 1))
-                    .collect::<Result<_>>()?;
+                let items = (0..count).map(|_| self.value(item_kind, depth + 1)).collect::<Result<_>>()?;
                 MetaValue::Array(items)
             }
             10 => MetaValue::U64(self.u64()?),
@@ -283,8 +241,7 @@ impl Parser<'_> {
 
     fn take(&mut self, n: usize) -> Result<&[u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end =
-            end.ok_or_else(|| self.truncated(format!("{n} bytes wanted at offset {}", self.pos)))?;
+        let end = end.ok_or_else(|| self.truncated(format!("{n} bytes wanted at offset {}", self.pos)))?;
         let slice = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(slice)
@@ -306,25 +263,17 @@ impl Parser<'_> {
 
     fn string(&mut self) -> Result<String> {
         let len = self.u64()?;
-        let len =
-            usize::try_from(len).map_err(|_| self.truncated(format!("string of {len} bytes")))?;
+        let len = usize::try_from(len).map_err(|_| self.truncated(format!("string of {len} bytes")))?;
         let bytes = self.take(len)?.to_vec();
-        String::from_utf8(bytes)
-            .map_err(|_| self.corrupt(format!("string at offset {} is not UTF-8", self.pos - len)))
+        String::from_utf8(bytes).map_err(|_| self.corrupt(format!("string at offset {} is not UTF-8", self.pos - len)))
     }
 
     fn corrupt(&self, detail: String) -> ModelError {
-        ModelError::Corrupt {
-            path: self.path.to_path_buf(),
-            detail,
-        }
+        ModelError::Corrupt { path: self.path.to_path_buf(), detail }
     }
 
     fn truncated(&self, detail: String) -> ModelError {
-        ModelError::Truncated {
-            path: self.path.to_path_buf(),
-            detail,
-        }
+        ModelError::Truncated { path: self.path.to_path_buf(), detail }
     }
 }
 
@@ -374,8 +323,7 @@ impl GgufWriter {
             }
             out.extend_from_slice(&tensor.dtype().ggml_id().to_le_bytes());
             out.extend_from_slice(&(offset as u64).to_le_bytes());
-            offset =
-                (offset + tensor.bytes().len()).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
+            offset = (offset + tensor.bytes().len()).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
         }
         for (_, tensor) in &self.tensors {
             out.resize(out.len().div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT, 0);
@@ -407,9 +355,7 @@ fn write_value(out: &mut Vec<u8>, value: &MetaValue, with_kind: bool) {
         out.extend_from_slice(&value_kind(value).to_le_bytes());
     }
     match value {
-        MetaValue::U64(v) if *v <= u32::MAX as u64 => {
-            out.extend_from_slice(&(*v as u32).to_le_bytes())
-        }
+        MetaValue::U64(v) if *v <= u32::MAX as u64 => out.extend_from_slice(&(*v as u32).to_le_bytes()),
         MetaValue::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
         MetaValue::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
         MetaValue::F64(v) => out.extend_from_slice(&(*v as f32).to_le_bytes()),

@@ -13,12 +13,7 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `layers` layers of width `kv_dim`.
     pub fn new(layers: usize, kv_dim: usize) -> KvCache {
-        KvCache {
-            keys: vec![Vec::new(); layers],
-            values: vec![Vec::new(); layers],
-            kv_dim,
-            len: 0,
-        }
+        KvCache { keys: vec![Vec::new(); layers], values: vec![Vec::new(); layers], kv_dim, len: 0 }
     }
 
     /// Positions cached.
@@ -60,10 +55,6 @@ impl KvCache {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.keys
-            .iter()
-            .chain(&self.values)
-            .map(|v| v.len() * 4)
-            .sum()
+        self.keys.iter().chain(&self.values).map(|v| v.len() * 4).sum()
     }
 }

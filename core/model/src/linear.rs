@@ -2,7 +2,7 @@
 //! Adapters (LoRA) wrap this type rather than forking the model.
 
 use crate::error::Result;
-use tailor_tensor::cpu::{linear, LinearScratch};
+use tailor_tensor::cpu::{linear, linear_many, LinearScratch};
 use tailor_tensor::{DType, Tensor};
 
 /// A linear layer.
@@ -39,19 +39,32 @@ impl Linear {
     }
 
     /// `y = x·Wᵀ + b` for `tokens` rows of `x`.
-    pub fn forward(
-        &self,
+    pub fn forward(&self, x: &[f32], tokens: usize, y: &mut [f32], scratch: &mut LinearScratch) -> Result<()> {
+        linear(x, tokens, &self.weight, y, scratch)?;
+        self.add_bias(y);
+        Ok(())
+    }
+
+    /// Several layers applied to the same input in one parallel pass.
+    pub fn forward_many(
         x: &[f32],
         tokens: usize,
-        y: &mut [f32],
+        layers: &mut [(&Linear, &mut [f32])],
         scratch: &mut LinearScratch,
     ) -> Result<()> {
-        linear(x, tokens, &self.weight, y, scratch)?;
+        let mut outputs: Vec<(&Tensor, &mut [f32])> = layers.iter_mut().map(|(l, y)| (&l.weight, &mut **y)).collect();
+        linear_many(x, tokens, &mut outputs, scratch)?;
+        for (layer, y) in layers.iter_mut() {
+            layer.add_bias(y);
+        }
+        Ok(())
+    }
+
+    fn add_bias(&self, y: &mut [f32]) {
         if let Some(bias) = &self.bias {
             for row in y.chunks_exact_mut(bias.len()) {
                 row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
             }
         }
-        Ok(())
     }
 }

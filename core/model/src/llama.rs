@@ -54,22 +54,10 @@ pub struct BuildOptions<'a> {
 
 impl Llama {
     /// Builds the decoder, checking every tensor's shape against the config.
-    pub fn load(
-        config: LlamaConfig,
-        source: &dyn WeightSource,
-        options: BuildOptions<'_>,
-    ) -> Result<Llama> {
-        let loader = Loader {
-            source,
-            config: &config,
-            dtype: options.dtype,
-        };
+    pub fn load(config: LlamaConfig, source: &dyn WeightSource, options: BuildOptions<'_>) -> Result<Llama> {
+        let loader = Loader { source, config: &config, dtype: options.dtype };
         let total = config.num_hidden_layers + 2;
-        let embed = loader.matrix(
-            "model.embed_tokens.weight",
-            config.vocab_size,
-            config.hidden_size,
-        )?;
+        let embed = loader.matrix("model.embed_tokens.weight", config.vocab_size, config.hidden_size)?;
         (options.progress)(1, total);
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
         for layer in 0..config.num_hidden_layers {
@@ -80,24 +68,12 @@ impl Llama {
         let lm_head = if config.tie_word_embeddings && !source.contains("lm_head.weight") {
             Linear::new(embed.clone(), None)
         } else {
-            loader.linear(
-                "lm_head.weight",
-                config.vocab_size,
-                config.hidden_size,
-                false,
-            )?
+            loader.linear("lm_head.weight", config.vocab_size, config.hidden_size, false)?
         };
         (options.progress)(total, total);
         let inv_freq = rope_inv_freq(&config);
         let rope = RopeTable::new(config.head_dim, &inv_freq, config.max_position_embeddings);
-        Ok(Llama {
-            config,
-            embed,
-            blocks,
-            norm,
-            lm_head,
-            rope,
-        })
+        Ok(Llama { config, embed, blocks, norm, lm_head, rope })
     }
 
     /// The hyper-parameters.
@@ -135,10 +111,7 @@ impl Llama {
             return Err(ModelError::EmptyPrompt);
         }
         if start + n > self.context_length() {
-            return Err(ModelError::ContextOverflow {
-                tokens: start + n,
-                context: self.context_length(),
-            });
+            return Err(ModelError::ContextOverflow { tokens: start + n, context: self.context_length() });
         }
         let mut x = self.embed_tokens(tokens)?;
         let mut s = Scratch::new(cfg, n);
@@ -155,8 +128,7 @@ impl Llama {
         let mut normed = vec![0f32; rows.len()];
         rms_norm(rows, &self.norm, cfg.rms_norm_eps as f32, &mut normed);
         let mut logits = vec![0f32; count * cfg.vocab_size];
-        self.lm_head
-            .forward(&normed, count, &mut logits, &mut s.linear)?;
+        self.lm_head.forward(&normed, count, &mut logits, &mut s.linear)?;
         Ok(logits)
     }
 
@@ -165,16 +137,9 @@ impl Llama {
         let mut x = vec![0f32; tokens.len() * dim];
         for (row, &id) in x.chunks_exact_mut(dim).zip(tokens) {
             if id as usize >= self.config.vocab_size {
-                return Err(ModelError::BadToken {
-                    id,
-                    vocab: self.config.vocab_size,
-                });
+                return Err(ModelError::BadToken { id, vocab: self.config.vocab_size });
             }
-            tailor_tensor::quant::dequantize_row(
-                self.embed.dtype(),
-                self.embed.row_bytes(id as usize),
-                row,
-            )?;
+            tailor_tensor::quant::dequantize_row(self.embed.dtype(), self.embed.row_bytes(id as usize), row)?;
         }
         Ok(x)
     }
@@ -191,9 +156,7 @@ impl Llama {
         let cfg = &self.config;
         let n = s.tokens;
         rms_norm(x, &b.attn_norm, cfg.rms_norm_eps as f32, &mut s.normed);
-        b.q.forward(&s.normed, n, &mut s.q, &mut s.linear)?;
-        b.k.forward(&s.normed, n, &mut s.k, &mut s.linear)?;
-        b.v.forward(&s.normed, n, &mut s.v, &mut s.linear)?;
+        Linear::forward_many(&s.normed, n, &mut [(&b.q, &mut s.q), (&b.k, &mut s.k), (&b.v, &mut s.v)], &mut s.linear)?;
         self.rope.apply(&mut s.q, cfg.num_attention_heads, start);
         self.rope.apply(&mut s.k, cfg.num_key_value_heads, start);
         cache.append(layer, &s.k, &s.v);
@@ -211,14 +174,8 @@ impl Llama {
 
     fn mlp(&self, b: &Block, x: &mut [f32], s: &mut Scratch) -> Result<()> {
         let n = s.tokens;
-        rms_norm(
-            x,
-            &b.ffn_norm,
-            self.config.rms_norm_eps as f32,
-            &mut s.normed,
-        );
-        b.gate.forward(&s.normed, n, &mut s.gate, &mut s.linear)?;
-        b.up.forward(&s.normed, n, &mut s.up, &mut s.linear)?;
+        rms_norm(x, &b.ffn_norm, self.config.rms_norm_eps as f32, &mut s.normed);
+        Linear::forward_many(&s.normed, n, &mut [(&b.gate, &mut s.gate), (&b.up, &mut s.up)], &mut s.linear)?;
         silu_mul(&mut s.gate, &s.up);
         b.down.forward(&s.gate, n, &mut s.out, &mut s.linear)?;
         add_in_place(x, &s.out);
@@ -283,19 +240,16 @@ impl Loader<'_> {
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor> {
         let tensor = self.checked(name, &[rows, cols])?;
-        match self.dtype {
-            Some(dtype) if dtype != tensor.dtype() => Ok(tensor.to_dtype(dtype)?),
-            _ => Ok(tensor),
-        }
+        let tensor = match self.dtype {
+            Some(dtype) if dtype != tensor.dtype() => tensor.to_dtype(dtype)?,
+            _ => tensor,
+        };
+        Ok(tensor.prepacked())
     }
 
     fn linear(&self, name: &str, out: usize, inp: usize, with_bias: bool) -> Result<Linear> {
         let weight = self.matrix(name, out, inp)?;
-        let bias = if with_bias {
-            Some(self.vector(&name.replace(".weight", ".bias"), out)?)
-        } else {
-            None
-        };
+        let bias = if with_bias { Some(self.vector(&name.replace(".weight", ".bias"), out)?) } else { None };
         Ok(Linear::new(weight, bias))
     }
 
@@ -305,52 +259,14 @@ impl Loader<'_> {
         let bias = c.attention_bias;
         Ok(Block {
             attn_norm: self.vector(&format!("{p}.input_layernorm.weight"), c.hidden_size)?,
-            q: self.linear(
-                &format!("{p}.self_attn.q_proj.weight"),
-                c.q_dim(),
-                c.hidden_size,
-                bias,
-            )?,
-            k: self.linear(
-                &format!("{p}.self_attn.k_proj.weight"),
-                c.kv_dim(),
-                c.hidden_size,
-                bias,
-            )?,
-            v: self.linear(
-                &format!("{p}.self_attn.v_proj.weight"),
-                c.kv_dim(),
-                c.hidden_size,
-                bias,
-            )?,
-            o: self.linear(
-                &format!("{p}.self_attn.o_proj.weight"),
-                c.hidden_size,
-                c.q_dim(),
-                false,
-            )?,
-            ffn_norm: self.vector(
-                &format!("{p}.post_attention_layernorm.weight"),
-                c.hidden_size,
-            )?,
-            gate: self.linear(
-                &format!("{p}.mlp.gate_proj.weight"),
-                c.intermediate_size,
-                c.hidden_size,
-                false,
-            )?,
-            up: self.linear(
-                &format!("{p}.mlp.up_proj.weight"),
-                c.intermediate_size,
-                c.hidden_size,
-                false,
-            )?,
-            down: self.linear(
-                &format!("{p}.mlp.down_proj.weight"),
-                c.hidden_size,
-                c.intermediate_size,
-                false,
-            )?,
+            q: self.linear(&format!("{p}.self_attn.q_proj.weight"), c.q_dim(), c.hidden_size, bias)?,
+            k: self.linear(&format!("{p}.self_attn.k_proj.weight"), c.kv_dim(), c.hidden_size, bias)?,
+            v: self.linear(&format!("{p}.self_attn.v_proj.weight"), c.kv_dim(), c.hidden_size, bias)?,
+            o: self.linear(&format!("{p}.self_attn.o_proj.weight"), c.hidden_size, c.q_dim(), false)?,
+            ffn_norm: self.vector(&format!("{p}.post_attention_layernorm.weight"), c.hidden_size)?,
+            gate: self.linear(&format!("{p}.mlp.gate_proj.weight"), c.intermediate_size, c.hidden_size, false)?,
+            up: self.linear(&format!("{p}.mlp.up_proj.weight"), c.intermediate_size, c.hidden_size, false)?,
+            down: self.linear(&format!("{p}.mlp.down_proj.weight"), c.hidden_size, c.intermediate_size, false)?,
         })
     }
 }

@@ -22,10 +22,7 @@ pub struct LoadOptions<'a> {
 
 impl Default for LoadOptions<'_> {
     fn default() -> Self {
-        LoadOptions {
-            dtype: None,
-            progress: &|_, _| {},
-        }
+        LoadOptions { dtype: None, progress: &|_, _| {} }
     }
 }
 
@@ -60,50 +57,26 @@ impl Model {
         let file = GgufFile::open(path)?;
         let config = LlamaConfig::from_gguf(&file)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let template = file
-            .get("tokenizer.chat_template")
-            .and_then(MetaValue::as_str)
-            .and_then(ChatTemplate::detect);
+        let template = file.get("tokenizer.chat_template").and_then(MetaValue::as_str).and_then(ChatTemplate::detect);
         let weights = GgufWeights::new(&file, &config);
-        let build = BuildOptions {
-            dtype: options.dtype,
-            progress: options.progress,
-        };
+        let build = BuildOptions { dtype: options.dtype, progress: options.progress };
         let llama = Llama::load(config.clone(), &weights, build)?;
-        Ok(Model {
-            llama,
-            tokenizer,
-            template,
-            source: path.to_path_buf(),
-        })
+        Ok(Model { llama, tokenizer, template, source: path.to_path_buf() })
     }
 
     fn load_hf(folder: &Path, options: LoadOptions<'_>) -> Result<Model> {
         let config_path = folder.join("config.json");
         if !config_path.exists() {
-            return Err(ModelError::MissingFile {
-                path: config_path,
-                what: "the model config",
-            });
+            return Err(ModelError::MissingFile { path: config_path, what: "the model config" });
         }
         let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
         let config = LlamaConfig::from_hf_json(&config_path, &text)?;
         let tokenizer = Tokenizer::from_file(&folder.join("tokenizer.json"))?;
-        let template = read_hf_chat_template(folder)?
-            .as_deref()
-            .and_then(ChatTemplate::detect);
+        let template = read_hf_chat_template(folder)?.as_deref().and_then(ChatTemplate::detect);
         let weights = SafetensorsWeights::open(folder)?;
-        let build = BuildOptions {
-            dtype: options.dtype,
-            progress: options.progress,
-        };
+        let build = BuildOptions { dtype: options.dtype, progress: options.progress };
         let llama = Llama::load(config, &weights, build)?;
-        Ok(Model {
-            llama,
-            tokenizer,
-            template,
-            source: folder.to_path_buf(),
-        })
+        Ok(Model { llama, tokenizer, template, source: folder.to_path_buf() })
     }
 
     /// Token ids of a plain prompt.
@@ -135,12 +108,7 @@ impl Model {
     pub fn stop_tokens(&self) -> Vec<u32> {
         let mut stops = self.llama.config().eos_token_ids.clone();
         if let Some(template) = &self.template {
-            stops.extend(
-                template
-                    .stop_tokens()
-                    .iter()
-                    .filter_map(|t| self.tokenizer.token_id(t)),
-            );
+            stops.extend(template.stop_tokens().iter().filter_map(|t| self.tokenizer.token_id(t)));
         }
         stops.sort_unstable();
         stops.dedup();
@@ -154,12 +122,7 @@ fn read_hf_chat_template(folder: &Path) -> Result<Option<String>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-        path: path.clone(),
-        detail: e.to_string(),
-    })?;
-    Ok(json
-        .get("chat_template")
-        .and_then(|t| t.as_str())
-        .map(str::to_string))
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.clone(), detail: e.to_string() })?;
+    Ok(json.get("chat_template").and_then(|t| t.as_str()).map(str::to_string))
 }

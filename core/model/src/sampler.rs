@@ -20,13 +20,7 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            repetition_penalty: 1.0,
-            seed: 0,
-        }
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
     }
 }
 
@@ -35,19 +29,13 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::InvalidParameter(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad(format!(
-                "temperature must be >= 0, got {}",
-                self.temperature
-            ));
+            return bad(format!("temperature must be >= 0, got {}", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad(format!(
-                "repetition_penalty must be > 0, got {}",
-                self.repetition_penalty
-            ));
+            return bad(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
         }
         Ok(())
     }
@@ -94,21 +82,14 @@ impl Sampler {
         if self.params.temperature == 0.0 {
             return argmax(logits);
         }
-        let mut candidates: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l))
-            .collect();
+        let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
         candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if self.params.top_k > 0 {
             candidates.truncate(self.params.top_k);
         }
         let inv_t = 1.0 / self.params.temperature;
         let max = candidates[0].1;
-        let mut probs: Vec<f32> = candidates
-            .iter()
-            .map(|(_, l)| ((l - max) * inv_t).exp())
-            .collect();
+        let mut probs: Vec<f32> = candidates.iter().map(|(_, l)| ((l - max) * inv_t).exp()).collect();
         let total: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         let keep = nucleus_len(&probs, self.params.top_p);
@@ -170,28 +151,14 @@ pub fn argmax(values: &[f32]) -> u32 {
 /// The `k` most likely tokens with their log-probabilities, most likely first.
 pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits
-        .iter()
-        .map(|l| ((l - max) as f64).exp())
-        .sum::<f64>()
-        .ln() as f32
-        + max;
+    let log_sum = logits.iter().map(|l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
     let k = k.min(logits.len());
     if k == 0 {
         return Vec::new();
     }
-    order.select_nth_unstable_by(k - 1, |&a, &b| {
-        logits[b as usize].total_cmp(&logits[a as usize])
-    });
+    order.select_nth_unstable_by(k - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
     order.truncate(k);
-    order.sort_by(|&a, &b| {
-        logits[b as usize]
-            .total_cmp(&logits[a as usize])
-            .then(a.cmp(&b))
-    });
-    order
-        .into_iter()
-        .map(|t| (t, logits[t as usize] - log_sum))
-        .collect()
+    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    order.into_iter().map(|t| (t, logits[t as usize] - log_sum)).collect()
 }

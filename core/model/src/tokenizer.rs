@@ -29,10 +29,7 @@ impl Tokenizer {
     /// Loads a `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Tokenizer> {
         if !path.exists() {
-            return Err(ModelError::MissingFile {
-                path: path.to_path_buf(),
-                what: "the model's tokenizer",
-            });
+            return Err(ModelError::MissingFile { path: path.to_path_buf(), what: "the model's tokenizer" });
         }
         let json = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
         Tokenizer::from_json(json, path)
@@ -45,17 +42,11 @@ impl Tokenizer {
     }
 
     fn from_json(json: String, source: &Path) -> Result<Tokenizer> {
-        let inner: tokenizers::Tokenizer =
-            json.parse()
-                .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
-                    path: source.to_path_buf(),
-                    detail: e.to_string(),
-                })?;
-        Ok(Tokenizer {
-            inner,
-            json,
-            source: source.to_path_buf(),
-        })
+        let inner: tokenizers::Tokenizer = json.parse().map_err(|e: tokenizers::Error| ModelError::Tokenizer {
+            path: source.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        Ok(Tokenizer { inner, json, source: source.to_path_buf() })
     }
 
     /// Token ids of `text`; special tokens written in the text are recognised.
@@ -66,9 +57,7 @@ impl Tokenizer {
 
     /// Text of `ids`, optionally dropping special tokens.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| self.error(e))
+        self.inner.decode(ids, skip_special).map_err(|e| self.error(e))
     }
 
     /// The id of a token string such as `<|im_end|>`.
@@ -92,10 +81,7 @@ impl Tokenizer {
     }
 
     fn error(&self, e: tokenizers::Error) -> ModelError {
-        ModelError::Tokenizer {
-            path: self.source.clone(),
-            detail: e.to_string(),
-        }
+        ModelError::Tokenizer { path: self.source.clone(), detail: e.to_string() }
     }
 }
 
@@ -104,14 +90,8 @@ fn strings(file: &GgufFile, key: &str) -> Result<Vec<String>> {
         path: file.path().to_path_buf(),
         detail: format!("{key} is missing or not a string array"),
     };
-    let items = file
-        .get(key)
-        .and_then(MetaValue::as_array)
-        .ok_or_else(bad)?;
-    items
-        .iter()
-        .map(|v| v.as_str().map(str::to_string).ok_or_else(bad))
-        .collect()
+    let items = file.get(key).and_then(MetaValue::as_array).ok_or_else(bad)?;
+    items.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(bad)).collect()
 }
 
 /// The regex pre-tokenizer of a GGUF `tokenizer.ggml.pre` name.
@@ -140,10 +120,7 @@ fn pre_tokenizer(path: &Path, pre: &str) -> Result<Value> {
 /// The `tokenizer.json` equivalent to a GGUF file's `gpt2`-style BPE vocabulary.
 pub fn gguf_tokenizer_json(file: &GgufFile) -> Result<Value> {
     let path = file.path();
-    let model = file
-        .get("tokenizer.ggml.model")
-        .and_then(MetaValue::as_str)
-        .unwrap_or("");
+    let model = file.get("tokenizer.ggml.model").and_then(MetaValue::as_str).unwrap_or("");
     if model != "gpt2" {
         return Err(ModelError::Tokenizer {
             path: path.to_path_buf(),
@@ -157,24 +134,12 @@ pub fn gguf_tokenizer_json(file: &GgufFile) -> Result<Value> {
         .and_then(MetaValue::as_array)
         .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
         .unwrap_or_default();
-    let pre = file
-        .get("tokenizer.ggml.pre")
-        .and_then(MetaValue::as_str)
-        .unwrap_or("default");
-    let vocab: serde_json::Map<String, Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
+    let pre = file.get("tokenizer.ggml.pre").and_then(MetaValue::as_str).unwrap_or("default");
+    let vocab: serde_json::Map<String, Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
     let added: Vec<Value> = tokens
         .iter()
         .enumerate()
-        .filter(|(i, _)| {
-            matches!(
-                types.get(*i),
-                Some(&TOKEN_TYPE_CONTROL) | Some(&TOKEN_TYPE_USER_DEFINED)
-            )
-        })
+        .filter(|(i, _)| matches!(types.get(*i), Some(&TOKEN_TYPE_CONTROL) | Some(&TOKEN_TYPE_USER_DEFINED)))
         .map(|(i, t)| {
             let special = types.get(i) == Some(&TOKEN_TYPE_CONTROL);
             json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,

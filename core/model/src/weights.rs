@@ -71,13 +71,9 @@ pub fn gguf_name(hf: &str) -> String {
 impl WeightSource for GgufWeights<'_> {
     fn get(&self, name: &str) -> Result<Tensor> {
         let tensor = self.file.tensor(&gguf_name(name))?;
-        let heads = if name.ends_with("self_attn.q_proj.weight")
-            || name.ends_with("self_attn.q_proj.bias")
-        {
+        let heads = if name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.q_proj.bias") {
             self.config.num_attention_heads
-        } else if name.ends_with("self_attn.k_proj.weight")
-            || name.ends_with("self_attn.k_proj.bias")
-        {
+        } else if name.ends_with("self_attn.k_proj.weight") || name.ends_with("self_attn.k_proj.bias") {
             self.config.num_key_value_heads
         } else {
             return Ok(tensor);
@@ -97,11 +93,7 @@ impl WeightSource for GgufWeights<'_> {
 /// Undoes llama.cpp's conversion permutation of Q/K rows: within each head,
 /// GGUF row `2i + j` is Hugging Face row `j · head_dim/2 + i`.
 fn unpermute_rows(tensor: &Tensor, heads: usize, path: &Path, name: &str) -> Result<Tensor> {
-    let rows = if tensor.shape().len() == 1 {
-        tensor.elem_count()
-    } else {
-        tensor.row_count()
-    };
+    let rows = if tensor.shape().len() == 1 { tensor.elem_count() } else { tensor.row_count() };
     if heads == 0 || rows % (2 * heads) != 0 {
         return Err(ModelError::Corrupt {
             path: path.to_path_buf(),
@@ -142,10 +134,7 @@ impl SafetensorsWeights {
                 what: "model weights (or model.safetensors.index.json)",
             });
         };
-        let mut weights = SafetensorsWeights {
-            folder: folder.to_path_buf(),
-            tensors: BTreeMap::new(),
-        };
+        let mut weights = SafetensorsWeights { folder: folder.to_path_buf(), tensors: BTreeMap::new() };
         for shard in shards {
             weights.add_shard(&shard)?;
         }
@@ -157,16 +146,11 @@ impl SafetensorsWeights {
         // SAFETY: read-only private map of a model file tailor does not
         // modify; see GgufFile::open.
         let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(io_error(path))?);
-        let corrupt = |detail: String| ModelError::Corrupt {
-            path: path.to_path_buf(),
-            detail,
-        };
+        let corrupt = |detail: String| ModelError::Corrupt { path: path.to_path_buf(), detail };
         let parsed = safetensors::SafeTensors::deserialize(&map).map_err(|e| match e {
-            safetensors::SafeTensorError::MetadataIncompleteBuffer
-            | safetensors::SafeTensorError::HeaderTooSmall => ModelError::Truncated {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            },
+            safetensors::SafeTensorError::MetadataIncompleteBuffer | safetensors::SafeTensorError::HeaderTooSmall => {
+                ModelError::Truncated { path: path.to_path_buf(), detail: e.to_string() }
+            }
             other => corrupt(other.to_string()),
         })?;
         let base = map.as_ptr() as usize;
@@ -176,19 +160,11 @@ impl SafetensorsWeights {
                 safetensors::Dtype::F16 => DType::F16,
                 safetensors::Dtype::BF16 => DType::BF16,
                 other => {
-                    return Err(corrupt(format!(
-                        "tensor {name:?} has dtype {other:?} (supported: F32, F16, BF16)"
-                    )))
+                    return Err(corrupt(format!("tensor {name:?} has dtype {other:?} (supported: F32, F16, BF16)")))
                 }
             };
             let offset = view.data().as_ptr() as usize - base;
-            let entry = (
-                map.clone(),
-                offset,
-                view.data().len(),
-                dtype,
-                view.shape().to_vec(),
-            );
+            let entry = (map.clone(), offset, view.data().len(), dtype, view.shape().to_vec());
             self.tensors.insert(name, entry);
         }
         Ok(())
@@ -197,23 +173,14 @@ impl SafetensorsWeights {
 
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(io_error(index))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Corrupt {
-        path: index.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::Corrupt { path: index.to_path_buf(), detail: e.to_string() })?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| ModelError::Corrupt {
-            path: index.to_path_buf(),
-            detail: "no weight_map object".into(),
-        })?;
+        .ok_or_else(|| ModelError::Corrupt { path: index.to_path_buf(), detail: "no weight_map object".into() })?;
     let folder = index.parent().unwrap_or(Path::new("."));
-    let mut files: Vec<PathBuf> = map
-        .values()
-        .filter_map(|v| v.as_str())
-        .map(|f| folder.join(f))
-        .collect();
+    let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| folder.join(f)).collect();
     files.sort();
     files.dedup();
     Ok(files)
@@ -221,13 +188,10 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
 
 impl WeightSource for SafetensorsWeights {
     fn get(&self, name: &str) -> Result<Tensor> {
-        let (map, offset, len, dtype, shape) =
-            self.tensors
-                .get(name)
-                .ok_or_else(|| ModelError::MissingTensor {
-                    path: self.folder.clone(),
-                    name: name.to_string(),
-                })?;
+        let (map, offset, len, dtype, shape) = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor { path: self.folder.clone(), name: name.to_string() })?;
         let buffer: Arc<dyn AsRef<[u8]> + Send + Sync> = map.clone();
         Ok(Tensor::mapped(buffer, *offset, *len, *dtype, shape)?)
     }

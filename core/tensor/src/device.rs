@@ -19,10 +19,7 @@ pub enum Device {
 impl Device {
     /// Returns the CUDA device `ordinal` if this build and machine can use it.
     pub fn cuda(ordinal: usize) -> Result<Device> {
-        Err(TensorError::DeviceUnavailable(
-            format!("cuda:{ordinal}"),
-            cuda_unavailable_reason().to_string(),
-        ))
+        Err(TensorError::DeviceUnavailable(format!("cuda:{ordinal}"), cuda_unavailable_reason().to_string()))
     }
 
     /// True when the device can run kernels in this process.
@@ -40,10 +37,7 @@ impl Device {
             "cuda" => Device::cuda(0),
             other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
                 Some(ordinal) => Device::cuda(ordinal),
-                None => Err(TensorError::DeviceUnavailable(
-                    other.to_string(),
-                    "expected cpu, cuda or cuda:N".into(),
-                )),
+                None => Err(TensorError::DeviceUnavailable(other.to_string(), "expected cpu, cuda or cuda:N".into())),
             },
         }
     }

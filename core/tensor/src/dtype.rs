@@ -58,11 +58,7 @@ impl DType {
     pub fn bytes_for(self, n: usize) -> Result<usize> {
         let block = self.block_size();
         if n % block != 0 {
-            return Err(TensorError::BadBlockLength {
-                dtype: self,
-                block,
-                len: n,
-            });
+            return Err(TensorError::BadBlockLength { dtype: self, block, len: n });
         }
         Ok(n / block * self.type_size())
     }
@@ -115,20 +111,9 @@ impl std::str::FromStr for DType {
     type Err = TensorError;
 
     fn from_str(s: &str) -> Result<Self> {
-        let all = [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q4K,
-            DType::Q6K,
-        ];
+        let all = [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K];
         let wanted = s.to_ascii_lowercase();
-        all.into_iter()
-            .find(|d| d.name() == wanted)
-            .ok_or_else(|| TensorError::UnknownDTypeName(s.to_string()))
+        all.into_iter().find(|d| d.name() == wanted).ok_or_else(|| TensorError::UnknownDTypeName(s.to_string()))
     }
 }
 

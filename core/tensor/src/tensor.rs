@@ -5,6 +5,7 @@
 //! owned or borrowed from a memory-mapped file, so loading a model copies
 //! nothing it does not have to.
 
+use crate::quant::packed::{pack_rows, PackedRows};
 use crate::quant::{dequantize_row, quantize_row};
 use crate::{DType, Device, Result, TensorError};
 use std::borrow::Cow;
@@ -45,6 +46,8 @@ pub struct Tensor {
     shape: Vec<usize>,
     dtype: DType,
     device: Device,
+    /// Rows repacked for the fastest dot-product kernel, if any.
+    packed: Option<Arc<PackedRows>>,
 }
 
 impl Tensor {
@@ -56,6 +59,7 @@ impl Tensor {
             shape: shape.to_vec(),
             dtype: DType::F32,
             device: Device::Cpu,
+            packed: None,
         })
     }
 
@@ -67,6 +71,7 @@ impl Tensor {
             shape: shape.to_vec(),
             dtype,
             device: Device::Cpu,
+            packed: None,
         })
     }
 
@@ -82,22 +87,32 @@ impl Tensor {
         if offset.checked_add(len).is_none_or(|end| end > available) {
             return Err(TensorError::Incompatible {
                 op: "mapped",
-                detail: format!(
-                    "range {offset}+{len} is past the end of a {available}-byte buffer"
-                ),
+                detail: format!("range {offset}+{len} is past the end of a {available}-byte buffer"),
             });
         }
         check_len(shape, dtype, len)?;
         Ok(Tensor {
-            storage: Storage::Mapped {
-                buffer,
-                offset,
-                len,
-            },
+            storage: Storage::Mapped { buffer, offset, len },
             shape: shape.to_vec(),
             dtype,
             device: Device::Cpu,
+            packed: None,
         })
+    }
+
+    /// This tensor with its rows also repacked for the CPU's fastest
+    /// quantized dot product (see [`crate::quant::packed`]); unchanged when
+    /// the format, row length or CPU does not allow it.
+    pub fn prepacked(mut self) -> Tensor {
+        if self.shape.len() == 2 && crate::quant::packed::vnni_supported() {
+            self.packed = pack_rows(self.dtype, self.bytes(), self.row_len()).map(Arc::new);
+        }
+        self
+    }
+
+    /// The repacked rows, when [`Tensor::prepacked`] made them.
+    pub fn packed(&self) -> Option<&PackedRows> {
+        self.packed.as_deref()
     }
 
     /// The shape.
@@ -135,11 +150,7 @@ impl Tensor {
         match &self.storage {
             Storage::F32(v) => bytemuck::cast_slice(v.as_slice()),
             Storage::Bytes(v) => v.as_slice(),
-            Storage::Mapped {
-                buffer,
-                offset,
-                len,
-            } => &(**buffer).as_ref()[*offset..*offset + *len],
+            Storage::Mapped { buffer, offset, len } => &(**buffer).as_ref()[*offset..*offset + *len],
         }
     }
 
@@ -180,10 +191,7 @@ impl Tensor {
     /// The same data under another shape with the same element count.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         check_len(shape, self.dtype, self.bytes().len())?;
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            ..self.clone()
-        })
+        Ok(Tensor { shape: shape.to_vec(), packed: None, ..self.clone() })
     }
 }
 
@@ -198,11 +206,7 @@ fn check_len(shape: &[usize], dtype: DType, actual_bytes: usize) -> Result<()> {
         actual_bytes,
     };
     if row % dtype.block_size() != 0 {
-        return Err(TensorError::BadBlockLength {
-            dtype,
-            block: dtype.block_size(),
-            len: row,
-        });
+        return Err(TensorError::BadBlockLength { dtype, block: dtype.block_size(), len: row });
     }
     match dtype.bytes_for(expected) {
         Ok(n) if n == actual_bytes => Ok(()),

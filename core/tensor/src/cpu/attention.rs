@@ -1,7 +1,7 @@
 //! Causal multi-head attention with grouped-query heads over a KV cache.
 
-use super::softmax_in_place;
-use rayon::prelude::*;
+use super::pool::{split_range, SpinPool};
+use super::{dot_f32, softmax_in_place};
 
 /// Head layout of an attention layer.
 #[derive(Debug, Clone, Copy)]
@@ -19,42 +19,52 @@ pub struct AttentionShape {
 /// `q` and `out` are `[tokens, n_head · head_dim]`; `keys` and `values` are
 /// `[positions, n_kv_head · head_dim]` and hold at least `start + tokens`
 /// positions. Query `t` attends to positions `0..=start + t`.
-pub fn causal_attention(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    start: usize,
-    shape: AttentionShape,
-    out: &mut [f32],
-) {
-    let AttentionShape {
-        n_head,
-        n_kv_head,
-        head_dim,
-    } = shape;
+pub fn causal_attention(q: &[f32], keys: &[f32], values: &[f32], start: usize, shape: AttentionShape, out: &mut [f32]) {
+    let AttentionShape { n_head, n_kv_head, head_dim } = shape;
     let kv_stride = n_kv_head * head_dim;
     let group = n_head / n_kv_head;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    out.par_chunks_mut(head_dim)
-        .enumerate()
-        .for_each(|(index, dst)| {
+    let items = out.len() / head_dim;
+    assert!(q.len() == out.len(), "attention: q and out differ in size");
+    assert!(keys.len() >= (start + items / n_head) * kv_stride, "attention: cache shorter than the queries' positions");
+    assert!(values.len() == keys.len(), "attention: keys and values differ in size");
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let job = |thread: usize, threads: usize| {
+        let mut scores = Vec::new();
+        for index in split_range(items, thread, threads) {
             let (t, h) = (index / n_head, index % n_head);
             let query = &q[index * head_dim..(index + 1) * head_dim];
             let kv_offset = (h / group) * head_dim;
-            let visible = start + t + 1;
-            let mut scores: Vec<f32> = (0..visible)
-                .map(|p| {
-                    let key =
-                        &keys[p * kv_stride + kv_offset..p * kv_stride + kv_offset + head_dim];
-                    query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>() * scale
-                })
-                .collect();
+            scores.clear();
+            scores.extend((0..start + t + 1).map(|p| {
+                let key = &keys[p * kv_stride + kv_offset..p * kv_stride + kv_offset + head_dim];
+                dot_f32(query, key) * scale
+            }));
             softmax_in_place(&mut scores);
+            // SAFETY: item `index` owns out[index*head_dim..][..head_dim]
+            // (index < items = out.len()/head_dim); split_range gives each
+            // item to exactly one thread, and `out` is exclusively borrowed
+            // until the pool job returns.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(index * head_dim), head_dim) };
             dst.fill(0.0);
             for (p, w) in scores.iter().enumerate() {
-                let value =
-                    &values[p * kv_stride + kv_offset..p * kv_stride + kv_offset + head_dim];
+                let value = &values[p * kv_stride + kv_offset..p * kv_stride + kv_offset + head_dim];
                 dst.iter_mut().zip(value).for_each(|(d, v)| *d += w * v);
             }
-        });
+        }
+    };
+    SpinPool::global().run(&job);
+}
+
+/// The output pointer shared by the pool's threads.
+struct OutPtr(*mut f32);
+// SAFETY: threads write disjoint head slices (see causal_attention).
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Pointer to element `offset` (a method, so closures capture the
+    /// whole Sync wrapper rather than the raw pointer field).
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
 }

@@ -5,7 +5,9 @@
 //! tokens) is compute bound: each quantized matrix is dequantized once into a
 //! scratch buffer and multiplied with the `gemm` crate.
 
-use crate::quant::{dequantize_row, quantize_activations, supports_dot, vec_dot, BlockQ8, DotImpl};
+use super::pool::{split_range, SpinPool};
+use crate::quant::packed::{dot_packed, pair_activations, ActPair};
+use crate::quant::{dequantize_row, quantize_activations, supports_dot, vec_dot, BlockQ8, DotImpl, QK};
 use crate::{DType, Result, Tensor, TensorError};
 use rayon::prelude::*;
 
@@ -17,19 +19,57 @@ pub const QUANT_GEMM_MIN_TOKENS: usize = 8;
 #[derive(Default)]
 pub struct LinearScratch {
     acts: Vec<BlockQ8>,
+    row_acts: Vec<BlockQ8>,
+    pairs: Vec<ActPair>,
+    row_pairs: Vec<ActPair>,
     dense: Vec<f32>,
 }
 
 /// `y[t, o] = Σ_i x[t, i] · W[o, i]` for `tokens` rows of `x`.
 ///
 /// `w` is `[out, in]`; `x` holds `tokens × in` values and `y` `tokens × out`.
-pub fn linear(
+pub fn linear(x: &[f32], tokens: usize, w: &Tensor, y: &mut [f32], scratch: &mut LinearScratch) -> Result<()> {
+    linear_many(x, tokens, &mut [(w, y)], scratch)
+}
+
+/// Several linears of the same input in one parallel pass (q/k/v, gate/up):
+/// the input is quantized once and all output rows share one fork-join.
+pub fn linear_many(
     x: &[f32],
     tokens: usize,
-    w: &Tensor,
-    y: &mut [f32],
+    outputs: &mut [(&Tensor, &mut [f32])],
     scratch: &mut LinearScratch,
 ) -> Result<()> {
+    for (w, y) in outputs.iter() {
+        check_linear(x, tokens, w, y)?;
+    }
+    let row_path = outputs.iter().all(|(w, _)| uses_row_kernel(w.dtype(), tokens));
+    if !row_path {
+        for (w, y) in outputs.iter_mut() {
+            gemm_linear(x, tokens, w, y, scratch)?;
+        }
+        return Ok(());
+    }
+    let in_dim = outputs[0].0.row_len();
+    let needs_blocks = outputs.iter().any(|(w, _)| w.dtype() != DType::F32);
+    let needs_pairs = outputs.iter().any(|(w, _)| w.packed().is_some());
+    scratch.acts.clear();
+    scratch.pairs.clear();
+    for x_row in x.chunks_exact(in_dim) {
+        if needs_blocks {
+            quantize_activations(x_row, &mut scratch.row_acts)?;
+            scratch.acts.extend_from_slice(&scratch.row_acts);
+        }
+        if needs_pairs {
+            pair_activations(&scratch.row_acts, &mut scratch.row_pairs);
+            scratch.pairs.extend_from_slice(&scratch.row_pairs);
+        }
+    }
+    row_kernel(x, tokens, &scratch.acts, &scratch.pairs, outputs);
+    Ok(())
+}
+
+fn check_linear(x: &[f32], tokens: usize, w: &Tensor, y: &[f32]) -> Result<()> {
     let (out_dim, in_dim) = (w.row_count(), w.row_len());
     if w.shape().len() != 2 || x.len() != tokens * in_dim || y.len() != tokens * out_dim {
         return Err(TensorError::Incompatible {
@@ -42,65 +82,105 @@ pub fn linear(
             ),
         });
     }
-    let dtype = w.dtype();
-    if dtype == DType::F32 {
+    Ok(())
+}
+
+/// True when row-by-row dot products beat dequantize + gemm.
+fn uses_row_kernel(dtype: DType, tokens: usize) -> bool {
+    match dtype {
+        DType::F32 => tokens == 1,
+        d => supports_dot(d) && tokens < QUANT_GEMM_MIN_TOKENS,
+    }
+}
+
+fn gemm_linear(x: &[f32], tokens: usize, w: &Tensor, y: &mut [f32], scratch: &mut LinearScratch) -> Result<()> {
+    let (out_dim, in_dim) = (w.row_count(), w.row_len());
+    if w.dtype() == DType::F32 {
         let weights = w.to_f32()?;
-        if tokens == 1 {
-            matvec_f32(&weights, in_dim, x, y);
-        } else {
-            gemm_f32(x, tokens, in_dim, &weights, out_dim, y);
-        }
-        return Ok(());
+        gemm_f32(x, tokens, in_dim, &weights, out_dim, y);
+    } else {
+        dequantize_into(w, &mut scratch.dense)?;
+        gemm_f32(x, tokens, in_dim, &scratch.dense, out_dim, y);
     }
-    if supports_dot(dtype) && tokens < QUANT_GEMM_MIN_TOKENS {
-        for (x_row, y_row) in x.chunks_exact(in_dim).zip(y.chunks_exact_mut(out_dim)) {
-            quantized_matvec(w, x_row, y_row, &mut scratch.acts)?;
-        }
-        return Ok(());
-    }
-    dequantize_into(w, &mut scratch.dense)?;
-    gemm_f32(x, tokens, in_dim, &scratch.dense, out_dim, y);
     Ok(())
 }
 
-/// Rows of output handled by one rayon task.
-fn rows_per_task(rows: usize) -> usize {
-    let tasks = rayon::current_num_threads() * 4;
-    rows.div_ceil(tasks).max(16)
+/// A raw output pointer shared by the pool's threads.
+struct OutPtr(*mut f32);
+// SAFETY: each thread writes a disjoint set of indices (see row_kernel and
+// gemm_f32).
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Pointer to element `offset` (a method, so closures capture the whole
+    /// Sync wrapper rather than the raw pointer field).
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
 }
 
-fn quantized_matvec(w: &Tensor, x: &[f32], y: &mut [f32], acts: &mut Vec<BlockQ8>) -> Result<()> {
-    quantize_activations(x, acts)?;
+/// Dot products of every (matrix row, token) pair, rows split over the pool.
+fn row_kernel(x: &[f32], tokens: usize, acts: &[BlockQ8], pairs: &[ActPair], outputs: &mut [(&Tensor, &mut [f32])]) {
     let imp = DotImpl::detect();
-    let dtype = w.dtype();
-    let acts: &[BlockQ8] = acts;
-    let chunk = rows_per_task(y.len());
-    y.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
-        for (r, out) in ys.iter_mut().enumerate() {
-            *out = vec_dot(dtype, w.row_bytes(c * chunk + r), acts, imp);
+    let mats: Vec<(&Tensor, OutPtr, usize)> =
+        outputs.iter_mut().map(|(w, y)| (*w, OutPtr(y.as_mut_ptr()), w.row_count())).collect();
+    let total: usize = mats.iter().map(|m| m.2).sum();
+    let in_dim = mats[0].0.row_len();
+    let blocks = in_dim / QK;
+    let job = |index: usize, threads: usize| {
+        let mut first = 0;
+        let mine = split_range(total, index, threads);
+        for (w, y, rows) in &mats {
+            let lo = mine.start.max(first) - first;
+            let hi = mine.end.min(first + rows).saturating_sub(first);
+            for r in lo..hi.max(lo) {
+                let row = w.row_bytes(r);
+                for t in 0..tokens {
+                    let value = if let Some(packed) = w.packed() {
+                        dot_packed(packed.kind, packed.row(r), &pairs[t * blocks / 2..(t + 1) * blocks / 2])
+                    } else if w.dtype() == DType::F32 {
+                        dot_f32(bytemuck::cast_slice(row), &x[t * in_dim..(t + 1) * in_dim])
+                    } else {
+                        vec_dot(w.dtype(), row, &acts[t * blocks..(t + 1) * blocks], imp)
+                    };
+                    // SAFETY: index t*rows + r is inside this output (t <
+                    // tokens, r < rows, checked by check_linear) and row r is
+                    // owned by exactly one thread, so writes never overlap.
+                    unsafe { *y.at(t * rows + r) = value };
+                }
+            }
+            first += rows;
         }
-    });
-    Ok(())
+    };
+    SpinPool::global().run(&job);
 }
 
 fn dequantize_into(w: &Tensor, dense: &mut Vec<f32>) -> Result<()> {
-    let in_dim = w.row_len();
+    let (rows, in_dim, dtype) = (w.row_count(), w.row_len(), w.dtype());
     dense.resize(w.elem_count(), 0.0);
-    let dtype = w.dtype();
-    dense
-        .par_chunks_mut(in_dim * 16)
-        .enumerate()
-        .try_for_each(|(c, rows)| {
-            for (r, out) in rows.chunks_exact_mut(in_dim).enumerate() {
-                dequantize_row(dtype, w.row_bytes(c * 16 + r), out)?;
+    let out = OutPtr(dense.as_mut_ptr());
+    let failed = std::sync::Mutex::new(None);
+    let job = |index: usize, threads: usize| {
+        for r in split_range(rows, index, threads) {
+            // SAFETY: row r of `dense` (r < rows, dense holds rows×in_dim
+            // values) is written by exactly one thread.
+            let row = unsafe { std::slice::from_raw_parts_mut(out.at(r * in_dim), in_dim) };
+            if let Err(e) = dequantize_row(dtype, w.row_bytes(r), row) {
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                return;
             }
-            Ok(())
-        })
+        }
+    };
+    SpinPool::global().run(&job);
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// `y = W · x` for a dense row-major `W` with rows of `in_dim` values.
 pub fn matvec_f32(w: &[f32], in_dim: usize, x: &[f32], y: &mut [f32]) {
-    let chunk = rows_per_task(y.len());
+    let chunk = y.len().div_ceil(rayon::current_num_threads() * 4).max(16);
     y.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
         for (r, out) in ys.iter_mut().enumerate() {
             let row = c * chunk + r;
@@ -109,61 +189,82 @@ pub fn matvec_f32(w: &[f32], in_dim: usize, x: &[f32], y: &mut [f32]) {
     });
 }
 
-/// Dot product with eight independent accumulators (vectorises well).
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+/// Dot product of two f32 slices of equal length.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the features this function is compiled for were just
+            // detected; it only reads the two slices.
+            return unsafe { dot_f32_avx2(a, b) };
+        }
+    }
+    dot_f32_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_f32_portable(a, b)
+}
+
+/// Eight independent accumulators: vectorises, and with FMA enabled the
+/// multiply-adds fuse (without it, plain multiply and add, never libm's fmaf).
+#[inline(always)]
+fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in a8.zip(b8) {
         for i in 0..8 {
-            acc[i] = x[i].mul_add(y[i], acc[i]);
+            acc[i] += x[i] * y[i];
         }
     }
     acc.iter().sum::<f32>() + tail
 }
 
-/// `y[m × n] = x[m × k] · W[n × k]ᵀ` with the gemm crate on rayon's pool.
+/// `y[m × n] = x[m × k] · W[n × k]ᵀ`: each pool thread multiplies its own
+/// slice of W's rows with the gemm crate (single-threaded inside).
 pub fn gemm_f32(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
     assert!(
         x.len() >= m * k && w.len() >= n * k && y.len() >= m * n,
         "gemm_f32: buffers smaller than m={m} n={n} k={k}"
     );
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
+    let out = OutPtr(y.as_mut_ptr());
+    let job = |index: usize, threads: usize| {
+        let cols = split_range(n, index, threads);
+        if cols.is_empty() {
+            return;
+        }
+        // SAFETY: the assert above guarantees every index the strides reach
+        // is in bounds: x is m×k row-major (row stride k); the slice of w
+        // from row cols.start is read as a k×|cols| matrix (column stride
+        // k); y is m×n row-major and this thread writes only its columns
+        // `cols`, disjoint from every other thread's. read_dst=false means
+        // y's old contents are not read.
+        unsafe {
+            gemm::gemm(
+                m,
+                cols.len(),
+                k,
+                out.at(cols.start),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr().add(cols.start * k),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
     };
-    // SAFETY: the assert above guarantees every index the strides reach is in
-    // bounds: x is m×k row-major (row stride k), w is n×k row-major read as a
-    // k×n matrix (column stride k), y is m×n row-major. `y` is exclusively
-    // borrowed, and read_dst=false means its old contents are not read.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    SpinPool::global().run(&job);
 }

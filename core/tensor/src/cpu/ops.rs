@@ -54,25 +54,14 @@ impl RopeTable {
     /// inverse frequencies (`head_dim / 2` of them). Angles are `pos · f` in
     /// f32, as transformers computes them.
     pub fn new(head_dim: usize, inv_freq: &[f32], positions: usize) -> RopeTable {
-        assert_eq!(
-            inv_freq.len() * 2,
-            head_dim,
-            "rope: need head_dim/2 inverse frequencies"
-        );
+        assert_eq!(inv_freq.len() * 2, head_dim, "rope: need head_dim/2 inverse frequencies");
         let angles = || (0..positions).flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f));
-        RopeTable {
-            head_dim,
-            positions,
-            cos: angles().map(f32::cos).collect(),
-            sin: angles().map(f32::sin).collect(),
-        }
+        RopeTable { head_dim, positions, cos: angles().map(f32::cos).collect(), sin: angles().map(f32::sin).collect() }
     }
 
     /// The standard inverse frequencies `1 / base^(2i/d)`, computed in f32.
     pub fn default_inv_freq(head_dim: usize, base: f32) -> Vec<f32> {
-        (0..head_dim / 2)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
-            .collect()
+        (0..head_dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32)).collect()
     }
 
     /// Positions the table covers.
@@ -86,12 +75,7 @@ impl RopeTable {
     pub fn apply(&self, x: &mut [f32], n_heads: usize, start: usize) {
         let (dim, half) = (self.head_dim, self.head_dim / 2);
         let tokens = x.len() / (n_heads * dim);
-        assert!(
-            start + tokens <= self.positions,
-            "rope: position {} past table of {}",
-            start + tokens,
-            self.positions
-        );
+        assert!(start + tokens <= self.positions, "rope: position {} past table of {}", start + tokens, self.positions);
         for (t, token) in x.chunks_exact_mut(n_heads * dim).enumerate() {
             let cos = &self.cos[(start + t) * half..(start + t + 1) * half];
             let sin = &self.sin[(start + t) * half..(start + t + 1) * half];

@@ -11,11 +11,7 @@ pub fn dequantize_row(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()>
     if bytes.len() != needed {
         return Err(TensorError::Incompatible {
             op: "dequantize_row",
-            detail: format!(
-                "{} elements of {dtype} need {needed} bytes, got {}",
-                out.len(),
-                bytes.len()
-            ),
+            detail: format!("{} elements of {dtype} need {needed} bytes, got {}", out.len(), bytes.len()),
         });
     }
     let (block, size) = (dtype.block_size(), dtype.type_size());
@@ -23,9 +19,7 @@ pub fn dequantize_row(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()>
     match dtype {
         DType::F32 => blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         DType::F16 => blocks.for_each(|(b, y)| y[0] = f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        DType::BF16 => {
-            blocks.for_each(|(b, y)| y[0] = half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-        }
+        DType::BF16 => blocks.for_each(|(b, y)| y[0] = half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
         DType::Q8_0 => blocks.for_each(|(b, y)| dequant_q8_0(b, y)),
         DType::Q4_0 => blocks.for_each(|(b, y)| dequant_q4_0(b, y)),
         DType::Q4_1 => blocks.for_each(|(b, y)| dequant_q4_1(b, y)),
@@ -82,9 +76,7 @@ fn dequant_q4_0(b: &[u8], y: &mut [f32]) {
 }
 
 fn quant_q4_0(x: &[f32], out: &mut Vec<u8>) {
-    let max = x
-        .iter()
-        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let max = x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
     let d = max / -8.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
@@ -213,31 +205,16 @@ fn dequant_q6_k(b: &[u8], y: &mut [f32]) {
 }
 
 fn quant_q6_k(x: &[f32], out: &mut Vec<u8>) {
-    let sub_scale: Vec<f32> = x
-        .chunks_exact(16)
-        .map(|s| s.iter().fold(0f32, |m, v| m.max(v.abs())) / 31.0)
-        .collect();
+    let sub_scale: Vec<f32> = x.chunks_exact(16).map(|s| s.iter().fold(0f32, |m, v| m.max(v.abs())) / 31.0).collect();
     let d = sub_scale.iter().copied().fold(0f32, f32::max) / 127.0;
     let d16 = f16::from_f32(d);
     let d = d16.to_f32();
-    let sc: Vec<i8> = sub_scale
-        .iter()
-        .map(|&s| {
-            if d > 0.0 {
-                (s / d).round().clamp(-128.0, 127.0) as i8
-            } else {
-                0
-            }
-        })
-        .collect();
+    let sc: Vec<i8> =
+        sub_scale.iter().map(|&s| if d > 0.0 { (s / d).round().clamp(-128.0, 127.0) as i8 } else { 0 }).collect();
     let mut block = [0u8; 210];
     for (e, &v) in x.iter().enumerate() {
         let step = d * sc[e / 16] as f32;
-        let q = if step != 0.0 {
-            ((v / step).round() as i32).clamp(-32, 31)
-        } else {
-            0
-        };
+        let q = if step != 0.0 { ((v / step).round() as i32).clamp(-32, 31) } else { 0 };
         let u = (q + 32) as u8;
         let (ql, ql_shift, qh, qh_shift) = q6_k_position(e);
         block[ql] |= (u & 0x0F) << ql_shift;

@@ -7,6 +7,7 @@
 
 mod avx2;
 mod formats;
+pub mod packed;
 mod scalar;
 
 pub use formats::{dequantize_row, quantize_row};
@@ -31,11 +32,7 @@ pub struct BlockQ8 {
 /// Quantizes a row of activations (length a multiple of 32) to [`BlockQ8`]s.
 pub fn quantize_activations(x: &[f32], out: &mut Vec<BlockQ8>) -> Result<()> {
     if x.len() % QK != 0 {
-        return Err(TensorError::BadBlockLength {
-            dtype: DType::Q8_0,
-            block: QK,
-            len: x.len(),
-        });
+        return Err(TensorError::BadBlockLength { dtype: DType::Q8_0, block: QK, len: x.len() });
     }
     out.clear();
     out.extend(x.chunks_exact(QK).map(quantize_activation_block));
@@ -52,11 +49,7 @@ fn quantize_activation_block(x: &[f32]) -> BlockQ8 {
         *q = (v * id).round() as i8;
         sum += *q as i32;
     }
-    BlockQ8 {
-        d,
-        s: d * sum as f32,
-        qs,
-    }
+    BlockQ8 { d, s: d * sum as f32, qs }
 }
 
 /// Which implementation of the quantized dot product to use.
@@ -84,10 +77,7 @@ impl DotImpl {
 /// `row` holds `acts.len() * 32` elements of `dtype`. Callers check lengths;
 /// this panics only on a programming error inside the crate.
 pub fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8], imp: DotImpl) -> f32 {
-    debug_assert_eq!(
-        row.len(),
-        acts.len() * QK / dtype.block_size() * dtype.type_size()
-    );
+    debug_assert_eq!(row.len(), acts.len() * QK / dtype.block_size() * dtype.type_size());
     match imp {
         DotImpl::Avx2 => avx2::vec_dot(dtype, row, acts),
         DotImpl::Scalar => scalar::vec_dot(dtype, row, acts),
@@ -96,10 +86,7 @@ pub fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8], imp: DotImpl) -> f32 
 
 /// True when `vec_dot` supports weights of this dtype.
 pub fn supports_dot(dtype: DType) -> bool {
-    matches!(
-        dtype,
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4K | DType::Q6K
-    )
+    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4K | DType::Q6K)
 }
 
 pub(crate) fn f16_at(bytes: &[u8], offset: usize) -> f32 {

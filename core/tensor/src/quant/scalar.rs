@@ -7,31 +7,11 @@ use crate::DType;
 
 pub(super) fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8]) -> f32 {
     match dtype {
-        DType::Q8_0 => row
-            .chunks_exact(34)
-            .zip(acts)
-            .map(|(b, a)| dot_q8_0(b, a))
-            .sum(),
-        DType::Q4_0 => row
-            .chunks_exact(18)
-            .zip(acts)
-            .map(|(b, a)| dot_q4_0(b, a))
-            .sum(),
-        DType::Q4_1 => row
-            .chunks_exact(20)
-            .zip(acts)
-            .map(|(b, a)| dot_q4_1(b, a))
-            .sum(),
-        DType::Q4K => row
-            .chunks_exact(144)
-            .zip(acts.chunks_exact(8))
-            .map(|(b, a)| dot_q4_k(b, a))
-            .sum(),
-        DType::Q6K => row
-            .chunks_exact(210)
-            .zip(acts.chunks_exact(8))
-            .map(|(b, a)| dot_q6_k(b, a))
-            .sum(),
+        DType::Q8_0 => row.chunks_exact(34).zip(acts).map(|(b, a)| dot_q8_0(b, a)).sum(),
+        DType::Q4_0 => row.chunks_exact(18).zip(acts).map(|(b, a)| dot_q4_0(b, a)).sum(),
+        DType::Q4_1 => row.chunks_exact(20).zip(acts).map(|(b, a)| dot_q4_1(b, a)).sum(),
+        DType::Q4K => row.chunks_exact(144).zip(acts.chunks_exact(8)).map(|(b, a)| dot_q4_k(b, a)).sum(),
+        DType::Q6K => row.chunks_exact(210).zip(acts.chunks_exact(8)).map(|(b, a)| dot_q6_k(b, a)).sum(),
         DType::F32 | DType::F16 | DType::BF16 => {
             unreachable!("vec_dot is only called for quantized weights")
         }
@@ -48,9 +28,7 @@ fn dot_q8_0(b: &[u8], a: &BlockQ8) -> f32 {
 }
 
 fn nibbles(qs: &[u8]) -> impl Iterator<Item = i32> + '_ {
-    qs.iter()
-        .map(|q| (q & 0x0F) as i32)
-        .chain(qs.iter().map(|q| (q >> 4) as i32))
+    qs.iter().map(|q| (q & 0x0F) as i32).chain(qs.iter().map(|q| (q >> 4) as i32))
 }
 
 fn dot_q4_0(b: &[u8], a: &BlockQ8) -> f32 {
@@ -83,9 +61,7 @@ fn dot_q6_k(b: &[u8], acts: &[BlockQ8]) -> f32 {
         for half in 0..2 {
             let sc = b[192 + 2 * j + half] as i8 as f32;
             let base = QK * j + 16 * half;
-            let s: i32 = (0..16)
-                .map(|l| q6_k_quant(b, base + l) * a.qs[16 * half + l] as i32)
-                .sum();
+            let s: i32 = (0..16).map(|l| q6_k_quant(b, base + l) * a.qs[16 * half + l] as i32).sum();
             total += d * sc * a.d * s as f32;
         }
     }

@@ -1,0 +1,229 @@
+//! Pair-packed weights for the AVX-512 VNNI decode path.
+//!
+//! GGUF stores each 32-element block with its scales in front, which makes a
+//! SIMD loop unpack one block at a time. At load time, rows of q4_0, q4_1
+//! and q8_0 are rewritten two blocks at a time as
+//! `[d0 d1 m0 m1 : f16 × 4][quants of both blocks]`, with the quants laid
+//! out to match [`ActPair`]: `[b0[0..16] b1[0..16] b0[16..32] b1[16..32]]`.
+//! Then one 512-bit `vpdpbusd` multiplies two blocks, and their four scales
+//! convert in one instruction. Each block decodes as `d·q + m` with `q`
+//! unsigned (`q4_0`: `m = −8d`; `q8_0`: `q = w + 128`, `m = −128d`), so one
+//! kernel serves all three formats. Dequantization stays on the GGUF bytes.
+
+use super::{f16_at, BlockQ8, QK};
+use crate::DType;
+use half::f16;
+
+/// Two activation blocks in the layout pair-packed weights expect.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub struct ActPair {
+    /// `[d0, d1, s0, s1]`: scales and scaled sums of the two blocks.
+    pub scales: [f32; 4],
+    /// Quants: `[a0[0..16] a1[0..16] a0[16..32] a1[16..32]]`.
+    pub qs: [i8; 64],
+}
+
+/// How the quants of a pair are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackedKind {
+    /// 4-bit quants, two per byte: 32 bytes per pair.
+    Nibbles,
+    /// 8-bit unsigned quants: 64 bytes per pair.
+    Bytes,
+}
+
+impl PackedKind {
+    /// Bytes per pair of blocks, scales included.
+    pub fn pair_bytes(self) -> usize {
+        match self {
+            PackedKind::Nibbles => 8 + 32,
+            PackedKind::Bytes => 8 + 64,
+        }
+    }
+}
+
+/// A matrix's rows in pair-packed form.
+#[derive(Debug, Clone)]
+pub struct PackedRows {
+    /// Quant storage kind.
+    pub kind: PackedKind,
+    /// Bytes per row.
+    pub row_bytes: usize,
+    /// The packed rows.
+    pub data: Vec<u8>,
+}
+
+impl PackedRows {
+    /// Bytes of row `r`.
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+}
+
+/// Packs rows of `dtype` (`rows × row_len` elements) if the format and row
+/// length allow it: q4_0, q4_1, q8_0 with an even number of blocks per row.
+pub fn pack_rows(dtype: DType, bytes: &[u8], row_len: usize) -> Option<PackedRows> {
+    let kind = match dtype {
+        DType::Q4_0 | DType::Q4_1 => PackedKind::Nibbles,
+        DType::Q8_0 => PackedKind::Bytes,
+        _ => return None,
+    };
+    if row_len % (2 * QK) != 0 {
+        return None;
+    }
+    let pairs = row_len / (2 * QK);
+    let block = dtype.type_size();
+    let mut data = Vec::with_capacity(bytes.len() / (2 * block) * kind.pair_bytes());
+    for pair in bytes.chunks_exact(2 * block) {
+        let (b0, b1) = pair.split_at(block);
+        pack_pair(dtype, b0, b1, &mut data);
+    }
+    Some(PackedRows { kind, row_bytes: pairs * kind.pair_bytes(), data })
+}
+
+/// Scale `d` and offset `m` of one block in the `d·q + m` form.
+fn scale_and_offset(dtype: DType, b: &[u8]) -> (f16, f16) {
+    let d = f16::from_le_bytes([b[0], b[1]]);
+    match dtype {
+        DType::Q4_1 => (d, f16::from_le_bytes([b[2], b[3]])),
+        // Multiplying an f16 by a power of two is exact (barring overflow,
+        // which a real scale never reaches).
+        DType::Q4_0 => (d, f16::from_f32(-8.0 * f16_at(b, 0))),
+        _ => (d, f16::from_f32(-128.0 * f16_at(b, 0))),
+    }
+}
+
+fn pack_pair(dtype: DType, b0: &[u8], b1: &[u8], out: &mut Vec<u8>) {
+    let (d0, m0) = scale_and_offset(dtype, b0);
+    let (d1, m1) = scale_and_offset(dtype, b1);
+    for v in [d0, d1, m0, m1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    match dtype {
+        DType::Q4_1 => {
+            out.extend_from_slice(&b0[4..20]);
+            out.extend_from_slice(&b1[4..20]);
+        }
+        DType::Q4_0 => {
+            out.extend_from_slice(&b0[2..18]);
+            out.extend_from_slice(&b1[2..18]);
+        }
+        _ => {
+            let q = |b: &[u8], i: usize| (b[2 + i] as i8 as i16 + 128) as u8;
+            out.extend((0..16).map(|i| q(b0, i)));
+            out.extend((0..16).map(|i| q(b1, i)));
+            out.extend((16..32).map(|i| q(b0, i)));
+            out.extend((16..32).map(|i| q(b1, i)));
+        }
+    }
+}
+
+/// Rearranges quantized activations into pairs (`acts.len()` is even).
+pub fn pair_activations(acts: &[BlockQ8], out: &mut Vec<ActPair>) {
+    out.clear();
+    out.extend(acts.chunks_exact(2).map(|p| {
+        let mut qs = [0i8; 64];
+        qs[..16].copy_from_slice(&p[0].qs[..16]);
+        qs[16..32].copy_from_slice(&p[1].qs[..16]);
+        qs[32..48].copy_from_slice(&p[0].qs[16..]);
+        qs[48..].copy_from_slice(&p[1].qs[16..]);
+        ActPair { scales: [p[0].d, p[1].d, p[0].s, p[1].s], qs }
+    }));
+}
+
+/// The quant of element `i` (0..64 in pair order) of a packed pair.
+fn packed_quant(kind: PackedKind, quants: &[u8], i: usize) -> i32 {
+    match kind {
+        PackedKind::Bytes => quants[i] as i32,
+        PackedKind::Nibbles if i < 32 => (quants[i] & 0x0F) as i32,
+        PackedKind::Nibbles => (quants[i - 32] >> 4) as i32,
+    }
+}
+
+/// Scalar reference of the packed dot product.
+pub fn dot_packed_scalar(kind: PackedKind, row: &[u8], acts: &[ActPair]) -> f32 {
+    let mut total = 0f32;
+    for (pair, a) in row.chunks_exact(kind.pair_bytes()).zip(acts) {
+        let (d, m) = ([f16_at(pair, 0), f16_at(pair, 2)], [f16_at(pair, 4), f16_at(pair, 6)]);
+        let mut isum = [0i32; 2];
+        for i in 0..64 {
+            // Pair order: 16 of block 0, 16 of block 1, then again.
+            isum[(i / 16) % 2] += packed_quant(kind, &pair[8..], i) * a.qs[i] as i32;
+        }
+        for b in 0..2 {
+            total += d[b] * a.scales[b] * isum[b] as f32 + m[b] * a.scales[2 + b];
+        }
+    }
+    total
+}
+
+/// True when this CPU runs the VNNI kernel.
+pub fn vnni_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Dot product of a packed row with paired activations: VNNI when the CPU
+/// has it, else the scalar reference.
+pub fn dot_packed(kind: PackedKind, row: &[u8], acts: &[ActPair]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if vnni_supported() {
+            // SAFETY: the features were just detected; the kernel reads
+            // `acts.len()` pairs of `row`, whose length the caller matched.
+            return unsafe { vnni::dot(kind, row, acts) };
+        }
+    }
+    dot_packed_scalar(kind, row, acts)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::{ActPair, PackedKind};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
+    pub(super) unsafe fn dot(kind: PackedKind, row: &[u8], acts: &[ActPair]) -> f32 {
+        assert!(row.len() >= acts.len() * kind.pair_bytes(), "packed row shorter than its activations");
+        // Lane l of the dpbusd result sums quants 4l..4l+4: lanes 0-3 and
+        // 8-11 belong to block 0, 4-7 and 12-15 to block 1.
+        let lane_block = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+        let low_nibbles = _mm256_set1_epi8(0x0F);
+        let mut acc = _mm512_setzero_ps();
+        let mut offsets = _mm_setzero_ps();
+        let step = kind.pair_bytes();
+        for (p, a) in acts.iter().enumerate() {
+            let pair = row.as_ptr().add(p * step);
+            let dm = _mm_cvtph_ps(_mm_loadl_epi64(pair as *const __m128i));
+            let scaled = _mm_mul_ps(dm, _mm_loadu_ps(a.scales.as_ptr()));
+            offsets = _mm_add_ps(offsets, scaled);
+            let lane_scales = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(scaled));
+            let quants = match kind {
+                PackedKind::Nibbles => {
+                    let v = _mm256_loadu_si256(pair.add(8) as *const __m256i);
+                    let lo = _mm256_and_si256(v, low_nibbles);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibbles);
+                    _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+                }
+                PackedKind::Bytes => _mm512_loadu_si512(pair.add(8) as *const __m512i),
+            };
+            let act = _mm512_loadu_si512(a.qs.as_ptr() as *const __m512i);
+            let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), quants, act);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), lane_scales, acc);
+        }
+        let mut off = [0f32; 4];
+        _mm_storeu_ps(off.as_mut_ptr(), offsets);
+        _mm512_reduce_add_ps(acc) + off[2] + off[3]
+    }
+}
