@@ -1,0 +1,324 @@
+//! Every CPU kernel against a plain scalar reference, on random data and
+//! odd shapes; quantize→dequantize round trips within stated bounds.
+
+use tailor_tensor::cpu::{self, AttentionShape, LinearScratch, RopeTable};
+use tailor_tensor::quant::packed::{dot_packed, dot_packed_scalar, pack_rows, pair_activations};
+use tailor_tensor::quant::{dequantize_row, quantize_activations, quantize_row, vec_dot, DotImpl};
+use tailor_tensor::{DType, Tensor};
+
+/// Deterministic pseudo-random normals (no test dependency on `rand`).
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.normal()).collect()
+    }
+}
+
+fn quantized_formats() -> [DType; 5] {
+    [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K]
+}
+
+fn round_trip(dtype: DType, x: &[f32]) -> Vec<f32> {
+    let mut bytes = Vec::new();
+    quantize_row(dtype, x, &mut bytes).unwrap();
+    assert_eq!(bytes.len(), dtype.bytes_for(x.len()).unwrap());
+    let mut y = vec![0f32; x.len()];
+    dequantize_row(dtype, &bytes, &mut y).unwrap();
+    y
+}
+
+#[test]
+fn round_trip_error_within_bounds() {
+    let mut rng = Rng(1);
+    let x = rng.vec(4096);
+    for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+        let y = round_trip(dtype, &x);
+        for (bx, by) in x.chunks(32).zip(y.chunks(32)) {
+            let amax = bx.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let (lo, hi) = bx.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+            // One quantization step (half a step of rounding, plus f16
+            // rounding of the scale and the one-sided clamp of q4_0).
+            let step = match dtype {
+                DType::Q8_0 => amax / 127.0 * 0.51 + 1e-3 * amax,
+                DType::Q4_0 => amax / 8.0 * 1.01,
+                _ => (hi - lo) / 15.0 * 0.51 + 2e-3 * amax,
+            };
+            for (a, b) in bx.iter().zip(by) {
+                assert!((a - b).abs() <= step, "{dtype}: |{a} - {b}| > {step}");
+            }
+        }
+    }
+    // K-quants: relative RMS error (their per-sub-block scales are themselves quantized).
+    for (dtype, bound) in [(DType::Q4K, 0.12), (DType::Q6K, 0.04), (DType::Q8_0, 0.01), (DType::Q4_1, 0.1)] {
+        let y = round_trip(dtype, &x);
+        let err: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
+        let norm: f32 = x.iter().map(|a| a * a).sum::<f32>().sqrt();
+        assert!(err / norm < bound, "{dtype}: relative RMS error {} >= {bound}", err / norm);
+    }
+}
+
+#[test]
+fn round_trip_of_zeros_and_constants_is_exact() {
+    for dtype in quantized_formats() {
+        assert_eq!(round_trip(dtype, &[0.0; 256]), vec![0.0; 256], "{dtype}");
+    }
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        assert_eq!(round_trip(dtype, &[1.5, -2.0, 0.25]), vec![1.5, -2.0, 0.25], "{dtype}");
+    }
+}
+
+#[test]
+fn bad_lengths_are_errors_not_panics() {
+    let mut out = Vec::new();
+    assert!(quantize_row(DType::Q4_0, &[0.0; 33], &mut out).is_err());
+    let mut y = vec![0f32; 32];
+    assert!(dequantize_row(DType::Q4_1, &[0u8; 19], &mut y).is_err());
+    assert!(Tensor::from_bytes(vec![0; 10], DType::Q8_0, &[1, 32]).is_err());
+    assert!(Tensor::from_f32(vec![0.0; 5], &[2, 3]).is_err());
+}
+
+/// Exact dot of dequantized weights with dequantized activations.
+fn reference_dot(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
+    let mut w = vec![0f32; x.len()];
+    dequantize_row(dtype, row, &mut w).unwrap();
+    let mut acts = Vec::new();
+    quantize_activations(x, &mut acts).unwrap();
+    let xq: Vec<f32> = acts.iter().flat_map(|a| a.qs.iter().map(move |q| a.d * *q as f32)).collect();
+    w.iter().zip(&xq).map(|(a, b)| (*a as f64 * *b as f64) as f32).sum()
+}
+
+#[test]
+fn quantized_dot_matches_reference_on_every_path() {
+    let mut rng = Rng(2);
+    for dtype in quantized_formats() {
+        for len in [256, 512, 2304] {
+            let w = rng.vec(len);
+            let x = rng.vec(len);
+            let mut row = Vec::new();
+            quantize_row(dtype, &w, &mut row).unwrap();
+            let mut acts = Vec::new();
+            quantize_activations(&x, &mut acts).unwrap();
+            let want = reference_dot(dtype, &row, &x);
+            let tol = 1e-4 * (len as f32).sqrt() * 4.0;
+            for imp in [DotImpl::Scalar, DotImpl::detect()] {
+                let got = vec_dot(dtype, &row, &acts, imp);
+                assert!((got - want).abs() <= tol, "{dtype} len {len} {imp:?}: {got} vs {want}");
+            }
+            if let Some(packed) = pack_rows(dtype, &row, len) {
+                let mut pairs = Vec::new();
+                pair_activations(&acts, &mut pairs);
+                let scalar = dot_packed_scalar(packed.kind, packed.row(0), &pairs);
+                let fast = dot_packed(packed.kind, packed.row(0), &pairs);
+                assert!((scalar - want).abs() <= tol, "{dtype} packed scalar {scalar} vs {want}");
+                assert!((fast - want).abs() <= tol, "{dtype} packed simd {fast} vs {want}");
+            }
+        }
+    }
+}
+
+fn naive_linear(x: &[f32], tokens: usize, w: &[f32], out: usize) -> Vec<f32> {
+    let inp = x.len() / tokens;
+    let mut y = vec![0f32; tokens * out];
+    for t in 0..tokens {
+        for o in 0..out {
+            y[t * out + o] = (0..inp).map(|i| x[t * inp + i] as f64 * w[o * inp + i] as f64).sum::<f64>() as f32;
+        }
+    }
+    y
+}
+
+fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() <= rel * scale, "{what}[{i}]: {a} vs {b} (scale {scale})");
+    }
+    assert_eq!(got.len(), want.len(), "{what}: length");
+}
+
+#[test]
+fn dense_linear_matches_naive_on_odd_shapes() {
+    let mut rng = Rng(3);
+    let mut scratch = LinearScratch::default();
+    for (tokens, inp, out) in [(1, 37, 19), (2, 64, 3), (5, 129, 77), (13, 31, 257)] {
+        let x = rng.vec(tokens * inp);
+        let w = rng.vec(out * inp);
+        let tensor = Tensor::from_f32(w.clone(), &[out, inp]).unwrap();
+        let mut y = vec![0f32; tokens * out];
+        cpu::linear(&x, tokens, &tensor, &mut y, &mut scratch).unwrap();
+        assert_close(&y, &naive_linear(&x, tokens, &w, out), 1e-5, "dense linear");
+    }
+}
+
+#[test]
+fn quantized_linear_matches_dequantized_reference() {
+    let mut rng = Rng(4);
+    let mut scratch = LinearScratch::default();
+    for dtype in quantized_formats() {
+        for (tokens, inp, out) in [(1, 256, 33), (3, 512, 7), (9, 256, 65)] {
+            let x = rng.vec(tokens * inp);
+            let tensor = Tensor::from_f32(rng.vec(out * inp), &[out, inp]).unwrap().to_dtype(dtype).unwrap();
+            let dense = tensor.to_f32().unwrap().into_owned();
+            let want = naive_linear(&x, tokens, &dense, out);
+            for t in [tensor.clone(), tensor.clone().prepacked()] {
+                let mut y = vec![0f32; tokens * out];
+                cpu::linear(&x, tokens, &t, &mut y, &mut scratch).unwrap();
+                // Activations are quantized to 8 bits below QUANT_GEMM_MIN_TOKENS.
+                let rel = if tokens < cpu::QUANT_GEMM_MIN_TOKENS { 2e-2 } else { 1e-5 };
+                assert_close(&y, &want, rel, &format!("{dtype} linear t={tokens}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_rejects_mismatched_shapes() {
+    let w = Tensor::from_f32(vec![0.0; 12], &[3, 4]).unwrap();
+    let mut y = vec![0f32; 3];
+    assert!(cpu::linear(&[0.0; 5], 1, &w, &mut y, &mut LinearScratch::default()).is_err());
+}
+
+#[test]
+fn norms_and_activations_match_scalar_reference() {
+    let mut rng = Rng(5);
+    let (rows, dim) = (3, 67);
+    let x = rng.vec(rows * dim);
+    let weight = rng.vec(dim);
+    let mut out = vec![0f32; rows * dim];
+    cpu::rms_norm(&x, &weight, 1e-5, &mut out);
+    for r in 0..rows {
+        let row = &x[r * dim..(r + 1) * dim];
+        let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / dim as f64;
+        for i in 0..dim {
+            let want = (row[i] as f64 / (ms + 1e-5).sqrt() * weight[i] as f64) as f32;
+            assert!((out[r * dim + i] - want).abs() < 1e-5, "rms_norm");
+        }
+    }
+    let mut s = rng.vec(101);
+    let orig = s.clone();
+    cpu::softmax_in_place(&mut s);
+    let total: f64 = orig.iter().map(|v| (*v as f64).exp()).sum();
+    for (a, o) in s.iter().zip(&orig) {
+        assert!((*a as f64 - (*o as f64).exp() / total).abs() < 1e-6, "softmax");
+    }
+    let mut big = vec![1000.0, 1001.0];
+    cpu::softmax_in_place(&mut big);
+    assert!(big.iter().all(|v| v.is_finite()), "softmax must be stable for large inputs");
+    let mut gate = rng.vec(50);
+    let up = rng.vec(50);
+    let g0 = gate.clone();
+    cpu::silu_mul(&mut gate, &up);
+    for i in 0..50 {
+        let want = g0[i] as f64 / (1.0 + (-g0[i] as f64).exp()) * up[i] as f64;
+        assert!((gate[i] as f64 - want).abs() < 1e-5, "silu_mul");
+    }
+}
+
+#[test]
+fn rope_matches_rotate_half_reference() {
+    let mut rng = Rng(6);
+    let (heads, dim, tokens, start) = (3, 8, 4, 5);
+    let inv = RopeTable::default_inv_freq(dim, 10_000.0);
+    let table = RopeTable::new(dim, &inv, 64);
+    let x = rng.vec(tokens * heads * dim);
+    let mut y = x.clone();
+    table.apply(&mut y, heads, start);
+    for t in 0..tokens {
+        for h in 0..heads {
+            let base = (t * heads + h) * dim;
+            for i in 0..dim / 2 {
+                let angle = (start + t) as f64 * inv[i] as f64;
+                let (a, b) = (x[base + i] as f64, x[base + i + dim / 2] as f64);
+                assert!((y[base + i] as f64 - (a * angle.cos() - b * angle.sin())).abs() < 1e-4);
+                assert!((y[base + i + dim / 2] as f64 - (b * angle.cos() + a * angle.sin())).abs() < 1e-4);
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_matches_naive_grouped_query_reference() {
+    let mut rng = Rng(7);
+    let shape = AttentionShape { n_head: 6, n_kv_head: 2, head_dim: 5 };
+    let (start, tokens) = (4, 3);
+    let positions = start + tokens;
+    let q = rng.vec(tokens * shape.n_head * shape.head_dim);
+    let keys = rng.vec(positions * shape.n_kv_head * shape.head_dim);
+    let values = rng.vec(positions * shape.n_kv_head * shape.head_dim);
+    let mut out = vec![0f32; q.len()];
+    cpu::causal_attention(&q, &keys, &values, start, shape, &mut out);
+    let (hd, kvs) = (shape.head_dim, shape.n_kv_head * shape.head_dim);
+    for t in 0..tokens {
+        for h in 0..shape.n_head {
+            let g = h / (shape.n_head / shape.n_kv_head);
+            let qv = &q[(t * shape.n_head + h) * hd..][..hd];
+            let scores: Vec<f64> = (0..=start + t)
+                .map(|p| {
+                    (0..hd).map(|d| qv[d] as f64 * keys[p * kvs + g * hd + d] as f64).sum::<f64>() / (hd as f64).sqrt()
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+            for d in 0..hd {
+                let want: f64 = scores
+                    .iter()
+                    .enumerate()
+                    .map(|(p, s)| (s - max).exp() / total * values[p * kvs + g * hd + d] as f64)
+                    .sum();
+                let got = out[(t * shape.n_head + h) * hd + d] as f64;
+                assert!((got - want).abs() < 1e-5, "attention t={t} h={h} d={d}: {got} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_matches_naive() {
+    let mut rng = Rng(8);
+    for (m, k, n) in [(1, 1, 1), (7, 33, 5), (64, 70, 129)] {
+        let x = rng.vec(m * k);
+        let w = rng.vec(n * k);
+        let mut y = vec![0f32; m * n];
+        cpu::gemm_f32(&x, m, k, &w, n, &mut y);
+        assert_close(&y, &naive_linear(&x, m, &w, n), 1e-5, "gemm");
+    }
+}
+
+#[test]
+fn spin_pool_runs_every_index_once_and_propagates_panics() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pool = cpu::pool::SpinPool::new(3);
+    for _ in 0..1000 {
+        let hits: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
+        pool.run(&|i, n| {
+            for k in cpu::pool::split_range(100, i, n) {
+                hits[k].fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+    }
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.run(&|i, _| assert!(i != 1, "worker panics"));
+    }));
+    assert!(result.is_err(), "a panic in a worker must reach the caller");
+    let count = AtomicUsize::new(0);
+    pool.run(&|_, _| {
+        count.fetch_add(1, Ordering::Relaxed);
+    });
+    assert_eq!(count.load(Ordering::Relaxed), 3, "the pool keeps working after a panic");
+}
+
+#[test]
+fn cuda_device_reports_itself_unavailable() {
+    let err = tailor_tensor::Device::cuda(0).unwrap_err().to_string();
+    assert!(err.contains("cuda:0") && err.contains("unavailable"), "{err}");
+    assert!(tailor_tensor::Device::Cpu.is_available());
+}
