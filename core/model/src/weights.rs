@@ -116,8 +116,11 @@ fn unpermute_rows(tensor: &Tensor, heads: usize, path: &Path, name: &str) -> Res
 /// by `model.safetensors.index.json`.
 pub struct SafetensorsWeights {
     folder: PathBuf,
-    tensors: BTreeMap<String, (Arc<Mmap>, usize, usize, DType, Vec<usize>)>,
+    tensors: BTreeMap<String, MappedTensor>,
 }
+
+/// Where one tensor of a shard lies: (shard map, offset, length, dtype, shape).
+type MappedTensor = (Arc<Mmap>, usize, usize, DType, Vec<usize>);
 
 impl SafetensorsWeights {
     /// Maps every shard of the folder and indexes its tensors.

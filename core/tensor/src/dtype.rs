@@ -57,7 +57,7 @@ impl DType {
     /// Bytes needed for `n` elements; errors if `n` is not whole blocks.
     pub fn bytes_for(self, n: usize) -> Result<usize> {
         let block = self.block_size();
-        if n % block != 0 {
+        if !n.is_multiple_of(block) {
             return Err(TensorError::BadBlockLength { dtype: self, block, len: n });
         }
         Ok(n / block * self.type_size())

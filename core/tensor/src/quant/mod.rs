@@ -31,7 +31,7 @@ pub struct BlockQ8 {
 
 /// Quantizes a row of activations (length a multiple of 32) to [`BlockQ8`]s.
 pub fn quantize_activations(x: &[f32], out: &mut Vec<BlockQ8>) -> Result<()> {
-    if x.len() % QK != 0 {
+    if !x.len().is_multiple_of(QK) {
         return Err(TensorError::BadBlockLength { dtype: DType::Q8_0, block: QK, len: x.len() });
     }
     out.clear();

@@ -69,7 +69,7 @@ pub fn pack_rows(dtype: DType, bytes: &[u8], row_len: usize) -> Option<PackedRow
         DType::Q8_0 => PackedKind::Bytes,
         _ => return None,
     };
-    if row_len % (2 * QK) != 0 {
+    if !row_len.is_multiple_of(2 * QK) {
         return None;
     }
     let pairs = row_len / (2 * QK);
