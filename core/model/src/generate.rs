@@ -99,7 +99,7 @@ pub fn generate(
     let mut logits = model.llama.forward(prompt, &mut cache, Logits::Last)?;
     out.prefill_secs = started.elapsed().as_secs_f64();
     let decode_start = Instant::now();
-    let mut emitted = 0usize;
+    let mut detok = Detokenizer::default();
     while out.tokens.len() < params.max_tokens {
         let top = if params.logprobs > 0 { top_logprobs(&logits, params.logprobs.max(1)) } else { Vec::new() };
         let raw = logits.clone();
@@ -110,10 +110,8 @@ pub fn generate(
         }
         out.tokens.push(id);
         history.push(id);
-        let text = model.tokenizer.decode(&out.tokens, true)?;
-        let piece = complete_suffix(&text, emitted);
-        emitted += piece.len();
-        let event = token_event(model, id, piece.to_string(), top, &raw, params.logprobs > 0);
+        let piece = detok.push(model, &out.tokens)?;
+        let event = token_event(model, id, piece, top, &raw, params.logprobs > 0);
         if !on_token(&event) {
             out.finish = FinishReason::Cancelled;
             break;
@@ -128,11 +126,30 @@ pub fn generate(
     Ok(out)
 }
 
-/// The new text after `emitted` bytes, holding back a trailing incomplete
-/// character (decoded as U+FFFD) until the next token completes it.
-fn complete_suffix(text: &str, emitted: usize) -> &str {
-    let new = text.get(emitted..).unwrap_or("");
-    new.strip_suffix('\u{FFFD}').unwrap_or(new)
+/// Streams text token by token in constant time per token: only a short
+/// window of recent tokens is decoded, and text is held back while the last
+/// token ends inside a multi-byte character (decoded as U+FFFD).
+#[derive(Default)]
+struct Detokenizer {
+    /// Start of the window re-decoded for context (byte-level BPE and
+    /// SentencePiece spacing depend on the previous token).
+    prefix_offset: usize,
+    /// Tokens up to here have been emitted.
+    read_offset: usize,
+}
+
+impl Detokenizer {
+    fn push(&mut self, model: &Model, tokens: &[u32]) -> Result<String> {
+        let prefix = model.tokenizer.decode(&tokens[self.prefix_offset..self.read_offset], true)?;
+        let full = model.tokenizer.decode(&tokens[self.prefix_offset..], true)?;
+        if full.len() <= prefix.len() || full.ends_with('\u{FFFD}') || !full.starts_with(&prefix) {
+            return Ok(String::new());
+        }
+        let piece = full[prefix.len()..].to_string();
+        self.prefix_offset = self.read_offset;
+        self.read_offset = tokens.len();
+        Ok(piece)
+    }
 }
 
 fn token_event(

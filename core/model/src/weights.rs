@@ -71,6 +71,9 @@ pub fn gguf_name(hf: &str) -> String {
 impl WeightSource for GgufWeights<'_> {
     fn get(&self, name: &str) -> Result<Tensor> {
         let tensor = self.file.tensor(&gguf_name(name))?;
+        if !rows_are_permuted(&self.config.model_type) {
+            return Ok(tensor);
+        }
         let heads = if name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.q_proj.bias") {
             self.config.num_attention_heads
         } else if name.ends_with("self_attn.k_proj.weight") || name.ends_with("self_attn.k_proj.bias") {
@@ -88,6 +91,13 @@ impl WeightSource for GgufWeights<'_> {
     fn path(&self) -> &Path {
         self.file.path()
     }
+}
+
+/// llama.cpp permutes Q/K rows for architectures it runs with interleaved
+/// ("normal") RoPE; Qwen2 uses the half-split ("neox") layout and is stored
+/// as in Hugging Face.
+fn rows_are_permuted(arch: &str) -> bool {
+    matches!(arch, "llama" | "mistral")
 }
 
 /// Undoes llama.cpp's conversion permutation of Q/K rows: within each head,

@@ -86,6 +86,8 @@ pub fn tiny_weights(config: &LlamaConfig, seed: u64) -> Vec<(String, Vec<usize>,
         .map(|name| {
             let shape = if name.contains("norm") {
                 vec![h]
+            } else if name.ends_with(".bias") {
+                vec![if name.contains("q_proj") { q } else { kv }]
             } else if name.contains("q_proj") {
                 vec![q, h]
             } else if name.contains("k_proj") || name.contains("v_proj") {
@@ -131,8 +133,14 @@ pub fn llamacpp_permute(values: &[f32], rows: usize, cols: usize, heads: usize) 
 
 /// Writes a tiny GGUF (f32 weights, llama.cpp conventions) and returns its path.
 pub fn write_tiny_gguf(dir: &Path, arch: &str, seed: u64) -> PathBuf {
+    let config = tiny_config(tiny_vocab().0.len());
+    write_gguf(dir, &config, arch, seed)
+}
+
+/// Writes `config`'s model as GGUF under the architecture name `arch`.
+pub fn write_gguf(dir: &Path, config: &LlamaConfig, arch: &str, seed: u64) -> PathBuf {
     let (tokens, merges, types) = tiny_vocab();
-    let config = tiny_config(tokens.len());
+    let permuted = arch == "llama";
     let mut w = GgufWriter::new();
     let s = |v: &str| MetaValue::Str(v.to_string());
     let u = |v: usize| MetaValue::U64(v as u64);
@@ -156,35 +164,41 @@ pub fn write_tiny_gguf(dir: &Path, arch: &str, seed: u64) -> PathBuf {
             "tokenizer.chat_template",
             s("{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>'}}"),
         );
-    for (name, shape, values) in tiny_weights(&config, seed) {
-        let values = if name.ends_with("q_proj.weight") {
-            llamacpp_permute(&values, shape[0], shape[1], config.num_attention_heads)
-        } else if name.ends_with("k_proj.weight") {
-            llamacpp_permute(&values, shape[0], shape[1], config.num_key_value_heads)
+    for (name, shape, values) in tiny_weights(config, seed) {
+        let cols = shape.get(1).copied().unwrap_or(1);
+        let values = if permuted && name.contains("q_proj") {
+            llamacpp_permute(&values, shape[0], cols, config.num_attention_heads)
+        } else if permuted && name.contains("k_proj") {
+            llamacpp_permute(&values, shape[0], cols, config.num_key_value_heads)
         } else {
             values
         };
         w.tensor(&gguf_name(&name), Tensor::from_f32(values, &shape).unwrap());
     }
-    let path = dir.join("tiny.gguf");
+    let path = dir.join(format!("tiny-{arch}.gguf"));
     std::fs::write(&path, w.to_bytes()).unwrap();
     path
 }
 
 /// Writes the same tiny model as a Hugging Face folder (weights in HF order).
 pub fn write_tiny_hf(dir: &Path, seed: u64) -> PathBuf {
-    let gguf = write_tiny_gguf(dir, "llama", seed);
+    write_hf(dir, &tiny_config(tiny_vocab().0.len()), seed)
+}
+
+/// Writes `config`'s model as a Hugging Face folder.
+pub fn write_hf(dir: &Path, config: &LlamaConfig, seed: u64) -> PathBuf {
     let folder = dir.join("tiny-hf");
     std::fs::create_dir_all(&folder).unwrap();
-    let (tokens, _, _) = tiny_vocab();
-    let config = tiny_config(tokens.len());
+    // The tokenizer comes from a GGUF of its own, so a GGUF the caller has
+    // loaded (and mapped) is never rewritten under it.
+    let gguf = write_gguf(&folder, &tiny_config(tiny_vocab().0.len()), "tokenizer-source", seed);
     let file = tailor_model::gguf::GgufFile::open(&gguf).unwrap();
     let tokenizer = tailor_model::tokenizer::gguf_tokenizer_json(&file).unwrap();
     std::fs::write(folder.join("tokenizer.json"), tokenizer.to_string()).unwrap();
     std::fs::write(folder.join("config.json"), config.to_hf_json().to_string()).unwrap();
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
-    for (name, shape, values) in tiny_weights(&config, seed) {
+    for (name, shape, values) in tiny_weights(config, seed) {
         let start = data.len();
         data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
         header.insert(name, serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}));
