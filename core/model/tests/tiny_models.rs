@@ -217,3 +217,55 @@ fn empty_and_oversized_prompts_are_rejected() {
     bad.sampling.top_p = 0.0;
     assert!(matches!(generate(&model, &long[..3], &bad, &mut |_| true), Err(ModelError::InvalidParameter(_))));
 }
+
+#[test]
+fn sharded_safetensors_folder_loads_like_a_single_file() {
+    let dir = scratch_dir("sharded");
+    let folder = write_tiny_hf(&dir, 31);
+    let single = load(&folder).unwrap();
+    let ids = single.encode("hello").unwrap();
+    let want = logits(&single, &ids);
+    // Split the weights into two shards with an index, as large HF models are.
+    let sharded = dir.join("sharded");
+    std::fs::create_dir_all(&sharded).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(folder.join(f), sharded.join(f)).unwrap();
+    }
+    let config = tiny_config(tiny_vocab().0.len());
+    let weights = tiny_weights(&config, 31);
+    let (first, second) = weights.split_at(weights.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [first, second].iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        write_safetensors(&sharded.join(&file), part);
+        for (name, _, _) in part.iter() {
+            weight_map.insert(name.clone(), serde_json::json!(file));
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let from_shards = load(&sharded).unwrap();
+    assert_eq!(logits(&from_shards, &ids), want);
+}
+
+#[test]
+fn chat_templates_render_like_their_jinja() {
+    use tailor_model::ChatTemplate;
+    let smol = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are SmolLM<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}";
+    let chatml = ChatTemplate::detect(smol).unwrap();
+    assert_eq!(
+        chatml.render(&[Message::new("user", "Hi")]),
+        "<|im_start|>system\nYou are SmolLM<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(
+        chatml.render(&[Message::new("system", "S"), Message::new("user", "Hi")]),
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let llama3 =
+        ChatTemplate::detect("{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}").unwrap();
+    assert_eq!(
+        llama3.render(&[Message::new("system", "S"), Message::new("user", "Hi")]),
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    );
+    assert!(ChatTemplate::detect("{{ messages }}").is_none());
+}

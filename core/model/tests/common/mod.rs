@@ -196,20 +196,28 @@ pub fn write_hf(dir: &Path, config: &LlamaConfig, seed: u64) -> PathBuf {
     let tokenizer = tailor_model::tokenizer::gguf_tokenizer_json(&file).unwrap();
     std::fs::write(folder.join("tokenizer.json"), tokenizer.to_string()).unwrap();
     std::fs::write(folder.join("config.json"), config.to_hf_json().to_string()).unwrap();
+    write_safetensors(&folder.join("model.safetensors"), &tiny_weights(config, seed));
+    folder
+}
+
+/// Writes named f32 tensors as one safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
-    for (name, shape, values) in tiny_weights(config, seed) {
+    for (name, shape, values) in tensors {
         let start = data.len();
         data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-        header.insert(name, serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
     }
     let mut head = serde_json::Value::Object(header).to_string().into_bytes();
     head.resize(head.len().div_ceil(8) * 8, b' ');
     let mut bytes = (head.len() as u64).to_le_bytes().to_vec();
     bytes.extend(head);
     bytes.extend(data);
-    std::fs::write(folder.join("model.safetensors"), bytes).unwrap();
-    folder
+    std::fs::write(path, bytes).unwrap();
 }
 
 /// A fresh scratch directory under the target folder.

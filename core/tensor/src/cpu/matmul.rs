@@ -10,6 +10,7 @@ use crate::quant::packed::{dot_packed, pair_activations, ActPair};
 use crate::quant::{dequantize_row, quantize_activations, supports_dot, vec_dot, BlockQ8, DotImpl, QK};
 use crate::{DType, Result, Tensor, TensorError};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Below this many tokens a quantized linear uses integer dot products;
 /// at or above it, dequantize + gemm.
@@ -127,9 +128,17 @@ fn row_kernel(x: &[f32], tokens: usize, acts: &[BlockQ8], pairs: &[ActPair], out
     let total: usize = mats.iter().map(|m| m.2).sum();
     let in_dim = mats[0].0.row_len();
     let blocks = in_dim / QK;
-    let job = |index: usize, threads: usize| {
+    // Rows are claimed in small chunks from a shared counter, so a thread
+    // that starts late or runs slower takes fewer of them.
+    let chunk = (total / (SpinPool::global().threads() * 8)).clamp(4, 64);
+    let next = AtomicUsize::new(0);
+    let job = |_: usize, _: usize| loop {
+        let start = next.fetch_add(chunk, Ordering::Relaxed);
+        if start >= total {
+            break;
+        }
+        let mine = start..(start + chunk).min(total);
         let mut first = 0;
-        let mine = split_range(total, index, threads);
         for (w, y, rows) in &mats {
             let lo = mine.start.max(first) - first;
             let hi = mine.end.min(first + rows).saturating_sub(first);
@@ -145,7 +154,8 @@ fn row_kernel(x: &[f32], tokens: usize, acts: &[BlockQ8], pairs: &[ActPair], out
                     };
                     // SAFETY: index t*rows + r is inside this output (t <
                     // tokens, r < rows, checked by check_linear) and row r is
-                    // owned by exactly one thread, so writes never overlap.
+                    // claimed by exactly one thread (the counter hands out
+                    // disjoint chunks), so writes never overlap.
                     unsafe { *y.at(t * rows + r) = value };
                 }
             }
