@@ -156,7 +156,7 @@ fn logprob_line(event: &TokenEvent) -> String {
         .iter()
         .map(|(id, token, logprob)| serde_json::json!({"token": token, "id": id, "logprob": logprob}))
         .collect();
-    serde_json::json!({"token": event.text, "id": event.id, "logprob": event.logprob, "top_logprobs": top}).to_string()
+    serde_json::json!({"token": event.token, "text": event.text, "id": event.id, "logprob": event.logprob, "top_logprobs": top}).to_string()
 }
 
 pub fn chat_cmd(args: &ChatArgs) -> Result<()> {

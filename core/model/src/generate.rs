@@ -44,6 +44,8 @@ pub struct TokenEvent {
     pub id: u32,
     /// Text completed by this token (may be empty mid-character).
     pub text: String,
+    /// This token's own text (may be part of a character).
+    pub token: String,
     /// Top log-probabilities at this position: (token id, token text, logprob).
     pub top_logprobs: Vec<(u32, String, f32)>,
     /// Log-probability of the chosen token, when log-probabilities were asked.
@@ -164,7 +166,13 @@ fn token_event(
     let logprob = want_logprob.then(|| {
         top.iter().find(|(t, _)| *t == id).map(|(_, l)| *l).unwrap_or_else(|| log_softmax_at(raw, id as usize))
     });
-    TokenEvent { id, text, top_logprobs: top.into_iter().map(|(t, l)| (t, name(t), l)).collect(), logprob }
+    TokenEvent {
+        id,
+        text,
+        token: name(id),
+        top_logprobs: top.into_iter().map(|(t, l)| (t, name(t), l)).collect(),
+        logprob,
+    }
 }
 
 fn log_softmax_at(logits: &[f32], index: usize) -> f32 {
