@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Regenerates tests/reference/smollm2_* with transformers (torch CPU, f32).
+# Regenerates tests/reference/smollm2_* with transformers (torch CPU, f32) and
+# tests/reference/minilm_* with sentence-transformers.
 # Heavy (torch + transformers, ~6 GB): run by hand, never in CI.
-#   tests/reference/make_reference.sh [HF_MODEL_DIR]
+#   tests/reference/make_reference.sh [SMOLLM2_HF_DIR]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 venv=${REF_VENV:-$root/target/ref-venv}
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet torch transformers safetensors numpy
+  "$venv/bin/pip" install --quiet torch transformers safetensors numpy sentence-transformers
 fi
-model=${1:-$("$root/target/release/tailor" models path)/SmolLM2-135M-Instruct-hf}
-"$venv/bin/python" "$here/make_reference.py" "$model" "$here"
+cache=$("$root/target/release/tailor" models path)
+"$venv/bin/python" "$here/make_reference.py" "${1:-$cache/SmolLM2-135M-Instruct-hf}" "$here"
+"$venv/bin/python" "$here/make_embedding_reference.py" "$cache/all-MiniLM-L6-v2" "$root/../shared/data/negconstraint"

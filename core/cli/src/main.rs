@@ -39,6 +39,15 @@ enum Command {
     Chat(run::ChatArgs),
     /// Measure prefill and decode speed and peak memory.
     Bench(bench::BenchArgs),
+    /// Embed texts with a sentence encoder; prints one JSON array per text.
+    Embed {
+        /// A sentence-transformers folder (default: the fetched all-MiniLM-L6-v2).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The texts.
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -60,8 +69,17 @@ pub struct ModelArgs {
     dtype: Option<String>,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     if let Some(threads) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     }
@@ -75,5 +93,6 @@ fn main() -> Result<()> {
         Command::Generate(args) => run::generate_cmd(&args),
         Command::Chat(args) => run::chat_cmd(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Embed { model, texts } => run::embed_cmd(model, &texts),
     }
 }

@@ -185,3 +185,16 @@ pub fn chat_cmd(args: &ChatArgs) -> Result<()> {
         messages.push(Message::new("assistant", &result.text));
     }
 }
+
+pub fn embed_cmd(model: Option<std::path::PathBuf>, texts: &[String]) -> Result<()> {
+    let path = match model {
+        Some(p) => p,
+        None => crate::fetch::default_encoder()?,
+    };
+    let encoder = tailor_model::Encoder::load(&path)?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for vector in encoder.embed(&refs)? {
+        println!("{}", serde_json::to_string(&vector)?);
+    }
+    Ok(())
+}

@@ -19,3 +19,5 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".cache"));
     base.join("tailor").join("models")
 }
+/// Folder name of all-MiniLM-L6-v2 (sentence-transformers layout) in the cache.
+pub const MINILM_DIR: &str = "all-MiniLM-L6-v2";

@@ -4,6 +4,7 @@
 //! tokenizers, the Llama-family decoder with its KV cache, sampling, chat
 //! templates and the generation loop. Built on tailor-tensor's kernels.
 
+pub mod bert;
 pub mod cache;
 pub mod chat;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod sampler;
 pub mod tokenizer;
 pub mod weights;
 
+pub use bert::Encoder;
 pub use chat::{ChatTemplate, Message};
 pub use config::LlamaConfig;
 pub use error::{ModelError, Result};

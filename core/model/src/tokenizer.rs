@@ -49,6 +49,25 @@ impl Tokenizer {
         Ok(Tokenizer { inner, json, source: source.to_path_buf() })
     }
 
+    /// A copy for an encoder: truncate to `max_len` tokens (special tokens
+    /// included), never pad.
+    pub fn for_encoder(mut self, max_len: usize) -> Result<Tokenizer> {
+        let truncation = tokenizers::TruncationParams { max_length: max_len, ..Default::default() };
+        let source = self.source.clone();
+        self.inner
+            .with_truncation(Some(truncation))
+            .map_err(|e| ModelError::Tokenizer { path: source, detail: e.to_string() })?;
+        self.inner.with_padding(None);
+        Ok(self)
+    }
+
+    /// Token ids of `text` with the model's special tokens added by its
+    /// post-processor (e.g. BERT's `[CLS] … [SEP]`), truncated if configured.
+    pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self.inner.encode(text, true).map_err(|e| self.error(e))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// Token ids of `text`; special tokens written in the text are recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self.inner.encode(text, false).map_err(|e| self.error(e))?;

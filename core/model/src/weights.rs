@@ -127,6 +127,8 @@ fn unpermute_rows(tensor: &Tensor, heads: usize, path: &Path, name: &str) -> Res
 pub struct SafetensorsWeights {
     folder: PathBuf,
     tensors: BTreeMap<String, MappedTensor>,
+    /// Tensors present with a dtype tailor does not load, and that dtype.
+    unsupported: BTreeMap<String, String>,
 }
 
 /// Where one tensor of a shard lies: (shard map, offset, length, dtype, shape).
@@ -147,7 +149,8 @@ impl SafetensorsWeights {
                 what: "model weights (or model.safetensors.index.json)",
             });
         };
-        let mut weights = SafetensorsWeights { folder: folder.to_path_buf(), tensors: BTreeMap::new() };
+        let mut weights =
+            SafetensorsWeights { folder: folder.to_path_buf(), tensors: BTreeMap::new(), unsupported: BTreeMap::new() };
         for shard in shards {
             weights.add_shard(&shard)?;
         }
@@ -172,8 +175,11 @@ impl SafetensorsWeights {
                 safetensors::Dtype::F32 => DType::F32,
                 safetensors::Dtype::F16 => DType::F16,
                 safetensors::Dtype::BF16 => DType::BF16,
+                // Integer buffers (e.g. BERT's position_ids) are not weights;
+                // asking for one by name reports its dtype.
                 other => {
-                    return Err(corrupt(format!("tensor {name:?} has dtype {other:?} (supported: F32, F16, BF16)")))
+                    self.unsupported.insert(name, format!("{other:?}"));
+                    continue;
                 }
             };
             let offset = view.data().as_ptr() as usize - base;
@@ -201,6 +207,12 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
 
 impl WeightSource for SafetensorsWeights {
     fn get(&self, name: &str) -> Result<Tensor> {
+        if let Some(dtype) = self.unsupported.get(name) {
+            return Err(ModelError::Corrupt {
+                path: self.folder.clone(),
+                detail: format!("tensor {name:?} has dtype {dtype} (supported: F32, F16, BF16)"),
+            });
+        }
         let (map, offset, len, dtype, shape) = self
             .tensors
             .get(name)

@@ -322,3 +322,28 @@ fn cuda_device_reports_itself_unavailable() {
     assert!(err.contains("cuda:0") && err.contains("unavailable"), "{err}");
     assert!(tailor_tensor::Device::Cpu.is_available());
 }
+
+#[test]
+fn erf_matches_known_values_and_fast_erf_tracks_it() {
+    for (x, want) in [
+        (0.0, 0.0),
+        (0.3, 0.328_626_759_459_127_4),
+        (1.0, 0.842_700_792_949_714_9),
+        (2.0, 0.995_322_265_018_952_7),
+        (-1.5, -0.966_105_146_475_310_7),
+        (5.0, 0.999_999_999_998_462_6),
+    ] {
+        assert!((cpu::erf(x) - want).abs() < 1e-14, "erf({x}) = {} vs {want}", cpu::erf(x));
+    }
+    for i in -800..800 {
+        let x = i as f32 / 100.0;
+        let (fast, exact) = (cpu::erf_f32(x) as f64, cpu::erf(x as f64));
+        assert!((fast - exact).abs() < 3e-7, "erf_f32({x}) = {fast} vs {exact}");
+    }
+    let mut g = vec![-3.0f32, -0.5, 0.0, 0.5, 3.0];
+    cpu::gelu_in_place(&mut g);
+    let want = [-0.004_049_694, -0.154_268_77, 0.0, 0.345_731_23, 2.995_950_3];
+    for (a, b) in g.iter().zip(want) {
+        assert!((a - b).abs() < 1e-6, "gelu {a} vs {b}");
+    }
+}

@@ -20,13 +20,35 @@ pub struct AttentionShape {
 /// `[positions, n_kv_head · head_dim]` and hold at least `start + tokens`
 /// positions. Query `t` attends to positions `0..=start + t`.
 pub fn causal_attention(q: &[f32], keys: &[f32], values: &[f32], start: usize, shape: AttentionShape, out: &mut [f32]) {
+    attention(q, keys, values, shape, out, |t| start + t + 1);
+}
+
+/// Bidirectional attention (encoders): every query of a `positions`-long
+/// sequence attends to all `positions` keys. Shapes as in [`causal_attention`].
+pub fn full_attention(q: &[f32], keys: &[f32], values: &[f32], shape: AttentionShape, out: &mut [f32]) {
+    let positions = keys.len() / (shape.n_kv_head * shape.head_dim);
+    attention(q, keys, values, shape, out, |_| positions);
+}
+
+/// Shared body: query `t` attends to positions `0..visible(t)`.
+fn attention(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    shape: AttentionShape,
+    out: &mut [f32],
+    visible: impl Fn(usize) -> usize + Sync,
+) {
     let AttentionShape { n_head, n_kv_head, head_dim } = shape;
     let kv_stride = n_kv_head * head_dim;
     let group = n_head / n_kv_head;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let items = out.len() / head_dim;
     assert!(q.len() == out.len(), "attention: q and out differ in size");
-    assert!(keys.len() >= (start + items / n_head) * kv_stride, "attention: cache shorter than the queries' positions");
+    assert!(
+        (0..items / n_head).all(|t| visible(t) * kv_stride <= keys.len()),
+        "attention: keys shorter than the positions queries attend to"
+    );
     assert!(values.len() == keys.len(), "attention: keys and values differ in size");
     let out_ptr = OutPtr(out.as_mut_ptr());
     let job = |thread: usize, threads: usize| {
@@ -36,7 +58,7 @@ pub fn causal_attention(q: &[f32], keys: &[f32], values: &[f32], start: usize, s
             let query = &q[index * head_dim..(index + 1) * head_dim];
             let kv_offset = (h / group) * head_dim;
             scores.clear();
-            scores.extend((0..start + t + 1).map(|p| {
+            scores.extend((0..visible(t)).map(|p| {
                 let key = &keys[p * kv_stride + kv_offset..p * kv_stride + kv_offset + head_dim];
                 dot_f32(query, key) * scale
             }));

@@ -1,0 +1,360 @@
+//! The BERT-family sentence encoder (all-MiniLM-L6-v2 and its kin), as
+//! sentence-transformers runs it: tokenize with `[CLS] … [SEP]`, truncate to
+//! `max_seq_length`, encode, mean-pool over the real tokens, L2-normalise.
+//!
+//! Sequences are never padded: a batch is the concatenation of its
+//! sequences, so linear layers see one tall matrix (one gemm) and attention
+//! runs per sequence.
+
+use crate::error::{io_error, ModelError, Result};
+use crate::linear::Linear;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{SafetensorsWeights, WeightSource};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tailor_tensor::cpu::{add_in_place, full_attention, gelu_in_place, layer_norm, AttentionShape, LinearScratch};
+use tailor_tensor::Tensor;
+
+/// Hyper-parameters from config.json.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    /// Width of the hidden states.
+    pub hidden_size: usize,
+    /// Encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Width of the feed-forward layer.
+    pub intermediate_size: usize,
+    /// Position embeddings available.
+    pub max_position_embeddings: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Activation (only `gelu` is implemented).
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+}
+
+fn default_eps() -> f64 {
+    1e-12
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+
+struct LayerNorm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+struct EncoderLayer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+}
+
+/// A loaded sentence encoder.
+pub struct Encoder {
+    config: BertConfig,
+    tokenizer: Tokenizer,
+    max_seq_length: usize,
+    word: Tensor,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    embed_norm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+    source: PathBuf,
+}
+
+impl Encoder {
+    /// Loads a sentence-transformers folder (config.json, model.safetensors,
+    /// tokenizer.json, optional sentence_bert_config.json).
+    pub fn load(folder: &Path) -> Result<Encoder> {
+        let config_path = folder.join("config.json");
+        if !config_path.exists() {
+            return Err(ModelError::MissingFile { path: config_path, what: "the encoder config" });
+        }
+        let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
+        let bad = |detail: String| ModelError::Config { path: config_path.clone(), detail };
+        let config: BertConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let model_type: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let arch = model_type.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        if arch != "bert" {
+            return Err(ModelError::UnsupportedArchitecture { path: config_path, arch: arch.to_string() });
+        }
+        if config.hidden_act != "gelu"
+            || config.num_attention_heads == 0
+            || config.hidden_size % config.num_attention_heads != 0
+        {
+            return Err(bad(format!(
+                "unsupported: hidden_act {:?}, {} heads for width {}",
+                config.hidden_act, config.num_attention_heads, config.hidden_size
+            )));
+        }
+        let max_seq_length = read_max_seq_length(folder)?.unwrap_or(512).min(config.max_position_embeddings);
+        let tokenizer = Tokenizer::from_file(&folder.join("tokenizer.json"))?.for_encoder(max_seq_length)?;
+        let weights = SafetensorsWeights::open(folder)?;
+        let prefix = if weights.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+        let loader = BertLoader { source: &weights, prefix, config: &config };
+        let h = config.hidden_size;
+        let layers = (0..config.num_hidden_layers).map(|i| loader.layer(i)).collect::<Result<_>>()?;
+        Ok(Encoder {
+            word: loader.tensor("embeddings.word_embeddings.weight", &[config.vocab_size, h])?,
+            position: loader.vector("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?,
+            token_type: loader.vector_prefix("embeddings.token_type_embeddings.weight", h)?,
+            embed_norm: loader.norm("embeddings.LayerNorm")?,
+            layers,
+            tokenizer,
+            max_seq_length,
+            config,
+            source: folder.to_path_buf(),
+        })
+    }
+
+    /// Width of the embeddings.
+    pub fn dim(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    /// Longest input in tokens, special tokens included.
+    pub fn max_seq_length(&self) -> usize {
+        self.max_seq_length
+    }
+
+    /// Where it was loaded from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The tokenizer (truncating to `max_seq_length`, no padding).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Unit-length embeddings of `texts`, one per text.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.tokenizer.encode_with_special(t)).collect::<Result<_>>()?;
+        self.embed_ids(&ids)
+    }
+
+    /// Unit-length embeddings of already tokenized sequences (each non-empty
+    /// and at most `max_seq_length` long).
+    pub fn embed_ids(&self, sequences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        for s in sequences {
+            if s.is_empty() || s.len() > self.max_seq_length {
+                return Err(ModelError::InvalidParameter(format!(
+                    "sequence of {} tokens (1..={} allowed)",
+                    s.len(),
+                    self.max_seq_length
+                )));
+            }
+            if let Some(&id) = s.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+                return Err(ModelError::BadToken { id, vocab: self.config.vocab_size });
+            }
+        }
+        if sequences.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hidden = self.encode(sequences)?;
+        Ok(mean_pool_normalized(&hidden, sequences, self.config.hidden_size))
+    }
+
+    /// Hidden states of every token of every sequence, concatenated.
+    fn encode(&self, sequences: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let h = self.config.hidden_size;
+        let total: usize = sequences.iter().map(Vec::len).sum();
+        let mut x = vec![0f32; total * h];
+        let mut row = 0;
+        for seq in sequences {
+            for (pos, &id) in seq.iter().enumerate() {
+                let dst = &mut x[row * h..(row + 1) * h];
+                tailor_tensor::quant::dequantize_row(self.word.dtype(), self.word.row_bytes(id as usize), dst)?;
+                add_in_place(dst, &self.position[pos * h..(pos + 1) * h]);
+                add_in_place(dst, &self.token_type[..h]);
+                row += 1;
+            }
+        }
+        let mut normed = vec![0f32; x.len()];
+        layer_norm(&x, &self.embed_norm.weight, &self.embed_norm.bias, self.config.layer_norm_eps as f32, &mut normed);
+        let mut s = BertScratch::new(total, h, self.config.intermediate_size);
+        for layer in &self.layers {
+            self.layer_forward(layer, &mut normed, sequences, &mut s)?;
+        }
+        Ok(normed)
+    }
+
+    fn layer_forward(
+        &self,
+        l: &EncoderLayer,
+        x: &mut Vec<f32>,
+        sequences: &[Vec<u32>],
+        s: &mut BertScratch,
+    ) -> Result<()> {
+        let (h, total) = (self.config.hidden_size, s.total);
+        let eps = self.config.layer_norm_eps as f32;
+        Linear::forward_many(
+            x,
+            total,
+            &mut [(&l.query, &mut s.q), (&l.key, &mut s.k), (&l.value, &mut s.v)],
+            &mut s.linear,
+        )?;
+        let heads = self.config.num_attention_heads;
+        let shape = AttentionShape { n_head: heads, n_kv_head: heads, head_dim: h / heads };
+        let mut start = 0;
+        for seq in sequences {
+            let range = start * h..(start + seq.len()) * h;
+            full_attention(&s.q[range.clone()], &s.k[range.clone()], &s.v[range.clone()], shape, &mut s.attn[range]);
+            start += seq.len();
+        }
+        l.attn_out.forward(&s.attn, total, &mut s.out, &mut s.linear)?;
+        add_in_place(&mut s.out, x);
+        layer_norm(&s.out, &l.attn_norm.weight, &l.attn_norm.bias, eps, x);
+        l.intermediate.forward(x, total, &mut s.inter, &mut s.linear)?;
+        gelu_in_place(&mut s.inter);
+        l.output.forward(&s.inter, total, &mut s.out, &mut s.linear)?;
+        add_in_place(&mut s.out, x);
+        layer_norm(&s.out, &l.out_norm.weight, &l.out_norm.bias, eps, x);
+        Ok(())
+    }
+}
+
+fn mean_pool_normalized(hidden: &[f32], sequences: &[Vec<u32>], h: usize) -> Vec<Vec<f32>> {
+    let mut start = 0;
+    sequences
+        .iter()
+        .map(|seq| {
+            let mut mean = vec![0f32; h];
+            for row in hidden[start * h..(start + seq.len()) * h].chunks_exact(h) {
+                add_in_place(&mut mean, row);
+            }
+            start += seq.len();
+            let inv_len = 1.0 / seq.len() as f32;
+            mean.iter_mut().for_each(|v| *v *= inv_len);
+            let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            mean.iter_mut().for_each(|v| *v /= norm);
+            mean
+        })
+        .collect()
+}
+
+struct BertScratch {
+    total: usize,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    out: Vec<f32>,
+    inter: Vec<f32>,
+    linear: LinearScratch,
+}
+
+impl BertScratch {
+    fn new(total: usize, h: usize, inter: usize) -> BertScratch {
+        let z = |n: usize| vec![0f32; n];
+        BertScratch {
+            total,
+            q: z(total * h),
+            k: z(total * h),
+            v: z(total * h),
+            attn: z(total * h),
+            out: z(total * h),
+            inter: z(total * inter),
+            linear: LinearScratch::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+}
+
+fn read_max_seq_length(folder: &Path) -> Result<Option<usize>> {
+    let path = folder.join("sentence_bert_config.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+    let parsed: SentenceBertConfig =
+        serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.clone(), detail: e.to_string() })?;
+    Ok(parsed.max_seq_length)
+}
+
+struct BertLoader<'a> {
+    source: &'a dyn WeightSource,
+    prefix: &'static str,
+    config: &'a BertConfig,
+}
+
+impl BertLoader<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let full = format!("{}{name}", self.prefix);
+        let tensor = self.source.get(&full)?;
+        if tensor.shape() != shape {
+            return Err(ModelError::WrongShape {
+                path: self.source.path().to_path_buf(),
+                name: full,
+                expected: shape.to_vec(),
+                actual: tensor.shape().to_vec(),
+            });
+        }
+        Ok(tensor)
+    }
+
+    fn vector(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        Ok(self.tensor(name, shape)?.to_f32()?.into_owned())
+    }
+
+    /// A table of which only the first row of width `h` is needed.
+    fn vector_prefix(&self, name: &str, h: usize) -> Result<Vec<f32>> {
+        let full = format!("{}{name}", self.prefix);
+        let tensor = self.source.get(&full)?;
+        if tensor.row_len() != h || tensor.row_count() == 0 {
+            return Err(ModelError::WrongShape {
+                path: self.source.path().to_path_buf(),
+                name: full,
+                expected: vec![2, h],
+                actual: tensor.shape().to_vec(),
+            });
+        }
+        Ok(tensor.to_f32()?.into_owned())
+    }
+
+    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
+        let weight = self.tensor(&format!("{name}.weight"), &[out, inp])?;
+        let bias = self.vector(&format!("{name}.bias"), &[out])?;
+        Ok(Linear::new(weight, Some(bias)))
+    }
+
+    fn norm(&self, name: &str) -> Result<LayerNorm> {
+        let h = self.config.hidden_size;
+        Ok(LayerNorm {
+            weight: self.vector(&format!("{name}.weight"), &[h])?,
+            bias: self.vector(&format!("{name}.bias"), &[h])?,
+        })
+    }
+
+    fn layer(&self, i: usize) -> Result<EncoderLayer> {
+        let (h, ff) = (self.config.hidden_size, self.config.intermediate_size);
+        let p = format!("encoder.layer.{i}");
+        Ok(EncoderLayer {
+            query: self.linear(&format!("{p}.attention.self.query"), h, h)?,
+            key: self.linear(&format!("{p}.attention.self.key"), h, h)?,
+            value: self.linear(&format!("{p}.attention.self.value"), h, h)?,
+            attn_out: self.linear(&format!("{p}.attention.output.dense"), h, h)?,
+            attn_norm: self.norm(&format!("{p}.attention.output.LayerNorm"))?,
+            intermediate: self.linear(&format!("{p}.intermediate.dense"), ff, h)?,
+            output: self.linear(&format!("{p}.output.dense"), h, ff)?,
+            out_norm: self.norm(&format!("{p}.output.LayerNorm"))?,
+        })
+    }
+}
