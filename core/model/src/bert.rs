@@ -93,7 +93,7 @@ impl Encoder {
         }
         if config.hidden_act != "gelu"
             || config.num_attention_heads == 0
-            || config.hidden_size % config.num_attention_heads != 0
+            || !config.hidden_size.is_multiple_of(config.num_attention_heads)
         {
             return Err(bad(format!(
                 "unsupported: hidden_act {:?}, {} heads for width {}",
@@ -195,7 +195,7 @@ impl Encoder {
     fn layer_forward(
         &self,
         l: &EncoderLayer,
-        x: &mut Vec<f32>,
+        x: &mut [f32],
         sequences: &[Vec<u32>],
         s: &mut BertScratch,
     ) -> Result<()> {
