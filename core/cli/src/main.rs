@@ -2,6 +2,7 @@
 //! converting models, generating, chatting and benchmarking.
 
 mod bench;
+mod rag;
 mod fetch;
 mod run;
 
@@ -39,6 +40,11 @@ enum Command {
     Chat(run::ChatArgs),
     /// Measure prefill and decode speed and peak memory.
     Bench(bench::BenchArgs),
+    /// Evaluate components on public benchmarks.
+    Eval {
+        #[command(subcommand)]
+        command: rag::EvalCommand,
+    },
     /// Embed texts with a sentence encoder; prints one JSON array per text.
     Embed {
         /// A sentence-transformers folder (default: the fetched all-MiniLM-L6-v2).
@@ -94,5 +100,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(args) => run::chat_cmd(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Embed { model, texts } => run::embed_cmd(model, &texts),
+        Command::Eval { command } => rag::eval_cmd(&command),
     }
 }

@@ -1,0 +1,14 @@
+//! tailor-rag: documents in, grounded prompts with citations out.
+//!
+//! Chunkers split documents; the encoder (tailor-model) embeds chunks; a
+//! crash-safe store keeps documents and chunks; a faiss index (flat or HNSW)
+//! beside it finds the nearest chunks; retrieval and prompt assembly turn
+//! hits into a numbered context with citations.
+
+pub mod error;
+pub mod eval;
+pub mod faiss;
+pub mod store;
+
+pub use error::{RagError, Result};
+pub use faiss::{Hit, IndexKind, VectorIndex};
