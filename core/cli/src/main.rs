@@ -2,8 +2,8 @@
 //! converting models, generating, chatting and benchmarking.
 
 mod bench;
-mod rag;
 mod fetch;
+mod rag;
 mod run;
 
 use anyhow::Result;
@@ -40,6 +40,15 @@ enum Command {
     Chat(run::ChatArgs),
     /// Measure prefill and decode speed and peak memory.
     Bench(bench::BenchArgs),
+    /// Manage retrieval indexes (documents in, chunks embedded, faiss beside).
+    Index {
+        #[command(subcommand)]
+        command: rag::IndexCommand,
+    },
+    /// Search an index.
+    Search(rag::SearchArgs),
+    /// Answer a question from an index, with sources.
+    Ask(rag::AskArgs),
     /// Evaluate components on public benchmarks.
     Eval {
         #[command(subcommand)]
@@ -101,5 +110,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::bench(&args),
         Command::Embed { model, texts } => run::embed_cmd(model, &texts),
         Command::Eval { command } => rag::eval_cmd(&command),
+        Command::Index { command } => rag::index_cmd(&command),
+        Command::Search(args) => rag::search_cmd(&args),
+        Command::Ask(args) => rag::ask_cmd(&args),
     }
 }

@@ -1,12 +1,184 @@
-//! Retrieval commands: evaluation on BEIR data (and, as they land, index
-//! management, search and ask).
+//! Retrieval commands: index management, search, ask, and evaluation on
+//! BEIR data.
 
 use anyhow::Result;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
+use tailor_model::{generate, GenerateParams, Message};
+use tailor_rag::chunk::ChunkParams;
+use tailor_rag::collection::default_root;
 use tailor_rag::eval::{BeirData, EmbeddedBeir};
-use tailor_rag::IndexKind;
+use tailor_rag::{Collection, IndexKind};
+
+#[derive(Subcommand)]
+pub enum IndexCommand {
+    /// Create an empty index.
+    Create {
+        /// Index name.
+        name: String,
+        /// flat (exact) or hnsw.
+        #[arg(long, default_value = "flat")]
+        kind: String,
+        /// Encoder folder (default: the fetched all-MiniLM-L6-v2).
+        #[arg(long)]
+        encoder: Option<PathBuf>,
+        /// Tokens per chunk.
+        #[arg(long, default_value_t = 200)]
+        window: usize,
+        /// Tokens shared by consecutive chunks.
+        #[arg(long, default_value_t = 40)]
+        overlap: usize,
+    },
+    /// Add files or folders (text, Markdown, HTML, JSONL records).
+    Add {
+        /// Index name.
+        name: String,
+        /// Files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Recreate the vector index from the document store.
+    Rebuild {
+        /// Index name.
+        name: String,
+    },
+    /// Show an index's settings and size.
+    Info {
+        /// Index name.
+        name: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    /// Index name.
+    name: String,
+    /// The query.
+    query: String,
+    /// Results.
+    #[arg(short, long, default_value_t = 5)]
+    k: usize,
+    /// Minimum cosine similarity.
+    #[arg(long, default_value_t = -1.0)]
+    min_score: f32,
+    /// Metadata filter KEY=VALUE (repeatable; `source` is the file).
+    #[arg(long = "filter")]
+    filters: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct AskArgs {
+    /// Index name.
+    name: String,
+    /// The question.
+    question: String,
+    /// Sources to retrieve.
+    #[arg(short, long, default_value_t = 3)]
+    k: usize,
+    #[command(flatten)]
+    model: crate::ModelArgs,
+    /// Most tokens in the answer.
+    #[arg(long, default_value_t = 200)]
+    max_tokens: usize,
+}
+
+fn root() -> PathBuf {
+    default_root()
+}
+
+fn parse_filters(filters: &[String]) -> Result<Vec<(String, String)>> {
+    filters
+        .iter()
+        .map(|f| {
+            f.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("filter {f:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+pub fn index_cmd(command: &IndexCommand) -> Result<()> {
+    match command {
+        IndexCommand::Create { name, kind, encoder, window, overlap } => {
+            anyhow::ensure!(*window > 0 && overlap < window, "--overlap must be smaller than --window");
+            let encoder = match encoder {
+                Some(p) => p.clone(),
+                None => crate::fetch::default_encoder()?,
+            };
+            let params = ChunkParams { window: *window, overlap: *overlap };
+            Collection::create(&root(), name, kind.parse()?, &encoder, params)?;
+            println!("created index {name} in {}", root().join(name).display());
+        }
+        IndexCommand::Add { name, paths } => {
+            let mut collection = Collection::open(&root(), name)?;
+            let bar = progress_bar("indexing files");
+            let started = std::time::Instant::now();
+            let report = collection.add_paths(paths, &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            let (docs, chunks) = collection.counts();
+            println!(
+                "added {} documents ({} chunks, {:.1} docs/s), {} unchanged, {} skipped; index {name} holds {docs} documents, {chunks} chunks",
+                report.added,
+                report.chunks,
+                report.added as f64 / secs,
+                report.unchanged,
+                report.skipped.len()
+            );
+        }
+        IndexCommand::Rebuild { name } => {
+            let vectors = Collection::rebuild(&root(), name)?;
+            println!("rebuilt index {name}: {vectors} vectors");
+        }
+        IndexCommand::Info { name } => {
+            let collection = Collection::open(&root(), name)?;
+            let (docs, chunks) = collection.counts();
+            println!("{}", serde_json::json!({"meta": collection.meta(), "documents": docs, "chunks": chunks}));
+        }
+    }
+    Ok(())
+}
+
+pub fn search_cmd(args: &SearchArgs) -> Result<()> {
+    let collection = Collection::open(&root(), &args.name)?;
+    let hits = collection.search(&args.query, args.k, args.min_score, &parse_filters(&args.filters)?)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&hits)?);
+        return Ok(());
+    }
+    for (i, hit) in hits.iter().enumerate() {
+        let preview: String = hit.text.chars().take(160).collect::<String>().replace('\n', " ");
+        println!("{}. [{:.3}] {} (bytes {}..{})\n   {preview}", i + 1, hit.score, hit.doc_id, hit.span.0, hit.span.1);
+    }
+    Ok(())
+}
+
+pub fn ask_cmd(args: &AskArgs) -> Result<()> {
+    let collection = Collection::open(&root(), &args.name)?;
+    let hits = collection.search(&args.question, args.k, -1.0, &[])?;
+    let (prompt, citations) = tailor_rag::prompt::assemble(&args.question, &hits);
+    let model = crate::run::load_model(&args.model)?;
+    let messages = [Message::new("system", "You are a helpful assistant."), Message::new("user", &prompt)];
+    let ids = model.encode_chat(&messages)?;
+    let params = GenerateParams { max_tokens: args.max_tokens, ..GenerateParams::default() };
+    let mut stdout = std::io::stdout();
+    generate(&model, &ids, &params, &mut |event| {
+        use std::io::Write;
+        write!(stdout, "{}", event.text).and_then(|_| stdout.flush()).is_ok()
+    })?;
+    println!("\n\nSources:");
+    for c in &citations {
+        println!("[{}] {} (bytes {}..{}, score {:.3})", c.number, c.doc_id, c.span.0, c.span.1, c.score);
+    }
+    Ok(())
+}
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -64,7 +236,10 @@ pub fn eval_cmd(command: &EvalCommand) -> Result<()> {
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if *json {
-        println!("{}", serde_json::json!({"index": index, "k": k, "metrics": metrics, "passages": data.corpus.len(), "seconds": secs}));
+        println!(
+            "{}",
+            serde_json::json!({"index": index, "k": k, "metrics": metrics, "passages": data.corpus.len(), "seconds": secs})
+        );
     } else {
         println!("{} passages, {} judged queries, {index} index, {secs:.1}s", data.corpus.len(), metrics.queries);
         println!("nDCG@{k}   {:.4}", metrics.ndcg);

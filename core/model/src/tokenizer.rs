@@ -68,6 +68,15 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Byte spans of the tokens of `text` (no special tokens, never
+    /// truncated), for chunking by token count.
+    pub fn token_spans(&self, text: &str) -> Result<Vec<(usize, usize)>> {
+        let mut untruncated = self.inner.clone();
+        untruncated.with_truncation(None).map_err(|e| self.error(e))?;
+        let encoding = untruncated.encode(text, false).map_err(|e| self.error(e))?;
+        Ok(encoding.get_offsets().to_vec())
+    }
+
     /// Token ids of `text`; special tokens written in the text are recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self.inner.encode(text, false).map_err(|e| self.error(e))?;

@@ -17,7 +17,9 @@ pub enum RagError {
     #[error("faiss: {0}")]
     Faiss(String),
     /// The persisted vector index is unreadable or disagrees with the store.
-    #[error("{path}: the vector index is corrupt ({detail}); run `tailor index rebuild` to recreate it from the store")]
+    #[error(
+        "{path}: the vector index is corrupt ({detail}); run `tailor index rebuild` to recreate it from the store"
+    )]
     CorruptIndex {
         /// The index file.
         path: PathBuf,

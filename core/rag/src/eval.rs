@@ -54,7 +54,10 @@ impl BeirData {
             if cols.len() < 3 || (i == 0 && cols[2].parse::<u32>().is_err()) {
                 continue;
             }
-            let grade = cols[2].trim().parse::<u32>().map_err(|_| RagError::InvalidInput(format!("{}:{}: bad score", qrels.display(), i + 1)))?;
+            let grade = cols[2]
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| RagError::InvalidInput(format!("{}:{}: bad score", qrels.display(), i + 1)))?;
             judged.entry(cols[0].to_string()).or_default().insert(cols[1].to_string(), grade);
         }
         Ok(BeirData { corpus, queries, qrels: judged })
@@ -75,7 +78,11 @@ pub struct Metrics {
 }
 
 /// Scores ranked results (query id → passage ids, best first) at cutoff `k`.
-pub fn evaluate(results: &BTreeMap<String, Vec<String>>, qrels: &BTreeMap<String, HashMap<String, u32>>, k: usize) -> Metrics {
+pub fn evaluate(
+    results: &BTreeMap<String, Vec<String>>,
+    qrels: &BTreeMap<String, HashMap<String, u32>>,
+    k: usize,
+) -> Metrics {
     let (mut ndcg, mut recall, mut mrr) = (0f64, 0f64, 0f64);
     for (qid, judged) in qrels {
         let ranked = results.get(qid).map(|r| &r[..r.len().min(k)]).unwrap_or(&[]);
@@ -119,7 +126,8 @@ impl<'a> EmbeddedBeir<'a> {
             passages.extend(encoder.embed(&texts)?.concat());
             progress(passages.len() / encoder.dim(), data.corpus.len());
         }
-        let judged: Vec<(&String, &String)> = data.qrels.keys().filter_map(|q| data.queries.get(q).map(|t| (q, t))).collect();
+        let judged: Vec<(&String, &String)> =
+            data.qrels.keys().filter_map(|q| data.queries.get(q).map(|t| (q, t))).collect();
         let texts: Vec<&str> = judged.iter().map(|(_, t)| t.as_str()).collect();
         let queries = encoder.embed(&texts)?.concat();
         let query_ids = judged.into_iter().map(|(q, _)| q.clone()).collect();

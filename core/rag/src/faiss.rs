@@ -15,7 +15,14 @@ mod ffi {
         fn new_flat_ip(dim: i32) -> Result<UniquePtr<FaissIndex>>;
         fn new_hnsw_ip(dim: i32, m: i32, ef_construction: i32) -> Result<UniquePtr<FaissIndex>>;
         fn add_with_ids(index: Pin<&mut FaissIndex>, vectors: &[f32], ids: &[i64]) -> Result<()>;
-        fn search(index: &FaissIndex, queries: &[f32], k: i64, ef_search: i32, scores: &mut [f32], ids: &mut [i64]) -> Result<()>;
+        fn search(
+            index: &FaissIndex,
+            queries: &[f32],
+            k: i64,
+            ef_search: i32,
+            scores: &mut [f32],
+            ids: &mut [i64],
+        ) -> Result<()>;
         fn remove_ids(index: Pin<&mut FaissIndex>, ids: &[i64]) -> Result<i64>;
         fn ntotal(index: &FaissIndex) -> i64;
         fn dimension(index: &FaissIndex) -> i32;
@@ -115,7 +122,12 @@ impl VectorIndex {
     /// Adds row-major `vectors` (`ids.len()` rows of `dim()`).
     pub fn add(&mut self, vectors: &[f32], ids: &[i64]) -> Result<()> {
         if vectors.len() != ids.len() * self.dim() {
-            return Err(RagError::InvalidInput(format!("{} values for {} vectors of dimension {}", vectors.len(), ids.len(), self.dim())));
+            return Err(RagError::InvalidInput(format!(
+                "{} values for {} vectors of dimension {}",
+                vectors.len(),
+                ids.len(),
+                self.dim()
+            )));
         }
         let pinned = self.inner.as_mut().ok_or_else(|| RagError::Faiss("null index".into()))?;
         ffi::add_with_ids(pinned, vectors, ids).map_err(faiss_error)
@@ -124,7 +136,7 @@ impl VectorIndex {
     /// The `k` best hits of each query (row-major, `dim()` per query).
     pub fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
         let dim = self.dim();
-        if k == 0 || dim == 0 || queries.len() % dim != 0 {
+        if k == 0 || dim == 0 || !queries.len().is_multiple_of(dim) {
             return Err(RagError::InvalidInput(format!("{} query values for dimension {dim}, k = {k}", queries.len())));
         }
         let n = queries.len() / dim;
@@ -134,7 +146,9 @@ impl VectorIndex {
         Ok(ids
             .chunks(k)
             .zip(scores.chunks(k))
-            .map(|(ids, scores)| ids.iter().zip(scores).filter(|(id, _)| **id >= 0).map(|(&id, &score)| Hit { id, score }).collect())
+            .map(|(ids, scores)| {
+                ids.iter().zip(scores).filter(|(id, _)| **id >= 0).map(|(&id, &score)| Hit { id, score }).collect()
+            })
             .collect())
     }
 
@@ -148,7 +162,8 @@ impl VectorIndex {
     /// Writes the index to `path` atomically (temporary file, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("tmp");
-        let tmp_str = tmp.to_str().ok_or_else(|| RagError::InvalidInput(format!("non-UTF-8 path {}", tmp.display())))?;
+        let tmp_str =
+            tmp.to_str().ok_or_else(|| RagError::InvalidInput(format!("non-UTF-8 path {}", tmp.display())))?;
         ffi::write_index(self.handle()?, tmp_str).map_err(faiss_error)?;
         crate::store::fsync_file(&tmp)?;
         std::fs::rename(&tmp, path).map_err(crate::error::io_error(path))?;
@@ -157,8 +172,10 @@ impl VectorIndex {
 
     /// Reads an index written by [`VectorIndex::save`].
     pub fn load(path: &Path, kind: IndexKind) -> Result<VectorIndex> {
-        let path_str = path.to_str().ok_or_else(|| RagError::InvalidInput(format!("non-UTF-8 path {}", path.display())))?;
-        let inner = ffi::read_index(path_str).map_err(|e| RagError::CorruptIndex { path: path.to_path_buf(), detail: e.what().to_string() })?;
+        let path_str =
+            path.to_str().ok_or_else(|| RagError::InvalidInput(format!("non-UTF-8 path {}", path.display())))?;
+        let inner = ffi::read_index(path_str)
+            .map_err(|e| RagError::CorruptIndex { path: path.to_path_buf(), detail: e.what().to_string() })?;
         Ok(VectorIndex { inner, kind })
     }
 }

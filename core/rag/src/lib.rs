@@ -5,10 +5,14 @@
 //! beside it finds the nearest chunks; retrieval and prompt assembly turn
 //! hits into a numbered context with citations.
 
+pub mod chunk;
+pub mod collection;
 pub mod error;
 pub mod eval;
 pub mod faiss;
+pub mod prompt;
 pub mod store;
 
+pub use collection::{AddReport, Collection, SearchHit};
 pub use error::{RagError, Result};
 pub use faiss::{Hit, IndexKind, VectorIndex};

@@ -70,20 +70,30 @@ pub fn fsync_file(path: &Path) -> Result<()> {
 impl Store {
     /// Opens (or creates) the store at `path`, dropping a torn last line.
     pub fn open(path: &Path) -> Result<Store> {
-        let mut store = Store { path: path.to_path_buf(), docs: BTreeMap::new(), chunk_owner: HashMap::new(), next_chunk_id: 0 };
+        let mut store =
+            Store { path: path.to_path_buf(), docs: BTreeMap::new(), chunk_owner: HashMap::new(), next_chunk_id: 0 };
         if !path.exists() {
             std::fs::File::create(path).map_err(io_error(path))?;
             return Ok(store);
         }
         let bytes = std::fs::read(path).map_err(io_error(path))?;
         let mut good = 0usize;
-        for line in bytes.split_inclusive(|b| *b == b'\n') {
+        let lines: Vec<&[u8]> = bytes.split_inclusive(|b| *b == b'\n').collect();
+        for (number, line) in lines.iter().enumerate() {
             match parse_line(line) {
                 Some(record) => {
                     store.apply(record);
                     good += line.len();
                 }
-                None => break,
+                // Only the last line can be torn by a crash; damage before
+                // whole lines is corruption, and nothing is thrown away.
+                None if number + 1 == lines.len() => break,
+                None => {
+                    return Err(RagError::CorruptStore {
+                        path: path.to_path_buf(),
+                        detail: format!("line {} fails its checksum", number + 1),
+                    })
+                }
             }
         }
         if good < bytes.len() {
@@ -134,6 +144,11 @@ impl Store {
         self.docs.get(id).is_some_and(|d| d.content_hash == content_hash)
     }
 
+    /// True when a document with this id is committed (any content).
+    pub fn has_id(&self, id: &str) -> bool {
+        self.docs.contains_key(id)
+    }
+
     /// Commits a batch of documents: appended, fsync'd, then applied.
     pub fn commit(&mut self, docs: Vec<Document>) -> Result<()> {
         if docs.is_empty() {
@@ -144,7 +159,8 @@ impl Store {
 
     /// Deletes documents by id; returns the chunk ids that went with them.
     pub fn delete(&mut self, doc_ids: Vec<String>) -> Result<Vec<i64>> {
-        let chunks = doc_ids.iter().filter_map(|id| self.docs.get(id)).flat_map(|d| d.chunks.iter().map(|c| c.id)).collect();
+        let chunks =
+            doc_ids.iter().filter_map(|id| self.docs.get(id)).flat_map(|d| d.chunks.iter().map(|c| c.id)).collect();
         self.append(&Record::Delete { doc_ids })?;
         Ok(chunks)
     }
@@ -156,7 +172,8 @@ impl Store {
         let mut file = std::fs::OpenOptions::new().append(true).open(path).map_err(io_error(path))?;
         file.write_all(line.as_bytes()).map_err(io_error(path))?;
         file.sync_data().map_err(io_error(path))?;
-        let parsed = parse_line(line.as_bytes()).ok_or_else(|| RagError::InvalidInput("record did not round-trip".into()))?;
+        let parsed =
+            parse_line(line.as_bytes()).ok_or_else(|| RagError::InvalidInput("record did not round-trip".into()))?;
         self.apply(parsed);
         Ok(())
     }

@@ -22,7 +22,8 @@ fn data_dir() -> PathBuf {
 fn flat_matches_reference_and_hnsw_stays_close() {
     let dir = data_dir();
     assert!(dir.join("corpus.jsonl").exists(), "{} is missing (set TAILOR_NEGCONSTRAINT)", dir.display());
-    let data = BeirData::load(&dir.join("corpus.jsonl"), &dir.join("queries.jsonl"), &dir.join("qrels/test.tsv")).unwrap();
+    let data =
+        BeirData::load(&dir.join("corpus.jsonl"), &dir.join("queries.jsonl"), &dir.join("qrels/test.tsv")).unwrap();
     assert_eq!((data.corpus.len(), data.qrels.len()), (3946, 198));
     let encoder = tailor_model::Encoder::load(&cache_dir().join(MINILM_DIR)).expect("run `tailor models fetch` first");
     let embedded = EmbeddedBeir::new(&data, &encoder, &|_, _| {}).unwrap();
