@@ -38,6 +38,14 @@ pub enum IndexCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Delete documents by id or source path.
+    Delete {
+        /// Index name.
+        name: String,
+        /// Document ids or file paths.
+        #[arg(required = true)]
+        documents: Vec<String>,
+    },
     /// Recreate the vector index from the document store.
     Rebuild {
         /// Index name.
@@ -132,6 +140,16 @@ pub fn index_cmd(command: &IndexCommand) -> Result<()> {
                 report.unchanged,
                 report.skipped.len()
             );
+        }
+        IndexCommand::Delete { name, documents } => {
+            let mut collection = Collection::open(&root(), name)?;
+            let keys: Vec<String> = documents
+                .iter()
+                .map(|d| std::fs::canonicalize(d).map(|p| p.display().to_string()).unwrap_or_else(|_| d.clone()))
+                .collect();
+            let deleted = collection.delete(&keys)?;
+            let (docs, chunks) = collection.counts();
+            println!("deleted {deleted} documents; index {name} holds {docs} documents, {chunks} chunks");
         }
         IndexCommand::Rebuild { name } => {
             let vectors = Collection::rebuild(&root(), name)?;
@@ -232,8 +250,10 @@ pub fn eval_cmd(command: &EvalCommand) -> Result<()> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
-    let metrics = embedded.evaluate(kind, *k)?;
     bar.finish_and_clear();
+    let embed_secs = started.elapsed().as_secs_f64();
+    let metrics = embedded.evaluate(kind, *k)?;
+    let (p50, p99) = embedded.search_latency(&encoder, kind, *k)?;
     let secs = started.elapsed().as_secs_f64();
     if *json {
         println!(
@@ -242,6 +262,12 @@ pub fn eval_cmd(command: &EvalCommand) -> Result<()> {
         );
     } else {
         println!("{} passages, {} judged queries, {index} index, {secs:.1}s", data.corpus.len(), metrics.queries);
+        println!(
+            "embedding: {:.1} passages/s; search (embed query + {index}): p50 {:.2} ms, p99 {:.2} ms",
+            data.corpus.len() as f64 / embed_secs,
+            p50 * 1e3,
+            p99 * 1e3
+        );
         println!("nDCG@{k}   {:.4}", metrics.ndcg);
         println!("recall@{k} {:.4}", metrics.recall);
         println!("MRR@{k}    {:.4}", metrics.mrr);

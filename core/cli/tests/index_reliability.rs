@@ -90,6 +90,13 @@ fn corrupt_vector_file_is_reported_and_rebuild_repairs_it() {
     let out = run_ok(tailor(&data).args(["search", "kb", "apples in city 7", "-k", "1", "--json"]));
     let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(hits[0]["doc_id"].as_str().unwrap().ends_with("doc-0007.txt"), "{hits}");
+    // Deleting a document removes it from search results and counts.
+    let out = run_ok(tailor(&data).args(["index", "delete", "kb"]).arg(corpus.join("doc-0007.txt")));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deleted 1 documents"));
+    assert_eq!(info(&data, "kb"), (19, 19));
+    let out = run_ok(tailor(&data).args(["search", "kb", "apples in city 7", "-k", "1", "--json"]));
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!hits[0]["doc_id"].as_str().unwrap().ends_with("doc-0007.txt"), "{hits}");
 }
 
 #[test]

@@ -15,6 +15,9 @@ const TOKEN_TYPE_USER_DEFINED: u64 = 4;
 /// A tokenizer with the JSON it was built from.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer without truncation (for chunking long texts),
+    /// made by [`Tokenizer::for_encoder`].
+    untruncated: Option<tokenizers::Tokenizer>,
     json: String,
     source: PathBuf,
 }
@@ -46,12 +49,17 @@ impl Tokenizer {
             path: source.to_path_buf(),
             detail: e.to_string(),
         })?;
-        Ok(Tokenizer { inner, json, source: source.to_path_buf() })
+        Ok(Tokenizer { inner, untruncated: None, json, source: source.to_path_buf() })
     }
 
     /// A copy for an encoder: truncate to `max_len` tokens (special tokens
     /// included), never pad.
     pub fn for_encoder(mut self, max_len: usize) -> Result<Tokenizer> {
+        let mut untruncated = self.inner.clone();
+        untruncated.with_padding(None);
+        let source = self.source.clone();
+        untruncated.with_truncation(None).map_err(|e| ModelError::Tokenizer { path: source, detail: e.to_string() })?;
+        self.untruncated = Some(untruncated);
         let truncation = tokenizers::TruncationParams { max_length: max_len, ..Default::default() };
         let source = self.source.clone();
         self.inner
@@ -71,9 +79,8 @@ impl Tokenizer {
     /// Byte spans of the tokens of `text` (no special tokens, never
     /// truncated), for chunking by token count.
     pub fn token_spans(&self, text: &str) -> Result<Vec<(usize, usize)>> {
-        let mut untruncated = self.inner.clone();
-        untruncated.with_truncation(None).map_err(|e| self.error(e))?;
-        let encoding = untruncated.encode(text, false).map_err(|e| self.error(e))?;
+        let tokenizer = self.untruncated.as_ref().unwrap_or(&self.inner);
+        let encoding = tokenizer.encode(text, false).map_err(|e| self.error(e))?;
         Ok(encoding.get_offsets().to_vec())
     }
 

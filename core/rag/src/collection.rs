@@ -262,6 +262,31 @@ impl Collection {
         Ok(Document { id: e.id, source, content_hash, metadata: e.metadata, chunks })
     }
 
+    /// Deletes documents: by document id, or every document from a source
+    /// path. Returns how many documents went.
+    pub fn delete(&mut self, keys: &[String]) -> Result<usize> {
+        let ids: Vec<String> = self
+            .store
+            .documents()
+            .filter(|d| keys.iter().any(|k| *k == d.id || *k == d.source))
+            .map(|d| d.id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let count = ids.len();
+        let chunks = self.store.delete(ids)?;
+        match self.meta.kind {
+            IndexKind::Flat => {
+                self.index.remove(&chunks)?;
+                self.save_vectors()?;
+            }
+            // HNSW cannot delete: rebuild from the store.
+            IndexKind::Hnsw => self.rebuild_vectors()?,
+        }
+        Ok(count)
+    }
+
     /// The `k` chunks nearest to `query` with score ≥ `min_score` whose
     /// document metadata (or `source`) matches every `filter` pair.
     pub fn search(&self, query: &str, k: usize, min_score: f32, filter: &[(String, String)]) -> Result<Vec<SearchHit>> {

@@ -134,6 +134,30 @@ impl<'a> EmbeddedBeir<'a> {
         Ok(EmbeddedBeir { data, dim: encoder.dim(), passages, query_ids, queries })
     }
 
+    /// End-to-end latency of single searches (embed the query, search the
+    /// index of `kind`), in seconds: (p50, p99) over the judged queries.
+    pub fn search_latency(
+        &self,
+        encoder: &tailor_model::Encoder,
+        kind: crate::IndexKind,
+        k: usize,
+    ) -> Result<(f64, f64)> {
+        let mut index = crate::VectorIndex::new(kind, self.dim)?;
+        let ids: Vec<i64> = (0..self.data.corpus.len() as i64).collect();
+        index.add(&self.passages, &ids)?;
+        let mut times = Vec::with_capacity(self.query_ids.len());
+        for qid in &self.query_ids {
+            let text = self.data.queries.get(qid).map(String::as_str).unwrap_or("");
+            let started = std::time::Instant::now();
+            let q = encoder.embed(&[text])?.concat();
+            index.search(&q, k)?;
+            times.push(started.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let at = |p: f64| times.get(((times.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+        Ok((at(0.5), at(0.99)))
+    }
+
     /// Builds an index of `kind`, searches it, and scores the top `k`.
     pub fn evaluate(&self, kind: crate::IndexKind, k: usize) -> Result<Metrics> {
         let mut index = crate::VectorIndex::new(kind, self.dim)?;

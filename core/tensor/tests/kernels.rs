@@ -347,3 +347,34 @@ fn erf_matches_known_values_and_fast_erf_tracks_it() {
         assert!((a - b).abs() < 1e-6, "gelu {a} vs {b}");
     }
 }
+
+#[test]
+fn full_attention_matches_naive_reference() {
+    let mut rng = Rng(9);
+    let shape = AttentionShape { n_head: 4, n_kv_head: 2, head_dim: 8 };
+    let positions = 11;
+    let q = rng.vec(positions * 4 * 8);
+    let keys = rng.vec(positions * 2 * 8);
+    let values = rng.vec(positions * 2 * 8);
+    let mut out = vec![0f32; q.len()];
+    cpu::full_attention(&q, &keys, &values, shape, &mut out);
+    for t in 0..positions {
+        for h in 0..4 {
+            let g = h / 2;
+            let qv = &q[(t * 4 + h) * 8..][..8];
+            let scores: Vec<f64> = (0..positions)
+                .map(|p| (0..8).map(|d| qv[d] as f64 * keys[p * 16 + g * 8 + d] as f64).sum::<f64>() / 8f64.sqrt())
+                .collect();
+            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+            for d in 0..8 {
+                let want: f64 = scores
+                    .iter()
+                    .enumerate()
+                    .map(|(p, s)| (s - max).exp() / total * values[p * 16 + g * 8 + d] as f64)
+                    .sum();
+                assert!((out[(t * 4 + h) * 8 + d] as f64 - want).abs() < 1e-5, "t={t} h={h} d={d}");
+            }
+        }
+    }
+}

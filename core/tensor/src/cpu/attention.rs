@@ -25,9 +25,79 @@ pub fn causal_attention(q: &[f32], keys: &[f32], values: &[f32], start: usize, s
 
 /// Bidirectional attention (encoders): every query of a `positions`-long
 /// sequence attends to all `positions` keys. Shapes as in [`causal_attention`].
+/// Each head is two small matrix products (QKᵀ, then PV) on the gemm crate,
+/// heads spread over the pool.
 pub fn full_attention(q: &[f32], keys: &[f32], values: &[f32], shape: AttentionShape, out: &mut [f32]) {
-    let positions = keys.len() / (shape.n_kv_head * shape.head_dim);
-    attention(q, keys, values, shape, out, |_| positions);
+    let AttentionShape { n_head, n_kv_head, head_dim } = shape;
+    let (q_stride, kv_stride) = (n_head * head_dim, n_kv_head * head_dim);
+    let (queries, positions) = (q.len() / q_stride, keys.len() / kv_stride);
+    assert!(q.len() == out.len() && keys.len() == values.len(), "attention: mismatched buffers");
+    assert!(q.len() == queries * q_stride && keys.len() == positions * kv_stride, "attention: ragged buffers");
+    let group = n_head / n_kv_head;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let job = |thread: usize, threads: usize| {
+        let mut scores = vec![0f32; queries * positions];
+        for h in split_range(n_head, thread, threads) {
+            let kv_offset = (h / group) * head_dim;
+            // SAFETY (both calls): strides and sizes keep every access inside
+            // the asserted buffers: Q_h is queries×head_dim with row stride
+            // q_stride from offset h·head_dim; K_hᵀ reads K at row stride
+            // kv_stride from kv_offset; `scores` is queries×positions. The
+            // output head slice (row stride q_stride, offset h·head_dim) is
+            // written by this thread only (heads are split disjointly) while
+            // `out` is exclusively borrowed until the pool job returns.
+            unsafe {
+                gemm::gemm(
+                    queries,
+                    positions,
+                    head_dim,
+                    scores.as_mut_ptr(),
+                    1,
+                    positions as isize,
+                    false,
+                    q.as_ptr().add(h * head_dim),
+                    1,
+                    q_stride as isize,
+                    keys.as_ptr().add(kv_offset),
+                    kv_stride as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            scores.chunks_exact_mut(positions).for_each(softmax_in_place);
+            // SAFETY: see above.
+            unsafe {
+                gemm::gemm(
+                    queries,
+                    head_dim,
+                    positions,
+                    out_ptr.at(h * head_dim),
+                    1,
+                    q_stride as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    positions as isize,
+                    values.as_ptr().add(kv_offset),
+                    1,
+                    kv_stride as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+    };
+    SpinPool::global().run(&job);
 }
 
 /// Shared body: query `t` attends to positions `0..visible(t)`.
