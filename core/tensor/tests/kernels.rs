@@ -340,6 +340,11 @@ fn erf_matches_known_values_and_fast_erf_tracks_it() {
         let (fast, exact) = (cpu::erf_f32(x) as f64, cpu::erf(x as f64));
         assert!((fast - exact).abs() < 3e-7, "erf_f32({x}) = {fast} vs {exact}");
     }
+    for i in -8700..8800 {
+        let x = i as f32 / 100.0;
+        let (fast, exact) = (cpu::exp_fast(x) as f64, (x as f64).exp());
+        assert!(((fast - exact) / exact).abs() < 3e-7, "exp_fast({x}) = {fast} vs {exact}");
+    }
     let mut g = vec![-3.0f32, -0.5, 0.0, 0.5, 3.0];
     cpu::gelu_in_place(&mut g);
     let want = [-0.004_049_694, -0.154_268_77, 0.0, 0.345_731_23, 2.995_950_3];

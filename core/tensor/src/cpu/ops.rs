@@ -38,10 +38,33 @@ pub fn gelu_in_place(x: &mut [f32]) {
         // SAFETY: split_range hands each thread a disjoint range inside
         // `x`, which stays exclusively borrowed until `run` returns.
         let part = unsafe { std::slice::from_raw_parts_mut(ptr.at(range.start), range.len()) };
-        for v in part {
-            *v = 0.5 * *v * (1.0 + erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2));
-        }
+        gelu_slice(part);
     });
+}
+
+fn gelu_slice(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected; only `x` is touched.
+            unsafe { gelu_avx2(x) };
+            return;
+        }
+    }
+    gelu_portable(x);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(x: &mut [f32]) {
+    gelu_portable(x);
+}
+
+#[inline(always)]
+fn gelu_portable(x: &mut [f32]) {
+    for v in x {
+        *v = 0.5 * *v * (1.0 + erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2));
+    }
 }
 
 /// A mutable pointer shared by the pool's threads, each writing its own range.
@@ -58,6 +81,7 @@ impl SharedMut {
 /// erf in f32 with fractional error below 1.2e-7 of erfc (the Chebyshev
 /// fit of Numerical Recipes' `erfcc`); about 5× faster than [`erf`].
 #[allow(clippy::excessive_precision)] // the published coefficients, kept as written
+#[inline(always)]
 pub fn erf_f32(x: f32) -> f32 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
@@ -68,12 +92,9 @@ pub fn erf_f32(x: f32) -> f32 {
                     + t * (-0.186_288_06
                         + t * (0.278_868_07
                             + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let erfc = t * poly.exp();
-    if x >= 0.0 {
-        1.0 - erfc
-    } else {
-        erfc - 1.0
-    }
+    let erfc = t * exp_fast(poly);
+    let magnitude = 1.0 - erfc;
+    magnitude.copysign(x)
 }
 
 /// The error function to about 1e-15 relative (W. J. Cody's rational
@@ -163,14 +184,50 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 
 /// Numerically stable softmax of `x` in place.
 pub fn softmax_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected; the function only
+            // touches `x`.
+            unsafe { softmax_avx2(x) };
+            return;
+        }
+    }
+    softmax_portable(x);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2(x: &mut [f32]) {
+    softmax_portable(x);
+}
+
+#[inline(always)]
+fn softmax_portable(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
+        *v = exp_fast(*v - max);
         sum += *v;
     }
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `e^x` to about 2e-7 relative error, in straight-line arithmetic so loops
+/// over it vectorise: `x = n·ln 2 + r` (Cody–Waite, ln 2 split in two so `r`
+/// is exact), `e^r` by its degree-6 Taylor polynomial on |r| ≤ ln2/2, and
+/// `2^n` built in the exponent bits. Inputs are clamped to f32's range.
+#[inline(always)]
+pub fn exp_fast(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
+    const LN2_HI: f32 = 0.693_145_75; // ln 2 with the low bits zero, so n·LN2_HI is exact
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// Rotary position embedding tables in the Hugging Face layout: each head
