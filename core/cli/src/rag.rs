@@ -258,7 +258,9 @@ pub fn eval_cmd(command: &EvalCommand) -> Result<()> {
     if *json {
         println!(
             "{}",
-            serde_json::json!({"index": index, "k": k, "metrics": metrics, "passages": data.corpus.len(), "seconds": secs})
+            serde_json::json!({"index": index, "k": k, "metrics": metrics, "passages": data.corpus.len(), "seconds": secs,
+                "embed_seconds": embed_secs, "passages_per_second": data.corpus.len() as f64 / embed_secs,
+                "search_p50_ms": p50 * 1e3, "search_p99_ms": p99 * 1e3})
         );
     } else {
         println!("{} passages, {} judged queries, {index} index, {secs:.1}s", data.corpus.len(), metrics.queries);
