@@ -4,11 +4,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-venv=${REF_VENV:-$root/target/ref-venv}
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet torch transformers safetensors numpy sentence-transformers
-fi
+venv=$(VENV=${REF_VENV:-} "$root/scripts/venv.sh" ref torch transformers safetensors numpy sentence-transformers)
 (cd "$root" && cargo build --release --quiet -p tailor-cli)
 tailor="$root/target/release/tailor"
 "$venv/bin/python" "$here/compare.py" "$tailor" "$("$tailor" models path)/all-MiniLM-L6-v2" "$root/../shared/data/negconstraint" "$@"

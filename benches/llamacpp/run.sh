@@ -6,11 +6,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-venv=${LLAMA_VENV:-$root/target/llama-venv}
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  CMAKE_BUILD_PARALLEL_LEVEL=2 "$venv/bin/pip" install --quiet llama-cpp-python numpy
-fi
+venv=$(VENV=${LLAMA_VENV:-} "$root/scripts/venv.sh" llama llama-cpp-python numpy)
 (cd "$root" && cargo build --release --quiet -p tailor-cli)
 tailor="$root/target/release/tailor"
 gguf="$("$tailor" models path)/SmolLM2-135M-Instruct.Q4_1.gguf"

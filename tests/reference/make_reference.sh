@@ -6,11 +6,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-venv=${REF_VENV:-$root/target/ref-venv}
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet torch transformers safetensors numpy sentence-transformers
-fi
+venv=$(VENV=${REF_VENV:-} "$root/scripts/venv.sh" ref torch transformers safetensors numpy sentence-transformers)
 cache=$("$root/target/release/tailor" models path)
 "$venv/bin/python" "$here/make_reference.py" "${1:-$cache/SmolLM2-135M-Instruct-hf}" "$here"
 "$venv/bin/python" "$here/make_embedding_reference.py" "$cache/all-MiniLM-L6-v2" "$root/../shared/data/negconstraint"
