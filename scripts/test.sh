@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
-cargo build --release --quiet -p tailor-cli
+cargo build --release --quiet --workspace   # the CLI, tailord and the plugin cdylibs the daemon tests load
 ./target/release/tailor models fetch
 cargo test --workspace --release

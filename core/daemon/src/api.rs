@@ -1,0 +1,332 @@
+//! The OpenAI-compatible HTTP API: `/v1/chat/completions` (with SSE
+//! streaming), `/v1/completions`, `/v1/embeddings`, `/v1/models`, and
+//! `/health`. Errors use OpenAI's `{"error": {...}}` shape with 4xx for
+//! anything the client can fix.
+
+use crate::stages::{Registered, Registry};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tailor_plugin_abi::host::PluginError;
+use tailor_plugin_abi::{ffi, StageKind};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    registry: Registry,
+    token: Option<String>,
+    next_id: AtomicU64,
+}
+
+impl AppState {
+    /// State over a registry, with an optional bearer token.
+    pub fn new(registry: Registry, token: Option<String>) -> AppState {
+        AppState(Arc::new(Inner { registry, token, next_id: AtomicU64::new(1) }))
+    }
+}
+
+/// The routes, with the body size limit.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// An OpenAI-style error response.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            s if s.is_client_error() => "invalid_request_error",
+            _ => "server_error",
+        };
+        (self.status, Json(json!({"error": {"message": self.message, "type": kind}}))).into_response()
+    }
+}
+
+impl From<PluginError> for ApiError {
+    fn from(e: PluginError) -> ApiError {
+        let status = match &e {
+            PluginError::Stage { status: ffi::ERR_INVALID, .. } => StatusCode::BAD_REQUEST,
+            PluginError::Stage { status: ffi::ERR_UNAVAILABLE, .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.0.token else { return Ok(()) };
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(token.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
+    }
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("request body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+fn stage_for(state: &AppState, body: &Value, kind: StageKind) -> Result<Arc<Registered>, ApiError> {
+    let model =
+        body.get("model").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("`model` is required"))?;
+    state
+        .0
+        .registry
+        .find(model, kind)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown model {model:?}")))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn models(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let data: Vec<Value> = state
+        .0
+        .registry
+        .all()
+        .iter()
+        .map(|s| {
+            let kind = s.kind.map(|k| format!("{k:?}").to_lowercase()).unwrap_or_else(|| "unknown".into());
+            json!({"id": s.name, "object": "model", "owned_by": "tailor", "tailor_stage": kind})
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// Sampling fields passed through to the generate stage.
+fn generation_request(body: &Value, input: (&str, Value)) -> Value {
+    let mut request = json!({});
+    request[input.0] = input.1;
+    for key in ["max_tokens", "temperature", "top_p", "top_k", "seed", "repetition_penalty"] {
+        if let Some(v) = body.get(key) {
+            request[key] = v.clone();
+        }
+    }
+    if let Some(v) = body.get("max_completion_tokens") {
+        request["max_tokens"] = v.clone();
+    }
+    request
+}
+
+async fn chat_completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let body = parse_body(&body)?;
+    let stage = stage_for(&state, &body, StageKind::Generate)?;
+    let messages = body.get("messages").filter(|m| m.as_array().is_some_and(|a| !a.is_empty()));
+    let messages = messages.ok_or_else(|| ApiError::bad_request("`messages` must be a non-empty array"))?;
+    let request = generation_request(&body, ("messages", messages.clone()));
+    run_generation(state, stage, request, &body, true).await
+}
+
+async fn completions(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let body = parse_body(&body)?;
+    let stage = stage_for(&state, &body, StageKind::Generate)?;
+    let prompt =
+        body.get("prompt").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("`prompt` must be a string"))?;
+    let request = generation_request(&body, ("prompt", json!(prompt)));
+    run_generation(state, stage, request, &body, false).await
+}
+
+/// One parsed line of the generate stage's output.
+enum Piece {
+    Token(String),
+    Done { finish: String, prompt_tokens: u64, completion_tokens: u64 },
+}
+
+fn parse_piece(line: &str) -> Option<Piece> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    match v.get("type")?.as_str()? {
+        "token" => Some(Piece::Token(v.get("text")?.as_str()?.to_string())),
+        "done" => Some(Piece::Done {
+            finish: v.get("finish_reason")?.as_str()?.to_string(),
+            prompt_tokens: v.get("prompt_tokens")?.as_u64()?,
+            completion_tokens: v.get("completion_tokens")?.as_u64()?,
+        }),
+        _ => None,
+    }
+}
+
+async fn run_generation(
+    state: AppState,
+    stage: Arc<Registered>,
+    request: Value,
+    body: &Value,
+    chat: bool,
+) -> Result<Response, ApiError> {
+    let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
+    let model = stage.name.clone();
+    let request = request.to_string();
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let completion_id = format!("{}-{id}", if chat { "chatcmpl" } else { "cmpl" });
+    if body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        return Ok(stream_generation(stage, id, request, completion_id, model, created, chat));
+    }
+    let output = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        stage.call(id, &request, &mut |chunk| {
+            out.push_str(chunk);
+            true
+        })?;
+        Ok::<String, PluginError>(out)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("generation task failed: {e}")))??;
+    let (mut text, mut finish, mut usage) = (String::new(), "stop".to_string(), (0, 0));
+    for piece in output.lines().filter_map(parse_piece) {
+        match piece {
+            Piece::Token(t) => text.push_str(&t),
+            Piece::Done { finish: f, prompt_tokens, completion_tokens } => {
+                finish = f;
+                usage = (prompt_tokens, completion_tokens);
+            }
+        }
+    }
+    let choice = if chat {
+        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
+    } else {
+        json!({"index": 0, "text": text, "finish_reason": finish})
+    };
+    let object = if chat { "chat.completion" } else { "text_completion" };
+    Ok(Json(json!({"id": completion_id, "object": object, "created": created, "model": model, "choices": [choice],
+        "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.0 + usage.1}}))
+    .into_response())
+}
+
+/// Streams tokens as server-sent events; a client that goes away cancels
+/// the generation at the next token.
+fn stream_generation(
+    stage: Arc<Registered>,
+    id: u64,
+    request: String,
+    completion_id: String,
+    model: String,
+    created: u64,
+    chat: bool,
+) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    let chunk = move |delta: Value, finish: Value| {
+        let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+        let choice = if chat {
+            json!({"index": 0, "delta": delta, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish})
+        };
+        json!({"id": completion_id, "object": object, "created": created, "model": model, "choices": [choice]})
+            .to_string()
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut first = true;
+        let mut buffer = String::new();
+        let result = stage.call(id, &request, &mut |part| {
+            buffer.push_str(part);
+            while let Some(end) = buffer.find('\n') {
+                let line: String = buffer.drain(..=end).collect();
+                let event = match parse_piece(line.trim_end()) {
+                    Some(Piece::Token(text)) if first => {
+                        first = false;
+                        chunk(json!({"role": "assistant", "content": text}), Value::Null)
+                    }
+                    Some(Piece::Token(text)) => chunk(json!({"content": text}), Value::Null),
+                    Some(Piece::Done { finish, .. }) => chunk(json!({}), json!(finish)),
+                    None => continue,
+                };
+                if tx.blocking_send(event).is_err() {
+                    return false; // the client went away: cancel
+                }
+            }
+            true
+        });
+        if let Err(e) = result {
+            let _ = tx.blocking_send(json!({"error": {"message": e.to_string(), "type": "server_error"}}).to_string());
+        }
+        let _ = tx.blocking_send("[DONE]".to_string());
+    });
+    let events = ReceiverStream::new(rx).map(|data| Ok::<Event, Infallible>(Event::default().data(data)));
+    Sse::new(events).into_response()
+}
+
+async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let body = parse_body(&body)?;
+    let stage = stage_for(&state, &body, StageKind::Embed)?;
+    let input: Vec<String> = match body.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| ApiError::bad_request("`input` must be a string or an array of strings"))?,
+        _ => return Err(ApiError::bad_request("`input` must be a string or a non-empty array of strings")),
+    };
+    let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
+    let model = stage.name.clone();
+    let request = json!({"input": input}).to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        stage.call(id, &request, &mut |c| {
+            out.push_str(c);
+            true
+        })?;
+        Ok::<String, PluginError>(out)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("embedding task failed: {e}")))??;
+    let parsed: Value =
+        serde_json::from_str(&output).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let data: Vec<Value> = parsed["embeddings"]
+        .as_array()
+        .map(|a| {
+            a.iter().enumerate().map(|(i, e)| json!({"object": "embedding", "index": i, "embedding": e})).collect()
+        })
+        .unwrap_or_default();
+    let tokens = parsed["tokens"].as_u64().unwrap_or(0);
+    Ok(Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+        .into_response())
+}

@@ -1,0 +1,107 @@
+//! tailord's TOML configuration.
+//!
+//! ```toml
+//! [server]
+//! http = "127.0.0.1:8080"        # a non-loopback address needs allow_remote = true
+//! token = "secret"               # optional bearer token
+//! plugin_dirs = ["/usr/lib/tailor/plugins"]
+//! max_body_bytes = 1048576
+//!
+//! [[stages]]                      # one instance of a plugin's stage, named for the API
+//! name = "smollm2"                # the `model` of /v1/chat/completions
+//! plugin = "libtailor_serve_llm.so"
+//! stage = "generate"
+//! config = { model = "/var/cache/tailor/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
+//! ```
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener and security settings.
+    pub server: Server,
+    /// Stage instances.
+    #[serde(default)]
+    pub stages: Vec<StageConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// HTTP listen address.
+    #[serde(default = "default_http")]
+    pub http: String,
+    /// Allow a non-loopback HTTP address.
+    #[serde(default)]
+    pub allow_remote: bool,
+    /// Bearer token required on every route but /health.
+    pub token: Option<String>,
+    /// Directories plugins may load from.
+    #[serde(default)]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Largest request body.
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_http() -> String {
+    "127.0.0.1:8080".into()
+}
+
+fn default_body() -> usize {
+    1 << 20
+}
+
+/// `[[stages]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// API-visible name.
+    pub name: String,
+    /// Library file, relative to a plugin directory (or absolute inside one).
+    pub plugin: PathBuf,
+    /// Stage name inside the plugin.
+    pub stage: String,
+    /// The stage's own config, passed to it as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: Config = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        config.http_addr()?;
+        Ok(config)
+    }
+
+    /// The HTTP address, refusing non-loopback ones unless allowed.
+    pub fn http_addr(&self) -> Result<SocketAddr> {
+        let addr: SocketAddr =
+            self.server.http.parse().with_context(|| format!("server.http {:?}", self.server.http))?;
+        if !addr.ip().is_loopback() && !self.server.allow_remote {
+            bail!("server.http {addr} is not a loopback address; set server.allow_remote = true to serve beyond this machine");
+        }
+        Ok(addr)
+    }
+
+    /// Where a stage's library lives: the first plugin directory that has it.
+    pub fn plugin_path(&self, stage: &StageConfig) -> PathBuf {
+        if stage.plugin.is_absolute() {
+            return stage.plugin.clone();
+        }
+        self.server
+            .plugin_dirs
+            .iter()
+            .map(|d| d.join(&stage.plugin))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| stage.plugin.clone())
+    }
+}

@@ -1,0 +1,78 @@
+//! The stage registry: every configured stage instance, by API name.
+
+use crate::config::Config;
+use anyhow::{Context, Result};
+use std::sync::{Arc, Mutex};
+use tailor_plugin_abi::host::{default_host, Plugin, StageInstance};
+use tailor_plugin_abi::StageKind;
+
+/// One live stage instance.
+pub struct Registered {
+    /// API-visible name.
+    pub name: String,
+    /// What it does.
+    pub kind: Option<StageKind>,
+    instance: StageInstance,
+    /// Held around calls when the stage is not declared concurrent.
+    serial: Option<Mutex<()>>,
+}
+
+impl Registered {
+    /// Calls the stage (serialised if it asked to be).
+    pub fn call(
+        &self,
+        id: u64,
+        request: &str,
+        on_chunk: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), tailor_plugin_abi::host::PluginError> {
+        let _guard = self.serial.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
+        self.instance.call(id, request, on_chunk)
+    }
+}
+
+/// All stages.
+pub struct Registry {
+    stages: Vec<Arc<Registered>>,
+}
+
+impl Registry {
+    /// Loads each configured plugin and creates its stage instance.
+    pub fn load(config: &Config) -> Result<Registry> {
+        let mut plugins: Vec<Arc<Plugin>> = Vec::new();
+        let mut stages = Vec::new();
+        for stage in &config.stages {
+            let path = config.plugin_path(stage);
+            let plugin = match plugins.iter().find(|p| p.path() == std::fs::canonicalize(&path).unwrap_or_default()) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = Arc::new(Plugin::load(&path, &config.server.plugin_dirs, default_host())?);
+                    eprintln!("tailord: loaded plugin {} {} from {}", p.name(), p.version(), p.path().display());
+                    plugins.push(p.clone());
+                    p
+                }
+            };
+            let info = plugin
+                .stages()
+                .into_iter()
+                .find(|s| s.name == stage.stage)
+                .with_context(|| format!("plugin {} has no stage {:?}", plugin.name(), stage.stage))?;
+            let json = serde_json::to_string(&stage.config)?;
+            eprintln!("tailord: creating stage {} ({}:{}) ...", stage.name, plugin.name(), stage.stage);
+            let instance =
+                plugin.instantiate(&stage.stage, &json).with_context(|| format!("creating stage {}", stage.name))?;
+            let serial = (!info.concurrent).then(|| Mutex::new(()));
+            stages.push(Arc::new(Registered { name: stage.name.clone(), kind: info.kind, instance, serial }));
+        }
+        Ok(Registry { stages })
+    }
+
+    /// The stage named `name` of kind `kind`.
+    pub fn find(&self, name: &str, kind: StageKind) -> Option<Arc<Registered>> {
+        self.stages.iter().find(|s| s.name == name && s.kind == Some(kind)).cloned()
+    }
+
+    /// Every stage.
+    pub fn all(&self) -> &[Arc<Registered>] {
+        &self.stages
+    }
+}

@@ -1,0 +1,206 @@
+//! tailord end to end: the real daemon binary loads the real first-party
+//! plugins (built as cdylibs by `cargo build --workspace`) with SmolLM2 and
+//! MiniLM, and curl talks to it over HTTP.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use tailor_model_paths::*;
+
+mod tailor_model_paths {
+    use std::path::PathBuf;
+    /// The models `tailor models fetch` put in the cache.
+    pub fn cache() -> PathBuf {
+        if let Some(dir) = std::env::var_os("TAILOR_MODELS") {
+            return PathBuf::from(dir);
+        }
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tailor/models")
+    }
+}
+
+fn plugin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn config(server: &str, plugin_dirs: &str) -> String {
+    let models = cache();
+    format!(
+        r#"[server]
+{server}
+plugin_dirs = [{plugin_dirs}]
+max_body_bytes = 200000
+
+[[stages]]
+name = "smollm2"
+plugin = "libtailor_serve_llm.so"
+stage = "generate"
+config = {{ model = "{}" }}
+
+[[stages]]
+name = "minilm"
+plugin = "libtailor_retrieval_faiss.so"
+stage = "embed"
+config = {{ model = "{}" }}
+"#,
+        models.join("SmolLM2-135M-Instruct.Q4_1.gguf").display(),
+        models.join("all-MiniLM-L6-v2").display()
+    )
+}
+
+struct Daemon {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(name: &str, server: &str) -> Daemon {
+    assert!(
+        plugin_dir().join("libtailor_serve_llm.so").exists(),
+        "build the plugins first: cargo build --release --workspace"
+    );
+    let dir = scratch(name);
+    let path = dir.join("tailord.toml");
+    std::fs::write(&path, config(server, &format!("{:?}", plugin_dir().display().to_string()))).unwrap();
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_tailord")).arg("--config").arg(&path).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("tailord listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Daemon { child, base }
+}
+
+/// (HTTP status, body) of a curl request.
+fn curl(daemon: &Daemon, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-N", "-o", "-", "-w", "\n%{http_code}"]).arg(format!("{}{path}", daemon.base));
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if body.is_some() {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", "@-"]);
+    }
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("running curl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(body.unwrap_or("").as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+const CHAT: &str = r#"{"model":"smollm2","max_tokens":24,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France?"}]}"#;
+
+#[test]
+fn chat_streaming_embeddings_and_errors_over_http() {
+    let d = start("api", "http = \"127.0.0.1:0\"\ntoken = \"s3cret\"");
+    let token = Some("s3cret");
+    assert_eq!(curl(&d, "/health", None, None), (200, r#"{"status":"ok"}"#.to_string()));
+    let (status, body) = curl(&d, "/v1/models", None, None);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = curl(&d, "/v1/models", token, None);
+    assert_eq!(status, 200);
+    let ids: Vec<String> =
+        json(&body)["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, ["smollm2", "minilm"]);
+
+    let (status, body) = curl(&d, "/v1/chat/completions", token, Some(CHAT));
+    assert_eq!(status, 200, "{body}");
+    let reply = json(&body);
+    let answer = reply["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(answer.contains("Paris"), "{answer}");
+    assert!(reply["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
+
+    let streaming = CHAT.replacen('{', "{\"stream\":true,", 1);
+    let (status, body) = curl(&d, "/v1/chat/completions", token, Some(&streaming));
+    assert_eq!(status, 200);
+    let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let streamed: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| json(e)["choices"][0]["delta"]["content"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(streamed, answer, "streaming and non-streaming greedy answers agree");
+
+    let (status, body) = curl(
+        &d,
+        "/v1/completions",
+        token,
+        Some(r#"{"model":"smollm2","prompt":"The capital of France is","max_tokens":3}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(json(&body)["choices"][0]["text"].as_str().unwrap().contains("Paris"));
+
+    let (status, body) =
+        curl(&d, "/v1/embeddings", token, Some(r#"{"model":"minilm","input":["first text","second text"]}"#));
+    assert_eq!(status, 200, "{body}");
+    let data = json(&body)["data"].as_array().unwrap().clone();
+    assert_eq!(data.len(), 2);
+    let v: Vec<f64> = data[0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(v.len(), 384);
+    assert!((v.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4);
+
+    for (request, want) in [
+        ("{not json", 400),
+        (r#"{"model":"gpt-9","messages":[{"role":"user","content":"hi"}]}"#, 404),
+        (r#"{"model":"smollm2","messages":[]}"#, 400),
+        (r#"{"model":"smollm2","messages":[{"role":"user","content":"hi"}],"top_p":0}"#, 400),
+    ] {
+        let (status, body) = curl(&d, "/v1/chat/completions", token, Some(request));
+        assert_eq!(status, want, "{request} -> {body}");
+        assert!(json(&body)["error"]["message"].as_str().is_some());
+    }
+    let long = format!(r#"{{"model":"smollm2","messages":[{{"role":"user","content":"{}"}}]}}"#, "word ".repeat(9000));
+    let (status, body) = curl(&d, "/v1/chat/completions", token, Some(&long));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("context"), "{body}");
+    let huge = format!(r#"{{"model":"smollm2","prompt":"{}"}}"#, "x".repeat(300_000));
+    assert_eq!(curl(&d, "/v1/completions", token, Some(&huge)).0, 413);
+    let (status, _) = curl(&d, "/health", None, None);
+    assert_eq!(status, 200, "the daemon keeps serving after bad requests");
+}
+
+#[test]
+fn non_loopback_bind_and_foreign_plugin_paths_are_refused() {
+    let dir = scratch("refuse");
+    let path = dir.join("remote.toml");
+    std::fs::write(&path, config("http = \"0.0.0.0:0\"", &format!("{:?}", plugin_dir().display().to_string())))
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tailord")).arg("--config").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("allow_remote"), "{err}");
+    let empty = scratch("empty-plugins");
+    std::fs::write(&path, config("http = \"127.0.0.1:0\"", &format!("{:?}", empty.display().to_string()))).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tailord")).arg("--config").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot load"), "{err}");
+    let abs = config("http = \"127.0.0.1:0\"", &format!("{:?}", empty.display().to_string())).replace(
+        "\"libtailor_serve_llm.so\"",
+        &format!("{:?}", plugin_dir().join("libtailor_serve_llm.so").display().to_string()),
+    );
+    std::fs::write(&path, abs).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tailord")).arg("--config").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("plugins load only from the configured directories"), "{err}");
+}

@@ -1,0 +1,87 @@
+//! The `generate` stage: loads a model (GGUF or Hugging Face folder) once
+//! per instance and streams completions.
+//!
+//! Config: `{"model": PATH, "dtype": "q8_0"?}`. Request: `{"messages":
+//! [{"role", "content"}…]}` (chat template applied) or `{"prompt": TEXT}`,
+//! plus `max_tokens`, `temperature`, `top_p`, `top_k`, `seed`,
+//! `repetition_penalty`. Output: one JSON object per line:
+//! `{"type":"token","text":…}` per token, then `{"type":"done",
+//! "finish_reason":"stop"|"length", "prompt_tokens", "completion_tokens"}`.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use tailor_model::{generate, FinishReason, GenerateParams, LoadOptions, Message, Model, SamplingParams};
+use tailor_plugin_abi::{export_plugin, Stage, StageKind};
+
+#[derive(Deserialize)]
+struct Config {
+    model: PathBuf,
+    dtype: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Request {
+    messages: Option<Vec<Message>>,
+    prompt: Option<String>,
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<usize>,
+    seed: Option<u64>,
+    repetition_penalty: Option<f32>,
+}
+
+/// Generation with one loaded model.
+struct Generate {
+    model: Model,
+}
+
+impl Stage for Generate {
+    const KIND: StageKind = StageKind::Generate;
+    const NAME: &'static std::ffi::CStr = c"generate";
+
+    fn create(config_json: &str) -> Result<Self, String> {
+        let config: Config = serde_json::from_str(config_json).map_err(|e| format!("generate config: {e}"))?;
+        let dtype = config.dtype.as_deref().map(str::parse).transpose().map_err(|e| format!("generate config: {e}"))?;
+        let model =
+            Model::load(&config.model, LoadOptions { dtype, ..LoadOptions::default() }).map_err(|e| e.to_string())?;
+        Ok(Generate { model })
+    }
+
+    fn call(&self, _request_id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
+        let request: Request = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
+        let prompt = match (&request.messages, &request.prompt) {
+            (Some(messages), _) => self.model.encode_chat(messages),
+            (None, Some(prompt)) => self.model.encode(prompt),
+            (None, None) => return Err("the request needs `messages` or `prompt`".into()),
+        }
+        .map_err(|e| e.to_string())?;
+        let defaults = SamplingParams::default();
+        let params = GenerateParams {
+            max_tokens: request.max_tokens.unwrap_or(256),
+            sampling: SamplingParams {
+                temperature: request.temperature.unwrap_or(defaults.temperature),
+                top_k: request.top_k.unwrap_or(defaults.top_k),
+                top_p: request.top_p.unwrap_or(defaults.top_p),
+                repetition_penalty: request.repetition_penalty.unwrap_or(defaults.repetition_penalty),
+                seed: request.seed.unwrap_or(defaults.seed),
+            },
+            ..GenerateParams::default()
+        };
+        let result = generate(&self.model, &prompt, &params, &mut |event| {
+            emit(&format!("{}\n", serde_json::json!({"type": "token", "text": event.text, "id": event.id})))
+        })
+        .map_err(|e| e.to_string())?;
+        let finish = match result.finish {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => return Ok(()),
+        };
+        let done = serde_json::json!({"type": "done", "finish_reason": finish,
+            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.tokens.len()});
+        emit(&format!("{done}\n"));
+        Ok(())
+    }
+}
+
+export_plugin!(name: "serve-llm", version: "0.1.0", stages: [Generate]);
