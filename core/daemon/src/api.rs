@@ -3,6 +3,7 @@
 //! `/health`. Errors use OpenAI's `{"error": {...}}` shape with 4xx for
 //! anything the client can fix.
 
+use crate::metrics::Metrics;
 use crate::stages::{Registered, Registry};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -28,12 +29,13 @@ struct Inner {
     registry: Registry,
     token: Option<String>,
     next_id: AtomicU64,
+    metrics: Metrics,
 }
 
 impl AppState {
     /// State over a registry, with an optional bearer token.
     pub fn new(registry: Registry, token: Option<String>) -> AppState {
-        AppState(Arc::new(Inner { registry, token, next_id: AtomicU64::new(1) }))
+        AppState(Arc::new(Inner { registry, token, next_id: AtomicU64::new(1), metrics: Metrics::default() }))
     }
 }
 
@@ -45,8 +47,31 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
+}
+
+/// Counts requests in flight and by outcome.
+async fn count_requests(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let m = &state.0.metrics;
+    m.in_flight.fetch_add(1, Ordering::Relaxed);
+    let response = next.run(request).await;
+    m.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let counter = if response.status().is_success() { &m.requests_ok } else { &m.requests_failed };
+    counter.fetch_add(1, Ordering::Relaxed);
+    response
+}
+
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let body = state.0.metrics.render();
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 
 /// An OpenAI-style error response.
@@ -206,7 +231,7 @@ async fn run_generation(
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let completion_id = format!("{}-{id}", if chat { "chatcmpl" } else { "cmpl" });
     if body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
-        return Ok(stream_generation(stage, id, request, completion_id, model, created, chat));
+        return Ok(stream_generation(state.clone(), stage, id, request, completion_id, model, created, chat));
     }
     let output = tokio::task::spawn_blocking(move || {
         let mut out = String::new();
@@ -225,6 +250,8 @@ async fn run_generation(
             Piece::Done { finish: f, prompt_tokens, completion_tokens } => {
                 finish = f;
                 usage = (prompt_tokens, completion_tokens);
+                state.0.metrics.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
+                state.0.metrics.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
             }
         }
     }
@@ -241,7 +268,9 @@ async fn run_generation(
 
 /// Streams tokens as server-sent events; a client that goes away cancels
 /// the generation at the next token.
+#[allow(clippy::too_many_arguments)]
 fn stream_generation(
+    state: AppState,
     stage: Arc<Registered>,
     id: u64,
     request: String,
@@ -274,7 +303,11 @@ fn stream_generation(
                         chunk(json!({"role": "assistant", "content": text}), Value::Null)
                     }
                     Some(Piece::Token(text)) => chunk(json!({"content": text}), Value::Null),
-                    Some(Piece::Done { finish, .. }) => chunk(json!({}), json!(finish)),
+                    Some(Piece::Done { finish, prompt_tokens, completion_tokens }) => {
+                        state.0.metrics.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
+                        state.0.metrics.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
+                        chunk(json!({}), json!(finish))
+                    }
                     None => continue,
                 };
                 if tx.blocking_send(event).is_err() {
@@ -307,6 +340,7 @@ async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Byt
     };
     let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
     let model = stage.name.clone();
+    state.0.metrics.embedded_texts.fetch_add(input.len() as u64, Ordering::Relaxed);
     let request = json!({"input": input}).to_string();
     let output = tokio::task::spawn_blocking(move || {
         let mut out = String::new();

@@ -3,6 +3,7 @@
 //! ```toml
 //! [server]
 //! http = "127.0.0.1:8080"        # a non-loopback address needs allow_remote = true
+//! unix_socket = "/run/tailor/tailord.sock"   # optional; owner and group only (0660)
 //! token = "secret"               # optional bearer token
 //! plugin_dirs = ["/usr/lib/tailor/plugins"]
 //! max_body_bytes = 1048576
@@ -40,6 +41,8 @@ pub struct Server {
     /// Allow a non-loopback HTTP address.
     #[serde(default)]
     pub allow_remote: bool,
+    /// Unix socket to serve the same API on (created with mode 0660).
+    pub unix_socket: Option<PathBuf>,
     /// Bearer token required on every route but /health.
     pub token: Option<String>,
     /// Directories plugins may load from.

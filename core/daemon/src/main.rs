@@ -5,6 +5,8 @@
 
 mod api;
 mod config;
+mod metrics;
+mod notify;
 mod stages;
 
 use anyhow::{Context, Result};
@@ -39,13 +41,50 @@ fn run(args: Args) -> Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr()?;
+        let app = api::router(state, config.server.max_body_bytes);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let unix = match &config.server.unix_socket {
+            Some(path) => Some(serve_unix(path, app.clone(), stop_rx.clone())?),
+            None => None,
+        };
         println!("tailord listening on http://{bound}");
         std::io::stdout().flush().ok();
-        let app = api::router(state, config.server.max_body_bytes);
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        notify::ready();
+        let mut http_stop = stop_rx.clone();
+        let http = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = http_stop.changed().await;
+        });
+        let http = tokio::spawn(async move { http.await });
+        shutdown_signal().await;
+        notify::stopping();
+        eprintln!("tailord: stopping; finishing in-flight requests");
+        let _ = stop_tx.send(true);
+        http.await??;
+        if let Some(unix) = unix {
+            unix.await??;
+        }
         eprintln!("tailord: stopped");
         Ok(())
     })
+}
+
+/// Serves the API on a Unix socket readable and writable by owner and group only.
+fn serve_unix(
+    path: &std::path::Path,
+    app: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    eprintln!("tailord: also listening on unix:{}", path.display());
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.changed().await;
+    });
+    Ok(tokio::spawn(async move { server.await }))
 }
 
 /// Resolves on SIGTERM or Ctrl-C; in-flight requests then finish.

@@ -204,3 +204,54 @@ fn non_loopback_bind_and_foreign_plugin_paths_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("plugins load only from the configured directories"), "{err}");
 }
+
+#[test]
+fn unix_socket_metrics_sd_notify_and_sigterm() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("unix");
+    let socket = dir.join("tailord.sock");
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
+    let path = dir.join("tailord.toml");
+    let server = format!("http = \"127.0.0.1:0\"\nunix_socket = {:?}", socket.display().to_string());
+    std::fs::write(&path, config(&server, &format!("{:?}", plugin_dir().display().to_string()))).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tailord"))
+        .arg("--config")
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("tailord listening on ").unwrap().to_string();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "the socket is owner/group only");
+    let out = Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(&socket)
+        .args([
+            "http://tailord/v1/completions",
+            "-d",
+            r#"{"model":"smollm2","prompt":"The capital of France is","max_tokens":3}"#,
+        ])
+        .output()
+        .unwrap();
+    let reply = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(reply["choices"][0]["text"].as_str().unwrap().contains("Paris"), "{reply}");
+    let d = Daemon { child, base };
+    let (status, metrics) = curl(&d, "/metrics", None, None);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("tailor_requests_total{outcome=\"ok\"} 1"), "{metrics}");
+    assert!(metrics.contains("tailor_completion_tokens_total 3"), "{metrics}");
+    let mut d = d;
+    let pid = d.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let n = notify.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(d.child.wait().unwrap().success(), "SIGTERM stops tailord cleanly");
+}
