@@ -185,8 +185,84 @@ async fn chat_completions(
     let stage = stage_for(&state, &body, StageKind::Generate)?;
     let messages = body.get("messages").filter(|m| m.as_array().is_some_and(|a| !a.is_empty()));
     let messages = messages.ok_or_else(|| ApiError::bad_request("`messages` must be a non-empty array"))?;
-    let request = generation_request(&body, ("messages", messages.clone()));
-    run_generation(state, stage, request, &body, true).await
+    let (messages, sources) = match body.get("tailor").and_then(|t| t.get("index")) {
+        Some(_) => retrieve_into(&state, &body, messages).await?,
+        None => (messages.clone(), Value::Null),
+    };
+    let request = generation_request(&body, ("messages", messages));
+    let response = run_generation(state, stage, request, &body, true).await?;
+    if sources.is_null() {
+        return Ok(response);
+    }
+    attach_sources(response, sources).await
+}
+
+/// RAG on chat: `"tailor": {"index": NAME, "k": N, "search": STAGE?}` runs
+/// the search stage on the last user message and puts the hits, numbered,
+/// into that message; returns the new messages and the sources.
+async fn retrieve_into(state: &AppState, body: &Value, messages: &Value) -> Result<(Value, Value), ApiError> {
+    let options = &body["tailor"];
+    let index = options["index"].as_str().ok_or_else(|| ApiError::bad_request("`tailor.index` must be a string"))?;
+    let k = options.get("k").and_then(Value::as_u64).unwrap_or(4).clamp(1, 32);
+    let search = match options.get("search").and_then(Value::as_str) {
+        Some(name) => state.0.registry.find(name, StageKind::Search),
+        None => state.0.registry.all().iter().find(|s| s.kind == Some(StageKind::Search)).cloned(),
+    }
+    .ok_or_else(|| ApiError::bad_request("no search stage is configured for `tailor.index`"))?;
+    let mut messages = messages.as_array().cloned().unwrap_or_default();
+    let last_user = messages
+        .iter()
+        .rposition(|m| m["role"] == "user")
+        .ok_or_else(|| ApiError::bad_request("RAG needs a user message to search with"))?;
+    let question = messages[last_user]["content"].as_str().unwrap_or("").to_string();
+    let request = json!({"index": index, "query": question, "k": k}).to_string();
+    let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
+    let output = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        search.call(id, &request, &mut |c| {
+            out.push_str(c);
+            true
+        })?;
+        Ok::<String, PluginError>(out)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("search task failed: {e}")))??;
+    let hits: Value =
+        serde_json::from_str(&output).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let hits = hits["hits"].as_array().cloned().unwrap_or_default();
+    let mut prompt =
+        String::from("Answer the question using only the sources below. Cite the sources you use as [1], [2].\n\n");
+    let mut sources = Vec::new();
+    for (i, hit) in hits.iter().enumerate() {
+        prompt.push_str(&format!("[{}] {}\n\n", i + 1, hit["text"].as_str().unwrap_or("").trim()));
+        sources.push(json!({"number": i + 1, "doc_id": hit["doc_id"], "source": hit["source"], "span": hit["span"], "score": hit["score"]}));
+    }
+    prompt.push_str(&format!("Question: {question}"));
+    messages[last_user]["content"] = json!(prompt);
+    Ok((Value::Array(messages), Value::Array(sources)))
+}
+
+/// Adds `"tailor": {"sources": …}` to a JSON response. (Streamed RAG
+/// answers do not carry their sources yet.)
+async fn attach_sources(response: Response, sources: Value) -> Result<Response, ApiError> {
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return Ok(response);
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut value: Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    value["tailor"] = json!({"sources": sources});
+    let mut response = Json(value).into_response();
+    *response.status_mut() = parts.status;
+    Ok(response)
 }
 
 async fn completions(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {

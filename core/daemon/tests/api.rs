@@ -30,6 +30,10 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn config(server: &str, plugin_dirs: &str) -> String {
+    config_with(server, plugin_dirs, "")
+}
+
+fn config_with(server: &str, plugin_dirs: &str, extra: &str) -> String {
     let models = cache();
     format!(
         r#"[server]
@@ -48,6 +52,7 @@ name = "minilm"
 plugin = "libtailor_retrieval_faiss.so"
 stage = "embed"
 config = {{ model = "{}" }}
+{extra}
 "#,
         models.join("SmolLM2-135M-Instruct.Q4_1.gguf").display(),
         models.join("all-MiniLM-L6-v2").display()
@@ -67,13 +72,17 @@ impl Drop for Daemon {
 }
 
 fn start(name: &str, server: &str) -> Daemon {
+    start_with(name, server, "")
+}
+
+fn start_with(name: &str, server: &str, extra: &str) -> Daemon {
     assert!(
         plugin_dir().join("libtailor_serve_llm.so").exists(),
         "build the plugins first: cargo build --release --workspace"
     );
     let dir = scratch(name);
     let path = dir.join("tailord.toml");
-    std::fs::write(&path, config(server, &format!("{:?}", plugin_dir().display().to_string()))).unwrap();
+    std::fs::write(&path, config_with(server, &format!("{:?}", plugin_dir().display().to_string()), extra)).unwrap();
     let mut child =
         Command::new(env!("CARGO_BIN_EXE_tailord")).arg("--config").arg(&path).stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
@@ -254,4 +263,75 @@ fn unix_socket_metrics_sd_notify_and_sigterm() {
     let n = notify.recv(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(d.child.wait().unwrap().success(), "SIGTERM stops tailord cleanly");
+}
+
+#[test]
+fn rag_through_chat_returns_sources() {
+    let dir = scratch("rag");
+    let (data, corpus) = (dir.join("data"), dir.join("corpus"));
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(corpus.join("bluebird.txt"), "Project Bluebird: the launch code of project Bluebird is 7421.")
+        .unwrap();
+    std::fs::write(corpus.join("garden.txt"), "Tomatoes grow best in full sun with regular watering.").unwrap();
+    std::fs::write(corpus.join("trains.txt"), "The night train to Vienna leaves at 22:10 from platform 4.").unwrap();
+    let tailor = plugin_dir().join("tailor");
+    for args in [vec!["index", "create", "kb"], vec!["index", "add", "kb", corpus.to_str().unwrap()]] {
+        let out = Command::new(&tailor).args(&args).env("TAILOR_DATA", &data).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let extra = format!(
+        "[[stages]]\nname = \"kb-search\"\nplugin = \"libtailor_retrieval_faiss.so\"\nstage = \"search\"\nconfig = {{ root = {:?} }}\n",
+        data.join("indexes").display().to_string()
+    );
+    let d = start_with("rag-daemon", "http = \"127.0.0.1:0\"", &extra);
+    let request = r#"{"model":"smollm2","max_tokens":32,"tailor":{"index":"kb","k":2},
+        "messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the launch code of project Bluebird?"}]}"#;
+    let (status, body) = curl(&d, "/v1/chat/completions", None, Some(request));
+    assert_eq!(status, 200, "{body}");
+    let reply = json(&body);
+    let sources = reply["tailor"]["sources"].as_array().expect("sources");
+    assert_eq!(sources.len(), 2);
+    assert!(sources[0]["source"].as_str().unwrap().ends_with("bluebird.txt"), "{reply}");
+    println!("answer: {}", reply["choices"][0]["message"]["content"]);
+    let (status, body) = curl(&d, "/v1/chat/completions", None, Some(&request.replace("\"kb\"", "\"missing\"")));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no index named"), "{body}");
+}
+
+#[test]
+fn concurrent_streaming_clients_each_get_their_single_request_output() {
+    let d = start("concurrent", "http = \"127.0.0.1:0\"");
+    let prompts: Vec<String> = (0..32).map(|i| format!("Count from {i} to {}:", i + 5)).collect();
+    let request = |p: &str, stream: bool| {
+        format!(
+            r#"{{"model":"smollm2","max_tokens":12,"stream":{stream},"messages":[{{"role":"user","content":"{p}"}}]}}"#
+        )
+    };
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let (status, body) = curl(&d, "/v1/chat/completions", None, Some(&request(p, false)));
+            assert_eq!(status, 200);
+            json(&body)["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let together: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let (d, body) = (&d, request(p, true));
+                scope.spawn(move || {
+                    let (status, text) = curl(d, "/v1/chat/completions", None, Some(&body));
+                    assert_eq!(status, 200);
+                    text.lines()
+                        .filter_map(|l| l.strip_prefix("data: "))
+                        .filter(|e| *e != "[DONE]")
+                        .map(|e| json(e)["choices"][0]["delta"]["content"].as_str().unwrap_or("").to_string())
+                        .collect::<String>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone, "32 concurrent streams reproduce each single-request greedy output");
 }
