@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 cargo build --release --quiet --workspace   # the CLI, tailord and the plugin cdylibs the daemon tests load
 ./target/release/tailor models fetch
+scripts/venv.sh openai openai >/dev/null   # the official OpenAI client, for the daemon tests
 cargo test --workspace --release
