@@ -5,6 +5,7 @@ mod bench;
 mod fetch;
 mod rag;
 mod run;
+mod status;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -49,6 +50,8 @@ enum Command {
     Search(rag::SearchArgs),
     /// Answer a question from an index, with sources.
     Ask(rag::AskArgs),
+    /// Health, stages and metrics of a running tailord.
+    Status(status::StatusArgs),
     /// Evaluate components on public benchmarks.
     Eval {
         #[command(subcommand)]
@@ -110,6 +113,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::bench(&args),
         Command::Embed { model, texts } => run::embed_cmd(model, &texts),
         Command::Eval { command } => rag::eval_cmd(&command),
+        Command::Status(args) => status::status(&args),
         Command::Index { command } => rag::index_cmd(&command),
         Command::Search(args) => rag::search_cmd(&args),
         Command::Ask(args) => rag::ask_cmd(&args),

@@ -257,6 +257,13 @@ fn unix_socket_metrics_sd_notify_and_sigterm() {
     assert_eq!(status, 200);
     assert!(metrics.contains("tailor_requests_total{outcome=\"ok\"} 1"), "{metrics}");
     assert!(metrics.contains("tailor_completion_tokens_total 3"), "{metrics}");
+    let status = Command::new(plugin_dir().join("tailor")).arg("status").arg("--socket").arg(&socket).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && text.contains("stage smollm2") && text.contains("tailor_requests_total"),
+        "{text}"
+    );
+
     let mut d = d;
     let pid = d.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
