@@ -48,6 +48,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/metrics", get(metrics))
+        .route("/v1/tailor/stages/{name}", post(call_stage))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
@@ -309,6 +310,7 @@ async fn run_generation(
     if body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
         return Ok(stream_generation(state.clone(), stage, id, request, completion_id, model, created, chat));
     }
+    let filtered = stage.clone();
     let output = tokio::task::spawn_blocking(move || {
         let mut out = String::new();
         stage.call(id, &request, &mut |chunk| {
@@ -331,6 +333,13 @@ async fn run_generation(
             }
         }
     }
+    let text = if filtered.filters.is_empty() {
+        text
+    } else {
+        tokio::task::spawn_blocking(move || filtered.filter(text))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("filter task failed: {e}")))??
+    };
     let choice = if chat {
         json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
     } else {
@@ -369,11 +378,17 @@ fn stream_generation(
     tokio::task::spawn_blocking(move || {
         let mut first = true;
         let mut buffer = String::new();
+        // With filters, the answer is held back and sent filtered in one chunk.
+        let mut held = (!stage.filters.is_empty()).then(String::new);
         let result = stage.call(id, &request, &mut |part| {
             buffer.push_str(part);
             while let Some(end) = buffer.find('\n') {
                 let line: String = buffer.drain(..=end).collect();
                 let event = match parse_piece(line.trim_end()) {
+                    Some(Piece::Token(text)) if held.is_some() => {
+                        held.as_mut().map(|h| h.push_str(&text));
+                        continue;
+                    }
                     Some(Piece::Token(text)) if first => {
                         first = false;
                         chunk(json!({"role": "assistant", "content": text}), Value::Null)
@@ -382,6 +397,15 @@ fn stream_generation(
                     Some(Piece::Done { finish, prompt_tokens, completion_tokens }) => {
                         state.0.metrics.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
                         state.0.metrics.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
+                        if let Some(text) = held.take() {
+                            let filtered = stage.filter(text).unwrap_or_else(|e| format!("[filter failed: {e}]"));
+                            if tx
+                                .blocking_send(chunk(json!({"role": "assistant", "content": filtered}), Value::Null))
+                                .is_err()
+                            {
+                                return false;
+                            }
+                        }
                         chunk(json!({}), json!(finish))
                     }
                     None => continue,
@@ -399,6 +423,41 @@ fn stream_generation(
     });
     let events = ReceiverStream::new(rx).map(|data| Ok::<Event, Infallible>(Event::default().data(data)));
     Sse::new(events).into_response()
+}
+
+/// Calls any configured stage with the raw request body; answers with its
+/// whole output (JSON when it parses as JSON).
+async fn call_stage(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let stage = state
+        .0
+        .registry
+        .all()
+        .iter()
+        .find(|s| s.name == name)
+        .cloned()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown stage {name:?}")))?;
+    let request = String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
+    let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
+    let output = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        stage.call(id, &request, &mut |c| {
+            out.push_str(c);
+            true
+        })?;
+        Ok::<String, PluginError>(out)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("stage task failed: {e}")))??;
+    Ok(match serde_json::from_str::<Value>(&output) {
+        Ok(value) => Json(value).into_response(),
+        Err(_) => output.into_response(),
+    })
 }
 
 async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {

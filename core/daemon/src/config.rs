@@ -13,6 +13,7 @@
 //! plugin = "libtailor_serve_llm.so"
 //! stage = "generate"
 //! config = { model = "/var/cache/tailor/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
+//! filters = ["redact"]            # filter stages run, in order, on the answer
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -74,6 +75,10 @@ pub struct StageConfig {
     /// The stage's own config, passed to it as JSON.
     #[serde(default)]
     pub config: toml::Table,
+    /// Filter stages (by name) applied in order to this stage's output
+    /// (a generate stage's answer), e.g. `["redact"]`.
+    #[serde(default)]
+    pub filters: Vec<String>,
 }
 
 impl Config {

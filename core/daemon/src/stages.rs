@@ -15,9 +15,28 @@ pub struct Registered {
     instance: StageInstance,
     /// Held around calls when the stage is not declared concurrent.
     serial: Option<Mutex<()>>,
+    /// Filter stages applied to this stage's output, in order.
+    pub filters: Vec<Arc<Registered>>,
 }
 
 impl Registered {
+    /// Passes `text` through this stage's filters (`{"text": …}` in and out).
+    pub fn filter(&self, text: String) -> Result<String, tailor_plugin_abi::host::PluginError> {
+        let mut text = text;
+        for filter in &self.filters {
+            let request = serde_json::json!({ "text": text }).to_string();
+            let output = filter.instance.call_collect(0, &request)?;
+            let parsed: serde_json::Value =
+                serde_json::from_str(&output).map_err(|e| tailor_plugin_abi::host::PluginError::Stage {
+                    stage: filter.name.clone(),
+                    status: tailor_plugin_abi::ffi::ERR_INTERNAL,
+                    message: format!("filter output is not {{\"text\": …}} JSON: {e}"),
+                })?;
+            text = parsed["text"].as_str().unwrap_or_default().to_string();
+        }
+        Ok(text)
+    }
+
     /// Calls the stage (serialised if it asked to be).
     pub fn call(
         &self,
@@ -61,9 +80,27 @@ impl Registry {
             let instance =
                 plugin.instantiate(&stage.stage, &json).with_context(|| format!("creating stage {}", stage.name))?;
             let serial = (!info.concurrent).then(|| Mutex::new(()));
-            stages.push(Arc::new(Registered { name: stage.name.clone(), kind: info.kind, instance, serial }));
+            stages.push(Registered {
+                name: stage.name.clone(),
+                kind: info.kind,
+                instance,
+                serial,
+                filters: Vec::new(),
+            });
         }
-        Ok(Registry { stages })
+        // Filters must be configured filter stages; they are wired after all exist.
+        let mut registered: Vec<Arc<Registered>> = Vec::new();
+        for (mut stage, config) in stages.into_iter().zip(&config.stages) {
+            for name in &config.filters {
+                let filter = registered.iter().find(|s| s.name == *name && s.kind == Some(StageKind::Filter)).cloned();
+                let filter = filter.with_context(|| {
+                    format!("stage {}: filter {name:?} must be a filter stage listed before it", config.name)
+                })?;
+                stage.filters.push(filter);
+            }
+            registered.push(Arc::new(stage));
+        }
+        Ok(Registry { stages: registered })
     }
 
     /// The stage named `name` of kind `kind`.

@@ -367,3 +367,59 @@ fn official_openai_client_completes_streams_and_embeds() {
     println!("{stdout}");
     assert!(out.status.success(), "openai client failed:\n{stdout}\n{stderr}");
 }
+
+#[test]
+fn c_filter_plugin_runs_as_a_pipeline_stage_after_generation() {
+    let dir = scratch("pipeline");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let built = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I"])
+        .arg(repo.join("include"))
+        .arg(repo.join("plugins/examples/redact_email.c"))
+        .arg("-o")
+        .arg(plugins.join("libredact_email.so"))
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let models = cache();
+    let extra = format!(
+        "[[stages]]\nname = \"redact\"\nplugin = \"libredact_email.so\"\nstage = \"redact-email\"\n\n\
+         [[stages]]\nname = \"smollm2-safe\"\nplugin = \"libtailor_serve_llm.so\"\nstage = \"generate\"\n\
+         filters = [\"redact\"]\nconfig = {{ model = {:?} }}\n",
+        models.join("SmolLM2-135M-Instruct.Q4_1.gguf").display().to_string()
+    );
+    let path = dir.join("tailord.toml");
+    let dirs = format!("{:?}, {:?}", plugin_dir().display().to_string(), plugins.display().to_string());
+    std::fs::write(&path, config_with("http = \"127.0.0.1:0\"", &dirs, &extra)).unwrap();
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_tailord")).arg("--config").arg(&path).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let d = Daemon { base: line.trim().strip_prefix("tailord listening on ").unwrap().to_string(), child };
+
+    let (status, body) =
+        curl(&d, "/v1/tailor/stages/redact", None, Some(r#"{"text": "write to alice@example.com today"}"#));
+    assert_eq!((status, json(&body)["text"].as_str().unwrap()), (200, "write to [redacted] today"));
+
+    let prompt = "List of email addresses:\\n1. bob@example.com\\n2. carol@example.com\\n3.";
+    let request = |model: &str, stream: bool| {
+        format!(r#"{{"model":"{model}","prompt":"{prompt}","max_tokens":10,"stream":{stream}}}"#)
+    };
+    let text = |body: &str| json(body)["choices"][0]["text"].as_str().unwrap().to_string();
+    let (_, raw) = curl(&d, "/v1/completions", None, Some(&request("smollm2", false)));
+    let raw = text(&raw);
+    assert!(raw.contains("@example.com"), "the unfiltered model writes an address: {raw:?}");
+    let (_, safe) = curl(&d, "/v1/completions", None, Some(&request("smollm2-safe", false)));
+    let safe = text(&safe);
+    assert!(safe.contains("[redacted]") && !safe.contains('@'), "{safe:?}");
+    let (_, streamed) = curl(&d, "/v1/completions", None, Some(&request("smollm2-safe", true)));
+    let streamed: String = streamed
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .map(|e| json(e)["choices"][0]["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(streamed, safe, "streamed answers pass the same filter");
+}
