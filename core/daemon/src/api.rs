@@ -386,7 +386,9 @@ fn stream_generation(
                 let line: String = buffer.drain(..=end).collect();
                 let event = match parse_piece(line.trim_end()) {
                     Some(Piece::Token(text)) if held.is_some() => {
-                        held.as_mut().map(|h| h.push_str(&text));
+                        if let Some(h) = held.as_mut() {
+                            h.push_str(&text);
+                        }
                         continue;
                     }
                     Some(Piece::Token(text)) if first => {
