@@ -423,3 +423,18 @@ fn c_filter_plugin_runs_as_a_pipeline_stage_after_generation() {
         .collect();
     assert_eq!(streamed, safe, "streamed answers pass the same filter");
 }
+
+#[test]
+fn a_panicking_in_process_stage_fails_only_its_request() {
+    let extra = "[[stages]]\nname = \"shout\"\nplugin = \"libtailor_example_shout.so\"\nstage = \"shout\"\n";
+    let d = start_with("panic", "http = \"127.0.0.1:0\"", extra);
+    let (status, body) = curl(&d, "/v1/tailor/stages/shout", None, Some(r#"{"text": "hello"}"#));
+    assert_eq!((status, json(&body)["text"].as_str().unwrap()), (200, "HELLO"));
+    let (status, body) = curl(&d, "/v1/tailor/stages/shout", None, Some(r#"{"text": "panic"}"#));
+    assert_eq!(status, 500, "{body}");
+    assert!(json(&body)["error"]["message"].as_str().unwrap().contains("shout was asked to panic"), "{body}");
+    let (status, body) = curl(&d, "/v1/tailor/stages/shout", None, Some(r#"{"text": "again"}"#));
+    assert_eq!((status, json(&body)["text"].as_str().unwrap()), (200, "AGAIN"), "the next request succeeds");
+    let (status, _) = curl(&d, "/v1/completions", None, Some(r#"{"model":"smollm2","prompt":"Hi","max_tokens":2}"#));
+    assert_eq!(status, 200, "other stages keep serving");
+}
