@@ -14,6 +14,7 @@
 //! stage = "generate"
 //! config = { model = "/var/cache/tailor/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
 //! filters = ["redact"]            # filter stages run, in order, on the answer
+//! isolate = false                 # true: run it in a child process (crash-safe)
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -79,6 +80,9 @@ pub struct StageConfig {
     /// (a generate stage's answer), e.g. `["redact"]`.
     #[serde(default)]
     pub filters: Vec<String>,
+    /// Run the stage in a child process: a crash costs one request.
+    #[serde(default)]
+    pub isolate: bool,
 }
 
 impl Config {

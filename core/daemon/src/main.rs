@@ -5,6 +5,7 @@
 
 mod api;
 mod config;
+mod isolated;
 mod metrics;
 mod notify;
 mod stages;
@@ -20,6 +21,9 @@ struct Args {
     /// The TOML config file.
     #[arg(long, default_value = "/etc/tailor/tailord.toml")]
     config: PathBuf,
+    /// Internal: serve one isolated stage for a parent tailord.
+    #[arg(long, hide = true)]
+    plugin_host: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +37,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
+    if args.plugin_host {
+        return isolated::run_plugin_host();
+    }
     let config = config::Config::load(&args.config)?;
     let addr = config.http_addr()?;
     let registry = stages::Registry::load(&config)?;

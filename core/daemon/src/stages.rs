@@ -1,10 +1,19 @@
 //! The stage registry: every configured stage instance, by API name.
 
 use crate::config::Config;
+use crate::isolated::{HostSpec, IsolatedStage};
 use anyhow::{Context, Result};
 use std::sync::{Arc, Mutex};
 use tailor_plugin_abi::host::{default_host, Plugin, StageInstance};
 use tailor_plugin_abi::StageKind;
+
+/// Where a stage runs.
+enum Backend {
+    /// In this process.
+    InProcess(StageInstance),
+    /// In a child process.
+    Isolated(IsolatedStage),
+}
 
 /// One live stage instance.
 pub struct Registered {
@@ -12,7 +21,7 @@ pub struct Registered {
     pub name: String,
     /// What it does.
     pub kind: Option<StageKind>,
-    instance: StageInstance,
+    backend: Backend,
     /// Held around calls when the stage is not declared concurrent.
     serial: Option<Mutex<()>>,
     /// Filter stages applied to this stage's output, in order.
@@ -25,7 +34,11 @@ impl Registered {
         let mut text = text;
         for filter in &self.filters {
             let request = serde_json::json!({ "text": text }).to_string();
-            let output = filter.instance.call_collect(0, &request)?;
+            let mut output = String::new();
+            filter.call(0, &request, &mut |c| {
+                output.push_str(c);
+                true
+            })?;
             let parsed: serde_json::Value =
                 serde_json::from_str(&output).map_err(|e| tailor_plugin_abi::host::PluginError::Stage {
                     stage: filter.name.clone(),
@@ -45,7 +58,10 @@ impl Registered {
         on_chunk: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(), tailor_plugin_abi::host::PluginError> {
         let _guard = self.serial.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
-        self.instance.call(id, request, on_chunk)
+        match &self.backend {
+            Backend::InProcess(instance) => instance.call(id, request, on_chunk),
+            Backend::Isolated(stage) => stage.call(id, request, on_chunk),
+        }
     }
 }
 
@@ -61,6 +77,27 @@ impl Registry {
         let mut stages = Vec::new();
         for stage in &config.stages {
             let path = config.plugin_path(stage);
+            let json = serde_json::to_string(&stage.config)?;
+            if stage.isolate {
+                let spec = HostSpec {
+                    plugin: path,
+                    plugin_dirs: config.server.plugin_dirs.clone(),
+                    stage: stage.stage.clone(),
+                    config_json: json,
+                };
+                eprintln!("tailord: starting isolated stage {} ({:?}) ...", stage.name, stage.stage);
+                let isolated = IsolatedStage::start(&stage.name, spec)
+                    .with_context(|| format!("creating stage {}", stage.name))?;
+                let kind = isolated.kind();
+                stages.push(Registered {
+                    name: stage.name.clone(),
+                    kind,
+                    backend: Backend::Isolated(isolated),
+                    serial: None,
+                    filters: Vec::new(),
+                });
+                continue;
+            }
             let plugin = match plugins.iter().find(|p| p.path() == std::fs::canonicalize(&path).unwrap_or_default()) {
                 Some(p) => p.clone(),
                 None => {
@@ -75,18 +112,12 @@ impl Registry {
                 .into_iter()
                 .find(|s| s.name == stage.stage)
                 .with_context(|| format!("plugin {} has no stage {:?}", plugin.name(), stage.stage))?;
-            let json = serde_json::to_string(&stage.config)?;
             eprintln!("tailord: creating stage {} ({}:{}) ...", stage.name, plugin.name(), stage.stage);
             let instance =
                 plugin.instantiate(&stage.stage, &json).with_context(|| format!("creating stage {}", stage.name))?;
             let serial = (!info.concurrent).then(|| Mutex::new(()));
-            stages.push(Registered {
-                name: stage.name.clone(),
-                kind: info.kind,
-                instance,
-                serial,
-                filters: Vec::new(),
-            });
+            let backend = Backend::InProcess(instance);
+            stages.push(Registered { name: stage.name.clone(), kind: info.kind, backend, serial, filters: Vec::new() });
         }
         // Filters must be configured filter stages; they are wired after all exist.
         let mut registered: Vec<Arc<Registered>> = Vec::new();

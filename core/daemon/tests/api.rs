@@ -438,3 +438,27 @@ fn a_panicking_in_process_stage_fails_only_its_request() {
     let (status, _) = curl(&d, "/v1/completions", None, Some(r#"{"model":"smollm2","prompt":"Hi","max_tokens":2}"#));
     assert_eq!(status, 200, "other stages keep serving");
 }
+
+#[test]
+fn a_crashing_isolated_stage_fails_one_request_and_is_restarted() {
+    let extra =
+        "[[stages]]\nname = \"shout\"\nplugin = \"libtailor_example_shout.so\"\nstage = \"shout\"\nisolate = true\n";
+    let d = start_with("isolated", "http = \"127.0.0.1:0\"", extra);
+    let call = |text: &str| curl(&d, "/v1/tailor/stages/shout", None, Some(&format!(r#"{{"text": "{text}"}}"#)));
+    let (status, body) = call("hello");
+    assert_eq!((status, json(&body)["text"].as_str().unwrap()), (200, "HELLO"));
+    let (status, body) = call("abort");
+    assert_eq!(status, 500, "{body}");
+    assert!(json(&body)["error"]["message"].as_str().unwrap().contains("isolated plugin process crashed"), "{body}");
+    let (status, body) = call("again");
+    assert_eq!(
+        (status, json(&body)["text"].as_str().unwrap()),
+        (200, "AGAIN"),
+        "a new plugin host serves the next request"
+    );
+    let (status, body) = call("panic");
+    assert_eq!(status, 500);
+    assert!(body.contains("shout was asked to panic"), "{body}");
+    assert_eq!(call("still").0, 200);
+    assert_eq!(curl(&d, "/health", None, None).0, 200);
+}

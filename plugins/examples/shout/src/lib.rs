@@ -1,7 +1,7 @@
 //! An example Rust plugin: the filter stage `shout` upper-cases
 //! `{"text": …}`. A text of exactly "panic" makes it panic, which the ABI
-//! shims turn into a failed request — the daemon's tests use that to show
-//! a panicking in-process stage costs one request, not the daemon.
+//! shims turn into a failed request; "abort" aborts the process, which only
+//! an isolated (out-of-process) stage survives. The daemon's tests use both.
 
 use tailor_plugin_abi::{export_plugin, Stage, StageKind};
 
@@ -21,6 +21,10 @@ impl Stage for Shout {
         let text = request["text"].as_str().ok_or("the request needs a `text` string")?;
         if text == "panic" {
             panic!("shout was asked to panic");
+        }
+        if text == "abort" {
+            // A crash no shim can catch: only an isolated stage survives it.
+            std::process::abort();
         }
         emit(&serde_json::json!({"text": text.to_uppercase()}).to_string());
         Ok(())
