@@ -123,6 +123,22 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Runs a stage call on the blocking pool and collects its whole output.
+async fn call_collect(stage: Arc<Registered>, id: u64, request: String) -> Result<String, ApiError> {
+    let name = stage.name.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        stage.call(id, &request, &mut |chunk| {
+            out.push_str(chunk);
+            true
+        })?;
+        Ok::<String, PluginError>(out)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("stage {name} task failed: {e}")))?
+    .map_err(ApiError::from)
+}
+
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
@@ -218,16 +234,7 @@ async fn retrieve_into(state: &AppState, body: &Value, messages: &Value) -> Resu
     let question = messages[last_user]["content"].as_str().unwrap_or("").to_string();
     let request = json!({"index": index, "query": question, "k": k}).to_string();
     let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
-    let output = tokio::task::spawn_blocking(move || {
-        let mut out = String::new();
-        search.call(id, &request, &mut |c| {
-            out.push_str(c);
-            true
-        })?;
-        Ok::<String, PluginError>(out)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("search task failed: {e}")))??;
+    let output = call_collect(search, id, request).await?;
     let hits: Value =
         serde_json::from_str(&output).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let hits = hits["hits"].as_array().cloned().unwrap_or_default();
@@ -311,16 +318,7 @@ async fn run_generation(
         return Ok(stream_generation(state.clone(), stage, id, request, completion_id, model, created, chat));
     }
     let filtered = stage.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        let mut out = String::new();
-        stage.call(id, &request, &mut |chunk| {
-            out.push_str(chunk);
-            true
-        })?;
-        Ok::<String, PluginError>(out)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("generation task failed: {e}")))??;
+    let output = call_collect(stage, id, request).await?;
     let (mut text, mut finish, mut usage) = (String::new(), "stop".to_string(), (0, 0));
     for piece in output.lines().filter_map(parse_piece) {
         match piece {
@@ -446,16 +444,7 @@ async fn call_stage(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown stage {name:?}")))?;
     let request = String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
     let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
-    let output = tokio::task::spawn_blocking(move || {
-        let mut out = String::new();
-        stage.call(id, &request, &mut |c| {
-            out.push_str(c);
-            true
-        })?;
-        Ok::<String, PluginError>(out)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("stage task failed: {e}")))??;
+    let output = call_collect(stage, id, request).await?;
     Ok(match serde_json::from_str::<Value>(&output) {
         Ok(value) => Json(value).into_response(),
         Err(_) => output.into_response(),
@@ -479,16 +468,7 @@ async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Byt
     let model = stage.name.clone();
     state.0.metrics.embedded_texts.fetch_add(input.len() as u64, Ordering::Relaxed);
     let request = json!({"input": input}).to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        let mut out = String::new();
-        stage.call(id, &request, &mut |c| {
-            out.push_str(c);
-            true
-        })?;
-        Ok::<String, PluginError>(out)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("embedding task failed: {e}")))??;
+    let output = call_collect(stage, id, request).await?;
     let parsed: Value =
         serde_json::from_str(&output).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let data: Vec<Value> = parsed["embeddings"]
