@@ -3,6 +3,7 @@
 //! `/health`. Errors use OpenAI's `{"error": {...}}` shape with 4xx for
 //! anything the client can fix.
 
+use crate::cache::AnswerCache;
 use crate::metrics::Metrics;
 use crate::stages::{Registered, Registry};
 use axum::body::Bytes;
@@ -30,12 +31,13 @@ struct Inner {
     token: Option<String>,
     next_id: AtomicU64,
     metrics: Metrics,
+    cache: AnswerCache,
 }
 
 impl AppState {
     /// State over a registry, with an optional bearer token.
-    pub fn new(registry: Registry, token: Option<String>) -> AppState {
-        AppState(Arc::new(Inner { registry, token, next_id: AtomicU64::new(1), metrics: Metrics::default() }))
+    pub fn new(registry: Registry, token: Option<String>, cache: AnswerCache) -> AppState {
+        AppState(Arc::new(Inner { registry, token, next_id: AtomicU64::new(1), metrics: Metrics::default(), cache }))
     }
 }
 
@@ -318,6 +320,18 @@ async fn run_generation(
         return Ok(stream_generation(state.clone(), stage, id, request, completion_id, model, created, chat));
     }
     let filtered = stage.clone();
+    // Deterministic requests (greedy, or seeded) are answered from the cache.
+    let deterministic =
+        body.get("temperature").and_then(Value::as_f64).unwrap_or(0.0) == 0.0 || body.get("seed").is_some();
+    let cache_key = deterministic.then(|| format!("{}\u{0}{}\u{0}{request}", stage.name, chat));
+    if let Some(hit) = cache_key.as_ref().and_then(|k| state.0.cache.get(k)) {
+        state.0.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+        let mut value: Value =
+            serde_json::from_str(&hit).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        value["id"] = json!(completion_id);
+        value["created"] = json!(created);
+        return Ok(Json(value).into_response());
+    }
     let output = call_collect(stage, id, request).await?;
     let (mut text, mut finish, mut usage) = (String::new(), "stop".to_string(), (0, 0));
     for piece in output.lines().filter_map(parse_piece) {
@@ -344,9 +358,12 @@ async fn run_generation(
         json!({"index": 0, "text": text, "finish_reason": finish})
     };
     let object = if chat { "chat.completion" } else { "text_completion" };
-    Ok(Json(json!({"id": completion_id, "object": object, "created": created, "model": model, "choices": [choice],
-        "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.0 + usage.1}}))
-    .into_response())
+    let reply = json!({"id": completion_id, "object": object, "created": created, "model": model, "choices": [choice],
+        "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.0 + usage.1}});
+    if let Some(key) = cache_key {
+        state.0.cache.put(key, reply.to_string());
+    }
+    Ok(Json(reply).into_response())
 }
 
 /// Streams tokens as server-sent events; a client that goes away cancels

@@ -7,6 +7,8 @@
 //! token = "secret"               # optional bearer token
 //! plugin_dirs = ["/usr/lib/tailor/plugins"]
 //! max_body_bytes = 1048576
+//! answer_cache_entries = 1024     # exact-match cache of deterministic answers (0: off)
+//! answer_cache_ttl_secs = 600
 //!
 //! [[stages]]                      # one instance of a plugin's stage, named for the API
 //! name = "smollm2"                # the `model` of /v1/chat/completions
@@ -53,6 +55,20 @@ pub struct Server {
     /// Largest request body.
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
+    /// Answers kept by the exact-match cache (0 disables it).
+    #[serde(default = "default_cache_entries")]
+    pub answer_cache_entries: usize,
+    /// Seconds a cached answer stays valid.
+    #[serde(default = "default_cache_ttl")]
+    pub answer_cache_ttl_secs: u64,
+}
+
+fn default_cache_entries() -> usize {
+    1024
+}
+
+fn default_cache_ttl() -> u64 {
+    600
 }
 
 fn default_http() -> String {

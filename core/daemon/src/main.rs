@@ -4,6 +4,7 @@
 //! models, encoders and indexes live in the plugins.
 
 mod api;
+mod cache;
 mod config;
 mod isolated;
 mod metrics;
@@ -43,7 +44,11 @@ fn run(args: Args) -> Result<()> {
     let config = config::Config::load(&args.config)?;
     let addr = config.http_addr()?;
     let registry = stages::Registry::load(&config)?;
-    let state = api::AppState::new(registry, config.server.token.clone());
+    let cache = cache::AnswerCache::new(
+        config.server.answer_cache_entries,
+        std::time::Duration::from_secs(config.server.answer_cache_ttl_secs),
+    );
+    let state = api::AppState::new(registry, config.server.token.clone(), cache);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub in_flight: AtomicU64,
     /// Texts embedded.
     pub embedded_texts: AtomicU64,
+    /// Answers served from the answer cache.
+    pub cache_hits: AtomicU64,
 }
 
 impl Metrics {
@@ -36,6 +38,8 @@ impl Metrics {
              tailor_embedded_texts_total {}\n\
              # HELP tailor_requests_in_flight Requests being served.\n# TYPE tailor_requests_in_flight gauge\n\
              tailor_requests_in_flight {}\n\
+             # HELP tailor_answer_cache_hits_total Answers served from the exact-match cache.\n# TYPE tailor_answer_cache_hits_total counter\n\
+             tailor_answer_cache_hits_total {}\n\
              # HELP tailor_resident_memory_bytes Resident set size of tailord.\n# TYPE tailor_resident_memory_bytes gauge\n\
              tailor_resident_memory_bytes {rss}\n",
             get(&self.requests_ok),
@@ -44,6 +48,7 @@ impl Metrics {
             get(&self.completion_tokens),
             get(&self.embedded_texts),
             get(&self.in_flight),
+            get(&self.cache_hits),
         )
     }
 }

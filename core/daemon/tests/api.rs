@@ -141,6 +141,12 @@ fn chat_streaming_embeddings_and_errors_over_http() {
     assert!(answer.contains("Paris"), "{answer}");
     assert!(reply["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
 
+    let (status, again) = curl(&d, "/v1/chat/completions", token, Some(CHAT));
+    assert_eq!(status, 200);
+    assert_eq!(json(&again)["choices"], reply["choices"], "the answer cache returns the same answer");
+    let (_, metrics) = curl(&d, "/metrics", token, None);
+    assert!(metrics.contains("tailor_answer_cache_hits_total 1"), "{metrics}");
+
     let streaming = CHAT.replacen('{', "{\"stream\":true,", 1);
     let (status, body) = curl(&d, "/v1/chat/completions", token, Some(&streaming));
     assert_eq!(status, 200);
