@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 pub struct AnswerCache {
     capacity: usize,
     ttl: Duration,
-    entries: Mutex<(HashMap<String, (Instant, String)>, VecDeque<String>)>,
+    entries: Mutex<Entries>,
 }
+
+/// Answers by key (with when they were stored) and keys oldest first.
+type Entries = (HashMap<String, (Instant, String)>, VecDeque<String>);
 
 impl AnswerCache {
     /// A cache of at most `capacity` answers, each kept `ttl` (capacity 0 disables it).
