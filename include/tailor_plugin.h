@@ -1,5 +1,5 @@
 /*
- * tailor_plugin.h — the plugin ABI of tailord (version 1.0).
+ * tailor_plugin.h — the plugin ABI of tailord (version 1.1).
  *
  * A plugin is a shared library exporting one function, tailor_plugin_entry.
  * The host calls it once, passing its services; the plugin returns a
@@ -37,7 +37,7 @@ extern "C" {
 #ifndef TAILOR_PLUGIN_ABI_MAJOR
 #define TAILOR_PLUGIN_ABI_MAJOR 1
 #endif
-#define TAILOR_PLUGIN_ABI_MINOR 0
+#define TAILOR_PLUGIN_ABI_MINOR 1
 #define TAILOR_PLUGIN_ENTRY_SYMBOL "tailor_plugin_entry"
 
 typedef enum tailor_plugin_status {
@@ -65,7 +65,8 @@ typedef enum tailor_stage_kind {
   TAILOR_STAGE_GENERATE = 3, /* prompt in, tokens out (streamed) */
   TAILOR_STAGE_EMBED = 4,    /* texts in, vectors out */
   TAILOR_STAGE_RERANK = 5,
-  TAILOR_STAGE_TRAIN = 6
+  TAILOR_STAGE_TRAIN = 6,
+  TAILOR_STAGE_INDEX = 7 /* document management (ABI 1.1) */
 } tailor_stage_kind;
 
 #define TAILOR_STAGE_FLAG_CONCURRENT 1u

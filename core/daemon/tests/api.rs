@@ -468,3 +468,44 @@ fn a_crashing_isolated_stage_fails_one_request_and_is_restarted() {
     assert_eq!(call("still").0, 200);
     assert_eq!(curl(&d, "/health", None, None).0, 200);
 }
+
+#[test]
+fn indexes_are_managed_through_the_daemon_and_searched_at_once() {
+    let dir = scratch("manage");
+    let (root, corpus) = (dir.join("indexes"), dir.join("corpus"));
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(corpus.join("bluebird.txt"), "Project Bluebird: the launch code of project Bluebird is 7421.")
+        .unwrap();
+    std::fs::write(corpus.join("trains.txt"), "The night train to Vienna leaves at 22:10 from platform 4.").unwrap();
+    let stage = |name: &str, kind: &str, config: String| {
+        format!("[[stages]]\nname = \"{name}\"\nplugin = \"libtailor_retrieval_faiss.so\"\nstage = \"{kind}\"\nconfig = {{ {config} }}\n")
+    };
+    let root_cfg = format!("root = {:?}", root.display().to_string());
+    let encoder = format!("{root_cfg}, encoder = {:?}", cache().join("all-MiniLM-L6-v2").display().to_string());
+    let extra = stage("kb-index", "index", encoder) + &stage("kb-search", "search", root_cfg);
+    let d = start_with("manage-daemon", "http = \"127.0.0.1:0\"", &extra);
+    let call = |body: String| {
+        let (status, text) = curl(&d, "/v1/tailor/stages/kb-index", None, Some(&body));
+        assert_eq!(status, 200, "{text}");
+        json(&text)
+    };
+    call(r#"{"op": "create", "index": "kb"}"#.into());
+    let added = call(format!(r#"{{"op": "add", "index": "kb", "paths": [{:?}]}}"#, corpus.display().to_string()));
+    assert_eq!((added["documents"].as_u64(), added["chunks"].as_u64()), (Some(2), Some(2)), "{added}");
+    let ask = r#"{"model":"smollm2","max_tokens":8,"tailor":{"index":"kb","k":1,"search":"kb-search"},
+        "messages":[{"role":"user","content":"What is the launch code of project Bluebird?"}]}"#;
+    let (status, body) = curl(&d, "/v1/chat/completions", None, Some(ask));
+    assert_eq!(status, 200, "{body}");
+    assert!(json(&body)["tailor"]["sources"][0]["source"].as_str().unwrap().ends_with("bluebird.txt"), "{body}");
+    let bluebird = std::fs::canonicalize(corpus.join("bluebird.txt")).unwrap();
+    let deleted =
+        call(format!(r#"{{"op": "delete", "index": "kb", "documents": [{:?}]}}"#, bluebird.display().to_string()));
+    assert_eq!(deleted["deleted"].as_u64(), Some(1), "{deleted}");
+    let (_, body) = curl(&d, "/v1/chat/completions", None, Some(ask));
+    assert!(
+        json(&body)["tailor"]["sources"][0]["source"].as_str().unwrap().ends_with("trains.txt"),
+        "deleted documents leave search at once: {body}"
+    );
+    let (status, body) = curl(&d, "/v1/tailor/stages/kb-index", None, Some(r#"{"op": "explode", "index": "kb"}"#));
+    assert_eq!(status, 400, "{body}");
+}

@@ -16,7 +16,7 @@ pub use shim::{descriptor_for, StageTable};
 /// ABI major this crate implements; a plugin with another major is refused.
 pub const ABI_MAJOR: u32 = 1;
 /// ABI minor this crate implements.
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 /// `TAILOR_PLUGIN_MAGIC`.
 pub const MAGIC: u32 = 0x504C_5254;
 
@@ -36,13 +36,15 @@ pub enum StageKind {
     Rerank = 5,
     /// A training job.
     Train = 6,
+    /// Document management (ABI 1.1).
+    Index = 7,
 }
 
 impl StageKind {
     /// The kind of a raw value, if known.
     pub fn from_raw(raw: u32) -> Option<StageKind> {
         use StageKind::*;
-        [Filter, Search, Generate, Embed, Rerank, Train].into_iter().find(|k| *k as u32 == raw)
+        [Filter, Search, Generate, Embed, Rerank, Train, Index].into_iter().find(|k| *k as u32 == raw)
     }
 }
 

@@ -66,7 +66,7 @@ fn plugin_built_for_another_abi_major_is_refused_naming_both_versions() {
     let err = Plugin::load(&path, std::slice::from_ref(&dir), default_host()).err().expect("ABI 2 must be refused");
     let message = err.to_string();
     assert!(matches!(err, PluginError::AbiMismatch { plugin_major: 2, host_major: 1, .. }), "{message}");
-    assert!(message.contains("ABI 2.0") && message.contains("ABI 1.0"), "{message}");
+    assert!(message.contains("ABI 2.1") && message.contains("ABI 1.1"), "{message}");
 }
 
 #[test]

@@ -4,6 +4,13 @@
 //! output `{"embeddings": [[…]…], "tokens": N}`.
 //! `search` — config `{"root": INDEXES_DIR?}`; request `{"index": NAME,
 //! "query": TEXT, "k": N?}`; output `{"hits": [SearchHit…]}`.
+//! `index` — config `{"root": INDEXES_DIR?, "encoder": DIR?}`; requests
+//! `{"op": "create", "index": NAME, "kind": "flat"|"hnsw"?}`,
+//! `{"op": "add", "index": NAME, "paths": [PATH…]}`,
+//! `{"op": "delete", "index": NAME, "documents": [ID or PATH…]}`,
+//! `{"op": "info", "index": NAME}`; output a JSON report.
+//! Both stages share the plugin's open indexes, so what `index` adds,
+//! `search` finds at once.
 
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -61,10 +68,30 @@ struct SearchRequest {
     k: Option<usize>,
 }
 
-/// Search in named indexes (opened on first use, then kept).
+/// Indexes open in this plugin, by (root, name), shared by its stages.
+fn open_indexes() -> &'static Mutex<Vec<(PathBuf, String, Collection)>> {
+    static OPEN: std::sync::OnceLock<Mutex<Vec<(PathBuf, String, Collection)>>> = std::sync::OnceLock::new();
+    OPEN.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Runs `f` on the open index `name` under `root`, opening it first if needed.
+fn with_index<T>(
+    root: &std::path::Path,
+    name: &str,
+    f: impl FnOnce(&mut Collection) -> Result<T, String>,
+) -> Result<T, String> {
+    let mut open = open_indexes().lock().map_err(|_| "index state poisoned".to_string())?;
+    if !open.iter().any(|(r, n, _)| r == root && n == name) {
+        let collection = Collection::open(root, name).map_err(|e| e.to_string())?;
+        open.push((root.to_path_buf(), name.to_string(), collection));
+    }
+    let entry = open.iter_mut().find(|(r, n, _)| r == root && n == name).ok_or("index vanished")?;
+    f(&mut entry.2)
+}
+
+/// Search in named indexes.
 struct Search {
     root: PathBuf,
-    open: Mutex<Vec<(String, Collection)>>,
 }
 
 impl Stage for Search {
@@ -74,22 +101,87 @@ impl Stage for Search {
     fn create(config_json: &str) -> Result<Self, String> {
         let config: SearchConfig = serde_json::from_str(config_json).map_err(|e| format!("search config: {e}"))?;
         let root = config.root.unwrap_or_else(tailor_rag::collection::default_root);
-        Ok(Search { root, open: Mutex::new(Vec::new()) })
+        Ok(Search { root })
     }
 
     fn call(&self, _id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
         let request: SearchRequest = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
-        let mut open = self.open.lock().map_err(|_| "search state poisoned".to_string())?;
-        if !open.iter().any(|(name, _)| *name == request.index) {
-            let collection = Collection::open(&self.root, &request.index).map_err(|e| e.to_string())?;
-            open.push((request.index.clone(), collection));
-        }
-        let collection =
-            open.iter().find(|(name, _)| *name == request.index).map(|(_, c)| c).ok_or("index vanished")?;
-        let hits = collection.search(&request.query, request.k.unwrap_or(4), -1.0, &[]).map_err(|e| e.to_string())?;
+        let k = request.k.unwrap_or(4);
+        let hits = with_index(&self.root, &request.index, |c| {
+            c.search(&request.query, k, -1.0, &[]).map_err(|e| e.to_string())
+        })?;
         emit(&serde_json::json!({"hits": hits}).to_string());
         Ok(())
     }
 }
 
-export_plugin!(name: "retrieval-faiss", version: "0.1.0", stages: [Embed, Search]);
+#[derive(Deserialize)]
+struct IndexConfig {
+    root: Option<PathBuf>,
+    encoder: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct IndexRequest {
+    op: String,
+    index: String,
+    kind: Option<String>,
+    #[serde(default)]
+    paths: Vec<PathBuf>,
+    #[serde(default)]
+    documents: Vec<String>,
+}
+
+/// Creates indexes and adds, deletes and describes their documents.
+struct Index {
+    root: PathBuf,
+    encoder: PathBuf,
+}
+
+impl Stage for Index {
+    const KIND: StageKind = StageKind::Index;
+    const NAME: &'static std::ffi::CStr = c"index";
+    const CONCURRENT: bool = false;
+
+    fn create(config_json: &str) -> Result<Self, String> {
+        let config: IndexConfig = serde_json::from_str(config_json).map_err(|e| format!("index config: {e}"))?;
+        let root = config.root.unwrap_or_else(tailor_rag::collection::default_root);
+        let encoder =
+            config.encoder.unwrap_or_else(|| tailor_model::cache::cache_dir().join(tailor_model::cache::MINILM_DIR));
+        Ok(Index { root, encoder })
+    }
+
+    fn call(&self, _id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
+        let request: IndexRequest = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
+        let report = match request.op.as_str() {
+            "create" => {
+                let kind = request
+                    .kind
+                    .as_deref()
+                    .unwrap_or("flat")
+                    .parse()
+                    .map_err(|e: tailor_rag::RagError| e.to_string())?;
+                let params = tailor_rag::chunk::ChunkParams::default();
+                Collection::create(&self.root, &request.index, kind, &self.encoder, params)
+                    .map_err(|e| e.to_string())?;
+                serde_json::json!({"created": request.index})
+            }
+            "add" => with_index(&self.root, &request.index, |c| {
+                let report = c.add_paths(&request.paths, &mut |_, _| {}).map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({"report": report, "documents": c.counts().0, "chunks": c.counts().1}))
+            })?,
+            "delete" => with_index(&self.root, &request.index, |c| {
+                let deleted = c.delete(&request.documents).map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({"deleted": deleted, "documents": c.counts().0, "chunks": c.counts().1}))
+            })?,
+            "info" => with_index(&self.root, &request.index, |c| {
+                Ok(serde_json::json!({"meta": c.meta(), "documents": c.counts().0, "chunks": c.counts().1}))
+            })?,
+            other => return Err(format!("unknown op {other:?} (create, add, delete, info)")),
+        };
+        emit(&report.to_string());
+        Ok(())
+    }
+}
+
+export_plugin!(name: "retrieval-faiss", version: "0.1.0", stages: [Embed, Search, Index]);
