@@ -83,8 +83,18 @@ fn start_with(name: &str, server: &str, extra: &str) -> Daemon {
     let dir = scratch(name);
     let path = dir.join("tailord.toml");
     std::fs::write(&path, config_with(server, &format!("{:?}", plugin_dir().display().to_string()), extra)).unwrap();
-    let mut child =
-        Command::new(env!("CARGO_BIN_EXE_tailord")).arg("--config").arg(&path).stdout(Stdio::piped()).spawn().unwrap();
+    launch(&path, &[])
+}
+
+/// Starts tailord on a config file (with extra environment) and waits for
+/// its "listening" line.
+fn launch(config: &std::path::Path, env: &[(&str, &std::path::Path)]) -> Daemon {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tailord"));
+    command.arg("--config").arg(config).stdout(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let base = line
@@ -231,16 +241,7 @@ fn unix_socket_metrics_sd_notify_and_sigterm() {
     let path = dir.join("tailord.toml");
     let server = format!("http = \"127.0.0.1:0\"\nunix_socket = {:?}", socket.display().to_string());
     std::fs::write(&path, config(&server, &format!("{:?}", plugin_dir().display().to_string()))).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tailord"))
-        .arg("--config")
-        .arg(&path)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("tailord listening on ").unwrap().to_string();
+    let mut d = launch(&path, &[("NOTIFY_SOCKET", &notify_path)]);
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
@@ -258,7 +259,6 @@ fn unix_socket_metrics_sd_notify_and_sigterm() {
         .unwrap();
     let reply = json(&String::from_utf8_lossy(&out.stdout));
     assert!(reply["choices"][0]["text"].as_str().unwrap().contains("Paris"), "{reply}");
-    let d = Daemon { child, base };
     let (status, metrics) = curl(&d, "/metrics", None, None);
     assert_eq!(status, 200);
     assert!(metrics.contains("tailor_requests_total{outcome=\"ok\"} 1"), "{metrics}");
@@ -270,7 +270,6 @@ fn unix_socket_metrics_sd_notify_and_sigterm() {
         "{text}"
     );
 
-    let mut d = d;
     let pid = d.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let n = notify.recv(&mut buf).unwrap();
@@ -399,11 +398,7 @@ fn c_filter_plugin_runs_as_a_pipeline_stage_after_generation() {
     let path = dir.join("tailord.toml");
     let dirs = format!("{:?}, {:?}", plugin_dir().display().to_string(), plugins.display().to_string());
     std::fs::write(&path, config_with("http = \"127.0.0.1:0\"", &dirs, &extra)).unwrap();
-    let mut child =
-        Command::new(env!("CARGO_BIN_EXE_tailord")).arg("--config").arg(&path).stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let d = Daemon { base: line.trim().strip_prefix("tailord listening on ").unwrap().to_string(), child };
+    let d = launch(&path, &[]);
 
     let (status, body) =
         curl(&d, "/v1/tailor/stages/redact", None, Some(r#"{"text": "write to alice@example.com today"}"#));

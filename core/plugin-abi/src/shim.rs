@@ -28,29 +28,41 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     format!("stage panicked: {text}")
 }
 
+/// The value of a caught stage call, or the status of its failure after
+/// reporting it: an `Err` message is `ERR_INVALID`, a panic `ERR_INTERNAL`.
+///
+/// # Safety
+/// `error` is null or points to a valid sink for the duration of the call.
+unsafe fn settle<T>(result: std::thread::Result<Result<T, String>>, error: *mut Sink) -> Result<T, Status> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(message)) => {
+            report(error, &message);
+            Err(ffi::ERR_INVALID)
+        }
+        Err(payload) => {
+            report(error, &panic_message(payload.as_ref()));
+            Err(ffi::ERR_INTERNAL)
+        }
+    }
+}
+
 unsafe extern "C" fn create_shim<S: Stage>(config: Str, instance: *mut *mut c_void, error: *mut Sink) -> Status {
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the host passes a view valid for this call.
         let config = unsafe { config.as_str() }.map_err(|e| format!("config is not UTF-8: {e}"))?;
         S::create(config)
     }));
-    match result {
-        Ok(Ok(stage)) if !instance.is_null() => {
+    match settle(result, error) {
+        Ok(stage) if !instance.is_null() => {
             *instance = Box::into_raw(Box::new(stage)) as *mut c_void;
             ffi::OK
         }
-        Ok(Ok(_)) => {
+        Ok(_) => {
             report(error, "create: null instance pointer");
             ffi::ERR_INVALID
         }
-        Ok(Err(message)) => {
-            report(error, &message);
-            ffi::ERR_INVALID
-        }
-        Err(payload) => {
-            report(error, &panic_message(payload.as_ref()));
-            ffi::ERR_INTERNAL
-        }
+        Err(status) => status,
     }
 }
 
@@ -77,17 +89,10 @@ unsafe extern "C" fn call_shim<S: Stage>(
         };
         stage.call(request_id, request, &mut emit)
     }));
-    match result {
-        Ok(Ok(())) if cancelled => ffi::ERR_CANCELLED,
-        Ok(Ok(())) => ffi::OK,
-        Ok(Err(message)) => {
-            report(error, &message);
-            ffi::ERR_INVALID
-        }
-        Err(payload) => {
-            report(error, &panic_message(payload.as_ref()));
-            ffi::ERR_INTERNAL
-        }
+    match settle(result, error) {
+        Ok(()) if cancelled => ffi::ERR_CANCELLED,
+        Ok(()) => ffi::OK,
+        Err(status) => status,
     }
 }
 

@@ -203,7 +203,7 @@ pub fn matvec_f32(w: &[f32], in_dim: usize, x: &[f32], y: &mut [f32]) {
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if super::has_avx2_fma() {
             // SAFETY: the features this function is compiled for were just
             // detected; it only reads the two slices.
             return unsafe { dot_f32_avx2(a, b) };

@@ -11,3 +11,15 @@ pub use matmul::{dot_f32, gemm_f32, linear, linear_many, matvec_f32, LinearScrat
 pub use ops::{
     add_in_place, erf, erf_f32, exp_fast, gelu_in_place, layer_norm, rms_norm, silu_mul, softmax_in_place, RopeTable,
 };
+
+/// True when this CPU has AVX2 and FMA (checked once by std, cached).
+pub(crate) fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

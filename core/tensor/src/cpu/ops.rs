@@ -45,7 +45,7 @@ pub fn gelu_in_place(x: &mut [f32]) {
 fn gelu_slice(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if super::has_avx2_fma() {
             // SAFETY: the features were just detected; only `x` is touched.
             unsafe { gelu_avx2(x) };
             return;
@@ -186,7 +186,7 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 pub fn softmax_in_place(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if super::has_avx2_fma() {
             // SAFETY: the features were just detected; the function only
             // touches `x`.
             unsafe { softmax_avx2(x) };
