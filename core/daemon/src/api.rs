@@ -39,6 +39,16 @@ impl AppState {
     pub fn new(registry: Registry, token: Option<String>, cache: AnswerCache) -> AppState {
         AppState(Arc::new(Inner { registry, token, next_id: AtomicU64::new(1), metrics: Metrics::default(), cache }))
     }
+
+    /// The configured stages.
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    /// A fresh id for a stage call.
+    pub fn next_request_id(&self) -> u64 {
+        self.0.next_id.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// The routes, with the body size limit.
@@ -51,6 +61,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/metrics", get(metrics))
         .route("/v1/tailor/stages/{name}", post(call_stage))
+        .merge(crate::index_api::routes())
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
@@ -84,11 +95,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    /// An error with this status.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError { status, message: message.into() }
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    /// A 400 error.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 }
@@ -115,7 +128,8 @@ impl From<PluginError> for ApiError {
     }
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the bearer token when one is configured.
+pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.0.token else { return Ok(()) };
     let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if given == Some(token.as_str()) {
@@ -126,7 +140,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Runs a stage call on the blocking pool and collects its whole output.
-async fn call_collect(stage: Arc<Registered>, id: u64, request: String) -> Result<String, ApiError> {
+pub async fn call_collect(stage: Arc<Registered>, id: u64, request: String) -> Result<String, ApiError> {
     let name = stage.name.clone();
     tokio::task::spawn_blocking(move || {
         let mut out = String::new();
@@ -141,7 +155,8 @@ async fn call_collect(stage: Arc<Registered>, id: u64, request: String) -> Resul
     .map_err(ApiError::from)
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+/// The body as a JSON object, or a 400.
+pub fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
     if !value.is_object() {
@@ -209,11 +224,7 @@ async fn chat_completions(
         None => (messages.clone(), Value::Null),
     };
     let request = generation_request(&body, ("messages", messages));
-    let response = run_generation(state, stage, request, &body, true).await?;
-    if sources.is_null() {
-        return Ok(response);
-    }
-    attach_sources(response, sources).await
+    run_generation(state, stage, request, &body, Kind::Chat { sources }).await
 }
 
 /// RAG on chat: `"tailor": {"index": NAME, "k": N, "search": STAGE?}` runs
@@ -245,34 +256,12 @@ async fn retrieve_into(state: &AppState, body: &Value, messages: &Value) -> Resu
     let mut sources = Vec::new();
     for (i, hit) in hits.iter().enumerate() {
         prompt.push_str(&format!("[{}] {}\n\n", i + 1, hit["text"].as_str().unwrap_or("").trim()));
-        sources.push(json!({"number": i + 1, "doc_id": hit["doc_id"], "source": hit["source"], "span": hit["span"], "score": hit["score"]}));
+        sources.push(json!({"number": i + 1, "doc_id": hit["doc_id"], "source": hit["source"], "span": hit["span"],
+            "score": hit["score"], "text": hit["text"]}));
     }
     prompt.push_str(&format!("Question: {question}"));
     messages[last_user]["content"] = json!(prompt);
     Ok((Value::Array(messages), Value::Array(sources)))
-}
-
-/// Adds `"tailor": {"sources": …}` to a JSON response. (Streamed RAG
-/// answers do not carry their sources yet.)
-async fn attach_sources(response: Response, sources: Value) -> Result<Response, ApiError> {
-    let is_json = response
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !is_json {
-        return Ok(response);
-    }
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let mut value: Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    value["tailor"] = json!({"sources": sources});
-    let mut response = Json(value).into_response();
-    *response.status_mut() = parts.status;
-    Ok(response)
 }
 
 async fn completions(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -282,7 +271,30 @@ async fn completions(State(state): State<AppState>, headers: HeaderMap, body: By
     let prompt =
         body.get("prompt").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("`prompt` must be a string"))?;
     let request = generation_request(&body, ("prompt", json!(prompt)));
-    run_generation(state, stage, request, &body, false).await
+    run_generation(state, stage, request, &body, Kind::Completion).await
+}
+
+/// Which OpenAI object a generation answers with.
+#[derive(Clone)]
+enum Kind {
+    /// `chat.completion`, with RAG sources (`null` without RAG).
+    Chat { sources: Value },
+    /// `text_completion`.
+    Completion,
+}
+
+impl Kind {
+    fn is_chat(&self) -> bool {
+        matches!(self, Kind::Chat { .. })
+    }
+
+    /// The RAG sources, `null` when there are none.
+    fn sources(&self) -> &Value {
+        match self {
+            Kind::Chat { sources } => sources,
+            Kind::Completion => &Value::Null,
+        }
+    }
 }
 
 /// One parsed line of the generate stage's output.
@@ -309,15 +321,18 @@ async fn run_generation(
     stage: Arc<Registered>,
     request: Value,
     body: &Value,
-    chat: bool,
+    kind: Kind,
 ) -> Result<Response, ApiError> {
+    let chat = kind.is_chat();
     let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
     let model = stage.name.clone();
     let request = request.to_string();
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let completion_id = format!("{}-{id}", if chat { "chatcmpl" } else { "cmpl" });
     if body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
-        return Ok(stream_generation(state.clone(), stage, id, request, completion_id, model, created, chat));
+        let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+        let stream = Stream { id, completion_id, model, created, kind, include_usage };
+        return Ok(stream_generation(state.clone(), stage, request, stream));
     }
     let filtered = stage.clone();
     // Deterministic requests (greedy, or seeded) are answered from the cache.
@@ -330,6 +345,7 @@ async fn run_generation(
             serde_json::from_str(&hit).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         value["id"] = json!(completion_id);
         value["created"] = json!(created);
+        with_sources(&mut value, kind.sources());
         return Ok(Json(value).into_response());
     }
     let output = call_collect(stage, id, request).await?;
@@ -358,43 +374,69 @@ async fn run_generation(
         json!({"index": 0, "text": text, "finish_reason": finish})
     };
     let object = if chat { "chat.completion" } else { "text_completion" };
-    let reply = json!({"id": completion_id, "object": object, "created": created, "model": model, "choices": [choice],
+    let mut reply = json!({"id": completion_id, "object": object, "created": created, "model": model, "choices": [choice],
         "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.0 + usage.1}});
     if let Some(key) = cache_key {
         state.0.cache.put(key, reply.to_string());
     }
+    with_sources(&mut reply, kind.sources());
     Ok(Json(reply).into_response())
 }
 
-/// Streams tokens as server-sent events; a client that goes away cancels
-/// the generation at the next token.
-#[allow(clippy::too_many_arguments)]
-fn stream_generation(
-    state: AppState,
-    stage: Arc<Registered>,
+/// Adds `"tailor": {"sources": …}` to a reply or chunk when there are sources.
+fn with_sources(value: &mut Value, sources: &Value) {
+    if !sources.is_null() {
+        value["tailor"] = json!({"sources": sources});
+    }
+}
+
+/// What a streamed reply needs besides the stage output.
+struct Stream {
     id: u64,
-    request: String,
     completion_id: String,
     model: String,
     created: u64,
-    chat: bool,
-) -> Response {
+    kind: Kind,
+    /// OpenAI's `stream_options.include_usage`: a last chunk with `usage`.
+    include_usage: bool,
+}
+
+/// Streams tokens as server-sent events; a client that goes away cancels
+/// the generation at the next token. The chunk that carries the finish
+/// reason also carries the RAG sources (`tailor.sources`).
+fn stream_generation(state: AppState, stage: Arc<Registered>, request: String, stream: Stream) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    let Stream { id, completion_id, model, created, kind, include_usage } = stream;
+    let chat = kind.is_chat();
+    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let envelope = move |choices: Value| json!({"id": completion_id, "object": object, "created": created, "model": model, "choices": choices});
+    let usage_chunk = {
+        let envelope = envelope.clone();
+        move |prompt: u64, completion: u64| {
+            let mut value = envelope(json!([]));
+            value["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion});
+            value.to_string()
+        }
+    };
     let chunk = move |delta: Value, finish: Value| {
-        let object = if chat { "chat.completion.chunk" } else { "text_completion" };
         let choice = if chat {
             json!({"index": 0, "delta": delta, "finish_reason": finish})
         } else {
             json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish})
         };
-        json!({"id": completion_id, "object": object, "created": created, "model": model, "choices": [choice]})
-            .to_string()
+        let mut value = envelope(json!([choice]));
+        if !finish.is_null() {
+            with_sources(&mut value, kind.sources());
+        }
+        value
     };
     tokio::task::spawn_blocking(move || {
         let mut first = true;
         let mut buffer = String::new();
         // With filters, the answer is held back and sent filtered in one chunk.
         let mut held = (!stage.filters.is_empty()).then(String::new);
+        let mut usage = None;
         let result = stage.call(id, &request, &mut |part| {
             buffer.push_str(part);
             while let Some(end) = buffer.find('\n') {
@@ -408,22 +450,21 @@ fn stream_generation(
                     }
                     Some(Piece::Token(text)) if first => {
                         first = false;
-                        chunk(json!({"role": "assistant", "content": text}), Value::Null)
+                        chunk(json!({"role": "assistant", "content": text}), Value::Null).to_string()
                     }
-                    Some(Piece::Token(text)) => chunk(json!({"content": text}), Value::Null),
+                    Some(Piece::Token(text)) => chunk(json!({"content": text}), Value::Null).to_string(),
                     Some(Piece::Done { finish, prompt_tokens, completion_tokens }) => {
                         state.0.metrics.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
                         state.0.metrics.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
+                        usage = Some((prompt_tokens, completion_tokens));
                         if let Some(text) = held.take() {
                             let filtered = stage.filter(text).unwrap_or_else(|e| format!("[filter failed: {e}]"));
-                            if tx
-                                .blocking_send(chunk(json!({"role": "assistant", "content": filtered}), Value::Null))
-                                .is_err()
-                            {
+                            let event = chunk(json!({"role": "assistant", "content": filtered}), Value::Null);
+                            if tx.blocking_send(event.to_string()).is_err() {
                                 return false;
                             }
                         }
-                        chunk(json!({}), json!(finish))
+                        chunk(json!({}), json!(finish)).to_string()
                     }
                     None => continue,
                 };
@@ -433,8 +474,15 @@ fn stream_generation(
             }
             true
         });
-        if let Err(e) = result {
-            let _ = tx.blocking_send(json!({"error": {"message": e.to_string(), "type": "server_error"}}).to_string());
+        match (result, usage) {
+            (Err(e), _) => {
+                let error = json!({"error": {"message": e.to_string(), "type": "server_error"}});
+                let _ = tx.blocking_send(error.to_string());
+            }
+            (Ok(()), Some((prompt, completion))) if include_usage => {
+                let _ = tx.blocking_send(usage_chunk(prompt, completion));
+            }
+            (Ok(()), _) => {}
         }
         let _ = tx.blocking_send("[DONE]".to_string());
     });

@@ -6,6 +6,7 @@
 mod api;
 mod cache;
 mod config;
+mod index_api;
 mod isolated;
 mod metrics;
 mod notify;

@@ -125,6 +125,19 @@ fn curl(daemon: &Daemon, path: &str, token: Option<&str>, body: Option<&str>) ->
     (code.parse().unwrap(), body.to_string())
 }
 
+/// (HTTP status, body) of a curl request with another method and a JSON body.
+fn curl_method(daemon: &Daemon, method: &str, path: &str, body: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "-H", "Content-Type: application/json"])
+        .args(["--data-binary", body])
+        .arg(format!("{}{path}", daemon.base))
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
@@ -479,28 +492,52 @@ fn indexes_are_managed_through_the_daemon_and_searched_at_once() {
     let encoder = format!("{root_cfg}, encoder = {:?}", cache().join("all-MiniLM-L6-v2").display().to_string());
     let extra = stage("kb-index", "index", encoder) + &stage("kb-search", "search", root_cfg);
     let d = start_with("manage-daemon", "http = \"127.0.0.1:0\"", &extra);
-    let call = |body: String| {
-        let (status, text) = curl(&d, "/v1/tailor/stages/kb-index", None, Some(&body));
-        assert_eq!(status, 200, "{text}");
+    let call = |path: &str, body: String| {
+        let (status, text) = curl(&d, path, None, Some(&body));
+        assert_eq!(status, 200, "{path}: {text}");
         json(&text)
     };
-    call(r#"{"op": "create", "index": "kb"}"#.into());
-    let added = call(format!(r#"{{"op": "add", "index": "kb", "paths": [{:?}]}}"#, corpus.display().to_string()));
+    call("/v1/indexes", r#"{"name": "kb"}"#.into());
+    let added = call("/v1/indexes/kb/documents", format!(r#"{{"paths": [{:?}]}}"#, corpus.display().to_string()));
     assert_eq!((added["documents"].as_u64(), added["chunks"].as_u64()), (Some(2), Some(2)), "{added}");
+    let inline = r#"{"documents": [{"id": "memo-7", "text": "The cafeteria serves lentil soup on Thursdays.",
+        "metadata": {"author": "facilities"}}]}"#;
+    let added = call("/v1/indexes/kb/documents", inline.into());
+    assert_eq!(added["documents"].as_u64(), Some(3), "{added}");
+    let hits = call("/v1/indexes/kb/search", r#"{"query": "What soup is served on Thursday?", "k": 1}"#.into());
+    assert_eq!(hits["hits"][0]["doc_id"], "memo-7", "{hits}");
+    assert_eq!(hits["hits"][0]["metadata"]["author"], "facilities", "{hits}");
     let ask = r#"{"model":"smollm2","max_tokens":8,"tailor":{"index":"kb","k":1,"search":"kb-search"},
         "messages":[{"role":"user","content":"What is the launch code of project Bluebird?"}]}"#;
     let (status, body) = curl(&d, "/v1/chat/completions", None, Some(ask));
     assert_eq!(status, 200, "{body}");
     assert!(json(&body)["tailor"]["sources"][0]["source"].as_str().unwrap().ends_with("bluebird.txt"), "{body}");
+    let streamed = ask.replacen('{', r#"{"stream":true,"stream_options":{"include_usage":true},"#, 1);
+    let (status, body) = curl(&d, "/v1/chat/completions", None, Some(&streamed));
+    assert_eq!(status, 200, "{body}");
+    let events: Vec<serde_json::Value> =
+        body.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]").map(json).collect();
+    let last_choice = events.iter().rev().find(|e| !e["choices"][0]["finish_reason"].is_null()).expect("finish chunk");
+    assert!(last_choice["tailor"]["sources"][0]["text"].as_str().unwrap().contains("7421"), "{body}");
+    assert!(events.last().unwrap()["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{body}");
     let bluebird = std::fs::canonicalize(corpus.join("bluebird.txt")).unwrap();
-    let deleted =
-        call(format!(r#"{{"op": "delete", "index": "kb", "documents": [{:?}]}}"#, bluebird.display().to_string()));
-    assert_eq!(deleted["deleted"].as_u64(), Some(1), "{deleted}");
+    let (status, text) = curl_method(
+        &d,
+        "DELETE",
+        "/v1/indexes/kb/documents",
+        &format!(r#"{{"ids": [{:?}]}}"#, bluebird.display().to_string()),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(json(&text)["deleted"].as_u64(), Some(1), "{text}");
     let (_, body) = curl(&d, "/v1/chat/completions", None, Some(ask));
     assert!(
         json(&body)["tailor"]["sources"][0]["source"].as_str().unwrap().ends_with("trains.txt"),
         "deleted documents leave search at once: {body}"
     );
+    let info = curl(&d, "/v1/indexes/kb", None, None);
+    assert_eq!(json(&info.1)["documents"].as_u64(), Some(2), "{}", info.1);
+    let (status, body) = curl(&d, "/v1/indexes/kb/documents", None, Some(r#"{"documents": [{"id": 3}]}"#));
+    assert_eq!(status, 400, "{body}");
     let (status, body) = curl(&d, "/v1/tailor/stages/kb-index", None, Some(r#"{"op": "explode", "index": "kb"}"#));
     assert_eq!(status, 400, "{body}");
 }

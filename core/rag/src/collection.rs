@@ -207,6 +207,24 @@ impl Collection {
         Ok(report)
     }
 
+    /// Ingests documents given as text (`id` names each; a document with a
+    /// known id and new text replaces the old one), committed in batches as
+    /// [`Collection::add_paths`] does.
+    pub fn add_documents(&mut self, documents: Vec<Extracted>) -> Result<AddReport> {
+        if let Some(bad) = documents.iter().find(|d| d.id.trim().is_empty() || d.text.trim().is_empty()) {
+            let what = if bad.id.trim().is_empty() { "an empty id" } else { "no text" };
+            return Err(RagError::InvalidInput(format!("document {:?} has {what}", bad.id)));
+        }
+        let mut report = AddReport::default();
+        let mut documents = documents.into_iter().peekable();
+        while documents.peek().is_some() {
+            let batch: Vec<Extracted> = documents.by_ref().take(BATCH_DOCS).collect();
+            self.commit_batch(batch, &mut report)?;
+        }
+        self.save_vectors()?;
+        Ok(report)
+    }
+
     fn commit_batch(&mut self, extracted: Vec<Extracted>, report: &mut AddReport) -> Result<()> {
         let mut docs = Vec::new();
         for e in extracted {

@@ -6,7 +6,9 @@
 //! "query": TEXT, "k": N?}`; output `{"hits": [SearchHit…]}`.
 //! `index` — config `{"root": INDEXES_DIR?, "encoder": DIR?}`; requests
 //! `{"op": "create", "index": NAME, "kind": "flat"|"hnsw"?}`,
-//! `{"op": "add", "index": NAME, "paths": [PATH…]}`,
+//! `{"op": "add", "index": NAME, "paths": [PATH…]?, "texts": [{"id": ID,
+//! "text": TEXT, "metadata": {K: V}?}…]?}` (files the daemon can read, or
+//! documents sent inline),
 //! `{"op": "delete", "index": NAME, "documents": [ID or PATH…]}`,
 //! `{"op": "info", "index": NAME}`; output a JSON report.
 //! Both stages share the plugin's open indexes, so what `index` adds,
@@ -130,6 +132,17 @@ struct IndexRequest {
     paths: Vec<PathBuf>,
     #[serde(default)]
     documents: Vec<String>,
+    #[serde(default)]
+    texts: Vec<InlineDocument>,
+}
+
+/// A document sent as text rather than as a path.
+#[derive(Deserialize)]
+struct InlineDocument {
+    id: String,
+    text: String,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// Creates indexes and adds, deletes and describes their documents.
@@ -167,7 +180,22 @@ impl Stage for Index {
                 serde_json::json!({"created": request.index})
             }
             "add" => with_index(&self.root, &request.index, |c| {
-                let report = c.add_paths(&request.paths, &mut |_, _| {}).map_err(|e| e.to_string())?;
+                if request.paths.is_empty() && request.texts.is_empty() {
+                    return Err("`add` needs `paths` or `texts`".to_string());
+                }
+                let mut report = match request.paths.is_empty() {
+                    true => tailor_rag::AddReport::default(),
+                    false => c.add_paths(&request.paths, &mut |_, _| {}).map_err(|e| e.to_string())?,
+                };
+                let inline = request
+                    .texts
+                    .into_iter()
+                    .map(|d| tailor_rag::chunk::Extracted { id: d.id, text: d.text, metadata: d.metadata })
+                    .collect();
+                let from_texts = c.add_documents(inline).map_err(|e| e.to_string())?;
+                report.added += from_texts.added;
+                report.unchanged += from_texts.unchanged;
+                report.chunks += from_texts.chunks;
                 Ok(serde_json::json!({"report": report, "documents": c.counts().0, "chunks": c.counts().1}))
             })?,
             "delete" => with_index(&self.root, &request.index, |c| {
