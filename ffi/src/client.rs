@@ -1,0 +1,269 @@
+//! The client in plain Rust: the daemon's HTTP API as typed calls. The C
+//! layer in `lib.rs` only converts arguments and results around these.
+
+use crate::error::{FfiError, Result};
+use crate::http::{self, Endpoint, Response};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+/// Settings for talking to one daemon.
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoint: Endpoint,
+    token: Option<String>,
+    timeout: Option<Duration>,
+}
+
+/// A finished generation.
+#[derive(Debug, Default, Clone)]
+pub struct Answer {
+    /// The whole generated text.
+    pub text: String,
+    /// "stop" or "length".
+    pub finish_reason: String,
+    /// Prompt tokens, as the daemon counted them.
+    pub prompt_tokens: u32,
+    /// Generated tokens.
+    pub completion_tokens: u32,
+    /// RAG sources (empty without RAG).
+    pub sources: Vec<Source>,
+}
+
+/// A retrieved passage.
+#[derive(Debug, Default, Clone)]
+pub struct Source {
+    /// 1-based citation number.
+    pub number: u32,
+    /// Cosine similarity.
+    pub score: f32,
+    /// Document id.
+    pub doc_id: String,
+    /// Where the document came from.
+    pub source: String,
+    /// The passage.
+    pub text: String,
+    /// Byte span in the document.
+    pub span: (usize, usize),
+}
+
+/// Which generation route.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Route {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completion,
+}
+
+impl Client {
+    /// A client for `endpoint`, checked with `GET /health`.
+    pub fn open(endpoint: Endpoint, token: Option<String>, timeout: Option<Duration>) -> Result<Client> {
+        let client = Client { endpoint, token, timeout };
+        client.call("GET", "/health", None)?;
+        Ok(client)
+    }
+
+    /// Sends a request; a non-2xx reply becomes [`FfiError::Daemon`] with the daemon's message.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response> {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        let response =
+            http::request(&self.endpoint, self.timeout, self.token.as_deref(), method, path, bytes.as_deref())?;
+        if (200..300).contains(&response.status) {
+            return Ok(response);
+        }
+        let status = response.status;
+        let text = response.text().unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(
+                || if text.trim().is_empty() { "(no message)".to_string() } else { text.trim().to_string() },
+            );
+        Err(FfiError::Daemon { status, message })
+    }
+
+    fn call_json(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let text = self.call(method, path, body)?.text()?;
+        serde_json::from_str(&text).map_err(|e| FfiError::Protocol(format!("{path} answered non-JSON: {e}")))
+    }
+
+    /// (name, kind) of every configured stage.
+    pub fn models(&self) -> Result<Vec<(String, String)>> {
+        let reply = self.call_json("GET", "/v1/models", None)?;
+        let data = reply["data"].as_array().ok_or_else(|| FfiError::Protocol("/v1/models has no `data`".into()))?;
+        Ok(data
+            .iter()
+            .map(|m| {
+                let id = m["id"].as_str().unwrap_or_default().to_string();
+                (id, m["tailor_stage"].as_str().unwrap_or("unknown").to_string())
+            })
+            .collect())
+    }
+
+    /// Runs a generation request (an OpenAI request body without `stream`);
+    /// with `on_token`, streams and hands it each piece of text (returning
+    /// `false` cancels).
+    pub fn generate(
+        &self,
+        route: Route,
+        mut request: Value,
+        on_token: Option<&mut dyn FnMut(&str) -> bool>,
+    ) -> Result<Answer> {
+        let path = match route {
+            Route::Chat => "/v1/chat/completions",
+            Route::Completion => "/v1/completions",
+        };
+        let Some(on_token) = on_token else {
+            let reply = self.call_json("POST", path, Some(&request))?;
+            return answer_from_reply(route, &reply);
+        };
+        request["stream"] = json!(true);
+        request["stream_options"] = json!({"include_usage": true});
+        let response = self.call("POST", path, Some(&request))?;
+        read_stream(route, response, on_token)
+    }
+
+    /// One vector per text.
+    pub fn embed(&self, model: &str, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let reply = self.call_json("POST", "/v1/embeddings", Some(&json!({"model": model, "input": texts})))?;
+        let data = reply["data"].as_array().ok_or_else(|| FfiError::Protocol("embeddings without `data`".into()))?;
+        let vectors: Option<Vec<Vec<f32>>> = data
+            .iter()
+            .map(|item| item["embedding"].as_array()?.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
+            .collect();
+        let vectors = vectors.ok_or_else(|| FfiError::Protocol("an embedding is not an array of numbers".into()))?;
+        if vectors.len() != texts.len() {
+            return Err(FfiError::Protocol(format!("{} embeddings for {} texts", vectors.len(), texts.len())));
+        }
+        Ok(vectors)
+    }
+
+    /// The `k` passages nearest to `query` in `index`.
+    pub fn search(&self, index: &str, query: &str, k: u32) -> Result<Vec<Source>> {
+        let path = format!("/v1/indexes/{}/search", path_segment(index)?);
+        let reply = self.call_json("POST", &path, Some(&json!({"query": query, "k": k})))?;
+        let hits = reply["hits"].as_array().ok_or_else(|| FfiError::Protocol("search without `hits`".into()))?;
+        Ok(hits.iter().enumerate().map(|(i, hit)| source_from_json(hit, i as u32 + 1)).collect())
+    }
+
+    /// Creates an index.
+    pub fn index_create(&self, index: &str, kind: &str) -> Result<()> {
+        self.call_json("POST", "/v1/indexes", Some(&json!({"name": index, "kind": kind}))).map(drop)
+    }
+
+    /// Adds (id, text) documents; returns how many were new or changed.
+    pub fn index_add(&self, index: &str, documents: &[(&str, &str)]) -> Result<usize> {
+        let documents: Vec<Value> = documents.iter().map(|(id, text)| json!({"id": id, "text": text})).collect();
+        let path = format!("/v1/indexes/{}/documents", path_segment(index)?);
+        let reply = self.call_json("POST", &path, Some(&json!({"documents": documents})))?;
+        Ok(reply["report"]["added"].as_u64().unwrap_or(0) as usize)
+    }
+
+    /// Deletes documents by id or source; returns how many went.
+    pub fn index_delete(&self, index: &str, ids: &[&str]) -> Result<usize> {
+        let path = format!("/v1/indexes/{}/documents", path_segment(index)?);
+        let reply = self.call_json("DELETE", &path, Some(&json!({"ids": ids})))?;
+        Ok(reply["deleted"].as_u64().unwrap_or(0) as usize)
+    }
+
+    /// (documents, chunks) in the index.
+    pub fn index_info(&self, index: &str) -> Result<(usize, usize)> {
+        let reply = self.call_json("GET", &format!("/v1/indexes/{}", path_segment(index)?), None)?;
+        let count = |key: &str| reply[key].as_u64().map(|n| n as usize);
+        count("documents")
+            .zip(count("chunks"))
+            .ok_or_else(|| FfiError::Protocol("index info without `documents` and `chunks`".into()))
+    }
+}
+
+/// Index names go into paths as they are: refuse anything that would change the path.
+fn path_segment(name: &str) -> Result<&str> {
+    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(name)
+    } else {
+        Err(FfiError::InvalidArgument(format!("index name {name:?}: use letters, digits, '-', '_' and '.'")))
+    }
+}
+
+fn source_from_json(value: &Value, fallback_number: u32) -> Source {
+    let text = |key: &str| value[key].as_str().unwrap_or_default().to_string();
+    let span = |i: usize| value["span"][i].as_u64().unwrap_or(0) as usize;
+    Source {
+        number: value["number"].as_u64().map(|n| n as u32).unwrap_or(fallback_number),
+        score: value["score"].as_f64().unwrap_or(0.0) as f32,
+        doc_id: text("doc_id"),
+        source: text("source"),
+        text: text("text"),
+        span: (span(0), span(1)),
+    }
+}
+
+fn sources_from(value: &Value) -> Vec<Source> {
+    let list = value["tailor"]["sources"].as_array().cloned().unwrap_or_default();
+    list.iter().enumerate().map(|(i, s)| source_from_json(s, i as u32 + 1)).collect()
+}
+
+fn usage_into(answer: &mut Answer, value: &Value) {
+    if let Some(usage) = value.get("usage").filter(|u| u.is_object()) {
+        answer.prompt_tokens = usage["prompt_tokens"].as_u64().unwrap_or(0) as u32;
+        answer.completion_tokens = usage["completion_tokens"].as_u64().unwrap_or(0) as u32;
+    }
+}
+
+fn answer_from_reply(route: Route, reply: &Value) -> Result<Answer> {
+    let choice = &reply["choices"][0];
+    let text = match route {
+        Route::Chat => choice["message"]["content"].as_str(),
+        Route::Completion => choice["text"].as_str(),
+    };
+    let text = text.ok_or_else(|| FfiError::Protocol("the reply has no generated text".into()))?;
+    let mut answer = Answer {
+        text: text.to_string(),
+        finish_reason: choice["finish_reason"].as_str().unwrap_or("stop").to_string(),
+        sources: sources_from(reply),
+        ..Answer::default()
+    };
+    usage_into(&mut answer, reply);
+    Ok(answer)
+}
+
+/// Reads server-sent events until `[DONE]`, passing text to `on_token`.
+fn read_stream(route: Route, response: Response, on_token: &mut dyn FnMut(&str) -> bool) -> Result<Answer> {
+    let mut answer = Answer::default();
+    let mut finished = false;
+    for line in BufReader::new(response).lines() {
+        let line = line.map_err(FfiError::io("reading the stream"))?;
+        let Some(data) = line.strip_prefix("data:").map(str::trim) else { continue };
+        if data == "[DONE]" {
+            finished = true;
+            break;
+        }
+        let event: Value =
+            serde_json::from_str(data).map_err(|e| FfiError::Protocol(format!("a stream event is not JSON: {e}")))?;
+        if let Some(message) = event["error"]["message"].as_str() {
+            return Err(FfiError::Stream(message.to_string()));
+        }
+        let choice = &event["choices"][0];
+        let piece = match route {
+            Route::Chat => choice["delta"]["content"].as_str(),
+            Route::Completion => choice["text"].as_str(),
+        };
+        if let Some(piece) = piece.filter(|p| !p.is_empty()) {
+            answer.text.push_str(piece);
+            if !on_token(piece) {
+                return Err(FfiError::Cancelled);
+            }
+        }
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            answer.finish_reason = reason.to_string();
+            answer.sources = sources_from(&event);
+        }
+        usage_into(&mut answer, &event);
+    }
+    if !finished {
+        return Err(FfiError::Protocol("the stream ended before [DONE]".into()));
+    }
+    Ok(answer)
+}

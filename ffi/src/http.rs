@@ -1,0 +1,206 @@
+//! Just enough HTTP/1.1 to talk to tailord: one request per connection
+//! (`Connection: close`), over a Unix socket or TCP, with bodies framed by
+//! Content-Length, chunked transfer coding or the end of the stream. The
+//! daemon is the only peer, so there is no redirect, TLS or keep-alive.
+
+use crate::error::{FfiError, Result};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// Where tailord listens.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// A Unix socket path.
+    Unix(std::path::PathBuf),
+    /// "host:port".
+    Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+            Endpoint::Tcp(address) => write!(f, "http://{address}"),
+        }
+    }
+}
+
+/// A connected socket of either kind.
+enum Socket {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Socket::Unix(s) => s.read(buf),
+            Socket::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Socket::Unix(s) => s.write(buf),
+            Socket::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Socket::Unix(s) => s.flush(),
+            Socket::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+fn connect(endpoint: &Endpoint, timeout: Option<Duration>) -> Result<Socket> {
+    let refused = |e: std::io::Error| FfiError::Connect(format!("cannot reach tailord at {endpoint}: {e}"));
+    let socket = match endpoint {
+        Endpoint::Unix(path) => {
+            let stream = UnixStream::connect(path).map_err(refused)?;
+            stream.set_read_timeout(timeout).and_then(|_| stream.set_write_timeout(timeout)).map_err(refused)?;
+            Socket::Unix(stream)
+        }
+        Endpoint::Tcp(address) => {
+            let stream = TcpStream::connect(address.as_str()).map_err(refused)?;
+            stream.set_read_timeout(timeout).and_then(|_| stream.set_write_timeout(timeout)).map_err(refused)?;
+            Socket::Tcp(stream)
+        }
+    };
+    Ok(socket)
+}
+
+/// How the response body ends.
+enum Framing {
+    Length(u64),
+    Chunked { left_in_chunk: u64, done: bool },
+    UntilClose,
+}
+
+/// A response whose body is read as it arrives.
+pub struct Response {
+    /// The HTTP status code.
+    pub status: u16,
+    reader: BufReader<Socket>,
+    framing: Framing,
+}
+
+/// Sends one request and reads the status line and headers.
+pub fn request(
+    endpoint: &Endpoint,
+    timeout: Option<Duration>,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<Response> {
+    let mut socket = connect(endpoint, timeout)?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    socket.write_all(head.as_bytes()).map_err(FfiError::io("sending the request"))?;
+    if let Some(body) = body {
+        socket.write_all(body).map_err(FfiError::io("sending the request body"))?;
+    }
+    socket.flush().map_err(FfiError::io("sending the request"))?;
+    read_head(BufReader::new(socket))
+}
+
+fn read_head(mut reader: BufReader<Socket>) -> Result<Response> {
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(FfiError::io("reading the reply"))?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .filter(|_| line.starts_with("HTTP/1."))
+        .ok_or_else(|| FfiError::Protocol(format!("not an HTTP status line: {:?}", line.trim_end())))?;
+    let mut framing = Framing::UntilClose;
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).map_err(FfiError::io("reading the reply headers"))?;
+        let header = line.trim_end();
+        if n == 0 || header.is_empty() {
+            break;
+        }
+        let Some((name, value)) = header.split_once(':') else { continue };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            let length = value.parse().map_err(|_| FfiError::Protocol(format!("bad Content-Length {value:?}")))?;
+            framing = Framing::Length(length);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
+            framing = Framing::Chunked { left_in_chunk: 0, done: false };
+        }
+    }
+    Ok(Response { status, reader, framing })
+}
+
+impl Response {
+    /// The whole body as text.
+    pub fn text(mut self) -> Result<String> {
+        let mut body = Vec::new();
+        self.read_to_end(&mut body).map_err(FfiError::io("reading the reply body"))?;
+        String::from_utf8(body).map_err(|_| FfiError::Protocol("the reply body is not UTF-8".into()))
+    }
+
+    /// Reads the size line of the next chunk; 0 marks the end.
+    fn next_chunk_size(&mut self) -> std::io::Result<u64> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            // The CRLF that closes the previous chunk's data.
+            line.clear();
+            self.reader.read_line(&mut line)?;
+        }
+        let digits = line.trim().split(';').next().unwrap_or("");
+        u64::from_str_radix(digits, 16).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad chunk size line {:?}", line.trim_end()))
+        })
+    }
+}
+
+impl Read for Response {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.framing {
+            Framing::UntilClose => self.reader.read(buf),
+            Framing::Length(0) => Ok(0),
+            Framing::Length(left) => {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = self.reader.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                self.framing = Framing::Length(left - n as u64);
+                Ok(n)
+            }
+            Framing::Chunked { done: true, .. } => Ok(0),
+            Framing::Chunked { left_in_chunk: 0, .. } => {
+                let size = self.next_chunk_size()?;
+                self.framing = Framing::Chunked { left_in_chunk: size, done: size == 0 };
+                if size == 0 {
+                    return Ok(0);
+                }
+                self.read(buf)
+            }
+            Framing::Chunked { left_in_chunk, .. } => {
+                let want = buf.len().min(usize::try_from(left_in_chunk).unwrap_or(usize::MAX));
+                let n = self.reader.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                self.framing = Framing::Chunked { left_in_chunk: left_in_chunk - n as u64, done: false };
+                Ok(n)
+            }
+        }
+    }
+}

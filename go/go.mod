@@ -1,0 +1,3 @@
+module tailor.local/tailor
+
+go 1.19

@@ -1,0 +1,394 @@
+// Package tailor is the Go binding of libtailor (include/tailor.h): a
+// client of a running tailord for chat and completion with streaming,
+// embeddings, retrieval and document management.
+//
+// Build: cgo finds libtailor through pkg-config (`tailor.pc`). A Client may
+// be shared between goroutines. Each call pins its goroutine to its OS
+// thread until it has read tailor_last_error, which is per thread.
+package tailor
+
+/*
+#cgo pkg-config: tailor
+#include <stdlib.h>
+#include <tailor.h>
+
+int tailor_go_relay(const char *text, size_t len, void *user_data);
+*/
+import "C"
+
+import (
+	"fmt"
+	"runtime"
+	"runtime/cgo"
+	"unsafe"
+)
+
+// Status is a tailor_status value.
+type Status int
+
+// The statuses callers usually tell apart.
+const (
+	OK              Status = C.TAILOR_OK
+	InvalidArgument Status = C.TAILOR_ERR_INVALID_ARGUMENT
+	Connect         Status = C.TAILOR_ERR_CONNECT
+	Unauthorized    Status = C.TAILOR_ERR_UNAUTHORIZED
+	NotFound        Status = C.TAILOR_ERR_NOT_FOUND
+	BadRequest      Status = C.TAILOR_ERR_BAD_REQUEST
+	Cancelled       Status = C.TAILOR_ERR_CANCELLED
+)
+
+func (s Status) String() string { return C.GoString(C.tailor_status_name(C.int(s))) }
+
+// Error is a failed call: its status and libtailor's message.
+type Error struct {
+	Status  Status
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%v: %s", e.Status, e.Message) }
+
+// call runs one C call on a pinned OS thread and turns a failure into *Error.
+func call(f func() C.tailor_status) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	status := f()
+	if status == C.TAILOR_OK {
+		return nil
+	}
+	return &Error{Status: Status(status), Message: C.GoString(C.tailor_last_error())}
+}
+
+// Version is libtailor's version.
+func Version() string { return C.GoString(C.tailor_version()) }
+
+// Client is an open connection setting for one tailord.
+type Client struct {
+	handle *C.tailor_client
+}
+
+// Open connects over tailord's Unix socket ("" takes $TAILOR_SOCKET or
+// /run/tailor/tailord.sock), with an optional bearer token.
+func Open(socketPath, token string) (*Client, error) {
+	return open(socketPath, "", token)
+}
+
+// OpenTCP connects to tailord's HTTP listener at "host:port".
+func OpenTCP(address, token string) (*Client, error) {
+	return open("", address, token)
+}
+
+func open(socketPath, address, token string) (*Client, error) {
+	var strings cStrings
+	defer strings.free()
+	params := C.tailor_client_default_params()
+	if socketPath != "" {
+		params.socket_path = strings.add(socketPath)
+	}
+	if address != "" {
+		params.address = strings.add(address)
+	}
+	if token != "" {
+		params.token = strings.add(token)
+	}
+	client := &Client{}
+	err := call(func() C.tailor_status { return C.tailor_client_open(&params, &client.handle) })
+	if err != nil {
+		return nil, err
+	}
+	return client, nil
+}
+
+// Close frees the client.
+func (c *Client) Close() {
+	C.tailor_client_close(c.handle)
+	c.handle = nil
+}
+
+// cStrings owns C copies of Go strings for the length of a call.
+type cStrings []*C.char
+
+func (s *cStrings) add(text string) *C.char {
+	p := C.CString(text)
+	*s = append(*s, p)
+	return p
+}
+
+func (s *cStrings) free() {
+	for _, p := range *s {
+		C.free(unsafe.Pointer(p))
+	}
+}
+
+// Model is one of the daemon's stages.
+type Model struct {
+	ID, Kind string
+}
+
+// Models lists the daemon's stages.
+func (c *Client) Models() ([]Model, error) {
+	var list *C.tailor_models
+	if err := call(func() C.tailor_status { return C.tailor_models_list(c.handle, &list) }); err != nil {
+		return nil, err
+	}
+	defer C.tailor_models_free(list)
+	models := make([]Model, int(C.tailor_models_count(list)))
+	for i := range models {
+		models[i] = Model{C.GoString(C.tailor_models_id(list, C.size_t(i))), C.GoString(C.tailor_models_kind(list, C.size_t(i)))}
+	}
+	return models, nil
+}
+
+// Message is one chat turn.
+type Message struct {
+	Role, Content string
+}
+
+// Options are sampling and RAG settings; nil means tailor.h's defaults.
+type Options struct {
+	MaxTokens   int
+	Temperature float32
+	TopP        float32 // 0 means 1
+	TopK        int
+	Seed        int64  // < 0: none
+	Index       string // RAG index for Chat; "" is off
+	K           int
+}
+
+// Source is a retrieved passage.
+type Source struct {
+	Number             int
+	Score              float32
+	DocID, Origin      string
+	Text               string
+	SpanStart, SpanEnd int
+}
+
+// Answer is a finished generation.
+type Answer struct {
+	Text, FinishReason             string
+	PromptTokens, CompletionTokens int
+	Sources                        []Source
+}
+
+// TokenFunc receives each piece of streamed text; returning false stops the
+// generation (the call then fails with status Cancelled).
+type TokenFunc func(piece string) bool
+
+//export goTokenRelay
+func goTokenRelay(text *C.char, length C.size_t, userData unsafe.Pointer) C.int {
+	handle := cgo.Handle(*(*C.uintptr_t)(userData))
+	if handle.Value().(TokenFunc)(C.GoStringN(text, C.int(length))) {
+		return 0
+	}
+	return 1
+}
+
+// relay is a C block holding a cgo.Handle to a TokenFunc, for user_data.
+type relay struct {
+	block  unsafe.Pointer
+	handle cgo.Handle
+}
+
+func newRelay(f TokenFunc) *relay {
+	if f == nil {
+		return nil
+	}
+	r := &relay{block: C.malloc(C.size_t(unsafe.Sizeof(C.uintptr_t(0)))), handle: cgo.NewHandle(f)}
+	*(*C.uintptr_t)(r.block) = C.uintptr_t(r.handle)
+	return r
+}
+
+func (r *relay) free() {
+	if r != nil {
+		r.handle.Delete()
+		C.free(r.block)
+	}
+}
+
+func sourcesOf(list *C.tailor_sources) []Source {
+	sources := make([]Source, int(C.tailor_sources_count(list)))
+	for i := range sources {
+		s := C.tailor_sources_get(list, C.size_t(i))
+		sources[i] = Source{int(s.number), float32(s.score), C.GoString(s.doc_id), C.GoString(s.source),
+			C.GoString(s.text), int(s.span_start), int(s.span_end)}
+	}
+	return sources
+}
+
+func answerOf(a *C.tailor_answer) *Answer {
+	defer C.tailor_answer_free(a)
+	return &Answer{
+		Text:             C.GoString(C.tailor_answer_text(a)),
+		FinishReason:     C.GoString(C.tailor_answer_finish_reason(a)),
+		PromptTokens:     int(C.tailor_answer_prompt_tokens(a)),
+		CompletionTokens: int(C.tailor_answer_completion_tokens(a)),
+		Sources:          sourcesOf(C.tailor_answer_sources(a)),
+	}
+}
+
+func withDefaults(opts *Options) Options {
+	o := Options{TopP: 1, Seed: -1}
+	if opts != nil {
+		o = *opts
+		if o.TopP == 0 {
+			o.TopP = 1
+		}
+	}
+	return o
+}
+
+// Chat answers a conversation; with onToken, the text streams through it first.
+func (c *Client) Chat(model string, messages []Message, opts *Options, onToken TokenFunc) (*Answer, error) {
+	o := withDefaults(opts)
+	var strings cStrings
+	defer strings.free()
+	block := C.malloc(C.size_t(len(messages)+1) * C.size_t(unsafe.Sizeof(C.tailor_message{})))
+	defer C.free(block)
+	raw := unsafe.Slice((*C.tailor_message)(block), len(messages)+1)
+	for i, m := range messages {
+		raw[i] = C.tailor_message{role: strings.add(m.Role), content: strings.add(m.Content)}
+	}
+	params := C.tailor_chat_default_params()
+	params.model = strings.add(model)
+	params.messages = &raw[0]
+	params.n_messages = C.size_t(len(messages))
+	params.max_tokens, params.temperature, params.top_p = C.int32_t(o.MaxTokens), C.float(o.Temperature), C.float(o.TopP)
+	params.top_k, params.seed, params.k = C.int32_t(o.TopK), C.int64_t(o.Seed), C.uint32_t(o.K)
+	if o.Index != "" {
+		params.index = strings.add(o.Index)
+	}
+	r := newRelay(onToken)
+	defer r.free()
+	if r != nil {
+		params.on_token, params.user_data = C.tailor_token_fn(C.tailor_go_relay), r.block
+	}
+	var answer *C.tailor_answer
+	if err := call(func() C.tailor_status { return C.tailor_chat(c.handle, &params, &answer) }); err != nil {
+		return nil, err
+	}
+	return answerOf(answer), nil
+}
+
+// Generate completes a prompt as is (no chat template).
+func (c *Client) Generate(model, prompt string, opts *Options, onToken TokenFunc) (*Answer, error) {
+	o := withDefaults(opts)
+	var strings cStrings
+	defer strings.free()
+	params := C.tailor_generate_default_params()
+	params.model, params.prompt = strings.add(model), strings.add(prompt)
+	params.max_tokens, params.temperature, params.top_p = C.int32_t(o.MaxTokens), C.float(o.Temperature), C.float(o.TopP)
+	params.top_k, params.seed = C.int32_t(o.TopK), C.int64_t(o.Seed)
+	r := newRelay(onToken)
+	defer r.free()
+	if r != nil {
+		params.on_token, params.user_data = C.tailor_token_fn(C.tailor_go_relay), r.block
+	}
+	var answer *C.tailor_answer
+	if err := call(func() C.tailor_status { return C.tailor_generate(c.handle, &params, &answer) }); err != nil {
+		return nil, err
+	}
+	return answerOf(answer), nil
+}
+
+// cArray copies Go strings into a C array of C strings owned by `strings`.
+func cArray(strings *cStrings, texts []string) (**C.char, func()) {
+	block := C.malloc(C.size_t(len(texts)+1) * C.size_t(unsafe.Sizeof((*C.char)(nil))))
+	raw := unsafe.Slice((**C.char)(block), len(texts)+1)
+	for i, t := range texts {
+		raw[i] = strings.add(t)
+	}
+	return &raw[0], func() { C.free(block) }
+}
+
+// Embed returns one vector per text.
+func (c *Client) Embed(model string, texts []string) ([][]float32, error) {
+	var strings cStrings
+	defer strings.free()
+	array, release := cArray(&strings, texts)
+	defer release()
+	cModel := strings.add(model)
+	var e *C.tailor_embeddings
+	if err := call(func() C.tailor_status { return C.tailor_embed(c.handle, cModel, array, C.size_t(len(texts)), &e) }); err != nil {
+		return nil, err
+	}
+	defer C.tailor_embeddings_free(e)
+	dim := int(C.tailor_embeddings_dim(e))
+	vectors := make([][]float32, int(C.tailor_embeddings_count(e)))
+	for i := range vectors {
+		row := unsafe.Slice((*float32)(unsafe.Pointer(C.tailor_embeddings_vector(e, C.size_t(i)))), dim)
+		vectors[i] = append([]float32(nil), row...)
+	}
+	return vectors, nil
+}
+
+// Search returns the k passages of index nearest to query (k 0: 4).
+func (c *Client) Search(index, query string, k int) ([]Source, error) {
+	var strings cStrings
+	defer strings.free()
+	params := C.tailor_search_default_params()
+	params.index, params.query, params.k = strings.add(index), strings.add(query), C.uint32_t(k)
+	var list *C.tailor_sources
+	if err := call(func() C.tailor_status { return C.tailor_search(c.handle, &params, &list) }); err != nil {
+		return nil, err
+	}
+	defer C.tailor_sources_free(list)
+	return sourcesOf(list), nil
+}
+
+// CreateIndex creates an index of kind "flat" or "hnsw" ("" is flat).
+func (c *Client) CreateIndex(name, kind string) error {
+	var strings cStrings
+	defer strings.free()
+	cName, cKind := strings.add(name), (*C.char)(nil)
+	if kind != "" {
+		cKind = strings.add(kind)
+	}
+	return call(func() C.tailor_status { return C.tailor_index_create(c.handle, cName, cKind) })
+}
+
+// Document is a text to index under an id.
+type Document struct {
+	ID, Text string
+}
+
+// AddDocuments indexes documents; returns how many were new or changed.
+func (c *Client) AddDocuments(index string, docs []Document) (int, error) {
+	var strings cStrings
+	defer strings.free()
+	block := C.malloc(C.size_t(len(docs)+1) * C.size_t(unsafe.Sizeof(C.tailor_document{})))
+	defer C.free(block)
+	raw := unsafe.Slice((*C.tailor_document)(block), len(docs)+1)
+	for i, d := range docs {
+		raw[i] = C.tailor_document{id: strings.add(d.ID), text: strings.add(d.Text)}
+	}
+	cIndex := strings.add(index)
+	var added C.size_t
+	err := call(func() C.tailor_status {
+		return C.tailor_index_add(c.handle, cIndex, &raw[0], C.size_t(len(docs)), &added)
+	})
+	return int(added), err
+}
+
+// DeleteDocuments deletes documents by id or source; returns how many went.
+func (c *Client) DeleteDocuments(index string, ids []string) (int, error) {
+	var strings cStrings
+	defer strings.free()
+	array, release := cArray(&strings, ids)
+	defer release()
+	cIndex := strings.add(index)
+	var deleted C.size_t
+	err := call(func() C.tailor_status {
+		return C.tailor_index_delete(c.handle, cIndex, array, C.size_t(len(ids)), &deleted)
+	})
+	return int(deleted), err
+}
+
+// IndexInfo returns the counts of documents and chunks in an index.
+func (c *Client) IndexInfo(index string) (documents, chunks int, err error) {
+	var strings cStrings
+	defer strings.free()
+	cIndex := strings.add(index)
+	var d, k C.size_t
+	err = call(func() C.tailor_status { return C.tailor_index_info(c.handle, cIndex, &d, &k) })
+	return int(d), int(k), err
+}

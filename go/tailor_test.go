@@ -1,0 +1,133 @@
+package tailor
+
+import (
+	"errors"
+	"math"
+	"os"
+	"strings"
+	"testing"
+)
+
+// The daemon under test: TAILOR_SOCKET, TAILOR_TEST_MODEL (a generate
+// stage) and TAILOR_TEST_EMBED (an embed stage); ffi/tests/consumers.rs
+// starts tailord and sets them.
+func setup(t *testing.T) (*Client, string, string) {
+	socket, model, embed := os.Getenv("TAILOR_SOCKET"), os.Getenv("TAILOR_TEST_MODEL"), os.Getenv("TAILOR_TEST_EMBED")
+	if socket == "" || model == "" || embed == "" {
+		t.Fatal("set TAILOR_SOCKET, TAILOR_TEST_MODEL and TAILOR_TEST_EMBED to a running tailord's socket and stages")
+	}
+	client, err := Open(socket, "")
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return client, model, embed
+}
+
+func TestStreamedChat(t *testing.T) {
+	client, model, _ := setup(t)
+	defer client.Close()
+	var pieces []string
+	answer, err := client.Chat(model, []Message{{"system", "You are a helpful assistant."}, {"user", "What is the capital of France?"}},
+		&Options{MaxTokens: 24}, func(piece string) bool { pieces = append(pieces, piece); return true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("chat (%d pieces): %s", len(pieces), answer.Text)
+	if len(pieces) == 0 || strings.Join(pieces, "") != answer.Text || !strings.Contains(answer.Text, "Paris") {
+		t.Fatalf("streamed %q, answer %q", pieces, answer.Text)
+	}
+	whole, err := client.Chat(model, []Message{{"system", "You are a helpful assistant."}, {"user", "What is the capital of France?"}},
+		&Options{MaxTokens: 24}, nil)
+	if err != nil || whole.Text != answer.Text {
+		t.Fatalf("greedy answers differ: %q vs %q (%v)", whole.Text, answer.Text, err)
+	}
+}
+
+func TestCancelStopsTheStream(t *testing.T) {
+	client, model, _ := setup(t)
+	defer client.Close()
+	seen := 0
+	_, err := client.Generate(model, "Once upon a time", &Options{MaxTokens: 40}, func(string) bool { seen++; return seen < 3 })
+	var e *Error
+	if !errors.As(err, &e) || e.Status != Cancelled || seen != 3 {
+		t.Fatalf("want Cancelled after 3 pieces, got %v after %d", err, seen)
+	}
+}
+
+func TestEmbedTwoTexts(t *testing.T) {
+	client, _, embed := setup(t)
+	defer client.Close()
+	vectors, err := client.Embed(embed, []string{"The cat sat on the mat.", "A kitten rested on the rug."})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vectors) != 2 || len(vectors[0]) != 384 {
+		t.Fatalf("got %d vectors", len(vectors))
+	}
+	var norm, cosine float64
+	for i := range vectors[0] {
+		norm += float64(vectors[0][i] * vectors[0][i])
+		cosine += float64(vectors[0][i] * vectors[1][i])
+	}
+	t.Logf("cosine %.3f", cosine)
+	if math.Abs(norm-1) > 1e-3 || cosine < 0.3 {
+		t.Fatalf("norm %.4f cosine %.3f", norm, cosine)
+	}
+}
+
+func TestRagAnswerWithSources(t *testing.T) {
+	client, model, _ := setup(t)
+	defer client.Close()
+	if err := client.CreateIndex("kb-go", ""); err != nil {
+		t.Fatal(err)
+	}
+	added, err := client.AddDocuments("kb-go", []Document{
+		{"bluebird", "Project Bluebird: the launch code of project Bluebird is 7421."},
+		{"garden", "Tomatoes grow best in full sun with regular watering."},
+		{"trains", "The night train to Vienna leaves at 22:10 from platform 4."},
+	})
+	if err != nil || added != 3 {
+		t.Fatalf("added %d: %v", added, err)
+	}
+	answer, err := client.Chat(model, []Message{{"user", "What is the launch code of project Bluebird?"}},
+		&Options{MaxTokens: 32, Index: "kb-go", K: 2}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("answer: %s", answer.Text)
+	for _, s := range answer.Sources {
+		t.Logf("  [%d] %s (%.3f): %s", s.Number, s.DocID, s.Score, s.Text)
+	}
+	if len(answer.Sources) != 2 || answer.Sources[0].DocID != "bluebird" {
+		t.Fatalf("sources %+v", answer.Sources)
+	}
+	hits, err := client.Search("kb-go", "vegetables in the sun", 1)
+	if err != nil || len(hits) != 1 || hits[0].DocID != "garden" {
+		t.Fatalf("search: %+v %v", hits, err)
+	}
+	deleted, err := client.DeleteDocuments("kb-go", []string{"garden"})
+	documents, _, infoErr := client.IndexInfo("kb-go")
+	if err != nil || infoErr != nil || deleted != 1 || documents != 2 {
+		t.Fatalf("deleted %d (%v), %d left (%v)", deleted, err, documents, infoErr)
+	}
+}
+
+func TestFailuresAreClear(t *testing.T) {
+	client, _, _ := setup(t)
+	defer client.Close()
+	_, err := Open("/nonexistent/tailord.sock", "")
+	var e *Error
+	if !errors.As(err, &e) || e.Status != Connect || !strings.Contains(e.Message, "/nonexistent/tailord.sock") {
+		t.Fatalf("daemon down: %v", err)
+	}
+	t.Logf("daemon down: %v", err)
+	_, err = client.Chat("no-such-model", []Message{{"user", "Hello"}}, nil, nil)
+	if !errors.As(err, &e) || e.Status != NotFound || !strings.Contains(e.Message, "no-such-model") {
+		t.Fatalf("unknown model: %v", err)
+	}
+	t.Logf("unknown model: %v", err)
+	models, err := client.Models()
+	if err != nil || len(models) == 0 {
+		t.Fatalf("models: %v %v", models, err)
+	}
+}

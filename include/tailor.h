@@ -1,0 +1,281 @@
+/*
+ * tailor.h — the client C API of tailor (libtailor).
+ *
+ * An application links libtailor (`pkg-config --cflags --libs tailor`) and
+ * talks to a running tailord over its Unix socket (or over TCP with a
+ * bearer token): chat and plain completion with streaming and
+ * cancellation, embeddings, retrieval (search an index, answer from it with
+ * sources), adding and deleting documents, listing the daemon's models.
+ *
+ * Conventions
+ * - Every function returns a tailor_status; on anything but TAILOR_OK,
+ *   tailor_last_error() says what went wrong and every out-pointer is set to
+ *   NULL (or left untouched for plain numbers).
+ * - Objects are opaque handles. Whoever gets a handle from a tailor_*
+ *   function owns it and frees it with the matching *_free / *_close (each
+ *   accepts NULL). Strings and arrays read from a handle are borrowed: they
+ *   live until that handle is freed.
+ * - Params structs start with `struct_size`: fill them from the matching
+ *   tailor_*_default_params() and change what you need. A struct from an
+ *   older tailor.h (smaller struct_size) is accepted, and the fields it lacks
+ *   take their defaults; a struct_size larger than this library knows is
+ *   refused with TAILOR_ERR_INVALID_ARGUMENT.
+ * - Strings passed in are NUL-terminated UTF-8 and are only read during the
+ *   call.
+ *
+ * Threading
+ * - A tailor_client holds only settings: each call opens its own connection,
+ *   so one client may be used from many threads at once.
+ * - Callbacks run on the calling thread, before the call returns.
+ * - tailor_last_error() is per thread.
+ * - Result handles (tailor_answer, tailor_sources, …) are immutable: reading
+ *   one from several threads is safe; freeing it while another thread reads
+ *   it is not.
+ *
+ * Compatibility: this header changes only by appending (new functions, new
+ * fields at the end of params structs, new status codes), and every change
+ * bumps TAILOR_API_VERSION.
+ */
+#ifndef TAILOR_H
+#define TAILOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* major * 10000 + minor * 100 + patch of this header. */
+#define TAILOR_API_VERSION 10000
+
+/* ---- status and errors ------------------------------------------------ */
+
+typedef enum tailor_status {
+  TAILOR_OK = 0,
+  TAILOR_ERR_INVALID_ARGUMENT = 1, /* NULL where a value is needed, bad struct_size, not UTF-8 */
+  TAILOR_ERR_CONNECT = 2,          /* tailord is not reachable (not running, wrong socket or address) */
+  TAILOR_ERR_UNAUTHORIZED = 3,     /* the daemon wants a (different) bearer token */
+  TAILOR_ERR_NOT_FOUND = 4,        /* unknown model, stage or route */
+  TAILOR_ERR_BAD_REQUEST = 5,      /* the daemon refused the request: prompt past the context, unknown index, … */
+  TAILOR_ERR_TOO_LARGE = 6,        /* the request body is over the daemon's limit */
+  TAILOR_ERR_UNAVAILABLE = 7,      /* the daemon is busy or a stage is not ready */
+  TAILOR_ERR_SERVER = 8,           /* a stage failed inside the daemon */
+  TAILOR_ERR_PROTOCOL = 9,         /* the reply was not what the API promises */
+  TAILOR_ERR_IO = 10,              /* the connection broke or timed out */
+  TAILOR_ERR_CANCELLED = 11,       /* a callback asked to stop */
+  TAILOR_ERR_INTERNAL = 12         /* a bug in libtailor (it was contained) */
+} tailor_status;
+
+/* A static name for a status value ("TAILOR_ERR_CONNECT"); any int is
+ * accepted, unknown ones give "TAILOR_ERR_UNKNOWN". */
+const char *tailor_status_name(int status);
+
+/* What the last failing call on this thread went wrong with; "" when none
+ * has failed. Valid until the next failing call on this thread. */
+const char *tailor_last_error(void);
+
+/* The library's version ("0.1.0"); static. */
+const char *tailor_version(void);
+
+/* TAILOR_API_VERSION of the header the library was built with. */
+uint32_t tailor_api_version(void);
+
+/* ---- client ----------------------------------------------------------- */
+
+typedef struct tailor_client tailor_client;
+
+typedef struct tailor_client_params {
+  size_t struct_size;
+  /* tailord's Unix socket; default "/run/tailor/tailord.sock", or
+   * $TAILOR_SOCKET when set. Ignored when `address` is set. */
+  const char *socket_path;
+  /* "host:port" of tailord's HTTP listener, instead of the socket; NULL by default. */
+  const char *address;
+  /* Bearer token, or NULL; default $TAILOR_TOKEN when set. */
+  const char *token;
+  /* Per-call limit on waiting for the daemon, in milliseconds; 0 waits forever.
+   * Default 300000. */
+  uint32_t timeout_ms;
+} tailor_client_params;
+
+tailor_client_params tailor_client_default_params(void);
+
+/* Opens a client and checks that the daemon answers (GET /health):
+ * TAILOR_ERR_CONNECT when it does not. The client is freed with
+ * tailor_client_close. */
+tailor_status tailor_client_open(const tailor_client_params *params, tailor_client **out_client);
+
+void tailor_client_close(tailor_client *client);
+
+/* ---- models ----------------------------------------------------------- */
+
+typedef struct tailor_models tailor_models;
+
+/* The daemon's configured stages (GET /v1/models). Free with tailor_models_free. */
+tailor_status tailor_models_list(tailor_client *client, tailor_models **out_models);
+
+size_t tailor_models_count(const tailor_models *models);
+
+/* The name requests use ("smollm2"); NULL past the end. */
+const char *tailor_models_id(const tailor_models *models, size_t index);
+
+/* What the stage does: "generate", "embed", "search", "index", "filter", …; NULL past the end. */
+const char *tailor_models_kind(const tailor_models *models, size_t index);
+
+void tailor_models_free(tailor_models *models);
+
+/* ---- chat and completion ---------------------------------------------- */
+
+/* Called with each piece of generated text as it arrives (`text` is
+ * NUL-terminated, `len` bytes long, borrowed for the call). Return 0 to go
+ * on, anything else to stop: the call then returns TAILOR_ERR_CANCELLED and
+ * the daemon stops generating. */
+typedef int (*tailor_token_fn)(const char *text, size_t len, void *user_data);
+
+typedef struct tailor_message {
+  const char *role; /* "system", "user" or "assistant" */
+  const char *content;
+} tailor_message;
+
+typedef struct tailor_chat_params {
+  size_t struct_size;
+  const char *model; /* a generate stage's name; required */
+  const tailor_message *messages;
+  size_t n_messages;
+  int32_t max_tokens;     /* <= 0: the daemon's default */
+  float temperature;      /* 0 (the default): greedy */
+  float top_p;            /* default 1 */
+  int32_t top_k;          /* <= 0 (the default): off */
+  int64_t seed;           /* < 0 (the default): none */
+  tailor_token_fn on_token; /* NULL: no streaming, the answer comes whole */
+  void *user_data;
+  /* RAG: search this index with the last user message and answer from the
+   * hits, which come back as the answer's sources. NULL (the default): off. */
+  const char *index;
+  uint32_t k; /* hits to use; 0 (the default): 4 */
+} tailor_chat_params;
+
+tailor_chat_params tailor_chat_default_params(void);
+
+typedef struct tailor_generate_params {
+  size_t struct_size;
+  const char *model; /* required */
+  const char *prompt; /* required; sent as is, no chat template */
+  int32_t max_tokens;
+  float temperature;
+  float top_p;
+  int32_t top_k;
+  int64_t seed;
+  tailor_token_fn on_token;
+  void *user_data;
+} tailor_generate_params;
+
+tailor_generate_params tailor_generate_default_params(void);
+
+typedef struct tailor_answer tailor_answer;
+
+/* One retrieved passage: a chat answer's source or a search hit. */
+typedef struct tailor_source {
+  uint32_t number; /* 1-based, as cited in the answer ("[1]") */
+  float score;     /* cosine similarity */
+  const char *doc_id;
+  const char *source; /* the file or the id the document came from */
+  const char *text;   /* the passage */
+  size_t span_start;  /* byte span of the passage in the document's text */
+  size_t span_end;
+} tailor_source;
+
+typedef struct tailor_sources tailor_sources;
+
+/* A chat answer (POST /v1/chat/completions). With on_token set, the text
+ * streams through it first; the answer holds the whole text either way.
+ * Free with tailor_answer_free. */
+tailor_status tailor_chat(tailor_client *client, const tailor_chat_params *params, tailor_answer **out_answer);
+
+/* A plain completion of a prompt (POST /v1/completions). */
+tailor_status tailor_generate(tailor_client *client, const tailor_generate_params *params,
+                              tailor_answer **out_answer);
+
+const char *tailor_answer_text(const tailor_answer *answer);
+
+/* "stop" or "length". */
+const char *tailor_answer_finish_reason(const tailor_answer *answer);
+
+uint32_t tailor_answer_prompt_tokens(const tailor_answer *answer);
+
+uint32_t tailor_answer_completion_tokens(const tailor_answer *answer);
+
+/* The RAG sources (empty without RAG); borrowed from the answer. */
+const tailor_sources *tailor_answer_sources(const tailor_answer *answer);
+
+void tailor_answer_free(tailor_answer *answer);
+
+/* ---- retrieval -------------------------------------------------------- */
+
+typedef struct tailor_search_params {
+  size_t struct_size;
+  const char *index; /* required */
+  const char *query; /* required */
+  uint32_t k;        /* 0 (the default): 4 */
+} tailor_search_params;
+
+tailor_search_params tailor_search_default_params(void);
+
+/* The k passages of `index` nearest to the query. Free with tailor_sources_free. */
+tailor_status tailor_search(tailor_client *client, const tailor_search_params *params,
+                            tailor_sources **out_sources);
+
+size_t tailor_sources_count(const tailor_sources *sources);
+
+/* Borrowed from `sources`; NULL past the end. */
+const tailor_source *tailor_sources_get(const tailor_sources *sources, size_t index);
+
+/* Frees sources from tailor_search (not those borrowed from an answer). */
+void tailor_sources_free(tailor_sources *sources);
+
+/* kind: "flat" (exact) or "hnsw" (approximate); NULL: "flat". */
+tailor_status tailor_index_create(tailor_client *client, const char *index, const char *kind);
+
+typedef struct tailor_document {
+  const char *id; /* unique in the index; a known id with new text replaces the old document */
+  const char *text;
+} tailor_document;
+
+/* Chunks, embeds and stores the documents; *out_added (when not NULL) gets
+ * how many were new or changed. */
+tailor_status tailor_index_add(tailor_client *client, const char *index, const tailor_document *documents,
+                               size_t n_documents, size_t *out_added);
+
+/* Deletes documents by id (or every document from a source path);
+ * *out_deleted (when not NULL) gets how many went. */
+tailor_status tailor_index_delete(tailor_client *client, const char *index, const char *const *ids, size_t n_ids,
+                                  size_t *out_deleted);
+
+/* Counts of documents and chunks in the index (either pointer may be NULL). */
+tailor_status tailor_index_info(tailor_client *client, const char *index, size_t *out_documents,
+                                size_t *out_chunks);
+
+/* ---- embeddings ------------------------------------------------------- */
+
+typedef struct tailor_embeddings tailor_embeddings;
+
+/* One vector per text from an embed stage (POST /v1/embeddings). Free with
+ * tailor_embeddings_free. */
+tailor_status tailor_embed(tailor_client *client, const char *model, const char *const *texts, size_t n_texts,
+                           tailor_embeddings **out_embeddings);
+
+size_t tailor_embeddings_count(const tailor_embeddings *embeddings);
+
+size_t tailor_embeddings_dim(const tailor_embeddings *embeddings);
+
+/* `dim` floats, borrowed; NULL past the end. */
+const float *tailor_embeddings_vector(const tailor_embeddings *embeddings, size_t index);
+
+void tailor_embeddings_free(tailor_embeddings *embeddings);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* TAILOR_H */

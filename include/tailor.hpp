@@ -1,0 +1,254 @@
+// tailor.hpp — a small C++17 wrapper over tailor.h: RAII handles, values
+// instead of borrowed pointers, exceptions (tailor::Error) instead of
+// status codes. Header-only; link libtailor as for C.
+//
+// Threading is as in tailor.h: a Client may be shared between threads;
+// callbacks run on the calling thread. An exception thrown by a callback
+// stops the generation and is rethrown from the call.
+#ifndef TAILOR_HPP
+#define TAILOR_HPP
+
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "tailor.h"
+
+namespace tailor {
+
+/// A failed call: the status and libtailor's message.
+class Error : public std::runtime_error {
+ public:
+  Error(tailor_status status, const std::string &message)
+      : std::runtime_error(std::string(tailor_status_name(status)) + ": " + message), status_(status) {}
+  tailor_status status() const noexcept { return status_; }
+
+ private:
+  tailor_status status_;
+};
+
+namespace detail {
+inline void check(tailor_status status) {
+  if (status != TAILOR_OK) throw Error(status, tailor_last_error());
+}
+template <typename T, void (*Free)(T *)>
+struct Deleter {
+  void operator()(T *p) const noexcept { Free(p); }
+};
+template <typename T, void (*Free)(T *)>
+using Owned = std::unique_ptr<T, Deleter<T, Free>>;
+}  // namespace detail
+
+/// A retrieved passage.
+struct Source {
+  uint32_t number = 0;
+  float score = 0;
+  std::string doc_id, source, text;
+  size_t span_start = 0, span_end = 0;
+};
+
+/// A finished generation.
+struct Answer {
+  std::string text, finish_reason;
+  uint32_t prompt_tokens = 0, completion_tokens = 0;
+  std::vector<Source> sources;  // RAG only
+};
+
+struct Message {
+  std::string role, content;
+};
+
+/// Sampling and RAG settings; the defaults are tailor.h's.
+struct Options {
+  int32_t max_tokens = 0;
+  float temperature = 0;
+  float top_p = 1;
+  int32_t top_k = 0;
+  int64_t seed = -1;
+  std::string index;  // RAG index (chat only); empty: off
+  uint32_t k = 0;
+};
+
+/// Called with each piece of text; return false to stop (tailor::Error with TAILOR_ERR_CANCELLED).
+using TokenCallback = std::function<bool(std::string_view)>;
+
+inline std::vector<Source> copy_sources(const tailor_sources *sources) {
+  std::vector<Source> out;
+  for (size_t i = 0; i < tailor_sources_count(sources); i++) {
+    const tailor_source *s = tailor_sources_get(sources, i);
+    out.push_back({s->number, s->score, s->doc_id, s->source, s->text, s->span_start, s->span_end});
+  }
+  return out;
+}
+
+/// A connection to tailord (settings only; each call connects).
+class Client {
+ public:
+  /// Connects over a Unix socket ("" takes $TAILOR_SOCKET or /run/tailor/tailord.sock).
+  static Client unix_socket(const std::string &path = "", const std::string &token = "") {
+    tailor_client_params params = tailor_client_default_params();
+    if (!path.empty()) params.socket_path = path.c_str();
+    if (!token.empty()) params.token = token.c_str();
+    return Client(params);
+  }
+
+  /// Connects over TCP to "host:port".
+  static Client tcp(const std::string &address, const std::string &token = "") {
+    tailor_client_params params = tailor_client_default_params();
+    params.address = address.c_str();
+    if (!token.empty()) params.token = token.c_str();
+    return Client(params);
+  }
+
+  /// (name, kind) of each of the daemon's stages.
+  std::vector<std::pair<std::string, std::string>> models() const {
+    tailor_models *raw = nullptr;
+    detail::check(tailor_models_list(handle_.get(), &raw));
+    detail::Owned<tailor_models, tailor_models_free> list(raw);
+    std::vector<std::pair<std::string, std::string>> out;
+    for (size_t i = 0; i < tailor_models_count(list.get()); i++) {
+      out.emplace_back(tailor_models_id(list.get(), i), tailor_models_kind(list.get(), i));
+    }
+    return out;
+  }
+
+  Answer chat(const std::string &model, const std::vector<Message> &messages, const Options &options = {},
+              TokenCallback on_token = {}) const {
+    std::vector<tailor_message> raw;
+    for (const Message &m : messages) raw.push_back({m.role.c_str(), m.content.c_str()});
+    tailor_chat_params params = tailor_chat_default_params();
+    params.model = model.c_str();
+    params.messages = raw.data();
+    params.n_messages = raw.size();
+    params.max_tokens = options.max_tokens;
+    params.temperature = options.temperature;
+    params.top_p = options.top_p;
+    params.top_k = options.top_k;
+    params.seed = options.seed;
+    if (!options.index.empty()) params.index = options.index.c_str();
+    params.k = options.k;
+    return stream(on_token, params, [this](const tailor_chat_params &p, tailor_answer **out) {
+      return tailor_chat(handle_.get(), &p, out);
+    });
+  }
+
+  Answer generate(const std::string &model, const std::string &prompt, const Options &options = {},
+                  TokenCallback on_token = {}) const {
+    tailor_generate_params params = tailor_generate_default_params();
+    params.model = model.c_str();
+    params.prompt = prompt.c_str();
+    params.max_tokens = options.max_tokens;
+    params.temperature = options.temperature;
+    params.top_p = options.top_p;
+    params.top_k = options.top_k;
+    params.seed = options.seed;
+    return stream(on_token, params, [this](const tailor_generate_params &p, tailor_answer **out) {
+      return tailor_generate(handle_.get(), &p, out);
+    });
+  }
+
+  std::vector<std::vector<float>> embed(const std::string &model, const std::vector<std::string> &texts) const {
+    std::vector<const char *> raw;
+    for (const std::string &t : texts) raw.push_back(t.c_str());
+    tailor_embeddings *out = nullptr;
+    detail::check(tailor_embed(handle_.get(), model.c_str(), raw.data(), raw.size(), &out));
+    detail::Owned<tailor_embeddings, tailor_embeddings_free> owned(out);
+    std::vector<std::vector<float>> vectors;
+    size_t dim = tailor_embeddings_dim(owned.get());
+    for (size_t i = 0; i < tailor_embeddings_count(owned.get()); i++) {
+      const float *v = tailor_embeddings_vector(owned.get(), i);
+      vectors.emplace_back(v, v + dim);
+    }
+    return vectors;
+  }
+
+  std::vector<Source> search(const std::string &index, const std::string &query, uint32_t k = 0) const {
+    tailor_search_params params = tailor_search_default_params();
+    params.index = index.c_str();
+    params.query = query.c_str();
+    params.k = k;
+    tailor_sources *out = nullptr;
+    detail::check(tailor_search(handle_.get(), &params, &out));
+    detail::Owned<tailor_sources, tailor_sources_free> owned(out);
+    return copy_sources(owned.get());
+  }
+
+  void create_index(const std::string &index, const std::string &kind = "flat") const {
+    detail::check(tailor_index_create(handle_.get(), index.c_str(), kind.c_str()));
+  }
+
+  /// Adds (id, text) documents; returns how many were new or changed.
+  size_t add_documents(const std::string &index, const std::vector<std::pair<std::string, std::string>> &docs) const {
+    std::vector<tailor_document> raw;
+    for (const auto &d : docs) raw.push_back({d.first.c_str(), d.second.c_str()});
+    size_t added = 0;
+    detail::check(tailor_index_add(handle_.get(), index.c_str(), raw.data(), raw.size(), &added));
+    return added;
+  }
+
+  size_t delete_documents(const std::string &index, const std::vector<std::string> &ids) const {
+    std::vector<const char *> raw;
+    for (const std::string &id : ids) raw.push_back(id.c_str());
+    size_t deleted = 0;
+    detail::check(tailor_index_delete(handle_.get(), index.c_str(), raw.data(), raw.size(), &deleted));
+    return deleted;
+  }
+
+  /// (documents, chunks).
+  std::pair<size_t, size_t> index_info(const std::string &index) const {
+    size_t documents = 0, chunks = 0;
+    detail::check(tailor_index_info(handle_.get(), index.c_str(), &documents, &chunks));
+    return {documents, chunks};
+  }
+
+ private:
+  explicit Client(const tailor_client_params &params) {
+    tailor_client *raw = nullptr;
+    detail::check(tailor_client_open(&params, &raw));
+    handle_.reset(raw);
+  }
+
+  /// What the C callback's user_data points to.
+  struct Relay {
+    TokenCallback *callback;
+    std::exception_ptr error;
+  };
+
+  static int relay(const char *text, size_t len, void *user_data) noexcept {
+    Relay *r = static_cast<Relay *>(user_data);
+    try {
+      return (*r->callback)(std::string_view(text, len)) ? 0 : 1;
+    } catch (...) {
+      r->error = std::current_exception();  // no exception crosses the C boundary
+      return 1;
+    }
+  }
+
+  template <typename Params, typename Call>
+  Answer stream(TokenCallback &on_token, Params params, Call call) const {
+    Relay r{&on_token, nullptr};
+    if (on_token) {
+      params.on_token = relay;
+      params.user_data = &r;
+    }
+    tailor_answer *raw = nullptr;
+    tailor_status status = call(params, &raw);
+    if (r.error) std::rethrow_exception(r.error);
+    detail::check(status);
+    detail::Owned<tailor_answer, tailor_answer_free> answer(raw);
+    return Answer{tailor_answer_text(raw), tailor_answer_finish_reason(raw), tailor_answer_prompt_tokens(raw),
+                  tailor_answer_completion_tokens(raw), copy_sources(tailor_answer_sources(raw))};
+  }
+
+  detail::Owned<tailor_client, tailor_client_close> handle_;
+};
+
+}  // namespace tailor
+
+#endif  // TAILOR_HPP

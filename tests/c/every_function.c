@@ -1,0 +1,208 @@
+/*
+ * Calls every function in tailor.h (compiled with -Werror, so each
+ * declaration is used as declared) and checks the conventions: NULL and
+ * bad-size arguments give TAILOR_ERR_INVALID_ARGUMENT with a message, an
+ * older and smaller params struct is accepted with defaults for the fields
+ * it lacks, a cancelled stream stops, and every handle is freed (valgrind
+ * checks that).
+ *
+ *   every_function SOCKET GENERATE_MODEL EMBED_MODEL
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <tailor.h>
+
+static int failures = 0;
+
+#define EXPECT(cond)                                                        \
+  do {                                                                      \
+    if (!(cond)) {                                                          \
+      fprintf(stderr, "%s:%d: expected %s (last error: %s)\n", __FILE__,   \
+              __LINE__, #cond, tailor_last_error());                        \
+      failures++;                                                           \
+    }                                                                       \
+  } while (0)
+
+/* tailor_chat_params as a header without the RAG fields (`index`, `k`)
+ * would have declared it: a prefix of today's struct. */
+typedef struct chat_params_without_rag {
+  size_t struct_size;
+  const char *model;
+  const tailor_message *messages;
+  size_t n_messages;
+  int32_t max_tokens;
+  float temperature;
+  float top_p;
+  int32_t top_k;
+  int64_t seed;
+  tailor_token_fn on_token;
+  void *user_data;
+} chat_params_without_rag;
+
+static int stop_after_two(const char *text, size_t len, void *user_data) {
+  int *seen = user_data;
+  (void)text;
+  (void)len;
+  return ++*seen >= 2;
+}
+
+static int count_pieces(const char *text, size_t len, void *user_data) {
+  EXPECT(strlen(text) == len);
+  ++*(int *)user_data;
+  return 0;
+}
+
+static void status_and_version(void) {
+  EXPECT(strcmp(tailor_status_name(TAILOR_ERR_CONNECT), "TAILOR_ERR_CONNECT") == 0);
+  EXPECT(strcmp(tailor_status_name(-7), "TAILOR_ERR_UNKNOWN") == 0);
+  EXPECT(tailor_api_version() == TAILOR_API_VERSION);
+  EXPECT(strlen(tailor_version()) > 0);
+}
+
+static void bad_arguments(tailor_client *client) {
+  tailor_client *none = NULL;
+  EXPECT(tailor_client_open(NULL, &none) == TAILOR_ERR_INVALID_ARGUMENT && none == NULL);
+  EXPECT(strstr(tailor_last_error(), "params is NULL") != NULL);
+  tailor_client_params too_big = tailor_client_default_params();
+  too_big.struct_size += 8;
+  EXPECT(tailor_client_open(&too_big, &none) == TAILOR_ERR_INVALID_ARGUMENT);
+  EXPECT(strstr(tailor_last_error(), "newer tailor.h") != NULL);
+  tailor_chat_params chat = tailor_chat_default_params();
+  tailor_answer *answer = NULL;
+  EXPECT(tailor_chat(client, &chat, &answer) == TAILOR_ERR_INVALID_ARGUMENT && answer == NULL);
+  EXPECT(strstr(tailor_last_error(), "model is NULL") != NULL);
+  EXPECT(tailor_chat(NULL, &chat, &answer) == TAILOR_ERR_INVALID_ARGUMENT);
+  tailor_embeddings *embeddings = NULL;
+  EXPECT(tailor_embed(client, "minilm", NULL, 2, &embeddings) == TAILOR_ERR_INVALID_ARGUMENT);
+  EXPECT(tailor_index_info(client, "../escape", NULL, NULL) == TAILOR_ERR_INVALID_ARGUMENT);
+  EXPECT(tailor_index_create(client, "../escape", NULL) == TAILOR_ERR_BAD_REQUEST);
+  /* Accessors and frees take NULL. */
+  EXPECT(tailor_answer_text(NULL) == NULL && tailor_sources_count(NULL) == 0);
+  EXPECT(tailor_embeddings_vector(NULL, 0) == NULL && tailor_models_id(NULL, 0) == NULL);
+  tailor_answer_free(NULL);
+  tailor_sources_free(NULL);
+  tailor_embeddings_free(NULL);
+  tailor_models_free(NULL);
+  tailor_client_close(NULL);
+}
+
+static void models(tailor_client *client, const char *generate_model) {
+  tailor_models *list = NULL;
+  EXPECT(tailor_models_list(client, &list) == TAILOR_OK);
+  int found = 0;
+  for (size_t i = 0; i < tailor_models_count(list); i++) {
+    if (strcmp(tailor_models_id(list, i), generate_model) == 0) {
+      found = strcmp(tailor_models_kind(list, i), "generate") == 0;
+    }
+  }
+  EXPECT(found);
+  EXPECT(tailor_models_id(list, tailor_models_count(list)) == NULL);
+  EXPECT(tailor_models_kind(list, tailor_models_count(list)) == NULL);
+  tailor_models_free(list);
+}
+
+static void older_params_struct(tailor_client *client, const char *model) {
+  tailor_message hello[] = {{"user", "Say hello."}};
+  chat_params_without_rag old;
+  memset(&old, 0, sizeof old);
+  old.struct_size = sizeof old;
+  old.model = model;
+  old.messages = hello;
+  old.n_messages = 1;
+  old.max_tokens = 4;
+  old.top_p = 1;
+  old.seed = -1;
+  tailor_answer *answer = NULL;
+  /* Accepted; `index` and `k` take their defaults (no RAG), so no sources. */
+  EXPECT(tailor_chat(client, (const tailor_chat_params *)&old, &answer) == TAILOR_OK);
+  EXPECT(answer != NULL && tailor_answer_completion_tokens(answer) > 0);
+  EXPECT(tailor_sources_count(tailor_answer_sources(answer)) == 0);
+  tailor_answer_free(answer);
+  old.struct_size = 4; /* not even the size field */
+  EXPECT(tailor_chat(client, (const tailor_chat_params *)&old, &answer) == TAILOR_ERR_INVALID_ARGUMENT);
+}
+
+static void generation(tailor_client *client, const char *model) {
+  tailor_generate_params gen = tailor_generate_default_params();
+  gen.model = model;
+  gen.prompt = "1, 2, 3, 4,";
+  gen.max_tokens = 6;
+  int pieces = 0;
+  gen.on_token = count_pieces;
+  gen.user_data = &pieces;
+  tailor_answer *streamed = NULL, *whole = NULL;
+  EXPECT(tailor_generate(client, &gen, &streamed) == TAILOR_OK);
+  gen.on_token = NULL;
+  EXPECT(tailor_generate(client, &gen, &whole) == TAILOR_OK);
+  EXPECT(pieces > 0 && strcmp(tailor_answer_text(streamed), tailor_answer_text(whole)) == 0);
+  EXPECT(tailor_answer_prompt_tokens(whole) > 0 && tailor_answer_completion_tokens(streamed) == 6);
+  EXPECT(strcmp(tailor_answer_finish_reason(whole), "length") == 0);
+  tailor_answer_free(streamed);
+  tailor_answer_free(whole);
+
+  gen.max_tokens = 40;
+  int seen = 0;
+  gen.on_token = stop_after_two;
+  gen.user_data = &seen;
+  tailor_answer *cancelled = NULL;
+  EXPECT(tailor_generate(client, &gen, &cancelled) == TAILOR_ERR_CANCELLED && cancelled == NULL && seen == 2);
+}
+
+static void retrieval(tailor_client *client) {
+  tailor_document docs[] = {{"a", "Lentil soup is served on Thursdays."}, {"b", "The library closes at nine."}};
+  size_t added = 0, deleted = 0, documents = 0, chunks = 0;
+  EXPECT(tailor_index_create(client, "kb-every", NULL) == TAILOR_OK);
+  EXPECT(tailor_index_create(client, "kb-every", NULL) == TAILOR_ERR_BAD_REQUEST);
+  EXPECT(tailor_index_add(client, "kb-every", docs, 2, &added) == TAILOR_OK && added == 2);
+  EXPECT(tailor_index_info(client, "kb-every", &documents, &chunks) == TAILOR_OK && documents == 2 && chunks == 2);
+  tailor_search_params search = tailor_search_default_params();
+  search.index = "kb-every";
+  search.query = "When is there soup?";
+  search.k = 1;
+  tailor_sources *hits = NULL;
+  EXPECT(tailor_search(client, &search, &hits) == TAILOR_OK && tailor_sources_count(hits) == 1);
+  const tailor_source *top = tailor_sources_get(hits, 0);
+  EXPECT(top != NULL && strcmp(top->doc_id, "a") == 0 && top->span_end > top->span_start && top->score > 0.3f);
+  EXPECT(tailor_sources_get(hits, 1) == NULL);
+  tailor_sources_free(hits);
+  const char *ids[] = {"a"};
+  EXPECT(tailor_index_delete(client, "kb-every", ids, 1, &deleted) == TAILOR_OK && deleted == 1);
+  EXPECT(tailor_index_info(client, "kb-every", &documents, NULL) == TAILOR_OK && documents == 1);
+  search.index = "no-such-index";
+  EXPECT(tailor_search(client, &search, &hits) == TAILOR_ERR_BAD_REQUEST && hits == NULL);
+}
+
+static void embeddings(tailor_client *client, const char *model) {
+  const char *texts[] = {"one", "two", "three"};
+  tailor_embeddings *e = NULL;
+  EXPECT(tailor_embed(client, model, texts, 3, &e) == TAILOR_OK);
+  EXPECT(tailor_embeddings_count(e) == 3 && tailor_embeddings_dim(e) == 384);
+  EXPECT(tailor_embeddings_vector(e, 2) != NULL && tailor_embeddings_vector(e, 3) == NULL);
+  tailor_embeddings_free(e);
+}
+
+int main(int argc, char **argv) {
+  if (argc != 4) {
+    fprintf(stderr, "usage: %s SOCKET GENERATE_MODEL EMBED_MODEL\n", argv[0]);
+    return 2;
+  }
+  status_and_version();
+  tailor_client_params params = tailor_client_default_params();
+  EXPECT(params.struct_size == sizeof params && params.timeout_ms > 0);
+  params.socket_path = argv[1];
+  tailor_client *client = NULL;
+  if (tailor_client_open(&params, &client) != TAILOR_OK) {
+    fprintf(stderr, "cannot open: %s\n", tailor_last_error());
+    return 1;
+  }
+  bad_arguments(client);
+  models(client, argv[2]);
+  older_params_struct(client, argv[2]);
+  generation(client, argv[2]);
+  retrieval(client);
+  embeddings(client, argv[3]);
+  tailor_client_close(client);
+  printf("%s (%d failures)\n", failures ? "FAILED" : "OK", failures);
+  return failures != 0;
+}
