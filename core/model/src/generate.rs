@@ -2,6 +2,7 @@
 //! streaming each piece of text as soon as it is complete UTF-8.
 
 use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
 use crate::llama::Logits;
 use crate::model::Model;
 use crate::sampler::{top_logprobs, Sampler, SamplingParams};
@@ -77,55 +78,134 @@ pub fn generate(
     params: &GenerateParams,
     on_token: &mut dyn FnMut(&TokenEvent) -> bool,
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(ModelError::EmptyPrompt);
-    }
-    let context = model.llama.context_length();
-    if prompt.len() >= context {
-        return Err(ModelError::ContextOverflow { tokens: prompt.len(), context });
-    }
-    let mut sampler = Sampler::new(params.sampling.clone())?;
-    let mut stops = model.stop_tokens();
-    stops.extend(&params.stop_tokens);
-    let mut cache = model.llama.new_cache();
-    let mut history = prompt.to_vec();
-    let mut out = Generation {
-        tokens: Vec::new(),
-        text: String::new(),
-        finish: FinishReason::Length,
-        prompt_tokens: prompt.len(),
-        prefill_secs: 0.0,
-        decode_secs: 0.0,
-    };
-    let started = Instant::now();
-    let mut logits = model.llama.forward(prompt, &mut cache, Logits::Last)?;
-    out.prefill_secs = started.elapsed().as_secs_f64();
-    let decode_start = Instant::now();
-    let mut detok = Detokenizer::default();
-    while out.tokens.len() < params.max_tokens {
-        let top = if params.logprobs > 0 { top_logprobs(&logits, params.logprobs.max(1)) } else { Vec::new() };
-        let raw = logits.clone();
-        let id = sampler.sample(&mut logits, &history);
-        if stops.contains(&id) {
-            out.finish = FinishReason::Stop;
-            break;
+    let (mut sequence, mut logits) = Sequence::start(model, prompt, params)?;
+    loop {
+        let step = sequence.accept(model, &mut logits)?;
+        if let Some(event) = &step.event {
+            if !on_token(event) {
+                sequence.cancel();
+                break;
+            }
         }
-        out.tokens.push(id);
-        history.push(id);
-        let piece = detok.push(model, &out.tokens)?;
-        let event = token_event(model, id, piece, top, &raw, params.logprobs > 0);
-        if !on_token(&event) {
-            out.finish = FinishReason::Cancelled;
-            break;
-        }
-        if cache.len() + 1 >= context || out.tokens.len() == params.max_tokens {
-            break;
-        }
-        logits = model.llama.forward(&[id], &mut cache, Logits::Last)?;
+        let Some(next) = step.next else { break };
+        logits = model.llama.forward(&[next], sequence.cache_mut(), Logits::Last)?;
     }
-    out.decode_secs = decode_start.elapsed().as_secs_f64();
-    out.text = model.tokenizer.decode(&out.tokens, true)?;
-    Ok(out)
+    sequence.finish(model)
+}
+
+/// One generation as a state machine, so a scheduler can run many in one
+/// batch: [`Sequence::start`] prefills the prompt, then each decode step's
+/// logits go to [`Sequence::accept`], which samples, streams and says which
+/// token to feed next (none when the sequence is done).
+pub struct Sequence {
+    params: GenerateParams,
+    sampler: Sampler,
+    stops: Vec<u32>,
+    cache: KvCache,
+    history: Vec<u32>,
+    detok: Detokenizer,
+    out: Generation,
+    decode_start: Instant,
+    done: bool,
+}
+
+/// What one accepted step produced.
+pub struct Step {
+    /// The token to stream, unless a stop token ended the sequence.
+    pub event: Option<TokenEvent>,
+    /// The token to run next; `None` when the sequence is finished.
+    pub next: Option<u32>,
+}
+
+impl Sequence {
+    /// Checks the prompt, prefills it, and returns the sequence with the
+    /// logits of its first generated position.
+    pub fn start(model: &Model, prompt: &[u32], params: &GenerateParams) -> Result<(Sequence, Vec<f32>)> {
+        if prompt.is_empty() {
+            return Err(ModelError::EmptyPrompt);
+        }
+        let context = model.llama.context_length();
+        if prompt.len() >= context {
+            return Err(ModelError::ContextOverflow { tokens: prompt.len(), context });
+        }
+        let sampler = Sampler::new(params.sampling.clone())?;
+        let mut stops = model.stop_tokens();
+        stops.extend(&params.stop_tokens);
+        let mut cache = model.llama.new_cache();
+        let started = Instant::now();
+        let logits = model.llama.forward(prompt, &mut cache, Logits::Last)?;
+        let out = Generation {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish: FinishReason::Length,
+            prompt_tokens: prompt.len(),
+            prefill_secs: started.elapsed().as_secs_f64(),
+            decode_secs: 0.0,
+        };
+        let sequence = Sequence {
+            params: params.clone(),
+            sampler,
+            stops,
+            cache,
+            history: prompt.to_vec(),
+            detok: Detokenizer::default(),
+            out,
+            decode_start: Instant::now(),
+            done: params.max_tokens == 0,
+        };
+        Ok((sequence, logits))
+    }
+
+    /// Samples from the logits of the next position and streams the token.
+    pub fn accept(&mut self, model: &Model, logits: &mut [f32]) -> Result<Step> {
+        if self.done {
+            return Ok(Step { event: None, next: None });
+        }
+        let want = self.params.logprobs;
+        let top = if want > 0 { top_logprobs(logits, want) } else { Vec::new() };
+        let raw = if want > 0 { logits.to_vec() } else { Vec::new() };
+        let id = self.sampler.sample(logits, &self.history);
+        if self.stops.contains(&id) {
+            self.out.finish = FinishReason::Stop;
+            self.done = true;
+            return Ok(Step { event: None, next: None });
+        }
+        self.out.tokens.push(id);
+        self.history.push(id);
+        let piece = self.detok.push(model, &self.out.tokens)?;
+        let event = token_event(model, id, piece, top, &raw, want > 0);
+        let full = self.cache.len() + 1 >= model.llama.context_length();
+        self.done = full || self.out.tokens.len() >= self.params.max_tokens;
+        Ok(Step { event: Some(event), next: (!self.done).then_some(id) })
+    }
+
+    /// Ends the sequence early: the caller stopped listening.
+    pub fn cancel(&mut self) {
+        self.out.finish = FinishReason::Cancelled;
+        self.done = true;
+    }
+
+    /// True once it needs no more steps.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The sequence's KV cache (what the next decode step appends to).
+    pub fn cache_mut(&mut self) -> &mut KvCache {
+        &mut self.cache
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.out.tokens.len()
+    }
+
+    /// The result, with the whole text decoded.
+    pub fn finish(mut self, model: &Model) -> Result<Generation> {
+        self.out.decode_secs = self.decode_start.elapsed().as_secs_f64();
+        self.out.text = model.tokenizer.decode(&self.out.tokens, true)?;
+        Ok(self.out)
+    }
 }
 
 /// Streams text token by token in constant time per token: only a short

@@ -24,7 +24,7 @@ pub use bert::Encoder;
 pub use chat::{ChatTemplate, Message};
 pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
-pub use generate::{generate, FinishReason, GenerateParams, Generation, TokenEvent};
+pub use generate::{generate, FinishReason, GenerateParams, Generation, Sequence, Step, TokenEvent};
 pub use kv_cache::KvCache;
 pub use llama::{Llama, Logits};
 pub use model::{LoadOptions, Model};

@@ -2,7 +2,7 @@
 //! Adapters (LoRA) wrap this type rather than forking the model.
 
 use crate::error::Result;
-use tailor_tensor::cpu::{linear, linear_many, LinearScratch};
+use tailor_tensor::cpu::{linear, linear_many, linear_many_decode, LinearScratch};
 use tailor_tensor::{DType, Tensor};
 
 /// A linear layer.
@@ -54,6 +54,22 @@ impl Linear {
     ) -> Result<()> {
         let mut outputs: Vec<(&Tensor, &mut [f32])> = layers.iter_mut().map(|(l, y)| (&l.weight, &mut **y)).collect();
         linear_many(x, tokens, &mut outputs, scratch)?;
+        for (layer, y) in layers.iter_mut() {
+            layer.add_bias(y);
+        }
+        Ok(())
+    }
+
+    /// [`Linear::forward_many`] for a decode batch: row `t` of `x` is one
+    /// token of sequence `t`, and gets exactly what it would get alone.
+    pub fn forward_many_decode(
+        x: &[f32],
+        tokens: usize,
+        layers: &mut [(&Linear, &mut [f32])],
+        scratch: &mut LinearScratch,
+    ) -> Result<()> {
+        let mut outputs: Vec<(&Tensor, &mut [f32])> = layers.iter_mut().map(|(l, y)| (&l.weight, &mut **y)).collect();
+        linear_many_decode(x, tokens, &mut outputs, scratch)?;
         for (layer, y) in layers.iter_mut() {
             layer.add_bias(y);
         }

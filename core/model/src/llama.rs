@@ -8,7 +8,7 @@ use crate::kv_cache::KvCache;
 use crate::linear::Linear;
 use crate::weights::WeightSource;
 use tailor_tensor::cpu::{
-    add_in_place, causal_attention, rms_norm, silu_mul, AttentionShape, LinearScratch, RopeTable,
+    add_in_place, causal_attention, decode_attention, rms_norm, silu_mul, AttentionShape, LinearScratch, RopeTable,
 };
 use tailor_tensor::{DType, Tensor};
 
@@ -130,6 +130,82 @@ impl Llama {
         let mut logits = vec![0f32; count * cfg.vocab_size];
         self.lm_head.forward(&normed, count, &mut logits, &mut s.linear)?;
         Ok(logits)
+    }
+
+    /// One decode step for a batch of sequences: `tokens[i]` follows what
+    /// `caches[i]` holds. Appends each token's keys/values to its cache and
+    /// returns `vocab` logits per sequence. Each sequence's logits are
+    /// exactly those [`Llama::forward`] gives it alone, while the weights are
+    /// read once for the whole batch.
+    pub fn forward_decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(ModelError::EmptyPrompt);
+        }
+        if caches.len() != n {
+            return Err(ModelError::InvalidParameter(format!("{n} tokens for {} caches", caches.len())));
+        }
+        if let Some(full) = caches.iter().find(|c| c.len() + 1 > self.context_length()) {
+            return Err(ModelError::ContextOverflow { tokens: full.len() + 1, context: self.context_length() });
+        }
+        let mut x = self.embed_tokens(tokens)?;
+        let mut s = Scratch::new(cfg, n);
+        for (layer, block) in self.blocks.iter().enumerate() {
+            self.decode_attention(layer, block, &mut x, caches, &mut s)?;
+            self.mlp_decode(block, &mut x, &mut s)?;
+        }
+        for cache in caches.iter_mut() {
+            cache.advance(1);
+        }
+        let mut normed = vec![0f32; x.len()];
+        rms_norm(&x, &self.norm, cfg.rms_norm_eps as f32, &mut normed);
+        let mut logits = vec![0f32; n * cfg.vocab_size];
+        Linear::forward_many_decode(&normed, n, &mut [(&self.lm_head, &mut logits)], &mut s.linear)?;
+        Ok(logits)
+    }
+
+    fn decode_attention(
+        &self,
+        layer: usize,
+        b: &Block,
+        x: &mut [f32],
+        caches: &mut [&mut KvCache],
+        s: &mut Scratch,
+    ) -> Result<()> {
+        let cfg = &self.config;
+        let n = s.tokens;
+        rms_norm(x, &b.attn_norm, cfg.rms_norm_eps as f32, &mut s.normed);
+        let qkv = &mut [(&b.q, &mut s.q[..]), (&b.k, &mut s.k[..]), (&b.v, &mut s.v[..])];
+        Linear::forward_many_decode(&s.normed, n, qkv, &mut s.linear)?;
+        let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let position = cache.len();
+            self.rope.apply(&mut s.q[i * q_dim..(i + 1) * q_dim], cfg.num_attention_heads, position);
+            self.rope.apply(&mut s.k[i * kv_dim..(i + 1) * kv_dim], cfg.num_key_value_heads, position);
+            cache.append(layer, &s.k[i * kv_dim..(i + 1) * kv_dim], &s.v[i * kv_dim..(i + 1) * kv_dim]);
+        }
+        let sequences: Vec<(&[f32], &[f32])> = caches.iter().map(|c| c.layer(layer)).collect();
+        let shape = AttentionShape {
+            n_head: cfg.num_attention_heads,
+            n_kv_head: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        };
+        decode_attention(&s.q, &sequences, shape, &mut s.attn);
+        Linear::forward_many_decode(&s.attn, n, &mut [(&b.o, &mut s.out)], &mut s.linear)?;
+        add_in_place(x, &s.out);
+        Ok(())
+    }
+
+    fn mlp_decode(&self, b: &Block, x: &mut [f32], s: &mut Scratch) -> Result<()> {
+        let n = s.tokens;
+        rms_norm(x, &b.ffn_norm, self.config.rms_norm_eps as f32, &mut s.normed);
+        let gate_up = &mut [(&b.gate, &mut s.gate[..]), (&b.up, &mut s.up[..])];
+        Linear::forward_many_decode(&s.normed, n, gate_up, &mut s.linear)?;
+        silu_mul(&mut s.gate, &s.up);
+        Linear::forward_many_decode(&s.gate, n, &mut [(&b.down, &mut s.out)], &mut s.linear)?;
+        add_in_place(x, &s.out);
+        Ok(())
     }
 
     fn embed_tokens(&self, tokens: &[u32]) -> Result<Vec<f32>> {

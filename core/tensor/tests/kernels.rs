@@ -383,3 +383,57 @@ fn full_attention_matches_naive_reference() {
         }
     }
 }
+
+#[test]
+fn decode_batch_linear_gives_each_row_its_solo_result_bit_for_bit() {
+    let mut rng = Rng(11);
+    let mut scratch = LinearScratch::default();
+    let (inp, out_a, out_b) = (256, 37, 20);
+    let mut formats: Vec<DType> = quantized_formats().to_vec();
+    formats.extend([DType::F32, DType::F16, DType::BF16]);
+    for dtype in formats {
+        for packed in [false, true] {
+            let make = |rng: &mut Rng, rows: usize| {
+                let t = Tensor::from_f32(rng.vec(rows * inp), &[rows, inp]).unwrap().to_dtype(dtype).unwrap();
+                if packed {
+                    t.prepacked()
+                } else {
+                    t
+                }
+            };
+            let (wa, wb) = (make(&mut rng, out_a), make(&mut rng, out_b));
+            // 12 rows: past QUANT_GEMM_MIN_TOKENS, where plain linear would switch to gemm.
+            let tokens = 12;
+            let x = rng.vec(tokens * inp);
+            let (mut ya, mut yb) = (vec![0f32; tokens * out_a], vec![0f32; tokens * out_b]);
+            cpu::linear_many_decode(&x, tokens, &mut [(&wa, &mut ya), (&wb, &mut yb)], &mut scratch).unwrap();
+            for t in 0..tokens {
+                let row = &x[t * inp..(t + 1) * inp];
+                let (mut sa, mut sb) = (vec![0f32; out_a], vec![0f32; out_b]);
+                cpu::linear_many(row, 1, &mut [(&wa, &mut sa), (&wb, &mut sb)], &mut scratch).unwrap();
+                assert_eq!(&ya[t * out_a..(t + 1) * out_a], &sa[..], "{dtype} packed={packed} row {t}");
+                assert_eq!(&yb[t * out_b..(t + 1) * out_b], &sb[..], "{dtype} packed={packed} row {t}");
+            }
+        }
+    }
+}
+
+#[test]
+fn decode_attention_gives_each_sequence_its_solo_result_bit_for_bit() {
+    let mut rng = Rng(12);
+    let shape = AttentionShape { n_head: 6, n_kv_head: 2, head_dim: 16 };
+    let (q_width, kv_width) = (6 * 16, 2 * 16);
+    let lengths = [1usize, 5, 17, 3];
+    let caches: Vec<(Vec<f32>, Vec<f32>)> =
+        lengths.iter().map(|&n| (rng.vec(n * kv_width), rng.vec(n * kv_width))).collect();
+    let q = rng.vec(lengths.len() * q_width);
+    let sequences: Vec<(&[f32], &[f32])> = caches.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+    let mut batched = vec![0f32; q.len()];
+    cpu::decode_attention(&q, &sequences, shape, &mut batched);
+    for (i, (keys, values)) in caches.iter().enumerate() {
+        let mut solo = vec![0f32; q_width];
+        let start = lengths[i] - 1; // the query is the last cached position
+        cpu::causal_attention(&q[i * q_width..(i + 1) * q_width], keys, values, start, shape, &mut solo);
+        assert_eq!(&batched[i * q_width..(i + 1) * q_width], &solo[..], "sequence {i}");
+    }
+}

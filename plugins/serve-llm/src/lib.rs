@@ -1,7 +1,9 @@
 //! The `generate` stage: loads a model (GGUF or Hugging Face folder) once
-//! per instance and streams completions.
+//! per instance and streams completions. Concurrent requests share one
+//! continuous-batching engine (tailor-engine): each joins the running batch
+//! between decode steps, and a caller that goes away leaves it.
 //!
-//! Config: `{"model": PATH, "dtype": "q8_0"?}`. Request: `{"messages":
+//! Config: `{"model": PATH, "dtype": "q8_0"?, "max_batch": N?}`. Request: `{"messages":
 //! [{"role", "content"}…]}` (chat template applied) or `{"prompt": TEXT}`,
 //! plus `max_tokens`, `temperature`, `top_p`, `top_k`, `seed`,
 //! `repetition_penalty`. Output: one JSON object per line:
@@ -10,13 +12,16 @@
 
 use serde::Deserialize;
 use std::path::PathBuf;
-use tailor_model::{generate, FinishReason, GenerateParams, LoadOptions, Message, Model, SamplingParams};
+use std::sync::Arc;
+use tailor_engine::{Engine, EngineOptions, Event};
+use tailor_model::{FinishReason, GenerateParams, LoadOptions, Message, Model, SamplingParams};
 use tailor_plugin_abi::{export_plugin, Stage, StageKind};
 
 #[derive(Deserialize)]
 struct Config {
     model: PathBuf,
     dtype: Option<String>,
+    max_batch: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -33,7 +38,8 @@ struct Request {
 
 /// Generation with one loaded model.
 struct Generate {
-    model: Model,
+    model: Arc<Model>,
+    engine: Engine,
 }
 
 impl Stage for Generate {
@@ -45,7 +51,9 @@ impl Stage for Generate {
         let dtype = config.dtype.as_deref().map(str::parse).transpose().map_err(|e| format!("generate config: {e}"))?;
         let model =
             Model::load(&config.model, LoadOptions { dtype, ..LoadOptions::default() }).map_err(|e| e.to_string())?;
-        Ok(Generate { model })
+        let model = Arc::new(model);
+        let options = EngineOptions { max_batch: config.max_batch.unwrap_or(EngineOptions::default().max_batch) };
+        Ok(Generate { engine: Engine::start(model.clone(), options), model })
     }
 
     fn call(&self, _request_id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
@@ -68,19 +76,27 @@ impl Stage for Generate {
             },
             ..GenerateParams::default()
         };
-        let result = generate(&self.model, &prompt, &params, &mut |event| {
-            emit(&format!("{}\n", serde_json::json!({"type": "token", "text": event.text, "id": event.id})))
-        })
-        .map_err(|e| e.to_string())?;
-        let finish = match result.finish {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::Cancelled => return Ok(()),
-        };
-        let done = serde_json::json!({"type": "done", "finish_reason": finish,
-            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.tokens.len()});
-        emit(&format!("{done}\n"));
-        Ok(())
+        for event in self.engine.submit(prompt, params) {
+            let token_line = match event {
+                Event::Token(token) => serde_json::json!({"type": "token", "text": token.text, "id": token.id}),
+                Event::Done(generation) => {
+                    let finish = match generation.finish {
+                        FinishReason::Stop => "stop",
+                        FinishReason::Length => "length",
+                        FinishReason::Cancelled => return Ok(()),
+                    };
+                    let done = serde_json::json!({"type": "done", "finish_reason": finish,
+                        "prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.tokens.len()});
+                    emit(&format!("{done}\n"));
+                    return Ok(());
+                }
+                Event::Failed(message) => return Err(message),
+            };
+            if !emit(&format!("{token_line}\n")) {
+                return Ok(()); // the caller went away; dropping the receiver cancels
+            }
+        }
+        Err("the generation engine stopped mid-request".into())
     }
 }
 

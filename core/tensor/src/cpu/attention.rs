@@ -126,26 +126,80 @@ fn attention(
         for index in split_range(items, thread, threads) {
             let (t, h) = (index / n_head, index % n_head);
             let query = &q[index * head_dim..(index + 1) * head_dim];
-            let kv_offset = (h / group) * head_dim;
-            scores.clear();
-            scores.extend((0..visible(t)).map(|p| {
-                let key = &keys[p * kv_stride + kv_offset..p * kv_stride + kv_offset + head_dim];
-                dot_f32(query, key) * scale
-            }));
-            softmax_in_place(&mut scores);
             // SAFETY: item `index` owns out[index*head_dim..][..head_dim]
             // (index < items = out.len()/head_dim); split_range gives each
             // item to exactly one thread, and `out` is exclusively borrowed
             // until the pool job returns.
             let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(index * head_dim), head_dim) };
-            dst.fill(0.0);
-            for (p, w) in scores.iter().enumerate() {
-                let value = &values[p * kv_stride + kv_offset..p * kv_stride + kv_offset + head_dim];
-                dst.iter_mut().zip(value).for_each(|(d, v)| *d += w * v);
-            }
+            let head = Head { kv_stride, kv_offset: (h / group) * head_dim, scale };
+            head.attend(query, keys, values, visible(t), &mut scores, dst);
         }
     };
     SpinPool::global().run(&job);
+}
+
+/// Attention for a decode batch: query row `i` (one token, `n_head` heads)
+/// attends to every position of sequence `i`'s `(keys, values)`. Each row's
+/// result is exactly what [`causal_attention`] gives it alone; all
+/// (sequence, head) items share one pass over the pool.
+pub fn decode_attention(q: &[f32], sequences: &[(&[f32], &[f32])], shape: AttentionShape, out: &mut [f32]) {
+    let AttentionShape { n_head, n_kv_head, head_dim } = shape;
+    let kv_stride = n_kv_head * head_dim;
+    let (group, scale) = (n_head / n_kv_head, 1.0 / (head_dim as f32).sqrt());
+    let items = sequences.len() * n_head;
+    assert!(q.len() == items * head_dim && out.len() == q.len(), "decode_attention: q/out do not fit the batch");
+    assert!(
+        sequences.iter().all(|(k, v)| k.len() == v.len() && k.len() % kv_stride == 0 && !k.is_empty()),
+        "decode_attention: keys and values must be whole, equal, non-empty positions"
+    );
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let job = |thread: usize, threads: usize| {
+        let mut scores = Vec::new();
+        for index in split_range(items, thread, threads) {
+            let (seq, h) = (index / n_head, index % n_head);
+            let (keys, values) = sequences[seq];
+            let query = &q[index * head_dim..(index + 1) * head_dim];
+            // SAFETY: as in `attention`: item `index` owns its head slice of
+            // `out` (index < items = out.len()/head_dim), items are split
+            // disjointly, and `out` is exclusively borrowed during the job.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(index * head_dim), head_dim) };
+            let head = Head { kv_stride, kv_offset: (h / group) * head_dim, scale };
+            head.attend(query, keys, values, keys.len() / kv_stride, &mut scores, dst);
+        }
+    };
+    SpinPool::global().run(&job);
+}
+
+/// Where one head's keys and values sit in a KV row, and its score scale.
+struct Head {
+    kv_stride: usize,
+    kv_offset: usize,
+    scale: f32,
+}
+
+impl Head {
+    /// One query head over positions `0..visible`: scores, softmax, weighted
+    /// sum of values into `dst`. The single body every attention path uses,
+    /// so batched and unbatched results agree bit for bit.
+    fn attend(
+        &self,
+        query: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        visible: usize,
+        scores: &mut Vec<f32>,
+        dst: &mut [f32],
+    ) {
+        let (stride, offset, width) = (self.kv_stride, self.kv_offset, query.len());
+        scores.clear();
+        scores.extend((0..visible).map(|p| dot_f32(query, &keys[p * stride + offset..][..width]) * self.scale));
+        softmax_in_place(scores);
+        dst.fill(0.0);
+        for (p, w) in scores.iter().enumerate() {
+            let value = &values[p * stride + offset..][..width];
+            dst.iter_mut().zip(value).for_each(|(d, v)| *d += w * v);
+        }
+    }
 }
 
 /// The output pointer shared by the pool's threads.

@@ -51,6 +51,48 @@ pub fn linear_many(
         }
         return Ok(());
     }
+    rows_linear(x, tokens, outputs, scratch)
+}
+
+/// [`linear_many`] for a decode batch: each of the `tokens` rows of `x`
+/// belongs to a different sequence, and each row's result is exactly (bit
+/// for bit) what `linear_many` gives that row alone. When every weight has
+/// a row kernel, all rows share one pass over the weights (each weight row
+/// is read once for the whole batch); otherwise the rows run one by one.
+pub fn linear_many_decode(
+    x: &[f32],
+    tokens: usize,
+    outputs: &mut [(&Tensor, &mut [f32])],
+    scratch: &mut LinearScratch,
+) -> Result<()> {
+    for (w, y) in outputs.iter() {
+        check_linear(x, tokens, w, y)?;
+    }
+    if outputs.iter().all(|(w, _)| uses_row_kernel(w.dtype(), 1)) {
+        return rows_linear(x, tokens, outputs, scratch);
+    }
+    let in_dim = outputs[0].0.row_len();
+    for t in 0..tokens {
+        let mut rows: Vec<(&Tensor, &mut [f32])> = outputs
+            .iter_mut()
+            .map(|(w, y)| {
+                let out_dim = w.row_count();
+                (*w, &mut y[t * out_dim..(t + 1) * out_dim])
+            })
+            .collect();
+        linear_many(&x[t * in_dim..(t + 1) * in_dim], 1, &mut rows, scratch)?;
+    }
+    Ok(())
+}
+
+/// The row-kernel path: activations quantized per row (once for all
+/// outputs), then dot products of every (weight row, token) pair.
+fn rows_linear(
+    x: &[f32],
+    tokens: usize,
+    outputs: &mut [(&Tensor, &mut [f32])],
+    scratch: &mut LinearScratch,
+) -> Result<()> {
     let in_dim = outputs[0].0.row_len();
     let needs_blocks = outputs.iter().any(|(w, _)| w.dtype() != DType::F32);
     let needs_pairs = outputs.iter().any(|(w, _)| w.packed().is_some());

@@ -1,0 +1,238 @@
+//! Continuous batching: many generations share one model, one decode step
+//! at a time. Requests queue up; between decode steps, waiting requests are
+//! prefilled and join the running batch, and finished or abandoned ones
+//! leave it. Every running sequence advances by one token per step through
+//! [`tailor_model::Llama::forward_decode`], which reads the weights once for
+//! the whole batch and gives each sequence exactly the logits it would get
+//! alone, so a request's output does not depend on what else is running.
+//!
+//! One scheduler thread owns the sequences; callers talk to it through
+//! channels. A caller that drops its receiver cancels its request at the
+//! next step.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use tailor_model::{GenerateParams, Generation, Model, Sequence, TokenEvent};
+
+/// What a request's receiver gets, in order: tokens, then one `Done` or `Failed`.
+#[derive(Debug)]
+pub enum Event {
+    /// One generated token.
+    Token(TokenEvent),
+    /// The generation finished (stop token, length, or context).
+    Done(Generation),
+    /// The request could not run (bad parameters, prompt past the context, …).
+    Failed(String),
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Most sequences decoded together; more wait in the queue.
+    pub max_batch: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { max_batch: 16 }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Requests waiting to join the batch.
+    pub waiting: AtomicUsize,
+    /// Sequences in the running batch.
+    pub running: AtomicUsize,
+    /// Decode steps run.
+    pub steps: AtomicU64,
+    /// Tokens decoded over all steps (÷ steps = mean batch size).
+    pub decoded_tokens: AtomicU64,
+}
+
+struct Job {
+    prompt: Vec<u32>,
+    params: GenerateParams,
+    events: Sender<Event>,
+}
+
+/// The scheduler: submit requests, read their events.
+pub struct Engine {
+    jobs: Mutex<Option<Sender<Job>>>,
+    stats: Arc<EngineStats>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the scheduler thread over `model`.
+    pub fn start(model: Arc<Model>, options: EngineOptions) -> Engine {
+        let (jobs, queue) = mpsc::channel();
+        let stats = Arc::new(EngineStats::default());
+        let scheduler = Scheduler { model, queue, max_batch: options.max_batch.max(1), stats: stats.clone() };
+        let worker = std::thread::Builder::new().name("tailor-engine".into()).spawn(move || scheduler.run()).ok();
+        Engine { jobs: Mutex::new(Some(jobs)), stats, worker }
+    }
+
+    /// Queues a generation; its events arrive on the returned receiver.
+    /// Dropping the receiver cancels it.
+    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Receiver<Event> {
+        let (events, receiver) = mpsc::channel();
+        let sent = match self.jobs.lock() {
+            Ok(jobs) => jobs.as_ref().map(|j| j.send(Job { prompt, params, events: events.clone() }).is_ok()),
+            Err(_) => None,
+        };
+        if sent != Some(true) {
+            let _ = events.send(Event::Failed("the generation engine has stopped".into()));
+        } else {
+            self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        }
+        receiver
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+}
+
+impl Drop for Engine {
+    /// Lets running sequences finish, then stops the thread.
+    fn drop(&mut self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// A sequence in the running batch.
+struct Running {
+    sequence: Sequence,
+    next: u32,
+    events: Sender<Event>,
+}
+
+struct Scheduler {
+    model: Arc<Model>,
+    queue: Receiver<Job>,
+    max_batch: usize,
+    stats: Arc<EngineStats>,
+}
+
+impl Scheduler {
+    fn run(self) {
+        let mut waiting: VecDeque<Job> = VecDeque::new();
+        let mut running: Vec<Running> = Vec::new();
+        loop {
+            if running.is_empty() && waiting.is_empty() {
+                match self.queue.recv() {
+                    Ok(job) => waiting.push_back(job),
+                    Err(_) => return, // the engine was dropped and nothing is left
+                }
+            }
+            waiting.extend(self.queue.try_iter());
+            while running.len() < self.max_batch {
+                let Some(job) = waiting.pop_front() else { break };
+                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                running.extend(self.admit(job));
+            }
+            self.stats.running.store(running.len(), Ordering::Relaxed);
+            if !running.is_empty() {
+                self.step(&mut running);
+                self.stats.running.store(running.len(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Prefills a new request and streams its first token; `None` when it
+    /// is already finished (or failed, or its caller left).
+    fn admit(&self, job: Job) -> Option<Running> {
+        let (mut sequence, mut logits) = match Sequence::start(&self.model, &job.prompt, &job.params) {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(e.to_string()));
+                return None;
+            }
+        };
+        match self.advance(&mut sequence, &mut logits, &job.events) {
+            Some(next) => Some(Running { sequence, next, events: job.events }),
+            None => {
+                self.finish(sequence, &job.events);
+                None
+            }
+        }
+    }
+
+    /// Hands one position's logits to a sequence and streams the outcome;
+    /// returns the token to decode next, or `None` once the sequence ended
+    /// (its `Done`/`Failed` already sent).
+    fn advance(&self, sequence: &mut Sequence, logits: &mut [f32], events: &Sender<Event>) -> Option<u32> {
+        let step = match sequence.accept(&self.model, logits) {
+            Ok(step) => step,
+            Err(e) => {
+                let _ = events.send(Event::Failed(e.to_string()));
+                return None;
+            }
+        };
+        if let Some(event) = step.event {
+            if events.send(Event::Token(event)).is_err() {
+                sequence.cancel(); // nobody is listening
+                return None;
+            }
+        }
+        step.next
+    }
+
+    /// One decode step for the whole batch; finished sequences leave it.
+    fn step(&self, running: &mut Vec<Running>) {
+        let tokens: Vec<u32> = running.iter().map(|r| r.next).collect();
+        let mut caches: Vec<&mut tailor_model::KvCache> = running.iter_mut().map(|r| r.sequence.cache_mut()).collect();
+        let logits = match self.model.llama.forward_decode(&tokens, &mut caches) {
+            Ok(logits) => logits,
+            Err(e) => {
+                for r in running.drain(..) {
+                    let _ = r.events.send(Event::Failed(format!("decode step failed: {e}")));
+                }
+                return;
+            }
+        };
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.stats.decoded_tokens.fetch_add(tokens.len() as u64, Ordering::Relaxed);
+        let vocab = logits.len() / tokens.len();
+        let mut logits = logits;
+        let mut finished = Vec::new();
+        for (i, (r, row)) in running.iter_mut().zip(logits.chunks_exact_mut(vocab)).enumerate() {
+            match self.advance(&mut r.sequence, row, &r.events) {
+                Some(next) => r.next = next,
+                None => finished.push(i),
+            }
+        }
+        for i in finished.into_iter().rev() {
+            let done = running.swap_remove(i);
+            self.finish(done.sequence, &done.events);
+        }
+    }
+
+    /// Sends `Done` for a sequence that ended normally (a failed one has
+    /// had its `Failed`; a cancelled one has nobody to tell).
+    fn finish(&self, sequence: Sequence, events: &Sender<Event>) {
+        if !sequence.is_done() {
+            return;
+        }
+        match sequence.finish(&self.model) {
+            Ok(generation) if generation.finish != tailor_model::FinishReason::Cancelled => {
+                let _ = events.send(Event::Done(generation));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = events.send(Event::Failed(e.to_string()));
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Continuous batching on the real SmolLM2: requests that run together
+//! (joining and leaving the batch at different steps) produce exactly what
+//! each produces alone, sampled ones included; a dropped receiver cancels;
+//! bad requests fail alone.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tailor_engine::{Engine, EngineOptions, Event};
+use tailor_model::{generate, GenerateParams, LoadOptions, Message, Model, SamplingParams};
+
+fn model() -> Arc<Model> {
+    let path = tailor_model::cache::cache_dir().join(tailor_model::cache::SMOLLM2_GGUF);
+    assert!(path.exists(), "fetch the model first: tailor models fetch ({} is missing)", path.display());
+    Arc::new(Model::load(&path, LoadOptions::default()).expect("SmolLM2 loads"))
+}
+
+fn chat(model: &Model, question: &str) -> Vec<u32> {
+    let messages = vec![
+        Message { role: "system".into(), content: "You are a helpful assistant.".into() },
+        Message { role: "user".into(), content: question.into() },
+    ];
+    model.encode_chat(&messages).expect("template")
+}
+
+fn params(max_tokens: usize, sampling: SamplingParams) -> GenerateParams {
+    GenerateParams { max_tokens, sampling, ..GenerateParams::default() }
+}
+
+/// Tokens and finish reason from a receiver.
+fn collect(events: std::sync::mpsc::Receiver<Event>) -> (Vec<u32>, String) {
+    let mut tokens = Vec::new();
+    for event in events {
+        match event {
+            Event::Token(t) => tokens.push(t.id),
+            Event::Done(g) => {
+                assert_eq!(g.tokens, tokens, "Done carries the streamed tokens");
+                return (tokens, format!("{:?}", g.finish));
+            }
+            Event::Failed(e) => return (tokens, format!("failed: {e}")),
+        }
+    }
+    (tokens, "no end event".into())
+}
+
+#[test]
+fn batched_requests_match_their_solo_runs_token_for_token() {
+    let model = model();
+    let greedy = SamplingParams::default();
+    let sampled = SamplingParams { temperature: 0.8, top_p: 0.9, seed: 7, ..SamplingParams::default() };
+    let requests = [
+        (chat(&model, "What is the capital of France?"), params(24, greedy.clone())),
+        (chat(&model, "Write a haiku about rain."), params(40, sampled)),
+        (chat(&model, "List three colors."), params(7, greedy.clone())),
+        (model.encode("1, 2, 3, 4,").expect("encode"), params(30, greedy.clone())),
+        (chat(&model, "Who wrote Hamlet?"), params(33, greedy.clone())),
+        (chat(&model, "Give me a word that rhymes with cat."), params(12, greedy)),
+    ];
+    let solo: Vec<(Vec<u32>, String)> = requests
+        .iter()
+        .map(|(prompt, p)| {
+            let g = generate(&model, prompt, p, &mut |_| true).expect("solo generation");
+            (g.tokens, format!("{:?}", g.finish))
+        })
+        .collect();
+    // A batch of at most 4: the last two wait and join as others leave.
+    let engine = Engine::start(model.clone(), EngineOptions { max_batch: 4 });
+    let receivers: Vec<_> = requests.iter().map(|(prompt, p)| engine.submit(prompt.clone(), p.clone())).collect();
+    let batched: Vec<(Vec<u32>, String)> = receivers.into_iter().map(collect).collect();
+    for (i, (solo, batched)) in solo.iter().zip(&batched).enumerate() {
+        assert_eq!(solo, batched, "request {i}: batched output differs from its solo run");
+    }
+    let stats = engine.stats();
+    let (steps, tokens) = (stats.steps.load(Ordering::Relaxed), stats.decoded_tokens.load(Ordering::Relaxed));
+    println!("{steps} decode steps, {tokens} tokens: mean batch {:.2}", tokens as f64 / steps as f64);
+    assert!(tokens as f64 / steps as f64 > 2.0, "requests were not batched");
+}
+
+#[test]
+fn a_dropped_receiver_cancels_and_bad_requests_fail_alone() {
+    let model = model();
+    let engine = Engine::start(model.clone(), EngineOptions::default());
+    let long = engine.submit(chat(&model, "Tell me a long story."), params(200, SamplingParams::default()));
+    let overflow = engine.submit(vec![1; model.llama.context_length() + 1], params(4, SamplingParams::default()));
+    let bad_sampling = SamplingParams { temperature: -1.0, ..SamplingParams::default() };
+    let invalid = engine.submit(chat(&model, "Hi"), params(4, bad_sampling));
+    let short = engine.submit(chat(&model, "What is the capital of France?"), params(4, SamplingParams::default()));
+    for _ in 0..2 {
+        assert!(matches!(long.recv(), Ok(Event::Token(_))));
+    }
+    drop(long);
+    let (_, overflow_end) = collect(overflow);
+    assert!(overflow_end.starts_with("failed:") && overflow_end.contains("context"), "{overflow_end}");
+    let (_, invalid_end) = collect(invalid);
+    assert!(invalid_end.starts_with("failed:"), "{invalid_end}");
+    let (tokens, end) = collect(short);
+    assert_eq!((tokens.len(), end.as_str()), (4, "Length"));
+    // The cancelled sequence leaves the batch at its next step.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.stats().running.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(engine.stats().running.load(Ordering::Relaxed), 0, "the cancelled request kept running");
+}
