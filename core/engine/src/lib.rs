@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use tailor_model::{GenerateParams, Generation, Model, Sequence, TokenEvent};
+use tailor_model::{DecodeBuffers, GenerateParams, Generation, Model, Sequence, TokenEvent};
 
 /// What a request's receiver gets, in order: tokens, then one `Done` or `Failed`.
 #[derive(Debug)]
@@ -129,6 +129,7 @@ impl Scheduler {
     fn run(self) {
         let mut waiting: VecDeque<Job> = VecDeque::new();
         let mut running: Vec<Running> = Vec::new();
+        let mut buffers = DecodeBuffers::default();
         loop {
             if running.is_empty() && waiting.is_empty() {
                 match self.queue.recv() {
@@ -144,7 +145,7 @@ impl Scheduler {
             }
             self.stats.running.store(running.len(), Ordering::Relaxed);
             if !running.is_empty() {
-                self.step(&mut running);
+                self.step(&mut running, &mut buffers);
                 self.stats.running.store(running.len(), Ordering::Relaxed);
             }
         }
@@ -190,10 +191,10 @@ impl Scheduler {
     }
 
     /// One decode step for the whole batch; finished sequences leave it.
-    fn step(&self, running: &mut Vec<Running>) {
+    fn step(&self, running: &mut Vec<Running>, buffers: &mut DecodeBuffers) {
         let tokens: Vec<u32> = running.iter().map(|r| r.next).collect();
         let mut caches: Vec<&mut tailor_model::KvCache> = running.iter_mut().map(|r| r.sequence.cache_mut()).collect();
-        let logits = match self.model.llama.forward_decode(&tokens, &mut caches) {
+        let logits = match self.model.llama.forward_decode(&tokens, &mut caches, buffers) {
             Ok(logits) => logits,
             Err(e) => {
                 for r in running.drain(..) {
@@ -205,7 +206,6 @@ impl Scheduler {
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.stats.decoded_tokens.fetch_add(tokens.len() as u64, Ordering::Relaxed);
         let vocab = logits.len() / tokens.len();
-        let mut logits = logits;
         let mut finished = Vec::new();
         for (i, (r, row)) in running.iter_mut().zip(logits.chunks_exact_mut(vocab)).enumerate() {
             match self.advance(&mut r.sequence, row, &r.events) {

@@ -137,7 +137,12 @@ impl Llama {
     /// returns `vocab` logits per sequence. Each sequence's logits are
     /// exactly those [`Llama::forward`] gives it alone, while the weights are
     /// read once for the whole batch.
-    pub fn forward_decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<f32>> {
+    pub fn forward_decode<'b>(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+        buffers: &'b mut DecodeBuffers,
+    ) -> Result<&'b mut [f32]> {
         let cfg = &self.config;
         let n = tokens.len();
         if n == 0 {
@@ -150,19 +155,20 @@ impl Llama {
             return Err(ModelError::ContextOverflow { tokens: full.len() + 1, context: self.context_length() });
         }
         let mut x = self.embed_tokens(tokens)?;
-        let mut s = Scratch::new(cfg, n);
+        let DecodeBuffers { scratch, logits } = buffers;
+        let s = scratch.get_or_insert_with(|| Scratch::new(cfg, n));
+        s.resize(cfg, n);
         for (layer, block) in self.blocks.iter().enumerate() {
-            self.decode_attention(layer, block, &mut x, caches, &mut s)?;
-            self.mlp_decode(block, &mut x, &mut s)?;
+            self.decode_attention(layer, block, &mut x, caches, s)?;
+            self.mlp_decode(block, &mut x, s)?;
         }
         for cache in caches.iter_mut() {
             cache.advance(1);
         }
-        let mut normed = vec![0f32; x.len()];
-        rms_norm(&x, &self.norm, cfg.rms_norm_eps as f32, &mut normed);
-        let mut logits = vec![0f32; n * cfg.vocab_size];
-        Linear::forward_many_decode(&normed, n, &mut [(&self.lm_head, &mut logits)], &mut s.linear)?;
-        Ok(logits)
+        rms_norm(&x, &self.norm, cfg.rms_norm_eps as f32, &mut s.normed);
+        logits.resize(n * cfg.vocab_size, 0.0);
+        Linear::forward_many_decode(&s.normed, n, &mut [(&self.lm_head, &mut logits[..])], &mut s.linear)?;
+        Ok(&mut logits[..])
     }
 
     fn decode_attention(
@@ -259,6 +265,14 @@ impl Llama {
     }
 }
 
+/// Buffers [`Llama::forward_decode`] reuses from step to step (a scheduler
+/// keeps one), so steady-state decoding neither allocates nor zero-fills.
+#[derive(Default)]
+pub struct DecodeBuffers {
+    scratch: Option<Scratch>,
+    logits: Vec<f32>,
+}
+
 /// Activations of one forward pass.
 struct Scratch {
     tokens: usize,
@@ -286,6 +300,24 @@ impl Scratch {
             gate: vec![0.0; n * cfg.intermediate_size],
             up: vec![0.0; n * cfg.intermediate_size],
             linear: LinearScratch::default(),
+        }
+    }
+
+    /// Fits the buffers to `n` tokens, keeping their allocations.
+    fn resize(&mut self, cfg: &LlamaConfig, n: usize) {
+        self.tokens = n;
+        let sizes = [
+            (&mut self.normed, cfg.hidden_size),
+            (&mut self.q, cfg.q_dim()),
+            (&mut self.k, cfg.kv_dim()),
+            (&mut self.v, cfg.kv_dim()),
+            (&mut self.attn, cfg.q_dim()),
+            (&mut self.out, cfg.hidden_size),
+            (&mut self.gate, cfg.intermediate_size),
+            (&mut self.up, cfg.intermediate_size),
+        ];
+        for (buffer, width) in sizes {
+            buffer.resize(n * width, 0.0);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Causal multi-head attention with grouped-query heads over a KV cache.
 
+use super::matmul::dot_f32_portable;
 use super::pool::{split_range, SpinPool};
-use super::{dot_f32, softmax_in_place};
+use super::softmax_in_place;
 
 /// Head layout of an attention layer.
 #[derive(Debug, Clone, Copy)]
@@ -190,9 +191,47 @@ impl Head {
         scores: &mut Vec<f32>,
         dst: &mut [f32],
     ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::has_avx2_fma() {
+                // SAFETY: the features this function is compiled for were just
+                // detected; it only reads and writes the given slices.
+                unsafe { self.attend_avx2(query, keys, values, visible, scores, dst) };
+                return;
+            }
+        }
+        self.attend_portable(query, keys, values, visible, scores, dst);
+    }
+
+    /// The portable body compiled for AVX2, with the dot products inlined.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend_avx2(
+        &self,
+        query: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        visible: usize,
+        scores: &mut Vec<f32>,
+        dst: &mut [f32],
+    ) {
+        self.attend_portable(query, keys, values, visible, scores, dst);
+    }
+
+    #[inline(always)]
+    fn attend_portable(
+        &self,
+        query: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        visible: usize,
+        scores: &mut Vec<f32>,
+        dst: &mut [f32],
+    ) {
         let (stride, offset, width) = (self.kv_stride, self.kv_offset, query.len());
         scores.clear();
-        scores.extend((0..visible).map(|p| dot_f32(query, &keys[p * stride + offset..][..width]) * self.scale));
+        scores
+            .extend((0..visible).map(|p| dot_f32_portable(query, &keys[p * stride + offset..][..width]) * self.scale));
         softmax_in_place(scores);
         dst.fill(0.0);
         for (p, w) in scores.iter().enumerate() {

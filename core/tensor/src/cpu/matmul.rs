@@ -6,7 +6,7 @@
 //! scratch buffer and multiplied with the `gemm` crate.
 
 use super::pool::{split_range, SpinPool};
-use crate::quant::packed::{dot_packed, pair_activations, ActPair};
+use crate::quant::packed::{dot_packed_tokens, pair_activations, ActPair};
 use crate::quant::{dequantize_row, quantize_activations, supports_dot, vec_dot, BlockQ8, DotImpl, QK};
 use crate::{DType, Result, Tensor, TensorError};
 use rayon::prelude::*;
@@ -162,6 +162,9 @@ impl OutPtr {
     }
 }
 
+/// Tokens of a packed row handled per kernel call (stack buffer size).
+const MAX_ROW_TOKENS: usize = 16;
+
 /// Dot products of every (matrix row, token) pair, rows split over the pool.
 fn row_kernel(x: &[f32], tokens: usize, acts: &[BlockQ8], pairs: &[ActPair], outputs: &mut [(&Tensor, &mut [f32])]) {
     let imp = DotImpl::detect();
@@ -185,11 +188,23 @@ fn row_kernel(x: &[f32], tokens: usize, acts: &[BlockQ8], pairs: &[ActPair], out
             let lo = mine.start.max(first) - first;
             let hi = mine.end.min(first + rows).saturating_sub(first);
             for r in lo..hi.max(lo) {
+                if let Some(packed) = w.packed() {
+                    let mut values = [0f32; MAX_ROW_TOKENS];
+                    for first in (0..tokens).step_by(MAX_ROW_TOKENS) {
+                        let group = &mut values[..(tokens - first).min(MAX_ROW_TOKENS)];
+                        let acts = &pairs[first * blocks / 2..];
+                        dot_packed_tokens(packed.kind, packed.row(r), acts, blocks / 2, group);
+                        for (i, value) in group.iter().enumerate() {
+                            // SAFETY: as below: index (first+i)*rows + r is
+                            // inside this output and row r is this thread's.
+                            unsafe { *y.at((first + i) * rows + r) = *value };
+                        }
+                    }
+                    continue;
+                }
                 let row = w.row_bytes(r);
                 for t in 0..tokens {
-                    let value = if let Some(packed) = w.packed() {
-                        dot_packed(packed.kind, packed.row(r), &pairs[t * blocks / 2..(t + 1) * blocks / 2])
-                    } else if w.dtype() == DType::F32 {
+                    let value = if w.dtype() == DType::F32 {
                         dot_f32(bytemuck::cast_slice(row), &x[t * in_dim..(t + 1) * in_dim])
                     } else {
                         vec_dot(w.dtype(), row, &acts[t * blocks..(t + 1) * blocks], imp)
@@ -263,7 +278,7 @@ unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
 /// Eight independent accumulators: vectorises, and with FMA enabled the
 /// multiply-adds fuse (without it, plain multiply and add, never libm's fmaf).
 #[inline(always)]
-fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();

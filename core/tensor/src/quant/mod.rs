@@ -35,10 +35,27 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<BlockQ8>) -> Result<()> {
         return Err(TensorError::BadBlockLength { dtype: DType::Q8_0, block: QK, len: x.len() });
     }
     out.clear();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::cpu::has_avx2_fma() {
+            // SAFETY: the features this function is compiled for were just detected.
+            unsafe { quantize_blocks_avx2(x, out) };
+            return Ok(());
+        }
+    }
     out.extend(x.chunks_exact(QK).map(quantize_activation_block));
     Ok(())
 }
 
+/// The same code compiled for AVX2 (rounding and the loops vectorize
+/// instead of calling libm), so results are identical to the portable path.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_blocks_avx2(x: &[f32], out: &mut Vec<BlockQ8>) {
+    out.extend(x.chunks_exact(QK).map(quantize_activation_block));
+}
+
+#[inline(always)]
 fn quantize_activation_block(x: &[f32]) -> BlockQ8 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
@@ -46,7 +63,8 @@ fn quantize_activation_block(x: &[f32]) -> BlockQ8 {
     let mut qs = [0i8; QK];
     let mut sum = 0i32;
     for (q, v) in qs.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
+        // Ties to even, as llama.cpp's SIMD quantizers round (and it vectorizes).
+        *q = (v * id).round_ties_even() as i8;
         sum += *q as i32;
     }
     BlockQ8 { d, s: d * sum as f32, qs }

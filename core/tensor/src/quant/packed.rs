@@ -16,12 +16,15 @@ use half::f16;
 
 /// Two activation blocks in the layout pair-packed weights expect.
 #[derive(Debug, Clone, Copy)]
-#[repr(C, align(64))]
+#[repr(C, align(16))]
 pub struct ActPair {
-    /// `[d0, d1, s0, s1]`: scales and scaled sums of the two blocks.
-    pub scales: [f32; 4],
     /// Quants: `[a0[0..16] a1[0..16] a0[16..32] a1[16..32]]`.
     pub qs: [i8; 64],
+    /// The scale of the block each lane of a `vpdpbusd` result belongs to
+    /// (`d0` in lanes 0-3 and 8-11, `d1` in 4-7 and 12-15).
+    pub lanes: [f32; 16],
+    /// `[d0, d1, s0, s1]`: scales and scaled sums of the two blocks.
+    pub scales: [f32; 4],
 }
 
 /// How the quants of a pair are stored.
@@ -128,7 +131,9 @@ pub fn pair_activations(acts: &[BlockQ8], out: &mut Vec<ActPair>) {
         qs[16..32].copy_from_slice(&p[1].qs[..16]);
         qs[32..48].copy_from_slice(&p[0].qs[16..]);
         qs[48..].copy_from_slice(&p[1].qs[16..]);
-        ActPair { scales: [p[0].d, p[1].d, p[0].s, p[1].s], qs }
+        let (d0, d1) = (p[0].d, p[1].d);
+        let lanes = [d0, d0, d0, d0, d1, d1, d1, d1, d0, d0, d0, d0, d1, d1, d1, d1];
+        ActPair { qs, lanes, scales: [d0, d1, p[0].s, p[1].s] }
     }));
 }
 
@@ -166,6 +171,7 @@ pub fn vnni_supported() -> bool {
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512dq")
             && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -177,15 +183,49 @@ pub fn vnni_supported() -> bool {
 /// Dot product of a packed row with paired activations: VNNI when the CPU
 /// has it, else the scalar reference.
 pub fn dot_packed(kind: PackedKind, row: &[u8], acts: &[ActPair]) -> f32 {
+    let mut out = [0f32];
+    dot_packed_tokens(kind, row, acts, acts.len(), &mut out);
+    out[0]
+}
+
+/// Dot products of one packed row with the activations of several tokens
+/// (`acts` holds `pairs` pairs per token, `out.len()` tokens). The row is
+/// loaded and unpacked once per group of tokens; each token's result is
+/// exactly what [`dot_packed`] gives it.
+pub fn dot_packed_tokens(kind: PackedKind, row: &[u8], acts: &[ActPair], pairs: usize, out: &mut [f32]) {
+    assert!(acts.len() >= pairs * out.len(), "dot_packed_tokens: fewer activations than tokens");
     #[cfg(target_arch = "x86_64")]
     {
         if vnni_supported() {
-            // SAFETY: the features were just detected; the kernel reads
-            // `acts.len()` pairs of `row`, whose length the caller matched.
-            return unsafe { vnni::dot(kind, row, acts) };
+            let mut t = 0;
+            while t < out.len() {
+                let left = out.len() - t;
+                let group = if left >= 8 {
+                    8
+                } else if left >= 4 {
+                    4
+                } else {
+                    1
+                };
+                let tokens = &acts[t * pairs..(t + group) * pairs];
+                // SAFETY: the features were just detected; the kernel reads
+                // `pairs` pairs of `row` (the callers' rows hold that many)
+                // and of each of the `group` tokens' activations (asserted).
+                unsafe {
+                    match group {
+                        8 => out[t..t + 8].copy_from_slice(&vnni::dot::<8>(kind, row, tokens, pairs)),
+                        4 => out[t..t + 4].copy_from_slice(&vnni::dot::<4>(kind, row, tokens, pairs)),
+                        _ => out[t] = vnni::dot::<1>(kind, row, tokens, pairs)[0],
+                    }
+                }
+                t += group;
+            }
+            return;
         }
     }
-    dot_packed_scalar(kind, row, acts)
+    for (t, y) in out.iter_mut().enumerate() {
+        *y = dot_packed_scalar(kind, row, &acts[t * pairs..(t + 1) * pairs]);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -193,22 +233,22 @@ mod vnni {
     use super::{ActPair, PackedKind};
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
-    pub(super) unsafe fn dot(kind: PackedKind, row: &[u8], acts: &[ActPair]) -> f32 {
-        assert!(row.len() >= acts.len() * kind.pair_bytes(), "packed row shorter than its activations");
+    /// `T` tokens at once: each token's float operations are exactly the
+    /// one-token sequence, so results do not depend on `T`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,avx2,fma")]
+    pub(super) unsafe fn dot<const T: usize>(kind: PackedKind, row: &[u8], acts: &[ActPair], pairs: usize) -> [f32; T] {
+        assert!(row.len() >= pairs * kind.pair_bytes(), "packed row shorter than its activations");
+        assert!(acts.len() >= pairs * T, "fewer activation pairs than tokens need");
         // Lane l of the dpbusd result sums quants 4l..4l+4: lanes 0-3 and
         // 8-11 belong to block 0, 4-7 and 12-15 to block 1.
         let lane_block = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
         let low_nibbles = _mm256_set1_epi8(0x0F);
-        let mut acc = _mm512_setzero_ps();
-        let mut offsets = _mm_setzero_ps();
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut offsets = [_mm_setzero_ps(); T];
         let step = kind.pair_bytes();
-        for (p, a) in acts.iter().enumerate() {
+        for p in 0..pairs {
             let pair = row.as_ptr().add(p * step);
             let dm = _mm_cvtph_ps(_mm_loadl_epi64(pair as *const __m128i));
-            let scaled = _mm_mul_ps(dm, _mm_loadu_ps(a.scales.as_ptr()));
-            offsets = _mm_add_ps(offsets, scaled);
-            let lane_scales = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(scaled));
             let quants = match kind {
                 PackedKind::Nibbles => {
                     let v = _mm256_loadu_si256(pair.add(8) as *const __m256i);
@@ -218,12 +258,46 @@ mod vnni {
                 }
                 PackedKind::Bytes => _mm512_loadu_si512(pair.add(8) as *const __m512i),
             };
-            let act = _mm512_loadu_si512(a.qs.as_ptr() as *const __m512i);
-            let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), quants, act);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), lane_scales, acc);
+            // The weight scales d0, d1 spread over their lanes, shared by all tokens.
+            let weight_lanes = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(dm));
+            for t in 0..T {
+                let a = acts.get_unchecked(t * pairs + p);
+                // Lanes 2 and 3 gather m·s, the blocks' offset terms (0 and 1 are unused).
+                offsets[t] = _mm_fmadd_ps(dm, _mm_loadu_ps(a.scales.as_ptr()), offsets[t]);
+                let lane_scales = _mm512_mul_ps(weight_lanes, _mm512_loadu_ps(a.lanes.as_ptr()));
+                let act = _mm512_loadu_si512(a.qs.as_ptr() as *const __m512i);
+                let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), quants, act);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), lane_scales, acc[t]);
+            }
         }
-        let mut off = [0f32; 4];
-        _mm_storeu_ps(off.as_mut_ptr(), offsets);
-        _mm512_reduce_add_ps(acc) + off[2] + off[3]
+        let mut out = [0f32; T];
+        for group in (0..T).step_by(4) {
+            let mut four_acc = [_mm512_setzero_ps(); 4];
+            let mut four_off = [_mm_setzero_ps(); 4];
+            let n = (T - group).min(4);
+            four_acc[..n].copy_from_slice(&acc[group..group + n]);
+            four_off[..n].copy_from_slice(&offsets[group..group + n]);
+            let mut sums = [0f32; 4];
+            _mm_storeu_ps(sums.as_mut_ptr(), reduce4(four_acc, four_off));
+            out[group..group + n].copy_from_slice(&sums[..n]);
+        }
+        out
+    }
+
+    /// Reduces four tokens' accumulators at once (a tree of horizontal
+    /// adds), plus lanes 2 and 3 of their offset vectors. Each token's sum
+    /// is formed in the same order whichever four tokens share the call.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+    unsafe fn reduce4(acc: [__m512; 4], offsets: [__m128; 4]) -> __m128 {
+        let half = |v: __m512| _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps::<1>(v));
+        let h01 = _mm256_hadd_ps(half(acc[0]), half(acc[1]));
+        let h23 = _mm256_hadd_ps(half(acc[2]), half(acc[3]));
+        let q = _mm256_hadd_ps(h01, h23);
+        let sums = _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps::<1>(q));
+        let tail = |o: __m128| _mm_blend_ps::<0b1100>(_mm_setzero_ps(), o);
+        let o01 = _mm_hadd_ps(tail(offsets[0]), tail(offsets[1]));
+        let o23 = _mm_hadd_ps(tail(offsets[2]), tail(offsets[3]));
+        _mm_add_ps(sums, _mm_hadd_ps(o01, o23))
     }
 }
