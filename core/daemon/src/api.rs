@@ -84,8 +84,38 @@ async fn count_requests(
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let body = state.0.metrics.render();
+    let mut body = state.0.metrics.render();
+    body.push_str(&engine_metrics(&state).await);
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+/// Scheduler gauges and counters of every generate stage that reports them
+/// (`{"stats": true}`): queue depth, running batch size, decode steps and
+/// decoded tokens (their ratio is the mean batch size).
+async fn engine_metrics(state: &AppState) -> String {
+    let series = [
+        ("tailor_generate_queue_depth", "gauge", "Requests waiting to join the batch.", "waiting"),
+        ("tailor_generate_batch_size", "gauge", "Sequences in the running batch.", "running"),
+        ("tailor_generate_decode_steps_total", "counter", "Batched decode steps.", "steps"),
+        ("tailor_generate_decoded_tokens_total", "counter", "Tokens decoded by those steps.", "decoded_tokens"),
+    ];
+    let mut reports = Vec::new();
+    for stage in state.0.registry.all().iter().filter(|s| s.kind == Some(StageKind::Generate)) {
+        let id = state.next_request_id();
+        if let Ok(output) = call_collect(stage.clone(), id, r#"{"stats": true}"#.into()).await {
+            if let Ok(stats) = serde_json::from_str::<Value>(&output) {
+                reports.push((stage.name.clone(), stats));
+            }
+        }
+    }
+    let mut text = String::new();
+    for (name, kind, help, key) in series {
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (stage, stats) in &reports {
+            text.push_str(&format!("{name}{{stage={stage:?}}} {}\n", stats[key].as_u64().unwrap_or(0)));
+        }
+    }
+    text
 }
 
 /// An OpenAI-style error response.

@@ -359,6 +359,17 @@ fn concurrent_streaming_clients_each_get_their_single_request_output() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(together, alone, "32 concurrent streams reproduce each single-request greedy output");
+    let (_, metrics) = curl(&d, "/metrics", None, None);
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name}{{stage=\"smollm2\"}}")));
+        line.and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: {metrics}"))
+    };
+    let mean_batch = value("tailor_generate_decoded_tokens_total") / value("tailor_generate_decode_steps_total");
+    println!("mean decode batch over the test: {mean_batch:.2}");
+    assert!(mean_batch > 1.5, "the concurrent streams were not batched together: {metrics}");
+    assert_eq!(value("tailor_generate_queue_depth"), 0.0);
 }
 
 /// The Python interpreter of a venv with the `openai` package

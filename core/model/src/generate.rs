@@ -3,7 +3,7 @@
 
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
-use crate::llama::Logits;
+use crate::llama::{DecodeBuffers, Logits};
 use crate::model::Model;
 use crate::sampler::{top_logprobs, Sampler, SamplingParams};
 use std::time::Instant;
@@ -79,6 +79,7 @@ pub fn generate(
     on_token: &mut dyn FnMut(&TokenEvent) -> bool,
 ) -> Result<Generation> {
     let (mut sequence, mut logits) = Sequence::start(model, prompt, params)?;
+    let mut buffers = DecodeBuffers::default();
     loop {
         let step = sequence.accept(model, &mut logits)?;
         if let Some(event) = &step.event {
@@ -88,7 +89,11 @@ pub fn generate(
             }
         }
         let Some(next) = step.next else { break };
-        logits = model.llama.forward(&[next], sequence.cache_mut(), Logits::Last)?;
+        // The batched decode path with a batch of one: the same arithmetic
+        // as a request running in tailor-engine's batch.
+        let stepped = model.llama.forward_decode(&[next], &mut [sequence.cache_mut()], &mut buffers)?;
+        logits.clear();
+        logits.extend_from_slice(stepped);
     }
     sequence.finish(model)
 }

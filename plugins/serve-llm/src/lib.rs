@@ -9,6 +9,9 @@
 //! `repetition_penalty`. Output: one JSON object per line:
 //! `{"type":"token","text":…}` per token, then `{"type":"done",
 //! "finish_reason":"stop"|"length", "prompt_tokens", "completion_tokens"}`.
+//! `{"stats": true}` answers the engine's counters: `{"waiting", "running",
+//! "steps", "decoded_tokens"}` (queue depth, batch size, decode steps and
+//! the tokens they produced).
 
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -26,6 +29,9 @@ struct Config {
 
 #[derive(Deserialize)]
 struct Request {
+    /// `{"stats": true}` asks for the engine's counters instead of a generation.
+    #[serde(default)]
+    stats: bool,
     messages: Option<Vec<Message>>,
     prompt: Option<String>,
     max_tokens: Option<usize>,
@@ -58,6 +64,17 @@ impl Stage for Generate {
 
     fn call(&self, _request_id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
         let request: Request = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
+        if request.stats {
+            let stats = self.engine.stats();
+            let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            let count = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::Relaxed);
+            emit(
+                &serde_json::json!({"waiting": count(&stats.waiting), "running": count(&stats.running),
+                "steps": get(&stats.steps), "decoded_tokens": get(&stats.decoded_tokens)})
+                .to_string(),
+            );
+            return Ok(());
+        }
         let prompt = match (&request.messages, &request.prompt) {
             (Some(messages), _) => self.model.encode_chat(messages),
             (None, Some(prompt)) => self.model.encode(prompt),
