@@ -98,6 +98,13 @@ async fn engine_metrics(state: &AppState) -> String {
         ("tailor_generate_batch_size", "gauge", "Sequences in the running batch.", "running"),
         ("tailor_generate_decode_steps_total", "counter", "Batched decode steps.", "steps"),
         ("tailor_generate_decoded_tokens_total", "counter", "Tokens decoded by those steps.", "decoded_tokens"),
+        ("tailor_generate_prefix_hits_total", "counter", "Prompts that reused a cached prefix.", "prefix_hits"),
+        (
+            "tailor_generate_prefix_tokens_total",
+            "counter",
+            "Prompt tokens reused from cached prefixes.",
+            "prefix_tokens",
+        ),
     ];
     let mut reports = Vec::new();
     for stage in state.0.registry.all().iter().filter(|s| s.kind == Some(StageKind::Generate)) {

@@ -370,6 +370,9 @@ fn concurrent_streaming_clients_each_get_their_single_request_output() {
     println!("mean decode batch over the test: {mean_batch:.2}");
     assert!(mean_batch > 1.5, "the concurrent streams were not batched together: {metrics}");
     assert_eq!(value("tailor_generate_queue_depth"), 0.0);
+    // Every prompt starts with the chat template's system prompt: after the
+    // first, each reused its keys and values (and still matched exactly).
+    assert!(value("tailor_generate_prefix_hits_total") >= 31.0, "{metrics}");
 }
 
 /// The Python interpreter of a venv with the `openai` package

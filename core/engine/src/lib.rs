@@ -8,7 +8,10 @@
 //!
 //! One scheduler thread owns the sequences; callers talk to it through
 //! channels. A caller that drops its receiver cancels its request at the
-//! next step.
+//! next step. Prompts that share a prefix with a recent one (a system
+//! prompt, a RAG template) reuse its keys and values (`prefix`), exactly.
+
+mod prefix;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,11 +36,13 @@ pub enum Event {
 pub struct EngineOptions {
     /// Most sequences decoded together; more wait in the queue.
     pub max_batch: usize,
+    /// Bytes of prompt keys/values kept for prefix reuse (0: off).
+    pub prefix_cache_bytes: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { max_batch: 16 }
+        EngineOptions { max_batch: 16, prefix_cache_bytes: 128 << 20 }
     }
 }
 
@@ -52,6 +57,10 @@ pub struct EngineStats {
     pub steps: AtomicU64,
     /// Tokens decoded over all steps (÷ steps = mean batch size).
     pub decoded_tokens: AtomicU64,
+    /// Prompts that reused a cached prefix.
+    pub prefix_hits: AtomicU64,
+    /// Prompt tokens those reuses did not have to prefill.
+    pub prefix_tokens: AtomicU64,
 }
 
 struct Job {
@@ -72,7 +81,13 @@ impl Engine {
     pub fn start(model: Arc<Model>, options: EngineOptions) -> Engine {
         let (jobs, queue) = mpsc::channel();
         let stats = Arc::new(EngineStats::default());
-        let scheduler = Scheduler { model, queue, max_batch: options.max_batch.max(1), stats: stats.clone() };
+        let scheduler = Scheduler {
+            model,
+            queue,
+            max_batch: options.max_batch.max(1),
+            stats: stats.clone(),
+            prefixes: std::cell::RefCell::new(prefix::PrefixCache::new(options.prefix_cache_bytes)),
+        };
         let worker = std::thread::Builder::new().name("tailor-engine".into()).spawn(move || scheduler.run()).ok();
         Engine { jobs: Mutex::new(Some(jobs)), stats, worker }
     }
@@ -123,6 +138,7 @@ struct Scheduler {
     queue: Receiver<Job>,
     max_batch: usize,
     stats: Arc<EngineStats>,
+    prefixes: std::cell::RefCell<prefix::PrefixCache>,
 }
 
 impl Scheduler {
@@ -154,8 +170,17 @@ impl Scheduler {
     /// Prefills a new request and streams its first token; `None` when it
     /// is already finished (or failed, or its caller left).
     fn admit(&self, job: Job) -> Option<Running> {
-        let (mut sequence, mut logits) = match Sequence::start(&self.model, &job.prompt, &job.params) {
-            Ok(started) => started,
+        let reused = self.prefixes.borrow_mut().lookup(&job.prompt);
+        if let Some(cache) = &reused {
+            self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
+            self.stats.prefix_tokens.fetch_add(cache.len() as u64, Ordering::Relaxed);
+        }
+        let cache = reused.unwrap_or_else(|| self.model.llama.new_cache());
+        let (mut sequence, mut logits) = match Sequence::start_from(&self.model, &job.prompt, &job.params, cache) {
+            Ok(started) => {
+                self.prefixes.borrow_mut().insert(&job.prompt, started.0.cache());
+                started
+            }
             Err(e) => {
                 let _ = job.events.send(Event::Failed(e.to_string()));
                 return None;

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tailor_engine::{Engine, EngineOptions, Event};
-use tailor_model::{generate, GenerateParams, LoadOptions, Message, Model, SamplingParams};
+use tailor_model::{generate, GenerateParams, LoadOptions, Logits, Message, Model, SamplingParams};
 
 fn model() -> Arc<Model> {
     let path = tailor_model::cache::cache_dir().join(tailor_model::cache::SMOLLM2_GGUF);
@@ -63,7 +63,7 @@ fn batched_requests_match_their_solo_runs_token_for_token() {
         })
         .collect();
     // A batch of at most 4: the last two wait and join as others leave.
-    let engine = Engine::start(model.clone(), EngineOptions { max_batch: 4 });
+    let engine = Engine::start(model.clone(), EngineOptions { max_batch: 4, ..EngineOptions::default() });
     let receivers: Vec<_> = requests.iter().map(|(prompt, p)| engine.submit(prompt.clone(), p.clone())).collect();
     let batched: Vec<(Vec<u32>, String)> = receivers.into_iter().map(collect).collect();
     for (i, (solo, batched)) in solo.iter().zip(&batched).enumerate() {
@@ -73,6 +73,26 @@ fn batched_requests_match_their_solo_runs_token_for_token() {
     let (steps, tokens) = (stats.steps.load(Ordering::Relaxed), stats.decoded_tokens.load(Ordering::Relaxed));
     println!("{steps} decode steps, {tokens} tokens: mean batch {:.2}", tokens as f64 / steps as f64);
     assert!(tokens as f64 / steps as f64 > 2.0, "requests were not batched");
+    // The chat prompts share the template's system prompt: later ones reused it.
+    assert!(stats.prefix_hits.load(Ordering::Relaxed) >= 3, "no prefix was reused");
+    assert!(stats.prefix_tokens.load(Ordering::Relaxed) >= 30, "reused prefixes were short");
+}
+
+#[test]
+fn a_prompt_prefilled_in_pieces_gives_exactly_the_full_prefill() {
+    let model = model();
+    let prompt = chat(&model, "Explain what a KV cache is, in one sentence.");
+    let mut whole_cache = model.llama.new_cache();
+    let whole = model.llama.forward(&prompt, &mut whole_cache, Logits::Last).expect("full prefill");
+    let min = tailor_model::Llama::EXACT_PREFILL_MIN;
+    for split in [min, 13, 20, prompt.len() - min - 1, prompt.len() - min] {
+        let mut cache = model.llama.new_cache();
+        model.llama.forward(&prompt, &mut cache, Logits::Last).expect("prefill of a longer prompt");
+        cache.truncate(split); // as a reused prefix of another prompt would be
+        let rest = model.llama.extend(&prompt[split..], &mut cache, Logits::Last).expect("extend");
+        let differing = rest.iter().zip(&whole).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differing, 0, "logits after a reused prefix of {split} of {} tokens", prompt.len());
+    }
 }
 
 #[test]

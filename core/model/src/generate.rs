@@ -126,6 +126,20 @@ impl Sequence {
     /// Checks the prompt, prefills it, and returns the sequence with the
     /// logits of its first generated position.
     pub fn start(model: &Model, prompt: &[u32], params: &GenerateParams) -> Result<(Sequence, Vec<f32>)> {
+        Sequence::start_from(model, prompt, params, model.llama.new_cache())
+    }
+
+    /// Like [`Sequence::start`], with `cache` already holding the keys and
+    /// values of the prompt's first `cache.len()` tokens (a reused prefix):
+    /// only the rest is prefilled, through [`crate::Llama::extend`], so the
+    /// result is exactly that of a full prefill (at least
+    /// `Llama::EXACT_PREFILL_MIN` tokens must remain).
+    pub fn start_from(
+        model: &Model,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut cache: KvCache,
+    ) -> Result<(Sequence, Vec<f32>)> {
         if prompt.is_empty() {
             return Err(ModelError::EmptyPrompt);
         }
@@ -136,9 +150,18 @@ impl Sequence {
         let sampler = Sampler::new(params.sampling.clone())?;
         let mut stops = model.stop_tokens();
         stops.extend(&params.stop_tokens);
-        let mut cache = model.llama.new_cache();
+        let left = prompt.len().saturating_sub(cache.len());
+        if !cache.is_empty() && left < crate::Llama::EXACT_PREFILL_MIN {
+            return Err(ModelError::InvalidParameter(format!(
+                "a reused prefix must leave {} prompt tokens, it leaves {left}",
+                crate::Llama::EXACT_PREFILL_MIN
+            )));
+        }
         let started = Instant::now();
-        let logits = model.llama.forward(prompt, &mut cache, Logits::Last)?;
+        let logits = match cache.len() {
+            0 => model.llama.forward(prompt, &mut cache, Logits::Last)?,
+            reused => model.llama.extend(&prompt[reused..], &mut cache, Logits::Last)?,
+        };
         let out = Generation {
             tokens: Vec::new(),
             text: String::new(),
@@ -193,6 +216,11 @@ impl Sequence {
     /// True once it needs no more steps.
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// The sequence's KV cache (right after `start`: the prompt's).
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
     }
 
     /// The sequence's KV cache (what the next decode step appends to).

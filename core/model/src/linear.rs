@@ -2,7 +2,7 @@
 //! Adapters (LoRA) wrap this type rather than forking the model.
 
 use crate::error::Result;
-use tailor_tensor::cpu::{linear, linear_many, linear_many_decode, LinearScratch};
+use tailor_tensor::cpu::{linear, linear_many, linear_many_decode, linear_many_gemm, LinearScratch};
 use tailor_tensor::{DType, Tensor};
 
 /// A linear layer.
@@ -54,6 +54,23 @@ impl Linear {
     ) -> Result<()> {
         let mut outputs: Vec<(&Tensor, &mut [f32])> = layers.iter_mut().map(|(l, y)| (&l.weight, &mut **y)).collect();
         linear_many(x, tokens, &mut outputs, scratch)?;
+        for (layer, y) in layers.iter_mut() {
+            layer.add_bias(y);
+        }
+        Ok(())
+    }
+
+    /// [`Linear::forward_many`] on the gemm path for any token count (see
+    /// `tailor_tensor::cpu::linear_many_gemm`): the path a long prompt's
+    /// prefill takes, forced, so a prompt can be prefilled in pieces.
+    pub fn forward_many_gemm(
+        x: &[f32],
+        tokens: usize,
+        layers: &mut [(&Linear, &mut [f32])],
+        scratch: &mut LinearScratch,
+    ) -> Result<()> {
+        let mut outputs: Vec<(&Tensor, &mut [f32])> = layers.iter_mut().map(|(l, y)| (&l.weight, &mut **y)).collect();
+        linear_many_gemm(x, tokens, &mut outputs, scratch)?;
         for (layer, y) in layers.iter_mut() {
             layer.add_bias(y);
         }

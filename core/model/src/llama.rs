@@ -105,6 +105,31 @@ impl Llama {
     /// Runs `tokens` after what `cache` holds, appends their keys/values, and
     /// returns logits (`vocab` values per requested position).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        self.forward_with(tokens, cache, which, false)
+    }
+
+    /// Shortest prompt whose prefill [`Llama::extend`] reproduces exactly.
+    pub const EXACT_PREFILL_MIN: usize = tailor_tensor::cpu::QUANT_GEMM_MIN_TOKENS;
+
+    /// Continues a prefill after a cached prefix: like [`Llama::forward`], but
+    /// every linear takes the gemm path a long prompt's prefill takes. When
+    /// the prefix came from such a prefill and at least
+    /// [`Llama::EXACT_PREFILL_MIN`] tokens are extended, the keys, values
+    /// and logits are exactly those of one prefill of the whole prompt (the
+    /// gemm's rows do not depend on how many rows it multiplies, once there
+    /// are that many: with very few it switches kernels).
+    pub fn extend(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        if tokens.len() < Self::EXACT_PREFILL_MIN {
+            return Err(ModelError::InvalidParameter(format!(
+                "extend needs at least {} tokens, got {}",
+                Self::EXACT_PREFILL_MIN,
+                tokens.len()
+            )));
+        }
+        self.forward_with(tokens, cache, which, true)
+    }
+
+    fn forward_with(&self, tokens: &[u32], cache: &mut KvCache, which: Logits, gemm: bool) -> Result<Vec<f32>> {
         let cfg = &self.config;
         let (n, start) = (tokens.len(), cache.len());
         if n == 0 {
@@ -115,6 +140,7 @@ impl Llama {
         }
         let mut x = self.embed_tokens(tokens)?;
         let mut s = Scratch::new(cfg, n);
+        s.gemm = gemm;
         for (layer, block) in self.blocks.iter().enumerate() {
             self.attention(layer, block, &mut x, start, cache, &mut s)?;
             self.mlp(block, &mut x, &mut s)?;
@@ -238,7 +264,8 @@ impl Llama {
         let cfg = &self.config;
         let n = s.tokens;
         rms_norm(x, &b.attn_norm, cfg.rms_norm_eps as f32, &mut s.normed);
-        Linear::forward_many(&s.normed, n, &mut [(&b.q, &mut s.q), (&b.k, &mut s.k), (&b.v, &mut s.v)], &mut s.linear)?;
+        let qkv = &mut [(&b.q, &mut s.q[..]), (&b.k, &mut s.k[..]), (&b.v, &mut s.v[..])];
+        prefill_linears(s.gemm, &s.normed, n, qkv, &mut s.linear)?;
         self.rope.apply(&mut s.q, cfg.num_attention_heads, start);
         self.rope.apply(&mut s.k, cfg.num_key_value_heads, start);
         cache.append(layer, &s.k, &s.v);
@@ -249,7 +276,7 @@ impl Llama {
             head_dim: cfg.head_dim,
         };
         causal_attention(&s.q, keys, values, start, shape, &mut s.attn);
-        b.o.forward(&s.attn, n, &mut s.out, &mut s.linear)?;
+        prefill_linears(s.gemm, &s.attn, n, &mut [(&b.o, &mut s.out)], &mut s.linear)?;
         add_in_place(x, &s.out);
         Ok(())
     }
@@ -257,11 +284,27 @@ impl Llama {
     fn mlp(&self, b: &Block, x: &mut [f32], s: &mut Scratch) -> Result<()> {
         let n = s.tokens;
         rms_norm(x, &b.ffn_norm, self.config.rms_norm_eps as f32, &mut s.normed);
-        Linear::forward_many(&s.normed, n, &mut [(&b.gate, &mut s.gate), (&b.up, &mut s.up)], &mut s.linear)?;
+        let gate_up = &mut [(&b.gate, &mut s.gate[..]), (&b.up, &mut s.up[..])];
+        prefill_linears(s.gemm, &s.normed, n, gate_up, &mut s.linear)?;
         silu_mul(&mut s.gate, &s.up);
-        b.down.forward(&s.gate, n, &mut s.out, &mut s.linear)?;
+        prefill_linears(s.gemm, &s.gate, n, &mut [(&b.down, &mut s.out)], &mut s.linear)?;
         add_in_place(x, &s.out);
         Ok(())
+    }
+}
+
+/// The linears of a prefill: the usual path by token count, or gemm forced.
+fn prefill_linears(
+    gemm: bool,
+    x: &[f32],
+    tokens: usize,
+    layers: &mut [(&Linear, &mut [f32])],
+    scratch: &mut LinearScratch,
+) -> Result<()> {
+    if gemm {
+        Linear::forward_many_gemm(x, tokens, layers, scratch)
+    } else {
+        Linear::forward_many(x, tokens, layers, scratch)
     }
 }
 
@@ -276,6 +319,8 @@ pub struct DecodeBuffers {
 /// Activations of one forward pass.
 struct Scratch {
     tokens: usize,
+    /// Force the gemm path in the linears (see [`Llama::extend`]).
+    gemm: bool,
     normed: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
@@ -291,6 +336,7 @@ impl Scratch {
     fn new(cfg: &LlamaConfig, n: usize) -> Scratch {
         Scratch {
             tokens: n,
+            gemm: false,
             normed: vec![0.0; n * cfg.hidden_size],
             q: vec![0.0; n * cfg.q_dim()],
             k: vec![0.0; n * cfg.kv_dim()],

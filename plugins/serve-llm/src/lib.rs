@@ -3,15 +3,18 @@
 //! continuous-batching engine (tailor-engine): each joins the running batch
 //! between decode steps, and a caller that goes away leaves it.
 //!
-//! Config: `{"model": PATH, "dtype": "q8_0"?, "max_batch": N?}`. Request: `{"messages":
+//! Config: `{"model": PATH, "dtype": "q8_0"?, "max_batch": N?,
+//! "prefix_cache_mb": N?}` (batch size limit, default 16; memory for reused
+//! prompt prefixes, default 128, 0 turns reuse off). Request: `{"messages":
 //! [{"role", "content"}…]}` (chat template applied) or `{"prompt": TEXT}`,
 //! plus `max_tokens`, `temperature`, `top_p`, `top_k`, `seed`,
 //! `repetition_penalty`. Output: one JSON object per line:
 //! `{"type":"token","text":…}` per token, then `{"type":"done",
 //! "finish_reason":"stop"|"length", "prompt_tokens", "completion_tokens"}`.
 //! `{"stats": true}` answers the engine's counters: `{"waiting", "running",
-//! "steps", "decoded_tokens"}` (queue depth, batch size, decode steps and
-//! the tokens they produced).
+//! "steps", "decoded_tokens", "prefix_hits", "prefix_tokens"}` (queue depth,
+//! batch size, decode steps and the tokens they produced, prompts that
+//! reused a cached prefix and the tokens reused).
 
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -25,6 +28,7 @@ struct Config {
     model: PathBuf,
     dtype: Option<String>,
     max_batch: Option<usize>,
+    prefix_cache_mb: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -58,7 +62,11 @@ impl Stage for Generate {
         let model =
             Model::load(&config.model, LoadOptions { dtype, ..LoadOptions::default() }).map_err(|e| e.to_string())?;
         let model = Arc::new(model);
-        let options = EngineOptions { max_batch: config.max_batch.unwrap_or(EngineOptions::default().max_batch) };
+        let defaults = EngineOptions::default();
+        let options = EngineOptions {
+            max_batch: config.max_batch.unwrap_or(defaults.max_batch),
+            prefix_cache_bytes: config.prefix_cache_mb.map_or(defaults.prefix_cache_bytes, |mb| mb << 20),
+        };
         Ok(Generate { engine: Engine::start(model.clone(), options), model })
     }
 
@@ -70,7 +78,8 @@ impl Stage for Generate {
             let count = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::Relaxed);
             emit(
                 &serde_json::json!({"waiting": count(&stats.waiting), "running": count(&stats.running),
-                "steps": get(&stats.steps), "decoded_tokens": get(&stats.decoded_tokens)})
+                "steps": get(&stats.steps), "decoded_tokens": get(&stats.decoded_tokens),
+                "prefix_hits": get(&stats.prefix_hits), "prefix_tokens": get(&stats.prefix_tokens)})
                 .to_string(),
             );
             return Ok(());

@@ -54,6 +54,23 @@ pub fn linear_many(
     rows_linear(x, tokens, outputs, scratch)
 }
 
+/// [`linear_many`] always on the dequantize + gemm path, whatever the token
+/// count. The gemm gives each row the same result for any row count ≥ 2, so
+/// a prompt prefilled in pieces (a cached prefix, then the rest) gets
+/// exactly the values one prefill of the whole prompt gives.
+pub fn linear_many_gemm(
+    x: &[f32],
+    tokens: usize,
+    outputs: &mut [(&Tensor, &mut [f32])],
+    scratch: &mut LinearScratch,
+) -> Result<()> {
+    for (w, y) in outputs.iter_mut() {
+        check_linear(x, tokens, w, y)?;
+        gemm_linear(x, tokens, w, y, scratch)?;
+    }
+    Ok(())
+}
+
 /// [`linear_many`] for a decode batch: each of the `tokens` rows of `x`
 /// belongs to a different sequence, and each row's result is exactly (bit
 /// for bit) what `linear_many` gives that row alone. When every weight has

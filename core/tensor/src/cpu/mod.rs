@@ -8,7 +8,8 @@ pub mod pool;
 
 pub use attention::{causal_attention, decode_attention, full_attention, AttentionShape};
 pub use matmul::{
-    dot_f32, gemm_f32, linear, linear_many, linear_many_decode, matvec_f32, LinearScratch, QUANT_GEMM_MIN_TOKENS,
+    dot_f32, gemm_f32, linear, linear_many, linear_many_decode, linear_many_gemm, matvec_f32, LinearScratch,
+    QUANT_GEMM_MIN_TOKENS,
 };
 pub use ops::{
     add_in_place, erf, erf_f32, exp_fast, gelu_in_place, layer_norm, rms_norm, silu_mul, softmax_in_place, RopeTable,
