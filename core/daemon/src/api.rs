@@ -5,6 +5,7 @@
 
 use crate::cache::AnswerCache;
 use crate::metrics::Metrics;
+use crate::services::DaemonServices;
 use crate::stages::{Registered, Registry};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -28,6 +29,7 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     registry: Registry,
+    services: Arc<DaemonServices>,
     token: Option<String>,
     next_id: AtomicU64,
     metrics: Metrics,
@@ -35,9 +37,15 @@ struct Inner {
 }
 
 impl AppState {
-    /// State over a registry, with an optional bearer token.
-    pub fn new(registry: Registry, token: Option<String>, cache: AnswerCache) -> AppState {
-        AppState(Arc::new(Inner { registry, token, next_id: AtomicU64::new(1), metrics: Metrics::default(), cache }))
+    /// State over a registry and its host services, with an optional bearer token.
+    pub fn new(
+        registry: Registry,
+        services: Arc<DaemonServices>,
+        token: Option<String>,
+        cache: AnswerCache,
+    ) -> AppState {
+        let next_id = AtomicU64::new(1);
+        AppState(Arc::new(Inner { registry, services, token, next_id, metrics: Metrics::default(), cache }))
     }
 
     /// The configured stages.
@@ -86,7 +94,24 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
     authorize(&state, &headers)?;
     let mut body = state.0.metrics.render();
     body.push_str(&engine_metrics(&state).await);
+    body.push_str(&task_metrics(&state));
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+/// Progress plugins reported for long work (indexing, loading), by task.
+fn task_metrics(state: &AppState) -> String {
+    let tasks = state.0.services.tasks();
+    let mut text = String::new();
+    for (name, help, pick) in [
+        ("tailor_task_done", "Units of a long task done, as its plugin reported.", 0),
+        ("tailor_task_total", "Units of a long task in all.", 1),
+    ] {
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (task, done, total) in &tasks {
+            text.push_str(&format!("{name}{{task={task:?}}} {}\n", if pick == 0 { done } else { total }));
+        }
+    }
+    text
 }
 
 /// Scheduler gauges and counters of every generate stage that reports them
@@ -109,7 +134,7 @@ async fn engine_metrics(state: &AppState) -> String {
     let mut reports = Vec::new();
     for stage in state.0.registry.all().iter().filter(|s| s.kind == Some(StageKind::Generate)) {
         let id = state.next_request_id();
-        if let Ok(output) = call_collect(stage.clone(), id, r#"{"stats": true}"#.into()).await {
+        if let Ok(output) = call_collect(state, stage.clone(), id, r#"{"stats": true}"#.into()).await {
             if let Ok(stats) = serde_json::from_str::<Value>(&output) {
                 reports.push((stage.name.clone(), stats));
             }
@@ -176,20 +201,46 @@ pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
     }
 }
 
+/// Marks a request cancelled if the handler awaiting it is dropped (the
+/// client went away), so the stage sees it through `is_cancelled`.
+struct CancelOnDrop {
+    services: Arc<DaemonServices>,
+    id: u64,
+    done: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.done {
+            self.services.cancel(self.id);
+        }
+    }
+}
+
 /// Runs a stage call on the blocking pool and collects its whole output.
-pub async fn call_collect(stage: Arc<Registered>, id: u64, request: String) -> Result<String, ApiError> {
+pub async fn call_collect(
+    state: &AppState,
+    stage: Arc<Registered>,
+    id: u64,
+    request: String,
+) -> Result<String, ApiError> {
     let name = stage.name.clone();
-    tokio::task::spawn_blocking(move || {
+    let services = state.0.services.clone();
+    let mut guard = CancelOnDrop { services: services.clone(), id, done: false };
+    let result = tokio::task::spawn_blocking(move || {
         let mut out = String::new();
-        stage.call(id, &request, &mut |chunk| {
+        let result = stage.call(id, &request, &mut |chunk| {
             out.push_str(chunk);
             true
-        })?;
-        Ok::<String, PluginError>(out)
+        });
+        services.finished(id);
+        result.map(|()| out)
     })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("stage {name} task failed: {e}")))?
-    .map_err(ApiError::from)
+    .await;
+    guard.done = true;
+    result
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("stage {name} task failed: {e}")))?
+        .map_err(ApiError::from)
 }
 
 /// The body as a JSON object, or a 400.
@@ -284,7 +335,7 @@ async fn retrieve_into(state: &AppState, body: &Value, messages: &Value) -> Resu
     let question = messages[last_user]["content"].as_str().unwrap_or("").to_string();
     let request = json!({"index": index, "query": question, "k": k}).to_string();
     let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
-    let output = call_collect(search, id, request).await?;
+    let output = call_collect(state, search, id, request).await?;
     let hits: Value =
         serde_json::from_str(&output).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let hits = hits["hits"].as_array().cloned().unwrap_or_default();
@@ -385,7 +436,7 @@ async fn run_generation(
         with_sources(&mut value, kind.sources());
         return Ok(Json(value).into_response());
     }
-    let output = call_collect(stage, id, request).await?;
+    let output = call_collect(&state, stage, id, request).await?;
     let (mut text, mut finish, mut usage) = (String::new(), "stop".to_string(), (0, 0));
     for piece in output.lines().filter_map(parse_piece) {
         match piece {
@@ -506,11 +557,13 @@ fn stream_generation(state: AppState, stage: Arc<Registered>, request: String, s
                     None => continue,
                 };
                 if tx.blocking_send(event).is_err() {
+                    state.0.services.cancel(id);
                     return false; // the client went away: cancel
                 }
             }
             true
         });
+        state.0.services.finished(id);
         match (result, usage) {
             (Err(e), _) => {
                 let error = json!({"error": {"message": e.to_string(), "type": "server_error"}});
@@ -546,7 +599,7 @@ async fn call_stage(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown stage {name:?}")))?;
     let request = String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
     let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
-    let output = call_collect(stage, id, request).await?;
+    let output = call_collect(&state, stage, id, request).await?;
     Ok(match serde_json::from_str::<Value>(&output) {
         Ok(value) => Json(value).into_response(),
         Err(_) => output.into_response(),
@@ -570,7 +623,7 @@ async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Byt
     let model = stage.name.clone();
     state.0.metrics.embedded_texts.fetch_add(input.len() as u64, Ordering::Relaxed);
     let request = json!({"input": input}).to_string();
-    let output = call_collect(stage, id, request).await?;
+    let output = call_collect(&state, stage, id, request).await?;
     let parsed: Value =
         serde_json::from_str(&output).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let data: Vec<Value> = parsed["embeddings"]

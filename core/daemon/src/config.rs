@@ -61,6 +61,13 @@ pub struct Server {
     /// Seconds a cached answer stays valid.
     #[serde(default = "default_cache_ttl")]
     pub answer_cache_ttl_secs: u64,
+    /// CPU threads granted to each plugin (default: the machine's cores).
+    #[serde(default = "default_cpu_threads")]
+    pub cpu_threads: u32,
+}
+
+fn default_cpu_threads() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
 fn default_cache_entries() -> usize {

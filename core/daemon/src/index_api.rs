@@ -46,7 +46,7 @@ async fn forward(
     stage: Arc<crate::stages::Registered>,
     request: Value,
 ) -> Result<Json<Value>, ApiError> {
-    let output = call_collect(stage, state.next_request_id(), request.to_string()).await?;
+    let output = call_collect(state, stage, state.next_request_id(), request.to_string()).await?;
     serde_json::from_str(&output)
         .map(Json)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("stage answered non-JSON: {e}")))

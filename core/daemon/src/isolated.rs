@@ -1,16 +1,21 @@
 //! Out-of-process stages: the same plugin library loaded in a child
 //! `tailord --plugin-host` process, spoken to over ipc-channel. A crash
 //! there (segfault, abort) fails the request in flight with a clear error;
-//! the next request starts a fresh child.
+//! the next request starts a fresh child. The child's plugin gets the same
+//! host services as an in-process one, proxied: its log lines, progress,
+//! cancellation checks and calls into other stages travel to the daemon
+//! over a second channel, served by a thread per child.
 
+use crate::services::DaemonServices;
 use anyhow::{Context, Result};
 use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tailor_plugin_abi::ffi;
-use tailor_plugin_abi::host::{default_host, Plugin, PluginError};
+use tailor_plugin_abi::host::{Plugin, PluginError};
+use tailor_plugin_abi::services::{host_api, HostServices};
 
 /// One request to the child.
 #[derive(Serialize, Deserialize)]
@@ -32,6 +37,31 @@ enum Reply {
 /// or why it could not start.
 type Hello = Result<(IpcSender<Request>, u32), String>;
 
+/// A host service used by the child's plugin, carried to the daemon.
+#[derive(Serialize, Deserialize)]
+enum HostCall {
+    /// The child is up (the first message).
+    Connected,
+    Log {
+        level: i32,
+        message: String,
+    },
+    Progress {
+        task: String,
+        done: u64,
+        total: u64,
+    },
+    IsCancelled {
+        request_id: u64,
+        reply: IpcSender<bool>,
+    },
+    CallStage {
+        stage: String,
+        request: String,
+        reply: IpcSender<Reply>,
+    },
+}
+
 /// How to start the child.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct HostSpec {
@@ -43,6 +73,8 @@ pub struct HostSpec {
     pub stage: String,
     /// Stage config (JSON).
     pub config_json: String,
+    /// CPU threads granted to the plugin.
+    pub cpu_threads: u32,
 }
 
 struct Running {
@@ -56,12 +88,13 @@ pub struct IsolatedStage {
     name: String,
     spec: HostSpec,
     running: Mutex<Option<Running>>,
+    services: Arc<DaemonServices>,
 }
 
 impl IsolatedStage {
     /// Starts the child once to check that the stage loads.
-    pub fn start(name: &str, spec: HostSpec) -> Result<IsolatedStage> {
-        let stage = IsolatedStage { name: name.to_string(), spec, running: Mutex::new(None) };
+    pub fn start(name: &str, spec: HostSpec, services: Arc<DaemonServices>) -> Result<IsolatedStage> {
+        let stage = IsolatedStage { name: name.to_string(), spec, running: Mutex::new(None), services };
         let running = stage.spawn()?;
         *stage.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
         Ok(stage)
@@ -69,13 +102,21 @@ impl IsolatedStage {
 
     fn spawn(&self) -> Result<Running> {
         let (server, server_name) = IpcOneShotServer::<Hello>::new().context("creating the plugin-host channel")?;
+        let (host_server, host_name) =
+            IpcOneShotServer::<HostCall>::new().context("creating the host-services channel")?;
         let spec = serde_json::to_string(&self.spec)?;
         let child = Command::new(std::env::current_exe()?)
             .arg("--plugin-host")
             .env("TAILOR_PLUGIN_HOST_SERVER", server_name)
+            .env("TAILOR_PLUGIN_HOST_SERVICES", host_name)
             .env("TAILOR_PLUGIN_HOST_SPEC", spec)
             .spawn()
             .context("starting the plugin host process")?;
+        let services = self.services.clone();
+        std::thread::Builder::new()
+            .name(format!("host-{}", self.name))
+            .spawn(move || serve_host_calls(host_server, services))
+            .context("starting the host-services thread")?;
         let (_, hello) = server.accept().context("the plugin host did not connect")?;
         let (requests, kind) = hello.map_err(|e| anyhow::anyhow!("stage {}: {e}", self.name))?;
         Ok(Running { child, requests, kind })
@@ -154,6 +195,77 @@ impl Drop for IsolatedStage {
     }
 }
 
+/// The daemon side of a child's host services: until the child goes away.
+fn serve_host_calls(server: IpcOneShotServer<HostCall>, services: Arc<DaemonServices>) {
+    let Ok((calls, first)) = server.accept() else { return };
+    let mut next = Some(first);
+    while let Some(call) = next.take().or_else(|| calls.recv().ok()) {
+        match call {
+            HostCall::Connected => {}
+            HostCall::Log { level, message } => services.log(level, &message),
+            HostCall::Progress { task, done, total } => services.progress(&task, done, total),
+            HostCall::IsCancelled { request_id, reply } => {
+                let _ = reply.send(services.is_cancelled(request_id));
+            }
+            HostCall::CallStage { stage, request, reply } => {
+                let result =
+                    services.call_stage(&stage, &request, &mut |chunk| reply.send(Reply::Chunk(chunk.into())).is_ok());
+                let last = match result {
+                    Ok(()) => Reply::Done,
+                    Err(message) => Reply::Failed { status: ffi::ERR_INVALID, message },
+                };
+                let _ = reply.send(last);
+            }
+        }
+    }
+}
+
+/// The child's host services: each a message to the daemon.
+struct ProxyServices {
+    calls: Mutex<IpcSender<HostCall>>,
+    cpu_threads: u32,
+}
+
+impl ProxyServices {
+    fn send(&self, call: HostCall) -> Result<(), String> {
+        let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        calls.send(call).map_err(|e| format!("the daemon is gone: {e}"))
+    }
+}
+
+impl HostServices for ProxyServices {
+    fn log(&self, level: i32, message: &str) {
+        let _ = self.send(HostCall::Log { level, message: message.to_string() });
+    }
+
+    fn progress(&self, task: &str, done: u64, total: u64) {
+        let _ = self.send(HostCall::Progress { task: task.to_string(), done, total });
+    }
+
+    fn is_cancelled(&self, request_id: u64) -> bool {
+        let Ok((reply, answer)) = ipc::channel() else { return false };
+        self.send(HostCall::IsCancelled { request_id, reply }).is_ok() && answer.recv().unwrap_or(false)
+    }
+
+    fn call_stage(&self, stage: &str, request_json: &str, out: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
+        let (reply, replies) = ipc::channel::<Reply>().map_err(|e| format!("ipc channel: {e}"))?;
+        self.send(HostCall::CallStage { stage: stage.to_string(), request: request_json.to_string(), reply })?;
+        let mut wanted = true;
+        loop {
+            match replies.recv().map_err(|e| format!("the daemon is gone: {e:?}"))? {
+                Reply::Chunk(text) if wanted => wanted = out(&text),
+                Reply::Chunk(_) => {}
+                Reply::Done => return Ok(()),
+                Reply::Failed { message, .. } => return Err(message),
+            }
+        }
+    }
+
+    fn cpu_threads(&self) -> u32 {
+        self.cpu_threads
+    }
+}
+
 /// The child side (`tailord --plugin-host`): load the plugin, create the
 /// stage, serve requests until the parent goes away.
 pub fn run_plugin_host() -> Result<()> {
@@ -161,7 +273,12 @@ pub fn run_plugin_host() -> Result<()> {
     let spec: HostSpec =
         serde_json::from_str(&std::env::var("TAILOR_PLUGIN_HOST_SPEC").context("TAILOR_PLUGIN_HOST_SPEC is not set")?)?;
     let hello = IpcSender::<Hello>::connect(server).context("connecting to tailord")?;
-    let loaded = Plugin::load(&spec.plugin, &spec.plugin_dirs, default_host()).and_then(|plugin| {
+    let services_name =
+        std::env::var("TAILOR_PLUGIN_HOST_SERVICES").context("TAILOR_PLUGIN_HOST_SERVICES is not set")?;
+    let calls = IpcSender::<HostCall>::connect(services_name).context("connecting to tailord's host services")?;
+    calls.send(HostCall::Connected).context("greeting tailord's host services")?;
+    let host = host_api(Arc::new(ProxyServices { calls: Mutex::new(calls), cpu_threads: spec.cpu_threads }));
+    let loaded = Plugin::load(&spec.plugin, &spec.plugin_dirs, host).and_then(|plugin| {
         let kind =
             plugin.stages().iter().find(|s| s.name == spec.stage).and_then(|s| s.kind).map(|k| k as u32).unwrap_or(0);
         plugin.instantiate(&spec.stage, &spec.config_json).map(|i| (i, kind))

@@ -10,6 +10,7 @@ mod index_api;
 mod isolated;
 mod metrics;
 mod notify;
+mod services;
 mod stages;
 
 use anyhow::{Context, Result};
@@ -44,12 +45,13 @@ fn run(args: Args) -> Result<()> {
     }
     let config = config::Config::load(&args.config)?;
     let addr = config.http_addr()?;
-    let registry = stages::Registry::load(&config)?;
+    let services = services::DaemonServices::new(config.server.cpu_threads);
+    let registry = stages::Registry::load(&config, &services)?;
     let cache = cache::AnswerCache::new(
         config.server.answer_cache_entries,
         std::time::Duration::from_secs(config.server.answer_cache_ttl_secs),
     );
-    let state = api::AppState::new(registry, config.server.token.clone(), cache);
+    let state = api::AppState::new(registry, services, config.server.token.clone(), cache);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;

@@ -2,9 +2,11 @@
 
 use crate::config::Config;
 use crate::isolated::{HostSpec, IsolatedStage};
+use crate::services::DaemonServices;
 use anyhow::{Context, Result};
 use std::sync::{Arc, Mutex};
-use tailor_plugin_abi::host::{default_host, Plugin, StageInstance};
+use tailor_plugin_abi::host::{Plugin, StageInstance};
+use tailor_plugin_abi::services::{host_api, HostServices};
 use tailor_plugin_abi::StageKind;
 
 /// Where a stage runs.
@@ -71,8 +73,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Loads each configured plugin and creates its stage instance.
-    pub fn load(config: &Config) -> Result<Registry> {
+    /// Loads each configured plugin and creates its stage instance; every
+    /// plugin gets `services` as its host.
+    pub fn load(config: &Config, services: &Arc<DaemonServices>) -> Result<Registry> {
+        let host = host_api(services.clone());
         let mut plugins: Vec<Arc<Plugin>> = Vec::new();
         let mut stages = Vec::new();
         for stage in &config.stages {
@@ -84,9 +88,10 @@ impl Registry {
                     plugin_dirs: config.server.plugin_dirs.clone(),
                     stage: stage.stage.clone(),
                     config_json: json,
+                    cpu_threads: services.cpu_threads(),
                 };
                 eprintln!("tailord: starting isolated stage {} ({:?}) ...", stage.name, stage.stage);
-                let isolated = IsolatedStage::start(&stage.name, spec)
+                let isolated = IsolatedStage::start(&stage.name, spec, services.clone())
                     .with_context(|| format!("creating stage {}", stage.name))?;
                 let kind = isolated.kind();
                 stages.push(Registered {
@@ -101,7 +106,7 @@ impl Registry {
             let plugin = match plugins.iter().find(|p| p.path() == std::fs::canonicalize(&path).unwrap_or_default()) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = Arc::new(Plugin::load(&path, &config.server.plugin_dirs, default_host())?);
+                    let p = Arc::new(Plugin::load(&path, &config.server.plugin_dirs, host)?);
                     eprintln!("tailord: loaded plugin {} {} from {}", p.name(), p.version(), p.path().display());
                     plugins.push(p.clone());
                     p
@@ -131,6 +136,7 @@ impl Registry {
             }
             registered.push(Arc::new(stage));
         }
+        services.attach(registered.clone());
         Ok(Registry { stages: registered })
     }
 

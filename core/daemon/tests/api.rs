@@ -465,6 +465,26 @@ fn a_panicking_in_process_stage_fails_only_its_request() {
     assert_eq!((status, json(&body)["text"].as_str().unwrap()), (200, "AGAIN"), "the next request succeeds");
     let (status, _) = curl(&d, "/v1/completions", None, Some(r#"{"model":"smollm2","prompt":"Hi","max_tokens":2}"#));
     assert_eq!(status, 200, "other stages keep serving");
+    assert_host_services(&d);
+}
+
+/// The shout stage uses the host's services: calls the embed stage by
+/// name, reports progress (on /metrics), reads its CPU budget, checks
+/// cancellation; a call to a missing stage fails with the host's message.
+fn assert_host_services(d: &Daemon) {
+    let ask = r#"{"text": "hi", "ask": {"stage": "minilm", "request": {"input": ["a sentence to embed"]}}}"#;
+    let (status, body) = curl(d, "/v1/tailor/stages/shout", None, Some(ask));
+    assert_eq!(status, 200, "{body}");
+    let reply = json(&body);
+    assert_eq!(reply["answer"]["embeddings"][0].as_array().map(Vec::len), Some(384), "{body}");
+    assert!(reply["cpu_threads"].as_u64().unwrap() >= 1 && reply["cancelled"] == false, "{body}");
+    let (_, metrics) = curl(d, "/metrics", None, None);
+    assert!(metrics.contains("tailor_task_done{task=\"shout ask\"} 1"), "{metrics}");
+    let missing = r#"{"text": "hi", "ask": {"stage": "nowhere", "request": {}}}"#;
+    let (status, body) = curl(d, "/v1/tailor/stages/shout", None, Some(missing));
+    assert_eq!(status, 400, "{body}");
+    let message = json(&body)["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("no stage named \"nowhere\""), "{body}");
 }
 
 #[test]
@@ -489,6 +509,8 @@ fn a_crashing_isolated_stage_fails_one_request_and_is_restarted() {
     assert!(body.contains("shout was asked to panic"), "{body}");
     assert_eq!(call("still").0, 200);
     assert_eq!(curl(&d, "/health", None, None).0, 200);
+    // The same services, proxied from the child process.
+    assert_host_services(&d);
 }
 
 #[test]

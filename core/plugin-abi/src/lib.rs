@@ -9,6 +9,7 @@
 
 pub mod ffi;
 pub mod host;
+pub mod services;
 mod shim;
 
 pub use shim::{descriptor_for, StageTable};
@@ -76,9 +77,11 @@ macro_rules! export_plugin {
         /// Called by the host with a valid (or null) host API pointer.
         #[no_mangle]
         pub unsafe extern "C" fn tailor_plugin_entry(
-            _host: *const $crate::ffi::HostApi,
+            host: *const $crate::ffi::HostApi,
             _host_abi_major: u32,
         ) -> *const $crate::ffi::PluginDescriptor {
+            // SAFETY: the host's table outlives its use of this library.
+            unsafe { $crate::services::set_plugin_host(host) };
             static TABLE: std::sync::OnceLock<$crate::StageTable> = std::sync::OnceLock::new();
             let table = TABLE.get_or_init(|| {
                 $crate::StageTable::new(

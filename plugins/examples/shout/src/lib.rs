@@ -1,8 +1,12 @@
 //! An example Rust plugin: the filter stage `shout` upper-cases
 //! `{"text": …}`. A text of exactly "panic" makes it panic, which the ABI
 //! shims turn into a failed request; "abort" aborts the process, which only
-//! an isolated (out-of-process) stage survives. The daemon's tests use both.
+//! an isolated (out-of-process) stage survives. With `"ask": {"stage": NAME,
+//! "request": {…}}` it also calls that stage through the host's services
+//! and returns its output as `"answer"`, reporting progress and logging as
+//! it goes. The daemon's tests use all of these, in and out of process.
 
+use tailor_plugin_abi::services::host;
 use tailor_plugin_abi::{export_plugin, Stage, StageKind};
 
 /// Upper-cases text.
@@ -16,7 +20,7 @@ impl Stage for Shout {
         Ok(Shout)
     }
 
-    fn call(&self, _id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
+    fn call(&self, id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
         let request: serde_json::Value = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
         let text = request["text"].as_str().ok_or("the request needs a `text` string")?;
         if text == "panic" {
@@ -26,7 +30,19 @@ impl Stage for Shout {
             // A crash no shim can catch: only an isolated stage survives it.
             std::process::abort();
         }
-        emit(&serde_json::json!({"text": text.to_uppercase()}).to_string());
+        let mut reply = serde_json::json!({"text": text.to_uppercase()});
+        if let Some(ask) = request.get("ask") {
+            let host = host().ok_or("no host services")?;
+            let stage = ask["stage"].as_str().ok_or("`ask.stage` must be a string")?;
+            host.log(2, &format!("shout asks stage {stage}"));
+            host.progress("shout ask", 0, 1);
+            let answer = host.call_stage(stage, &ask["request"].to_string())?;
+            host.progress("shout ask", 1, 1);
+            reply["answer"] = serde_json::from_str(&answer).unwrap_or(serde_json::Value::String(answer));
+            reply["cpu_threads"] = host.cpu_threads().into();
+            reply["cancelled"] = host.is_cancelled(id).into();
+        }
+        emit(&reply.to_string());
         Ok(())
     }
 }

@@ -1,0 +1,213 @@
+//! The host's services, both sides of the table `tailor_host_api`:
+//!
+//! - host side: a [`HostServices`] implementation (the daemon's, or a proxy
+//!   in an isolated child) becomes a `'static` [`HostApi`] with
+//!   [`host_api`]; its C trampolines catch panics;
+//! - plugin side: [`host`] gives a Rust stage the API its library was
+//!   entered with (recorded by `export_plugin!`), with each service checked
+//!   against the table's `struct_size` so an older host simply lacks it.
+
+use crate::ffi::{self, HostApi, Sink, Status, Str};
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Arc;
+
+/// What a host offers its plugins.
+pub trait HostServices: Send + Sync + 'static {
+    /// A log line from a plugin (0 error .. 4 trace).
+    fn log(&self, level: i32, message: &str);
+    /// Progress of long work, `done` of `total` units.
+    fn progress(&self, task: &str, done: u64, total: u64);
+    /// True once the request's caller has gone away.
+    fn is_cancelled(&self, request_id: u64) -> bool;
+    /// Calls another configured stage by name, streaming its output to
+    /// `out` (which returns `false` to stop it).
+    fn call_stage(&self, stage: &str, request_json: &str, out: &mut dyn FnMut(&str) -> bool) -> Result<(), String>;
+    /// CPU threads the plugin may use.
+    fn cpu_threads(&self) -> u32;
+}
+
+/// A `'static` host API table backed by `services` (leaked: plugins keep
+/// the pointer for the life of the process, as they keep their code).
+pub fn host_api(services: Arc<dyn HostServices>) -> &'static HostApi {
+    let cpu_threads = services.cpu_threads();
+    let ctx = Box::into_raw(Box::new(services)) as *mut c_void;
+    Box::leak(Box::new(HostApi {
+        struct_size: std::mem::size_of::<HostApi>() as u32,
+        abi_major: crate::ABI_MAJOR,
+        abi_minor: crate::ABI_MINOR,
+        cpu_threads,
+        host_ctx: ctx,
+        log: Some(log_trampoline),
+        progress: Some(progress_trampoline),
+        is_cancelled: Some(is_cancelled_trampoline),
+        call_stage: Some(call_stage_trampoline),
+    }))
+}
+
+/// The services behind a host context made by [`host_api`].
+///
+/// # Safety
+/// `ctx` is the `host_ctx` of a table from [`host_api`] (never freed).
+unsafe fn services<'a>(ctx: *mut c_void) -> Option<&'a Arc<dyn HostServices>> {
+    // SAFETY: the caller's contract: ctx points to a leaked Box<Arc<…>>.
+    unsafe { (ctx as *const Arc<dyn HostServices>).as_ref() }
+}
+
+unsafe extern "C" fn log_trampoline(ctx: *mut c_void, level: i32, message: Str) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the plugin passes a view valid for this call; ctx is ours.
+        let (services, text) = unsafe { (services(ctx), message.as_str()) };
+        if let Some(services) = services {
+            services.log(level, text.unwrap_or("<non-UTF-8 log message>"));
+        }
+    }));
+}
+
+unsafe extern "C" fn progress_trampoline(ctx: *mut c_void, task: Str, done: u64, total: u64) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as in log_trampoline.
+        let (services, task) = unsafe { (services(ctx), task.as_str()) };
+        if let (Some(services), Ok(task)) = (services, task) {
+            services.progress(task, done, total);
+        }
+    }));
+}
+
+unsafe extern "C" fn is_cancelled_trampoline(ctx: *mut c_void, request_id: u64) -> i32 {
+    // SAFETY: ctx is ours.
+    let cancelled =
+        catch_unwind(AssertUnwindSafe(|| unsafe { services(ctx) }.is_some_and(|s| s.is_cancelled(request_id))));
+    i32::from(cancelled.unwrap_or(false))
+}
+
+/// Sends a chunk to a sink the plugin gave us.
+///
+/// # Safety
+/// `sink` is null or valid for the duration of the call.
+unsafe fn send(sink: *mut Sink, chunk: &str) -> Status {
+    // SAFETY: the caller's contract.
+    match unsafe { sink.as_ref() } {
+        Some(Sink { ctx, emit: Some(emit) }) => unsafe { emit(*ctx, Str::from(chunk)) },
+        _ => ffi::OK,
+    }
+}
+
+unsafe extern "C" fn call_stage_trampoline(
+    ctx: *mut c_void,
+    stage: Str,
+    request_json: Str,
+    out: *mut Sink,
+    error: *mut Sink,
+) -> Status {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: views valid for this call; ctx is ours.
+        let (services, stage, request) = unsafe { (services(ctx), stage.as_str(), request_json.as_str()) };
+        let services = services.ok_or("no host services")?;
+        let (stage, request) = stage.ok().zip(request.ok()).ok_or("stage name or request is not UTF-8")?;
+        // SAFETY: `out` is valid for this call (plugin contract).
+        services.call_stage(stage, request, &mut |chunk| unsafe { send(out, chunk) } == ffi::OK)
+    }));
+    let message: String = match outcome {
+        Ok(Ok(())) => return ffi::OK,
+        Ok(Err(message)) => message,
+        Err(_) => "the host panicked in call_stage".into(),
+    };
+    // SAFETY: `error` is null or valid for this call.
+    unsafe { send(error, &message) };
+    ffi::ERR_INVALID
+}
+
+/// The host API this plugin library was entered with.
+static PLUGIN_HOST: AtomicPtr<HostApi> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Records the host API at entry (called by `export_plugin!`).
+///
+/// # Safety
+/// `host` is null or a table that outlives the process's use of the plugin.
+pub unsafe fn set_plugin_host(host: *const HostApi) {
+    if !host.is_null() {
+        PLUGIN_HOST.store(host as *mut HostApi, Ordering::Release);
+    }
+}
+
+/// The host's services, as seen from a Rust plugin (`None` before entry or
+/// when the host passed none).
+pub fn host() -> Option<Host> {
+    let ptr = PLUGIN_HOST.load(Ordering::Acquire);
+    // SAFETY: set_plugin_host's contract: the table lives as long as the plugin.
+    unsafe { ptr.as_ref() }.map(Host)
+}
+
+/// A plugin's handle on its host's services.
+#[derive(Clone, Copy)]
+pub struct Host(&'static HostApi);
+
+impl Host {
+    /// True when the host's table is long enough to hold the field ending at `end`.
+    fn has(&self, end: usize) -> bool {
+        self.0.struct_size as usize >= end
+    }
+
+    /// CPU threads the host grants this plugin.
+    pub fn cpu_threads(&self) -> u32 {
+        self.0.cpu_threads.max(1)
+    }
+
+    /// Logs through the host (0 error .. 4 trace).
+    pub fn log(&self, level: i32, message: &str) {
+        if let (true, Some(log)) = (self.has(std::mem::offset_of!(HostApi, progress)), self.0.log) {
+            // SAFETY: a host function with its own context and a view valid for the call.
+            unsafe { log(self.0.host_ctx, level, Str::from(message)) };
+        }
+    }
+
+    /// Reports progress of a long task.
+    pub fn progress(&self, task: &str, done: u64, total: u64) {
+        if let (true, Some(progress)) = (self.has(std::mem::offset_of!(HostApi, is_cancelled)), self.0.progress) {
+            // SAFETY: as in `log`.
+            unsafe { progress(self.0.host_ctx, Str::from(task), done, total) };
+        }
+    }
+
+    /// True once the request's caller has gone away.
+    pub fn is_cancelled(&self, request_id: u64) -> bool {
+        if let (true, Some(check)) = (self.has(std::mem::offset_of!(HostApi, call_stage)), self.0.is_cancelled) {
+            // SAFETY: as in `log`.
+            return unsafe { check(self.0.host_ctx, request_id) } != 0;
+        }
+        false
+    }
+
+    /// Calls another stage of the host by name and collects its output.
+    pub fn call_stage(&self, stage: &str, request_json: &str) -> Result<String, String> {
+        let Some(call) = self.0.call_stage.filter(|_| self.has(std::mem::size_of::<HostApi>())) else {
+            return Err("this host does not offer call_stage".into());
+        };
+        let (mut output, mut error) = (String::new(), String::new());
+        let mut out = Sink { ctx: &mut output as *mut String as *mut c_void, emit: Some(append) };
+        let mut err = Sink { ctx: &mut error as *mut String as *mut c_void, emit: Some(append) };
+        // SAFETY: the sinks and views live across the call; `append` gets
+        // back the String pointers we put in them.
+        let status = unsafe { call(self.0.host_ctx, Str::from(stage), Str::from(request_json), &mut out, &mut err) };
+        if status == ffi::OK {
+            Ok(output)
+        } else {
+            Err(if error.is_empty() { format!("call_stage({stage}) failed with status {status}") } else { error })
+        }
+    }
+}
+
+/// A sink function that appends chunks to the `String` behind `ctx`.
+unsafe extern "C" fn append(ctx: *mut c_void, chunk: Str) -> Status {
+    // SAFETY: ctx is the &mut String a Host::call_stage sink was made with,
+    // alive for that call; the host passes a view valid for this call.
+    match (unsafe { (ctx as *mut String).as_mut() }, unsafe { chunk.as_str() }) {
+        (Some(buffer), Ok(text)) => {
+            buffer.push_str(text);
+            ffi::OK
+        }
+        _ => ffi::ERR_INVALID,
+    }
+}
