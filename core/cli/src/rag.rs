@@ -128,6 +128,7 @@ pub fn index_cmd(command: &IndexCommand) -> Result<()> {
             let report = collection.add_paths(paths, &mut |done, total| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
+                true
             })?;
             bar.finish_and_clear();
             let secs = started.elapsed().as_secs_f64().max(1e-9);

@@ -536,6 +536,8 @@ fn indexes_are_managed_through_the_daemon_and_searched_at_once() {
     call("/v1/indexes", r#"{"name": "kb"}"#.into());
     let added = call("/v1/indexes/kb/documents", format!(r#"{{"paths": [{:?}]}}"#, corpus.display().to_string()));
     assert_eq!((added["documents"].as_u64(), added["chunks"].as_u64()), (Some(2), Some(2)), "{added}");
+    let (_, metrics) = curl(&d, "/metrics", None, None);
+    assert!(metrics.contains("tailor_task_done{task=\"index kb: files\"} 2"), "ingest progress: {metrics}");
     let inline = r#"{"documents": [{"id": "memo-7", "text": "The cafeteria serves lentil soup on Thursdays.",
         "metadata": {"author": "facilities"}}]}"#;
     let added = call("/v1/indexes/kb/documents", inline.into());

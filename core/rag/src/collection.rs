@@ -59,6 +59,8 @@ pub struct AddReport {
     pub chunks: usize,
     /// Files skipped, with the reason.
     pub skipped: Vec<(String, String)>,
+    /// True when the caller stopped the ingest early (what was committed stays).
+    pub stopped: bool,
 }
 
 /// Where indexes live: `$TAILOR_DATA/indexes`, else
@@ -184,8 +186,13 @@ impl Collection {
     /// Ingests files (directories recursively). Each batch of documents is
     /// committed to the store before the next starts; unchanged documents
     /// are skipped, so a rerun after a crash resumes without duplicates.
-    /// `progress(files_done, files_total)` follows along.
-    pub fn add_paths(&mut self, paths: &[PathBuf], progress: &mut dyn FnMut(usize, usize)) -> Result<AddReport> {
+    /// `progress(files_done, files_total)` follows along; returning `false`
+    /// stops after the batch in hand is committed (`report.stopped` says so).
+    pub fn add_paths(
+        &mut self,
+        paths: &[PathBuf],
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<AddReport> {
         let files = collect_files(paths)?;
         let mut report = AddReport::default();
         let mut pending: Vec<Extracted> = Vec::new();
@@ -200,7 +207,10 @@ impl Collection {
             if pending.len() >= BATCH_DOCS || i + 1 == files.len() {
                 self.commit_batch(std::mem::take(&mut pending), &mut report)?;
             }
-            progress(i + 1, files.len());
+            if !progress(i + 1, files.len()) && i + 1 < files.len() {
+                report.stopped = true;
+                break;
+            }
         }
         self.commit_batch(pending, &mut report)?;
         self.save_vectors()?;

@@ -164,7 +164,7 @@ impl Stage for Index {
         Ok(Index { root, encoder })
     }
 
-    fn call(&self, _id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
+    fn call(&self, id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
         let request: IndexRequest = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
         let report = match request.op.as_str() {
             "create" => {
@@ -185,7 +185,20 @@ impl Stage for Index {
                 }
                 let mut report = match request.paths.is_empty() {
                     true => tailor_rag::AddReport::default(),
-                    false => c.add_paths(&request.paths, &mut |_, _| {}).map_err(|e| e.to_string())?,
+                    false => {
+                        // Progress goes to the host (on /metrics); a caller that
+                        // went away stops the ingest after the batch in hand.
+                        let host = tailor_plugin_abi::services::host();
+                        let task = format!("index {}: files", request.index);
+                        let mut progress = |done: usize, total: usize| match host {
+                            Some(host) => {
+                                host.progress(&task, done as u64, total as u64);
+                                !host.is_cancelled(id)
+                            }
+                            None => true,
+                        };
+                        c.add_paths(&request.paths, &mut progress).map_err(|e| e.to_string())?
+                    }
                 };
                 let inline = request
                     .texts
