@@ -2,7 +2,7 @@
 //! odd shapes; quantize→dequantize round trips within stated bounds.
 
 use tailor_tensor::cpu::{self, AttentionShape, LinearScratch, RopeTable};
-use tailor_tensor::quant::packed::{dot_packed, dot_packed_scalar, pack_rows, pair_activations};
+use tailor_tensor::quant::packed::{block_sums, dot_packed, dot_packed_scalar, pack_rows, pair_activations, PackedDot};
 use tailor_tensor::quant::{dequantize_row, quantize_activations, quantize_row, vec_dot, DotImpl};
 use tailor_tensor::{DType, Tensor};
 
@@ -117,7 +117,16 @@ fn quantized_dot_matches_reference_on_every_path() {
                 let mut pairs = Vec::new();
                 pair_activations(&acts, &mut pairs);
                 let scalar = dot_packed_scalar(packed.kind, packed.row(0), &pairs);
-                let fast = dot_packed(packed.kind, packed.row(0), &pairs);
+                let mut sums = Vec::new();
+                block_sums(&acts, &mut sums);
+                let fast = dot_packed(PackedDot {
+                    kind: packed.kind,
+                    row: packed.row(0),
+                    offsets: packed.row_offsets(0),
+                    acts: &pairs,
+                    sums: &sums,
+                    pairs: pairs.len(),
+                });
                 assert!((scalar - want).abs() <= tol, "{dtype} packed scalar {scalar} vs {want}");
                 assert!((fast - want).abs() <= tol, "{dtype} packed simd {fast} vs {want}");
             }

@@ -6,7 +6,7 @@
 //! scratch buffer and multiplied with the `gemm` crate.
 
 use super::pool::{split_range, SpinPool};
-use crate::quant::packed::{dot_packed_tokens, pair_activations, ActPair};
+use crate::quant::packed::{block_sums, dot_packed_tokens, pair_activations, ActPair, PackedDot};
 use crate::quant::{dequantize_row, quantize_activations, supports_dot, vec_dot, BlockQ8, DotImpl, QK};
 use crate::{DType, Result, Tensor, TensorError};
 use rayon::prelude::*;
@@ -23,6 +23,7 @@ pub struct LinearScratch {
     row_acts: Vec<BlockQ8>,
     pairs: Vec<ActPair>,
     row_pairs: Vec<ActPair>,
+    sums: Vec<f32>,
     dense: Vec<f32>,
 }
 
@@ -115,6 +116,7 @@ fn rows_linear(
     let needs_pairs = outputs.iter().any(|(w, _)| w.packed().is_some());
     scratch.acts.clear();
     scratch.pairs.clear();
+    scratch.sums.clear();
     for x_row in x.chunks_exact(in_dim) {
         if needs_blocks {
             quantize_activations(x_row, &mut scratch.row_acts)?;
@@ -123,9 +125,11 @@ fn rows_linear(
         if needs_pairs {
             pair_activations(&scratch.row_acts, &mut scratch.row_pairs);
             scratch.pairs.extend_from_slice(&scratch.row_pairs);
+            block_sums(&scratch.row_acts, &mut scratch.sums);
         }
     }
-    row_kernel(x, tokens, &scratch.acts, &scratch.pairs, outputs);
+    let activations = Activations { blocks: &scratch.acts, pairs: &scratch.pairs, sums: &scratch.sums };
+    row_kernel(x, tokens, activations, outputs);
     Ok(())
 }
 
@@ -182,8 +186,17 @@ impl OutPtr {
 /// Tokens of a packed row handled per kernel call (stack buffer size).
 const MAX_ROW_TOKENS: usize = 16;
 
+/// Quantized activations in the forms the row kernels take.
+#[derive(Clone, Copy)]
+struct Activations<'a> {
+    blocks: &'a [BlockQ8],
+    pairs: &'a [ActPair],
+    sums: &'a [f32],
+}
+
 /// Dot products of every (matrix row, token) pair, rows split over the pool.
-fn row_kernel(x: &[f32], tokens: usize, acts: &[BlockQ8], pairs: &[ActPair], outputs: &mut [(&Tensor, &mut [f32])]) {
+fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &mut [(&Tensor, &mut [f32])]) {
+    let Activations { blocks: acts, pairs, sums } = activations;
     let imp = DotImpl::detect();
     let mats: Vec<(&Tensor, OutPtr, usize)> =
         outputs.iter_mut().map(|(w, y)| (*w, OutPtr(y.as_mut_ptr()), w.row_count())).collect();
@@ -209,8 +222,15 @@ fn row_kernel(x: &[f32], tokens: usize, acts: &[BlockQ8], pairs: &[ActPair], out
                     let mut values = [0f32; MAX_ROW_TOKENS];
                     for first in (0..tokens).step_by(MAX_ROW_TOKENS) {
                         let group = &mut values[..(tokens - first).min(MAX_ROW_TOKENS)];
-                        let acts = &pairs[first * blocks / 2..];
-                        dot_packed_tokens(packed.kind, packed.row(r), acts, blocks / 2, group);
+                        let dot = PackedDot {
+                            kind: packed.kind,
+                            row: packed.row(r),
+                            offsets: packed.row_offsets(r),
+                            acts: &pairs[first * blocks / 2..],
+                            sums: &sums[first * blocks..],
+                            pairs: blocks / 2,
+                        };
+                        dot_packed_tokens(dot, group);
                         for (i, value) in group.iter().enumerate() {
                             // SAFETY: as below: index (first+i)*rows + r is
                             // inside this output and row r is this thread's.

@@ -55,12 +55,22 @@ pub struct PackedRows {
     pub row_bytes: usize,
     /// The packed rows.
     pub data: Vec<u8>,
+    /// Every block's offset `m` again, as f32, `blocks` per row: the SIMD
+    /// kernel adds `Σ m·s` once per row and token from these.
+    pub offsets: Vec<f32>,
+    /// Blocks per row.
+    pub blocks: usize,
 }
 
 impl PackedRows {
     /// Bytes of row `r`.
     pub fn row(&self, r: usize) -> &[u8] {
         &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Block offsets of row `r`.
+    pub fn row_offsets(&self, r: usize) -> &[f32] {
+        &self.offsets[r * self.blocks..(r + 1) * self.blocks]
     }
 }
 
@@ -78,11 +88,13 @@ pub fn pack_rows(dtype: DType, bytes: &[u8], row_len: usize) -> Option<PackedRow
     let pairs = row_len / (2 * QK);
     let block = dtype.type_size();
     let mut data = Vec::with_capacity(bytes.len() / (2 * block) * kind.pair_bytes());
+    let mut offsets = Vec::with_capacity(bytes.len() / block);
     for pair in bytes.chunks_exact(2 * block) {
         let (b0, b1) = pair.split_at(block);
         pack_pair(dtype, b0, b1, &mut data);
+        offsets.extend([b0, b1].map(|b| scale_and_offset(dtype, b).1.to_f32()));
     }
-    Some(PackedRows { kind, row_bytes: pairs * kind.pair_bytes(), data })
+    Some(PackedRows { kind, row_bytes: pairs * kind.pair_bytes(), data, offsets, blocks: 2 * pairs })
 }
 
 /// Scale `d` and offset `m` of one block in the `d·q + m` form.
@@ -180,20 +192,44 @@ pub fn vnni_supported() -> bool {
     }
 }
 
-/// Dot product of a packed row with paired activations: VNNI when the CPU
-/// has it, else the scalar reference.
-pub fn dot_packed(kind: PackedKind, row: &[u8], acts: &[ActPair]) -> f32 {
+/// Row `r` of packed rows with the activations of tokens: `pairs` per token
+/// and the blocks' scaled sums `s` (two per pair) per token.
+#[derive(Clone, Copy)]
+pub struct PackedDot<'a> {
+    /// Quant storage kind.
+    pub kind: PackedKind,
+    /// The packed row.
+    pub row: &'a [u8],
+    /// Its block offsets ([`PackedRows::row_offsets`]).
+    pub offsets: &'a [f32],
+    /// Paired activations, token after token.
+    pub acts: &'a [ActPair],
+    /// Block sums `s` of the activations, token after token.
+    pub sums: &'a [f32],
+    /// Pairs per token.
+    pub pairs: usize,
+}
+
+/// Dot product of a packed row with one token's paired activations: VNNI
+/// when the CPU has it, else the scalar reference.
+pub fn dot_packed(dot: PackedDot<'_>) -> f32 {
     let mut out = [0f32];
-    dot_packed_tokens(kind, row, acts, acts.len(), &mut out);
+    dot_packed_tokens(dot, &mut out);
     out[0]
 }
 
-/// Dot products of one packed row with the activations of several tokens
-/// (`acts` holds `pairs` pairs per token, `out.len()` tokens). The row is
-/// loaded and unpacked once per group of tokens; each token's result is
-/// exactly what [`dot_packed`] gives it.
-pub fn dot_packed_tokens(kind: PackedKind, row: &[u8], acts: &[ActPair], pairs: usize, out: &mut [f32]) {
+/// Block sums `s` of quantized activations, in the order [`PackedDot`] takes.
+pub fn block_sums(acts: &[BlockQ8], out: &mut Vec<f32>) {
+    out.extend(acts.iter().map(|b| b.s));
+}
+
+/// Dot products of one packed row with the activations of `out.len()`
+/// tokens. The row is loaded and unpacked once per group of tokens; each
+/// token's result is exactly what [`dot_packed`] gives it.
+pub fn dot_packed_tokens(dot: PackedDot<'_>, out: &mut [f32]) {
+    let PackedDot { kind, row, offsets, acts, sums, pairs } = dot;
     assert!(acts.len() >= pairs * out.len(), "dot_packed_tokens: fewer activations than tokens");
+    assert!(sums.len() >= 2 * pairs * out.len() && offsets.len() >= 2 * pairs, "dot_packed_tokens: short sums");
     #[cfg(target_arch = "x86_64")]
     {
         if vnni_supported() {
@@ -208,14 +244,17 @@ pub fn dot_packed_tokens(kind: PackedKind, row: &[u8], acts: &[ActPair], pairs: 
                     1
                 };
                 let tokens = &acts[t * pairs..(t + group) * pairs];
+                let token_sums = &sums[t * 2 * pairs..(t + group) * 2 * pairs];
+                let args = (kind, row, offsets, tokens, token_sums, pairs);
                 // SAFETY: the features were just detected; the kernel reads
                 // `pairs` pairs of `row` (the callers' rows hold that many)
-                // and of each of the `group` tokens' activations (asserted).
+                // and of each of the `group` tokens' activations and sums,
+                // and 2·pairs offsets (asserted).
                 unsafe {
                     match group {
-                        8 => out[t..t + 8].copy_from_slice(&vnni::dot::<8>(kind, row, tokens, pairs)),
-                        4 => out[t..t + 4].copy_from_slice(&vnni::dot::<4>(kind, row, tokens, pairs)),
-                        _ => out[t] = vnni::dot::<1>(kind, row, tokens, pairs)[0],
+                        8 => out[t..t + 8].copy_from_slice(&vnni::dot::<8>(args)),
+                        4 => out[t..t + 4].copy_from_slice(&vnni::dot::<4>(args)),
+                        _ => out[t] = vnni::dot::<1>(args)[0],
                     }
                 }
                 t += group;
@@ -233,18 +272,22 @@ mod vnni {
     use super::{ActPair, PackedKind};
     use std::arch::x86_64::*;
 
+    /// (kind, row, row offsets, activations, activation sums, pairs per token).
+    pub(super) type Args<'a> = (PackedKind, &'a [u8], &'a [f32], &'a [ActPair], &'a [f32], usize);
+
     /// `T` tokens at once: each token's float operations are exactly the
     /// one-token sequence, so results do not depend on `T`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,avx2,fma")]
-    pub(super) unsafe fn dot<const T: usize>(kind: PackedKind, row: &[u8], acts: &[ActPair], pairs: usize) -> [f32; T] {
+    pub(super) unsafe fn dot<const T: usize>(args: Args<'_>) -> [f32; T] {
+        let (kind, row, offsets, acts, sums, pairs) = args;
         assert!(row.len() >= pairs * kind.pair_bytes(), "packed row shorter than its activations");
         assert!(acts.len() >= pairs * T, "fewer activation pairs than tokens need");
+        assert!(sums.len() >= 2 * pairs * T && offsets.len() >= 2 * pairs, "fewer block sums than tokens need");
         // Lane l of the dpbusd result sums quants 4l..4l+4: lanes 0-3 and
         // 8-11 belong to block 0, 4-7 and 12-15 to block 1.
         let lane_block = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
         let low_nibbles = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); T];
-        let mut offsets = [_mm_setzero_ps(); T];
         let step = kind.pair_bytes();
         for p in 0..pairs {
             let pair = row.as_ptr().add(p * step);
@@ -262,42 +305,46 @@ mod vnni {
             let weight_lanes = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(dm));
             for t in 0..T {
                 let a = acts.get_unchecked(t * pairs + p);
-                // Lanes 2 and 3 gather m·s, the blocks' offset terms (0 and 1 are unused).
-                offsets[t] = _mm_fmadd_ps(dm, _mm_loadu_ps(a.scales.as_ptr()), offsets[t]);
                 let lane_scales = _mm512_mul_ps(weight_lanes, _mm512_loadu_ps(a.lanes.as_ptr()));
                 let act = _mm512_loadu_si512(a.qs.as_ptr() as *const __m512i);
                 let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), quants, act);
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), lane_scales, acc[t]);
             }
         }
+        // The blocks' offset terms Σ m·s, sixteen blocks per step, go into
+        // the same accumulators (every lane is summed in the end).
+        let blocks = 2 * pairs;
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let token_sums = sums.as_ptr().add(t * blocks);
+            for start in (0..blocks).step_by(16) {
+                let mask: __mmask16 = if blocks - start >= 16 { 0xFFFF } else { (1u16 << (blocks - start)) - 1 };
+                let m = _mm512_maskz_loadu_ps(mask, offsets.as_ptr().add(start));
+                let s = _mm512_maskz_loadu_ps(mask, token_sums.add(start));
+                *acc = _mm512_fmadd_ps(m, s, *acc);
+            }
+        }
         let mut out = [0f32; T];
         for group in (0..T).step_by(4) {
-            let mut four_acc = [_mm512_setzero_ps(); 4];
-            let mut four_off = [_mm_setzero_ps(); 4];
+            let mut four = [_mm512_setzero_ps(); 4];
             let n = (T - group).min(4);
-            four_acc[..n].copy_from_slice(&acc[group..group + n]);
-            four_off[..n].copy_from_slice(&offsets[group..group + n]);
-            let mut sums = [0f32; 4];
-            _mm_storeu_ps(sums.as_mut_ptr(), reduce4(four_acc, four_off));
-            out[group..group + n].copy_from_slice(&sums[..n]);
+            four[..n].copy_from_slice(&acc[group..group + n]);
+            let mut totals = [0f32; 4];
+            _mm_storeu_ps(totals.as_mut_ptr(), reduce4(four));
+            out[group..group + n].copy_from_slice(&totals[..n]);
         }
         out
     }
 
     /// Reduces four tokens' accumulators at once (a tree of horizontal
-    /// adds), plus lanes 2 and 3 of their offset vectors. Each token's sum
-    /// is formed in the same order whichever four tokens share the call.
+    /// adds). Each token's sum is formed in the same order whichever four
+    /// tokens share the call.
     #[inline]
     #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
-    unsafe fn reduce4(acc: [__m512; 4], offsets: [__m128; 4]) -> __m128 {
+    unsafe fn reduce4(acc: [__m512; 4]) -> __m128 {
         let half = |v: __m512| _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps::<1>(v));
         let h01 = _mm256_hadd_ps(half(acc[0]), half(acc[1]));
         let h23 = _mm256_hadd_ps(half(acc[2]), half(acc[3]));
         let q = _mm256_hadd_ps(h01, h23);
-        let sums = _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps::<1>(q));
-        let tail = |o: __m128| _mm_blend_ps::<0b1100>(_mm_setzero_ps(), o);
-        let o01 = _mm_hadd_ps(tail(offsets[0]), tail(offsets[1]));
-        let o23 = _mm_hadd_ps(tail(offsets[2]), tail(offsets[3]));
-        _mm_add_ps(sums, _mm_hadd_ps(o01, o23))
+        _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps::<1>(q))
     }
 }
