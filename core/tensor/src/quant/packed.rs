@@ -303,12 +303,12 @@ mod vnni {
             };
             // The weight scales d0, d1 spread over their lanes, shared by all tokens.
             let weight_lanes = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(dm));
-            for t in 0..T {
+            for (t, acc) in acc.iter_mut().enumerate() {
                 let a = acts.get_unchecked(t * pairs + p);
                 let lane_scales = _mm512_mul_ps(weight_lanes, _mm512_loadu_ps(a.lanes.as_ptr()));
                 let act = _mm512_loadu_si512(a.qs.as_ptr() as *const __m512i);
                 let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), quants, act);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), lane_scales, acc[t]);
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), lane_scales, *acc);
             }
         }
         // The blocks' offset terms Σ m·s, sixteen blocks per step, go into
