@@ -446,3 +446,25 @@ fn decode_attention_gives_each_sequence_its_solo_result_bit_for_bit() {
         assert_eq!(&batched[i * q_width..(i + 1) * q_width], &solo[..], "sequence {i}");
     }
 }
+
+#[test]
+fn simd_activation_quantization_matches_the_portable_code_exactly() {
+    let mut rng = Rng(13);
+    let mut x = rng.vec(32 * 40);
+    x[5] = 0.0;
+    x[64..96].fill(0.0); // an all-zero block
+    for (i, v) in x[96..128].iter_mut().enumerate() {
+        *v = (i as f32 - 16.0) * 0.5; // exact ties after scaling
+    }
+    let mut fast = Vec::new();
+    tailor_tensor::quant::quantize_activations(&x, &mut fast).unwrap();
+    for (block, got) in x.chunks_exact(32).zip(&fast) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let qs: Vec<i8> = block.iter().map(|v| (v * id).round_ties_even() as i8).collect();
+        let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+        assert_eq!((got.d.to_bits(), &got.qs[..]), (d.to_bits(), &qs[..]));
+        assert_eq!(got.s.to_bits(), (d * sum as f32).to_bits());
+    }
+}

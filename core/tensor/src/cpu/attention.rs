@@ -228,15 +228,84 @@ impl Head {
         scores: &mut Vec<f32>,
         dst: &mut [f32],
     ) {
+        // Index loops only (see dot_f32_portable): all of this must inline
+        // into the AVX2 wrapper. The usual head widths get fixed-size
+        // accumulators that stay in registers.
+        match query.len() {
+            64 => self.attend_fixed::<64>(query, keys, values, visible, scores, dst),
+            128 => self.attend_fixed::<128>(query, keys, values, visible, scores, dst),
+            _ => self.attend_any(query, keys, values, visible, scores, dst),
+        }
+    }
+
+    /// Heads of `W` values: 32-lane score accumulators, the weighted sum of
+    /// values kept in a local array.
+    #[inline(always)]
+    fn attend_fixed<const W: usize>(
+        &self,
+        query: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        visible: usize,
+        scores: &mut Vec<f32>,
+        dst: &mut [f32],
+    ) {
+        let (stride, offset) = (self.kv_stride, self.kv_offset);
+        let query: &[f32; W] = query.try_into().expect("head width");
+        scores.clear();
+        for p in 0..visible {
+            let key: &[f32; W] = keys[p * stride + offset..p * stride + offset + W].try_into().expect("head width");
+            let mut acc = [0f32; 32];
+            for c in 0..W / 32 {
+                for i in 0..32 {
+                    acc[i] += query[c * 32 + i] * key[c * 32 + i];
+                }
+            }
+            for half in [16, 8, 4, 2, 1] {
+                for i in 0..half {
+                    acc[i] += acc[i + half];
+                }
+            }
+            scores.push(acc[0] * self.scale);
+        }
+        softmax_in_place(scores);
+        let mut out = [0f32; W];
+        for (p, &w) in scores.iter().enumerate() {
+            let value: &[f32; W] = values[p * stride + offset..p * stride + offset + W].try_into().expect("head width");
+            for i in 0..W {
+                out[i] += w * value[i];
+            }
+        }
+        dst[..W].copy_from_slice(&out);
+    }
+
+    /// Any head width.
+    #[inline(always)]
+    fn attend_any(
+        &self,
+        query: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        visible: usize,
+        scores: &mut Vec<f32>,
+        dst: &mut [f32],
+    ) {
         let (stride, offset, width) = (self.kv_stride, self.kv_offset, query.len());
         scores.clear();
-        scores
-            .extend((0..visible).map(|p| dot_f32_portable(query, &keys[p * stride + offset..][..width]) * self.scale));
+        for p in 0..visible {
+            let key = &keys[p * stride + offset..p * stride + offset + width];
+            scores.push(dot_f32_portable(query, key) * self.scale);
+        }
         softmax_in_place(scores);
-        dst.fill(0.0);
-        for (p, w) in scores.iter().enumerate() {
-            let value = &values[p * stride + offset..][..width];
-            dst.iter_mut().zip(value).for_each(|(d, v)| *d += w * v);
+        let dst = &mut dst[..width];
+        for d in dst.iter_mut() {
+            *d = 0.0;
+        }
+        for (p, &w) in scores.iter().enumerate() {
+            let value = &values[p * stride + offset..p * stride + offset + width];
+            for i in 0..width {
+                dst[i] += w * value[i];
+            }
         }
     }
 }

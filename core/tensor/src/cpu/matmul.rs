@@ -313,18 +313,29 @@ unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Eight independent accumulators: vectorises, and with FMA enabled the
-/// multiply-adds fuse (without it, plain multiply and add, never libm's fmaf).
+/// multiply-adds fuse (without it, plain multiply and add, never libm's
+/// fmaf). Plain index loops, no iterator adapters: those are generic
+/// functions that would be compiled apart, without the caller's target
+/// features (the AVX2 wrappers below rely on everything here inlining).
 #[inline(always)]
 pub(crate) fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
     let mut acc = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in a8.zip(b8) {
+    for c in 0..n / 8 {
+        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
         for i in 0..8 {
             acc[i] += x[i] * y[i];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    let mut tail = 0f32;
+    for i in n / 8 * 8..n {
+        tail += a[i] * b[i];
+    }
+    let mut total = 0f32;
+    for v in acc {
+        total += v;
+    }
+    total + tail
 }
 
 /// `y[m × n] = x[m × k] · W[n × k]ᵀ`: each pool thread multiplies its own

@@ -47,12 +47,38 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<BlockQ8>) -> Result<()> {
     Ok(())
 }
 
-/// The same code compiled for AVX2 (rounding and the loops vectorize
-/// instead of calling libm), so results are identical to the portable path.
+/// [`quantize_activation_block`] in AVX2, block by block: the same
+/// operations in the same order (abs-max, `amax / 127`, `1 / d`, multiply,
+/// round half to even, integer sum), so the results are identical.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_blocks_avx2(x: &[f32], out: &mut Vec<BlockQ8>) {
-    out.extend(x.chunks_exact(QK).map(quantize_activation_block));
+    use std::arch::x86_64::*;
+    let sign = _mm256_set1_ps(-0.0);
+    for block in x.chunks_exact(QK) {
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(block.as_ptr().add(8 * i)));
+        let abs = v.map(|r| _mm256_andnot_ps(sign, r));
+        let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let q = v.map(|r| _mm256_cvtps_epi32(_mm256_round_ps::<NEAREST>(_mm256_mul_ps(r, id))));
+        let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let sum = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
+        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b01_00_11_10>(sum));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32::<0b10_11_00_01>(sum)));
+        // Narrow to bytes (values are within ±127); the packs interleave
+        // 128-bit lanes, which the final permute puts back in order.
+        let words = [_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])];
+        let bytes = _mm256_packs_epi16(words[0], words[1]);
+        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let mut qs = [0i8; QK];
+        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, ordered);
+        out.push(BlockQ8 { d, s: d * sum as f32, qs });
+    }
 }
 
 #[inline(always)]

@@ -175,8 +175,13 @@ pub fn dot_packed_scalar(kind: PackedKind, row: &[u8], acts: &[ActPair]) -> f32 
     total
 }
 
-/// True when this CPU runs the VNNI kernel.
+/// True when this CPU runs the VNNI kernel (detected once).
 pub fn vnni_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(detect_vnni)
+}
+
+fn detect_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
