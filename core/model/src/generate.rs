@@ -45,7 +45,8 @@ pub struct TokenEvent {
     pub id: u32,
     /// Text completed by this token (may be empty mid-character).
     pub text: String,
-    /// This token's own text (may be part of a character).
+    /// This token's own text (may be part of a character); filled only when
+    /// log-probabilities were asked (it costs a decode per token).
     pub token: String,
     /// Top log-probabilities at this position: (token id, token text, logprob).
     pub top_logprobs: Vec<(u32, String, f32)>,
@@ -282,7 +283,7 @@ fn token_event(
     TokenEvent {
         id,
         text,
-        token: name(id),
+        token: if want_logprob { name(id) } else { String::new() },
         top_logprobs: top.into_iter().map(|(t, l)| (t, name(t), l)).collect(),
         logprob,
     }

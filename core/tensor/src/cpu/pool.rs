@@ -12,6 +12,8 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// Spins before a worker parks (a few tens of microseconds).
 const SPIN_LIMIT: u32 = 1 << 16;
+/// Spins between two offers of the core to other threads.
+const YIELD_EVERY: u32 = 256;
 
 type Job = dyn Fn(usize, usize) + Sync;
 
@@ -122,7 +124,13 @@ fn worker(shared: Arc<Shared>, index: usize) {
         while s.epoch.load(Ordering::Acquire) == seen {
             if spins < SPIN_LIMIT {
                 spins += 1;
-                std::hint::spin_loop();
+                // Mostly pause; every so often offer the core to another
+                // runnable thread (a daemon's I/O threads share it).
+                if spins % YIELD_EVERY == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
             let guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
