@@ -126,7 +126,7 @@ fn worker(shared: Arc<Shared>, index: usize) {
                 spins += 1;
                 // Mostly pause; every so often offer the core to another
                 // runnable thread (a daemon's I/O threads share it).
-                if spins % YIELD_EVERY == 0 {
+                if spins.is_multiple_of(YIELD_EVERY) {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
