@@ -226,16 +226,40 @@ unsafe fn softmax_avx2(x: &mut [f32]) {
     softmax_portable(x);
 }
 
+/// Eight-lane maximum and sum, and the exponentials in a loop of their
+/// own, so everything vectorises (a single running sum or `f32::max` would
+/// keep each loop scalar); index loops so it all inlines into the AVX2 body.
 #[inline(always)]
 fn softmax_portable(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
+    let n = x.len();
+    let lanes = n / 8 * 8;
+    let mut top = [f32::NEG_INFINITY; 8];
+    for c in (0..lanes).step_by(8) {
+        for i in 0..8 {
+            top[i] = if x[c + i] > top[i] { x[c + i] } else { top[i] };
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for v in top.into_iter().chain(x[lanes..].iter().copied()) {
+        max = if v > max { v } else { max };
+    }
     for v in x.iter_mut() {
         *v = exp_fast(*v - max);
-        sum += *v;
+    }
+    let mut sums = [0f32; 8];
+    for c in (0..lanes).step_by(8) {
+        for i in 0..8 {
+            sums[i] += x[c + i];
+        }
+    }
+    let mut sum = 0f32;
+    for v in sums.into_iter().chain(x[lanes..].iter().copied()) {
+        sum += v;
     }
     let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
 }
 
 /// `e^x` to about 2e-7 relative error, in straight-line arithmetic so loops
