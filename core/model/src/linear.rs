@@ -5,6 +5,9 @@ use crate::error::Result;
 use tailor_tensor::cpu::{linear, linear_many, linear_many_decode, linear_many_gemm, LinearScratch};
 use tailor_tensor::{DType, Tensor};
 
+/// A kernel computing several linears of one input (`linear_many` and kin).
+type ManyKernel = fn(&[f32], usize, &mut [(&Tensor, &mut [f32])], &mut LinearScratch) -> tailor_tensor::Result<()>;
+
 /// A linear layer.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -52,12 +55,7 @@ impl Linear {
         layers: &mut [(&Linear, &mut [f32])],
         scratch: &mut LinearScratch,
     ) -> Result<()> {
-        let mut outputs: Vec<(&Tensor, &mut [f32])> = layers.iter_mut().map(|(l, y)| (&l.weight, &mut **y)).collect();
-        linear_many(x, tokens, &mut outputs, scratch)?;
-        for (layer, y) in layers.iter_mut() {
-            layer.add_bias(y);
-        }
-        Ok(())
+        Linear::run_many(linear_many, x, tokens, layers, scratch)
     }
 
     /// [`Linear::forward_many`] on the gemm path for any token count (see
@@ -69,12 +67,7 @@ impl Linear {
         layers: &mut [(&Linear, &mut [f32])],
         scratch: &mut LinearScratch,
     ) -> Result<()> {
-        let mut outputs: Vec<(&Tensor, &mut [f32])> = layers.iter_mut().map(|(l, y)| (&l.weight, &mut **y)).collect();
-        linear_many_gemm(x, tokens, &mut outputs, scratch)?;
-        for (layer, y) in layers.iter_mut() {
-            layer.add_bias(y);
-        }
-        Ok(())
+        Linear::run_many(linear_many_gemm, x, tokens, layers, scratch)
     }
 
     /// [`Linear::forward_many`] for a decode batch: row `t` of `x` is one
@@ -85,8 +78,20 @@ impl Linear {
         layers: &mut [(&Linear, &mut [f32])],
         scratch: &mut LinearScratch,
     ) -> Result<()> {
+        Linear::run_many(linear_many_decode, x, tokens, layers, scratch)
+    }
+
+    /// Runs one of tailor-tensor's multi-output kernels over the layers'
+    /// weights, then adds their biases.
+    fn run_many(
+        kernel: ManyKernel,
+        x: &[f32],
+        tokens: usize,
+        layers: &mut [(&Linear, &mut [f32])],
+        scratch: &mut LinearScratch,
+    ) -> Result<()> {
         let mut outputs: Vec<(&Tensor, &mut [f32])> = layers.iter_mut().map(|(l, y)| (&l.weight, &mut **y)).collect();
-        linear_many_decode(x, tokens, &mut outputs, scratch)?;
+        kernel(x, tokens, &mut outputs, scratch)?;
         for (layer, y) in layers.iter_mut() {
             layer.add_bias(y);
         }

@@ -133,7 +133,7 @@ fn attention(
             // until the pool job returns.
             let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(index * head_dim), head_dim) };
             let head = Head { kv_stride, kv_offset: (h / group) * head_dim, scale };
-            head.attend(query, keys, values, visible(t), &mut scores, dst);
+            head.attend(HeadInput { query, keys, values, visible: visible(t) }, &mut scores, dst);
         }
     };
     SpinPool::global().run(&job);
@@ -165,10 +165,19 @@ pub fn decode_attention(q: &[f32], sequences: &[(&[f32], &[f32])], shape: Attent
             // disjointly, and `out` is exclusively borrowed during the job.
             let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(index * head_dim), head_dim) };
             let head = Head { kv_stride, kv_offset: (h / group) * head_dim, scale };
-            head.attend(query, keys, values, keys.len() / kv_stride, &mut scores, dst);
+            head.attend(HeadInput { query, keys, values, visible: keys.len() / kv_stride }, &mut scores, dst);
         }
     };
     SpinPool::global().run(&job);
+}
+
+/// One query head and the keys/values it attends to (positions `0..visible`).
+#[derive(Clone, Copy)]
+struct HeadInput<'a> {
+    query: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    visible: usize,
 }
 
 /// Where one head's keys and values sit in a KV row, and its score scale.
@@ -182,74 +191,43 @@ impl Head {
     /// One query head over positions `0..visible`: scores, softmax, weighted
     /// sum of values into `dst`. The single body every attention path uses,
     /// so batched and unbatched results agree bit for bit.
-    fn attend(
-        &self,
-        query: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        visible: usize,
-        scores: &mut Vec<f32>,
-        dst: &mut [f32],
-    ) {
+    fn attend(&self, input: HeadInput<'_>, scores: &mut Vec<f32>, dst: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             if super::has_avx2_fma() {
                 // SAFETY: the features this function is compiled for were just
                 // detected; it only reads and writes the given slices.
-                unsafe { self.attend_avx2(query, keys, values, visible, scores, dst) };
+                unsafe { self.attend_avx2(input, scores, dst) };
                 return;
             }
         }
-        self.attend_portable(query, keys, values, visible, scores, dst);
+        self.attend_portable(input, scores, dst);
     }
 
     /// The portable body compiled for AVX2, with the dot products inlined.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn attend_avx2(
-        &self,
-        query: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        visible: usize,
-        scores: &mut Vec<f32>,
-        dst: &mut [f32],
-    ) {
-        self.attend_portable(query, keys, values, visible, scores, dst);
+    unsafe fn attend_avx2(&self, input: HeadInput<'_>, scores: &mut Vec<f32>, dst: &mut [f32]) {
+        self.attend_portable(input, scores, dst);
     }
 
     #[inline(always)]
-    fn attend_portable(
-        &self,
-        query: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        visible: usize,
-        scores: &mut Vec<f32>,
-        dst: &mut [f32],
-    ) {
+    fn attend_portable(&self, input: HeadInput<'_>, scores: &mut Vec<f32>, dst: &mut [f32]) {
         // Index loops only (see dot_f32_portable): all of this must inline
         // into the AVX2 wrapper. The usual head widths get fixed-size
         // accumulators that stay in registers.
-        match query.len() {
-            64 => self.attend_fixed::<64>(query, keys, values, visible, scores, dst),
-            128 => self.attend_fixed::<128>(query, keys, values, visible, scores, dst),
-            _ => self.attend_any(query, keys, values, visible, scores, dst),
+        match input.query.len() {
+            64 => self.attend_fixed::<64>(input, scores, dst),
+            128 => self.attend_fixed::<128>(input, scores, dst),
+            _ => self.attend_any(input, scores, dst),
         }
     }
 
     /// Heads of `W` values: 32-lane score accumulators, the weighted sum of
     /// values kept in a local array.
     #[inline(always)]
-    fn attend_fixed<const W: usize>(
-        &self,
-        query: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        visible: usize,
-        scores: &mut Vec<f32>,
-        dst: &mut [f32],
-    ) {
+    fn attend_fixed<const W: usize>(&self, input: HeadInput<'_>, scores: &mut Vec<f32>, dst: &mut [f32]) {
+        let HeadInput { query, keys, values, visible } = input;
         let (stride, offset) = (self.kv_stride, self.kv_offset);
         let query: &[f32; W] = query.try_into().expect("head width");
         scores.clear();
@@ -281,15 +259,8 @@ impl Head {
 
     /// Any head width.
     #[inline(always)]
-    fn attend_any(
-        &self,
-        query: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        visible: usize,
-        scores: &mut Vec<f32>,
-        dst: &mut [f32],
-    ) {
+    fn attend_any(&self, input: HeadInput<'_>, scores: &mut Vec<f32>, dst: &mut [f32]) {
+        let HeadInput { query, keys, values, visible } = input;
         let (stride, offset, width) = (self.kv_stride, self.kv_offset, query.len());
         scores.clear();
         for p in 0..visible {
