@@ -1,0 +1,368 @@
+//! Chat and plain completion, streamed through a C callback, and the
+//! answers and retrieved passages they hand back.
+
+use crate::args::{c_string, guard, optional_str, out_handle, read_params, required_str, slice_arg, Params};
+use crate::client::{Answer, Client, Route, Source};
+use crate::error::Result;
+use crate::session::{client_ref, tailor_client};
+use crate::tailor_status;
+use serde_json::{json, Value};
+use std::ffi::c_int;
+use std::ffi::{c_char, c_void, CString};
+
+/// Streaming callback: return 0 to go on.
+pub type tailor_token_fn =
+    Option<unsafe extern "C" fn(text: *const c_char, len: usize, user_data: *mut c_void) -> c_int>;
+
+/// A chat message.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct tailor_message {
+    /// "system", "user" or "assistant".
+    pub role: *const c_char,
+    /// The text.
+    pub content: *const c_char,
+}
+
+/// A chat request.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct tailor_chat_params {
+    /// `sizeof` the struct the caller filled.
+    pub struct_size: usize,
+    /// A generate stage's name.
+    pub model: *const c_char,
+    /// The conversation.
+    pub messages: *const tailor_message,
+    /// How many messages.
+    pub n_messages: usize,
+    /// <= 0: the daemon's default.
+    pub max_tokens: i32,
+    /// 0: greedy.
+    pub temperature: f32,
+    /// Nucleus sampling mass.
+    pub top_p: f32,
+    /// <= 0: off.
+    pub top_k: i32,
+    /// < 0: none.
+    pub seed: i64,
+    /// Streaming callback or NULL.
+    pub on_token: tailor_token_fn,
+    /// Passed to the callback.
+    pub user_data: *mut c_void,
+    /// RAG index or NULL.
+    pub index: *const c_char,
+    /// Hits for RAG; 0: 4.
+    pub k: u32,
+}
+
+// SAFETY: repr(C), struct_size first.
+unsafe impl Params for tailor_chat_params {
+    fn defaults() -> Self {
+        tailor_chat_params {
+            struct_size: std::mem::size_of::<Self>(),
+            model: std::ptr::null(),
+            messages: std::ptr::null(),
+            n_messages: 0,
+            max_tokens: 0,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: -1,
+            on_token: None,
+            user_data: std::ptr::null_mut(),
+            index: std::ptr::null(),
+            k: 0,
+        }
+    }
+}
+
+/// Default chat params.
+#[no_mangle]
+pub extern "C" fn tailor_chat_default_params() -> tailor_chat_params {
+    tailor_chat_params::defaults()
+}
+
+/// A completion request.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct tailor_generate_params {
+    /// `sizeof` the struct the caller filled.
+    pub struct_size: usize,
+    /// A generate stage's name.
+    pub model: *const c_char,
+    /// The prompt, sent as is.
+    pub prompt: *const c_char,
+    /// <= 0: the daemon's default.
+    pub max_tokens: i32,
+    /// 0: greedy.
+    pub temperature: f32,
+    /// Nucleus sampling mass.
+    pub top_p: f32,
+    /// <= 0: off.
+    pub top_k: i32,
+    /// < 0: none.
+    pub seed: i64,
+    /// Streaming callback or NULL.
+    pub on_token: tailor_token_fn,
+    /// Passed to the callback.
+    pub user_data: *mut c_void,
+}
+
+// SAFETY: repr(C), struct_size first.
+unsafe impl Params for tailor_generate_params {
+    fn defaults() -> Self {
+        tailor_generate_params {
+            struct_size: std::mem::size_of::<Self>(),
+            model: std::ptr::null(),
+            prompt: std::ptr::null(),
+            max_tokens: 0,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: -1,
+            on_token: None,
+            user_data: std::ptr::null_mut(),
+        }
+    }
+}
+
+/// Default completion params.
+#[no_mangle]
+pub extern "C" fn tailor_generate_default_params() -> tailor_generate_params {
+    tailor_generate_params::defaults()
+}
+
+/// One retrieved passage, as C reads it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct tailor_source {
+    /// 1-based citation number.
+    pub number: u32,
+    /// Cosine similarity.
+    pub score: f32,
+    /// Document id.
+    pub doc_id: *const c_char,
+    /// Where the document came from.
+    pub source: *const c_char,
+    /// The passage.
+    pub text: *const c_char,
+    /// Byte span start.
+    pub span_start: usize,
+    /// Byte span end.
+    pub span_end: usize,
+}
+
+/// A list of passages; owns the strings its entries point to.
+pub struct tailor_sources {
+    pub(crate) items: Vec<tailor_source>,
+    _strings: Vec<CString>,
+}
+
+impl tailor_sources {
+    pub(crate) fn new(sources: &[Source]) -> tailor_sources {
+        let mut strings = Vec::with_capacity(sources.len() * 3);
+        let mut keep = |text: &str| {
+            let owned = c_string(text);
+            // The CString's heap buffer does not move when `strings` grows.
+            let ptr = owned.as_ptr();
+            strings.push(owned);
+            ptr
+        };
+        let items = sources
+            .iter()
+            .map(|s| tailor_source {
+                number: s.number,
+                score: s.score,
+                doc_id: keep(&s.doc_id),
+                source: keep(&s.source),
+                text: keep(&s.text),
+                span_start: s.span.0,
+                span_end: s.span.1,
+            })
+            .collect();
+        tailor_sources { items, _strings: strings }
+    }
+}
+
+/// A finished generation.
+pub struct tailor_answer {
+    text: CString,
+    finish_reason: CString,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    sources: tailor_sources,
+}
+
+impl tailor_answer {
+    fn new(answer: &Answer) -> tailor_answer {
+        tailor_answer {
+            text: c_string(&answer.text),
+            finish_reason: c_string(&answer.finish_reason),
+            prompt_tokens: answer.prompt_tokens,
+            completion_tokens: answer.completion_tokens,
+            sources: tailor_sources::new(&answer.sources),
+        }
+    }
+}
+
+/// Sampling fields shared by chat and completion requests.
+pub(crate) fn sampling_into(request: &mut Value, max_tokens: i32, temperature: f32, top_p: f32, top_k: i32, seed: i64) {
+    if max_tokens > 0 {
+        request["max_tokens"] = json!(max_tokens);
+    }
+    request["temperature"] = json!(temperature);
+    request["top_p"] = json!(top_p);
+    if top_k > 0 {
+        request["top_k"] = json!(top_k);
+    }
+    if seed >= 0 {
+        request["seed"] = json!(seed);
+    }
+}
+
+/// Runs a generation, streaming through the C callback when there is one.
+pub(crate) fn run_generation(
+    client: &Client,
+    route: Route,
+    request: Value,
+    on_token: tailor_token_fn,
+    user_data: *mut c_void,
+) -> Result<Answer> {
+    let Some(callback) = on_token else { return client.generate(route, request, None) };
+    let mut forward = |piece: &str| {
+        let text = c_string(piece);
+        // SAFETY: the callback and user_data come from the caller's params;
+        // `text` lives across the call.
+        unsafe { callback(text.as_ptr(), text.as_bytes().len(), user_data) == 0 }
+    };
+    client.generate(route, request, Some(&mut forward))
+}
+
+/// A chat answer.
+///
+/// # Safety
+/// Pointers follow tailor.h's contract.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_chat(
+    client: *mut tailor_client,
+    params: *const tailor_chat_params,
+    out_answer: *mut *mut tailor_answer,
+) -> tailor_status {
+    guard(|| {
+        // SAFETY: tailor.h's contract for out-pointers.
+        let slot = unsafe { out_handle(out_answer, "out_answer") }?;
+        // SAFETY: tailor.h's contract for every pointer read here.
+        let (client, params) = unsafe { (client_ref(client)?, read_params(params, "params")?) };
+        // SAFETY: as above.
+        let messages = unsafe { slice_arg(params.messages, params.n_messages, "messages") }?;
+        let mut list = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            // SAFETY: as above.
+            let (role, content) = unsafe {
+                (
+                    required_str(m.role, &format!("messages[{i}].role"))?,
+                    required_str(m.content, &format!("messages[{i}].content"))?,
+                )
+            };
+            list.push(json!({"role": role, "content": content}));
+        }
+        // SAFETY: as above.
+        let (model, index) = unsafe { (required_str(params.model, "model")?, optional_str(params.index, "index")?) };
+        let mut request = json!({"model": model, "messages": list});
+        sampling_into(&mut request, params.max_tokens, params.temperature, params.top_p, params.top_k, params.seed);
+        if let Some(index) = index {
+            request["tailor"] = json!({"index": index, "k": if params.k == 0 { 4 } else { params.k }});
+        }
+        let answer = run_generation(client, Route::Chat, request, params.on_token, params.user_data)?;
+        *slot = Box::into_raw(Box::new(tailor_answer::new(&answer)));
+        Ok(())
+    })
+}
+
+/// A plain completion.
+///
+/// # Safety
+/// Pointers follow tailor.h's contract.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_generate(
+    client: *mut tailor_client,
+    params: *const tailor_generate_params,
+    out_answer: *mut *mut tailor_answer,
+) -> tailor_status {
+    guard(|| {
+        // SAFETY: tailor.h's contract for out-pointers.
+        let slot = unsafe { out_handle(out_answer, "out_answer") }?;
+        // SAFETY: tailor.h's contract for every pointer read here.
+        let (client, params) = unsafe { (client_ref(client)?, read_params(params, "params")?) };
+        // SAFETY: as above.
+        let (model, prompt) = unsafe { (required_str(params.model, "model")?, required_str(params.prompt, "prompt")?) };
+        let mut request = json!({"model": model, "prompt": prompt});
+        sampling_into(&mut request, params.max_tokens, params.temperature, params.top_p, params.top_k, params.seed);
+        let answer = run_generation(client, Route::Completion, request, params.on_token, params.user_data)?;
+        *slot = Box::into_raw(Box::new(tailor_answer::new(&answer)));
+        Ok(())
+    })
+}
+
+/// The answer's text.
+///
+/// # Safety
+/// `answer` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_answer_text(answer: *const tailor_answer) -> *const c_char {
+    // SAFETY: the caller's contract.
+    unsafe { answer.as_ref() }.map_or(std::ptr::null(), |a| a.text.as_ptr())
+}
+
+/// Why generation stopped.
+///
+/// # Safety
+/// `answer` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_answer_finish_reason(answer: *const tailor_answer) -> *const c_char {
+    // SAFETY: the caller's contract.
+    unsafe { answer.as_ref() }.map_or(std::ptr::null(), |a| a.finish_reason.as_ptr())
+}
+
+/// Prompt tokens.
+///
+/// # Safety
+/// `answer` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_answer_prompt_tokens(answer: *const tailor_answer) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe { answer.as_ref() }.map_or(0, |a| a.prompt_tokens)
+}
+
+/// Generated tokens.
+///
+/// # Safety
+/// `answer` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_answer_completion_tokens(answer: *const tailor_answer) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe { answer.as_ref() }.map_or(0, |a| a.completion_tokens)
+}
+
+/// The answer's RAG sources, borrowed.
+///
+/// # Safety
+/// `answer` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_answer_sources(answer: *const tailor_answer) -> *const tailor_sources {
+    // SAFETY: the caller's contract.
+    unsafe { answer.as_ref() }.map_or(std::ptr::null(), |a| &a.sources as *const tailor_sources)
+}
+
+/// Frees an answer (NULL is fine).
+///
+/// # Safety
+/// `answer` is NULL or from tailor_chat / tailor_generate, not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_answer_free(answer: *mut tailor_answer) {
+    if !answer.is_null() {
+        // SAFETY: made by Box::into_raw, freed once.
+        drop(unsafe { Box::from_raw(answer) });
+    }
+}
