@@ -334,7 +334,7 @@ async fn retrieve_into(state: &AppState, body: &Value, messages: &Value) -> Resu
         .ok_or_else(|| ApiError::bad_request("RAG needs a user message to search with"))?;
     let question = messages[last_user]["content"].as_str().unwrap_or("").to_string();
     let request = json!({"index": index, "query": question, "k": k}).to_string();
-    let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = state.next_request_id();
     let output = call_collect(state, search, id, request).await?;
     let hits: Value =
         serde_json::from_str(&output).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -412,7 +412,7 @@ async fn run_generation(
     kind: Kind,
 ) -> Result<Response, ApiError> {
     let chat = kind.is_chat();
-    let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = state.next_request_id();
     let model = stage.name.clone();
     let request = request.to_string();
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -598,7 +598,7 @@ async fn call_stage(
         .cloned()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown stage {name:?}")))?;
     let request = String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad_request("request body is not UTF-8"))?;
-    let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = state.next_request_id();
     let output = call_collect(&state, stage, id, request).await?;
     Ok(match serde_json::from_str::<Value>(&output) {
         Ok(value) => Json(value).into_response(),
@@ -619,7 +619,7 @@ async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Byt
             .ok_or_else(|| ApiError::bad_request("`input` must be a string or an array of strings"))?,
         _ => return Err(ApiError::bad_request("`input` must be a string or a non-empty array of strings")),
     };
-    let id = state.0.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = state.next_request_id();
     let model = stage.name.clone();
     state.0.metrics.embedded_texts.fetch_add(input.len() as u64, Ordering::Relaxed);
     let request = json!({"input": input}).to_string();

@@ -45,20 +45,17 @@ pub fn linear_many(
     for (w, y) in outputs.iter() {
         check_linear(x, tokens, w, y)?;
     }
-    let row_path = outputs.iter().all(|(w, _)| uses_row_kernel(w.dtype(), tokens));
-    if !row_path {
-        for (w, y) in outputs.iter_mut() {
-            gemm_linear(x, tokens, w, y, scratch)?;
-        }
-        return Ok(());
+    if !outputs.iter().all(|(w, _)| uses_row_kernel(w.dtype(), tokens)) {
+        return linear_many_gemm(x, tokens, outputs, scratch);
     }
     rows_linear(x, tokens, outputs, scratch)
 }
 
 /// [`linear_many`] always on the dequantize + gemm path, whatever the token
-/// count. The gemm gives each row the same result for any row count ≥ 2, so
-/// a prompt prefilled in pieces (a cached prefix, then the rest) gets
-/// exactly the values one prefill of the whole prompt gives.
+/// count. Once there are [`QUANT_GEMM_MIN_TOKENS`] rows or more, the gemm
+/// gives each row the same result whatever the row count (with one or two
+/// rows it may pick other kernels), so a prompt prefilled in such pieces (a
+/// cached prefix, then the rest) gets exactly what one prefill gives.
 pub fn linear_many_gemm(
     x: &[f32],
     tokens: usize,
