@@ -5,6 +5,10 @@
 //! Sequences are never padded: a batch is the concatenation of its
 //! sequences, so linear layers see one tall matrix (one gemm) and attention
 //! runs per sequence.
+//!
+//! Where the CPU has AVX-512 BF16 the linear layers multiply in bf16 with
+//! f32 sums ([`EncoderPrecision::Bf16`], twice the f32 rate; cosine to the
+//! f32 reference stays above 0.9999); attention, norms and pooling stay f32.
 
 use crate::error::{io_error, ModelError, Result};
 use crate::linear::Linear;
@@ -12,7 +16,10 @@ use crate::tokenizer::Tokenizer;
 use crate::weights::{SafetensorsWeights, WeightSource};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use tailor_tensor::cpu::{add_in_place, full_attention, gelu_in_place, layer_norm, AttentionShape, LinearScratch};
+use tailor_tensor::cpu::{
+    add_in_place, bf16_supported, full_attention, gelu_in_place, layer_norm, AttentionShape, Bf16Out, Bf16Rows,
+    LinearScratch,
+};
 use tailor_tensor::Tensor;
 
 /// Hyper-parameters from config.json.
@@ -62,8 +69,29 @@ struct EncoderLayer {
     out_norm: LayerNorm,
 }
 
+/// The arithmetic of the encoder's linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderPrecision {
+    /// f32 throughout, as the reference computes.
+    F32,
+    /// bf16 operands with f32 sums in the linear layers (needs AVX-512 BF16).
+    Bf16,
+}
+
+impl EncoderPrecision {
+    /// The fastest precision this CPU runs: bf16 where it has AVX-512 BF16.
+    pub fn fastest() -> EncoderPrecision {
+        if bf16_supported() {
+            EncoderPrecision::Bf16
+        } else {
+            EncoderPrecision::F32
+        }
+    }
+}
+
 /// A loaded sentence encoder.
 pub struct Encoder {
+    precision: EncoderPrecision,
     config: BertConfig,
     tokenizer: Tokenizer,
     max_seq_length: usize,
@@ -77,8 +105,18 @@ pub struct Encoder {
 
 impl Encoder {
     /// Loads a sentence-transformers folder (config.json, model.safetensors,
-    /// tokenizer.json, optional sentence_bert_config.json).
+    /// tokenizer.json, optional sentence_bert_config.json), in the fastest
+    /// precision this CPU runs.
     pub fn load(folder: &Path) -> Result<Encoder> {
+        Encoder::load_with(folder, EncoderPrecision::fastest())
+    }
+
+    /// [`Encoder::load`] in a chosen precision; bf16 without AVX-512 BF16
+    /// is an error (the scalar bf16 path is a test reference, not a speed-up).
+    pub fn load_with(folder: &Path, precision: EncoderPrecision) -> Result<Encoder> {
+        if precision == EncoderPrecision::Bf16 && !bf16_supported() {
+            return Err(ModelError::InvalidParameter("bf16 encoding needs a CPU with AVX-512 BF16".into()));
+        }
         let config_path = folder.join("config.json");
         if !config_path.exists() {
             return Err(ModelError::MissingFile { path: config_path, what: "the encoder config" });
@@ -104,10 +142,11 @@ impl Encoder {
         let tokenizer = Tokenizer::from_file(&folder.join("tokenizer.json"))?.for_encoder(max_seq_length)?;
         let weights = SafetensorsWeights::open(folder)?;
         let prefix = if weights.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
-        let loader = BertLoader { source: &weights, prefix, config: &config };
+        let loader = BertLoader { source: &weights, prefix, config: &config, precision };
         let h = config.hidden_size;
         let layers = (0..config.num_hidden_layers).map(|i| loader.layer(i)).collect::<Result<_>>()?;
         Ok(Encoder {
+            precision,
             word: loader.tensor("embeddings.word_embeddings.weight", &[config.vocab_size, h])?,
             position: loader.vector("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?,
             token_type: loader.vector_prefix("embeddings.token_type_embeddings.weight", h)?,
@@ -118,6 +157,11 @@ impl Encoder {
             config,
             source: folder.to_path_buf(),
         })
+    }
+
+    /// The arithmetic of its linear layers.
+    pub fn precision(&self) -> EncoderPrecision {
+        self.precision
     }
 
     /// Width of the embeddings.
@@ -185,7 +229,7 @@ impl Encoder {
         }
         let mut normed = vec![0f32; x.len()];
         layer_norm(&x, &self.embed_norm.weight, &self.embed_norm.bias, self.config.layer_norm_eps as f32, &mut normed);
-        let mut s = BertScratch::new(total, h, self.config.intermediate_size);
+        let mut s = BertScratch::new(total, h, self.config.intermediate_size, self.precision);
         for layer in &self.layers {
             self.layer_forward(layer, &mut normed, sequences, &mut s)?;
         }
@@ -201,12 +245,7 @@ impl Encoder {
     ) -> Result<()> {
         let (h, total) = (self.config.hidden_size, s.total);
         let eps = self.config.layer_norm_eps as f32;
-        Linear::forward_many(
-            x,
-            total,
-            &mut [(&l.query, &mut s.q), (&l.key, &mut s.k), (&l.value, &mut s.v)],
-            &mut s.linear,
-        )?;
+        self.project_qkv(l, x, s)?;
         let heads = self.config.num_attention_heads;
         let shape = AttentionShape { n_head: heads, n_kv_head: heads, head_dim: h / heads };
         let mut start = 0;
@@ -215,15 +254,54 @@ impl Encoder {
             full_attention(&s.q[range.clone()], &s.k[range.clone()], &s.v[range.clone()], shape, &mut s.attn[range]);
             start += seq.len();
         }
-        l.attn_out.forward(&s.attn, total, &mut s.out, &mut s.linear)?;
+        match self.precision {
+            EncoderPrecision::F32 => l.attn_out.forward(&s.attn, total, &mut s.out, &mut s.linear)?,
+            EncoderPrecision::Bf16 => {
+                s.rows.fill(&s.attn, h);
+                l.attn_out.forward_bf16(&s.rows, false, Bf16Out::F32(&mut s.out))?;
+            }
+        }
         add_in_place(&mut s.out, x);
         layer_norm(&s.out, &l.attn_norm.weight, &l.attn_norm.bias, eps, x);
-        l.intermediate.forward(x, total, &mut s.inter, &mut s.linear)?;
-        gelu_in_place(&mut s.inter);
-        l.output.forward(&s.inter, total, &mut s.out, &mut s.linear)?;
+        self.feed_forward(l, x, s)?;
         add_in_place(&mut s.out, x);
         layer_norm(&s.out, &l.out_norm.weight, &l.out_norm.bias, eps, x);
         Ok(())
+    }
+
+    /// Queries, keys and values of `x` into the scratch.
+    fn project_qkv(&self, l: &EncoderLayer, x: &[f32], s: &mut BertScratch) -> Result<()> {
+        match self.precision {
+            EncoderPrecision::F32 => Linear::forward_many(
+                x,
+                s.total,
+                &mut [(&l.query, &mut s.q), (&l.key, &mut s.k), (&l.value, &mut s.v)],
+                &mut s.linear,
+            ),
+            EncoderPrecision::Bf16 => {
+                s.rows.fill(x, self.config.hidden_size);
+                l.query.forward_bf16(&s.rows, false, Bf16Out::F32(&mut s.q))?;
+                l.key.forward_bf16(&s.rows, false, Bf16Out::F32(&mut s.k))?;
+                l.value.forward_bf16(&s.rows, false, Bf16Out::F32(&mut s.v))
+            }
+        }
+    }
+
+    /// `s.out = output(gelu(intermediate(x)))`; in bf16 the GELU'd
+    /// activations go straight from one product to the next as bf16.
+    fn feed_forward(&self, l: &EncoderLayer, x: &[f32], s: &mut BertScratch) -> Result<()> {
+        match self.precision {
+            EncoderPrecision::F32 => {
+                l.intermediate.forward(x, s.total, &mut s.inter, &mut s.linear)?;
+                gelu_in_place(&mut s.inter);
+                l.output.forward(&s.inter, s.total, &mut s.out, &mut s.linear)
+            }
+            EncoderPrecision::Bf16 => {
+                s.rows.fill(x, self.config.hidden_size);
+                l.intermediate.forward_bf16(&s.rows, true, Bf16Out::Bf16(&mut s.inter_rows))?;
+                l.output.forward_bf16(&s.inter_rows, false, Bf16Out::F32(&mut s.out))
+            }
+        }
     }
 }
 
@@ -255,11 +333,16 @@ struct BertScratch {
     out: Vec<f32>,
     inter: Vec<f32>,
     linear: LinearScratch,
+    /// bf16 input of the next product (bf16 precision only).
+    rows: Bf16Rows,
+    /// The GELU'd intermediate activations in bf16 (bf16 precision only).
+    inter_rows: Bf16Rows,
 }
 
 impl BertScratch {
-    fn new(total: usize, h: usize, inter: usize) -> BertScratch {
+    fn new(total: usize, h: usize, inter: usize, precision: EncoderPrecision) -> BertScratch {
         let z = |n: usize| vec![0f32; n];
+        let inter = if precision == EncoderPrecision::F32 { inter } else { 0 };
         BertScratch {
             total,
             q: z(total * h),
@@ -269,6 +352,8 @@ impl BertScratch {
             out: z(total * h),
             inter: z(total * inter),
             linear: LinearScratch::default(),
+            rows: Bf16Rows::new(),
+            inter_rows: Bf16Rows::new(),
         }
     }
 }
@@ -293,6 +378,7 @@ struct BertLoader<'a> {
     source: &'a dyn WeightSource,
     prefix: &'static str,
     config: &'a BertConfig,
+    precision: EncoderPrecision,
 }
 
 impl BertLoader<'_> {
@@ -332,7 +418,11 @@ impl BertLoader<'_> {
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
         let weight = self.tensor(&format!("{name}.weight"), &[out, inp])?;
         let bias = self.vector(&format!("{name}.bias"), &[out])?;
-        Ok(Linear::new(weight, Some(bias)))
+        let layer = Linear::new(weight, Some(bias));
+        match self.precision {
+            EncoderPrecision::F32 => Ok(layer),
+            EncoderPrecision::Bf16 => layer.with_bf16_weights(),
+        }
     }
 
     fn norm(&self, name: &str) -> Result<LayerNorm> {

@@ -1,8 +1,11 @@
 //! A linear layer `y = x·Wᵀ + b` whose weight is dense or block-quantized.
 //! Adapters (LoRA) wrap this type rather than forking the model.
 
-use crate::error::Result;
-use tailor_tensor::cpu::{linear, linear_many, linear_many_decode, linear_many_gemm, LinearScratch};
+use crate::error::{ModelError, Result};
+use tailor_tensor::cpu::{
+    gemm_bf16, linear, linear_many, linear_many_decode, linear_many_gemm, Bf16Out, Bf16Rows, Bf16Weights, Epilogue,
+    LinearScratch,
+};
 use tailor_tensor::{DType, Tensor};
 
 /// A kernel computing several linears of one input (`linear_many` and kin).
@@ -13,12 +16,50 @@ type ManyKernel = fn(&[f32], usize, &mut [(&Tensor, &mut [f32])], &mut LinearScr
 pub struct Linear {
     weight: Tensor,
     bias: Option<Vec<f32>>,
+    /// The weight rounded to bf16 for [`Linear::forward_bf16`], when asked.
+    bf16: Option<Bf16Weights>,
 }
 
 impl Linear {
     /// A layer from a `[out, in]` weight and an optional bias of `out` values.
     pub fn new(weight: Tensor, bias: Option<Vec<f32>>) -> Linear {
-        Linear { weight, bias }
+        Linear { weight, bias, bf16: None }
+    }
+
+    /// Also keeps the weight rounded to bf16, so [`Linear::forward_bf16`]
+    /// can run (for compute-bound layers that tolerate 8-bit mantissas).
+    pub fn with_bf16_weights(mut self) -> Result<Linear> {
+        let values = self.weight.to_f32()?;
+        self.bf16 = Some(Bf16Weights::pack(&values, self.out_features(), self.in_features()));
+        Ok(self)
+    }
+
+    /// `y = x·Wᵀ + b`, then GELU if `gelu`, with bf16 operands and f32
+    /// sums (see `tailor_tensor::cpu::gemm_bf16`); the layer must have been
+    /// built [`Linear::with_bf16_weights`].
+    pub fn forward_bf16(&self, x: &Bf16Rows, gelu: bool, y: Bf16Out<'_>) -> Result<()> {
+        let Some(weights) = &self.bf16 else {
+            return Err(ModelError::InvalidParameter("forward_bf16 on a layer without bf16 weights".into()));
+        };
+        if x.cols() != self.in_features() {
+            return Err(ModelError::InvalidParameter(format!(
+                "input of {} features for a layer of {}",
+                x.cols(),
+                self.in_features()
+            )));
+        }
+        if let Bf16Out::F32(values) = &y {
+            if values.len() != x.rows() * self.out_features() {
+                return Err(ModelError::InvalidParameter(format!(
+                    "output of {} values for {} rows of {}",
+                    values.len(),
+                    x.rows(),
+                    self.out_features()
+                )));
+            }
+        }
+        gemm_bf16(x, weights, Epilogue { bias: self.bias.as_deref(), gelu }, y);
+        Ok(())
     }
 
     /// Output features.

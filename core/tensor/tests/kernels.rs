@@ -468,3 +468,63 @@ fn simd_activation_quantization_matches_the_portable_code_exactly() {
         assert_eq!(got.s.to_bits(), (d * sum as f32).to_bits());
     }
 }
+
+/// `v` rounded to bf16 (nearest, ties to even) and widened back.
+fn bf16_round(v: f32) -> f32 {
+    let bits = v.to_bits();
+    f32::from_bits(((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) << 16)
+}
+
+fn bf16_gemm(x: &[f32], inp: usize, w: &cpu::Bf16Weights, epilogue: cpu::Epilogue<'_>) -> Vec<f32> {
+    let mut rows = cpu::Bf16Rows::new();
+    rows.fill(x, inp);
+    let mut y = vec![0f32; rows.rows() * w.out_features()];
+    cpu::gemm_bf16(&rows, w, epilogue, cpu::Bf16Out::F32(&mut y));
+    y
+}
+
+#[test]
+fn bf16_gemm_matches_rounded_operands_reference() {
+    let mut rng = Rng(11);
+    for (tokens, inp, out) in [(1, 37, 19), (9, 64, 33), (17, 129, 77), (8, 384, 64), (30, 6, 100)] {
+        let (x, w, bias) = (rng.vec(tokens * inp), rng.vec(out * inp), rng.vec(out));
+        let packed = cpu::Bf16Weights::pack(&w, out, inp);
+        let rounded_x: Vec<f32> = x.iter().map(|&v| bf16_round(v)).collect();
+        let rounded_w: Vec<f32> = w.iter().map(|&v| bf16_round(v)).collect();
+        let mut want = naive_linear(&rounded_x, tokens, &rounded_w, out);
+        for (v, b) in want.iter_mut().zip(bias.iter().cycle()) {
+            *v += b;
+        }
+        let epilogue = cpu::Epilogue { bias: Some(&bias), gelu: false };
+        let got = bf16_gemm(&x, inp, &packed, epilogue);
+        assert_close(&got, &want, 1e-5, &format!("bf16 gemm {tokens}×{inp}→{out}"));
+
+        let gelu = |v: f32| (0.5 * v as f64 * (1.0 + cpu::erf(v as f64 / std::f64::consts::SQRT_2))) as f32;
+        let want_gelu: Vec<f32> = want.iter().map(|&v| gelu(v)).collect();
+        let got_gelu = bf16_gemm(&x, inp, &packed, cpu::Epilogue { bias: Some(&bias), gelu: true });
+        assert_close(&got_gelu, &want_gelu, 1e-5, "bf16 gemm + gelu");
+
+        let mut input = cpu::Bf16Rows::new();
+        input.fill(&x, inp);
+        let mut as_bf16 = cpu::Bf16Rows::new();
+        cpu::gemm_bf16(&input, &packed, epilogue, cpu::Bf16Out::Bf16(&mut as_bf16));
+        assert_eq!((as_bf16.rows(), as_bf16.cols()), (tokens, out));
+        for t in 0..tokens {
+            let expected: Vec<f32> = got[t * out..(t + 1) * out].iter().map(|&v| bf16_round(v)).collect();
+            assert_eq!(as_bf16.row_f32(t), expected, "bf16 output row {t} is the rounded f32 output");
+        }
+    }
+}
+
+#[test]
+fn bf16_gemm_rows_do_not_depend_on_their_neighbours() {
+    let mut rng = Rng(12);
+    let (tokens, inp, out) = (19, 96, 64);
+    let (x, w) = (rng.vec(tokens * inp), rng.vec(out * inp));
+    let packed = cpu::Bf16Weights::pack(&w, out, inp);
+    let together = bf16_gemm(&x, inp, &packed, cpu::Epilogue::default());
+    for t in [0, 7, 8, 18] {
+        let alone = bf16_gemm(&x[t * inp..(t + 1) * inp], inp, &packed, cpu::Epilogue::default());
+        assert_eq!(alone, together[t * out..(t + 1) * out], "row {t}");
+    }
+}

@@ -2,11 +2,13 @@
 //! with rayon's global pool, whose size is the process's CPU thread budget.
 
 mod attention;
+mod bf16;
 mod matmul;
 mod ops;
 pub mod pool;
 
 pub use attention::{causal_attention, decode_attention, full_attention, AttentionShape};
+pub use bf16::{bf16_supported, gemm_bf16, Bf16Out, Bf16Rows, Bf16Weights, Epilogue};
 pub use matmul::{
     dot_f32, gemm_f32, linear, linear_many, linear_many_decode, linear_many_gemm, matvec_f32, LinearScratch,
     QUANT_GEMM_MIN_TOKENS,

@@ -42,7 +42,8 @@ pub fn gelu_in_place(x: &mut [f32]) {
     });
 }
 
-fn gelu_slice(x: &mut [f32]) {
+/// GELU over a slice on the calling thread (the bf16 gemm's epilogue).
+pub(crate) fn gelu_slice(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if super::has_avx2_fma() {
