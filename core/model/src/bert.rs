@@ -17,8 +17,8 @@ use crate::weights::{SafetensorsWeights, WeightSource};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tailor_tensor::cpu::{
-    add_in_place, bf16_supported, full_attention, gelu_in_place, layer_norm, AttentionShape, Bf16Out, Bf16Rows,
-    LinearScratch,
+    add_in_place, bf16_supported, full_attention_packed, gelu_in_place, layer_norm, residual_layer_norm,
+    AttentionShape, Bf16Out, Bf16Rows, LinearScratch,
 };
 use tailor_tensor::Tensor;
 
@@ -229,31 +229,20 @@ impl Encoder {
         }
         let mut normed = vec![0f32; x.len()];
         layer_norm(&x, &self.embed_norm.weight, &self.embed_norm.bias, self.config.layer_norm_eps as f32, &mut normed);
-        let mut s = BertScratch::new(total, h, self.config.intermediate_size, self.precision);
+        let mut s = BertScratch::new(sequences, h, self.config.intermediate_size, self.precision);
         for layer in &self.layers {
-            self.layer_forward(layer, &mut normed, sequences, &mut s)?;
+            self.layer_forward(layer, &mut normed, &mut s)?;
         }
         Ok(normed)
     }
 
-    fn layer_forward(
-        &self,
-        l: &EncoderLayer,
-        x: &mut [f32],
-        sequences: &[Vec<u32>],
-        s: &mut BertScratch,
-    ) -> Result<()> {
+    fn layer_forward(&self, l: &EncoderLayer, x: &mut [f32], s: &mut BertScratch) -> Result<()> {
         let (h, total) = (self.config.hidden_size, s.total);
         let eps = self.config.layer_norm_eps as f32;
         self.project_qkv(l, x, s)?;
         let heads = self.config.num_attention_heads;
         let shape = AttentionShape { n_head: heads, n_kv_head: heads, head_dim: h / heads };
-        let mut start = 0;
-        for seq in sequences {
-            let range = start * h..(start + seq.len()) * h;
-            full_attention(&s.q[range.clone()], &s.k[range.clone()], &s.v[range.clone()], shape, &mut s.attn[range]);
-            start += seq.len();
-        }
+        full_attention_packed(&s.q, &s.k, &s.v, shape, &s.lengths, &mut s.attn);
         match self.precision {
             EncoderPrecision::F32 => l.attn_out.forward(&s.attn, total, &mut s.out, &mut s.linear)?,
             EncoderPrecision::Bf16 => {
@@ -261,11 +250,9 @@ impl Encoder {
                 l.attn_out.forward_bf16(&s.rows, false, Bf16Out::F32(&mut s.out))?;
             }
         }
-        add_in_place(&mut s.out, x);
-        layer_norm(&s.out, &l.attn_norm.weight, &l.attn_norm.bias, eps, x);
+        residual_layer_norm(&mut s.out, x, &l.attn_norm.weight, &l.attn_norm.bias, eps);
         self.feed_forward(l, x, s)?;
-        add_in_place(&mut s.out, x);
-        layer_norm(&s.out, &l.out_norm.weight, &l.out_norm.bias, eps, x);
+        residual_layer_norm(&mut s.out, x, &l.out_norm.weight, &l.out_norm.bias, eps);
         Ok(())
     }
 
@@ -326,6 +313,8 @@ fn mean_pool_normalized(hidden: &[f32], sequences: &[Vec<u32>], h: usize) -> Vec
 
 struct BertScratch {
     total: usize,
+    /// The sequences' lengths (they lie back to back).
+    lengths: Vec<usize>,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -340,11 +329,14 @@ struct BertScratch {
 }
 
 impl BertScratch {
-    fn new(total: usize, h: usize, inter: usize, precision: EncoderPrecision) -> BertScratch {
+    fn new(sequences: &[Vec<u32>], h: usize, inter: usize, precision: EncoderPrecision) -> BertScratch {
+        let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+        let total = lengths.iter().sum();
         let z = |n: usize| vec![0f32; n];
         let inter = if precision == EncoderPrecision::F32 { inter } else { 0 };
         BertScratch {
             total,
+            lengths,
             q: z(total * h),
             k: z(total * h),
             v: z(total * h),

@@ -3,6 +3,7 @@
 use super::matmul::dot_f32_portable;
 use super::pool::{split_range, SpinPool};
 use super::softmax_in_place;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Head layout of an attention layer.
 #[derive(Debug, Clone, Copy)]
@@ -26,79 +27,136 @@ pub fn causal_attention(q: &[f32], keys: &[f32], values: &[f32], start: usize, s
 
 /// Bidirectional attention (encoders): every query of a `positions`-long
 /// sequence attends to all `positions` keys. Shapes as in [`causal_attention`].
-/// Each head is two small matrix products (QKᵀ, then PV) on the gemm crate,
-/// heads spread over the pool.
 pub fn full_attention(q: &[f32], keys: &[f32], values: &[f32], shape: AttentionShape, out: &mut [f32]) {
+    let positions = keys.len() / (shape.n_kv_head * shape.head_dim).max(1);
+    full_attention_packed(q, keys, values, shape, &[positions], out);
+}
+
+/// [`full_attention`] for several sequences stored back to back (their
+/// lengths in `lengths`): each attends only within itself. Each (sequence,
+/// head) is two small matrix products (QKᵀ, then PV) on the gemm crate;
+/// the pool's threads claim them one by one, so a batch costs one fork-join.
+pub fn full_attention_packed(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    shape: AttentionShape,
+    lengths: &[usize],
+    out: &mut [f32],
+) {
     let AttentionShape { n_head, n_kv_head, head_dim } = shape;
     let (q_stride, kv_stride) = (n_head * head_dim, n_kv_head * head_dim);
-    let (queries, positions) = (q.len() / q_stride, keys.len() / kv_stride);
+    let total: usize = lengths.iter().sum();
     assert!(q.len() == out.len() && keys.len() == values.len(), "attention: mismatched buffers");
-    assert!(q.len() == queries * q_stride && keys.len() == positions * kv_stride, "attention: ragged buffers");
-    let group = n_head / n_kv_head;
-    let scale = 1.0 / (head_dim as f32).sqrt();
+    assert!(q.len() == total * q_stride && keys.len() == total * kv_stride, "attention: ragged buffers");
+    let starts: Vec<usize> = lengths.iter().scan(0, |at, &len| Some(std::mem::replace(at, *at + len))).collect();
+    let longest = lengths.iter().copied().max().unwrap_or(0);
+    let next_item = AtomicUsize::new(0);
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let job = |thread: usize, threads: usize| {
-        let mut scores = vec![0f32; queries * positions];
-        for h in split_range(n_head, thread, threads) {
-            let kv_offset = (h / group) * head_dim;
-            // SAFETY (both calls): strides and sizes keep every access inside
-            // the asserted buffers: Q_h is queries×head_dim with row stride
-            // q_stride from offset h·head_dim; K_hᵀ reads K at row stride
-            // kv_stride from kv_offset; `scores` is queries×positions. The
-            // output head slice (row stride q_stride, offset h·head_dim) is
-            // written by this thread only (heads are split disjointly) while
-            // `out` is exclusively borrowed until the pool job returns.
-            unsafe {
-                gemm::gemm(
-                    queries,
-                    positions,
-                    head_dim,
-                    scores.as_mut_ptr(),
-                    1,
-                    positions as isize,
-                    false,
-                    q.as_ptr().add(h * head_dim),
-                    1,
-                    q_stride as isize,
-                    keys.as_ptr().add(kv_offset),
-                    kv_stride as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+    let job = |_thread: usize, _threads: usize| {
+        let mut scores = vec![0f32; longest * longest];
+        loop {
+            let item = next_item.fetch_add(1, Ordering::Relaxed);
+            if item >= lengths.len() * n_head {
+                break;
             }
-            scores.chunks_exact_mut(positions).for_each(softmax_in_place);
-            // SAFETY: see above.
-            unsafe {
-                gemm::gemm(
-                    queries,
-                    head_dim,
-                    positions,
-                    out_ptr.at(h * head_dim),
-                    1,
-                    q_stride as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    positions as isize,
-                    values.as_ptr().add(kv_offset),
-                    1,
-                    kv_stride as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            let (seq, h) = (item / n_head, item % n_head);
+            let (start, len) = (starts[seq], lengths[seq]);
+            let head = PackedHead {
+                q_at: start * q_stride + h * head_dim,
+                kv_at: start * kv_stride + (h / (n_head / n_kv_head)) * head_dim,
+                len,
+            };
+            // SAFETY: the head's rows start..start + len lie inside the
+            // asserted buffers (starts are prefix sums of lengths, whose
+            // total the asserts tie to the buffer sizes); the output slice
+            // of (seq, h) is written by the one thread that claimed it.
+            unsafe { attend_packed_head(q, keys, values, shape, head, &mut scores[..len * len], &out_ptr) };
         }
     };
     SpinPool::global().run(&job);
+}
+
+/// Where one (sequence, head) of [`full_attention_packed`] lies.
+struct PackedHead {
+    /// Offset of its first query value in `q` (and `out`).
+    q_at: usize,
+    /// Offset of its first key/value value.
+    kv_at: usize,
+    /// Its sequence length.
+    len: usize,
+}
+
+/// `softmax(Q Kᵀ / √d) V` for one (sequence, head) into `out`.
+///
+/// # Safety
+/// `head` must lie inside the buffers (rows of `n_head · head_dim` values
+/// from `q_at`, of `n_kv_head · head_dim` from `kv_at`, `len` of each) and
+/// no other thread may write its output slice while this runs.
+unsafe fn attend_packed_head(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    shape: AttentionShape,
+    head: PackedHead,
+    scores: &mut [f32],
+    out: &OutPtr,
+) {
+    let AttentionShape { n_head, n_kv_head, head_dim } = shape;
+    let (q_stride, kv_stride, len) = (n_head * head_dim, n_kv_head * head_dim, head.len);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    // SAFETY (both calls): by the caller's contract every row the strides
+    // reach is in bounds: Q_h is len×head_dim with row stride q_stride
+    // from q_at; Kᵀ and V read len rows at stride kv_stride from kv_at;
+    // `scores` is len×len; the output head slice has row stride q_stride.
+    unsafe {
+        gemm::gemm(
+            len,
+            len,
+            head_dim,
+            scores.as_mut_ptr(),
+            1,
+            len as isize,
+            false,
+            q.as_ptr().add(head.q_at),
+            1,
+            q_stride as isize,
+            keys.as_ptr().add(head.kv_at),
+            kv_stride as isize,
+            1,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    scores.chunks_exact_mut(len).for_each(softmax_in_place);
+    // SAFETY: see above.
+    unsafe {
+        gemm::gemm(
+            len,
+            head_dim,
+            len,
+            out.at(head.q_at),
+            1,
+            q_stride as isize,
+            false,
+            scores.as_ptr(),
+            1,
+            len as isize,
+            values.as_ptr().add(head.kv_at),
+            1,
+            kv_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// Shared body: query `t` attends to positions `0..visible(t)`.

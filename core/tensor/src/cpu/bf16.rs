@@ -14,6 +14,7 @@
 
 use super::pool::{split_range, SpinPool};
 use half::bf16;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Output columns per weight panel: two 16-lane f32 accumulators.
 const PANEL: usize = 32;
@@ -124,9 +125,19 @@ impl Bf16Rows {
     pub fn fill(&mut self, x: &[f32], cols: usize) {
         assert!(cols > 0 && x.len().is_multiple_of(cols), "Bf16Rows::fill: {} values are not rows of {cols}", x.len());
         self.reshape(x.len() / cols, cols);
-        for (src, dst) in x.chunks_exact(cols).zip(self.data.chunks_exact_mut(self.pairs)) {
-            round_row(src, dst);
-        }
+        let (rows, pairs) = (self.rows, self.pairs);
+        let words = SharedWords(self.data.as_mut_ptr());
+        SpinPool::global().run(&|index, threads| {
+            let mine = split_range(rows, index, threads);
+            // SAFETY: split_range hands each thread disjoint rows, whose
+            // words lie inside `data` (rows × pairs, just sized), borrowed
+            // exclusively until `run` returns.
+            let dst = unsafe { std::slice::from_raw_parts_mut(words.at(mine.start * pairs), mine.len() * pairs) };
+            for (src, dst) in x[mine.start * cols..mine.end * cols].chunks_exact(cols).zip(dst.chunks_exact_mut(pairs))
+            {
+                round_row(src, dst);
+            }
+        });
     }
 
     /// Row `r` as f32 (each value as rounded).
@@ -142,6 +153,18 @@ impl Bf16Rows {
         self.pairs = cols.div_ceil(2);
         self.data.clear();
         self.data.resize(rows * self.pairs, 0);
+    }
+}
+
+/// The words of a [`Bf16Rows`] shared by the pool's threads, each writing
+/// its own rows.
+struct SharedWords(*mut u32);
+// SAFETY: used only with disjoint per-thread rows (see Bf16Rows::fill).
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    fn at(&self, offset: usize) -> *mut u32 {
+        self.0.wrapping_add(offset)
     }
 }
 
@@ -203,17 +226,20 @@ pub fn gemm_bf16(x: &Bf16Rows, w: &Bf16Weights, epilogue: Epilogue<'_>, out: Bf1
         }
     };
     let tiles = x.rows.div_ceil(TILE_ROWS);
-    let job = |index: usize, threads: usize| {
-        let mine = split_range(tiles, index, threads);
-        let mut first = mine.start;
-        while first < mine.end {
-            let last = (first + CHUNK_TILES).min(mine.end);
-            for p in 0..w.panel_count() {
-                for tile in first..last {
-                    run_tile(x, w, p, tile, epilogue, &sink);
-                }
+    let chunks = tiles.div_ceil(CHUNK_TILES);
+    let next_chunk = AtomicUsize::new(0);
+    // Threads claim chunks as they go, so one slowed by the machine's other
+    // load does not hold the rest up.
+    let job = |_index: usize, _threads: usize| loop {
+        let chunk = next_chunk.fetch_add(1, Ordering::Relaxed);
+        if chunk >= chunks {
+            break;
+        }
+        let tile_range = chunk * CHUNK_TILES..((chunk + 1) * CHUNK_TILES).min(tiles);
+        for p in 0..w.panel_count() {
+            for tile in tile_range.clone() {
+                run_tile(x, w, p, tile, epilogue, &sink);
             }
-            first = last;
         }
     };
     SpinPool::global().run(&job);
@@ -341,6 +367,7 @@ fn store_row(values: &[f32], row: usize, cols: std::ops::Range<usize>, out_cols:
 mod avx512 {
     //! The `vdpbf16ps` kernel with its epilogue, and the vector rounding.
 
+    use super::super::simd512::gelu;
     use super::{round_row_portable, TileDst, TileTarget, PANEL, TILE_ROWS};
     use std::arch::x86_64::*;
 
@@ -456,44 +483,5 @@ mod avx512 {
     fn lane_masks(cols: usize) -> (__mmask16, __mmask16) {
         let bits = if cols >= 32 { u32::MAX } else { (1u32 << cols) - 1 };
         (bits as u16, (bits >> 16) as u16)
-    }
-
-    /// The exact GELU `x·Φ(x)`, with erf from Abramowitz & Stegun 7.1.26
-    /// (absolute error below 1.5e-7).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::excessive_precision)] // the published coefficients, kept as written
-    fn gelu(x: __m512) -> __m512 {
-        let z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
-        let d = _mm512_fmadd_ps(z, _mm512_set1_ps(0.327_591_1), _mm512_set1_ps(1.0));
-        let estimate = _mm512_rcp14_ps(d);
-        let t = _mm512_mul_ps(estimate, _mm512_fnmadd_ps(d, estimate, _mm512_set1_ps(2.0))); // one Newton step
-        let mut poly = _mm512_set1_ps(1.061_405_429);
-        for c in [-1.453_152_027, 1.421_413_741, -0.284_496_736, 0.254_829_592] {
-            poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(c));
-        }
-        let minus_z_squared = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z);
-        let erfc = _mm512_mul_ps(_mm512_mul_ps(poly, t), exp(minus_z_squared));
-        let half_x_erfc = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5), x), erfc);
-        // x ≥ 0: x·(1 − erfc/2); x < 0: x·erfc/2.
-        let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
-        _mm512_mask_blend_ps(negative, _mm512_sub_ps(x, half_x_erfc), half_x_erfc)
-    }
-
-    /// `e^x` for x ≤ 0 to about 2e-7 relative, as `exp_fast`: `x = n·ln 2
-    /// + r`, a degree-6 polynomial for `e^r`, and `2^n` by `vscalefps`.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn exp(x: __m512) -> __m512 {
-        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
-        let scaled = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(scaled);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-        let mut p = _mm512_set1_ps(1.0 / 720.0);
-        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        _mm512_scalef_ps(p, n)
     }
 }

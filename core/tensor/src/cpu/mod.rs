@@ -6,16 +6,31 @@ mod bf16;
 mod matmul;
 mod ops;
 pub mod pool;
+#[cfg(target_arch = "x86_64")]
+mod simd512;
 
-pub use attention::{causal_attention, decode_attention, full_attention, AttentionShape};
+pub use attention::{causal_attention, decode_attention, full_attention, full_attention_packed, AttentionShape};
 pub use bf16::{bf16_supported, gemm_bf16, Bf16Out, Bf16Rows, Bf16Weights, Epilogue};
 pub use matmul::{
     dot_f32, gemm_f32, linear, linear_many, linear_many_decode, linear_many_gemm, matvec_f32, LinearScratch,
     QUANT_GEMM_MIN_TOKENS,
 };
 pub use ops::{
-    add_in_place, erf, erf_f32, exp_fast, gelu_in_place, layer_norm, rms_norm, silu_mul, softmax_in_place, RopeTable,
+    add_in_place, erf, erf_f32, exp_fast, gelu_in_place, layer_norm, residual_layer_norm, rms_norm, silu_mul,
+    softmax_in_place, RopeTable,
 };
+
+/// True when this CPU has AVX-512F (checked once by std, cached).
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// True when this CPU has AVX2 and FMA (checked once by std, cached).
 pub(crate) fn has_avx2_fma() -> bool {

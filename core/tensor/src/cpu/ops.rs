@@ -16,17 +16,71 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// LayerNorm of each row of `x` into `out`: `(x − mean) / sqrt(var + eps) · weight + bias`.
+/// LayerNorm of each row of `x` into `out`: `(x − mean) / sqrt(var + eps) · weight + bias`,
+/// rows split over the pool.
 pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
-    let dim = weight.len();
-    for (row, dst) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        let mean = row.iter().sum::<f32>() / dim as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
-        let inv = 1.0 / (var + eps).sqrt();
-        for (((d, v), w), b) in dst.iter_mut().zip(row).zip(weight).zip(bias) {
-            *d = (v - mean) * inv * w + b;
+    assert_eq!(x.len(), out.len(), "layer_norm: input and output differ in length");
+    for_row_ranges(out, weight.len(), |range, out_part| {
+        for (row, dst) in x[range].chunks_exact(weight.len()).zip(out_part.chunks_exact_mut(weight.len())) {
+            layer_norm_row(row, weight, bias, eps, dst);
+        }
+    });
+}
+
+/// A transformer block's residual step: `sum += x`, then `x = LayerNorm(sum)`,
+/// row by row in one pass split over the pool.
+pub fn residual_layer_norm(sum: &mut [f32], x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    assert_eq!(sum.len(), x.len(), "residual_layer_norm: buffers differ in length");
+    let sums = SharedMut(sum.as_mut_ptr());
+    for_row_ranges(x, weight.len(), |range, x_part| {
+        // SAFETY: `for_row_ranges` hands each thread a disjoint range, the
+        // same for `sum` (equal length, asserted) as for `x`; `sum` stays
+        // exclusively borrowed until it returns.
+        let sum_part = unsafe { std::slice::from_raw_parts_mut(sums.at(range.start), range.len()) };
+        for (s, dst) in sum_part.chunks_exact_mut(weight.len()).zip(x_part.chunks_exact_mut(weight.len())) {
+            add_in_place(s, dst);
+            layer_norm_row(s, weight, bias, eps, dst);
+        }
+    });
+}
+
+/// Runs `body(range, &mut out[range])` over disjoint ranges of whole rows
+/// (`dim` values each), one per pool thread.
+fn for_row_ranges(out: &mut [f32], dim: usize, body: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync) {
+    let rows = out.len() / dim;
+    let ptr = SharedMut(out.as_mut_ptr());
+    SpinPool::global().run(&|index, threads| {
+        let r = split_range(rows, index, threads);
+        let range = r.start * dim..r.end * dim;
+        // SAFETY: split_range hands each thread a disjoint range of rows
+        // inside `out`, which stays exclusively borrowed until `run` returns.
+        let part = unsafe { std::slice::from_raw_parts_mut(ptr.at(range.start), range.len()) };
+        body(range, part);
+    });
+}
+
+/// LayerNorm of one row, its sums in eight lanes so they vectorise.
+fn layer_norm_row(row: &[f32], weight: &[f32], bias: &[f32], eps: f32, dst: &mut [f32]) {
+    let dim = row.len() as f32;
+    let mean = lane_sum(row, |v| v) / dim;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / dim;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((d, v), w), b) in dst.iter_mut().zip(row).zip(weight).zip(bias) {
+        *d = (v - mean) * inv * w + b;
+    }
+}
+
+/// `Σ f(v)` over `values`, accumulated in eight interleaved lanes.
+#[inline(always)]
+fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut chunks = values.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
         }
     }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().map(|&v| f(v)).sum::<f32>()
 }
 
 /// Exact (erf-based) GELU in place, as BERT's `gelu`, split over the pool.
@@ -70,7 +124,8 @@ fn gelu_portable(x: &mut [f32]) {
 
 /// A mutable pointer shared by the pool's threads, each writing its own range.
 struct SharedMut(*mut f32);
-// SAFETY: used only with disjoint per-thread ranges (see gelu_in_place).
+// SAFETY: used only with disjoint per-thread ranges (see gelu_in_place,
+// for_row_ranges).
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
@@ -211,6 +266,11 @@ fn silu_mul_portable(gate: &mut [f32], up: &[f32]) {
 pub fn softmax_in_place(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
+        if super::has_avx512() {
+            // SAFETY: the feature was just detected; only `x` is touched.
+            unsafe { super::simd512::softmax(x) };
+            return;
+        }
         if super::has_avx2_fma() {
             // SAFETY: the features were just detected; the function only
             // touches `x`.
