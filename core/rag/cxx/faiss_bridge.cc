@@ -6,6 +6,8 @@
 #include <faiss/impl/FaissException.h>
 #include <faiss/index_io.h>
 
+#include <omp.h>
+
 #include <string>
 
 namespace tailor {
@@ -44,6 +46,25 @@ std::unique_ptr<FaissIndex> new_hnsw_ip(int32_t dim, int32_t m, int32_t ef_const
   return std::unique_ptr<FaissIndex>(new FaissIndex{std::unique_ptr<faiss::Index>(map)});
 }
 
+namespace {
+
+// Searches of fewer queries than this run without an OpenMP team.
+constexpr faiss::Index::idx_t kParallelSearchQueries = 16;
+
+// Sets this thread's OpenMP team size for one call, and restores it.
+class OmpThreadsForCall {
+ public:
+  explicit OmpThreadsForCall(int threads) : previous_(omp_get_max_threads()) { omp_set_num_threads(threads); }
+  ~OmpThreadsForCall() { omp_set_num_threads(previous_); }
+  OmpThreadsForCall(const OmpThreadsForCall&) = delete;
+  OmpThreadsForCall& operator=(const OmpThreadsForCall&) = delete;
+
+ private:
+  int previous_;
+};
+
+}  // namespace
+
 void add_with_ids(FaissIndex& index, rust::Slice<const float> vectors, rust::Slice<const int64_t> ids) {
   auto n = count(vectors.size(), index.index->d);
   if (static_cast<size_t>(n) != ids.size()) {
@@ -61,6 +82,10 @@ void search(const FaissIndex& index, rust::Slice<const float> queries, int64_t k
   if (auto* hnsw = hnsw_of(index.index.get())) {
     hnsw->hnsw.efSearch = ef_search > k ? ef_search : static_cast<int>(k);
   }
+  // A few queries run on the calling thread alone: waking OpenMP's team
+  // costs more than the search, and the team then spins on the cores the
+  // encoder needs for the next query.
+  OmpThreadsForCall threads(n < kParallelSearchQueries ? 1 : omp_get_max_threads());
   index.index->search(n, queries.data(), k, scores.data(), reinterpret_cast<faiss::Index::idx_t*>(ids.data()));
 }
 

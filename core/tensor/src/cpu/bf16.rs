@@ -227,16 +227,22 @@ pub fn gemm_bf16(x: &Bf16Rows, w: &Bf16Weights, epilogue: Epilogue<'_>, out: Bf1
     };
     let tiles = x.rows.div_ceil(TILE_ROWS);
     let chunks = tiles.div_ceil(CHUNK_TILES);
-    let next_chunk = AtomicUsize::new(0);
-    // Threads claim chunks as they go, so one slowed by the machine's other
+    // Few rows (a query) leave too few chunks to share: then the panels are
+    // split too, so every thread gets work.
+    let threads = SpinPool::global().threads();
+    let panel_groups = (4 * threads).div_ceil(chunks.max(1)).clamp(1, w.panel_count());
+    let items = chunks * panel_groups;
+    let next_item = AtomicUsize::new(0);
+    // Threads claim items as they go, so one slowed by the machine's other
     // load does not hold the rest up.
     let job = |_index: usize, _threads: usize| loop {
-        let chunk = next_chunk.fetch_add(1, Ordering::Relaxed);
-        if chunk >= chunks {
+        let item = next_item.fetch_add(1, Ordering::Relaxed);
+        if item >= items {
             break;
         }
+        let (chunk, group) = (item / panel_groups, item % panel_groups);
         let tile_range = chunk * CHUNK_TILES..((chunk + 1) * CHUNK_TILES).min(tiles);
-        for p in 0..w.panel_count() {
+        for p in split_range(w.panel_count(), group, panel_groups) {
             for tile in tile_range.clone() {
                 run_tile(x, w, p, tile, epilogue, &sink);
             }
