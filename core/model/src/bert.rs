@@ -78,13 +78,44 @@ pub enum EncoderPrecision {
     Bf16,
 }
 
+/// The environment variable that picks the precision [`Encoder::load`] uses.
+pub const PRECISION_ENV: &str = "TAILOR_ENCODER_PRECISION";
+
 impl EncoderPrecision {
+    /// The precision named by `TAILOR_ENCODER_PRECISION`: `f32`, `bf16`, or
+    /// `auto` (the default when unset: [`EncoderPrecision::fastest`]).
+    pub fn from_env() -> Result<EncoderPrecision> {
+        match std::env::var(PRECISION_ENV) {
+            Ok(value) => value.parse(),
+            Err(std::env::VarError::NotPresent) => Ok(EncoderPrecision::fastest()),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(ModelError::InvalidParameter(format!("{PRECISION_ENV} is not UTF-8")))
+            }
+        }
+    }
+
     /// The fastest precision this CPU runs: bf16 where it has AVX-512 BF16.
     pub fn fastest() -> EncoderPrecision {
         if bf16_supported() {
             EncoderPrecision::Bf16
         } else {
             EncoderPrecision::F32
+        }
+    }
+}
+
+impl std::str::FromStr for EncoderPrecision {
+    type Err = ModelError;
+
+    /// `f32`, `bf16`, or `auto` ([`EncoderPrecision::fastest`]).
+    fn from_str(name: &str) -> Result<EncoderPrecision> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(EncoderPrecision::F32),
+            "bf16" => Ok(EncoderPrecision::Bf16),
+            "auto" | "" => Ok(EncoderPrecision::fastest()),
+            other => Err(ModelError::InvalidParameter(format!(
+                "encoder precision {other:?}: expected f32, bf16 or auto (from {PRECISION_ENV})"
+            ))),
         }
     }
 }
@@ -105,10 +136,10 @@ pub struct Encoder {
 
 impl Encoder {
     /// Loads a sentence-transformers folder (config.json, model.safetensors,
-    /// tokenizer.json, optional sentence_bert_config.json), in the fastest
-    /// precision this CPU runs.
+    /// tokenizer.json, optional sentence_bert_config.json), in the precision
+    /// `TAILOR_ENCODER_PRECISION` names (by default the fastest this CPU runs).
     pub fn load(folder: &Path) -> Result<Encoder> {
-        Encoder::load_with(folder, EncoderPrecision::fastest())
+        Encoder::load_with(folder, EncoderPrecision::from_env()?)
     }
 
     /// [`Encoder::load`] in a chosen precision; bf16 without AVX-512 BF16

@@ -20,7 +20,7 @@ pub mod sampler;
 pub mod tokenizer;
 pub mod weights;
 
-pub use bert::{Encoder, EncoderPrecision};
+pub use bert::{Encoder, EncoderPrecision, PRECISION_ENV};
 pub use chat::{ChatTemplate, Message};
 pub use config::LlamaConfig;
 pub use error::{ModelError, Result};

@@ -91,3 +91,12 @@ fn batching_does_not_change_embeddings() {
         assert!((norm - 1.0).abs() < 1e-5, "embeddings are unit length");
     }
 }
+
+#[test]
+fn precision_names_parse_and_bad_ones_are_errors() {
+    assert_eq!("f32".parse::<EncoderPrecision>().unwrap(), EncoderPrecision::F32);
+    assert_eq!("BF16".parse::<EncoderPrecision>().unwrap(), EncoderPrecision::Bf16);
+    assert_eq!("auto".parse::<EncoderPrecision>().unwrap(), EncoderPrecision::fastest());
+    let error = "fp8".parse::<EncoderPrecision>().unwrap_err().to_string();
+    assert!(error.contains("fp8") && error.contains("f32, bf16 or auto"), "{error}");
+}

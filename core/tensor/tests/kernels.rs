@@ -528,3 +528,22 @@ fn bf16_gemm_rows_do_not_depend_on_their_neighbours() {
         assert_eq!(alone, together[t * out..(t + 1) * out], "row {t}");
     }
 }
+
+#[test]
+fn packed_attention_keeps_each_sequence_to_itself() {
+    let mut rng = Rng(13);
+    let shape = AttentionShape { n_head: 4, n_kv_head: 2, head_dim: 8 };
+    let lengths = [5, 1, 12, 7];
+    let total: usize = lengths.iter().sum();
+    let (q, keys, values) = (rng.vec(total * 32), rng.vec(total * 16), rng.vec(total * 16));
+    let mut packed = vec![0f32; q.len()];
+    cpu::full_attention_packed(&q, &keys, &values, shape, &lengths, &mut packed);
+    let mut start = 0;
+    for len in lengths {
+        let (qs, kvs) = (start * 32..(start + len) * 32, start * 16..(start + len) * 16);
+        let mut alone = vec![0f32; len * 32];
+        cpu::full_attention(&q[qs.clone()], &keys[kvs.clone()], &values[kvs], shape, &mut alone);
+        assert_eq!(alone, packed[qs], "sequence at {start} of length {len}");
+        start += len;
+    }
+}
