@@ -244,6 +244,7 @@ pub fn eval_cmd(command: &EvalCommand) -> Result<()> {
         None => crate::fetch::default_encoder()?,
     };
     let encoder = tailor_model::Encoder::load(&encoder_path)?;
+    let precision = encoder.precision().to_string();
     let data = BeirData::load(corpus, queries, qrels)?;
     let bar = progress_bar("embedding passages");
     let started = std::time::Instant::now();
@@ -260,11 +261,16 @@ pub fn eval_cmd(command: &EvalCommand) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({"index": index, "k": k, "metrics": metrics, "passages": data.corpus.len(), "seconds": secs,
+                "encoder_precision": precision,
                 "embed_seconds": embed_secs, "passages_per_second": data.corpus.len() as f64 / embed_secs,
                 "search_p50_ms": p50 * 1e3, "search_p99_ms": p99 * 1e3})
         );
     } else {
-        println!("{} passages, {} judged queries, {index} index, {secs:.1}s", data.corpus.len(), metrics.queries);
+        println!(
+            "{} passages, {} judged queries, {index} index, encoder in {precision}, {secs:.1}s",
+            data.corpus.len(),
+            metrics.queries
+        );
         println!(
             "embedding: {:.1} passages/s; search (embed query + {index}): p50 {:.2} ms, p99 {:.2} ms",
             data.corpus.len() as f64 / embed_secs,

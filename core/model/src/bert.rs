@@ -104,6 +104,16 @@ impl EncoderPrecision {
     }
 }
 
+impl std::fmt::Display for EncoderPrecision {
+    /// `f32` or `bf16`, the names its `FromStr` reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EncoderPrecision::F32 => "f32",
+            EncoderPrecision::Bf16 => "bf16",
+        })
+    }
+}
+
 impl std::str::FromStr for EncoderPrecision {
     type Err = ModelError;
 

@@ -97,6 +97,9 @@ fn precision_names_parse_and_bad_ones_are_errors() {
     assert_eq!("f32".parse::<EncoderPrecision>().unwrap(), EncoderPrecision::F32);
     assert_eq!("BF16".parse::<EncoderPrecision>().unwrap(), EncoderPrecision::Bf16);
     assert_eq!("auto".parse::<EncoderPrecision>().unwrap(), EncoderPrecision::fastest());
+    for precision in [EncoderPrecision::F32, EncoderPrecision::Bf16] {
+        assert_eq!(precision.to_string().parse::<EncoderPrecision>().unwrap(), precision);
+    }
     let error = "fp8".parse::<EncoderPrecision>().unwrap_err().to_string();
     assert!(error.contains("fp8") && error.contains("f32, bf16 or auto"), "{error}");
 }
