@@ -517,6 +517,12 @@ fn bf16_gemm_matches_rounded_operands_reference() {
 }
 
 #[test]
+fn bf16_gemm_of_no_rows_writes_nothing() {
+    let packed = cpu::Bf16Weights::pack(&[1.0; 6], 2, 3);
+    assert!(bf16_gemm(&[], 3, &packed, cpu::Epilogue::default()).is_empty());
+}
+
+#[test]
 fn bf16_gemm_rows_do_not_depend_on_their_neighbours() {
     let mut rng = Rng(12);
     let (tokens, inp, out) = (19, 96, 64);

@@ -225,6 +225,9 @@ pub fn gemm_bf16(x: &Bf16Rows, w: &Bf16Weights, epilogue: Epilogue<'_>, out: Bf1
             Sink::Bf16(rows.data.as_mut_ptr(), rows.pairs)
         }
     };
+    if x.rows == 0 || w.out == 0 {
+        return;
+    }
     let tiles = x.rows.div_ceil(TILE_ROWS);
     let chunks = tiles.div_ceil(CHUNK_TILES);
     // Few rows (a query) leave too few chunks to share: then the panels are
