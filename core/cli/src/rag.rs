@@ -5,7 +5,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
-use tailor_model::{generate, GenerateParams, Message};
+use tailor_model::{generate, Message};
 use tailor_rag::chunk::ChunkParams;
 use tailor_rag::collection::default_root;
 use tailor_rag::eval::{BeirData, EmbeddedBeir};
@@ -89,9 +89,8 @@ pub struct AskArgs {
     k: usize,
     #[command(flatten)]
     model: crate::ModelArgs,
-    /// Most tokens in the answer.
-    #[arg(long, default_value_t = 200)]
-    max_tokens: usize,
+    #[command(flatten)]
+    sampling: crate::run::SamplingArgs,
 }
 
 fn root() -> PathBuf {
@@ -186,7 +185,7 @@ pub fn ask_cmd(args: &AskArgs) -> Result<()> {
     let model = crate::run::load_model(&args.model)?;
     let messages = [Message::new("system", "You are a helpful assistant."), Message::new("user", &prompt)];
     let ids = model.encode_chat(&messages)?;
-    let params = GenerateParams { max_tokens: args.max_tokens, ..GenerateParams::default() };
+    let params = args.sampling.params(0);
     let mut stdout = std::io::stdout();
     generate(&model, &ids, &params, &mut |event| {
         use std::io::Write;

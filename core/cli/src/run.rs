@@ -32,7 +32,8 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    fn params(&self, logprobs: usize) -> GenerateParams {
+    /// The generation parameters these flags name.
+    pub fn params(&self, logprobs: usize) -> GenerateParams {
         GenerateParams {
             max_tokens: self.max_tokens,
             sampling: SamplingParams {
