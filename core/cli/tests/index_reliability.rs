@@ -2,6 +2,7 @@
 //! middle of `index add` loses no committed batch and a rerun adds no
 //! duplicates; a corrupt vector file is a clear error that `index rebuild`
 //! repairs; binary, non-UTF-8 and huge files are skipped with a warning.
+//! Also `tailor ask` over such an index: an answer, then its numbered sources.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -117,4 +118,28 @@ fn binary_non_utf8_and_huge_files_are_skipped_with_a_warning() {
     assert_eq!(info(&data, "kb").0, 3);
     let unknown = tailor(&data).args(["search", "nope", "x"]).output().unwrap();
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no index named \"nope\""));
+}
+
+#[test]
+fn ask_answers_with_numbered_sources_and_seeded_sampling_repeats() {
+    let root = scratch("ask");
+    let (data, corpus) = (root.join("data"), root.join("corpus"));
+    write_corpus(&corpus, 5);
+    let bluebird = corpus.join("bluebird.txt");
+    std::fs::write(&bluebird, "The launch code of project Bluebird is 7-4-1-9. Only the captain may use it.").unwrap();
+    run_ok(tailor(&data).args(["index", "create", "qa"]));
+    run_ok(tailor(&data).args(["index", "add", "qa"]).arg(&corpus));
+    let ask = |extra: &[&str]| {
+        let mut cmd = tailor(&data);
+        cmd.args(["ask", "qa", "What is the launch code of project Bluebird?", "-k", "2", "--max-tokens", "12"]);
+        String::from_utf8(run_ok(cmd.args(extra)).stdout).unwrap()
+    };
+    let greedy = ask(&[]);
+    let (answer, sources) = greedy.split_once("Sources:").expect("a Sources: section");
+    assert!(!answer.trim().is_empty(), "an answer before the sources: {greedy}");
+    let first = sources.lines().find(|l| l.starts_with("[1]")).expect("source [1]");
+    assert!(first.contains("bluebird.txt"), "the Bluebird document is the first source: {sources}");
+    assert!(sources.lines().any(|l| l.starts_with("[2]")), "-k 2 gives two sources: {sources}");
+    let sampled = ["--temperature", "0.8", "--top-p", "0.9", "--seed", "7"];
+    assert_eq!(ask(&sampled), ask(&sampled), "a seeded sampled answer repeats");
 }
