@@ -476,10 +476,20 @@ fn bf16_round(v: f32) -> f32 {
 }
 
 fn bf16_gemm(x: &[f32], inp: usize, w: &cpu::Bf16Weights, epilogue: cpu::Epilogue<'_>) -> Vec<f32> {
+    bf16_gemm_on(cpu::Bf16Kernel::best(), x, inp, w, epilogue)
+}
+
+fn bf16_gemm_on(
+    kernel: cpu::Bf16Kernel,
+    x: &[f32],
+    inp: usize,
+    w: &cpu::Bf16Weights,
+    epilogue: cpu::Epilogue<'_>,
+) -> Vec<f32> {
     let mut rows = cpu::Bf16Rows::new();
     rows.fill(x, inp);
     let mut y = vec![0f32; rows.rows() * w.out_features()];
-    cpu::gemm_bf16(&rows, w, epilogue, cpu::Bf16Out::F32(&mut y));
+    cpu::gemm_bf16_on(kernel, &rows, w, epilogue, cpu::Bf16Out::F32(&mut y));
     y
 }
 
@@ -496,22 +506,30 @@ fn bf16_gemm_matches_rounded_operands_reference() {
             *v += b;
         }
         let epilogue = cpu::Epilogue { bias: Some(&bias), gelu: false };
-        let got = bf16_gemm(&x, inp, &packed, epilogue);
-        assert_close(&got, &want, 1e-5, &format!("bf16 gemm {tokens}×{inp}→{out}"));
-
         let gelu = |v: f32| (0.5 * v as f64 * (1.0 + cpu::erf(v as f64 / std::f64::consts::SQRT_2))) as f32;
         let want_gelu: Vec<f32> = want.iter().map(|&v| gelu(v)).collect();
-        let got_gelu = bf16_gemm(&x, inp, &packed, cpu::Epilogue { bias: Some(&bias), gelu: true });
-        assert_close(&got_gelu, &want_gelu, 1e-5, "bf16 gemm + gelu");
-
+        for kernel in [cpu::Bf16Kernel::Avx512, cpu::Bf16Kernel::Portable] {
+            let what = format!("{kernel:?} bf16 gemm {tokens}×{inp}→{out}");
+            assert_close(&bf16_gemm_on(kernel, &x, inp, &packed, epilogue), &want, 1e-5, &what);
+            let with_gelu = cpu::Epilogue { bias: Some(&bias), gelu: true };
+            assert_close(
+                &bf16_gemm_on(kernel, &x, inp, &packed, with_gelu),
+                &want_gelu,
+                1e-5,
+                &format!("{what} + gelu"),
+            );
+        }
         let mut input = cpu::Bf16Rows::new();
         input.fill(&x, inp);
-        let mut as_bf16 = cpu::Bf16Rows::new();
-        cpu::gemm_bf16(&input, &packed, epilogue, cpu::Bf16Out::Bf16(&mut as_bf16));
-        assert_eq!((as_bf16.rows(), as_bf16.cols()), (tokens, out));
-        for t in 0..tokens {
-            let expected: Vec<f32> = got[t * out..(t + 1) * out].iter().map(|&v| bf16_round(v)).collect();
-            assert_eq!(as_bf16.row_f32(t), expected, "bf16 output row {t} is the rounded f32 output");
+        for kernel in [cpu::Bf16Kernel::Avx512, cpu::Bf16Kernel::Portable] {
+            let got = bf16_gemm_on(kernel, &x, inp, &packed, epilogue);
+            let mut as_bf16 = cpu::Bf16Rows::new();
+            cpu::gemm_bf16_on(kernel, &input, &packed, epilogue, cpu::Bf16Out::Bf16(&mut as_bf16));
+            assert_eq!((as_bf16.rows(), as_bf16.cols()), (tokens, out));
+            for t in 0..tokens {
+                let expected: Vec<f32> = got[t * out..(t + 1) * out].iter().map(|&v| bf16_round(v)).collect();
+                assert_eq!(as_bf16.row_f32(t), expected, "{kernel:?}: bf16 output row {t} is the rounded f32 output");
+            }
         }
     }
 }

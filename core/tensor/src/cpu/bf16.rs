@@ -207,10 +207,38 @@ pub struct Epilogue<'a> {
     pub gelu: bool,
 }
 
+/// Which code multiplies: the vector kernel or the scalar reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// `vdpbf16ps` (needs [`bf16_supported`]).
+    Avx512,
+    /// Scalar loops with the same rounding: the reference, and the
+    /// fallback elsewhere.
+    Portable,
+}
+
+impl Bf16Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> Bf16Kernel {
+        if bf16_supported() {
+            Bf16Kernel::Avx512
+        } else {
+            Bf16Kernel::Portable
+        }
+    }
+}
+
 /// `y = x · Wᵀ (+ bias, GELU)` with bf16 operands and f32 accumulation,
-/// split by rows over the pool. Each row's result does not depend on the
-/// other rows.
+/// split by rows over the pool, on the best kernel. Each row's result does
+/// not depend on the other rows.
 pub fn gemm_bf16(x: &Bf16Rows, w: &Bf16Weights, epilogue: Epilogue<'_>, out: Bf16Out<'_>) {
+    gemm_bf16_on(Bf16Kernel::best(), x, w, epilogue, out);
+}
+
+/// [`gemm_bf16`] on a chosen kernel; [`Bf16Kernel::Avx512`] falls back to
+/// the portable one where the CPU lacks the instructions.
+pub fn gemm_bf16_on(kernel: Bf16Kernel, x: &Bf16Rows, w: &Bf16Weights, epilogue: Epilogue<'_>, out: Bf16Out<'_>) {
+    let vector = kernel == Bf16Kernel::Avx512 && bf16_supported();
     assert_eq!(x.cols, w.inp, "gemm_bf16: input has {} columns, weight {}", x.cols, w.inp);
     if let Some(bias) = epilogue.bias {
         assert_eq!(bias.len(), w.out, "gemm_bf16: bias of {} for {} outputs", bias.len(), w.out);
@@ -247,7 +275,7 @@ pub fn gemm_bf16(x: &Bf16Rows, w: &Bf16Weights, epilogue: Epilogue<'_>, out: Bf1
         let tile_range = chunk * CHUNK_TILES..((chunk + 1) * CHUNK_TILES).min(tiles);
         for p in split_range(w.panel_count(), group, panel_groups) {
             for tile in tile_range.clone() {
-                run_tile(x, w, p, tile, epilogue, &sink);
+                run_tile(vector, x, w, p, tile, epilogue, &sink);
             }
         }
     };
@@ -266,15 +294,17 @@ enum Sink {
 unsafe impl Sync for Sink {}
 
 /// One tile of up to [`TILE_ROWS`] rows times one panel: accumulate, then
-/// the epilogue and the store.
-fn run_tile(x: &Bf16Rows, w: &Bf16Weights, p: usize, tile: usize, epilogue: Epilogue<'_>, sink: &Sink) {
+/// the epilogue and the store; `vector` picks the AVX-512 kernel (the
+/// caller checked the CPU has it).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn run_tile(vector: bool, x: &Bf16Rows, w: &Bf16Weights, p: usize, tile: usize, epilogue: Epilogue<'_>, sink: &Sink) {
     let first_row = tile * TILE_ROWS;
     let rows = (x.rows - first_row).min(TILE_ROWS);
     let a = &x.data[first_row * x.pairs..(first_row + rows) * x.pairs];
     let cols = p * PANEL..((p + 1) * PANEL).min(w.out);
     #[cfg(target_arch = "x86_64")]
     {
-        if bf16_supported() {
+        if vector {
             let target = TileTarget {
                 bias: epilogue.bias.map(|b| &b[cols.clone()]),
                 gelu: epilogue.gelu,
@@ -288,7 +318,7 @@ fn run_tile(x: &Bf16Rows, w: &Bf16Weights, p: usize, tile: usize, epilogue: Epil
                     }
                 },
             };
-            // SAFETY: the features were just detected. `a` holds `rows` rows
+            // SAFETY: `vector` is only set where the features are present. `a` holds `rows` rows
             // of `x.pairs` words and the panel `x.pairs × PANEL` words
             // (x.pairs == w.pairs since gemm_bf16 asserted equal columns);
             // the destination is this thread's block of the output: rows

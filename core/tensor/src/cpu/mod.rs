@@ -10,7 +10,7 @@ pub mod pool;
 mod simd512;
 
 pub use attention::{causal_attention, decode_attention, full_attention, full_attention_packed, AttentionShape};
-pub use bf16::{bf16_supported, gemm_bf16, Bf16Out, Bf16Rows, Bf16Weights, Epilogue};
+pub use bf16::{bf16_supported, gemm_bf16, gemm_bf16_on, Bf16Kernel, Bf16Out, Bf16Rows, Bf16Weights, Epilogue};
 pub use matmul::{
     dot_f32, gemm_f32, linear, linear_many, linear_many_decode, linear_many_gemm, matvec_f32, LinearScratch,
     QUANT_GEMM_MIN_TOKENS,
