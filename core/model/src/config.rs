@@ -199,6 +199,15 @@ impl LlamaConfig {
         self.num_key_value_heads * self.head_dim
     }
 
+    /// Head layout of the attention layers.
+    pub fn attention_shape(&self) -> tailor_tensor::cpu::AttentionShape {
+        tailor_tensor::cpu::AttentionShape {
+            n_head: self.num_attention_heads,
+            n_kv_head: self.num_key_value_heads,
+            head_dim: self.head_dim,
+        }
+    }
+
     /// Width of the query projection.
     pub fn q_dim(&self) -> usize {
         self.num_attention_heads * self.head_dim

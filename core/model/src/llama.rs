@@ -8,7 +8,7 @@ use crate::kv_cache::KvCache;
 use crate::linear::Linear;
 use crate::weights::WeightSource;
 use tailor_tensor::cpu::{
-    add_in_place, causal_attention, decode_attention, rms_norm, silu_mul, AttentionShape, LinearScratch, RopeTable,
+    add_in_place, causal_attention, decode_attention, rms_norm, silu_mul, LinearScratch, RopeTable,
 };
 use tailor_tensor::{DType, Tensor};
 
@@ -140,7 +140,7 @@ impl Llama {
         }
         let mut x = self.embed_tokens(tokens)?;
         let mut s = Scratch::new(cfg, n);
-        s.gemm = gemm;
+        s.pass = if gemm { LinearPass::PrefillGemm } else { LinearPass::Prefill };
         for (layer, block) in self.blocks.iter().enumerate() {
             self.attention(layer, block, &mut x, start, cache, &mut s)?;
             self.mlp(block, &mut x, &mut s)?;
@@ -184,9 +184,10 @@ impl Llama {
         let DecodeBuffers { scratch, logits } = buffers;
         let s = scratch.get_or_insert_with(|| Scratch::new(cfg, n));
         s.resize(cfg, n);
+        s.pass = LinearPass::Decode;
         for (layer, block) in self.blocks.iter().enumerate() {
             self.decode_attention(layer, block, &mut x, caches, s)?;
-            self.mlp_decode(block, &mut x, s)?;
+            self.mlp(block, &mut x, s)?;
         }
         for cache in caches.iter_mut() {
             cache.advance(1);
@@ -209,7 +210,7 @@ impl Llama {
         let n = s.tokens;
         rms_norm(x, &b.attn_norm, cfg.rms_norm_eps as f32, &mut s.normed);
         let qkv = &mut [(&b.q, &mut s.q[..]), (&b.k, &mut s.k[..]), (&b.v, &mut s.v[..])];
-        Linear::forward_many_decode(&s.normed, n, qkv, &mut s.linear)?;
+        s.pass.run(&s.normed, n, qkv, &mut s.linear)?;
         let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
         for (i, cache) in caches.iter_mut().enumerate() {
             let position = cache.len();
@@ -218,24 +219,8 @@ impl Llama {
             cache.append(layer, &s.k[i * kv_dim..(i + 1) * kv_dim], &s.v[i * kv_dim..(i + 1) * kv_dim]);
         }
         let sequences: Vec<(&[f32], &[f32])> = caches.iter().map(|c| c.layer(layer)).collect();
-        let shape = AttentionShape {
-            n_head: cfg.num_attention_heads,
-            n_kv_head: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim,
-        };
-        decode_attention(&s.q, &sequences, shape, &mut s.attn);
-        Linear::forward_many_decode(&s.attn, n, &mut [(&b.o, &mut s.out)], &mut s.linear)?;
-        add_in_place(x, &s.out);
-        Ok(())
-    }
-
-    fn mlp_decode(&self, b: &Block, x: &mut [f32], s: &mut Scratch) -> Result<()> {
-        let n = s.tokens;
-        rms_norm(x, &b.ffn_norm, self.config.rms_norm_eps as f32, &mut s.normed);
-        let gate_up = &mut [(&b.gate, &mut s.gate[..]), (&b.up, &mut s.up[..])];
-        Linear::forward_many_decode(&s.normed, n, gate_up, &mut s.linear)?;
-        silu_mul(&mut s.gate, &s.up);
-        Linear::forward_many_decode(&s.gate, n, &mut [(&b.down, &mut s.out)], &mut s.linear)?;
+        decode_attention(&s.q, &sequences, cfg.attention_shape(), &mut s.attn);
+        s.pass.run(&s.attn, n, &mut [(&b.o, &mut s.out)], &mut s.linear)?;
         add_in_place(x, &s.out);
         Ok(())
     }
@@ -265,18 +250,13 @@ impl Llama {
         let n = s.tokens;
         rms_norm(x, &b.attn_norm, cfg.rms_norm_eps as f32, &mut s.normed);
         let qkv = &mut [(&b.q, &mut s.q[..]), (&b.k, &mut s.k[..]), (&b.v, &mut s.v[..])];
-        prefill_linears(s.gemm, &s.normed, n, qkv, &mut s.linear)?;
+        s.pass.run(&s.normed, n, qkv, &mut s.linear)?;
         self.rope.apply(&mut s.q, cfg.num_attention_heads, start);
         self.rope.apply(&mut s.k, cfg.num_key_value_heads, start);
         cache.append(layer, &s.k, &s.v);
         let (keys, values) = cache.layer(layer);
-        let shape = AttentionShape {
-            n_head: cfg.num_attention_heads,
-            n_kv_head: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim,
-        };
-        causal_attention(&s.q, keys, values, start, shape, &mut s.attn);
-        prefill_linears(s.gemm, &s.attn, n, &mut [(&b.o, &mut s.out)], &mut s.linear)?;
+        causal_attention(&s.q, keys, values, start, cfg.attention_shape(), &mut s.attn);
+        s.pass.run(&s.attn, n, &mut [(&b.o, &mut s.out)], &mut s.linear)?;
         add_in_place(x, &s.out);
         Ok(())
     }
@@ -285,26 +265,38 @@ impl Llama {
         let n = s.tokens;
         rms_norm(x, &b.ffn_norm, self.config.rms_norm_eps as f32, &mut s.normed);
         let gate_up = &mut [(&b.gate, &mut s.gate[..]), (&b.up, &mut s.up[..])];
-        prefill_linears(s.gemm, &s.normed, n, gate_up, &mut s.linear)?;
+        s.pass.run(&s.normed, n, gate_up, &mut s.linear)?;
         silu_mul(&mut s.gate, &s.up);
-        prefill_linears(s.gemm, &s.gate, n, &mut [(&b.down, &mut s.out)], &mut s.linear)?;
+        s.pass.run(&s.gate, n, &mut [(&b.down, &mut s.out)], &mut s.linear)?;
         add_in_place(x, &s.out);
         Ok(())
     }
 }
 
-/// The linears of a prefill: the usual path by token count, or gemm forced.
-fn prefill_linears(
-    gemm: bool,
-    x: &[f32],
-    tokens: usize,
-    layers: &mut [(&Linear, &mut [f32])],
-    scratch: &mut LinearScratch,
-) -> Result<()> {
-    if gemm {
-        Linear::forward_many_gemm(x, tokens, layers, scratch)
-    } else {
-        Linear::forward_many(x, tokens, layers, scratch)
+/// Which kernels a forward pass's linears run.
+#[derive(Debug, Clone, Copy)]
+enum LinearPass {
+    /// A prefill: the usual path by token count.
+    Prefill,
+    /// A prefill with the gemm path forced (see [`Llama::extend`]).
+    PrefillGemm,
+    /// A decode step: one row per sequence, each as it would be alone.
+    Decode,
+}
+
+impl LinearPass {
+    fn run(
+        self,
+        x: &[f32],
+        tokens: usize,
+        layers: &mut [(&Linear, &mut [f32])],
+        scratch: &mut LinearScratch,
+    ) -> Result<()> {
+        match self {
+            LinearPass::Prefill => Linear::forward_many(x, tokens, layers, scratch),
+            LinearPass::PrefillGemm => Linear::forward_many_gemm(x, tokens, layers, scratch),
+            LinearPass::Decode => Linear::forward_many_decode(x, tokens, layers, scratch),
+        }
     }
 }
 
@@ -319,8 +311,8 @@ pub struct DecodeBuffers {
 /// Activations of one forward pass.
 struct Scratch {
     tokens: usize,
-    /// Force the gemm path in the linears (see [`Llama::extend`]).
-    gemm: bool,
+    /// The kernels its linears run.
+    pass: LinearPass,
     normed: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
@@ -336,7 +328,7 @@ impl Scratch {
     fn new(cfg: &LlamaConfig, n: usize) -> Scratch {
         Scratch {
             tokens: n,
-            gemm: false,
+            pass: LinearPass::Prefill,
             normed: vec![0.0; n * cfg.hidden_size],
             q: vec![0.0; n * cfg.q_dim()],
             k: vec![0.0; n * cfg.kv_dim()],
