@@ -6,8 +6,8 @@
 #     the two models, and checks the systemd unit there with
 #     `systemd-analyze verify`;
 #  3. runs the packaged tailord in that root (chroot) on the packaged
-#     /etc/tailor/tailord.toml (its HTTP port set to 0, so a busy 8080 does
-#     not matter) and talks to it over /run/tailor/tailord.sock: health, a
+#     /etc/tailor/tailord.toml (Unix socket only, as packaged) and talks
+#     to it over /run/tailor/tailord.sock: health, a
 #     chat completion, and the packaged C example built against the
 #     packaged tailor.h, tailor.pc and libtailor.so;
 #  4. stops it with SIGTERM and expects a clean exit.
@@ -39,7 +39,7 @@ verify=$(systemd-analyze verify --root="$root" /lib/systemd/system/tailord.servi
 echo "clean"
 
 echo "== tailord from the package"
-sed 's|^http = .*|http = "127.0.0.1:0"|' "$root/etc/tailor/tailord.toml" > "$root/etc/tailor/check.toml"
+cp "$root/etc/tailor/tailord.toml" "$root/etc/tailor/check.toml"   # the packaged config as it is: socket only
 env -i TAILOR_DATA=/var/lib/tailor TAILOR_MODELS=/var/lib/tailor/models \
   "$(command -v chroot)" "$root" /usr/bin/tailord --config /etc/tailor/check.toml > "$root/tmp/tailord.out" 2>&1 &
 daemon=$!
@@ -49,7 +49,7 @@ for _ in $(seq 1 120); do [ -S "$socket" ] && break; sleep 0.5; done
 [ "$(stat -c %a "$socket")" = 660 ] || { echo "socket mode is $(stat -c %a "$socket"), not 660" >&2; exit 1; }
 curl -sS --fail --unix-socket "$socket" http://localhost/health
 echo
-curl -sS --fail --unix-socket "$socket" http://localhost/v1/chat/completions \
+curl -sS --fail --unix-socket "$socket" http://localhost/v1/chat/completions -H 'Content-Type: application/json' \
   -d '{"model":"smollm2","max_tokens":16,"messages":[{"role":"user","content":"Say hello."}]}' | grep -q '"chat.completion"'
 echo "chat completion over the packaged socket: ok"
 
@@ -64,4 +64,5 @@ kill -TERM "$daemon"
 wait "$daemon"
 echo "tailord stopped cleanly on SIGTERM"
 grep -q "stopped" "$root/tmp/tailord.out"
+[ ! -e "$socket" ] || { echo "tailord left its socket behind" >&2; exit 1; }
 echo "package checks passed"

@@ -43,7 +43,6 @@ fn start_daemon(dir: &Path) -> (Daemon, PathBuf) {
     let minilm = m.join("all-MiniLM-L6-v2");
     let config = format!(
         r#"[server]
-http = "127.0.0.1:0"
 unix_socket = {socket:?}
 plugin_dirs = [{release:?}]
 

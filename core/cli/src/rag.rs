@@ -124,7 +124,7 @@ pub fn index_cmd(command: &IndexCommand) -> Result<()> {
             let mut collection = Collection::open(&root(), name)?;
             let bar = progress_bar("indexing files");
             let started = std::time::Instant::now();
-            let report = collection.add_paths(paths, &mut |done, total| {
+            let report = collection.add_paths(paths, &tailor_rag::FilePolicy::local(), &mut |done, total| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
                 true

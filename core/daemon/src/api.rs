@@ -4,19 +4,20 @@
 //! anything the client can fix.
 
 use crate::cache::AnswerCache;
+use crate::guard::AllowedHosts;
 use crate::metrics::Metrics;
 use crate::services::DaemonServices;
 use crate::stages::{Registered, Registry};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tailor_plugin_abi::host::PluginError;
 use tailor_plugin_abi::{ffi, StageKind};
@@ -30,27 +31,63 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     registry: Registry,
     services: Arc<DaemonServices>,
-    token: Option<String>,
+    access: Access,
     next_id: AtomicU64,
     metrics: Metrics,
     cache: AnswerCache,
+    draining: AtomicBool,
+}
+
+/// Who may call: the bearer token and the Host names TCP requests may carry.
+pub struct Access {
+    /// Bearer token required on every route but /health.
+    pub token: Option<String>,
+    /// Host names accepted on TCP.
+    pub hosts: AllowedHosts,
 }
 
 impl AppState {
-    /// State over a registry and its host services, with an optional bearer token.
-    pub fn new(
-        registry: Registry,
-        services: Arc<DaemonServices>,
-        token: Option<String>,
-        cache: AnswerCache,
-    ) -> AppState {
+    /// State over a registry and its host services, with its access rules.
+    pub fn new(registry: Registry, services: Arc<DaemonServices>, access: Access, cache: AnswerCache) -> AppState {
         let next_id = AtomicU64::new(1);
-        AppState(Arc::new(Inner { registry, services, token, next_id, metrics: Metrics::default(), cache }))
+        let metrics = Metrics::default();
+        let draining = AtomicBool::new(false);
+        AppState(Arc::new(Inner { registry, services, access, next_id, metrics, cache, draining }))
     }
 
     /// The configured stages.
     pub fn registry(&self) -> &Registry {
         &self.0.registry
+    }
+
+    /// The bearer token, when one is configured.
+    pub fn token(&self) -> Option<&str> {
+        self.0.access.token.as_deref()
+    }
+
+    /// Host names TCP requests may carry.
+    pub fn hosts(&self) -> &AllowedHosts {
+        &self.0.access.hosts
+    }
+
+    /// The counters on /metrics.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// True once shutdown began: new work is refused with 503.
+    pub fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining: new requests get 503.
+    pub fn start_draining(&self) {
+        self.0.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The host services (cancellation of in-flight work at shutdown).
+    pub fn services(&self) -> &DaemonServices {
+        &self.0.services
     }
 
     /// A fresh id for a stage call.
@@ -59,7 +96,8 @@ impl AppState {
     }
 }
 
-/// The routes, with the body size limit.
+/// The routes, with the body size limit; token, Content-Type and drain
+/// checks run before any handler reads a body.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/health", get(health))
@@ -71,6 +109,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/tailor/stages/{name}", post(call_stage))
         .merge(crate::index_api::routes())
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::guard::check_request))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
@@ -90,12 +129,28 @@ async fn count_requests(
     response
 }
 
-async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut body = state.0.metrics.render();
     body.push_str(&engine_metrics(&state).await);
     body.push_str(&task_metrics(&state));
+    body.push_str(&stage_metrics(&state));
+    body.push_str(&format!(
+        "# HELP tailor_answer_cache_bytes Bytes of prompts and answers in the answer cache.\n\
+         # TYPE tailor_answer_cache_bytes gauge\ntailor_answer_cache_bytes {}\n",
+        state.0.cache.bytes()
+    ));
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+/// API calls each stage holds now (running or queued; `max_pending` bounds them).
+fn stage_metrics(state: &AppState) -> String {
+    let mut text = String::from(
+        "# HELP tailor_stage_pending Calls admitted to a stage, running or queued.\n# TYPE tailor_stage_pending gauge\n",
+    );
+    for stage in state.0.registry.all() {
+        text.push_str(&format!("tailor_stage_pending{{stage={:?}}} {}\n", stage.name, stage.pending()));
+    }
+    text
 }
 
 /// Progress plugins reported for long work (indexing, loading), by task.
@@ -134,7 +189,7 @@ async fn engine_metrics(state: &AppState) -> String {
     let mut reports = Vec::new();
     for stage in state.0.registry.all().iter().filter(|s| s.kind == Some(StageKind::Generate)) {
         let id = state.next_request_id();
-        if let Ok(output) = call_collect(state, stage.clone(), id, r#"{"stats": true}"#.into()).await {
+        if let Ok(output) = run_collect(state, stage.clone(), id, r#"{"stats": true}"#.into(), None).await {
             if let Ok(stats) = serde_json::from_str::<Value>(&output) {
                 reports.push((stage.name.clone(), stats));
             }
@@ -154,12 +209,26 @@ async fn engine_metrics(state: &AppState) -> String {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds for a `Retry-After` header (429, 503).
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
     /// An error with this status.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError { status, message: message.into(), retry_after: None }
+    }
+
+    /// 429: the stage's queue is full; try again in a second.
+    pub fn busy(stage: &str) -> ApiError {
+        let message = format!("stage {stage} has as many requests waiting as it accepts; retry later");
+        ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message) }
+    }
+
+    /// 503: the daemon is shutting down.
+    pub fn draining() -> ApiError {
+        let message = "tailord is shutting down";
+        ApiError { retry_after: Some(5), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message) }
     }
 
     /// A 400 error.
@@ -172,10 +241,16 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let kind = match self.status {
             StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
             s if s.is_client_error() => "invalid_request_error",
             _ => "server_error",
         };
-        (self.status, Json(json!({"error": {"message": self.message, "type": kind}}))).into_response()
+        let mut response =
+            (self.status, Json(json!({"error": {"message": self.message, "type": kind}}))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -187,17 +262,6 @@ impl From<PluginError> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
-    }
-}
-
-/// Checks the bearer token when one is configured.
-pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &state.0.token else { return Ok(()) };
-    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.as_str()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
     }
 }
 
@@ -217,17 +281,33 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Runs a stage call on the blocking pool and collects its whole output.
+/// Runs an API call of a stage on the blocking pool, if the stage has room
+/// for it (else 429), and collects its whole output.
 pub async fn call_collect(
     state: &AppState,
     stage: Arc<Registered>,
     id: u64,
     request: String,
 ) -> Result<String, ApiError> {
+    let admission = admit(state, &stage)?;
+    run_collect(state, stage, id, request, Some(admission)).await
+}
+
+/// Runs a stage call on the blocking pool and collects its whole output;
+/// `admission` (if any) is held until the call returns. The daemon's own
+/// short calls (the counters on /metrics) run without one.
+async fn run_collect(
+    state: &AppState,
+    stage: Arc<Registered>,
+    id: u64,
+    request: String,
+    admission: Option<crate::stages::Admission>,
+) -> Result<String, ApiError> {
     let name = stage.name.clone();
     let services = state.0.services.clone();
     let mut guard = CancelOnDrop { services: services.clone(), id, done: false };
     let result = tokio::task::spawn_blocking(move || {
+        let _admission = admission;
         let mut out = String::new();
         let result = stage.call(id, &request, &mut |chunk| {
             out.push_str(chunk);
@@ -241,6 +321,14 @@ pub async fn call_collect(
     result
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("stage {name} task failed: {e}")))?
         .map_err(ApiError::from)
+}
+
+/// A place in the stage's bounded queue, or a 429 (counted on /metrics).
+fn admit(state: &AppState, stage: &Arc<Registered>) -> Result<crate::stages::Admission, ApiError> {
+    stage.admit().ok_or_else(|| {
+        state.0.metrics.rejected_busy.fetch_add(1, Ordering::Relaxed);
+        ApiError::busy(&stage.name)
+    })
 }
 
 /// The body as a JSON object, or a 400.
@@ -263,12 +351,15 @@ fn stage_for(state: &AppState, body: &Value, kind: StageKind) -> Result<Arc<Regi
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown model {model:?}")))
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `{"status": "ok"}`, or 503 `{"status": "draining"}` once shutdown began.
+async fn health(State(state): State<AppState>) -> Response {
+    match state.draining() {
+        false => Json(json!({"status": "ok"})).into_response(),
+        true => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response(),
+    }
 }
 
-async fn models(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers)?;
+async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let data: Vec<Value> = state
         .0
         .registry
@@ -297,12 +388,7 @@ fn generation_request(body: &Value, input: (&str, Value)) -> Value {
     request
 }
 
-async fn chat_completions(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = parse_body(&body)?;
     let stage = stage_for(&state, &body, StageKind::Generate)?;
     let messages = body.get("messages").filter(|m| m.as_array().is_some_and(|a| !a.is_empty()));
@@ -352,8 +438,7 @@ async fn retrieve_into(state: &AppState, body: &Value, messages: &Value) -> Resu
     Ok((Value::Array(messages), Value::Array(sources)))
 }
 
-async fn completions(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = parse_body(&body)?;
     let stage = stage_for(&state, &body, StageKind::Generate)?;
     let prompt =
@@ -420,7 +505,8 @@ async fn run_generation(
     if body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
         let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
         let stream = Stream { id, completion_id, model, created, kind, include_usage };
-        return Ok(stream_generation(state.clone(), stage, request, stream));
+        let admission = admit(&state, &stage)?;
+        return Ok(stream_generation(state.clone(), stage, request, stream, admission));
     }
     let filtered = stage.clone();
     // Deterministic requests (greedy, or seeded) are answered from the cache.
@@ -492,7 +578,13 @@ struct Stream {
 /// Streams tokens as server-sent events; a client that goes away cancels
 /// the generation at the next token. The chunk that carries the finish
 /// reason also carries the RAG sources (`tailor.sources`).
-fn stream_generation(state: AppState, stage: Arc<Registered>, request: String, stream: Stream) -> Response {
+fn stream_generation(
+    state: AppState,
+    stage: Arc<Registered>,
+    request: String,
+    stream: Stream,
+    admission: crate::stages::Admission,
+) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
     let Stream { id, completion_id, model, created, kind, include_usage } = stream;
     let chat = kind.is_chat();
@@ -520,6 +612,7 @@ fn stream_generation(state: AppState, stage: Arc<Registered>, request: String, s
         value
     };
     tokio::task::spawn_blocking(move || {
+        let _admission = admission;
         let mut first = true;
         let mut buffer = String::new();
         // With filters, the answer is held back and sent filtered in one chunk.
@@ -585,10 +678,8 @@ fn stream_generation(state: AppState, stage: Arc<Registered>, request: String, s
 async fn call_stage(
     State(state): State<AppState>,
     axum::extract::Path(name): axum::extract::Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let stage = state
         .0
         .registry
@@ -606,8 +697,7 @@ async fn call_stage(
     })
 }
 
-async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+async fn embeddings(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = parse_body(&body)?;
     let stage = stage_for(&state, &body, StageKind::Embed)?;
     let input: Vec<String> = match body.get("input") {

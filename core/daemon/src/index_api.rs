@@ -11,10 +11,10 @@
 //! Each route calls the first configured stage of the right kind (`index`
 //! or `search`), or the one named by `"stage"` in the body.
 
-use crate::api::{authorize, call_collect, parse_body, ApiError, AppState};
+use crate::api::{call_collect, parse_body, ApiError, AppState};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -60,8 +60,7 @@ fn body_or_empty(body: &Bytes) -> Result<Value, ApiError> {
     parse_body(body)
 }
 
-async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers)?;
+async fn create(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let body = parse_body(&body)?;
     let name = body.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("`name` is required"))?;
     let mut request = json!({"op": "create", "index": name});
@@ -72,12 +71,7 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
     forward(&state, stage, request).await
 }
 
-async fn info(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers)?;
+async fn info(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let stage = stage_of_kind(&state, &json!({}), StageKind::Index)?;
     forward(&state, stage, json!({"op": "info", "index": name})).await
 }
@@ -85,10 +79,8 @@ async fn info(
 async fn add_documents(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers)?;
     let body = parse_body(&body)?;
     let texts = body.get("documents").cloned().unwrap_or(json!([]));
     let paths = body.get("paths").cloned().unwrap_or(json!([]));
@@ -103,10 +95,8 @@ async fn add_documents(
 async fn delete_documents(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers)?;
     let body = body_or_empty(&body)?;
     let ids = body.get("ids").filter(|ids| ids.as_array().is_some_and(|a| a.iter().all(Value::is_string)));
     let ids = ids.ok_or_else(|| ApiError::bad_request("`ids` must be an array of document ids or paths"))?;
@@ -114,13 +104,7 @@ async fn delete_documents(
     forward(&state, stage, json!({"op": "delete", "index": name, "documents": ids})).await
 }
 
-async fn search(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers)?;
+async fn search(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let body = parse_body(&body)?;
     let query =
         body.get("query").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("`query` is required"))?;

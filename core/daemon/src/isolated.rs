@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tailor_plugin_abi::ffi;
 use tailor_plugin_abi::host::{Plugin, PluginError};
 use tailor_plugin_abi::services::{host_api, HostServices};
@@ -105,9 +106,9 @@ impl IsolatedStage {
         let (host_server, host_name) =
             IpcOneShotServer::<HostCall>::new().context("creating the host-services channel")?;
         let spec = serde_json::to_string(&self.spec)?;
-        let child = Command::new(std::env::current_exe()?)
+        let mut child = Command::new(std::env::current_exe()?)
             .arg("--plugin-host")
-            .env("TAILOR_PLUGIN_HOST_SERVER", server_name)
+            .env("TAILOR_PLUGIN_HOST_SERVER", &server_name)
             .env("TAILOR_PLUGIN_HOST_SERVICES", host_name)
             .env("TAILOR_PLUGIN_HOST_SPEC", spec)
             .spawn()
@@ -117,7 +118,14 @@ impl IsolatedStage {
             .name(format!("host-{}", self.name))
             .spawn(move || serve_host_calls(host_server, services))
             .context("starting the host-services thread")?;
-        let (_, hello) = server.accept().context("the plugin host did not connect")?;
+        let hello = match accept_hello(server, &server_name, &mut child) {
+            Ok(hello) => hello,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
         let (requests, kind) = hello.map_err(|e| anyhow::anyhow!("stage {}: {e}", self.name))?;
         Ok(Running { child, requests, kind })
     }
@@ -184,6 +192,40 @@ impl IsolatedStage {
     fn failure(&self, message: String) -> PluginError {
         PluginError::Stage { stage: self.name.clone(), status: ffi::ERR_INTERNAL, message }
     }
+}
+
+/// How long a plugin host may take to load its stage and connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Waits for the child's hello without hanging on a child that died first
+/// or never connects: the accept runs on its own thread and is unblocked
+/// (by connecting to it from here) when the wait gives up.
+fn accept_hello(server: IpcOneShotServer<Hello>, name: &str, child: &mut Child) -> Result<Hello> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("plugin-host-accept".into())
+        .spawn(move || {
+            let _ = done_tx.send(server.accept().map(|(_, hello)| hello));
+        })
+        .context("starting the accept thread")?;
+    let started = std::time::Instant::now();
+    let failure = loop {
+        match done_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(hello)) => return Ok(hello),
+            Ok(Err(e)) => return Err(anyhow::anyhow!("the plugin host did not connect: {e:?}")),
+            Err(_) => {}
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break format!("the plugin host exited ({status}) before connecting");
+        }
+        if started.elapsed() > CONNECT_TIMEOUT {
+            break format!("the plugin host did not connect within {}s", CONNECT_TIMEOUT.as_secs());
+        }
+    };
+    if let Ok(unblock) = IpcSender::<Hello>::connect(name.to_string()) {
+        let _ = unblock.send(Err(failure.clone()));
+    }
+    Err(anyhow::anyhow!(failure))
 }
 
 impl Drop for IsolatedStage {

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub embedded_texts: AtomicU64,
     /// Answers served from the answer cache.
     pub cache_hits: AtomicU64,
+    /// Requests refused with 429 because their stage was full.
+    pub rejected_busy: AtomicU64,
+    /// Requests refused before their body was read (token, Host, Content-Type, draining).
+    pub rejected_guard: AtomicU64,
 }
 
 impl Metrics {
@@ -41,7 +45,10 @@ impl Metrics {
              # HELP tailor_answer_cache_hits_total Answers served from the exact-match cache.\n# TYPE tailor_answer_cache_hits_total counter\n\
              tailor_answer_cache_hits_total {}\n\
              # HELP tailor_resident_memory_bytes Resident set size of tailord.\n# TYPE tailor_resident_memory_bytes gauge\n\
-             tailor_resident_memory_bytes {rss}\n",
+             tailor_resident_memory_bytes {rss}\n\
+             # HELP tailor_requests_rejected_total Requests refused, by reason.\n# TYPE tailor_requests_rejected_total counter\n\
+             tailor_requests_rejected_total{{reason=\"queue_full\"}} {}\n\
+             tailor_requests_rejected_total{{reason=\"guard\"}} {}\n",
             get(&self.requests_ok),
             get(&self.requests_failed),
             get(&self.prompt_tokens),
@@ -49,6 +56,8 @@ impl Metrics {
             get(&self.embedded_texts),
             get(&self.in_flight),
             get(&self.cache_hits),
+            get(&self.rejected_busy),
+            get(&self.rejected_guard),
         )
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::stages::Registered;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use tailor_plugin_abi::services::HostServices;
 
@@ -18,6 +18,8 @@ const NESTED_IDS: u64 = 1 << 62;
 pub struct DaemonServices {
     stages: OnceLock<Vec<Arc<Registered>>>,
     cancelled: Mutex<HashSet<u64>>,
+    /// Set at shutdown, after the grace: every request reads as cancelled.
+    cancel_all: AtomicBool,
     tasks: Mutex<BTreeMap<String, (u64, u64)>>,
     cpu_threads: u32,
     next_nested: AtomicU64,
@@ -29,6 +31,7 @@ impl DaemonServices {
         Arc::new(DaemonServices {
             stages: OnceLock::new(),
             cancelled: Mutex::new(HashSet::new()),
+            cancel_all: AtomicBool::new(false),
             tasks: Mutex::new(BTreeMap::new()),
             cpu_threads: cpu_threads.max(1),
             next_nested: AtomicU64::new(NESTED_IDS),
@@ -43,6 +46,11 @@ impl DaemonServices {
     /// Marks a request as abandoned by its caller.
     pub fn cancel(&self, request_id: u64) {
         self.cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(request_id);
+    }
+
+    /// Cancels every request, running or to come (shutdown).
+    pub fn cancel_all(&self) {
+        self.cancel_all.store(true, Ordering::Relaxed);
     }
 
     /// Forgets a finished request.
@@ -71,7 +79,8 @@ impl HostServices for DaemonServices {
     }
 
     fn is_cancelled(&self, request_id: u64) -> bool {
-        self.cancelled.lock().unwrap_or_else(|p| p.into_inner()).contains(&request_id)
+        self.cancel_all.load(Ordering::Relaxed)
+            || self.cancelled.lock().unwrap_or_else(|p| p.into_inner()).contains(&request_id)
     }
 
     fn call_stage(&self, stage: &str, request_json: &str, out: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {

@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::isolated::{HostSpec, IsolatedStage};
 use crate::services::DaemonServices;
 use anyhow::{Context, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tailor_plugin_abi::host::{Plugin, StageInstance};
 use tailor_plugin_abi::services::{host_api, HostServices};
@@ -28,9 +29,46 @@ pub struct Registered {
     serial: Option<Mutex<()>>,
     /// Filter stages applied to this stage's output, in order.
     pub filters: Vec<Arc<Registered>>,
+    /// API calls running or waiting in this stage now.
+    pending: AtomicUsize,
+    /// Most API calls admitted at once; more get 429.
+    max_pending: usize,
+}
+
+/// A place among a stage's admitted calls; dropping it frees the place.
+pub struct Admission(Arc<Registered>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Registered {
+    fn new(name: &str, kind: Option<StageKind>, backend: Backend, serial: bool, max_pending: usize) -> Registered {
+        Registered {
+            name: name.to_string(),
+            kind,
+            backend,
+            serial: serial.then(|| Mutex::new(())),
+            filters: Vec::new(),
+            pending: AtomicUsize::new(0),
+            max_pending: max_pending.max(1),
+        }
+    }
+
+    /// A place for one more API call, or `None` when `max_pending` are in.
+    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
+        let taken =
+            self.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_pending).then_some(n + 1));
+        taken.ok().map(|_| Admission(self.clone()))
+    }
+
+    /// API calls running or waiting now.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     /// Passes `text` through this stage's filters (`{"text": …}` in and out).
     pub fn filter(&self, text: String) -> Result<String, tailor_plugin_abi::host::PluginError> {
         let mut text = text;
@@ -94,13 +132,7 @@ impl Registry {
                 let isolated = IsolatedStage::start(&stage.name, spec, services.clone())
                     .with_context(|| format!("creating stage {}", stage.name))?;
                 let kind = isolated.kind();
-                stages.push(Registered {
-                    name: stage.name.clone(),
-                    kind,
-                    backend: Backend::Isolated(isolated),
-                    serial: None,
-                    filters: Vec::new(),
-                });
+                stages.push(Registered::new(&stage.name, kind, Backend::Isolated(isolated), false, stage.max_pending));
                 continue;
             }
             let plugin = match plugins.iter().find(|p| p.path() == std::fs::canonicalize(&path).unwrap_or_default()) {
@@ -120,9 +152,8 @@ impl Registry {
             eprintln!("tailord: creating stage {} ({}:{}) ...", stage.name, plugin.name(), stage.stage);
             let instance =
                 plugin.instantiate(&stage.stage, &json).with_context(|| format!("creating stage {}", stage.name))?;
-            let serial = (!info.concurrent).then(|| Mutex::new(()));
             let backend = Backend::InProcess(instance);
-            stages.push(Registered { name: stage.name.clone(), kind: info.kind, backend, serial, filters: Vec::new() });
+            stages.push(Registered::new(&stage.name, info.kind, backend, !info.concurrent, stage.max_pending));
         }
         // Filters must be configured filter stages; they are wired after all exist.
         let mut registered: Vec<Arc<Registered>> = Vec::new();

@@ -2,145 +2,11 @@
 //! plugins (built as cdylibs by `cargo build --workspace`) with SmolLM2 and
 //! MiniLM, and curl talks to it over HTTP.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use common::*;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use tailor_model_paths::*;
-
-mod tailor_model_paths {
-    use std::path::PathBuf;
-    /// The models `tailor models fetch` put in the cache.
-    pub fn cache() -> PathBuf {
-        if let Some(dir) = std::env::var_os("TAILOR_MODELS") {
-            return PathBuf::from(dir);
-        }
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tailor/models")
-    }
-}
-
-fn plugin_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn config(server: &str, plugin_dirs: &str) -> String {
-    config_with(server, plugin_dirs, "")
-}
-
-fn config_with(server: &str, plugin_dirs: &str, extra: &str) -> String {
-    let models = cache();
-    format!(
-        r#"[server]
-{server}
-plugin_dirs = [{plugin_dirs}]
-max_body_bytes = 200000
-
-[[stages]]
-name = "smollm2"
-plugin = "libtailor_serve_llm.so"
-stage = "generate"
-config = {{ model = "{}" }}
-
-[[stages]]
-name = "minilm"
-plugin = "libtailor_retrieval_faiss.so"
-stage = "embed"
-config = {{ model = "{}" }}
-{extra}
-"#,
-        models.join("SmolLM2-135M-Instruct.Q4_1.gguf").display(),
-        models.join("all-MiniLM-L6-v2").display()
-    )
-}
-
-struct Daemon {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(name: &str, server: &str) -> Daemon {
-    start_with(name, server, "")
-}
-
-fn start_with(name: &str, server: &str, extra: &str) -> Daemon {
-    assert!(
-        plugin_dir().join("libtailor_serve_llm.so").exists(),
-        "build the plugins first: cargo build --release --workspace"
-    );
-    let dir = scratch(name);
-    let path = dir.join("tailord.toml");
-    std::fs::write(&path, config_with(server, &format!("{:?}", plugin_dir().display().to_string()), extra)).unwrap();
-    launch(&path, &[])
-}
-
-/// Starts tailord on a config file (with extra environment) and waits for
-/// its "listening" line.
-fn launch(config: &std::path::Path, env: &[(&str, &std::path::Path)]) -> Daemon {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tailord"));
-    command.arg("--config").arg(config).stdout(Stdio::piped());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("tailord listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Daemon { child, base }
-}
-
-/// (HTTP status, body) of a curl request.
-fn curl(daemon: &Daemon, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-N", "-o", "-", "-w", "\n%{http_code}"]).arg(format!("{}{path}", daemon.base));
-    if let Some(t) = token {
-        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-    }
-    if body.is_some() {
-        cmd.args(["-H", "Content-Type: application/json", "--data-binary", "@-"]);
-    }
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("running curl");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(body.unwrap_or("").as_bytes()).unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.parse().unwrap(), body.to_string())
-}
-
-/// (HTTP status, body) of a curl request with another method and a JSON body.
-fn curl_method(daemon: &Daemon, method: &str, path: &str, body: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "-H", "Content-Type: application/json"])
-        .args(["--data-binary", body])
-        .arg(format!("{}{path}", daemon.base))
-        .output()
-        .expect("running curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
+use std::process::Command;
 
 const CHAT: &str = r#"{"model":"smollm2","max_tokens":24,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France?"}]}"#;
 
@@ -229,11 +95,11 @@ fn non_loopback_bind_and_foreign_plugin_paths_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("allow_remote"), "{err}");
     let empty = scratch("empty-plugins");
-    std::fs::write(&path, config("http = \"127.0.0.1:0\"", &format!("{:?}", empty.display().to_string()))).unwrap();
+    std::fs::write(&path, config(OPEN_TCP, &format!("{:?}", empty.display().to_string()))).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tailord")).arg("--config").arg(&path).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("cannot load"), "{err}");
-    let abs = config("http = \"127.0.0.1:0\"", &format!("{:?}", empty.display().to_string())).replace(
+    let abs = config(OPEN_TCP, &format!("{:?}", empty.display().to_string())).replace(
         "\"libtailor_serve_llm.so\"",
         &format!("{:?}", plugin_dir().join("libtailor_serve_llm.so").display().to_string()),
     );
@@ -252,7 +118,7 @@ fn unix_socket_metrics_sd_notify_and_sigterm() {
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
     let path = dir.join("tailord.toml");
-    let server = format!("http = \"127.0.0.1:0\"\nunix_socket = {:?}", socket.display().to_string());
+    let server = format!("{OPEN_TCP}\nunix_socket = {:?}", socket.display().to_string());
     std::fs::write(&path, config(&server, &format!("{:?}", plugin_dir().display().to_string()))).unwrap();
     let mut d = launch(&path, &[("NOTIFY_SOCKET", &notify_path)]);
     let mut buf = [0u8; 256];
@@ -265,6 +131,8 @@ fn unix_socket_metrics_sd_notify_and_sigterm() {
         .arg(&socket)
         .args([
             "http://tailord/v1/completions",
+            "-H",
+            "Content-Type: application/json",
             "-d",
             r#"{"model":"smollm2","prompt":"The capital of France is","max_tokens":3}"#,
         ])
@@ -308,7 +176,7 @@ fn rag_through_chat_returns_sources() {
         "[[stages]]\nname = \"kb-search\"\nplugin = \"libtailor_retrieval_faiss.so\"\nstage = \"search\"\nconfig = {{ root = {:?} }}\n",
         data.join("indexes").display().to_string()
     );
-    let d = start_with("rag-daemon", "http = \"127.0.0.1:0\"", &extra);
+    let d = start_with("rag-daemon", OPEN_TCP, &extra);
     let request = r#"{"model":"smollm2","max_tokens":32,"tailor":{"index":"kb","k":2},
         "messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the launch code of project Bluebird?"}]}"#;
     let (status, body) = curl(&d, "/v1/chat/completions", None, Some(request));
@@ -325,7 +193,7 @@ fn rag_through_chat_returns_sources() {
 
 #[test]
 fn concurrent_streaming_clients_each_get_their_single_request_output() {
-    let d = start("concurrent", "http = \"127.0.0.1:0\"");
+    let d = start("concurrent", OPEN_TCP);
     let prompts: Vec<String> = (0..32).map(|i| format!("Count from {i} to {}:", i + 5)).collect();
     let request = |p: &str, stream: bool| {
         format!(
@@ -424,7 +292,7 @@ fn c_filter_plugin_runs_as_a_pipeline_stage_after_generation() {
     );
     let path = dir.join("tailord.toml");
     let dirs = format!("{:?}, {:?}", plugin_dir().display().to_string(), plugins.display().to_string());
-    std::fs::write(&path, config_with("http = \"127.0.0.1:0\"", &dirs, &extra)).unwrap();
+    std::fs::write(&path, config_with(OPEN_TCP, &dirs, &extra)).unwrap();
     let d = launch(&path, &[]);
 
     let (status, body) =
@@ -455,7 +323,7 @@ fn c_filter_plugin_runs_as_a_pipeline_stage_after_generation() {
 #[test]
 fn a_panicking_in_process_stage_fails_only_its_request() {
     let extra = "[[stages]]\nname = \"shout\"\nplugin = \"libtailor_example_shout.so\"\nstage = \"shout\"\n";
-    let d = start_with("panic", "http = \"127.0.0.1:0\"", extra);
+    let d = start_with("panic", OPEN_TCP, extra);
     let (status, body) = curl(&d, "/v1/tailor/stages/shout", None, Some(r#"{"text": "hello"}"#));
     assert_eq!((status, json(&body)["text"].as_str().unwrap()), (200, "HELLO"));
     let (status, body) = curl(&d, "/v1/tailor/stages/shout", None, Some(r#"{"text": "panic"}"#));
@@ -491,7 +359,7 @@ fn assert_host_services(d: &Daemon) {
 fn a_crashing_isolated_stage_fails_one_request_and_is_restarted() {
     let extra =
         "[[stages]]\nname = \"shout\"\nplugin = \"libtailor_example_shout.so\"\nstage = \"shout\"\nisolate = true\n";
-    let d = start_with("isolated", "http = \"127.0.0.1:0\"", extra);
+    let d = start_with("isolated", OPEN_TCP, extra);
     let call = |text: &str| curl(&d, "/v1/tailor/stages/shout", None, Some(&format!(r#"{{"text": "{text}"}}"#)));
     let (status, body) = call("hello");
     assert_eq!((status, json(&body)["text"].as_str().unwrap()), (200, "HELLO"));
@@ -525,9 +393,13 @@ fn indexes_are_managed_through_the_daemon_and_searched_at_once() {
         format!("[[stages]]\nname = \"{name}\"\nplugin = \"libtailor_retrieval_faiss.so\"\nstage = \"{kind}\"\nconfig = {{ {config} }}\n")
     };
     let root_cfg = format!("root = {:?}", root.display().to_string());
-    let encoder = format!("{root_cfg}, encoder = {:?}", cache().join("all-MiniLM-L6-v2").display().to_string());
+    let encoder = format!(
+        "{root_cfg}, encoder = {:?}, document_roots = [{:?}]",
+        cache().join("all-MiniLM-L6-v2").display().to_string(),
+        corpus.display().to_string()
+    );
     let extra = stage("kb-index", "index", encoder) + &stage("kb-search", "search", root_cfg);
-    let d = start_with("manage-daemon", "http = \"127.0.0.1:0\"", &extra);
+    let d = start_with("manage-daemon", OPEN_TCP, &extra);
     let call = |path: &str, body: String| {
         let (status, text) = curl(&d, path, None, Some(&body));
         assert_eq!(status, 200, "{path}: {text}");

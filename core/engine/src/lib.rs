@@ -7,18 +7,18 @@
 //! alone, so a request's output does not depend on what else is running.
 //!
 //! One scheduler thread owns the sequences; callers talk to it through
-//! channels. A caller that drops its receiver cancels its request at the
-//! next step. Prompts that share a prefix with a recent one (a system
+//! channels. A caller that drops its [`Submission`] (or cancels it) ends its
+//! request before its prefill or at the next step. Prompts that share a prefix with a recent one (a system
 //! prompt, a RAG template) reuse its keys and values (`prefix`), exactly.
 
 mod prefix;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use tailor_model::{DecodeBuffers, GenerateParams, Generation, Model, Sequence, TokenEvent};
+use tailor_model::{DecodeBuffers, GenerateParams, Generation, Llama, Logits, Model, Sampler, Sequence, TokenEvent};
 
 /// What a request's receiver gets, in order: tokens, then one `Done` or `Failed`.
 #[derive(Debug)]
@@ -38,11 +38,14 @@ pub struct EngineOptions {
     pub max_batch: usize,
     /// Bytes of prompt keys/values kept for prefix reuse (0: off).
     pub prefix_cache_bytes: usize,
+    /// Prompt tokens prefilled between two decode steps: a longer prompt is
+    /// prefilled in chunks of this size, so running streams keep flowing.
+    pub prefill_chunk: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { max_batch: 16, prefix_cache_bytes: 128 << 20 }
+        EngineOptions { max_batch: 16, prefix_cache_bytes: 128 << 20, prefill_chunk: 128 }
     }
 }
 
@@ -67,6 +70,47 @@ struct Job {
     prompt: Vec<u32>,
     params: GenerateParams,
     events: Sender<Event>,
+    cancelled: Arc<AtomicBool>,
+}
+
+/// A submitted request: its events, in order, and the means to cancel it.
+/// Dropping it cancels too; a cancelled request that has not been
+/// prefilled never is, and a running one leaves the batch at the next step.
+pub struct Submission {
+    events: Receiver<Event>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Submission {
+    /// The next event, waiting for it.
+    pub fn recv(&self) -> Result<Event, mpsc::RecvError> {
+        self.events.recv()
+    }
+
+    /// The next event, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: std::time::Duration) -> Result<Event, mpsc::RecvTimeoutError> {
+        self.events.recv_timeout(timeout)
+    }
+
+    /// Asks the scheduler to drop this request (before its prefill, or at
+    /// the next decode step).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Submission {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+impl Iterator for Submission {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.events.recv().ok()
+    }
 }
 
 /// The scheduler: submit requests, read their events.
@@ -85,6 +129,7 @@ impl Engine {
             model,
             queue,
             max_batch: options.max_batch.max(1),
+            prefill_chunk: options.prefill_chunk.max(Llama::EXACT_PREFILL_MIN),
             stats: stats.clone(),
             prefixes: std::cell::RefCell::new(prefix::PrefixCache::new(options.prefix_cache_bytes)),
         };
@@ -92,20 +137,23 @@ impl Engine {
         Engine { jobs: Mutex::new(Some(jobs)), stats, worker }
     }
 
-    /// Queues a generation; its events arrive on the returned receiver.
-    /// Dropping the receiver cancels it.
-    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Receiver<Event> {
+    /// Queues a generation; its events arrive through the returned
+    /// submission. Dropping it cancels the request.
+    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Submission {
         let (events, receiver) = mpsc::channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let job = Job { prompt, params, events: events.clone(), cancelled: cancelled.clone() };
+        // Counted before sending, so the scheduler's decrement never comes first.
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         let sent = match self.jobs.lock() {
-            Ok(jobs) => jobs.as_ref().map(|j| j.send(Job { prompt, params, events: events.clone() }).is_ok()),
+            Ok(jobs) => jobs.as_ref().map(|j| j.send(job).is_ok()),
             Err(_) => None,
         };
         if sent != Some(true) {
+            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
             let _ = events.send(Event::Failed("the generation engine has stopped".into()));
-        } else {
-            self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         }
-        receiver
+        Submission { events: receiver, cancelled }
     }
 
     /// Live counters.
@@ -126,38 +174,70 @@ impl Drop for Engine {
     }
 }
 
+/// A request whose long prompt is being prefilled, one chunk per turn.
+struct Prefill {
+    job: Job,
+    /// Keys and values of the prompt's first `cache.len()` tokens.
+    cache: tailor_model::KvCache,
+}
+
+/// Where a request stands after a scheduling turn.
+enum Started {
+    /// In the decode batch.
+    Running(Running),
+    /// More of its prompt to prefill.
+    Prefilling(Prefill),
+    /// Finished, failed or cancelled (its caller has been told, if anyone listens).
+    Ended,
+}
+
 /// A sequence in the running batch.
 struct Running {
     sequence: Sequence,
     next: u32,
     events: Sender<Event>,
+    cancelled: Arc<AtomicBool>,
 }
 
 struct Scheduler {
     model: Arc<Model>,
     queue: Receiver<Job>,
     max_batch: usize,
+    /// Prompt tokens prefilled per turn for a long prompt.
+    prefill_chunk: usize,
     stats: Arc<EngineStats>,
     prefixes: std::cell::RefCell<prefix::PrefixCache>,
 }
 
 impl Scheduler {
+    /// The scheduling loop. Each turn: take new requests, start those that
+    /// fit (a long prompt is prefilled one chunk per turn, one such prompt at
+    /// a time), then one decode step for the running batch. So a running
+    /// stream waits at most one chunk's prefill between two tokens.
     fn run(self) {
         let mut waiting: VecDeque<Job> = VecDeque::new();
         let mut running: Vec<Running> = Vec::new();
+        let mut prefilling: Option<Prefill> = None;
         let mut buffers = DecodeBuffers::default();
         loop {
-            if running.is_empty() && waiting.is_empty() {
+            if running.is_empty() && waiting.is_empty() && prefilling.is_none() {
                 match self.queue.recv() {
                     Ok(job) => waiting.push_back(job),
                     Err(_) => return, // the engine was dropped and nothing is left
                 }
             }
             waiting.extend(self.queue.try_iter());
-            while running.len() < self.max_batch {
+            while running.len() + usize::from(prefilling.is_some()) < self.max_batch {
+                let Some(job) = waiting.front() else { break };
+                if prefilling.is_some() && self.is_long(job) {
+                    break; // in order: it waits for the chunked one to finish
+                }
                 let Some(job) = waiting.pop_front() else { break };
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-                running.extend(self.admit(job));
+                self.place(self.begin(job), &mut running, &mut prefilling);
+            }
+            if let Some(prefill) = prefilling.take() {
+                self.place(self.prefill_chunk(prefill), &mut running, &mut prefilling);
             }
             self.stats.running.store(running.len(), Ordering::Relaxed);
             if !running.is_empty() {
@@ -167,15 +247,79 @@ impl Scheduler {
         }
     }
 
-    /// Prefills a new request and streams its first token; `None` when it
-    /// is already finished (or failed, or its caller left).
-    fn admit(&self, job: Job) -> Option<Running> {
+    fn place(&self, started: Started, running: &mut Vec<Running>, prefilling: &mut Option<Prefill>) {
+        match started {
+            Started::Running(r) => running.push(r),
+            Started::Prefilling(p) => *prefilling = Some(p),
+            Started::Ended => {}
+        }
+    }
+
+    /// Whether `job`'s prompt is prefilled in chunks (ignoring prefix reuse).
+    fn is_long(&self, job: &Job) -> bool {
+        job.prompt.len() > self.prefill_chunk + Llama::EXACT_PREFILL_MIN
+    }
+
+    /// A new request: checked, its cached prefix looked up, then started at
+    /// once or, when more than a chunk is left to prefill, queued for chunks.
+    fn begin(&self, job: Job) -> Started {
+        if job.cancelled.load(Ordering::Relaxed) {
+            return Started::Ended; // its caller left while it waited
+        }
+        let context = self.model.llama.context_length();
+        let checked = match job.prompt.len() >= context {
+            true => Err(tailor_model::ModelError::ContextOverflow { tokens: job.prompt.len(), context }),
+            false => Sampler::new(job.params.sampling.clone()).map(drop),
+        };
+        if let Err(e) = checked {
+            let _ = job.events.send(Event::Failed(e.to_string()));
+            return Started::Ended;
+        }
         let reused = self.prefixes.borrow_mut().lookup(&job.prompt);
         if let Some(cache) = &reused {
             self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
             self.stats.prefix_tokens.fetch_add(cache.len() as u64, Ordering::Relaxed);
         }
         let cache = reused.unwrap_or_else(|| self.model.llama.new_cache());
+        self.continue_prefill(Prefill { job, cache })
+    }
+
+    /// Prefills one more chunk of a long prompt (exactly: each piece goes
+    /// through `Llama::extend`, as a reused prefix would).
+    fn prefill_chunk(&self, mut prefill: Prefill) -> Started {
+        if prefill.job.cancelled.load(Ordering::Relaxed) {
+            return Started::Ended; // its caller left mid-prefill
+        }
+        let done = prefill.cache.len();
+        let piece = &prefill.job.prompt[done..done + self.prefill_chunk];
+        let result = match done {
+            0 => self.model.llama.forward(piece, &mut prefill.cache, Logits::Last),
+            _ => self.model.llama.extend(piece, &mut prefill.cache, Logits::Last),
+        };
+        if let Err(e) = result {
+            let _ = prefill.job.events.send(Event::Failed(e.to_string()));
+            return Started::Ended;
+        }
+        self.continue_prefill(prefill)
+    }
+
+    /// Starts the sequence when at most a chunk (plus the exact-extend
+    /// minimum) is left, else leaves it for the next chunk.
+    fn continue_prefill(&self, prefill: Prefill) -> Started {
+        let left = prefill.job.prompt.len() - prefill.cache.len();
+        if left > self.prefill_chunk + Llama::EXACT_PREFILL_MIN {
+            return Started::Prefilling(prefill);
+        }
+        match self.admit(prefill.job, prefill.cache) {
+            Some(running) => Started::Running(running),
+            None => Started::Ended,
+        }
+    }
+
+    /// Prefills what is left of a request's prompt and streams its first
+    /// token; `None` when it is already finished (or failed, or its caller
+    /// left).
+    fn admit(&self, job: Job, cache: tailor_model::KvCache) -> Option<Running> {
         let (mut sequence, mut logits) = match Sequence::start_from(&self.model, &job.prompt, &job.params, cache) {
             Ok(started) => {
                 self.prefixes.borrow_mut().insert(&job.prompt, started.0.cache());
@@ -187,7 +331,7 @@ impl Scheduler {
             }
         };
         match self.advance(&mut sequence, &mut logits, &job.events) {
-            Some(next) => Some(Running { sequence, next, events: job.events }),
+            Some(next) => Some(Running { sequence, next, events: job.events, cancelled: job.cancelled }),
             None => {
                 self.finish(sequence, &job.events);
                 None
@@ -217,6 +361,10 @@ impl Scheduler {
 
     /// One decode step for the whole batch; finished sequences leave it.
     fn step(&self, running: &mut Vec<Running>, buffers: &mut DecodeBuffers) {
+        running.retain(|r| !r.cancelled.load(Ordering::Relaxed));
+        if running.is_empty() {
+            return;
+        }
         let tokens: Vec<u32> = running.iter().map(|r| r.next).collect();
         let mut caches: Vec<&mut tailor_model::KvCache> = running.iter_mut().map(|r| r.sequence.cache_mut()).collect();
         let logits = match self.model.llama.forward_decode(&tokens, &mut caches, buffers) {

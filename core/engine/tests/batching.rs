@@ -27,7 +27,7 @@ fn params(max_tokens: usize, sampling: SamplingParams) -> GenerateParams {
 }
 
 /// Tokens and finish reason from a receiver.
-fn collect(events: std::sync::mpsc::Receiver<Event>) -> (Vec<u32>, String) {
+fn collect(events: tailor_engine::Submission) -> (Vec<u32>, String) {
     let mut tokens = Vec::new();
     for event in events {
         match event {
@@ -120,4 +120,35 @@ fn a_dropped_receiver_cancels_and_bad_requests_fail_alone() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert_eq!(engine.stats().running.load(Ordering::Relaxed), 0, "the cancelled request kept running");
+}
+
+#[test]
+fn long_prompts_prefilled_in_chunks_match_their_solo_runs_and_streams_keep_flowing() {
+    let model = model();
+    let story = "The lighthouse keeper wrote down every ship that passed. ".repeat(30);
+    let long = chat(&model, &format!("{story}\nHow many ships are mentioned?"));
+    let other = chat(&model, "Count from one to ten.");
+    assert!(long.len() > 300, "{} tokens", long.len());
+    let greedy = SamplingParams::default();
+    let solo = |prompt: &[u32], n| generate(&model, prompt, &params(n, greedy.clone()), &mut |_| true).unwrap().tokens;
+    let (long_solo, other_solo) = (solo(&long, 8), solo(&other, 40));
+    // Chunks of 16 tokens: the long prompt takes 20-odd scheduling turns, and
+    // the stream already running gets a token in each of them.
+    let options = EngineOptions { prefill_chunk: 16, prefix_cache_bytes: 0, ..EngineOptions::default() };
+    let engine = Engine::start(model.clone(), options);
+    let streaming = engine.submit(other.clone(), params(40, greedy.clone()));
+    assert!(matches!(streaming.recv(), Ok(Event::Token(_))), "the first stream started");
+    let steps_before = engine.stats().steps.load(Ordering::Relaxed);
+    let chunked = engine.submit(long.clone(), params(8, greedy));
+    let (long_tokens, end) = collect(chunked);
+    assert_eq!((long_tokens, end.as_str()), (long_solo, "Length"), "chunked prefill changed the output");
+    let steps = engine.stats().steps.load(Ordering::Relaxed) - steps_before;
+    let chunks = (long.len() - 8) / 16;
+    assert!(steps as usize >= chunks, "{steps} decode steps while {chunks} chunks were prefilled");
+    let finished = streaming.into_iter().find_map(|event| match event {
+        Event::Done(generation) => Some(generation.tokens),
+        Event::Failed(e) => panic!("{e}"),
+        Event::Token(_) => None,
+    });
+    assert_eq!(finished, Some(other_solo), "the running stream's output changed");
 }

@@ -225,6 +225,12 @@ impl Encoder {
         &self.tokenizer
     }
 
+    /// Token ids of `text` as the encoder reads it (special tokens added,
+    /// truncated to `max_seq_length`).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode_with_special(text)
+    }
+
     /// Unit-length embeddings of `texts`, one per text.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.tokenizer.encode_with_special(t)).collect::<Result<_>>()?;
@@ -246,11 +252,15 @@ impl Encoder {
                 return Err(ModelError::BadToken { id, vocab: self.config.vocab_size });
             }
         }
-        if sequences.is_empty() {
-            return Ok(Vec::new());
+        // Scratch grows with the tokens of a batch (~17 KB each), so long
+        // inputs run as several batches of bounded size; sequences do not
+        // see each other, so the result is the same.
+        let mut embeddings = Vec::with_capacity(sequences.len());
+        for batch in token_bounded_batches(sequences, MAX_BATCH_TOKENS) {
+            let hidden = self.encode(batch)?;
+            embeddings.extend(mean_pool_normalized(&hidden, batch, self.config.hidden_size));
         }
-        let hidden = self.encode(sequences)?;
-        Ok(mean_pool_normalized(&hidden, sequences, self.config.hidden_size))
+        Ok(embeddings)
     }
 
     /// Hidden states of every token of every sequence, concatenated.
@@ -479,5 +489,40 @@ impl BertLoader<'_> {
             output: self.linear(&format!("{p}.output.dense"), h, ff)?,
             out_norm: self.norm(&format!("{p}.output.LayerNorm"))?,
         })
+    }
+}
+
+/// Most tokens one encoder pass takes; longer inputs run as several passes.
+pub const MAX_BATCH_TOKENS: usize = 8192;
+
+/// `sequences` split, in order, into runs of at most `max_tokens` tokens
+/// (a single longer sequence is a run of its own).
+fn token_bounded_batches(sequences: &[Vec<u32>], max_tokens: usize) -> Vec<&[Vec<u32>]> {
+    let mut batches = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, sequence) in sequences.iter().enumerate() {
+        if i > start && tokens + sequence.len() > max_tokens {
+            batches.push(&sequences[start..i]);
+            (start, tokens) = (i, 0);
+        }
+        tokens += sequence.len();
+    }
+    if start < sequences.len() {
+        batches.push(&sequences[start..]);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_bounded_batches;
+
+    #[test]
+    fn batches_keep_order_and_stay_under_the_bound() {
+        let sequences: Vec<Vec<u32>> = [3, 4, 2, 9, 1, 1].iter().map(|&n| vec![0; n]).collect();
+        let sizes: Vec<Vec<usize>> =
+            token_bounded_batches(&sequences, 6).iter().map(|batch| batch.iter().map(Vec::len).collect()).collect();
+        assert_eq!(sizes, [vec![3], vec![4, 2], vec![9], vec![1, 1]]);
+        assert!(token_bounded_batches(&[], 6).is_empty());
     }
 }

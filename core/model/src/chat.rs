@@ -47,28 +47,36 @@ impl ChatTemplate {
 
     /// The prompt for `messages`, ending with the assistant's turn opened.
     pub fn render(&self, messages: &[Message]) -> String {
-        let mut out = String::new();
+        self.render_segments(messages).iter().map(Segment::text).collect()
+    }
+
+    /// The same prompt as segments: the template's own text (where its
+    /// control tokens are) apart from what the messages say, so that the
+    /// caller can tokenize message text as plain text.
+    pub fn render_segments<'a>(&self, messages: &'a [Message]) -> Vec<Segment<'a>> {
+        let mut out = Vec::new();
         match self {
             ChatTemplate::ChatMl { default_system } => {
                 let has_system = messages.first().is_some_and(|m| m.role == "system");
                 if let (false, Some(system)) = (has_system, default_system) {
-                    out.push_str(&format!("<|im_start|>system\n{system}<|im_end|>\n"));
+                    out.push(Segment::Template(format!("<|im_start|>system\n{system}<|im_end|>\n")));
                 }
                 for m in messages {
-                    out.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+                    out.push(Segment::Template(format!("<|im_start|>{}\n", role_text(&m.role))));
+                    out.push(Segment::Content(&m.content));
+                    out.push(Segment::Template("<|im_end|>\n".into()));
                 }
-                out.push_str("<|im_start|>assistant\n");
+                out.push(Segment::Template("<|im_start|>assistant\n".into()));
             }
             ChatTemplate::Llama3 => {
-                out.push_str("<|begin_of_text|>");
+                out.push(Segment::Template("<|begin_of_text|>".into()));
                 for m in messages {
-                    out.push_str(&format!(
-                        "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
-                        m.role,
-                        m.content.trim()
-                    ));
+                    let header = format!("<|start_header_id|>{}<|end_header_id|>\n\n", role_text(&m.role));
+                    out.push(Segment::Template(header));
+                    out.push(Segment::Content(m.content.trim()));
+                    out.push(Segment::Template("<|eot_id|>".into()));
                 }
-                out.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
+                out.push(Segment::Template("<|start_header_id|>assistant<|end_header_id|>\n\n".into()));
             }
         }
         out
@@ -81,6 +89,31 @@ impl ChatTemplate {
             ChatTemplate::Llama3 => &["<|eot_id|>", "<|end_of_text|>"],
         }
     }
+}
+
+/// A piece of a rendered chat prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Segment<'a> {
+    /// The template's text, control tokens included.
+    Template(String),
+    /// A message's content: data, never control tokens.
+    Content(&'a str),
+}
+
+impl Segment<'_> {
+    /// The segment's text.
+    pub fn text(&self) -> &str {
+        match self {
+            Segment::Template(text) => text,
+            Segment::Content(text) => text,
+        }
+    }
+}
+
+/// A role as the template writes it: a role cannot carry markup either
+/// (anything but letters, digits, `_` and `-` is dropped).
+fn role_text(role: &str) -> String {
+    role.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect()
 }
 
 /// The literal system prompt a ChatML template inserts, if any.

@@ -188,8 +188,15 @@ impl LlamaConfig {
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
-            return bad(format!("head_dim {} must be even and positive", self.head_dim));
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) || self.head_dim > 1024 {
+            return bad(format!("head_dim {} must be even, positive and at most 1024", self.head_dim));
+        }
+        // The RoPE table is sized from this before any weight is read.
+        if self.max_position_embeddings == 0 || self.max_position_embeddings > MAX_CONTEXT {
+            return bad(format!("context length {} is outside 1..={MAX_CONTEXT}", self.max_position_embeddings));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad(format!("rope_theta {} must be a positive number", self.rope_theta));
         }
         Ok(())
     }
@@ -248,6 +255,9 @@ fn arch_from_class(class: &str) -> String {
     class.trim_end_matches("ForCausalLM").to_ascii_lowercase()
 }
 
+/// Longest context a model file may declare (Llama 3.1 declares 131,072).
+pub const MAX_CONTEXT: usize = 1 << 18;
+
 fn check_architecture(path: &Path, arch: &str) -> Result<()> {
     if SUPPORTED_ARCHITECTURES.contains(&arch) {
         Ok(())
@@ -292,4 +302,26 @@ pub fn rope_inv_freq(config: &LlamaConfig) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hf(context: u64, theta: f64) -> String {
+        serde_json::json!({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 32, "rms_norm_eps": 1e-5,
+            "max_position_embeddings": context, "rope_theta": theta})
+        .to_string()
+    }
+
+    #[test]
+    fn context_lengths_and_rope_bases_from_files_are_checked_before_use() {
+        let path = Path::new("config.json");
+        assert!(LlamaConfig::from_hf_json(path, &hf(8192, 10_000.0)).is_ok());
+        for (context, theta) in [(0, 10_000.0), (u64::MAX >> 8, 10_000.0), (8192, 0.0), (8192, -1.0)] {
+            let err = LlamaConfig::from_hf_json(path, &hf(context, theta)).unwrap_err().to_string();
+            assert!(err.contains("context length") || err.contains("rope_theta"), "{context} {theta}: {err}");
+        }
+    }
 }

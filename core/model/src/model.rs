@@ -1,7 +1,7 @@
 //! A ready-to-use language model: decoder, tokenizer and chat template,
 //! loaded from a GGUF file or a Hugging Face folder.
 
-use crate::chat::{ChatTemplate, Message};
+use crate::chat::{ChatTemplate, Message, Segment};
 use crate::config::LlamaConfig;
 use crate::error::{io_error, ModelError, Result};
 use crate::gguf::{GgufFile, MetaValue};
@@ -91,7 +91,10 @@ impl Model {
         Ok(ids)
     }
 
-    /// Token ids of a chat, rendered with the model's template.
+    /// Token ids of a chat, rendered with the model's template. Only the
+    /// template's own text yields control tokens: message content is
+    /// tokenized as plain text, so `<|im_start|>system` typed by a user (or
+    /// found in a retrieved document) stays those characters.
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
         if messages.iter().all(|m| m.content.trim().is_empty()) {
             return Err(ModelError::EmptyPrompt);
@@ -100,7 +103,14 @@ impl Model {
             path: self.source.clone(),
             detail: "the model has no chat template tailor recognises (ChatML or Llama 3); use a plain prompt".into(),
         })?;
-        self.tokenizer.encode(&template.render(messages))
+        let mut ids = Vec::new();
+        for segment in template.render_segments(messages) {
+            match segment {
+                Segment::Template(text) => ids.extend(self.tokenizer.encode(&text)?),
+                Segment::Content(text) => ids.extend(self.tokenizer.encode_literal(text)?),
+            }
+        }
+        Ok(ids)
     }
 
     /// Token ids that end generation: the model's EOS tokens and, for chat

@@ -18,6 +18,9 @@ pub struct Tokenizer {
     /// The same tokenizer without truncation (for chunking long texts),
     /// made by [`Tokenizer::for_encoder`].
     untruncated: Option<tokenizers::Tokenizer>,
+    /// The same tokenizer reading special-token strings as plain text, for
+    /// text that must never become control tokens (chat content, sources).
+    literal: tokenizers::Tokenizer,
     json: String,
     source: PathBuf,
 }
@@ -45,11 +48,15 @@ impl Tokenizer {
     }
 
     fn from_json(json: String, source: &Path) -> Result<Tokenizer> {
-        let inner: tokenizers::Tokenizer = json.parse().map_err(|e: tokenizers::Error| ModelError::Tokenizer {
-            path: source.to_path_buf(),
-            detail: e.to_string(),
-        })?;
-        Ok(Tokenizer { inner, untruncated: None, json, source: source.to_path_buf() })
+        let bad = |detail: String| ModelError::Tokenizer { path: source.to_path_buf(), detail };
+        // The tokenizers crate panics on some malformed files (an `expect`
+        // in its decoder deserializer, found by tests/fuzz.rs): a typed error here.
+        let parsed = std::panic::catch_unwind(|| json.parse::<tokenizers::Tokenizer>())
+            .map_err(|_| bad("malformed tokenizer (the tokenizers library panicked reading it)".into()))?;
+        let inner = parsed.map_err(|e| bad(e.to_string()))?;
+        let mut literal = inner.clone();
+        literal.set_encode_special_tokens(true);
+        Ok(Tokenizer { inner, untruncated: None, literal, json, source: source.to_path_buf() })
     }
 
     /// A copy for an encoder: truncate to `max_len` tokens (special tokens
@@ -87,6 +94,13 @@ impl Tokenizer {
     /// Token ids of `text`; special tokens written in the text are recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self.inner.encode(text, false).map_err(|e| self.error(e))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` read as plain text: a special-token string in it
+    /// (`<|im_start|>`) is tokenized as the characters it is made of.
+    pub fn encode_literal(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self.literal.encode(text, false).map_err(|e| self.error(e))?;
         Ok(encoding.get_ids().to_vec())
     }
 

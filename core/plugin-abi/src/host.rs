@@ -5,6 +5,7 @@
 use crate::ffi::{self, HostApi, PluginDescriptor, Sink, Status, Str};
 use crate::{StageKind, ABI_MAJOR, ABI_MINOR, MAGIC};
 use std::ffi::{c_void, CStr};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong loading or calling a plugin.
@@ -89,7 +90,8 @@ fn status_name(status: Status) -> &'static str {
 unsafe extern "C" fn log_to_stderr(_ctx: *mut c_void, level: i32, message: Str) {
     // SAFETY: the plugin passes a view valid for this call.
     let text = unsafe { message.as_str() }.unwrap_or("<non-UTF-8 log message>");
-    eprintln!("plugin[{level}]: {text}");
+    // Not eprintln!: it panics when stderr is gone, and this runs inside C.
+    let _ = writeln!(std::io::stderr(), "plugin[{level}]: {text}");
 }
 
 unsafe extern "C" fn never_cancelled(_ctx: *mut c_void, _request_id: u64) -> i32 {
@@ -314,12 +316,19 @@ impl StageInstance {
             status: ffi::ERR_UNAVAILABLE,
             message: "no call function".into(),
         })?;
-        let mut forward = Forward { on_chunk, bad_utf8: false };
+        let mut forward = Forward { on_chunk, bad_utf8: false, panicked: None };
         let mut out = Sink { ctx: &mut forward as *mut Forward as *mut c_void, emit: Some(forward_emit) };
         let mut error = Collector::default();
         // SAFETY: the plugin's call function, with an instance it created and
         // sinks that stay valid until it returns.
         let status = unsafe { call(self.instance, request_id, Str::from(request_json), &mut out, &mut error.sink()) };
+        if let Some(message) = forward.panicked {
+            return Err(PluginError::Stage {
+                stage: self.name.clone(),
+                status: ffi::ERR_INTERNAL,
+                message: format!("the host's handler of this stage's output panicked: {message}"),
+            });
+        }
         if forward.bad_utf8 {
             return Err(PluginError::Stage {
                 stage: self.name.clone(),
@@ -356,6 +365,8 @@ impl Drop for StageInstance {
 struct Forward<'a> {
     on_chunk: &'a mut dyn FnMut(&str) -> bool,
     bad_utf8: bool,
+    /// The message of a panic in `on_chunk` (caught: it must not unwind into C).
+    panicked: Option<String>,
 }
 
 unsafe extern "C" fn forward_emit(ctx: *mut c_void, chunk: Str) -> Status {
@@ -363,11 +374,19 @@ unsafe extern "C" fn forward_emit(ctx: *mut c_void, chunk: Str) -> Status {
     // the duration of the plugin's call.
     let forward = unsafe { &mut *(ctx as *mut Forward) };
     // SAFETY: the plugin passes a view valid for this call.
-    match unsafe { chunk.as_str() } {
-        Ok(text) if (forward.on_chunk)(text) => ffi::OK,
-        Ok(_) => ffi::ERR_CANCELLED,
+    let text = match unsafe { chunk.as_str() } {
+        Ok(text) => text,
         Err(_) => {
             forward.bad_utf8 = true;
+            return ffi::ERR_CANCELLED;
+        }
+    };
+    let on_chunk = &mut forward.on_chunk;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_chunk(text))) {
+        Ok(true) => ffi::OK,
+        Ok(false) => ffi::ERR_CANCELLED,
+        Err(panic) => {
+            forward.panicked = Some(crate::shim::panic_message(panic.as_ref()));
             ffi::ERR_CANCELLED
         }
     }

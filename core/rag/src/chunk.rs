@@ -6,12 +6,10 @@
 //! Chunking: windows of encoder tokens with overlap, spans kept in bytes of
 //! the extracted text so citations point at real text.
 
-use crate::error::{io_error, RagError, Result};
+use crate::error::{RagError, Result};
+use crate::files::FilePolicy;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// Files larger than this are skipped with a warning.
-pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// Token window parameters.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -42,7 +40,7 @@ pub struct Extracted {
 /// Why a file was skipped.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Skip {
-    /// Larger than [`MAX_FILE_BYTES`].
+    /// Larger than the policy's limit (in bytes).
     TooLarge(u64),
     /// Contains NUL bytes.
     Binary,
@@ -53,20 +51,17 @@ pub enum Skip {
 impl std::fmt::Display for Skip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Skip::TooLarge(n) => write!(f, "{n} bytes is over the {MAX_FILE_BYTES}-byte limit"),
+            Skip::TooLarge(limit) => write!(f, "larger than the {limit}-byte limit"),
             Skip::Binary => f.write_str("binary file"),
             Skip::NotUtf8 => f.write_str("not UTF-8 text"),
         }
     }
 }
 
-/// Reads and extracts a file: `Ok(Err(skip))` for files to skip with a warning.
-pub fn extract_file(path: &Path) -> Result<std::result::Result<Vec<Extracted>, Skip>> {
-    let size = std::fs::metadata(path).map_err(io_error(path))?.len();
-    if size > MAX_FILE_BYTES {
-        return Ok(Err(Skip::TooLarge(size)));
-    }
-    let bytes = std::fs::read(path).map_err(io_error(path))?;
+/// Reads (under `policy`'s rules) and extracts a file: `Ok(Err(skip))` for
+/// files to skip with a warning.
+pub fn extract_file(path: &Path, policy: &FilePolicy) -> Result<std::result::Result<Vec<Extracted>, Skip>> {
+    let Some(bytes) = policy.read(path)? else { return Ok(Err(Skip::TooLarge(policy.max_file_bytes))) };
     if bytes.iter().take(8192).any(|b| *b == 0) {
         return Ok(Err(Skip::Binary));
     }

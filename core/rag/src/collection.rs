@@ -4,6 +4,7 @@
 
 use crate::chunk::{extract_file, markdown_sections, token_windows, ChunkParams, Extracted};
 use crate::error::{io_error, RagError, Result};
+use crate::files::{Collected, FilePolicy};
 use crate::store::{fnv1a, fsync_file, Chunk, Document, Store};
 use crate::{IndexKind, VectorIndex};
 use serde::{Deserialize, Serialize};
@@ -186,18 +187,24 @@ impl Collection {
     /// Ingests files (directories recursively). Each batch of documents is
     /// committed to the store before the next starts; unchanged documents
     /// are skipped, so a rerun after a crash resumes without duplicates.
+    /// Paths are resolved, walked and read under `policy` (roots, regular
+    /// files only, bounded); what a walk passes over is in `report.skipped`.
     /// `progress(files_done, files_total)` follows along; returning `false`
     /// stops after the batch in hand is committed (`report.stopped` says so).
     pub fn add_paths(
         &mut self,
         paths: &[PathBuf],
+        policy: &FilePolicy,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<AddReport> {
-        let files = collect_files(paths)?;
-        let mut report = AddReport::default();
+        let Collected { files, skipped } = policy.collect(paths)?;
+        for (path, reason) in &skipped {
+            eprintln!("warning: skipping {path}: {reason}");
+        }
+        let mut report = AddReport { skipped, ..AddReport::default() };
         let mut pending: Vec<Extracted> = Vec::new();
         for (i, file) in files.iter().enumerate() {
-            match extract_file(file)? {
+            match extract_file(file, policy)? {
                 Ok(docs) => pending.extend(docs),
                 Err(skip) => {
                     eprintln!("warning: skipping {}: {skip}", file.display());
@@ -372,27 +379,4 @@ fn read_meta(root: &Path, name: &str) -> Result<(PathBuf, IndexMeta)> {
     let meta = serde_json::from_str(&text)
         .map_err(|e| RagError::CorruptStore { path: path.clone(), detail: e.to_string() })?;
     Ok((dir, meta))
-}
-
-/// Files under `paths` (directories walked recursively, hidden entries
-/// skipped), sorted for a deterministic order.
-fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let mut stack: Vec<PathBuf> = paths.to_vec();
-    while let Some(path) = stack.pop() {
-        let meta = std::fs::metadata(&path).map_err(io_error(&path))?;
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(&path).map_err(io_error(&path))? {
-                let entry = entry.map_err(io_error(&path))?;
-                if !entry.file_name().to_string_lossy().starts_with('.') {
-                    stack.push(entry.path());
-                }
-            }
-        } else {
-            files.push(std::fs::canonicalize(&path).map_err(io_error(&path))?);
-        }
-    }
-    files.sort();
-    files.dedup();
-    Ok(files)
 }

@@ -40,6 +40,17 @@ pub enum RagError {
     /// An index by that name already exists.
     #[error("an index named {0:?} already exists")]
     IndexExists(String),
+    /// A path that resolves outside the configured document roots.
+    #[error("{path}: not under the configured document roots ({roots})")]
+    PathNotAllowed {
+        /// The path as given.
+        path: PathBuf,
+        /// The roots, for the message.
+        roots: String,
+    },
+    /// A device, FIFO, socket or other file that is not a regular file.
+    #[error("{0}: not a regular file or directory")]
+    NotRegularFile(PathBuf),
     /// Bad arguments.
     #[error("invalid input: {0}")]
     InvalidInput(String),

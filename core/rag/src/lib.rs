@@ -10,9 +10,11 @@ pub mod collection;
 pub mod error;
 pub mod eval;
 pub mod faiss;
+pub mod files;
 pub mod prompt;
 pub mod store;
 
 pub use collection::{AddReport, Collection, SearchHit};
 pub use error::{RagError, Result};
 pub use faiss::{Hit, IndexKind, VectorIndex};
+pub use files::FilePolicy;

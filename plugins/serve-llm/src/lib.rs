@@ -4,8 +4,9 @@
 //! between decode steps, and a caller that goes away leaves it.
 //!
 //! Config: `{"model": PATH, "dtype": "q8_0"?, "max_batch": N?,
-//! "prefix_cache_mb": N?}` (batch size limit, default 16; memory for reused
-//! prompt prefixes, default 128, 0 turns reuse off). Request: `{"messages":
+//! "prefix_cache_mb": N?, "prefill_chunk": N?}` (batch size limit, default
+//! 16; memory for reused prompt prefixes, default 128, 0 turns reuse off;
+//! prompt tokens prefilled between two decode steps, default 128). Request: `{"messages":
 //! [{"role", "content"}…]}` (chat template applied) or `{"prompt": TEXT}`,
 //! plus `max_tokens`, `temperature`, `top_p`, `top_k`, `seed`,
 //! `repetition_penalty`. Output: one JSON object per line:
@@ -29,6 +30,7 @@ struct Config {
     dtype: Option<String>,
     max_batch: Option<usize>,
     prefix_cache_mb: Option<usize>,
+    prefill_chunk: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -45,6 +47,9 @@ struct Request {
     seed: Option<u64>,
     repetition_penalty: Option<f32>,
 }
+
+/// How often a waiting request looks whether its caller left.
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Generation with one loaded model.
 struct Generate {
@@ -66,11 +71,12 @@ impl Stage for Generate {
         let options = EngineOptions {
             max_batch: config.max_batch.unwrap_or(defaults.max_batch),
             prefix_cache_bytes: config.prefix_cache_mb.map_or(defaults.prefix_cache_bytes, |mb| mb << 20),
+            prefill_chunk: config.prefill_chunk.unwrap_or(defaults.prefill_chunk),
         };
         Ok(Generate { engine: Engine::start(model.clone(), options), model })
     }
 
-    fn call(&self, _request_id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
+    fn call(&self, request_id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
         let request: Request = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
         if request.stats {
             let stats = self.engine.stats();
@@ -102,7 +108,19 @@ impl Stage for Generate {
             },
             ..GenerateParams::default()
         };
-        for event in self.engine.submit(prompt, params) {
+        let submission = self.engine.submit(prompt, params);
+        let host = tailor_plugin_abi::services::host();
+        // The host marks a request cancelled when its caller left (a closed
+        // connection, a dropped non-streaming handler, shutdown): looked at
+        // every token and, while waiting, every CANCEL_POLL.
+        let cancelled = || host.is_some_and(|h| h.is_cancelled(request_id));
+        loop {
+            let event = match submission.recv_timeout(CANCEL_POLL) {
+                Ok(event) => event,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if cancelled() => return Ok(()),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let token_line = match event {
                 Event::Token(token) => serde_json::json!({"type": "token", "text": token.text, "id": token.id}),
                 Event::Done(generation) => {
@@ -118,8 +136,8 @@ impl Stage for Generate {
                 }
                 Event::Failed(message) => return Err(message),
             };
-            if !emit(&format!("{token_line}\n")) {
-                return Ok(()); // the caller went away; dropping the receiver cancels
+            if !emit(&format!("{token_line}\n")) || cancelled() {
+                return Ok(()); // the caller went away; dropping the submission cancels
             }
         }
         Err("the generation engine stopped mid-request".into())

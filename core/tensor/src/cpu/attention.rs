@@ -160,6 +160,11 @@ unsafe fn attend_packed_head(
 }
 
 /// Shared body: query `t` attends to positions `0..visible(t)`.
+/// Tokens whose queries (of one KV head's group) share one pass over the
+/// keys and values: each key is loaded once for all of them, not once per
+/// query, which is what made long prefills memory-bound.
+const TILE_TOKENS: usize = 8;
+
 fn attention(
     q: &[f32],
     keys: &[f32],
@@ -179,22 +184,51 @@ fn attention(
         "attention: keys shorter than the positions queries attend to"
     );
     assert!(values.len() == keys.len(), "attention: keys and values differ in size");
+    let tokens = items / n_head;
+    let tiles = tokens.div_ceil(TILE_TOKENS) * n_kv_head;
+    let next_tile = AtomicUsize::new(0);
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let job = |thread: usize, threads: usize| {
-        let mut scores = Vec::new();
-        for index in split_range(items, thread, threads) {
-            let (t, h) = (index / n_head, index % n_head);
-            let query = &q[index * head_dim..(index + 1) * head_dim];
-            // SAFETY: item `index` owns out[index*head_dim..][..head_dim]
-            // (index < items = out.len()/head_dim); split_range gives each
-            // item to exactly one thread, and `out` is exclusively borrowed
-            // until the pool job returns.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(index * head_dim), head_dim) };
-            let head = Head { kv_stride, kv_offset: (h / group) * head_dim, scale };
-            head.attend(HeadInput { query, keys, values, visible: visible(t) }, &mut scores, dst);
+    // Tiles are claimed one at a time, so a participant that is descheduled
+    // holds up one tile, not a fixed share of the work.
+    let job = |_thread: usize, _threads: usize| {
+        let mut tile = Tile::default();
+        loop {
+            let claimed = next_tile.fetch_add(1, Ordering::Relaxed);
+            if claimed >= tiles {
+                break;
+            }
+            let (block, kv_head) = (claimed / n_kv_head, claimed % n_kv_head);
+            let first = block * TILE_TOKENS;
+            tile.members.clear();
+            for t in first..(first + TILE_TOKENS).min(tokens) {
+                for h in kv_head * group..(kv_head + 1) * group {
+                    tile.members.push(Member { index: t * n_head + h, visible: visible(t) });
+                }
+            }
+            let head = Head { kv_stride, kv_offset: kv_head * head_dim, scale };
+            // SAFETY: each (token, head) item belongs to exactly one tile, and
+            // each tile to the one thread that claimed it; `out` is exclusively
+            // borrowed until the pool job returns, and every item lies inside
+            // it (index < items = out.len() / head_dim).
+            unsafe { head.attend_tile(q, keys, values, &mut tile, &out_ptr, head_dim) };
         }
     };
     SpinPool::global().run(&job);
+}
+
+/// One query of a tile: its row index in `q`/`out` and how many positions it sees.
+#[derive(Clone, Copy)]
+struct Member {
+    index: usize,
+    visible: usize,
+}
+
+/// A thread's reusable buffers for tiles.
+#[derive(Default)]
+struct Tile {
+    members: Vec<Member>,
+    scores: Vec<Vec<f32>>,
+    sums: Vec<f32>,
 }
 
 /// Attention for a decode batch: query row `i` (one token, `n_head` heads)
@@ -315,6 +349,107 @@ impl Head {
         dst[..W].copy_from_slice(&out);
     }
 
+    /// Every member of `tile` (queries of this head's KV group): scores,
+    /// softmax and weighted sums with exactly the arithmetic of
+    /// [`Head::attend`] for each query, but each key and value row is
+    /// loaded once for the whole tile.
+    ///
+    /// # Safety
+    /// Each member's `index * width .. + width` must lie inside the buffer
+    /// behind `out` and be written by no other thread meanwhile.
+    unsafe fn attend_tile(&self, q: &[f32], keys: &[f32], values: &[f32], tile: &mut Tile, out: &OutPtr, width: usize) {
+        let Tile { members, scores, sums } = tile;
+        if scores.len() < members.len() {
+            scores.resize_with(members.len(), Vec::new);
+        }
+        sums.clear();
+        sums.resize(members.len() * width, 0.0);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::has_avx2_fma() && matches!(width, 64 | 128) {
+                // SAFETY: the features this function is compiled for were just
+                // detected; it only reads and writes the given slices.
+                unsafe { self.tile_avx2(q, keys, values, members, scores, sums, width) };
+                return write_tile(members, sums, out, width);
+            }
+        }
+        for (m, dst) in members.iter().zip(sums.chunks_exact_mut(width)) {
+            let query = &q[m.index * width..(m.index + 1) * width];
+            self.attend(HeadInput { query, keys, values, visible: m.visible }, &mut scores[0], dst);
+        }
+        write_tile(members, sums, out, width);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_avx2(
+        &self,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        members: &[Member],
+        scores: &mut [Vec<f32>],
+        sums: &mut [f32],
+        width: usize,
+    ) {
+        match width {
+            64 => self.tile_fixed::<64>(q, keys, values, members, scores, sums),
+            _ => self.tile_fixed::<128>(q, keys, values, members, scores, sums),
+        }
+    }
+
+    /// [`Head::attend_fixed`] for a tile: the same sums in the same order
+    /// per query, keys and values walked once.
+    #[inline(always)]
+    fn tile_fixed<const W: usize>(
+        &self,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        members: &[Member],
+        scores: &mut [Vec<f32>],
+        sums: &mut [f32],
+    ) {
+        let (stride, offset) = (self.kv_stride, self.kv_offset);
+        let longest = members.iter().map(|m| m.visible).max().unwrap_or(0);
+        for s in scores.iter_mut() {
+            s.clear();
+        }
+        for p in 0..longest {
+            let key: &[f32; W] = keys[p * stride + offset..p * stride + offset + W].try_into().expect("head width");
+            for (m, s) in members.iter().zip(scores.iter_mut()).filter(|(m, _)| p < m.visible) {
+                let query: &[f32; W] = q[m.index * W..(m.index + 1) * W].try_into().expect("head width");
+                let mut acc = [0f32; 32];
+                for c in 0..W / 32 {
+                    for i in 0..32 {
+                        acc[i] += query[c * 32 + i] * key[c * 32 + i];
+                    }
+                }
+                for half in [16, 8, 4, 2, 1] {
+                    for i in 0..half {
+                        acc[i] += acc[i + half];
+                    }
+                }
+                s.push(acc[0] * self.scale);
+            }
+        }
+        for s in scores.iter_mut().take(members.len()) {
+            softmax_in_place(s);
+        }
+        for p in 0..longest {
+            let value: &[f32; W] = values[p * stride + offset..p * stride + offset + W].try_into().expect("head width");
+            for ((m, s), sum) in members.iter().zip(scores.iter()).zip(sums.chunks_exact_mut(W)) {
+                if p < m.visible {
+                    let w = s[p];
+                    for i in 0..W {
+                        sum[i] += w * value[i];
+                    }
+                }
+            }
+        }
+    }
+
     /// Any head width.
     #[inline(always)]
     fn attend_any(&self, input: HeadInput<'_>, scores: &mut Vec<f32>, dst: &mut [f32]) {
@@ -336,6 +471,19 @@ impl Head {
                 dst[i] += w * value[i];
             }
         }
+    }
+}
+
+/// Copies a tile's results to their rows of the output.
+///
+/// # Safety
+/// As [`Head::attend_tile`]: every member's row is inside the output and
+/// written only by this thread.
+unsafe fn write_tile(members: &[Member], sums: &[f32], out: &OutPtr, width: usize) {
+    for (m, sum) in members.iter().zip(sums.chunks_exact(width)) {
+        // SAFETY: the caller's contract.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.at(m.index * width), width) };
+        dst.copy_from_slice(sum);
     }
 }
 

@@ -118,10 +118,19 @@ impl DotImpl {
 
 /// Dot product of one quantized weight row with quantized activations.
 ///
-/// `row` holds `acts.len() * 32` elements of `dtype`. Callers check lengths;
-/// this panics only on a programming error inside the crate.
+/// `row` holds `acts.len() * 32` elements of `dtype`. The kernels read raw
+/// memory by block counts, so this is checked on every call (one compare
+/// per row): a dtype without a dot product ([`supports_dot`]) or lengths
+/// that disagree panic here, before any read.
 pub fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8], imp: DotImpl) -> f32 {
-    debug_assert_eq!(row.len(), acts.len() * QK / dtype.block_size() * dtype.type_size());
+    assert!(supports_dot(dtype), "vec_dot: {dtype:?} weights have no quantized dot product");
+    let elements = acts.len() * QK;
+    assert!(
+        elements.is_multiple_of(dtype.block_size()) && row.len() == elements / dtype.block_size() * dtype.type_size(),
+        "vec_dot: a {dtype:?} row of {} bytes does not match {} activation blocks",
+        row.len(),
+        acts.len()
+    );
     match imp {
         DotImpl::Avx2 => avx2::vec_dot(dtype, row, acts),
         DotImpl::Scalar => scalar::vec_dot(dtype, row, acts),
