@@ -271,3 +271,42 @@ fn idle_connections_are_closed_and_do_not_starve_the_api() {
     let mut buf = [0u8; 16];
     assert!(matches!(first.read(&mut buf), Ok(0)), "the server closed the silent connection");
 }
+
+#[test]
+fn a_long_prompt_does_not_freeze_a_running_stream() {
+    use std::io::BufRead;
+    let d = start("sec-chunked", OPEN_TCP);
+    let mut stream = Command::new("curl")
+        .args(["-sS", "-N", "-H", "Content-Type: application/json", "-d"])
+        .arg(r#"{"model":"smollm2","prompt":"Once upon a time","max_tokens":2000,"temperature":0.8,"seed":3,"stream":true}"#)
+        .arg(format!("{}/v1/completions", d.base))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(stream.stdout.take().unwrap()).lines();
+    let mut next_event = || lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("data: "));
+    assert!(next_event().is_some(), "the stream started");
+    // A prompt of about 4,000 tokens joins while the stream runs.
+    let long = format!(r#"{{"model":"smollm2","prompt":"{}","max_tokens":1}}"#, "word ".repeat(4000));
+    let (status, body) = std::thread::scope(|scope| {
+        let admitted = scope.spawn(|| curl(&d, "/v1/completions", None, Some(&long)));
+        let (mut last, mut longest, mut events) = (Instant::now(), Duration::ZERO, 0);
+        while !admitted.is_finished() {
+            let Some(event) = next_event() else { break };
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
+            events += 1;
+            if event.contains("[DONE]") {
+                break;
+            }
+        }
+        println!("while a 4,000-token prompt was prefilled: {events} stream events, longest gap {longest:?}");
+        assert!(events > 5, "the stream got {events} tokens during the prefill");
+        assert!(longest < Duration::from_secs(1), "a stream stalled {longest:?} behind a long prompt");
+        admitted.join().unwrap()
+    });
+    assert_eq!(status, 200, "{body}");
+    assert!(json(&body)["usage"]["prompt_tokens"].as_u64().unwrap() > 3900, "{body}");
+    let _ = stream.kill();
+    let _ = stream.wait();
+}

@@ -174,11 +174,18 @@ impl Drop for Engine {
     }
 }
 
-/// A request whose long prompt is being prefilled, one chunk per turn.
+/// Time a long prompt's prefill may take between two decode steps of the
+/// running batch (it stops after the layer that crosses it).
+const PREFILL_SLICE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A request whose long prompt is being prefilled, a slice per turn.
 struct Prefill {
     job: Job,
-    /// Keys and values of the prompt's first `cache.len()` tokens.
+    /// Keys and values of the prompt's first `cache.len()` tokens (and, of
+    /// the chunk under way, of its layers run so far).
     cache: tailor_model::KvCache,
+    /// The chunk under way, between two of its layers.
+    piece: Option<tailor_model::LayeredPrefill>,
 }
 
 /// Where a request stands after a scheduling turn.
@@ -211,9 +218,10 @@ struct Scheduler {
 
 impl Scheduler {
     /// The scheduling loop. Each turn: take new requests, start those that
-    /// fit (a long prompt is prefilled one chunk per turn, one such prompt at
-    /// a time), then one decode step for the running batch. So a running
-    /// stream waits at most one chunk's prefill between two tokens.
+    /// fit (a long prompt is prefilled in chunks, a slice of layers per
+    /// turn, one such prompt at a time), then one decode step for the
+    /// running batch. So a running stream waits about [`PREFILL_SLICE`]
+    /// (plus one layer) between two tokens, however long a prompt joins.
     fn run(self) {
         let mut waiting: VecDeque<Job> = VecDeque::new();
         let mut running: Vec<Running> = Vec::new();
@@ -237,7 +245,7 @@ impl Scheduler {
                 self.place(self.begin(job), &mut running, &mut prefilling);
             }
             if let Some(prefill) = prefilling.take() {
-                self.place(self.prefill_chunk(prefill), &mut running, &mut prefilling);
+                self.place(self.prefill_slice(prefill), &mut running, &mut prefilling);
             }
             self.stats.running.store(running.len(), Ordering::Relaxed);
             if !running.is_empty() {
@@ -281,33 +289,59 @@ impl Scheduler {
             self.stats.prefix_tokens.fetch_add(cache.len() as u64, Ordering::Relaxed);
         }
         let cache = reused.unwrap_or_else(|| self.model.llama.new_cache());
-        self.continue_prefill(Prefill { job, cache })
+        self.continue_prefill(Prefill { job, cache, piece: None }, true)
     }
 
-    /// Prefills one more chunk of a long prompt (exactly: each piece goes
-    /// through `Llama::extend`, as a reused prefix would).
-    fn prefill_chunk(&self, mut prefill: Prefill) -> Started {
-        if prefill.job.cancelled.load(Ordering::Relaxed) {
-            return Started::Ended; // its caller left mid-prefill
+    /// Spends up to [`PREFILL_SLICE`] on a long prompt, one layer of one
+    /// chunk at a time (each chunk exactly as `Llama::extend` would run it);
+    /// once only the last few tokens are left, the sequence starts.
+    fn prefill_slice(&self, mut prefill: Prefill) -> Started {
+        let started = std::time::Instant::now();
+        while started.elapsed() < PREFILL_SLICE {
+            if prefill.job.cancelled.load(Ordering::Relaxed) {
+                return Started::Ended; // its caller left mid-prefill
+            }
+            match self.prefill_layer(&mut prefill) {
+                Ok(true) => return self.continue_prefill(prefill, false),
+                Ok(false) => {}
+                Err(e) => {
+                    let _ = prefill.job.events.send(Event::Failed(e.to_string()));
+                    return Started::Ended;
+                }
+            }
         }
-        let done = prefill.cache.len();
-        let piece = &prefill.job.prompt[done..done + self.prefill_chunk];
-        let result = match done {
-            0 => self.model.llama.forward(piece, &mut prefill.cache, Logits::Last),
-            _ => self.model.llama.extend(piece, &mut prefill.cache, Logits::Last),
+        Started::Prefilling(prefill)
+    }
+
+    /// Runs one layer of the current chunk (starting a chunk if none is
+    /// under way); true when that finished a chunk.
+    fn prefill_layer(&self, prefill: &mut Prefill) -> tailor_model::Result<bool> {
+        let llama = &self.model.llama;
+        let mut piece = match prefill.piece.take() {
+            Some(piece) => piece,
+            None => {
+                let done = prefill.cache.len();
+                let len = (prefill.job.prompt.len() - done - Llama::EXACT_PREFILL_MIN).min(self.prefill_chunk);
+                llama.begin_prefill(&prefill.job.prompt[done..done + len], &prefill.cache, done > 0)?
+            }
         };
-        if let Err(e) = result {
-            let _ = prefill.job.events.send(Event::Failed(e.to_string()));
-            return Started::Ended;
+        if !llama.prefill_layers(&mut piece, &mut prefill.cache, 1)? {
+            prefill.piece = Some(piece);
+            return Ok(false);
         }
-        self.continue_prefill(prefill)
+        llama.finish_prefill(piece, &mut prefill.cache, Logits::Last)?;
+        Ok(true)
     }
 
-    /// Starts the sequence when at most a chunk (plus the exact-extend
-    /// minimum) is left, else leaves it for the next chunk.
-    fn continue_prefill(&self, prefill: Prefill) -> Started {
+    /// Starts the sequence when few enough prompt tokens are left (the last
+    /// `EXACT_PREFILL_MIN` or more go through `Sequence::start_from`), else
+    /// leaves it for more chunks. A prompt that starts with at most a chunk
+    /// to go is started at once.
+    fn continue_prefill(&self, prefill: Prefill, fresh: bool) -> Started {
         let left = prefill.job.prompt.len() - prefill.cache.len();
-        if left > self.prefill_chunk + Llama::EXACT_PREFILL_MIN {
+        let min = Llama::EXACT_PREFILL_MIN;
+        let start_now = if fresh { left <= self.prefill_chunk + min } else { left < 2 * min };
+        if !start_now {
             return Started::Prefilling(prefill);
         }
         match self.admit(prefill.job, prefill.cache) {

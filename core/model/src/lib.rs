@@ -26,6 +26,6 @@ pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
 pub use generate::{generate, FinishReason, GenerateParams, Generation, Sequence, Step, TokenEvent};
 pub use kv_cache::KvCache;
-pub use llama::{DecodeBuffers, Llama, Logits};
+pub use llama::{DecodeBuffers, LayeredPrefill, Llama, Logits};
 pub use model::{LoadOptions, Model};
 pub use sampler::{Sampler, SamplingParams};

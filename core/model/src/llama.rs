@@ -130,7 +130,17 @@ impl Llama {
     }
 
     fn forward_with(&self, tokens: &[u32], cache: &mut KvCache, which: Logits, gemm: bool) -> Result<Vec<f32>> {
-        let cfg = &self.config;
+        let mut prefill = self.begin_prefill(tokens, cache, gemm)?;
+        self.prefill_layers(&mut prefill, cache, self.blocks.len())?;
+        self.finish_prefill(prefill, cache, which)
+    }
+
+    /// Starts a prefill of `tokens` after what `cache` holds, to be run a
+    /// few layers at a time ([`Llama::prefill_layers`]) so that a scheduler
+    /// can put other work between them; `exact_extend` takes the path of
+    /// [`Llama::extend`] (the same minimum length applies for exactness).
+    /// Until [`Llama::finish_prefill`], `cache` must serve this prefill only.
+    pub fn begin_prefill(&self, tokens: &[u32], cache: &KvCache, exact_extend: bool) -> Result<LayeredPrefill> {
         let (n, start) = (tokens.len(), cache.len());
         if n == 0 {
             return Err(ModelError::EmptyPrompt);
@@ -138,13 +148,37 @@ impl Llama {
         if start + n > self.context_length() {
             return Err(ModelError::ContextOverflow { tokens: start + n, context: self.context_length() });
         }
-        let mut x = self.embed_tokens(tokens)?;
-        let mut s = Scratch::new(cfg, n);
-        s.pass = if gemm { LinearPass::PrefillGemm } else { LinearPass::Prefill };
-        for (layer, block) in self.blocks.iter().enumerate() {
-            self.attention(layer, block, &mut x, start, cache, &mut s)?;
-            self.mlp(block, &mut x, &mut s)?;
+        let x = self.embed_tokens(tokens)?;
+        let mut scratch = Scratch::new(&self.config, n);
+        scratch.pass = if exact_extend { LinearPass::PrefillGemm } else { LinearPass::Prefill };
+        Ok(LayeredPrefill { x, scratch, start, next_layer: 0 })
+    }
+
+    /// Runs up to `layers` more layers of a prefill; true once all have run.
+    pub fn prefill_layers(&self, prefill: &mut LayeredPrefill, cache: &mut KvCache, layers: usize) -> Result<bool> {
+        let LayeredPrefill { x, scratch, start, next_layer } = prefill;
+        let end = (*next_layer + layers).min(self.blocks.len());
+        for layer in *next_layer..end {
+            let block = &self.blocks[layer];
+            self.attention(layer, block, x, *start, cache, scratch)?;
+            self.mlp(block, x, scratch)?;
         }
+        *next_layer = end;
+        Ok(end == self.blocks.len())
+    }
+
+    /// Ends a prefill whose layers have all run: `cache` takes its tokens,
+    /// and the logits of the requested positions come back.
+    pub fn finish_prefill(&self, prefill: LayeredPrefill, cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        let LayeredPrefill { x, mut scratch, next_layer, .. } = prefill;
+        if next_layer != self.blocks.len() {
+            return Err(ModelError::InvalidParameter(format!(
+                "finish_prefill after {next_layer} of {} layers",
+                self.blocks.len()
+            )));
+        }
+        let cfg = &self.config;
+        let n = scratch.tokens;
         cache.advance(n);
         let rows = match which {
             Logits::Last => &x[(n - 1) * cfg.hidden_size..],
@@ -154,7 +188,7 @@ impl Llama {
         let mut normed = vec![0f32; rows.len()];
         rms_norm(rows, &self.norm, cfg.rms_norm_eps as f32, &mut normed);
         let mut logits = vec![0f32; count * cfg.vocab_size];
-        self.lm_head.forward(&normed, count, &mut logits, &mut s.linear)?;
+        self.lm_head.forward(&normed, count, &mut logits, &mut scratch.linear)?;
         Ok(logits)
     }
 
@@ -297,6 +331,22 @@ impl LinearPass {
             LinearPass::PrefillGemm => Linear::forward_many_gemm(x, tokens, layers, scratch),
             LinearPass::Decode => Linear::forward_many_decode(x, tokens, layers, scratch),
         }
+    }
+}
+
+/// A prefill in progress ([`Llama::begin_prefill`]): the activations
+/// between layers and how far it got.
+pub struct LayeredPrefill {
+    x: Vec<f32>,
+    scratch: Scratch,
+    start: usize,
+    next_layer: usize,
+}
+
+impl LayeredPrefill {
+    /// Tokens being prefilled.
+    pub fn tokens(&self) -> usize {
+        self.scratch.tokens
     }
 }
 
