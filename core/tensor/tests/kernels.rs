@@ -608,3 +608,19 @@ fn tiled_prefill_attention_gives_every_query_its_decode_result_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn an_oversubscribed_spin_pool_still_runs_every_slot_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // More participants than cores: workers are often descheduled, arrive
+    // late to a job whose slots are gone, or take a slot of the next one.
+    let pool = cpu::pool::SpinPool::new(8);
+    for round in 0..3000 {
+        let hits: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
+        pool.run(&|slot, threads| {
+            assert_eq!(threads, 8);
+            hits[slot].fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "round {round}");
+    }
+}

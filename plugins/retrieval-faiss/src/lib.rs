@@ -25,6 +25,14 @@ use tailor_model::Encoder;
 use tailor_plugin_abi::{export_plugin, Stage, StageKind};
 use tailor_rag::Collection;
 
+/// Sizes this plugin's kernel threads from the host's CPU budget
+/// (`[server] cpu_threads`), before the first kernel runs.
+fn use_host_cpu_budget() {
+    if let Some(host) = tailor_plugin_abi::services::host() {
+        tailor_tensor::cpu::pool::set_global_threads(host.cpu_threads() as usize);
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EmbedConfig {
@@ -53,6 +61,7 @@ impl Stage for Embed {
 
     fn create(config_json: &str) -> Result<Self, String> {
         let config: EmbedConfig = serde_json::from_str(config_json).map_err(|e| format!("embed config: {e}"))?;
+        use_host_cpu_budget();
         Ok(Embed {
             encoder: Encoder::load(&config.model).map_err(|e| e.to_string())?,
             max_inputs: config.max_inputs.unwrap_or(2048),
@@ -125,6 +134,7 @@ impl Stage for Search {
 
     fn create(config_json: &str) -> Result<Self, String> {
         let config: SearchConfig = serde_json::from_str(config_json).map_err(|e| format!("search config: {e}"))?;
+        use_host_cpu_budget();
         let root = config.root.unwrap_or_else(tailor_rag::collection::default_root);
         Ok(Search { root })
     }
@@ -188,6 +198,7 @@ impl Stage for Index {
 
     fn create(config_json: &str) -> Result<Self, String> {
         let config: IndexConfig = serde_json::from_str(config_json).map_err(|e| format!("index config: {e}"))?;
+        use_host_cpu_budget();
         let root = config.root.unwrap_or_else(tailor_rag::collection::default_root);
         let encoder =
             config.encoder.unwrap_or_else(|| tailor_model::cache::cache_dir().join(tailor_model::cache::MINILM_DIR));

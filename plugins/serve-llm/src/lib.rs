@@ -48,6 +48,14 @@ struct Request {
     repetition_penalty: Option<f32>,
 }
 
+/// Sizes this plugin's kernel threads from the host's CPU budget
+/// (`[server] cpu_threads`), before the first kernel runs.
+fn use_host_cpu_budget() {
+    if let Some(host) = tailor_plugin_abi::services::host() {
+        tailor_tensor::cpu::pool::set_global_threads(host.cpu_threads() as usize);
+    }
+}
+
 /// How often a waiting request looks whether its caller left.
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -63,6 +71,7 @@ impl Stage for Generate {
 
     fn create(config_json: &str) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config_json).map_err(|e| format!("generate config: {e}"))?;
+        use_host_cpu_budget();
         let dtype = config.dtype.as_deref().map(str::parse).transpose().map_err(|e| format!("generate config: {e}"))?;
         let model =
             Model::load(&config.model, LoadOptions { dtype, ..LoadOptions::default() }).map_err(|e| e.to_string())?;

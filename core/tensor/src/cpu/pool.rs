@@ -20,10 +20,14 @@ type Job = dyn Fn(usize, usize) + Sync;
 struct Shared {
     threads: usize,
     /// The job of the current epoch; written only by the thread in `run`
-    /// while every worker is idle.
+    /// while no participant is running one.
     job: UnsafeCell<Option<*const Job>>,
     epoch: AtomicUsize,
-    remaining: AtomicUsize,
+    /// The next of the job's `threads` slots to hand out; `threads` or more
+    /// when every slot is taken (the job is closed to late arrivals).
+    next_slot: AtomicUsize,
+    /// Slots finished.
+    done: AtomicUsize,
     panicked: AtomicBool,
     sleepers: AtomicUsize,
     lock: Mutex<()>,
@@ -32,10 +36,11 @@ struct Shared {
     run_lock: Mutex<()>,
 }
 
-// SAFETY: `job` is only written by the holder of `run_lock` before the epoch
-// is published (Release) and only read by workers after they observe the new
-// epoch (Acquire); the pointee is Sync and outlives the job because `run`
-// waits for every worker to finish before returning.
+// SAFETY: `job` is only written by the holder of `run_lock` before it opens
+// the slots (`next_slot` stored with Release), and only read by a participant
+// that claimed a slot (its RMW on `next_slot` acquires that store); the
+// pointee is Sync and outlives the job because `run` waits until every
+// claimed slot is done, and no slot can be claimed after that.
 unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw pointer is only dereferenced under that protocol.
 unsafe impl Send for Shared {}
@@ -53,7 +58,8 @@ impl SpinPool {
             threads,
             job: UnsafeCell::new(None),
             epoch: AtomicUsize::new(0),
-            remaining: AtomicUsize::new(0),
+            next_slot: AtomicUsize::new(threads),
+            done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
@@ -64,16 +70,19 @@ impl SpinPool {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("tailor-spin-{index}"))
-                .spawn(move || worker(shared, index))
+                .spawn(move || worker(shared))
                 .expect("spawning a kernel thread");
         }
         SpinPool { shared }
     }
 
-    /// The process-wide pool, sized like rayon's global pool.
+    /// The process-wide pool: as many participants as [`set_global_threads`]
+    /// asked for before its first use, else as rayon's global pool.
     pub fn global() -> &'static SpinPool {
-        static POOL: OnceLock<SpinPool> = OnceLock::new();
-        POOL.get_or_init(|| SpinPool::new(rayon::current_num_threads()))
+        POOL.get_or_init(|| match GLOBAL_THREADS.load(Ordering::Relaxed) {
+            0 => SpinPool::new(rayon::current_num_threads()),
+            n => SpinPool::new(n),
+        })
     }
 
     /// Participants, the caller included.
@@ -81,8 +90,11 @@ impl SpinPool {
         self.shared.threads
     }
 
-    /// Runs `job(thread_index, threads)` on every participant and returns
-    /// when all are done. Panics if the job panicked on any thread.
+    /// Runs `job(slot, threads)` once for every slot `0..threads` and
+    /// returns when all are done. Slots go to whichever participant claims
+    /// them first, the caller included: a worker that is descheduled (a busy
+    /// machine) leaves its slot to the others instead of stalling the job.
+    /// Panics if the job panicked in any slot.
     pub fn run(&self, job: &(dyn Fn(usize, usize) + Sync)) {
         let s = &*self.shared;
         if s.threads == 1 {
@@ -90,31 +102,75 @@ impl SpinPool {
             return;
         }
         let _serial = s.run_lock.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: we hold run_lock and the previous job finished (remaining
-        // reached 0 before the last `run` returned), so no worker reads `job`.
-        // The 'static lifetime is a lie told only for the duration of this
-        // call: we wait below until no worker can touch the pointer again.
+        // SAFETY: we hold run_lock and every slot of the previous job was
+        // claimed and finished before the last `run` returned, so nobody
+        // reads `job`. The 'static lifetime is a lie told only for the
+        // duration of this call: we wait below until every claimed slot is
+        // done, and no slot can be claimed after all are taken.
         unsafe {
             let ptr: *const Job = std::mem::transmute::<&(dyn Fn(usize, usize) + Sync), &'static Job>(job);
             *s.job.get() = Some(ptr);
         }
-        s.remaining.store(s.threads - 1, Ordering::Relaxed);
+        s.done.store(0, Ordering::Relaxed);
+        s.next_slot.store(0, Ordering::Release);
         s.epoch.fetch_add(1, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
-        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(0, s.threads)));
-        while s.remaining.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+        run_slots(s);
+        let mut spins = 0u32;
+        while s.done.load(Ordering::Acquire) != s.threads {
+            // Only slots a worker claimed are left; if it lost its core,
+            // offer ours rather than spin through its time slice.
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(YIELD_EVERY / 4) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
-        if mine.is_err() || s.panicked.swap(false, Ordering::Relaxed) {
+        if s.panicked.swap(false, Ordering::Relaxed) {
             panic!("a kernel job panicked");
         }
     }
 }
 
-fn worker(shared: Arc<Shared>, index: usize) {
+/// Participants the global pool is to have (0: rayon's count).
+static GLOBAL_THREADS: AtomicUsize = AtomicUsize::new(0);
+static POOL: OnceLock<SpinPool> = OnceLock::new();
+
+/// Sizes the process's kernel threads (the spin pool and rayon's global
+/// pool) before their first use, e.g. from a host's CPU budget. Returns
+/// false when they already run with another size.
+pub fn set_global_threads(threads: usize) -> bool {
+    let threads = threads.max(1);
+    GLOBAL_THREADS.store(threads, Ordering::Relaxed);
+    let rayon_sized = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().is_ok()
+        || rayon::current_num_threads() == threads;
+    rayon_sized && SpinPool::global().threads() == threads
+}
+
+/// Claims and runs slots of the current job until none is left.
+fn run_slots(s: &Shared) {
+    loop {
+        let slot = s.next_slot.fetch_add(1, Ordering::AcqRel);
+        if slot >= s.threads {
+            return;
+        }
+        // SAFETY: a slot was claimed, so the job is live (see Shared's Sync).
+        let job = unsafe { (*s.job.get()).map(|p| &*p) };
+        if let Some(job) = job {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(slot, s.threads)));
+            if result.is_err() {
+                s.panicked.store(true, Ordering::Relaxed);
+            }
+        }
+        s.done.fetch_add(1, Ordering::Release);
+    }
+}
+
+fn worker(shared: Arc<Shared>) {
     let s = &*shared;
     // The epoch the pool was created with; a job may be published before
     // this thread first runs, so it must not read the current value.
@@ -141,16 +197,7 @@ fn worker(shared: Arc<Shared>, index: usize) {
             drop(guard);
         }
         seen = s.epoch.load(Ordering::Acquire);
-        // SAFETY: the epoch moved, so `run` published a job and is waiting
-        // for `remaining` to reach zero before the pointee can go away.
-        let job = unsafe { (*s.job.get()).map(|p| &*p) };
-        if let Some(job) = job {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(index, s.threads)));
-            if result.is_err() {
-                s.panicked.store(true, Ordering::Relaxed);
-            }
-        }
-        s.remaining.fetch_sub(1, Ordering::Release);
+        run_slots(s);
     }
 }
 
