@@ -624,3 +624,18 @@ fn an_oversubscribed_spin_pool_still_runs_every_slot_once() {
         assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "round {round}");
     }
 }
+
+#[test]
+fn work_run_with_niceness_returns_its_value_and_its_panic() {
+    let niceness = || {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        fields[16].parse::<i32>().unwrap() // field 19 of stat: nice
+    };
+    let before = niceness();
+    let inside = cpu::pool::run_with_niceness(before + 5, niceness);
+    assert_eq!(inside, (before + 5).min(19), "the work ran at the lower priority");
+    assert_eq!(niceness(), before, "the calling thread keeps its priority");
+    let panicked = std::panic::catch_unwind(|| cpu::pool::run_with_niceness(1, || panic!("inside")));
+    assert!(panicked.is_err());
+}

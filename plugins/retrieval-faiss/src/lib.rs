@@ -25,11 +25,16 @@ use tailor_model::Encoder;
 use tailor_plugin_abi::{export_plugin, Stage, StageKind};
 use tailor_rag::Collection;
 
+/// Niceness of this plugin's kernel threads: on a busy machine, embedding
+/// and indexing give the CPU to generation (chat keeps its pace while an
+/// ingest runs; alone, they run at full speed).
+const RETRIEVAL_NICENESS: i32 = 10;
+
 /// Sizes this plugin's kernel threads from the host's CPU budget
 /// (`[server] cpu_threads`), before the first kernel runs.
 fn use_host_cpu_budget() {
     if let Some(host) = tailor_plugin_abi::services::host() {
-        tailor_tensor::cpu::pool::set_global_threads(host.cpu_threads() as usize);
+        tailor_tensor::cpu::pool::set_global_threads(host.cpu_threads() as usize, RETRIEVAL_NICENESS);
     }
 }
 
@@ -223,38 +228,9 @@ impl Stage for Index {
                     .map_err(|e| e.to_string())?;
                 serde_json::json!({"created": request.index})
             }
-            "add" => with_index(&self.root, &request.index, |c| {
-                if request.paths.is_empty() && request.texts.is_empty() {
-                    return Err("`add` needs `paths` or `texts`".to_string());
-                }
-                let mut report = match request.paths.is_empty() {
-                    true => tailor_rag::AddReport::default(),
-                    false => {
-                        // Progress goes to the host (on /metrics); a caller that
-                        // went away stops the ingest after the batch in hand.
-                        let host = tailor_plugin_abi::services::host();
-                        let task = format!("index {}: files", request.index);
-                        let mut progress = |done: usize, total: usize| match host {
-                            Some(host) => {
-                                host.progress(&task, done as u64, total as u64);
-                                !host.is_cancelled(id)
-                            }
-                            None => true,
-                        };
-                        c.add_paths(&request.paths, &self.files, &mut progress).map_err(|e| e.to_string())?
-                    }
-                };
-                let inline = request
-                    .texts
-                    .into_iter()
-                    .map(|d| tailor_rag::chunk::Extracted { id: d.id, text: d.text, metadata: d.metadata })
-                    .collect();
-                let from_texts = c.add_documents(inline).map_err(|e| e.to_string())?;
-                report.added += from_texts.added;
-                report.unchanged += from_texts.unchanged;
-                report.chunks += from_texts.chunks;
-                Ok(serde_json::json!({"report": report, "documents": c.counts().0, "chunks": c.counts().1}))
-            })?,
+            // Ingest is background work: it runs on a thread of its own at
+            // the plugin's niceness, so chat keeps the CPU on a busy machine.
+            "add" => tailor_tensor::cpu::pool::run_with_niceness(RETRIEVAL_NICENESS, || self.add(id, request))?,
             "delete" => with_index(&self.root, &request.index, |c| {
                 let deleted = c.delete(&request.documents).map_err(|e| e.to_string())?;
                 Ok(serde_json::json!({"deleted": deleted, "documents": c.counts().0, "chunks": c.counts().1}))
@@ -266,6 +242,44 @@ impl Stage for Index {
         };
         emit(&report.to_string());
         Ok(())
+    }
+}
+
+impl Index {
+    /// The `add` op: paths (under the document roots) and inline texts.
+    fn add(&self, id: u64, request: IndexRequest) -> Result<serde_json::Value, String> {
+        with_index(&self.root, &request.index, |c| {
+            if request.paths.is_empty() && request.texts.is_empty() {
+                return Err("`add` needs `paths` or `texts`".to_string());
+            }
+            let mut report = match request.paths.is_empty() {
+                true => tailor_rag::AddReport::default(),
+                false => {
+                    // Progress goes to the host (on /metrics); a caller that
+                    // went away stops the ingest after the batch in hand.
+                    let host = tailor_plugin_abi::services::host();
+                    let task = format!("index {}: files", request.index);
+                    let mut progress = |done: usize, total: usize| match host {
+                        Some(host) => {
+                            host.progress(&task, done as u64, total as u64);
+                            !host.is_cancelled(id)
+                        }
+                        None => true,
+                    };
+                    c.add_paths(&request.paths, &self.files, &mut progress).map_err(|e| e.to_string())?
+                }
+            };
+            let inline = request
+                .texts
+                .into_iter()
+                .map(|d| tailor_rag::chunk::Extracted { id: d.id, text: d.text, metadata: d.metadata })
+                .collect();
+            let from_texts = c.add_documents(inline).map_err(|e| e.to_string())?;
+            report.added += from_texts.added;
+            report.unchanged += from_texts.unchanged;
+            report.chunks += from_texts.chunks;
+            Ok(serde_json::json!({"report": report, "documents": c.counts().0, "chunks": c.counts().1}))
+        })
     }
 }
 

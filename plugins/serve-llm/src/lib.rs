@@ -52,7 +52,7 @@ struct Request {
 /// (`[server] cpu_threads`), before the first kernel runs.
 fn use_host_cpu_budget() {
     if let Some(host) = tailor_plugin_abi::services::host() {
-        tailor_tensor::cpu::pool::set_global_threads(host.cpu_threads() as usize);
+        tailor_tensor::cpu::pool::set_global_threads(host.cpu_threads() as usize, 0);
     }
 }
 

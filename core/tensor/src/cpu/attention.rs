@@ -325,26 +325,13 @@ impl Head {
         scores.clear();
         for p in 0..visible {
             let key: &[f32; W] = keys[p * stride + offset..p * stride + offset + W].try_into().expect("head width");
-            let mut acc = [0f32; 32];
-            for c in 0..W / 32 {
-                for i in 0..32 {
-                    acc[i] += query[c * 32 + i] * key[c * 32 + i];
-                }
-            }
-            for half in [16, 8, 4, 2, 1] {
-                for i in 0..half {
-                    acc[i] += acc[i + half];
-                }
-            }
-            scores.push(acc[0] * self.scale);
+            scores.push(dot_fixed(query, key) * self.scale);
         }
         softmax_in_place(scores);
         let mut out = [0f32; W];
         for (p, &w) in scores.iter().enumerate() {
             let value: &[f32; W] = values[p * stride + offset..p * stride + offset + W].try_into().expect("head width");
-            for i in 0..W {
-                out[i] += w * value[i];
-            }
+            add_scaled(&mut out, w, value);
         }
         dst[..W].copy_from_slice(&out);
     }
@@ -420,18 +407,7 @@ impl Head {
             let key: &[f32; W] = keys[p * stride + offset..p * stride + offset + W].try_into().expect("head width");
             for (m, s) in members.iter().zip(scores.iter_mut()).filter(|(m, _)| p < m.visible) {
                 let query: &[f32; W] = q[m.index * W..(m.index + 1) * W].try_into().expect("head width");
-                let mut acc = [0f32; 32];
-                for c in 0..W / 32 {
-                    for i in 0..32 {
-                        acc[i] += query[c * 32 + i] * key[c * 32 + i];
-                    }
-                }
-                for half in [16, 8, 4, 2, 1] {
-                    for i in 0..half {
-                        acc[i] += acc[i + half];
-                    }
-                }
-                s.push(acc[0] * self.scale);
+                s.push(dot_fixed(query, key) * self.scale);
             }
         }
         for s in scores.iter_mut().take(members.len()) {
@@ -441,10 +417,8 @@ impl Head {
             let value: &[f32; W] = values[p * stride + offset..p * stride + offset + W].try_into().expect("head width");
             for ((m, s), sum) in members.iter().zip(scores.iter()).zip(sums.chunks_exact_mut(W)) {
                 if p < m.visible {
-                    let w = s[p];
-                    for i in 0..W {
-                        sum[i] += w * value[i];
-                    }
+                    let sum: &mut [f32; W] = sum.try_into().expect("head width");
+                    add_scaled(sum, s[p], value);
                 }
             }
         }
@@ -471,6 +445,33 @@ impl Head {
                 dst[i] += w * value[i];
             }
         }
+    }
+}
+
+/// A query·key product of a `W`-wide head: 32-lane partial sums, then a
+/// fixed tree. Every attention path computes scores with this one body, so
+/// their results agree bit for bit.
+#[inline(always)]
+fn dot_fixed<const W: usize>(query: &[f32; W], key: &[f32; W]) -> f32 {
+    let mut acc = [0f32; 32];
+    for c in 0..W / 32 {
+        for i in 0..32 {
+            acc[i] += query[c * 32 + i] * key[c * 32 + i];
+        }
+    }
+    for half in [16, 8, 4, 2, 1] {
+        for i in 0..half {
+            acc[i] += acc[i + half];
+        }
+    }
+    acc[0]
+}
+
+/// `sum += w · value`, element by element (the weighted sum of values).
+#[inline(always)]
+fn add_scaled<const W: usize>(sum: &mut [f32; W], w: f32, value: &[f32; W]) {
+    for i in 0..W {
+        sum[i] += w * value[i];
     }
 }
 

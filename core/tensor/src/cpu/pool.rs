@@ -7,7 +7,7 @@
 //! pool works the same way). Long compute-bound jobs (gemm) stay on rayon.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// Spins before a worker parks (a few tens of microseconds).
@@ -70,7 +70,10 @@ impl SpinPool {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("tailor-spin-{index}"))
-                .spawn(move || worker(shared))
+                .spawn(move || {
+                    set_thread_niceness(GLOBAL_NICENESS.load(Ordering::Relaxed));
+                    worker(shared)
+                })
                 .expect("spawning a kernel thread");
         }
         SpinPool { shared }
@@ -138,17 +141,54 @@ impl SpinPool {
 
 /// Participants the global pool is to have (0: rayon's count).
 static GLOBAL_THREADS: AtomicUsize = AtomicUsize::new(0);
+/// Niceness the global pool's and rayon's threads take when they start.
+static GLOBAL_NICENESS: AtomicI32 = AtomicI32::new(0);
 static POOL: OnceLock<SpinPool> = OnceLock::new();
 
 /// Sizes the process's kernel threads (the spin pool and rayon's global
-/// pool) before their first use, e.g. from a host's CPU budget. Returns
-/// false when they already run with another size.
-pub fn set_global_threads(threads: usize) -> bool {
+/// pool) before their first use, e.g. from a host's CPU budget, and gives
+/// them a scheduling `niceness` (0: as the process; higher: they yield the
+/// CPU to other work when the machine is busy, e.g. background indexing
+/// next to generation). Returns false when they already run with another size.
+pub fn set_global_threads(threads: usize, niceness: i32) -> bool {
     let threads = threads.max(1);
     GLOBAL_THREADS.store(threads, Ordering::Relaxed);
-    let rayon_sized = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().is_ok()
+    GLOBAL_NICENESS.store(niceness, Ordering::Relaxed);
+    let rayon_sized = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .start_handler(|_| set_thread_niceness(GLOBAL_NICENESS.load(Ordering::Relaxed)))
+        .build_global()
+        .is_ok()
         || rayon::current_num_threads() == threads;
     rayon_sized && SpinPool::global().threads() == threads
+}
+
+/// Runs `work` on a new thread with `niceness` (and waits for it), so that
+/// background work started from a shared thread (a daemon's request
+/// thread) yields the CPU without leaving that thread lowered for good.
+/// A panic in `work` is resumed on the caller.
+pub fn run_with_niceness<T: Send>(niceness: i32, work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| {
+            set_thread_niceness(niceness);
+            work()
+        });
+        match handle.join() {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Sets the calling thread's niceness (Linux: `setpriority` on thread 0
+/// names the calling thread only). Unprivileged threads can only raise it,
+/// so it is only ever raised, on threads the pools own.
+fn set_thread_niceness(niceness: i32) {
+    if niceness > 0 {
+        // SAFETY: a plain system call with no pointers; failure only leaves
+        // the thread at its current priority.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, niceness) };
+    }
 }
 
 /// Claims and runs slots of the current job until none is left.
