@@ -44,6 +44,8 @@ pub struct Access {
     pub token: Option<String>,
     /// Host names accepted on TCP.
     pub hosts: AllowedHosts,
+    /// Web origins allowed to read answers (CORS); none by default.
+    pub cors_origins: Vec<String>,
 }
 
 impl AppState {
@@ -68,6 +70,11 @@ impl AppState {
     /// Host names TCP requests may carry.
     pub fn hosts(&self) -> &AllowedHosts {
         &self.0.access.hosts
+    }
+
+    /// Web origins allowed to read answers.
+    pub fn cors_origins(&self) -> &[String] {
+        &self.0.access.cors_origins
     }
 
     /// The counters on /metrics.

@@ -8,6 +8,7 @@
 //!                                # non-loopback address needs allow_remote = true
 //! token = "secret"               # bearer token on every route but /health
 //! allowed_hosts = ["tailor.lan"] # Host names TCP requests may carry besides loopback ones
+//! cors_origins = ["https://app.example"]   # web pages that may read answers (none by default)
 //! plugin_dirs = ["/usr/lib/tailor/plugins"]
 //! max_body_bytes = 1048576
 //! answer_cache_entries = 1024     # exact-match cache of deterministic answers (0: off)
@@ -58,6 +59,10 @@ pub struct Server {
     /// addresses (a DNS-rebinding page sends its own name and is refused).
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Web origins (`https://app.example`) whose pages may read answers
+    /// (CORS, TCP only); none by default.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
     /// Unix socket to serve the same API on (created with mode 0660).
     pub unix_socket: Option<PathBuf>,
     /// Bearer token required on every route but /health.

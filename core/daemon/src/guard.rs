@@ -2,7 +2,8 @@
 //! the bearer token, a Host header naming this machine (TCP only: a page
 //! that rebinds its DNS name to 127.0.0.1 still sends its own name),
 //! `application/json` on every body (a cross-site "simple request" can
-//! only send form or text types), and no new work while the daemon drains.
+//! only send form or text types), and no new work while the daemon drains;
+//! CORS headers only for configured origins.
 //! Middleware runs before extractors, so a wrong token costs no body read.
 
 use crate::api::{ApiError, AppState};
@@ -57,6 +58,37 @@ pub async fn check_host(State(state): State<AppState>, request: Request, next: N
         None => ApiError::bad_request("the request has no Host header"),
     };
     refuse(&state, refusal)
+}
+
+/// Cross-origin access for the configured origins only (`cors_origins`;
+/// none by default, so browsers keep other sites from reading answers):
+/// preflights from a listed origin get 204 with the allowed methods and
+/// headers, and its requests get `Access-Control-Allow-Origin`. Runs before
+/// the token check, since preflights carry no credentials.
+pub async fn cors(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let origin = request.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let allowed = origin.filter(|o| state.cors_origins().iter().any(|a| a.eq_ignore_ascii_case(o)));
+    let Some(origin) = allowed else { return next.run(request).await };
+    let allow_origin = match header::HeaderValue::from_str(&origin) {
+        Ok(value) => value,
+        Err(_) => return next.run(request).await,
+    };
+    let mut response = if request.method() == Method::OPTIONS {
+        let mut preflight = StatusCode::NO_CONTENT.into_response();
+        let headers = preflight.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, header::HeaderValue::from_static("GET, POST, DELETE"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::HeaderValue::from_static("authorization, content-type"),
+        );
+        headers.insert(header::ACCESS_CONTROL_MAX_AGE, header::HeaderValue::from_static("600"));
+        preflight
+    } else {
+        next.run(request).await
+    };
+    response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
+    response.headers_mut().insert(header::VARY, header::HeaderValue::from_static("origin"));
+    response
 }
 
 /// Counts a refusal on /metrics and answers it.

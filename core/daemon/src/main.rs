@@ -63,6 +63,7 @@ fn run(args: Args) -> Result<()> {
     let access = api::Access {
         token: config.server.token.clone(),
         hosts: guard::AllowedHosts::new(&config.server.allowed_hosts),
+        cors_origins: config.server.cors_origins.clone(),
     };
     let state = api::AppState::new(registry, services, access, cache);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -86,7 +87,10 @@ async fn serve(config: &config::Config, addr: Option<SocketAddr>, state: api::Ap
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr()?;
         // DNS rebinding reaches TCP only: the Host check guards that listener.
-        let tcp_app = app.clone().layer(axum::middleware::from_fn_with_state(state.clone(), guard::check_host));
+        let tcp_app = app
+            .clone()
+            .layer(axum::middleware::from_fn_with_state(state.clone(), guard::cors))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), guard::check_host));
         servers.push(tokio::spawn(serve_until(
             conn::Bounded::new(listener, limits, slots.clone()),
             tcp_app,

@@ -92,7 +92,9 @@ fn tcp_needs_a_token_a_local_host_name_and_json_and_the_token_comes_first() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("allow_unauthenticated_tcp"), "{err}");
 
-    let d = start("sec-tcp-daemon", "http = \"127.0.0.1:0\"\ntoken = \"s3cret\"\nallowed_hosts = [\"tailor.lan\"]");
+    let server = "http = \"127.0.0.1:0\"\ntoken = \"s3cret\"\nallowed_hosts = [\"tailor.lan\"]\n\
+                  cors_origins = [\"https://app.example\"]";
+    let d = start("sec-tcp-daemon", server);
     let completion = r#"{"model":"smollm2","prompt":"The capital of France is","max_tokens":2}"#;
     let auth = "Authorization: Bearer s3cret";
     let post = |headers: &[&str]| {
@@ -121,6 +123,20 @@ fn tcp_needs_a_token_a_local_host_name_and_json_and_the_token_comes_first() {
         curl_args(&d, "/v1/completions", &["-H", auth, "-H", "Content-Type: application/json"], Some(&huge)).0,
         413
     );
+    // CORS: only the configured origin gets a preflight and may read answers.
+    let headers_of = |args: &[&str]| {
+        let out = Command::new("curl").args(["-sS", "-o", "/dev/null", "-D", "-"]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_lowercase()
+    };
+    let models = format!("{}/v1/models", d.base);
+    let preflight = ["-X", "OPTIONS", "-H", "Access-Control-Request-Method: POST", models.as_str()];
+    let listed = headers_of(&[&["-H", "Origin: https://app.example"], &preflight[..]].concat());
+    assert!(listed.starts_with("http/1.1 204"), "{listed}");
+    assert!(listed.contains("access-control-allow-origin: https://app.example"), "{listed}");
+    let other = headers_of(&[&["-H", "Origin: https://evil.example"], &preflight[..]].concat());
+    assert!(!other.contains("access-control-allow-origin"), "{other}");
+    let read = headers_of(&["-H", "Origin: https://app.example", "-H", auth, models.as_str()]);
+    assert!(read.starts_with("http/1.1 200") && read.contains("access-control-allow-origin"), "{read}");
     let rejected = metric(&d, Some("s3cret"), "tailor_requests_rejected_total{reason=\"guard\"}");
     assert!(rejected.unwrap_or(0.0) >= 4.0, "refusals are counted: {rejected:?}");
 }
