@@ -12,6 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Tests that time something (gaps, exits, timeouts) hold this, so that
+/// they do not share the two cores with each other.
+fn timing() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn mkfifo(path: &Path) {
     let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
     assert!(status.success());
@@ -177,6 +184,7 @@ fn running(d: &Daemon, stage: &str) -> f64 {
 
 #[test]
 fn a_full_stage_answers_429_and_an_abandoned_request_stops() {
+    let _serial = timing();
     let model = cache().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let extra = ONE_AT_A_TIME.replace("MODEL", &model.display().to_string());
     let d = start_with("sec-queue", OPEN_TCP, &extra);
@@ -219,6 +227,7 @@ fn a_full_stage_answers_429_and_an_abandoned_request_stops() {
 
 #[test]
 fn sigterm_with_streams_in_flight_exits_within_the_grace() {
+    let _serial = timing();
     let dir = scratch("sec-term");
     let socket = dir.join("tailord.sock");
     let server = format!("{OPEN_TCP}\nunix_socket = {:?}\nshutdown_grace_secs = 1", socket.display().to_string());
@@ -271,6 +280,7 @@ fn a_file_at_the_socket_path_is_never_replaced() {
 
 #[test]
 fn idle_connections_are_closed_and_do_not_starve_the_api() {
+    let _serial = timing();
     use std::io::Read;
     let d = start("sec-conns", &format!("{OPEN_TCP}\nmax_connections = 16\nfirst_byte_timeout_secs = 1"));
     let address = d.base.strip_prefix("http://").unwrap().to_string();
@@ -290,6 +300,7 @@ fn idle_connections_are_closed_and_do_not_starve_the_api() {
 
 #[test]
 fn a_long_prompt_does_not_freeze_a_running_stream() {
+    let _serial = timing();
     use std::io::BufRead;
     let d = start("sec-chunked", OPEN_TCP);
     let mut stream = Command::new("curl")
