@@ -343,13 +343,6 @@ pub struct LayeredPrefill {
     next_layer: usize,
 }
 
-impl LayeredPrefill {
-    /// Tokens being prefilled.
-    pub fn tokens(&self) -> usize {
-        self.scratch.tokens
-    }
-}
-
 /// Buffers [`Llama::forward_decode`] reuses from step to step (a scheduler
 /// keeps one), so steady-state decoding neither allocates nor zero-fills.
 #[derive(Default)]

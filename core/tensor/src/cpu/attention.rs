@@ -210,7 +210,7 @@ fn attention(
             // each tile to the one thread that claimed it; `out` is exclusively
             // borrowed until the pool job returns, and every item lies inside
             // it (index < items = out.len() / head_dim).
-            unsafe { head.attend_tile(q, keys, values, &mut tile, &out_ptr, head_dim) };
+            unsafe { head.attend_tile(TileInput { q, keys, values }, &mut tile, &out_ptr, head_dim) };
         }
     };
     SpinPool::global().run(&job);
@@ -221,6 +221,14 @@ fn attention(
 struct Member {
     index: usize,
     visible: usize,
+}
+
+/// What every tile of one attention call reads.
+#[derive(Clone, Copy)]
+struct TileInput<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
 }
 
 /// A thread's reusable buffers for tiles.
@@ -344,60 +352,45 @@ impl Head {
     /// # Safety
     /// Each member's `index * width .. + width` must lie inside the buffer
     /// behind `out` and be written by no other thread meanwhile.
-    unsafe fn attend_tile(&self, q: &[f32], keys: &[f32], values: &[f32], tile: &mut Tile, out: &OutPtr, width: usize) {
-        let Tile { members, scores, sums } = tile;
-        if scores.len() < members.len() {
-            scores.resize_with(members.len(), Vec::new);
+    unsafe fn attend_tile(&self, input: TileInput<'_>, tile: &mut Tile, out: &OutPtr, width: usize) {
+        if tile.scores.len() < tile.members.len() {
+            tile.scores.resize_with(tile.members.len(), Vec::new);
         }
-        sums.clear();
-        sums.resize(members.len() * width, 0.0);
+        tile.sums.clear();
+        tile.sums.resize(tile.members.len() * width, 0.0);
         #[cfg(target_arch = "x86_64")]
         {
             if super::has_avx2_fma() && matches!(width, 64 | 128) {
                 // SAFETY: the features this function is compiled for were just
                 // detected; it only reads and writes the given slices.
-                unsafe { self.tile_avx2(q, keys, values, members, scores, sums, width) };
-                return write_tile(members, sums, out, width);
+                unsafe { self.tile_avx2(input, tile, width) };
+                return write_tile(&tile.members, &tile.sums, out, width);
             }
         }
+        let Tile { members, scores, sums } = tile;
         for (m, dst) in members.iter().zip(sums.chunks_exact_mut(width)) {
-            let query = &q[m.index * width..(m.index + 1) * width];
-            self.attend(HeadInput { query, keys, values, visible: m.visible }, &mut scores[0], dst);
+            let query = &input.q[m.index * width..(m.index + 1) * width];
+            let head = HeadInput { query, keys: input.keys, values: input.values, visible: m.visible };
+            self.attend(head, &mut scores[0], dst);
         }
         write_tile(members, sums, out, width);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_avx2(
-        &self,
-        q: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        members: &[Member],
-        scores: &mut [Vec<f32>],
-        sums: &mut [f32],
-        width: usize,
-    ) {
+    unsafe fn tile_avx2(&self, input: TileInput<'_>, tile: &mut Tile, width: usize) {
         match width {
-            64 => self.tile_fixed::<64>(q, keys, values, members, scores, sums),
-            _ => self.tile_fixed::<128>(q, keys, values, members, scores, sums),
+            64 => self.tile_fixed::<64>(input, tile),
+            _ => self.tile_fixed::<128>(input, tile),
         }
     }
 
     /// [`Head::attend_fixed`] for a tile: the same sums in the same order
     /// per query, keys and values walked once.
     #[inline(always)]
-    fn tile_fixed<const W: usize>(
-        &self,
-        q: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        members: &[Member],
-        scores: &mut [Vec<f32>],
-        sums: &mut [f32],
-    ) {
+    fn tile_fixed<const W: usize>(&self, input: TileInput<'_>, tile: &mut Tile) {
+        let TileInput { q, keys, values } = input;
+        let Tile { members, scores, sums } = tile;
         let (stride, offset) = (self.kv_stride, self.kv_offset);
         let longest = members.iter().map(|m| m.visible).max().unwrap_or(0);
         for s in scores.iter_mut() {
