@@ -37,7 +37,7 @@ extern "C" {
 #ifndef TAILOR_PLUGIN_ABI_MAJOR
 #define TAILOR_PLUGIN_ABI_MAJOR 1
 #endif
-#define TAILOR_PLUGIN_ABI_MINOR 1
+#define TAILOR_PLUGIN_ABI_MINOR 2
 #define TAILOR_PLUGIN_ENTRY_SYMBOL "tailor_plugin_entry"
 
 typedef enum tailor_plugin_status {
@@ -45,7 +45,10 @@ typedef enum tailor_plugin_status {
   TAILOR_PLUGIN_ERR_INVALID = 1,   /* bad request or config */
   TAILOR_PLUGIN_ERR_INTERNAL = 2,  /* the stage failed (a Rust panic lands here) */
   TAILOR_PLUGIN_ERR_CANCELLED = 3, /* the host cancelled the request */
-  TAILOR_PLUGIN_ERR_UNAVAILABLE = 4
+  TAILOR_PLUGIN_ERR_UNAVAILABLE = 4,
+  /* ABI 1.2: */
+  TAILOR_PLUGIN_ERR_NOT_FOUND = 5, /* the request names something the stage does not have (an adapter) */
+  TAILOR_PLUGIN_ERR_CONFLICT = 6   /* the request conflicts with the stage's state (a name already taken) */
 } tailor_plugin_status;
 
 typedef struct tailor_str {

@@ -1,6 +1,7 @@
 //! `tailor`: the command line. Offline jobs run in-process: fetching and
 //! converting models, generating, chatting and benchmarking.
 
+mod adapter;
 mod bench;
 mod fetch;
 mod rag;
@@ -50,6 +51,11 @@ enum Command {
     Search(rag::SearchArgs),
     /// Answer a question from an index, with sources.
     Ask(rag::AskArgs),
+    /// Inspect or merge PEFT LoRA adapters.
+    Adapter {
+        #[command(subcommand)]
+        command: adapter::AdapterCommand,
+    },
     /// Health, stages and metrics of a running tailord.
     Status(status::StatusArgs),
     /// Evaluate components on public benchmarks.
@@ -117,5 +123,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Index { command } => rag::index_cmd(&command),
         Command::Search(args) => rag::search_cmd(&args),
         Command::Ask(args) => rag::ask_cmd(&args),
+        Command::Adapter { command } => adapter::adapter_cmd(&command),
     }
 }

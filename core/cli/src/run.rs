@@ -6,7 +6,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufRead, Write};
 use std::path::Path;
-use tailor_model::{generate, GenerateParams, LoadOptions, Message, Model, SamplingParams, TokenEvent};
+use tailor_model::{
+    generate, ActiveAdapter, Adapter, AdapterLimits, GenerateParams, LoadOptions, Message, Model, SamplingParams,
+    TokenEvent,
+};
 use tailor_tensor::DType;
 
 #[derive(Args)]
@@ -31,9 +34,38 @@ pub struct SamplingArgs {
     seed: u64,
 }
 
+/// A LoRA adapter to run with (PEFT folder).
+#[derive(Args)]
+pub struct AdapterArgs {
+    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
+    /// Multiplier on the adapter's delta (1: as trained).
+    #[arg(long, default_value_t = 1.0, requires = "adapter")]
+    adapter_scale: f32,
+}
+
+impl AdapterArgs {
+    /// Loads the adapter for `model`, if one was named.
+    pub fn load(&self, model: &Model) -> Result<Option<ActiveAdapter>> {
+        let Some(dir) = &self.adapter else { return Ok(None) };
+        let adapter = Adapter::load(dir, &model.llama, AdapterLimits::default())
+            .with_context(|| format!("loading adapter {}", dir.display()))?;
+        eprintln!(
+            "adapter {}: rank {}, {} on {} modules, {:.1} M parameters",
+            dir.display(),
+            adapter.max_rank(),
+            adapter.target_names().join(","),
+            adapter.modules().len(),
+            adapter.parameter_count() as f64 / 1e6
+        );
+        Ok(Some(ActiveAdapter::new(std::sync::Arc::new(adapter), self.adapter_scale)?))
+    }
+}
+
 impl SamplingArgs {
     /// The generation parameters these flags name.
-    pub fn params(&self, logprobs: usize) -> GenerateParams {
+    pub fn params(&self, logprobs: usize, adapter: Option<ActiveAdapter>) -> GenerateParams {
         GenerateParams {
             max_tokens: self.max_tokens,
             sampling: SamplingParams {
@@ -45,6 +77,7 @@ impl SamplingArgs {
             },
             stop_tokens: Vec::new(),
             logprobs,
+            adapter,
         }
     }
 }
@@ -67,6 +100,8 @@ pub struct GenerateArgs {
     logprobs: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    adapter: AdapterArgs,
 }
 
 #[derive(Args)]
@@ -78,6 +113,8 @@ pub struct ChatArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    adapter: AdapterArgs,
 }
 
 /// Loads a model with a progress bar on stderr.
@@ -126,7 +163,7 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
     } else {
         model.encode(&args.prompt)?
     };
-    let params = args.sampling.params(args.logprobs);
+    let params = args.sampling.params(args.logprobs, args.adapter.load(&model)?);
     let stdout = std::io::stdout();
     let json_lines = args.logprobs > 0;
     let mut on_token = |event: &TokenEvent| {
@@ -166,7 +203,7 @@ pub fn chat_cmd(args: &ChatArgs) -> Result<()> {
     if let Some(system) = &args.system {
         messages.push(Message::new("system", system));
     }
-    let params = args.sampling.params(0);
+    let params = args.sampling.params(0, args.adapter.load(&model)?);
     let stdin = std::io::stdin();
     eprintln!("chatting with {} (empty line or Ctrl-D to quit)", model.source.display());
     loop {

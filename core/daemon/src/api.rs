@@ -97,6 +97,11 @@ impl AppState {
         &self.0.services
     }
 
+    /// The answer cache.
+    pub fn answer_cache(&self) -> &AnswerCache {
+        &self.0.cache
+    }
+
     /// A fresh id for a stage call.
     pub fn next_request_id(&self) -> u64 {
         self.0.next_id.fetch_add(1, Ordering::Relaxed)
@@ -115,6 +120,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/tailor/stages/{name}", post(call_stage))
         .merge(crate::index_api::routes())
+        .merge(crate::adapter_api::routes())
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::guard::check_request))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
@@ -192,6 +198,11 @@ async fn engine_metrics(state: &AppState) -> String {
             "Prompt tokens reused from cached prefixes.",
             "prefix_tokens",
         ),
+        ("tailor_adapters_loaded", "gauge", "LoRA adapters in memory.", "adapters_loaded"),
+        ("tailor_adapter_bytes", "gauge", "Bytes of LoRA adapter weights in memory.", "adapter_bytes"),
+        ("tailor_adapter_hits_total", "counter", "Adapter lookups served from memory.", "adapter_hits"),
+        ("tailor_adapter_misses_total", "counter", "Adapter lookups that loaded from disk.", "adapter_misses"),
+        ("tailor_adapter_evictions_total", "counter", "Adapters dropped from memory to fit.", "adapter_evictions"),
     ];
     let mut reports = Vec::new();
     for stage in state.0.registry.all().iter().filter(|s| s.kind == Some(StageKind::Generate)) {
@@ -266,6 +277,8 @@ impl From<PluginError> for ApiError {
         let status = match &e {
             PluginError::Stage { status: ffi::ERR_INVALID, .. } => StatusCode::BAD_REQUEST,
             PluginError::Stage { status: ffi::ERR_UNAVAILABLE, .. } => StatusCode::SERVICE_UNAVAILABLE,
+            PluginError::Stage { status: ffi::ERR_NOT_FOUND, .. } => StatusCode::NOT_FOUND,
+            PluginError::Stage { status: ffi::ERR_CONFLICT, .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -367,7 +380,7 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let data: Vec<Value> = state
+    let mut data: Vec<Value> = state
         .0
         .registry
         .all()
@@ -377,7 +390,21 @@ async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
             json!({"id": s.name, "object": "model", "owned_by": "tailor", "tailor_stage": kind})
         })
         .collect();
+    for adapter in crate::adapter_api::adapters_of_all(&state).await? {
+        data.push(json!({"id": adapter["name"], "object": "model", "owned_by": "tailor", "parent": adapter["model"],
+            "tailor_stage": "adapter"}));
+    }
     Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// `request` with the adapter fields of [`generation_target`] added.
+fn with_target(mut request: Value, target: Value) -> Value {
+    if let Value::Object(fields) = target {
+        for (key, value) in fields {
+            request[key] = value;
+        }
+    }
+    request
 }
 
 /// Sampling fields passed through to the generate stage.
@@ -395,16 +422,58 @@ fn generation_request(body: &Value, input: (&str, Value)) -> Value {
     request
 }
 
+/// The generate stage and adapter a request's `model` names: a stage
+/// (`"smollm2"`), a stage and one of its adapters (`"smollm2:support"`), or
+/// an adapter alone (vLLM's convention: `"support"`, on the first generate
+/// stage); `"tailor": {"adapter", "adapter_scale"}` is the explicit form.
+/// The adapter and scale are written into the stage request.
+fn generation_target(state: &AppState, body: &Value, request: &mut Value) -> Result<Arc<Registered>, ApiError> {
+    let model =
+        body.get("model").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("`model` is required"))?;
+    let registry = &state.0.registry;
+    let unknown = || ApiError::new(StatusCode::NOT_FOUND, format!("unknown model {model:?}"));
+    let (stage, named) = match registry.find(model, StageKind::Generate) {
+        Some(stage) => (stage, None),
+        None => match model.split_once(':') {
+            Some((base, adapter)) => (registry.find(base, StageKind::Generate).ok_or_else(unknown)?, Some(adapter)),
+            None => {
+                let first = registry.all().iter().find(|s| s.kind == Some(StageKind::Generate)).cloned();
+                (first.ok_or_else(unknown)?, Some(model))
+            }
+        },
+    };
+    let options = body.get("tailor");
+    let explicit = options.and_then(|t| t.get("adapter"));
+    let adapter = match (named, explicit) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("name the adapter in `model` or in `tailor.adapter`, not both"))
+        }
+        (Some(name), None) => Some(json!(name)),
+        (None, Some(Value::String(name))) => Some(json!(name)),
+        (None, Some(_)) => return Err(ApiError::bad_request("`tailor.adapter` must be a string")),
+        (None, None) => None,
+    };
+    if let Some(adapter) = adapter {
+        request["adapter"] = adapter;
+    }
+    if let Some(scale) = options.and_then(|t| t.get("adapter_scale")) {
+        let scale = scale.as_f64().ok_or_else(|| ApiError::bad_request("`tailor.adapter_scale` must be a number"))?;
+        request["adapter_scale"] = json!(scale);
+    }
+    Ok(stage)
+}
+
 async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = parse_body(&body)?;
-    let stage = stage_for(&state, &body, StageKind::Generate)?;
+    let mut target = json!({});
+    let stage = generation_target(&state, &body, &mut target)?;
     let messages = body.get("messages").filter(|m| m.as_array().is_some_and(|a| !a.is_empty()));
     let messages = messages.ok_or_else(|| ApiError::bad_request("`messages` must be a non-empty array"))?;
     let (messages, sources) = match body.get("tailor").and_then(|t| t.get("index")) {
         Some(_) => retrieve_into(&state, &body, messages).await?,
         None => (messages.clone(), Value::Null),
     };
-    let request = generation_request(&body, ("messages", messages));
+    let request = with_target(generation_request(&body, ("messages", messages)), target);
     run_generation(state, stage, request, &body, Kind::Chat { sources }).await
 }
 
@@ -447,10 +516,11 @@ async fn retrieve_into(state: &AppState, body: &Value, messages: &Value) -> Resu
 
 async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = parse_body(&body)?;
-    let stage = stage_for(&state, &body, StageKind::Generate)?;
+    let mut target = json!({});
+    let stage = generation_target(&state, &body, &mut target)?;
     let prompt =
         body.get("prompt").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("`prompt` must be a string"))?;
-    let request = generation_request(&body, ("prompt", json!(prompt)));
+    let request = with_target(generation_request(&body, ("prompt", json!(prompt))), target);
     run_generation(state, stage, request, &body, Kind::Completion).await
 }
 

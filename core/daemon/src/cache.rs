@@ -100,6 +100,13 @@ impl AnswerCache {
         }
     }
 
+    /// Forgets every answer (an adapter was loaded or unloaded: a name
+    /// may now stand for other weights).
+    pub fn clear(&self) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        *entries = Entries::default();
+    }
+
     /// Bytes held now (for /metrics).
     pub fn bytes(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).bytes

@@ -31,7 +31,11 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The stage of `kind` named by the body's `"stage"`, else the first configured one.
-fn stage_of_kind(state: &AppState, body: &Value, kind: StageKind) -> Result<Arc<crate::stages::Registered>, ApiError> {
+pub(crate) fn stage_of_kind(
+    state: &AppState,
+    body: &Value,
+    kind: StageKind,
+) -> Result<Arc<crate::stages::Registered>, ApiError> {
     let found = match body.get("stage").and_then(Value::as_str) {
         Some(name) => state.registry().find(name, kind),
         None => state.registry().all().iter().find(|s| s.kind == Some(kind)).cloned(),
@@ -41,7 +45,7 @@ fn stage_of_kind(state: &AppState, body: &Value, kind: StageKind) -> Result<Arc<
 }
 
 /// Sends `request` to the stage and answers with its JSON output.
-async fn forward(
+pub(crate) async fn forward(
     state: &AppState,
     stage: Arc<crate::stages::Registered>,
     request: Value,
@@ -53,7 +57,7 @@ async fn forward(
 }
 
 /// The body parsed as a JSON object; an empty body is `{}`.
-fn body_or_empty(body: &Bytes) -> Result<Value, ApiError> {
+pub(crate) fn body_or_empty(body: &Bytes) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }

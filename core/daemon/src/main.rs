@@ -3,6 +3,7 @@
 //! serves them over an OpenAI-compatible HTTP API. It links no model code:
 //! models, encoders and indexes live in the plugins.
 
+mod adapter_api;
 mod api;
 mod cache;
 mod config;

@@ -160,22 +160,7 @@ fn unix_socket_metrics_sd_notify_and_sigterm() {
 
 #[test]
 fn rag_through_chat_returns_sources() {
-    let dir = scratch("rag");
-    let (data, corpus) = (dir.join("data"), dir.join("corpus"));
-    std::fs::create_dir_all(&corpus).unwrap();
-    std::fs::write(corpus.join("bluebird.txt"), "Project Bluebird: the launch code of project Bluebird is 7421.")
-        .unwrap();
-    std::fs::write(corpus.join("garden.txt"), "Tomatoes grow best in full sun with regular watering.").unwrap();
-    std::fs::write(corpus.join("trains.txt"), "The night train to Vienna leaves at 22:10 from platform 4.").unwrap();
-    let tailor = plugin_dir().join("tailor");
-    for args in [vec!["index", "create", "kb"], vec!["index", "add", "kb", corpus.to_str().unwrap()]] {
-        let out = Command::new(&tailor).args(&args).env("TAILOR_DATA", &data).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let extra = format!(
-        "[[stages]]\nname = \"kb-search\"\nplugin = \"libtailor_retrieval_faiss.so\"\nstage = \"search\"\nconfig = {{ root = {:?} }}\n",
-        data.join("indexes").display().to_string()
-    );
+    let extra = bluebird_index(&scratch("rag"));
     let d = start_with("rag-daemon", OPEN_TCP, &extra);
     let request = r#"{"model":"smollm2","max_tokens":32,"tailor":{"index":"kb","k":2},
         "messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the launch code of project Bluebird?"}]}"#;

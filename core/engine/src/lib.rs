@@ -11,7 +11,10 @@
 //! request before its prefill or at the next step. Prompts that share a prefix with a recent one (a system
 //! prompt, a RAG template) reuse its keys and values (`prefix`), exactly.
 
+pub mod adapters;
 mod prefix;
+
+pub use adapters::{AdapterError, AdapterInfo, AdapterRegistry, RegistryOptions};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -283,7 +286,8 @@ impl Scheduler {
             let _ = job.events.send(Event::Failed(e.to_string()));
             return Started::Ended;
         }
-        let reused = self.prefixes.borrow_mut().lookup(&job.prompt);
+        let adapter_key = job.params.adapter.as_ref().map(|a| a.cache_key());
+        let reused = self.prefixes.borrow_mut().lookup(&job.prompt, adapter_key);
         if let Some(cache) = &reused {
             self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
             self.stats.prefix_tokens.fetch_add(cache.len() as u64, Ordering::Relaxed);
@@ -322,7 +326,8 @@ impl Scheduler {
             None => {
                 let done = prefill.cache.len();
                 let len = (prefill.job.prompt.len() - done - Llama::EXACT_PREFILL_MIN).min(self.prefill_chunk);
-                llama.begin_prefill(&prefill.job.prompt[done..done + len], &prefill.cache, done > 0)?
+                let adapter = prefill.job.params.adapter.as_ref();
+                llama.begin_prefill(&prefill.job.prompt[done..done + len], &prefill.cache, done > 0, adapter)?
             }
         };
         if !llama.prefill_layers(&mut piece, &mut prefill.cache, 1)? {
@@ -356,7 +361,8 @@ impl Scheduler {
     fn admit(&self, job: Job, cache: tailor_model::KvCache) -> Option<Running> {
         let (mut sequence, mut logits) = match Sequence::start_from(&self.model, &job.prompt, &job.params, cache) {
             Ok(started) => {
-                self.prefixes.borrow_mut().insert(&job.prompt, started.0.cache());
+                let adapter_key = job.params.adapter.as_ref().map(|a| a.cache_key());
+                self.prefixes.borrow_mut().insert(&job.prompt, adapter_key, started.0.cache());
                 started
             }
             Err(e) => {
@@ -400,8 +406,9 @@ impl Scheduler {
             return;
         }
         let tokens: Vec<u32> = running.iter().map(|r| r.next).collect();
+        let adapters: Vec<_> = running.iter().map(|r| r.sequence.adapter().cloned()).collect();
         let mut caches: Vec<&mut tailor_model::KvCache> = running.iter_mut().map(|r| r.sequence.cache_mut()).collect();
-        let logits = match self.model.llama.forward_decode(&tokens, &mut caches, buffers) {
+        let logits = match self.model.llama.forward_decode_adapted(&tokens, &mut caches, &adapters, buffers) {
             Ok(logits) => logits,
             Err(e) => {
                 for r in running.drain(..) {

@@ -5,6 +5,7 @@
 use crate::config::LlamaConfig;
 use crate::error::{io_error, ModelError, Result};
 use crate::gguf::{GgufFile, MetaValue};
+use crate::names::{layer_parts, layer_prefix, Proj};
 use crate::tokenizer::gguf_tokenizer_json;
 use crate::weights::{GgufWeights, WeightSource};
 use std::borrow::Cow;
@@ -38,23 +39,13 @@ pub fn hf_tensor_names(config: &LlamaConfig, has_lm_head: bool) -> Vec<String> {
         names.push("lm_head.weight".to_string());
     }
     for layer in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{layer}");
-        for part in [
-            "input_layernorm",
-            "post_attention_layernorm",
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-        ] {
+        let p = layer_prefix(layer);
+        for (part, _) in layer_parts() {
             names.push(format!("{p}.{part}.weight"));
         }
         if config.attention_bias {
-            for proj in ["q_proj", "k_proj", "v_proj"] {
-                names.push(format!("{p}.self_attn.{proj}.bias"));
+            for proj in Proj::ALL.into_iter().filter(|p| p.may_have_bias()) {
+                names.push(format!("{}.bias", proj.module(layer)));
             }
         }
     }
@@ -68,21 +59,40 @@ pub fn gguf_to_hf(gguf: &Path, out_dir: &Path, progress: &dyn Fn(usize, usize)) 
     let weights = GgufWeights::new(&file, &config);
     std::fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
     let names = hf_tensor_names(&config, weights.contains("lm_head.weight"));
+    write_f32_weights(&weights, &names, out_dir, &|_, values| Ok(values), progress)?;
+    write_gguf_metadata(&file, &config, out_dir)
+}
+
+/// A change made to each tensor as it is written (name, values → values).
+pub(crate) type Transform<'a> = dyn Fn(&str, Vec<f32>) -> Result<Vec<f32>> + 'a;
+
+/// Writes `names` from `weights` as f32 into `out_dir/model.safetensors`,
+/// each through `transform`.
+pub(crate) fn write_f32_weights(
+    weights: &dyn WeightSource,
+    names: &[String],
+    out_dir: &Path,
+    transform: &Transform<'_>,
+    progress: &dyn Fn(usize, usize),
+) -> Result<()> {
     let mut views = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         let tensor = weights.get(name)?;
-        let values = tensor.to_f32()?;
+        let values = transform(name, tensor.to_f32()?.into_owned())?;
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         views.push((name.clone(), F32View { shape: tensor.shape().to_vec(), bytes }));
         progress(i + 1, names.len());
     }
     let weights_path = out_dir.join("model.safetensors");
     safetensors::serialize_to_file(views, None, &weights_path)
-        .map_err(|e| ModelError::Corrupt { path: weights_path.clone(), detail: format!("writing failed: {e}") })?;
+        .map_err(|e| ModelError::Corrupt { path: weights_path.clone(), detail: format!("writing failed: {e}") })
+}
+
+/// Writes the GGUF's config and tokenizer as Hugging Face files into `out_dir`.
+pub(crate) fn write_gguf_metadata(file: &GgufFile, config: &LlamaConfig, out_dir: &Path) -> Result<()> {
     write_json(&out_dir.join("config.json"), &config.to_hf_json())?;
-    write_json(&out_dir.join("tokenizer.json"), &gguf_tokenizer_json(&file)?)?;
-    write_json(&out_dir.join("tokenizer_config.json"), &tokenizer_config(&file, &config))?;
-    Ok(())
+    write_json(&out_dir.join("tokenizer.json"), &gguf_tokenizer_json(file)?)?;
+    write_json(&out_dir.join("tokenizer_config.json"), &tokenizer_config(file, config))
 }
 
 fn tokenizer_config(file: &GgufFile, config: &LlamaConfig) -> serde_json::Value {

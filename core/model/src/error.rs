@@ -104,6 +104,24 @@ pub enum ModelError {
         /// Vocabulary size.
         vocab: usize,
     },
+    /// An adapter's config is wrong, or asks for what tailor does not serve.
+    #[error("{path}: adapter: {detail}")]
+    Adapter {
+        /// The adapter file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A tensor of an adapter does not fit the base model.
+    #[error("{path}: adapter tensor {key:?}: {detail}")]
+    AdapterKey {
+        /// The adapter's weights file.
+        path: PathBuf,
+        /// The tensor's key in the file.
+        key: String,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// An error of the tensor core.
     #[error(transparent)]
     Tensor(#[from] tailor_tensor::TensorError),

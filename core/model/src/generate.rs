@@ -4,6 +4,7 @@
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::llama::{DecodeBuffers, Logits};
+use crate::lora::ActiveAdapter;
 use crate::model::Model;
 use crate::sampler::{top_logprobs, Sampler, SamplingParams};
 use std::time::Instant;
@@ -19,11 +20,19 @@ pub struct GenerateParams {
     pub stop_tokens: Vec<u32>,
     /// Report this many top log-probabilities per position (0: none).
     pub logprobs: usize,
+    /// The LoRA adapter to generate with (none: the base model).
+    pub adapter: Option<ActiveAdapter>,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams { max_tokens: 128, sampling: SamplingParams::default(), stop_tokens: Vec::new(), logprobs: 0 }
+        GenerateParams {
+            max_tokens: 128,
+            sampling: SamplingParams::default(),
+            stop_tokens: Vec::new(),
+            logprobs: 0,
+            adapter: None,
+        }
     }
 }
 
@@ -92,7 +101,9 @@ pub fn generate(
         let Some(next) = step.next else { break };
         // The batched decode path with a batch of one: the same arithmetic
         // as a request running in tailor-engine's batch.
-        let stepped = model.llama.forward_decode(&[next], &mut [sequence.cache_mut()], &mut buffers)?;
+        let adapter = [params.adapter.clone()];
+        let stepped =
+            model.llama.forward_decode_adapted(&[next], &mut [sequence.cache_mut()], &adapter, &mut buffers)?;
         logits.clear();
         logits.extend_from_slice(stepped);
     }
@@ -159,9 +170,10 @@ impl Sequence {
             )));
         }
         let started = Instant::now();
+        let adapter = params.adapter.as_ref();
         let logits = match cache.len() {
-            0 => model.llama.forward(prompt, &mut cache, Logits::Last)?,
-            reused => model.llama.extend(&prompt[reused..], &mut cache, Logits::Last)?,
+            0 => model.llama.forward_adapted(prompt, &mut cache, Logits::Last, adapter)?,
+            reused => model.llama.extend_adapted(&prompt[reused..], &mut cache, Logits::Last, adapter)?,
         };
         let out = Generation {
             tokens: Vec::new(),
@@ -227,6 +239,11 @@ impl Sequence {
     /// The sequence's KV cache (what the next decode step appends to).
     pub fn cache_mut(&mut self) -> &mut KvCache {
         &mut self.cache
+    }
+
+    /// The adapter it runs with.
+    pub fn adapter(&self) -> Option<&ActiveAdapter> {
+        self.params.adapter.as_ref()
     }
 
     /// Tokens generated so far.

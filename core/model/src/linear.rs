@@ -77,6 +77,11 @@ impl Linear {
         &self.weight
     }
 
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_deref()
+    }
+
     /// Storage dtype of the weight.
     pub fn dtype(&self) -> DType {
         self.weight.dtype()

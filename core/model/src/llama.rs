@@ -6,6 +6,8 @@ use crate::config::{rope_inv_freq, LlamaConfig};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::linear::Linear;
+use crate::lora::{add_deltas, ActiveAdapter, LoraScratch, RowAdapters};
+use crate::names::{layer_prefix, Proj};
 use crate::weights::WeightSource;
 use tailor_tensor::cpu::{
     add_in_place, causal_attention, decode_attention, rms_norm, silu_mul, LinearScratch, RopeTable,
@@ -91,6 +93,12 @@ impl Llama {
         KvCache::new(self.config.num_hidden_layers, self.config.kv_dim())
     }
 
+    /// The linear layer of `proj` in `layer` (panics past the last layer).
+    pub(crate) fn projection(&self, layer: usize, proj: Proj) -> &Linear {
+        let b = &self.blocks[layer];
+        [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down][proj.index()]
+    }
+
     /// Bytes of weights in memory (or mapped).
     pub fn weight_bytes(&self) -> usize {
         let block_bytes: usize = self
@@ -105,7 +113,18 @@ impl Llama {
     /// Runs `tokens` after what `cache` holds, appends their keys/values, and
     /// returns logits (`vocab` values per requested position).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
-        self.forward_with(tokens, cache, which, false)
+        self.forward_with(tokens, cache, which, false, None)
+    }
+
+    /// [`Llama::forward`] with an adapter on every projection it adapts.
+    pub fn forward_adapted(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+        adapter: Option<&ActiveAdapter>,
+    ) -> Result<Vec<f32>> {
+        self.forward_with(tokens, cache, which, false, adapter)
     }
 
     /// Shortest prompt whose prefill [`Llama::extend`] reproduces exactly.
@@ -119,6 +138,17 @@ impl Llama {
     /// gemm's rows do not depend on how many rows it multiplies, once there
     /// are that many: with very few it switches kernels).
     pub fn extend(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
+        self.extend_adapted(tokens, cache, which, None)
+    }
+
+    /// [`Llama::extend`] with an adapter (the one the prefix was computed with).
+    pub fn extend_adapted(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+        adapter: Option<&ActiveAdapter>,
+    ) -> Result<Vec<f32>> {
         if tokens.len() < Self::EXACT_PREFILL_MIN {
             return Err(ModelError::InvalidParameter(format!(
                 "extend needs at least {} tokens, got {}",
@@ -126,11 +156,18 @@ impl Llama {
                 tokens.len()
             )));
         }
-        self.forward_with(tokens, cache, which, true)
+        self.forward_with(tokens, cache, which, true, adapter)
     }
 
-    fn forward_with(&self, tokens: &[u32], cache: &mut KvCache, which: Logits, gemm: bool) -> Result<Vec<f32>> {
-        let mut prefill = self.begin_prefill(tokens, cache, gemm)?;
+    fn forward_with(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+        gemm: bool,
+        adapter: Option<&ActiveAdapter>,
+    ) -> Result<Vec<f32>> {
+        let mut prefill = self.begin_prefill(tokens, cache, gemm, adapter)?;
         self.prefill_layers(&mut prefill, cache, self.blocks.len())?;
         self.finish_prefill(prefill, cache, which)
     }
@@ -138,9 +175,16 @@ impl Llama {
     /// Starts a prefill of `tokens` after what `cache` holds, to be run a
     /// few layers at a time ([`Llama::prefill_layers`]) so that a scheduler
     /// can put other work between them; `exact_extend` takes the path of
-    /// [`Llama::extend`] (the same minimum length applies for exactness).
-    /// Until [`Llama::finish_prefill`], `cache` must serve this prefill only.
-    pub fn begin_prefill(&self, tokens: &[u32], cache: &KvCache, exact_extend: bool) -> Result<LayeredPrefill> {
+    /// [`Llama::extend`] (the same minimum length applies for exactness);
+    /// `adapter` applies to every token. Until [`Llama::finish_prefill`],
+    /// `cache` must serve this prefill only.
+    pub fn begin_prefill(
+        &self,
+        tokens: &[u32],
+        cache: &KvCache,
+        exact_extend: bool,
+        adapter: Option<&ActiveAdapter>,
+    ) -> Result<LayeredPrefill> {
         let (n, start) = (tokens.len(), cache.len());
         if n == 0 {
             return Err(ModelError::EmptyPrompt);
@@ -149,8 +193,9 @@ impl Llama {
             return Err(ModelError::ContextOverflow { tokens: start + n, context: self.context_length() });
         }
         let x = self.embed_tokens(tokens)?;
-        let mut scratch = Scratch::new(&self.config, n);
+        let mut scratch = Box::new(Scratch::new(&self.config, n));
         scratch.pass = if exact_extend { LinearPass::PrefillGemm } else { LinearPass::Prefill };
+        scratch.adapters = adapter.map_or(RowAdapters::Base, |a| RowAdapters::One(a.clone()));
         Ok(LayeredPrefill { x, scratch, start, next_layer: 0 })
     }
 
@@ -161,7 +206,7 @@ impl Llama {
         for layer in *next_layer..end {
             let block = &self.blocks[layer];
             self.attention(layer, block, x, *start, cache, scratch)?;
-            self.mlp(block, x, scratch)?;
+            self.mlp(layer, block, x, scratch)?;
         }
         *next_layer = end;
         Ok(end == self.blocks.len())
@@ -203,13 +248,31 @@ impl Llama {
         caches: &mut [&mut KvCache],
         buffers: &'b mut DecodeBuffers,
     ) -> Result<&'b mut [f32]> {
+        self.forward_decode_adapted(tokens, caches, &[], buffers)
+    }
+
+    /// [`Llama::forward_decode`] where sequence `i` runs with `adapters[i]`
+    /// (none: the base; an empty slice: the base for all). The base weights
+    /// are still read once for the batch; each row then gets its own
+    /// adapter's delta, so its logits are exactly those it gets alone.
+    pub fn forward_decode_adapted<'b>(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+        adapters: &[Option<ActiveAdapter>],
+        buffers: &'b mut DecodeBuffers,
+    ) -> Result<&'b mut [f32]> {
         let cfg = &self.config;
         let n = tokens.len();
         if n == 0 {
             return Err(ModelError::EmptyPrompt);
         }
-        if caches.len() != n {
-            return Err(ModelError::InvalidParameter(format!("{n} tokens for {} caches", caches.len())));
+        if caches.len() != n || !(adapters.is_empty() || adapters.len() == n) {
+            return Err(ModelError::InvalidParameter(format!(
+                "{n} tokens for {} caches and {} adapters",
+                caches.len(),
+                adapters.len()
+            )));
         }
         if let Some(full) = caches.iter().find(|c| c.len() + 1 > self.context_length()) {
             return Err(ModelError::ContextOverflow { tokens: full.len() + 1, context: self.context_length() });
@@ -219,9 +282,10 @@ impl Llama {
         let s = scratch.get_or_insert_with(|| Scratch::new(cfg, n));
         s.resize(cfg, n);
         s.pass = LinearPass::Decode;
+        s.adapters = RowAdapters::each(adapters);
         for (layer, block) in self.blocks.iter().enumerate() {
             self.decode_attention(layer, block, &mut x, caches, s)?;
-            self.mlp(block, &mut x, s)?;
+            self.mlp(layer, block, &mut x, s)?;
         }
         for cache in caches.iter_mut() {
             cache.advance(1);
@@ -243,8 +307,8 @@ impl Llama {
         let cfg = &self.config;
         let n = s.tokens;
         rms_norm(x, &b.attn_norm, cfg.rms_norm_eps as f32, &mut s.normed);
-        let qkv = &mut [(&b.q, &mut s.q[..]), (&b.k, &mut s.k[..]), (&b.v, &mut s.v[..])];
-        s.pass.run(&s.normed, n, qkv, &mut s.linear)?;
+        let qkv = &mut [(Proj::Q, &b.q, &mut s.q[..]), (Proj::K, &b.k, &mut s.k[..]), (Proj::V, &b.v, &mut s.v[..])];
+        s.pass.run_adapted(&s.normed, n, layer, qkv, &s.adapters, &mut s.linear, &mut s.lora)?;
         let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
         for (i, cache) in caches.iter_mut().enumerate() {
             let position = cache.len();
@@ -254,7 +318,8 @@ impl Llama {
         }
         let sequences: Vec<(&[f32], &[f32])> = caches.iter().map(|c| c.layer(layer)).collect();
         decode_attention(&s.q, &sequences, cfg.attention_shape(), &mut s.attn);
-        s.pass.run(&s.attn, n, &mut [(&b.o, &mut s.out)], &mut s.linear)?;
+        let o = &mut [(Proj::O, &b.o, &mut s.out[..])];
+        s.pass.run_adapted(&s.attn, n, layer, o, &s.adapters, &mut s.linear, &mut s.lora)?;
         add_in_place(x, &s.out);
         Ok(())
     }
@@ -283,25 +348,27 @@ impl Llama {
         let cfg = &self.config;
         let n = s.tokens;
         rms_norm(x, &b.attn_norm, cfg.rms_norm_eps as f32, &mut s.normed);
-        let qkv = &mut [(&b.q, &mut s.q[..]), (&b.k, &mut s.k[..]), (&b.v, &mut s.v[..])];
-        s.pass.run(&s.normed, n, qkv, &mut s.linear)?;
+        let qkv = &mut [(Proj::Q, &b.q, &mut s.q[..]), (Proj::K, &b.k, &mut s.k[..]), (Proj::V, &b.v, &mut s.v[..])];
+        s.pass.run_adapted(&s.normed, n, layer, qkv, &s.adapters, &mut s.linear, &mut s.lora)?;
         self.rope.apply(&mut s.q, cfg.num_attention_heads, start);
         self.rope.apply(&mut s.k, cfg.num_key_value_heads, start);
         cache.append(layer, &s.k, &s.v);
         let (keys, values) = cache.layer(layer);
         causal_attention(&s.q, keys, values, start, cfg.attention_shape(), &mut s.attn);
-        s.pass.run(&s.attn, n, &mut [(&b.o, &mut s.out)], &mut s.linear)?;
+        let o = &mut [(Proj::O, &b.o, &mut s.out[..])];
+        s.pass.run_adapted(&s.attn, n, layer, o, &s.adapters, &mut s.linear, &mut s.lora)?;
         add_in_place(x, &s.out);
         Ok(())
     }
 
-    fn mlp(&self, b: &Block, x: &mut [f32], s: &mut Scratch) -> Result<()> {
+    fn mlp(&self, layer: usize, b: &Block, x: &mut [f32], s: &mut Scratch) -> Result<()> {
         let n = s.tokens;
         rms_norm(x, &b.ffn_norm, self.config.rms_norm_eps as f32, &mut s.normed);
-        let gate_up = &mut [(&b.gate, &mut s.gate[..]), (&b.up, &mut s.up[..])];
-        s.pass.run(&s.normed, n, gate_up, &mut s.linear)?;
+        let gate_up = &mut [(Proj::Gate, &b.gate, &mut s.gate[..]), (Proj::Up, &b.up, &mut s.up[..])];
+        s.pass.run_adapted(&s.normed, n, layer, gate_up, &s.adapters, &mut s.linear, &mut s.lora)?;
         silu_mul(&mut s.gate, &s.up);
-        s.pass.run(&s.gate, n, &mut [(&b.down, &mut s.out)], &mut s.linear)?;
+        let down = &mut [(Proj::Down, &b.down, &mut s.out[..])];
+        s.pass.run_adapted(&s.gate, n, layer, down, &s.adapters, &mut s.linear, &mut s.lora)?;
         add_in_place(x, &s.out);
         Ok(())
     }
@@ -332,13 +399,46 @@ impl LinearPass {
             LinearPass::Decode => Linear::forward_many_decode(x, tokens, layers, scratch),
         }
     }
+
+    /// The base projections of `layer` on `x` (one pass over their
+    /// weights), then each row's adapter delta, computed on the rows that
+    /// share an adapter.
+    #[allow(clippy::too_many_arguments)]
+    fn run_adapted(
+        self,
+        x: &[f32],
+        tokens: usize,
+        layer: usize,
+        projections: &mut [(Proj, &Linear, &mut [f32])],
+        adapters: &RowAdapters,
+        scratch: &mut LinearScratch,
+        lora: &mut LoraScratch,
+    ) -> Result<()> {
+        let mut base: Vec<(&Linear, &mut [f32])> = projections.iter_mut().map(|(_, l, y)| (*l, &mut **y)).collect();
+        self.run(x, tokens, &mut base, scratch)?;
+        if adapters.is_base() {
+            return Ok(());
+        }
+        // The deltas always take the decode kernels, whose rows do not
+        // depend on how many rows share the call (the gemm's do, for the
+        // adapters' narrow shapes): so a prompt prefilled in pieces (a
+        // reused prefix, then the rest) and a row in any decode batch get
+        // exactly the deltas they get alone.
+        let kernel = |x: &[f32], rows: usize, linear: &Linear, y: &mut [f32], scratch: &mut LinearScratch| {
+            LinearPass::Decode.run(x, rows, &mut [(linear, y)], scratch)
+        };
+        for (proj, linear, y) in projections.iter_mut() {
+            add_deltas(adapters, layer, *proj, x, tokens, y, linear.bias(), &kernel, lora)?;
+        }
+        Ok(())
+    }
 }
 
 /// A prefill in progress ([`Llama::begin_prefill`]): the activations
 /// between layers and how far it got.
 pub struct LayeredPrefill {
     x: Vec<f32>,
-    scratch: Scratch,
+    scratch: Box<Scratch>,
     start: usize,
     next_layer: usize,
 }
@@ -356,6 +456,8 @@ struct Scratch {
     tokens: usize,
     /// The kernels its linears run.
     pass: LinearPass,
+    /// The adapter of each row.
+    adapters: RowAdapters,
     normed: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
@@ -365,6 +467,7 @@ struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     linear: LinearScratch,
+    lora: LoraScratch,
 }
 
 impl Scratch {
@@ -372,6 +475,7 @@ impl Scratch {
         Scratch {
             tokens: n,
             pass: LinearPass::Prefill,
+            adapters: RowAdapters::Base,
             normed: vec![0.0; n * cfg.hidden_size],
             q: vec![0.0; n * cfg.q_dim()],
             k: vec![0.0; n * cfg.kv_dim()],
@@ -381,6 +485,7 @@ impl Scratch {
             gate: vec![0.0; n * cfg.intermediate_size],
             up: vec![0.0; n * cfg.intermediate_size],
             linear: LinearScratch::default(),
+            lora: LoraScratch::default(),
         }
     }
 
@@ -444,18 +549,24 @@ impl Loader<'_> {
 
     fn block(&self, layer: usize) -> Result<Block> {
         let c = self.config;
-        let p = format!("model.layers.{layer}");
-        let bias = c.attention_bias;
+        let p = layer_prefix(layer);
+        let [q, k, v, o, gate, up, down] = Proj::ALL.map(|proj| self.projection(proj, layer));
         Ok(Block {
             attn_norm: self.vector(&format!("{p}.input_layernorm.weight"), c.hidden_size)?,
-            q: self.linear(&format!("{p}.self_attn.q_proj.weight"), c.q_dim(), c.hidden_size, bias)?,
-            k: self.linear(&format!("{p}.self_attn.k_proj.weight"), c.kv_dim(), c.hidden_size, bias)?,
-            v: self.linear(&format!("{p}.self_attn.v_proj.weight"), c.kv_dim(), c.hidden_size, bias)?,
-            o: self.linear(&format!("{p}.self_attn.o_proj.weight"), c.hidden_size, c.q_dim(), false)?,
+            q: q?,
+            k: k?,
+            v: v?,
+            o: o?,
             ffn_norm: self.vector(&format!("{p}.post_attention_layernorm.weight"), c.hidden_size)?,
-            gate: self.linear(&format!("{p}.mlp.gate_proj.weight"), c.intermediate_size, c.hidden_size, false)?,
-            up: self.linear(&format!("{p}.mlp.up_proj.weight"), c.intermediate_size, c.hidden_size, false)?,
-            down: self.linear(&format!("{p}.mlp.down_proj.weight"), c.hidden_size, c.intermediate_size, false)?,
+            gate: gate?,
+            up: up?,
+            down: down?,
         })
+    }
+
+    fn projection(&self, proj: Proj, layer: usize) -> Result<Linear> {
+        let (out, inp) = proj.shape(self.config);
+        let bias = proj.may_have_bias() && self.config.attention_bias;
+        self.linear(&format!("{}.weight", proj.module(layer)), out, inp, bias)
     }
 }

@@ -5,6 +5,7 @@
 use crate::config::LlamaConfig;
 use crate::error::{io_error, ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::names::{layer_parts, GLOBAL_TENSORS};
 use memmap2::Mmap;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,30 +38,14 @@ impl<'a> GgufWeights<'a> {
 
 /// The GGUF name of a Hugging Face tensor name.
 pub fn gguf_name(hf: &str) -> String {
-    let fixed = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-    ];
-    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
+    if let Some((_, g)) = GLOBAL_TENSORS.iter().find(|(h, _)| *h == hf) {
         return g.to_string();
     }
     let Some(rest) = hf.strip_prefix("model.layers.") else {
         return hf.to_string();
     };
     let (layer, tail) = rest.split_once('.').unwrap_or((rest, ""));
-    let parts = [
-        ("input_layernorm", "attn_norm"),
-        ("post_attention_layernorm", "ffn_norm"),
-        ("self_attn.q_proj", "attn_q"),
-        ("self_attn.k_proj", "attn_k"),
-        ("self_attn.v_proj", "attn_v"),
-        ("self_attn.o_proj", "attn_output"),
-        ("mlp.gate_proj", "ffn_gate"),
-        ("mlp.up_proj", "ffn_up"),
-        ("mlp.down_proj", "ffn_down"),
-    ];
-    for (h, g) in parts {
+    for (h, g) in layer_parts() {
         if let Some(suffix) = tail.strip_prefix(h) {
             return format!("blk.{layer}.{g}{suffix}");
         }

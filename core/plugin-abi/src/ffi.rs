@@ -15,6 +15,10 @@ pub const ERR_INTERNAL: Status = 2;
 pub const ERR_CANCELLED: Status = 3;
 /// `TAILOR_PLUGIN_ERR_UNAVAILABLE`.
 pub const ERR_UNAVAILABLE: Status = 4;
+/// `TAILOR_PLUGIN_ERR_NOT_FOUND` (ABI 1.2).
+pub const ERR_NOT_FOUND: Status = 5;
+/// `TAILOR_PLUGIN_ERR_CONFLICT` (ABI 1.2).
+pub const ERR_CONFLICT: Status = 6;
 /// `TAILOR_STAGE_FLAG_CONCURRENT`.
 pub const FLAG_CONCURRENT: u32 = 1;
 

@@ -83,6 +83,8 @@ fn status_name(status: Status) -> &'static str {
         ffi::ERR_INTERNAL => "internal error",
         ffi::ERR_CANCELLED => "cancelled",
         ffi::ERR_UNAVAILABLE => "unavailable",
+        ffi::ERR_NOT_FOUND => "not found",
+        ffi::ERR_CONFLICT => "conflict",
         _ => "unknown status",
     }
 }

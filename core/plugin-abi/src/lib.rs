@@ -17,7 +17,7 @@ pub use shim::{descriptor_for, StageTable};
 /// ABI major this crate implements; a plugin with another major is refused.
 pub const ABI_MAJOR: u32 = 1;
 /// ABI minor this crate implements.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 /// `TAILOR_PLUGIN_MAGIC`.
 pub const MAGIC: u32 = 0x504C_5254;
 
@@ -63,7 +63,58 @@ pub trait Stage: Sized + Send + Sync + 'static {
 
     /// Handles one JSON request; each `emit` streams a chunk of the result
     /// and returns `false` when the host wants no more.
-    fn call(&self, request_id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String>;
+    fn call(&self, request_id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), StageError>;
+}
+
+/// Why a stage call failed: a status for the host (which maps it to an
+/// HTTP status) and a message. A plain `String` converts to
+/// `ERR_INVALID`, so `?` on string errors keeps working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageError {
+    /// One of the `ffi::ERR_*` statuses.
+    pub status: ffi::Status,
+    /// What went wrong, for the caller.
+    pub message: String,
+}
+
+impl StageError {
+    /// The request is wrong (`ERR_INVALID`).
+    pub fn invalid(message: impl Into<String>) -> StageError {
+        StageError { status: ffi::ERR_INVALID, message: message.into() }
+    }
+
+    /// The request names something the stage does not have (`ERR_NOT_FOUND`).
+    pub fn not_found(message: impl Into<String>) -> StageError {
+        StageError { status: ffi::ERR_NOT_FOUND, message: message.into() }
+    }
+
+    /// The request conflicts with the stage's state (`ERR_CONFLICT`).
+    pub fn conflict(message: impl Into<String>) -> StageError {
+        StageError { status: ffi::ERR_CONFLICT, message: message.into() }
+    }
+
+    /// The stage failed on its own account (`ERR_INTERNAL`).
+    pub fn internal(message: impl Into<String>) -> StageError {
+        StageError { status: ffi::ERR_INTERNAL, message: message.into() }
+    }
+}
+
+impl From<String> for StageError {
+    fn from(message: String) -> StageError {
+        StageError::invalid(message)
+    }
+}
+
+impl From<&str> for StageError {
+    fn from(message: &str) -> StageError {
+        StageError::invalid(message)
+    }
+}
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// Exports `tailor_plugin_entry` for a plugin made of the given stages:

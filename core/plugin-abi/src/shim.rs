@@ -3,7 +3,7 @@
 //! error sink as `ERR_INTERNAL`.
 
 use crate::ffi::{self, Sink, Status, Str};
-use crate::Stage;
+use crate::{Stage, StageError};
 use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -29,16 +29,20 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// The value of a caught stage call, or the status of its failure after
-/// reporting it: an `Err` message is `ERR_INVALID`, a panic `ERR_INTERNAL`.
+/// reporting it: an `Err` carries its status, a panic is `ERR_INTERNAL`.
 ///
 /// # Safety
 /// `error` is null or points to a valid sink for the duration of the call.
-unsafe fn settle<T>(result: std::thread::Result<Result<T, String>>, error: *mut Sink) -> Result<T, Status> {
+unsafe fn settle<T, E: Into<StageError>>(
+    result: std::thread::Result<Result<T, E>>,
+    error: *mut Sink,
+) -> Result<T, Status> {
     match result {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(message)) => {
-            report(error, &message);
-            Err(ffi::ERR_INVALID)
+        Ok(Err(e)) => {
+            let e: StageError = e.into();
+            report(error, &e.message);
+            Err(e.status)
         }
         Err(payload) => {
             report(error, &panic_message(payload.as_ref()));
@@ -80,7 +84,8 @@ unsafe extern "C" fn call_shim<S: Stage>(
     let mut cancelled = false;
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the host passes a view valid for this call.
-        let request = unsafe { request.as_str() }.map_err(|e| format!("request is not UTF-8: {e}"))?;
+        let request =
+            unsafe { request.as_str() }.map_err(|e| StageError::invalid(format!("request is not UTF-8: {e}")))?;
         let mut emit = |chunk: &str| {
             // SAFETY: `out` is null or valid for this call (host contract).
             let status = unsafe { out.as_ref() }.and_then(|s| s.emit.map(|f| unsafe { f(s.ctx, Str::from(chunk)) }));

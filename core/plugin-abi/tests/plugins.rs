@@ -111,7 +111,12 @@ impl Stage for Shout {
         Ok(Shout)
     }
 
-    fn call(&self, _id: u64, request: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
+    fn call(
+        &self,
+        _id: u64,
+        request: &str,
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), tailor_plugin_abi::StageError> {
         if request == "boom" {
             panic!("boom requested");
         }

@@ -74,10 +74,17 @@ impl Stage for Embed {
         })
     }
 
-    fn call(&self, _id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
+    fn call(
+        &self,
+        _id: u64,
+        request_json: &str,
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), tailor_plugin_abi::StageError> {
         let request: EmbedRequest = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
         if request.input.len() > self.max_inputs {
-            return Err(format!("{} inputs in one request; at most {} allowed", request.input.len(), self.max_inputs));
+            return Err(
+                format!("{} inputs in one request; at most {} allowed", request.input.len(), self.max_inputs).into()
+            );
         }
         let mut sequences = Vec::with_capacity(request.input.len());
         let mut tokens = 0;
@@ -85,7 +92,7 @@ impl Stage for Embed {
             let ids = self.encoder.tokenize(text).map_err(|e| e.to_string())?;
             tokens += ids.len();
             if tokens > self.max_input_tokens {
-                return Err(format!("the inputs exceed {} tokens in one request", self.max_input_tokens));
+                return Err(format!("the inputs exceed {} tokens in one request", self.max_input_tokens).into());
             }
             sequences.push(ids);
         }
@@ -144,7 +151,12 @@ impl Stage for Search {
         Ok(Search { root })
     }
 
-    fn call(&self, _id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
+    fn call(
+        &self,
+        _id: u64,
+        request_json: &str,
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), tailor_plugin_abi::StageError> {
         let request: SearchRequest = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
         let k = request.k.unwrap_or(4);
         let hits = with_index(&self.root, &request.index, |c| {
@@ -213,7 +225,12 @@ impl Stage for Index {
         Ok(Index { root, encoder, files })
     }
 
-    fn call(&self, id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
+    fn call(
+        &self,
+        id: u64,
+        request_json: &str,
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), tailor_plugin_abi::StageError> {
         let request: IndexRequest = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
         let report = match request.op.as_str() {
             "create" => {
@@ -238,7 +255,7 @@ impl Stage for Index {
             "info" => with_index(&self.root, &request.index, |c| {
                 Ok(serde_json::json!({"meta": c.meta(), "documents": c.counts().0, "chunks": c.counts().1}))
             })?,
-            other => return Err(format!("unknown op {other:?} (create, add, delete, info)")),
+            other => return Err(format!("unknown op {other:?} (create, add, delete, info)").into()),
         };
         emit(&report.to_string());
         Ok(())

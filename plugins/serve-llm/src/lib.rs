@@ -15,14 +15,30 @@
 //! `{"stats": true}` answers the engine's counters: `{"waiting", "running",
 //! "steps", "decoded_tokens", "prefix_hits", "prefix_tokens"}` (queue depth,
 //! batch size, decode steps and the tokens they produced, prompts that
-//! reused a cached prefix and the tokens reused).
+//! reused a cached prefix and the tokens reused), and the adapters'
+//! (`adapters_loaded`, `adapter_bytes`, `adapter_hits`, `adapter_misses`,
+//! `adapter_evictions`).
+//!
+//! LoRA adapters (PEFT folders): config `"adapter_dirs": [DIR…]` (the only
+//! places adapters load from), `"adapters": {NAME: PATH}` (loaded at
+//! start, pinned), `"max_adapters"` (in memory at once, default 32),
+//! `"max_adapter_mb"` (default 1024), `"max_rank"` (default 256). A
+//! generation request names one with `"adapter": NAME` and optionally
+//! `"adapter_scale"`; requests with different adapters share the decode
+//! batch. Admin requests: `{"adapters": {"op": "list"}}`, `{"adapters":
+//! {"op": "load", "name", "path", "pinned"?}}`, `{"adapters": {"op":
+//! "unload", "name"}}`; unknown names are `ERR_NOT_FOUND`, a taken name
+//! `ERR_CONFLICT`.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tailor_engine::{Engine, EngineOptions, Event};
-use tailor_model::{FinishReason, GenerateParams, LoadOptions, Message, Model, SamplingParams};
-use tailor_plugin_abi::{export_plugin, Stage, StageKind};
+use tailor_engine::{AdapterError, AdapterRegistry, Engine, EngineOptions, Event, RegistryOptions};
+use tailor_model::{
+    ActiveAdapter, AdapterLimits, FinishReason, GenerateParams, LoadOptions, Message, Model, SamplingParams,
+};
+use tailor_plugin_abi::{export_plugin, Stage, StageError, StageKind};
 
 #[derive(Deserialize)]
 struct Config {
@@ -31,6 +47,13 @@ struct Config {
     max_batch: Option<usize>,
     prefix_cache_mb: Option<usize>,
     prefill_chunk: Option<usize>,
+    #[serde(default)]
+    adapter_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    adapters: BTreeMap<String, PathBuf>,
+    max_adapters: Option<usize>,
+    max_adapter_mb: Option<usize>,
+    max_rank: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -46,6 +69,37 @@ struct Request {
     top_k: Option<usize>,
     seed: Option<u64>,
     repetition_penalty: Option<f32>,
+    /// A registered adapter's name.
+    adapter: Option<String>,
+    /// Multiplier on the adapter's delta.
+    adapter_scale: Option<f32>,
+    /// An adapter admin request.
+    adapters: Option<AdapterOp>,
+}
+
+/// `{"adapters": {"op": …}}`.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum AdapterOp {
+    List,
+    Load {
+        name: String,
+        path: PathBuf,
+        #[serde(default)]
+        pinned: bool,
+    },
+    Unload {
+        name: String,
+    },
+}
+
+/// An adapter error as a stage error of the right status.
+fn adapter_error(e: AdapterError) -> StageError {
+    match e {
+        AdapterError::Unknown(_) => StageError::not_found(e.to_string()),
+        AdapterError::Exists(_) => StageError::conflict(e.to_string()),
+        other => StageError::invalid(other.to_string()),
+    }
 }
 
 /// Sizes this plugin's kernel threads from the host's CPU budget
@@ -63,6 +117,62 @@ const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 struct Generate {
     model: Arc<Model>,
     engine: Engine,
+    adapters: AdapterRegistry,
+}
+
+impl Generate {
+    fn registry(config: &Config, model: Arc<Model>) -> Result<AdapterRegistry, String> {
+        let defaults = RegistryOptions::default();
+        let limits = AdapterLimits { max_rank: config.max_rank.unwrap_or(256), ..AdapterLimits::default() };
+        let options = RegistryOptions {
+            dirs: config.adapter_dirs.clone(),
+            max_loaded: config.max_adapters.unwrap_or(defaults.max_loaded),
+            max_bytes: config.max_adapter_mb.map_or(defaults.max_bytes, |mb| mb << 20),
+            limits,
+        };
+        let registry = AdapterRegistry::new(model, options);
+        for (name, path) in &config.adapters {
+            registry.register(name, path, true).map_err(|e| format!("generate config: adapter {name:?}: {e}"))?;
+        }
+        Ok(registry)
+    }
+
+    /// Answers an adapter admin request with one JSON object.
+    fn adapter_op(&self, op: AdapterOp, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), StageError> {
+        let reply = match op {
+            AdapterOp::List => {
+                let list: Vec<serde_json::Value> = self.adapters.list().iter().map(adapter_json).collect();
+                serde_json::json!({"adapters": list})
+            }
+            AdapterOp::Load { name, path, pinned } => {
+                adapter_json(&self.adapters.register(&name, &path, pinned).map_err(adapter_error)?)
+            }
+            AdapterOp::Unload { name } => {
+                self.adapters.unregister(&name).map_err(adapter_error)?;
+                serde_json::json!({"name": name, "unloaded": true})
+            }
+        };
+        emit(&reply.to_string());
+        Ok(())
+    }
+
+    /// The adapter a generation request names, at its scale.
+    fn active_adapter(&self, request: &Request) -> Result<Option<ActiveAdapter>, StageError> {
+        let Some(name) = &request.adapter else {
+            return match request.adapter_scale {
+                Some(_) => Err(StageError::invalid("adapter_scale without an adapter")),
+                None => Ok(None),
+            };
+        };
+        let adapter = self.adapters.get(name).map_err(adapter_error)?;
+        let scale = request.adapter_scale.unwrap_or(1.0);
+        ActiveAdapter::new(adapter, scale).map(Some).map_err(|e| StageError::invalid(e.to_string()))
+    }
+}
+
+fn adapter_json(info: &tailor_engine::AdapterInfo) -> serde_json::Value {
+    serde_json::json!({"name": info.name, "path": info.path, "pinned": info.pinned, "loaded": info.loaded,
+        "rank": info.rank, "targets": info.targets, "parameters": info.parameters, "bytes": info.bytes})
 }
 
 impl Stage for Generate {
@@ -82,19 +192,33 @@ impl Stage for Generate {
             prefix_cache_bytes: config.prefix_cache_mb.map_or(defaults.prefix_cache_bytes, |mb| mb << 20),
             prefill_chunk: config.prefill_chunk.unwrap_or(defaults.prefill_chunk),
         };
-        Ok(Generate { engine: Engine::start(model.clone(), options), model })
+        let adapters = Generate::registry(&config, model.clone())?;
+        Ok(Generate { engine: Engine::start(model.clone(), options), model, adapters })
     }
 
-    fn call(&self, request_id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
+    fn call(
+        &self,
+        request_id: u64,
+        request_json: &str,
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), tailor_plugin_abi::StageError> {
         let request: Request = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
+        if let Some(op) = request.adapters {
+            return self.adapter_op(op, emit);
+        }
         if request.stats {
             let stats = self.engine.stats();
+            let registry = self.adapters.stats();
+            let loaded = self.adapters.list().iter().filter(|a| a.loaded).count();
             let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
             let count = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::Relaxed);
             emit(
                 &serde_json::json!({"waiting": count(&stats.waiting), "running": count(&stats.running),
                 "steps": get(&stats.steps), "decoded_tokens": get(&stats.decoded_tokens),
-                "prefix_hits": get(&stats.prefix_hits), "prefix_tokens": get(&stats.prefix_tokens)})
+                "prefix_hits": get(&stats.prefix_hits), "prefix_tokens": get(&stats.prefix_tokens),
+                "adapters_loaded": loaded, "adapter_bytes": self.adapters.loaded_bytes(),
+                "adapter_hits": get(&registry.hits), "adapter_misses": get(&registry.misses),
+                "adapter_evictions": get(&registry.evictions)})
                 .to_string(),
             );
             return Ok(());
@@ -105,6 +229,7 @@ impl Stage for Generate {
             (None, None) => return Err("the request needs `messages` or `prompt`".into()),
         }
         .map_err(|e| e.to_string())?;
+        let adapter = self.active_adapter(&request)?;
         let defaults = SamplingParams::default();
         let params = GenerateParams {
             max_tokens: request.max_tokens.unwrap_or(256),
@@ -115,6 +240,7 @@ impl Stage for Generate {
                 repetition_penalty: request.repetition_penalty.unwrap_or(defaults.repetition_penalty),
                 seed: request.seed.unwrap_or(defaults.seed),
             },
+            adapter,
             ..GenerateParams::default()
         };
         let submission = self.engine.submit(prompt, params);
@@ -143,13 +269,13 @@ impl Stage for Generate {
                     emit(&format!("{done}\n"));
                     return Ok(());
                 }
-                Event::Failed(message) => return Err(message),
+                Event::Failed(message) => return Err(message.into()),
             };
             if !emit(&format!("{token_line}\n")) || cancelled() {
                 return Ok(()); // the caller went away; dropping the submission cancels
             }
         }
-        Err("the generation engine stopped mid-request".into())
+        Err(StageError::internal("the generation engine stopped mid-request"))
     }
 }
 

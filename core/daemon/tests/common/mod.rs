@@ -38,7 +38,14 @@ pub fn config(server: &str, plugin_dirs: &str) -> String {
 
 /// [`config`] with `extra` appended (more stages); `server` may set its own `max_body_bytes`.
 pub fn config_with(server: &str, plugin_dirs: &str, extra: &str) -> String {
+    config_full(server, plugin_dirs, "", extra)
+}
+
+/// [`config_with`] with `generate` added to the `smollm2` stage's config
+/// table (`adapter_dirs = […], adapters = {…}`).
+pub fn config_full(server: &str, plugin_dirs: &str, generate: &str, extra: &str) -> String {
     let models = cache();
+    let generate = if generate.is_empty() { String::new() } else { format!(", {generate}") };
     let body_limit = if server.contains("max_body_bytes") { "" } else { "max_body_bytes = 200000" };
     format!(
         r#"[server]
@@ -50,7 +57,7 @@ plugin_dirs = [{plugin_dirs}]
 name = "smollm2"
 plugin = "libtailor_serve_llm.so"
 stage = "generate"
-config = {{ model = "{}" }}
+config = {{ model = "{}"{generate} }}
 
 [[stages]]
 name = "minilm"
@@ -84,13 +91,20 @@ pub fn start(name: &str, server: &str) -> Daemon {
 
 /// tailord with the standard stages, `extra` ones and `server` settings.
 pub fn start_with(name: &str, server: &str, extra: &str) -> Daemon {
+    start_full(name, server, "", extra)
+}
+
+/// tailord whose `smollm2` stage has `generate` in its config, with the
+/// standard stages, `extra` ones and `server` settings.
+pub fn start_full(name: &str, server: &str, generate: &str, extra: &str) -> Daemon {
     assert!(
         plugin_dir().join("libtailor_serve_llm.so").exists(),
         "build the plugins first: cargo build --release --workspace"
     );
     let dir = scratch(name);
     let path = dir.join("tailord.toml");
-    std::fs::write(&path, config_with(server, &format!("{:?}", plugin_dir().display().to_string()), extra)).unwrap();
+    let plugins = format!("{:?}", plugin_dir().display().to_string());
+    std::fs::write(&path, config_full(server, &plugins, generate, extra)).unwrap();
     launch(&path, &[])
 }
 
@@ -161,4 +175,25 @@ pub fn json(text: &str) -> serde_json::Value {
 pub fn metric(daemon: &Daemon, token: Option<&str>, series: &str) -> Option<f64> {
     let (_, metrics) = curl(daemon, "/metrics", token, None);
     metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+/// An index `kb` of three small documents (the Bluebird launch code, a
+/// garden tip, a train time) built in `dir` with the `tailor` CLI; returns
+/// the config of a search stage `kb-search` over it.
+pub fn bluebird_index(dir: &Path) -> String {
+    let (data, corpus) = (dir.join("data"), dir.join("corpus"));
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(corpus.join("bluebird.txt"), "Project Bluebird: the launch code of project Bluebird is 7421.")
+        .unwrap();
+    std::fs::write(corpus.join("garden.txt"), "Tomatoes grow best in full sun with regular watering.").unwrap();
+    std::fs::write(corpus.join("trains.txt"), "The night train to Vienna leaves at 22:10 from platform 4.").unwrap();
+    let tailor = plugin_dir().join("tailor");
+    for args in [vec!["index", "create", "kb"], vec!["index", "add", "kb", corpus.to_str().unwrap()]] {
+        let out = Command::new(&tailor).args(&args).env("TAILOR_DATA", &data).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    format!(
+        "[[stages]]\nname = \"kb-search\"\nplugin = \"libtailor_retrieval_faiss.so\"\nstage = \"search\"\nconfig = {{ root = {:?} }}\n",
+        data.join("indexes").display().to_string()
+    )
 }

@@ -20,7 +20,12 @@ impl Stage for Shout {
         Ok(Shout)
     }
 
-    fn call(&self, id: u64, request_json: &str, emit: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
+    fn call(
+        &self,
+        id: u64,
+        request_json: &str,
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), tailor_plugin_abi::StageError> {
         let request: serde_json::Value = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
         let text = request["text"].as_str().ok_or("the request needs a `text` string")?;
         if text == "panic" {

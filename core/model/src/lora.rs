@@ -1,0 +1,805 @@
+//! LoRA adapters in PEFT's layout, and their per-row deltas.
+//!
+//! An adapter wraps the decoder's [`Linear`] projections, it does not fork
+//! the model: a projection's output is the base layer's `W·x + b` plus, for
+//! each row whose request chose an adapter, `s·B(A·x)` with `s = alpha/r`
+//! (`alpha/√r` with rsLoRA) times the request's scale. DoRA rescales each
+//! output row by `m / ‖W + s·B·A‖` (PEFT's formula, norms taken at load).
+//! `A` and `B` are themselves `Linear`s (f32), run by the decode kernels
+//! whatever the pass, so a row's delta does not depend on which other rows
+//! share the call: a sequence in a batch of mixed adapters gets exactly
+//! what it gets alone, and a prompt prefilled in pieces what it gets in one.
+//!
+//! Loading is strict where PEFT is lenient: every tensor of
+//! `adapter_model.safetensors` must name a projection of this base with
+//! the right shape, every module `adapter_config.json` targets must have
+//! weights, and whatever tailor does not implement (bias training,
+//! `modules_to_save`, embedding or lm_head LoRA, `fan_in_fan_out`) is
+//! refused by name rather than ignored.
+
+use crate::error::{ModelError, Result};
+use crate::linear::Linear;
+use crate::llama::Llama;
+use crate::names::{layer_prefix, Proj};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tailor_tensor::cpu::LinearScratch;
+use tailor_tensor::Tensor;
+
+/// The adapter's config file.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+/// The adapter's weights file.
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// PEFT's prefix on every saved key.
+const KEY_PREFIX: &str = "base_model.model.";
+
+/// Bounds an adapter must fit (the serve stage sets them from its config).
+#[derive(Debug, Clone, Copy)]
+pub struct AdapterLimits {
+    /// Largest rank accepted on any module.
+    pub max_rank: usize,
+    /// Largest `adapter_model.safetensors` read, in bytes.
+    pub max_file_bytes: u64,
+}
+
+impl Default for AdapterLimits {
+    fn default() -> Self {
+        AdapterLimits { max_rank: 256, max_file_bytes: 2 << 30 }
+    }
+}
+
+/// Which modules an adapter's config targets (`target_modules`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Targets {
+    /// A list of module names: a module matches when its name equals one
+    /// or ends with `.` + one.
+    Names(Vec<String>),
+    /// A regular expression matched against the whole module name.
+    Regex(String),
+    /// Every linear but the output layer (`"all-linear"`).
+    AllLinear,
+}
+
+/// `adapter_config.json`, checked: what tailor needs from it.
+#[derive(Debug, Clone)]
+pub struct LoraConfig {
+    /// Default rank.
+    pub r: usize,
+    /// Default alpha.
+    pub alpha: f64,
+    /// Scaling `alpha/√r` instead of `alpha/r`.
+    pub use_rslora: bool,
+    /// Weight-decomposed LoRA (a magnitude vector per module).
+    pub use_dora: bool,
+    /// The targeted modules.
+    pub targets: Targets,
+    /// Per-module ranks: (pattern, rank).
+    pub rank_pattern: Vec<(String, usize)>,
+    /// Per-module alphas: (pattern, alpha).
+    pub alpha_pattern: Vec<(String, f64)>,
+    /// Only these layers, when set.
+    pub layers_to_transform: Option<Vec<usize>>,
+    /// The base the adapter was trained on, as its config names it.
+    pub base_model: Option<String>,
+}
+
+/// One adapted projection: `A` (`[r, in]`), `B` (`[out, r]`), its scaling,
+/// and DoRA's per-row factor when the adapter has one.
+pub struct LoraLayer {
+    a: Linear,
+    b: Linear,
+    scaling: f32,
+    /// DoRA: `m / ‖W + s·B·A‖` per output row.
+    dora_scale: Option<Vec<f32>>,
+}
+
+impl LoraLayer {
+    /// The rank.
+    pub fn rank(&self) -> usize {
+        self.a.out_features()
+    }
+
+    /// `alpha/r` (or `alpha/√r`).
+    pub fn scaling(&self) -> f32 {
+        self.scaling
+    }
+
+    /// Adds this delta into the base weight `w` (`[out, in]`, f32), as
+    /// merging does: `W + s·B·A`, rows rescaled by DoRA's factor.
+    pub fn merge_into(&self, w: &mut [f32]) -> Result<()> {
+        let (a, b) = (self.a.weight().to_f32()?, self.b.weight().to_f32()?);
+        let (rank, inp) = (self.rank(), self.a.in_features());
+        for (o, row) in w.chunks_exact_mut(inp).enumerate() {
+            for (j, a_row) in a.chunks_exact(inp).enumerate() {
+                let coefficient = self.scaling * b[o * rank + j];
+                row.iter_mut().zip(a_row).for_each(|(w, a)| *w += coefficient * a);
+            }
+            if let Some(scale) = &self.dora_scale {
+                row.iter_mut().for_each(|w| *w *= scale[o]);
+            }
+        }
+        Ok(())
+    }
+
+    fn parameters(&self) -> usize {
+        self.a.weight().elem_count() + self.b.weight().elem_count() + self.dora_scale.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// A loaded adapter: for each layer, the projections it adapts.
+pub struct Adapter {
+    /// Unique among the adapters this process loaded (cache keys use it,
+    /// so an adapter loaded anew never reuses an old one's entries).
+    id: u64,
+    config: LoraConfig,
+    source: PathBuf,
+    layers: Vec<[Option<LoraLayer>; 7]>,
+}
+
+impl std::fmt::Debug for Adapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adapter").field("source", &self.source).field("r", &self.config.r).finish()
+    }
+}
+
+impl Adapter {
+    /// Loads a PEFT LoRA adapter folder for `base`, checking every key and
+    /// shape against it.
+    pub fn load(folder: &Path, base: &Llama, limits: AdapterLimits) -> Result<Adapter> {
+        let config = read_config(folder)?;
+        let tensors = read_weights(folder, limits.max_file_bytes)?;
+        let weights_path = folder.join(WEIGHTS_FILE);
+        let mut builder = Builder { base, config: &config, path: &weights_path, limits };
+        let layers = builder.build(tensors)?;
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Adapter { id, config, source: folder.to_path_buf(), layers })
+    }
+
+    /// The checked config.
+    pub fn config(&self) -> &LoraConfig {
+        &self.config
+    }
+
+    /// Where it was loaded from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The adapted projection of `layer`, if any.
+    pub fn layer(&self, layer: usize, proj: Proj) -> Option<&LoraLayer> {
+        self.layers.get(layer).and_then(|l| l[proj.index()].as_ref())
+    }
+
+    /// Adapted modules by Hugging Face name, with their ranks.
+    pub fn modules(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for (layer, projs) in self.layers.iter().enumerate() {
+            for proj in Proj::ALL {
+                if let Some(lora) = &projs[proj.index()] {
+                    out.push((proj.module(layer), lora.rank()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Projection names adapted in at least one layer (`q_proj`, …).
+    pub fn target_names(&self) -> Vec<&'static str> {
+        Proj::ALL
+            .into_iter()
+            .filter(|p| self.layers.iter().any(|l| l[p.index()].is_some()))
+            .map(Proj::module_name)
+            .collect()
+    }
+
+    /// Largest rank over its modules.
+    pub fn max_rank(&self) -> usize {
+        self.layers.iter().flatten().flatten().map(LoraLayer::rank).max().unwrap_or(0)
+    }
+
+    /// Trainable parameters (A, B and DoRA magnitudes).
+    pub fn parameter_count(&self) -> usize {
+        self.layers.iter().flatten().flatten().map(LoraLayer::parameters).sum()
+    }
+
+    /// Bytes it holds in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.parameter_count() * std::mem::size_of::<f32>()
+    }
+
+    /// True when it is a DoRA adapter.
+    pub fn is_dora(&self) -> bool {
+        self.config.use_dora
+    }
+}
+
+/// An adapter as a request uses it: which one, and how strongly (PEFT's
+/// `scale_layer`: the delta is multiplied by `scale`).
+#[derive(Clone)]
+pub struct ActiveAdapter {
+    /// The adapter.
+    pub adapter: Arc<Adapter>,
+    /// Multiplier on its delta (1: as trained).
+    pub scale: f32,
+}
+
+impl ActiveAdapter {
+    /// The adapter at `scale`; DoRA adapters only at 1 (their norms are
+    /// taken at load for the trained scaling).
+    pub fn new(adapter: Arc<Adapter>, scale: f32) -> Result<ActiveAdapter> {
+        if !scale.is_finite() {
+            return Err(ModelError::InvalidParameter(format!("adapter scale {scale} is not a finite number")));
+        }
+        if adapter.is_dora() && scale != 1.0 {
+            return Err(ModelError::InvalidParameter(format!(
+                "adapter scale {scale} on a DoRA adapter: DoRA's weight norms are fixed at load, only 1 is served"
+            )));
+        }
+        Ok(ActiveAdapter { adapter, scale })
+    }
+
+    /// True when both name the same loaded adapter at the same scale.
+    pub fn same_as(&self, other: &ActiveAdapter) -> bool {
+        self.cache_key() == other.cache_key()
+    }
+
+    /// An identity for caches keyed by (adapter, scale): the adapter's
+    /// load id and the scale's bits.
+    pub fn cache_key(&self) -> AdapterKey {
+        AdapterKey { adapter: self.adapter.id, scale_bits: self.scale.to_bits() }
+    }
+}
+
+impl std::fmt::Debug for ActiveAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} × {}", self.adapter.source.display(), self.scale)
+    }
+}
+
+/// What caches of model outputs key on for the adapter part: which loaded
+/// adapter, at which scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AdapterKey {
+    /// The adapter's load id.
+    pub adapter: u64,
+    /// The scale's bits.
+    pub scale_bits: u32,
+}
+
+/// Which adapter each row of a forward pass runs with.
+#[derive(Clone, Default)]
+pub(crate) enum RowAdapters {
+    /// The base model for every row.
+    #[default]
+    Base,
+    /// One adapter for every row (a prefill).
+    One(ActiveAdapter),
+    /// Row `i` with `adapters[i]` (a decode batch).
+    Each(Vec<Option<ActiveAdapter>>),
+}
+
+impl RowAdapters {
+    /// A decode batch's rows; all-base collapses to [`RowAdapters::Base`].
+    pub(crate) fn each(adapters: &[Option<ActiveAdapter>]) -> RowAdapters {
+        match adapters.iter().all(Option::is_none) {
+            true => RowAdapters::Base,
+            false => RowAdapters::Each(adapters.to_vec()),
+        }
+    }
+
+    /// Groups of rows sharing an adapter (base rows left out).
+    fn groups(&self, rows: usize) -> Vec<(&ActiveAdapter, Vec<usize>)> {
+        match self {
+            RowAdapters::Base => Vec::new(),
+            RowAdapters::One(adapter) => vec![(adapter, (0..rows).collect())],
+            RowAdapters::Each(each) => {
+                let mut groups: Vec<(&ActiveAdapter, Vec<usize>)> = Vec::new();
+                for (row, adapter) in each.iter().enumerate() {
+                    let Some(adapter) = adapter else { continue };
+                    match groups.iter_mut().find(|(a, _)| a.same_as(adapter)) {
+                        Some((_, members)) => members.push(row),
+                        None => groups.push((adapter, vec![row])),
+                    }
+                }
+                groups
+            }
+        }
+    }
+
+    pub(crate) fn is_base(&self) -> bool {
+        matches!(self, RowAdapters::Base)
+    }
+}
+
+/// Runs a linear on some rows (the kernel choice of the current pass).
+pub(crate) type RowKernel<'k> = dyn Fn(&[f32], usize, &Linear, &mut [f32], &mut LinearScratch) -> Result<()> + 'k;
+
+/// Buffers the deltas reuse from call to call.
+#[derive(Default)]
+pub(crate) struct LoraScratch {
+    x: Vec<f32>,
+    low: Vec<f32>,
+    delta: Vec<f32>,
+    linear: LinearScratch,
+}
+
+/// Adds every adapted row's delta for `proj` of `layer` to `y` (which holds
+/// the base layer's output for the `rows` rows of `x`; `bias` is the base
+/// layer's bias, which DoRA leaves out of its rescaling).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_deltas(
+    adapters: &RowAdapters,
+    layer: usize,
+    proj: Proj,
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+    bias: Option<&[f32]>,
+    kernel: &RowKernel<'_>,
+    scratch: &mut LoraScratch,
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let (in_dim, out_dim) = (x.len() / rows, y.len() / rows);
+    for (active, members) in adapters.groups(rows) {
+        let Some(lora) = active.adapter.layer(layer, proj) else { continue };
+        let count = members.len();
+        let input: &[f32] = if count == rows {
+            x
+        } else {
+            scratch.x.clear();
+            members.iter().for_each(|&r| scratch.x.extend_from_slice(&x[r * in_dim..(r + 1) * in_dim]));
+            &scratch.x
+        };
+        scratch.low.resize(count * lora.rank(), 0.0);
+        scratch.delta.resize(count * out_dim, 0.0);
+        kernel(input, count, &lora.a, &mut scratch.low, &mut scratch.linear)?;
+        kernel(&scratch.low, count, &lora.b, &mut scratch.delta, &mut scratch.linear)?;
+        let s = lora.scaling * active.scale;
+        for (delta, &row) in scratch.delta.chunks_exact(out_dim).zip(&members) {
+            let out = &mut y[row * out_dim..(row + 1) * out_dim];
+            match &lora.dora_scale {
+                None => out.iter_mut().zip(delta).for_each(|(o, d)| *o += s * d),
+                Some(norm) => apply_dora(out, delta, s, norm, bias),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// PEFT's DoRA: `y = n·(W·x + s·B·A·x) + b`, with `n = m/‖W + s·B·A‖`
+/// per output row; `out` holds `W·x + b` on entry.
+fn apply_dora(out: &mut [f32], delta: &[f32], s: f32, norm: &[f32], bias: Option<&[f32]>) {
+    for (o, value) in out.iter_mut().enumerate() {
+        let b = bias.map_or(0.0, |b| b[o]);
+        let base = *value - b;
+        *value = b + ((norm[o] - 1.0) * base + norm[o] * delta[o] * s) + base;
+    }
+}
+
+/// Reads and checks `adapter_config.json`.
+pub fn read_config(folder: &Path) -> Result<LoraConfig> {
+    let path = folder.join(CONFIG_FILE);
+    if !path.is_file() {
+        return Err(ModelError::MissingFile { path, what: "the adapter's config (a PEFT LoRA adapter folder)" });
+    }
+    let text = std::fs::read_to_string(&path).map_err(crate::error::io_error(&path))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::Adapter { path: path.clone(), detail: e.to_string() })?;
+    ConfigReader { path: &path, json: &json }.read()
+}
+
+struct ConfigReader<'a> {
+    path: &'a Path,
+    json: &'a serde_json::Value,
+}
+
+impl ConfigReader<'_> {
+    fn fail(&self, detail: impl Into<String>) -> ModelError {
+        ModelError::Adapter { path: self.path.to_path_buf(), detail: detail.into() }
+    }
+
+    fn field(&self, name: &str) -> Option<&serde_json::Value> {
+        self.json.get(name).filter(|v| !v.is_null())
+    }
+
+    fn read(&self) -> Result<LoraConfig> {
+        let peft_type = self.field("peft_type").and_then(|v| v.as_str()).unwrap_or("");
+        if peft_type != "LORA" {
+            return Err(self.fail(format!("peft_type {peft_type:?}: only LORA adapters are served")));
+        }
+        self.refuse_unsupported()?;
+        let r = self
+            .field("r")
+            .and_then(|v| v.as_u64())
+            .filter(|&r| r > 0)
+            .ok_or_else(|| self.fail("`r` must be a positive integer"))?;
+        let alpha = match self.field("lora_alpha") {
+            None => 8.0,
+            Some(v) => v.as_f64().ok_or_else(|| self.fail("`lora_alpha` must be a number"))?,
+        };
+        let flag = |name: &str| self.field(name).and_then(|v| v.as_bool()).unwrap_or(false);
+        Ok(LoraConfig {
+            r: r as usize,
+            alpha,
+            use_rslora: flag("use_rslora"),
+            use_dora: flag("use_dora"),
+            targets: self.targets()?,
+            rank_pattern: self.pattern("rank_pattern", |v| v.as_u64().filter(|&r| r > 0).map(|r| r as usize))?,
+            alpha_pattern: self.pattern("alpha_pattern", |v| v.as_f64())?,
+            layers_to_transform: self.layers()?,
+            base_model: self.field("base_model_name_or_path").and_then(|v| v.as_str()).map(str::to_string),
+        })
+    }
+
+    /// Features PEFT has and tailor does not serve: refused by name.
+    fn refuse_unsupported(&self) -> Result<()> {
+        match self.field("bias").and_then(|v| v.as_str()).unwrap_or("none") {
+            "none" => {}
+            other => {
+                return Err(self.fail(format!("bias {other:?}: only adapters trained with bias \"none\" are served")))
+            }
+        }
+        if self.field("fan_in_fan_out").and_then(|v| v.as_bool()) == Some(true) {
+            return Err(self.fail("fan_in_fan_out = true (GPT-2 style Conv1D weights) is not supported"));
+        }
+        if let Some(modules) = self.field("modules_to_save").and_then(|v| v.as_array()).filter(|m| !m.is_empty()) {
+            return Err(self.fail(format!(
+                "modules_to_save {modules:?}: full copies of base modules (lm_head, embed_tokens) are not served; \
+                 merge the adapter (`tailor adapter merge`) or retrain without them"
+            )));
+        }
+        if self.field("lora_bias").and_then(|v| v.as_bool()) == Some(true) {
+            return Err(self.fail("lora_bias = true is not supported"));
+        }
+        if let Some(pattern) = self.field("layers_pattern") {
+            let names: Vec<&str> = match pattern {
+                serde_json::Value::String(s) => vec![s.as_str()],
+                serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str()).collect(),
+                _ => Vec::new(),
+            };
+            if names.iter().any(|n| *n != "layers") {
+                return Err(self.fail(format!("layers_pattern {pattern}: this decoder's layers are `layers`")));
+            }
+        }
+        for unsupported in ["exclude_modules", "trainable_token_indices", "target_parameters"] {
+            if let Some(value) = self.field(unsupported).filter(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
+                return Err(self.fail(format!("{unsupported} {value} is not supported")));
+            }
+        }
+        Ok(())
+    }
+
+    fn targets(&self) -> Result<Targets> {
+        let targets = match self.field("target_modules") {
+            // PEFT's default for Llama-family models.
+            None => Targets::Names(vec!["q_proj".into(), "v_proj".into()]),
+            Some(serde_json::Value::String(s)) if s == "all-linear" => Targets::AllLinear,
+            Some(serde_json::Value::String(s)) => {
+                regex::Regex::new(&format!("^(?:{s})$")).map_err(|e| self.fail(format!("target_modules: {e}")))?;
+                Targets::Regex(s.clone())
+            }
+            Some(serde_json::Value::Array(items)) => Targets::Names(
+                items
+                    .iter()
+                    .map(|v| {
+                        v.as_str().map(str::to_string).ok_or_else(|| self.fail("target_modules must hold strings"))
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            Some(other) => return Err(self.fail(format!("target_modules {other}: expected a list or a string"))),
+        };
+        if let Targets::Names(names) = &targets {
+            for name in names {
+                let last = name.rsplit('.').next().unwrap_or(name);
+                if last == "lm_head" || last == "embed_tokens" {
+                    return Err(self.fail(format!(
+                        "target_modules names {name:?}: LoRA on the output layer or the embeddings is not served"
+                    )));
+                }
+            }
+        }
+        Ok(targets)
+    }
+
+    fn pattern<T>(&self, name: &str, value: impl Fn(&serde_json::Value) -> Option<T>) -> Result<Vec<(String, T)>> {
+        let Some(map) = self.field(name) else { return Ok(Vec::new()) };
+        let map = map.as_object().ok_or_else(|| self.fail(format!("{name} must be an object")))?;
+        map.iter()
+            .map(|(key, v)| {
+                regex::Regex::new(key).map_err(|e| self.fail(format!("{name} key {key:?}: {e}")))?;
+                let v = value(v).ok_or_else(|| self.fail(format!("{name}[{key:?}] = {v}: not a valid value")))?;
+                Ok((key.clone(), v))
+            })
+            .collect()
+    }
+
+    fn layers(&self) -> Result<Option<Vec<usize>>> {
+        let bad = || self.fail("layers_to_transform must be a layer index or a list of them");
+        match self.field("layers_to_transform") {
+            None => Ok(None),
+            Some(serde_json::Value::Array(items)) => {
+                items.iter().map(|v| v.as_u64().map(|l| l as usize).ok_or_else(bad)).collect::<Result<_>>().map(Some)
+            }
+            Some(v) => v.as_u64().map(|l| Some(vec![l as usize])).ok_or_else(bad),
+        }
+    }
+}
+
+impl LoraConfig {
+    /// Whether the config targets `proj` of `layer`.
+    pub fn targets_module(&self, layer: usize, proj: Proj) -> bool {
+        let name = proj.module(layer);
+        match &self.targets {
+            Targets::AllLinear => true,
+            Targets::Regex(pattern) => full_match(pattern, &name),
+            Targets::Names(names) => {
+                // PEFT: a module named in full is taken as is; a suffix
+                // match honours layers_to_transform.
+                let exact = names.contains(&name);
+                let suffix = names.iter().any(|t| name.ends_with(&format!(".{t}")));
+                exact || (suffix && self.layers_to_transform.as_ref().is_none_or(|layers| layers.contains(&layer)))
+            }
+        }
+    }
+
+    /// Rank and alpha of one module (`rank_pattern`/`alpha_pattern` first).
+    pub fn rank_and_alpha(&self, layer: usize, proj: Proj) -> (usize, f64) {
+        let name = proj.module(layer);
+        let rank = pattern_value(&self.rank_pattern, &name).unwrap_or(self.r);
+        let alpha = pattern_value(&self.alpha_pattern, &name).unwrap_or(self.alpha);
+        (rank, alpha)
+    }
+
+    /// The delta's scaling for a module of this rank and alpha.
+    pub fn scaling(&self, rank: usize, alpha: f64) -> f32 {
+        let divisor = if self.use_rslora { (rank as f64).sqrt() } else { rank as f64 };
+        (alpha / divisor) as f32
+    }
+}
+
+fn full_match(pattern: &str, name: &str) -> bool {
+    regex::Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|re| re.is_match(name))
+}
+
+/// PEFT's pattern lookup: the first key `k` such that the module name is
+/// `k`, or ends with `.` followed by a match of `k`.
+fn pattern_value<T: Copy>(patterns: &[(String, T)], name: &str) -> Option<T> {
+    patterns.iter().find(|(key, _)| full_match(&format!("(?:.*\\.)?(?:{key})"), name)).map(|(_, v)| *v)
+}
+
+/// A tensor of the adapter file, as f32, with its shape.
+struct RawTensor {
+    shape: Vec<usize>,
+    values: Vec<f32>,
+}
+
+fn read_weights(folder: &Path, max_bytes: u64) -> Result<BTreeMap<String, RawTensor>> {
+    let path = folder.join(WEIGHTS_FILE);
+    if !path.is_file() {
+        let bin = folder.join("adapter_model.bin");
+        if bin.exists() {
+            return Err(ModelError::Adapter {
+                path: bin,
+                detail: "pickled .bin adapters are not loaded (unpickling runs code); save the adapter with \
+                         safe_serialization=True to get adapter_model.safetensors"
+                    .into(),
+            });
+        }
+        return Err(ModelError::MissingFile { path, what: "the adapter's weights" });
+    }
+    let file = std::fs::File::open(&path).map_err(crate::error::io_error(&path))?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes + 1).read_to_end(&mut bytes).map_err(crate::error::io_error(&path))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(ModelError::Adapter { path, detail: format!("larger than the limit of {max_bytes} bytes") });
+    }
+    let parsed = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| match e {
+        safetensors::SafeTensorError::MetadataIncompleteBuffer | safetensors::SafeTensorError::HeaderTooSmall => {
+            ModelError::Truncated { path: path.clone(), detail: e.to_string() }
+        }
+        other => ModelError::Corrupt { path: path.clone(), detail: other.to_string() },
+    })?;
+    let mut tensors = BTreeMap::new();
+    for (name, view) in parsed.tensors() {
+        let values = to_f32(view.dtype(), view.data())
+            .ok_or_else(|| key_error(&path, &name, format!("dtype {:?} (expected F32, F16 or BF16)", view.dtype())))?;
+        tensors.insert(name, RawTensor { shape: view.shape().to_vec(), values });
+    }
+    Ok(tensors)
+}
+
+fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> Option<Vec<f32>> {
+    let pairs = || data.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    match dtype {
+        safetensors::Dtype::F32 => {
+            Some(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        }
+        safetensors::Dtype::F16 => Some(pairs().map(|h| half::f16::from_bits(h).to_f32()).collect()),
+        safetensors::Dtype::BF16 => Some(pairs().map(|h| half::bf16::from_bits(h).to_f32()).collect()),
+        _ => None,
+    }
+}
+
+fn key_error(path: &Path, key: &str, detail: impl Into<String>) -> ModelError {
+    ModelError::AdapterKey { path: path.to_path_buf(), key: key.to_string(), detail: detail.into() }
+}
+
+/// What one key of the adapter file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Part {
+    A,
+    B,
+    Magnitude,
+}
+
+/// Turns the file's tensors into per-layer [`LoraLayer`]s.
+struct Builder<'a> {
+    base: &'a Llama,
+    config: &'a LoraConfig,
+    path: &'a Path,
+    limits: AdapterLimits,
+}
+
+impl Builder<'_> {
+    fn build(&mut self, tensors: BTreeMap<String, RawTensor>) -> Result<Vec<[Option<LoraLayer>; 7]>> {
+        let mut parts: BTreeMap<(usize, Proj), BTreeMap<Part, (String, RawTensor)>> = BTreeMap::new();
+        for (key, tensor) in tensors {
+            let (layer, proj, part) = self.parse_key(&key)?;
+            if tensor.values.iter().any(|v| !v.is_finite()) {
+                return Err(key_error(self.path, &key, "holds NaN or infinite values"));
+            }
+            parts.entry((layer, proj)).or_default().insert(part, (key, tensor));
+        }
+        let layers = self.base.config().num_hidden_layers;
+        let mut out: Vec<[Option<LoraLayer>; 7]> = (0..layers).map(|_| Default::default()).collect();
+        for (layer, adapted) in out.iter_mut().enumerate() {
+            for proj in Proj::ALL {
+                let targeted = self.config.targets_module(layer, proj);
+                match (parts.remove(&(layer, proj)), targeted) {
+                    (Some(found), true) => adapted[proj.index()] = Some(self.lora_layer(layer, proj, found)?),
+                    (Some(found), false) => {
+                        let key = found.into_values().next().map(|(k, _)| k).unwrap_or_default();
+                        return Err(key_error(self.path, &key, "adapter_config.json does not target this module"));
+                    }
+                    (None, true) => {
+                        return Err(ModelError::Adapter {
+                            path: self.path.to_path_buf(),
+                            detail: format!(
+                                "adapter_config.json targets {} but the file has no weights for it",
+                                proj.module(layer)
+                            ),
+                        })
+                    }
+                    (None, false) => {}
+                }
+            }
+        }
+        if out.iter().flatten().all(Option::is_none) {
+            return Err(ModelError::Adapter {
+                path: self.path.to_path_buf(),
+                detail: "the adapter adapts no module of this base model".into(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight` →
+    /// (N, Q, A); anything else is an error naming the key.
+    fn parse_key(&self, key: &str) -> Result<(usize, Proj, Part)> {
+        let fail = |detail: &str| key_error(self.path, key, detail);
+        if key.contains("lora_embedding") || key.contains("embed_tokens") || key.contains("lm_head") {
+            return Err(fail("LoRA on the embeddings or the output layer is not served"));
+        }
+        let rest =
+            key.strip_prefix(KEY_PREFIX).ok_or_else(|| fail("not a PEFT key (no `base_model.model.` prefix)"))?;
+        let (module, part) = [
+            (".lora_A.weight", Part::A),
+            (".lora_B.weight", Part::B),
+            (".lora_magnitude_vector.weight", Part::Magnitude),
+            (".lora_magnitude_vector", Part::Magnitude),
+        ]
+        .into_iter()
+        .find_map(|(suffix, part)| rest.strip_suffix(suffix).map(|m| (m, part)))
+        .ok_or_else(|| fail("not a LoRA weight (lora_A, lora_B or lora_magnitude_vector)"))?;
+        let layers = self.base.config().num_hidden_layers;
+        for layer in 0..layers {
+            let prefix = layer_prefix(layer);
+            let Some(path) = module.strip_prefix(&prefix).and_then(|p| p.strip_prefix('.')) else { continue };
+            return match Proj::ALL.into_iter().find(|p| p.hf_path() == path) {
+                Some(proj) => Ok((layer, proj, part)),
+                None => Err(fail("matches no linear module of the base model")),
+            };
+        }
+        Err(fail(&format!("matches no module of the base model (it has {layers} layers)")))
+    }
+
+    fn lora_layer(
+        &self,
+        layer: usize,
+        proj: Proj,
+        mut found: BTreeMap<Part, (String, RawTensor)>,
+    ) -> Result<LoraLayer> {
+        let module = proj.module(layer);
+        let mut take = |part: Part, name: &str| {
+            found.remove(&part).ok_or_else(|| ModelError::Adapter {
+                path: self.path.to_path_buf(),
+                detail: format!("{module} has no {name} weight"),
+            })
+        };
+        let (a_key, a) = take(Part::A, "lora_A")?;
+        let (b_key, b) = take(Part::B, "lora_B")?;
+        let magnitude = match self.config.use_dora {
+            true => Some(take(Part::Magnitude, "lora_magnitude_vector")?),
+            false => None,
+        };
+        if let Some((key, _)) = found.into_values().next() {
+            return Err(key_error(self.path, &key, "a DoRA magnitude in an adapter whose config has use_dora false"));
+        }
+        let (out, inp) = proj.shape(self.base.config());
+        let rank = a.shape.first().copied().unwrap_or(0);
+        self.check_shape(&a_key, &a, &[rank, inp])?;
+        self.check_shape(&b_key, &b, &[out, rank])?;
+        let (want_rank, alpha) = self.config.rank_and_alpha(layer, proj);
+        if rank == 0 || rank != want_rank {
+            return Err(key_error(
+                self.path,
+                &a_key,
+                format!("rank {rank}, but adapter_config.json gives {want_rank}"),
+            ));
+        }
+        if rank > self.limits.max_rank {
+            return Err(key_error(
+                self.path,
+                &a_key,
+                format!("rank {rank} is over this server's max_rank {}", self.limits.max_rank),
+            ));
+        }
+        let scaling = self.config.scaling(rank, alpha);
+        let a = Linear::new(Tensor::from_f32(a.values, &[rank, inp])?, None);
+        let b = Linear::new(Tensor::from_f32(b.values, &[out, rank])?, None);
+        let dora_scale = match magnitude {
+            None => None,
+            Some((key, m)) => {
+                self.check_shape(&key, &m, &[out])?;
+                Some(dora_scale(self.base, layer, proj, &a, &b, scaling, &m.values)?)
+            }
+        };
+        Ok(LoraLayer { a, b, scaling, dora_scale })
+    }
+
+    fn check_shape(&self, key: &str, tensor: &RawTensor, expected: &[usize]) -> Result<()> {
+        if tensor.shape != expected {
+            return Err(ModelError::WrongShape {
+                path: self.path.to_path_buf(),
+                name: key.to_string(),
+                expected: expected.to_vec(),
+                actual: tensor.shape.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// DoRA's `m / ‖W + s·B·A‖` per output row of the base projection.
+fn dora_scale(base: &Llama, layer: usize, proj: Proj, a: &Linear, b: &Linear, s: f32, m: &[f32]) -> Result<Vec<f32>> {
+    let weight = base.projection(layer, proj).weight();
+    let (a, b) = (a.weight().to_f32()?, b.weight().to_f32()?);
+    let (rank, inp) = (a.len() / weight.row_len().max(1), weight.row_len());
+    let mut row = vec![0f32; inp];
+    let mut scale = Vec::with_capacity(m.len());
+    for (o, &magnitude) in m.iter().enumerate() {
+        tailor_tensor::quant::dequantize_row(weight.dtype(), weight.row_bytes(o), &mut row)?;
+        for (j, a_row) in a.chunks_exact(inp).enumerate().take(rank) {
+            let coefficient = s * b[o * rank + j];
+            row.iter_mut().zip(a_row).for_each(|(w, a)| *w += coefficient * a);
+        }
+        let norm = row.iter().map(|&w| (w as f64) * (w as f64)).sum::<f64>().sqrt() as f32;
+        scale.push(magnitude / norm);
+    }
+    Ok(scale)
+}
