@@ -145,13 +145,15 @@ type Message struct {
 
 // Options are sampling and RAG settings; nil means tailor.h's defaults.
 type Options struct {
-	MaxTokens   int
-	Temperature float32
-	TopP        float32 // 0 means 1
-	TopK        int
-	Seed        int64  // < 0: none
-	Index       string // RAG index for Chat; "" is off
-	K           int
+	MaxTokens    int
+	Temperature  float32
+	TopP         float32 // 0 means 1
+	TopK         int
+	Seed         int64  // < 0: none
+	Index        string // RAG index for Chat; "" is off
+	K            int
+	Adapter      string  // a loaded LoRA adapter; "" is the base model
+	AdapterScale float32 // 0 means 1
 }
 
 // Source is a retrieved passage.
@@ -257,6 +259,10 @@ func (c *Client) Chat(model string, messages []Message, opts *Options, onToken T
 	if o.Index != "" {
 		params.index = strings.add(o.Index)
 	}
+	if o.Adapter != "" {
+		params.adapter = strings.add(o.Adapter)
+	}
+	params.adapter_scale = C.float(o.AdapterScale)
 	r := newRelay(onToken)
 	defer r.free()
 	if r != nil {
@@ -278,6 +284,10 @@ func (c *Client) Generate(model, prompt string, opts *Options, onToken TokenFunc
 	params.model, params.prompt = strings.add(model), strings.add(prompt)
 	params.max_tokens, params.temperature, params.top_p = C.int32_t(o.MaxTokens), C.float(o.Temperature), C.float(o.TopP)
 	params.top_k, params.seed = C.int32_t(o.TopK), C.int64_t(o.Seed)
+	if o.Adapter != "" {
+		params.adapter = strings.add(o.Adapter)
+	}
+	params.adapter_scale = C.float(o.AdapterScale)
 	r := newRelay(onToken)
 	defer r.free()
 	if r != nil {
@@ -391,4 +401,52 @@ func (c *Client) IndexInfo(index string) (documents, chunks int, err error) {
 	var d, k C.size_t
 	err = call(func() C.tailor_status { return C.tailor_index_info(c.handle, cIndex, &d, &k) })
 	return int(d), int(k), err
+}
+
+// Adapter is a LoRA adapter as the daemon lists it.
+type Adapter struct {
+	Name, Model string // Model: the generate stage it belongs to
+	Rank        int
+}
+
+// optional returns NULL for "" and a C copy otherwise.
+func (s *cStrings) optional(text string) *C.char {
+	if text == "" {
+		return nil
+	}
+	return s.add(text)
+}
+
+// LoadAdapter loads the PEFT adapter folder path (on the daemon's machine,
+// under the stage's adapter_dirs) as name on generate stage model ("" is the
+// first).
+func (c *Client) LoadAdapter(model, name, path string) error {
+	var strings cStrings
+	defer strings.free()
+	cModel, cName, cPath := strings.optional(model), strings.add(name), strings.add(path)
+	return call(func() C.tailor_status { return C.tailor_adapter_load(c.handle, cModel, cName, cPath) })
+}
+
+// UnloadAdapter unloads adapter name; requests using it finish first.
+func (c *Client) UnloadAdapter(model, name string) error {
+	var strings cStrings
+	defer strings.free()
+	cModel, cName := strings.optional(model), strings.add(name)
+	return call(func() C.tailor_status { return C.tailor_adapter_unload(c.handle, cModel, cName) })
+}
+
+// Adapters lists the adapters of every generate stage.
+func (c *Client) Adapters() ([]Adapter, error) {
+	var list *C.tailor_adapters
+	if err := call(func() C.tailor_status { return C.tailor_adapters_list(c.handle, &list) }); err != nil {
+		return nil, err
+	}
+	defer C.tailor_adapters_free(list)
+	adapters := make([]Adapter, int(C.tailor_adapters_count(list)))
+	for i := range adapters {
+		at := C.size_t(i)
+		adapters[i] = Adapter{C.GoString(C.tailor_adapters_name(list, at)), C.GoString(C.tailor_adapters_model(list, at)),
+			int(C.tailor_adapters_rank(list, at))}
+	}
+	return adapters, nil
 }

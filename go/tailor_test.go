@@ -131,3 +131,42 @@ func TestFailuresAreClear(t *testing.T) {
 		t.Fatalf("models: %v %v", models, err)
 	}
 }
+
+// TAILOR_TEST_ADAPTER is a PEFT adapter folder under the generate stage's
+// adapter_dirs.
+func TestAdaptersLoadAnswerAndUnload(t *testing.T) {
+	client, model, _ := setup(t)
+	defer client.Close()
+	folder := os.Getenv("TAILOR_TEST_ADAPTER")
+	if folder == "" {
+		t.Fatal("set TAILOR_TEST_ADAPTER to a PEFT adapter folder the daemon may load")
+	}
+	if err := client.LoadAdapter("", "go-qv", folder); err != nil {
+		t.Fatal(err)
+	}
+	adapters, err := client.Adapters()
+	found := false
+	for _, a := range adapters {
+		found = found || (a.Name == "go-qv" && a.Model == model && a.Rank == 8)
+	}
+	if err != nil || !found {
+		t.Fatalf("adapters %+v (%v)", adapters, err)
+	}
+	base, err := client.Generate(model, "The capital of France is", &Options{MaxTokens: 8}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tuned, err := client.Generate(model, "The capital of France is", &Options{MaxTokens: 8, Adapter: "go-qv"}, nil)
+	if err != nil || tuned.Text == base.Text {
+		t.Fatalf("base %q, with the adapter %q (%v)", base.Text, tuned.Text, err)
+	}
+	t.Logf("base: %q; with the adapter: %q", base.Text, tuned.Text)
+	if err := client.UnloadAdapter("", "go-qv"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = client.Chat(model, []Message{{"user", "Hi"}}, &Options{Adapter: "go-qv"}, nil)
+	var e *Error
+	if !errors.As(err, &e) || e.Status != NotFound {
+		t.Fatalf("unloaded adapter: %v", err)
+	}
+}

@@ -5,7 +5,8 @@
  * talks to a running tailord over its Unix socket (or over TCP with a
  * bearer token): chat and plain completion with streaming and
  * cancellation, embeddings, retrieval (search an index, answer from it with
- * sources), adding and deleting documents, listing the daemon's models.
+ * sources), adding and deleting documents, listing the daemon's models,
+ * and LoRA adapters: load, unload, list, and name one per request.
  *
  * Conventions
  * - Every function returns a tailor_status; on anything but TAILOR_OK,
@@ -47,7 +48,8 @@ extern "C" {
 #endif
 
 /* major * 10000 + minor * 100 + patch of this header. */
-#define TAILOR_API_VERSION 10000
+/* 1.1: LoRA adapters (load, unload, list; `adapter` on chat and generate). */
+#define TAILOR_API_VERSION 10100
 
 /* ---- status and errors ------------------------------------------------ */
 
@@ -154,6 +156,11 @@ typedef struct tailor_chat_params {
    * hits, which come back as the answer's sources. NULL (the default): off. */
   const char *index;
   uint32_t k; /* hits to use; 0 (the default): 4 */
+  /* API 1.1: a LoRA adapter loaded on `model` (tailor_adapter_load or the
+   * daemon's config) to answer with; NULL (the default): the base model.
+   * Unknown names give TAILOR_ERR_NOT_FOUND. */
+  const char *adapter;
+  float adapter_scale; /* multiplier on the adapter's delta; 0 (the default): 1 */
 } tailor_chat_params;
 
 tailor_chat_params tailor_chat_default_params(void);
@@ -169,6 +176,8 @@ typedef struct tailor_generate_params {
   int64_t seed;
   tailor_token_fn on_token;
   void *user_data;
+  const char *adapter; /* API 1.1: as in tailor_chat_params */
+  float adapter_scale;
 } tailor_generate_params;
 
 tailor_generate_params tailor_generate_default_params(void);
@@ -273,6 +282,37 @@ size_t tailor_embeddings_dim(const tailor_embeddings *embeddings);
 const float *tailor_embeddings_vector(const tailor_embeddings *embeddings, size_t index);
 
 void tailor_embeddings_free(tailor_embeddings *embeddings);
+
+/* ---- adapters (API 1.1) ----------------------------------------------- */
+
+typedef struct tailor_adapters tailor_adapters;
+
+/* Loads the PEFT LoRA adapter folder `path` (a path on the daemon's machine,
+ * under the generate stage's `adapter_dirs`) as `name` on generate stage
+ * `model` (NULL: the first configured). A bad adapter gives
+ * TAILOR_ERR_BAD_REQUEST naming what is wrong, as does a taken name. */
+tailor_status tailor_adapter_load(tailor_client *client, const char *model, const char *name, const char *path);
+
+/* Unloads adapter `name` (requests using it finish first);
+ * TAILOR_ERR_NOT_FOUND when there is none. */
+tailor_status tailor_adapter_unload(tailor_client *client, const char *model, const char *name);
+
+/* The adapters of every generate stage (GET /v1/adapters). Free with
+ * tailor_adapters_free. */
+tailor_status tailor_adapters_list(tailor_client *client, tailor_adapters **out_adapters);
+
+size_t tailor_adapters_count(const tailor_adapters *adapters);
+
+/* The adapter's name; NULL past the end. */
+const char *tailor_adapters_name(const tailor_adapters *adapters, size_t index);
+
+/* The generate stage (base model) it belongs to; NULL past the end. */
+const char *tailor_adapters_model(const tailor_adapters *adapters, size_t index);
+
+/* Its largest rank; 0 past the end. */
+uint32_t tailor_adapters_rank(const tailor_adapters *adapters, size_t index);
+
+void tailor_adapters_free(tailor_adapters *adapters);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -73,6 +73,14 @@ struct Options {
   int64_t seed = -1;
   std::string index;  // RAG index (chat only); empty: off
   uint32_t k = 0;
+  std::string adapter;      // a loaded LoRA adapter; empty: the base model
+  float adapter_scale = 0;  // 0: 1
+};
+
+/// A LoRA adapter as the daemon lists it.
+struct AdapterInfo {
+  std::string name, model;  // model: the generate stage it belongs to
+  uint32_t rank = 0;
 };
 
 /// Called with each piece of text; return false to stop (tailor::Error with TAILOR_ERR_CANCELLED).
@@ -133,6 +141,8 @@ class Client {
     params.seed = options.seed;
     if (!options.index.empty()) params.index = options.index.c_str();
     params.k = options.k;
+    if (!options.adapter.empty()) params.adapter = options.adapter.c_str();
+    params.adapter_scale = options.adapter_scale;
     return stream(on_token, params, [this](const tailor_chat_params &p, tailor_answer **out) {
       return tailor_chat(handle_.get(), &p, out);
     });
@@ -148,9 +158,35 @@ class Client {
     params.top_p = options.top_p;
     params.top_k = options.top_k;
     params.seed = options.seed;
+    if (!options.adapter.empty()) params.adapter = options.adapter.c_str();
+    params.adapter_scale = options.adapter_scale;
     return stream(on_token, params, [this](const tailor_generate_params &p, tailor_answer **out) {
       return tailor_generate(handle_.get(), &p, out);
     });
+  }
+
+  /// Loads the adapter folder `path` (on the daemon's machine) as `name`; `model` "" is the first generate stage.
+  void load_adapter(const std::string &name, const std::string &path, const std::string &model = "") const {
+    detail::check(tailor_adapter_load(handle_.get(), model.empty() ? nullptr : model.c_str(), name.c_str(),
+                                      path.c_str()));
+  }
+
+  /// Unloads adapter `name` (requests using it finish first).
+  void unload_adapter(const std::string &name, const std::string &model = "") const {
+    detail::check(tailor_adapter_unload(handle_.get(), model.empty() ? nullptr : model.c_str(), name.c_str()));
+  }
+
+  /// The adapters of every generate stage.
+  std::vector<AdapterInfo> adapters() const {
+    tailor_adapters *raw = nullptr;
+    detail::check(tailor_adapters_list(handle_.get(), &raw));
+    detail::Owned<tailor_adapters, tailor_adapters_free> list(raw);
+    std::vector<AdapterInfo> out;
+    for (size_t i = 0; i < tailor_adapters_count(list.get()); i++) {
+      out.push_back({tailor_adapters_name(list.get(), i), tailor_adapters_model(list.get(), i),
+                     tailor_adapters_rank(list.get(), i)});
+    }
+    return out;
   }
 
   std::vector<std::vector<float>> embed(const std::string &model, const std::vector<std::string> &texts) const {

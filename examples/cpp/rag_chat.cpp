@@ -1,9 +1,11 @@
 // A C++17 app on tailor.hpp: the same tour as examples/c/rag_chat.c —
 // stream a chat answer, embed two texts, answer from an index with
-// sources, and see what failures look like. RAII frees everything.
+// sources, see what failures look like and, given an adapter folder under
+// the stage's adapter_dirs, answer from the index through a LoRA adapter
+// (RAG for knowledge, LoRA for style). RAII frees everything.
 //
 //   c++ -std=c++17 rag_chat.cpp $(pkg-config --cflags --libs tailor) -o rag_chat_cpp
-//   ./rag_chat_cpp /run/tailor/tailord.sock smollm2 minilm
+//   ./rag_chat_cpp /run/tailor/tailord.sock smollm2 minilm [ADAPTER_DIR]
 #include <cmath>
 #include <iostream>
 
@@ -71,16 +73,33 @@ bool failures(const tailor::Client &client) {
   return down && unknown;
 }
 
+bool rag_with_adapter(const tailor::Client &client, const std::string &model, const std::string &folder) {
+  client.load_adapter("style", folder);
+  bool listed = false;
+  for (const tailor::AdapterInfo &a : client.adapters()) listed |= a.name == "style" && a.model == model;
+  tailor::Options options;
+  options.max_tokens = 32;
+  options.index = "kb-cpp";
+  options.k = 2;
+  tailor::Answer base = client.chat(model, {{"user", "What is the launch code of project Bluebird?"}}, options);
+  options.adapter = "style";
+  tailor::Answer styled = client.chat(model, {{"user", "What is the launch code of project Bluebird?"}}, options);
+  client.unload_adapter("style");
+  std::cout << "rag + adapter: " << styled.text << "\n";
+  return listed && styled.sources.size() == 2 && styled.sources[0].doc_id == base.sources[0].doc_id;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
-  if (argc != 4) {
-    std::cerr << "usage: " << argv[0] << " SOCKET GENERATE_MODEL EMBED_MODEL\n";
+  if (argc != 4 && argc != 5) {
+    std::cerr << "usage: " << argv[0] << " SOCKET GENERATE_MODEL EMBED_MODEL [ADAPTER_DIR]\n";
     return 2;
   }
   try {
     tailor::Client client = tailor::Client::unix_socket(argv[1]);
     bool ok = stream_chat(client, argv[2]) && embed_two(client, argv[3]) && rag(client, argv[2]) && failures(client);
+    if (ok && argc == 5) ok = rag_with_adapter(client, argv[2], argv[4]);
     std::cout << (ok ? "OK" : "FAILED") << "\n";
     return ok ? 0 : 1;
   } catch (const std::exception &e) {

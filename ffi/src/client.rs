@@ -177,13 +177,59 @@ impl Client {
     }
 }
 
-/// Index names go into paths as they are: refuse anything that would change the path.
+impl Client {
+    /// Loads the adapter folder `path` (on the daemon's side) as `name` on
+    /// generate stage `model` (`None`: the first).
+    pub fn adapter_load(&self, model: Option<&str>, name: &str, path: &str) -> Result<()> {
+        let mut body = json!({"name": name, "path": path});
+        if let Some(model) = model {
+            body["model"] = json!(model);
+        }
+        self.call_json("POST", "/v1/adapters", Some(&body)).map(drop)
+    }
+
+    /// Unloads adapter `name` (requests using it finish first).
+    pub fn adapter_unload(&self, model: Option<&str>, name: &str) -> Result<()> {
+        let body = model.map_or_else(|| json!({}), |m| json!({"model": m}));
+        self.call_json("DELETE", &format!("/v1/adapters/{}", path_segment(name)?), Some(&body)).map(drop)
+    }
+
+    /// Every adapter of every generate stage.
+    pub fn adapters(&self) -> Result<Vec<AdapterEntry>> {
+        let reply = self.call_json("GET", "/v1/adapters", None)?;
+        let data = reply["data"].as_array().ok_or_else(|| FfiError::Protocol("/v1/adapters has no `data`".into()))?;
+        Ok(data
+            .iter()
+            .map(|a| AdapterEntry {
+                name: a["name"].as_str().unwrap_or_default().to_string(),
+                model: a["model"].as_str().unwrap_or_default().to_string(),
+                rank: a["rank"].as_u64().unwrap_or(0) as u32,
+                loaded: a["loaded"].as_bool().unwrap_or(false),
+            })
+            .collect())
+    }
+}
+
+/// One adapter as `/v1/adapters` lists it.
+#[derive(Debug, Clone, Default)]
+pub struct AdapterEntry {
+    /// Its name.
+    pub name: String,
+    /// The generate stage it belongs to.
+    pub model: String,
+    /// Its largest rank.
+    pub rank: u32,
+    /// In memory now (else loaded again from disk when used).
+    pub loaded: bool,
+}
+
+/// Index and adapter names go into paths as they are: refuse anything that would change the path.
 fn path_segment(name: &str) -> Result<&str> {
     let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if ok {
         Ok(name)
     } else {
-        Err(FfiError::InvalidArgument(format!("index name {name:?}: use letters, digits, '-', '_' and '.'")))
+        Err(FfiError::InvalidArgument(format!("name {name:?}: use letters, digits, '-', '_' and '.'")))
     }
 }
 

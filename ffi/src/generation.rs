@@ -54,6 +54,10 @@ pub struct tailor_chat_params {
     pub index: *const c_char,
     /// Hits for RAG; 0: 4.
     pub k: u32,
+    /// API 1.1: a LoRA adapter's name, or NULL for the base model.
+    pub adapter: *const c_char,
+    /// API 1.1: multiplier on the adapter's delta; 0: 1.
+    pub adapter_scale: f32,
 }
 
 // SAFETY: repr(C), struct_size first.
@@ -73,6 +77,8 @@ unsafe impl Params for tailor_chat_params {
             user_data: std::ptr::null_mut(),
             index: std::ptr::null(),
             k: 0,
+            adapter: std::ptr::null(),
+            adapter_scale: 0.0,
         }
     }
 }
@@ -107,6 +113,10 @@ pub struct tailor_generate_params {
     pub on_token: tailor_token_fn,
     /// Passed to the callback.
     pub user_data: *mut c_void,
+    /// API 1.1: a LoRA adapter's name, or NULL for the base model.
+    pub adapter: *const c_char,
+    /// API 1.1: multiplier on the adapter's delta; 0: 1.
+    pub adapter_scale: f32,
 }
 
 // SAFETY: repr(C), struct_size first.
@@ -123,6 +133,8 @@ unsafe impl Params for tailor_generate_params {
             seed: -1,
             on_token: None,
             user_data: std::ptr::null_mut(),
+            adapter: std::ptr::null(),
+            adapter_scale: 0.0,
         }
     }
 }
@@ -221,6 +233,21 @@ pub(crate) fn sampling_into(request: &mut Value, max_tokens: i32, temperature: f
     }
 }
 
+/// The adapter fields of a request (`tailor.adapter`, `tailor.adapter_scale`).
+///
+/// # Safety
+/// `adapter` is NULL or a NUL-terminated string.
+unsafe fn adapter_into(request: &mut Value, adapter: *const c_char, scale: f32) -> Result<()> {
+    // SAFETY: the caller's contract.
+    if let Some(name) = unsafe { optional_str(adapter, "adapter") }? {
+        request["tailor"]["adapter"] = json!(name);
+        if scale != 0.0 {
+            request["tailor"]["adapter_scale"] = json!(scale);
+        }
+    }
+    Ok(())
+}
+
 /// Runs a generation, streaming through the C callback when there is one.
 pub(crate) fn run_generation(
     client: &Client,
@@ -274,6 +301,8 @@ pub unsafe extern "C" fn tailor_chat(
         if let Some(index) = index {
             request["tailor"] = json!({"index": index, "k": if params.k == 0 { 4 } else { params.k }});
         }
+        // SAFETY: as above.
+        unsafe { adapter_into(&mut request, params.adapter, params.adapter_scale) }?;
         let answer = run_generation(client, Route::Chat, request, params.on_token, params.user_data)?;
         *slot = Box::into_raw(Box::new(tailor_answer::new(&answer)));
         Ok(())
@@ -299,6 +328,8 @@ pub unsafe extern "C" fn tailor_generate(
         let (model, prompt) = unsafe { (required_str(params.model, "model")?, required_str(params.prompt, "prompt")?) };
         let mut request = json!({"model": model, "prompt": prompt});
         sampling_into(&mut request, params.max_tokens, params.temperature, params.top_p, params.top_k, params.seed);
+        // SAFETY: tailor.h's contract.
+        unsafe { adapter_into(&mut request, params.adapter, params.adapter_scale) }?;
         let answer = run_generation(client, Route::Completion, request, params.on_token, params.user_data)?;
         *slot = Box::into_raw(Box::new(tailor_answer::new(&answer)));
         Ok(())

@@ -6,7 +6,7 @@
 //! the API as Rust calls, and the C layer converts arguments and results
 //! around those calls, one module per part of the header: `session` (the
 //! client handle), `models`, `generation` (chat, completion, answers and
-//! their sources), `retrieval` (search, indexes), `embeddings`; `args`
+//! their sources), `retrieval` (search, indexes), `embeddings`, `adapters`; `args`
 //! holds what they share. This file has the status enum and the version.
 //! Every exported function catches panics and reports failures as a
 //! `tailor_status` plus a per-thread message.
@@ -14,6 +14,7 @@
 //! Names here are the C names, so the header and the code read alike.
 #![allow(non_camel_case_types)]
 
+pub mod adapters;
 mod args;
 pub mod client;
 pub mod embeddings;
@@ -28,7 +29,7 @@ use error::last_error_ptr;
 use std::ffi::{c_char, c_int, CStr};
 
 /// `TAILOR_API_VERSION`: major * 10000 + minor * 100 + patch.
-pub const TAILOR_API_VERSION: u32 = 10000;
+pub const TAILOR_API_VERSION: u32 = 10100;
 
 /// Outcome of every call (`tailor_status` in the header).
 #[repr(C)]

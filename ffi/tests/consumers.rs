@@ -19,6 +19,11 @@ fn models() -> PathBuf {
     }
 }
 
+/// The PEFT-made test adapters (tests/reference/adapters).
+fn adapters_dir() -> PathBuf {
+    root().join("tests/reference/adapters")
+}
+
 fn scratch() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("consumers-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -50,7 +55,7 @@ plugin_dirs = [{release:?}]
 name = "smollm2"
 plugin = "libtailor_serve_llm.so"
 stage = "generate"
-config = {{ model = {gguf:?} }}
+config = {{ model = {gguf:?}, adapter_dirs = [{adapters:?}] }}
 
 [[stages]]
 name = "minilm"
@@ -71,6 +76,7 @@ stage = "search"
 config = {{ root = {indexes:?} }}
 "#,
         gguf = m.join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        adapters = adapters_dir(),
     );
     let path = dir.join("tailord.toml");
     std::fs::write(&path, config).expect("config");
@@ -158,13 +164,14 @@ fn c_cpp_and_go_apps_chat_embed_and_retrieve_through_libtailor() {
 
     let every = dir.join("every_function");
     compile("cc", "-std=c11", "tests/c/every_function.c", &every, &flags);
-    let out = under_valgrind(&every, &args);
+    let adapter = adapters_dir().join("r8-qv").display().to_string();
+    let out = under_valgrind(&every, &[args[0], args[1], args[2], &adapter]);
     assert!(out.contains("OK (0 failures)"), "{out}");
 
     let cpp_demo = dir.join("rag_chat_cpp");
     compile("c++", "-std=c++17", "examples/cpp/rag_chat.cpp", &cpp_demo, &flags);
-    let out = under_valgrind(&cpp_demo, &args);
-    assert!(out.contains("[1] bluebird") && out.ends_with("OK\n"), "{out}");
+    let out = under_valgrind(&cpp_demo, &[args[0], args[1], args[2], &adapter]);
+    assert!(out.contains("[1] bluebird") && out.contains("rag + adapter: ") && out.ends_with("OK\n"), "{out}");
 
     run(Command::new("go")
         .args(["test", "-count=1", "-v", "./..."])
@@ -174,6 +181,7 @@ fn c_cpp_and_go_apps_chat_embed_and_retrieve_through_libtailor() {
         .env("TAILOR_SOCKET", &socket)
         .env("TAILOR_TEST_MODEL", "smollm2")
         .env("TAILOR_TEST_EMBED", "minilm")
+        .env("TAILOR_TEST_ADAPTER", adapters_dir().join("r8-qv"))
         .env("GOCACHE", dir.join("gocache"))
         .env("GOPATH", dir.join("gopath"))
         .env("GOFLAGS", "-mod=mod")

@@ -6,7 +6,10 @@
  * it lacks, a cancelled stream stops, and every handle is freed (valgrind
  * checks that).
  *
- *   every_function SOCKET GENERATE_MODEL EMBED_MODEL
+ *   every_function SOCKET GENERATE_MODEL EMBED_MODEL ADAPTER_DIR
+ *
+ * ADAPTER_DIR is a PEFT adapter folder under the generate stage's
+ * adapter_dirs.
  */
 #include <stdio.h>
 #include <string.h>
@@ -173,6 +176,59 @@ static void retrieval(tailor_client *client) {
   EXPECT(tailor_search(client, &search, &hits) == TAILOR_ERR_BAD_REQUEST && hits == NULL);
 }
 
+static void adapters(tailor_client *client, const char *model, const char *adapter_dir) {
+  EXPECT(tailor_adapter_load(client, NULL, "every-qv", adapter_dir) == TAILOR_OK);
+  EXPECT(tailor_adapter_load(client, model, "every-qv", adapter_dir) == TAILOR_ERR_BAD_REQUEST); /* taken */
+  EXPECT(tailor_adapter_load(client, model, "outside", "/etc") == TAILOR_ERR_BAD_REQUEST);
+  EXPECT(tailor_adapter_load(client, model, NULL, adapter_dir) == TAILOR_ERR_INVALID_ARGUMENT);
+  tailor_adapters *list = NULL;
+  EXPECT(tailor_adapters_list(client, &list) == TAILOR_OK);
+  int found = 0;
+  for (size_t i = 0; i < tailor_adapters_count(list); i++) {
+    if (strcmp(tailor_adapters_name(list, i), "every-qv") == 0) {
+      found = strcmp(tailor_adapters_model(list, i), model) == 0 && tailor_adapters_rank(list, i) == 8;
+    }
+  }
+  EXPECT(found);
+  EXPECT(tailor_adapters_name(list, tailor_adapters_count(list)) == NULL);
+  EXPECT(tailor_adapters_model(list, tailor_adapters_count(list)) == NULL);
+  EXPECT(tailor_adapters_rank(list, tailor_adapters_count(list)) == 0);
+  tailor_adapters_free(list);
+  tailor_adapters_free(NULL);
+
+  /* The same completion with the adapter, at half strength, and without. */
+  tailor_generate_params gen = tailor_generate_default_params();
+  EXPECT(gen.adapter == NULL && gen.adapter_scale == 0);
+  gen.model = model;
+  gen.prompt = "The capital of France is";
+  gen.max_tokens = 8;
+  tailor_answer *base = NULL, *tuned = NULL, *half = NULL;
+  EXPECT(tailor_generate(client, &gen, &base) == TAILOR_OK);
+  gen.adapter = "every-qv";
+  EXPECT(tailor_generate(client, &gen, &tuned) == TAILOR_OK);
+  gen.adapter_scale = 0.5f;
+  EXPECT(tailor_generate(client, &gen, &half) == TAILOR_OK);
+  EXPECT(base && tuned && strcmp(tailor_answer_text(base), tailor_answer_text(tuned)) != 0);
+  tailor_answer_free(base);
+  tailor_answer_free(tuned);
+  tailor_answer_free(half);
+
+  tailor_message question[] = {{"user", "Name a colour."}};
+  tailor_chat_params chat = tailor_chat_default_params();
+  chat.model = model;
+  chat.messages = question;
+  chat.n_messages = 1;
+  chat.max_tokens = 6;
+  chat.adapter = "every-qv";
+  tailor_answer *answer = NULL;
+  EXPECT(tailor_chat(client, &chat, &answer) == TAILOR_OK && tailor_answer_completion_tokens(answer) > 0);
+  tailor_answer_free(answer);
+
+  EXPECT(tailor_adapter_unload(client, NULL, "every-qv") == TAILOR_OK);
+  EXPECT(tailor_adapter_unload(client, model, "every-qv") == TAILOR_ERR_NOT_FOUND);
+  EXPECT(tailor_chat(client, &chat, &answer) == TAILOR_ERR_NOT_FOUND && answer == NULL);
+}
+
 static void embeddings(tailor_client *client, const char *model) {
   const char *texts[] = {"one", "two", "three"};
   tailor_embeddings *e = NULL;
@@ -183,8 +239,8 @@ static void embeddings(tailor_client *client, const char *model) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 4) {
-    fprintf(stderr, "usage: %s SOCKET GENERATE_MODEL EMBED_MODEL\n", argv[0]);
+  if (argc != 5) {
+    fprintf(stderr, "usage: %s SOCKET GENERATE_MODEL EMBED_MODEL ADAPTER_DIR\n", argv[0]);
     return 2;
   }
   status_and_version();
@@ -202,6 +258,7 @@ int main(int argc, char **argv) {
   generation(client, argv[2]);
   retrieval(client);
   embeddings(client, argv[3]);
+  adapters(client, argv[2], argv[4]);
   tailor_client_close(client);
   printf("%s (%d failures)\n", failures ? "FAILED" : "OK", failures);
   return failures != 0;
