@@ -40,7 +40,7 @@ fn main() {
     };
     let medians: Vec<f64> = rates.into_iter().map(median).collect();
     println!(
-        "{batch} sequences, rank-16 all-linear adapter ({:.1} MB f32 each), {steps} steps, median of {rounds} rounds",
+        "{batch} sequences, rank-16 all-linear adapter ({:.1} MB in memory each), {steps} steps, median of {rounds} rounds",
         shared.adapter.memory_bytes() as f64 / 1e6
     );
     for ((name, _), rate) in setups.iter().zip(&medians) {

@@ -6,7 +6,7 @@ use crate::config::{rope_inv_freq, LlamaConfig};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::linear::Linear;
-use crate::lora::{add_deltas, ActiveAdapter, LoraScratch, RowAdapters};
+use crate::lora::{add_deltas, ActiveAdapter, Adapted, LoraScratch, RowAdapters};
 use crate::names::{layer_prefix, Proj};
 use crate::weights::WeightSource;
 use tailor_tensor::cpu::{
@@ -419,18 +419,11 @@ impl LinearPass {
         if adapters.is_base() {
             return Ok(());
         }
-        // The deltas always take the decode kernels, whose rows do not
-        // depend on how many rows share the call (the gemm's do, for the
-        // adapters' narrow shapes): so a prompt prefilled in pieces (a
-        // reused prefix, then the rest) and a row in any decode batch get
-        // exactly the deltas they get alone.
-        let kernel = |x: &[f32], rows: usize, linear: &Linear, y: &mut [f32], scratch: &mut LinearScratch| {
-            LinearPass::Decode.run(x, rows, &mut [(linear, y)], scratch)
-        };
-        for (proj, linear, y) in projections.iter_mut() {
-            add_deltas(adapters, layer, *proj, x, tokens, y, linear.bias(), &kernel, lora)?;
-        }
-        Ok(())
+        let mut outputs: Vec<Adapted<'_>> = projections
+            .iter_mut()
+            .map(|(proj, linear, y)| Adapted { proj: *proj, bias: linear.bias(), y })
+            .collect();
+        add_deltas(adapters, layer, x, tokens, &mut outputs, lora)
     }
 }
 

@@ -5,10 +5,12 @@
 //! each row whose request chose an adapter, `s·B(A·x)` with `s = alpha/r`
 //! (`alpha/√r` with rsLoRA) times the request's scale. DoRA rescales each
 //! output row by `m / ‖W + s·B·A‖` (PEFT's formula, norms taken at load).
-//! `A` and `B` are themselves `Linear`s (f32), run by the decode kernels
-//! whatever the pass, so a row's delta does not depend on which other rows
-//! share the call: a sequence in a batch of mixed adapters gets exactly
-//! what it gets alone, and a prompt prefilled in pieces what it gets in one.
+//! `A` and `B` stay in the precision the file stores (f32, f16, bf16) and
+//! run through tailor-tensor's per-row LoRA kernel (`lora_deltas`: all
+//! groups of rows sharing an adapter in one shrink and one expand), whose
+//! rows do not depend on which other rows share the call: a sequence in a
+//! batch of mixed adapters gets exactly what it gets alone, and a prompt
+//! prefilled in pieces what it gets in one.
 //!
 //! Loading is strict where PEFT is lenient: every tensor of
 //! `adapter_model.safetensors` must name a projection of this base with
@@ -18,15 +20,13 @@
 //! refused by name rather than ignored.
 
 use crate::error::{ModelError, Result};
-use crate::linear::Linear;
 use crate::llama::Llama;
 use crate::names::{layer_prefix, Proj};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tailor_tensor::cpu::LinearScratch;
-use tailor_tensor::Tensor;
+use tailor_tensor::cpu::{lora_deltas, LoraGroup, LoraMatrix, LoraPair};
 
 /// The adapter's config file.
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -88,8 +88,7 @@ pub struct LoraConfig {
 /// One adapted projection: `A` (`[r, in]`), `B` (`[out, r]`), its scaling,
 /// and DoRA's per-row factor when the adapter has one.
 pub struct LoraLayer {
-    a: Linear,
-    b: Linear,
+    pair: LoraPair,
     scaling: f32,
     /// DoRA: `m / ‖W + s·B·A‖` per output row.
     dora_scale: Option<Vec<f32>>,
@@ -98,7 +97,7 @@ pub struct LoraLayer {
 impl LoraLayer {
     /// The rank.
     pub fn rank(&self) -> usize {
-        self.a.out_features()
+        self.pair.rank()
     }
 
     /// `alpha/r` (or `alpha/√r`).
@@ -109,8 +108,8 @@ impl LoraLayer {
     /// Adds this delta into the base weight `w` (`[out, in]`, f32), as
     /// merging does: `W + s·B·A`, rows rescaled by DoRA's factor.
     pub fn merge_into(&self, w: &mut [f32]) -> Result<()> {
-        let (a, b) = (self.a.weight().to_f32()?, self.b.weight().to_f32()?);
-        let (rank, inp) = (self.rank(), self.a.in_features());
+        let (a, b) = (self.pair.a_f32(), self.pair.b_f32());
+        let (rank, inp) = (self.rank(), self.pair.in_dim());
         for (o, row) in w.chunks_exact_mut(inp).enumerate() {
             for (j, a_row) in a.chunks_exact(inp).enumerate() {
                 let coefficient = self.scaling * b[o * rank + j];
@@ -124,7 +123,11 @@ impl LoraLayer {
     }
 
     fn parameters(&self) -> usize {
-        self.a.weight().elem_count() + self.b.weight().elem_count() + self.dora_scale.as_ref().map_or(0, Vec::len)
+        self.pair.parameters() + self.dora_scale.as_ref().map_or(0, Vec::len)
+    }
+
+    fn bytes(&self) -> usize {
+        self.pair.bytes() + self.dora_scale.as_ref().map_or(0, |d| d.len() * std::mem::size_of::<f32>())
     }
 }
 
@@ -207,7 +210,7 @@ impl Adapter {
 
     /// Bytes it holds in memory.
     pub fn memory_bytes(&self) -> usize {
-        self.parameter_count() * std::mem::size_of::<f32>()
+        self.layers.iter().flatten().flatten().map(LoraLayer::bytes).sum()
     }
 
     /// True when it is a DoRA adapter.
@@ -314,57 +317,66 @@ impl RowAdapters {
     }
 }
 
-/// Runs a linear on some rows (the kernel choice of the current pass).
-pub(crate) type RowKernel<'k> = dyn Fn(&[f32], usize, &Linear, &mut [f32], &mut LinearScratch) -> Result<()> + 'k;
-
 /// Buffers the deltas reuse from call to call.
 #[derive(Default)]
 pub(crate) struct LoraScratch {
-    x: Vec<f32>,
+    deltas: Vec<Vec<f32>>,
     low: Vec<f32>,
-    delta: Vec<f32>,
-    linear: LinearScratch,
 }
 
-/// Adds every adapted row's delta for `proj` of `layer` to `y` (which holds
-/// the base layer's output for the `rows` rows of `x`; `bias` is the base
-/// layer's bias, which DoRA leaves out of its rescaling).
-#[allow(clippy::too_many_arguments)]
+/// One projection's output for [`add_deltas`]: which projection, the base
+/// layer's bias (which DoRA leaves out of its rescaling), and `y`, holding
+/// the base layer's output for every row.
+pub(crate) struct Adapted<'y> {
+    pub proj: Proj,
+    pub bias: Option<&'y [f32]>,
+    pub y: &'y mut [f32],
+}
+
+/// Adds every adapted row's delta to the outputs of several projections
+/// of `layer` that share the input `x` (`rows` rows): one kernel call for
+/// all of them.
 pub(crate) fn add_deltas(
     adapters: &RowAdapters,
     layer: usize,
-    proj: Proj,
     x: &[f32],
     rows: usize,
-    y: &mut [f32],
-    bias: Option<&[f32]>,
-    kernel: &RowKernel<'_>,
+    outputs: &mut [Adapted<'_>],
     scratch: &mut LoraScratch,
 ) -> Result<()> {
     if rows == 0 {
         return Ok(());
     }
-    let (in_dim, out_dim) = (x.len() / rows, y.len() / rows);
-    for (active, members) in adapters.groups(rows) {
-        let Some(lora) = active.adapter.layer(layer, proj) else { continue };
-        let count = members.len();
-        let input: &[f32] = if count == rows {
-            x
-        } else {
-            scratch.x.clear();
-            members.iter().for_each(|&r| scratch.x.extend_from_slice(&x[r * in_dim..(r + 1) * in_dim]));
-            &scratch.x
-        };
-        scratch.low.resize(count * lora.rank(), 0.0);
-        scratch.delta.resize(count * out_dim, 0.0);
-        kernel(input, count, &lora.a, &mut scratch.low, &mut scratch.linear)?;
-        kernel(&scratch.low, count, &lora.b, &mut scratch.delta, &mut scratch.linear)?;
+    let row_groups = adapters.groups(rows);
+    // (output index, the request's adapter, its layer, the rows using it)
+    let mut adapted: Vec<(usize, &ActiveAdapter, &LoraLayer, &[usize])> = Vec::new();
+    for (p, output) in outputs.iter().enumerate() {
+        for (active, members) in &row_groups {
+            if let Some(lora) = active.adapter.layer(layer, output.proj) {
+                adapted.push((p, active, lora, members));
+            }
+        }
+    }
+    if adapted.is_empty() {
+        return Ok(());
+    }
+    scratch.deltas.resize_with(outputs.len(), Vec::new);
+    for (delta, output) in scratch.deltas.iter_mut().zip(outputs.iter()) {
+        delta.resize(output.y.len(), 0.0);
+    }
+    let groups: Vec<LoraGroup<'_>> =
+        adapted.iter().map(|&(output, _, lora, rows)| LoraGroup { pair: &lora.pair, rows, output }).collect();
+    let mut delta_views: Vec<&mut [f32]> = scratch.deltas.iter_mut().map(|d| &mut d[..]).collect();
+    lora_deltas(x, rows, &groups, &mut delta_views, &mut scratch.low)?;
+    for &(p, active, lora, members) in &adapted {
+        let out_dim = outputs[p].y.len() / rows;
         let s = lora.scaling * active.scale;
-        for (delta, &row) in scratch.delta.chunks_exact(out_dim).zip(&members) {
-            let out = &mut y[row * out_dim..(row + 1) * out_dim];
+        for &row in members {
+            let delta = &scratch.deltas[p][row * out_dim..(row + 1) * out_dim];
+            let out = &mut outputs[p].y[row * out_dim..(row + 1) * out_dim];
             match &lora.dora_scale {
                 None => out.iter_mut().zip(delta).for_each(|(o, d)| *o += s * d),
-                Some(norm) => apply_dora(out, delta, s, norm, bias),
+                Some(norm) => apply_dora(out, delta, s, norm, outputs[p].bias),
             }
         }
     }
@@ -572,10 +584,10 @@ fn pattern_value<T: Copy>(patterns: &[(String, T)], name: &str) -> Option<T> {
     patterns.iter().find(|(key, _)| full_match(&format!("(?:.*\\.)?(?:{key})"), name)).map(|(_, v)| *v)
 }
 
-/// A tensor of the adapter file, as f32, with its shape.
+/// A tensor of the adapter file, in its stored precision, with its shape.
 struct RawTensor {
     shape: Vec<usize>,
-    values: Vec<f32>,
+    values: LoraMatrix,
 }
 
 fn read_weights(folder: &Path, max_bytes: u64) -> Result<BTreeMap<String, RawTensor>> {
@@ -606,21 +618,21 @@ fn read_weights(folder: &Path, max_bytes: u64) -> Result<BTreeMap<String, RawTen
     })?;
     let mut tensors = BTreeMap::new();
     for (name, view) in parsed.tensors() {
-        let values = to_f32(view.dtype(), view.data())
+        let values = to_matrix(view.dtype(), view.data())
             .ok_or_else(|| key_error(&path, &name, format!("dtype {:?} (expected F32, F16 or BF16)", view.dtype())))?;
         tensors.insert(name, RawTensor { shape: view.shape().to_vec(), values });
     }
     Ok(tensors)
 }
 
-fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> Option<Vec<f32>> {
+fn to_matrix(dtype: safetensors::Dtype, data: &[u8]) -> Option<LoraMatrix> {
     let pairs = || data.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     match dtype {
         safetensors::Dtype::F32 => {
-            Some(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            Some(LoraMatrix::F32(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
         }
-        safetensors::Dtype::F16 => Some(pairs().map(|h| half::f16::from_bits(h).to_f32()).collect()),
-        safetensors::Dtype::BF16 => Some(pairs().map(|h| half::bf16::from_bits(h).to_f32()).collect()),
+        safetensors::Dtype::F16 => Some(LoraMatrix::F16(pairs().map(half::f16::from_bits).collect())),
+        safetensors::Dtype::BF16 => Some(LoraMatrix::Bf16(pairs().map(half::bf16::from_bits).collect())),
         _ => None,
     }
 }
@@ -650,7 +662,7 @@ impl Builder<'_> {
         let mut parts: BTreeMap<(usize, Proj), BTreeMap<Part, (String, RawTensor)>> = BTreeMap::new();
         for (key, tensor) in tensors {
             let (layer, proj, part) = self.parse_key(&key)?;
-            if tensor.values.iter().any(|v| !v.is_finite()) {
+            if tensor.values.to_f32().iter().any(|v| !v.is_finite()) {
                 return Err(key_error(self.path, &key, "holds NaN or infinite values"));
             }
             parts.entry((layer, proj)).or_default().insert(part, (key, tensor));
@@ -760,16 +772,15 @@ impl Builder<'_> {
             ));
         }
         let scaling = self.config.scaling(rank, alpha);
-        let a = Linear::new(Tensor::from_f32(a.values, &[rank, inp])?, None);
-        let b = Linear::new(Tensor::from_f32(b.values, &[out, rank])?, None);
+        let pair = LoraPair::new(rank, inp, out, a.values, b.values)?;
         let dora_scale = match magnitude {
             None => None,
             Some((key, m)) => {
                 self.check_shape(&key, &m, &[out])?;
-                Some(dora_scale(self.base, layer, proj, &a, &b, scaling, &m.values)?)
+                Some(dora_scale(self.base, layer, proj, &pair, scaling, &m.values.to_f32())?)
             }
         };
-        Ok(LoraLayer { a, b, scaling, dora_scale })
+        Ok(LoraLayer { pair, scaling, dora_scale })
     }
 
     fn check_shape(&self, key: &str, tensor: &RawTensor, expected: &[usize]) -> Result<()> {
@@ -786,10 +797,10 @@ impl Builder<'_> {
 }
 
 /// DoRA's `m / ‖W + s·B·A‖` per output row of the base projection.
-fn dora_scale(base: &Llama, layer: usize, proj: Proj, a: &Linear, b: &Linear, s: f32, m: &[f32]) -> Result<Vec<f32>> {
+fn dora_scale(base: &Llama, layer: usize, proj: Proj, pair: &LoraPair, s: f32, m: &[f32]) -> Result<Vec<f32>> {
     let weight = base.projection(layer, proj).weight();
-    let (a, b) = (a.weight().to_f32()?, b.weight().to_f32()?);
-    let (rank, inp) = (a.len() / weight.row_len().max(1), weight.row_len());
+    let (a, b) = (pair.a_f32(), pair.b_f32());
+    let (rank, inp) = (pair.rank(), weight.row_len());
     let mut row = vec![0f32; inp];
     let mut scale = Vec::with_capacity(m.len());
     for (o, &magnitude) in m.iter().enumerate() {

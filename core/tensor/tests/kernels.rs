@@ -639,3 +639,97 @@ fn work_run_with_niceness_returns_its_value_and_its_panic() {
     let panicked = std::panic::catch_unwind(|| cpu::pool::run_with_niceness(1, || panic!("inside")));
     assert!(panicked.is_err());
 }
+
+/// The f64 reference of one row's LoRA delta: `B·(A·x)`.
+fn lora_reference(a: &[f32], b: &[f32], rank: usize, x: &[f32]) -> Vec<f32> {
+    let inp = x.len();
+    let low: Vec<f64> = (0..rank).map(|j| (0..inp).map(|k| a[j * inp + k] as f64 * x[k] as f64).sum()).collect();
+    let out = b.len() / rank;
+    (0..out).map(|o| (0..rank).map(|j| b[o * rank + j] as f64 * low[j]).sum::<f64>() as f32).collect()
+}
+
+/// A pair in `dtype`'s precision, with its values as f32 (A `[rank, in]`, B `[out, rank]`).
+fn lora_pair(rng: &mut Rng, dtype: DType, rank: usize, inp: usize, out: usize) -> (cpu::LoraPair, Vec<f32>, Vec<f32>) {
+    let make = |values: Vec<f32>| match dtype {
+        DType::F16 => cpu::LoraMatrix::F16(values.iter().map(|&v| half::f16::from_f32(v)).collect()),
+        DType::BF16 => cpu::LoraMatrix::Bf16(values.iter().map(|&v| half::bf16::from_f32(v)).collect()),
+        _ => cpu::LoraMatrix::F32(values),
+    };
+    let (a, b) = (make(rng.vec(rank * inp)), make(rng.vec(out * rank)));
+    let (a_f32, b_f32) = (a.to_f32(), b.to_f32());
+    (cpu::LoraPair::new(rank, inp, out, a, b).unwrap(), a_f32, b_f32)
+}
+
+#[test]
+fn lora_deltas_match_the_reference_on_both_kernels_and_every_precision() {
+    let mut rng = Rng(41);
+    // Odd widths: in not a multiple of 16, outputs not multiples of 8.
+    let (rows, inp) = (7, 90);
+    let x = rng.vec(rows * inp);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let (p0, a0, b0) = lora_pair(&mut rng, dtype, 3, inp, 37);
+        let (p1, a1, b1) = lora_pair(&mut rng, dtype, 8, inp, 37);
+        let (p2, a2, b2) = lora_pair(&mut rng, dtype, 5, inp, 20);
+        // Output 0: rows 0, 2, 3, 4, 6 with p0 (more than a block), row 5 with p1; output 1: rows 1..=5 with p2.
+        let (g0, g1, g2) = ([0usize, 2, 3, 4, 6], [5usize], [1usize, 2, 3, 4, 5]);
+        let groups = [
+            cpu::LoraGroup { pair: &p0, rows: &g0, output: 0 },
+            cpu::LoraGroup { pair: &p1, rows: &g1, output: 0 },
+            cpu::LoraGroup { pair: &p2, rows: &g2, output: 1 },
+        ];
+        for kernel in [cpu::LoraKernel::Scalar, cpu::LoraKernel::detect()] {
+            let (mut y0, mut y1, mut low) = (vec![7.0f32; rows * 37], vec![7.0f32; rows * 20], Vec::new());
+            cpu::lora_deltas_on(kernel, &x, rows, &groups, &mut [&mut y0[..], &mut y1[..]], &mut low).unwrap();
+            let row = |r: usize| &x[r * inp..(r + 1) * inp];
+            for r in 0..rows {
+                let what = format!("{dtype:?} {kernel:?} row {r}");
+                let (a, b, rank) = if r == 5 { (&a1, &b1, 8) } else { (&a0, &b0, 3) };
+                match r {
+                    1 => assert!(y0[r * 37..(r + 1) * 37].iter().all(|&v| v == 7.0), "{what}: untouched"),
+                    _ => assert_close(&y0[r * 37..(r + 1) * 37], &lora_reference(a, b, rank, row(r)), 1e-5, &what),
+                }
+                match r {
+                    1..=5 => assert_close(&y1[r * 20..(r + 1) * 20], &lora_reference(&a2, &b2, 5, row(r)), 1e-5, &what),
+                    _ => assert!(y1[r * 20..(r + 1) * 20].iter().all(|&v| v == 7.0), "{what}: untouched"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lora_delta_rows_do_not_depend_on_their_neighbours() {
+    let mut rng = Rng(43);
+    let (rows, inp, out) = (6, 64, 48);
+    let x = rng.vec(rows * inp);
+    let (pair, _, _) = lora_pair(&mut rng, DType::F16, 16, inp, out);
+    let all: Vec<usize> = (0..rows).collect();
+    for kernel in [cpu::LoraKernel::Scalar, cpu::LoraKernel::detect()] {
+        let (mut batch, mut low) = (vec![0f32; rows * out], Vec::new());
+        let group = [cpu::LoraGroup { pair: &pair, rows: &all, output: 0 }];
+        cpu::lora_deltas_on(kernel, &x, rows, &group, &mut [&mut batch[..]], &mut low).unwrap();
+        for r in 0..rows {
+            let mut alone = vec![0f32; out];
+            let group = [cpu::LoraGroup { pair: &pair, rows: &[0], output: 0 }];
+            let input = &x[r * inp..(r + 1) * inp];
+            cpu::lora_deltas_on(kernel, input, 1, &group, &mut [&mut alone[..]], &mut low).unwrap();
+            assert_eq!(&batch[r * out..(r + 1) * out], &alone[..], "{kernel:?} row {r}: batched differs from alone");
+        }
+    }
+}
+
+#[test]
+fn lora_deltas_refuse_mismatched_shapes() {
+    let mut rng = Rng(47);
+    let (pair, _, _) = lora_pair(&mut rng, DType::F32, 2, 16, 8);
+    let group = [cpu::LoraGroup { pair: &pair, rows: &[0, 1], output: 0 }];
+    let (x, mut low) = (vec![0f32; 2 * 16], Vec::new());
+    let mut short = [0f32; 8];
+    assert!(cpu::lora_deltas(&x, 2, &group, &mut [&mut short[..]], &mut low).is_err());
+    assert!(cpu::lora_deltas(&x[..16], 2, &group, &mut [&mut vec![0f32; 16][..]], &mut low).is_err());
+    let past = [cpu::LoraGroup { pair: &pair, rows: &[2], output: 0 }];
+    assert!(cpu::lora_deltas(&x, 2, &past, &mut [&mut vec![0f32; 16][..]], &mut low).is_err());
+    assert!(
+        cpu::LoraPair::new(2, 16, 8, cpu::LoraMatrix::F32(vec![0.0; 31]), cpu::LoraMatrix::F32(vec![0.0; 16])).is_err()
+    );
+}

@@ -3,6 +3,7 @@
 
 mod attention;
 mod bf16;
+mod lora;
 mod matmul;
 mod ops;
 pub mod pool;
@@ -11,6 +12,7 @@ mod simd512;
 
 pub use attention::{causal_attention, decode_attention, full_attention, full_attention_packed, AttentionShape};
 pub use bf16::{bf16_supported, gemm_bf16, gemm_bf16_on, Bf16Kernel, Bf16Out, Bf16Rows, Bf16Weights, Epilogue};
+pub use lora::{lora_deltas, lora_deltas_on, LoraGroup, LoraKernel, LoraMatrix, LoraPair};
 pub use matmul::{
     dot_f32, gemm_f32, linear, linear_many, linear_many_decode, linear_many_gemm, matvec_f32, LinearScratch,
     QUANT_GEMM_MIN_TOKENS,
