@@ -172,6 +172,23 @@ fn adapters_per_request_batched_hot_loaded_and_bounded() {
     let (status, body) = curl(&d, "/v1/chat/completions", None, Some(&chat("tmp", "", "Hi", 4, false)));
     assert_openai_error(status, &body, 404);
 
+    // An adapter unloaded while a request uses it: the request finishes
+    // with it, unchanged; the next one naming it is a 404.
+    let (status, body) = load(&d, "doomed", "r16-all-linear");
+    assert_eq!(status, 200, "{body}");
+    let request = chat("doomed", "", prompts[0], 48, true);
+    let solo = streamed(&d, &request);
+    let during = std::thread::scope(|scope| {
+        let stream = scope.spawn(|| streamed(&d, &request));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (status, body) = curl_method(&d, "DELETE", "/v1/adapters/doomed", "{}");
+        assert_eq!(status, 200, "{body}");
+        stream.join().unwrap()
+    });
+    assert_eq!(during, solo, "a request keeps its adapter when the name is unloaded mid-stream");
+    let (status, body) = curl(&d, "/v1/chat/completions", None, Some(&chat("doomed", "", "Hi", 4, false)));
+    assert_openai_error(status, &body, 404);
+
     // vLLM's routes.
     let path = adapters_dir().join("rslora").display().to_string();
     let (status, body) =

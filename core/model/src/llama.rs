@@ -419,10 +419,8 @@ impl LinearPass {
         if adapters.is_base() {
             return Ok(());
         }
-        let mut outputs: Vec<Adapted<'_>> = projections
-            .iter_mut()
-            .map(|(proj, linear, y)| Adapted { proj: *proj, bias: linear.bias(), y })
-            .collect();
+        let mut outputs: Vec<Adapted<'_>> =
+            projections.iter_mut().map(|(proj, linear, y)| Adapted { proj: *proj, bias: linear.bias(), y }).collect();
         add_deltas(adapters, layer, x, tokens, &mut outputs, lora)
     }
 }
