@@ -1,5 +1,5 @@
 /*
- * tailor_plugin.h — the plugin ABI of tailord (version 1.1).
+ * tailor_plugin.h — the plugin ABI of tailord (version 1.2).
  *
  * A plugin is a shared library exporting one function, tailor_plugin_entry.
  * The host calls it once, passing its services; the plugin returns a
