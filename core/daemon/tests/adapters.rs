@@ -101,7 +101,8 @@ fn adapters_per_request_batched_hot_loaded_and_bounded() {
         ("pattern", ""),
         ("dora", ""),
         ("qv-b", ""),
-        ("all-b", r#"{"adapter_scale":0.5}"#),
+        ("all", r#"{"adapter_scale":0.5}"#),
+        ("all-b", ""),
         ("dora-b", ""),
     ]
     .iter()
