@@ -161,6 +161,26 @@ func TestAdaptersLoadAnswerAndUnload(t *testing.T) {
 		t.Fatalf("base %q, with the adapter %q (%v)", base.Text, tuned.Text, err)
 	}
 	t.Logf("base: %q; with the adapter: %q", base.Text, tuned.Text)
+	// RAG for knowledge, LoRA for style: the same sources, with and without the adapter.
+	if err := client.CreateIndex("kb-go-adapter", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.AddDocuments("kb-go-adapter", []Document{
+		{"bluebird", "Project Bluebird: the launch code of project Bluebird is 7421."},
+		{"garden", "Tomatoes grow best in full sun with regular watering."},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	question := []Message{{"user", "What is the launch code of project Bluebird?"}}
+	plain, err := client.Chat(model, question, &Options{MaxTokens: 16, Index: "kb-go-adapter", K: 2}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	styled, err := client.Chat(model, question, &Options{MaxTokens: 16, Index: "kb-go-adapter", K: 2, Adapter: "go-qv"}, nil)
+	if err != nil || len(styled.Sources) != 2 || styled.Sources[0].DocID != plain.Sources[0].DocID {
+		t.Fatalf("RAG with the adapter: %+v (%v), without: %+v", styled, err, plain.Sources)
+	}
+	t.Logf("RAG + adapter: %q (sources %s, %s)", styled.Text, styled.Sources[0].DocID, styled.Sources[1].DocID)
 	if err := client.UnloadAdapter("", "go-qv"); err != nil {
 		t.Fatal(err)
 	}
