@@ -9,6 +9,8 @@
 //!   `POST /v1/unload_lora_adapter` `{"lora_name"}` do the same.
 //!
 //! `"model"` names the generate stage (default: the first configured).
+//! On generation routes, [`generation_target`] reads the adapter a request
+//! names (in `model` or `tailor.adapter`) into the stage request.
 //! Loading or unloading clears the answer cache: a name may now stand for
 //! other weights.
 
@@ -108,4 +110,59 @@ fn generate_stage(state: &AppState, body: &Value) -> Result<std::sync::Arc<crate
 
 fn string_field<'a>(body: &'a Value, name: &str) -> Result<&'a str, ApiError> {
     body.get(name).and_then(Value::as_str).ok_or_else(|| ApiError::bad_request(format!("`{name}` must be a string")))
+}
+
+/// The generate stage and adapter a request's `model` names: a stage
+/// (`"smollm2"`), a stage and one of its adapters (`"smollm2:support"`), or
+/// an adapter alone (vLLM's convention: `"support"`, on the first generate
+/// stage); `"tailor": {"adapter", "adapter_scale"}` is the explicit form.
+/// The adapter and scale are written into the stage request.
+pub(crate) fn generation_target(
+    state: &AppState,
+    body: &Value,
+    request: &mut Value,
+) -> Result<std::sync::Arc<crate::stages::Registered>, ApiError> {
+    let model =
+        body.get("model").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("`model` is required"))?;
+    let registry = state.registry();
+    let unknown = || ApiError::new(axum::http::StatusCode::NOT_FOUND, format!("unknown model {model:?}"));
+    let (stage, named) = match registry.find(model, StageKind::Generate) {
+        Some(stage) => (stage, None),
+        None => match model.split_once(':') {
+            Some((base, adapter)) => (registry.find(base, StageKind::Generate).ok_or_else(unknown)?, Some(adapter)),
+            None => {
+                let first = registry.all().iter().find(|s| s.kind == Some(StageKind::Generate)).cloned();
+                (first.ok_or_else(unknown)?, Some(model))
+            }
+        },
+    };
+    let options = body.get("tailor");
+    let explicit = options.and_then(|t| t.get("adapter"));
+    let adapter = match (named, explicit) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("name the adapter in `model` or in `tailor.adapter`, not both"))
+        }
+        (Some(name), None) => Some(json!(name)),
+        (None, Some(Value::String(name))) => Some(json!(name)),
+        (None, Some(_)) => return Err(ApiError::bad_request("`tailor.adapter` must be a string")),
+        (None, None) => None,
+    };
+    if let Some(adapter) = adapter {
+        request["adapter"] = adapter;
+    }
+    if let Some(scale) = options.and_then(|t| t.get("adapter_scale")) {
+        let scale = scale.as_f64().ok_or_else(|| ApiError::bad_request("`tailor.adapter_scale` must be a number"))?;
+        request["adapter_scale"] = json!(scale);
+    }
+    Ok(stage)
+}
+
+/// `request` with the adapter fields of [`generation_target`] added.
+pub(crate) fn with_target(mut request: Value, target: Value) -> Value {
+    if let Value::Object(fields) = target {
+        for (key, value) in fields {
+            request[key] = value;
+        }
+    }
+    request
 }

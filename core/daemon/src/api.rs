@@ -397,16 +397,6 @@ async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
-/// `request` with the adapter fields of [`generation_target`] added.
-fn with_target(mut request: Value, target: Value) -> Value {
-    if let Value::Object(fields) = target {
-        for (key, value) in fields {
-            request[key] = value;
-        }
-    }
-    request
-}
-
 /// Sampling fields passed through to the generate stage.
 fn generation_request(body: &Value, input: (&str, Value)) -> Value {
     let mut request = json!({});
@@ -422,58 +412,17 @@ fn generation_request(body: &Value, input: (&str, Value)) -> Value {
     request
 }
 
-/// The generate stage and adapter a request's `model` names: a stage
-/// (`"smollm2"`), a stage and one of its adapters (`"smollm2:support"`), or
-/// an adapter alone (vLLM's convention: `"support"`, on the first generate
-/// stage); `"tailor": {"adapter", "adapter_scale"}` is the explicit form.
-/// The adapter and scale are written into the stage request.
-fn generation_target(state: &AppState, body: &Value, request: &mut Value) -> Result<Arc<Registered>, ApiError> {
-    let model =
-        body.get("model").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("`model` is required"))?;
-    let registry = &state.0.registry;
-    let unknown = || ApiError::new(StatusCode::NOT_FOUND, format!("unknown model {model:?}"));
-    let (stage, named) = match registry.find(model, StageKind::Generate) {
-        Some(stage) => (stage, None),
-        None => match model.split_once(':') {
-            Some((base, adapter)) => (registry.find(base, StageKind::Generate).ok_or_else(unknown)?, Some(adapter)),
-            None => {
-                let first = registry.all().iter().find(|s| s.kind == Some(StageKind::Generate)).cloned();
-                (first.ok_or_else(unknown)?, Some(model))
-            }
-        },
-    };
-    let options = body.get("tailor");
-    let explicit = options.and_then(|t| t.get("adapter"));
-    let adapter = match (named, explicit) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("name the adapter in `model` or in `tailor.adapter`, not both"))
-        }
-        (Some(name), None) => Some(json!(name)),
-        (None, Some(Value::String(name))) => Some(json!(name)),
-        (None, Some(_)) => return Err(ApiError::bad_request("`tailor.adapter` must be a string")),
-        (None, None) => None,
-    };
-    if let Some(adapter) = adapter {
-        request["adapter"] = adapter;
-    }
-    if let Some(scale) = options.and_then(|t| t.get("adapter_scale")) {
-        let scale = scale.as_f64().ok_or_else(|| ApiError::bad_request("`tailor.adapter_scale` must be a number"))?;
-        request["adapter_scale"] = json!(scale);
-    }
-    Ok(stage)
-}
-
 async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = parse_body(&body)?;
     let mut target = json!({});
-    let stage = generation_target(&state, &body, &mut target)?;
+    let stage = crate::adapter_api::generation_target(&state, &body, &mut target)?;
     let messages = body.get("messages").filter(|m| m.as_array().is_some_and(|a| !a.is_empty()));
     let messages = messages.ok_or_else(|| ApiError::bad_request("`messages` must be a non-empty array"))?;
     let (messages, sources) = match body.get("tailor").and_then(|t| t.get("index")) {
         Some(_) => retrieve_into(&state, &body, messages).await?,
         None => (messages.clone(), Value::Null),
     };
-    let request = with_target(generation_request(&body, ("messages", messages)), target);
+    let request = crate::adapter_api::with_target(generation_request(&body, ("messages", messages)), target);
     run_generation(state, stage, request, &body, Kind::Chat { sources }).await
 }
 
@@ -517,10 +466,10 @@ async fn retrieve_into(state: &AppState, body: &Value, messages: &Value) -> Resu
 async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = parse_body(&body)?;
     let mut target = json!({});
-    let stage = generation_target(&state, &body, &mut target)?;
+    let stage = crate::adapter_api::generation_target(&state, &body, &mut target)?;
     let prompt =
         body.get("prompt").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("`prompt` must be a string"))?;
-    let request = with_target(generation_request(&body, ("prompt", json!(prompt))), target);
+    let request = crate::adapter_api::with_target(generation_request(&body, ("prompt", json!(prompt))), target);
     run_generation(state, stage, request, &body, Kind::Completion).await
 }
 
