@@ -20,6 +20,7 @@ pub mod merge;
 pub mod model;
 pub mod names;
 pub mod sampler;
+pub mod tape;
 pub mod tokenizer;
 pub mod weights;
 
@@ -33,3 +34,4 @@ pub use llama::{DecodeBuffers, LayeredPrefill, Llama, Logits};
 pub use lora::{ActiveAdapter, Adapter, AdapterLimits};
 pub use model::{LoadOptions, Model};
 pub use sampler::{Sampler, SamplingParams};
+pub use tape::LayerTape;

@@ -8,6 +8,7 @@ use crate::kv_cache::KvCache;
 use crate::linear::Linear;
 use crate::lora::{add_deltas, ActiveAdapter, Adapted, LoraScratch, RowAdapters};
 use crate::names::{layer_prefix, Proj};
+use crate::tape::LayerTape;
 use crate::weights::WeightSource;
 use tailor_tensor::cpu::{
     add_in_place, causal_attention, decode_attention, rms_norm, silu_mul, LinearScratch, RopeTable,
@@ -94,7 +95,7 @@ impl Llama {
     }
 
     /// The linear layer of `proj` in `layer` (panics past the last layer).
-    pub(crate) fn projection(&self, layer: usize, proj: Proj) -> &Linear {
+    pub fn projection(&self, layer: usize, proj: Proj) -> &Linear {
         let b = &self.blocks[layer];
         [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down][proj.index()]
     }
@@ -205,8 +206,8 @@ impl Llama {
         let end = (*next_layer + layers).min(self.blocks.len());
         for layer in *next_layer..end {
             let block = &self.blocks[layer];
-            self.attention(layer, block, x, *start, cache, scratch)?;
-            self.mlp(layer, block, x, scratch)?;
+            self.attention(layer, block, x, *start, cache, scratch, None)?;
+            self.mlp(layer, block, x, scratch, None)?;
         }
         *next_layer = end;
         Ok(end == self.blocks.len())
@@ -285,7 +286,7 @@ impl Llama {
         s.adapters = RowAdapters::each(adapters);
         for (layer, block) in self.blocks.iter().enumerate() {
             self.decode_attention(layer, block, &mut x, caches, s)?;
-            self.mlp(layer, block, &mut x, s)?;
+            self.mlp(layer, block, &mut x, s, None)?;
         }
         for cache in caches.iter_mut() {
             cache.advance(1);
@@ -294,6 +295,63 @@ impl Llama {
         logits.resize(n * cfg.vocab_size, 0.0);
         Linear::forward_many_decode(&s.normed, n, &mut [(&self.lm_head, &mut logits[..])], &mut s.linear)?;
         Ok(&mut logits[..])
+    }
+
+    /// Training mode: the embedding rows of `tokens`, the residual stream
+    /// entering layer 0.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.embed_tokens(tokens)
+    }
+
+    /// Training mode: runs decoder layer `layer` on the residual stream `x`
+    /// of one sequence starting at position 0, with `adapter` on the
+    /// projections it adapts. This is the serving forward (the same
+    /// functions and kernels as a prefill); given a tape it also keeps what
+    /// the layer's backward needs.
+    pub fn run_layer(
+        &self,
+        layer: usize,
+        x: &mut [f32],
+        adapter: Option<&ActiveAdapter>,
+        tape: Option<&mut LayerTape>,
+    ) -> Result<()> {
+        let cfg = &self.config;
+        let n = x.len() / cfg.hidden_size;
+        let block = self.blocks.get(layer).ok_or_else(|| {
+            ModelError::InvalidParameter(format!("layer {layer} of a model with {}", self.blocks.len()))
+        })?;
+        if n == 0 || x.len() != n * cfg.hidden_size {
+            return Err(ModelError::InvalidParameter(format!("{} values are not whole rows", x.len())));
+        }
+        if n > self.context_length() {
+            return Err(ModelError::ContextOverflow { tokens: n, context: self.context_length() });
+        }
+        let mut scratch = Scratch::new(cfg, n);
+        scratch.adapters = adapter.map_or(RowAdapters::Base, |a| RowAdapters::One(a.clone()));
+        let mut cache = self.new_cache();
+        let mut tape = tape;
+        self.attention(layer, block, x, 0, &mut cache, &mut scratch, tape.as_deref_mut())?;
+        self.mlp(layer, block, x, &mut scratch, tape)
+    }
+
+    /// The final RMSNorm's weight.
+    pub fn final_norm_weight(&self) -> &[f32] {
+        &self.norm
+    }
+
+    /// The attention and MLP norms' weights of `layer` (panics past the last).
+    pub fn layer_norm_weights(&self, layer: usize) -> (&[f32], &[f32]) {
+        (&self.blocks[layer].attn_norm, &self.blocks[layer].ffn_norm)
+    }
+
+    /// The output projection (the embedding when they are tied).
+    pub fn lm_head(&self) -> &Linear {
+        &self.lm_head
+    }
+
+    /// The rotary embedding table.
+    pub fn rope(&self) -> &RopeTable {
+        &self.rope
     }
 
     fn decode_attention(
@@ -344,6 +402,7 @@ impl Llama {
         start: usize,
         cache: &mut KvCache,
         s: &mut Scratch,
+        mut tape: Option<&mut LayerTape>,
     ) -> Result<()> {
         let cfg = &self.config;
         let n = s.tokens;
@@ -355,17 +414,23 @@ impl Llama {
         cache.append(layer, &s.k, &s.v);
         let (keys, values) = cache.layer(layer);
         causal_attention(&s.q, keys, values, start, cfg.attention_shape(), &mut s.attn);
+        if let Some(tape) = tape.as_deref_mut() {
+            tape.keep_attention(x, &s.normed, &s.q, &s.k, &s.v, &s.attn);
+        }
         let o = &mut [(Proj::O, &b.o, &mut s.out[..])];
         s.pass.run_adapted(&s.attn, n, layer, o, &s.adapters, &mut s.linear, &mut s.lora)?;
         add_in_place(x, &s.out);
         Ok(())
     }
 
-    fn mlp(&self, layer: usize, b: &Block, x: &mut [f32], s: &mut Scratch) -> Result<()> {
+    fn mlp(&self, layer: usize, b: &Block, x: &mut [f32], s: &mut Scratch, tape: Option<&mut LayerTape>) -> Result<()> {
         let n = s.tokens;
         rms_norm(x, &b.ffn_norm, self.config.rms_norm_eps as f32, &mut s.normed);
         let gate_up = &mut [(Proj::Gate, &b.gate, &mut s.gate[..]), (Proj::Up, &b.up, &mut s.up[..])];
         s.pass.run_adapted(&s.normed, n, layer, gate_up, &s.adapters, &mut s.linear, &mut s.lora)?;
+        if let Some(tape) = tape {
+            tape.keep_mlp(x, &s.normed, &s.gate, &s.up);
+        }
         silu_mul(&mut s.gate, &s.up);
         let down = &mut [(Proj::Down, &b.down, &mut s.out[..])];
         s.pass.run_adapted(&s.gate, n, layer, down, &s.adapters, &mut s.linear, &mut s.lora)?;

@@ -125,9 +125,39 @@ impl Adapter {
         let weights_path = folder.join(WEIGHTS_FILE);
         let mut builder = Builder { base, config: &config, path: &weights_path, limits };
         let layers = builder.build(tensors)?;
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Adapter { id, config, source: folder.to_path_buf(), layers })
+        Ok(Adapter { id: next_adapter_id(), config, source: folder.to_path_buf(), layers })
+    }
+
+    /// An adapter from f32 matrices in memory (a training run's current
+    /// weights): per adapted module, its layer, projection, `A` (`[r, in]`)
+    /// and `B` (`[out, r]`, PEFT's layout). The rank of each comes from
+    /// `config` (`rank_pattern` included) and must match the matrices;
+    /// DoRA is not built this way.
+    pub fn from_f32(config: LoraConfig, base: &Llama, modules: &[TrainedModule<'_>], source: PathBuf) -> Result<Adapter> {
+        let bad = |detail: String| ModelError::Adapter { path: source.clone(), detail };
+        if config.use_dora {
+            return Err(bad("a DoRA adapter cannot be built from A and B alone".into()));
+        }
+        let layer_count = base.config().num_hidden_layers;
+        let mut layers: Vec<[Option<LoraLayer>; 7]> = (0..layer_count).map(|_| Default::default()).collect();
+        for module in modules {
+            let (out, inp) = module.proj.shape(base.config());
+            let (rank, alpha) = config.rank_and_alpha(module.layer, module.proj);
+            let slot = layers
+                .get_mut(module.layer)
+                .ok_or_else(|| bad(format!("layer {} of a model with {layer_count}", module.layer)))?;
+            let pair = LoraPair::new(
+                rank,
+                inp,
+                out,
+                LoraMatrix::F32(module.a.to_vec()),
+                LoraMatrix::F32(module.b.to_vec()),
+            )
+            .map_err(|e| bad(format!("{}: {e}", module.proj.module(module.layer))))?;
+            let scaling = config.scaling(rank, alpha);
+            slot[module.proj.index()] = Some(LoraLayer { pair, scaling, dora_scale: None });
+        }
+        Ok(Adapter { id: next_adapter_id(), config, source, layers })
     }
 
     /// The checked config.
@@ -186,6 +216,25 @@ impl Adapter {
     pub fn is_dora(&self) -> bool {
         self.config.use_dora
     }
+}
+
+/// A fresh id for a loaded or built adapter.
+fn next_adapter_id() -> u64 {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One module's matrices for [`Adapter::from_f32`].
+#[derive(Debug, Clone, Copy)]
+pub struct TrainedModule<'a> {
+    /// Its layer.
+    pub layer: usize,
+    /// Its projection.
+    pub proj: Proj,
+    /// `A`, `[r, in]`.
+    pub a: &'a [f32],
+    /// `B`, `[out, r]`.
+    pub b: &'a [f32],
 }
 
 /// An adapter as a request uses it: which one, and how strongly (PEFT's

@@ -2,6 +2,7 @@
 //! with rayon's global pool, whose size is the process's CPU thread budget.
 
 mod attention;
+mod backward;
 mod bf16;
 mod lora;
 mod matmul;
@@ -11,6 +12,10 @@ pub mod pool;
 mod simd512;
 
 pub use attention::{causal_attention, decode_attention, full_attention, full_attention_packed, AttentionShape};
+pub use backward::{
+    causal_attention_backward, linear_backward_input, linear_backward_weight, matmul, rms_norm_backward,
+    silu_mul_backward, softmax_cross_entropy, LoraBackward, MatRef,
+};
 pub use bf16::{bf16_supported, gemm_bf16, gemm_bf16_on, Bf16Kernel, Bf16Out, Bf16Rows, Bf16Weights, Epilogue};
 pub use lora::{lora_deltas, lora_deltas_on, LoraGroup, LoraKernel, LoraMatrix, LoraPair};
 pub use matmul::{

@@ -374,6 +374,18 @@ impl RopeTable {
     /// position `start`. Panics if `start + tokens` exceeds [`Self::positions`];
     /// callers bound sequences by the context length first.
     pub fn apply(&self, x: &mut [f32], n_heads: usize, start: usize) {
+        self.rotate(x, n_heads, start, 1.0);
+    }
+
+    /// The backward of [`RopeTable::apply`]: rotates by the opposite angles
+    /// (a rotation's transpose is its inverse), turning the gradient of the
+    /// rotated vectors into that of the unrotated ones.
+    pub fn apply_inverse(&self, x: &mut [f32], n_heads: usize, start: usize) {
+        self.rotate(x, n_heads, start, -1.0);
+    }
+
+    /// Rotates by `sign` times each position's angles.
+    fn rotate(&self, x: &mut [f32], n_heads: usize, start: usize, sign: f32) {
         let (dim, half) = (self.head_dim, self.head_dim / 2);
         let tokens = x.len() / (n_heads * dim);
         assert!(start + tokens <= self.positions, "rope: position {} past table of {}", start + tokens, self.positions);
@@ -383,9 +395,9 @@ impl RopeTable {
             for head in token.chunks_exact_mut(dim) {
                 let (x1, x2) = head.split_at_mut(half);
                 for i in 0..half {
-                    let (a, b) = (x1[i], x2[i]);
-                    x1[i] = a * cos[i] - b * sin[i];
-                    x2[i] = b * cos[i] + a * sin[i];
+                    let (a, b, s) = (x1[i], x2[i], sign * sin[i]);
+                    x1[i] = a * cos[i] - b * s;
+                    x2[i] = b * cos[i] + a * s;
                 }
             }
         }

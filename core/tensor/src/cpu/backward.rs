@@ -1,0 +1,427 @@
+//! The backward of the decoder's ops, one function per op (llm.c style):
+//! each takes what its forward kept and the gradient of its output, and
+//! adds the gradients of its inputs (and, where it has them, of its
+//! weights). Training composes them in reverse layer order; serving never
+//! calls them. Gradients accumulate (`+=`) so that an activation used by
+//! several ops (the residual stream, the input of q, k and v) sums its
+//! contributions without temporaries.
+
+use super::attention::AttentionShape;
+use super::pool::{split_range, SpinPool};
+use crate::quant::dequantize_row;
+use crate::{DType, Result, Tensor, TensorError};
+
+/// A read-only matrix operand: `rows × cols`, stored row-major, or stored
+/// as its transpose (`cols × rows` row-major) when `transposed`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    values: &'a [f32],
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl<'a> MatRef<'a> {
+    /// A `rows × cols` row-major matrix; panics if `values` is shorter.
+    pub fn new(values: &'a [f32], rows: usize, cols: usize) -> MatRef<'a> {
+        assert!(values.len() >= rows * cols, "matrix of {rows}×{cols} over {} values", values.len());
+        MatRef { values, rows, cols, transposed: false }
+    }
+
+    /// The transpose of this matrix (no copy).
+    pub fn t(self) -> MatRef<'a> {
+        MatRef { rows: self.cols, cols: self.rows, transposed: !self.transposed, ..self }
+    }
+
+    /// (column stride, row stride) of the logical matrix in `values`.
+    fn strides(&self) -> (isize, isize) {
+        match self.transposed {
+            false => (1, self.cols as isize),
+            true => (self.rows as isize, 1),
+        }
+    }
+}
+
+/// `c = beta·c + alpha·a·b` with `c` row-major `a.rows × b.cols`, split
+/// over the pool along `c`'s longer side (the gemm crate inside each part).
+/// `beta` is 0 (overwrite) or 1 (accumulate).
+pub fn matmul(c: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, alpha: f32, accumulate: bool) {
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    assert_eq!(b.rows, k, "matmul: inner dimensions {k} and {}", b.rows);
+    assert!(c.len() >= m * n, "matmul: output of {} values for {m}×{n}", c.len());
+    let (a_cs, a_rs) = a.strides();
+    let (b_cs, b_rs) = b.strides();
+    let out = SharedOut(c.as_mut_ptr());
+    let by_rows = m >= n;
+    let job = |index: usize, threads: usize| {
+        let part = split_range(if by_rows { m } else { n }, index, threads);
+        if part.is_empty() {
+            return;
+        }
+        let (rows, cols) = if by_rows { (part.clone(), 0..n) } else { (0..m, part.clone()) };
+        // SAFETY: MatRef::new checked that a and b hold rows × cols values,
+        // and the strides address exactly those; c holds m × n values (assert
+        // above) and this thread writes only its own rows or columns, disjoint
+        // from every other thread's, while `c` stays borrowed until `run`
+        // returns.
+        unsafe {
+            gemm::gemm(
+                rows.len(),
+                cols.len(),
+                k,
+                out.ptr().add(rows.start * n + cols.start),
+                1,
+                n as isize,
+                accumulate,
+                a.values.as_ptr().offset(rows.start as isize * a_rs),
+                a_cs,
+                a_rs,
+                b.values.as_ptr().offset(cols.start as isize * b_cs),
+                b_cs,
+                b_rs,
+                if accumulate { 1.0 } else { 0.0 },
+                alpha,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    if m * n * k < 32 * 1024 {
+        job(0, 1);
+    } else {
+        SpinPool::global().run(&job);
+    }
+}
+
+/// A pointer to an output the pool's threads write in disjoint parts.
+struct SharedOut(*mut f32);
+// SAFETY: each thread writes a disjoint part of the buffer (see users).
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer (a method, so closures capture the whole wrapper).
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Rows of a non-f32 weight dequantized per piece of [`linear_backward_input`]:
+/// bounds its scratch (an lm_head of 49,152 rows never exists in f32).
+const DEQUANT_ROWS: usize = 2048;
+
+/// `dx += dy·W`: the input gradient of `y = x·Wᵀ`, for `tokens` rows;
+/// `w` is `[out, in]` in any dtype (dense f32 is used in place; others are
+/// dequantized a few thousand rows at a time into `scratch`).
+pub fn linear_backward_input(dy: &[f32], tokens: usize, w: &Tensor, dx: &mut [f32], scratch: &mut Vec<f32>) -> Result<()> {
+    let (out_dim, in_dim) = (w.row_count(), w.row_len());
+    if dy.len() != tokens * out_dim || dx.len() != tokens * in_dim {
+        return Err(TensorError::Incompatible {
+            op: "linear_backward_input",
+            detail: format!("dy of {}, dx of {} values for {tokens} rows of {in_dim}→{out_dim}", dy.len(), dx.len()),
+        });
+    }
+    if w.dtype() == DType::F32 && w.packed().is_none() {
+        let weights: &[f32] = bytemuck::cast_slice(w.bytes());
+        matmul(dx, MatRef::new(dy, tokens, out_dim), MatRef::new(weights, out_dim, in_dim), 1.0, true);
+        return Ok(());
+    }
+    let mut start = 0;
+    while start < out_dim {
+        let end = (start + DEQUANT_ROWS).min(out_dim);
+        dequantize_rows(w, start..end, scratch)?;
+        // dy's columns start..end as a tokens × (end − start) matrix.
+        let dy_part = DyColumns { dy, out_dim, start, end };
+        dy_part.accumulate(dx, tokens, &scratch[..(end - start) * in_dim], in_dim);
+        start = end;
+    }
+    Ok(())
+}
+
+/// A block of columns of `dy` (`tokens × out_dim`), multiplied without a copy.
+struct DyColumns<'a> {
+    dy: &'a [f32],
+    out_dim: usize,
+    start: usize,
+    end: usize,
+}
+
+impl DyColumns<'_> {
+    /// `dx += dy[:, start..end] · w_rows` (`w_rows`: `(end − start) × in_dim`).
+    fn accumulate(&self, dx: &mut [f32], tokens: usize, w_rows: &[f32], in_dim: usize) {
+        let width = self.end - self.start;
+        let out = SharedOut(dx.as_mut_ptr());
+        let job = |index: usize, threads: usize| {
+            let cols = split_range(in_dim, index, threads);
+            if cols.is_empty() {
+                return;
+            }
+            // SAFETY: dy holds tokens × out_dim values (checked by the
+            // caller) and we read columns start..end of each row; w_rows
+            // holds width × in_dim values; dx holds tokens × in_dim and this
+            // thread writes only its columns `cols`.
+            unsafe {
+                gemm::gemm(
+                    tokens,
+                    cols.len(),
+                    width,
+                    out.ptr().add(cols.start),
+                    1,
+                    in_dim as isize,
+                    true,
+                    self.dy.as_ptr().add(self.start),
+                    1,
+                    self.out_dim as isize,
+                    w_rows.as_ptr().add(cols.start),
+                    1,
+                    in_dim as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+        SpinPool::global().run(&job);
+    }
+}
+
+/// Dequantizes rows `rows` of `w` into `out` (resized), split over the pool.
+fn dequantize_rows(w: &Tensor, rows: std::ops::Range<usize>, out: &mut Vec<f32>) -> Result<()> {
+    let in_dim = w.row_len();
+    out.resize(rows.len() * in_dim, 0.0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let dst = SharedOut(out.as_mut_ptr());
+    let first = rows.start;
+    SpinPool::global().run(&|index, threads| {
+        for r in split_range(rows.len(), index, threads) {
+            // SAFETY: row r of `out` (in_dim values) is written by this thread only.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(r * in_dim), in_dim) };
+            if dequantize_row(w.dtype(), w.row_bytes(first + r), row).is_err() {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    match failed.into_inner() {
+        false => Ok(()),
+        true => Err(TensorError::Incompatible { op: "linear_backward_input", detail: "row not dequantizable".into() }),
+    }
+}
+
+/// `dw += dyᵀ·x`: the weight gradient of `y = x·Wᵀ` (`dw` is `[out, in]`, f32).
+pub fn linear_backward_weight(dy: &[f32], x: &[f32], tokens: usize, dw: &mut [f32]) {
+    let out_dim = dy.len() / tokens.max(1);
+    let in_dim = x.len() / tokens.max(1);
+    matmul(dw, MatRef::new(dy, tokens, out_dim).t(), MatRef::new(x, tokens, in_dim), 1.0, true);
+}
+
+/// The backward of a LoRA delta `y += s·(x·Aᵀ)·Bᵀ` on `tokens` rows, with
+/// `A` `[r, in]` and `B` `[out, r]` in f32 (PEFT's layout): accumulates
+/// `dA`, `dB` and `dx`. `low` is scratch for `x·Aᵀ` and its gradient.
+pub struct LoraBackward<'a> {
+    /// `A`, `[r, in]`.
+    pub a: &'a [f32],
+    /// `B`, `[out, r]`.
+    pub b: &'a [f32],
+    /// The rank.
+    pub rank: usize,
+    /// The scaling `s`.
+    pub scaling: f32,
+}
+
+impl LoraBackward<'_> {
+    /// Given the layer's input `x` and output gradient `dy`, adds to
+    /// `da`, `db` and `dx`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        tokens: usize,
+        da: &mut [f32],
+        db: &mut [f32],
+        dx: &mut [f32],
+        low: &mut Vec<f32>,
+    ) {
+        let r = self.rank;
+        let in_dim = self.a.len() / r;
+        let out_dim = self.b.len() / r;
+        low.resize(2 * tokens * r, 0.0);
+        let (h, dh) = low.split_at_mut(tokens * r);
+        let (a, b) = (MatRef::new(self.a, r, in_dim), MatRef::new(self.b, out_dim, r));
+        let (x, dy) = (MatRef::new(x, tokens, in_dim), MatRef::new(dy, tokens, out_dim));
+        matmul(h, x, a.t(), 1.0, false);
+        matmul(db, dy.t(), MatRef::new(h, tokens, r), self.scaling, true);
+        matmul(dh, dy, b, self.scaling, false);
+        let dh = MatRef::new(dh, tokens, r);
+        matmul(da, dh.t(), x, 1.0, true);
+        matmul(dx, dh, a, 1.0, true);
+    }
+}
+
+/// The backward of [`super::rms_norm`] on rows of `weight.len()` values:
+/// `dx += ∂/∂x`, and `dweight += Σ_rows dy·x̂` when given.
+pub fn rms_norm_backward(x: &[f32], weight: &[f32], eps: f32, dy: &[f32], dx: &mut [f32], dweight: Option<&mut [f32]>) {
+    let dim = weight.len();
+    let mut dweight = dweight;
+    for ((row, grad), dst) in x.chunks_exact(dim).zip(dy.chunks_exact(dim)).zip(dx.chunks_exact_mut(dim)) {
+        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let inv = 1.0 / (mean_sq + eps).sqrt();
+        // Σ (dy·w)·x̂ / dim, the term every input shares.
+        let shared = row.iter().zip(grad).zip(weight).map(|((v, g), w)| g * w * v * inv).sum::<f32>() / dim as f32;
+        for (((d, v), g), w) in dst.iter_mut().zip(row).zip(grad).zip(weight) {
+            *d += inv * (g * w - v * inv * shared);
+        }
+        if let Some(dw) = dweight.as_deref_mut() {
+            dw.iter_mut().zip(row).zip(grad).for_each(|((d, v), g)| *d += g * v * inv);
+        }
+    }
+}
+
+/// The backward of `act = silu(gate)·up`: from the pre-activations and
+/// `dact`, writes `dgate` and `dup` (overwriting).
+pub fn silu_mul_backward(gate: &[f32], up: &[f32], dact: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+    for i in 0..dact.len() {
+        let g = gate[i];
+        let sigmoid = 1.0 / (1.0 + (-g).exp());
+        let silu = g * sigmoid;
+        dup[i] = dact[i] * silu;
+        dgate[i] = dact[i] * up[i] * sigmoid * (1.0 + g * (1.0 - sigmoid));
+    }
+}
+
+/// The backward of [`super::causal_attention`] for one sequence starting at
+/// position 0: `q` (after RoPE) and `out` are `[tokens, n_head · head_dim]`,
+/// `k` (after RoPE) and `v` `[tokens, n_kv_head · head_dim]`. The
+/// probabilities are recomputed row by row from `q` and `k`; `Σ p·dp` is
+/// `dout·out` (FlashAttention's identity). Overwrites `dq`, `dk`, `dv`.
+/// Key/value heads are split over the pool (each owns its `dk`, `dv` and
+/// its query heads' `dq`).
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    dout: &[f32],
+    shape: AttentionShape,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let AttentionShape { n_head, n_kv_head, head_dim } = shape;
+    let (q_stride, kv_stride) = (n_head * head_dim, n_kv_head * head_dim);
+    let tokens = q.len() / q_stride;
+    assert!(
+        out.len() == q.len() && dout.len() == q.len() && dq.len() == q.len(),
+        "attention backward: query buffers differ"
+    );
+    assert!(
+        k.len() == tokens * kv_stride && v.len() == k.len() && dk.len() == k.len() && dv.len() == k.len(),
+        "attention backward: key/value buffers differ"
+    );
+    dq.fill(0.0);
+    dk.fill(0.0);
+    dv.fill(0.0);
+    let group = n_head / n_kv_head;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let (dq_ptr, dk_ptr, dv_ptr) = (SharedOut(dq.as_mut_ptr()), SharedOut(dk.as_mut_ptr()), SharedOut(dv.as_mut_ptr()));
+    SpinPool::global().run(&|index, threads| {
+        let mut probs = vec![0f32; tokens];
+        for kv_head in split_range(n_kv_head, index, threads) {
+            for head in kv_head * group..(kv_head + 1) * group {
+                for i in 0..tokens {
+                    let qi = head_vector(q, i * q_stride + head * head_dim, head_dim);
+                    let (doi, oi) = (head_vector(dout, i * q_stride + head * head_dim, head_dim), head_vector(out, i * q_stride + head * head_dim, head_dim));
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, p) in probs[..=i].iter_mut().enumerate() {
+                        *p = dot(qi, head_vector(k, j * kv_stride + kv_head * head_dim, head_dim)) * scale;
+                        max = max.max(*p);
+                    }
+                    let mut sum = 0f32;
+                    for p in &mut probs[..=i] {
+                        *p = (*p - max).exp();
+                        sum += *p;
+                    }
+                    let shared = dot(doi, oi);
+                    // SAFETY: this thread owns kv head `kv_head`: its query
+                    // heads' slices of dq and its own slices of dk and dv,
+                    // disjoint from every other thread's; all buffers were
+                    // checked to hold `tokens` rows above.
+                    let dqi = unsafe { head_slice(&dq_ptr, i * q_stride + head * head_dim, head_dim) };
+                    for j in 0..=i {
+                        let p = probs[j] / sum;
+                        let vj = head_vector(v, j * kv_stride + kv_head * head_dim, head_dim);
+                        let ds = p * (dot(doi, vj) - shared) * scale;
+                        let kj = head_vector(k, j * kv_stride + kv_head * head_dim, head_dim);
+                        // SAFETY: as above.
+                        let (dkj, dvj) = unsafe {
+                            let offset = j * kv_stride + kv_head * head_dim;
+                            (head_slice(&dk_ptr, offset, head_dim), head_slice(&dv_ptr, offset, head_dim))
+                        };
+                        for d in 0..head_dim {
+                            dqi[d] += ds * kj[d];
+                            dkj[d] += ds * qi[d];
+                            dvj[d] += p * doi[d];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// One head's vector: `len` values from `start`.
+fn head_vector(buf: &[f32], start: usize, len: usize) -> &[f32] {
+    &buf[start..start + len]
+}
+
+/// `len` values of a shared output from `offset`.
+///
+/// # Safety
+/// The caller must own that range exclusively for the returned borrow, and
+/// it must lie inside the buffer.
+unsafe fn head_slice<'a>(ptr: &SharedOut, offset: usize, len: usize) -> &'a mut [f32] {
+    std::slice::from_raw_parts_mut(ptr.ptr().add(offset), len)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Softmax cross-entropy over rows of `vocab` logits, in place: returns the
+/// summed loss `Σ −log softmax(row)[target]` (in f64) and leaves
+/// `scale·(softmax − onehot(target))` in each row, the gradient of
+/// `scale · loss`. Rows split over the pool.
+pub fn softmax_cross_entropy(logits: &mut [f32], vocab: usize, targets: &[u32], scale: f32) -> Result<f64> {
+    if logits.len() != targets.len() * vocab || targets.iter().any(|&t| t as usize >= vocab) {
+        return Err(TensorError::Incompatible {
+            op: "softmax_cross_entropy",
+            detail: format!("{} logits for {} targets over a vocabulary of {vocab}", logits.len(), targets.len()),
+        });
+    }
+    let losses: Vec<std::sync::Mutex<f64>> = (0..SpinPool::global().threads()).map(|_| Default::default()).collect();
+    let rows = SharedOut(logits.as_mut_ptr());
+    SpinPool::global().run(&|index, threads| {
+        let mut total = 0f64;
+        for r in split_range(targets.len(), index, threads) {
+            // SAFETY: row r is written by this thread only; the buffer holds
+            // targets.len() × vocab values (checked above).
+            let row = unsafe { head_slice(&rows, r * vocab, vocab) };
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+            let log_sum = max as f64 + sum.ln();
+            let target = targets[r] as usize;
+            total += log_sum - row[target] as f64;
+            for v in row.iter_mut() {
+                *v = (((*v as f64) - log_sum).exp() as f32) * scale;
+            }
+            row[target] -= scale;
+        }
+        *losses[index].lock().unwrap_or_else(|e| e.into_inner()) += total;
+    });
+    Ok(losses.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner())).sum())
+}

@@ -1,0 +1,188 @@
+//! Gradients of one sequence: the serving forward with a tape, then each
+//! layer's backward in reverse order, from the loss down to the embedding.
+//!
+//! A layer's backward mirrors its forward (`Llama::run_layer`):
+//! `h = x + o(attn(rope(q(n₁)), rope(k(n₁)), v(n₁)))` with `n₁ = norm₁(x)`,
+//! then `y = h + down(silu(gate(n₂))·up(n₂))` with `n₂ = norm₂(h)`. Each
+//! linear passes its output gradient back through the frozen base weight
+//! (`dx += dy·W`) and, when adapted, through LoRA (`dA`, `dB`, `dx`).
+
+use crate::error::{Result, TrainError};
+use crate::lora::{LoraModule, LoraParams};
+use tailor_model::names::Proj;
+use tailor_model::{ActiveAdapter, LayerTape, Llama};
+use tailor_tensor::cpu::{
+    causal_attention_backward, linear_backward_input, rms_norm, rms_norm_backward, silu_mul, silu_mul_backward,
+    softmax_cross_entropy, LinearScratch, LoraBackward,
+};
+
+/// A tokenized training example: `targets[t]` marks the tokens the loss
+/// predicts (each from the tokens before it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+    /// Which tokens are predicted (the first never is).
+    pub targets: Vec<bool>,
+}
+
+impl Example {
+    /// Tokens the loss is computed on.
+    pub fn target_count(&self) -> usize {
+        self.targets.iter().skip(1).filter(|&&t| t).count()
+    }
+}
+
+/// What the forward keeps for the backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpointing {
+    /// Every layer's tape (fastest, most memory).
+    Off,
+    /// Only each layer's input; its tape is recomputed during the backward
+    /// (one more forward per step, activations of one layer at a time).
+    Layers,
+}
+
+/// Runs `example` forward and backward, adding `scale·∂loss/∂θ` to the
+/// LoRA gradients, where loss is the summed cross-entropy of its targets.
+/// Returns that sum (unscaled). `adapter` must be `lora`'s current weights
+/// ([`LoraParams::active`]).
+pub fn accumulate_gradients(
+    model: &Llama,
+    lora: &mut LoraParams,
+    adapter: &ActiveAdapter,
+    example: &Example,
+    scale: f32,
+    checkpointing: Checkpointing,
+) -> Result<f64> {
+    let n = example.tokens.len();
+    if example.targets.len() != n {
+        return Err(TrainError::Setting(format!("{n} tokens with {} target flags", example.targets.len())));
+    }
+    let layers = model.config().num_hidden_layers;
+    let mut x = model.embed(&example.tokens)?;
+    let mut inputs = Vec::new();
+    let mut tapes = Vec::new();
+    for layer in 0..layers {
+        match checkpointing {
+            Checkpointing::Layers => {
+                inputs.push(x.clone());
+                model.run_layer(layer, &mut x, Some(adapter), None)?;
+            }
+            Checkpointing::Off => {
+                let mut tape = LayerTape::default();
+                model.run_layer(layer, &mut x, Some(adapter), Some(&mut tape))?;
+                tapes.push(tape);
+            }
+        }
+    }
+    let (loss, mut dx) = head_backward(model, &x, example, scale)?;
+    for layer in (0..layers).rev() {
+        let recomputed;
+        let tape = match checkpointing {
+            Checkpointing::Off => &tapes[layer],
+            Checkpointing::Layers => {
+                let mut tape = LayerTape::default();
+                let mut input = std::mem::take(&mut inputs[layer]);
+                model.run_layer(layer, &mut input, Some(adapter), Some(&mut tape))?;
+                recomputed = tape;
+                &recomputed
+            }
+        };
+        layer_backward(model, layer, tape, lora, &mut dx)?;
+    }
+    Ok(loss)
+}
+
+/// The final norm, lm_head and cross-entropy on the predicted positions
+/// only: returns the summed loss and the gradient of `scale·loss` with
+/// respect to the last layer's output (zero on other positions).
+fn head_backward(model: &Llama, x: &[f32], example: &Example, scale: f32) -> Result<(f64, Vec<f32>)> {
+    let cfg = model.config();
+    let (dim, vocab) = (cfg.hidden_size, cfg.vocab_size);
+    let positions: Vec<usize> = (0..example.tokens.len() - 1).filter(|&t| example.targets[t + 1]).collect();
+    let mut dx = vec![0f32; x.len()];
+    if positions.is_empty() {
+        return Ok((0.0, dx));
+    }
+    let ids: Vec<u32> = positions.iter().map(|&t| example.tokens[t + 1]).collect();
+    let rows: Vec<f32> = positions.iter().flat_map(|&t| x[t * dim..(t + 1) * dim].iter().copied()).collect();
+    let eps = cfg.rms_norm_eps as f32;
+    let mut normed = vec![0f32; rows.len()];
+    rms_norm(&rows, model.final_norm_weight(), eps, &mut normed);
+    let mut logits = vec![0f32; positions.len() * vocab];
+    model.lm_head().forward(&normed, positions.len(), &mut logits, &mut LinearScratch::default())?;
+    let loss = softmax_cross_entropy(&mut logits, vocab, &ids, scale)?;
+    let mut d_normed = vec![0f32; rows.len()];
+    linear_backward_input(&logits, positions.len(), model.lm_head().weight(), &mut d_normed, &mut Vec::new())?;
+    let mut d_rows = vec![0f32; rows.len()];
+    rms_norm_backward(&rows, model.final_norm_weight(), eps, &d_normed, &mut d_rows, None);
+    for (i, &t) in positions.iter().enumerate() {
+        dx[t * dim..(t + 1) * dim].copy_from_slice(&d_rows[i * dim..(i + 1) * dim]);
+    }
+    Ok((loss, dx))
+}
+
+/// One layer's backward: `dx` holds the gradient of the layer's output on
+/// entry and of its input on return.
+fn layer_backward(model: &Llama, layer: usize, tape: &LayerTape, lora: &mut LoraParams, dx: &mut [f32]) -> Result<()> {
+    let cfg = model.config();
+    let eps = cfg.rms_norm_eps as f32;
+    let n = dx.len() / cfg.hidden_size;
+    let (attn_norm, mlp_norm) = model.layer_norm_weights(layer);
+    let mut grads = LinearGrads { model, layer, lora, tokens: n, scratch: Vec::new(), low: Vec::new() };
+
+    // MLP half: y = h + down(silu(gate)·up).
+    let dy = dx.to_vec();
+    let mut act = tape.gate.clone();
+    silu_mul(&mut act, &tape.up);
+    let mut d_act = vec![0f32; act.len()];
+    grads.linear(Proj::Down, &act, &dy, &mut d_act)?;
+    let (mut d_gate, mut d_up) = (vec![0f32; act.len()], vec![0f32; act.len()]);
+    silu_mul_backward(&tape.gate, &tape.up, &d_act, &mut d_gate, &mut d_up);
+    let mut d_normed = vec![0f32; dx.len()];
+    grads.linear(Proj::Gate, &tape.mlp_normed, &d_gate, &mut d_normed)?;
+    grads.linear(Proj::Up, &tape.mlp_normed, &d_up, &mut d_normed)?;
+    rms_norm_backward(&tape.mlp_in, mlp_norm, eps, &d_normed, dx, None);
+
+    // Attention half: h = x + o(attention(q, k, v)).
+    let dh = dx.to_vec();
+    let mut d_attn = vec![0f32; tape.attn.len()];
+    grads.linear(Proj::O, &tape.attn, &dh, &mut d_attn)?;
+    let (mut dq, mut dk, mut dv) = (vec![0f32; tape.q.len()], vec![0f32; tape.k.len()], vec![0f32; tape.v.len()]);
+    let shape = cfg.attention_shape();
+    causal_attention_backward(&tape.q, &tape.k, &tape.v, &tape.attn, &d_attn, shape, &mut dq, &mut dk, &mut dv);
+    model.rope().apply_inverse(&mut dq, cfg.num_attention_heads, 0);
+    model.rope().apply_inverse(&mut dk, cfg.num_key_value_heads, 0);
+    let mut d_normed = vec![0f32; dx.len()];
+    grads.linear(Proj::Q, &tape.attn_normed, &dq, &mut d_normed)?;
+    grads.linear(Proj::K, &tape.attn_normed, &dk, &mut d_normed)?;
+    grads.linear(Proj::V, &tape.attn_normed, &dv, &mut d_normed)?;
+    rms_norm_backward(&tape.attn_in, attn_norm, eps, &d_normed, dx, None);
+    Ok(())
+}
+
+/// The backward of one layer's linears: base weight, then LoRA if adapted.
+struct LinearGrads<'a> {
+    model: &'a Llama,
+    layer: usize,
+    lora: &'a mut LoraParams,
+    tokens: usize,
+    scratch: Vec<f32>,
+    low: Vec<f32>,
+}
+
+impl LinearGrads<'_> {
+    /// For projection `proj` with input `x` and output gradient `dy`:
+    /// `dx += dy·W`, plus LoRA's `dA`, `dB` and its share of `dx`.
+    fn linear(&mut self, proj: Proj, x: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
+        let weight = self.model.projection(self.layer, proj).weight();
+        linear_backward_input(dy, self.tokens, weight, dx, &mut self.scratch)?;
+        if let Some(module) = self.lora.module_mut(self.layer, proj) {
+            let LoraModule { a, b, grad_a, grad_b, rank, scaling, .. } = module;
+            let backward = LoraBackward { a, b, rank: *rank, scaling: *scaling };
+            backward.run(x, dy, self.tokens, grad_a, grad_b, dx, &mut self.low);
+        }
+        Ok(())
+    }
+}
