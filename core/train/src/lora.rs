@@ -119,6 +119,23 @@ impl LoraParams {
         Ok(LoraParams { config, modules, index })
     }
 
+    /// The weights of a loaded adapter, to train further (DoRA refused).
+    pub fn from_adapter(model: &Llama, adapter: &Adapter) -> Result<LoraParams> {
+        if adapter.is_dora() {
+            return Err(TrainError::Setting("training DoRA adapters is not supported".into()));
+        }
+        let mut modules = Vec::new();
+        for layer in 0..model.config().num_hidden_layers {
+            for proj in Proj::ALL {
+                if let Some(lora) = adapter.layer(layer, proj) {
+                    let (a, b) = (lora.a_f32(), lora.b_f32());
+                    modules.push(LoraModule::new(layer, proj, lora.rank(), lora.scaling(), a, b));
+                }
+            }
+        }
+        LoraParams::from_modules(model, adapter.config().clone(), modules)
+    }
+
     /// The adapter config.
     pub fn config(&self) -> &LoraConfig {
         &self.config

@@ -74,6 +74,21 @@ impl LoraLayer {
         self.scaling
     }
 
+    /// `A` as f32, `[r, in]`.
+    pub fn a_f32(&self) -> Vec<f32> {
+        self.pair.a_f32()
+    }
+
+    /// `B` as f32, `[out, r]` (PEFT's layout).
+    pub fn b_f32(&self) -> Vec<f32> {
+        self.pair.b_f32()
+    }
+
+    /// True for a DoRA module (a magnitude per output row).
+    pub fn is_dora(&self) -> bool {
+        self.dora_scale.is_some()
+    }
+
     /// Adds this delta into the base weight `w` (`[out, in]`, f32), as
     /// merging does: `W + s·B·A`, rows rescaled by DoRA's factor.
     pub fn merge_into(&self, w: &mut [f32]) -> Result<()> {

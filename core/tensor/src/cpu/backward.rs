@@ -268,15 +268,19 @@ pub fn rms_norm_backward(x: &[f32], weight: &[f32], eps: f32, dy: &[f32], dx: &m
     let dim = weight.len();
     let mut dweight = dweight;
     for ((row, grad), dst) in x.chunks_exact(dim).zip(dy.chunks_exact(dim)).zip(dx.chunks_exact_mut(dim)) {
-        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / dim as f32;
-        let inv = 1.0 / (mean_sq + eps).sqrt();
+        // Sums in f64: the residual stream has a few huge components, and
+        // f32 sums over a row lose the small ones' share.
+        let mean_sq = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
+        let inv = 1.0 / (mean_sq + eps as f64).sqrt();
         // Σ (dy·w)·x̂ / dim, the term every input shares.
-        let shared = row.iter().zip(grad).zip(weight).map(|((v, g), w)| g * w * v * inv).sum::<f32>() / dim as f32;
-        for (((d, v), g), w) in dst.iter_mut().zip(row).zip(grad).zip(weight) {
-            *d += inv * (g * w - v * inv * shared);
+        let shared =
+            row.iter().zip(grad).zip(weight).map(|((&v, &g), &w)| g as f64 * w as f64 * v as f64 * inv).sum::<f64>()
+                / dim as f64;
+        for (((d, &v), &g), &w) in dst.iter_mut().zip(row).zip(grad).zip(weight) {
+            *d += (inv * (g as f64 * w as f64 - v as f64 * inv * shared)) as f32;
         }
         if let Some(dw) = dweight.as_deref_mut() {
-            dw.iter_mut().zip(row).zip(grad).for_each(|((d, v), g)| *d += g * v * inv);
+            dw.iter_mut().zip(row).zip(grad).for_each(|((d, &v), &g)| *d += (g as f64 * v as f64 * inv) as f32);
         }
     }
 }
@@ -296,8 +300,8 @@ pub fn silu_mul_backward(gate: &[f32], up: &[f32], dact: &[f32], dgate: &mut [f3
 /// The backward of [`super::causal_attention`] for one sequence starting at
 /// position 0: `q` (after RoPE) and `out` are `[tokens, n_head · head_dim]`,
 /// `k` (after RoPE) and `v` `[tokens, n_kv_head · head_dim]`. The
-/// probabilities are recomputed row by row from `q` and `k`; `Σ p·dp` is
-/// `dout·out` (FlashAttention's identity). Overwrites `dq`, `dk`, `dv`.
+/// probabilities are recomputed row by row from `q` and `k` (`out`, the
+/// forward's result, is only checked for shape). Overwrites `dq`, `dk`, `dv`.
 /// Key/value heads are split over the pool (each owns its `dk`, `dv` and
 /// its query heads' `dq`).
 #[allow(clippy::too_many_arguments)]
@@ -330,32 +334,40 @@ pub fn causal_attention_backward(
     let scale = 1.0 / (head_dim as f32).sqrt();
     let (dq_ptr, dk_ptr, dv_ptr) = (SharedOut(dq.as_mut_ptr()), SharedOut(dk.as_mut_ptr()), SharedOut(dv.as_mut_ptr()));
     SpinPool::global().run(&|index, threads| {
-        let mut probs = vec![0f32; tokens];
+        let (mut probs, mut dprobs) = (vec![0f64; tokens], vec![0f64; tokens]);
         for kv_head in split_range(n_kv_head, index, threads) {
             for head in kv_head * group..(kv_head + 1) * group {
                 for i in 0..tokens {
                     let qi = head_vector(q, i * q_stride + head * head_dim, head_dim);
-                    let (doi, oi) = (head_vector(dout, i * q_stride + head * head_dim, head_dim), head_vector(out, i * q_stride + head * head_dim, head_dim));
-                    let mut max = f32::NEG_INFINITY;
+                    let doi = head_vector(dout, i * q_stride + head * head_dim, head_dim);
+                    let mut max = f64::NEG_INFINITY;
                     for (j, p) in probs[..=i].iter_mut().enumerate() {
-                        *p = dot(qi, head_vector(k, j * kv_stride + kv_head * head_dim, head_dim)) * scale;
+                        *p = dot(qi, head_vector(k, j * kv_stride + kv_head * head_dim, head_dim)) * scale as f64;
                         max = max.max(*p);
                     }
-                    let mut sum = 0f32;
+                    let mut sum = 0f64;
                     for p in &mut probs[..=i] {
                         *p = (*p - max).exp();
                         sum += *p;
                     }
-                    let shared = dot(doi, oi);
+                    // dp_j = dout·v_j, and Σ p·dp from these same
+                    // probabilities, so that Σ_j ds_j is zero up to rounding.
+                    // In f64: when one key takes nearly all the weight (an
+                    // attention sink), p·(dp − Σ p·dp) cancels in f32.
+                    let mut shared = 0f64;
+                    for (j, (p, dp)) in probs[..=i].iter_mut().zip(&mut dprobs[..=i]).enumerate() {
+                        *p /= sum;
+                        *dp = dot(doi, head_vector(v, j * kv_stride + kv_head * head_dim, head_dim));
+                        shared += *p * *dp;
+                    }
                     // SAFETY: this thread owns kv head `kv_head`: its query
                     // heads' slices of dq and its own slices of dk and dv,
                     // disjoint from every other thread's; all buffers were
                     // checked to hold `tokens` rows above.
                     let dqi = unsafe { head_slice(&dq_ptr, i * q_stride + head * head_dim, head_dim) };
                     for j in 0..=i {
-                        let p = probs[j] / sum;
-                        let vj = head_vector(v, j * kv_stride + kv_head * head_dim, head_dim);
-                        let ds = p * (dot(doi, vj) - shared) * scale;
+                        let p = probs[j] as f32;
+                        let ds = (probs[j] * (dprobs[j] - shared)) as f32 * scale;
                         let kj = head_vector(k, j * kv_stride + kv_head * head_dim, head_dim);
                         // SAFETY: as above.
                         let (dkj, dvj) = unsafe {
@@ -388,8 +400,9 @@ unsafe fn head_slice<'a>(ptr: &SharedOut, offset: usize, len: usize) -> &'a mut 
     std::slice::from_raw_parts_mut(ptr.ptr().add(offset), len)
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+/// A dot product of one head's vectors, summed in f64.
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
 }
 
 /// Softmax cross-entropy over rows of `vocab` logits, in place: returns the

@@ -1,0 +1,89 @@
+"""Gradients of a LoRA adapter by PyTorch autograd, for tailor's hand-written
+backward to match.
+
+Run by hand through make_train_reference.sh (torch + transformers + peft);
+CI only compares against what this writes under train/:
+  init/adapter_config.json, init/adapter_model.safetensors (f32)
+      a rank-4 adapter on all seven projections of layers 0, 14 and 29,
+      A and B both random (PEFT's own init leaves B = 0, where A's
+      gradient is zero and would check nothing)
+  batches.json    two batches of two chat examples each: token ids, and
+                  per token whether the loss predicts it (the assistant's
+                  reply), plus transformers' loss for each batch
+  grads_b0.safetensors, grads_b1.safetensors
+                  d(loss)/d(lora_A), d(lora_B) per module (computed in f64 from
+                  the same values, stored as f32, PEFT's keys),
+                  loss = mean cross-entropy over the batch's predicted tokens
+                  (transformers' causal-LM loss with -100 on the rest)
+The base is the converted SmolLM2 folder (`tailor models fetch`), in f32.
+"""
+import json, sys
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+LAYERS = [0, 14, 29]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+CHATS = [
+    [("user", "What is the capital of France?"), ("assistant", "The capital of France is Paris.")],
+    [("user", "Name three primary colours."), ("assistant", "Red, yellow and blue are the three primary colours of paint.")],
+    [("system", "You answer in one short sentence."), ("user", "Why is the sky blue?"),
+     ("assistant", "Air scatters blue sunlight more than red, so the sky looks blue.")],
+    [("user", "Translate 'good morning' into German."), ("assistant", "Guten Morgen.")],
+]
+
+
+def encode(tokenizer, chat):
+    messages = [{"role": r, "content": c} for r, c in chat]
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    reply_ids = tokenizer(messages[-1]["content"] + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    ids = prompt_ids + reply_ids
+    targets = [False] * len(prompt_ids) + [True] * len(reply_ids)
+    return ids, targets
+
+
+def main(base_dir: Path, out: Path):
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="eager")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, layers_to_transform=LAYERS,
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if "lora_B" in key:
+                param.copy_(torch.randn_like(param) * 0.02)
+    model.save_pretrained(out / "init")
+    # Autograd in f64 from the same (f32) values: the reference carries no
+    # rounding of its own at the 1e-4 the check asks for.
+    model = model.double()
+    model.train()
+    batches = []
+    for b in range(2):
+        examples = [encode(tokenizer, chat) for chat in CHATS[2 * b:2 * b + 2]]
+        width = max(len(ids) for ids, _ in examples)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in examples])
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in examples])
+        labels = torch.tensor([[i if t else -100 for i, t in zip(ids, targets)] + [-100] * (width - len(ids))
+                               for ids, targets in examples])
+        model.zero_grad()
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        grads = {}
+        for key, param in model.named_parameters():
+            if "lora_" in key:
+                grads[key.replace(".default", "")] = param.grad.detach().float().contiguous()
+        save_file(grads, out / f"grads_b{b}.safetensors")
+        batches.append({"examples": [{"tokens": ids, "targets": t} for ids, t in examples], "loss": loss.item()})
+        print(f"batch {b}: loss {loss.item():.6f}, {len(grads)} gradient tensors")
+    (out / "batches.json").write_text(json.dumps({"batches": batches}) + "\n")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
