@@ -7,6 +7,7 @@ mod fetch;
 mod rag;
 mod run;
 mod status;
+mod train;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -63,6 +64,8 @@ enum Command {
         #[command(subcommand)]
         command: rag::EvalCommand,
     },
+    /// Fine-tune a LoRA adapter on JSONL examples (writes a PEFT adapter, metrics and a loss curve).
+    Train(train::TrainArgs),
     /// Embed texts with a sentence encoder; prints one JSON array per text.
     Embed {
         /// A sentence-transformers folder (default: the fetched all-MiniLM-L6-v2).
@@ -91,6 +94,17 @@ pub struct ModelArgs {
     /// Convert weights on load: f32, f16, bf16, q8_0, q4_0, q4_1.
     #[arg(long)]
     dtype: Option<String>,
+}
+
+impl ModelArgs {
+    /// Asks for `dtype` on load unless a dtype was given or the model is a
+    /// GGUF file (whose blocks are kept as they are).
+    pub fn quantize_dense_to(&mut self, dtype: &str) {
+        let is_gguf = self.model.as_ref().is_none_or(|p| p.is_file());
+        if self.dtype.is_none() && !is_gguf {
+            self.dtype = Some(dtype.to_string());
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -124,5 +138,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Search(args) => rag::search_cmd(&args),
         Command::Ask(args) => rag::ask_cmd(&args),
         Command::Adapter { command } => adapter::adapter_cmd(&command),
+        Command::Train(args) => train::train_cmd(&args),
     }
 }

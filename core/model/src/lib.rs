@@ -32,6 +32,6 @@ pub use generate::{generate, FinishReason, GenerateParams, Generation, Sequence,
 pub use kv_cache::KvCache;
 pub use llama::{DecodeBuffers, LayeredPrefill, Llama, Logits};
 pub use lora::{ActiveAdapter, Adapter, AdapterLimits};
-pub use model::{LoadOptions, Model};
+pub use model::{ChatExample, LoadOptions, Model};
 pub use sampler::{Sampler, SamplingParams};
 pub use tape::LayerTape;

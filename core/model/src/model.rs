@@ -26,6 +26,15 @@ impl Default for LoadOptions<'_> {
     }
 }
 
+/// A conversation tokenized for training ([`Model::encode_chat_example`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatExample {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+    /// Per token: written by the assistant (what the loss trains).
+    pub assistant: Vec<bool>,
+}
+
 /// Decoder + tokenizer + chat format.
 pub struct Model {
     /// The decoder.
@@ -111,6 +120,38 @@ impl Model {
             }
         }
         Ok(ids)
+    }
+
+    /// A whole conversation as a training example, in the template the
+    /// model serves with (no generation prompt at the end): its tokens and,
+    /// per token, whether the assistant wrote it (each assistant message's
+    /// text and the end-of-turn after it, so the model learns to stop).
+    /// An assistant message with `trained == false` stays context.
+    pub fn encode_chat_example(&self, messages: &[Message], trained: &[bool]) -> Result<ChatExample> {
+        let template = self.template.as_ref().ok_or_else(|| ModelError::Config {
+            path: self.source.clone(),
+            detail: "the model has no chat template tailor recognises (ChatML or Llama 3)".into(),
+        })?;
+        let mut segments = template.render_segments(messages);
+        segments.pop(); // the generation prompt: the conversation ends with its last message
+        let mut example = ChatExample { tokens: Vec::new(), assistant: Vec::new() };
+        let mut message = 0;
+        let mut closing_reply = false;
+        for segment in segments {
+            let (ids, is_reply) = match segment {
+                Segment::Template(text) => (self.tokenizer.encode(&text)?, std::mem::take(&mut closing_reply)),
+                Segment::Content(text) => {
+                    let index = message;
+                    message += 1;
+                    let reply = messages[index].role == "assistant" && trained.get(index).copied().unwrap_or(true);
+                    closing_reply = reply;
+                    (self.tokenizer.encode_literal(text)?, reply)
+                }
+            };
+            example.assistant.extend(std::iter::repeat_n(is_reply, ids.len()));
+            example.tokens.extend(ids);
+        }
+        Ok(example)
     }
 
     /// Token ids that end generation: the model's EOS tokens and, for chat

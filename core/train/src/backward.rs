@@ -94,25 +94,26 @@ pub fn accumulate_gradients(
     Ok(loss)
 }
 
+/// The summed cross-entropy of `example`'s targets with `adapter`, forward
+/// only (evaluation).
+pub fn forward_loss(model: &Llama, adapter: &ActiveAdapter, example: &Example) -> Result<f64> {
+    let mut x = model.embed(&example.tokens)?;
+    for layer in 0..model.config().num_hidden_layers {
+        model.run_layer(layer, &mut x, Some(adapter), None)?;
+    }
+    Ok(head_loss(model, &x, example, 1.0)?.0)
+}
+
 /// The final norm, lm_head and cross-entropy on the predicted positions
 /// only: returns the summed loss and the gradient of `scale·loss` with
 /// respect to the last layer's output (zero on other positions).
 fn head_backward(model: &Llama, x: &[f32], example: &Example, scale: f32) -> Result<(f64, Vec<f32>)> {
     let cfg = model.config();
-    let (dim, vocab) = (cfg.hidden_size, cfg.vocab_size);
-    let positions: Vec<usize> = (0..example.tokens.len() - 1).filter(|&t| example.targets[t + 1]).collect();
+    let dim = cfg.hidden_size;
     let mut dx = vec![0f32; x.len()];
-    if positions.is_empty() {
-        return Ok((0.0, dx));
-    }
-    let ids: Vec<u32> = positions.iter().map(|&t| example.tokens[t + 1]).collect();
-    let rows: Vec<f32> = positions.iter().flat_map(|&t| x[t * dim..(t + 1) * dim].iter().copied()).collect();
+    let (loss, head) = head_loss(model, x, example, scale)?;
+    let Some(HeadPass { positions, rows, logits }) = head else { return Ok((loss, dx)) };
     let eps = cfg.rms_norm_eps as f32;
-    let mut normed = vec![0f32; rows.len()];
-    rms_norm(&rows, model.final_norm_weight(), eps, &mut normed);
-    let mut logits = vec![0f32; positions.len() * vocab];
-    model.lm_head().forward(&normed, positions.len(), &mut logits, &mut LinearScratch::default())?;
-    let loss = softmax_cross_entropy(&mut logits, vocab, &ids, scale)?;
     let mut d_normed = vec![0f32; rows.len()];
     linear_backward_input(&logits, positions.len(), model.lm_head().weight(), &mut d_normed, &mut Vec::new())?;
     let mut d_rows = vec![0f32; rows.len()];
@@ -121,6 +122,34 @@ fn head_backward(model: &Llama, x: &[f32], example: &Example, scale: f32) -> Res
         dx[t * dim..(t + 1) * dim].copy_from_slice(&d_rows[i * dim..(i + 1) * dim]);
     }
     Ok((loss, dx))
+}
+
+/// What the head's forward leaves for its backward: the predicted
+/// positions, their rows of the last layer's output, and the logits'
+/// gradient (in place of the logits).
+struct HeadPass {
+    positions: Vec<usize>,
+    rows: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+/// The head's forward and loss: the summed cross-entropy of the targets,
+/// with `scale·∂loss/∂logits` left in the pass (none without targets).
+fn head_loss(model: &Llama, x: &[f32], example: &Example, scale: f32) -> Result<(f64, Option<HeadPass>)> {
+    let cfg = model.config();
+    let (dim, vocab) = (cfg.hidden_size, cfg.vocab_size);
+    let positions: Vec<usize> = (0..example.tokens.len() - 1).filter(|&t| example.targets[t + 1]).collect();
+    if positions.is_empty() {
+        return Ok((0.0, None));
+    }
+    let ids: Vec<u32> = positions.iter().map(|&t| example.tokens[t + 1]).collect();
+    let rows: Vec<f32> = positions.iter().flat_map(|&t| x[t * dim..(t + 1) * dim].iter().copied()).collect();
+    let mut normed = vec![0f32; rows.len()];
+    rms_norm(&rows, model.final_norm_weight(), cfg.rms_norm_eps as f32, &mut normed);
+    let mut logits = vec![0f32; positions.len() * vocab];
+    model.lm_head().forward(&normed, positions.len(), &mut logits, &mut LinearScratch::default())?;
+    let loss = softmax_cross_entropy(&mut logits, vocab, &ids, scale)?;
+    Ok((loss, Some(HeadPass { positions, rows, logits })))
 }
 
 /// One layer's backward: `dx` holds the gradient of the layer's output on

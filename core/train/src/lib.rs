@@ -9,9 +9,15 @@
 //! that ties them together ([`trainer`]), which writes PEFT adapters.
 
 pub mod backward;
+pub mod checkpoint;
+pub mod data;
 pub mod error;
 pub mod lora;
+pub mod optim;
+pub mod plot;
 pub mod rng;
+pub mod trainer;
 
 pub use error::{Result, TrainError};
 pub use lora::{LoraParams, LoraSettings};
+pub use trainer::{StepReport, Summary, TrainConfig, Trainer};

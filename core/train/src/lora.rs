@@ -173,11 +173,8 @@ impl LoraParams {
     /// The current weights as a servable adapter at scale 1: what the
     /// training forward runs through the serving decoder.
     pub fn active(&self, model: &Llama) -> Result<ActiveAdapter> {
-        let modules: Vec<TrainedModule<'_>> = self
-            .modules
-            .iter()
-            .map(|m| TrainedModule { layer: m.layer, proj: m.proj, a: &m.a, b: &m.b })
-            .collect();
+        let modules: Vec<TrainedModule<'_>> =
+            self.modules.iter().map(|m| TrainedModule { layer: m.layer, proj: m.proj, a: &m.a, b: &m.b }).collect();
         let adapter = Adapter::from_f32(self.config.clone(), model, &modules, PathBuf::from("(training)"))?;
         Ok(ActiveAdapter::new(Arc::new(adapter), 1.0)?)
     }
@@ -195,4 +192,53 @@ impl LoraModule {
     pub fn peft_key(&self) -> String {
         format!("base_model.model.{}", self.proj.module(self.layer))
     }
+}
+
+/// Writes `params` as a PEFT adapter folder: `adapter_config.json` and
+/// `adapter_model.safetensors` with PEFT's keys
+/// (`base_model.model.….lora_A.weight`, `[r, in]`; `lora_B.weight`,
+/// `[out, r]`) in f32, each file replaced atomically.
+pub fn save_peft(params: &LoraParams, folder: &std::path::Path, base_model: &str) -> Result<()> {
+    std::fs::create_dir_all(folder).map_err(crate::error::io_error(folder))?;
+    let config = peft_config_json(params.config(), base_model);
+    let text = serde_json::to_string_pretty(&config).map_err(|e| TrainError::Setting(e.to_string()))? + "\n";
+    crate::checkpoint::write_atomic(&folder.join(tailor_model::lora::CONFIG_FILE), text.as_bytes())?;
+    let mut tensors = Vec::new();
+    for m in params.modules() {
+        let (out, inp) = (m.b.len() / m.rank, m.a.len() / m.rank);
+        tensors.push((format!("{}.lora_A.weight", m.peft_key()), vec![m.rank, inp], &m.a));
+        tensors.push((format!("{}.lora_B.weight", m.peft_key()), vec![out, m.rank], &m.b));
+    }
+    let bytes = crate::checkpoint::safetensors_bytes(&tensors)?;
+    crate::checkpoint::write_atomic(&folder.join(tailor_model::lora::WEIGHTS_FILE), &bytes)
+}
+
+/// `adapter_config.json` as PEFT writes it for a plain LoRA.
+fn peft_config_json(config: &LoraConfig, base_model: &str) -> serde_json::Value {
+    let targets = match &config.targets {
+        Targets::AllLinear => serde_json::json!("all-linear"),
+        Targets::Regex(pattern) => serde_json::json!(pattern),
+        Targets::Names(names) => serde_json::json!(names),
+    };
+    serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": config.r,
+        "lora_alpha": config.alpha,
+        "target_modules": targets,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_rslora": config.use_rslora,
+        "use_dora": false,
+        "fan_in_fan_out": false,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "layers_to_transform": config.layers_to_transform,
+        "layers_pattern": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "modules_to_save": null,
+        "revision": null,
+    })
 }

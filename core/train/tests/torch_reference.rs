@@ -37,8 +37,18 @@ fn batches() -> Vec<(Vec<Example>, f64)> {
                 .expect("examples")
                 .iter()
                 .map(|e| Example {
-                    tokens: e["tokens"].as_array().expect("tokens").iter().map(|t| t.as_u64().expect("id") as u32).collect(),
-                    targets: e["targets"].as_array().expect("targets").iter().map(|t| t.as_bool().expect("flag")).collect(),
+                    tokens: e["tokens"]
+                        .as_array()
+                        .expect("tokens")
+                        .iter()
+                        .map(|t| t.as_u64().expect("id") as u32)
+                        .collect(),
+                    targets: e["targets"]
+                        .as_array()
+                        .expect("targets")
+                        .iter()
+                        .map(|t| t.as_bool().expect("flag"))
+                        .collect(),
                 })
                 .collect();
             (examples, batch["loss"].as_f64().expect("loss"))
@@ -51,7 +61,9 @@ fn reference_gradients(batch: usize) -> Vec<(String, Vec<f32>)> {
     let file = safetensors::SafeTensors::deserialize(&bytes).expect("gradients parse");
     file.tensors()
         .into_iter()
-        .map(|(name, view)| (name, view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+        .map(|(name, view)| {
+            (name, view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        })
         .collect()
 }
 
@@ -60,7 +72,8 @@ fn lora_gradients_match_pytorch_autograd_on_smollm2() {
     let path = cache_dir().join(SMOLLM2_HF);
     assert!(path.exists(), "{} is missing: run `tailor models fetch` first", path.display());
     let model = Model::load(&path, LoadOptions::default()).expect("loading SmolLM2");
-    let adapter = Adapter::load(&reference_dir().join("init"), &model.llama, AdapterLimits::default()).expect("adapter");
+    let adapter =
+        Adapter::load(&reference_dir().join("init"), &model.llama, AdapterLimits::default()).expect("adapter");
     let initial = LoraParams::from_adapter(&model.llama, &adapter).expect("trainable");
     assert_eq!(initial.modules().len(), 21);
     let mut worst = 0f64;

@@ -148,7 +148,12 @@ impl Adapter {
     /// and `B` (`[out, r]`, PEFT's layout). The rank of each comes from
     /// `config` (`rank_pattern` included) and must match the matrices;
     /// DoRA is not built this way.
-    pub fn from_f32(config: LoraConfig, base: &Llama, modules: &[TrainedModule<'_>], source: PathBuf) -> Result<Adapter> {
+    pub fn from_f32(
+        config: LoraConfig,
+        base: &Llama,
+        modules: &[TrainedModule<'_>],
+        source: PathBuf,
+    ) -> Result<Adapter> {
         let bad = |detail: String| ModelError::Adapter { path: source.clone(), detail };
         if config.use_dora {
             return Err(bad("a DoRA adapter cannot be built from A and B alone".into()));
@@ -161,14 +166,9 @@ impl Adapter {
             let slot = layers
                 .get_mut(module.layer)
                 .ok_or_else(|| bad(format!("layer {} of a model with {layer_count}", module.layer)))?;
-            let pair = LoraPair::new(
-                rank,
-                inp,
-                out,
-                LoraMatrix::F32(module.a.to_vec()),
-                LoraMatrix::F32(module.b.to_vec()),
-            )
-            .map_err(|e| bad(format!("{}: {e}", module.proj.module(module.layer))))?;
+            let pair =
+                LoraPair::new(rank, inp, out, LoraMatrix::F32(module.a.to_vec()), LoraMatrix::F32(module.b.to_vec()))
+                    .map_err(|e| bad(format!("{}: {e}", module.proj.module(module.layer))))?;
             let scaling = config.scaling(rank, alpha);
             slot[module.proj.index()] = Some(LoraLayer { pair, scaling, dora_scale: None });
         }

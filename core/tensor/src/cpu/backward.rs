@@ -114,7 +114,13 @@ const DEQUANT_ROWS: usize = 2048;
 /// `dx += dy·W`: the input gradient of `y = x·Wᵀ`, for `tokens` rows;
 /// `w` is `[out, in]` in any dtype (dense f32 is used in place; others are
 /// dequantized a few thousand rows at a time into `scratch`).
-pub fn linear_backward_input(dy: &[f32], tokens: usize, w: &Tensor, dx: &mut [f32], scratch: &mut Vec<f32>) -> Result<()> {
+pub fn linear_backward_input(
+    dy: &[f32],
+    tokens: usize,
+    w: &Tensor,
+    dx: &mut [f32],
+    scratch: &mut Vec<f32>,
+) -> Result<()> {
     let (out_dim, in_dim) = (w.row_count(), w.row_len());
     if dy.len() != tokens * out_dim || dx.len() != tokens * in_dim {
         return Err(TensorError::Incompatible {

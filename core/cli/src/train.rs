@@ -1,0 +1,221 @@
+//! `tailor train`: LoRA fine-tuning of a model on a JSONL file, in-process,
+//! with a progress bar, a metrics log, checkpoints and a loss curve.
+
+use crate::ModelArgs;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use tailor_model::lora::Targets;
+use tailor_model::names::Proj;
+use tailor_train::backward::Checkpointing;
+use tailor_train::data::{self, Overlong};
+use tailor_train::optim::Decay;
+use tailor_train::{LoraSettings, StepReport, TrainConfig, Trainer};
+
+/// How the weights are trained.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// LoRA on the base as the file stores it (a GGUF's quantized blocks
+    /// included).
+    Lora,
+    /// LoRA on a 4-bit base: a dense base is quantized on load (q4_0, or
+    /// `--dtype`); a quantized GGUF keeps its own blocks.
+    Qlora,
+    /// Every weight (not built yet).
+    Full,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Training examples: JSONL, one {"messages": [...]}, {"prompt", "completion"} or {"text"} per line.
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation examples (same format); without it, see --eval-split.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Hold out this share of --data for validation when --eval is not given.
+    #[arg(long, default_value_t = 0.0)]
+    eval_split: f64,
+    /// Output folder: the PEFT adapter, metrics.jsonl, loss.png, checkpoints/.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value_t = Method::Lora)]
+    method: Method,
+    /// Passes over the data.
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Continue the run in --out from its newest intact checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    r: usize,
+    /// LoRA alpha (scaling alpha/r).
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f64,
+    /// Projections to adapt: all-linear, or a comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.
+    #[arg(long, default_value = "all-linear")]
+    targets: String,
+    /// Scale by alpha/sqrt(r) (rsLoRA).
+    #[arg(long)]
+    rslora: bool,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    /// Examples per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Share of the steps spent warming up.
+    #[arg(long, default_value_t = 0.05)]
+    warmup: f32,
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    schedule: Schedule,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Global gradient-norm bound (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
+    /// Longest example, in tokens (default: the model's context, at most 2048).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Refuse examples longer than --max-tokens instead of truncating them.
+    #[arg(long)]
+    refuse_overlong: bool,
+    /// A checkpoint every this many steps.
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: usize,
+    /// Evaluate every this many steps (0: after each epoch).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Keep only each layer's input and recompute its activations in the backward (less memory).
+    #[arg(long)]
+    recompute: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Schedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+pub fn train_cmd(args: &TrainArgs) -> Result<()> {
+    if args.method == Method::Full {
+        bail!("--method full is not built yet: train a LoRA (--method lora or qlora) and merge it with `tailor adapter merge`");
+    }
+    let mut model_args = args.model.clone();
+    if args.method == Method::Qlora {
+        model_args.quantize_dense_to("q4_0");
+    }
+    let model = crate::run::load_model(&model_args)?;
+    let max_tokens = args.max_tokens.unwrap_or(model.llama.context_length().min(2048));
+    let overlong = if args.refuse_overlong { Overlong::Refuse } else { Overlong::Truncate };
+    let load = |path: &PathBuf| {
+        data::load(path, &model, max_tokens, overlong).with_context(|| format!("reading {}", path.display()))
+    };
+    let mut train = load(&args.data)?;
+    let eval = match (&args.eval, args.eval_split) {
+        (Some(path), _) => Some(load(path)?),
+        (None, share) if share > 0.0 => {
+            let (kept, held_out) = train.split(share);
+            train = kept;
+            Some(held_out)
+        }
+        _ => None,
+    };
+    if train.truncated > 0 {
+        eprintln!("warning: {} examples longer than {max_tokens} tokens were truncated", train.truncated);
+    }
+    let config = TrainConfig {
+        lora: LoraSettings {
+            r: args.r,
+            alpha: args.alpha,
+            targets: parse_targets(&args.targets)?,
+            use_rslora: args.rslora,
+        },
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        grad_accum: args.grad_accum,
+        learning_rate: args.lr,
+        warmup_ratio: args.warmup,
+        decay: match args.schedule {
+            Schedule::Constant => Decay::Constant,
+            Schedule::Linear => Decay::Linear,
+            Schedule::Cosine => Decay::Cosine,
+        },
+        adamw: tailor_train::optim::AdamW { weight_decay: args.weight_decay, ..Default::default() },
+        max_grad_norm: args.max_grad_norm,
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+        eval_every: args.eval_every,
+        checkpointing: if args.recompute { Checkpointing::Layers } else { Checkpointing::Off },
+        ..TrainConfig::default()
+    };
+    let base_name = model.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    eprintln!(
+        "{} training examples ({} tokens, {} trained){}",
+        train.examples.len(),
+        train.tokens(),
+        train.target_tokens(),
+        eval.as_ref().map(|e| format!(", {} validation examples", e.examples.len())).unwrap_or_default()
+    );
+    let mut warn = |message: String| eprintln!("warning: {message}");
+    let mut trainer = Trainer::new(&model.llama, &base_name, config, train, eval, &args.out, args.resume, &mut warn)?;
+    if trainer.start_step() > 0 {
+        eprintln!("resuming at step {} of {}", trainer.start_step(), trainer.total_steps());
+    }
+    eprintln!(
+        "LoRA r={} on {}: {:.2} M trainable parameters, {} steps",
+        args.r,
+        args.targets,
+        trainer.parameter_count() as f64 / 1e6,
+        trainer.total_steps()
+    );
+    let bar = ProgressBar::new(trainer.total_steps() as u64).with_style(
+        ProgressStyle::with_template("train [{bar:30}] {pos}/{len} steps {msg} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(trainer.start_step() as u64);
+    let mut last_eval = None;
+    let mut on_step = |report: &StepReport| {
+        last_eval = report.eval_loss.or(last_eval);
+        let eval = last_eval.map(|l| format!(" eval {l:.3}")).unwrap_or_default();
+        bar.set_message(format!("loss {:.3}{eval} {:.0} tok/s", report.loss, report.tokens_per_second));
+        bar.set_position(report.step as u64);
+    };
+    let summary = trainer.run(&mut on_step, &|| false)?;
+    bar.finish_and_clear();
+    let eval = summary.final_eval_loss.map(|l| format!(", validation loss {l:.4}")).unwrap_or_default();
+    eprintln!("final loss {:.4}{eval}", summary.final_loss);
+    let curve = args.out.join("loss.png");
+    tailor_train::plot::loss_curve(&args.out.join(tailor_train::trainer::METRICS_FILE), &curve)
+        .with_context(|| format!("drawing {}", curve.display()))?;
+    eprintln!("adapter: {} (PEFT layout); loss curve: {}", summary.adapter.display(), curve.display());
+    Ok(())
+}
+
+/// `all-linear` or a comma list of projection names.
+fn parse_targets(text: &str) -> Result<Targets> {
+    if text == "all-linear" {
+        return Ok(Targets::AllLinear);
+    }
+    let names: Vec<String> = text.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    for name in &names {
+        if !Proj::ALL.iter().any(|p| p.module_name() == name) {
+            let known: Vec<&str> = Proj::ALL.iter().map(|p| p.module_name()).collect();
+            bail!("unknown target module {name:?}: expected all-linear or some of {}", known.join(", "));
+        }
+    }
+    if names.is_empty() {
+        bail!("--targets names no module");
+    }
+    Ok(Targets::Names(names))
+}

@@ -1,0 +1,408 @@
+//! The training loop: epochs over shuffled examples, gradient accumulation,
+//! clipping, AdamW on the LoRA weights, evaluation, checkpoints, a JSONL
+//! metrics log, and the final PEFT adapter.
+//!
+//! Everything a step depends on (weights, moments, the epoch's order, the
+//! cursor in it) is in the checkpoint, and the kernels give the same bits
+//! for the same thread count, so a run resumed after `kill -9` ends with
+//! exactly the adapter an uninterrupted run writes.
+
+use crate::backward::{accumulate_gradients, forward_loss, Checkpointing, Example};
+use crate::checkpoint::{self, LoopState};
+use crate::data::Dataset;
+use crate::error::{io_error, Result, TrainError};
+use crate::lora::{save_peft, LoraParams, LoraSettings};
+use crate::optim::{clip_gradients, AdamState, AdamW, Decay, Param, Schedule};
+use crate::rng::Rng;
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tailor_model::{Adapter, AdapterLimits, Llama};
+
+/// The metrics log, one JSON object per line, beside the adapter.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// A run's settings.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// The adapter to train.
+    pub lora: LoraSettings,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub learning_rate: f32,
+    /// Share of the steps spent warming up.
+    pub warmup_ratio: f32,
+    /// Shape of the learning rate after warmup.
+    pub decay: Decay,
+    /// AdamW's settings.
+    pub adamw: AdamW,
+    /// Global gradient-norm bound (0: no clipping).
+    pub max_grad_norm: f32,
+    /// Seed of the initialisation and the data order.
+    pub seed: u64,
+    /// A checkpoint every this many steps (and at the end).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept.
+    pub keep_checkpoints: usize,
+    /// Evaluation every this many steps (0: at the end of each epoch).
+    pub eval_every: usize,
+    /// What the forward keeps for the backward.
+    pub checkpointing: Checkpointing,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            lora: LoraSettings {
+                r: 8,
+                alpha: 16.0,
+                targets: tailor_model::lora::Targets::AllLinear,
+                use_rslora: false,
+            },
+            epochs: 3,
+            batch_size: 4,
+            grad_accum: 1,
+            learning_rate: 1e-3,
+            warmup_ratio: 0.05,
+            decay: Decay::Cosine,
+            adamw: AdamW::default(),
+            max_grad_norm: 1.0,
+            seed: 42,
+            checkpoint_every: 50,
+            keep_checkpoints: 2,
+            eval_every: 0,
+            checkpointing: Checkpointing::Off,
+        }
+    }
+}
+
+impl TrainConfig {
+    fn check(&self) -> Result<()> {
+        let positive = [
+            ("epochs", self.epochs),
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+            ("r", self.lora.r),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(TrainError::Setting(format!("{name} must be at least 1")));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(TrainError::Setting(format!("learning rate {} must be positive", self.learning_rate)));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return Err(TrainError::Setting(format!("warmup ratio {} must be in [0, 1)", self.warmup_ratio)));
+        }
+        Ok(())
+    }
+
+    /// A digest of everything that shapes the run's numbers.
+    fn fingerprint(&self, base: &str, train: &Dataset) -> String {
+        let data: Vec<u8> = train
+            .examples
+            .iter()
+            .flat_map(|e| e.tokens.iter().map(|t| *t as u8).chain(e.targets.iter().map(|&t| t as u8)))
+            .collect();
+        let settings = format!("{self:?}|{base}|{}", train.examples.len());
+        format!("{:016x}{:016x}", checkpoint::fnv1a(settings.as_bytes()), checkpoint::fnv1a(&data))
+    }
+}
+
+/// One optimizer step, as reported to the caller and the metrics log.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    /// Steps done (1-based).
+    pub step: usize,
+    /// Steps in the run.
+    pub total_steps: usize,
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Mean cross-entropy over the step's predicted tokens.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f32,
+    /// Gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Tokens run through (forward and backward) this step.
+    pub tokens: usize,
+    /// Tokens per second over this step.
+    pub tokens_per_second: f64,
+    /// Mean cross-entropy on the validation set, when evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Steps in the run.
+    pub steps: usize,
+    /// Step it resumed from (0: a fresh start).
+    pub resumed_from: usize,
+    /// The last step's loss.
+    pub final_loss: f64,
+    /// The last validation loss, if there is a validation set.
+    pub final_eval_loss: Option<f64>,
+    /// The adapter folder.
+    pub adapter: PathBuf,
+}
+
+/// A run: the model, data, trainable weights and loop state.
+pub struct Trainer<'m> {
+    model: &'m Llama,
+    base_name: String,
+    config: TrainConfig,
+    train: Dataset,
+    eval: Option<Dataset>,
+    lora: LoraParams,
+    adam: AdamState,
+    state: LoopState,
+    out: PathBuf,
+    resumed_from: usize,
+}
+
+impl<'m> Trainer<'m> {
+    /// A run writing to `out`; with `resume`, it continues from the newest
+    /// intact checkpoint there (damaged ones reported through `warn`).
+    pub fn new(
+        model: &'m Llama,
+        base_name: &str,
+        config: TrainConfig,
+        train: Dataset,
+        eval: Option<Dataset>,
+        out: &Path,
+        resume: bool,
+        warn: &mut dyn FnMut(String),
+    ) -> Result<Trainer<'m>> {
+        config.check()?;
+        if train.examples.is_empty() {
+            return Err(TrainError::Setting("the training set is empty".into()));
+        }
+        let fingerprint = config.fingerprint(base_name, &train);
+        std::fs::create_dir_all(out).map_err(io_error(out))?;
+        let fresh = LoopState { step: 0, epoch: 0, cursor: 0, rng: Rng::new(config.seed), fingerprint };
+        let mut trainer = Trainer {
+            model,
+            base_name: base_name.to_string(),
+            lora: LoraParams::new(model, config.lora.config(), config.seed)?,
+            config,
+            train,
+            eval,
+            adam: AdamState::default(),
+            state: fresh,
+            out: out.to_path_buf(),
+            resumed_from: 0,
+        };
+        if resume {
+            trainer.resume(warn)?;
+        } else if out.join(checkpoint::CHECKPOINTS).exists() {
+            return Err(TrainError::Setting(format!(
+                "{} already holds a run's checkpoints: pass --resume to continue it, or choose another --out",
+                out.display()
+            )));
+        }
+        Ok(trainer)
+    }
+
+    fn resume(&mut self, warn: &mut dyn FnMut(String)) -> Result<()> {
+        let Some(restored) = checkpoint::latest(&self.out, &self.state.fingerprint, warn)? else {
+            return Ok(());
+        };
+        let limits = AdapterLimits { max_rank: usize::MAX, max_file_bytes: u64::MAX };
+        let adapter = Adapter::load(&restored.folder, self.model, limits)?;
+        let mut lora = LoraParams::from_adapter(self.model, &adapter)?;
+        // Scaling and the rest come from this run's config, not the file.
+        lora = LoraParams::from_modules(self.model, self.config.lora.config(), lora.modules().to_vec())?;
+        self.lora = lora;
+        self.adam = restored.adam;
+        self.state = restored.state;
+        self.resumed_from = self.state.step;
+        truncate_metrics(&self.out.join(METRICS_FILE), self.state.step)?;
+        Ok(())
+    }
+
+    /// Optimizer steps per epoch.
+    pub fn steps_per_epoch(&self) -> usize {
+        self.train.examples.len().div_ceil(self.examples_per_step())
+    }
+
+    /// Optimizer steps in the run.
+    pub fn total_steps(&self) -> usize {
+        self.steps_per_epoch() * self.config.epochs
+    }
+
+    /// The step the run starts at (after a resume).
+    pub fn start_step(&self) -> usize {
+        self.state.step
+    }
+
+    /// Trainable values.
+    pub fn parameter_count(&self) -> usize {
+        self.lora.parameter_count()
+    }
+
+    fn examples_per_step(&self) -> usize {
+        self.config.batch_size * self.config.grad_accum
+    }
+
+    fn schedule(&self) -> Schedule {
+        let total = self.total_steps();
+        let warmup = (total as f32 * self.config.warmup_ratio).round() as usize;
+        Schedule { peak: self.config.learning_rate, warmup, total, decay: self.config.decay }
+    }
+
+    /// The epoch's order of examples: a shuffle seeded by (seed, epoch).
+    fn order(&self, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.train.examples.len()).collect();
+        Rng::new(self.config.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).shuffle(&mut order);
+        order
+    }
+
+    /// Trains to the end (or until `cancelled()`), reporting each step.
+    pub fn run(&mut self, on_step: &mut dyn FnMut(&StepReport), cancelled: &dyn Fn() -> bool) -> Result<Summary> {
+        let total = self.total_steps();
+        let mut metrics = open_metrics(&self.out.join(METRICS_FILE))?;
+        let mut last_loss = f64::NAN;
+        let mut last_eval = None;
+        while self.state.step < total {
+            if cancelled() {
+                return Err(TrainError::Cancelled { step: self.state.step });
+            }
+            let mut report = self.step()?;
+            last_loss = report.loss;
+            let epoch_done = self.state.cursor == 0;
+            let eval_due = match self.config.eval_every {
+                0 => epoch_done,
+                every => self.state.step % every == 0 || self.state.step == total,
+            };
+            if eval_due && self.eval.is_some() {
+                report.eval_loss = Some(self.evaluate()?);
+                last_eval = report.eval_loss;
+            }
+            write_metrics(&mut metrics, &self.out.join(METRICS_FILE), &report)?;
+            on_step(&report);
+            if self.state.step % self.config.checkpoint_every.max(1) == 0 || self.state.step == total {
+                self.save_checkpoint()?;
+            }
+        }
+        if last_eval.is_none() && self.eval.is_some() {
+            last_eval = Some(self.evaluate()?);
+        }
+        save_peft(&self.lora, &self.out, &self.base_name)?;
+        Ok(Summary {
+            steps: total,
+            resumed_from: self.resumed_from,
+            final_loss: last_loss,
+            final_eval_loss: last_eval,
+            adapter: self.out.clone(),
+        })
+    }
+
+    /// One optimizer step over the next examples of the epoch.
+    fn step(&mut self) -> Result<StepReport> {
+        let started = Instant::now();
+        let order = self.order(self.state.epoch);
+        let end = (self.state.cursor + self.examples_per_step()).min(order.len());
+        let batch: Vec<&Example> = order[self.state.cursor..end].iter().map(|&i| &self.train.examples[i]).collect();
+        let targets: usize = batch.iter().map(|e| e.target_count()).sum();
+        let scale = 1.0 / targets.max(1) as f32;
+        self.lora.zero_grads();
+        let adapter = self.lora.active(self.model)?;
+        let mut loss_sum = 0f64;
+        for example in &batch {
+            loss_sum +=
+                accumulate_gradients(self.model, &mut self.lora, &adapter, example, scale, self.config.checkpointing)?;
+        }
+        let loss = loss_sum / targets.max(1) as f64;
+        let lr = self.schedule().lr(self.state.step);
+        let grad_norm = {
+            let mut grads: Vec<&mut [f32]> =
+                self.lora.modules_mut().iter_mut().flat_map(|m| [&mut m.grad_a[..], &mut m.grad_b[..]]).collect();
+            clip_gradients(&mut grads, self.config.max_grad_norm)
+        };
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Err(TrainError::Diverged { step: self.state.step + 1, loss });
+        }
+        let mut params: Vec<Param<'_>> = self
+            .lora
+            .modules_mut()
+            .iter_mut()
+            .flat_map(|m| [Param { value: &mut m.a, grad: &m.grad_a }, Param { value: &mut m.b, grad: &m.grad_b }])
+            .collect();
+        self.config.adamw.step(&mut self.adam, &mut params, lr);
+        self.state.step += 1;
+        self.state.cursor = end;
+        if end == order.len() {
+            self.state.epoch += 1;
+            self.state.cursor = 0;
+        }
+        let tokens: usize = batch.iter().map(|e| e.tokens.len()).sum();
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(StepReport {
+            step: self.state.step,
+            total_steps: self.total_steps(),
+            epoch: self.state.epoch.min(self.config.epochs - 1),
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            tokens_per_second: tokens as f64 / seconds.max(1e-9),
+            eval_loss: None,
+        })
+    }
+
+    /// Mean cross-entropy over the validation set's predicted tokens.
+    pub fn evaluate(&self) -> Result<f64> {
+        let Some(eval) = &self.eval else { return Ok(f64::NAN) };
+        let adapter = self.lora.active(self.model)?;
+        let mut sum = 0f64;
+        for example in &eval.examples {
+            sum += forward_loss(self.model, &adapter, example)?;
+        }
+        Ok(sum / eval.target_tokens().max(1) as f64)
+    }
+
+    fn save_checkpoint(&self) -> Result<()> {
+        let (lora, base) = (&self.lora, &self.base_name);
+        checkpoint::save(&self.out, &self.state, &self.adam, self.config.keep_checkpoints, |folder| {
+            save_peft(lora, folder, base)
+        })?;
+        Ok(())
+    }
+
+    /// The current weights.
+    pub fn lora(&self) -> &LoraParams {
+        &self.lora
+    }
+}
+
+fn open_metrics(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io_error(path))
+}
+
+fn write_metrics(file: &mut std::fs::File, path: &Path, report: &StepReport) -> Result<()> {
+    let line = serde_json::to_string(report).map_err(|e| TrainError::Setting(e.to_string()))?;
+    writeln!(file, "{line}").map_err(io_error(path))
+}
+
+/// Drops log lines past `step`: a resumed run writes them again.
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    checkpoint::write_atomic(path, kept.as_bytes())
+}
