@@ -58,6 +58,7 @@ def main(base_dir: Path, out: Path):
         for key, param in model.named_parameters():
             if "lora_B" in key:
                 param.copy_(torch.randn_like(param) * 0.02)
+    model.peft_config["default"].base_model_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     model.save_pretrained(out / "init")
     # Autograd in f64 from the same (f32) values: the reference carries no
     # rounding of its own at the 1e-4 the check asks for.

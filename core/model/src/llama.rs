@@ -206,7 +206,7 @@ impl Llama {
         let end = (*next_layer + layers).min(self.blocks.len());
         for layer in *next_layer..end {
             let block = &self.blocks[layer];
-            self.attention(layer, block, x, *start, cache, scratch, None)?;
+            self.attention(layer, block, x, Context::Cache { cache, start: *start }, scratch, None)?;
             self.mlp(layer, block, x, scratch, None)?;
         }
         *next_layer = end;
@@ -304,33 +304,37 @@ impl Llama {
     }
 
     /// Training mode: runs decoder layer `layer` on the residual stream `x`
-    /// of one sequence starting at position 0, with `adapter` on the
+    /// of sequences packed back to back (`lengths`; each starts at
+    /// position 0 and attends only within itself), with `adapter` on the
     /// projections it adapts. This is the serving forward (the same
-    /// functions and kernels as a prefill); given a tape it also keeps what
-    /// the layer's backward needs.
+    /// functions and kernels as a prefill, every linear over all rows at
+    /// once); given a tape it also keeps what the layer's backward needs.
     pub fn run_layer(
         &self,
         layer: usize,
         x: &mut [f32],
+        lengths: &[usize],
         adapter: Option<&ActiveAdapter>,
         tape: Option<&mut LayerTape>,
     ) -> Result<()> {
         let cfg = &self.config;
-        let n = x.len() / cfg.hidden_size;
+        let n: usize = lengths.iter().sum();
         let block = self.blocks.get(layer).ok_or_else(|| {
             ModelError::InvalidParameter(format!("layer {layer} of a model with {}", self.blocks.len()))
         })?;
-        if n == 0 || x.len() != n * cfg.hidden_size {
-            return Err(ModelError::InvalidParameter(format!("{} values are not whole rows", x.len())));
+        if n == 0 || lengths.contains(&0) || x.len() != n * cfg.hidden_size {
+            return Err(ModelError::InvalidParameter(format!(
+                "{} values for sequences of {lengths:?} tokens",
+                x.len()
+            )));
         }
-        if n > self.context_length() {
-            return Err(ModelError::ContextOverflow { tokens: n, context: self.context_length() });
+        if let Some(&longest) = lengths.iter().max().filter(|&&l| l > self.context_length()) {
+            return Err(ModelError::ContextOverflow { tokens: longest, context: self.context_length() });
         }
         let mut scratch = Scratch::new(cfg, n);
         scratch.adapters = adapter.map_or(RowAdapters::Base, |a| RowAdapters::One(a.clone()));
-        let mut cache = self.new_cache();
         let mut tape = tape;
-        self.attention(layer, block, x, 0, &mut cache, &mut scratch, tape.as_deref_mut())?;
+        self.attention(layer, block, x, Context::Packed(lengths), &mut scratch, tape.as_deref_mut())?;
         self.mlp(layer, block, x, &mut scratch, tape)
     }
 
@@ -399,8 +403,7 @@ impl Llama {
         layer: usize,
         b: &Block,
         x: &mut [f32],
-        start: usize,
-        cache: &mut KvCache,
+        context: Context<'_>,
         s: &mut Scratch,
         mut tape: Option<&mut LayerTape>,
     ) -> Result<()> {
@@ -409,11 +412,28 @@ impl Llama {
         rms_norm(x, &b.attn_norm, cfg.rms_norm_eps as f32, &mut s.normed);
         let qkv = &mut [(Proj::Q, &b.q, &mut s.q[..]), (Proj::K, &b.k, &mut s.k[..]), (Proj::V, &b.v, &mut s.v[..])];
         s.pass.run_adapted(&s.normed, n, layer, qkv, &s.adapters, &mut s.linear, &mut s.lora)?;
-        self.rope.apply(&mut s.q, cfg.num_attention_heads, start);
-        self.rope.apply(&mut s.k, cfg.num_key_value_heads, start);
-        cache.append(layer, &s.k, &s.v);
-        let (keys, values) = cache.layer(layer);
-        causal_attention(&s.q, keys, values, start, cfg.attention_shape(), &mut s.attn);
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        match context {
+            Context::Cache { cache, start } => {
+                self.rope.apply(&mut s.q, heads, start);
+                self.rope.apply(&mut s.k, kv_heads, start);
+                cache.append(layer, &s.k, &s.v);
+                let (keys, values) = cache.layer(layer);
+                causal_attention(&s.q, keys, values, start, cfg.attention_shape(), &mut s.attn);
+            }
+            Context::Packed(lengths) => {
+                let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
+                let mut row = 0;
+                for &len in lengths {
+                    let (q_rows, kv_rows) = (row * q_dim..(row + len) * q_dim, row * kv_dim..(row + len) * kv_dim);
+                    self.rope.apply(&mut s.q[q_rows.clone()], heads, 0);
+                    self.rope.apply(&mut s.k[kv_rows.clone()], kv_heads, 0);
+                    let (k, v) = (&s.k[kv_rows.clone()], &s.v[kv_rows]);
+                    causal_attention(&s.q[q_rows.clone()], k, v, 0, cfg.attention_shape(), &mut s.attn[q_rows]);
+                    row += len;
+                }
+            }
+        }
         if let Some(tape) = tape.as_deref_mut() {
             tape.keep_attention(x, &s.normed, &s.q, &s.k, &s.v, &s.attn);
         }
@@ -437,6 +457,16 @@ impl Llama {
         add_in_place(x, &s.out);
         Ok(())
     }
+}
+
+/// Where a forward pass's attention finds keys and values.
+enum Context<'c> {
+    /// After what the cache holds, from position `start` (serving): the
+    /// new keys and values are appended to it.
+    Cache { cache: &'c mut KvCache, start: usize },
+    /// Sequences packed back to back, each from position 0, attending
+    /// only within itself (training; no cache).
+    Packed(&'c [usize]),
 }
 
 /// Which kernels a forward pass's linears run.

@@ -43,40 +43,68 @@ pub enum Checkpointing {
     Layers,
 }
 
-/// Runs `example` forward and backward, adding `scale·∂loss/∂θ` to the
-/// LoRA gradients, where loss is the summed cross-entropy of its targets.
-/// Returns that sum (unscaled). `adapter` must be `lora`'s current weights
-/// ([`LoraParams::active`]).
+/// Examples packed back to back: one forward over all their tokens, each
+/// attending only within itself.
+struct Packed {
+    tokens: Vec<u32>,
+    lengths: Vec<usize>,
+    /// Rows whose next token is predicted, and that token.
+    predicted: Vec<(usize, u32)>,
+}
+
+impl Packed {
+    fn new(batch: &[&Example]) -> Result<Packed> {
+        let mut packed = Packed { tokens: Vec::new(), lengths: Vec::new(), predicted: Vec::new() };
+        for example in batch {
+            let n = example.tokens.len();
+            if example.targets.len() != n || n == 0 {
+                return Err(TrainError::Setting(format!("{n} tokens with {} target flags", example.targets.len())));
+            }
+            let offset = packed.tokens.len();
+            for t in 1..n {
+                if example.targets[t] {
+                    packed.predicted.push((offset + t - 1, example.tokens[t]));
+                }
+            }
+            packed.tokens.extend_from_slice(&example.tokens);
+            packed.lengths.push(n);
+        }
+        Ok(packed)
+    }
+}
+
+/// Runs a micro-batch forward and backward (its examples packed into one
+/// pass), adding `scale·∂loss/∂θ` to the LoRA gradients, where loss is the
+/// summed cross-entropy of their targets. Returns that sum (unscaled).
+/// `adapter` must be `lora`'s current weights ([`LoraParams::active`]).
 pub fn accumulate_gradients(
     model: &Llama,
     lora: &mut LoraParams,
     adapter: &ActiveAdapter,
-    example: &Example,
+    batch: &[&Example],
     scale: f32,
     checkpointing: Checkpointing,
 ) -> Result<f64> {
-    let n = example.tokens.len();
-    if example.targets.len() != n {
-        return Err(TrainError::Setting(format!("{n} tokens with {} target flags", example.targets.len())));
-    }
+    let packed = Packed::new(batch)?;
+    let lengths = &packed.lengths;
     let layers = model.config().num_hidden_layers;
-    let mut x = model.embed(&example.tokens)?;
+    let mut x = model.embed(&packed.tokens)?;
     let mut inputs = Vec::new();
     let mut tapes = Vec::new();
     for layer in 0..layers {
         match checkpointing {
             Checkpointing::Layers => {
                 inputs.push(x.clone());
-                model.run_layer(layer, &mut x, Some(adapter), None)?;
+                model.run_layer(layer, &mut x, lengths, Some(adapter), None)?;
             }
             Checkpointing::Off => {
                 let mut tape = LayerTape::default();
-                model.run_layer(layer, &mut x, Some(adapter), Some(&mut tape))?;
+                model.run_layer(layer, &mut x, lengths, Some(adapter), Some(&mut tape))?;
                 tapes.push(tape);
             }
         }
     }
-    let (loss, mut dx) = head_backward(model, &x, example, scale)?;
+    let (loss, mut dx) = head_backward(model, &x, &packed.predicted, scale)?;
     for layer in (0..layers).rev() {
         let recomputed;
         let tape = match checkpointing {
@@ -84,34 +112,35 @@ pub fn accumulate_gradients(
             Checkpointing::Layers => {
                 let mut tape = LayerTape::default();
                 let mut input = std::mem::take(&mut inputs[layer]);
-                model.run_layer(layer, &mut input, Some(adapter), Some(&mut tape))?;
+                model.run_layer(layer, &mut input, lengths, Some(adapter), Some(&mut tape))?;
                 recomputed = tape;
                 &recomputed
             }
         };
-        layer_backward(model, layer, tape, lora, &mut dx)?;
+        layer_backward(model, layer, tape, lengths, lora, &mut dx)?;
     }
     Ok(loss)
 }
 
-/// The summed cross-entropy of `example`'s targets with `adapter`, forward
+/// The summed cross-entropy of a batch's targets with `adapter`, forward
 /// only (evaluation).
-pub fn forward_loss(model: &Llama, adapter: &ActiveAdapter, example: &Example) -> Result<f64> {
-    let mut x = model.embed(&example.tokens)?;
+pub fn forward_loss(model: &Llama, adapter: &ActiveAdapter, batch: &[&Example]) -> Result<f64> {
+    let packed = Packed::new(batch)?;
+    let mut x = model.embed(&packed.tokens)?;
     for layer in 0..model.config().num_hidden_layers {
-        model.run_layer(layer, &mut x, Some(adapter), None)?;
+        model.run_layer(layer, &mut x, &packed.lengths, Some(adapter), None)?;
     }
-    Ok(head_loss(model, &x, example, 1.0)?.0)
+    Ok(head_loss(model, &x, &packed.predicted, 1.0)?.0)
 }
 
 /// The final norm, lm_head and cross-entropy on the predicted positions
 /// only: returns the summed loss and the gradient of `scale·loss` with
 /// respect to the last layer's output (zero on other positions).
-fn head_backward(model: &Llama, x: &[f32], example: &Example, scale: f32) -> Result<(f64, Vec<f32>)> {
+fn head_backward(model: &Llama, x: &[f32], predicted: &[(usize, u32)], scale: f32) -> Result<(f64, Vec<f32>)> {
     let cfg = model.config();
     let dim = cfg.hidden_size;
     let mut dx = vec![0f32; x.len()];
-    let (loss, head) = head_loss(model, x, example, scale)?;
+    let (loss, head) = head_loss(model, x, predicted, scale)?;
     let Some(HeadPass { positions, rows, logits }) = head else { return Ok((loss, dx)) };
     let eps = cfg.rms_norm_eps as f32;
     let mut d_normed = vec![0f32; rows.len()];
@@ -135,14 +164,14 @@ struct HeadPass {
 
 /// The head's forward and loss: the summed cross-entropy of the targets,
 /// with `scale·∂loss/∂logits` left in the pass (none without targets).
-fn head_loss(model: &Llama, x: &[f32], example: &Example, scale: f32) -> Result<(f64, Option<HeadPass>)> {
+fn head_loss(model: &Llama, x: &[f32], predicted: &[(usize, u32)], scale: f32) -> Result<(f64, Option<HeadPass>)> {
     let cfg = model.config();
     let (dim, vocab) = (cfg.hidden_size, cfg.vocab_size);
-    let positions: Vec<usize> = (0..example.tokens.len() - 1).filter(|&t| example.targets[t + 1]).collect();
-    if positions.is_empty() {
+    if predicted.is_empty() {
         return Ok((0.0, None));
     }
-    let ids: Vec<u32> = positions.iter().map(|&t| example.tokens[t + 1]).collect();
+    let positions: Vec<usize> = predicted.iter().map(|&(row, _)| row).collect();
+    let ids: Vec<u32> = predicted.iter().map(|&(_, id)| id).collect();
     let rows: Vec<f32> = positions.iter().flat_map(|&t| x[t * dim..(t + 1) * dim].iter().copied()).collect();
     let mut normed = vec![0f32; rows.len()];
     rms_norm(&rows, model.final_norm_weight(), cfg.rms_norm_eps as f32, &mut normed);
@@ -154,7 +183,14 @@ fn head_loss(model: &Llama, x: &[f32], example: &Example, scale: f32) -> Result<
 
 /// One layer's backward: `dx` holds the gradient of the layer's output on
 /// entry and of its input on return.
-fn layer_backward(model: &Llama, layer: usize, tape: &LayerTape, lora: &mut LoraParams, dx: &mut [f32]) -> Result<()> {
+fn layer_backward(
+    model: &Llama,
+    layer: usize,
+    tape: &LayerTape,
+    lengths: &[usize],
+    lora: &mut LoraParams,
+    dx: &mut [f32],
+) -> Result<()> {
     let cfg = model.config();
     let eps = cfg.rms_norm_eps as f32;
     let n = dx.len() / cfg.hidden_size;
@@ -180,9 +216,14 @@ fn layer_backward(model: &Llama, layer: usize, tape: &LayerTape, lora: &mut Lora
     grads.linear(Proj::O, &tape.attn, &dh, &mut d_attn)?;
     let (mut dq, mut dk, mut dv) = (vec![0f32; tape.q.len()], vec![0f32; tape.k.len()], vec![0f32; tape.v.len()]);
     let shape = cfg.attention_shape();
-    causal_attention_backward(&tape.q, &tape.k, &tape.v, &tape.attn, &d_attn, shape, &mut dq, &mut dk, &mut dv);
-    model.rope().apply_inverse(&mut dq, cfg.num_attention_heads, 0);
-    model.rope().apply_inverse(&mut dk, cfg.num_key_value_heads, 0);
+    causal_attention_backward(&tape.q, &tape.k, &tape.v, &d_attn, shape, lengths, &mut dq, &mut dk, &mut dv);
+    let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
+    let mut row = 0;
+    for &len in lengths {
+        model.rope().apply_inverse(&mut dq[row * q_dim..(row + len) * q_dim], cfg.num_attention_heads, 0);
+        model.rope().apply_inverse(&mut dk[row * kv_dim..(row + len) * kv_dim], cfg.num_key_value_heads, 0);
+        row += len;
+    }
     let mut d_normed = vec![0f32; dx.len()];
     grads.linear(Proj::Q, &tape.attn_normed, &dq, &mut d_normed)?;
     grads.linear(Proj::K, &tape.attn_normed, &dk, &mut d_normed)?;

@@ -315,9 +315,9 @@ impl<'m> Trainer<'m> {
         self.lora.zero_grads();
         let adapter = self.lora.active(self.model)?;
         let mut loss_sum = 0f64;
-        for example in &batch {
+        for micro in batch.chunks(self.config.batch_size) {
             loss_sum +=
-                accumulate_gradients(self.model, &mut self.lora, &adapter, example, scale, self.config.checkpointing)?;
+                accumulate_gradients(self.model, &mut self.lora, &adapter, micro, scale, self.config.checkpointing)?;
         }
         let loss = loss_sum / targets.max(1) as f64;
         let lr = self.schedule().lr(self.state.step);
@@ -362,8 +362,9 @@ impl<'m> Trainer<'m> {
         let Some(eval) = &self.eval else { return Ok(f64::NAN) };
         let adapter = self.lora.active(self.model)?;
         let mut sum = 0f64;
-        for example in &eval.examples {
-            sum += forward_loss(self.model, &adapter, example)?;
+        let examples: Vec<&Example> = eval.examples.iter().collect();
+        for batch in examples.chunks(self.config.batch_size) {
+            sum += forward_loss(self.model, &adapter, batch)?;
         }
         Ok(sum / eval.target_tokens().max(1) as f64)
     }

@@ -54,7 +54,7 @@ fn gradients(model: &Llama, lora: &LoraParams, checkpointing: Checkpointing) -> 
     let mut lora = lora.clone();
     lora.zero_grads();
     let adapter = lora.active(model).expect("adapter");
-    let loss = accumulate_gradients(model, &mut lora, &adapter, &example(), 1.0, checkpointing).expect("backward");
+    let loss = accumulate_gradients(model, &mut lora, &adapter, &[&example()], 1.0, checkpointing).expect("backward");
     (loss, lora)
 }
 
@@ -119,12 +119,38 @@ fn gradients_scale_and_accumulate() {
     twice.zero_grads();
     let adapter = twice.active(&model).expect("adapter");
     for _ in 0..2 {
-        accumulate_gradients(&model, &mut twice, &adapter, &example(), 0.5, Checkpointing::Off).expect("backward");
+        accumulate_gradients(&model, &mut twice, &adapter, &[&example()], 0.5, Checkpointing::Off).expect("backward");
     }
     let (_, once) = gradients(&model, &lora, Checkpointing::Off);
     for (a, b) in twice.modules().iter().zip(once.modules()) {
         for (x, y) in a.grad_b.iter().zip(&b.grad_b) {
             assert!((x - y).abs() <= 1e-5 * y.abs().max(1e-3), "{x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn a_packed_batch_gets_the_sum_of_its_examples_gradients() {
+    let model = tiny_model(9);
+    let lora = random_lora(&model);
+    let first = example();
+    let second = Example { tokens: vec![5, 6, 7, 8, 40, 41], targets: vec![false, false, true, true, true, true] };
+    let mut packed = lora.clone();
+    packed.zero_grads();
+    let adapter = packed.active(&model).expect("adapter");
+    let loss = accumulate_gradients(&model, &mut packed, &adapter, &[&first, &second], 1.0, Checkpointing::Off)
+        .expect("backward");
+    let mut separate = lora.clone();
+    separate.zero_grads();
+    let mut separate_loss = 0.0;
+    for e in [&first, &second] {
+        separate_loss +=
+            accumulate_gradients(&model, &mut separate, &adapter, &[e], 1.0, Checkpointing::Off).expect("backward");
+    }
+    assert!((loss - separate_loss).abs() < 1e-5 * loss, "{loss} vs {separate_loss}");
+    for (a, b) in packed.modules().iter().zip(separate.modules()) {
+        for (x, y) in a.grad_a.iter().chain(&a.grad_b).zip(b.grad_a.iter().chain(&b.grad_b)) {
+            assert!((x - y).abs() <= 1e-4 * y.abs().max(1e-2), "packed {x} vs separate {y}");
         }
     }
 }

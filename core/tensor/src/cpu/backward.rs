@@ -303,30 +303,31 @@ pub fn silu_mul_backward(gate: &[f32], up: &[f32], dact: &[f32], dgate: &mut [f3
     }
 }
 
-/// The backward of [`super::causal_attention`] for one sequence starting at
-/// position 0: `q` (after RoPE) and `out` are `[tokens, n_head · head_dim]`,
+/// The backward of [`super::causal_attention`] over sequences packed back
+/// to back (`lengths`; each starts at position 0 and attends only within
+/// itself): `q` (after RoPE) and `dout` are `[tokens, n_head · head_dim]`,
 /// `k` (after RoPE) and `v` `[tokens, n_kv_head · head_dim]`. The
-/// probabilities are recomputed row by row from `q` and `k` (`out`, the
-/// forward's result, is only checked for shape). Overwrites `dq`, `dk`, `dv`.
-/// Key/value heads are split over the pool (each owns its `dk`, `dv` and
-/// its query heads' `dq`).
+/// probabilities are recomputed row by row from `q` and `k`, with the
+/// forward's exponential. Overwrites `dq`, `dk`, `dv`. The pool's threads
+/// claim (sequence, key/value head) items one by one; each item owns its
+/// rows of `dk` and `dv` and its query heads' rows of `dq`.
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention_backward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    out: &[f32],
     dout: &[f32],
     shape: AttentionShape,
+    lengths: &[usize],
     dq: &mut [f32],
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
     let AttentionShape { n_head, n_kv_head, head_dim } = shape;
     let (q_stride, kv_stride) = (n_head * head_dim, n_kv_head * head_dim);
-    let tokens = q.len() / q_stride;
+    let tokens: usize = lengths.iter().sum();
     assert!(
-        out.len() == q.len() && dout.len() == q.len() && dq.len() == q.len(),
+        q.len() == tokens * q_stride && dout.len() == q.len() && dq.len() == q.len(),
         "attention backward: query buffers differ"
     );
     assert!(
@@ -336,65 +337,127 @@ pub fn causal_attention_backward(
     dq.fill(0.0);
     dk.fill(0.0);
     dv.fill(0.0);
-    let group = n_head / n_kv_head;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let (dq_ptr, dk_ptr, dv_ptr) = (SharedOut(dq.as_mut_ptr()), SharedOut(dk.as_mut_ptr()), SharedOut(dv.as_mut_ptr()));
-    SpinPool::global().run(&|index, threads| {
-        let (mut probs, mut dprobs) = (vec![0f64; tokens], vec![0f64; tokens]);
-        for kv_head in split_range(n_kv_head, index, threads) {
-            for head in kv_head * group..(kv_head + 1) * group {
-                for i in 0..tokens {
-                    let qi = head_vector(q, i * q_stride + head * head_dim, head_dim);
-                    let doi = head_vector(dout, i * q_stride + head * head_dim, head_dim);
-                    let mut max = f64::NEG_INFINITY;
-                    for (j, p) in probs[..=i].iter_mut().enumerate() {
-                        *p = dot(qi, head_vector(k, j * kv_stride + kv_head * head_dim, head_dim)) * scale as f64;
-                        max = max.max(*p);
-                    }
-                    let mut sum = 0f64;
-                    for p in &mut probs[..=i] {
-                        *p = (*p - max).exp();
-                        sum += *p;
-                    }
-                    // dp_j = dout·v_j, and Σ p·dp from these same
-                    // probabilities, so that Σ_j ds_j is zero up to rounding.
-                    // In f64: when one key takes nearly all the weight (an
-                    // attention sink), p·(dp − Σ p·dp) cancels in f32.
-                    let mut shared = 0f64;
-                    for (j, (p, dp)) in probs[..=i].iter_mut().zip(&mut dprobs[..=i]).enumerate() {
-                        *p /= sum;
-                        *dp = dot(doi, head_vector(v, j * kv_stride + kv_head * head_dim, head_dim));
-                        shared += *p * *dp;
-                    }
-                    // SAFETY: this thread owns kv head `kv_head`: its query
-                    // heads' slices of dq and its own slices of dk and dv,
-                    // disjoint from every other thread's; all buffers were
-                    // checked to hold `tokens` rows above.
-                    let dqi = unsafe { head_slice(&dq_ptr, i * q_stride + head * head_dim, head_dim) };
-                    for j in 0..=i {
-                        let p = probs[j] as f32;
-                        let ds = (probs[j] * (dprobs[j] - shared)) as f32 * scale;
-                        let kj = head_vector(k, j * kv_stride + kv_head * head_dim, head_dim);
-                        // SAFETY: as above.
-                        let (dkj, dvj) = unsafe {
-                            let offset = j * kv_stride + kv_head * head_dim;
-                            (head_slice(&dk_ptr, offset, head_dim), head_slice(&dv_ptr, offset, head_dim))
-                        };
-                        for d in 0..head_dim {
-                            dqi[d] += ds * kj[d];
-                            dkj[d] += ds * qi[d];
-                            dvj[d] += p * doi[d];
-                        }
-                    }
-                }
+    let starts: Vec<usize> = lengths.iter().scan(0, |at, &len| Some(std::mem::replace(at, *at + len))).collect();
+    let longest = lengths.iter().copied().max().unwrap_or(0);
+    let next_item = std::sync::atomic::AtomicUsize::new(0);
+    let grads = AttentionGrads {
+        dq: SharedOut(dq.as_mut_ptr()),
+        dk: SharedOut(dk.as_mut_ptr()),
+        dv: SharedOut(dv.as_mut_ptr()),
+    };
+    SpinPool::global().run(&|_, _| {
+        let mut scratch = vec![0f32; 2 * longest];
+        loop {
+            let item = next_item.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if item >= lengths.len() * n_kv_head {
+                break;
             }
+            let (segment, kv_head) = (item / n_kv_head, item % n_kv_head);
+            let sequence = Sequence { q, k, v, dout, shape, start: starts[segment], len: lengths[segment] };
+            // SAFETY: items are claimed once each, and item (segment,
+            // kv_head) writes only its segment's rows of dk and dv at
+            // kv_head, and of dq at kv_head's query heads: disjoint from
+            // every other item; the buffers hold `tokens` rows (asserted).
+            unsafe { sequence.backward(kv_head, &grads, &mut scratch) };
         }
     });
 }
 
-/// One head's vector: `len` values from `start`.
-fn head_vector(buf: &[f32], start: usize, len: usize) -> &[f32] {
-    &buf[start..start + len]
+/// Gradient outputs of the attention backward, written by items in
+/// disjoint parts.
+struct AttentionGrads {
+    dq: SharedOut,
+    dk: SharedOut,
+    dv: SharedOut,
+}
+
+/// One packed sequence of the attention backward.
+struct Sequence<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    dout: &'a [f32],
+    shape: AttentionShape,
+    start: usize,
+    len: usize,
+}
+
+impl Sequence<'_> {
+    /// The backward of key/value head `kv_head` and its query heads.
+    ///
+    /// # Safety
+    /// The caller must own this sequence's rows of `grads` at `kv_head`
+    /// (and at its query heads) exclusively for the call.
+    unsafe fn backward(&self, kv_head: usize, grads: &AttentionGrads, scratch: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::has_avx2_fma() {
+                // SAFETY: the features were just detected; the rest as for
+                // this function.
+                unsafe { self.backward_avx2(kv_head, grads, scratch) };
+                return;
+            }
+        }
+        // SAFETY: as for this function.
+        unsafe { self.backward_portable(kv_head, grads, scratch) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn backward_avx2(&self, kv_head: usize, grads: &AttentionGrads, scratch: &mut [f32]) {
+        // SAFETY: as for `backward`.
+        unsafe { self.backward_portable(kv_head, grads, scratch) }
+    }
+
+    /// Row by row: `p = softmax(q·kᵀ/√d)`, `dp_j = dout·v_j`,
+    /// `ds_j = p_j (dp_j − Σ p·dp)`, then `dq += ds·k/√d`,
+    /// `dk_j += ds_j·q/√d`, `dv_j += p_j·dout`.
+    #[inline(always)]
+    unsafe fn backward_portable(&self, kv_head: usize, grads: &AttentionGrads, scratch: &mut [f32]) {
+        let AttentionShape { n_head, n_kv_head, head_dim } = self.shape;
+        let (q_stride, kv_stride) = (n_head * head_dim, n_kv_head * head_dim);
+        let group = n_head / n_kv_head;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let (probs, dprobs) = scratch.split_at_mut(self.len);
+        let kv_at = |t: usize| (self.start + t) * kv_stride + kv_head * head_dim;
+        for head in kv_head * group..(kv_head + 1) * group {
+            for i in 0..self.len {
+                let q_at = (self.start + i) * q_stride + head * head_dim;
+                let qi = &self.q[q_at..q_at + head_dim];
+                let doi = &self.dout[q_at..q_at + head_dim];
+                let mut max = f32::NEG_INFINITY;
+                for (j, p) in probs[..=i].iter_mut().enumerate() {
+                    *p = dot(qi, &self.k[kv_at(j)..kv_at(j) + head_dim]) * scale;
+                    max = max.max(*p);
+                }
+                let mut sum = 0f32;
+                for p in &mut probs[..=i] {
+                    *p = super::exp_fast(*p - max);
+                    sum += *p;
+                }
+                let mut shared = 0f32;
+                for (j, (p, dp)) in probs[..=i].iter_mut().zip(&mut dprobs[..=i]).enumerate() {
+                    *p /= sum;
+                    *dp = dot(doi, &self.v[kv_at(j)..kv_at(j) + head_dim]);
+                    shared += *p * *dp;
+                }
+                // SAFETY: row i of dq at `head` belongs to this item.
+                let dqi = unsafe { head_slice(&grads.dq, q_at, head_dim) };
+                for j in 0..=i {
+                    let p = probs[j];
+                    let ds = p * (dprobs[j] - shared) * scale;
+                    let kj = &self.k[kv_at(j)..kv_at(j) + head_dim];
+                    // SAFETY: row j of dk and dv at `kv_head` belongs to this item.
+                    let (dkj, dvj) = unsafe {
+                        (head_slice(&grads.dk, kv_at(j), head_dim), head_slice(&grads.dv, kv_at(j), head_dim))
+                    };
+                    dqi.iter_mut().zip(kj).for_each(|(d, k)| *d += ds * k);
+                    dkj.iter_mut().zip(qi).for_each(|(d, q)| *d += ds * q);
+                    dvj.iter_mut().zip(doi).for_each(|(d, o)| *d += p * o);
+                }
+            }
+        }
+    }
 }
 
 /// `len` values of a shared output from `offset`.
@@ -406,9 +469,18 @@ unsafe fn head_slice<'a>(ptr: &SharedOut, offset: usize, len: usize) -> &'a mut 
     std::slice::from_raw_parts_mut(ptr.ptr().add(offset), len)
 }
 
-/// A dot product of one head's vectors, summed in f64.
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+/// A dot product of one head's vectors, in eight lanes so it vectorises.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a_blocks, b_blocks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_blocks.remainder().iter().zip(b_blocks.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a_blocks.zip(b_blocks) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// Softmax cross-entropy over rows of `vocab` logits, in place: returns the
