@@ -11,7 +11,7 @@ use tailor_model::names::Proj;
 use tailor_train::backward::Checkpointing;
 use tailor_train::data::{self, Overlong};
 use tailor_train::optim::Decay;
-use tailor_train::{LoraSettings, StepReport, TrainConfig, Trainer};
+use tailor_train::{Datasets, LoraSettings, StepReport, TrainConfig, Trainer};
 
 /// How the weights are trained.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -160,15 +160,17 @@ pub fn train_cmd(args: &TrainArgs) -> Result<()> {
         ..TrainConfig::default()
     };
     let base_name = model.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let validation = eval.as_ref().map(|e| format!(", {} validation examples", e.examples.len()));
     eprintln!(
         "{} training examples ({} tokens, {} trained){}",
         train.examples.len(),
         train.tokens(),
         train.target_tokens(),
-        eval.as_ref().map(|e| format!(", {} validation examples", e.examples.len())).unwrap_or_default()
+        validation.unwrap_or_default()
     );
     let mut warn = |message: String| eprintln!("warning: {message}");
-    let mut trainer = Trainer::new(&model.llama, &base_name, config, train, eval, &args.out, args.resume, &mut warn)?;
+    let data = Datasets { train, eval };
+    let mut trainer = Trainer::new(&model.llama, &base_name, config, data, &args.out, args.resume, &mut warn)?;
     if trainer.start_step() > 0 {
         eprintln!("resuming at step {} of {}", trainer.start_step(), trainer.total_steps());
     }

@@ -405,7 +405,7 @@ impl Llama {
         x: &mut [f32],
         context: Context<'_>,
         s: &mut Scratch,
-        mut tape: Option<&mut LayerTape>,
+        tape: Option<&mut LayerTape>,
     ) -> Result<()> {
         let cfg = &self.config;
         let n = s.tokens;
@@ -434,7 +434,7 @@ impl Llama {
                 }
             }
         }
-        if let Some(tape) = tape.as_deref_mut() {
+        if let Some(tape) = tape {
             tape.keep_attention(x, &s.normed, &s.q, &s.k, &s.v, &s.attn);
         }
         let o = &mut [(Proj::O, &b.o, &mut s.out[..])];

@@ -230,3 +230,77 @@ pub fn safetensors_bytes(tensors: &[(String, Vec<usize>, &Vec<f32>)]) -> Result<
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: usize) -> LoopState {
+        LoopState { step, epoch: 0, cursor: step, rng: Rng::new(1), fingerprint: "run".into() }
+    }
+
+    fn adam(value: f32) -> AdamState {
+        AdamState { step: 3, m: vec![vec![value; 4]], v: vec![vec![value * 2.0; 4]] }
+    }
+
+    fn adapter_file(folder: &Path) -> Result<()> {
+        write_atomic(&folder.join("adapter_model.safetensors"), b"weights")
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tailor-checkpoint-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_previous_checkpoint_intact() {
+        let out = scratch("failed");
+        save(&out, &state(1), &adam(0.5), 2, adapter_file).unwrap();
+        let disk_full = |_: &Path| -> Result<()> {
+            Err(TrainError::Io { path: "adapter".into(), source: std::io::Error::other("No space left on device") })
+        };
+        assert!(save(&out, &state(2), &adam(0.7), 2, disk_full).is_err());
+        let restored = latest(&out, "run", &mut |w| panic!("unexpected warning {w}")).unwrap().unwrap();
+        assert_eq!(restored.state, state(1));
+        assert_eq!(restored.adam, adam(0.5));
+        let leftovers: Vec<_> = std::fs::read_dir(out.join(CHECKPOINTS)).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "the partial folder is removed");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_newest_checkpoint_falls_back_to_the_previous_with_a_warning() {
+        let out = scratch("damaged");
+        save(&out, &state(1), &adam(0.5), 3, adapter_file).unwrap();
+        let newest = save(&out, &state(2), &adam(0.7), 3, adapter_file).unwrap();
+        std::fs::write(newest.join("adapter_model.safetensors"), b"weighXs").unwrap();
+        let mut warnings = Vec::new();
+        let restored = latest(&out, "run", &mut |w| warnings.push(w)).unwrap().unwrap();
+        assert_eq!(restored.state.step, 1);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("does not match its hash"), "{}", warnings[0]);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn another_runs_checkpoints_are_refused() {
+        let out = scratch("other");
+        save(&out, &state(1), &adam(0.5), 2, adapter_file).unwrap();
+        let refused = latest(&out, "a different run", &mut |_| {});
+        assert!(matches!(refused, Err(TrainError::Checkpoint { .. })));
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn only_the_newest_are_kept() {
+        let out = scratch("prune");
+        for step in 1..=4 {
+            save(&out, &state(step), &adam(step as f32), 2, adapter_file).unwrap();
+        }
+        let names: Vec<String> =
+            checkpoint_folders(&out.join(CHECKPOINTS)).unwrap().iter().map(|p| file_name(p)).collect();
+        assert_eq!(names, ["step-00000003", "step-00000004"]);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}

@@ -20,4 +20,4 @@ pub mod trainer;
 
 pub use error::{Result, TrainError};
 pub use lora::{LoraParams, LoraSettings};
-pub use trainer::{StepReport, Summary, TrainConfig, Trainer};
+pub use trainer::{Datasets, StepReport, Summary, TrainConfig, Trainer};

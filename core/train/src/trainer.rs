@@ -153,6 +153,15 @@ pub struct Summary {
     pub adapter: PathBuf,
 }
 
+/// A run's examples.
+#[derive(Debug, Clone)]
+pub struct Datasets {
+    /// What the model learns from.
+    pub train: Dataset,
+    /// What the validation loss is measured on.
+    pub eval: Option<Dataset>,
+}
+
 /// A run: the model, data, trainable weights and loop state.
 pub struct Trainer<'m> {
     model: &'m Llama,
@@ -174,12 +183,12 @@ impl<'m> Trainer<'m> {
         model: &'m Llama,
         base_name: &str,
         config: TrainConfig,
-        train: Dataset,
-        eval: Option<Dataset>,
+        data: Datasets,
         out: &Path,
         resume: bool,
         warn: &mut dyn FnMut(String),
     ) -> Result<Trainer<'m>> {
+        let Datasets { train, eval } = data;
         config.check()?;
         if train.examples.is_empty() {
             return Err(TrainError::Setting("the training set is empty".into()));
@@ -214,6 +223,7 @@ impl<'m> Trainer<'m> {
         let Some(restored) = checkpoint::latest(&self.out, &self.state.fingerprint, warn)? else {
             return Ok(());
         };
+        // This run wrote the checkpoint: only its own settings bound it.
         let limits = AdapterLimits { max_rank: usize::MAX, max_file_bytes: u64::MAX };
         let adapter = Adapter::load(&restored.folder, self.model, limits)?;
         let mut lora = LoraParams::from_adapter(self.model, &adapter)?;
@@ -270,6 +280,13 @@ impl<'m> Trainer<'m> {
         let mut metrics = open_metrics(&self.out.join(METRICS_FILE))?;
         let mut last_loss = f64::NAN;
         let mut last_eval = None;
+        if self.state.step == 0 && self.eval.is_some() {
+            // The base's validation loss, where the curve starts.
+            let loss = self.evaluate()?;
+            let line = serde_json::json!({"step": 0, "eval_loss": loss});
+            writeln!(metrics, "{line}").map_err(io_error(&self.out.join(METRICS_FILE)))?;
+            last_eval = Some(loss);
+        }
         while self.state.step < total {
             if cancelled() {
                 return Err(TrainError::Cancelled { step: self.state.step });
@@ -279,7 +296,7 @@ impl<'m> Trainer<'m> {
             let epoch_done = self.state.cursor == 0;
             let eval_due = match self.config.eval_every {
                 0 => epoch_done,
-                every => self.state.step % every == 0 || self.state.step == total,
+                every => self.state.step.is_multiple_of(every) || self.state.step == total,
             };
             if eval_due && self.eval.is_some() {
                 report.eval_loss = Some(self.evaluate()?);
@@ -287,7 +304,7 @@ impl<'m> Trainer<'m> {
             }
             write_metrics(&mut metrics, &self.out.join(METRICS_FILE), &report)?;
             on_step(&report);
-            if self.state.step % self.config.checkpoint_every.max(1) == 0 || self.state.step == total {
+            if self.state.step.is_multiple_of(self.config.checkpoint_every.max(1)) || self.state.step == total {
                 self.save_checkpoint()?;
             }
         }

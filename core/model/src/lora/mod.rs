@@ -448,7 +448,7 @@ fn read_weights(folder: &Path, max_bytes: u64) -> Result<BTreeMap<String, RawTen
     }
     let file = std::fs::File::open(&path).map_err(crate::error::io_error(&path))?;
     let mut bytes = Vec::new();
-    file.take(max_bytes + 1).read_to_end(&mut bytes).map_err(crate::error::io_error(&path))?;
+    file.take(max_bytes.saturating_add(1)).read_to_end(&mut bytes).map_err(crate::error::io_error(&path))?;
     if bytes.len() as u64 > max_bytes {
         return Err(ModelError::Adapter { path, detail: format!("larger than the limit of {max_bytes} bytes") });
     }
