@@ -121,6 +121,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/tailor/stages/{name}", post(call_stage))
         .merge(crate::index_api::routes())
         .merge(crate::adapter_api::routes())
+        .merge(crate::fine_tuning_api::routes())
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::guard::check_request))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
@@ -252,6 +253,16 @@ impl ApiError {
     /// A 400 error.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// Its status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Its message.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 

@@ -8,6 +8,7 @@ mod api;
 mod cache;
 mod config;
 mod conn;
+mod fine_tuning_api;
 mod guard;
 mod index_api;
 mod isolated;

@@ -163,6 +163,11 @@ impl Engine {
     pub fn stats(&self) -> &EngineStats {
         &self.stats
     }
+
+    /// The counters, shared (for work that yields to serving while it runs).
+    pub fn stats_handle(&self) -> Arc<EngineStats> {
+        self.stats.clone()
+    }
 }
 
 impl Drop for Engine {

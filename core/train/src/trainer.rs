@@ -216,6 +216,14 @@ impl<'m> Trainer<'m> {
                 out.display()
             )));
         }
+        if trainer.state.step == 0 {
+            // A fresh start (or a resume before the first checkpoint): the
+            // log starts over too.
+            let metrics = out.join(METRICS_FILE);
+            if metrics.exists() {
+                std::fs::remove_file(&metrics).map_err(io_error(&metrics))?;
+            }
+        }
         Ok(trainer)
     }
 
@@ -274,8 +282,10 @@ impl<'m> Trainer<'m> {
         order
     }
 
-    /// Trains to the end (or until `cancelled()`), reporting each step.
-    pub fn run(&mut self, on_step: &mut dyn FnMut(&StepReport), cancelled: &dyn Fn() -> bool) -> Result<Summary> {
+    /// Trains to the end, reporting each step. `between_steps` runs before
+    /// each step: true stops the run ([`TrainError::Cancelled`]); it may
+    /// also block, to let other work have the CPU.
+    pub fn run(&mut self, on_step: &mut dyn FnMut(&StepReport), between_steps: &dyn Fn() -> bool) -> Result<Summary> {
         let total = self.total_steps();
         let mut metrics = open_metrics(&self.out.join(METRICS_FILE))?;
         let mut last_loss = f64::NAN;
@@ -288,7 +298,7 @@ impl<'m> Trainer<'m> {
             last_eval = Some(loss);
         }
         while self.state.step < total {
-            if cancelled() {
+            if between_steps() {
                 return Err(TrainError::Cancelled { step: self.state.step });
             }
             let mut report = self.step()?;

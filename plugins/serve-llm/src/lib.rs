@@ -29,6 +29,14 @@
 //! {"op": "load", "name", "path", "pinned"?}}`, `{"adapters": {"op":
 //! "unload", "name"}}`; unknown names are `ERR_NOT_FOUND`, a taken name
 //! `ERR_CONFLICT`.
+//!
+//! Fine-tuning on the loaded base (see [`jobs`]): config `"jobs_dir"`
+//! (where jobs and their adapters live; no jobs without it) and
+//! `"data_dirs"` (the only places training files are read from); requests
+//! `{"jobs": {"op": "create" | "list" | "get" | "events" | "checkpoints" |
+//! "cancel", …}}`. A job that succeeds is registered as an adapter.
+
+mod jobs;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -54,6 +62,11 @@ struct Config {
     max_adapters: Option<usize>,
     max_adapter_mb: Option<usize>,
     max_rank: Option<usize>,
+    /// Where fine-tuning jobs live (no jobs without it).
+    jobs_dir: Option<PathBuf>,
+    /// Where training files may be read from.
+    #[serde(default)]
+    data_dirs: Vec<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +88,8 @@ struct Request {
     adapter_scale: Option<f32>,
     /// An adapter admin request.
     adapters: Option<AdapterOp>,
+    /// A fine-tuning job request.
+    jobs: Option<jobs::JobOp>,
 }
 
 /// `{"adapters": {"op": …}}`.
@@ -117,15 +132,23 @@ const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 struct Generate {
     model: Arc<Model>,
     engine: Engine,
-    adapters: AdapterRegistry,
+    adapters: Arc<AdapterRegistry>,
+    /// Fine-tuning jobs, when `jobs_dir` is configured.
+    jobs: Option<Arc<jobs::Jobs>>,
 }
 
 impl Generate {
     fn registry(config: &Config, model: Arc<Model>) -> Result<AdapterRegistry, String> {
         let defaults = RegistryOptions::default();
         let limits = AdapterLimits { max_rank: config.max_rank.unwrap_or(256), ..AdapterLimits::default() };
+        // Adapters that jobs train are registered from the jobs folder.
+        let mut dirs = config.adapter_dirs.clone();
+        if let Some(jobs_dir) = &config.jobs_dir {
+            std::fs::create_dir_all(jobs_dir).map_err(|e| format!("jobs_dir {}: {e}", jobs_dir.display()))?;
+            dirs.push(jobs_dir.clone());
+        }
         let options = RegistryOptions {
-            dirs: config.adapter_dirs.clone(),
+            dirs,
             max_loaded: config.max_adapters.unwrap_or(defaults.max_loaded),
             max_bytes: config.max_adapter_mb.map_or(defaults.max_bytes, |mb| mb << 20),
             limits,
@@ -192,8 +215,19 @@ impl Stage for Generate {
             prefix_cache_bytes: config.prefix_cache_mb.map_or(defaults.prefix_cache_bytes, |mb| mb << 20),
             prefill_chunk: config.prefill_chunk.unwrap_or(defaults.prefill_chunk),
         };
-        let adapters = Generate::registry(&config, model.clone())?;
-        Ok(Generate { engine: Engine::start(model.clone(), options), model, adapters })
+        let adapters = Arc::new(Generate::registry(&config, model.clone())?);
+        let engine = Engine::start(model.clone(), options);
+        let jobs = match &config.jobs_dir {
+            Some(dir) => Some(jobs::Jobs::start(
+                dir.clone(),
+                &config.data_dirs,
+                model.clone(),
+                adapters.clone(),
+                engine.stats_handle(),
+            )?),
+            None => None,
+        };
+        Ok(Generate { engine, model, adapters, jobs })
     }
 
     fn call(
@@ -205,6 +239,13 @@ impl Stage for Generate {
         let request: Request = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
         if let Some(op) = request.adapters {
             return self.adapter_op(op, emit);
+        }
+        if let Some(op) = request.jobs {
+            let jobs = self.jobs.as_ref().ok_or_else(|| {
+                StageError::invalid("fine-tuning is off for this model: its stage config sets no jobs_dir")
+            })?;
+            emit(&jobs.handle(op)?.to_string());
+            return Ok(());
         }
         if request.stats {
             let stats = self.engine.stats();

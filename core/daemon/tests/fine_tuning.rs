@@ -1,0 +1,170 @@
+//! Fine-tuning jobs through a real tailord (OpenAI's routes): a job trains
+//! on the generate stage's loaded base from a file under `data_dirs`, shows
+//! its loss per step as events and its checkpoints, and once it succeeds
+//! its adapter answers at once under `fine_tuned_model`; a job survives a
+//! SIGKILLed daemon and resumes from its checkpoint on restart; jobs can be
+//! cancelled; bad requests are OpenAI-shaped 400s and 404s.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn style_lines(n: usize) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/style/train.jsonl");
+    std::fs::read_to_string(path).unwrap().lines().take(n).map(|l| format!("{l}\n")).collect()
+}
+
+/// A config whose smollm2 stage trains: jobs under `dir/jobs`, data from `dir/data`.
+fn write_config(dir: &Path) -> PathBuf {
+    let (jobs, data) = (dir.join("jobs"), dir.join("data"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("train.jsonl"), style_lines(8)).unwrap();
+    std::fs::write(data.join("eval.jsonl"), style_lines(2)).unwrap();
+    std::fs::write(data.join("broken.jsonl"), format!("{}{{oops\n", style_lines(1))).unwrap();
+    let generate =
+        format!("jobs_dir = {:?}, data_dirs = [{:?}]", jobs.display().to_string(), data.display().to_string());
+    let plugins = format!("{:?}", plugin_dir().display().to_string());
+    let path = dir.join("tailord.toml");
+    std::fs::write(&path, config_full(OPEN_TCP, &plugins, &generate, "")).unwrap();
+    path
+}
+
+fn create(d: &Daemon, dir: &Path, epochs: usize) -> Value {
+    let body = serde_json::json!({
+        "model": "smollm2",
+        "training_file": dir.join("data/train.jsonl"),
+        "validation_file": dir.join("data/eval.jsonl"),
+        "suffix": "support",
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs, "batch_size": 2}}},
+        "tailor": {"r": 4, "targets": ["q_proj", "v_proj"]},
+    });
+    let (status, text) = curl(d, "/v1/fine_tuning/jobs", None, Some(&body.to_string()));
+    assert_eq!(status, 200, "{text}");
+    json(&text)
+}
+
+fn job(d: &Daemon, id: &str) -> Value {
+    let (status, text) = curl(d, &format!("/v1/fine_tuning/jobs/{id}"), None, None);
+    assert_eq!(status, 200, "{text}");
+    json(&text)
+}
+
+fn wait_for(d: &Daemon, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let current = job(d, id);
+        if done(&current) {
+            return current;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "job stuck: {current}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn steps_of(d: &Daemon, id: &str) -> Vec<u64> {
+    let (status, text) = curl(d, &format!("/v1/fine_tuning/jobs/{id}/events"), None, None);
+    assert_eq!(status, 200, "{text}");
+    let events = json(&text)["data"].as_array().cloned().unwrap();
+    events.iter().filter(|e| e["data"].get("loss").is_some()).map(|e| e["data"]["step"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn a_job_trains_shows_progress_and_serves_its_adapter() {
+    let dir = scratch("fine-tuning");
+    let config = write_config(&dir);
+    let d = launch(&config, &[]);
+    let created = create(&d, &dir, 1);
+    assert_eq!(created["object"], "fine_tuning.job");
+    assert_eq!(created["model"], "smollm2");
+    let id = created["id"].as_str().unwrap().to_string();
+    let done = wait_for(&d, &id, |j| j["status"] != "queued" && j["status"] != "running");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let model = done["fine_tuned_model"].as_str().unwrap().to_string();
+    assert!(model.starts_with("smollm2:support-"), "{model}");
+    assert_eq!(steps_of(&d, &id), vec![1, 2, 3, 4]);
+    let (_, text) = curl(&d, &format!("/v1/fine_tuning/jobs/{id}/checkpoints"), None, None);
+    assert!(!json(&text)["data"].as_array().unwrap().is_empty(), "{text}");
+    let (_, text) = curl(&d, "/v1/fine_tuning/jobs", None, None);
+    assert!(json(&text)["data"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str()));
+
+    let chat = format!(
+        r#"{{"model":"{model}","max_tokens":8,"messages":[{{"role":"user","content":"How do I reset my password?"}}]}}"#
+    );
+    let (status, text) = curl(&d, "/v1/chat/completions", None, Some(&chat));
+    assert_eq!(status, 200, "the trained adapter serves at once: {text}");
+    let (_, models) = curl(&d, "/v1/models", None, None);
+    let adapter = model.split_once(':').unwrap().1;
+    assert!(models.contains(adapter), "{models}");
+
+    let cancelled = create(&d, &dir, 50);
+    let cancelled_id = cancelled["id"].as_str().unwrap();
+    let (status, text) = curl(&d, &format!("/v1/fine_tuning/jobs/{cancelled_id}/cancel"), None, Some("{}"));
+    assert_eq!(status, 200, "{text}");
+    let stopped = wait_for(&d, cancelled_id, |j| j["status"] != "queued" && j["status"] != "running");
+    assert_eq!(stopped["status"], "cancelled", "{stopped}");
+    drop(d);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_job_survives_a_killed_daemon_and_resumes() {
+    let dir = scratch("fine-tuning-restart");
+    let config = write_config(&dir);
+    let d = launch(&config, &[]);
+    let id = create(&d, &dir, 3)["id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    // Jobs checkpoint every 5 steps: past step 6 the restart resumes from step 5.
+    while steps_of(&d, &id).len() < 7 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress: {}", job(&d, &id));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(d); // SIGKILL mid-run
+    assert!(dir.join("jobs").join(&id).join("checkpoints/step-00000005").is_dir());
+    let d = launch(&config, &[]);
+    let done = wait_for(&d, &id, |j| j["status"] != "queued" && j["status"] != "running");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(steps_of(&d, &id), (1..=12).collect::<Vec<u64>>(), "each step once across the restart");
+    drop(d);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_fine_tuning_requests_are_clear_errors() {
+    let dir = scratch("fine-tuning-bad");
+    let config = write_config(&dir);
+    let d = launch(&config, &[]);
+    let data = dir.join("data");
+    let cases = [
+        (serde_json::json!({"model": "smollm2", "training_file": "/etc/passwd"}), 400, "data_dirs"),
+        (serde_json::json!({"model": "smollm2", "training_file": data.join("broken.jsonl")}), 400, "broken.jsonl:2"),
+        (
+            serde_json::json!({"model": "smollm2", "training_file": data.join("train.jsonl"), "integrations": []}),
+            400,
+            "integrations",
+        ),
+        (
+            serde_json::json!({"model": "smollm2", "training_file": data.join("train.jsonl"), "method": {"type": "dpo"}}),
+            400,
+            "supervised",
+        ),
+        (
+            serde_json::json!({"model": "smollm2", "training_file": data.join("train.jsonl"), "tailor": {"targets": ["lm_head"]}}),
+            400,
+            "lm_head",
+        ),
+        (serde_json::json!({"model": "nope", "training_file": data.join("train.jsonl")}), 404, "nope"),
+    ];
+    for (body, expected, needle) in cases {
+        let (status, text) = curl(&d, "/v1/fine_tuning/jobs", None, Some(&body.to_string()));
+        assert_eq!(status, expected, "{body}: {text}");
+        let error = &json(&text)["error"];
+        assert!(error["message"].as_str().unwrap().contains(needle), "{body}: {text}");
+    }
+    let (status, text) = curl(&d, "/v1/fine_tuning/jobs/ftjob-unknown", None, None);
+    assert_eq!(status, 404, "{text}");
+    drop(d);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
