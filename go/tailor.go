@@ -450,3 +450,101 @@ func (c *Client) Adapters() ([]Adapter, error) {
 	}
 	return adapters, nil
 }
+
+// FineTuneOptions are a fine-tuning job's settings (zero values: the
+// daemon's defaults; Seed < 0 too).
+type FineTuneOptions struct {
+	ValidationFile, Suffix  string
+	Epochs, BatchSize, Rank int
+	LearningRateMultiplier  float32
+	Seed                    int64
+}
+
+// FineTuneJob is a fine-tuning job's state.
+type FineTuneJob struct {
+	ID, Status string // Status: queued, running, succeeded, failed, cancelled
+	Model      string // once succeeded: the trained model's name ("stage:adapter")
+	Error      string // once failed: why
+}
+
+// FineTuneEvent is one step of a job's log (NaN: not measured then).
+type FineTuneEvent struct {
+	Step           int
+	Loss, EvalLoss float64
+}
+
+// StartFineTune starts a LoRA fine-tuning job on generate stage model's base,
+// on trainingFile (a JSONL path on the daemon's machine, under the stage's
+// data_dirs), and returns its first state.
+func (c *Client) StartFineTune(model, trainingFile string, o FineTuneOptions) (FineTuneJob, error) {
+	var strings cStrings
+	defer strings.free()
+	params := C.tailor_fine_tune_default_params()
+	params.model = strings.add(model)
+	params.training_file = strings.add(trainingFile)
+	params.validation_file = strings.optional(o.ValidationFile)
+	params.suffix = strings.optional(o.Suffix)
+	params.n_epochs = C.uint32_t(o.Epochs)
+	params.batch_size = C.uint32_t(o.BatchSize)
+	params.rank = C.uint32_t(o.Rank)
+	params.learning_rate_multiplier = C.float(o.LearningRateMultiplier)
+	params.seed = C.int64_t(o.Seed)
+	var job *C.tailor_fine_tune_job
+	if err := call(func() C.tailor_status { return C.tailor_fine_tune_start(c.handle, &params, &job) }); err != nil {
+		return FineTuneJob{}, err
+	}
+	defer C.tailor_fine_tune_job_free(job)
+	return jobOf(job), nil
+}
+
+// FineTuneStatus returns the current state of job id.
+func (c *Client) FineTuneStatus(id string) (FineTuneJob, error) {
+	var strings cStrings
+	defer strings.free()
+	cID := strings.add(id)
+	var job *C.tailor_fine_tune_job
+	if err := call(func() C.tailor_status { return C.tailor_fine_tune_get(c.handle, cID, &job) }); err != nil {
+		return FineTuneJob{}, err
+	}
+	defer C.tailor_fine_tune_job_free(job)
+	return jobOf(job), nil
+}
+
+// FineTuneEvents returns job id's log, step by step.
+func (c *Client) FineTuneEvents(id string) ([]FineTuneEvent, error) {
+	var strings cStrings
+	defer strings.free()
+	cID := strings.add(id)
+	var events *C.tailor_fine_tune_events
+	if err := call(func() C.tailor_status { return C.tailor_fine_tune_events_get(c.handle, cID, &events) }); err != nil {
+		return nil, err
+	}
+	defer C.tailor_fine_tune_events_free(events)
+	out := make([]FineTuneEvent, int(C.tailor_fine_tune_events_count(events)))
+	for i := range out {
+		at := C.size_t(i)
+		out[i] = FineTuneEvent{int(C.tailor_fine_tune_events_step(events, at)),
+			float64(C.tailor_fine_tune_events_loss(events, at)), float64(C.tailor_fine_tune_events_eval_loss(events, at))}
+	}
+	return out, nil
+}
+
+// CancelFineTune asks job id to stop.
+func (c *Client) CancelFineTune(id string) error {
+	var strings cStrings
+	defer strings.free()
+	cID := strings.add(id)
+	return call(func() C.tailor_status { return C.tailor_fine_tune_cancel(c.handle, cID) })
+}
+
+// jobOf copies a job state out of C.
+func jobOf(job *C.tailor_fine_tune_job) FineTuneJob {
+	optional := func(s *C.char) string {
+		if s == nil {
+			return ""
+		}
+		return C.GoString(s)
+	}
+	return FineTuneJob{C.GoString(C.tailor_fine_tune_job_id(job)), C.GoString(C.tailor_fine_tune_job_status(job)),
+		optional(C.tailor_fine_tune_job_model(job)), optional(C.tailor_fine_tune_job_error(job))}
+}

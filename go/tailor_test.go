@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The daemon under test: TAILOR_SOCKET, TAILOR_TEST_MODEL (a generate
@@ -188,5 +189,47 @@ func TestAdaptersLoadAnswerAndUnload(t *testing.T) {
 	var e *Error
 	if !errors.As(err, &e) || e.Status != NotFound {
 		t.Fatalf("unloaded adapter: %v", err)
+	}
+}
+
+// TAILOR_TEST_TRAINING is a JSONL training file under the generate stage's
+// data_dirs (its config sets jobs_dir).
+func TestFineTuneStartFollowAndServe(t *testing.T) {
+	client, model, _ := setup(t)
+	defer client.Close()
+	file := os.Getenv("TAILOR_TEST_TRAINING")
+	if file == "" {
+		t.Fatal("set TAILOR_TEST_TRAINING to a JSONL file under the generate stage's data_dirs")
+	}
+	job, err := client.StartFineTune(model, file, FineTuneOptions{Suffix: "go", Epochs: 1, BatchSize: 2, Rank: 2, Seed: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tries := 0; job.Status == "queued" || job.Status == "running"; tries++ {
+		if tries > 1200 {
+			t.Fatalf("job stuck: %+v", job)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if job, err = client.FineTuneStatus(job.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if job.Status != "succeeded" || !strings.Contains(job.Model, ":go-") {
+		t.Fatalf("job ended %+v", job)
+	}
+	events, err := client.FineTuneEvents(job.ID)
+	if err != nil || len(events) != 2 || events[1].Step != 2 || math.IsNaN(events[1].Loss) {
+		t.Fatalf("events %+v (%v)", events, err)
+	}
+	t.Logf("job %s: loss %.3f then %.3f; serving %s", job.ID, events[0].Loss, events[1].Loss, job.Model)
+	if _, err := client.Generate(job.Model, "Hello", &Options{MaxTokens: 4}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var e *Error
+	if err := client.CancelFineTune(job.ID); !errors.As(err, &e) || e.Status != BadRequest {
+		t.Fatalf("cancelling a finished job: %v", err)
+	}
+	if _, err := client.FineTuneStatus("ftjob-none"); !errors.As(err, &e) || e.Status != NotFound {
+		t.Fatalf("unknown job: %v", err)
 	}
 }

@@ -49,7 +49,8 @@ extern "C" {
 
 /* major * 10000 + minor * 100 + patch of this header. */
 /* 1.1: LoRA adapters (load, unload, list; `adapter` on chat and generate). */
-#define TAILOR_API_VERSION 10100
+/* 1.2: fine-tuning jobs (start, get, events, cancel). */
+#define TAILOR_API_VERSION 10200
 
 /* ---- status and errors ------------------------------------------------ */
 
@@ -313,6 +314,76 @@ const char *tailor_adapters_model(const tailor_adapters *adapters, size_t index)
 uint32_t tailor_adapters_rank(const tailor_adapters *adapters, size_t index);
 
 void tailor_adapters_free(tailor_adapters *adapters);
+
+/* ---- fine-tuning jobs (API 1.2) --------------------------------------- */
+
+/* A LoRA fine-tuning job on a generate stage's base (OpenAI's
+ * /v1/fine_tuning/jobs). The stage's config must set `jobs_dir` and
+ * `data_dirs`. Strings are borrowed for the call. */
+typedef struct tailor_fine_tune_params {
+  size_t struct_size;
+  const char *model;             /* the generate stage whose base is trained */
+  const char *training_file;     /* JSONL on the daemon's machine, under the stage's data_dirs */
+  const char *validation_file;   /* validation JSONL, or NULL */
+  const char *suffix;            /* part of the adapter's name, or NULL ("ft") */
+  uint32_t n_epochs;             /* 0: the daemon's default */
+  uint32_t batch_size;           /* 0: the daemon's default */
+  float learning_rate_multiplier; /* <= 0: 1 */
+  uint32_t rank;                 /* LoRA rank; 0: the daemon's default */
+  int64_t seed;                  /* < 0: the daemon's default */
+} tailor_fine_tune_params;
+
+tailor_fine_tune_params tailor_fine_tune_default_params(void);
+
+/* A job's state at the time it was asked for. */
+typedef struct tailor_fine_tune_job tailor_fine_tune_job;
+
+/* Starts a job; *out_job receives its first state (free with
+ * tailor_fine_tune_job_free). A training file outside data_dirs or with a
+ * bad line is TAILOR_ERR_BAD_REQUEST naming it (and the line). */
+tailor_status tailor_fine_tune_start(tailor_client *client, const tailor_fine_tune_params *params,
+                                     tailor_fine_tune_job **out_job);
+
+/* The current state of job `id`; TAILOR_ERR_NOT_FOUND for an unknown id. */
+tailor_status tailor_fine_tune_get(tailor_client *client, const char *id, tailor_fine_tune_job **out_job);
+
+/* Asks job `id` to stop (it ends "cancelled"); TAILOR_ERR_BAD_REQUEST when
+ * it already ended. */
+tailor_status tailor_fine_tune_cancel(tailor_client *client, const char *id);
+
+/* The job's id ("ftjob-…"); borrowed from the job. */
+const char *tailor_fine_tune_job_id(const tailor_fine_tune_job *job);
+
+/* "queued", "running", "succeeded", "failed" or "cancelled"; borrowed. */
+const char *tailor_fine_tune_job_status(const tailor_fine_tune_job *job);
+
+/* Once the job succeeded, the trained model's name ("stage:adapter"), usable
+ * at once as a chat's or completion's `model`; NULL before. Borrowed. */
+const char *tailor_fine_tune_job_model(const tailor_fine_tune_job *job);
+
+/* Why the job failed; NULL unless it did. Borrowed. */
+const char *tailor_fine_tune_job_error(const tailor_fine_tune_job *job);
+
+void tailor_fine_tune_job_free(tailor_fine_tune_job *job);
+
+/* A job's log: one event per optimizer step, plus the validation loss where
+ * it was measured (step 0: before training). */
+typedef struct tailor_fine_tune_events tailor_fine_tune_events;
+
+tailor_status tailor_fine_tune_events_get(tailor_client *client, const char *id, tailor_fine_tune_events **out_events);
+
+size_t tailor_fine_tune_events_count(const tailor_fine_tune_events *events);
+
+/* The event's step; 0 past the end. */
+uint32_t tailor_fine_tune_events_step(const tailor_fine_tune_events *events, size_t index);
+
+/* The training loss at that step; NaN when the event has none or past the end. */
+double tailor_fine_tune_events_loss(const tailor_fine_tune_events *events, size_t index);
+
+/* The validation loss at that step; NaN when not measured or past the end. */
+double tailor_fine_tune_events_eval_loss(const tailor_fine_tune_events *events, size_t index);
+
+void tailor_fine_tune_events_free(tailor_fine_tune_events *events);
 
 #ifdef __cplusplus
 } /* extern "C" */

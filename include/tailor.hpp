@@ -83,6 +83,27 @@ struct AdapterInfo {
   uint32_t rank = 0;
 };
 
+/// A fine-tuning job's settings (0 / empty: the daemon's defaults).
+struct FineTuneOptions {
+  std::string validation_file, suffix;
+  uint32_t n_epochs = 0, batch_size = 0, rank = 0;
+  float learning_rate_multiplier = 0;
+  int64_t seed = -1;
+};
+
+/// A fine-tuning job's state.
+struct FineTuneJob {
+  std::string id, status;  // status: queued, running, succeeded, failed, cancelled
+  std::string model;       // once succeeded: the trained model's name ("stage:adapter")
+  std::string error;       // once failed: why
+};
+
+/// One step of a job's log (NaN: not measured at that step).
+struct FineTuneEvent {
+  uint32_t step = 0;
+  double loss = 0, eval_loss = 0;
+};
+
 /// Called with each piece of text; return false to stop (tailor::Error with TAILOR_ERR_CANCELLED).
 using TokenCallback = std::function<bool(std::string_view)>;
 
@@ -187,6 +208,54 @@ class Client {
                      tailor_adapters_rank(list.get(), i)});
     }
     return out;
+  }
+
+  /// Starts fine-tuning generate stage `model` on `training_file` (under its data_dirs); returns the job's id.
+  std::string start_fine_tune(const std::string &model, const std::string &training_file,
+                              const FineTuneOptions &options = {}) const {
+    tailor_fine_tune_params params = tailor_fine_tune_default_params();
+    params.model = model.c_str();
+    params.training_file = training_file.c_str();
+    if (!options.validation_file.empty()) params.validation_file = options.validation_file.c_str();
+    if (!options.suffix.empty()) params.suffix = options.suffix.c_str();
+    params.n_epochs = options.n_epochs;
+    params.batch_size = options.batch_size;
+    params.learning_rate_multiplier = options.learning_rate_multiplier;
+    params.rank = options.rank;
+    params.seed = options.seed;
+    tailor_fine_tune_job *raw = nullptr;
+    detail::check(tailor_fine_tune_start(handle_.get(), &params, &raw));
+    detail::Owned<tailor_fine_tune_job, tailor_fine_tune_job_free> job(raw);
+    return tailor_fine_tune_job_id(job.get());
+  }
+
+  /// The current state of job `id`.
+  FineTuneJob fine_tune_status(const std::string &id) const {
+    tailor_fine_tune_job *raw = nullptr;
+    detail::check(tailor_fine_tune_get(handle_.get(), id.c_str(), &raw));
+    detail::Owned<tailor_fine_tune_job, tailor_fine_tune_job_free> job(raw);
+    const char *model = tailor_fine_tune_job_model(job.get());
+    const char *error = tailor_fine_tune_job_error(job.get());
+    return {tailor_fine_tune_job_id(job.get()), tailor_fine_tune_job_status(job.get()), model ? model : "",
+            error ? error : ""};
+  }
+
+  /// Job `id`'s log, step by step.
+  std::vector<FineTuneEvent> fine_tune_events(const std::string &id) const {
+    tailor_fine_tune_events *raw = nullptr;
+    detail::check(tailor_fine_tune_events_get(handle_.get(), id.c_str(), &raw));
+    detail::Owned<tailor_fine_tune_events, tailor_fine_tune_events_free> events(raw);
+    std::vector<FineTuneEvent> out;
+    for (size_t i = 0; i < tailor_fine_tune_events_count(events.get()); i++) {
+      out.push_back({tailor_fine_tune_events_step(events.get(), i), tailor_fine_tune_events_loss(events.get(), i),
+                     tailor_fine_tune_events_eval_loss(events.get(), i)});
+    }
+    return out;
+  }
+
+  /// Asks job `id` to stop.
+  void cancel_fine_tune(const std::string &id) const {
+    detail::check(tailor_fine_tune_cancel(handle_.get(), id.c_str()));
   }
 
   std::vector<std::vector<float>> embed(const std::string &model, const std::vector<std::string> &texts) const {

@@ -313,3 +313,70 @@ fn read_stream(route: Route, response: Response, on_token: &mut dyn FnMut(&str) 
     }
     Ok(answer)
 }
+
+/// A fine-tuning job as `/v1/fine_tuning/jobs` shows it.
+#[derive(Debug, Clone, Default)]
+pub struct FineTuneJob {
+    /// `ftjob-…`.
+    pub id: String,
+    /// queued, running, succeeded, failed or cancelled.
+    pub status: String,
+    /// `stage:adapter` once it succeeded.
+    pub fine_tuned_model: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// One step of a job's log.
+#[derive(Debug, Clone, Copy)]
+pub struct FineTuneEvent {
+    /// The optimizer step (0: before training).
+    pub step: u32,
+    /// Training loss (NaN when the event has none).
+    pub loss: f64,
+    /// Validation loss (NaN when not measured at this step).
+    pub eval_loss: f64,
+}
+
+impl Client {
+    /// Starts a fine-tuning job (`POST /v1/fine_tuning/jobs`).
+    pub fn fine_tune_start(&self, body: &Value) -> Result<FineTuneJob> {
+        job_of(&self.call_json("POST", "/v1/fine_tuning/jobs", Some(body))?)
+    }
+
+    /// A job's state.
+    pub fn fine_tune_get(&self, id: &str) -> Result<FineTuneJob> {
+        job_of(&self.call_json("GET", &format!("/v1/fine_tuning/jobs/{}", path_segment(id)?), None)?)
+    }
+
+    /// Asks a job to stop.
+    pub fn fine_tune_cancel(&self, id: &str) -> Result<()> {
+        let path = format!("/v1/fine_tuning/jobs/{}/cancel", path_segment(id)?);
+        self.call_json("POST", &path, Some(&json!({}))).map(drop)
+    }
+
+    /// A job's log, step by step.
+    pub fn fine_tune_events(&self, id: &str) -> Result<Vec<FineTuneEvent>> {
+        let reply = self.call_json("GET", &format!("/v1/fine_tuning/jobs/{}/events", path_segment(id)?), None)?;
+        let data = reply["data"].as_array().ok_or_else(|| FfiError::Protocol("events have no `data`".into()))?;
+        let number = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        Ok(data
+            .iter()
+            .map(|e| FineTuneEvent {
+                step: e["data"]["step"].as_u64().unwrap_or(0) as u32,
+                loss: number(&e["data"]["loss"]),
+                eval_loss: number(&e["data"]["eval_loss"]),
+            })
+            .collect())
+    }
+}
+
+fn job_of(reply: &Value) -> Result<FineTuneJob> {
+    let id = reply["id"].as_str().ok_or_else(|| FfiError::Protocol("a job without an `id`".into()))?;
+    Ok(FineTuneJob {
+        id: id.to_string(),
+        status: reply["status"].as_str().unwrap_or_default().to_string(),
+        fine_tuned_model: reply["fine_tuned_model"].as_str().map(str::to_string),
+        error: reply["error"]["message"].as_str().map(str::to_string),
+    })
+}

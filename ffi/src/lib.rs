@@ -19,6 +19,7 @@ mod args;
 pub mod client;
 pub mod embeddings;
 pub mod error;
+pub mod fine_tuning;
 pub mod generation;
 pub mod http;
 pub mod models;
@@ -29,7 +30,7 @@ use error::last_error_ptr;
 use std::ffi::{c_char, c_int, CStr};
 
 /// `TAILOR_API_VERSION`: major * 10000 + minor * 100 + patch.
-pub const TAILOR_API_VERSION: u32 = 10100;
+pub const TAILOR_API_VERSION: u32 = 10200;
 
 /// Outcome of every call (`tailor_status` in the header).
 #[repr(C)]

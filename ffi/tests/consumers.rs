@@ -45,6 +45,11 @@ fn start_daemon(dir: &Path) -> (Daemon, PathBuf) {
     let release = root().join("target/release");
     assert!(release.join("tailord").exists(), "build the workspace first: cargo build --release --workspace");
     let (socket, indexes, m) = (dir.join("tailord.sock"), dir.join("indexes"), models());
+    let (jobs, data) = (dir.join("jobs"), dir.join("data"));
+    std::fs::create_dir_all(&data).expect("data dir");
+    let style = std::fs::read_to_string(root().join("examples/style/train.jsonl")).expect("style set");
+    let four: String = style.lines().take(4).map(|l| format!("{l}\n")).collect();
+    std::fs::write(data.join("train.jsonl"), four).expect("training file");
     let minilm = m.join("all-MiniLM-L6-v2");
     let config = format!(
         r#"[server]
@@ -55,7 +60,7 @@ plugin_dirs = [{release:?}]
 name = "smollm2"
 plugin = "libtailor_serve_llm.so"
 stage = "generate"
-config = {{ model = {gguf:?}, adapter_dirs = [{adapters:?}] }}
+config = {{ model = {gguf:?}, adapter_dirs = [{adapters:?}], jobs_dir = {jobs:?}, data_dirs = [{data:?}] }}
 
 [[stages]]
 name = "minilm"
@@ -165,7 +170,8 @@ fn c_cpp_and_go_apps_chat_embed_and_retrieve_through_libtailor() {
     let every = dir.join("every_function");
     compile("cc", "-std=c11", "tests/c/every_function.c", &every, &flags);
     let adapter = adapters_dir().join("r8-qv").display().to_string();
-    let out = under_valgrind(&every, &[args[0], args[1], args[2], &adapter]);
+    let training = dir.join("data/train.jsonl").display().to_string();
+    let out = under_valgrind(&every, &[args[0], args[1], args[2], &adapter, &training]);
     assert!(out.contains("OK (0 failures)"), "{out}");
 
     let cpp_demo = dir.join("rag_chat_cpp");
@@ -182,6 +188,7 @@ fn c_cpp_and_go_apps_chat_embed_and_retrieve_through_libtailor() {
         .env("TAILOR_TEST_MODEL", "smollm2")
         .env("TAILOR_TEST_EMBED", "minilm")
         .env("TAILOR_TEST_ADAPTER", adapters_dir().join("r8-qv"))
+        .env("TAILOR_TEST_TRAINING", dir.join("data/train.jsonl"))
         .env("GOCACHE", dir.join("gocache"))
         .env("GOPATH", dir.join("gopath"))
         .env("GOFLAGS", "-mod=mod")

@@ -6,13 +6,17 @@
  * it lacks, a cancelled stream stops, and every handle is freed (valgrind
  * checks that).
  *
- *   every_function SOCKET GENERATE_MODEL EMBED_MODEL ADAPTER_DIR
+ *   every_function SOCKET GENERATE_MODEL EMBED_MODEL ADAPTER_DIR TRAINING_FILE
  *
  * ADAPTER_DIR is a PEFT adapter folder under the generate stage's
- * adapter_dirs.
+ * adapter_dirs; TRAINING_FILE a few JSONL chat examples under its
+ * data_dirs (the stage's config sets jobs_dir).
  */
+#define _POSIX_C_SOURCE 199309L /* nanosleep */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <tailor.h>
 
@@ -176,6 +180,70 @@ static void retrieval(tailor_client *client) {
   EXPECT(tailor_search(client, &search, &hits) == TAILOR_ERR_BAD_REQUEST && hits == NULL);
 }
 
+/* Waits for job `id` to end; returns its final state. */
+static tailor_fine_tune_job *wait_for_job(tailor_client *client, const char *id) {
+  for (int tries = 0; tries < 1200; tries++) {
+    tailor_fine_tune_job *job = NULL;
+    if (tailor_fine_tune_get(client, id, &job) != TAILOR_OK) return NULL;
+    const char *status = tailor_fine_tune_job_status(job);
+    if (strcmp(status, "queued") != 0 && strcmp(status, "running") != 0) return job;
+    tailor_fine_tune_job_free(job);
+    struct timespec pause = {0, 100 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+  }
+  return NULL;
+}
+
+static void fine_tuning(tailor_client *client, const char *model, const char *training_file) {
+  tailor_fine_tune_params params = tailor_fine_tune_default_params();
+  EXPECT(params.n_epochs == 0 && params.seed < 0 && params.training_file == NULL);
+  tailor_fine_tune_job *job = NULL;
+  EXPECT(tailor_fine_tune_start(client, &params, &job) == TAILOR_ERR_INVALID_ARGUMENT && job == NULL);
+  params.model = model;
+  params.training_file = "/etc/passwd";
+  EXPECT(tailor_fine_tune_start(client, &params, &job) == TAILOR_ERR_BAD_REQUEST && job == NULL);
+  EXPECT(strstr(tailor_last_error(), "data_dirs") != NULL);
+  params.training_file = training_file;
+  params.suffix = "every";
+  params.n_epochs = 1;
+  params.batch_size = 2;
+  params.rank = 2;
+  params.seed = 7;
+  EXPECT(tailor_fine_tune_start(client, &params, &job) == TAILOR_OK && job != NULL);
+  EXPECT(tailor_fine_tune_job_model(job) == NULL && tailor_fine_tune_job_error(job) == NULL);
+  char id[64] = {0};
+  snprintf(id, sizeof id, "%s", tailor_fine_tune_job_id(job));
+  tailor_fine_tune_job_free(job);
+  tailor_fine_tune_job *done = wait_for_job(client, id);
+  EXPECT(done != NULL && strcmp(tailor_fine_tune_job_status(done), "succeeded") == 0);
+  const char *trained = done ? tailor_fine_tune_job_model(done) : NULL;
+  EXPECT(trained != NULL && strstr(trained, ":every-") != NULL);
+
+  tailor_fine_tune_events *events = NULL;
+  EXPECT(tailor_fine_tune_events_get(client, id, &events) == TAILOR_OK);
+  EXPECT(tailor_fine_tune_events_count(events) == 2);
+  EXPECT(tailor_fine_tune_events_step(events, 1) == 2 && isfinite(tailor_fine_tune_events_loss(events, 1)));
+  EXPECT(isnan(tailor_fine_tune_events_eval_loss(events, 1)));
+  EXPECT(isnan(tailor_fine_tune_events_loss(events, 9)) && tailor_fine_tune_events_step(events, 9) == 0);
+  tailor_fine_tune_events_free(events);
+  tailor_fine_tune_events_free(NULL);
+
+  if (trained) {
+    tailor_generate_params gen = tailor_generate_default_params();
+    gen.model = trained;
+    gen.prompt = "Hello";
+    gen.max_tokens = 4;
+    tailor_answer *answer = NULL;
+    EXPECT(tailor_generate(client, &gen, &answer) == TAILOR_OK);
+    tailor_answer_free(answer);
+  }
+  tailor_fine_tune_job_free(done);
+  tailor_fine_tune_job_free(NULL);
+  EXPECT(tailor_fine_tune_cancel(client, id) == TAILOR_ERR_BAD_REQUEST); /* already ended */
+  EXPECT(tailor_fine_tune_get(client, "ftjob-none", &job) == TAILOR_ERR_NOT_FOUND && job == NULL);
+  EXPECT(tailor_fine_tune_job_id(NULL) == NULL && tailor_fine_tune_job_status(NULL) == NULL);
+}
+
 static void adapters(tailor_client *client, const char *model, const char *adapter_dir) {
   EXPECT(tailor_adapter_load(client, NULL, "every-qv", adapter_dir) == TAILOR_OK);
   EXPECT(tailor_adapter_load(client, model, "every-qv", adapter_dir) == TAILOR_ERR_BAD_REQUEST); /* taken */
@@ -239,8 +307,8 @@ static void embeddings(tailor_client *client, const char *model) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 5) {
-    fprintf(stderr, "usage: %s SOCKET GENERATE_MODEL EMBED_MODEL ADAPTER_DIR\n", argv[0]);
+  if (argc != 6) {
+    fprintf(stderr, "usage: %s SOCKET GENERATE_MODEL EMBED_MODEL ADAPTER_DIR TRAINING_FILE\n", argv[0]);
     return 2;
   }
   status_and_version();
@@ -259,6 +327,7 @@ int main(int argc, char **argv) {
   retrieval(client);
   embeddings(client, argv[3]);
   adapters(client, argv[2], argv[4]);
+  fine_tuning(client, argv[2], argv[5]);
   tailor_client_close(client);
   printf("%s (%d failures)\n", failures ? "FAILED" : "OK", failures);
   return failures != 0;
