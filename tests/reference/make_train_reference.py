@@ -10,6 +10,11 @@ CI only compares against what this writes under train/:
   batches.json    two batches of two chat examples each: token ids, and
                   per token whether the loss predicts it (the assistant's
                   reply), plus transformers' loss for each batch
+  full_grads.json  full fine-tuning: for every weight of the base (no
+                  adapter), the gradient's norm and its dot products with two
+                  ±1 vectors (signs from SplitMix64 of the name's FNV-1a hash
+                  and the index: see signs()), per batch; the full gradients
+                  (540 MB) are not committed
   grads_b0.safetensors, grads_b1.safetensors
                   d(loss)/d(lora_A), d(lora_B) per module (computed in f64 from
                   the same values, stored as f32, PEFT's keys),
@@ -45,6 +50,52 @@ def encode(tokenizer, chat):
     ids = prompt_ids + reply_ids
     targets = [False] * len(prompt_ids) + [True] * len(reply_ids)
     return ids, targets
+
+
+MASK = (1 << 64) - 1
+
+
+def fnv1a(text: str) -> int:
+    h = 0xcbf29ce484222325
+    for b in text.encode():
+        h = ((h ^ b) * 0x100000001b3) & MASK
+    return h
+
+
+def signs(name: str, k: int, n: int):
+    """±1 per element: the top bit of SplitMix64(fnv1a(name) + k·golden + i)."""
+    import numpy as np
+    with np.errstate(over="ignore"):
+        x = np.uint64((fnv1a(name) + k * 0x9e3779b97f4a7c15) & MASK) + np.arange(n, dtype=np.uint64)
+        z = x + np.uint64(0x9e3779b97f4a7c15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xbf58476d1ce4e5b9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94d049bb133111eb)
+        z = z ^ (z >> np.uint64(31))
+    return np.where((z >> np.uint64(63)) == 0, 1.0, -1.0)
+
+
+def full_fingerprints(base_dir: Path, batches, out: Path):
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="eager").double()
+    model.train()
+    rows = []
+    for batch in batches:
+        examples = [(e["tokens"], e["targets"]) for e in batch["examples"]]
+        width = max(len(ids) for ids, _ in examples)
+        input_ids = torch.tensor([ids + [0] * (width - len(ids)) for ids, _ in examples])
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in examples])
+        labels = torch.tensor([[i if t else -100 for i, t in zip(ids, targets)] + [-100] * (width - len(ids))
+                               for ids, targets in examples])
+        model.zero_grad()
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        tensors = {}
+        for name, param in model.named_parameters():
+            g = param.grad.detach().numpy().ravel()
+            tensors[name] = {"norm": float((g * g).sum() ** 0.5),
+                             "proj": [float((g * signs(name, k, g.size)).sum()) for k in range(2)]}
+        rows.append({"loss": loss.item(), "tensors": tensors})
+        print(f"full: loss {loss.item():.6f}, {len(tensors)} weights")
+    (out / "full_grads.json").write_text(json.dumps({"batches": rows}) + "\n")
 
 
 def main(base_dir: Path, out: Path):
@@ -84,6 +135,7 @@ def main(base_dir: Path, out: Path):
         batches.append({"examples": [{"tokens": ids, "targets": t} for ids, t in examples], "loss": loss.item()})
         print(f"batch {b}: loss {loss.item():.6f}, {len(grads)} gradient tensors")
     (out / "batches.json").write_text(json.dumps({"batches": batches}) + "\n")
+    full_fingerprints(base_dir, batches, out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ pub enum Method {
     /// LoRA on a 4-bit base: a dense base is quantized on load (q4_0, or
     /// `--dtype`); a quantized GGUF keeps its own blocks.
     Qlora,
-    /// Every weight (not built yet).
+    /// Every weight, in f32 with AdamW moments (small models): writes a
+    /// Hugging Face folder.
     Full,
 }
 
@@ -108,14 +109,11 @@ enum Schedule {
 }
 
 pub fn train_cmd(args: &TrainArgs) -> Result<()> {
-    if args.method == Method::Full {
-        bail!("--method full is not built yet: train a LoRA (--method lora or qlora) and merge it with `tailor adapter merge`");
-    }
     let mut model_args = args.model.clone();
     if args.method == Method::Qlora {
         model_args.quantize_dense_to("q4_0");
     }
-    let model = crate::run::load_model(&model_args)?;
+    let mut model = crate::run::load_model(&model_args)?;
     let max_tokens = args.max_tokens.unwrap_or(model.llama.context_length().min(2048));
     let overlong = if args.refuse_overlong { Overlong::Refuse } else { Overlong::Truncate };
     let load = |path: &PathBuf| {
@@ -170,14 +168,17 @@ pub fn train_cmd(args: &TrainArgs) -> Result<()> {
     );
     let mut warn = |message: String| eprintln!("warning: {message}");
     let data = Datasets { train, eval };
-    let mut trainer = Trainer::new(&model.llama, &base_name, config, data, &args.out, args.resume, &mut warn)?;
+    let full = args.method == Method::Full;
+    let mut trainer = match full {
+        false => Trainer::new(&model.llama, &base_name, config, data, &args.out, args.resume, &mut warn)?,
+        true => Trainer::new_full(&mut model.llama, &base_name, config, data, &args.out, args.resume, &mut warn)?,
+    };
     if trainer.start_step() > 0 {
         eprintln!("resuming at step {} of {}", trainer.start_step(), trainer.total_steps());
     }
+    let what = if full { "every weight".to_string() } else { format!("LoRA r={} on {}", args.r, args.targets) };
     eprintln!(
-        "LoRA r={} on {}: {:.2} M trainable parameters, {} steps",
-        args.r,
-        args.targets,
+        "{what}: {:.2} M trainable parameters, {} steps",
         trainer.parameter_count() as f64 / 1e6,
         trainer.total_steps()
     );
@@ -195,12 +196,18 @@ pub fn train_cmd(args: &TrainArgs) -> Result<()> {
     };
     let summary = trainer.run(&mut on_step, &|| false)?;
     bar.finish_and_clear();
+    drop(trainer);
+    if full {
+        tailor_model::merge::save_model(&model, &args.out, &|_, _| {})
+            .with_context(|| format!("writing {}", args.out.display()))?;
+    }
     let eval = summary.final_eval_loss.map(|l| format!(", validation loss {l:.4}")).unwrap_or_default();
     eprintln!("final loss {:.4}{eval}", summary.final_loss);
     let curve = args.out.join("loss.png");
     tailor_train::plot::loss_curve(&args.out.join(tailor_train::trainer::METRICS_FILE), &curve)
         .with_context(|| format!("drawing {}", curve.display()))?;
-    eprintln!("adapter: {} (PEFT layout); loss curve: {}", summary.adapter.display(), curve.display());
+    let written = if full { "model (Hugging Face folder)" } else { "adapter (PEFT layout)" };
+    eprintln!("{written}: {}; loss curve: {}", summary.adapter.display(), curve.display());
     Ok(())
 }
 

@@ -174,3 +174,23 @@ fn a_diverging_run_stops_with_a_clear_message_and_keeps_its_last_good_checkpoint
     assert!(!checkpoints.is_empty(), "the last good checkpoint is kept");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn full_fine_tuning_writes_a_folder_tailor_serves() {
+    let dir = scratch("full");
+    let data = small_data(&dir, 2);
+    let out = dir.join("model");
+    let hf = tailor_model::cache::cache_dir().join(tailor_model::cache::SMOLLM2_HF);
+    let args = ["train", "--method", "full", "--model", hf.to_str().unwrap(), "--data", data.to_str().unwrap()];
+    let settings = ["--out", out.to_str().unwrap(), "--epochs", "1", "--batch-size", "2", "--lr", "1e-5"];
+    let result = run(tailor().args(args).args(settings));
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert!(stderr(&result).contains("every weight: 134.52 M trainable parameters"), "{}", stderr(&result));
+    for file in ["model.safetensors", "config.json", "tokenizer.json", "metrics.jsonl", "loss.png"] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    let greedy = ["generate", "--chat", "--prompt", "How do I reset my password?", "--max-tokens", "8"];
+    let served = run(tailor().args(greedy).args(["--model", out.to_str().unwrap()]));
+    assert!(served.status.success() && !served.stdout.is_empty(), "{}", stderr(&served));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -77,6 +77,13 @@ impl Linear {
         &self.weight
     }
 
+    /// The weight as mutable f32 (full fine-tuning): converted to owned f32
+    /// on first use; a bf16 copy is dropped (it would go stale).
+    pub fn weight_f32_mut(&mut self) -> Result<&mut [f32]> {
+        self.bf16 = None;
+        Ok(self.weight.f32_mut()?)
+    }
+
     /// The bias, if the layer has one.
     pub fn bias(&self) -> Option<&[f32]> {
         self.bias.as_deref()

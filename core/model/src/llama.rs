@@ -10,6 +10,7 @@ use crate::lora::{add_deltas, ActiveAdapter, Adapted, LoraScratch, RowAdapters};
 use crate::names::{layer_prefix, Proj};
 use crate::tape::LayerTape;
 use crate::weights::WeightSource;
+use std::path::Path;
 use tailor_tensor::cpu::{
     add_in_place, causal_attention, decode_attention, rms_norm, silu_mul, LinearScratch, RopeTable,
 };
@@ -43,6 +44,8 @@ pub struct Llama {
     blocks: Vec<Block>,
     norm: Vec<f32>,
     lm_head: Linear,
+    /// The output projection is the embedding (no `lm_head.weight`).
+    tied: bool,
     rope: RopeTable,
 }
 
@@ -68,7 +71,8 @@ impl Llama {
             (options.progress)(layer + 2, total);
         }
         let norm = loader.vector("model.norm.weight", config.hidden_size)?;
-        let lm_head = if config.tie_word_embeddings && !source.contains("lm_head.weight") {
+        let tied = config.tie_word_embeddings && !source.contains("lm_head.weight");
+        let lm_head = if tied {
             Linear::new(embed.clone(), None)
         } else {
             loader.linear("lm_head.weight", config.vocab_size, config.hidden_size, false)?
@@ -76,7 +80,7 @@ impl Llama {
         (options.progress)(total, total);
         let inv_freq = rope_inv_freq(&config);
         let rope = RopeTable::new(config.head_dim, &inv_freq, config.max_position_embeddings);
-        Ok(Llama { config, embed, blocks, norm, lm_head, rope })
+        Ok(Llama { config, embed, blocks, norm, lm_head, tied, rope })
     }
 
     /// The hyper-parameters.
@@ -336,6 +340,54 @@ impl Llama {
         let mut tape = tape;
         self.attention(layer, block, x, Context::Packed(lengths), &mut scratch, tape.as_deref_mut())?;
         self.mlp(layer, block, x, &mut scratch, tape)
+    }
+
+    /// Full fine-tuning: every weight by Hugging Face name, as mutable f32
+    /// (each converted to owned f32 on first use); the names are
+    /// [`Llama::parameter_names`]. A tied output projection is the embedding, listed once; call
+    /// [`Llama::sync_tied`] after changing it. Models with q/k/v biases are
+    /// refused (their biases are not trained).
+    pub fn parameters_mut(&mut self) -> Result<Vec<(String, &mut [f32])>> {
+        if self.config.attention_bias {
+            return Err(ModelError::InvalidParameter(
+                "full fine-tuning of a model with attention biases is not supported".into(),
+            ));
+        }
+        let mut out: Vec<(String, &mut [f32])> = vec![
+            ("model.embed_tokens.weight".into(), self.embed.f32_mut()?),
+            ("model.norm.weight".into(), &mut self.norm[..]),
+        ];
+        if !self.tied {
+            out.push(("lm_head.weight".into(), self.lm_head.weight_f32_mut()?));
+        }
+        for (layer, block) in self.blocks.iter_mut().enumerate() {
+            let p = layer_prefix(layer);
+            let Block { attn_norm, q, k, v, o, ffn_norm, gate, up, down } = block;
+            out.push((format!("{p}.input_layernorm.weight"), &mut attn_norm[..]));
+            out.push((format!("{p}.post_attention_layernorm.weight"), &mut ffn_norm[..]));
+            for (proj, linear) in Proj::ALL.into_iter().zip([q, k, v, o, gate, up, down]) {
+                out.push((format!("{}.weight", proj.module(layer)), linear.weight_f32_mut()?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The names [`Llama::parameters_mut`] gives (and the folder a trained
+    /// model is written as holds).
+    pub fn parameter_names(&self) -> Vec<String> {
+        crate::convert::hf_tensor_names(&self.config, !self.tied)
+    }
+
+    /// After the embedding changed: a tied output projection follows it.
+    pub fn sync_tied(&mut self) {
+        if self.tied {
+            self.lm_head = Linear::new(self.embed.clone(), None);
+        }
+    }
+
+    /// True when the output projection is the embedding.
+    pub fn is_tied(&self) -> bool {
+        self.tied
     }
 
     /// The final RMSNorm's weight.
@@ -654,5 +706,45 @@ impl Loader<'_> {
         let (out, inp) = proj.shape(self.config);
         let bias = proj.may_have_bias() && self.config.attention_bias;
         self.linear(&format!("{}.weight", proj.module(layer)), out, inp, bias)
+    }
+}
+
+/// The decoder's current weights by Hugging Face name (to write a trained
+/// model out as a folder).
+impl WeightSource for Llama {
+    fn get(&self, name: &str) -> Result<Tensor> {
+        let missing = || ModelError::MissingTensor { path: Path::new("(in memory)").to_path_buf(), name: name.into() };
+        let vector = |values: &[f32]| Ok(Tensor::from_f32(values.to_vec(), &[values.len()])?);
+        match name {
+            "model.embed_tokens.weight" => return Ok(self.embed.clone()),
+            "model.norm.weight" => return vector(&self.norm),
+            "lm_head.weight" if !self.tied => return Ok(self.lm_head.weight().clone()),
+            _ => {}
+        }
+        let rest = name.strip_prefix("model.layers.").ok_or_else(missing)?;
+        let (layer, part) = rest.split_once('.').ok_or_else(missing)?;
+        let block = layer.parse::<usize>().ok().and_then(|l| self.blocks.get(l)).ok_or_else(missing)?;
+        match part {
+            "input_layernorm.weight" => vector(&block.attn_norm),
+            "post_attention_layernorm.weight" => vector(&block.ffn_norm),
+            _ => {
+                let b = block;
+                let linears = [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down];
+                let named = |p: &Proj| part.strip_prefix(p.hf_path()).is_some_and(|s| s == ".weight" || s == ".bias");
+                let (_, linear) = Proj::ALL.into_iter().zip(linears).find(|(p, _)| named(p)).ok_or_else(missing)?;
+                match part.ends_with(".bias") {
+                    false => Ok(linear.weight().clone()),
+                    true => linear.bias().map(vector).ok_or_else(missing)?,
+                }
+            }
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.get(name).is_ok()
+    }
+
+    fn path(&self) -> &Path {
+        Path::new("(in memory)")
     }
 }

@@ -68,6 +68,28 @@ pub fn merge_adapter(
     Ok(MergeReport { merged_modules: adapter.modules().len(), base_was_quantized })
 }
 
+/// Writes `model` as it is now (its weights after full fine-tuning, say)
+/// as a Hugging Face folder: f32 safetensors, config.json and the
+/// tokenizer files of its source.
+pub fn save_model(model: &Model, out_dir: &Path, progress: &dyn Fn(usize, usize)) -> Result<()> {
+    std::fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
+    let names = model.llama.parameter_names();
+    write_f32_weights(&model.llama, &names, out_dir, &|_, values| Ok(values), progress)?;
+    let source = &model.source;
+    if source.is_dir() {
+        for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            let from = source.join(file);
+            if from.exists() {
+                std::fs::copy(&from, out_dir.join(file)).map_err(io_error(&from))?;
+            }
+        }
+        Ok(())
+    } else {
+        let file = GgufFile::open(source)?;
+        write_gguf_metadata(&file, model.llama.config(), out_dir)
+    }
+}
+
 /// `model.layers.N.self_attn.q_proj.weight` → (N, Q).
 fn projection_of(name: &str, config: &LlamaConfig) -> Option<(usize, Proj)> {
     let rest = name.strip_prefix("model.layers.")?.strip_suffix(".weight")?;

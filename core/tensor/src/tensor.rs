@@ -172,6 +172,23 @@ impl Tensor {
         Ok(Cow::Owned(out))
     }
 
+    /// The values as a mutable f32 slice (training a weight in place): the
+    /// storage becomes owned f32 first when it is not (a copy of mapped or
+    /// quantized data, or of values another tensor shares), and repacked
+    /// rows are dropped.
+    pub fn f32_mut(&mut self) -> Result<&mut [f32]> {
+        if self.dtype != DType::F32 || !matches!(self.storage, Storage::F32(_)) {
+            let values = self.to_f32()?.into_owned();
+            self.storage = Storage::F32(Arc::new(values));
+            self.dtype = DType::F32;
+        }
+        self.packed = None;
+        match &mut self.storage {
+            Storage::F32(values) => Ok(Arc::make_mut(values).as_mut_slice()),
+            _ => Err(TensorError::Incompatible { op: "f32_mut", detail: "storage is not f32".into() }),
+        }
+    }
+
     /// A copy converted (quantized or dequantized) to `dtype`, row by row.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype {

@@ -12,8 +12,8 @@ use crate::lora::{LoraModule, LoraParams};
 use tailor_model::names::Proj;
 use tailor_model::{ActiveAdapter, LayerTape, Llama};
 use tailor_tensor::cpu::{
-    causal_attention_backward, linear_backward_input, rms_norm, rms_norm_backward, silu_mul, silu_mul_backward,
-    softmax_cross_entropy, LinearScratch, LoraBackward,
+    causal_attention_backward, linear_backward_input, linear_backward_weight, rms_norm, rms_norm_backward, silu_mul,
+    silu_mul_backward, softmax_cross_entropy, LinearScratch, LoraBackward,
 };
 
 /// A tokenized training example: `targets[t]` marks the tokens the loss
@@ -31,6 +31,85 @@ impl Example {
     pub fn target_count(&self) -> usize {
         self.targets.iter().skip(1).filter(|&&t| t).count()
     }
+}
+
+/// Gradients of every weight (full fine-tuning), f32, shaped as the weights.
+#[derive(Debug, Clone)]
+pub struct FullGrads {
+    /// Per layer.
+    pub layers: Vec<LayerGrads>,
+    /// The embedding (also the output projection's, when tied).
+    pub embed: Vec<f32>,
+    /// The final norm.
+    pub final_norm: Vec<f32>,
+    /// An untied output projection.
+    pub lm_head: Option<Vec<f32>>,
+}
+
+/// One layer's weight gradients.
+#[derive(Debug, Clone)]
+pub struct LayerGrads {
+    /// The attention norm.
+    pub attn_norm: Vec<f32>,
+    /// The MLP norm.
+    pub mlp_norm: Vec<f32>,
+    /// q, k, v, o, gate, up, down (`[out, in]` each, [`Proj`] order).
+    pub proj: [Vec<f32>; 7],
+}
+
+impl FullGrads {
+    /// Zero gradients for every weight of `model`.
+    pub fn new(model: &Llama) -> FullGrads {
+        let cfg = model.config();
+        let (dim, vocab) = (cfg.hidden_size, cfg.vocab_size);
+        let layer = || LayerGrads {
+            attn_norm: vec![0.0; dim],
+            mlp_norm: vec![0.0; dim],
+            proj: Proj::ALL.map(|p| {
+                let (out, inp) = p.shape(cfg);
+                vec![0.0; out * inp]
+            }),
+        };
+        FullGrads {
+            layers: (0..cfg.num_hidden_layers).map(|_| layer()).collect(),
+            embed: vec![0.0; vocab * dim],
+            final_norm: vec![0.0; dim],
+            lm_head: (!model.is_tied()).then(|| vec![0.0; vocab * dim]),
+        }
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero(&mut self) {
+        self.named_mut().into_iter().for_each(|(_, g)| g.fill(0.0));
+    }
+
+    /// Every gradient by its weight's Hugging Face name.
+    pub fn named_mut(&mut self) -> Vec<(String, &mut [f32])> {
+        let mut out: Vec<(String, &mut [f32])> = vec![
+            ("model.embed_tokens.weight".into(), &mut self.embed[..]),
+            ("model.norm.weight".into(), &mut self.final_norm[..]),
+        ];
+        if let Some(head) = &mut self.lm_head {
+            out.push(("lm_head.weight".into(), &mut head[..]));
+        }
+        for (layer, grads) in self.layers.iter_mut().enumerate() {
+            let p = tailor_model::names::layer_prefix(layer);
+            out.push((format!("{p}.input_layernorm.weight"), &mut grads.attn_norm[..]));
+            out.push((format!("{p}.post_attention_layernorm.weight"), &mut grads.mlp_norm[..]));
+            for (proj, g) in Proj::ALL.into_iter().zip(grads.proj.iter_mut()) {
+                out.push((format!("{}.weight", proj.module(layer)), &mut g[..]));
+            }
+        }
+        out
+    }
+}
+
+/// Where a backward pass adds its gradients.
+pub enum Sink<'a> {
+    /// LoRA weights (the base frozen).
+    Lora(&'a mut LoraParams),
+    /// Every weight.
+    Full(&'a mut FullGrads),
 }
 
 /// What the forward keeps for the backward.
@@ -85,6 +164,29 @@ pub fn accumulate_gradients(
     scale: f32,
     checkpointing: Checkpointing,
 ) -> Result<f64> {
+    backward_pass(model, Some(adapter), batch, scale, checkpointing, Sink::Lora(lora))
+}
+
+/// [`accumulate_gradients`] for full fine-tuning: the gradient of every
+/// weight of `model` is added to `grads`.
+pub fn accumulate_full_gradients(
+    model: &Llama,
+    grads: &mut FullGrads,
+    batch: &[&Example],
+    scale: f32,
+    checkpointing: Checkpointing,
+) -> Result<f64> {
+    backward_pass(model, None, batch, scale, checkpointing, Sink::Full(grads))
+}
+
+fn backward_pass(
+    model: &Llama,
+    adapter: Option<&ActiveAdapter>,
+    batch: &[&Example],
+    scale: f32,
+    checkpointing: Checkpointing,
+    mut sink: Sink<'_>,
+) -> Result<f64> {
     let packed = Packed::new(batch)?;
     let lengths = &packed.lengths;
     let layers = model.config().num_hidden_layers;
@@ -95,16 +197,16 @@ pub fn accumulate_gradients(
         match checkpointing {
             Checkpointing::Layers => {
                 inputs.push(x.clone());
-                model.run_layer(layer, &mut x, lengths, Some(adapter), None)?;
+                model.run_layer(layer, &mut x, lengths, adapter, None)?;
             }
             Checkpointing::Off => {
                 let mut tape = LayerTape::default();
-                model.run_layer(layer, &mut x, lengths, Some(adapter), Some(&mut tape))?;
+                model.run_layer(layer, &mut x, lengths, adapter, Some(&mut tape))?;
                 tapes.push(tape);
             }
         }
     }
-    let (loss, mut dx) = head_backward(model, &x, &packed.predicted, scale)?;
+    let (loss, mut dx) = head_backward(model, &x, &packed.predicted, scale, &mut sink)?;
     for layer in (0..layers).rev() {
         let recomputed;
         let tape = match checkpointing {
@@ -112,23 +214,30 @@ pub fn accumulate_gradients(
             Checkpointing::Layers => {
                 let mut tape = LayerTape::default();
                 let mut input = std::mem::take(&mut inputs[layer]);
-                model.run_layer(layer, &mut input, lengths, Some(adapter), Some(&mut tape))?;
+                model.run_layer(layer, &mut input, lengths, adapter, Some(&mut tape))?;
                 recomputed = tape;
                 &recomputed
             }
         };
-        layer_backward(model, layer, tape, lengths, lora, &mut dx)?;
+        layer_backward(model, layer, tape, lengths, &mut sink, &mut dx)?;
+    }
+    if let Sink::Full(grads) = &mut sink {
+        let dim = model.config().hidden_size;
+        for (row, &token) in dx.chunks_exact(dim).zip(&packed.tokens) {
+            let at = token as usize * dim;
+            grads.embed[at..at + dim].iter_mut().zip(row).for_each(|(g, d)| *g += d);
+        }
     }
     Ok(loss)
 }
 
 /// The summed cross-entropy of a batch's targets with `adapter`, forward
 /// only (evaluation).
-pub fn forward_loss(model: &Llama, adapter: &ActiveAdapter, batch: &[&Example]) -> Result<f64> {
+pub fn forward_loss(model: &Llama, adapter: Option<&ActiveAdapter>, batch: &[&Example]) -> Result<f64> {
     let packed = Packed::new(batch)?;
     let mut x = model.embed(&packed.tokens)?;
     for layer in 0..model.config().num_hidden_layers {
-        model.run_layer(layer, &mut x, &packed.lengths, Some(adapter), None)?;
+        model.run_layer(layer, &mut x, &packed.lengths, adapter, None)?;
     }
     Ok(head_loss(model, &x, &packed.predicted, 1.0)?.0)
 }
@@ -136,17 +245,31 @@ pub fn forward_loss(model: &Llama, adapter: &ActiveAdapter, batch: &[&Example]) 
 /// The final norm, lm_head and cross-entropy on the predicted positions
 /// only: returns the summed loss and the gradient of `scale·loss` with
 /// respect to the last layer's output (zero on other positions).
-fn head_backward(model: &Llama, x: &[f32], predicted: &[(usize, u32)], scale: f32) -> Result<(f64, Vec<f32>)> {
+fn head_backward(
+    model: &Llama,
+    x: &[f32],
+    predicted: &[(usize, u32)],
+    scale: f32,
+    sink: &mut Sink<'_>,
+) -> Result<(f64, Vec<f32>)> {
     let cfg = model.config();
     let dim = cfg.hidden_size;
     let mut dx = vec![0f32; x.len()];
     let (loss, head) = head_loss(model, x, predicted, scale)?;
-    let Some(HeadPass { positions, rows, logits }) = head else { return Ok((loss, dx)) };
+    let Some(HeadPass { positions, rows, normed, logits }) = head else { return Ok((loss, dx)) };
     let eps = cfg.rms_norm_eps as f32;
     let mut d_normed = vec![0f32; rows.len()];
     linear_backward_input(&logits, positions.len(), model.lm_head().weight(), &mut d_normed, &mut Vec::new())?;
     let mut d_rows = vec![0f32; rows.len()];
-    rms_norm_backward(&rows, model.final_norm_weight(), eps, &d_normed, &mut d_rows, None);
+    let final_norm_grad = match sink {
+        Sink::Full(grads) => {
+            let head = grads.lm_head.as_mut().unwrap_or(&mut grads.embed);
+            linear_backward_weight(&logits, &normed, positions.len(), head);
+            Some(&mut grads.final_norm[..])
+        }
+        Sink::Lora(_) => None,
+    };
+    rms_norm_backward(&rows, model.final_norm_weight(), eps, &d_normed, &mut d_rows, final_norm_grad);
     for (i, &t) in positions.iter().enumerate() {
         dx[t * dim..(t + 1) * dim].copy_from_slice(&d_rows[i * dim..(i + 1) * dim]);
     }
@@ -159,6 +282,7 @@ fn head_backward(model: &Llama, x: &[f32], predicted: &[(usize, u32)], scale: f3
 struct HeadPass {
     positions: Vec<usize>,
     rows: Vec<f32>,
+    normed: Vec<f32>,
     logits: Vec<f32>,
 }
 
@@ -178,7 +302,7 @@ fn head_loss(model: &Llama, x: &[f32], predicted: &[(usize, u32)], scale: f32) -
     let mut logits = vec![0f32; positions.len() * vocab];
     model.lm_head().forward(&normed, positions.len(), &mut logits, &mut LinearScratch::default())?;
     let loss = softmax_cross_entropy(&mut logits, vocab, &ids, scale)?;
-    Ok((loss, Some(HeadPass { positions, rows, logits })))
+    Ok((loss, Some(HeadPass { positions, rows, normed, logits })))
 }
 
 /// One layer's backward: `dx` holds the gradient of the layer's output on
@@ -188,14 +312,14 @@ fn layer_backward(
     layer: usize,
     tape: &LayerTape,
     lengths: &[usize],
-    lora: &mut LoraParams,
+    sink: &mut Sink<'_>,
     dx: &mut [f32],
 ) -> Result<()> {
     let cfg = model.config();
     let eps = cfg.rms_norm_eps as f32;
     let n = dx.len() / cfg.hidden_size;
     let (attn_norm, mlp_norm) = model.layer_norm_weights(layer);
-    let mut grads = LinearGrads { model, layer, lora, tokens: n, scratch: Vec::new(), low: Vec::new() };
+    let mut grads = LinearGrads { model, layer, sink, tokens: n, scratch: Vec::new(), low: Vec::new() };
 
     // MLP half: y = h + down(silu(gate)·up).
     let dy = dx.to_vec();
@@ -208,7 +332,7 @@ fn layer_backward(
     let mut d_normed = vec![0f32; dx.len()];
     grads.linear(Proj::Gate, &tape.mlp_normed, &d_gate, &mut d_normed)?;
     grads.linear(Proj::Up, &tape.mlp_normed, &d_up, &mut d_normed)?;
-    rms_norm_backward(&tape.mlp_in, mlp_norm, eps, &d_normed, dx, None);
+    rms_norm_backward(&tape.mlp_in, mlp_norm, eps, &d_normed, dx, grads.norm(false));
 
     // Attention half: h = x + o(attention(q, k, v)).
     let dh = dx.to_vec();
@@ -228,31 +352,51 @@ fn layer_backward(
     grads.linear(Proj::Q, &tape.attn_normed, &dq, &mut d_normed)?;
     grads.linear(Proj::K, &tape.attn_normed, &dk, &mut d_normed)?;
     grads.linear(Proj::V, &tape.attn_normed, &dv, &mut d_normed)?;
-    rms_norm_backward(&tape.attn_in, attn_norm, eps, &d_normed, dx, None);
+    rms_norm_backward(&tape.attn_in, attn_norm, eps, &d_normed, dx, grads.norm(true));
     Ok(())
 }
 
 /// The backward of one layer's linears: base weight, then LoRA if adapted.
-struct LinearGrads<'a> {
+struct LinearGrads<'a, 's> {
     model: &'a Llama,
     layer: usize,
-    lora: &'a mut LoraParams,
+    sink: &'a mut Sink<'s>,
     tokens: usize,
     scratch: Vec<f32>,
     low: Vec<f32>,
 }
 
-impl LinearGrads<'_> {
+impl LinearGrads<'_, '_> {
     /// For projection `proj` with input `x` and output gradient `dy`:
-    /// `dx += dy·W`, plus LoRA's `dA`, `dB` and its share of `dx`.
+    /// `dx += dy·W`, plus LoRA's `dA`, `dB` and its share of `dx`, or the
+    /// weight's own gradient `dW += dyᵀ·x`.
     fn linear(&mut self, proj: Proj, x: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
         let weight = self.model.projection(self.layer, proj).weight();
         linear_backward_input(dy, self.tokens, weight, dx, &mut self.scratch)?;
-        if let Some(module) = self.lora.module_mut(self.layer, proj) {
-            let LoraModule { a, b, grad_a, grad_b, rank, scaling, .. } = module;
-            let backward = LoraBackward { a, b, rank: *rank, scaling: *scaling };
-            backward.run(x, dy, self.tokens, grad_a, grad_b, dx, &mut self.low);
+        match &mut *self.sink {
+            Sink::Lora(lora) => {
+                if let Some(module) = lora.module_mut(self.layer, proj) {
+                    let LoraModule { a, b, grad_a, grad_b, rank, scaling, .. } = module;
+                    let backward = LoraBackward { a, b, rank: *rank, scaling: *scaling };
+                    backward.run(x, dy, self.tokens, grad_a, grad_b, dx, &mut self.low);
+                }
+            }
+            Sink::Full(grads) => {
+                linear_backward_weight(dy, x, self.tokens, &mut grads.layers[self.layer].proj[proj.index()]);
+            }
         }
         Ok(())
+    }
+
+    /// The attention norm's (or the MLP norm's) weight gradient, when
+    /// every weight is trained.
+    fn norm(&mut self, attention: bool) -> Option<&mut [f32]> {
+        match &mut *self.sink {
+            Sink::Full(grads) => {
+                let layer = &mut grads.layers[self.layer];
+                Some(if attention { &mut layer.attn_norm[..] } else { &mut layer.mlp_norm[..] })
+            }
+            Sink::Lora(_) => None,
+        }
     }
 }

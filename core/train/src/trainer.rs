@@ -7,7 +7,9 @@
 //! for the same thread count, so a run resumed after `kill -9` ends with
 //! exactly the adapter an uninterrupted run writes.
 
-use crate::backward::{accumulate_gradients, forward_loss, Checkpointing, Example};
+use crate::backward::{
+    accumulate_full_gradients, accumulate_gradients, forward_loss, Checkpointing, Example, FullGrads,
+};
 use crate::checkpoint::{self, LoopState};
 use crate::data::Dataset;
 use crate::error::{io_error, Result, TrainError};
@@ -18,6 +20,7 @@ use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tailor_model::names::Proj;
 use tailor_model::{Adapter, AdapterLimits, Llama};
 
 /// The metrics log, one JSON object per line, beside the adapter.
@@ -153,6 +156,18 @@ pub struct Summary {
     pub adapter: PathBuf,
 }
 
+/// What a run trains: LoRA weights beside a frozen base, or every weight
+/// of the base itself.
+enum Weights<'m> {
+    /// LoRA on a base shared with others (serving).
+    Lora { base: &'m Llama, lora: LoraParams },
+    /// Every weight of a base this run owns, with their gradients.
+    Full { base: &'m mut Llama, grads: Box<FullGrads> },
+}
+
+/// The file of a full fine-tune's weights in its checkpoints.
+const FULL_WEIGHTS_FILE: &str = "weights.safetensors";
+
 /// A run's examples.
 #[derive(Debug, Clone)]
 pub struct Datasets {
@@ -164,12 +179,11 @@ pub struct Datasets {
 
 /// A run: the model, data, trainable weights and loop state.
 pub struct Trainer<'m> {
-    model: &'m Llama,
+    weights: Weights<'m>,
     base_name: String,
     config: TrainConfig,
     train: Dataset,
     eval: Option<Dataset>,
-    lora: LoraParams,
     adam: AdamState,
     state: LoopState,
     out: PathBuf,
@@ -177,10 +191,43 @@ pub struct Trainer<'m> {
 }
 
 impl<'m> Trainer<'m> {
-    /// A run writing to `out`; with `resume`, it continues from the newest
-    /// intact checkpoint there (damaged ones reported through `warn`).
+    /// A LoRA run on `model` writing to `out`; with `resume`, it continues
+    /// from the newest intact checkpoint there (damaged ones reported
+    /// through `warn`).
     pub fn new(
         model: &'m Llama,
+        base_name: &str,
+        config: TrainConfig,
+        data: Datasets,
+        out: &Path,
+        resume: bool,
+        warn: &mut dyn FnMut(String),
+    ) -> Result<Trainer<'m>> {
+        let lora = LoraParams::new(model, config.lora.config(), config.seed)?;
+        Trainer::start(Weights::Lora { base: model, lora }, base_name, config, data, out, resume, warn)
+    }
+
+    /// A full fine-tuning run: every weight of `model` (converted to f32)
+    /// is trained in place, with AdamW moments for each (for small models:
+    /// four f32 copies of the weights in memory). The CLI writes the result
+    /// with `tailor_model::merge::save_model`.
+    pub fn new_full(
+        model: &'m mut Llama,
+        base_name: &str,
+        config: TrainConfig,
+        data: Datasets,
+        out: &Path,
+        resume: bool,
+        warn: &mut dyn FnMut(String),
+    ) -> Result<Trainer<'m>> {
+        model.parameters_mut()?; // converts every weight to f32 now, and refuses what cannot be trained
+        model.sync_tied();
+        let grads = Box::new(FullGrads::new(model));
+        Trainer::start(Weights::Full { base: model, grads }, base_name, config, data, out, resume, warn)
+    }
+
+    fn start(
+        weights: Weights<'m>,
         base_name: &str,
         config: TrainConfig,
         data: Datasets,
@@ -193,13 +240,13 @@ impl<'m> Trainer<'m> {
         if train.examples.is_empty() {
             return Err(TrainError::Setting("the training set is empty".into()));
         }
-        let fingerprint = config.fingerprint(base_name, &train);
+        let method = if matches!(weights, Weights::Full { .. }) { "full" } else { "lora" };
+        let fingerprint = config.fingerprint(&format!("{base_name}|{method}"), &train);
         std::fs::create_dir_all(out).map_err(io_error(out))?;
         let fresh = LoopState { step: 0, epoch: 0, cursor: 0, rng: Rng::new(config.seed), fingerprint };
         let mut trainer = Trainer {
-            model,
+            weights,
             base_name: base_name.to_string(),
-            lora: LoraParams::new(model, config.lora.config(), config.seed)?,
             config,
             train,
             eval,
@@ -227,17 +274,29 @@ impl<'m> Trainer<'m> {
         Ok(trainer)
     }
 
+    /// The model being trained (as it is now).
+    pub fn model(&self) -> &Llama {
+        match &self.weights {
+            Weights::Lora { base, .. } => base,
+            Weights::Full { base, .. } => base,
+        }
+    }
+
     fn resume(&mut self, warn: &mut dyn FnMut(String)) -> Result<()> {
         let Some(restored) = checkpoint::latest(&self.out, &self.state.fingerprint, warn)? else {
             return Ok(());
         };
         // This run wrote the checkpoint: only its own settings bound it.
         let limits = AdapterLimits { max_rank: usize::MAX, max_file_bytes: u64::MAX };
-        let adapter = Adapter::load(&restored.folder, self.model, limits)?;
-        let mut lora = LoraParams::from_adapter(self.model, &adapter)?;
-        // Scaling and the rest come from this run's config, not the file.
-        lora = LoraParams::from_modules(self.model, self.config.lora.config(), lora.modules().to_vec())?;
-        self.lora = lora;
+        match &mut self.weights {
+            Weights::Lora { base, lora } => {
+                let adapter = Adapter::load(&restored.folder, base, limits)?;
+                let loaded = LoraParams::from_adapter(base, &adapter)?;
+                // Scaling and the rest come from this run's config, not the file.
+                *lora = LoraParams::from_modules(base, self.config.lora.config(), loaded.modules().to_vec())?;
+            }
+            Weights::Full { base, .. } => restore_weights(base, &restored.folder.join(FULL_WEIGHTS_FILE))?,
+        }
         self.adam = restored.adam;
         self.state = restored.state;
         self.resumed_from = self.state.step;
@@ -262,7 +321,18 @@ impl<'m> Trainer<'m> {
 
     /// Trainable values.
     pub fn parameter_count(&self) -> usize {
-        self.lora.parameter_count()
+        match &self.weights {
+            Weights::Lora { lora, .. } => lora.parameter_count(),
+            Weights::Full { base, .. } => {
+                let cfg = base.config();
+                let per_layer: usize = Proj::ALL.iter().map(|p| p.shape(cfg).0 * p.shape(cfg).1).sum();
+                let head = if base.is_tied() { 0 } else { cfg.vocab_size * cfg.hidden_size };
+                cfg.num_hidden_layers * (per_layer + 2 * cfg.hidden_size)
+                    + cfg.vocab_size * cfg.hidden_size
+                    + cfg.hidden_size
+                    + head
+            }
+        }
     }
 
     fn examples_per_step(&self) -> usize {
@@ -321,7 +391,9 @@ impl<'m> Trainer<'m> {
         if last_eval.is_none() && self.eval.is_some() {
             last_eval = Some(self.evaluate()?);
         }
-        save_peft(&self.lora, &self.out, &self.base_name)?;
+        if let Weights::Lora { lora, .. } = &self.weights {
+            save_peft(lora, &self.out, &self.base_name)?;
+        }
         Ok(Summary {
             steps: total,
             resumed_from: self.resumed_from,
@@ -339,30 +411,59 @@ impl<'m> Trainer<'m> {
         let batch: Vec<&Example> = order[self.state.cursor..end].iter().map(|&i| &self.train.examples[i]).collect();
         let targets: usize = batch.iter().map(|e| e.target_count()).sum();
         let scale = 1.0 / targets.max(1) as f32;
-        self.lora.zero_grads();
-        let adapter = self.lora.active(self.model)?;
-        let mut loss_sum = 0f64;
-        for micro in batch.chunks(self.config.batch_size) {
-            loss_sum +=
-                accumulate_gradients(self.model, &mut self.lora, &adapter, micro, scale, self.config.checkpointing)?;
-        }
-        let loss = loss_sum / targets.max(1) as f64;
         let lr = self.schedule().lr(self.state.step);
-        let grad_norm = {
-            let mut grads: Vec<&mut [f32]> =
-                self.lora.modules_mut().iter_mut().flat_map(|m| [&mut m.grad_a[..], &mut m.grad_b[..]]).collect();
-            clip_gradients(&mut grads, self.config.max_grad_norm)
+        let (micro, checkpointing) = (self.config.batch_size, self.config.checkpointing);
+        let (loss_sum, grad_norm) = match &mut self.weights {
+            Weights::Lora { base, lora } => {
+                lora.zero_grads();
+                let adapter = lora.active(base)?;
+                let mut loss_sum = 0f64;
+                for part in batch.chunks(micro) {
+                    loss_sum += accumulate_gradients(base, lora, &adapter, part, scale, checkpointing)?;
+                }
+                let mut grads: Vec<&mut [f32]> =
+                    lora.modules_mut().iter_mut().flat_map(|m| [&mut m.grad_a[..], &mut m.grad_b[..]]).collect();
+                (loss_sum, clip_gradients(&mut grads, self.config.max_grad_norm))
+            }
+            Weights::Full { base, grads } => {
+                grads.zero();
+                let mut loss_sum = 0f64;
+                for part in batch.chunks(micro) {
+                    loss_sum += accumulate_full_gradients(base, grads, part, scale, checkpointing)?;
+                }
+                let mut all: Vec<&mut [f32]> = grads.named_mut().into_iter().map(|(_, g)| g).collect();
+                (loss_sum, clip_gradients(&mut all, self.config.max_grad_norm))
+            }
         };
+        let loss = loss_sum / targets.max(1) as f64;
         if !loss.is_finite() || !grad_norm.is_finite() {
             return Err(TrainError::Diverged { step: self.state.step + 1, loss });
         }
-        let mut params: Vec<Param<'_>> = self
-            .lora
-            .modules_mut()
-            .iter_mut()
-            .flat_map(|m| [Param { value: &mut m.a, grad: &m.grad_a }, Param { value: &mut m.b, grad: &m.grad_b }])
-            .collect();
-        self.config.adamw.step(&mut self.adam, &mut params, lr);
+        match &mut self.weights {
+            Weights::Lora { lora, .. } => {
+                let mut params: Vec<Param<'_>> = lora
+                    .modules_mut()
+                    .iter_mut()
+                    .flat_map(|m| {
+                        [Param { value: &mut m.a, grad: &m.grad_a }, Param { value: &mut m.b, grad: &m.grad_b }]
+                    })
+                    .collect();
+                self.config.adamw.step(&mut self.adam, &mut params, lr);
+            }
+            Weights::Full { base, grads } => {
+                let mut by_name: std::collections::BTreeMap<String, &mut [f32]> =
+                    grads.named_mut().into_iter().collect();
+                let mut params = Vec::new();
+                for (name, value) in base.parameters_mut()? {
+                    let grad =
+                        by_name.remove(&name).ok_or_else(|| TrainError::Setting(format!("no gradient for {name}")))?;
+                    params.push(Param { value, grad });
+                }
+                self.config.adamw.step(&mut self.adam, &mut params, lr);
+                drop(params);
+                base.sync_tied();
+            }
+        }
         self.state.step += 1;
         self.state.cursor = end;
         if end == order.len() {
@@ -387,27 +488,66 @@ impl<'m> Trainer<'m> {
     /// Mean cross-entropy over the validation set's predicted tokens.
     pub fn evaluate(&self) -> Result<f64> {
         let Some(eval) = &self.eval else { return Ok(f64::NAN) };
-        let adapter = self.lora.active(self.model)?;
+        let adapter = match &self.weights {
+            Weights::Lora { base, lora } => Some(lora.active(base)?),
+            Weights::Full { .. } => None,
+        };
         let mut sum = 0f64;
         let examples: Vec<&Example> = eval.examples.iter().collect();
         for batch in examples.chunks(self.config.batch_size) {
-            sum += forward_loss(self.model, &adapter, batch)?;
+            sum += forward_loss(self.model(), adapter.as_ref(), batch)?;
         }
         Ok(sum / eval.target_tokens().max(1) as f64)
     }
 
-    fn save_checkpoint(&self) -> Result<()> {
-        let (lora, base) = (&self.lora, &self.base_name);
-        checkpoint::save(&self.out, &self.state, &self.adam, self.config.keep_checkpoints, |folder| {
-            save_peft(lora, folder, base)
-        })?;
+    fn save_checkpoint(&mut self) -> Result<()> {
+        let (state, adam, keep, name) = (&self.state, &self.adam, self.config.keep_checkpoints, &self.base_name);
+        match &mut self.weights {
+            Weights::Lora { lora, .. } => {
+                checkpoint::save(&self.out, state, adam, keep, |folder| save_peft(lora, folder, name))?;
+            }
+            Weights::Full { base, .. } => {
+                checkpoint::save(&self.out, state, adam, keep, |folder| save_weights(base, folder))?;
+            }
+        }
         Ok(())
     }
 
-    /// The current weights.
-    pub fn lora(&self) -> &LoraParams {
-        &self.lora
+    /// The LoRA weights, when this is a LoRA run.
+    pub fn lora(&self) -> Option<&LoraParams> {
+        match &self.weights {
+            Weights::Lora { lora, .. } => Some(lora),
+            Weights::Full { .. } => None,
+        }
     }
+}
+
+/// A full fine-tune's weights, flat f32 by name, into a checkpoint folder.
+fn save_weights(model: &mut Llama, folder: &Path) -> Result<()> {
+    let params = model.parameters_mut()?;
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
+        params.into_iter().map(|(name, values)| (name, vec![values.len()], values.to_vec())).collect();
+    let views: Vec<(String, Vec<usize>, &Vec<f32>)> =
+        tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), v)).collect();
+    checkpoint::write_atomic(&folder.join(FULL_WEIGHTS_FILE), &checkpoint::safetensors_bytes(&views)?)
+}
+
+/// Puts a checkpoint's weights back into `model`.
+fn restore_weights(model: &mut Llama, path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(io_error(path))?;
+    let bad = |detail: String| TrainError::Checkpoint { path: path.to_path_buf(), detail };
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    for (name, values) in model.parameters_mut()? {
+        let view = file.tensor(&name).map_err(|e| bad(format!("{name}: {e}")))?;
+        if view.data().len() != values.len() * 4 {
+            return Err(bad(format!("{name}: {} bytes for {} values", view.data().len(), values.len())));
+        }
+        for (v, b) in values.iter_mut().zip(view.data().chunks_exact(4)) {
+            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
+    model.sync_tied();
+    Ok(())
 }
 
 fn open_metrics(path: &Path) -> Result<std::fs::File> {

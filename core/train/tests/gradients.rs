@@ -6,7 +6,7 @@ mod common;
 use common::{tiny_model, Lcg};
 use tailor_model::lora::Targets;
 use tailor_model::{KvCache, Llama, Logits};
-use tailor_train::backward::{accumulate_gradients, Checkpointing, Example};
+use tailor_train::backward::{accumulate_full_gradients, accumulate_gradients, Checkpointing, Example, FullGrads};
 use tailor_train::{LoraParams, LoraSettings};
 
 fn settings() -> LoraSettings {
@@ -153,4 +153,57 @@ fn a_packed_batch_gets_the_sum_of_its_examples_gradients() {
             assert!((x - y).abs() <= 1e-4 * y.abs().max(1e-2), "packed {x} vs separate {y}");
         }
     }
+}
+
+/// The base's loss through the serving forward (no adapter).
+fn base_loss(model: &Llama, example: &Example) -> f64 {
+    let mut cache = KvCache::new(model.config().num_hidden_layers, model.config().kv_dim());
+    let logits = model.forward(&example.tokens, &mut cache, Logits::All).expect("forward");
+    let vocab = model.config().vocab_size;
+    (1..example.tokens.len())
+        .filter(|&t| example.targets[t])
+        .map(|t| {
+            let row = &logits[(t - 1) * vocab..t * vocab];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+            let log_sum = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            log_sum - row[example.tokens[t] as usize] as f64
+        })
+        .sum()
+}
+
+#[test]
+fn full_gradients_match_finite_differences_of_the_serving_forward() {
+    let mut model = tiny_model(11);
+    let example = example();
+    let mut grads = FullGrads::new(&model);
+    let loss = accumulate_full_gradients(&model, &mut grads, &[&example], 1.0, Checkpointing::Off).expect("backward");
+    assert!((loss - base_loss(&model, &example)).abs() < 1e-4 * loss);
+    let named: Vec<(String, Vec<f32>)> = grads.named_mut().into_iter().map(|(n, g)| (n, g.to_vec())).collect();
+    assert_eq!(named.len(), 3 + 2 * 9, "embedding, final norm, lm_head, and 9 weights per layer");
+    let eps = 1e-2f32;
+    let (mut checked, mut worst) = (0, 0f64);
+    for (name, analytic) in &named {
+        // The entries with the largest gradients (a used embedding row among them).
+        let mut order: Vec<usize> = (0..analytic.len()).collect();
+        order.sort_by(|&a, &b| analytic[b].abs().total_cmp(&analytic[a].abs()));
+        for &k in &order[..3] {
+            let mut at = |delta: f32| {
+                let mut params = model.parameters_mut().expect("weights");
+                let (_, values) = params.iter_mut().find(|(n, _)| n == name).expect("a weight of that name");
+                values[k] += delta;
+                drop(params);
+                model.sync_tied();
+                base_loss(&model, &example)
+            };
+            let plus = at(eps);
+            let minus = at(-2.0 * eps);
+            at(eps);
+            let numeric = (plus - minus) / (2.0 * eps as f64);
+            let error = (analytic[k] as f64 - numeric).abs() / (numeric.abs() + 1e-2);
+            worst = worst.max(error);
+            assert!(error < 2e-2, "{name}[{k}]: backward {} vs finite difference {numeric}", analytic[k]);
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} weight entries checked, worst relative error {worst:.2e}");
 }

@@ -342,7 +342,7 @@ impl Jobs {
             return Err(StageError::invalid(format!("{file}: not a regular file of at most {MAX_DATA_BYTES} bytes")));
         }
         data::load(&path, &self.model, MAX_EXAMPLE_TOKENS, Overlong::Truncate)
-            .map_err(|e| StageError::invalid(e.to_string().replace(&self.dir.display().to_string(), "")))
+            .map_err(|e| StageError::invalid(e.to_string()))
     }
 
     fn events(&self, id: &str) -> Result<Value, StageError> {
