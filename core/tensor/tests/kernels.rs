@@ -733,3 +733,30 @@ fn lora_deltas_refuse_mismatched_shapes() {
         cpu::LoraPair::new(2, 16, 8, cpu::LoraMatrix::F32(vec![0.0; 31]), cpu::LoraMatrix::F32(vec![0.0; 16])).is_err()
     );
 }
+
+#[test]
+fn attention_backward_gemm_kernel_matches_the_row_reference() {
+    let mut rng = Rng(77);
+    for (shape, lengths) in [
+        (AttentionShape { n_head: 4, n_kv_head: 2, head_dim: 8 }, vec![5usize, 1, 13]),
+        (AttentionShape { n_head: 9, n_kv_head: 3, head_dim: 64 }, vec![37, 64]),
+        (AttentionShape { n_head: 2, n_kv_head: 2, head_dim: 6 }, vec![1]),
+    ] {
+        let tokens: usize = lengths.iter().sum();
+        let (q_len, kv_len) = (tokens * shape.n_head * shape.head_dim, tokens * shape.n_kv_head * shape.head_dim);
+        let (q, k, v, dout) = (rng.vec(q_len), rng.vec(kv_len), rng.vec(kv_len), rng.vec(q_len));
+        let run = |kernel| {
+            let (mut dq, mut dk, mut dv) = (vec![0f32; q_len], vec![0f32; kv_len], vec![0f32; kv_len]);
+            cpu::causal_attention_backward_on(kernel, &q, &k, &v, &dout, shape, &lengths, &mut dq, &mut dk, &mut dv);
+            [dq, dk, dv]
+        };
+        let reference = run(cpu::AttentionBackwardKernel::Rows);
+        let fast = run(cpu::AttentionBackwardKernel::Gemm);
+        for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(fast.iter().zip(&reference)) {
+            let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-4 * scale, "{name} {lengths:?}: gemm {x} vs rows {y}");
+            }
+        }
+    }
+}

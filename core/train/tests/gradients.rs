@@ -149,8 +149,12 @@ fn a_packed_batch_gets_the_sum_of_its_examples_gradients() {
     }
     assert!((loss - separate_loss).abs() < 1e-5 * loss, "{loss} vs {separate_loss}");
     for (a, b) in packed.modules().iter().zip(separate.modules()) {
-        for (x, y) in a.grad_a.iter().chain(&a.grad_b).zip(b.grad_a.iter().chain(&b.grad_b)) {
-            assert!((x - y).abs() <= 1e-4 * y.abs().max(1e-2), "packed {x} vs separate {y}");
+        // Within 1e-4 of each matrix's largest gradient (sums in another order).
+        for (ours, theirs) in [(&a.grad_a, &b.grad_a), (&a.grad_b, &b.grad_b)] {
+            let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (x, y) in ours.iter().zip(theirs) {
+                assert!((x - y).abs() <= 1e-4 * scale, "packed {x} vs separate {y}");
+            }
         }
     }
 }

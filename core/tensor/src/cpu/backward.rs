@@ -323,6 +323,34 @@ pub fn causal_attention_backward(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
+    causal_attention_backward_on(AttentionBackwardKernel::Gemm, q, k, v, dout, shape, lengths, dq, dk, dv);
+}
+
+/// How [`causal_attention_backward`] computes each (sequence, head).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionBackwardKernel {
+    /// Row by row, key by key: the reference.
+    Rows,
+    /// Six small matrix products per head on the gemm crate (scores,
+    /// `dP = dO·Vᵀ`, `dQ = dS·K`, `dK += dSᵀ·Q`, `dV += Pᵀ·dO`); the
+    /// masked upper triangle is computed and discarded.
+    Gemm,
+}
+
+/// [`causal_attention_backward`] with a chosen kernel (tests compare them).
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention_backward_on(
+    kernel: AttentionBackwardKernel,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+    shape: AttentionShape,
+    lengths: &[usize],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
     let AttentionShape { n_head, n_kv_head, head_dim } = shape;
     let (q_stride, kv_stride) = (n_head * head_dim, n_kv_head * head_dim);
     let tokens: usize = lengths.iter().sum();
@@ -346,7 +374,11 @@ pub fn causal_attention_backward(
         dv: SharedOut(dv.as_mut_ptr()),
     };
     SpinPool::global().run(&|_, _| {
-        let mut scratch = vec![0f32; 2 * longest];
+        let scratch_len = match kernel {
+            AttentionBackwardKernel::Rows => 2 * longest,
+            AttentionBackwardKernel::Gemm => 2 * longest * longest,
+        };
+        let mut scratch = vec![0f32; scratch_len];
         loop {
             let item = next_item.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if item >= lengths.len() * n_kv_head {
@@ -358,7 +390,12 @@ pub fn causal_attention_backward(
             // kv_head) writes only its segment's rows of dk and dv at
             // kv_head, and of dq at kv_head's query heads: disjoint from
             // every other item; the buffers hold `tokens` rows (asserted).
-            unsafe { sequence.backward(kv_head, &grads, &mut scratch) };
+            unsafe {
+                match kernel {
+                    AttentionBackwardKernel::Rows => sequence.backward(kv_head, &grads, &mut scratch),
+                    AttentionBackwardKernel::Gemm => sequence.backward_gemm(kv_head, &grads, &mut scratch),
+                }
+            };
         }
     });
 }
@@ -383,6 +420,61 @@ struct Sequence<'a> {
 }
 
 impl Sequence<'_> {
+    /// [`Sequence::backward`] with matrix products: per query head,
+    /// `S = Q·Kᵀ/√d` (masked, softmax → P), `dP = dO·Vᵀ`,
+    /// `dS = P∘(dP − rowsum(P∘dP))/√d`, `dQ = dS·K`, `dK += dSᵀ·Q`,
+    /// `dV += Pᵀ·dO`. `scratch` holds two `len × len` matrices.
+    ///
+    /// # Safety
+    /// As [`Sequence::backward`].
+    unsafe fn backward_gemm(&self, kv_head: usize, grads: &AttentionGrads, scratch: &mut [f32]) {
+        let AttentionShape { n_head, n_kv_head, head_dim } = self.shape;
+        let (q_stride, kv_stride) = (n_head * head_dim, n_kv_head * head_dim);
+        let (n, d) = (self.len, head_dim);
+        let group = n_head / n_kv_head;
+        let scale = 1.0 / (d as f32).sqrt();
+        let (probs, dprobs) = scratch.split_at_mut(n * n);
+        let kv_at = self.start * kv_stride + kv_head * d;
+        let (k, v) = (self.k[kv_at..].as_ptr(), self.v[kv_at..].as_ptr());
+        // SAFETY (every product below): operands are views into buffers
+        // the caller checked hold `tokens` rows of their strides; this
+        // item's n rows start at `start`, and the head's d columns at
+        // its offset; outputs are this item's own rows (dq at `head`,
+        // dk and dv at `kv_head`) or its scratch.
+        for head in kv_head * group..(kv_head + 1) * group {
+            let q_at = self.start * q_stride + head * d;
+            let (q, dout) = (self.q[q_at..].as_ptr(), self.dout[q_at..].as_ptr());
+            let nn = n as isize;
+            // S = Q·Kᵀ·scale, then the causal softmax row by row.
+            let (qs, kvs) = (q_stride as isize, kv_stride as isize);
+            unsafe { small_gemm(n, n, d, probs.as_mut_ptr(), nn, false, q, 1, qs, k, kvs, 1, scale) };
+            for (i, row) in probs.chunks_exact_mut(n).enumerate() {
+                let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for p in &mut row[..=i] {
+                    *p = super::exp_fast(*p - max);
+                    sum += *p;
+                }
+                row[..=i].iter_mut().for_each(|p| *p /= sum);
+                row[i + 1..].fill(0.0);
+            }
+            // dP = dO·Vᵀ; dS = P∘(dP − Σ_j P∘dP)·scale, in place of dP.
+            unsafe { small_gemm(n, n, d, dprobs.as_mut_ptr(), nn, false, dout, 1, qs, v, kvs, 1, 1.0) };
+            for (p_row, dp_row) in probs.chunks_exact(n).zip(dprobs.chunks_exact_mut(n)) {
+                let shared: f32 = p_row.iter().zip(dp_row.iter()).map(|(p, dp)| p * dp).sum();
+                dp_row.iter_mut().zip(p_row).for_each(|(dp, p)| *dp = p * (*dp - shared) * scale);
+            }
+            let (ds, p) = (dprobs.as_ptr(), probs.as_ptr());
+            unsafe {
+                // dQ = dS·K (this head's rows of dq).
+                small_gemm(n, d, n, grads.dq.ptr().add(q_at), qs, true, ds, 1, nn, k, 1, kvs, 1.0);
+                // dK += dSᵀ·Q, dV += Pᵀ·dO (the group's heads add up).
+                small_gemm(n, d, n, grads.dk.ptr().add(kv_at), kvs, true, ds, nn, 1, q, 1, qs, 1.0);
+                small_gemm(n, d, n, grads.dv.ptr().add(kv_at), kvs, true, p, nn, 1, dout, 1, qs, 1.0);
+            }
+        }
+    }
+
     /// The backward of key/value head `kv_head` and its query heads.
     ///
     /// # Safety
@@ -460,6 +552,55 @@ impl Sequence<'_> {
     }
 }
 
+/// `dst = (accumulate ? dst : 0) + alpha·lhs·rhs` on the calling thread:
+/// `dst` is `m × n` (row stride `dst_rs`), `lhs` `m × k`, `rhs` `k × n`,
+/// each given by (column stride, row stride).
+///
+/// # Safety
+/// Every element the strides reach must be in bounds, and `dst` must not
+/// be written by anyone else during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs: *const f32,
+    rhs_cs: isize,
+    rhs_rs: isize,
+    alpha: f32,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            accumulate,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            if accumulate { 1.0 } else { 0.0 },
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 /// `len` values of a shared output from `offset`.
 ///
 /// # Safety
@@ -503,12 +644,14 @@ pub fn softmax_cross_entropy(logits: &mut [f32], vocab: usize, targets: &[u32], 
             // targets.len() × vocab values (checked above).
             let row = unsafe { head_slice(&rows, r * vocab, vocab) };
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+            // The forward's exponential; the sum over the vocabulary in f64.
+            let sum: f64 = row.iter().map(|&v| super::exp_fast(v - max) as f64).sum();
             let log_sum = max as f64 + sum.ln();
             let target = targets[r] as usize;
             total += log_sum - row[target] as f64;
+            let shift = log_sum as f32;
             for v in row.iter_mut() {
-                *v = (((*v as f64) - log_sum).exp() as f32) * scale;
+                *v = super::exp_fast(*v - shift) * scale;
             }
             row[target] -= scale;
         }
