@@ -297,8 +297,15 @@ impl GgufWriter {
         self
     }
 
-    /// Adds a tensor (its shape outermost first).
+    /// Adds a tensor (its shape outermost first). A dtype GGUF has no type
+    /// for (nf4) is written as the f32 values it holds.
     pub fn tensor(&mut self, name: &str, tensor: Tensor) -> &mut Self {
+        let tensor = match tensor.dtype().ggml_id() {
+            Some(_) => tensor,
+            // A Tensor's bytes were checked against its shape when it was
+            // made, so its blocks always dequantize.
+            None => tensor.to_dtype(tailor_tensor::DType::F32).expect("a well-formed tensor dequantizes"),
+        };
         self.tensors.push((name.to_string(), tensor));
         self
     }
@@ -321,7 +328,8 @@ impl GgufWriter {
             for d in tensor.shape().iter().rev() {
                 out.extend_from_slice(&(*d as u64).to_le_bytes());
             }
-            out.extend_from_slice(&tensor.dtype().ggml_id().to_le_bytes());
+            let id = tensor.dtype().ggml_id().unwrap_or(0); // `tensor` stored such dtypes as f32
+            out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&(offset as u64).to_le_bytes());
             offset = (offset + tensor.bytes().len()).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
         }

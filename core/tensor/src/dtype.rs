@@ -24,6 +24,10 @@ pub enum DType {
     Q4K,
     /// 256 elements: 6-bit quants, 16 × 16 with i8 scales.
     Q6K,
+    /// 64 elements: f32 absmax + 64 × 4-bit indices into the NormalFloat
+    /// codebook (QLoRA's NF4, without double quantization). tailor's own
+    /// layout: no GGUF type.
+    NF4,
 }
 
 impl DType {
@@ -33,6 +37,7 @@ impl DType {
             DType::F32 | DType::F16 | DType::BF16 => 1,
             DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
             DType::Q4K | DType::Q6K => 256,
+            DType::NF4 => 64,
         }
     }
 
@@ -46,6 +51,7 @@ impl DType {
             DType::Q4_1 => 20,
             DType::Q4K => 144,
             DType::Q6K => 210,
+            DType::NF4 => 36,
         }
     }
 
@@ -63,9 +69,9 @@ impl DType {
         Ok(n / block * self.type_size())
     }
 
-    /// The ggml type id used in GGUF files.
-    pub fn ggml_id(self) -> u32 {
-        match self {
+    /// The ggml type id used in GGUF files (none for NF4).
+    pub fn ggml_id(self) -> Option<u32> {
+        Some(match self {
             DType::F32 => 0,
             DType::F16 => 1,
             DType::Q4_0 => 2,
@@ -74,7 +80,8 @@ impl DType {
             DType::Q4K => 12,
             DType::Q6K => 14,
             DType::BF16 => 30,
-        }
+            DType::NF4 => return None,
+        })
     }
 
     /// Maps a ggml type id from a GGUF file to a dtype.
@@ -103,6 +110,7 @@ impl DType {
             DType::Q4_1 => "q4_1",
             DType::Q4K => "q4_k",
             DType::Q6K => "q6_k",
+            DType::NF4 => "nf4",
         }
     }
 }
@@ -111,7 +119,17 @@ impl std::str::FromStr for DType {
     type Err = TensorError;
 
     fn from_str(s: &str) -> Result<Self> {
-        let all = [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K];
+        let all = [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q4K,
+            DType::Q6K,
+            DType::NF4,
+        ];
         let wanted = s.to_ascii_lowercase();
         all.into_iter().find(|d| d.name() == wanted).ok_or_else(|| TensorError::UnknownDTypeName(s.to_string()))
     }

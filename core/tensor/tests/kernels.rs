@@ -760,3 +760,27 @@ fn attention_backward_gemm_kernel_matches_the_row_reference() {
         }
     }
 }
+
+#[test]
+fn nf4_blocks_hold_the_normal_float_levels_and_round_trip_within_bounds() {
+    use tailor_tensor::quant::NF4_LEVELS;
+    // Values on the codebook (times the block's absmax) come back exactly.
+    let absmax = 0.37f32;
+    let on_grid: Vec<f32> = (0..64).map(|i| NF4_LEVELS[(i * 7) % 16] * absmax).collect();
+    let mut with_max = on_grid.clone();
+    with_max[0] = absmax; // the block's absmax is a level's value
+    assert_eq!(round_trip(DType::NF4, &with_max), with_max);
+    assert_eq!(DType::NF4.bytes_for(128).unwrap(), 72);
+    // Normal data: error within half the widest gap between levels.
+    let mut rng = Rng(5);
+    let x = rng.vec(64 * 16);
+    let y = round_trip(DType::NF4, &x);
+    for (block_x, block_y) in x.chunks(64).zip(y.chunks(64)) {
+        let absmax = block_x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in block_x.iter().zip(block_y) {
+            assert!((a - b).abs() <= 0.1521 * absmax + 1e-6, "{a} → {b} (absmax {absmax})");
+        }
+    }
+    assert_eq!(DType::NF4.ggml_id(), None);
+    assert_eq!("nf4".parse::<DType>().unwrap(), DType::NF4);
+}

@@ -25,6 +25,7 @@ pub fn dequantize_row(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()>
         DType::Q4_1 => blocks.for_each(|(b, y)| dequant_q4_1(b, y)),
         DType::Q4K => blocks.for_each(|(b, y)| dequant_q4_k(b, y)),
         DType::Q6K => blocks.for_each(|(b, y)| dequant_q6_k(b, y)),
+        DType::NF4 => blocks.for_each(|(b, y)| dequant_nf4(b, y)),
     }
     Ok(())
 }
@@ -43,9 +44,62 @@ pub fn quantize_row(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
             DType::Q4_1 => quant_q4_1(chunk, out),
             DType::Q4K => quant_q4_k(chunk, out),
             DType::Q6K => quant_q6_k(chunk, out),
+            DType::NF4 => quant_nf4(chunk, out),
         }
     }
     Ok(())
+}
+
+// ---- nf4: f32 absmax | 4-bit codebook indices [64], two per byte, low nibble first ----
+
+/// QLoRA's NormalFloat levels: quantiles of N(0, 1) scaled to [-1, 1],
+/// with an exact zero (Dettmers et al. 2023, as bitsandbytes tabulates them).
+pub const NF4_LEVELS: [f32; 16] = [
+    -1.0,
+    -0.696_192_8,
+    -0.525_073_05,
+    -0.394_917_5,
+    -0.284_441_38,
+    -0.184_773_43,
+    -0.091_050_036,
+    0.0,
+    0.079_580_3,
+    0.160_930_2,
+    0.246_112_3,
+    0.337_915_24,
+    0.440_709_83,
+    0.562_617,
+    0.722_956_84,
+    1.0,
+];
+
+fn dequant_nf4(b: &[u8], y: &mut [f32]) {
+    let absmax = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    for (pair, byte) in y.chunks_exact_mut(2).zip(&b[4..36]) {
+        pair[0] = NF4_LEVELS[(byte & 0x0f) as usize] * absmax;
+        pair[1] = NF4_LEVELS[(byte >> 4) as usize] * absmax;
+    }
+}
+
+/// The nearest level to `x` (in units of the block's absmax).
+fn nf4_index(x: f32) -> u8 {
+    // Midpoints between neighbouring levels split the line into 16 bins.
+    let mut index = 0u8;
+    for pair in NF4_LEVELS.windows(2) {
+        if x > (pair[0] + pair[1]) / 2.0 {
+            index += 1;
+        }
+    }
+    index
+}
+
+fn quant_nf4(x: &[f32], out: &mut Vec<u8>) {
+    let absmax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let inverse = if absmax > 0.0 { 1.0 / absmax } else { 0.0 };
+    out.extend_from_slice(&absmax.to_le_bytes());
+    for pair in x.chunks_exact(2) {
+        out.push(nf4_index(pair[0] * inverse) | (nf4_index(pair[1] * inverse) << 4));
+    }
 }
 
 // ---- q8_0: f16 d | i8 qs[32] ----

@@ -10,7 +10,7 @@ mod formats;
 pub mod packed;
 mod scalar;
 
-pub use formats::{dequantize_row, quantize_row};
+pub use formats::{dequantize_row, quantize_row, NF4_LEVELS};
 
 use crate::{DType, Result, TensorError};
 

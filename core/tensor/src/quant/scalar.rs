@@ -12,7 +12,7 @@ pub(super) fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8]) -> f32 {
         DType::Q4_1 => row.chunks_exact(20).zip(acts).map(|(b, a)| dot_q4_1(b, a)).sum(),
         DType::Q4K => row.chunks_exact(144).zip(acts.chunks_exact(8)).map(|(b, a)| dot_q4_k(b, a)).sum(),
         DType::Q6K => row.chunks_exact(210).zip(acts.chunks_exact(8)).map(|(b, a)| dot_q6_k(b, a)).sum(),
-        DType::F32 | DType::F16 | DType::BF16 => {
+        DType::F32 | DType::F16 | DType::BF16 | DType::NF4 => {
             unreachable!("vec_dot is only called for quantized weights")
         }
     }
