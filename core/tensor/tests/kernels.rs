@@ -784,3 +784,13 @@ fn nf4_blocks_hold_the_normal_float_levels_and_round_trip_within_bounds() {
     assert_eq!(DType::NF4.ggml_id(), None);
     assert_eq!("nf4".parse::<DType>().unwrap(), DType::NF4);
 }
+
+#[test]
+fn cross_entropy_of_non_finite_logits_is_nan() {
+    let mut logits = vec![0.5f32, f32::NAN, 1.0, 2.0, f32::INFINITY, 0.0];
+    let loss = cpu::softmax_cross_entropy(&mut logits, 3, &[0, 1], 1.0).unwrap();
+    assert!(loss.is_nan());
+    let mut finite = vec![0.0f32, 0.0, 0.0];
+    let loss = cpu::softmax_cross_entropy(&mut finite, 3, &[2], 1.0).unwrap();
+    assert!((loss - 3f64.ln()).abs() < 1e-6, "{loss}");
+}

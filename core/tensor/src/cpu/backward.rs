@@ -627,7 +627,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Softmax cross-entropy over rows of `vocab` logits, in place: returns the
 /// summed loss `Σ −log softmax(row)[target]` (in f64) and leaves
 /// `scale·(softmax − onehot(target))` in each row, the gradient of
-/// `scale · loss`. Rows split over the pool.
+/// `scale · loss`. A row with a non-finite logit makes the loss NaN.
+/// Rows split over the pool.
 pub fn softmax_cross_entropy(logits: &mut [f32], vocab: usize, targets: &[u32], scale: f32) -> Result<f64> {
     if logits.len() != targets.len() * vocab || targets.iter().any(|&t| t as usize >= vocab) {
         return Err(TensorError::Incompatible {
@@ -643,6 +644,13 @@ pub fn softmax_cross_entropy(logits: &mut [f32], vocab: usize, targets: &[u32], 
             // SAFETY: row r is written by this thread only; the buffer holds
             // targets.len() × vocab values (checked above).
             let row = unsafe { head_slice(&rows, r * vocab, vocab) };
+            if row.iter().any(|v| !v.is_finite()) {
+                // A diverged forward: the loss says so (max and the clamped
+                // exponential below would hide a NaN).
+                total = f64::NAN;
+                row.fill(f32::NAN);
+                continue;
+            }
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             // The forward's exponential; the sum over the vocabulary in f64.
             let sum: f64 = row.iter().map(|&v| super::exp_fast(v - max) as f64).sum();
