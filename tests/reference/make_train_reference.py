@@ -74,27 +74,33 @@ def signs(name: str, k: int, n: int):
     return np.where((z >> np.uint64(63)) == 0, 1.0, -1.0)
 
 
-def full_fingerprints(base_dir: Path, batches, out: Path):
+def backward(model, examples, pad: int) -> float:
+    """The batch's mean cross-entropy over its predicted tokens (right-padded
+    with `pad`, -100 labels elsewhere), with its gradients left in `model`."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in examples])
+    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in examples])
+    labels = torch.tensor([[i if t else -100 for i, t in zip(ids, targets)] + [-100] * (width - len(ids))
+                           for ids, targets in examples])
+    model.zero_grad()
+    loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    return loss.item()
+
+
+def full_fingerprints(base_dir: Path, batches, pad: int, out: Path):
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="eager").double()
     model.train()
     rows = []
     for batch in batches:
-        examples = [(e["tokens"], e["targets"]) for e in batch["examples"]]
-        width = max(len(ids) for ids, _ in examples)
-        input_ids = torch.tensor([ids + [0] * (width - len(ids)) for ids, _ in examples])
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in examples])
-        labels = torch.tensor([[i if t else -100 for i, t in zip(ids, targets)] + [-100] * (width - len(ids))
-                               for ids, targets in examples])
-        model.zero_grad()
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
+        loss = backward(model, [(e["tokens"], e["targets"]) for e in batch["examples"]], pad)
         tensors = {}
         for name, param in model.named_parameters():
             g = param.grad.detach().numpy().ravel()
             tensors[name] = {"norm": float((g * g).sum() ** 0.5),
                              "proj": [float((g * signs(name, k, g.size)).sum()) for k in range(2)]}
-        rows.append({"loss": loss.item(), "tensors": tensors})
-        print(f"full: loss {loss.item():.6f}, {len(tensors)} weights")
+        rows.append({"loss": loss, "tensors": tensors})
+        print(f"full: loss {loss:.6f}, {len(tensors)} weights")
     (out / "full_grads.json").write_text(json.dumps({"batches": rows}) + "\n")
 
 
@@ -116,26 +122,19 @@ def main(base_dir: Path, out: Path):
     model = model.double()
     model.train()
     batches = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for b in range(2):
         examples = [encode(tokenizer, chat) for chat in CHATS[2 * b:2 * b + 2]]
-        width = max(len(ids) for ids, _ in examples)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in examples])
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in examples])
-        labels = torch.tensor([[i if t else -100 for i, t in zip(ids, targets)] + [-100] * (width - len(ids))
-                               for ids, targets in examples])
-        model.zero_grad()
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
+        loss = backward(model, examples, pad)
         grads = {}
         for key, param in model.named_parameters():
             if "lora_" in key:
                 grads[key.replace(".default", "")] = param.grad.detach().float().contiguous()
         save_file(grads, out / f"grads_b{b}.safetensors")
-        batches.append({"examples": [{"tokens": ids, "targets": t} for ids, t in examples], "loss": loss.item()})
-        print(f"batch {b}: loss {loss.item():.6f}, {len(grads)} gradient tensors")
+        batches.append({"examples": [{"tokens": ids, "targets": t} for ids, t in examples], "loss": loss})
+        print(f"batch {b}: loss {loss:.6f}, {len(grads)} gradient tensors")
     (out / "batches.json").write_text(json.dumps({"batches": batches}) + "\n")
-    full_fingerprints(base_dir, batches, out)
+    full_fingerprints(base_dir, batches, pad, out)
 
 
 if __name__ == "__main__":
