@@ -794,3 +794,24 @@ fn cross_entropy_of_non_finite_logits_is_nan() {
     let loss = cpu::softmax_cross_entropy(&mut finite, 3, &[2], 1.0).unwrap();
     assert!((loss - 3f64.ln()).abs() < 1e-6, "{loss}");
 }
+
+#[test]
+fn linear_backward_input_on_quantized_weights_matches_the_dequantized_f32_path() {
+    // 2,600 output rows: two pieces of the dequantized weight (2,048 + 552).
+    let (tokens, out_dim, in_dim) = (5, 2600, 64);
+    let mut rng = Rng(31);
+    let quantized =
+        Tensor::from_f32(rng.vec(out_dim * in_dim), &[out_dim, in_dim]).unwrap().to_dtype(DType::Q4_1).unwrap();
+    let dense = quantized.to_dtype(DType::F32).unwrap();
+    let dy = rng.vec(tokens * out_dim);
+    let run = |w: &Tensor| {
+        let mut dx = vec![0.5f32; tokens * in_dim]; // accumulates onto what is there
+        cpu::linear_backward_input(&dy, tokens, w, &mut dx, &mut Vec::new()).unwrap();
+        dx
+    };
+    let (from_blocks, from_f32) = (run(&quantized), run(&dense));
+    let scale = from_f32.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (a, b) in from_blocks.iter().zip(&from_f32) {
+        assert!((a - b).abs() <= 1e-5 * scale, "{a} vs {b}");
+    }
+}

@@ -11,13 +11,16 @@ use super::pool::{split_range, SpinPool};
 use crate::quant::dequantize_row;
 use crate::{DType, Result, Tensor, TensorError};
 
-/// A read-only matrix operand: `rows × cols`, stored row-major, or stored
-/// as its transpose (`cols × rows` row-major) when `transposed`.
+/// A read-only matrix operand: `rows × cols`, stored row-major with
+/// `stride` values per stored row, or stored as its transpose when
+/// `transposed`.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a> {
     values: &'a [f32],
     rows: usize,
     cols: usize,
+    /// Values from one stored row to the next.
+    stride: usize,
     transposed: bool,
 }
 
@@ -25,7 +28,13 @@ impl<'a> MatRef<'a> {
     /// A `rows × cols` row-major matrix; panics if `values` is shorter.
     pub fn new(values: &'a [f32], rows: usize, cols: usize) -> MatRef<'a> {
         assert!(values.len() >= rows * cols, "matrix of {rows}×{cols} over {} values", values.len());
-        MatRef { values, rows, cols, transposed: false }
+        MatRef { values, rows, cols, stride: cols, transposed: false }
+    }
+
+    /// Columns `range` of this (untransposed) matrix, as a matrix (no copy).
+    pub fn columns(self, range: std::ops::Range<usize>) -> MatRef<'a> {
+        assert!(!self.transposed && range.start <= range.end && range.end <= self.cols, "columns {range:?}");
+        MatRef { values: &self.values[range.start..], cols: range.len(), ..self }
     }
 
     /// The transpose of this matrix (no copy).
@@ -36,8 +45,8 @@ impl<'a> MatRef<'a> {
     /// (column stride, row stride) of the logical matrix in `values`.
     fn strides(&self) -> (isize, isize) {
         match self.transposed {
-            false => (1, self.cols as isize),
-            true => (self.rows as isize, 1),
+            false => (1, self.stride as isize),
+            true => (self.stride as isize, 1),
         }
     }
 }
@@ -59,8 +68,9 @@ pub fn matmul(c: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, alpha: f32, accumulat
             return;
         }
         let (rows, cols) = if by_rows { (part.clone(), 0..n) } else { (0..m, part.clone()) };
-        // SAFETY: MatRef::new checked that a and b hold rows × cols values,
-        // and the strides address exactly those; c holds m × n values (assert
+        // SAFETY: MatRef's constructors checked that a and b hold their
+        // rows at their stride (a column view only narrows a row), and the
+        // strides address exactly those; c holds m × n values (assert
         // above) and this thread writes only its own rows or columns, disjoint
         // from every other thread's, while `c` stays borrowed until `run`
         // returns.
@@ -137,62 +147,11 @@ pub fn linear_backward_input(
     while start < out_dim {
         let end = (start + DEQUANT_ROWS).min(out_dim);
         dequantize_rows(w, start..end, scratch)?;
-        // dy's columns start..end as a tokens × (end − start) matrix.
-        let dy_part = DyColumns { dy, out_dim, start, end };
-        dy_part.accumulate(dx, tokens, &scratch[..(end - start) * in_dim], in_dim);
+        let dy_part = MatRef::new(dy, tokens, out_dim).columns(start..end);
+        matmul(dx, dy_part, MatRef::new(scratch, end - start, in_dim), 1.0, true);
         start = end;
     }
     Ok(())
-}
-
-/// A block of columns of `dy` (`tokens × out_dim`), multiplied without a copy.
-struct DyColumns<'a> {
-    dy: &'a [f32],
-    out_dim: usize,
-    start: usize,
-    end: usize,
-}
-
-impl DyColumns<'_> {
-    /// `dx += dy[:, start..end] · w_rows` (`w_rows`: `(end − start) × in_dim`).
-    fn accumulate(&self, dx: &mut [f32], tokens: usize, w_rows: &[f32], in_dim: usize) {
-        let width = self.end - self.start;
-        let out = SharedOut(dx.as_mut_ptr());
-        let job = |index: usize, threads: usize| {
-            let cols = split_range(in_dim, index, threads);
-            if cols.is_empty() {
-                return;
-            }
-            // SAFETY: dy holds tokens × out_dim values (checked by the
-            // caller) and we read columns start..end of each row; w_rows
-            // holds width × in_dim values; dx holds tokens × in_dim and this
-            // thread writes only its columns `cols`.
-            unsafe {
-                gemm::gemm(
-                    tokens,
-                    cols.len(),
-                    width,
-                    out.ptr().add(cols.start),
-                    1,
-                    in_dim as isize,
-                    true,
-                    self.dy.as_ptr().add(self.start),
-                    1,
-                    self.out_dim as isize,
-                    w_rows.as_ptr().add(cols.start),
-                    1,
-                    in_dim as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        };
-        SpinPool::global().run(&job);
-    }
 }
 
 /// Dequantizes rows `rows` of `w` into `out` (resized), split over the pool.
