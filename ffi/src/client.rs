@@ -352,7 +352,7 @@ impl Client {
     /// Asks a job to stop.
     pub fn fine_tune_cancel(&self, id: &str) -> Result<()> {
         let path = format!("/v1/fine_tuning/jobs/{}/cancel", path_segment(id)?);
-        self.call_json("POST", &path, Some(&json!({}))).map(drop)
+        self.call_json("POST", &path, None).map(drop)
     }
 
     /// A job's log, step by step.

@@ -4,7 +4,7 @@
 //! daemon is the only peer, so there is no redirect, TLS or keep-alive.
 
 use crate::error::{FfiError, Result};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -100,19 +100,28 @@ pub fn request(
     body: Option<&[u8]>,
 ) -> Result<Response> {
     let mut socket = connect(endpoint, timeout)?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    let mut message = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     if let Some(token) = token {
-        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        message.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
-    if let Some(body) = body {
-        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    match body {
+        Some(body) => {
+            message.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()))
+        }
+        None if method != "GET" => message.push_str("Content-Length: 0\r\n"),
+        None => {}
     }
-    head.push_str("\r\n");
-    socket.write_all(head.as_bytes()).map_err(FfiError::io("sending the request"))?;
-    if let Some(body) = body {
-        socket.write_all(body).map_err(FfiError::io("sending the request body"))?;
+    message.push_str("\r\n");
+    let mut message = message.into_bytes();
+    message.extend_from_slice(body.unwrap_or_default());
+    if let Err(error) = socket.write_all(&message).and_then(|_| socket.flush()) {
+        // A server may answer (an error, typically) and close before it has
+        // read the whole body; its answer is still there to read.
+        if !matches!(error.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) {
+            return Err(FfiError::io("sending the request")(error));
+        }
+        return read_head(BufReader::new(socket)).map_err(|_| FfiError::io("sending the request")(error));
     }
-    socket.flush().map_err(FfiError::io("sending the request"))?;
     read_head(BufReader::new(socket))
 }
 
