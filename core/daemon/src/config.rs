@@ -16,6 +16,7 @@
 //! answer_cache_ttl_secs = 600
 //! shutdown_grace_secs = 5         # after SIGTERM: time for in-flight work, then it is cancelled
 //! max_connections = 256           # open at once; first_byte_timeout_secs = 10, idle_timeout_secs = 600
+//! header_timeout_secs = 30        # a request head must arrive whole within this (also the keep-alive wait)
 //!
 //! [[stages]]                      # one instance of a plugin's stage, named for the API
 //! name = "smollm2"                # the `model` of /v1/chat/completions
@@ -92,6 +93,10 @@ pub struct Server {
     /// (a generation that streams nothing for that long is cut off too).
     #[serde(default = "default_idle")]
     pub idle_timeout_secs: u64,
+    /// Seconds a request's head has to arrive whole; also how long a
+    /// kept-alive connection waits for its next request.
+    #[serde(default = "default_header")]
+    pub header_timeout_secs: u64,
     /// Seconds in-flight requests get to finish after SIGTERM before they
     /// are cancelled.
     #[serde(default = "default_grace")]
@@ -115,6 +120,10 @@ fn default_first_byte() -> u64 {
 
 fn default_idle() -> u64 {
     600
+}
+
+fn default_header() -> u64 {
+    30
 }
 
 fn default_grace() -> u64 {
@@ -205,6 +214,7 @@ impl Config {
             max_connections: self.server.max_connections,
             first_byte: std::time::Duration::from_secs(self.server.first_byte_timeout_secs.max(1)),
             idle: std::time::Duration::from_secs(self.server.idle_timeout_secs.max(1)),
+            header: std::time::Duration::from_secs(self.server.header_timeout_secs.max(1)),
         }
     }
 

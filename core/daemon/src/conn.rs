@@ -2,8 +2,12 @@
 //! ones that are used: at most `max_connections` open at once (more wait in
 //! the kernel's backlog until one closes), a connection that sends nothing
 //! within `first_byte` is closed, and one on which no byte moves either way
-//! for `idle` is closed too.
+//! for `idle` is closed too, and a request head must arrive whole within
+//! `header` (a client trickling header bytes cannot hold a slot).
 
+use axum::serve::Listener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -11,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 /// Connection limits of one listener.
@@ -23,6 +27,51 @@ pub struct Limits {
     pub first_byte: Duration,
     /// Time without a byte read or written before a connection is closed.
     pub idle: Duration,
+    /// Time a request's head (request line and headers) has to arrive, and
+    /// the longest wait for the next request on a kept-alive connection.
+    pub header: Duration,
+}
+
+/// Serves `app` on `listener` until `stop` changes (or its sender goes),
+/// then stops accepting, asks every open connection to finish its current
+/// request, and returns once all have closed.
+pub async fn serve<L: Listener>(
+    mut listener: Bounded<L>,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let header = listener.limits.header;
+    let mut connections = tokio::task::JoinSet::new();
+    while !*stop.borrow() {
+        let (io, _) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        connections.spawn(serve_connection(io, service, header, stop.clone()));
+        while connections.try_join_next().is_some() {}
+    }
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// One HTTP/1.1 connection, shut down gracefully once `stop` changes.
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: Timed<S>,
+    service: TowerToHyperService<axum::Router>,
+    header: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = stop.changed() => connection.as_mut().graceful_shutdown(),
+    }
+    // Errors here are a client's broken connection: nothing to report.
+    let _ = connection.await;
 }
 
 /// A listener that hands out [`Timed`] connections under [`Limits`].
@@ -39,7 +88,7 @@ impl<L> Bounded<L> {
     }
 }
 
-impl<L: axum::serve::Listener> axum::serve::Listener for Bounded<L> {
+impl<L: Listener> Listener for Bounded<L> {
     type Io = Timed<L::Io>;
     type Addr = L::Addr;
 

@@ -93,7 +93,7 @@ async fn serve(config: &config::Config, addr: Option<SocketAddr>, state: api::Ap
             .clone()
             .layer(axum::middleware::from_fn_with_state(state.clone(), guard::cors))
             .layer(axum::middleware::from_fn_with_state(state.clone(), guard::check_host));
-        servers.push(tokio::spawn(serve_until(
+        servers.push(tokio::spawn(conn::serve(
             conn::Bounded::new(listener, limits, slots.clone()),
             tcp_app,
             stop_rx.clone(),
@@ -103,7 +103,7 @@ async fn serve(config: &config::Config, addr: Option<SocketAddr>, state: api::Ap
     let socket = config.server.unix_socket.as_deref();
     if let Some(path) = socket {
         let listener = bind_unix(path)?;
-        servers.push(tokio::spawn(serve_until(conn::Bounded::new(listener, limits, slots.clone()), app, stop_rx)));
+        servers.push(tokio::spawn(conn::serve(conn::Bounded::new(listener, limits, slots.clone()), app, stop_rx)));
         listening.push(format!("unix:{}", path.display()));
     }
     // The first address on stdout (scripts read it); a closed stdout is no error.
@@ -144,24 +144,6 @@ async fn futures_join(servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>
             Ok(Ok(())) => {}
         }
     }
-}
-
-/// Serves `app` on `listener` until `stop` changes, then lets open
-/// connections finish.
-async fn serve_until<L>(
-    listener: L,
-    app: axum::Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.changed().await;
-        })
-        .await
 }
 
 /// Binds the Unix socket, owner and group only. Only a stale socket (one

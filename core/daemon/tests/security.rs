@@ -299,6 +299,40 @@ fn idle_connections_are_closed_and_do_not_starve_the_api() {
 }
 
 #[test]
+fn a_request_head_trickled_byte_by_byte_is_cut_off() {
+    let _serial = timing();
+    use std::io::{Read, Write};
+    let d = start("sec-header", &format!("{OPEN_TCP}\nheader_timeout_secs = 2"));
+    let address = d.base.strip_prefix("http://").unwrap().to_string();
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    // One header byte every 300 ms keeps the idle clock (600 s) from ever
+    // firing; only the header deadline can close this connection.
+    let started = Instant::now();
+    let head = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed_after = None;
+    for byte in head.iter() {
+        if slow.write_all(&[*byte]).is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        // Waits 300 ms for the server: end of file (or an answer) means it
+        // gave up on this head.
+        let mut buf = [0u8; 256];
+        if slow.read(&mut buf).is_ok() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the trickling connection was never closed");
+    println!("a head trickled byte by byte was cut off after {closed_after:?} (header timeout 2 s)");
+    assert!(closed_after >= Duration::from_secs(2) && closed_after < Duration::from_secs(6), "{closed_after:?}");
+    // A well-behaved request on a fresh connection is answered.
+    let (status, body) = curl(&d, "/health", None, None);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
 fn a_long_prompt_does_not_freeze_a_running_stream() {
     let _serial = timing();
     use std::io::BufRead;
