@@ -189,11 +189,11 @@ pub fn ask_cmd(args: &AskArgs) -> Result<()> {
     let ids = model.encode_chat(&messages)?;
     let params = args.sampling.params(0, args.adapter.load(&model)?);
     let mut stdout = std::io::stdout();
-    generate(&model, &ids, &params, &mut |event| {
+    let answer = generate(&model, &ids, &params, &mut |event| {
         use std::io::Write;
         write!(stdout, "{}", event.text).and_then(|_| stdout.flush()).is_ok()
     })?;
-    println!("\n\nSources:");
+    println!("{}\n\nSources:", answer.unstreamed);
     for c in &citations {
         println!("[{}] {} (bytes {}..{}, score {:.3})", c.number, c.doc_id, c.span.0, c.span.1, c.score);
     }

@@ -29,6 +29,15 @@ pub struct SamplingArgs {
     /// Repetition penalty (1: off).
     #[arg(long, default_value_t = 1.0)]
     repeat_penalty: f32,
+    /// Subtracted from the logit of every token already generated (-2..2).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    presence_penalty: f32,
+    /// Subtracted once per earlier occurrence of a token (-2..2).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    frequency_penalty: f32,
+    /// Stop where this text appears (not printed; repeat for several).
+    #[arg(long)]
+    stop: Vec<String>,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -73,9 +82,12 @@ impl SamplingArgs {
                 top_k: self.top_k,
                 top_p: self.top_p,
                 repetition_penalty: self.repeat_penalty,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
                 seed: self.seed,
             },
             stop_tokens: Vec::new(),
+            stop_strings: self.stop.clone(),
             logprobs,
             adapter,
         }
@@ -173,7 +185,7 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
     };
     let result = generate(&model, &prompt, &params, &mut on_token)?;
     if !json_lines {
-        println!();
+        println!("{}", result.unstreamed);
     }
     let decode_tps = result.tokens.len() as f64 / result.decode_secs.max(1e-9);
     eprintln!(
@@ -219,7 +231,7 @@ pub fn chat_cmd(args: &ChatArgs) -> Result<()> {
             std::io::stdout().flush().is_ok()
         };
         let result = generate(&model, &prompt, &params, &mut on_token)?;
-        println!();
+        println!("{}", result.unstreamed);
         messages.push(Message::new("assistant", &result.text));
     }
 }

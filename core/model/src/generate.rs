@@ -18,6 +18,10 @@ pub struct GenerateParams {
     pub sampling: SamplingParams,
     /// Extra token ids that end generation (the model's are always used).
     pub stop_tokens: Vec<u32>,
+    /// Texts that end generation where they first appear, matched across
+    /// token boundaries; neither they nor anything after them is returned,
+    /// and text that may be the start of one is held back until it is not.
+    pub stop_strings: Vec<String>,
     /// Report this many top log-probabilities per position (0: none).
     pub logprobs: usize,
     /// The LoRA adapter to generate with (none: the base model).
@@ -30,6 +34,7 @@ impl Default for GenerateParams {
             max_tokens: 128,
             sampling: SamplingParams::default(),
             stop_tokens: Vec::new(),
+            stop_strings: Vec::new(),
             logprobs: 0,
             adapter: None,
         }
@@ -39,7 +44,7 @@ impl Default for GenerateParams {
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// A stop token.
+    /// A stop token or a stop string.
     Stop,
     /// `max_tokens` or the context length.
     Length,
@@ -78,6 +83,10 @@ pub struct Generation {
     pub prefill_secs: f64,
     /// Seconds spent generating after the prompt.
     pub decode_secs: f64,
+    /// The end of `text` that no token event carried: text held back as the
+    /// possible start of a stop string when a stop token came instead.
+    /// Streaming callers print it after the last event.
+    pub unstreamed: String,
 }
 
 /// Generates from `prompt`, calling `on_token` for each token; returning
@@ -121,6 +130,12 @@ pub struct Sequence {
     cache: KvCache,
     history: Vec<u32>,
     detok: Detokenizer,
+    /// Text withheld from the stream: it may be the start of a stop string.
+    held: String,
+    /// Text streamed so far (the answer, when a stop string ends it).
+    streamed: String,
+    /// True once a stop string ended the sequence.
+    stopped_by_string: bool,
     out: Generation,
     decode_start: Instant,
     done: bool,
@@ -160,6 +175,9 @@ impl Sequence {
             return Err(ModelError::ContextOverflow { tokens: prompt.len(), context });
         }
         let sampler = Sampler::new(params.sampling.clone())?;
+        if params.stop_strings.iter().any(String::is_empty) {
+            return Err(ModelError::InvalidParameter("a stop string is empty".into()));
+        }
         let mut stops = model.stop_tokens();
         stops.extend(&params.stop_tokens);
         let left = prompt.len().saturating_sub(cache.len());
@@ -182,6 +200,7 @@ impl Sequence {
             prompt_tokens: prompt.len(),
             prefill_secs: started.elapsed().as_secs_f64(),
             decode_secs: 0.0,
+            unstreamed: String::new(),
         };
         let sequence = Sequence {
             params: params.clone(),
@@ -190,6 +209,9 @@ impl Sequence {
             cache,
             history: prompt.to_vec(),
             detok: Detokenizer::default(),
+            held: String::new(),
+            streamed: String::new(),
+            stopped_by_string: false,
             out,
             decode_start: Instant::now(),
             done: params.max_tokens == 0,
@@ -208,16 +230,40 @@ impl Sequence {
         let id = self.sampler.sample(logits, &self.history);
         if self.stops.contains(&id) {
             self.out.finish = FinishReason::Stop;
+            self.out.unstreamed = std::mem::take(&mut self.held);
             self.done = true;
             return Ok(Step { event: None, next: None });
         }
         self.out.tokens.push(id);
         self.history.push(id);
         let piece = self.detok.push(model, &self.out.tokens)?;
-        let event = token_event(model, id, piece, top, &raw, want > 0);
         let full = self.cache.len() + 1 >= model.llama.context_length();
         self.done = full || self.out.tokens.len() >= self.params.max_tokens;
+        let piece = self.release(piece);
+        self.streamed.push_str(&piece);
+        let event = token_event(model, id, piece, top, &raw, want > 0);
         Ok(Step { event: Some(event), next: (!self.done).then_some(id) })
+    }
+
+    /// The part of a new piece of text that may be streamed now: all of it
+    /// without stop strings; else the text before a stop string that has
+    /// appeared (which ends the sequence), or all but the longest end that
+    /// could still grow into one (everything once the sequence is done).
+    fn release(&mut self, piece: String) -> String {
+        if self.params.stop_strings.is_empty() {
+            return piece;
+        }
+        self.held.push_str(&piece);
+        let first_stop = self.params.stop_strings.iter().filter_map(|stop| self.held.find(stop.as_str())).min();
+        if let Some(at) = first_stop {
+            self.held.truncate(at);
+            self.out.finish = FinishReason::Stop;
+            self.stopped_by_string = true;
+            self.done = true;
+        }
+        let keep = if self.done { 0 } else { partial_stop_len(&self.held, &self.params.stop_strings) };
+        let rest = self.held.split_off(self.held.len() - keep);
+        std::mem::replace(&mut self.held, rest)
     }
 
     /// Ends the sequence early: the caller stopped listening.
@@ -254,9 +300,27 @@ impl Sequence {
     /// The result, with the whole text decoded.
     pub fn finish(mut self, model: &Model) -> Result<Generation> {
         self.out.decode_secs = self.decode_start.elapsed().as_secs_f64();
-        self.out.text = model.tokenizer.decode(&self.out.tokens, true)?;
+        self.out.text = match self.stopped_by_string {
+            true => self.streamed,
+            false => model.tokenizer.decode(&self.out.tokens, true)?,
+        };
         Ok(self.out)
     }
+}
+
+/// Length in bytes of the longest end of `text` that is the start (not the
+/// whole) of one of `stops`: text that must wait for the next token.
+fn partial_stop_len(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .flat_map(|stop| {
+            let longest = (stop.len() - 1).min(text.len());
+            (1..=longest).rev().find(|&n| {
+                text.is_char_boundary(text.len() - n) && stop.as_bytes().starts_with(&text.as_bytes()[text.len() - n..])
+            })
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Streams text token by token in constant time per token: only a short

@@ -1,5 +1,6 @@
-//! Turning logits into the next token: repetition penalty, temperature,
-//! top-k, top-p, and a seeded generator so runs repeat exactly.
+//! Turning logits into the next token: repetition, presence and frequency
+//! penalties, temperature, top-k, top-p, and a seeded generator so runs
+//! repeat exactly.
 
 use crate::error::{ModelError, Result};
 
@@ -14,13 +15,27 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Divide positive / multiply negative logits of seen tokens (1.0: off).
     pub repetition_penalty: f32,
+    /// Subtracted from the logit of every token generated at least once
+    /// (OpenAI's `presence_penalty`, -2..=2; 0: off).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated
+    /// (OpenAI's `frequency_penalty`, -2..=2; 0: off).
+    pub frequency_penalty: f32,
     /// Seed of the random generator.
     pub seed: u64,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 0,
+        }
     }
 }
 
@@ -36,6 +51,11 @@ impl SamplingParams {
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
             return bad(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
+        }
+        for (name, value) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if !(-2.0..=2.0).contains(&value) {
+                return bad(format!("{name} must be in [-2, 2], got {value}"));
+            }
         }
         Ok(())
     }
@@ -65,6 +85,8 @@ impl Rng {
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
+    /// How often each token was sampled (for presence and frequency penalties).
+    counts: std::collections::HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -72,13 +94,35 @@ impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Sampler> {
         params.validate()?;
         let rng = Rng(params.seed);
-        Ok(Sampler { params, rng })
+        Ok(Sampler { params, rng, counts: std::collections::HashMap::new() })
     }
 
     /// Picks the next token from `logits` (modified in place) given the
-    /// tokens of the sequence so far.
+    /// tokens of the sequence so far (the prompt's included; the presence
+    /// and frequency penalties count only what this sampler picked).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         apply_repetition_penalty(logits, history, self.params.repetition_penalty);
+        self.apply_occurrence_penalties(logits);
+        let id = self.pick(logits);
+        *self.counts.entry(id).or_insert(0) += 1;
+        id
+    }
+
+    /// OpenAI's presence and frequency penalties over the tokens sampled so far.
+    fn apply_occurrence_penalties(&self, logits: &mut [f32]) {
+        let (presence, frequency) = (self.params.presence_penalty, self.params.frequency_penalty);
+        if presence == 0.0 && frequency == 0.0 {
+            return;
+        }
+        for (&token, &count) in &self.counts {
+            if let Some(logit) = logits.get_mut(token as usize) {
+                *logit -= presence + frequency * count as f32;
+            }
+        }
+    }
+
+    /// Greedy, or a draw from the tempered, top-k and top-p filtered distribution.
+    fn pick(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature == 0.0 {
             return argmax(logits);
         }
@@ -161,4 +205,29 @@ pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     order.truncate(k);
     order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
     order.into_iter().map(|t| (t, logits[t as usize] - log_sum)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn greedy_picks(params: SamplingParams, steps: usize) -> Vec<u32> {
+        let mut sampler = Sampler::new(params).unwrap();
+        (0..steps).map(|_| sampler.sample(&mut [1.0, 0.6, 0.0], &[])).collect()
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_generated_tokens() {
+        let plain = SamplingParams::default();
+        assert_eq!(greedy_picks(plain.clone(), 4), [0, 0, 0, 0]);
+        // Presence: a token seen once loses 0.5 for good, however often it
+        // comes back: 1.0 | 0.5 vs 0.6 | 0.5 vs 0.1 …
+        let presence = SamplingParams { presence_penalty: 0.5, ..plain.clone() };
+        assert_eq!(greedy_picks(presence, 4), [0, 1, 0, 0]);
+        // Frequency: each use costs 0.3 more: 1.0, 0.7 | 0.6, 0.4 | 0.3 …
+        let frequency = SamplingParams { frequency_penalty: 0.3, ..plain.clone() };
+        assert_eq!(greedy_picks(frequency, 4), [0, 0, 1, 0]);
+        let out_of_range = SamplingParams { frequency_penalty: 2.5, ..plain };
+        assert!(Sampler::new(out_of_range).is_err());
+    }
 }

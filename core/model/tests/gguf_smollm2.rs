@@ -126,3 +126,48 @@ fn control_token_strings_in_chat_content_stay_text() {
     let one_user = model.encode_chat(&[Message::new("user", "hi")]).unwrap();
     assert_eq!(count(&ids, im_start), count(&one_user, im_start), "a role cannot open a turn");
 }
+
+/// Generates greedily with `stop`: the text the token events carried, and
+/// the generation.
+fn generate_with_stops(model: &Model, stop: &[&str]) -> (String, tailor_model::Generation) {
+    let prompt = model.encode_chat(&[Message::new("user", "Write three sentences about the sea.")]).unwrap();
+    let params = GenerateParams {
+        max_tokens: 40,
+        stop_strings: stop.iter().map(|s| s.to_string()).collect(),
+        ..GenerateParams::default()
+    };
+    let mut streamed = String::new();
+    let result = generate(model, &prompt, &params, &mut |event| {
+        streamed.push_str(&event.text);
+        true
+    })
+    .unwrap();
+    (streamed, result)
+}
+
+#[test]
+fn stop_strings_end_the_text_where_they_first_appear_across_tokens() {
+    use tailor_model::FinishReason;
+    let model = load_gguf();
+    let (plain, free) = generate_with_stops(&model, &[]);
+    assert_eq!(plain, free.text);
+    // A stop string that starts inside one token and ends in another.
+    let start = free.text.char_indices().nth(12).unwrap().0;
+    let end = free.text.char_indices().nth(19).unwrap().0;
+    let stop = &free.text[start..end];
+    let first = free.text.find(stop).unwrap();
+    let (streamed, stopped) = generate_with_stops(&model, &["never appears", stop]);
+    println!("free: {:?}\nstop {stop:?}: {:?} + {:?}", free.text, streamed, stopped.unstreamed);
+    assert_eq!(stopped.finish, FinishReason::Stop);
+    assert_eq!(stopped.text, &free.text[..first]);
+    assert_eq!(streamed, stopped.text, "the stream carries the answer and nothing of the stop string");
+    assert!(stopped.unstreamed.is_empty());
+    assert!(stopped.tokens.len() < free.tokens.len());
+    // A stop string that never completes changes nothing, though its start
+    // is held back until it cannot match any more.
+    let partial = format!("{}\u{1}", &free.text[start..end]);
+    let (streamed, unmatched) = generate_with_stops(&model, &[&partial]);
+    assert_eq!(unmatched.text, free.text);
+    assert_eq!(format!("{streamed}{}", unmatched.unstreamed), free.text);
+    assert_eq!(unmatched.finish, free.finish);
+}
