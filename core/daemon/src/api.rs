@@ -6,6 +6,7 @@
 use crate::cache::AnswerCache;
 use crate::guard::AllowedHosts;
 use crate::metrics::Metrics;
+use crate::openai::{self, Choice, LogprobRequest, Piece, Route, TokenLogprob};
 use crate::services::DaemonServices;
 use crate::stages::{Registered, Registry};
 use axum::body::Bytes;
@@ -225,9 +226,12 @@ async fn engine_metrics(state: &AppState) -> String {
 }
 
 /// An OpenAI-style error response.
+#[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// The request field at fault, when one is (OpenAI's `param`).
+    param: Option<String>,
     /// Seconds for a `Retry-After` header (429, 503).
     retry_after: Option<u32>,
 }
@@ -235,7 +239,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with this status.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), retry_after: None }
+        ApiError { status, message: message.into(), param: None, retry_after: None }
+    }
+
+    /// The same error, naming the request field at fault.
+    pub fn with_param(self, param: &str) -> ApiError {
+        ApiError { param: Some(param.to_string()), ..self }
     }
 
     /// 429: the stage's queue is full; try again in a second.
@@ -274,8 +283,15 @@ impl IntoResponse for ApiError {
             s if s.is_client_error() => "invalid_request_error",
             _ => "server_error",
         };
-        let mut response =
-            (self.status, Json(json!({"error": {"message": self.message, "type": kind}}))).into_response();
+        let code = match self.status {
+            StatusCode::NOT_FOUND => Value::from("not_found"),
+            StatusCode::PAYLOAD_TOO_LARGE => Value::from("request_too_large"),
+            StatusCode::TOO_MANY_REQUESTS => Value::from("queue_full"),
+            StatusCode::SERVICE_UNAVAILABLE => Value::from("unavailable"),
+            _ => Value::Null,
+        };
+        let error = json!({"message": self.message, "type": kind, "param": self.param, "code": code});
+        let mut response = (self.status, Json(json!({"error": error}))).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
@@ -408,33 +424,19 @@ async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
-/// Sampling fields passed through to the generate stage.
-fn generation_request(body: &Value, input: (&str, Value)) -> Value {
-    let mut request = json!({});
-    request[input.0] = input.1;
-    for key in ["max_tokens", "temperature", "top_p", "top_k", "seed", "repetition_penalty"] {
-        if let Some(v) = body.get(key) {
-            request[key] = v.clone();
-        }
-    }
-    if let Some(v) = body.get("max_completion_tokens") {
-        request["max_tokens"] = v.clone();
-    }
-    request
-}
-
 async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = parse_body(&body)?;
+    openai::check_fields(&body, Route::Chat)?;
     let mut target = json!({});
     let stage = crate::adapter_api::generation_target(&state, &body, &mut target)?;
-    let messages = body.get("messages").filter(|m| m.as_array().is_some_and(|a| !a.is_empty()));
-    let messages = messages.ok_or_else(|| ApiError::bad_request("`messages` must be a non-empty array"))?;
+    let messages = Value::Array(openai::chat_messages(&body)?);
     let (messages, sources) = match body.get("tailor").and_then(|t| t.get("index")) {
-        Some(_) => retrieve_into(&state, &body, messages).await?,
-        None => (messages.clone(), Value::Null),
+        Some(_) => retrieve_into(&state, &body, &messages).await?,
+        None => (messages, Value::Null),
     };
-    let request = crate::adapter_api::with_target(generation_request(&body, ("messages", messages)), target);
-    run_generation(state, stage, request, &body, Kind::Chat { sources }).await
+    let (request, logprobs) = openai::stage_request(&body, Route::Chat, ("messages", messages))?;
+    let request = crate::adapter_api::with_target(request, target);
+    run_generation(state, stage, request, &body, Answer { route: Route::Chat, sources, logprobs }).await
 }
 
 /// RAG on chat: `"tailor": {"index": NAME, "k": N, "search": STAGE?}` runs
@@ -476,53 +478,31 @@ async fn retrieve_into(state: &AppState, body: &Value, messages: &Value) -> Resu
 
 async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = parse_body(&body)?;
+    openai::check_fields(&body, Route::Completion)?;
     let mut target = json!({});
     let stage = crate::adapter_api::generation_target(&state, &body, &mut target)?;
-    let prompt =
-        body.get("prompt").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("`prompt` must be a string"))?;
-    let request = crate::adapter_api::with_target(generation_request(&body, ("prompt", json!(prompt))), target);
-    run_generation(state, stage, request, &body, Kind::Completion).await
+    let prompt = body
+        .get("prompt")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("`prompt` must be a string").with_param("prompt"))?;
+    let (request, logprobs) = openai::stage_request(&body, Route::Completion, ("prompt", json!(prompt)))?;
+    let request = crate::adapter_api::with_target(request, target);
+    let answer = Answer { route: Route::Completion, sources: Value::Null, logprobs };
+    run_generation(state, stage, request, &body, answer).await
 }
 
-/// Which OpenAI object a generation answers with.
+/// How a generation is answered: the OpenAI object, RAG sources (`null`
+/// without RAG) and the log-probabilities asked for.
 #[derive(Clone)]
-enum Kind {
-    /// `chat.completion`, with RAG sources (`null` without RAG).
-    Chat { sources: Value },
-    /// `text_completion`.
-    Completion,
+struct Answer {
+    route: Route,
+    sources: Value,
+    logprobs: Option<LogprobRequest>,
 }
 
-impl Kind {
+impl Answer {
     fn is_chat(&self) -> bool {
-        matches!(self, Kind::Chat { .. })
-    }
-
-    /// The RAG sources, `null` when there are none.
-    fn sources(&self) -> &Value {
-        match self {
-            Kind::Chat { sources } => sources,
-            Kind::Completion => &Value::Null,
-        }
-    }
-}
-
-/// One parsed line of the generate stage's output.
-enum Piece {
-    Token(String),
-    Done { finish: String, prompt_tokens: u64, completion_tokens: u64 },
-}
-
-fn parse_piece(line: &str) -> Option<Piece> {
-    let v: Value = serde_json::from_str(line).ok()?;
-    match v.get("type")?.as_str()? {
-        "token" => Some(Piece::Token(v.get("text")?.as_str()?.to_string())),
-        "done" => Some(Piece::Done {
-            finish: v.get("finish_reason")?.as_str()?.to_string(),
-            prompt_tokens: v.get("prompt_tokens")?.as_u64()?,
-            completion_tokens: v.get("completion_tokens")?.as_u64()?,
-        }),
-        _ => None,
+        self.route == Route::Chat
     }
 }
 
@@ -531,9 +511,9 @@ async fn run_generation(
     stage: Arc<Registered>,
     request: Value,
     body: &Value,
-    kind: Kind,
+    answer: Answer,
 ) -> Result<Response, ApiError> {
-    let chat = kind.is_chat();
+    let chat = answer.is_chat();
     let id = state.next_request_id();
     let model = stage.name.clone();
     let request = request.to_string();
@@ -541,12 +521,14 @@ async fn run_generation(
     let completion_id = format!("{}-{id}", if chat { "chatcmpl" } else { "cmpl" });
     if body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
         let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
-        let stream = Stream { id, completion_id, model, created, kind, include_usage };
+        let stream = Stream { id, completion_id, model, created, answer, include_usage };
         let admission = admit(&state, &stage)?;
         return Ok(stream_generation(state.clone(), stage, request, stream, admission));
     }
     let filtered = stage.clone();
-    // Deterministic requests (greedy, or seeded) are answered from the cache.
+    // Deterministic requests (greedy, or seeded) are answered from the cache;
+    // the key is the whole stage request, so every field that changes the
+    // answer is in it.
     let deterministic =
         body.get("temperature").and_then(Value::as_f64).unwrap_or(0.0) == 0.0 || body.get("seed").is_some();
     let cache_key = deterministic.then(|| format!("{}\u{0}{}\u{0}{request}", stage.name, chat));
@@ -556,42 +538,57 @@ async fn run_generation(
             serde_json::from_str(&hit).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         value["id"] = json!(completion_id);
         value["created"] = json!(created);
-        with_sources(&mut value, kind.sources());
+        with_sources(&mut value, &answer.sources);
         return Ok(Json(value).into_response());
     }
     let output = call_collect(&state, stage, id, request).await?;
-    let (mut text, mut finish, mut usage) = (String::new(), "stop".to_string(), (0, 0));
-    for piece in output.lines().filter_map(parse_piece) {
+    let mut choices: Vec<Choice> = Vec::new();
+    let mut prompt_tokens = 0;
+    for piece in output.lines().filter_map(Piece::parse) {
         match piece {
-            Piece::Token(t) => text.push_str(&t),
-            Piece::Done { finish: f, prompt_tokens, completion_tokens } => {
-                finish = f;
-                usage = (prompt_tokens, completion_tokens);
-                state.0.metrics.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
+            Piece::Token { index, text, logprob } => choice_at(&mut choices, index).push(&text, logprob),
+            Piece::Done { index, finish, prompt_tokens: prompt, completion_tokens } => {
+                prompt_tokens = prompt;
+                let choice = choice_at(&mut choices, index);
+                choice.finish = Some(finish);
+                choice.completion_tokens = completion_tokens;
                 state.0.metrics.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
             }
         }
     }
-    let text = if filtered.filters.is_empty() {
-        text
-    } else {
-        tokio::task::spawn_blocking(move || filtered.filter(text))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("filter task failed: {e}")))??
-    };
-    let choice = if chat {
-        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
-    } else {
-        json!({"index": 0, "text": text, "finish_reason": finish})
-    };
+    state.0.metrics.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
+    if !filtered.filters.is_empty() {
+        choices = tokio::task::spawn_blocking(move || {
+            for choice in &mut choices {
+                choice.text = filtered.filter(std::mem::take(&mut choice.text))?;
+            }
+            Ok::<_, PluginError>(choices)
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("filter task failed: {e}")))??;
+    }
+    let completion_tokens: u64 = choices.iter().map(|c| c.completion_tokens).sum();
+    let choices: Vec<Value> =
+        choices.iter().enumerate().map(|(i, c)| openai::choice_json(answer.route, i, c, answer.logprobs)).collect();
     let object = if chat { "chat.completion" } else { "text_completion" };
-    let mut reply = json!({"id": completion_id, "object": object, "created": created, "model": model, "choices": [choice],
-        "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.0 + usage.1}});
+    let mut reply = json!({"id": completion_id, "object": object, "created": created, "model": model,
+        "system_fingerprint": openai::system_fingerprint(), "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}});
     if let Some(key) = cache_key {
         state.0.cache.put(key, reply.to_string());
     }
-    with_sources(&mut reply, kind.sources());
+    with_sources(&mut reply, &answer.sources);
     Ok(Json(reply).into_response())
+}
+
+/// The choice at `index`, growing the list to reach it (the stage numbers
+/// its generations from 0 up to the request's `n`, which it bounds).
+fn choice_at(choices: &mut Vec<Choice>, index: usize) -> &mut Choice {
+    if choices.len() <= index {
+        choices.resize_with(index + 1, Choice::default);
+    }
+    &mut choices[index]
 }
 
 /// Adds `"tailor": {"sources": …}` to a reply or chunk when there are sources.
@@ -607,14 +604,114 @@ struct Stream {
     completion_id: String,
     model: String,
     created: u64,
-    kind: Kind,
+    answer: Answer,
     /// OpenAI's `stream_options.include_usage`: a last chunk with `usage`.
     include_usage: bool,
 }
 
+/// Turns stage lines into OpenAI's stream chunks, choice by choice: the
+/// first chunk of a choice carries the role, each token chunk its
+/// log-probabilities, the last its finish reason and the RAG sources; with
+/// output filters a choice's text is held back and sent filtered at its end.
+struct Chunker {
+    stream: Stream,
+    stage: Arc<Registered>,
+    choices: Vec<Choice>,
+    started: Vec<bool>,
+    prompt_tokens: u64,
+}
+
+impl Chunker {
+    fn envelope(&self, choices: Value) -> Value {
+        let s = &self.stream;
+        let object = if s.answer.is_chat() { "chat.completion.chunk" } else { "text_completion" };
+        json!({"id": s.completion_id, "object": object, "created": s.created, "model": s.model,
+            "system_fingerprint": openai::system_fingerprint(), "choices": choices})
+    }
+
+    /// A chunk of choice `index`: `text` with its tokens' log-probabilities
+    /// (the text starting at byte `offset` of the choice), or its end when
+    /// `finish` is given.
+    fn chunk(
+        &mut self,
+        index: usize,
+        text: Option<String>,
+        tokens: &[TokenLogprob],
+        offset: usize,
+        finish: Option<&str>,
+    ) -> Value {
+        let answer = &self.stream.answer;
+        let logprobs = match answer.logprobs {
+            Some(asked) if !tokens.is_empty() => openai::logprobs_json(answer.route, tokens, asked, offset),
+            _ => Value::Null,
+        };
+        if self.started.len() <= index {
+            self.started.resize(index + 1, false);
+        }
+        let choice = if answer.is_chat() {
+            let mut delta = json!({});
+            if !std::mem::replace(&mut self.started[index], true) {
+                delta["role"] = json!("assistant");
+            }
+            if let Some(text) = text {
+                delta["content"] = json!(text);
+            }
+            json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
+        } else {
+            json!({"index": index, "text": text.unwrap_or_default(), "logprobs": logprobs, "finish_reason": finish})
+        };
+        let mut value = self.envelope(json!([choice]));
+        if finish.is_some() {
+            with_sources(&mut value, &answer.sources);
+        }
+        value
+    }
+
+    /// The chunks one stage line becomes.
+    fn on_piece(&mut self, piece: Piece, metrics: &Metrics) -> Vec<Value> {
+        let filtering = !self.stage.filters.is_empty();
+        match piece {
+            Piece::Token { index, text, logprob } if filtering => {
+                choice_at(&mut self.choices, index).push(&text, logprob);
+                Vec::new()
+            }
+            Piece::Token { index, text, logprob } => {
+                let choice = choice_at(&mut self.choices, index);
+                let offset = choice.text.len();
+                choice.text.push_str(&text);
+                let tokens: Vec<TokenLogprob> = logprob.into_iter().collect();
+                vec![self.chunk(index, Some(text), &tokens, offset, None)]
+            }
+            Piece::Done { index, finish, prompt_tokens, completion_tokens } => {
+                metrics.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
+                self.prompt_tokens = prompt_tokens;
+                let choice = choice_at(&mut self.choices, index);
+                choice.completion_tokens = completion_tokens;
+                let mut chunks = Vec::new();
+                if filtering {
+                    let held = std::mem::take(&mut choice.text);
+                    let tokens = openai::take_logprobs(choice);
+                    let text = self.stage.filter(held).unwrap_or_else(|e| format!("[filter failed: {e}]"));
+                    chunks.push(self.chunk(index, Some(text), &tokens, 0, None));
+                }
+                chunks.push(self.chunk(index, None, &[], 0, Some(&finish)));
+                chunks
+            }
+        }
+    }
+
+    /// The last chunk, with the usage of every choice (`include_usage`).
+    fn usage(&self) -> Value {
+        let completion: u64 = self.choices.iter().map(|c| c.completion_tokens).sum();
+        let mut value = self.envelope(json!([]));
+        value["usage"] = json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion});
+        value
+    }
+}
+
 /// Streams tokens as server-sent events; a client that goes away cancels
-/// the generation at the next token. The chunk that carries the finish
-/// reason also carries the RAG sources (`tailor.sources`).
+/// the generation at the next token.
 fn stream_generation(
     state: AppState,
     stage: Arc<Registered>,
@@ -623,86 +720,38 @@ fn stream_generation(
     admission: crate::stages::Admission,
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
-    let Stream { id, completion_id, model, created, kind, include_usage } = stream;
-    let chat = kind.is_chat();
-    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
-    let envelope = move |choices: Value| json!({"id": completion_id, "object": object, "created": created, "model": model, "choices": choices});
-    let usage_chunk = {
-        let envelope = envelope.clone();
-        move |prompt: u64, completion: u64| {
-            let mut value = envelope(json!([]));
-            value["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion,
-                "total_tokens": prompt + completion});
-            value.to_string()
-        }
-    };
-    let chunk = move |delta: Value, finish: Value| {
-        let choice = if chat {
-            json!({"index": 0, "delta": delta, "finish_reason": finish})
-        } else {
-            json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish})
-        };
-        let mut value = envelope(json!([choice]));
-        if !finish.is_null() {
-            with_sources(&mut value, kind.sources());
-        }
-        value
-    };
     tokio::task::spawn_blocking(move || {
         let _admission = admission;
-        let mut first = true;
+        let (id, include_usage) = (stream.id, stream.include_usage);
+        let mut chunker =
+            Chunker { stream, stage: stage.clone(), choices: Vec::new(), started: Vec::new(), prompt_tokens: 0 };
         let mut buffer = String::new();
-        // With filters, the answer is held back and sent filtered in one chunk.
-        let mut held = (!stage.filters.is_empty()).then(String::new);
-        let mut usage = None;
         let result = stage.call(id, &request, &mut |part| {
             buffer.push_str(part);
             while let Some(end) = buffer.find('\n') {
                 let line: String = buffer.drain(..=end).collect();
-                let event = match parse_piece(line.trim_end()) {
-                    Some(Piece::Token(text)) if held.is_some() => {
-                        if let Some(h) = held.as_mut() {
-                            h.push_str(&text);
-                        }
-                        continue;
+                let Some(piece) = Piece::parse(line.trim_end()) else { continue };
+                for chunk in chunker.on_piece(piece, &state.0.metrics) {
+                    if tx.blocking_send(chunk.to_string()).is_err() {
+                        state.0.services.cancel(id);
+                        return false; // the client went away: cancel
                     }
-                    Some(Piece::Token(text)) if first => {
-                        first = false;
-                        chunk(json!({"role": "assistant", "content": text}), Value::Null).to_string()
-                    }
-                    Some(Piece::Token(text)) => chunk(json!({"content": text}), Value::Null).to_string(),
-                    Some(Piece::Done { finish, prompt_tokens, completion_tokens }) => {
-                        state.0.metrics.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
-                        state.0.metrics.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
-                        usage = Some((prompt_tokens, completion_tokens));
-                        if let Some(text) = held.take() {
-                            let filtered = stage.filter(text).unwrap_or_else(|e| format!("[filter failed: {e}]"));
-                            let event = chunk(json!({"role": "assistant", "content": filtered}), Value::Null);
-                            if tx.blocking_send(event.to_string()).is_err() {
-                                return false;
-                            }
-                        }
-                        chunk(json!({}), json!(finish)).to_string()
-                    }
-                    None => continue,
-                };
-                if tx.blocking_send(event).is_err() {
-                    state.0.services.cancel(id);
-                    return false; // the client went away: cancel
                 }
             }
             true
         });
         state.0.services.finished(id);
-        match (result, usage) {
-            (Err(e), _) => {
-                let error = json!({"error": {"message": e.to_string(), "type": "server_error"}});
+        state.0.metrics.prompt_tokens.fetch_add(chunker.prompt_tokens, Ordering::Relaxed);
+        match result {
+            Err(e) => {
+                let error =
+                    json!({"error": {"message": e.to_string(), "type": "server_error", "param": null, "code": null}});
                 let _ = tx.blocking_send(error.to_string());
             }
-            (Ok(()), Some((prompt, completion))) if include_usage => {
-                let _ = tx.blocking_send(usage_chunk(prompt, completion));
+            Ok(()) if include_usage => {
+                let _ = tx.blocking_send(chunker.usage().to_string());
             }
-            (Ok(()), _) => {}
+            Ok(()) => {}
         }
         let _ = tx.blocking_send("[DONE]".to_string());
     });

@@ -14,6 +14,7 @@ mod index_api;
 mod isolated;
 mod metrics;
 mod notify;
+mod openai;
 mod services;
 mod stages;
 

@@ -174,7 +174,7 @@ const ONE_AT_A_TIME: &str =
 
 fn long_completion(model: &str, stream: bool) -> String {
     format!(
-        r#"{{"model":"{model}","prompt":"Once upon a time","max_tokens":4000,"temperature":0.8,"stream":{stream}}}"#
+        r#"{{"model":"{model}","prompt":"Once upon a time","max_tokens":4000,"temperature":0.8,"seed":0,"stream":{stream}}}"#
     )
 }
 

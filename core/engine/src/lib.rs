@@ -72,26 +72,49 @@ pub struct EngineStats {
 struct Job {
     prompt: Vec<u32>,
     params: GenerateParams,
-    events: Sender<Event>,
+    events: Outbox,
     cancelled: Arc<AtomicBool>,
 }
 
-/// A submitted request: its events, in order, and the means to cancel it.
-/// Dropping it cancels too; a cancelled request that has not been
-/// prefilled never is, and a running one leaves the batch at the next step.
+/// Where one job's events go: its submission's channel, tagged with the
+/// job's index in that submission.
+#[derive(Clone)]
+struct Outbox {
+    channel: Sender<(usize, Event)>,
+    index: usize,
+}
+
+impl Outbox {
+    /// Sends an event; fails once the submission is gone.
+    fn send(&self, event: Event) -> Result<(), mpsc::SendError<(usize, Event)>> {
+        self.channel.send((self.index, event))
+    }
+}
+
+/// A submitted request (one or several generations of one prompt): its
+/// events, in order per generation, and the means to cancel it. Dropping it
+/// cancels too; a cancelled request that has not been prefilled never is,
+/// and a running one leaves the batch at the next step.
 pub struct Submission {
-    events: Receiver<Event>,
+    events: Receiver<(usize, Event)>,
     cancelled: Arc<AtomicBool>,
 }
 
 impl Submission {
     /// The next event, waiting for it.
     pub fn recv(&self) -> Result<Event, mpsc::RecvError> {
-        self.events.recv()
+        self.events.recv().map(|(_, event)| event)
     }
 
     /// The next event, waiting at most `timeout`.
     pub fn recv_timeout(&self, timeout: std::time::Duration) -> Result<Event, mpsc::RecvTimeoutError> {
+        self.events.recv_timeout(timeout).map(|(_, event)| event)
+    }
+
+    /// The next event of any of its generations, with that generation's
+    /// index (its place in [`Engine::submit_many`]'s list), waiting at most
+    /// `timeout`.
+    pub fn recv_indexed_timeout(&self, timeout: std::time::Duration) -> Result<(usize, Event), mpsc::RecvTimeoutError> {
         self.events.recv_timeout(timeout)
     }
 
@@ -112,7 +135,7 @@ impl Iterator for Submission {
     type Item = Event;
 
     fn next(&mut self) -> Option<Event> {
-        self.events.recv().ok()
+        self.recv().ok()
     }
 }
 
@@ -143,18 +166,28 @@ impl Engine {
     /// Queues a generation; its events arrive through the returned
     /// submission. Dropping it cancels the request.
     pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Submission {
-        let (events, receiver) = mpsc::channel();
+        self.submit_many(prompt, vec![params])
+    }
+
+    /// Queues one generation of `prompt` per entry of `params` (OpenAI's
+    /// `n`: typically the same settings with other seeds); they join the
+    /// batch together and their events arrive tagged with their index.
+    pub fn submit_many(&self, prompt: Vec<u32>, params: Vec<GenerateParams>) -> Submission {
+        let (channel, receiver) = mpsc::channel();
         let cancelled = Arc::new(AtomicBool::new(false));
-        let job = Job { prompt, params, events: events.clone(), cancelled: cancelled.clone() };
-        // Counted before sending, so the scheduler's decrement never comes first.
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        let sent = match self.jobs.lock() {
-            Ok(jobs) => jobs.as_ref().map(|j| j.send(job).is_ok()),
-            Err(_) => None,
-        };
-        if sent != Some(true) {
-            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-            let _ = events.send(Event::Failed("the generation engine has stopped".into()));
+        for (index, params) in params.into_iter().enumerate() {
+            let events = Outbox { channel: channel.clone(), index };
+            let job = Job { prompt: prompt.clone(), params, events: events.clone(), cancelled: cancelled.clone() };
+            // Counted before sending, so the scheduler's decrement never comes first.
+            self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+            let sent = match self.jobs.lock() {
+                Ok(jobs) => jobs.as_ref().map(|j| j.send(job).is_ok()),
+                Err(_) => None,
+            };
+            if sent != Some(true) {
+                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                let _ = events.send(Event::Failed("the generation engine has stopped".into()));
+            }
         }
         Submission { events: receiver, cancelled }
     }
@@ -199,9 +232,9 @@ struct Prefill {
 /// Where a request stands after a scheduling turn.
 enum Started {
     /// In the decode batch.
-    Running(Running),
+    Running(Box<Running>),
     /// More of its prompt to prefill.
-    Prefilling(Prefill),
+    Prefilling(Box<Prefill>),
     /// Finished, failed or cancelled (its caller has been told, if anyone listens).
     Ended,
 }
@@ -210,7 +243,7 @@ enum Started {
 struct Running {
     sequence: Sequence,
     next: u32,
-    events: Sender<Event>,
+    events: Outbox,
     cancelled: Arc<AtomicBool>,
 }
 
@@ -265,8 +298,8 @@ impl Scheduler {
 
     fn place(&self, started: Started, running: &mut Vec<Running>, prefilling: &mut Option<Prefill>) {
         match started {
-            Started::Running(r) => running.push(r),
-            Started::Prefilling(p) => *prefilling = Some(p),
+            Started::Running(r) => running.push(*r),
+            Started::Prefilling(p) => *prefilling = Some(*p),
             Started::Ended => {}
         }
     }
@@ -319,7 +352,7 @@ impl Scheduler {
                 }
             }
         }
-        Started::Prefilling(prefill)
+        Started::Prefilling(Box::new(prefill))
     }
 
     /// Runs one layer of the current chunk (starting a chunk if none is
@@ -352,10 +385,10 @@ impl Scheduler {
         let min = Llama::EXACT_PREFILL_MIN;
         let start_now = if fresh { left <= self.prefill_chunk + min } else { left < 2 * min };
         if !start_now {
-            return Started::Prefilling(prefill);
+            return Started::Prefilling(Box::new(prefill));
         }
         match self.admit(prefill.job, prefill.cache) {
-            Some(running) => Started::Running(running),
+            Some(running) => Started::Running(Box::new(running)),
             None => Started::Ended,
         }
     }
@@ -387,7 +420,7 @@ impl Scheduler {
     /// Hands one position's logits to a sequence and streams the outcome;
     /// returns the token to decode next, or `None` once the sequence ended
     /// (its `Done`/`Failed` already sent).
-    fn advance(&self, sequence: &mut Sequence, logits: &mut [f32], events: &Sender<Event>) -> Option<u32> {
+    fn advance(&self, sequence: &mut Sequence, logits: &mut [f32], events: &Outbox) -> Option<u32> {
         let step = match sequence.accept(&self.model, logits) {
             Ok(step) => step,
             Err(e) => {
@@ -440,7 +473,7 @@ impl Scheduler {
 
     /// Sends `Done` for a sequence that ended normally (a failed one has
     /// had its `Failed`; a cancelled one has nobody to tell).
-    fn finish(&self, sequence: Sequence, events: &Sender<Event>) {
+    fn finish(&self, sequence: Sequence, events: &Outbox) {
         if !sequence.is_done() {
             return;
         }

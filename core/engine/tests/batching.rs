@@ -152,3 +152,34 @@ fn long_prompts_prefilled_in_chunks_match_their_solo_runs_and_streams_keep_flowi
     });
     assert_eq!(finished, Some(other_solo), "the running stream's output changed");
 }
+
+#[test]
+fn several_generations_of_one_prompt_run_together_each_as_alone() {
+    let model = model();
+    let prompt = chat(&model, "Write a haiku about rain.");
+    let seeds = [11u64, 12, 13];
+    let with_seed = |seed| params(20, SamplingParams { temperature: 0.9, seed, ..SamplingParams::default() });
+    let solo: Vec<Vec<u32>> = seeds
+        .iter()
+        .map(|&seed| generate(&model, &prompt, &with_seed(seed), &mut |_| true).expect("solo generation").tokens)
+        .collect();
+    let engine = Engine::start(model.clone(), EngineOptions::default());
+    let submission = engine.submit_many(prompt, seeds.iter().map(|&seed| with_seed(seed)).collect());
+    let mut streamed = vec![Vec::new(); seeds.len()];
+    let mut ended = 0;
+    while ended < seeds.len() {
+        match submission.recv_indexed_timeout(std::time::Duration::from_secs(60)).expect("an event") {
+            (index, Event::Token(t)) => streamed[index].push(t.id),
+            (index, Event::Done(g)) => {
+                assert_eq!(g.tokens, streamed[index], "generation {index}: Done carries its streamed tokens");
+                ended += 1;
+            }
+            (index, Event::Failed(e)) => panic!("generation {index} failed: {e}"),
+        }
+    }
+    assert_eq!(streamed, solo, "each generation is exactly its solo run");
+    assert!(streamed[0] != streamed[1] && streamed[1] != streamed[2], "the seeds differ, so do the samples");
+    let stats = engine.stats();
+    let (steps, tokens) = (stats.steps.load(Ordering::Relaxed), stats.decoded_tokens.load(Ordering::Relaxed));
+    assert!(tokens as f64 / steps as f64 > 2.0, "the generations were not batched: {tokens} tokens in {steps} steps");
+}

@@ -130,15 +130,23 @@ pub struct Sequence {
     cache: KvCache,
     history: Vec<u32>,
     detok: Detokenizer,
+    /// Stop-string matching (boxed: most sequences have none, and the
+    /// scheduler moves sequences around).
+    stop_text: Box<StopText>,
+    out: Generation,
+    decode_start: Instant,
+    done: bool,
+}
+
+/// Where stop-string matching stands.
+#[derive(Default)]
+struct StopText {
     /// Text withheld from the stream: it may be the start of a stop string.
     held: String,
     /// Text streamed so far (the answer, when a stop string ends it).
     streamed: String,
     /// True once a stop string ended the sequence.
-    stopped_by_string: bool,
-    out: Generation,
-    decode_start: Instant,
-    done: bool,
+    stopped: bool,
 }
 
 /// What one accepted step produced.
@@ -209,9 +217,7 @@ impl Sequence {
             cache,
             history: prompt.to_vec(),
             detok: Detokenizer::default(),
-            held: String::new(),
-            streamed: String::new(),
-            stopped_by_string: false,
+            stop_text: Box::default(),
             out,
             decode_start: Instant::now(),
             done: params.max_tokens == 0,
@@ -230,7 +236,7 @@ impl Sequence {
         let id = self.sampler.sample(logits, &self.history);
         if self.stops.contains(&id) {
             self.out.finish = FinishReason::Stop;
-            self.out.unstreamed = std::mem::take(&mut self.held);
+            self.out.unstreamed = std::mem::take(&mut self.stop_text.held);
             self.done = true;
             return Ok(Step { event: None, next: None });
         }
@@ -240,7 +246,7 @@ impl Sequence {
         let full = self.cache.len() + 1 >= model.llama.context_length();
         self.done = full || self.out.tokens.len() >= self.params.max_tokens;
         let piece = self.release(piece);
-        self.streamed.push_str(&piece);
+        self.stop_text.streamed.push_str(&piece);
         let event = token_event(model, id, piece, top, &raw, want > 0);
         Ok(Step { event: Some(event), next: (!self.done).then_some(id) })
     }
@@ -253,17 +259,18 @@ impl Sequence {
         if self.params.stop_strings.is_empty() {
             return piece;
         }
-        self.held.push_str(&piece);
-        let first_stop = self.params.stop_strings.iter().filter_map(|stop| self.held.find(stop.as_str())).min();
+        let held = &mut self.stop_text.held;
+        held.push_str(&piece);
+        let first_stop = self.params.stop_strings.iter().filter_map(|stop| held.find(stop.as_str())).min();
         if let Some(at) = first_stop {
-            self.held.truncate(at);
+            held.truncate(at);
             self.out.finish = FinishReason::Stop;
-            self.stopped_by_string = true;
+            self.stop_text.stopped = true;
             self.done = true;
         }
-        let keep = if self.done { 0 } else { partial_stop_len(&self.held, &self.params.stop_strings) };
-        let rest = self.held.split_off(self.held.len() - keep);
-        std::mem::replace(&mut self.held, rest)
+        let keep = if self.done { 0 } else { partial_stop_len(held, &self.params.stop_strings) };
+        let rest = held.split_off(held.len() - keep);
+        std::mem::replace(held, rest)
     }
 
     /// Ends the sequence early: the caller stopped listening.
@@ -300,8 +307,8 @@ impl Sequence {
     /// The result, with the whole text decoded.
     pub fn finish(mut self, model: &Model) -> Result<Generation> {
         self.out.decode_secs = self.decode_start.elapsed().as_secs_f64();
-        self.out.text = match self.stopped_by_string {
-            true => self.streamed,
+        self.out.text = match self.stop_text.stopped {
+            true => self.stop_text.streamed,
             false => model.tokenizer.decode(&self.out.tokens, true)?,
         };
         Ok(self.out)

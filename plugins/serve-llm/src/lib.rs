@@ -6,12 +6,20 @@
 //! Config: `{"model": PATH, "dtype": "q8_0"?, "max_batch": N?,
 //! "prefix_cache_mb": N?, "prefill_chunk": N?}` (batch size limit, default
 //! 16; memory for reused prompt prefixes, default 128, 0 turns reuse off;
-//! prompt tokens prefilled between two decode steps, default 128). Request: `{"messages":
+//! prompt tokens prefilled between two decode steps, default 128; `"max_n"`,
+//! most generations per request, default 8). Request: `{"messages":
 //! [{"role", "content"}…]}` (chat template applied) or `{"prompt": TEXT}`,
-//! plus `max_tokens`, `temperature`, `top_p`, `top_k`, `seed`,
-//! `repetition_penalty`. Output: one JSON object per line:
-//! `{"type":"token","text":…}` per token, then `{"type":"done",
-//! "finish_reason":"stop"|"length", "prompt_tokens", "completion_tokens"}`.
+//! plus `max_tokens`, `temperature`, `top_p`, `top_k`, `seed` (absent: a
+//! fresh random one), `repetition_penalty`, `presence_penalty`,
+//! `frequency_penalty`, `stop` (up to 4 strings of at most 256 bytes),
+//! `n` (generations of the prompt, batched together, seeds `seed + i`) and
+//! `logprobs` (0..=20 alternatives per token; the chosen token's
+//! log-probability comes with any value). Output: one JSON object per line:
+//! `{"type":"token","index":I,"text":…,"id":…}` per token (with
+//! `"logprob"`, `"token"` and `"top_logprobs": [{"token","id","logprob"}]`
+//! when asked; a last piece of held-back text comes without `id`), then per
+//! generation `{"type":"done","index":I,"finish_reason":"stop"|"length",
+//! "prompt_tokens", "completion_tokens"}`.
 //! `{"stats": true}` answers the engine's counters: `{"waiting", "running",
 //! "steps", "decoded_tokens", "prefix_hits", "prefix_tokens"}` (queue depth,
 //! batch size, decode steps and the tokens they produced, prompts that
@@ -55,6 +63,8 @@ struct Config {
     max_batch: Option<usize>,
     prefix_cache_mb: Option<usize>,
     prefill_chunk: Option<usize>,
+    /// Most generations one request may ask for (`n`).
+    max_n: Option<usize>,
     #[serde(default)]
     adapter_dirs: Vec<PathBuf>,
     #[serde(default)]
@@ -82,6 +92,15 @@ struct Request {
     top_k: Option<usize>,
     seed: Option<u64>,
     repetition_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    /// Texts that end the generation.
+    #[serde(default)]
+    stop: Vec<String>,
+    /// Generations of this prompt.
+    n: Option<usize>,
+    /// Log-probabilities of the chosen token and this many alternatives.
+    logprobs: Option<usize>,
     /// A registered adapter's name.
     adapter: Option<String>,
     /// Multiplier on the adapter's delta.
@@ -125,6 +144,22 @@ fn use_host_cpu_budget() {
     }
 }
 
+/// Stop strings one request may give, and the longest one in bytes.
+const MAX_STOPS: usize = 4;
+const MAX_STOP_BYTES: usize = 256;
+/// Most alternatives per token a request may ask log-probabilities of.
+const MAX_LOGPROBS: usize = 20;
+
+/// A seed no earlier request used, for requests that give none.
+fn fresh_seed() -> u64 {
+    use std::hash::BuildHasher;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    // RandomState is keyed from the OS's random source once per process.
+    std::collections::hash_map::RandomState::new().hash_one((count, now))
+}
+
 /// How often a waiting request looks whether its caller left.
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -135,6 +170,8 @@ struct Generate {
     adapters: Arc<AdapterRegistry>,
     /// Fine-tuning jobs, when `jobs_dir` is configured.
     jobs: Option<Arc<jobs::Jobs>>,
+    /// Most generations per request.
+    max_n: usize,
 }
 
 impl Generate {
@@ -227,7 +264,7 @@ impl Stage for Generate {
             )?),
             None => None,
         };
-        Ok(Generate { engine, model, adapters, jobs })
+        Ok(Generate { engine, model, adapters, jobs, max_n: config.max_n.unwrap_or(8).max(1) })
     }
 
     fn call(
@@ -270,54 +307,118 @@ impl Stage for Generate {
             (None, None) => return Err("the request needs `messages` or `prompt`".into()),
         }
         .map_err(|e| e.to_string())?;
-        let adapter = self.active_adapter(&request)?;
+        let generations = self.generation_params(&request)?;
+        let host = tailor_plugin_abi::services::host();
+        // The host marks a request cancelled when its caller left (a closed
+        // connection, a dropped non-streaming handler, shutdown): looked at
+        // every token and, while waiting, every CANCEL_POLL.
+        let cancelled = || host.is_some_and(|h| h.is_cancelled(request_id));
+        let mut running = generations.len();
+        let submission = self.engine.submit_many(prompt, generations);
+        while running > 0 {
+            let (index, event) = match submission.recv_indexed_timeout(CANCEL_POLL) {
+                Ok(event) => event,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if cancelled() => return Ok(()),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(StageError::internal("the generation engine stopped mid-request"))
+                }
+            };
+            let lines = match event {
+                Event::Token(token) => vec![token_line(index, &token)],
+                Event::Done(generation) => {
+                    running -= 1;
+                    done_lines(index, &generation)
+                }
+                Event::Failed(message) => return Err(message.into()),
+            };
+            for line in lines {
+                if !emit(&format!("{line}\n")) || cancelled() {
+                    return Ok(()); // the caller went away; dropping the submission cancels
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Generate {
+    /// The settings of each of the request's `n` generations, checked
+    /// against this stage's limits.
+    fn generation_params(&self, request: &Request) -> Result<Vec<GenerateParams>, StageError> {
+        let n = request.n.unwrap_or(1);
+        if n == 0 || n > self.max_n {
+            return Err(StageError::invalid(format!("n must be between 1 and {} here, got {n}", self.max_n)));
+        }
+        if request.stop.len() > MAX_STOPS || request.stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+            return Err(StageError::invalid(format!(
+                "stop takes at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_BYTES} bytes"
+            )));
+        }
+        let logprobs = request.logprobs.unwrap_or(0);
+        if logprobs > MAX_LOGPROBS {
+            return Err(StageError::invalid(format!("top_logprobs must be at most {MAX_LOGPROBS}, got {logprobs}")));
+        }
         let defaults = SamplingParams::default();
-        let params = GenerateParams {
+        let seed = request.seed.unwrap_or_else(fresh_seed);
+        let base = GenerateParams {
             max_tokens: request.max_tokens.unwrap_or(256),
             sampling: SamplingParams {
                 temperature: request.temperature.unwrap_or(defaults.temperature),
                 top_k: request.top_k.unwrap_or(defaults.top_k),
                 top_p: request.top_p.unwrap_or(defaults.top_p),
                 repetition_penalty: request.repetition_penalty.unwrap_or(defaults.repetition_penalty),
-                seed: request.seed.unwrap_or(defaults.seed),
+                presence_penalty: request.presence_penalty.unwrap_or(defaults.presence_penalty),
+                frequency_penalty: request.frequency_penalty.unwrap_or(defaults.frequency_penalty),
+                seed,
             },
-            adapter,
+            stop_strings: request.stop.clone(),
+            // The chosen token's log-probability comes with the alternatives.
+            logprobs: request.logprobs.map_or(0, |k| k.max(1)),
+            adapter: self.active_adapter(request)?,
             ..GenerateParams::default()
         };
-        let submission = self.engine.submit(prompt, params);
-        let host = tailor_plugin_abi::services::host();
-        // The host marks a request cancelled when its caller left (a closed
-        // connection, a dropped non-streaming handler, shutdown): looked at
-        // every token and, while waiting, every CANCEL_POLL.
-        let cancelled = || host.is_some_and(|h| h.is_cancelled(request_id));
-        loop {
-            let event = match submission.recv_timeout(CANCEL_POLL) {
-                Ok(event) => event,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if cancelled() => return Ok(()),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            let token_line = match event {
-                Event::Token(token) => serde_json::json!({"type": "token", "text": token.text, "id": token.id}),
-                Event::Done(generation) => {
-                    let finish = match generation.finish {
-                        FinishReason::Stop => "stop",
-                        FinishReason::Length => "length",
-                        FinishReason::Cancelled => return Ok(()),
-                    };
-                    let done = serde_json::json!({"type": "done", "finish_reason": finish,
-                        "prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.tokens.len()});
-                    emit(&format!("{done}\n"));
-                    return Ok(());
-                }
-                Event::Failed(message) => return Err(message.into()),
-            };
-            if !emit(&format!("{token_line}\n")) || cancelled() {
-                return Ok(()); // the caller went away; dropping the submission cancels
-            }
-        }
-        Err(StageError::internal("the generation engine stopped mid-request"))
+        Ok((0..n as u64)
+            .map(|i| {
+                let mut params = base.clone();
+                params.sampling.seed = seed.wrapping_add(i);
+                params
+            })
+            .collect())
     }
+}
+
+/// A token of generation `index` as an output line.
+fn token_line(index: usize, token: &tailor_model::TokenEvent) -> serde_json::Value {
+    let mut line = serde_json::json!({"type": "token", "index": index, "text": token.text, "id": token.id});
+    if let Some(logprob) = token.logprob {
+        line["logprob"] = serde_json::json!(logprob);
+        line["token"] = serde_json::json!(token.token);
+        let top: Vec<serde_json::Value> = token
+            .top_logprobs
+            .iter()
+            .map(|(id, text, logprob)| serde_json::json!({"token": text, "id": id, "logprob": logprob}))
+            .collect();
+        line["top_logprobs"] = serde_json::Value::Array(top);
+    }
+    line
+}
+
+/// The end of generation `index`: its held-back text, if any, then the
+/// done line (nothing for a cancelled one).
+fn done_lines(index: usize, generation: &tailor_model::Generation) -> Vec<serde_json::Value> {
+    let finish = match generation.finish {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => return Vec::new(),
+    };
+    let mut lines = Vec::new();
+    if !generation.unstreamed.is_empty() {
+        lines.push(serde_json::json!({"type": "token", "index": index, "text": generation.unstreamed}));
+    }
+    lines.push(serde_json::json!({"type": "done", "index": index, "finish_reason": finish,
+        "prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.tokens.len()}));
+    lines
 }
 
 export_plugin!(name: "serve-llm", version: "0.1.0", stages: [Generate]);
