@@ -15,6 +15,7 @@
 #define _POSIX_C_SOURCE 199309L /* nanosleep */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -82,6 +83,17 @@ static void bad_arguments(tailor_client *client) {
   EXPECT(tailor_chat(NULL, &chat, &answer) == TAILOR_ERR_INVALID_ARGUMENT);
   tailor_embeddings *embeddings = NULL;
   EXPECT(tailor_embed(client, "minilm", NULL, 2, &embeddings) == TAILOR_ERR_INVALID_ARGUMENT);
+  /* A body over the daemon's limit (1 MiB by default) is its 413, not a
+   * broken pipe: the client reads the answer the daemon sent early. */
+  size_t huge_len = 2u << 20;
+  char *huge = malloc(huge_len + 1);
+  if (huge) {
+    memset(huge, 'a', huge_len);
+    huge[huge_len] = '\0';
+    const char *inputs[] = {huge};
+    EXPECT(tailor_embed(client, "minilm", inputs, 1, &embeddings) == TAILOR_ERR_TOO_LARGE && embeddings == NULL);
+    free(huge);
+  }
   EXPECT(tailor_index_info(client, "../escape", NULL, NULL) == TAILOR_ERR_INVALID_ARGUMENT);
   EXPECT(tailor_index_create(client, "../escape", NULL) == TAILOR_ERR_BAD_REQUEST);
   /* Accessors and frees take NULL. */
