@@ -20,6 +20,7 @@
  *  - Threading: create/destroy are called from one thread at a time per
  *    stage; call() may run concurrently on different instances, and on the
  *    same instance only if the stage sets TAILOR_STAGE_FLAG_CONCURRENT.
+ *    The host's services may be called from any of the plugin's threads.
  *  - This header changes only by appending (fields at the end of structs,
  *    new enum values), with a minor bump; struct_size tells who has what.
  */
@@ -37,7 +38,7 @@ extern "C" {
 #ifndef TAILOR_PLUGIN_ABI_MAJOR
 #define TAILOR_PLUGIN_ABI_MAJOR 1
 #endif
-#define TAILOR_PLUGIN_ABI_MINOR 2
+#define TAILOR_PLUGIN_ABI_MINOR 3
 #define TAILOR_PLUGIN_ENTRY_SYMBOL "tailor_plugin_entry"
 
 typedef enum tailor_plugin_status {
@@ -74,6 +75,9 @@ typedef enum tailor_stage_kind {
 
 #define TAILOR_STAGE_FLAG_CONCURRENT 1u
 
+/* One slot of a parallel job: slot is in 0..slots. */
+typedef void (*tailor_slot_fn)(void *job_ctx, uint32_t slot, uint32_t slots);
+
 /* Services the host offers every plugin. */
 typedef struct tailor_host_api {
   uint32_t struct_size;
@@ -87,6 +91,10 @@ typedef struct tailor_host_api {
   /* Calls another stage by name (e.g. "embed"), streaming its output to out. */
   tailor_plugin_status (*call_stage)(void *host_ctx, tailor_str stage, tailor_str request_json, tailor_sink *out,
                                      tailor_sink *error);
+  /* ABI 1.3: runs slot(job_ctx, s, cpu_threads) for every s in 0..cpu_threads on the host's
+   * kernel threads (one pool for the whole process) and returns when all are done. slot may run
+   * on any thread, concurrently, and must not unwind or longjmp. Check struct_size first. */
+  void (*parallel_for)(void *host_ctx, tailor_slot_fn slot, void *job_ctx);
 } tailor_host_api;
 
 typedef struct tailor_stage {

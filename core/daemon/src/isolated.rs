@@ -306,6 +306,10 @@ impl HostServices for ProxyServices {
     fn cpu_threads(&self) -> u32 {
         self.cpu_threads
     }
+
+    fn parallel_for(&self, job: &(dyn Fn(usize, usize) + Sync)) {
+        tailor_tensor::cpu::pool::SpinPool::global().run(job);
+    }
 }
 
 /// The child side (`tailord --plugin-host`): load the plugin, create the
@@ -319,7 +323,8 @@ pub fn run_plugin_host() -> Result<()> {
         std::env::var("TAILOR_PLUGIN_HOST_SERVICES").context("TAILOR_PLUGIN_HOST_SERVICES is not set")?;
     let calls = IpcSender::<HostCall>::connect(services_name).context("connecting to tailord's host services")?;
     calls.send(HostCall::Connected).context("greeting tailord's host services")?;
-    let host = host_api(Arc::new(ProxyServices { calls: Mutex::new(calls), cpu_threads: spec.cpu_threads }));
+    let cpu_threads = crate::services::start_kernel_pool(spec.cpu_threads);
+    let host = host_api(Arc::new(ProxyServices { calls: Mutex::new(calls), cpu_threads }));
     let loaded = Plugin::load(&spec.plugin, &spec.plugin_dirs, host).and_then(|plugin| {
         let kind =
             plugin.stages().iter().find(|s| s.name == spec.stage).and_then(|s| s.kind).map(|k| k as u32).unwrap_or(0);

@@ -1,14 +1,17 @@
 //! The daemon's side of the plugin host services: logging, progress of
 //! long work (shown on `/metrics`), cancellation of requests whose caller
-//! went away, calls from one stage into another by name, and the CPU
-//! budget. In-process plugins get these through the C table; isolated
-//! children get a proxy of them over ipc-channel (`isolated.rs`).
+//! went away, calls from one stage into another by name, the CPU budget,
+//! and the process's one kernel pool (`parallel_for`: every in-process
+//! plugin runs its kernels on it instead of a team of its own). In-process
+//! plugins get these through the C table; isolated children get a proxy of
+//! them over ipc-channel (`isolated.rs`), with a pool of their own.
 
 use crate::stages::Registered;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use tailor_plugin_abi::services::HostServices;
+use tailor_tensor::cpu::pool::SpinPool;
 
 /// Request ids handed out by the host itself (nested calls) start here, far
 /// from the API's own ids.
@@ -26,14 +29,16 @@ pub struct DaemonServices {
 }
 
 impl DaemonServices {
-    /// Services granting plugins `cpu_threads` threads.
+    /// Services granting plugins `cpu_threads` threads: the kernel pool
+    /// they share is started with that many participants.
     pub fn new(cpu_threads: u32) -> Arc<DaemonServices> {
+        let cpu_threads = start_kernel_pool(cpu_threads);
         Arc::new(DaemonServices {
             stages: OnceLock::new(),
             cancelled: Mutex::new(HashSet::new()),
             cancel_all: AtomicBool::new(false),
             tasks: Mutex::new(BTreeMap::new()),
-            cpu_threads: cpu_threads.max(1),
+            cpu_threads,
             next_nested: AtomicU64::new(NESTED_IDS),
         })
     }
@@ -93,4 +98,15 @@ impl HostServices for DaemonServices {
     fn cpu_threads(&self) -> u32 {
         self.cpu_threads
     }
+
+    fn parallel_for(&self, job: &(dyn Fn(usize, usize) + Sync)) {
+        SpinPool::global().run(job);
+    }
+}
+
+/// Starts this process's kernel pool with `threads` participants (the
+/// caller of a job counts as one); returns the size it has.
+pub fn start_kernel_pool(threads: u32) -> u32 {
+    tailor_tensor::cpu::pool::set_global_threads(threads.max(1) as usize, 0);
+    SpinPool::global().threads() as u32
 }

@@ -64,6 +64,10 @@ fn chat_streaming_embeddings_and_errors_over_http() {
     let v: Vec<f64> = data[0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     assert_eq!(v.len(), 384);
     assert!((v.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4);
+    // Both plugins ran kernels, on one pool: the daemon's (cpu_threads
+    // participants, the caller being one), not a team per plugin.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(kernel_threads(&d), (1..cores).map(|i| format!("tailor-spin-{i}")).collect::<Vec<_>>());
 
     for (request, want) in [
         ("{not json", 400),
@@ -226,6 +230,19 @@ fn concurrent_streaming_clients_each_get_their_single_request_output() {
     // Every prompt starts with the chat template's system prompt: after the
     // first, each reused its keys and values (and still matched exactly).
     assert!(value("tailor_generate_prefix_hits_total") >= 31.0, "{metrics}");
+}
+
+/// Names of the daemon's kernel-pool threads, sorted.
+fn kernel_threads(d: &Daemon) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", d.child.id())).unwrap();
+    let comm = |task: std::fs::DirEntry| std::fs::read_to_string(task.path().join("comm")).ok();
+    let mut names: Vec<String> = tasks
+        .filter_map(|task| comm(task.ok()?))
+        .map(|name| name.trim().to_string())
+        .filter(|name| name.starts_with("tailor-spin"))
+        .collect();
+    names.sort();
+    names
 }
 
 /// The Python interpreter of a venv with the `openai` package

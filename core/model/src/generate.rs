@@ -2,11 +2,13 @@
 //! streaming each piece of text as soon as it is complete UTF-8.
 
 use crate::error::{ModelError, Result};
+use crate::grammar::{JsonGrammar, JsonState};
 use crate::kv_cache::KvCache;
 use crate::llama::{DecodeBuffers, Logits};
 use crate::lora::ActiveAdapter;
 use crate::model::Model;
 use crate::sampler::{top_logprobs, Sampler, SamplingParams};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What to generate.
@@ -24,6 +26,9 @@ pub struct GenerateParams {
     pub stop_strings: Vec<String>,
     /// Report this many top log-probabilities per position (0: none).
     pub logprobs: usize,
+    /// Constrain the answer to JSON (any object, or a schema's values): the
+    /// sequence ends with a stop token once the value is complete.
+    pub grammar: Option<Arc<JsonGrammar>>,
     /// The LoRA adapter to generate with (none: the base model).
     pub adapter: Option<ActiveAdapter>,
 }
@@ -36,6 +41,7 @@ impl Default for GenerateParams {
             stop_tokens: Vec::new(),
             stop_strings: Vec::new(),
             logprobs: 0,
+            grammar: None,
             adapter: None,
         }
     }
@@ -133,6 +139,8 @@ pub struct Sequence {
     /// Stop-string matching (boxed: most sequences have none, and the
     /// scheduler moves sequences around).
     stop_text: Box<StopText>,
+    /// Where the JSON recognizer stands, when the answer is constrained.
+    json: Option<Box<JsonState>>,
     out: Generation,
     decode_start: Instant,
     done: bool,
@@ -218,6 +226,7 @@ impl Sequence {
             history: prompt.to_vec(),
             detok: Detokenizer::default(),
             stop_text: Box::default(),
+            json: params.grammar.as_ref().map(|g| Box::new(g.start())),
             out,
             decode_start: Instant::now(),
             done: params.max_tokens == 0,
@@ -233,7 +242,15 @@ impl Sequence {
         let want = self.params.logprobs;
         let top = if want > 0 { top_logprobs(logits, want) } else { Vec::new() };
         let raw = if want > 0 { logits.to_vec() } else { Vec::new() };
+        if let (Some(grammar), Some(state)) = (&self.params.grammar, &self.json) {
+            mask_to_grammar(model, grammar, state, &self.stops, logits);
+        }
         let id = self.sampler.sample(logits, &self.history);
+        if let (Some(grammar), Some(state)) = (&self.params.grammar, &mut self.json) {
+            if !self.stops.contains(&id) {
+                state.feed(grammar, &model.tokenizer.token_texts()[id as usize]);
+            }
+        }
         if self.stops.contains(&id) {
             self.out.finish = FinishReason::Stop;
             self.out.unstreamed = std::mem::take(&mut self.stop_text.held);
@@ -312,6 +329,36 @@ impl Sequence {
             false => model.tokenizer.decode(&self.out.tokens, true)?,
         };
         Ok(self.out)
+    }
+}
+
+/// Sets the logit of every token the grammar does not allow next to −∞:
+/// tokens whose text keeps the recognizer in its language, and the stop
+/// tokens once the value is complete (then nothing else).
+fn mask_to_grammar(model: &Model, grammar: &JsonGrammar, state: &JsonState, stops: &[u32], logits: &mut [f32]) {
+    let texts = model.tokenizer.token_texts();
+    let complete = state.is_complete();
+    let mut allowed_any = false;
+    for (id, logit) in logits.iter_mut().enumerate() {
+        let allowed = if stops.contains(&(id as u32)) {
+            complete
+        } else {
+            !complete && texts.get(id).is_some_and(|text| !text.is_empty() && state.clone().feed(grammar, text))
+        };
+        if allowed {
+            allowed_any = true;
+        } else {
+            *logit = f32::NEG_INFINITY;
+        }
+    }
+    if !allowed_any {
+        // No token continues the value (a dead end the vocabulary cannot
+        // leave): end rather than sample from nothing.
+        for &stop in stops {
+            if let Some(logit) = logits.get_mut(stop as usize) {
+                *logit = 0.0;
+            }
+        }
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Tokenizer {
     literal: tokenizers::Tokenizer,
     json: String,
     source: PathBuf,
+    /// Each token's text as it reads inside a text, filled on first use.
+    texts: std::sync::OnceLock<Vec<String>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -56,7 +58,8 @@ impl Tokenizer {
         let inner = parsed.map_err(|e| bad(e.to_string()))?;
         let mut literal = inner.clone();
         literal.set_encode_special_tokens(true);
-        Ok(Tokenizer { inner, untruncated: None, literal, json, source: source.to_path_buf() })
+        let texts = std::sync::OnceLock::new();
+        Ok(Tokenizer { inner, untruncated: None, literal, json, source: source.to_path_buf(), texts })
     }
 
     /// A copy for an encoder: truncate to `max_len` tokens (special tokens
@@ -117,6 +120,30 @@ impl Tokenizer {
     /// The string of a token id.
     pub fn token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
+    }
+
+    /// Each token id's text as it reads after other text (a SentencePiece
+    /// token keeps its leading space); "" for special tokens and for tokens
+    /// that are only part of a character. Computed once.
+    pub fn token_texts(&self) -> &[String] {
+        self.texts.get_or_init(|| {
+            // Decoded after an anchor, so that a word-start token is read as
+            // it is mid-text, not as the first token of a text.
+            let anchor = self.encode_literal("a").ok().filter(|ids| ids.len() == 1).map(|ids| ids[0]);
+            let anchor_text = anchor.and_then(|a| self.decode(&[a], true).ok()).unwrap_or_default();
+            (0..self.vocab_size() as u32)
+                .map(|id| {
+                    let text = match anchor {
+                        Some(a) => self
+                            .decode(&[a, id], true)
+                            .ok()
+                            .and_then(|t| t.strip_prefix(&anchor_text).map(str::to_string)),
+                        None => self.decode(&[id], true).ok(),
+                    };
+                    text.filter(|t| !t.contains('\u{FFFD}')).unwrap_or_default()
+                })
+                .collect()
+        })
     }
 
     /// Vocabulary size including added tokens.

@@ -171,3 +171,62 @@ fn stop_strings_end_the_text_where_they_first_appear_across_tokens() {
     assert_eq!(format!("{streamed}{}", unmatched.unstreamed), free.text);
     assert_eq!(unmatched.finish, free.finish);
 }
+
+/// A person record: nested object, enum, integer, array.
+fn person_schema() -> serde_json::Value {
+    serde_json::json!({"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 40},
+        "age": {"type": "integer"},
+        "role": {"enum": ["engineer", "artist", "doctor"]},
+        "skills": {"type": "array", "items": {"type": "string", "maxLength": 30}, "minItems": 1, "maxItems": 3},
+        "home": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}, "remote": {"type": "boolean"}}}
+    }, "required": ["name", "age", "role", "skills", "home"]})
+}
+
+/// Whether `value` fits [`person_schema`] (written out, not the recognizer).
+fn is_person(value: &serde_json::Value) -> bool {
+    let keys: Vec<&str> = value.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+    keys == ["name", "age", "role", "skills", "home"]
+        && value["name"].is_string()
+        && value["age"].is_i64()
+        && ["engineer", "artist", "doctor"].contains(&value["role"].as_str().unwrap_or(""))
+        && value["skills"].as_array().is_some_and(|s| (1..=3).contains(&s.len()) && s.iter().all(|x| x.is_string()))
+        && value["home"]["city"].is_string()
+        && value["home"]["remote"].is_boolean()
+        && value["home"].as_object().is_some_and(|h| h.len() == 2)
+}
+
+#[test]
+fn json_schema_constrained_answers_always_parse_and_validate() {
+    use std::sync::Arc;
+    let model = load_gguf();
+    let grammar = Arc::new(tailor_model::JsonGrammar::from_schema(&person_schema()).unwrap());
+    let people = ["a baker from Lyon", "a retired pilot", "a young violinist", "a nurse in Oslo", "a carpenter"];
+    let mut shown = 0;
+    for (i, who) in people.iter().cycle().take(20).enumerate() {
+        let messages = [Message::new("user", &format!("Describe {who} as a JSON record."))];
+        let prompt = model.encode_chat(&messages).unwrap();
+        let sampling = tailor_model::SamplingParams { temperature: 0.8, seed: i as u64, ..Default::default() };
+        let params =
+            GenerateParams { max_tokens: 160, sampling, grammar: Some(grammar.clone()), ..GenerateParams::default() };
+        let result = generate(&model, &prompt, &params, &mut |_| true).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&result.text)
+            .unwrap_or_else(|e| panic!("answer {i} does not parse ({e}): {:?}", result.text));
+        assert!(is_person(&value), "answer {i} does not validate: {value}");
+        assert_eq!(result.finish, tailor_model::FinishReason::Stop, "answer {i} ended by its stop token");
+        if shown < 3 {
+            println!("{}", result.text);
+            shown += 1;
+        }
+    }
+    // Any object, greedy.
+    let params = GenerateParams {
+        max_tokens: 80,
+        grammar: Some(Arc::new(tailor_model::JsonGrammar::any_object())),
+        ..GenerateParams::default()
+    };
+    let prompt = model.encode_chat(&[Message::new("user", "Give the capital of France as JSON.")]).unwrap();
+    let result = generate(&model, &prompt, &params, &mut |_| true).unwrap();
+    println!("json_object: {}", result.text);
+    assert!(serde_json::from_str::<serde_json::Value>(&result.text).is_ok_and(|v| v.is_object()), "{:?}", result.text);
+}

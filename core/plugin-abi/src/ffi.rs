@@ -88,7 +88,14 @@ pub struct HostApi {
             error: *mut Sink,
         ) -> Status,
     >,
+    /// Runs `slot(job_ctx, s, slots)` for every `s` in `0..slots` on the
+    /// host's kernel threads (one pool for the whole process; `slots` is
+    /// `cpu_threads`) and returns when all are done (ABI 1.3).
+    pub parallel_for: Option<unsafe extern "C" fn(host_ctx: *mut c_void, slot: SlotFn, job_ctx: *mut c_void)>,
 }
+
+/// `tailor_slot_fn`: one slot of a parallel job; it must not unwind.
+pub type SlotFn = unsafe extern "C" fn(job_ctx: *mut c_void, slot: u32, slots: u32);
 
 /// `tailor_stage`.
 #[repr(C)]

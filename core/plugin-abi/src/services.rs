@@ -10,7 +10,7 @@
 use crate::ffi::{self, HostApi, Sink, Status, Str};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::Arc;
 
 /// What a host offers its plugins.
@@ -26,6 +26,12 @@ pub trait HostServices: Send + Sync + 'static {
     fn call_stage(&self, stage: &str, request_json: &str, out: &mut dyn FnMut(&str) -> bool) -> Result<(), String>;
     /// CPU threads the plugin may use.
     fn cpu_threads(&self) -> u32;
+    /// Runs `job(slot, slots)` for every slot of the process's kernel pool
+    /// (`cpu_threads` of them) and returns when all are done. By default
+    /// one slot, on the calling thread.
+    fn parallel_for(&self, job: &(dyn Fn(usize, usize) + Sync)) {
+        job(0, 1);
+    }
 }
 
 /// A `'static` host API table backed by `services` (leaked: plugins keep
@@ -43,6 +49,7 @@ pub fn host_api(services: Arc<dyn HostServices>) -> &'static HostApi {
         progress: Some(progress_trampoline),
         is_cancelled: Some(is_cancelled_trampoline),
         call_stage: Some(call_stage_trampoline),
+        parallel_for: Some(parallel_for_trampoline),
     }))
 }
 
@@ -80,6 +87,34 @@ unsafe extern "C" fn is_cancelled_trampoline(ctx: *mut c_void, request_id: u64) 
     let cancelled =
         catch_unwind(AssertUnwindSafe(|| unsafe { services(ctx) }.is_some_and(|s| s.is_cancelled(request_id))));
     i32::from(cancelled.unwrap_or(false))
+}
+
+/// A plugin's job context, handed to the pool's threads.
+struct JobContext(*mut c_void);
+
+// SAFETY: the plugin's contract for `parallel_for`: its slot function may
+// run on any thread, concurrently, with this context.
+unsafe impl Sync for JobContext {}
+
+unsafe extern "C" fn parallel_for_trampoline(ctx: *mut c_void, slot: ffi::SlotFn, job_ctx: *mut c_void) {
+    let job_ctx = JobContext(job_ctx);
+    // SAFETY: the plugin's slot function with its own context, slot numbers
+    // in range; by contract it does not unwind.
+    let job = |index: usize, slots: usize| unsafe { slot(job_ctx.0, index as u32, slots as u32) };
+    let ran = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: ctx is ours.
+        match unsafe { services(ctx) } {
+            Some(services) => services.parallel_for(&job),
+            None => job(0, 1),
+        }
+    }));
+    if ran.is_err() {
+        // Only the pool itself can fail here (a plugin's slots catch their
+        // own panics). A job cannot be handed back half done, and a panic
+        // must not cross the C boundary.
+        eprintln!("tailor: the host's kernel pool failed mid-job; aborting");
+        std::process::abort();
+    }
 }
 
 /// Sends a chunk to a sink the plugin gave us.
@@ -144,6 +179,29 @@ pub fn host() -> Option<Host> {
 #[derive(Clone, Copy)]
 pub struct Host(&'static HostApi);
 
+// SAFETY: the table is never written after the host made it, and the ABI
+// lets a plugin call the host's services from any of its threads.
+unsafe impl Send for Host {}
+// SAFETY: as above.
+unsafe impl Sync for Host {}
+
+/// A parallel-for over the host's kernel pool, shaped for tailor-tensor's
+/// `pool::use_host_pool`.
+pub type KernelRunner = Box<dyn Fn(&(dyn Fn(usize, usize) + Sync)) + Send + Sync>;
+
+/// The host's kernel pool — its slot count and a runner — when the host
+/// offers one (ABI 1.3), for a plugin to run its kernels on instead of
+/// starting threads of its own.
+pub fn host_kernel_pool() -> Option<(usize, KernelRunner)> {
+    let host = host().filter(Host::offers_parallel_for)?;
+    let runner = move |job: &(dyn Fn(usize, usize) + Sync)| {
+        if !host.run_parallel(job) {
+            job(0, 1);
+        }
+    };
+    Some((host.cpu_threads() as usize, Box::new(runner)))
+}
+
 impl Host {
     /// True when the host's table is long enough to hold the field ending at `end`.
     fn has(&self, end: usize) -> bool {
@@ -182,7 +240,7 @@ impl Host {
 
     /// Calls another stage of the host by name and collects its output.
     pub fn call_stage(&self, stage: &str, request_json: &str) -> Result<String, String> {
-        let Some(call) = self.0.call_stage.filter(|_| self.has(std::mem::size_of::<HostApi>())) else {
+        let Some(call) = self.0.call_stage.filter(|_| self.has(std::mem::offset_of!(HostApi, parallel_for))) else {
             return Err("this host does not offer call_stage".into());
         };
         let (mut output, mut error) = (String::new(), String::new());
@@ -199,6 +257,47 @@ impl Host {
     }
 }
 
+impl Host {
+    /// True when the host runs kernel jobs on its own pool (ABI 1.3).
+    pub fn offers_parallel_for(&self) -> bool {
+        self.has(std::mem::size_of::<HostApi>()) && self.0.parallel_for.is_some()
+    }
+
+    /// Runs `job(slot, slots)` for every slot of the host's kernel pool;
+    /// returns false (without running it) when the host offers none. A
+    /// panic in a slot is caught there and raised again here, after every
+    /// slot has finished.
+    pub fn run_parallel(&self, job: &(dyn Fn(usize, usize) + Sync)) -> bool {
+        let Some(parallel_for) = self.0.parallel_for.filter(|_| self.offers_parallel_for()) else {
+            return false;
+        };
+        let context = SlotContext { job, panicked: AtomicBool::new(false) };
+        // SAFETY: `run_slot` gets back the context we pass, which outlives
+        // the call (the host returns only when every slot is done).
+        unsafe { parallel_for(self.0.host_ctx, run_slot, &context as *const SlotContext as *mut c_void) };
+        if context.panicked.load(Ordering::Relaxed) {
+            panic!("a kernel job panicked");
+        }
+        true
+    }
+}
+
+/// A job handed to the host's pool.
+struct SlotContext<'a> {
+    job: &'a (dyn Fn(usize, usize) + Sync),
+    panicked: AtomicBool,
+}
+
+/// One slot of a [`Host::run_parallel`] job; panics stop here, short of the
+/// C boundary.
+unsafe extern "C" fn run_slot(ctx: *mut c_void, slot: u32, slots: u32) {
+    // SAFETY: ctx is the SlotContext run_parallel passed, alive for the job.
+    let Some(context) = (unsafe { (ctx as *const SlotContext).as_ref() }) else { return };
+    if catch_unwind(AssertUnwindSafe(|| (context.job)(slot as usize, slots as usize))).is_err() {
+        context.panicked.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A sink function that appends chunks to the `String` behind `ctx`.
 unsafe extern "C" fn append(ctx: *mut c_void, chunk: Str) -> Status {
     // SAFETY: ctx is the &mut String a Host::call_stage sink was made with,
@@ -209,5 +308,67 @@ unsafe extern "C" fn append(ctx: *mut c_void, chunk: Str) -> Status {
             ffi::OK
         }
         _ => ffi::ERR_INVALID,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A host whose pool is four scoped threads, counting the jobs it ran.
+    #[derive(Default)]
+    struct FourThreads {
+        jobs: AtomicUsize,
+    }
+
+    impl HostServices for FourThreads {
+        fn log(&self, _: i32, _: &str) {}
+        fn progress(&self, _: &str, _: u64, _: u64) {}
+        fn is_cancelled(&self, _: u64) -> bool {
+            false
+        }
+        fn call_stage(&self, _: &str, _: &str, _: &mut dyn FnMut(&str) -> bool) -> Result<(), String> {
+            Err("none".into())
+        }
+        fn cpu_threads(&self) -> u32 {
+            4
+        }
+        fn parallel_for(&self, job: &(dyn Fn(usize, usize) + Sync)) {
+            self.jobs.fetch_add(1, Ordering::Relaxed);
+            std::thread::scope(|scope| (0..4).for_each(|slot| drop(scope.spawn(move || job(slot, 4)))));
+        }
+    }
+
+    #[test]
+    fn a_plugin_job_runs_on_the_host_pool_and_its_panics_stay_on_the_plugin_side() {
+        let services = Arc::new(FourThreads::default());
+        let host = Host(host_api(services.clone()));
+        assert!(host.offers_parallel_for());
+        let slots: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
+        assert!(host.run_parallel(&|slot, count| {
+            assert_eq!(count, 4);
+            slots[slot].fetch_add(1, Ordering::Relaxed);
+        }));
+        assert!(slots.iter().all(|s| s.load(Ordering::Relaxed) == 1), "every slot ran once");
+        // A panicking slot: the others still run, and the panic is raised
+        // again on the plugin's side of the boundary, after the job.
+        let finished = AtomicUsize::new(0);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            host.run_parallel(&|slot, _| {
+                if slot == 2 {
+                    panic!("slot 2 fails");
+                }
+                finished.fetch_add(1, Ordering::Relaxed);
+            })
+        }));
+        assert!(outcome.is_err());
+        assert_eq!(finished.load(Ordering::Relaxed), 3);
+        assert_eq!(services.jobs.load(Ordering::Relaxed), 2);
+        // An older host's table (without parallel_for) offers none.
+        let mut older = HostApi { ..*host.0 };
+        older.struct_size = std::mem::offset_of!(HostApi, parallel_for) as u32;
+        let older = Host(Box::leak(Box::new(older)));
+        assert!(!older.offers_parallel_for() && !older.run_parallel(&|_, _| unreachable!()));
     }
 }

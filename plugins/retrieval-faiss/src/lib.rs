@@ -30,11 +30,14 @@ use tailor_rag::Collection;
 /// ingest runs; alone, they run at full speed).
 const RETRIEVAL_NICENESS: i32 = 10;
 
-/// Sizes this plugin's kernel threads from the host's CPU budget
-/// (`[server] cpu_threads`), before the first kernel runs.
+/// Runs this plugin's kernels on the host's pool, or sizes its own from
+/// the host's CPU budget (`[server] cpu_threads`), before the first kernel.
 fn use_host_cpu_budget() {
-    if let Some(host) = tailor_plugin_abi::services::host() {
-        tailor_tensor::cpu::pool::set_global_threads(host.cpu_threads() as usize, RETRIEVAL_NICENESS);
+    use tailor_tensor::cpu::pool::{set_global_threads, use_host_pool};
+    match (tailor_plugin_abi::services::host_kernel_pool(), tailor_plugin_abi::services::host()) {
+        (Some((threads, runner)), _) => drop(use_host_pool(threads, runner)),
+        (None, Some(host)) => drop(set_global_threads(host.cpu_threads() as usize, RETRIEVAL_NICENESS)),
+        (None, None) => {}
     }
 }
 

@@ -136,11 +136,14 @@ fn adapter_error(e: AdapterError) -> StageError {
     }
 }
 
-/// Sizes this plugin's kernel threads from the host's CPU budget
-/// (`[server] cpu_threads`), before the first kernel runs.
+/// Runs this plugin's kernels on the host's pool, or sizes its own from
+/// the host's CPU budget (`[server] cpu_threads`), before the first kernel.
 fn use_host_cpu_budget() {
-    if let Some(host) = tailor_plugin_abi::services::host() {
-        tailor_tensor::cpu::pool::set_global_threads(host.cpu_threads() as usize, 0);
+    use tailor_tensor::cpu::pool::{set_global_threads, use_host_pool};
+    match (tailor_plugin_abi::services::host_kernel_pool(), tailor_plugin_abi::services::host()) {
+        (Some((threads, runner)), _) => drop(use_host_pool(threads, runner)),
+        (None, Some(host)) => drop(set_global_threads(host.cpu_threads() as usize, 0)),
+        (None, None) => {}
     }
 }
 

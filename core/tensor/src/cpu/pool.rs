@@ -5,6 +5,13 @@
 //! products themselves. Here workers spin briefly on an epoch counter before
 //! parking, so back-to-back jobs start within nanoseconds (llama.cpp's thread
 //! pool works the same way). Long compute-bound jobs (gemm) stay on rayon.
+//!
+//! One pool per process: a plugin library loaded by a host that offers a
+//! parallel-for (tailord) sends its jobs to the host's pool
+//! ([`use_host_pool`]) instead of starting threads of its own, so two
+//! plugins never run two teams of spinning threads on the same cores. A job
+//! that finds the pool busy with another caller's job runs its slots on its
+//! own thread instead of waiting behind it.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
@@ -47,8 +54,20 @@ unsafe impl Send for Shared {}
 
 /// A fixed team of threads that run one job at a time.
 pub struct SpinPool {
-    shared: Arc<Shared>,
+    team: Team,
 }
+
+/// Whose threads run the jobs.
+enum Team {
+    /// This pool's own.
+    Own(Arc<Shared>),
+    /// A host process's pool, through its parallel-for.
+    Host { threads: usize, runner: HostRunner },
+}
+
+/// A host's parallel-for: runs `job(slot, slots)` for every slot of the
+/// host's pool and returns when all are done.
+pub type HostRunner = Box<dyn Fn(&(dyn Fn(usize, usize) + Sync)) + Send + Sync>;
 
 impl SpinPool {
     /// A pool of `threads` participants (the caller counts as one).
@@ -76,7 +95,7 @@ impl SpinPool {
                 })
                 .expect("spawning a kernel thread");
         }
-        SpinPool { shared }
+        SpinPool { team: Team::Own(shared) }
     }
 
     /// The process-wide pool: as many participants as [`set_global_threads`]
@@ -90,7 +109,10 @@ impl SpinPool {
 
     /// Participants, the caller included.
     pub fn threads(&self) -> usize {
-        self.shared.threads
+        match &self.team {
+            Team::Own(shared) => shared.threads,
+            Team::Host { threads, .. } => *threads,
+        }
     }
 
     /// Runs `job(slot, threads)` once for every slot `0..threads` and
@@ -99,12 +121,24 @@ impl SpinPool {
     /// machine) leaves its slot to the others instead of stalling the job.
     /// Panics if the job panicked in any slot.
     pub fn run(&self, job: &(dyn Fn(usize, usize) + Sync)) {
-        let s = &*self.shared;
+        let s = match &self.team {
+            Team::Own(shared) => &**shared,
+            Team::Host { runner, .. } => return runner(job),
+        };
         if s.threads == 1 {
             job(0, 1);
             return;
         }
-        let _serial = s.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Another caller's job holds the team (a second stage, training next
+        // to serving): run this one's slots here rather than queue behind it.
+        let _serial = match s.run_lock.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                (0..s.threads).for_each(|slot| job(slot, s.threads));
+                return;
+            }
+        };
         // SAFETY: we hold run_lock and every slot of the previous job was
         // claimed and finished before the last `run` returned, so nobody
         // reads `job`. The 'static lifetime is a lie told only for the
@@ -161,6 +195,17 @@ pub fn set_global_threads(threads: usize, niceness: i32) -> bool {
         .is_ok()
         || rayon::current_num_threads() == threads;
     rayon_sized && SpinPool::global().threads() == threads
+}
+
+/// Makes the process-wide pool a host's (`threads` slots, run by `runner`)
+/// before its first use, and sizes rayon's global pool to match; a plugin
+/// calls it at entry when its host offers a parallel-for. Returns false
+/// when the pool already runs.
+pub fn use_host_pool(threads: usize, runner: HostRunner) -> bool {
+    let threads = threads.max(1);
+    GLOBAL_THREADS.store(threads, Ordering::Relaxed);
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    POOL.set(SpinPool { team: Team::Host { threads, runner } }).is_ok()
 }
 
 /// Runs `work` on a new thread with `niceness` (and waits for it), so that
