@@ -34,6 +34,7 @@ def main(base_url: str, chat_model: str, embed_model: str) -> None:
     check_n_and_seeds(client, chat_model)
     check_logprobs(client, chat_model, messages)
     check_messages_and_refusals(client, chat_model)
+    check_structured_output(client, chat_model)
 
 
 def check_stop(client, model, messages):
@@ -121,7 +122,8 @@ def check_messages_and_refusals(client, model):
         dict(n=1000),
         dict(top_logprobs=50, logprobs=True),
         dict(stop=["a", "b", "c", "d", "e"]),
-        dict(response_format={"type": "json_object"}),
+        dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object",
+                                                                                            "patternProperties": {}}}}),
         dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]),
     ]
     for extra in refusals:
@@ -134,6 +136,51 @@ def check_messages_and_refusals(client, model):
             continue
         raise AssertionError(f"{extra} was accepted")
     print(f"text parts answered; {len(refusals)} unsupported requests refused with 400")
+
+
+PERSON = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 40},
+    "age": {"type": "integer"},
+    "role": {"enum": ["engineer", "artist", "doctor"]},
+    "skills": {"type": "array", "items": {"type": "string", "maxLength": 30}, "minItems": 1, "maxItems": 3},
+    "home": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+                                              "remote": {"type": "boolean"}}, "required": ["city", "remote"]},
+}, "required": ["name", "age", "role", "skills", "home"]}
+
+
+def is_person(value):
+    """PERSON's rules, written out (no schema library in this venv)."""
+    home = value.get("home") if isinstance(value, dict) else None
+    return (isinstance(value, dict) and list(value) == ["name", "age", "role", "skills", "home"]
+            and isinstance(value["name"], str) and len(value["name"]) <= 40
+            and isinstance(value["age"], int) and not isinstance(value["age"], bool)
+            and value["role"] in ("engineer", "artist", "doctor")
+            and isinstance(value["skills"], list) and 1 <= len(value["skills"]) <= 3
+            and all(isinstance(s, str) and len(s) <= 30 for s in value["skills"])
+            and isinstance(home, dict) and list(home) == ["city", "remote"]
+            and isinstance(home["city"], str) and isinstance(home["remote"], bool))
+
+
+def check_structured_output(client, model):
+    """json_schema answers parse and validate on 20 prompts (sampled); json_object gives an object."""
+    import json
+    people = ["a baker from Lyon", "a retired pilot", "a young violinist", "a nurse in Oslo", "a carpenter"]
+    format_ = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+    for i in range(20):
+        who = people[i % len(people)]
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": f"Describe {who} as a JSON record."}],
+            max_tokens=160, temperature=0.8, seed=i, response_format=format_)
+        text = reply.choices[0].message.content
+        value = json.loads(text)
+        assert is_person(value), (i, text)
+        assert reply.choices[0].finish_reason == "stop", reply
+    plain = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Give the capital of France as JSON."}],
+        max_tokens=60, temperature=0, response_format={"type": "json_object"})
+    assert isinstance(json.loads(plain.choices[0].message.content), dict), plain
+    print(f"structured output: 20 schema answers parse and validate (last {text}); json_object "
+          f"{plain.choices[0].message.content}")
 
 
 if __name__ == "__main__":

@@ -187,7 +187,7 @@ pub fn ask_cmd(args: &AskArgs) -> Result<()> {
     let model = crate::run::load_model(&args.model)?;
     let messages = [Message::new("system", "You are a helpful assistant."), Message::new("user", &prompt)];
     let ids = model.encode_chat(&messages)?;
-    let params = args.sampling.params(0, args.adapter.load(&model)?);
+    let params = args.sampling.params(0, args.adapter.load(&model)?)?;
     let mut stdout = std::io::stdout();
     let answer = generate(&model, &ids, &params, &mut |event| {
         use std::io::Write;

@@ -7,8 +7,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufRead, Write};
 use std::path::Path;
 use tailor_model::{
-    generate, ActiveAdapter, Adapter, AdapterLimits, GenerateParams, LoadOptions, Message, Model, SamplingParams,
-    TokenEvent,
+    generate, ActiveAdapter, Adapter, AdapterLimits, GenerateParams, JsonGrammar, LoadOptions, Message, Model,
+    SamplingParams, TokenEvent,
 };
 use tailor_tensor::DType;
 
@@ -38,6 +38,12 @@ pub struct SamplingArgs {
     /// Stop where this text appears (not printed; repeat for several).
     #[arg(long)]
     stop: Vec<String>,
+    /// Answer with one JSON object (constrained decoding).
+    #[arg(long)]
+    json: bool,
+    /// Answer with a JSON value that validates against this JSON schema file.
+    #[arg(long, conflicts_with = "json")]
+    json_schema: Option<std::path::PathBuf>,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -74,8 +80,8 @@ impl AdapterArgs {
 
 impl SamplingArgs {
     /// The generation parameters these flags name.
-    pub fn params(&self, logprobs: usize, adapter: Option<ActiveAdapter>) -> GenerateParams {
-        GenerateParams {
+    pub fn params(&self, logprobs: usize, adapter: Option<ActiveAdapter>) -> Result<GenerateParams> {
+        Ok(GenerateParams {
             max_tokens: self.max_tokens,
             sampling: SamplingParams {
                 temperature: self.temperature,
@@ -88,9 +94,25 @@ impl SamplingArgs {
             },
             stop_tokens: Vec::new(),
             stop_strings: self.stop.clone(),
+            grammar: self.grammar()?,
             logprobs,
             adapter,
-        }
+        })
+    }
+
+    /// The JSON grammar `--json` or `--json-schema` asks for.
+    fn grammar(&self) -> Result<Option<std::sync::Arc<JsonGrammar>>> {
+        let grammar = match (&self.json_schema, self.json) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let schema: serde_json::Value =
+                    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+                JsonGrammar::from_schema(&schema)?
+            }
+            (None, true) => JsonGrammar::any_object(),
+            (None, false) => return Ok(None),
+        };
+        Ok(Some(std::sync::Arc::new(grammar)))
     }
 }
 
@@ -175,7 +197,7 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
     } else {
         model.encode(&args.prompt)?
     };
-    let params = args.sampling.params(args.logprobs, args.adapter.load(&model)?);
+    let params = args.sampling.params(args.logprobs, args.adapter.load(&model)?)?;
     let stdout = std::io::stdout();
     let json_lines = args.logprobs > 0;
     let mut on_token = |event: &TokenEvent| {
@@ -215,7 +237,7 @@ pub fn chat_cmd(args: &ChatArgs) -> Result<()> {
     if let Some(system) = &args.system {
         messages.push(Message::new("system", system));
     }
-    let params = args.sampling.params(0, args.adapter.load(&model)?);
+    let params = args.sampling.params(0, args.adapter.load(&model)?)?;
     let stdin = std::io::stdin();
     eprintln!("chatting with {} (empty line or Ctrl-D to quit)", model.source.display());
     loop {

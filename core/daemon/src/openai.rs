@@ -10,7 +10,7 @@
 //! | `messages` (string or `text` parts; roles system, developer, user, assistant; `name` ignored), `prompt` (a string) | honoured |
 //! | `max_tokens`, `max_completion_tokens`, `temperature`, `top_p`, `seed` (absent: fresh per request), `presence_penalty`, `frequency_penalty`, `stop` (≤ 4), `n` (≤ the stage's `max_n`), `logprobs`, `top_logprobs` (≤ 20), `stream`, `stream_options.include_usage` | honoured |
 //! | `top_k`, `repetition_penalty`, `tailor` (RAG, adapters) | tailor's extensions |
-//! | `response_format` `{"type": "text"}` | honoured; other types refused |
+//! | `response_format`: `text`, `json_object`, `json_schema` (`json_schema.schema`; constrained decoding, see `tailor_model::grammar` for the keywords) | honoured |
 //! | `user`, `store`, `metadata`, `service_tier` | ignored by design (no effect on the answer) |
 //! | `echo: false`, `best_of` ≤ 1 (completions) | accepted (the defaults) |
 //! | anything else (`tools`, `tool_choice`, `functions`, `logit_bias`, `suffix`, …) | refused, 400 naming it |
@@ -85,13 +85,26 @@ pub fn check_fields(body: &Value, route: Route) -> Result<(), ApiError> {
             return Err(bad(name, format!("`{name}` is not supported by tailord (with this value) on this route")));
         }
     }
-    match body.get("response_format") {
-        None | Some(Value::Null) => Ok(()),
-        Some(format) if format["type"] == "text" => Ok(()),
-        Some(format) => Err(bad(
-            "response_format",
-            format!("response_format type {} is not supported yet; only \"text\"", format["type"]),
-        )),
+    response_format(body).map(drop)
+}
+
+/// `response_format` as the stage takes it: `None` for text, else
+/// `{"type": "json_object"}` or `{"type": "json_schema", "schema": …}`.
+fn response_format(body: &Value) -> Result<Option<Value>, ApiError> {
+    let format = match body.get("response_format") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(format) => format,
+    };
+    match format["type"].as_str() {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(json!({"type": "json_object"}))),
+        Some("json_schema") => match format["json_schema"]["schema"] {
+            Value::Object(_) | Value::Bool(true) => {
+                Ok(Some(json!({"type": "json_schema", "schema": format["json_schema"]["schema"]})))
+            }
+            _ => Err(bad("response_format", "json_schema needs `json_schema.schema`, a JSON schema object")),
+        },
+        _ => Err(bad("response_format", format!("response_format type {} is not supported", format["type"]))),
     }
 }
 
@@ -127,6 +140,9 @@ pub fn stage_request(
     }
     if let Some(stop) = stop_strings(body)? {
         request["stop"] = stop;
+    }
+    if let Some(format) = response_format(body)? {
+        request["response_format"] = format;
     }
     let logprobs = logprob_request(body, route)?;
     if let Some(asked) = logprobs {
@@ -381,7 +397,10 @@ mod tests {
             assert!(error.message().contains(field), "{}", error.message());
         }
         let json_mode = json!({"model": "m", "response_format": {"type": "json_object"}});
-        assert!(check_fields(&json_mode, Route::Chat).is_err());
+        assert!(check_fields(&json_mode, Route::Chat).is_ok());
+        let no_schema = json!({"model": "m", "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}});
+        assert!(check_fields(&no_schema, Route::Chat).is_err());
+        assert!(check_fields(&json!({"response_format": {"type": "yaml"}}), Route::Chat).is_err());
         assert!(check_fields(&json!({"prompt": "p", "echo": false, "best_of": 1}), Route::Completion).is_ok());
         assert!(check_fields(&json!({"prompt": "p", "echo": true}), Route::Completion).is_err());
     }

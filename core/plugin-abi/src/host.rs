@@ -116,6 +116,7 @@ pub fn default_host() -> &'static HostApi {
         progress: None,
         is_cancelled: Some(never_cancelled),
         call_stage: None,
+        parallel_for: None,
     });
     &HOST.0
 }

@@ -89,18 +89,27 @@ unsafe extern "C" fn is_cancelled_trampoline(ctx: *mut c_void, request_id: u64) 
     i32::from(cancelled.unwrap_or(false))
 }
 
-/// A plugin's job context, handed to the pool's threads.
-struct JobContext(*mut c_void);
+/// A plugin's slot function and job context, handed to the pool's threads.
+struct PluginJob {
+    slot: ffi::SlotFn,
+    context: *mut c_void,
+}
 
 // SAFETY: the plugin's contract for `parallel_for`: its slot function may
 // run on any thread, concurrently, with this context.
-unsafe impl Sync for JobContext {}
+unsafe impl Sync for PluginJob {}
+
+impl PluginJob {
+    fn run(&self, index: usize, slots: usize) {
+        // SAFETY: the plugin's slot function with its own context and slot
+        // numbers in range; by contract it does not unwind.
+        unsafe { (self.slot)(self.context, index as u32, slots as u32) }
+    }
+}
 
 unsafe extern "C" fn parallel_for_trampoline(ctx: *mut c_void, slot: ffi::SlotFn, job_ctx: *mut c_void) {
-    let job_ctx = JobContext(job_ctx);
-    // SAFETY: the plugin's slot function with its own context, slot numbers
-    // in range; by contract it does not unwind.
-    let job = |index: usize, slots: usize| unsafe { slot(job_ctx.0, index as u32, slots as u32) };
+    let plugin_job = PluginJob { slot, context: job_ctx };
+    let job = |index: usize, slots: usize| plugin_job.run(index, slots);
     let ran = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: ctx is ours.
         match unsafe { services(ctx) } {

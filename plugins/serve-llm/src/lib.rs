@@ -14,7 +14,9 @@
 //! `frequency_penalty`, `stop` (up to 4 strings of at most 256 bytes),
 //! `n` (generations of the prompt, batched together, seeds `seed + i`) and
 //! `logprobs` (0..=20 alternatives per token; the chosen token's
-//! log-probability comes with any value). Output: one JSON object per line:
+//! log-probability comes with any value) and `response_format`
+//! (`{"type": "json_object"}` or `{"type": "json_schema", "schema": …}`:
+//! the answer is constrained to it, see `tailor_model::grammar`). Output: one JSON object per line:
 //! `{"type":"token","index":I,"text":…,"id":…}` per token (with
 //! `"logprob"`, `"token"` and `"top_logprobs": [{"token","id","logprob"}]`
 //! when asked; a last piece of held-back text comes without `id`), then per
@@ -52,7 +54,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tailor_engine::{AdapterError, AdapterRegistry, Engine, EngineOptions, Event, RegistryOptions};
 use tailor_model::{
-    ActiveAdapter, AdapterLimits, FinishReason, GenerateParams, LoadOptions, Message, Model, SamplingParams,
+    ActiveAdapter, AdapterLimits, FinishReason, GenerateParams, JsonGrammar, LoadOptions, Message, Model,
+    SamplingParams,
 };
 use tailor_plugin_abi::{export_plugin, Stage, StageError, StageKind};
 
@@ -101,6 +104,8 @@ struct Request {
     n: Option<usize>,
     /// Log-probabilities of the chosen token and this many alternatives.
     logprobs: Option<usize>,
+    /// JSON output: `{"type": "json_object"}` or `{"type": "json_schema", "schema": …}`.
+    response_format: Option<serde_json::Value>,
     /// A registered adapter's name.
     adapter: Option<String>,
     /// Multiplier on the adapter's delta.
@@ -376,6 +381,7 @@ impl Generate {
                 seed,
             },
             stop_strings: request.stop.clone(),
+            grammar: grammar_of(request.response_format.as_ref())?,
             // The chosen token's log-probability comes with the alternatives.
             logprobs: request.logprobs.map_or(0, |k| k.max(1)),
             adapter: self.active_adapter(request)?,
@@ -389,6 +395,20 @@ impl Generate {
             })
             .collect())
     }
+}
+
+/// The grammar a `response_format` asks for (none for text).
+fn grammar_of(format: Option<&serde_json::Value>) -> Result<Option<Arc<JsonGrammar>>, StageError> {
+    let Some(format) = format else { return Ok(None) };
+    let grammar = match format["type"].as_str() {
+        None | Some("text") => return Ok(None),
+        Some("json_object") => JsonGrammar::any_object(),
+        Some("json_schema") => {
+            JsonGrammar::from_schema(&format["schema"]).map_err(|e| StageError::invalid(e.to_string()))?
+        }
+        Some(other) => return Err(StageError::invalid(format!("response_format type {other:?} is not supported"))),
+    };
+    Ok(Some(Arc::new(grammar)))
 }
 
 /// A token of generation `index` as an output line.
