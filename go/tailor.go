@@ -154,6 +154,31 @@ type Options struct {
 	K            int
 	Adapter      string  // a loaded LoRA adapter; "" is the base model
 	AdapterScale float32 // 0 means 1
+	// API 1.3: the answer ends before the first of these (up to 4) to appear.
+	Stop             []string
+	PresencePenalty  float32 // -2..2
+	FrequencyPenalty float32 // -2..2
+	// JSON output: a JSON schema the answer validates against, "object" for
+	// any JSON object; "" is free text.
+	JSONSchema string
+}
+
+// outputOf fills the API 1.3 output options; the stop list lives in C
+// memory (block, to be freed by the caller) and its strings in strings.
+func outputOf(o Options, strings *cStrings) (output C.tailor_output_options, block unsafe.Pointer) {
+	if len(o.Stop) > 0 {
+		block = C.malloc(C.size_t(len(o.Stop)) * C.size_t(unsafe.Sizeof((*C.char)(nil))))
+		raw := unsafe.Slice((**C.char)(block), len(o.Stop))
+		for i, stop := range o.Stop {
+			raw[i] = strings.add(stop)
+		}
+		output.stop, output.n_stop = (**C.char)(block), C.size_t(len(o.Stop))
+	}
+	output.presence_penalty, output.frequency_penalty = C.float(o.PresencePenalty), C.float(o.FrequencyPenalty)
+	if o.JSONSchema != "" {
+		output.json_schema = strings.add(o.JSONSchema)
+	}
+	return output, block
 }
 
 // Source is a retrieved passage.
@@ -263,6 +288,9 @@ func (c *Client) Chat(model string, messages []Message, opts *Options, onToken T
 		params.adapter = strings.add(o.Adapter)
 	}
 	params.adapter_scale = C.float(o.AdapterScale)
+	output, stops := outputOf(o, &strings)
+	defer C.free(stops)
+	params.output = output
 	r := newRelay(onToken)
 	defer r.free()
 	if r != nil {
@@ -288,6 +316,9 @@ func (c *Client) Generate(model, prompt string, opts *Options, onToken TokenFunc
 		params.adapter = strings.add(o.Adapter)
 	}
 	params.adapter_scale = C.float(o.AdapterScale)
+	output, stops := outputOf(o, &strings)
+	defer C.free(stops)
+	params.output = output
 	r := newRelay(onToken)
 	defer r.free()
 	if r != nil {

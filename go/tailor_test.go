@@ -1,6 +1,7 @@
 package tailor
 
 import (
+	"encoding/json"
 	"errors"
 	"math"
 	"os"
@@ -42,6 +43,30 @@ func TestStreamedChat(t *testing.T) {
 	if err != nil || whole.Text != answer.Text {
 		t.Fatalf("greedy answers differ: %q vs %q (%v)", whole.Text, answer.Text, err)
 	}
+}
+
+func TestStopStringsAndJSONSchema(t *testing.T) {
+	client, model, _ := setup(t)
+	defer client.Close()
+	stopped, err := client.Generate(model, "1, 2, 3, 4,", &Options{MaxTokens: 20, Stop: []string{" 7"}}, nil)
+	if err != nil || strings.Contains(stopped.Text, "7") || !strings.Contains(stopped.Text, "6") || stopped.FinishReason != "stop" {
+		t.Fatalf("stop \" 7\": %+v (%v)", stopped, err)
+	}
+	schema := `{"type":"object","properties":{"name":{"type":"string","maxLength":30},"kind":{"enum":["cat","dog"]},"age":{"type":"integer"}}}`
+	answer, err := client.Chat(model, []Message{{"user", "Describe a pet as JSON."}},
+		&Options{MaxTokens: 80, Temperature: 0.7, Seed: 4, JSONSchema: schema}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pet struct {
+		Name string `json:"name"`
+		Kind string `json:"kind"`
+		Age  int    `json:"age"`
+	}
+	if err := json.Unmarshal([]byte(answer.Text), &pet); err != nil || (pet.Kind != "cat" && pet.Kind != "dog") {
+		t.Fatalf("schema answer %q: %+v (%v)", answer.Text, pet, err)
+	}
+	t.Logf("stopped: %q; JSON: %s", stopped.Text, answer.Text)
 }
 
 func TestCancelStopsTheStream(t *testing.T) {

@@ -50,7 +50,8 @@ extern "C" {
 /* major * 10000 + minor * 100 + patch of this header. */
 /* 1.1: LoRA adapters (load, unload, list; `adapter` on chat and generate). */
 /* 1.2: fine-tuning jobs (start, get, events, cancel). */
-#define TAILOR_API_VERSION 10200
+/* 1.3: stop strings, presence/frequency penalties and JSON output (`output` on chat and generate). */
+#define TAILOR_API_VERSION 10300
 
 /* ---- status and errors ------------------------------------------------ */
 
@@ -141,6 +142,19 @@ typedef struct tailor_message {
   const char *content;
 } tailor_message;
 
+/* API 1.3: options of a generation's output, the last field of both params
+ * structs. Zeroed (the default): none. */
+typedef struct tailor_output_options {
+  const char *const *stop; /* up to 4 strings; the answer ends before the first to appear */
+  size_t n_stop;
+  float presence_penalty;  /* -2..2: subtracted from tokens already generated */
+  float frequency_penalty; /* -2..2: subtracted once per earlier occurrence */
+  /* JSON output by constrained decoding: a JSON schema as text (the answer
+   * validates against it), "object" for any JSON object, NULL for free text.
+   * An unsupported schema gives TAILOR_ERR_BAD_REQUEST naming the keyword. */
+  const char *json_schema;
+} tailor_output_options;
+
 typedef struct tailor_chat_params {
   size_t struct_size;
   const char *model; /* a generate stage's name; required */
@@ -162,6 +176,7 @@ typedef struct tailor_chat_params {
    * Unknown names give TAILOR_ERR_NOT_FOUND. */
   const char *adapter;
   float adapter_scale; /* multiplier on the adapter's delta; 0 (the default): 1 */
+  tailor_output_options output; /* API 1.3 */
 } tailor_chat_params;
 
 tailor_chat_params tailor_chat_default_params(void);
@@ -179,6 +194,7 @@ typedef struct tailor_generate_params {
   void *user_data;
   const char *adapter; /* API 1.1: as in tailor_chat_params */
   float adapter_scale;
+  tailor_output_options output; /* API 1.3 */
 } tailor_generate_params;
 
 tailor_generate_params tailor_generate_default_params(void);

@@ -75,6 +75,10 @@ struct Options {
   uint32_t k = 0;
   std::string adapter;      // a loaded LoRA adapter; empty: the base model
   float adapter_scale = 0;  // 0: 1
+  std::vector<std::string> stop;  // up to 4; the answer ends before the first to appear
+  float presence_penalty = 0;     // -2..2
+  float frequency_penalty = 0;    // -2..2
+  std::string json_schema;        // a JSON schema, "object" for any JSON object; empty: free text
 };
 
 /// A LoRA adapter as the daemon lists it.
@@ -164,6 +168,8 @@ class Client {
     params.k = options.k;
     if (!options.adapter.empty()) params.adapter = options.adapter.c_str();
     params.adapter_scale = options.adapter_scale;
+    std::vector<const char *> stops;
+    params.output = output_of(options, stops);
     return stream(on_token, params, [this](const tailor_chat_params &p, tailor_answer **out) {
       return tailor_chat(handle_.get(), &p, out);
     });
@@ -181,6 +187,8 @@ class Client {
     params.seed = options.seed;
     if (!options.adapter.empty()) params.adapter = options.adapter.c_str();
     params.adapter_scale = options.adapter_scale;
+    std::vector<const char *> stops;
+    params.output = output_of(options, stops);
     return stream(on_token, params, [this](const tailor_generate_params &p, tailor_answer **out) {
       return tailor_generate(handle_.get(), &p, out);
     });
@@ -320,6 +328,18 @@ class Client {
   }
 
   /// What the C callback's user_data points to.
+  /// The output options of `options`; `stops` holds the stop pointers for the call.
+  static tailor_output_options output_of(const Options &options, std::vector<const char *> &stops) {
+    for (const std::string &s : options.stop) stops.push_back(s.c_str());
+    tailor_output_options output{};
+    output.stop = stops.data();
+    output.n_stop = stops.size();
+    output.presence_penalty = options.presence_penalty;
+    output.frequency_penalty = options.frequency_penalty;
+    if (!options.json_schema.empty()) output.json_schema = options.json_schema.c_str();
+    return output;
+  }
+
   struct Relay {
     TokenCallback *callback;
     std::exception_ptr error;

@@ -29,6 +29,17 @@ bool stream_chat(const tailor::Client &client, const std::string &model) {
   return pieces > 0 && !answer.text.empty();
 }
 
+bool json_answer(const tailor::Client &client, const std::string &model) {
+  tailor::Options options;
+  options.max_tokens = 60;
+  options.json_schema = R"({"type":"object","properties":{"city":{"type":"string","maxLength":30},"country":{"type":"string","maxLength":30}}})";
+  options.stop = {"never-appears"};
+  tailor::Answer answer = client.chat(model, {{"user", "Name a city and its country as JSON."}}, options);
+  std::cout << "json: " << answer.text << " (finish " << answer.finish_reason << ")\n";
+  return answer.text.rfind("{\"city\":", 0) == 0 && answer.text.find("\"country\":") != std::string::npos &&
+         answer.text.back() == '}';
+}
+
 bool embed_two(const tailor::Client &client, const std::string &model) {
   auto vectors = client.embed(model, {"The cat sat on the mat.", "A kitten rested on the rug."});
   float cosine = 0;
@@ -98,7 +109,7 @@ int main(int argc, char **argv) {
   }
   try {
     tailor::Client client = tailor::Client::unix_socket(argv[1]);
-    bool ok = stream_chat(client, argv[2]) && embed_two(client, argv[3]) && rag(client, argv[2]) && failures(client);
+    bool ok = stream_chat(client, argv[2]) && json_answer(client, argv[2]) && embed_two(client, argv[3]) && rag(client, argv[2]) && failures(client);
     if (ok && argc == 5) ok = rag_with_adapter(client, argv[2], argv[4]);
     std::cout << (ok ? "OK" : "FAILED") << "\n";
     return ok ? 0 : 1;

@@ -3,7 +3,7 @@
 
 use crate::args::{c_string, guard, optional_str, out_handle, read_params, required_str, slice_arg, Params};
 use crate::client::{Answer, Client, Route, Source};
-use crate::error::Result;
+use crate::error::{FfiError, Result};
 use crate::session::{client_ref, tailor_client};
 use crate::tailor_status;
 use serde_json::{json, Value};
@@ -58,6 +58,8 @@ pub struct tailor_chat_params {
     pub adapter: *const c_char,
     /// API 1.1: multiplier on the adapter's delta; 0: 1.
     pub adapter_scale: f32,
+    /// API 1.3: the output options every generation takes.
+    pub output: tailor_output_options,
 }
 
 // SAFETY: repr(C), struct_size first.
@@ -79,7 +81,74 @@ unsafe impl Params for tailor_chat_params {
             k: 0,
             adapter: std::ptr::null(),
             adapter_scale: 0.0,
+            output: tailor_output_options::defaults(),
         }
+    }
+}
+
+/// API 1.3: stop strings, penalties and structured output, appended to
+/// both params structs.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct tailor_output_options {
+    /// Up to 4 stop strings; the answer ends before the first to appear.
+    pub stop: *const *const c_char,
+    /// How many.
+    pub n_stop: usize,
+    /// -2..2; 0: off.
+    pub presence_penalty: f32,
+    /// -2..2; 0: off.
+    pub frequency_penalty: f32,
+    /// A JSON schema (text) the answer validates against, `"object"` for
+    /// any JSON object, or NULL for free text.
+    pub json_schema: *const c_char,
+}
+
+impl tailor_output_options {
+    fn defaults() -> Self {
+        tailor_output_options {
+            stop: std::ptr::null(),
+            n_stop: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            json_schema: std::ptr::null(),
+        }
+    }
+
+    /// Writes these options into an OpenAI request.
+    ///
+    /// # Safety
+    /// The pointers follow tailor.h's contract (NULL, or valid for the call).
+    unsafe fn write_into(&self, request: &mut Value) -> Result<()> {
+        // SAFETY: the caller's contract.
+        let stops = unsafe { slice_arg(self.stop, self.n_stop, "stop") }?;
+        let stops = stops
+            .iter()
+            .enumerate()
+            // SAFETY: each entry is a NUL-terminated string (contract).
+            .map(|(i, &s)| unsafe { required_str(s, &format!("stop[{i}]")) })
+            .collect::<Result<Vec<&str>>>()?;
+        if !stops.is_empty() {
+            request["stop"] = json!(stops);
+        }
+        if self.presence_penalty != 0.0 {
+            request["presence_penalty"] = json!(self.presence_penalty);
+        }
+        if self.frequency_penalty != 0.0 {
+            request["frequency_penalty"] = json!(self.frequency_penalty);
+        }
+        // SAFETY: the caller's contract.
+        match unsafe { optional_str(self.json_schema, "json_schema") }? {
+            None => {}
+            Some("object") => request["response_format"] = json!({"type": "json_object"}),
+            Some(text) => {
+                let schema: Value = serde_json::from_str(text)
+                    .map_err(|e| FfiError::InvalidArgument(format!("json_schema is not JSON: {e}")))?;
+                request["response_format"] =
+                    json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}});
+            }
+        }
+        Ok(())
     }
 }
 
@@ -117,6 +186,8 @@ pub struct tailor_generate_params {
     pub adapter: *const c_char,
     /// API 1.1: multiplier on the adapter's delta; 0: 1.
     pub adapter_scale: f32,
+    /// API 1.3: the output options every generation takes.
+    pub output: tailor_output_options,
 }
 
 // SAFETY: repr(C), struct_size first.
@@ -135,6 +206,7 @@ unsafe impl Params for tailor_generate_params {
             user_data: std::ptr::null_mut(),
             adapter: std::ptr::null(),
             adapter_scale: 0.0,
+            output: tailor_output_options::defaults(),
         }
     }
 }
@@ -303,6 +375,8 @@ pub unsafe extern "C" fn tailor_chat(
         }
         // SAFETY: as above.
         unsafe { adapter_into(&mut request, params.adapter, params.adapter_scale) }?;
+        // SAFETY: as above.
+        unsafe { params.output.write_into(&mut request) }?;
         let answer = run_generation(client, Route::Chat, request, params.on_token, params.user_data)?;
         *slot = Box::into_raw(Box::new(tailor_answer::new(&answer)));
         Ok(())
@@ -330,6 +404,8 @@ pub unsafe extern "C" fn tailor_generate(
         sampling_into(&mut request, params.max_tokens, params.temperature, params.top_p, params.top_k, params.seed);
         // SAFETY: tailor.h's contract.
         unsafe { adapter_into(&mut request, params.adapter, params.adapter_scale) }?;
+        // SAFETY: as above.
+        unsafe { params.output.write_into(&mut request) }?;
         let answer = run_generation(client, Route::Completion, request, params.on_token, params.user_data)?;
         *slot = Box::into_raw(Box::new(tailor_answer::new(&answer)));
         Ok(())

@@ -166,6 +166,48 @@ static void generation(tailor_client *client, const char *model) {
   gen.user_data = &seen;
   tailor_answer *cancelled = NULL;
   EXPECT(tailor_generate(client, &gen, &cancelled) == TAILOR_ERR_CANCELLED && cancelled == NULL && seen == 2);
+
+  /* API 1.3: a stop string ends the answer before it, streamed or not. */
+  const char *stops[] = {" 7"};
+  gen.on_token = NULL;
+  gen.max_tokens = 20;
+  gen.output.stop = stops;
+  gen.output.n_stop = 1;
+  tailor_answer *stopped = NULL;
+  EXPECT(tailor_generate(client, &gen, &stopped) == TAILOR_OK);
+  EXPECT(stopped != NULL && strstr(tailor_answer_text(stopped), " 6,") != NULL);
+  EXPECT(stopped != NULL && strstr(tailor_answer_text(stopped), " 7") == NULL);
+  EXPECT(stopped != NULL && strcmp(tailor_answer_finish_reason(stopped), "stop") == 0);
+  tailor_answer_free(stopped);
+  gen.output.n_stop = 5; /* over the limit: the daemon's 400 */
+  const char *five[] = {"a", "b", "c", "d", "e"};
+  gen.output.stop = five;
+  EXPECT(tailor_generate(client, &gen, &stopped) == TAILOR_ERR_BAD_REQUEST && stopped == NULL);
+  gen.output.n_stop = 0;
+}
+
+/* API 1.3: an answer constrained to a JSON schema is that JSON. */
+static void structured_output(tailor_client *client, const char *model) {
+  tailor_message ask[] = {{"user", "Describe a city as JSON."}};
+  tailor_chat_params chat = tailor_chat_default_params();
+  chat.model = model;
+  chat.messages = ask;
+  chat.n_messages = 1;
+  chat.max_tokens = 80;
+  chat.output.json_schema =
+      "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":30},"
+      "\"size\":{\"enum\":[\"small\",\"large\"]}}}";
+  tailor_answer *answer = NULL;
+  EXPECT(tailor_chat(client, &chat, &answer) == TAILOR_OK);
+  const char *text = answer ? tailor_answer_text(answer) : "";
+  EXPECT(strncmp(text, "{\"name\":", 8) == 0 || strncmp(text, "{\"name\": ", 9) == 0);
+  EXPECT(strstr(text, "\"size\":") != NULL && text[strlen(text) - 1] == '}');
+  EXPECT(strstr(text, "small") != NULL || strstr(text, "large") != NULL);
+  tailor_answer_free(answer);
+  chat.output.json_schema = "{\"type\":\"object\",\"patternProperties\":{}}";
+  answer = NULL;
+  EXPECT(tailor_chat(client, &chat, &answer) == TAILOR_ERR_BAD_REQUEST && answer == NULL);
+  EXPECT(strstr(tailor_last_error(), "patternProperties") != NULL);
 }
 
 static void retrieval(tailor_client *client) {
@@ -336,6 +378,7 @@ int main(int argc, char **argv) {
   models(client, argv[2]);
   older_params_struct(client, argv[2]);
   generation(client, argv[2]);
+  structured_output(client, argv[2]);
   retrieval(client);
   embeddings(client, argv[3]);
   adapters(client, argv[2], argv[4]);

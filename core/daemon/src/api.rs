@@ -126,7 +126,33 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::guard::check_request))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(axum::middleware::from_fn(errors_as_openai))
         .with_state(state)
+}
+
+/// Rewrites an error answer that is not already JSON (axum's 413 for an
+/// oversized body, 404 for an unknown route, 405, …) into OpenAI's error
+/// shape, so every failure reads the same.
+async fn errors_as_openai(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let retry_after = response.headers().get(RETRY_AFTER).cloned();
+    let body = axum::body::to_bytes(response.into_body(), 64 << 10).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let message = match text.is_empty() {
+        true => status.canonical_reason().unwrap_or("error").to_string(),
+        false => text,
+    };
+    let mut rewritten = ApiError::new(status, message).into_response();
+    if let Some(seconds) = retry_after {
+        rewritten.headers_mut().insert(RETRY_AFTER, seconds);
+    }
+    rewritten
 }
 
 /// Counts requests in flight and by outcome.
@@ -785,27 +811,23 @@ async fn call_stage(
 
 async fn embeddings(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body = parse_body(&body)?;
+    let request = openai::EmbeddingRequest::parse(&body)?;
     let stage = stage_for(&state, &body, StageKind::Embed)?;
-    let input: Vec<String> = match body.get("input") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect::<Option<_>>()
-            .ok_or_else(|| ApiError::bad_request("`input` must be a string or an array of strings"))?,
-        _ => return Err(ApiError::bad_request("`input` must be a string or a non-empty array of strings")),
-    };
     let id = state.next_request_id();
     let model = stage.name.clone();
-    state.0.metrics.embedded_texts.fetch_add(input.len() as u64, Ordering::Relaxed);
-    let request = json!({"input": input}).to_string();
-    let output = call_collect(&state, stage, id, request).await?;
+    state.0.metrics.embedded_texts.fetch_add(request.input.len() as u64, Ordering::Relaxed);
+    let stage_request = json!({"input": request.input}).to_string();
+    let output = call_collect(&state, stage, id, stage_request).await?;
     let parsed: Value =
         serde_json::from_str(&output).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let data: Vec<Value> = parsed["embeddings"]
         .as_array()
         .map(|a| {
-            a.iter().enumerate().map(|(i, e)| json!({"object": "embedding", "index": i, "embedding": e})).collect()
+            let vector = |e: &Value| request.encode(e);
+            a.iter()
+                .enumerate()
+                .map(|(i, e)| json!({"object": "embedding", "index": i, "embedding": vector(e)}))
+                .collect()
         })
         .unwrap_or_default();
     let tokens = parsed["tokens"].as_u64().unwrap_or(0);

@@ -14,6 +14,10 @@
 //! | `user`, `store`, `metadata`, `service_tier` | ignored by design (no effect on the answer) |
 //! | `echo: false`, `best_of` ≤ 1 (completions) | accepted (the defaults) |
 //! | anything else (`tools`, `tool_choice`, `functions`, `logit_bias`, `suffix`, …) | refused, 400 naming it |
+//!
+//! Embeddings ([`EmbeddingRequest`]): `model`, `input` (a string or strings),
+//! `encoding_format` (`float`, `base64`) honoured; `user` ignored by design;
+//! `dimensions`, token-array inputs and anything else refused by name.
 
 use crate::api::ApiError;
 use serde_json::{json, Value};
@@ -377,6 +381,70 @@ pub fn take_logprobs(choice: &mut Choice) -> Vec<TokenLogprob> {
     std::mem::take(&mut choice.logprobs)
 }
 
+/// A checked `/v1/embeddings` request.
+pub struct EmbeddingRequest {
+    /// The texts.
+    pub input: Vec<String>,
+    /// `encoding_format: "base64"`: vectors as base64 of little-endian f32s.
+    base64: bool,
+}
+
+impl EmbeddingRequest {
+    /// Checks every field; refuses what is not supported by name.
+    pub fn parse(body: &Value) -> Result<EmbeddingRequest, ApiError> {
+        if let Some(fields) = body.as_object() {
+            if let Some(name) =
+                fields.keys().find(|k| !["model", "input", "encoding_format", "user"].contains(&k.as_str()))
+            {
+                return Err(bad(name, format!("`{name}` is not supported by tailord on /v1/embeddings")));
+            }
+        }
+        let base64 = match body.get("encoding_format") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(format)) if format == "float" => false,
+            Some(Value::String(format)) if format == "base64" => true,
+            _ => return Err(bad("encoding_format", "`encoding_format` must be \"float\" or \"base64\"")),
+        };
+        let texts = || {
+            bad("input", "`input` must be a string or a non-empty array of strings (token arrays are not supported)")
+        };
+        let input = match body.get("input") {
+            Some(Value::String(text)) => vec![text.clone()],
+            Some(Value::Array(items)) if !items.is_empty() => {
+                items.iter().map(|v| v.as_str().map(str::to_string)).collect::<Option<_>>().ok_or_else(texts)?
+            }
+            _ => return Err(texts()),
+        };
+        Ok(EmbeddingRequest { input, base64 })
+    }
+
+    /// One vector from the stage (an array of numbers) as the caller asked for it.
+    pub fn encode(&self, vector: &Value) -> Value {
+        if !self.base64 {
+            return vector.clone();
+        }
+        let values = vector.as_array().map(Vec::as_slice).unwrap_or_default();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| (v.as_f64().unwrap_or(0.0) as f32).to_le_bytes()).collect();
+        Value::String(base64_encode(&bytes))
+    }
+}
+
+/// Standard base64 with padding (RFC 4648).
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            match i <= chunk.len() {
+                true => out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char),
+                false => out.push('='),
+            }
+        }
+    }
+    out
+}
+
 /// What identifies the build that answered (OpenAI's `system_fingerprint`).
 pub fn system_fingerprint() -> String {
     format!("tailor-{}", env!("CARGO_PKG_VERSION"))
@@ -403,6 +471,23 @@ mod tests {
         assert!(check_fields(&json!({"response_format": {"type": "yaml"}}), Route::Chat).is_err());
         assert!(check_fields(&json!({"prompt": "p", "echo": false, "best_of": 1}), Route::Completion).is_ok());
         assert!(check_fields(&json!({"prompt": "p", "echo": true}), Route::Completion).is_err());
+    }
+
+    #[test]
+    fn embedding_requests_are_checked_and_base64_is_standard() {
+        assert_eq!(base64_encode(b"Man"), "TWFu");
+        assert_eq!(base64_encode(b"Ma"), "TWE=");
+        assert_eq!(base64_encode(b"M"), "TQ==");
+        let request =
+            EmbeddingRequest::parse(&json!({"model": "m", "input": "x", "encoding_format": "base64"})).unwrap();
+        assert_eq!(request.encode(&json!([1.0, -2.0])), json!(base64_encode(&[0, 0, 128, 63, 0, 0, 0, 192])));
+        for refused in [
+            json!({"input": "x", "dimensions": 8}),
+            json!({"input": [[1, 2]]}),
+            json!({"input": "x", "encoding_format": "int8"}),
+        ] {
+            assert!(EmbeddingRequest::parse(&refused).is_err(), "{refused}");
+        }
     }
 
     #[test]

@@ -83,8 +83,22 @@ fn chat_streaming_embeddings_and_errors_over_http() {
     let (status, body) = curl(&d, "/v1/chat/completions", token, Some(&long));
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("context"), "{body}");
+    // Every failure in OpenAI's shape, axum's own answers included.
     let huge = format!(r#"{{"model":"smollm2","prompt":"{}"}}"#, "x".repeat(300_000));
-    assert_eq!(curl(&d, "/v1/completions", token, Some(&huge)).0, 413);
+    let (status, body) = curl(&d, "/v1/completions", token, Some(&huge));
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(json(&body)["error"]["code"], "request_too_large", "{body}");
+    let (status, body) = curl(&d, "/v1/no-such-route", token, Some("{}"));
+    assert_eq!((status, json(&body)["error"]["type"].as_str()), (404, Some("invalid_request_error")), "{body}");
+    // Embeddings: base64 is the float vector's bytes; `dimensions` is refused by name.
+    let request = r#"{"model":"minilm","input":"first text","encoding_format":"base64"}"#;
+    let (status, body) = curl(&d, "/v1/embeddings", token, Some(request));
+    assert_eq!(status, 200, "{body}");
+    let decoded = base64_floats(json(&body)["data"][0]["embedding"].as_str().unwrap());
+    assert_eq!(decoded.len(), 384);
+    assert!(decoded.iter().zip(&v).all(|(a, b)| (*a as f64 - b).abs() < 1e-6), "base64 decodes to the float vector");
+    let (status, body) = curl(&d, "/v1/embeddings", token, Some(r#"{"model":"minilm","input":"x","dimensions":8}"#));
+    assert_eq!((status, json(&body)["error"]["param"].as_str()), (400, Some("dimensions")), "{body}");
     let (status, _) = curl(&d, "/health", None, None);
     assert_eq!(status, 200, "the daemon keeps serving after bad requests");
 }
@@ -230,6 +244,18 @@ fn concurrent_streaming_clients_each_get_their_single_request_output() {
     // Every prompt starts with the chat template's system prompt: after the
     // first, each reused its keys and values (and still matched exactly).
     assert!(value("tailor_generate_prefix_hits_total") >= 31.0, "{metrics}");
+}
+
+/// Little-endian f32s from standard base64.
+fn base64_floats(text: &str) -> Vec<f32> {
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let sextets: Vec<u32> = text.trim_end_matches('=').chars().map(|c| alphabet.find(c).unwrap() as u32).collect();
+    let mut bytes = Vec::new();
+    for group in sextets.chunks(4) {
+        let n = group.iter().enumerate().fold(0, |n, (i, s)| n | s << (18 - 6 * i));
+        bytes.extend(n.to_be_bytes()[1..group.len()].iter());
+    }
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 /// Names of the daemon's kernel-pool threads, sorted.

@@ -7,7 +7,8 @@
 //!
 //! Supported schema keywords: `type` (object, array, string, number,
 //! integer, boolean, null), `properties` (written in their declared order;
-//! all of them, so every `required` one is there), `items`, `minItems`,
+//! all of them, so every `required` one is there; an object without
+//! `properties` is any object), `items`, `minItems`,
 //! `maxItems`, `minLength`, `maxLength`, `enum`, `const`; `additionalProperties`, `required`, `title`, `description` and
 //! `$schema` are accepted; any other keyword is refused by name. Whitespace
 //! is limited to one space after `:` and `,`, so a model cannot pad forever.
@@ -125,7 +126,11 @@ impl JsonGrammar {
             Some(_) => return Err(bad("type must be one string (type lists are not supported)".into())),
         };
         let node = match kind {
-            "object" => Node::Object(Some(self.compile_properties(fields.get("properties"), path)?)),
+            // Without `properties`, any object.
+            "object" => match fields.get("properties") {
+                None => Node::Object(None),
+                Some(properties) => Node::Object(Some(self.compile_properties(properties, path)?)),
+            },
             "array" => {
                 let items = match fields.get("items") {
                     Some(items) => self.compile(items, &format!("{path}.items"))?,
@@ -153,8 +158,7 @@ impl JsonGrammar {
         Ok(self.push(node))
     }
 
-    fn compile_properties(&mut self, properties: Option<&Value>, path: &str) -> Result<Vec<(String, usize)>> {
-        let Some(properties) = properties else { return Ok(Vec::new()) };
+    fn compile_properties(&mut self, properties: &Value, path: &str) -> Result<Vec<(String, usize)>> {
         let properties = properties.as_object().ok_or_else(|| {
             ModelError::InvalidParameter(format!("json schema at {path}: properties must be an object"))
         })?;
