@@ -34,7 +34,14 @@ const (
 	Unauthorized    Status = C.TAILOR_ERR_UNAUTHORIZED
 	NotFound        Status = C.TAILOR_ERR_NOT_FOUND
 	BadRequest      Status = C.TAILOR_ERR_BAD_REQUEST
+	TooLarge        Status = C.TAILOR_ERR_TOO_LARGE
+	Unavailable     Status = C.TAILOR_ERR_UNAVAILABLE
+	Server          Status = C.TAILOR_ERR_SERVER
+	Protocol        Status = C.TAILOR_ERR_PROTOCOL
+	IO              Status = C.TAILOR_ERR_IO
 	Cancelled       Status = C.TAILOR_ERR_CANCELLED
+	Internal        Status = C.TAILOR_ERR_INTERNAL
+	Conflict        Status = C.TAILOR_ERR_CONFLICT
 )
 
 func (s Status) String() string { return C.GoString(C.tailor_status_name(C.int(s))) }

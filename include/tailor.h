@@ -50,7 +50,8 @@ extern "C" {
 /* major * 10000 + minor * 100 + patch of this header. */
 /* 1.1: LoRA adapters (load, unload, list; `adapter` on chat and generate). */
 /* 1.2: fine-tuning jobs (start, get, events, cancel). */
-/* 1.3: stop strings, presence/frequency penalties and JSON output (`output` on chat and generate). */
+/* 1.3: stop strings, presence/frequency penalties and JSON output (`output` on chat and generate);
+ * TAILOR_ERR_CONFLICT for a taken name, TAILOR_ERR_NOT_FOUND for an unknown index. */
 #define TAILOR_API_VERSION 10300
 
 /* ---- status and errors ------------------------------------------------ */
@@ -60,15 +61,16 @@ typedef enum tailor_status {
   TAILOR_ERR_INVALID_ARGUMENT = 1, /* NULL where a value is needed, bad struct_size, not UTF-8 */
   TAILOR_ERR_CONNECT = 2,          /* tailord is not reachable (not running, wrong socket or address) */
   TAILOR_ERR_UNAUTHORIZED = 3,     /* the daemon wants a (different) bearer token */
-  TAILOR_ERR_NOT_FOUND = 4,        /* unknown model, stage or route */
-  TAILOR_ERR_BAD_REQUEST = 5,      /* the daemon refused the request: prompt past the context, unknown index, … */
+  TAILOR_ERR_NOT_FOUND = 4,        /* unknown model, stage, route, index or adapter */
+  TAILOR_ERR_BAD_REQUEST = 5,      /* the daemon refused the request: prompt past the context, a field over its limit, … */
   TAILOR_ERR_TOO_LARGE = 6,        /* the request body is over the daemon's limit */
   TAILOR_ERR_UNAVAILABLE = 7,      /* the daemon is busy or a stage is not ready */
   TAILOR_ERR_SERVER = 8,           /* a stage failed inside the daemon */
   TAILOR_ERR_PROTOCOL = 9,         /* the reply was not what the API promises */
   TAILOR_ERR_IO = 10,              /* the connection broke or timed out */
   TAILOR_ERR_CANCELLED = 11,       /* a callback asked to stop */
-  TAILOR_ERR_INTERNAL = 12         /* a bug in libtailor (it was contained) */
+  TAILOR_ERR_INTERNAL = 12,        /* a bug in libtailor (it was contained) */
+  TAILOR_ERR_CONFLICT = 13         /* API 1.3: the name is taken (an index or adapter that exists) */
 } tailor_status;
 
 /* A static name for a status value ("TAILOR_ERR_CONNECT"); any int is
@@ -106,7 +108,8 @@ typedef struct tailor_client_params {
 tailor_client_params tailor_client_default_params(void);
 
 /* Opens a client and checks that the daemon answers (GET /health):
- * TAILOR_ERR_CONNECT when it does not. The client is freed with
+ * TAILOR_ERR_CONNECT when it does not; with a token, that the daemon takes
+ * it (TAILOR_ERR_UNAUTHORIZED when not; API 1.3). The client is freed with
  * tailor_client_close. */
 tailor_status tailor_client_open(const tailor_client_params *params, tailor_client **out_client);
 
@@ -307,7 +310,7 @@ typedef struct tailor_adapters tailor_adapters;
 /* Loads the PEFT LoRA adapter folder `path` (a path on the daemon's machine,
  * under the generate stage's `adapter_dirs`) as `name` on generate stage
  * `model` (NULL: the first configured). A bad adapter gives
- * TAILOR_ERR_BAD_REQUEST naming what is wrong, as does a taken name. */
+ * TAILOR_ERR_BAD_REQUEST naming what is wrong; a taken name TAILOR_ERR_CONFLICT (API 1.3). */
 tailor_status tailor_adapter_load(tailor_client *client, const char *model, const char *name, const char *path);
 
 /* Unloads adapter `name` (requests using it finish first);

@@ -61,6 +61,10 @@ impl Client {
     pub fn open(endpoint: Endpoint, token: Option<String>, timeout: Option<Duration>) -> Result<Client> {
         let client = Client { endpoint, token, timeout };
         client.call("GET", "/health", None)?;
+        // /health answers anyone; a route behind the token tells a wrong one.
+        if client.token.is_some() {
+            client.call("GET", "/v1/models", None)?;
+        }
         Ok(client)
     }
 

@@ -60,6 +60,7 @@ impl FfiError {
             FfiError::Connect(_) => TAILOR_ERR_CONNECT,
             FfiError::Daemon { status: 401, .. } => TAILOR_ERR_UNAUTHORIZED,
             FfiError::Daemon { status: 404, .. } => TAILOR_ERR_NOT_FOUND,
+            FfiError::Daemon { status: 409, .. } => TAILOR_ERR_CONFLICT,
             FfiError::Daemon { status: 413, .. } => TAILOR_ERR_TOO_LARGE,
             FfiError::Daemon { status: 503, .. } => TAILOR_ERR_UNAVAILABLE,
             FfiError::Daemon { status: 400..=499, .. } => TAILOR_ERR_BAD_REQUEST,

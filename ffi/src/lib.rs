@@ -62,9 +62,11 @@ pub enum tailor_status {
     TAILOR_ERR_CANCELLED = 11,
     /// A contained bug in libtailor.
     TAILOR_ERR_INTERNAL = 12,
+    /// API 1.3: the name is taken (an index or adapter that exists).
+    TAILOR_ERR_CONFLICT = 13,
 }
 
-const STATUS_NAMES: [&CStr; 13] = [
+const STATUS_NAMES: [&CStr; 14] = [
     c"TAILOR_OK",
     c"TAILOR_ERR_INVALID_ARGUMENT",
     c"TAILOR_ERR_CONNECT",
@@ -78,6 +80,7 @@ const STATUS_NAMES: [&CStr; 13] = [
     c"TAILOR_ERR_IO",
     c"TAILOR_ERR_CANCELLED",
     c"TAILOR_ERR_INTERNAL",
+    c"TAILOR_ERR_CONFLICT",
 ];
 
 /// A static name for a status value.

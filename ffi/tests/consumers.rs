@@ -83,9 +83,14 @@ config = {{ root = {indexes:?} }}
         gguf = m.join("SmolLM2-135M-Instruct.Q4_1.gguf"),
         adapters = adapters_dir(),
     );
+    (spawn_daemon(dir, &config), socket)
+}
+
+/// Starts tailord on `config` and waits until it listens.
+fn spawn_daemon(dir: &Path, config: &str) -> Daemon {
     let path = dir.join("tailord.toml");
     std::fs::write(&path, config).expect("config");
-    let mut child = Command::new(release.join("tailord"))
+    let mut child = Command::new(root().join("target/release/tailord"))
         .arg("--config")
         .arg(&path)
         .stdout(Stdio::piped())
@@ -95,7 +100,7 @@ config = {{ root = {indexes:?} }}
     let stdout = child.stdout.take().expect("stdout");
     BufReader::new(stdout).read_line(&mut line).expect("tailord's first line");
     assert!(line.starts_with("tailord listening on"), "tailord said {line:?}");
-    (Daemon(child), socket)
+    Daemon(child)
 }
 
 /// packaging/tailor.pc.in filled in for this checkout; returns its folder.
@@ -146,6 +151,36 @@ fn under_valgrind(program: &Path, args: &[&str]) -> String {
         .args(args)
         .env("LD_LIBRARY_PATH", root().join("target/release")));
     String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn opening_a_client_with_a_wrong_token_is_refused() {
+    use tailor::session::{tailor_client_close, tailor_client_default_params, tailor_client_open};
+    use tailor::tailor_status;
+    let dir = scratch().join("token");
+    std::fs::create_dir_all(&dir).expect("token dir");
+    let socket = dir.join("tailord.sock");
+    let release = root().join("target/release");
+    let minilm = models().join("all-MiniLM-L6-v2");
+    let config = format!(
+        "[server]\nunix_socket = {socket:?}\ntoken = \"right\"\nplugin_dirs = [{release:?}]\n\n[[stages]]\n\
+         name = \"minilm\"\nplugin = \"libtailor_retrieval_faiss.so\"\nstage = \"embed\"\nconfig = {{ model = {minilm:?} }}\n"
+    );
+    let _daemon = spawn_daemon(&dir, &config);
+    let socket = std::ffi::CString::new(socket.display().to_string()).expect("socket path");
+    for (token, want) in [("right", tailor_status::TAILOR_OK), ("wrong", tailor_status::TAILOR_ERR_UNAUTHORIZED)] {
+        let token = std::ffi::CString::new(token).expect("token");
+        let mut params = tailor_client_default_params();
+        params.socket_path = socket.as_ptr();
+        params.token = token.as_ptr();
+        let mut client = std::ptr::null_mut();
+        // SAFETY: params and its strings live across the call; `client` is
+        // an out-pointer, closed below when the call gave one.
+        let status = unsafe { tailor_client_open(&params, &mut client) };
+        assert_eq!(status as i32, want as i32, "token {token:?}");
+        // SAFETY: made by tailor_client_open (or NULL), closed once.
+        unsafe { tailor_client_close(client) };
+    }
 }
 
 #[test]

@@ -214,7 +214,7 @@ static void retrieval(tailor_client *client) {
   tailor_document docs[] = {{"a", "Lentil soup is served on Thursdays."}, {"b", "The library closes at nine."}};
   size_t added = 0, deleted = 0, documents = 0, chunks = 0;
   EXPECT(tailor_index_create(client, "kb-every", NULL) == TAILOR_OK);
-  EXPECT(tailor_index_create(client, "kb-every", NULL) == TAILOR_ERR_BAD_REQUEST);
+  EXPECT(tailor_index_create(client, "kb-every", NULL) == TAILOR_ERR_CONFLICT);
   EXPECT(tailor_index_add(client, "kb-every", docs, 2, &added) == TAILOR_OK && added == 2);
   EXPECT(tailor_index_info(client, "kb-every", &documents, &chunks) == TAILOR_OK && documents == 2 && chunks == 2);
   tailor_search_params search = tailor_search_default_params();
@@ -231,7 +231,7 @@ static void retrieval(tailor_client *client) {
   EXPECT(tailor_index_delete(client, "kb-every", ids, 1, &deleted) == TAILOR_OK && deleted == 1);
   EXPECT(tailor_index_info(client, "kb-every", &documents, NULL) == TAILOR_OK && documents == 1);
   search.index = "no-such-index";
-  EXPECT(tailor_search(client, &search, &hits) == TAILOR_ERR_BAD_REQUEST && hits == NULL);
+  EXPECT(tailor_search(client, &search, &hits) == TAILOR_ERR_NOT_FOUND && hits == NULL);
 }
 
 /* Waits for job `id` to end; returns its final state. */
@@ -300,7 +300,7 @@ static void fine_tuning(tailor_client *client, const char *model, const char *tr
 
 static void adapters(tailor_client *client, const char *model, const char *adapter_dir) {
   EXPECT(tailor_adapter_load(client, NULL, "every-qv", adapter_dir) == TAILOR_OK);
-  EXPECT(tailor_adapter_load(client, model, "every-qv", adapter_dir) == TAILOR_ERR_BAD_REQUEST); /* taken */
+  EXPECT(tailor_adapter_load(client, model, "every-qv", adapter_dir) == TAILOR_ERR_CONFLICT); /* taken */
   EXPECT(tailor_adapter_load(client, model, "outside", "/etc") == TAILOR_ERR_BAD_REQUEST);
   EXPECT(tailor_adapter_load(client, model, NULL, adapter_dir) == TAILOR_ERR_INVALID_ARGUMENT);
   tailor_adapters *list = NULL;

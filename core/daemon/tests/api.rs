@@ -190,7 +190,7 @@ fn rag_through_chat_returns_sources() {
     assert!(sources[0]["source"].as_str().unwrap().ends_with("bluebird.txt"), "{reply}");
     println!("answer: {}", reply["choices"][0]["message"]["content"]);
     let (status, body) = curl(&d, "/v1/chat/completions", None, Some(&request.replace("\"kb\"", "\"missing\"")));
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 404, "{body}");
     assert!(body.contains("no index named"), "{body}");
 }
 

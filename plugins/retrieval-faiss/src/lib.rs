@@ -22,7 +22,7 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use tailor_model::Encoder;
-use tailor_plugin_abi::{export_plugin, Stage, StageKind};
+use tailor_plugin_abi::{export_plugin, Stage, StageError, StageKind};
 use tailor_rag::Collection;
 
 /// Niceness of this plugin's kernel threads: on a busy machine, embedding
@@ -123,19 +123,31 @@ fn open_indexes() -> &'static Mutex<Vec<(PathBuf, String, Collection)>> {
     OPEN.get_or_init(|| Mutex::new(Vec::new()))
 }
 
-/// Runs `f` on the open index `name` under `root`, opening it first if needed.
+/// Runs `f` on the open index `name` under `root`, opening it first if
+/// needed; an index that does not exist is `ERR_NOT_FOUND`.
 fn with_index<T>(
     root: &std::path::Path,
     name: &str,
     f: impl FnOnce(&mut Collection) -> Result<T, String>,
-) -> Result<T, String> {
-    let mut open = open_indexes().lock().map_err(|_| "index state poisoned".to_string())?;
+) -> Result<T, StageError> {
+    let mut open = open_indexes().lock().map_err(|_| StageError::internal("index state poisoned"))?;
     if !open.iter().any(|(r, n, _)| r == root && n == name) {
-        let collection = Collection::open(root, name).map_err(|e| e.to_string())?;
+        let collection = Collection::open(root, name).map_err(stage_error)?;
         open.push((root.to_path_buf(), name.to_string(), collection));
     }
-    let entry = open.iter_mut().find(|(r, n, _)| r == root && n == name).ok_or("index vanished")?;
-    f(&mut entry.2)
+    let entry = open.iter_mut().find(|(r, n, _)| r == root && n == name);
+    let entry = entry.ok_or_else(|| StageError::internal("index vanished"))?;
+    f(&mut entry.2).map_err(StageError::invalid)
+}
+
+/// A retrieval error as a stage error of the right status: an unknown
+/// index is not found (404), a taken name a conflict (409).
+fn stage_error(e: tailor_rag::RagError) -> StageError {
+    match e {
+        tailor_rag::RagError::UnknownIndex(_) => StageError::not_found(e.to_string()),
+        tailor_rag::RagError::IndexExists(_) => StageError::conflict(e.to_string()),
+        other => StageError::invalid(other.to_string()),
+    }
 }
 
 /// Search in named indexes.
@@ -244,8 +256,7 @@ impl Stage for Index {
                     .parse()
                     .map_err(|e: tailor_rag::RagError| e.to_string())?;
                 let params = tailor_rag::chunk::ChunkParams::default();
-                Collection::create(&self.root, &request.index, kind, &self.encoder, params)
-                    .map_err(|e| e.to_string())?;
+                Collection::create(&self.root, &request.index, kind, &self.encoder, params).map_err(stage_error)?;
                 serde_json::json!({"created": request.index})
             }
             // Ingest is background work: it runs on a thread of its own at
@@ -267,7 +278,7 @@ impl Stage for Index {
 
 impl Index {
     /// The `add` op: paths (under the document roots) and inline texts.
-    fn add(&self, id: u64, request: IndexRequest) -> Result<serde_json::Value, String> {
+    fn add(&self, id: u64, request: IndexRequest) -> Result<serde_json::Value, StageError> {
         with_index(&self.root, &request.index, |c| {
             if request.paths.is_empty() && request.texts.is_empty() {
                 return Err("`add` needs `paths` or `texts`".to_string());

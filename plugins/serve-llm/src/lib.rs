@@ -158,7 +158,7 @@ const MAX_STOP_BYTES: usize = 256;
 /// Most alternatives per token a request may ask log-probabilities of.
 const MAX_LOGPROBS: usize = 20;
 
-/// A seed no earlier request used, for requests that give none.
+/// A fresh random seed, for requests that give none (so sampled answers differ).
 fn fresh_seed() -> u64 {
     use std::hash::BuildHasher;
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
