@@ -6,24 +6,20 @@
 use crate::cache::AnswerCache;
 use crate::guard::AllowedHosts;
 use crate::metrics::Metrics;
-use crate::openai::{self, Choice, LogprobRequest, Piece, Route, TokenLogprob};
+use crate::openai::{self, Choice, LogprobRequest, Piece, Route};
 use crate::services::DaemonServices;
 use crate::stages::{Registered, Registry};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tailor_plugin_abi::host::PluginError;
 use tailor_plugin_abi::{ffi, StageKind};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -520,14 +516,14 @@ async fn completions(State(state): State<AppState>, body: Bytes) -> Result<Respo
 /// How a generation is answered: the OpenAI object, RAG sources (`null`
 /// without RAG) and the log-probabilities asked for.
 #[derive(Clone)]
-struct Answer {
-    route: Route,
-    sources: Value,
-    logprobs: Option<LogprobRequest>,
+pub(crate) struct Answer {
+    pub(crate) route: Route,
+    pub(crate) sources: Value,
+    pub(crate) logprobs: Option<LogprobRequest>,
 }
 
 impl Answer {
-    fn is_chat(&self) -> bool {
+    pub(crate) fn is_chat(&self) -> bool {
         self.route == Route::Chat
     }
 }
@@ -547,9 +543,9 @@ async fn run_generation(
     let completion_id = format!("{}-{id}", if chat { "chatcmpl" } else { "cmpl" });
     if body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
         let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
-        let stream = Stream { id, completion_id, model, created, answer, include_usage };
+        let stream = crate::stream::Stream { id, completion_id, model, created, answer, include_usage };
         let admission = admit(&state, &stage)?;
-        return Ok(stream_generation(state.clone(), stage, request, stream, admission));
+        return Ok(crate::stream::stream_generation(state.clone(), stage, request, stream, admission));
     }
     let filtered = stage.clone();
     // Deterministic requests (greedy, or seeded) are answered from the cache;
@@ -610,7 +606,7 @@ async fn run_generation(
 
 /// The choice at `index`, growing the list to reach it (the stage numbers
 /// its generations from 0 up to the request's `n`, which it bounds).
-fn choice_at(choices: &mut Vec<Choice>, index: usize) -> &mut Choice {
+pub(crate) fn choice_at(choices: &mut Vec<Choice>, index: usize) -> &mut Choice {
     if choices.len() <= index {
         choices.resize_with(index + 1, Choice::default);
     }
@@ -618,171 +614,10 @@ fn choice_at(choices: &mut Vec<Choice>, index: usize) -> &mut Choice {
 }
 
 /// Adds `"tailor": {"sources": …}` to a reply or chunk when there are sources.
-fn with_sources(value: &mut Value, sources: &Value) {
+pub(crate) fn with_sources(value: &mut Value, sources: &Value) {
     if !sources.is_null() {
         value["tailor"] = json!({"sources": sources});
     }
-}
-
-/// What a streamed reply needs besides the stage output.
-struct Stream {
-    id: u64,
-    completion_id: String,
-    model: String,
-    created: u64,
-    answer: Answer,
-    /// OpenAI's `stream_options.include_usage`: a last chunk with `usage`.
-    include_usage: bool,
-}
-
-/// Turns stage lines into OpenAI's stream chunks, choice by choice: the
-/// first chunk of a choice carries the role, each token chunk its
-/// log-probabilities, the last its finish reason and the RAG sources; with
-/// output filters a choice's text is held back and sent filtered at its end.
-struct Chunker {
-    stream: Stream,
-    stage: Arc<Registered>,
-    choices: Vec<Choice>,
-    started: Vec<bool>,
-    prompt_tokens: u64,
-}
-
-impl Chunker {
-    fn envelope(&self, choices: Value) -> Value {
-        let s = &self.stream;
-        let object = if s.answer.is_chat() { "chat.completion.chunk" } else { "text_completion" };
-        json!({"id": s.completion_id, "object": object, "created": s.created, "model": s.model,
-            "system_fingerprint": openai::system_fingerprint(), "choices": choices})
-    }
-
-    /// A chunk of choice `index`: `text` with its tokens' log-probabilities
-    /// (the text starting at byte `offset` of the choice), or its end when
-    /// `finish` is given.
-    fn chunk(
-        &mut self,
-        index: usize,
-        text: Option<String>,
-        tokens: &[TokenLogprob],
-        offset: usize,
-        finish: Option<&str>,
-    ) -> Value {
-        let answer = &self.stream.answer;
-        let logprobs = match answer.logprobs {
-            Some(asked) if !tokens.is_empty() => openai::logprobs_json(answer.route, tokens, asked, offset),
-            _ => Value::Null,
-        };
-        if self.started.len() <= index {
-            self.started.resize(index + 1, false);
-        }
-        let choice = if answer.is_chat() {
-            let mut delta = json!({});
-            if !std::mem::replace(&mut self.started[index], true) {
-                delta["role"] = json!("assistant");
-            }
-            if let Some(text) = text {
-                delta["content"] = json!(text);
-            }
-            json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
-        } else {
-            json!({"index": index, "text": text.unwrap_or_default(), "logprobs": logprobs, "finish_reason": finish})
-        };
-        let mut value = self.envelope(json!([choice]));
-        if finish.is_some() {
-            with_sources(&mut value, &answer.sources);
-        }
-        value
-    }
-
-    /// The chunks one stage line becomes.
-    fn on_piece(&mut self, piece: Piece, metrics: &Metrics) -> Vec<Value> {
-        let filtering = !self.stage.filters.is_empty();
-        match piece {
-            Piece::Token { index, text, logprob } if filtering => {
-                choice_at(&mut self.choices, index).push(&text, logprob);
-                Vec::new()
-            }
-            Piece::Token { index, text, logprob } => {
-                let choice = choice_at(&mut self.choices, index);
-                let offset = choice.text.len();
-                choice.text.push_str(&text);
-                let tokens: Vec<TokenLogprob> = logprob.into_iter().collect();
-                vec![self.chunk(index, Some(text), &tokens, offset, None)]
-            }
-            Piece::Done { index, finish, prompt_tokens, completion_tokens } => {
-                metrics.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
-                self.prompt_tokens = prompt_tokens;
-                let choice = choice_at(&mut self.choices, index);
-                choice.completion_tokens = completion_tokens;
-                let mut chunks = Vec::new();
-                if filtering {
-                    let held = std::mem::take(&mut choice.text);
-                    let tokens = openai::take_logprobs(choice);
-                    let text = self.stage.filter(held).unwrap_or_else(|e| format!("[filter failed: {e}]"));
-                    chunks.push(self.chunk(index, Some(text), &tokens, 0, None));
-                }
-                chunks.push(self.chunk(index, None, &[], 0, Some(&finish)));
-                chunks
-            }
-        }
-    }
-
-    /// The last chunk, with the usage of every choice (`include_usage`).
-    fn usage(&self) -> Value {
-        let completion: u64 = self.choices.iter().map(|c| c.completion_tokens).sum();
-        let mut value = self.envelope(json!([]));
-        value["usage"] = json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": self.prompt_tokens + completion});
-        value
-    }
-}
-
-/// Streams tokens as server-sent events; a client that goes away cancels
-/// the generation at the next token.
-fn stream_generation(
-    state: AppState,
-    stage: Arc<Registered>,
-    request: String,
-    stream: Stream,
-    admission: crate::stages::Admission,
-) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
-    tokio::task::spawn_blocking(move || {
-        let _admission = admission;
-        let (id, include_usage) = (stream.id, stream.include_usage);
-        let mut chunker =
-            Chunker { stream, stage: stage.clone(), choices: Vec::new(), started: Vec::new(), prompt_tokens: 0 };
-        let mut buffer = String::new();
-        let result = stage.call(id, &request, &mut |part| {
-            buffer.push_str(part);
-            while let Some(end) = buffer.find('\n') {
-                let line: String = buffer.drain(..=end).collect();
-                let Some(piece) = Piece::parse(line.trim_end()) else { continue };
-                for chunk in chunker.on_piece(piece, &state.0.metrics) {
-                    if tx.blocking_send(chunk.to_string()).is_err() {
-                        state.0.services.cancel(id);
-                        return false; // the client went away: cancel
-                    }
-                }
-            }
-            true
-        });
-        state.0.services.finished(id);
-        state.0.metrics.prompt_tokens.fetch_add(chunker.prompt_tokens, Ordering::Relaxed);
-        match result {
-            Err(e) => {
-                let error =
-                    json!({"error": {"message": e.to_string(), "type": "server_error", "param": null, "code": null}});
-                let _ = tx.blocking_send(error.to_string());
-            }
-            Ok(()) if include_usage => {
-                let _ = tx.blocking_send(chunker.usage().to_string());
-            }
-            Ok(()) => {}
-        }
-        let _ = tx.blocking_send("[DONE]".to_string());
-    });
-    let events = ReceiverStream::new(rx).map(|data| Ok::<Event, Infallible>(Event::default().data(data)));
-    Sse::new(events).into_response()
 }
 
 /// Calls any configured stage with the raw request body; answers with its

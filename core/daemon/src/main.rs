@@ -17,6 +17,7 @@ mod notify;
 mod openai;
 mod services;
 mod stages;
+mod stream;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;

@@ -120,13 +120,13 @@ pub struct LogprobRequest {
 }
 
 /// The generate stage's request for an OpenAI request whose input (its
-/// `messages` or `prompt`) is `input`; with the log-probabilities asked.
+/// `messages` or `prompt`) is `input`, with the log-probabilities asked
+/// (the handler has run [`check_fields`] on `body` first).
 pub fn stage_request(
     body: &Value,
     route: Route,
     input: (&str, Value),
 ) -> Result<(Value, Option<LogprobRequest>), ApiError> {
-    check_fields(body, route)?;
     let mut request = json!({});
     request[input.0] = input.1;
     for &key in NUMBERS {
