@@ -24,8 +24,10 @@ fn adapters_dir() -> PathBuf {
     root().join("tests/reference/adapters")
 }
 
-fn scratch() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("consumers-{}", std::process::id()));
+/// A fresh folder of this test's own: tests run in parallel, so each
+/// removes and recreates only its own.
+fn scratch(test: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("consumers-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
@@ -157,8 +159,7 @@ fn under_valgrind(program: &Path, args: &[&str]) -> String {
 fn opening_a_client_with_a_wrong_token_is_refused() {
     use tailor::session::{tailor_client_close, tailor_client_default_params, tailor_client_open};
     use tailor::tailor_status;
-    let dir = scratch().join("token");
-    std::fs::create_dir_all(&dir).expect("token dir");
+    let dir = scratch("token");
     let socket = dir.join("tailord.sock");
     let release = root().join("target/release");
     let minilm = models().join("all-MiniLM-L6-v2");
@@ -185,7 +186,7 @@ fn opening_a_client_with_a_wrong_token_is_refused() {
 
 #[test]
 fn c_cpp_and_go_apps_chat_embed_and_retrieve_through_libtailor() {
-    let dir = scratch();
+    let dir = scratch("apps");
     let (_daemon, socket) = start_daemon(&dir);
     let socket_arg = socket.display().to_string();
     let args = [socket_arg.as_str(), "smollm2", "minilm"];
