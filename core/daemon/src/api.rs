@@ -117,6 +117,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/tailor/stages/{name}", post(call_stage))
         .merge(crate::index_api::routes())
+        .merge(crate::model_api::routes())
         .merge(crate::adapter_api::routes())
         .merge(crate::fine_tuning_api::routes())
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -365,7 +366,7 @@ pub async fn call_collect(
 /// Runs a stage call on the blocking pool and collects its whole output;
 /// `admission` (if any) is held until the call returns. The daemon's own
 /// short calls (the counters on /metrics) run without one.
-async fn run_collect(
+pub(crate) async fn run_collect(
     state: &AppState,
     stage: Arc<Registered>,
     id: u64,
@@ -429,16 +430,15 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let mut data: Vec<Value> = state
-        .0
-        .registry
-        .all()
-        .iter()
-        .map(|s| {
-            let kind = s.kind.map(|k| format!("{k:?}").to_lowercase()).unwrap_or_else(|| "unknown".into());
-            json!({"id": s.name, "object": "model", "owned_by": "tailor", "tailor_stage": kind})
-        })
-        .collect();
+    let mut data = Vec::new();
+    for stage in state.0.registry.all() {
+        let kind = stage.kind.map(|k| format!("{k:?}").to_lowercase()).unwrap_or_else(|| "unknown".into());
+        let mut entry = json!({"id": stage.name, "object": "model", "owned_by": "tailor", "tailor_stage": kind});
+        if let Value::Object(fields) = &mut entry {
+            fields.extend(crate::model_api::model_fields(&state, stage).await);
+        }
+        data.push(entry);
+    }
     for adapter in crate::adapter_api::adapters_of_all(&state).await? {
         data.push(json!({"id": adapter["name"], "object": "model", "owned_by": "tailor", "parent": adapter["model"],
             "tailor_stage": "adapter"}));

@@ -2,7 +2,9 @@
 //! documents without knowing stage request formats:
 //!
 //! - `POST /v1/indexes` `{"name": NAME, "kind": "flat"|"hnsw"?}` creates one;
+//! - `GET /v1/indexes` lists them (`{"object": "list", "data": [{"name", "kind", "dim"}…]}`);
 //! - `GET /v1/indexes/{name}` describes it (settings, document and chunk counts);
+//! - `DELETE /v1/indexes/{name}` deletes it with its documents;
 //! - `POST /v1/indexes/{name}/documents` `{"documents": [{"id", "text", "metadata"?}…]?,
 //!   "paths": [PATH…]?}` adds documents sent inline or files the daemon can read;
 //! - `DELETE /v1/indexes/{name}/documents` `{"ids": [ID or PATH…]}` deletes them;
@@ -24,8 +26,8 @@ use tailor_plugin_abi::StageKind;
 /// The index routes, to merge into the API router.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/indexes", post(create))
-        .route("/v1/indexes/{name}", get(info))
+        .route("/v1/indexes", post(create).get(list))
+        .route("/v1/indexes/{name}", get(info).delete(drop_index))
         .route("/v1/indexes/{name}/documents", post(add_documents).delete(delete_documents))
         .route("/v1/indexes/{name}/search", post(search))
 }
@@ -73,6 +75,17 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Json<Value
     }
     let stage = stage_of_kind(&state, &body, StageKind::Index)?;
     forward(&state, stage, request).await
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let stage = stage_of_kind(&state, &json!({}), StageKind::Index)?;
+    let Json(reply) = forward(&state, stage, json!({"op": "list"})).await?;
+    Ok(Json(json!({"object": "list", "data": reply["indexes"]})))
+}
+
+async fn drop_index(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let stage = stage_of_kind(&state, &json!({}), StageKind::Index)?;
+    forward(&state, stage, json!({"op": "drop", "index": name})).await
 }
 
 async fn info(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {

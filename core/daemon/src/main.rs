@@ -13,6 +13,7 @@ mod guard;
 mod index_api;
 mod isolated;
 mod metrics;
+mod model_api;
 mod notify;
 mod openai;
 mod services;

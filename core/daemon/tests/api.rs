@@ -99,6 +99,26 @@ fn chat_streaming_embeddings_and_errors_over_http() {
     assert!(decoded.iter().zip(&v).all(|(a, b)| (*a as f64 - b).abs() < 1e-6), "base64 decodes to the float vector");
     let (status, body) = curl(&d, "/v1/embeddings", token, Some(r#"{"model":"minilm","input":"x","dimensions":8}"#));
     assert_eq!((status, json(&body)["error"]["param"].as_str()), (400, Some("dimensions")), "{body}");
+    // Token counts before sending, the chat template included; the model's shape on /v1/models.
+    let tokenize = r#"{"model":"smollm2","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France?"}]}"#;
+    let (status, body) = curl(&d, "/tokenize", token, Some(tokenize));
+    assert_eq!(status, 200, "{body}");
+    let counted = json(&body);
+    assert_eq!(counted["count"], reply["usage"]["prompt_tokens"], "{body}");
+    assert_eq!(counted["max_model_len"].as_u64(), Some(8192), "{body}");
+    let ids = counted["tokens"].clone();
+    let (status, body) = curl(&d, "/detokenize", token, Some(&format!(r#"{{"model":"smollm2","tokens":{ids}}}"#)));
+    assert_eq!(status, 200, "{body}");
+    assert!(json(&body)["prompt"].as_str().unwrap().contains("<|im_start|>user\nWhat is the capital of France?"));
+    let (_, body) = curl(&d, "/tokenize", token, Some(r#"{"model":"smollm2","prompt":"Hello","extra":1}"#));
+    assert_eq!(json(&body)["error"]["param"], "extra", "{body}");
+    let (_, body) = curl(&d, "/v1/models", token, None);
+    let models = json(&body);
+    assert_eq!(models["data"][0]["max_model_len"].as_u64(), Some(8192), "{body}");
+    assert_eq!(
+        (models["data"][1]["max_model_len"].as_u64(), models["data"][1]["tailor_dim"].as_u64()),
+        (Some(256), Some(384))
+    );
     let (status, _) = curl(&d, "/health", None, None);
     assert_eq!(status, 200, "the daemon keeps serving after bad requests");
 }
@@ -478,4 +498,25 @@ fn indexes_are_managed_through_the_daemon_and_searched_at_once() {
     assert_eq!(status, 400, "{body}");
     let (status, body) = curl(&d, "/v1/tailor/stages/kb-index", None, Some(r#"{"op": "explode", "index": "kb"}"#));
     assert_eq!(status, 400, "{body}");
+
+    // Listing and dropping: the index goes with its files, search and RAG
+    // see it gone at once, and the name is free again.
+    call("/v1/indexes", r#"{"name": "scratchpad", "kind": "hnsw"}"#.into());
+    let (status, body) = curl(&d, "/v1/indexes", None, None);
+    assert_eq!(status, 200, "{body}");
+    let listed = json(&body);
+    let names: Vec<&str> = listed["data"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["kb", "scratchpad"], "{body}");
+    assert_eq!((listed["data"][1]["kind"].as_str(), listed["data"][1]["dim"].as_u64()), (Some("hnsw"), Some(384)));
+    let (status, body) = curl_method(&d, "DELETE", "/v1/indexes/kb", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(!root.join("kb").exists(), "the index's files are gone");
+    let (status, body) = curl(&d, "/v1/indexes/kb/search", None, Some(r#"{"query": "soup", "stage": "kb-search"}"#));
+    assert_eq!((status, json(&body)["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, body) = curl(&d, "/v1/chat/completions", None, Some(ask));
+    assert_eq!(status, 404, "RAG on a dropped index: {body}");
+    let (status, body) = curl_method(&d, "DELETE", "/v1/indexes/kb", "");
+    assert_eq!(status, 404, "{body}");
+    call("/v1/indexes", r#"{"name": "kb"}"#.into());
+    assert_eq!(json(&curl(&d, "/v1/indexes/kb", None, None).1)["documents"].as_u64(), Some(0));
 }

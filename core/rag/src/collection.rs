@@ -142,6 +142,45 @@ impl Collection {
         Ok(collection)
     }
 
+    /// The names of the indexes under `root`, sorted (none when `root` does
+    /// not exist yet). Folders without a `meta.json` are not indexes.
+    pub fn list(root: &Path) -> Result<Vec<String>> {
+        let entries = match std::fs::read_dir(root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(root)(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error(root))?;
+            let Ok(name) = entry.file_name().into_string() else { continue };
+            if check_name(&name).is_ok() && entry.path().join("meta.json").is_file() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The settings of the index `name`, read without opening it.
+    pub fn read_meta(root: &Path, name: &str) -> Result<IndexMeta> {
+        read_meta(root, name).map(|(_, meta)| meta)
+    }
+
+    /// Deletes the index `name` and everything in it. The folder is first
+    /// renamed to a hidden one (never an index name), so a crash midway
+    /// leaves no half-deleted index behind, only a folder `list` skips and
+    /// the next removal of that name clears.
+    pub fn remove(root: &Path, name: &str) -> Result<()> {
+        let (dir, _) = read_meta(root, name)?;
+        let doomed = root.join(format!(".removing-{name}"));
+        if doomed.exists() {
+            std::fs::remove_dir_all(&doomed).map_err(io_error(&doomed))?;
+        }
+        std::fs::rename(&dir, &doomed).map_err(io_error(&dir))?;
+        std::fs::remove_dir_all(&doomed).map_err(io_error(&doomed))
+    }
+
     /// Recreates `vectors.faiss` from the store (after corruption or a crash).
     pub fn rebuild(root: &Path, name: &str) -> Result<usize> {
         let (dir, meta) = read_meta(root, name)?;

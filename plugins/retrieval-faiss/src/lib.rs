@@ -3,7 +3,8 @@
 //! `embed` — config `{"model": ENCODER_DIR, "max_inputs": N?, "max_input_tokens": N?}`
 //! (2048 texts and 100,000 tokens per request by default; the encoder runs
 //! them in passes of bounded tokens); request `{"input": [TEXT…]}`;
-//! output `{"embeddings": [[…]…], "tokens": N}`.
+//! output `{"embeddings": [[…]…], "tokens": N}`; `{"describe": true}`
+//! answers `{"dim": N, "max_input_tokens": N}` (tokens per text).
 //! `search` — config `{"root": INDEXES_DIR?}`; request `{"index": NAME,
 //! "query": TEXT, "k": N?}`; output `{"hits": [SearchHit…]}`.
 //! `index` — config `{"root": INDEXES_DIR?, "encoder": DIR?,
@@ -14,7 +15,9 @@
 //! under `document_roots`: resolved, regular files only, read bounded; with
 //! no roots configured every path is refused),
 //! `{"op": "delete", "index": NAME, "documents": [ID or PATH…]}`,
-//! `{"op": "info", "index": NAME}`; output a JSON report.
+//! `{"op": "info", "index": NAME}`, `{"op": "list"}` (every index with
+//! its counts), `{"op": "drop", "index": NAME}` (the index and its files
+//! go); output a JSON report.
 //! Both stages share the plugin's open indexes, so what `index` adds,
 //! `search` finds at once.
 
@@ -53,7 +56,11 @@ struct EmbedConfig {
 
 #[derive(Deserialize)]
 struct EmbedRequest {
+    #[serde(default)]
     input: Vec<String>,
+    /// Asks for the encoder's shape instead of embeddings.
+    #[serde(default)]
+    describe: bool,
 }
 
 /// Sentence embeddings.
@@ -84,6 +91,12 @@ impl Stage for Embed {
         emit: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(), tailor_plugin_abi::StageError> {
         let request: EmbedRequest = serde_json::from_str(request_json).map_err(|e| format!("bad request: {e}"))?;
+        if request.describe {
+            let shape =
+                serde_json::json!({"dim": self.encoder.dim(), "max_input_tokens": self.encoder.max_seq_length()});
+            emit(&shape.to_string());
+            return Ok(());
+        }
         if request.input.len() > self.max_inputs {
             return Err(
                 format!("{} inputs in one request; at most {} allowed", request.input.len(), self.max_inputs).into()
@@ -117,9 +130,16 @@ struct SearchRequest {
     k: Option<usize>,
 }
 
-/// Indexes open in this plugin, by (root, name), shared by its stages.
-fn open_indexes() -> &'static Mutex<Vec<(PathBuf, String, Collection)>> {
-    static OPEN: std::sync::OnceLock<Mutex<Vec<(PathBuf, String, Collection)>>> = std::sync::OnceLock::new();
+/// An index open in this plugin.
+struct OpenIndex {
+    root: PathBuf,
+    name: String,
+    collection: Collection,
+}
+
+/// Indexes open in this plugin, shared by its stages.
+fn open_indexes() -> &'static Mutex<Vec<OpenIndex>> {
+    static OPEN: std::sync::OnceLock<Mutex<Vec<OpenIndex>>> = std::sync::OnceLock::new();
     OPEN.get_or_init(|| Mutex::new(Vec::new()))
 }
 
@@ -131,13 +151,23 @@ fn with_index<T>(
     f: impl FnOnce(&mut Collection) -> Result<T, String>,
 ) -> Result<T, StageError> {
     let mut open = open_indexes().lock().map_err(|_| StageError::internal("index state poisoned"))?;
-    if !open.iter().any(|(r, n, _)| r == root && n == name) {
-        let collection = Collection::open(root, name).map_err(stage_error)?;
-        open.push((root.to_path_buf(), name.to_string(), collection));
-    }
-    let entry = open.iter_mut().find(|(r, n, _)| r == root && n == name);
-    let entry = entry.ok_or_else(|| StageError::internal("index vanished"))?;
-    f(&mut entry.2).map_err(StageError::invalid)
+    let position = match open.iter().position(|o| o.root == root && o.name == name) {
+        Some(position) => position,
+        None => {
+            let collection = Collection::open(root, name).map_err(stage_error)?;
+            open.push(OpenIndex { root: root.to_path_buf(), name: name.to_string(), collection });
+            open.len() - 1
+        }
+    };
+    f(&mut open[position].collection).map_err(StageError::invalid)
+}
+
+/// Closes the index `name` under `root` (if open) and deletes it, with the
+/// lock held so no stage of this plugin uses it meanwhile.
+fn drop_index(root: &std::path::Path, name: &str) -> Result<(), StageError> {
+    let mut open = open_indexes().lock().map_err(|_| StageError::internal("index state poisoned"))?;
+    open.retain(|o| !(o.root == root && o.name == name));
+    Collection::remove(root, name).map_err(stage_error)
 }
 
 /// A retrieval error as a stage error of the right status: an unknown
@@ -197,6 +227,7 @@ struct IndexConfig {
 #[derive(Deserialize)]
 struct IndexRequest {
     op: String,
+    #[serde(default)]
     index: String,
     kind: Option<String>,
     #[serde(default)]
@@ -269,7 +300,12 @@ impl Stage for Index {
             "info" => with_index(&self.root, &request.index, |c| {
                 Ok(serde_json::json!({"meta": c.meta(), "documents": c.counts().0, "chunks": c.counts().1}))
             })?,
-            other => return Err(format!("unknown op {other:?} (create, add, delete, info)").into()),
+            "list" => self.list()?,
+            "drop" => {
+                drop_index(&self.root, &request.index)?;
+                serde_json::json!({"dropped": request.index})
+            }
+            other => return Err(format!("unknown op {other:?} (create, add, delete, info, list, drop)").into()),
         };
         emit(&report.to_string());
         Ok(())
@@ -277,6 +313,19 @@ impl Stage for Index {
 }
 
 impl Index {
+    /// The `list` op: every index under the root with its settings (read
+    /// from `meta.json`; opening each to count its documents would load an
+    /// encoder per index; `info` counts).
+    fn list(&self) -> Result<serde_json::Value, StageError> {
+        let names = Collection::list(&self.root).map_err(stage_error)?;
+        let mut indexes = Vec::with_capacity(names.len());
+        for name in names {
+            let meta = Collection::read_meta(&self.root, &name).map_err(stage_error)?;
+            indexes.push(serde_json::json!({"name": name, "kind": meta.kind, "dim": meta.dim}));
+        }
+        Ok(serde_json::json!({"indexes": indexes}))
+    }
+
     /// The `add` op: paths (under the document roots) and inline texts.
     fn add(&self, id: u64, request: IndexRequest) -> Result<serde_json::Value, StageError> {
         with_index(&self.root, &request.index, |c| {

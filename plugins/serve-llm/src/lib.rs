@@ -27,7 +27,13 @@
 //! batch size, decode steps and the tokens they produced, prompts that
 //! reused a cached prefix and the tokens reused), and the adapters'
 //! (`adapters_loaded`, `adapter_bytes`, `adapter_hits`, `adapter_misses`,
-//! `adapter_evictions`).
+//! `adapter_evictions`). `{"describe": true}` answers the model's shape:
+//! `{"context_length", "vocab_size", "hidden_size", "layers",
+//! "architecture", "chat_template"}`. `{"tokenize": {"prompt": TEXT} |
+//! {"messages": […]}}` answers `{"tokens": [ID…], "count": N,
+//! "max_model_len": N}` (the ids a generation of that prompt starts from,
+//! the chat template applied to messages); `{"detokenize": {"tokens":
+//! [ID…]}}` answers `{"prompt": TEXT}`.
 //!
 //! LoRA adapters (PEFT folders): config `"adapter_dirs": [DIR…]` (the only
 //! places adapters load from), `"adapters": {NAME: PATH}` (loaded at
@@ -114,6 +120,28 @@ struct Request {
     adapters: Option<AdapterOp>,
     /// A fine-tuning job request.
     jobs: Option<jobs::JobOp>,
+    /// Asks for the model's shape.
+    #[serde(default)]
+    describe: bool,
+    /// Asks for the token ids of a prompt or a chat.
+    tokenize: Option<TokenizeRequest>,
+    /// Asks for the text of token ids.
+    detokenize: Option<DetokenizeRequest>,
+}
+
+/// `{"tokenize": {"prompt": TEXT} | {"messages": […]}}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenizeRequest {
+    prompt: Option<String>,
+    messages: Option<Vec<Message>>,
+}
+
+/// `{"detokenize": {"tokens": [ID…]}}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetokenizeRequest {
+    tokens: Vec<u32>,
 }
 
 /// `{"adapters": {"op": …}}`.
@@ -292,6 +320,10 @@ impl Stage for Generate {
             emit(&jobs.handle(op)?.to_string());
             return Ok(());
         }
+        if let Some(reply) = self.model_request(&request)? {
+            emit(&reply.to_string());
+            return Ok(());
+        }
         if request.stats {
             let stats = self.engine.stats();
             let registry = self.adapters.stats();
@@ -351,6 +383,39 @@ impl Stage for Generate {
 }
 
 impl Generate {
+    /// Answers the requests about the model itself (`describe`,
+    /// `tokenize`, `detokenize`); `None` for any other request.
+    fn model_request(&self, request: &Request) -> Result<Option<serde_json::Value>, StageError> {
+        let context_length = self.model.llama.context_length();
+        if request.describe {
+            let config = self.model.llama.config();
+            return Ok(Some(serde_json::json!({"context_length": context_length,
+                "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+                "layers": config.num_hidden_layers, "architecture": config.model_type,
+                "chat_template": self.model.template.is_some()})));
+        }
+        if let Some(tokenize) = &request.tokenize {
+            let tokens = match (&tokenize.messages, &tokenize.prompt) {
+                (Some(messages), None) => self.model.encode_chat(messages),
+                (None, Some(prompt)) => self.model.encode(prompt),
+                _ => return Err(StageError::invalid("tokenize takes `prompt` or `messages`, one of them")),
+            }
+            .map_err(|e| StageError::invalid(e.to_string()))?;
+            return Ok(Some(
+                serde_json::json!({"tokens": tokens, "count": tokens.len(), "max_model_len": context_length}),
+            ));
+        }
+        if let Some(detokenize) = &request.detokenize {
+            let vocab = self.model.tokenizer.vocab_size();
+            if let Some(bad) = detokenize.tokens.iter().find(|&&id| id as usize >= vocab) {
+                return Err(StageError::invalid(format!("token id {bad} is past the vocabulary ({vocab})")));
+            }
+            let text = self.model.tokenizer.decode(&detokenize.tokens, false).map_err(|e| e.to_string())?;
+            return Ok(Some(serde_json::json!({"prompt": text})));
+        }
+        Ok(None)
+    }
+
     /// The settings of each of the request's `n` generations, checked
     /// against this stage's limits.
     fn generation_params(&self, request: &Request) -> Result<Vec<GenerateParams>, StageError> {
