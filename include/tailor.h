@@ -5,8 +5,10 @@
  * talks to a running tailord over its Unix socket (or over TCP with a
  * bearer token): chat and plain completion with streaming and
  * cancellation, embeddings, retrieval (search an index, answer from it with
- * sources), adding and deleting documents, listing the daemon's models,
- * and LoRA adapters: load, unload, list, and name one per request.
+ * sources), adding and deleting documents, listing and dropping indexes,
+ * listing the daemon's models with their shapes, counting tokens, LoRA
+ * adapters (load, unload, list, and name one per request) and fine-tuning
+ * jobs.
  *
  * Conventions
  * - Every function returns a tailor_status; on anything but TAILOR_OK,
@@ -28,6 +30,11 @@
  * - A tailor_client holds only settings: each call opens its own connection,
  *   so one client may be used from many threads at once.
  * - Callbacks run on the calling thread, before the call returns.
+ * - Deadlines and cancellation (API 1.4): each call on a client ends within
+ *   its timeout_ms (TAILOR_ERR_TIMEOUT). tailor_client_derive makes a client
+ *   with its own bound and a tailor_cancel token; raising the token from any
+ *   thread ends that client's calls in flight with TAILOR_ERR_CANCELLED
+ *   (within about 50 ms), and the daemon stops their work.
  * - tailor_last_error() is per thread.
  * - Result handles (tailor_answer, tailor_sources, …) are immutable: reading
  *   one from several threads is safe; freeing it while another thread reads
@@ -52,7 +59,11 @@ extern "C" {
 /* 1.2: fine-tuning jobs (start, get, events, cancel). */
 /* 1.3: stop strings, presence/frequency penalties and JSON output (`output` on chat and generate);
  * TAILOR_ERR_CONFLICT for a taken name, TAILOR_ERR_NOT_FOUND for an unknown index. */
-#define TAILOR_API_VERSION 10300
+/* 1.4: n choices and log-probabilities; partial answers kept when a stream
+ * is cut short; timeout_ms bounds whole calls (TAILOR_ERR_TIMEOUT);
+ * tailor_cancel tokens and tailor_client_derive; tailor_tokenize; model
+ * context length and embedding size; tailor_indexes_list, tailor_index_drop. */
+#define TAILOR_API_VERSION 10400
 
 /* ---- status and errors ------------------------------------------------ */
 
@@ -68,9 +79,10 @@ typedef enum tailor_status {
   TAILOR_ERR_SERVER = 8,           /* a stage failed inside the daemon */
   TAILOR_ERR_PROTOCOL = 9,         /* the reply was not what the API promises */
   TAILOR_ERR_IO = 10,              /* the connection broke or timed out */
-  TAILOR_ERR_CANCELLED = 11,       /* a callback asked to stop */
+  TAILOR_ERR_CANCELLED = 11,       /* a callback or a tailor_cancel token asked to stop */
   TAILOR_ERR_INTERNAL = 12,        /* a bug in libtailor (it was contained) */
-  TAILOR_ERR_CONFLICT = 13         /* API 1.3: the name is taken (an index or adapter that exists) */
+  TAILOR_ERR_CONFLICT = 13,        /* API 1.3: the name is taken (an index or adapter that exists) */
+  TAILOR_ERR_TIMEOUT = 14          /* API 1.4: the call's deadline (timeout_ms) passed */
 } tailor_status;
 
 /* A static name for a status value ("TAILOR_ERR_CONNECT"); any int is
@@ -100,8 +112,9 @@ typedef struct tailor_client_params {
   const char *address;
   /* Bearer token, or NULL; default $TAILOR_TOKEN when set. */
   const char *token;
-  /* Per-call limit on waiting for the daemon, in milliseconds; 0 waits forever.
-   * Default 300000. */
+  /* Bound on each whole call, in milliseconds (a streamed generation
+   * included); past it the call returns TAILOR_ERR_TIMEOUT. 0: none.
+   * Default 300000. (Before API 1.4 it bounded each wait on the socket.) */
   uint32_t timeout_ms;
 } tailor_client_params;
 
@@ -114,6 +127,27 @@ tailor_client_params tailor_client_default_params(void);
 tailor_status tailor_client_open(const tailor_client_params *params, tailor_client **out_client);
 
 void tailor_client_close(tailor_client *client);
+
+/* API 1.4: a token that stops calls from another thread. */
+typedef struct tailor_cancel tailor_cancel;
+
+/* A new token, not raised; free with tailor_cancel_free. */
+tailor_cancel *tailor_cancel_new(void);
+
+/* Raises the token (from any thread): every call on a client derived with
+ * it returns TAILOR_ERR_CANCELLED within about 50 ms, and later calls at
+ * once. A streamed generation hands back what it had (see tailor_chat). */
+void tailor_cancel_trigger(const tailor_cancel *cancel);
+
+/* Frees the token; clients derived with it keep working (NULL is fine). */
+void tailor_cancel_free(tailor_cancel *cancel);
+
+/* A client with `client`'s settings whose calls each end within timeout_ms
+ * (0: `client`'s bound) and stop once `cancel` (NULL: none) is raised.
+ * Sends nothing; close it with tailor_client_close. One per request, or per
+ * group of requests to stop together, is the intended use. */
+tailor_status tailor_client_derive(tailor_client *client, uint32_t timeout_ms, const tailor_cancel *cancel,
+                                   tailor_client **out_client);
 
 /* ---- models ----------------------------------------------------------- */
 
@@ -130,14 +164,39 @@ const char *tailor_models_id(const tailor_models *models, size_t index);
 /* What the stage does: "generate", "embed", "search", "index", "filter", …; NULL past the end. */
 const char *tailor_models_kind(const tailor_models *models, size_t index);
 
+/* API 1.4: tokens of context of a generate stage (prompt and answer
+ * together), tokens per text of an embed stage; 0 for other kinds. */
+uint32_t tailor_models_context_length(const tailor_models *models, size_t index);
+
+/* API 1.4: floats per embedding of an embed stage; 0 for other kinds. */
+uint32_t tailor_models_embedding_dim(const tailor_models *models, size_t index);
+
 void tailor_models_free(tailor_models *models);
+
+/* API 1.4: token ids, to count a prompt before sending it. */
+typedef struct tailor_tokens tailor_tokens;
+
+/* The token ids a generation of `text` (a plain prompt) on generate stage
+ * `model` starts from (POST /tokenize). Free with tailor_tokens_free. */
+tailor_status tailor_tokenize(tailor_client *client, const char *model, const char *text, tailor_tokens **out_tokens);
+
+size_t tailor_tokens_count(const tailor_tokens *tokens);
+
+/* The ids, borrowed; NULL when there are none. */
+const uint32_t *tailor_tokens_ids(const tailor_tokens *tokens);
+
+/* The model's context length, which the prompt and the answer share. */
+uint32_t tailor_tokens_context_length(const tailor_tokens *tokens);
+
+void tailor_tokens_free(tailor_tokens *tokens);
 
 /* ---- chat and completion ---------------------------------------------- */
 
 /* Called with each piece of generated text as it arrives (`text` is
  * NUL-terminated, `len` bytes long, borrowed for the call). Return 0 to go
  * on, anything else to stop: the call then returns TAILOR_ERR_CANCELLED and
- * the daemon stops generating. */
+ * the daemon stops generating (with an API 1.4 params struct, the answer
+ * so far comes back too: see tailor_chat). */
 typedef int (*tailor_token_fn)(const char *text, size_t len, void *user_data);
 
 typedef struct tailor_message {
@@ -180,6 +239,12 @@ typedef struct tailor_chat_params {
   const char *adapter;
   float adapter_scale; /* multiplier on the adapter's delta; 0 (the default): 1 */
   tailor_output_options output; /* API 1.3 */
+  /* API 1.4: generations of the prompt, batched together with seeds seed,
+   * seed+1, …; 0 (the default): 1. More than 1 needs on_token NULL. */
+  uint32_t n;
+  /* API 1.4: < 0 (the default): none; 0..20: each generated token's
+   * log-probability and this many most likely alternatives. */
+  int32_t logprobs;
 } tailor_chat_params;
 
 tailor_chat_params tailor_chat_default_params(void);
@@ -198,6 +263,8 @@ typedef struct tailor_generate_params {
   const char *adapter; /* API 1.1: as in tailor_chat_params */
   float adapter_scale;
   tailor_output_options output; /* API 1.3 */
+  uint32_t n;       /* API 1.4: as in tailor_chat_params */
+  int32_t logprobs; /* API 1.4: as in tailor_chat_params */
 } tailor_generate_params;
 
 tailor_generate_params tailor_generate_default_params(void);
@@ -219,7 +286,11 @@ typedef struct tailor_sources tailor_sources;
 
 /* A chat answer (POST /v1/chat/completions). With on_token set, the text
  * streams through it first; the answer holds the whole text either way.
- * Free with tailor_answer_free. */
+ * Free with tailor_answer_free.
+ * API 1.4: when a stream is cut short (the callback, a cancel token, the
+ * deadline, the daemon failing), the call returns that status AND, for a
+ * params struct from a 1.4 header, sets *out_answer to what had arrived,
+ * finish reason "cancelled", "timeout" or "error": free it too. */
 tailor_status tailor_chat(tailor_client *client, const tailor_chat_params *params, tailor_answer **out_answer);
 
 /* A plain completion of a prompt (POST /v1/completions). */
@@ -228,7 +299,8 @@ tailor_status tailor_generate(tailor_client *client, const tailor_generate_param
 
 const char *tailor_answer_text(const tailor_answer *answer);
 
-/* "stop" or "length". */
+/* "stop" or "length" ("cancelled", "timeout" or "error" on a partial
+ * answer). With n > 1, the first choice's (as is tailor_answer_text). */
 const char *tailor_answer_finish_reason(const tailor_answer *answer);
 
 uint32_t tailor_answer_prompt_tokens(const tailor_answer *answer);
@@ -237,6 +309,36 @@ uint32_t tailor_answer_completion_tokens(const tailor_answer *answer);
 
 /* The RAG sources (empty without RAG); borrowed from the answer. */
 const tailor_sources *tailor_answer_sources(const tailor_answer *answer);
+
+/* API 1.4: the choices (n of them; 1 without n). */
+size_t tailor_answer_choices_count(const tailor_answer *answer);
+
+/* API 1.4: a choice's text; NULL past the end. */
+const char *tailor_answer_choice_text(const tailor_answer *answer, size_t choice);
+
+/* API 1.4: why a choice stopped; NULL past the end. */
+const char *tailor_answer_choice_finish_reason(const tailor_answer *answer, size_t choice);
+
+/* API 1.4: a token that could have come instead. */
+typedef struct tailor_top_logprob {
+  const char *token;
+  double logprob; /* natural log */
+} tailor_top_logprob;
+
+/* API 1.4: a generated token's log-probability. */
+typedef struct tailor_token_logprob {
+  const char *token;
+  double logprob; /* natural log */
+  size_t n_top;   /* entries in `top` (the request's logprobs) */
+  const tailor_top_logprob *top; /* most likely first */
+} tailor_token_logprob;
+
+/* API 1.4: tokens of a choice that carry log-probabilities (0 when none
+ * were asked for). */
+size_t tailor_answer_logprobs_count(const tailor_answer *answer, size_t choice);
+
+/* API 1.4: token `index` of a choice, borrowed from the answer; NULL past the end. */
+const tailor_token_logprob *tailor_answer_logprob(const tailor_answer *answer, size_t choice, size_t index);
 
 void tailor_answer_free(tailor_answer *answer);
 
@@ -284,6 +386,27 @@ tailor_status tailor_index_delete(tailor_client *client, const char *index, cons
 /* Counts of documents and chunks in the index (either pointer may be NULL). */
 tailor_status tailor_index_info(tailor_client *client, const char *index, size_t *out_documents,
                                 size_t *out_chunks);
+
+/* API 1.4: deletes an index with all its documents (TAILOR_ERR_NOT_FOUND when there is none). */
+tailor_status tailor_index_drop(tailor_client *client, const char *index);
+
+typedef struct tailor_indexes tailor_indexes;
+
+/* API 1.4: the indexes of the daemon's index stage, by name. Free with tailor_indexes_free. */
+tailor_status tailor_indexes_list(tailor_client *client, tailor_indexes **out_indexes);
+
+size_t tailor_indexes_count(const tailor_indexes *indexes);
+
+/* An index's name; NULL past the end. */
+const char *tailor_indexes_name(const tailor_indexes *indexes, size_t index);
+
+/* "flat" or "hnsw"; NULL past the end. */
+const char *tailor_indexes_kind(const tailor_indexes *indexes, size_t index);
+
+/* Floats per vector; 0 past the end. */
+uint32_t tailor_indexes_dim(const tailor_indexes *indexes, size_t index);
+
+void tailor_indexes_free(tailor_indexes *indexes);
 
 /* ---- embeddings ------------------------------------------------------- */
 

@@ -2,32 +2,88 @@
 //! layer in `lib.rs` only converts arguments and results around these.
 
 use crate::error::{FfiError, Result};
-use crate::http::{self, Endpoint, Response};
+use crate::http::{self, Endpoint, Limits, Response};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Settings for talking to one daemon.
 #[derive(Debug, Clone)]
 pub struct Client {
     endpoint: Endpoint,
     token: Option<String>,
+    /// Bound on each whole call.
     timeout: Option<Duration>,
+    /// Raised by another thread to stop this client's calls.
+    cancel: Option<Arc<AtomicBool>>,
 }
 
-/// A finished generation.
-#[derive(Debug, Default, Clone)]
+/// A finished generation: one choice per generation of the prompt (`n`).
+#[derive(Debug, Clone)]
 pub struct Answer {
-    /// The whole generated text.
-    pub text: String,
-    /// "stop" or "length".
-    pub finish_reason: String,
+    /// At least one.
+    pub choices: Vec<Choice>,
     /// Prompt tokens, as the daemon counted them.
     pub prompt_tokens: u32,
-    /// Generated tokens.
+    /// Generated tokens, all choices together.
     pub completion_tokens: u32,
     /// RAG sources (empty without RAG).
     pub sources: Vec<Source>,
+}
+
+impl Default for Answer {
+    fn default() -> Answer {
+        Answer { choices: vec![Choice::default()], prompt_tokens: 0, completion_tokens: 0, sources: Vec::new() }
+    }
+}
+
+/// One generation of the prompt.
+#[derive(Debug, Default, Clone)]
+pub struct Choice {
+    /// The generated text.
+    pub text: String,
+    /// "stop" or "length" ("cancelled" or "timeout" on a partial answer).
+    pub finish_reason: String,
+    /// Per generated token, when asked for.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// A generated token's log-probability and its most likely alternatives.
+#[derive(Debug, Default, Clone)]
+pub struct TokenLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its natural log-probability.
+    pub logprob: f64,
+    /// The alternatives, most likely first.
+    pub top: Vec<Alternative>,
+}
+
+/// A token that could have come instead.
+#[derive(Debug, Default, Clone)]
+pub struct Alternative {
+    /// Its text.
+    pub token: String,
+    /// Its natural log-probability.
+    pub logprob: f64,
+}
+
+/// A generation that ended before its end: why, and what had arrived
+/// (the streamed text so far; empty when nothing had).
+#[derive(Debug)]
+pub struct Unfinished {
+    /// Why it ended.
+    pub error: FfiError,
+    /// What had arrived, when the stream had started.
+    pub partial: Option<Answer>,
+}
+
+impl From<FfiError> for Unfinished {
+    fn from(error: FfiError) -> Unfinished {
+        Unfinished { error, partial: None }
+    }
 }
 
 /// A retrieved passage.
@@ -59,7 +115,7 @@ pub enum Route {
 impl Client {
     /// A client for `endpoint`, checked with `GET /health`.
     pub fn open(endpoint: Endpoint, token: Option<String>, timeout: Option<Duration>) -> Result<Client> {
-        let client = Client { endpoint, token, timeout };
+        let client = Client { endpoint, token, timeout, cancel: None };
         client.call("GET", "/health", None)?;
         // /health answers anyone; a route behind the token tells a wrong one.
         if client.token.is_some() {
@@ -68,11 +124,22 @@ impl Client {
         Ok(client)
     }
 
+    /// This client with another bound on each call (`None`: this one's)
+    /// and a flag that stops its calls when raised. Nothing is sent.
+    pub fn with_limits(&self, timeout: Option<Duration>, cancel: Option<Arc<AtomicBool>>) -> Client {
+        Client { timeout: timeout.or(self.timeout), cancel: cancel.or_else(|| self.cancel.clone()), ..self.clone() }
+    }
+
+    /// The limits of a call starting now.
+    fn limits(&self) -> Limits {
+        Limits { deadline: self.timeout.map(|t| Instant::now() + t), cancel: self.cancel.clone() }
+    }
+
     /// Sends a request; a non-2xx reply becomes [`FfiError::Daemon`] with the daemon's message.
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response> {
         let bytes = body.map(|b| b.to_string().into_bytes());
-        let response =
-            http::request(&self.endpoint, self.timeout, self.token.as_deref(), method, path, bytes.as_deref())?;
+        let limits = self.limits();
+        let response = http::request(&self.endpoint, &limits, self.token.as_deref(), method, path, bytes.as_deref())?;
         if (200..300).contains(&response.status) {
             return Ok(response);
         }
@@ -92,40 +159,57 @@ impl Client {
         serde_json::from_str(&text).map_err(|e| FfiError::Protocol(format!("{path} answered non-JSON: {e}")))
     }
 
-    /// (name, kind) of every configured stage.
-    pub fn models(&self) -> Result<Vec<(String, String)>> {
+    /// Every configured stage, and every adapter.
+    pub fn models(&self) -> Result<Vec<ModelEntry>> {
         let reply = self.call_json("GET", "/v1/models", None)?;
         let data = reply["data"].as_array().ok_or_else(|| FfiError::Protocol("/v1/models has no `data`".into()))?;
+        let number = |value: &Value| value.as_u64().map_or(0, |n| n as u32);
         Ok(data
             .iter()
-            .map(|m| {
-                let id = m["id"].as_str().unwrap_or_default().to_string();
-                (id, m["tailor_stage"].as_str().unwrap_or("unknown").to_string())
+            .map(|m| ModelEntry {
+                id: m["id"].as_str().unwrap_or_default().to_string(),
+                kind: m["tailor_stage"].as_str().unwrap_or("unknown").to_string(),
+                context_length: number(&m["max_model_len"]),
+                embedding_dim: number(&m["tailor_dim"]),
             })
             .collect())
     }
 
     /// Runs a generation request (an OpenAI request body without `stream`);
     /// with `on_token`, streams and hands it each piece of text (returning
-    /// `false` cancels).
+    /// `false` cancels; streaming takes one choice, `n` = 1).
     pub fn generate(
         &self,
         route: Route,
         mut request: Value,
         on_token: Option<&mut dyn FnMut(&str) -> bool>,
-    ) -> Result<Answer> {
+    ) -> std::result::Result<Answer, Unfinished> {
         let path = match route {
             Route::Chat => "/v1/chat/completions",
             Route::Completion => "/v1/completions",
         };
         let Some(on_token) = on_token else {
             let reply = self.call_json("POST", path, Some(&request))?;
-            return answer_from_reply(route, &reply);
+            return Ok(answer_from_reply(route, &reply)?);
         };
+        if request.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+            return Err(FfiError::InvalidArgument("n > 1 does not stream: leave on_token NULL".into()).into());
+        }
         request["stream"] = json!(true);
         request["stream_options"] = json!({"include_usage": true});
         let response = self.call("POST", path, Some(&request))?;
         read_stream(route, response, on_token)
+    }
+
+    /// The token ids a generation of `prompt` on `model` starts from
+    /// (`POST /tokenize`), and the model's context length.
+    pub fn tokenize(&self, model: &str, prompt: &str) -> Result<Tokens> {
+        let reply = self.call_json("POST", "/tokenize", Some(&json!({"model": model, "prompt": prompt})))?;
+        let ids: Option<Vec<u32>> = reply["tokens"]
+            .as_array()
+            .and_then(|ids| ids.iter().map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok())).collect());
+        let ids = ids.ok_or_else(|| FfiError::Protocol("/tokenize answered no `tokens` array".into()))?;
+        Ok(Tokens { ids, context_length: reply["max_model_len"].as_u64().unwrap_or(0) as u32 })
     }
 
     /// One vector per text.
@@ -171,14 +255,76 @@ impl Client {
         Ok(reply["deleted"].as_u64().unwrap_or(0) as usize)
     }
 
-    /// (documents, chunks) in the index.
-    pub fn index_info(&self, index: &str) -> Result<(usize, usize)> {
+    /// What the index holds.
+    pub fn index_info(&self, index: &str) -> Result<IndexCounts> {
         let reply = self.call_json("GET", &format!("/v1/indexes/{}", path_segment(index)?), None)?;
         let count = |key: &str| reply[key].as_u64().map(|n| n as usize);
-        count("documents")
-            .zip(count("chunks"))
-            .ok_or_else(|| FfiError::Protocol("index info without `documents` and `chunks`".into()))
+        match (count("documents"), count("chunks")) {
+            (Some(documents), Some(chunks)) => Ok(IndexCounts { documents, chunks }),
+            _ => Err(FfiError::Protocol("index info without `documents` and `chunks`".into())),
+        }
     }
+
+    /// Every index of the daemon's index stage.
+    pub fn indexes(&self) -> Result<Vec<IndexEntry>> {
+        let reply = self.call_json("GET", "/v1/indexes", None)?;
+        let data = reply["data"].as_array().ok_or_else(|| FfiError::Protocol("/v1/indexes has no `data`".into()))?;
+        Ok(data
+            .iter()
+            .map(|i| IndexEntry {
+                name: i["name"].as_str().unwrap_or_default().to_string(),
+                kind: i["kind"].as_str().unwrap_or_default().to_string(),
+                dim: i["dim"].as_u64().unwrap_or(0) as u32,
+            })
+            .collect())
+    }
+
+    /// Deletes an index with its documents.
+    pub fn index_drop(&self, index: &str) -> Result<()> {
+        self.call_json("DELETE", &format!("/v1/indexes/{}", path_segment(index)?), None).map(drop)
+    }
+}
+
+/// A stage or adapter as `/v1/models` lists it.
+#[derive(Debug, Clone, Default)]
+pub struct ModelEntry {
+    /// The name requests use.
+    pub id: String,
+    /// What the stage does ("generate", "embed", …, "adapter").
+    pub kind: String,
+    /// Tokens of context (generate) or per text (embed); 0 when not told.
+    pub context_length: u32,
+    /// Floats per embedding (embed stages); 0 otherwise.
+    pub embedding_dim: u32,
+}
+
+/// Token ids of a prompt.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    /// The ids a generation starts from.
+    pub ids: Vec<u32>,
+    /// The model's context length.
+    pub context_length: u32,
+}
+
+/// What an index holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IndexCounts {
+    /// Documents.
+    pub documents: usize,
+    /// Chunks (passages) of them.
+    pub chunks: usize,
+}
+
+/// An index as `/v1/indexes` lists it.
+#[derive(Debug, Clone, Default)]
+pub struct IndexEntry {
+    /// Its name.
+    pub name: String,
+    /// "flat" or "hnsw".
+    pub kind: String,
+    /// Floats per vector.
+    pub dim: u32,
 }
 
 impl Client {
@@ -263,32 +409,109 @@ fn usage_into(answer: &mut Answer, value: &Value) {
 }
 
 fn answer_from_reply(route: Route, reply: &Value) -> Result<Answer> {
-    let choice = &reply["choices"][0];
-    let text = match route {
-        Route::Chat => choice["message"]["content"].as_str(),
-        Route::Completion => choice["text"].as_str(),
-    };
-    let text = text.ok_or_else(|| FfiError::Protocol("the reply has no generated text".into()))?;
-    let mut answer = Answer {
-        text: text.to_string(),
-        finish_reason: choice["finish_reason"].as_str().unwrap_or("stop").to_string(),
-        sources: sources_from(reply),
-        ..Answer::default()
-    };
+    let choices = reply["choices"].as_array().filter(|c| !c.is_empty());
+    let choices = choices.ok_or_else(|| FfiError::Protocol("the reply has no choices".into()))?;
+    let mut answer =
+        Answer { choices: Vec::with_capacity(choices.len()), sources: sources_from(reply), ..Answer::default() };
+    for choice in choices {
+        let text = match route {
+            Route::Chat => choice["message"]["content"].as_str(),
+            Route::Completion => choice["text"].as_str(),
+        };
+        let text = text.ok_or_else(|| FfiError::Protocol("a choice has no generated text".into()))?;
+        answer.choices.push(Choice {
+            text: text.to_string(),
+            finish_reason: choice["finish_reason"].as_str().unwrap_or("stop").to_string(),
+            logprobs: logprobs_from(route, &choice["logprobs"]),
+        });
+    }
     usage_into(&mut answer, reply);
     Ok(answer)
 }
 
+/// The per-token log-probabilities of a choice or a streamed chunk, in
+/// either route's shape (chat: `content` entries; completions: parallel
+/// `tokens`, `token_logprobs` and `top_logprobs` maps).
+fn logprobs_from(route: Route, logprobs: &Value) -> Vec<TokenLogprob> {
+    let number = |v: &Value| v.as_f64().unwrap_or(f64::NEG_INFINITY);
+    match route {
+        Route::Chat => {
+            let entries = logprobs["content"].as_array().map(Vec::as_slice).unwrap_or_default();
+            entries
+                .iter()
+                .map(|e| TokenLogprob {
+                    token: e["token"].as_str().unwrap_or_default().to_string(),
+                    logprob: number(&e["logprob"]),
+                    top: e["top_logprobs"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|t| Alternative {
+                            token: t["token"].as_str().unwrap_or_default().to_string(),
+                            logprob: number(&t["logprob"]),
+                        })
+                        .collect(),
+                })
+                .collect()
+        }
+        Route::Completion => {
+            let tokens = logprobs["tokens"].as_array().map(Vec::as_slice).unwrap_or_default();
+            tokens
+                .iter()
+                .enumerate()
+                .map(|(i, token)| {
+                    let top = logprobs["top_logprobs"][i].as_object();
+                    let mut top: Vec<Alternative> = top
+                        .map(|m| {
+                            m.iter().map(|(t, lp)| Alternative { token: t.clone(), logprob: number(lp) }).collect()
+                        })
+                        .unwrap_or_default();
+                    top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+                    TokenLogprob {
+                        token: token.as_str().unwrap_or_default().to_string(),
+                        logprob: number(&logprobs["token_logprobs"][i]),
+                        top,
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
 /// Reads server-sent events until `[DONE]`, passing text to `on_token`.
-fn read_stream(route: Route, response: Response, on_token: &mut dyn FnMut(&str) -> bool) -> Result<Answer> {
+/// When the call ends early (the callback, a cancel token, the deadline,
+/// a broken stream), what had arrived comes back with the error.
+fn read_stream(
+    route: Route,
+    response: Response,
+    on_token: &mut dyn FnMut(&str) -> bool,
+) -> std::result::Result<Answer, Unfinished> {
     let mut answer = Answer::default();
-    let mut finished = false;
+    match read_events(route, response, on_token, &mut answer) {
+        Ok(()) => Ok(answer),
+        Err(error) => {
+            answer.choices[0].finish_reason = match &error {
+                FfiError::Timeout(_) => "timeout".into(),
+                FfiError::Cancelled(_) => "cancelled".into(),
+                _ => "error".into(),
+            };
+            Err(Unfinished { error, partial: Some(answer) })
+        }
+    }
+}
+
+fn read_events(
+    route: Route,
+    response: Response,
+    on_token: &mut dyn FnMut(&str) -> bool,
+    answer: &mut Answer,
+) -> Result<()> {
     for line in BufReader::new(response).lines() {
         let line = line.map_err(FfiError::io("reading the stream"))?;
         let Some(data) = line.strip_prefix("data:").map(str::trim) else { continue };
         if data == "[DONE]" {
-            finished = true;
-            break;
+            return Ok(());
         }
         let event: Value =
             serde_json::from_str(data).map_err(|e| FfiError::Protocol(format!("a stream event is not JSON: {e}")))?;
@@ -300,22 +523,22 @@ fn read_stream(route: Route, response: Response, on_token: &mut dyn FnMut(&str) 
             Route::Chat => choice["delta"]["content"].as_str(),
             Route::Completion => choice["text"].as_str(),
         };
+        let logprobs = logprobs_from(route, &choice["logprobs"]);
+        let answered = &mut answer.choices[0];
+        answered.logprobs.extend(logprobs);
         if let Some(piece) = piece.filter(|p| !p.is_empty()) {
-            answer.text.push_str(piece);
+            answered.text.push_str(piece);
             if !on_token(piece) {
-                return Err(FfiError::Cancelled);
+                return Err(FfiError::Cancelled("cancelled by the callback"));
             }
         }
         if let Some(reason) = choice["finish_reason"].as_str() {
-            answer.finish_reason = reason.to_string();
+            answered.finish_reason = reason.to_string();
             answer.sources = sources_from(&event);
         }
-        usage_into(&mut answer, &event);
+        usage_into(answer, &event);
     }
-    if !finished {
-        return Err(FfiError::Protocol("the stream ended before [DONE]".into()));
-    }
-    Ok(answer)
+    Err(FfiError::Protocol("the stream ended before [DONE]".into()))
 }
 
 /// A fine-tuning job as `/v1/fine_tuning/jobs` shows it.

@@ -32,9 +32,12 @@ pub enum FfiError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// A callback asked to stop.
-    #[error("cancelled by the callback")]
-    Cancelled,
+    /// A callback, or another thread through a cancel token, asked to stop.
+    #[error("{0}")]
+    Cancelled(&'static str),
+    /// The call's deadline passed.
+    #[error("{0}")]
+    Timeout(String),
     /// The daemon reported a failure inside a stream.
     #[error("tailord failed mid-stream: {0}")]
     Stream(String),
@@ -47,9 +50,16 @@ pub enum FfiError {
 pub type Result<T> = std::result::Result<T, FfiError>;
 
 impl FfiError {
-    /// Wraps an I/O error with what was being done.
+    /// Wraps an I/O error with what was being done; a call cut short by
+    /// its limits (see [`crate::http::Limits`]) is a cancellation or a timeout.
     pub fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> FfiError {
-        move |source| FfiError::Io { context, source }
+        move |source| match source.get_ref().and_then(|e| e.downcast_ref::<crate::http::Cut>()) {
+            Some(crate::http::Cut::Cancelled) => FfiError::Cancelled("cancelled by tailor_cancel_trigger"),
+            Some(crate::http::Cut::DeadlinePassed) => {
+                FfiError::Timeout(format!("the call's deadline (timeout_ms) passed while {context}"))
+            }
+            None => FfiError::Io { context, source },
+        }
     }
 
     /// The `tailor_status` value C callers get.
@@ -67,7 +77,8 @@ impl FfiError {
             FfiError::Daemon { .. } | FfiError::Stream(_) => TAILOR_ERR_SERVER,
             FfiError::Protocol(_) => TAILOR_ERR_PROTOCOL,
             FfiError::Io { .. } => TAILOR_ERR_IO,
-            FfiError::Cancelled => TAILOR_ERR_CANCELLED,
+            FfiError::Cancelled(_) => TAILOR_ERR_CANCELLED,
+            FfiError::Timeout(_) => TAILOR_ERR_TIMEOUT,
             FfiError::Internal(_) => TAILOR_ERR_INTERNAL,
         }
     }

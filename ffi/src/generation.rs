@@ -2,7 +2,7 @@
 //! answers and retrieved passages they hand back.
 
 use crate::args::{c_string, guard, optional_str, out_handle, read_params, required_str, slice_arg, Params};
-use crate::client::{Answer, Client, Route, Source};
+use crate::client::{Answer, Choice, Client, Route, Source, Unfinished};
 use crate::error::{FfiError, Result};
 use crate::session::{client_ref, tailor_client};
 use crate::tailor_status;
@@ -60,6 +60,10 @@ pub struct tailor_chat_params {
     pub adapter_scale: f32,
     /// API 1.3: the output options every generation takes.
     pub output: tailor_output_options,
+    /// API 1.4: generations of the prompt; 0: 1.
+    pub n: u32,
+    /// API 1.4: < 0: none; 0..=20: each token's log-probability and this many alternatives.
+    pub logprobs: i32,
 }
 
 // SAFETY: repr(C), struct_size first.
@@ -82,6 +86,8 @@ unsafe impl Params for tailor_chat_params {
             adapter: std::ptr::null(),
             adapter_scale: 0.0,
             output: tailor_output_options::defaults(),
+            n: 0,
+            logprobs: -1,
         }
     }
 }
@@ -188,6 +194,10 @@ pub struct tailor_generate_params {
     pub adapter_scale: f32,
     /// API 1.3: the output options every generation takes.
     pub output: tailor_output_options,
+    /// API 1.4: as in [`tailor_chat_params`].
+    pub n: u32,
+    /// API 1.4: as in [`tailor_chat_params`].
+    pub logprobs: i32,
 }
 
 // SAFETY: repr(C), struct_size first.
@@ -207,6 +217,8 @@ unsafe impl Params for tailor_generate_params {
             adapter: std::ptr::null(),
             adapter_scale: 0.0,
             output: tailor_output_options::defaults(),
+            n: 0,
+            logprobs: -1,
         }
     }
 }
@@ -269,10 +281,79 @@ impl tailor_sources {
     }
 }
 
-/// A finished generation.
-pub struct tailor_answer {
+/// An alternative token (API 1.4).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct tailor_top_logprob {
+    /// Its text.
+    pub token: *const c_char,
+    /// Its natural log-probability.
+    pub logprob: f64,
+}
+
+/// A generated token's log-probability (API 1.4).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct tailor_token_logprob {
+    /// Its text.
+    pub token: *const c_char,
+    /// Its natural log-probability.
+    pub logprob: f64,
+    /// How many alternatives `top` holds.
+    pub n_top: usize,
+    /// The most likely alternatives, most likely first.
+    pub top: *const tailor_top_logprob,
+}
+
+/// One choice of an answer; owns the strings and arrays its entries point to.
+struct AnswerChoice {
     text: CString,
     finish_reason: CString,
+    logprobs: Vec<tailor_token_logprob>,
+    _tops: Vec<Vec<tailor_top_logprob>>,
+    _strings: Vec<CString>,
+}
+
+impl AnswerChoice {
+    fn new(choice: &Choice) -> AnswerChoice {
+        let mut strings = Vec::new();
+        let mut keep = |text: &str| {
+            let owned = c_string(text);
+            // The CString's heap buffer does not move when `strings` grows.
+            let ptr = owned.as_ptr();
+            strings.push(owned);
+            ptr
+        };
+        let tops: Vec<Vec<tailor_top_logprob>> = choice
+            .logprobs
+            .iter()
+            .map(|t| t.top.iter().map(|a| tailor_top_logprob { token: keep(&a.token), logprob: a.logprob }).collect())
+            .collect();
+        let logprobs = choice
+            .logprobs
+            .iter()
+            .zip(&tops)
+            // Each inner Vec's buffer stays put when `tops` moves into the struct.
+            .map(|(t, top)| tailor_token_logprob {
+                token: keep(&t.token),
+                logprob: t.logprob,
+                n_top: top.len(),
+                top: if top.is_empty() { std::ptr::null() } else { top.as_ptr() },
+            })
+            .collect();
+        AnswerChoice {
+            text: c_string(&choice.text),
+            finish_reason: c_string(&choice.finish_reason),
+            logprobs,
+            _tops: tops,
+            _strings: strings,
+        }
+    }
+}
+
+/// A finished (or, with a 1.4 params struct, a cut-short) generation.
+pub struct tailor_answer {
+    choices: Vec<AnswerChoice>,
     prompt_tokens: u32,
     completion_tokens: u32,
     sources: tailor_sources,
@@ -281,12 +362,20 @@ pub struct tailor_answer {
 impl tailor_answer {
     fn new(answer: &Answer) -> tailor_answer {
         tailor_answer {
-            text: c_string(&answer.text),
-            finish_reason: c_string(&answer.finish_reason),
+            choices: answer.choices.iter().map(AnswerChoice::new).collect(),
             prompt_tokens: answer.prompt_tokens,
             completion_tokens: answer.completion_tokens,
             sources: tailor_sources::new(&answer.sources),
         }
+    }
+
+    /// Choice `index` of a live answer (NULL or past the end: none).
+    ///
+    /// # Safety
+    /// `answer` is NULL or live.
+    unsafe fn choice<'a>(answer: *const tailor_answer, index: usize) -> Option<&'a AnswerChoice> {
+        // SAFETY: the caller's contract.
+        unsafe { answer.as_ref() }.and_then(|a| a.choices.get(index))
     }
 }
 
@@ -320,6 +409,22 @@ unsafe fn adapter_into(request: &mut Value, adapter: *const c_char, scale: f32) 
     Ok(())
 }
 
+/// The API 1.4 fields of either params struct (`n`, `logprobs`) in `route`'s request shape.
+fn choices_into(request: &mut Value, route: Route, n: u32, logprobs: i32) {
+    if n > 0 {
+        request["n"] = json!(n);
+    }
+    if logprobs >= 0 {
+        match route {
+            Route::Chat => {
+                request["logprobs"] = json!(true);
+                request["top_logprobs"] = json!(logprobs);
+            }
+            Route::Completion => request["logprobs"] = json!(logprobs),
+        }
+    }
+}
+
 /// Runs a generation, streaming through the C callback when there is one.
 pub(crate) fn run_generation(
     client: &Client,
@@ -327,7 +432,7 @@ pub(crate) fn run_generation(
     request: Value,
     on_token: tailor_token_fn,
     user_data: *mut c_void,
-) -> Result<Answer> {
+) -> std::result::Result<Answer, Unfinished> {
     let Some(callback) = on_token else { return client.generate(route, request, None) };
     let mut forward = |piece: &str| {
         let text = c_string(piece);
@@ -336,6 +441,29 @@ pub(crate) fn run_generation(
         unsafe { callback(text.as_ptr(), text.as_bytes().len(), user_data) == 0 }
     };
     client.generate(route, request, Some(&mut forward))
+}
+
+/// Hands the answer out through `slot`. A generation cut short (by the
+/// callback, a cancel token, the deadline, a broken stream) still fails,
+/// but hands out what had arrived when the caller's params struct is from
+/// API 1.4 on: older callers do not free an answer after a failure.
+fn hand_out(
+    slot: &mut *mut tailor_answer,
+    outcome: std::result::Result<Answer, Unfinished>,
+    keeps_partial: bool,
+) -> Result<()> {
+    match outcome {
+        Ok(answer) => {
+            *slot = Box::into_raw(Box::new(tailor_answer::new(&answer)));
+            Ok(())
+        }
+        Err(Unfinished { error, partial }) => {
+            if let Some(partial) = partial.filter(|_| keeps_partial) {
+                *slot = Box::into_raw(Box::new(tailor_answer::new(&partial)));
+            }
+            Err(error)
+        }
+    }
 }
 
 /// A chat answer.
@@ -377,9 +505,10 @@ pub unsafe extern "C" fn tailor_chat(
         unsafe { adapter_into(&mut request, params.adapter, params.adapter_scale) }?;
         // SAFETY: as above.
         unsafe { params.output.write_into(&mut request) }?;
-        let answer = run_generation(client, Route::Chat, request, params.on_token, params.user_data)?;
-        *slot = Box::into_raw(Box::new(tailor_answer::new(&answer)));
-        Ok(())
+        choices_into(&mut request, Route::Chat, params.n, params.logprobs);
+        let outcome = run_generation(client, Route::Chat, request, params.on_token, params.user_data);
+        let keeps_partial = params.struct_size >= std::mem::offset_of!(tailor_chat_params, logprobs) + 4;
+        hand_out(slot, outcome, keeps_partial)
     })
 }
 
@@ -406,30 +535,91 @@ pub unsafe extern "C" fn tailor_generate(
         unsafe { adapter_into(&mut request, params.adapter, params.adapter_scale) }?;
         // SAFETY: as above.
         unsafe { params.output.write_into(&mut request) }?;
-        let answer = run_generation(client, Route::Completion, request, params.on_token, params.user_data)?;
-        *slot = Box::into_raw(Box::new(tailor_answer::new(&answer)));
-        Ok(())
+        choices_into(&mut request, Route::Completion, params.n, params.logprobs);
+        let outcome = run_generation(client, Route::Completion, request, params.on_token, params.user_data);
+        let keeps_partial = params.struct_size >= std::mem::offset_of!(tailor_generate_params, logprobs) + 4;
+        hand_out(slot, outcome, keeps_partial)
     })
 }
 
-/// The answer's text.
+/// The answer's text (its first choice's).
 ///
 /// # Safety
 /// `answer` is NULL or live.
 #[no_mangle]
 pub unsafe extern "C" fn tailor_answer_text(answer: *const tailor_answer) -> *const c_char {
     // SAFETY: the caller's contract.
-    unsafe { answer.as_ref() }.map_or(std::ptr::null(), |a| a.text.as_ptr())
+    unsafe { tailor_answer_choice_text(answer, 0) }
 }
 
-/// Why generation stopped.
+/// Why generation stopped (the first choice).
 ///
 /// # Safety
 /// `answer` is NULL or live.
 #[no_mangle]
 pub unsafe extern "C" fn tailor_answer_finish_reason(answer: *const tailor_answer) -> *const c_char {
     // SAFETY: the caller's contract.
-    unsafe { answer.as_ref() }.map_or(std::ptr::null(), |a| a.finish_reason.as_ptr())
+    unsafe { tailor_answer_choice_finish_reason(answer, 0) }
+}
+
+/// API 1.4: how many choices (the request's `n`).
+///
+/// # Safety
+/// `answer` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_answer_choices_count(answer: *const tailor_answer) -> usize {
+    // SAFETY: the caller's contract.
+    unsafe { answer.as_ref() }.map_or(0, |a| a.choices.len())
+}
+
+/// API 1.4: a choice's text; NULL past the end.
+///
+/// # Safety
+/// `answer` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_answer_choice_text(answer: *const tailor_answer, choice: usize) -> *const c_char {
+    // SAFETY: the caller's contract.
+    unsafe { tailor_answer::choice(answer, choice) }.map_or(std::ptr::null(), |c| c.text.as_ptr())
+}
+
+/// API 1.4: why a choice stopped; NULL past the end.
+///
+/// # Safety
+/// `answer` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_answer_choice_finish_reason(
+    answer: *const tailor_answer,
+    choice: usize,
+) -> *const c_char {
+    // SAFETY: the caller's contract.
+    unsafe { tailor_answer::choice(answer, choice) }.map_or(std::ptr::null(), |c| c.finish_reason.as_ptr())
+}
+
+/// API 1.4: how many tokens of a choice carry log-probabilities (0 when
+/// none were asked for).
+///
+/// # Safety
+/// `answer` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_answer_logprobs_count(answer: *const tailor_answer, choice: usize) -> usize {
+    // SAFETY: the caller's contract.
+    unsafe { tailor_answer::choice(answer, choice) }.map_or(0, |c| c.logprobs.len())
+}
+
+/// API 1.4: the log-probability of a choice's token `index`, borrowed from
+/// the answer; NULL past the end.
+///
+/// # Safety
+/// `answer` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_answer_logprob(
+    answer: *const tailor_answer,
+    choice: usize,
+    index: usize,
+) -> *const tailor_token_logprob {
+    // SAFETY: the caller's contract.
+    let entry = unsafe { tailor_answer::choice(answer, choice) }.and_then(|c| c.logprobs.get(index));
+    entry.map_or(std::ptr::null(), |e| e as *const tailor_token_logprob)
 }
 
 /// Prompt tokens.

@@ -2,12 +2,65 @@
 //! (`Connection: close`), over a Unix socket or TCP, with bodies framed by
 //! Content-Length, chunked transfer coding or the end of the stream. The
 //! daemon is the only peer, so there is no redirect, TLS or keep-alive.
+//!
+//! Every wait on the socket is bounded by the call's [`Limits`]: a
+//! deadline for the whole call and a flag another thread may raise. Waits
+//! are cut into slices of at most [`CANCEL_POLL`] while a flag is set up,
+//! so a raised flag ends the call within one slice.
 
 use crate::error::{FfiError, Result};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a blocked call looks at its cancel flag.
+pub const CANCEL_POLL: Duration = Duration::from_millis(50);
+
+/// What ends a call early.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// When the whole call must be over.
+    pub deadline: Option<Instant>,
+    /// Raised (by any thread) to stop the call.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// Why a call was cut short: carried inside an `io::Error` through the
+/// readers, and turned back into a status by [`FfiError::io`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Cut {
+    /// The cancel flag was raised.
+    #[error("cancelled by tailor_cancel_trigger")]
+    Cancelled,
+    /// The deadline passed.
+    #[error("the call's deadline passed")]
+    DeadlinePassed,
+}
+
+impl Limits {
+    /// How long the next wait may block (`None`: without bound), or the
+    /// reason the call ends now.
+    fn next_wait(&self) -> std::io::Result<Option<Duration>> {
+        if self.cancel.as_ref().is_some_and(|flag| flag.load(Ordering::Acquire)) {
+            return Err(std::io::Error::other(Cut::Cancelled));
+        }
+        let left = match self.deadline {
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Err(std::io::Error::other(Cut::DeadlinePassed)),
+            },
+            None => None,
+        };
+        Ok(match (&self.cancel, left) {
+            (Some(_), Some(left)) => Some(left.min(CANCEL_POLL)),
+            (Some(_), None) => Some(CANCEL_POLL),
+            (None, left) => left,
+        })
+    }
+}
 
 /// Where tailord listens.
 #[derive(Debug, Clone)]
@@ -28,51 +81,68 @@ impl std::fmt::Display for Endpoint {
 }
 
 /// A connected socket of either kind.
-enum Socket {
+enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
 }
 
+/// A connected socket whose every wait obeys the call's limits.
+struct Socket {
+    stream: Stream,
+    limits: Limits,
+}
+
+impl Socket {
+    /// Runs one socket operation, again after each slice of waiting that
+    /// ended with neither data nor a reason to stop.
+    fn bounded<T>(&mut self, mut operation: impl FnMut(&mut Stream) -> std::io::Result<T>) -> std::io::Result<T> {
+        loop {
+            let wait = self.limits.next_wait()?;
+            match &self.stream {
+                Stream::Unix(s) => s.set_read_timeout(wait).and_then(|_| s.set_write_timeout(wait))?,
+                Stream::Tcp(s) => s.set_read_timeout(wait).and_then(|_| s.set_write_timeout(wait))?,
+            }
+            match operation(&mut self.stream) {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+                outcome => return outcome,
+            }
+        }
+    }
+}
+
 impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Socket::Unix(s) => s.read(buf),
-            Socket::Tcp(s) => s.read(buf),
-        }
+        self.bounded(|stream| match stream {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        })
     }
 }
 
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Socket::Unix(s) => s.write(buf),
-            Socket::Tcp(s) => s.write(buf),
-        }
+        self.bounded(|stream| match stream {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        })
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Socket::Unix(s) => s.flush(),
-            Socket::Tcp(s) => s.flush(),
-        }
+        self.bounded(|stream| match stream {
+            Stream::Unix(s) => s.flush(),
+            Stream::Tcp(s) => s.flush(),
+        })
     }
 }
 
-fn connect(endpoint: &Endpoint, timeout: Option<Duration>) -> Result<Socket> {
+fn connect(endpoint: &Endpoint, limits: &Limits) -> Result<Socket> {
+    limits.next_wait().map_err(FfiError::io("connecting"))?;
     let refused = |e: std::io::Error| FfiError::Connect(format!("cannot reach tailord at {endpoint}: {e}"));
-    let socket = match endpoint {
-        Endpoint::Unix(path) => {
-            let stream = UnixStream::connect(path).map_err(refused)?;
-            stream.set_read_timeout(timeout).and_then(|_| stream.set_write_timeout(timeout)).map_err(refused)?;
-            Socket::Unix(stream)
-        }
-        Endpoint::Tcp(address) => {
-            let stream = TcpStream::connect(address.as_str()).map_err(refused)?;
-            stream.set_read_timeout(timeout).and_then(|_| stream.set_write_timeout(timeout)).map_err(refused)?;
-            Socket::Tcp(stream)
-        }
+    let stream = match endpoint {
+        Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).map_err(refused)?),
+        Endpoint::Tcp(address) => Stream::Tcp(TcpStream::connect(address.as_str()).map_err(refused)?),
     };
-    Ok(socket)
+    Ok(Socket { stream, limits: limits.clone() })
 }
 
 /// How the response body ends.
@@ -93,13 +163,13 @@ pub struct Response {
 /// Sends one request and reads the status line and headers.
 pub fn request(
     endpoint: &Endpoint,
-    timeout: Option<Duration>,
+    limits: &Limits,
     token: Option<&str>,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<Response> {
-    let mut socket = connect(endpoint, timeout)?;
+    let mut socket = connect(endpoint, limits)?;
     let mut message = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     if let Some(token) = token {
         message.push_str(&format!("Authorization: Bearer {token}\r\n"));

@@ -30,7 +30,7 @@ use error::last_error_ptr;
 use std::ffi::{c_char, c_int, CStr};
 
 /// `TAILOR_API_VERSION`: major * 10000 + minor * 100 + patch.
-pub const TAILOR_API_VERSION: u32 = 10300;
+pub const TAILOR_API_VERSION: u32 = 10400;
 
 /// Outcome of every call (`tailor_status` in the header).
 #[repr(C)]
@@ -58,15 +58,17 @@ pub enum tailor_status {
     TAILOR_ERR_PROTOCOL = 9,
     /// The connection broke or timed out.
     TAILOR_ERR_IO = 10,
-    /// A callback asked to stop.
+    /// A callback or a cancel token asked to stop.
     TAILOR_ERR_CANCELLED = 11,
     /// A contained bug in libtailor.
     TAILOR_ERR_INTERNAL = 12,
     /// API 1.3: the name is taken (an index or adapter that exists).
     TAILOR_ERR_CONFLICT = 13,
+    /// API 1.4: the call's deadline (`timeout_ms`) passed.
+    TAILOR_ERR_TIMEOUT = 14,
 }
 
-const STATUS_NAMES: [&CStr; 14] = [
+const STATUS_NAMES: [&CStr; 15] = [
     c"TAILOR_OK",
     c"TAILOR_ERR_INVALID_ARGUMENT",
     c"TAILOR_ERR_CONNECT",
@@ -81,6 +83,7 @@ const STATUS_NAMES: [&CStr; 14] = [
     c"TAILOR_ERR_CANCELLED",
     c"TAILOR_ERR_INTERNAL",
     c"TAILOR_ERR_CONFLICT",
+    c"TAILOR_ERR_TIMEOUT",
 ];
 
 /// A static name for a status value.

@@ -1,11 +1,11 @@
 //! Search and document management in the daemon's indexes.
 
-use crate::args::{guard, optional_str, out_handle, read_params, required_str, slice_arg, Params};
+use crate::args::{c_string, guard, optional_str, out_handle, read_params, required_str, slice_arg, Params};
 use crate::error::Result;
 use crate::generation::{tailor_source, tailor_sources};
 use crate::session::{client_ref, tailor_client};
 use crate::tailor_status;
-use std::ffi::c_char;
+use std::ffi::{c_char, CString};
 
 /// A search request.
 #[repr(C)]
@@ -206,16 +206,127 @@ pub unsafe extern "C" fn tailor_index_info(
     guard(|| {
         // SAFETY: tailor.h's contract.
         let (client, index) = unsafe { (client_ref(client)?, required_str(index, "index")?) };
-        let (documents, chunks) = client.index_info(index)?;
+        let counts = client.index_info(index)?;
         // SAFETY: NULL or writable, by the contract.
         unsafe {
             if let Some(out) = out_documents.as_mut() {
-                *out = documents;
+                *out = counts.documents;
             }
             if let Some(out) = out_chunks.as_mut() {
-                *out = chunks;
+                *out = counts.chunks;
             }
         }
         Ok(())
     })
+}
+
+/// API 1.4: deletes an index with its documents.
+///
+/// # Safety
+/// Pointers follow tailor.h's contract.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_index_drop(client: *mut tailor_client, index: *const c_char) -> tailor_status {
+    guard(|| {
+        // SAFETY: tailor.h's contract.
+        let (client, index) = unsafe { (client_ref(client)?, required_str(index, "index")?) };
+        client.index_drop(index)
+    })
+}
+
+/// One listed index with its strings as C reads them.
+struct ListedIndex {
+    name: CString,
+    kind: CString,
+    dim: u32,
+}
+
+/// The daemon's indexes.
+pub struct tailor_indexes {
+    entries: Vec<ListedIndex>,
+}
+
+impl tailor_indexes {
+    /// The entry at `index` of a live list (NULL or past the end: none).
+    ///
+    /// # Safety
+    /// `indexes` is NULL or live.
+    unsafe fn entry<'a>(indexes: *const tailor_indexes, index: usize) -> Option<&'a ListedIndex> {
+        // SAFETY: the caller's contract.
+        unsafe { indexes.as_ref() }.and_then(|l| l.entries.get(index))
+    }
+}
+
+/// API 1.4: lists the indexes of the daemon's index stage.
+///
+/// # Safety
+/// Pointers follow tailor.h's contract.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_indexes_list(
+    client: *mut tailor_client,
+    out_indexes: *mut *mut tailor_indexes,
+) -> tailor_status {
+    guard(|| {
+        // SAFETY: tailor.h's contract for out-pointers.
+        let slot = unsafe { out_handle(out_indexes, "out_indexes") }?;
+        // SAFETY: tailor.h's contract.
+        let listed = unsafe { client_ref(client) }?.indexes()?;
+        let entries = listed
+            .iter()
+            .map(|i| ListedIndex { name: c_string(&i.name), kind: c_string(&i.kind), dim: i.dim })
+            .collect();
+        *slot = Box::into_raw(Box::new(tailor_indexes { entries }));
+        Ok(())
+    })
+}
+
+/// How many indexes.
+///
+/// # Safety
+/// `indexes` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_indexes_count(indexes: *const tailor_indexes) -> usize {
+    // SAFETY: the caller's contract.
+    unsafe { indexes.as_ref() }.map_or(0, |l| l.entries.len())
+}
+
+/// An index's name.
+///
+/// # Safety
+/// `indexes` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_indexes_name(indexes: *const tailor_indexes, index: usize) -> *const c_char {
+    // SAFETY: the caller's contract.
+    unsafe { tailor_indexes::entry(indexes, index) }.map_or(std::ptr::null(), |i| i.name.as_ptr())
+}
+
+/// An index's structure: "flat" or "hnsw".
+///
+/// # Safety
+/// `indexes` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_indexes_kind(indexes: *const tailor_indexes, index: usize) -> *const c_char {
+    // SAFETY: the caller's contract.
+    unsafe { tailor_indexes::entry(indexes, index) }.map_or(std::ptr::null(), |i| i.kind.as_ptr())
+}
+
+/// Floats per vector of an index.
+///
+/// # Safety
+/// `indexes` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_indexes_dim(indexes: *const tailor_indexes, index: usize) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe { tailor_indexes::entry(indexes, index) }.map_or(0, |i| i.dim)
+}
+
+/// Frees an index list (NULL is fine).
+///
+/// # Safety
+/// `indexes` is NULL or from tailor_indexes_list, not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_indexes_free(indexes: *mut tailor_indexes) {
+    if !indexes.is_null() {
+        // SAFETY: made by Box::into_raw, freed once.
+        drop(unsafe { Box::from_raw(indexes) });
+    }
 }

@@ -1,4 +1,5 @@
-//! The client handle: settings for reaching one daemon, checked at open.
+//! The client handle: settings for reaching one daemon, checked at open;
+//! derived handles with their own deadline and a cancel token.
 
 use crate::args::{c_string, guard, optional_str, out_handle, read_params, Params};
 use crate::client::Client;
@@ -6,7 +7,8 @@ use crate::error::{FfiError, Result};
 use crate::http;
 use crate::tailor_status;
 use std::ffi::{c_char, CStr, CString};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// An open client: settings for reaching one daemon.
@@ -101,6 +103,67 @@ pub unsafe extern "C" fn tailor_client_close(client: *mut tailor_client) {
         // SAFETY: made by Box::into_raw in tailor_client_open, freed once.
         drop(unsafe { Box::from_raw(client) });
     }
+}
+
+/// A flag that stops calls from another thread (API 1.4).
+pub struct tailor_cancel {
+    flag: Arc<AtomicBool>,
+}
+
+/// A new, unraised cancel token.
+#[no_mangle]
+pub extern "C" fn tailor_cancel_new() -> *mut tailor_cancel {
+    Box::into_raw(Box::new(tailor_cancel { flag: Arc::new(AtomicBool::new(false)) }))
+}
+
+/// Raises the token: every call on a client derived with it ends with
+/// TAILOR_ERR_CANCELLED within about 50 ms, and later ones at once.
+///
+/// # Safety
+/// `cancel` is NULL or live; any thread may call this.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_cancel_trigger(cancel: *const tailor_cancel) {
+    // SAFETY: the caller's contract.
+    if let Some(cancel) = unsafe { cancel.as_ref() } {
+        cancel.flag.store(true, Ordering::Release);
+    }
+}
+
+/// Frees a token (NULL is fine); clients derived with it keep their share.
+///
+/// # Safety
+/// `cancel` is NULL or from tailor_cancel_new, not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_cancel_free(cancel: *mut tailor_cancel) {
+    if !cancel.is_null() {
+        // SAFETY: made by Box::into_raw, freed once.
+        drop(unsafe { Box::from_raw(cancel) });
+    }
+}
+
+/// A client with `client`'s settings whose calls each end within
+/// `timeout_ms` (0: `client`'s bound) and stop once `cancel` (NULL: none)
+/// is raised. Sends nothing.
+///
+/// # Safety
+/// Pointers follow tailor.h's contract.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_client_derive(
+    client: *mut tailor_client,
+    timeout_ms: u32,
+    cancel: *const tailor_cancel,
+    out_client: *mut *mut tailor_client,
+) -> tailor_status {
+    guard(|| {
+        // SAFETY: tailor.h's contract for out-pointers.
+        let slot = unsafe { out_handle(out_client, "out_client") }?;
+        // SAFETY: tailor.h's contract.
+        let (client, cancel) = unsafe { (client_ref(client)?, cancel.as_ref()) };
+        let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
+        let client = client.with_limits(timeout, cancel.map(|c| c.flag.clone()));
+        *slot = Box::into_raw(Box::new(tailor_client { client }));
+        Ok(())
+    })
 }
 
 /// The client behind a handle.

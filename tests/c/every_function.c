@@ -3,8 +3,9 @@
  * declaration is used as declared) and checks the conventions: NULL and
  * bad-size arguments give TAILOR_ERR_INVALID_ARGUMENT with a message, an
  * older and smaller params struct is accepted with defaults for the fields
- * it lacks, a cancelled stream stops, and every handle is freed (valgrind
- * checks that).
+ * it lacks, a cancelled stream stops (and, from API 1.4, hands back what it
+ * had), a deadline and a cancel token from another thread end a call, and
+ * every handle is freed (valgrind checks that).
  *
  *   every_function SOCKET GENERATE_MODEL EMBED_MODEL ADAPTER_DIR TRAINING_FILE
  *
@@ -12,8 +13,10 @@
  * adapter_dirs; TRAINING_FILE a few JSONL chat examples under its
  * data_dirs (the stage's config sets jobs_dir).
  */
-#define _POSIX_C_SOURCE 199309L /* nanosleep */
+#define _POSIX_C_SOURCE 200809L /* nanosleep, pthreads */
 #include <math.h>
+#include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,8 +64,14 @@ static int count_pieces(const char *text, size_t len, void *user_data) {
   return 0;
 }
 
+static void sleep_ms(long ms) {
+  struct timespec pause = {ms / 1000, (ms % 1000) * 1000 * 1000};
+  nanosleep(&pause, NULL);
+}
+
 static void status_and_version(void) {
   EXPECT(strcmp(tailor_status_name(TAILOR_ERR_CONNECT), "TAILOR_ERR_CONNECT") == 0);
+  EXPECT(strcmp(tailor_status_name(TAILOR_ERR_TIMEOUT), "TAILOR_ERR_TIMEOUT") == 0);
   EXPECT(strcmp(tailor_status_name(-7), "TAILOR_ERR_UNKNOWN") == 0);
   EXPECT(tailor_api_version() == TAILOR_API_VERSION);
   EXPECT(strlen(tailor_version()) > 0);
@@ -106,16 +115,21 @@ static void bad_arguments(tailor_client *client) {
   tailor_client_close(NULL);
 }
 
-static void models(tailor_client *client, const char *generate_model) {
+static void models(tailor_client *client, const char *generate_model, const char *embed_model) {
   tailor_models *list = NULL;
   EXPECT(tailor_models_list(client, &list) == TAILOR_OK);
-  int found = 0;
+  int found = 0, shaped = 0;
   for (size_t i = 0; i < tailor_models_count(list); i++) {
     if (strcmp(tailor_models_id(list, i), generate_model) == 0) {
       found = strcmp(tailor_models_kind(list, i), "generate") == 0;
+      EXPECT(tailor_models_context_length(list, i) == 8192 && tailor_models_embedding_dim(list, i) == 0);
+    }
+    if (strcmp(tailor_models_id(list, i), embed_model) == 0) {
+      shaped = tailor_models_embedding_dim(list, i) == 384 && tailor_models_context_length(list, i) == 256;
     }
   }
-  EXPECT(found);
+  EXPECT(found && shaped);
+  EXPECT(tailor_models_context_length(list, 99) == 0 && tailor_models_embedding_dim(NULL, 0) == 0);
   EXPECT(tailor_models_id(list, tailor_models_count(list)) == NULL);
   EXPECT(tailor_models_kind(list, tailor_models_count(list)) == NULL);
   tailor_models_free(list);
@@ -165,7 +179,17 @@ static void generation(tailor_client *client, const char *model) {
   gen.on_token = stop_after_two;
   gen.user_data = &seen;
   tailor_answer *cancelled = NULL;
-  EXPECT(tailor_generate(client, &gen, &cancelled) == TAILOR_ERR_CANCELLED && cancelled == NULL && seen == 2);
+  /* API 1.4: the call fails as cancelled and hands back the two pieces it had. */
+  EXPECT(tailor_generate(client, &gen, &cancelled) == TAILOR_ERR_CANCELLED && cancelled != NULL && seen == 2);
+  EXPECT(cancelled && strcmp(tailor_answer_finish_reason(cancelled), "cancelled") == 0);
+  EXPECT(cancelled && strlen(tailor_answer_text(cancelled)) > 0);
+  tailor_answer_free(cancelled);
+  /* A 1.3 struct (without n and logprobs) gets no partial answer: its caller would not free one. */
+  tailor_generate_params older = gen;
+  older.struct_size = offsetof(tailor_generate_params, n);
+  seen = 0;
+  cancelled = NULL;
+  EXPECT(tailor_generate(client, &older, &cancelled) == TAILOR_ERR_CANCELLED && cancelled == NULL && seen == 2);
 
   /* API 1.3: a stop string ends the answer before it, streamed or not. */
   const char *stops[] = {" 7"};
@@ -184,6 +208,131 @@ static void generation(tailor_client *client, const char *model) {
   gen.output.stop = five;
   EXPECT(tailor_generate(client, &gen, &stopped) == TAILOR_ERR_BAD_REQUEST && stopped == NULL);
   gen.output.n_stop = 0;
+}
+
+/* API 1.4: n choices and per-token log-probabilities. */
+static void choices_and_logprobs(tailor_client *client, const char *model) {
+  tailor_generate_params gen = tailor_generate_default_params();
+  EXPECT(gen.n == 0 && gen.logprobs < 0);
+  gen.model = model;
+  gen.prompt = "The capital of France is";
+  gen.max_tokens = 5;
+  gen.logprobs = 2;
+  tailor_answer *answer = NULL;
+  EXPECT(tailor_generate(client, &gen, &answer) == TAILOR_OK);
+  EXPECT(tailor_answer_choices_count(answer) == 1 && tailor_answer_logprobs_count(answer, 0) == 5);
+  char joined[256] = {0};
+  for (size_t i = 0; i < tailor_answer_logprobs_count(answer, 0); i++) {
+    const tailor_token_logprob *t = tailor_answer_logprob(answer, 0, i);
+    EXPECT(t->logprob <= 0 && t->n_top == 2 && t->top[0].logprob >= t->top[1].logprob);
+    /* Greedy: the chosen token is the most likely one. */
+    EXPECT(strcmp(t->token, t->top[0].token) == 0 && t->logprob - t->top[0].logprob < 1e-6 && t->top[0].logprob - t->logprob < 1e-6);
+    strncat(joined, t->token, sizeof joined - strlen(joined) - 1);
+  }
+  EXPECT(strcmp(joined, tailor_answer_text(answer)) == 0);
+  EXPECT(tailor_answer_logprob(answer, 0, 5) == NULL && tailor_answer_logprob(answer, 1, 0) == NULL);
+  tailor_answer_free(answer);
+
+  /* The same through chat, streamed: the tokens' log-probabilities arrive with the pieces. */
+  tailor_message ask[] = {{"user", "Say yes."}};
+  tailor_chat_params chat = tailor_chat_default_params();
+  chat.model = model;
+  chat.messages = ask;
+  chat.n_messages = 1;
+  chat.max_tokens = 4;
+  chat.logprobs = 0;
+  int pieces = 0;
+  chat.on_token = count_pieces;
+  chat.user_data = &pieces;
+  EXPECT(tailor_chat(client, &chat, &answer) == TAILOR_OK);
+  EXPECT(tailor_answer_logprobs_count(answer, 0) == tailor_answer_completion_tokens(answer));
+  EXPECT(tailor_answer_logprob(answer, 0, 0) && tailor_answer_logprob(answer, 0, 0)->n_top == 0);
+  tailor_answer_free(answer);
+
+  gen.logprobs = -1;
+  gen.n = 3;
+  gen.temperature = 1.0f;
+  gen.seed = 11;
+  gen.max_tokens = 12;
+  EXPECT(tailor_generate(client, &gen, &answer) == TAILOR_OK && tailor_answer_choices_count(answer) == 3);
+  EXPECT(answer && strcmp(tailor_answer_choice_text(answer, 0), tailor_answer_text(answer)) == 0);
+  EXPECT(answer && strcmp(tailor_answer_choice_text(answer, 1), tailor_answer_choice_text(answer, 2)) != 0);
+  EXPECT(tailor_answer_choice_finish_reason(answer, 2) != NULL && tailor_answer_choice_text(answer, 3) == NULL);
+  tailor_answer_free(answer);
+  gen.on_token = count_pieces;
+  gen.user_data = &pieces;
+  answer = NULL;
+  EXPECT(tailor_generate(client, &gen, &answer) == TAILOR_ERR_INVALID_ARGUMENT && answer == NULL);
+  gen.on_token = NULL;
+  gen.n = 9; /* over the stage's max_n */
+  EXPECT(tailor_generate(client, &gen, &answer) == TAILOR_ERR_BAD_REQUEST && answer == NULL);
+}
+
+/* API 1.4: token counts agree with what a generation reports. */
+static void tokens(tailor_client *client, const char *model) {
+  tailor_tokens *ids = NULL;
+  EXPECT(tailor_tokenize(client, model, "The capital of France is", &ids) == TAILOR_OK);
+  EXPECT(tailor_tokens_count(ids) == 5 && tailor_tokens_ids(ids) != NULL);
+  EXPECT(tailor_tokens_context_length(ids) == 8192);
+  tailor_generate_params gen = tailor_generate_default_params();
+  gen.model = model;
+  gen.prompt = "The capital of France is";
+  gen.max_tokens = 1;
+  tailor_answer *answer = NULL;
+  EXPECT(tailor_generate(client, &gen, &answer) == TAILOR_OK);
+  EXPECT(tailor_answer_prompt_tokens(answer) == tailor_tokens_count(ids));
+  tailor_answer_free(answer);
+  tailor_tokens_free(ids);
+  tailor_tokens_free(NULL);
+  EXPECT(tailor_tokenize(client, model, "", &ids) == TAILOR_ERR_BAD_REQUEST && ids == NULL);
+  EXPECT(tailor_tokens_count(NULL) == 0 && tailor_tokens_ids(NULL) == NULL);
+}
+
+static void *trigger_later(void *cancel) {
+  sleep_ms(300);
+  tailor_cancel_trigger(cancel);
+  return NULL;
+}
+
+/* API 1.4: a deadline bounds the whole call; a token stops it from another thread. */
+static void deadlines_and_cancellation(tailor_client *client, const char *model) {
+  tailor_generate_params gen = tailor_generate_default_params();
+  gen.model = model;
+  gen.prompt = "1, 2, 3, 4,";
+  gen.max_tokens = 2000;
+  int pieces = 0;
+  gen.on_token = count_pieces;
+  gen.user_data = &pieces;
+  tailor_client *hurried = NULL;
+  EXPECT(tailor_client_derive(client, 400, NULL, &hurried) == TAILOR_OK);
+  tailor_answer *answer = NULL;
+  EXPECT(tailor_generate(hurried, &gen, &answer) == TAILOR_ERR_TIMEOUT);
+  EXPECT(answer && strcmp(tailor_answer_finish_reason(answer), "timeout") == 0 && pieces > 0);
+  EXPECT(answer && (int)strlen(tailor_answer_text(answer)) > 0);
+  EXPECT(strstr(tailor_last_error(), "deadline") != NULL);
+  tailor_answer_free(answer);
+  tailor_client_close(hurried);
+
+  tailor_cancel *cancel = tailor_cancel_new();
+  tailor_client *stoppable = NULL;
+  EXPECT(tailor_client_derive(client, 0, cancel, &stoppable) == TAILOR_OK);
+  pthread_t thread;
+  EXPECT(pthread_create(&thread, NULL, trigger_later, cancel) == 0);
+  gen.on_token = NULL; /* not streamed: nothing to hand back */
+  answer = NULL;
+  EXPECT(tailor_generate(stoppable, &gen, &answer) == TAILOR_ERR_CANCELLED && answer == NULL);
+  pthread_join(thread, NULL);
+  /* Raised stays raised: later calls on that client stop at once. */
+  tailor_models *list = NULL;
+  EXPECT(tailor_models_list(stoppable, &list) == TAILOR_ERR_CANCELLED && list == NULL);
+  tailor_client_close(stoppable);
+  tailor_cancel_free(cancel);
+  /* The parent client is untouched, and the daemon still answers. */
+  EXPECT(tailor_models_list(client, &list) == TAILOR_OK);
+  tailor_models_free(list);
+  EXPECT(tailor_client_derive(NULL, 0, NULL, &stoppable) == TAILOR_ERR_INVALID_ARGUMENT && stoppable == NULL);
+  tailor_cancel_trigger(NULL);
+  tailor_cancel_free(NULL);
 }
 
 /* API 1.3: an answer constrained to a JSON schema is that JSON. */
@@ -232,6 +381,24 @@ static void retrieval(tailor_client *client) {
   EXPECT(tailor_index_info(client, "kb-every", &documents, NULL) == TAILOR_OK && documents == 1);
   search.index = "no-such-index";
   EXPECT(tailor_search(client, &search, &hits) == TAILOR_ERR_NOT_FOUND && hits == NULL);
+
+  /* API 1.4: listing and dropping. */
+  tailor_indexes *list = NULL;
+  EXPECT(tailor_indexes_list(client, &list) == TAILOR_OK);
+  int listed = 0;
+  for (size_t i = 0; i < tailor_indexes_count(list); i++) {
+    if (strcmp(tailor_indexes_name(list, i), "kb-every") == 0) {
+      listed = strcmp(tailor_indexes_kind(list, i), "flat") == 0 && tailor_indexes_dim(list, i) == 384;
+    }
+  }
+  EXPECT(listed && tailor_indexes_name(list, tailor_indexes_count(list)) == NULL);
+  EXPECT(tailor_indexes_kind(list, 99) == NULL && tailor_indexes_dim(list, 99) == 0);
+  tailor_indexes_free(list);
+  tailor_indexes_free(NULL);
+  EXPECT(tailor_index_drop(client, "kb-every") == TAILOR_OK);
+  EXPECT(tailor_index_drop(client, "kb-every") == TAILOR_ERR_NOT_FOUND);
+  EXPECT(tailor_index_info(client, "kb-every", &documents, NULL) == TAILOR_ERR_NOT_FOUND);
+  EXPECT(tailor_index_drop(client, "../escape") == TAILOR_ERR_INVALID_ARGUMENT);
 }
 
 /* Waits for job `id` to end; returns its final state. */
@@ -242,8 +409,7 @@ static tailor_fine_tune_job *wait_for_job(tailor_client *client, const char *id)
     const char *status = tailor_fine_tune_job_status(job);
     if (strcmp(status, "queued") != 0 && strcmp(status, "running") != 0) return job;
     tailor_fine_tune_job_free(job);
-    struct timespec pause = {0, 100 * 1000 * 1000};
-    nanosleep(&pause, NULL);
+    sleep_ms(100);
   }
   return NULL;
 }
@@ -375,9 +541,12 @@ int main(int argc, char **argv) {
     return 1;
   }
   bad_arguments(client);
-  models(client, argv[2]);
+  models(client, argv[2], argv[3]);
   older_params_struct(client, argv[2]);
   generation(client, argv[2]);
+  choices_and_logprobs(client, argv[2]);
+  tokens(client, argv[2]);
+  deadlines_and_cancellation(client, argv[2]);
   structured_output(client, argv[2]);
   retrieval(client);
   embeddings(client, argv[3]);
