@@ -5,6 +5,11 @@
 // Build: cgo finds libtailor through pkg-config (`tailor.pc`). A Client may
 // be shared between goroutines. Each call pins its goroutine to its OS
 // thread until it has read tailor_last_error, which is per thread.
+//
+// Every call takes a context.Context: its deadline bounds the whole call
+// and cancelling it stops the call (within about 50 ms) and the daemon's
+// work on it; the error then wraps ctx.Err(), so errors.Is(err,
+// context.DeadlineExceeded) and errors.Is(err, context.Canceled) work.
 package tailor
 
 /*
@@ -17,16 +22,19 @@ int tailor_go_relay(const char *text, size_t len, void *user_data);
 import "C"
 
 import (
+	"context"
 	"fmt"
+	"math"
 	"runtime"
 	"runtime/cgo"
+	"time"
 	"unsafe"
 )
 
 // Status is a tailor_status value.
 type Status int
 
-// The statuses callers usually tell apart.
+// Every status tailor.h names.
 const (
 	OK              Status = C.TAILOR_OK
 	InvalidArgument Status = C.TAILOR_ERR_INVALID_ARGUMENT
@@ -42,17 +50,23 @@ const (
 	Cancelled       Status = C.TAILOR_ERR_CANCELLED
 	Internal        Status = C.TAILOR_ERR_INTERNAL
 	Conflict        Status = C.TAILOR_ERR_CONFLICT
+	Timeout         Status = C.TAILOR_ERR_TIMEOUT
 )
 
 func (s Status) String() string { return C.GoString(C.tailor_status_name(C.int(s))) }
 
-// Error is a failed call: its status and libtailor's message.
+// Error is a failed call: its status and libtailor's message, and the
+// context's error when the context ended the call.
 type Error struct {
 	Status  Status
 	Message string
+	cause   error
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%v: %s", e.Status, e.Message) }
+
+// Unwrap gives the context's error when the context ended the call.
+func (e *Error) Unwrap() error { return e.cause }
 
 // call runs one C call on a pinned OS thread and turns a failure into *Error.
 func call(f func() C.tailor_status) error {
@@ -74,14 +88,54 @@ type Client struct {
 }
 
 // Open connects over tailord's Unix socket ("" takes $TAILOR_SOCKET or
-// /run/tailor/tailord.sock), with an optional bearer token.
-func Open(socketPath, token string) (*Client, error) {
-	return open(socketPath, "", token)
+// /run/tailor/tailord.sock), with an optional bearer token, and checks
+// that the daemon answers (and takes the token).
+func Open(ctx context.Context, socketPath, token string) (*Client, error) {
+	return openWithin(ctx, socketPath, "", token)
 }
 
 // OpenTCP connects to tailord's HTTP listener at "host:port".
-func OpenTCP(address, token string) (*Client, error) {
-	return open("", address, token)
+func OpenTCP(ctx context.Context, address, token string) (*Client, error) {
+	return openWithin(ctx, "", address, token)
+}
+
+// openWithin opens on a goroutine of its own, so ctx can end the wait; a
+// client that opens after ctx ended is closed there.
+func openWithin(ctx context.Context, socketPath, address, token string) (*Client, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	type opened struct {
+		client *Client
+		err    error
+	}
+	result := make(chan opened, 1)
+	abandoned := make(chan struct{})
+	go func() {
+		client, err := open(socketPath, address, token)
+		select {
+		case result <- opened{client, err}:
+		case <-abandoned:
+			if client != nil {
+				client.Close()
+			}
+		}
+	}()
+	select {
+	case r := <-result:
+		return r.client, r.err
+	case <-ctx.Done():
+		close(abandoned)
+		// The opener may have finished just now: take its client back to close it.
+		select {
+		case r := <-result:
+			if r.client != nil {
+				r.client.Close()
+			}
+		default:
+		}
+		return nil, ctx.Err()
+	}
 }
 
 func open(socketPath, address, token string) (*Client, error) {
@@ -111,6 +165,57 @@ func (c *Client) Close() {
 	c.handle = nil
 }
 
+// do runs one C call on a client bound to ctx: a derived client whose
+// calls end at ctx's deadline, with a cancel token raised when ctx is
+// done. A context that can neither expire nor be cancelled uses c as is.
+func (c *Client) do(ctx context.Context, f func(*C.tailor_client) C.tailor_status) error {
+	if err := ctx.Err(); err != nil {
+		return &Error{Status: Cancelled, Message: err.Error(), cause: err}
+	}
+	deadline, bounded := ctx.Deadline()
+	if !bounded && ctx.Done() == nil {
+		return call(func() C.tailor_status { return f(c.handle) })
+	}
+	var timeoutMs C.uint32_t
+	if bounded {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return &Error{Status: Timeout, Message: "the context's deadline passed", cause: context.DeadlineExceeded}
+		}
+		timeoutMs = C.uint32_t(math.MaxUint32)
+		if ms := (left + time.Millisecond - 1) / time.Millisecond; ms < math.MaxUint32 {
+			timeoutMs = C.uint32_t(ms) // at least 1: left > 0 rounds up
+		}
+	}
+	cancel := C.tailor_cancel_new()
+	defer C.tailor_cancel_free(cancel)
+	var derived *C.tailor_client
+	if err := call(func() C.tailor_status { return C.tailor_client_derive(c.handle, timeoutMs, cancel, &derived) }); err != nil {
+		return err
+	}
+	defer C.tailor_client_close(derived)
+	finished, watcherDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watcherDone)
+		select {
+		case <-ctx.Done():
+			// At the deadline libtailor's own bound (the same instant,
+			// rounded up to a millisecond) ends the call as a timeout.
+			if ctx.Err() != context.DeadlineExceeded {
+				C.tailor_cancel_trigger(cancel)
+			}
+		case <-finished:
+		}
+	}()
+	err := call(func() C.tailor_status { return f(derived) })
+	close(finished)
+	<-watcherDone
+	if e, ok := err.(*Error); ok && (e.Status == Cancelled || e.Status == Timeout) && ctx.Err() != nil {
+		e.cause = ctx.Err()
+	}
+	return err
+}
+
 // cStrings owns C copies of Go strings for the length of a call.
 type cStrings []*C.char
 
@@ -126,23 +231,46 @@ func (s *cStrings) free() {
 	}
 }
 
-// Model is one of the daemon's stages.
+// Model is one of the daemon's stages, or an adapter.
 type Model struct {
 	ID, Kind string
+	// Tokens of context of a generate stage, per text of an embed stage; 0 otherwise.
+	ContextLength int
+	// Floats per embedding of an embed stage; 0 otherwise.
+	EmbeddingDim int
 }
 
-// Models lists the daemon's stages.
-func (c *Client) Models() ([]Model, error) {
+// Models lists the daemon's stages and adapters.
+func (c *Client) Models(ctx context.Context) ([]Model, error) {
 	var list *C.tailor_models
-	if err := call(func() C.tailor_status { return C.tailor_models_list(c.handle, &list) }); err != nil {
+	if err := c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_models_list(h, &list) }); err != nil {
 		return nil, err
 	}
 	defer C.tailor_models_free(list)
 	models := make([]Model, int(C.tailor_models_count(list)))
 	for i := range models {
-		models[i] = Model{C.GoString(C.tailor_models_id(list, C.size_t(i))), C.GoString(C.tailor_models_kind(list, C.size_t(i)))}
+		at := C.size_t(i)
+		models[i] = Model{ID: C.GoString(C.tailor_models_id(list, at)), Kind: C.GoString(C.tailor_models_kind(list, at)),
+			ContextLength: int(C.tailor_models_context_length(list, at)), EmbeddingDim: int(C.tailor_models_embedding_dim(list, at))}
 	}
 	return models, nil
+}
+
+// Tokenize returns the token ids a generation of prompt on generate stage
+// model starts from, and the model's context length.
+func (c *Client) Tokenize(ctx context.Context, model, prompt string) (ids []uint32, contextLength int, err error) {
+	var strings cStrings
+	defer strings.free()
+	cModel, cPrompt := strings.add(model), strings.add(prompt)
+	var tokens *C.tailor_tokens
+	if err := c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_tokenize(h, cModel, cPrompt, &tokens) }); err != nil {
+		return nil, 0, err
+	}
+	defer C.tailor_tokens_free(tokens)
+	if n := int(C.tailor_tokens_count(tokens)); n > 0 {
+		ids = append([]uint32(nil), unsafe.Slice((*uint32)(unsafe.Pointer(C.tailor_tokens_ids(tokens))), n)...)
+	}
+	return ids, int(C.tailor_tokens_context_length(tokens)), nil
 }
 
 // Message is one chat turn.
@@ -150,13 +278,15 @@ type Message struct {
 	Role, Content string
 }
 
-// Options are sampling and RAG settings; nil means tailor.h's defaults.
+// Options are sampling, output and RAG settings. A nil *Options and the
+// zero value both mean the defaults: greedy, the daemon's max_tokens, a
+// fresh seed, one choice, no log-probabilities.
 type Options struct {
 	MaxTokens    int
 	Temperature  float32
 	TopP         float32 // 0 means 1
 	TopK         int
-	Seed         int64  // < 0: none
+	Seed         *int64 // nil: a fresh random seed per call (see SeedOf)
 	Index        string // RAG index for Chat; "" is off
 	K            int
 	Adapter      string  // a loaded LoRA adapter; "" is the base model
@@ -168,7 +298,15 @@ type Options struct {
 	// JSON output: a JSON schema the answer validates against, "object" for
 	// any JSON object; "" is free text.
 	JSONSchema string
+	// API 1.4: generations of the prompt (0 means 1); more than 1 does not stream.
+	N int
+	// API 1.4: each token's log-probability, and TopLogprobs (0..20) alternatives.
+	Logprobs    bool
+	TopLogprobs int
 }
+
+// SeedOf is a seed for Options.Seed.
+func SeedOf(seed int64) *int64 { return &seed }
 
 // outputOf fills the API 1.3 output options; the stop list lives in C
 // memory (block, to be freed by the caller) and its strings in strings.
@@ -197,15 +335,38 @@ type Source struct {
 	SpanStart, SpanEnd int
 }
 
-// Answer is a finished generation.
+// Answer is a finished generation. Text and FinishReason are the first
+// choice's.
 type Answer struct {
 	Text, FinishReason             string
 	PromptTokens, CompletionTokens int
 	Sources                        []Source
+	Choices                        []Choice // API 1.4: Options.N of them
+}
+
+// Choice is one generation of the prompt.
+type Choice struct {
+	Text, FinishReason string
+	Logprobs           []TokenLogprob // with Options.Logprobs
+}
+
+// TokenLogprob is a generated token's natural log-probability and its most
+// likely alternatives, most likely first.
+type TokenLogprob struct {
+	Token   string
+	Logprob float64
+	Top     []TopLogprob
+}
+
+// TopLogprob is a token that could have come instead.
+type TopLogprob struct {
+	Token   string
+	Logprob float64
 }
 
 // TokenFunc receives each piece of streamed text; returning false stops the
-// generation (the call then fails with status Cancelled).
+// generation: the call then fails with status Cancelled and returns the
+// answer so far (finish reason "cancelled") with the error.
 type TokenFunc func(piece string) bool
 
 //export goTokenRelay
@@ -249,30 +410,71 @@ func sourcesOf(list *C.tailor_sources) []Source {
 	return sources
 }
 
+// answerOf copies an answer out of C and frees it; nil for none.
 func answerOf(a *C.tailor_answer) *Answer {
+	if a == nil {
+		return nil
+	}
 	defer C.tailor_answer_free(a)
-	return &Answer{
+	answer := &Answer{
 		Text:             C.GoString(C.tailor_answer_text(a)),
 		FinishReason:     C.GoString(C.tailor_answer_finish_reason(a)),
 		PromptTokens:     int(C.tailor_answer_prompt_tokens(a)),
 		CompletionTokens: int(C.tailor_answer_completion_tokens(a)),
 		Sources:          sourcesOf(C.tailor_answer_sources(a)),
+		Choices:          make([]Choice, int(C.tailor_answer_choices_count(a))),
 	}
+	for i := range answer.Choices {
+		at := C.size_t(i)
+		choice := &answer.Choices[i]
+		choice.Text = C.GoString(C.tailor_answer_choice_text(a, at))
+		choice.FinishReason = C.GoString(C.tailor_answer_choice_finish_reason(a, at))
+		for j := 0; j < int(C.tailor_answer_logprobs_count(a, at)); j++ {
+			t := C.tailor_answer_logprob(a, at, C.size_t(j))
+			entry := TokenLogprob{Token: C.GoString(t.token), Logprob: float64(t.logprob)}
+			if t.n_top > 0 {
+				for _, alt := range unsafe.Slice(t.top, int(t.n_top)) {
+					entry.Top = append(entry.Top, TopLogprob{C.GoString(alt.token), float64(alt.logprob)})
+				}
+			}
+			choice.Logprobs = append(choice.Logprobs, entry)
+		}
+	}
+	return answer
 }
 
+// withDefaults is opts with its zero fields replaced by tailor.h's defaults.
 func withDefaults(opts *Options) Options {
-	o := Options{TopP: 1, Seed: -1}
+	var o Options
 	if opts != nil {
 		o = *opts
-		if o.TopP == 0 {
-			o.TopP = 1
-		}
+	}
+	if o.TopP == 0 {
+		o.TopP = 1
 	}
 	return o
 }
 
-// Chat answers a conversation; with onToken, the text streams through it first.
-func (c *Client) Chat(model string, messages []Message, opts *Options, onToken TokenFunc) (*Answer, error) {
+// seedOf is tailor.h's seed field for o (-1: none).
+func seedOf(o Options) C.int64_t {
+	if o.Seed == nil {
+		return -1
+	}
+	return C.int64_t(*o.Seed)
+}
+
+// logprobsOf is tailor.h's logprobs field for o (-1: none).
+func logprobsOf(o Options) C.int32_t {
+	if !o.Logprobs {
+		return -1
+	}
+	return C.int32_t(o.TopLogprobs)
+}
+
+// Chat answers a conversation; with onToken, the text streams through it
+// first. A stream cut short (onToken, ctx, the daemon failing) returns the
+// answer so far together with the error.
+func (c *Client) Chat(ctx context.Context, model string, messages []Message, opts *Options, onToken TokenFunc) (*Answer, error) {
 	o := withDefaults(opts)
 	var strings cStrings
 	defer strings.free()
@@ -287,7 +489,8 @@ func (c *Client) Chat(model string, messages []Message, opts *Options, onToken T
 	params.messages = &raw[0]
 	params.n_messages = C.size_t(len(messages))
 	params.max_tokens, params.temperature, params.top_p = C.int32_t(o.MaxTokens), C.float(o.Temperature), C.float(o.TopP)
-	params.top_k, params.seed, params.k = C.int32_t(o.TopK), C.int64_t(o.Seed), C.uint32_t(o.K)
+	params.top_k, params.seed, params.k = C.int32_t(o.TopK), seedOf(o), C.uint32_t(o.K)
+	params.n, params.logprobs = C.uint32_t(o.N), logprobsOf(o)
 	if o.Index != "" {
 		params.index = strings.add(o.Index)
 	}
@@ -304,21 +507,21 @@ func (c *Client) Chat(model string, messages []Message, opts *Options, onToken T
 		params.on_token, params.user_data = C.tailor_token_fn(C.tailor_go_relay), r.block
 	}
 	var answer *C.tailor_answer
-	if err := call(func() C.tailor_status { return C.tailor_chat(c.handle, &params, &answer) }); err != nil {
-		return nil, err
-	}
-	return answerOf(answer), nil
+	err := c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_chat(h, &params, &answer) })
+	return answerOf(answer), err
 }
 
-// Generate completes a prompt as is (no chat template).
-func (c *Client) Generate(model, prompt string, opts *Options, onToken TokenFunc) (*Answer, error) {
+// Generate completes a prompt as is (no chat template); a stream cut short
+// returns the answer so far together with the error, as Chat does.
+func (c *Client) Generate(ctx context.Context, model, prompt string, opts *Options, onToken TokenFunc) (*Answer, error) {
 	o := withDefaults(opts)
 	var strings cStrings
 	defer strings.free()
 	params := C.tailor_generate_default_params()
 	params.model, params.prompt = strings.add(model), strings.add(prompt)
 	params.max_tokens, params.temperature, params.top_p = C.int32_t(o.MaxTokens), C.float(o.Temperature), C.float(o.TopP)
-	params.top_k, params.seed = C.int32_t(o.TopK), C.int64_t(o.Seed)
+	params.top_k, params.seed = C.int32_t(o.TopK), seedOf(o)
+	params.n, params.logprobs = C.uint32_t(o.N), logprobsOf(o)
 	if o.Adapter != "" {
 		params.adapter = strings.add(o.Adapter)
 	}
@@ -332,10 +535,8 @@ func (c *Client) Generate(model, prompt string, opts *Options, onToken TokenFunc
 		params.on_token, params.user_data = C.tailor_token_fn(C.tailor_go_relay), r.block
 	}
 	var answer *C.tailor_answer
-	if err := call(func() C.tailor_status { return C.tailor_generate(c.handle, &params, &answer) }); err != nil {
-		return nil, err
-	}
-	return answerOf(answer), nil
+	err := c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_generate(h, &params, &answer) })
+	return answerOf(answer), err
 }
 
 // cArray copies Go strings into a C array of C strings owned by `strings`.
@@ -349,14 +550,16 @@ func cArray(strings *cStrings, texts []string) (**C.char, func()) {
 }
 
 // Embed returns one vector per text.
-func (c *Client) Embed(model string, texts []string) ([][]float32, error) {
+func (c *Client) Embed(ctx context.Context, model string, texts []string) ([][]float32, error) {
 	var strings cStrings
 	defer strings.free()
 	array, release := cArray(&strings, texts)
 	defer release()
 	cModel := strings.add(model)
 	var e *C.tailor_embeddings
-	if err := call(func() C.tailor_status { return C.tailor_embed(c.handle, cModel, array, C.size_t(len(texts)), &e) }); err != nil {
+	if err := c.do(ctx, func(h *C.tailor_client) C.tailor_status {
+		return C.tailor_embed(h, cModel, array, C.size_t(len(texts)), &e)
+	}); err != nil {
 		return nil, err
 	}
 	defer C.tailor_embeddings_free(e)
@@ -370,13 +573,13 @@ func (c *Client) Embed(model string, texts []string) ([][]float32, error) {
 }
 
 // Search returns the k passages of index nearest to query (k 0: 4).
-func (c *Client) Search(index, query string, k int) ([]Source, error) {
+func (c *Client) Search(ctx context.Context, index, query string, k int) ([]Source, error) {
 	var strings cStrings
 	defer strings.free()
 	params := C.tailor_search_default_params()
 	params.index, params.query, params.k = strings.add(index), strings.add(query), C.uint32_t(k)
 	var list *C.tailor_sources
-	if err := call(func() C.tailor_status { return C.tailor_search(c.handle, &params, &list) }); err != nil {
+	if err := c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_search(h, &params, &list) }); err != nil {
 		return nil, err
 	}
 	defer C.tailor_sources_free(list)
@@ -384,14 +587,44 @@ func (c *Client) Search(index, query string, k int) ([]Source, error) {
 }
 
 // CreateIndex creates an index of kind "flat" or "hnsw" ("" is flat).
-func (c *Client) CreateIndex(name, kind string) error {
+func (c *Client) CreateIndex(ctx context.Context, name, kind string) error {
 	var strings cStrings
 	defer strings.free()
 	cName, cKind := strings.add(name), (*C.char)(nil)
 	if kind != "" {
 		cKind = strings.add(kind)
 	}
-	return call(func() C.tailor_status { return C.tailor_index_create(c.handle, cName, cKind) })
+	return c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_index_create(h, cName, cKind) })
+}
+
+// Index is an index as the daemon lists it.
+type Index struct {
+	Name, Kind string // Kind: "flat" or "hnsw"
+	Dim        int
+}
+
+// Indexes lists the indexes of the daemon's index stage.
+func (c *Client) Indexes(ctx context.Context) ([]Index, error) {
+	var list *C.tailor_indexes
+	if err := c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_indexes_list(h, &list) }); err != nil {
+		return nil, err
+	}
+	defer C.tailor_indexes_free(list)
+	indexes := make([]Index, int(C.tailor_indexes_count(list)))
+	for i := range indexes {
+		at := C.size_t(i)
+		indexes[i] = Index{C.GoString(C.tailor_indexes_name(list, at)), C.GoString(C.tailor_indexes_kind(list, at)),
+			int(C.tailor_indexes_dim(list, at))}
+	}
+	return indexes, nil
+}
+
+// DropIndex deletes an index with all its documents.
+func (c *Client) DropIndex(ctx context.Context, name string) error {
+	var strings cStrings
+	defer strings.free()
+	cName := strings.add(name)
+	return c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_index_drop(h, cName) })
 }
 
 // Document is a text to index under an id.
@@ -400,7 +633,7 @@ type Document struct {
 }
 
 // AddDocuments indexes documents; returns how many were new or changed.
-func (c *Client) AddDocuments(index string, docs []Document) (int, error) {
+func (c *Client) AddDocuments(ctx context.Context, index string, docs []Document) (int, error) {
 	var strings cStrings
 	defer strings.free()
 	block := C.malloc(C.size_t(len(docs)+1) * C.size_t(unsafe.Sizeof(C.tailor_document{})))
@@ -411,33 +644,33 @@ func (c *Client) AddDocuments(index string, docs []Document) (int, error) {
 	}
 	cIndex := strings.add(index)
 	var added C.size_t
-	err := call(func() C.tailor_status {
-		return C.tailor_index_add(c.handle, cIndex, &raw[0], C.size_t(len(docs)), &added)
+	err := c.do(ctx, func(h *C.tailor_client) C.tailor_status {
+		return C.tailor_index_add(h, cIndex, &raw[0], C.size_t(len(docs)), &added)
 	})
 	return int(added), err
 }
 
 // DeleteDocuments deletes documents by id or source; returns how many went.
-func (c *Client) DeleteDocuments(index string, ids []string) (int, error) {
+func (c *Client) DeleteDocuments(ctx context.Context, index string, ids []string) (int, error) {
 	var strings cStrings
 	defer strings.free()
 	array, release := cArray(&strings, ids)
 	defer release()
 	cIndex := strings.add(index)
 	var deleted C.size_t
-	err := call(func() C.tailor_status {
-		return C.tailor_index_delete(c.handle, cIndex, array, C.size_t(len(ids)), &deleted)
+	err := c.do(ctx, func(h *C.tailor_client) C.tailor_status {
+		return C.tailor_index_delete(h, cIndex, array, C.size_t(len(ids)), &deleted)
 	})
 	return int(deleted), err
 }
 
 // IndexInfo returns the counts of documents and chunks in an index.
-func (c *Client) IndexInfo(index string) (documents, chunks int, err error) {
+func (c *Client) IndexInfo(ctx context.Context, index string) (documents, chunks int, err error) {
 	var strings cStrings
 	defer strings.free()
 	cIndex := strings.add(index)
 	var d, k C.size_t
-	err = call(func() C.tailor_status { return C.tailor_index_info(c.handle, cIndex, &d, &k) })
+	err = c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_index_info(h, cIndex, &d, &k) })
 	return int(d), int(k), err
 }
 
@@ -458,25 +691,25 @@ func (s *cStrings) optional(text string) *C.char {
 // LoadAdapter loads the PEFT adapter folder path (on the daemon's machine,
 // under the stage's adapter_dirs) as name on generate stage model ("" is the
 // first).
-func (c *Client) LoadAdapter(model, name, path string) error {
+func (c *Client) LoadAdapter(ctx context.Context, model, name, path string) error {
 	var strings cStrings
 	defer strings.free()
 	cModel, cName, cPath := strings.optional(model), strings.add(name), strings.add(path)
-	return call(func() C.tailor_status { return C.tailor_adapter_load(c.handle, cModel, cName, cPath) })
+	return c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_adapter_load(h, cModel, cName, cPath) })
 }
 
 // UnloadAdapter unloads adapter name; requests using it finish first.
-func (c *Client) UnloadAdapter(model, name string) error {
+func (c *Client) UnloadAdapter(ctx context.Context, model, name string) error {
 	var strings cStrings
 	defer strings.free()
 	cModel, cName := strings.optional(model), strings.add(name)
-	return call(func() C.tailor_status { return C.tailor_adapter_unload(c.handle, cModel, cName) })
+	return c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_adapter_unload(h, cModel, cName) })
 }
 
 // Adapters lists the adapters of every generate stage.
-func (c *Client) Adapters() ([]Adapter, error) {
+func (c *Client) Adapters(ctx context.Context) ([]Adapter, error) {
 	var list *C.tailor_adapters
-	if err := call(func() C.tailor_status { return C.tailor_adapters_list(c.handle, &list) }); err != nil {
+	if err := c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_adapters_list(h, &list) }); err != nil {
 		return nil, err
 	}
 	defer C.tailor_adapters_free(list)
@@ -489,13 +722,13 @@ func (c *Client) Adapters() ([]Adapter, error) {
 	return adapters, nil
 }
 
-// FineTuneOptions are a fine-tuning job's settings (zero values: the
-// daemon's defaults; Seed < 0 too).
+// FineTuneOptions are a fine-tuning job's settings; the zero value means
+// the daemon's defaults (Seed nil: none given).
 type FineTuneOptions struct {
 	ValidationFile, Suffix  string
 	Epochs, BatchSize, Rank int
 	LearningRateMultiplier  float32
-	Seed                    int64
+	Seed                    *int64
 }
 
 // FineTuneJob is a fine-tuning job's state.
@@ -514,7 +747,7 @@ type FineTuneEvent struct {
 // StartFineTune starts a LoRA fine-tuning job on generate stage model's base,
 // on trainingFile (a JSONL path on the daemon's machine, under the stage's
 // data_dirs), and returns its first state.
-func (c *Client) StartFineTune(model, trainingFile string, o FineTuneOptions) (FineTuneJob, error) {
+func (c *Client) StartFineTune(ctx context.Context, model, trainingFile string, o FineTuneOptions) (FineTuneJob, error) {
 	var strings cStrings
 	defer strings.free()
 	params := C.tailor_fine_tune_default_params()
@@ -526,9 +759,12 @@ func (c *Client) StartFineTune(model, trainingFile string, o FineTuneOptions) (F
 	params.batch_size = C.uint32_t(o.BatchSize)
 	params.rank = C.uint32_t(o.Rank)
 	params.learning_rate_multiplier = C.float(o.LearningRateMultiplier)
-	params.seed = C.int64_t(o.Seed)
+	params.seed = -1
+	if o.Seed != nil {
+		params.seed = C.int64_t(*o.Seed)
+	}
 	var job *C.tailor_fine_tune_job
-	if err := call(func() C.tailor_status { return C.tailor_fine_tune_start(c.handle, &params, &job) }); err != nil {
+	if err := c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_fine_tune_start(h, &params, &job) }); err != nil {
 		return FineTuneJob{}, err
 	}
 	defer C.tailor_fine_tune_job_free(job)
@@ -536,12 +772,12 @@ func (c *Client) StartFineTune(model, trainingFile string, o FineTuneOptions) (F
 }
 
 // FineTuneStatus returns the current state of job id.
-func (c *Client) FineTuneStatus(id string) (FineTuneJob, error) {
+func (c *Client) FineTuneStatus(ctx context.Context, id string) (FineTuneJob, error) {
 	var strings cStrings
 	defer strings.free()
 	cID := strings.add(id)
 	var job *C.tailor_fine_tune_job
-	if err := call(func() C.tailor_status { return C.tailor_fine_tune_get(c.handle, cID, &job) }); err != nil {
+	if err := c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_fine_tune_get(h, cID, &job) }); err != nil {
 		return FineTuneJob{}, err
 	}
 	defer C.tailor_fine_tune_job_free(job)
@@ -549,12 +785,12 @@ func (c *Client) FineTuneStatus(id string) (FineTuneJob, error) {
 }
 
 // FineTuneEvents returns job id's log, step by step.
-func (c *Client) FineTuneEvents(id string) ([]FineTuneEvent, error) {
+func (c *Client) FineTuneEvents(ctx context.Context, id string) ([]FineTuneEvent, error) {
 	var strings cStrings
 	defer strings.free()
 	cID := strings.add(id)
 	var events *C.tailor_fine_tune_events
-	if err := call(func() C.tailor_status { return C.tailor_fine_tune_events_get(c.handle, cID, &events) }); err != nil {
+	if err := c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_fine_tune_events_get(h, cID, &events) }); err != nil {
 		return nil, err
 	}
 	defer C.tailor_fine_tune_events_free(events)
@@ -568,11 +804,11 @@ func (c *Client) FineTuneEvents(id string) ([]FineTuneEvent, error) {
 }
 
 // CancelFineTune asks job id to stop.
-func (c *Client) CancelFineTune(id string) error {
+func (c *Client) CancelFineTune(ctx context.Context, id string) error {
 	var strings cStrings
 	defer strings.free()
 	cID := strings.add(id)
-	return call(func() C.tailor_status { return C.tailor_fine_tune_cancel(c.handle, cID) })
+	return c.do(ctx, func(h *C.tailor_client) C.tailor_status { return C.tailor_fine_tune_cancel(h, cID) })
 }
 
 // jobOf copies a job state out of C.

@@ -4,7 +4,8 @@
 //
 // Threading is as in tailor.h: a Client may be shared between threads;
 // callbacks run on the calling thread. An exception thrown by a callback
-// stops the generation and is rethrown from the call.
+// stops the generation and is rethrown from the call. A deadline and a
+// Cancel token (stoppable from any thread) come with Client::bounded.
 #ifndef TAILOR_HPP
 #define TAILOR_HPP
 
@@ -53,11 +54,44 @@ struct Source {
   size_t span_start = 0, span_end = 0;
 };
 
-/// A finished generation.
+/// A token that could have come instead.
+struct TopLogprob {
+  std::string token;
+  double logprob = 0;  // natural log
+};
+
+/// A generated token's log-probability and its most likely alternatives (most likely first).
+struct TokenLogprob {
+  std::string token;
+  double logprob = 0;
+  std::vector<TopLogprob> top;
+};
+
+/// One generation of the prompt.
+struct Choice {
+  std::string text, finish_reason;
+  std::vector<TokenLogprob> logprobs;  // with Options::logprobs >= 0
+};
+
+/// A finished generation; text and finish_reason are the first choice's.
 struct Answer {
   std::string text, finish_reason;
   uint32_t prompt_tokens = 0, completion_tokens = 0;
   std::vector<Source> sources;  // RAG only
+  std::vector<Choice> choices;  // Options::n of them
+};
+
+/// A generation cut short (callback, Cancel, deadline, daemon failure)
+/// after its stream had started: the error, and the answer so far.
+class Interrupted : public Error {
+ public:
+  Interrupted(tailor_status status, const std::string &message, Answer partial)
+      : Error(status, message), partial_(std::move(partial)) {}
+  /// What had arrived; finish_reason "cancelled", "timeout" or "error".
+  const Answer &partial() const noexcept { return partial_; }
+
+ private:
+  Answer partial_;
 };
 
 struct Message {
@@ -79,6 +113,40 @@ struct Options {
   float presence_penalty = 0;     // -2..2
   float frequency_penalty = 0;    // -2..2
   std::string json_schema;        // a JSON schema, "object" for any JSON object; empty: free text
+  uint32_t n = 0;                 // generations of the prompt; 0: 1 (more than 1 does not stream)
+  int32_t logprobs = -1;          // < 0: none; 0..20: log-probabilities with this many alternatives
+};
+
+/// A stage (or adapter) as the daemon lists it.
+struct ModelInfo {
+  std::string id, kind;
+  uint32_t context_length = 0;  // tokens of context (generate), per text (embed)
+  uint32_t embedding_dim = 0;   // embed stages
+};
+
+/// An index as the daemon lists it.
+struct IndexInfo {
+  std::string name, kind;  // kind: "flat" or "hnsw"
+  uint32_t dim = 0;
+};
+
+/// Token ids of a prompt.
+struct Tokens {
+  std::vector<uint32_t> ids;
+  uint32_t context_length = 0;  // shared by prompt and answer
+};
+
+/// A token that stops the calls of clients made with it (Client::bounded),
+/// from any thread.
+class Cancel {
+ public:
+  Cancel() : handle_(tailor_cancel_new()) {}
+  /// Ends the calls in flight (within about 50 ms) and every later one.
+  void trigger() const noexcept { tailor_cancel_trigger(handle_.get()); }
+  const tailor_cancel *get() const noexcept { return handle_.get(); }
+
+ private:
+  detail::Owned<tailor_cancel, tailor_cancel_free> handle_;
 };
 
 /// A LoRA adapter as the daemon lists it.
@@ -139,17 +207,49 @@ class Client {
     return Client(params);
   }
 
-  /// (name, kind) of each of the daemon's stages.
-  std::vector<std::pair<std::string, std::string>> models() const {
+  /// This client's settings, with each call ending within `timeout_ms`
+  /// (0: this client's bound; tailor::Error TAILOR_ERR_TIMEOUT) and stopped
+  /// once `cancel` (optional; the new client keeps its own share of it) is triggered.
+  Client bounded(uint32_t timeout_ms, const Cancel *cancel = nullptr) const {
+    tailor_client *raw = nullptr;
+    detail::check(tailor_client_derive(handle_.get(), timeout_ms, cancel ? cancel->get() : nullptr, &raw));
+    return Client(raw);
+  }
+  /// Each of the daemon's stages and adapters, with its shape.
+  std::vector<ModelInfo> models() const {
     tailor_models *raw = nullptr;
     detail::check(tailor_models_list(handle_.get(), &raw));
     detail::Owned<tailor_models, tailor_models_free> list(raw);
-    std::vector<std::pair<std::string, std::string>> out;
+    std::vector<ModelInfo> out;
     for (size_t i = 0; i < tailor_models_count(list.get()); i++) {
-      out.emplace_back(tailor_models_id(list.get(), i), tailor_models_kind(list.get(), i));
+      out.push_back({tailor_models_id(list.get(), i), tailor_models_kind(list.get(), i),
+                     tailor_models_context_length(list.get(), i), tailor_models_embedding_dim(list.get(), i)});
     }
     return out;
   }
+  /// The token ids a generation of `prompt` on generate stage `model` starts from.
+  Tokens tokenize(const std::string &model, const std::string &prompt) const {
+    tailor_tokens *raw = nullptr;
+    detail::check(tailor_tokenize(handle_.get(), model.c_str(), prompt.c_str(), &raw));
+    detail::Owned<tailor_tokens, tailor_tokens_free> tokens(raw);
+    const uint32_t *ids = tailor_tokens_ids(tokens.get());
+    return {std::vector<uint32_t>(ids, ids + tailor_tokens_count(tokens.get())),
+            tailor_tokens_context_length(tokens.get())};
+  }
+  /// The indexes of the daemon's index stage.
+  std::vector<IndexInfo> indexes() const {
+    tailor_indexes *raw = nullptr;
+    detail::check(tailor_indexes_list(handle_.get(), &raw));
+    detail::Owned<tailor_indexes, tailor_indexes_free> list(raw);
+    std::vector<IndexInfo> out;
+    for (size_t i = 0; i < tailor_indexes_count(list.get()); i++) {
+      out.push_back({tailor_indexes_name(list.get(), i), tailor_indexes_kind(list.get(), i),
+                     tailor_indexes_dim(list.get(), i)});
+    }
+    return out;
+  }
+  /// Deletes an index with all its documents.
+  void drop_index(const std::string &index) const { detail::check(tailor_index_drop(handle_.get(), index.c_str())); }
 
   Answer chat(const std::string &model, const std::vector<Message> &messages, const Options &options = {},
               TokenCallback on_token = {}) const {
@@ -170,6 +270,8 @@ class Client {
     params.adapter_scale = options.adapter_scale;
     std::vector<const char *> stops;
     params.output = output_of(options, stops);
+    params.n = options.n;
+    params.logprobs = options.logprobs;
     return stream(on_token, params, [this](const tailor_chat_params &p, tailor_answer **out) {
       return tailor_chat(handle_.get(), &p, out);
     });
@@ -189,6 +291,8 @@ class Client {
     params.adapter_scale = options.adapter_scale;
     std::vector<const char *> stops;
     params.output = output_of(options, stops);
+    params.n = options.n;
+    params.logprobs = options.logprobs;
     return stream(on_token, params, [this](const tailor_generate_params &p, tailor_answer **out) {
       return tailor_generate(handle_.get(), &p, out);
     });
@@ -326,6 +430,23 @@ class Client {
     detail::check(tailor_client_open(&params, &raw));
     handle_.reset(raw);
   }
+  explicit Client(tailor_client *derived) : handle_(derived) {}
+  /// Copies an answer out of libtailor.
+  static Answer copy_answer(const tailor_answer *raw) {
+    Answer answer{tailor_answer_text(raw), tailor_answer_finish_reason(raw), tailor_answer_prompt_tokens(raw),
+                  tailor_answer_completion_tokens(raw), copy_sources(tailor_answer_sources(raw)), {}};
+    for (size_t c = 0; c < tailor_answer_choices_count(raw); c++) {
+      Choice choice{tailor_answer_choice_text(raw, c), tailor_answer_choice_finish_reason(raw, c), {}};
+      for (size_t i = 0; i < tailor_answer_logprobs_count(raw, c); i++) {
+        const tailor_token_logprob *t = tailor_answer_logprob(raw, c, i);
+        TokenLogprob token{t->token, t->logprob, {}};
+        for (size_t j = 0; j < t->n_top; j++) token.top.push_back({t->top[j].token, t->top[j].logprob});
+        choice.logprobs.push_back(std::move(token));
+      }
+      answer.choices.push_back(std::move(choice));
+    }
+    return answer;
+  }
 
   /// What the C callback's user_data points to.
   /// The output options of `options`; `stops` holds the stop pointers for the call.
@@ -364,11 +485,11 @@ class Client {
     }
     tailor_answer *raw = nullptr;
     tailor_status status = call(params, &raw);
+    detail::Owned<tailor_answer, tailor_answer_free> answer(raw);  // a partial one comes with a failure
     if (r.error) std::rethrow_exception(r.error);
+    if (status != TAILOR_OK && answer) throw Interrupted(status, tailor_last_error(), copy_answer(answer.get()));
     detail::check(status);
-    detail::Owned<tailor_answer, tailor_answer_free> answer(raw);
-    return Answer{tailor_answer_text(raw), tailor_answer_finish_reason(raw), tailor_answer_prompt_tokens(raw),
-                  tailor_answer_completion_tokens(raw), copy_sources(tailor_answer_sources(raw))};
+    return copy_answer(answer.get());
   }
 
   detail::Owned<tailor_client, tailor_client_close> handle_;

@@ -1,6 +1,7 @@
 // A C++17 app on tailor.hpp: the same tour as examples/c/rag_chat.c —
 // stream a chat answer, embed two texts, answer from an index with
-// sources, see what failures look like and, given an adapter folder under
+// sources, count tokens, read log-probabilities, bound a call with a
+// deadline, see what failures look like and, given an adapter folder under
 // the stage's adapter_dirs, answer from the index through a LoRA adapter
 // (RAG for knowledge, LoRA for style). RAII frees everything.
 //
@@ -67,6 +68,29 @@ bool rag(const tailor::Client &client, const std::string &model) {
   return answer.sources.size() == 2 && answer.sources[0].doc_id == "bluebird";
 }
 
+bool counted_and_bounded(const tailor::Client &client, const std::string &model) {
+  tailor::Tokens tokens = client.tokenize(model, "The capital of France is");
+  tailor::Options options;
+  options.max_tokens = 3;
+  options.logprobs = 2;
+  tailor::Answer answer = client.generate(model, "The capital of France is", options);
+  const tailor::TokenLogprob &first = answer.choices.at(0).logprobs.at(0);
+  std::cout << "tokens: " << tokens.ids.size() << " of " << tokens.context_length << "; first token " << first.token
+            << " (logprob " << first.logprob << ", then " << first.top.at(1).token << ")\n";
+  bool counted = tokens.ids.size() == answer.prompt_tokens && first.top.size() == 2 && first.token == first.top[0].token;
+  // A whole call bounded to 300 ms: the stream stops there and its text so far comes with the error.
+  tailor::Client hurried = client.bounded(300);
+  options.max_tokens = 2000;
+  options.logprobs = -1;
+  try {
+    hurried.generate(model, "1, 2, 3, 4,", options, [](std::string_view) { return true; });
+  } catch (const tailor::Interrupted &e) {
+    std::cout << "deadline: " << e.what() << "; kept " << e.partial().text.size() << " bytes\n";
+    return counted && e.status() == TAILOR_ERR_TIMEOUT && e.partial().finish_reason == "timeout";
+  }
+  return false;
+}
+
 bool failures(const tailor::Client &client) {
   bool down = false, unknown = false;
   try {
@@ -109,7 +133,8 @@ int main(int argc, char **argv) {
   }
   try {
     tailor::Client client = tailor::Client::unix_socket(argv[1]);
-    bool ok = stream_chat(client, argv[2]) && json_answer(client, argv[2]) && embed_two(client, argv[3]) && rag(client, argv[2]) && failures(client);
+    bool ok = stream_chat(client, argv[2]) && json_answer(client, argv[2]) && embed_two(client, argv[3]) &&
+              rag(client, argv[2]) && counted_and_bounded(client, argv[2]) && failures(client);
     if (ok && argc == 5) ok = rag_with_adapter(client, argv[2], argv[4]);
     std::cout << (ok ? "OK" : "FAILED") << "\n";
     return ok ? 0 : 1;

@@ -214,6 +214,7 @@ fn c_cpp_and_go_apps_chat_embed_and_retrieve_through_libtailor() {
     compile("c++", "-std=c++17", "examples/cpp/rag_chat.cpp", &cpp_demo, &flags);
     let out = under_valgrind(&cpp_demo, &[args[0], args[1], args[2], &adapter]);
     assert!(out.contains("[1] bluebird") && out.contains("rag + adapter: ") && out.ends_with("OK\n"), "{out}");
+    assert!(out.contains("deadline: TAILOR_ERR_TIMEOUT") && out.contains("tokens: 5 of 8192"), "{out}");
 
     run(Command::new("go")
         .args(["test", "-count=1", "-v", "./..."])
