@@ -99,6 +99,30 @@ fn chat_streaming_embeddings_and_errors_over_http() {
     assert!(decoded.iter().zip(&v).all(|(a, b)| (*a as f64 - b).abs() < 1e-6), "base64 decodes to the float vector");
     let (status, body) = curl(&d, "/v1/embeddings", token, Some(r#"{"model":"minilm","input":"x","dimensions":8}"#));
     assert_eq!((status, json(&body)["error"]["param"].as_str()), (400, Some("dimensions")), "{body}");
+    // Log-probabilities over the API are the CLI's, value for value.
+    let request =
+        r#"{"model":"smollm2","prompt":"The capital of France is","max_tokens":3,"temperature":0,"logprobs":3}"#;
+    let (status, body) = curl(&d, "/v1/completions", token, Some(request));
+    assert_eq!(status, 200, "{body}");
+    let api = json(&body)["choices"][0]["logprobs"].clone();
+    let cli = Command::new(plugin_dir().join("tailor"))
+        .args(["generate", "--model"])
+        .arg(cache().join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .args(["--prompt", "The capital of France is", "--max-tokens", "3", "--logprobs", "3"])
+        .output()
+        .expect("running the tailor CLI");
+    let cli: Vec<serde_json::Value> = String::from_utf8_lossy(&cli.stdout).lines().map(json).collect();
+    assert_eq!(cli.len(), 3, "{cli:?}");
+    for (i, line) in cli.iter().enumerate() {
+        assert_eq!(api["tokens"][i], line["token"], "{api} vs {line}");
+        let close =
+            |a: &serde_json::Value, b: &serde_json::Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-5;
+        assert!(close(&api["token_logprobs"][i], &line["logprob"]), "{api} vs {line}");
+        for alternative in line["top_logprobs"].as_array().unwrap() {
+            let token = alternative["token"].as_str().unwrap();
+            assert!(close(&api["top_logprobs"][i][token], &alternative["logprob"]), "{token}: {api} vs {line}");
+        }
+    }
     // Token counts before sending, the chat template included; the model's shape on /v1/models.
     let tokenize = r#"{"model":"smollm2","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France?"}]}"#;
     let (status, body) = curl(&d, "/tokenize", token, Some(tokenize));
