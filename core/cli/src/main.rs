@@ -7,6 +7,7 @@ mod fetch;
 mod rag;
 mod run;
 mod status;
+mod synth;
 mod train;
 
 use anyhow::Result;
@@ -83,6 +84,8 @@ enum ModelsCommand {
     Fetch(fetch::FetchArgs),
     /// Print where the default models are (or would be) cached.
     Path,
+    /// Write a Llama-shaped GGUF with seeded random weights (1B, 3B, … for speed measurements).
+    Synth(synth::SynthArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -123,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Models { command: ModelsCommand::Fetch(args) } => fetch::fetch(&args),
+        Command::Models { command: ModelsCommand::Synth(args) } => synth::synth(&args),
         Command::Models { command: ModelsCommand::Path } => {
             println!("{}", fetch::cache_dir().display());
             Ok(())

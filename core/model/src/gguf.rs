@@ -313,6 +313,15 @@ impl GgufWriter {
     /// Serialises the file.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
+        self.write_to(&mut out).expect("writing to a Vec cannot fail");
+        out
+    }
+
+    /// Writes the file to `sink` (the header is built in memory, tensor
+    /// data goes straight from each tensor's bytes: no second copy of the
+    /// weights).
+    pub fn write_to(&self, sink: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&3u32.to_le_bytes());
         out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
@@ -333,11 +342,15 @@ impl GgufWriter {
             out.extend_from_slice(&(offset as u64).to_le_bytes());
             offset = (offset + tensor.bytes().len()).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
         }
+        let mut written = out.len();
+        sink.write_all(&out)?;
         for (_, tensor) in &self.tensors {
-            out.resize(out.len().div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT, 0);
-            out.extend_from_slice(tensor.bytes());
+            let padding = written.div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT - written;
+            sink.write_all(&[0u8; DEFAULT_ALIGNMENT][..padding])?;
+            sink.write_all(tensor.bytes())?;
+            written += padding + tensor.bytes().len();
         }
-        out
+        Ok(())
     }
 }
 

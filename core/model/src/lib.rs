@@ -21,6 +21,7 @@ pub mod merge;
 pub mod model;
 pub mod names;
 pub mod sampler;
+pub mod synth;
 pub mod tape;
 pub mod tokenizer;
 pub mod weights;

@@ -20,6 +20,10 @@ pub enum DType {
     Q4_0,
     /// 32 elements: f16 scale, f16 min + 32 × 4-bit.
     Q4_1,
+    /// 32 elements: f16 scale + 32 high bits + 32 × 4-bit low bits (offset 16).
+    Q5_0,
+    /// 32 elements: f16 scale, f16 min + 32 high bits + 32 × 4-bit low bits.
+    Q5_1,
     /// 256 elements: super-block of 8 × 32 with 6-bit scales and mins.
     Q4K,
     /// 256 elements: 6-bit quants, 16 × 16 with i8 scales.
@@ -35,7 +39,7 @@ impl DType {
     pub fn block_size(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => 32,
             DType::Q4K | DType::Q6K => 256,
             DType::NF4 => 64,
         }
@@ -49,6 +53,8 @@ impl DType {
             DType::Q8_0 => 34,
             DType::Q4_0 => 18,
             DType::Q4_1 => 20,
+            DType::Q5_0 => 22,
+            DType::Q5_1 => 24,
             DType::Q4K => 144,
             DType::Q6K => 210,
             DType::NF4 => 36,
@@ -76,6 +82,8 @@ impl DType {
             DType::F16 => 1,
             DType::Q4_0 => 2,
             DType::Q4_1 => 3,
+            DType::Q5_0 => 6,
+            DType::Q5_1 => 7,
             DType::Q8_0 => 8,
             DType::Q4K => 12,
             DType::Q6K => 14,
@@ -91,6 +99,8 @@ impl DType {
             1 => DType::F16,
             2 => DType::Q4_0,
             3 => DType::Q4_1,
+            6 => DType::Q5_0,
+            7 => DType::Q5_1,
             8 => DType::Q8_0,
             12 => DType::Q4K,
             14 => DType::Q6K,
@@ -108,6 +118,8 @@ impl DType {
             DType::Q8_0 => "q8_0",
             DType::Q4_0 => "q4_0",
             DType::Q4_1 => "q4_1",
+            DType::Q5_0 => "q5_0",
+            DType::Q5_1 => "q5_1",
             DType::Q4K => "q4_k",
             DType::Q6K => "q6_k",
             DType::NF4 => "nf4",
@@ -126,6 +138,8 @@ impl std::str::FromStr for DType {
             DType::Q8_0,
             DType::Q4_0,
             DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
             DType::Q4K,
             DType::Q6K,
             DType::NF4,

@@ -23,8 +23,8 @@ impl Rng {
     }
 }
 
-fn quantized_formats() -> [DType; 5] {
-    [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K]
+fn quantized_formats() -> [DType; 7] {
+    [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4K, DType::Q6K]
 }
 
 fn round_trip(dtype: DType, x: &[f32]) -> Vec<f32> {
@@ -40,7 +40,7 @@ fn round_trip(dtype: DType, x: &[f32]) -> Vec<f32> {
 fn round_trip_error_within_bounds() {
     let mut rng = Rng(1);
     let x = rng.vec(4096);
-    for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+    for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1] {
         let y = round_trip(dtype, &x);
         for (bx, by) in x.chunks(32).zip(y.chunks(32)) {
             let amax = bx.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -50,6 +50,8 @@ fn round_trip_error_within_bounds() {
             let step = match dtype {
                 DType::Q8_0 => amax / 127.0 * 0.51 + 1e-3 * amax,
                 DType::Q4_0 => amax / 8.0 * 1.01,
+                DType::Q5_0 => amax / 16.0 * 1.01,
+                DType::Q5_1 => (hi - lo) / 31.0 * 0.51 + 2e-3 * amax,
                 _ => (hi - lo) / 15.0 * 0.51 + 2e-3 * amax,
             };
             for (a, b) in bx.iter().zip(by) {

@@ -1,10 +1,12 @@
 //! Linear layers: `y = x · Wᵀ` for dense and block-quantized `W`.
 //!
 //! Decoding (one token) is a matrix-vector product and memory bound: weights
-//! stay quantized and activations are quantized to 8 bits. Prefill (many
+//! stay quantized and activations are quantized to 8 bits; f16/bf16 weights
+//! are read as stored and widened in registers (`half_dot`). Prefill (many
 //! tokens) is compute bound: each quantized matrix is dequantized once into a
 //! scratch buffer and multiplied with the `gemm` crate.
 
+use super::half_dot::{dot_half, is_half};
 use super::pool::{split_range, SpinPool};
 use crate::quant::packed::{block_sums, dot_packed_tokens, pair_activations, ActPair, PackedDot};
 use crate::quant::{dequantize_row, quantize_activations, supports_dot, vec_dot, BlockQ8, DotImpl, QK};
@@ -109,7 +111,7 @@ fn rows_linear(
     scratch: &mut LinearScratch,
 ) -> Result<()> {
     let in_dim = outputs[0].0.row_len();
-    let needs_blocks = outputs.iter().any(|(w, _)| w.dtype() != DType::F32);
+    let needs_blocks = outputs.iter().any(|(w, _)| supports_dot(w.dtype()));
     let needs_pairs = outputs.iter().any(|(w, _)| w.packed().is_some());
     scratch.acts.clear();
     scratch.pairs.clear();
@@ -150,7 +152,7 @@ fn check_linear(x: &[f32], tokens: usize, w: &Tensor, y: &[f32]) -> Result<()> {
 fn uses_row_kernel(dtype: DType, tokens: usize) -> bool {
     match dtype {
         DType::F32 => tokens == 1,
-        d => supports_dot(d) && tokens < QUANT_GEMM_MIN_TOKENS,
+        d => (supports_dot(d) || is_half(d)) && tokens < QUANT_GEMM_MIN_TOKENS,
     }
 }
 
@@ -238,10 +240,11 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
                 }
                 let row = w.row_bytes(r);
                 for t in 0..tokens {
-                    let value = if w.dtype() == DType::F32 {
-                        dot_f32(bytemuck::cast_slice(row), &x[t * in_dim..(t + 1) * in_dim])
-                    } else {
-                        vec_dot(w.dtype(), row, &acts[t * blocks..(t + 1) * blocks], imp)
+                    let x_row = &x[t * in_dim..(t + 1) * in_dim];
+                    let value = match w.dtype() {
+                        DType::F32 => dot_f32(bytemuck::cast_slice(row), x_row),
+                        d if is_half(d) => dot_half(d, row, x_row),
+                        d => vec_dot(d, row, &acts[t * blocks..(t + 1) * blocks], imp),
                     };
                     // SAFETY: index t*rows + r is inside this output (t <
                     // tokens, r < rows, checked by check_linear) and row r is

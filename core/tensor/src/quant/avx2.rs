@@ -2,8 +2,10 @@
 //!
 //! Each block's 4-bit (or 8-bit) weights are widened to 32 bytes and
 //! multiplied with the 32 i8 activations by `maddubs` (u8 × i8 → i16 pairs),
-//! reduced to i32 by `madd`, and accumulated in f32 with one FMA per block.
-//! Formats without a SIMD path here fall back to the scalar code.
+//! reduced to i32 by `madd`, and accumulated in f32 with one FMA per block
+//! (per 32-element sub-block for the k-quants). q5's fifth bits are spread
+//! from their 32-bit word onto the bytes by a shuffle and a compare; q6_k's
+//! two 16-element halves take their own scales in the i16 → i32 step.
 
 use super::{scalar, BlockQ8};
 use crate::DType;
@@ -33,6 +35,10 @@ pub(super) fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8]) -> f32 {
                     DType::Q4_1 => return x86::dot_q4_1(row, acts),
                     DType::Q4_0 => return x86::dot_q4_0(row, acts),
                     DType::Q8_0 => return x86::dot_q8_0(row, acts),
+                    DType::Q5_0 => return x86::dot_q5_0(row, acts),
+                    DType::Q5_1 => return x86::dot_q5_1(row, acts),
+                    DType::Q4K => return x86::dot_q4_k(row, acts),
+                    DType::Q6K => return x86::dot_q6_k(row, acts),
                     _ => {}
                 }
             }
@@ -109,6 +115,124 @@ mod x86 {
             offsets += d * 8.0 * a.s;
         }
         hsum(acc) - offsets
+    }
+
+    /// 0x10 in each byte whose bit of `qh` is set (byte j ↔ bit j).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn fifth_bits(qh: u32) -> __m256i {
+        // Byte j takes byte j / 8 of qh, then keeps bit j % 8 of it.
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(qh as i32),
+            _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+        );
+        let bit = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    }
+
+    /// The 32 five-bit quants of a q5 block: nibbles at `qs`, high bits at `qh`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q5_quants(qh: *const u8, qs: *const u8) -> __m256i {
+        let high = u32::from_le_bytes([*qh, *qh.add(1), *qh.add(2), *qh.add(3)]);
+        _mm256_or_si256(unpack_nibbles(qs), fifth_bits(high))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q5_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0f32;
+        for (i, a) in acts.iter().enumerate() {
+            let b = row.as_ptr().add(22 * i);
+            let d = f16_to_f32(*b, *b.add(1));
+            let w = q5_quants(b.add(2), b.add(6));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), dot_u8_i8(w, a), acc);
+            offsets += d * 16.0 * a.s;
+        }
+        hsum(acc) - offsets
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q5_1(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0f32;
+        for (i, a) in acts.iter().enumerate() {
+            let b = row.as_ptr().add(24 * i);
+            let d = f16_to_f32(*b, *b.add(1));
+            let m = f16_to_f32(*b.add(2), *b.add(3));
+            let w = q5_quants(b.add(4), b.add(8));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), dot_u8_i8(w, a), acc);
+            mins += m * a.s;
+        }
+        hsum(acc) + mins
+    }
+
+    /// The 6-bit scale and min of sub-block `j` of a q4_k block (as
+    /// `formats::q4_k_scale_min`, on a raw pointer to the 12 scale bytes).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_k_scale_min(scales: *const u8, j: usize) -> (f32, f32) {
+        let at = |k: usize| *scales.add(k);
+        let (sc, m) = if j < 4 {
+            (at(j) & 63, at(j + 4) & 63)
+        } else {
+            ((at(j + 4) & 0x0F) | ((at(j - 4) >> 6) << 4), (at(j + 4) >> 4) | ((at(j) >> 6) << 4))
+        };
+        (sc as f32, m as f32)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q4_k(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0f32;
+        let low = _mm256_set1_epi8(0x0F);
+        for (i, sub) in acts.chunks_exact(8).enumerate() {
+            let b = row.as_ptr().add(144 * i);
+            let (d, dmin) = (f16_to_f32(*b, *b.add(1)), f16_to_f32(*b.add(2), *b.add(3)));
+            for chunk in 0..4 {
+                let qs = _mm256_loadu_si256(b.add(16 + 32 * chunk) as *const __m256i);
+                let halves = [_mm256_and_si256(qs, low), _mm256_and_si256(_mm256_srli_epi16(qs, 4), low)];
+                for (half, w) in halves.into_iter().enumerate() {
+                    let j = 2 * chunk + half;
+                    let (sc, m) = q4_k_scale_min(b.add(4), j);
+                    let a = &sub[j];
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc * a.d), dot_u8_i8(w, a), acc);
+                    mins += dmin * m * a.s;
+                }
+            }
+        }
+        hsum(acc) - mins
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q6_k(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+        let offset = _mm256_set1_epi8(32);
+        for (i, sub) in acts.chunks_exact(8).enumerate() {
+            let b = row.as_ptr().add(210 * i);
+            let d = f16_to_f32(*b.add(208), *b.add(209));
+            for (j, a) in sub.iter().enumerate() {
+                // Sub-block j: half j / 4 of the block, group j % 4 (see formats::q6_k_position).
+                let (half, group) = (j / 4, j % 4);
+                let ql = _mm256_loadu_si256(b.add(64 * half + 32 * (group % 2)) as *const __m256i);
+                let ql = if group >= 2 { _mm256_srli_epi16(ql, 4) } else { ql };
+                let qh = _mm256_loadu_si256(b.add(128 + 32 * half) as *const __m256i);
+                let qh = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * group as i32));
+                let q = _mm256_or_si256(_mm256_and_si256(ql, low), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4));
+                let act = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                // Σ (q − 32)·a per pair of lanes, in i16 (|Σ| ≤ 2·63·127 + 2·32·127 < 2¹⁵).
+                let pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(q, act), _mm256_maddubs_epi16(offset, act));
+                let scales = _mm256_set_m128i(
+                    _mm_set1_epi16(*b.add(192 + 2 * j + 1) as i8 as i16),
+                    _mm_set1_epi16(*b.add(192 + 2 * j) as i8 as i16),
+                );
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, scales));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc);
+            }
+        }
+        hsum(acc)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

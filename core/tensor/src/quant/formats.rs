@@ -23,6 +23,8 @@ pub fn dequantize_row(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()>
         DType::Q8_0 => blocks.for_each(|(b, y)| dequant_q8_0(b, y)),
         DType::Q4_0 => blocks.for_each(|(b, y)| dequant_q4_0(b, y)),
         DType::Q4_1 => blocks.for_each(|(b, y)| dequant_q4_1(b, y)),
+        DType::Q5_0 => blocks.for_each(|(b, y)| dequant_q5_0(b, y)),
+        DType::Q5_1 => blocks.for_each(|(b, y)| dequant_q5_1(b, y)),
         DType::Q4K => blocks.for_each(|(b, y)| dequant_q4_k(b, y)),
         DType::Q6K => blocks.for_each(|(b, y)| dequant_q6_k(b, y)),
         DType::NF4 => blocks.for_each(|(b, y)| dequant_nf4(b, y)),
@@ -42,6 +44,8 @@ pub fn quantize_row(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
             DType::Q8_0 => quant_q8_0(chunk, out),
             DType::Q4_0 => quant_q4_0(chunk, out),
             DType::Q4_1 => quant_q4_1(chunk, out),
+            DType::Q5_0 => quant_q5_0(chunk, out),
+            DType::Q5_1 => quant_q5_1(chunk, out),
             DType::Q4K => quant_q4_k(chunk, out),
             DType::Q6K => quant_q6_k(chunk, out),
             DType::NF4 => quant_nf4(chunk, out),
@@ -157,6 +161,65 @@ fn quant_q4_1(x: &[f32], out: &mut Vec<u8>) {
     out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
     let q = |v: f32| (((v - min) * id + 0.5) as i32).clamp(0, 15) as u8;
     out.extend((0..16).map(|j| q(x[j]) | (q(x[j + 16]) << 4)));
+}
+
+// ---- q5_0: f16 d | u32 qh | u8 qs[16]; element j: low nibble of qs[j % 16]
+// (j < 16) or its high nibble (j >= 16), fifth bit j of qh ----
+
+/// The 5-bit quant (0..32) of element `j` of a q5 block whose high bits
+/// are `qh` and low nibbles `qs`.
+pub(crate) fn q5_quant(qh: u32, qs: &[u8], j: usize) -> u8 {
+    let low = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
+    low | ((((qh >> j) & 1) as u8) << 4)
+}
+
+/// The high bits of a q5 block, at `offset`.
+pub(crate) fn q5_high_bits(b: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes([b[offset], b[offset + 1], b[offset + 2], b[offset + 3]])
+}
+
+fn dequant_q5_0(b: &[u8], y: &mut [f32]) {
+    let (d, qh) = (f16_at(b, 0), q5_high_bits(b, 2));
+    for (j, v) in y.iter_mut().enumerate() {
+        *v = d * (q5_quant(qh, &b[6..22], j) as i32 - 16) as f32;
+    }
+}
+
+/// Appends the high bits and nibbles of 32 five-bit quants.
+fn push_q5(q: &[u8; 32], out: &mut Vec<u8>) {
+    let qh = q.iter().enumerate().fold(0u32, |bits, (j, &v)| bits | (((v >> 4) as u32 & 1) << j));
+    out.extend_from_slice(&qh.to_le_bytes());
+    out.extend((0..16).map(|j| (q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4)));
+}
+
+fn quant_q5_0(x: &[f32], out: &mut Vec<u8>) {
+    // As ggml: the element of largest magnitude maps to -16 exactly.
+    let max = x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let d = max / -16.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+    let q: [u8; 32] = std::array::from_fn(|j| ((x[j] * id + 16.5) as i32).clamp(0, 31) as u8);
+    push_q5(&q, out);
+}
+
+// ---- q5_1: f16 d | f16 m | u32 qh | u8 qs[16] (as q5_0, value d·q + m) ----
+
+fn dequant_q5_1(b: &[u8], y: &mut [f32]) {
+    let (d, m, qh) = (f16_at(b, 0), f16_at(b, 2), q5_high_bits(b, 4));
+    for (j, v) in y.iter_mut().enumerate() {
+        *v = d * q5_quant(qh, &b[8..24], j) as f32 + m;
+    }
+}
+
+fn quant_q5_1(x: &[f32], out: &mut Vec<u8>) {
+    let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let d = (max - min) / 31.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+    out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+    let q: [u8; 32] = std::array::from_fn(|j| (((x[j] - min) * id + 0.5) as i32).clamp(0, 31) as u8);
+    push_q5(&q, out);
 }
 
 // ---- q4_k: f16 d | f16 dmin | u8 scales[12] | u8 qs[128] ----

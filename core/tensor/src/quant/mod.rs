@@ -139,7 +139,7 @@ pub fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8], imp: DotImpl) -> f32 
 
 /// True when `vec_dot` supports weights of this dtype.
 pub fn supports_dot(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q4K | DType::Q6K)
+    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q4K | DType::Q6K)
 }
 
 pub(crate) fn f16_at(bytes: &[u8], offset: usize) -> f32 {

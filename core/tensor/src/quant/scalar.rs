@@ -1,7 +1,7 @@
 //! Portable dot products of quantized weight rows with [`BlockQ8`]
 //! activations: the reference the SIMD paths are tested against.
 
-use super::formats::{q4_k_scale_min, q6_k_quant};
+use super::formats::{q4_k_scale_min, q5_high_bits, q5_quant, q6_k_quant};
 use super::{f16_at, BlockQ8, QK};
 use crate::DType;
 
@@ -10,6 +10,8 @@ pub(super) fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8]) -> f32 {
         DType::Q8_0 => row.chunks_exact(34).zip(acts).map(|(b, a)| dot_q8_0(b, a)).sum(),
         DType::Q4_0 => row.chunks_exact(18).zip(acts).map(|(b, a)| dot_q4_0(b, a)).sum(),
         DType::Q4_1 => row.chunks_exact(20).zip(acts).map(|(b, a)| dot_q4_1(b, a)).sum(),
+        DType::Q5_0 => row.chunks_exact(22).zip(acts).map(|(b, a)| dot_q5_0(b, a)).sum(),
+        DType::Q5_1 => row.chunks_exact(24).zip(acts).map(|(b, a)| dot_q5_1(b, a)).sum(),
         DType::Q4K => row.chunks_exact(144).zip(acts.chunks_exact(8)).map(|(b, a)| dot_q4_k(b, a)).sum(),
         DType::Q6K => row.chunks_exact(210).zip(acts.chunks_exact(8)).map(|(b, a)| dot_q6_k(b, a)).sum(),
         DType::F32 | DType::F16 | DType::BF16 | DType::NF4 => {
@@ -38,6 +40,20 @@ fn dot_q4_0(b: &[u8], a: &BlockQ8) -> f32 {
 
 fn dot_q4_1(b: &[u8], a: &BlockQ8) -> f32 {
     let s = isum(nibbles(&b[4..20]), &a.qs);
+    f16_at(b, 0) * a.d * s as f32 + f16_at(b, 2) * a.s
+}
+
+fn q5_sum(qh: u32, qs: &[u8], a: &BlockQ8) -> i32 {
+    isum((0..QK).map(|j| q5_quant(qh, qs, j) as i32), &a.qs)
+}
+
+fn dot_q5_0(b: &[u8], a: &BlockQ8) -> f32 {
+    let s = q5_sum(q5_high_bits(b, 2), &b[6..22], a);
+    f16_at(b, 0) * (a.d * s as f32 - 16.0 * a.s)
+}
+
+fn dot_q5_1(b: &[u8], a: &BlockQ8) -> f32 {
+    let s = q5_sum(q5_high_bits(b, 4), &b[8..24], a);
     f16_at(b, 0) * a.d * s as f32 + f16_at(b, 2) * a.s
 }
 

@@ -1,0 +1,186 @@
+//! Dot products of f16 or bf16 weight rows, read as stored, with f32
+//! activations: the decode path for half-precision models (Hugging Face
+//! folders in bf16/f16, GGUF F16/BF16), which would otherwise dequantize
+//! every matrix to f32 on every token.
+//!
+//! Each element widens to f32 in registers (F16C's `vcvtph2ps`; for bf16 a
+//! 16-bit shift) and multiplies in f32, so the result is what the f32
+//! kernel gives the dequantized row, up to summation order. The portable
+//! code is the reference; the AVX2 path is chosen at run time.
+
+use crate::DType;
+
+/// Half-precision formats with a row dot product.
+pub(crate) fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16)
+}
+
+/// `Σ row[i] · x[i]` for a row of `x.len()` `dtype` values (little-endian
+/// bytes). Panics when `dtype` is not F16/BF16 or the lengths disagree.
+pub(crate) fn dot_half(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
+    assert!(is_half(dtype) && row.len() == 2 * x.len(), "dot_half: {dtype:?} row of {} bytes", row.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_f16c_avx2() {
+            // SAFETY: the features these functions are compiled for were
+            // just detected; the assert above makes `row` exactly 2 bytes
+            // per element of `x`, which is all they read.
+            return unsafe {
+                match dtype {
+                    DType::F16 => dot_f16_avx2(row, x),
+                    _ => dot_bf16_avx2(row, x),
+                }
+            };
+        }
+    }
+    dot_half_portable(dtype, row, x)
+}
+
+/// The reference: widen each element, eight running sums (as the f32 kernel).
+pub(crate) fn dot_half_portable(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
+    let widen = |i: usize| {
+        let bits = u16::from_le_bytes([row[2 * i], row[2 * i + 1]]);
+        match dtype {
+            DType::F16 => half::f16::from_bits(bits).to_f32(),
+            _ => half::bf16::from_bits(bits).to_f32(),
+        }
+    };
+    let mut acc = [0f32; 8];
+    let full = x.len() / 8 * 8;
+    for start in (0..full).step_by(8) {
+        for (lane, sum) in acc.iter_mut().enumerate() {
+            *sum += widen(start + lane) * x[start + lane];
+        }
+    }
+    let tail: f32 = (full..x.len()).map(|i| widen(i) * x[i]).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_f16c_avx2() -> bool {
+    super::has_avx2_fma() && is_x86_feature_detected!("f16c")
+}
+
+/// Four independent 8-lane sums, 32 elements per step, then the tail.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `row` holds `2 * x.len()` bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_avx2(row: &[u8], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let (w, a) = (row.as_ptr() as *const __m128i, x.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, sum) in acc.iter_mut().enumerate() {
+            let weights = _mm256_cvtph_ps(_mm_loadu_si128(w.add(i / 8 + k)));
+            *sum = _mm256_fmadd_ps(weights, _mm256_loadu_ps(a.add(i + 8 * k)), *sum);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        let weights = _mm256_cvtph_ps(_mm_loadu_si128(w.add(i / 8)));
+        acc[0] = _mm256_fmadd_ps(weights, _mm256_loadu_ps(a.add(i)), acc[0]);
+        i += 8;
+    }
+    let mut total = horizontal_sum(acc);
+    for j in i..n {
+        total += half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
+    }
+    total
+}
+
+/// As [`dot_f16_avx2`] for bf16: an element is the high half of its f32.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `row` holds `2 * x.len()` bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_bf16_avx2(row: &[u8], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let (w, a) = (row.as_ptr() as *const __m128i, x.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, sum) in acc.iter_mut().enumerate() {
+            *sum = _mm256_fmadd_ps(widen_bf16(w.add(i / 8 + k)), _mm256_loadu_ps(a.add(i + 8 * k)), *sum);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(widen_bf16(w.add(i / 8)), _mm256_loadu_ps(a.add(i)), acc[0]);
+        i += 8;
+    }
+    let mut total = horizontal_sum(acc);
+    for j in i..n {
+        total += half::bf16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
+    }
+    total
+}
+
+/// Eight bf16 values at `p` as f32.
+///
+/// # Safety
+/// The CPU has AVX2; 16 bytes are readable at `p`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn widen_bf16(p: *const std::arch::x86_64::__m128i) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p))))
+}
+
+/// The sum of four 8-lane accumulators.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn horizontal_sum(acc: [std::arch::x86_64::__m256; 4]) -> f32 {
+    use std::arch::x86_64::*;
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
+    let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows of odd lengths (tails of every size) against the reference.
+    #[test]
+    fn simd_rows_match_the_reference() {
+        for dtype in [DType::F16, DType::BF16] {
+            for n in [1, 7, 8, 31, 32, 33, 100, 576, 1537] {
+                let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+                let values: Vec<f32> = (0..n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 30.0).collect();
+                let row: Vec<u8> = values
+                    .iter()
+                    .flat_map(|&v| match dtype {
+                        DType::F16 => half::f16::from_f32(v).to_le_bytes(),
+                        _ => half::bf16::from_f32(v).to_le_bytes(),
+                    })
+                    .collect();
+                let reference = dot_half_portable(dtype, &row, &x);
+                let exact: f64 = (0..n)
+                    .map(|i| {
+                        let bits = u16::from_le_bytes([row[2 * i], row[2 * i + 1]]);
+                        let w = match dtype {
+                            DType::F16 => half::f16::from_bits(bits).to_f64(),
+                            _ => half::bf16::from_bits(bits).to_f64(),
+                        };
+                        w * x[i] as f64
+                    })
+                    .sum();
+                let fast = dot_half(dtype, &row, &x);
+                let scale = 1.0 + exact.abs();
+                assert!(((reference as f64) - exact).abs() / scale < 1e-5, "{dtype:?} n={n}: {reference} vs {exact}");
+                assert!(((fast as f64) - exact).abs() / scale < 1e-5, "{dtype:?} n={n}: {fast} vs {exact}");
+            }
+        }
+    }
+}
