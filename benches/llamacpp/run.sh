@@ -3,15 +3,32 @@
 # Builds llama-cpp-python from source once (~15 min on 2 cores): by hand, never in CI.
 #   benches/llamacpp/run.sh bench   # speed, ratios printed
 #   benches/llamacpp/run.sh top5    # regenerate tests/reference/llamacpp_top5.json
+#   benches/llamacpp/run.sh scale [1b|3b] [TYPE...]
+#       a synthetic model (tailor models synth, f16), quantized by llama.cpp to each
+#       TYPE (default Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_M Q6_K), then both engines on
+#       every file: prefill/decode ratios, decode bandwidth vs a copy, peak RSS.
+#       Files go to $SCALE_DIR (default target/scale; 1b needs ~8 GB, 3b ~20 GB).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-venv=$(VENV=${LLAMA_VENV:-} "$root/scripts/venv.sh" llama llama-cpp-python numpy)
+venv=$(VENV=${LLAMA_VENV:-} "$root/scripts/venv.sh" llama llama-cpp-python numpy gguf)
 (cd "$root" && cargo build --release --quiet -p tailor-cli)
 tailor="$root/target/release/tailor"
 gguf="$("$tailor" models path)/SmolLM2-135M-Instruct.Q4_1.gguf"
 case "${1:-bench}" in
   top5) "$venv/bin/python" "$here/compare.py" top5 "$gguf" "$root/tests/reference/llamacpp_top5.json" ;;
   bench) shift || true; "$venv/bin/python" "$here/compare.py" bench "$gguf" "$tailor" "$@" ;;
-  *) echo "usage: $0 bench|top5" >&2; exit 2 ;;
+  scale)
+    shift || true
+    shape=${1:-1b}; shift || true
+    types=("$@"); [ ${#types[@]} -gt 0 ] || types=(Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_M Q6_K)
+    dir=${SCALE_DIR:-$root/target/scale}; mkdir -p "$dir"
+    "$venv/bin/python" -c 'import gguf' 2>/dev/null || "$venv/bin/pip" install --quiet gguf
+    f16="$dir/$shape-f16.gguf"
+    [ -f "$f16" ] || "$tailor" models synth "$f16" --shape "$shape" --dtype f16
+    "$venv/bin/python" "$here/scale.py" quantize "$f16" "$dir" "${types[@]}"
+    files=("$f16")
+    for t in "${types[@]}"; do files+=("$dir/$shape-${t,,}.gguf"); done
+    "$venv/bin/python" "$here/scale.py" bench "$tailor" "${files[@]}" ;;
+  *) echo "usage: $0 bench|top5|scale" >&2; exit 2 ;;
 esac

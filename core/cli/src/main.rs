@@ -86,6 +86,8 @@ enum ModelsCommand {
     Path,
     /// Write a Llama-shaped GGUF with seeded random weights (1B, 3B, … for speed measurements).
     Synth(synth::SynthArgs),
+    /// Requantize a GGUF's matrices to another type with tailor's quantizers.
+    Quantize(synth::QuantizeArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -127,6 +129,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Models { command: ModelsCommand::Fetch(args) } => fetch::fetch(&args),
         Command::Models { command: ModelsCommand::Synth(args) } => synth::synth(&args),
+        Command::Models { command: ModelsCommand::Quantize(args) } => synth::quantize(&args),
         Command::Models { command: ModelsCommand::Path } => {
             println!("{}", fetch::cache_dir().display());
             Ok(())

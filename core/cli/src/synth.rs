@@ -1,12 +1,13 @@
 //! `tailor models synth`: a Llama-shaped GGUF with seeded random weights
 //! and the bundled model's tokenizer, for measuring speed at the sizes
-//! people run (see `tailor_model::synth`).
+//! people run; `tailor models quantize`: any GGUF requantized by tailor
+//! (see `tailor_model::synth`).
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use tailor_model::gguf::GgufFile;
-use tailor_model::synth::{synthesize, SynthShape};
+use tailor_model::synth::{requantize, synthesize, SynthShape};
 use tailor_tensor::DType;
 
 /// Options of `tailor models synth`.
@@ -93,5 +94,46 @@ pub fn synth(args: &SynthArgs) -> Result<()> {
         shape.parameters(vocab) as f64 / 1e9,
         std::fs::metadata(&args.out).map_or(0, |m| m.len())
     );
+    Ok(())
+}
+
+/// Options of `tailor models quantize`.
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// The GGUF to read.
+    input: PathBuf,
+    /// The GGUF to write.
+    out: PathBuf,
+    /// Weight type of every matrix: f16, bf16, f32, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k.
+    #[arg(long)]
+    dtype: String,
+}
+
+/// Requantizes a GGUF with tailor's quantizers.
+pub fn quantize(args: &QuantizeArgs) -> Result<()> {
+    let dtype: DType = args.dtype.parse()?;
+    if dtype == DType::NF4 {
+        bail!("nf4 has no GGUF type; pick a GGUF one");
+    }
+    let file = GgufFile::open(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let bar = crate::rag::progress_bar("tensors");
+    let progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let writer = requantize(&file, dtype, &progress)?;
+    bar.finish_and_clear();
+    write_file(&writer, &args.out)
+}
+
+/// Writes a GGUF through a large buffer.
+fn write_file(writer: &tailor_model::gguf::GgufWriter, out: &std::path::Path) -> Result<()> {
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut sink = std::io::BufWriter::with_capacity(1 << 22, file);
+    writer
+        .write_to(&mut sink)
+        .and_then(|_| std::io::Write::flush(&mut sink))
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("wrote {} ({} bytes)", out.display(), std::fs::metadata(out).map_or(0, |m| m.len()));
     Ok(())
 }

@@ -6,7 +6,9 @@
 //!
 //! Weights are drawn from N(0, 0.02²) (norms are 1), each row from its own
 //! seed, so a file is the same whatever the thread count, and quantized
-//! row by row with tailor's quantizers.
+//! row by row with tailor's quantizers. [`requantize`] turns any GGUF (an
+//! f16 synthetic one, say) into another type, so tailor's quantizers can be
+//! compared byte for byte with llama.cpp's on the same input.
 
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufWriter, MetaValue};
@@ -143,6 +145,45 @@ pub fn synthesize(
     }
     writer.tensor("output_norm.weight", ones()?);
     progress(total, total);
+    Ok(writer)
+}
+
+/// `file` with every matrix (2-D tensor) requantized to `dtype` by
+/// tailor's quantizers (rows that are not whole blocks fall back as in
+/// [`fallback_dtype`]); vectors (norms) and metadata as they are.
+/// `progress` gets (tensors done, tensors).
+pub fn requantize(file: &GgufFile, dtype: DType, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<GgufWriter> {
+    let mut writer = GgufWriter::new();
+    for (key, value) in &file.metadata {
+        if key != "general.alignment" && key != "general.file_type" {
+            writer.meta(key, value.clone());
+        }
+    }
+    let total = file.tensors.len();
+    for (index, (name, info)) in file.tensors.iter().enumerate() {
+        let tensor = file.tensor(name)?;
+        let tensor = match info.shape.len() {
+            2 => {
+                let target = fallback_dtype(dtype, info.shape[1]);
+                let rows = tensor.to_f32()?;
+                let row_bytes = target.bytes_for(info.shape[1])?;
+                let mut bytes = vec![0u8; info.shape[0] * row_bytes];
+                bytes.par_chunks_mut(row_bytes).zip(rows.par_chunks(info.shape[1])).try_for_each_init(
+                    || Vec::with_capacity(row_bytes),
+                    |encoded, (out, row)| {
+                        encoded.clear();
+                        quantize_row(target, row, encoded)?;
+                        out.copy_from_slice(encoded);
+                        Ok::<(), tailor_tensor::TensorError>(())
+                    },
+                )?;
+                Tensor::from_bytes(bytes, target, &info.shape)?
+            }
+            _ => tensor,
+        };
+        writer.tensor(name, tensor);
+        progress(index + 1, total);
+    }
     Ok(writer)
 }
 

@@ -52,11 +52,15 @@ mod x86 {
     use super::BlockQ8;
     use std::arch::x86_64::*;
 
+    /// An f16 scale as f32, in integer operations and one multiply (see
+    /// [`super::super::f16_bits_to_f32`]). F16C's `vcvtph2ps` on one value
+    /// let the compiler merge its input into whatever register it liked
+    /// (`vpinsrw`), here the running sum of the offsets, which chained every
+    /// block to the one before (q4_0 ran at half the speed of q5_0).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn f16_to_f32(lo: u8, hi: u8) -> f32 {
-        let bits = u16::from_le_bytes([lo, hi]) as i32;
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+        super::super::f16_bits_to_f32(u16::from_le_bytes([lo, hi]))
     }
 
     /// Loads 16 bytes of packed nibbles as 32 bytes: low nibbles, then high.
@@ -88,33 +92,80 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// Σ w·a of one block whose weights `w` are signed bytes: the sign
+    /// moves onto the activations so `maddubs` gets an unsigned left side.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_i8_i8(w: __m256i, a: &BlockQ8) -> __m256 {
+        let act = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(act, w));
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+
+    /// One block of a 32-element format, ready to accumulate: the integer
+    /// dot as 8 f32 lanes, its scale, and the scalar term (offset·Σa).
+    struct BlockTerms {
+        dots: __m256,
+        scale: f32,
+        extra: f32,
+    }
+
+    /// Σ over blocks of `scale · dots + extra`, with two independent chains
+    /// of accumulators (even and odd blocks), so one block's FMA does not
+    /// wait for the previous block's.
+    macro_rules! sum_blocks {
+        ($row:expr, $acts:expr, $size:expr, |$b:ident, $a:ident| $terms:expr) => {{
+            let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let (mut even_extra, mut odd_extra) = (0f32, 0f32);
+            let mut i = 0;
+            while i + 2 <= $acts.len() {
+                let ($b, $a) = ($row.as_ptr().add($size * i), &$acts[i]);
+                let first: BlockTerms = $terms;
+                let ($b, $a) = ($row.as_ptr().add($size * (i + 1)), &$acts[i + 1]);
+                let second: BlockTerms = $terms;
+                even = _mm256_fmadd_ps(_mm256_set1_ps(first.scale), first.dots, even);
+                odd = _mm256_fmadd_ps(_mm256_set1_ps(second.scale), second.dots, odd);
+                even_extra += first.extra;
+                odd_extra += second.extra;
+                i += 2;
+            }
+            if i < $acts.len() {
+                let ($b, $a) = ($row.as_ptr().add($size * i), &$acts[i]);
+                let last: BlockTerms = $terms;
+                even = _mm256_fmadd_ps(_mm256_set1_ps(last.scale), last.dots, even);
+                even_extra += last.extra;
+            }
+            hsum(_mm256_add_ps(even, odd)) + (even_extra + odd_extra)
+        }};
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q4_1(row: &[u8], acts: &[BlockQ8]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut mins = 0f32;
-        for (i, a) in acts.iter().enumerate() {
-            let b = row.as_ptr().add(20 * i);
+        sum_blocks!(row, acts, 20, |b, a| {
             let d = f16_to_f32(*b, *b.add(1));
             let m = f16_to_f32(*b.add(2), *b.add(3));
-            let w = unpack_nibbles(b.add(4));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), dot_u8_i8(w, a), acc);
-            mins += m * a.s;
-        }
-        hsum(acc) + mins
+            BlockTerms { dots: dot_u8_i8(unpack_nibbles(b.add(4)), a), scale: d * a.d, extra: m * a.s }
+        })
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q4_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut offsets = 0f32;
-        for (i, a) in acts.iter().enumerate() {
-            let b = row.as_ptr().add(18 * i);
+        let eight = _mm256_set1_epi8(8);
+        sum_blocks!(row, acts, 18, |b, a| {
             let d = f16_to_f32(*b, *b.add(1));
-            let w = unpack_nibbles(b.add(2));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), dot_u8_i8(w, a), acc);
-            offsets += d * 8.0 * a.s;
-        }
-        hsum(acc) - offsets
+            // q − 8 as signed bytes: no offset term to accumulate.
+            let w = _mm256_sub_epi8(unpack_nibbles(b.add(2)), eight);
+            BlockTerms { dots: dot_i8_i8(w, a), scale: d * a.d, extra: 0.0 }
+        })
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q8_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        sum_blocks!(row, acts, 34, |b, a| {
+            let d = f16_to_f32(*b, *b.add(1));
+            let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+            BlockTerms { dots: dot_i8_i8(w, a), scale: d * a.d, extra: 0.0 }
+        })
     }
 
     /// 0x10 in each byte whose bit of `qh` is set (byte j ↔ bit j).
@@ -141,31 +192,22 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q5_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut offsets = 0f32;
-        for (i, a) in acts.iter().enumerate() {
-            let b = row.as_ptr().add(22 * i);
+        let sixteen = _mm256_set1_epi8(16);
+        sum_blocks!(row, acts, 22, |b, a| {
             let d = f16_to_f32(*b, *b.add(1));
-            let w = q5_quants(b.add(2), b.add(6));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), dot_u8_i8(w, a), acc);
-            offsets += d * 16.0 * a.s;
-        }
-        hsum(acc) - offsets
+            // q − 16 as signed bytes: no offset term to accumulate.
+            let w = _mm256_sub_epi8(q5_quants(b.add(2), b.add(6)), sixteen);
+            BlockTerms { dots: dot_i8_i8(w, a), scale: d * a.d, extra: 0.0 }
+        })
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q5_1(row: &[u8], acts: &[BlockQ8]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut mins = 0f32;
-        for (i, a) in acts.iter().enumerate() {
-            let b = row.as_ptr().add(24 * i);
+        sum_blocks!(row, acts, 24, |b, a| {
             let d = f16_to_f32(*b, *b.add(1));
             let m = f16_to_f32(*b.add(2), *b.add(3));
-            let w = q5_quants(b.add(4), b.add(8));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), dot_u8_i8(w, a), acc);
-            mins += m * a.s;
-        }
-        hsum(acc) + mins
+            BlockTerms { dots: dot_u8_i8(q5_quants(b.add(4), b.add(8)), a), scale: d * a.d, extra: m * a.s }
+        })
     }
 
     /// The 6-bit scale and min of sub-block `j` of a q4_k block (as
@@ -231,24 +273,6 @@ mod x86 {
                 let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, scales));
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc);
             }
-        }
-        hsum(acc)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_q8_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for (i, a) in acts.iter().enumerate() {
-            let b = row.as_ptr().add(34 * i);
-            let d = f16_to_f32(*b, *b.add(1));
-            let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
-            let act = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-            // maddubs needs an unsigned left operand: move the sign of w onto a.
-            let abs_w = _mm256_sign_epi8(w, w);
-            let signed_a = _mm256_sign_epi8(act, w);
-            let pairs = _mm256_maddubs_epi16(abs_w, signed_a);
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc);
         }
         hsum(acc)
     }

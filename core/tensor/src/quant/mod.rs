@@ -17,6 +17,18 @@ use crate::{DType, Result, TensorError};
 /// Elements per activation block.
 pub const QK: usize = 32;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn f16_widening_is_exact_for_every_value() {
+        for bits in 0..=u16::MAX {
+            let want = half::f16::from_bits(bits).to_f32();
+            let got = super::f16_bits_to_f32(bits);
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{bits:#06x}: {got} vs {want}");
+        }
+    }
+}
+
 /// One block of 32 activations quantized to i8 with a shared scale.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
@@ -140,6 +152,27 @@ pub fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8], imp: DotImpl) -> f32 
 /// True when `vec_dot` supports weights of this dtype.
 pub fn supports_dot(dtype: DType) -> bool {
     matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q4K | DType::Q6K)
+}
+
+/// An f16 (as bits) widened to f32 exactly, without F16C: the magnitude's
+/// bits moved into f32 position, then scaled by 2¹¹² (exact; f16
+/// subnormals become normal f32), the sign put back. Infinities and NaNs
+/// take the slow path.
+#[inline(always)]
+pub(crate) fn f16_bits_to_f32(bits: u16) -> f32 {
+    if bits & 0x7c00 == 0x7c00 {
+        return f16_special_to_f32(bits);
+    }
+    const TWO_POW_112: f32 = f32::from_bits((127 + 112) << 23);
+    let magnitude = f32::from_bits(((bits & 0x7fff) as u32) << 13) * TWO_POW_112;
+    f32::from_bits(magnitude.to_bits() | ((bits as u32 & 0x8000) << 16))
+}
+
+/// Infinities and NaNs, out of the hot loops.
+#[cold]
+#[inline(never)]
+fn f16_special_to_f32(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
 }
 
 pub(crate) fn f16_at(bytes: &[u8], offset: usize) -> f32 {

@@ -1,0 +1,145 @@
+"""tailor against llama.cpp at the sizes people run, every weight type, same
+machine, same run (benches/llamacpp/run.sh scale drives it).
+
+  scale.py quantize F16.gguf OUTDIR TYPE...   llama.cpp's own quantizer writes OUTDIR/NAME-TYPE.gguf
+  scale.py same-bytes TAILOR_FILE LLAMA_FILE  tensor bytes compared, per tensor (quantizers agree?)
+  scale.py bench TAILOR_BIN GGUF... [--threads 2] [--rounds 3]
+        per file: prefill (128 tokens) and decode (32 tokens) tok/s, alternating
+        engines round by round, medians and ratios, decode's effective
+        bandwidth (weight bytes per token x tok/s) against a copy bandwidth
+        measured now on the same number of threads.
+"""
+import argparse, ctypes, os, subprocess, sys, threading, time
+from pathlib import Path
+
+import numpy as np
+
+FILLER = b"The quick brown fox jumps over the lazy dog while the river flows past old stone bridges and quiet towns. "
+# llama.cpp's file types (llama_ftype) by the names its quantize tool takes.
+FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15,
+          "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "IQ4_XS": 30, "BF16": 32}
+
+
+def quantize(args):
+    import llama_cpp
+    out = Path(args.outdir)
+    for name in args.types:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = FTYPES[name]
+        params.nthread = 2
+        target = out / f"{Path(args.f16).stem.removesuffix('-f16')}-{name.lower()}.gguf"
+        start = time.perf_counter()
+        rc = llama_cpp.llama_model_quantize(args.f16.encode(), str(target).encode(), ctypes.byref(params))
+        print(f"{target.name}: rc {rc}, {time.perf_counter() - start:.0f} s, {target.stat().st_size / 1e9:.2f} GB")
+
+
+def same_bytes(args):
+    from gguf import GGUFReader
+    ours, theirs = GGUFReader(args.tailor_file), GGUFReader(args.llama_file)
+    theirs_by_name = {t.name: t for t in theirs.tensors}
+    equal = differ = 0
+    for t in ours.tensors:
+        other = theirs_by_name[t.name]
+        same = t.tensor_type == other.tensor_type and np.array_equal(np.asarray(t.data), np.asarray(other.data))
+        if same:
+            equal += 1
+        else:
+            differ += 1
+            a, b = np.asarray(t.data).ravel().view(np.uint8), np.asarray(other.data).ravel().view(np.uint8)
+            n = min(a.size, b.size)
+            print(f"  {t.name}: {t.tensor_type.name} vs {other.tensor_type.name}, "
+                  f"{int((a[:n] != b[:n]).sum())} of {n} bytes differ")
+    print(f"{equal} tensors byte-identical, {differ} differ")
+
+
+def copy_bandwidth(threads, mib=512):
+    """GB/s of `threads` threads each copying its own buffer (numpy releases the GIL)."""
+    bufs = [(np.ones(mib << 18, dtype=np.float32), np.empty(mib << 18, dtype=np.float32)) for _ in range(threads)]
+    for src, dst in bufs:
+        np.copyto(dst, src)
+
+    def run(src, dst):
+        for _ in range(4):
+            np.copyto(dst, src)
+    start = time.perf_counter()
+    workers = [threading.Thread(target=run, args=pair) for pair in bufs]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    seconds = time.perf_counter() - start
+    return threads * 4 * 2 * (mib << 20) / seconds / 1e9  # read + write
+
+
+def llama_run(path, threads):
+    from llama_cpp import Llama
+    llm = Llama(model_path=path, n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+    toks = llm.tokenize(FILLER * 10, add_bos=False)[:128]
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(toks)
+    prefill = 128 / (time.perf_counter() - start)
+    logits = lambda: np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+    nxt = int(np.argmax(logits()))
+    start = time.perf_counter()
+    for _ in range(32):
+        llm.eval([nxt])
+        nxt = int(np.argmax(logits()))
+    decode = 32 / (time.perf_counter() - start)
+    del llm
+    return prefill, decode
+
+
+def tailor_run(binary, path, threads):
+    import json
+    out = subprocess.run([binary, "bench", "--model", path, "--threads", str(threads), "--repeat", "1",
+                          "--prompt-tokens", "128", "--gen-tokens", "32", "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    r = json.loads(out)
+    return r["prefill_tok_s"], r["decode_tok_s"], r["peak_rss_mib"]
+
+
+def weight_bytes_per_token(path):
+    """Bytes of every tensor but the token embedding (a decode step reads one row of it)."""
+    from gguf import GGUFReader
+    reader = GGUFReader(path)
+    total = sum(int(t.n_bytes) for t in reader.tensors if t.name != "token_embd.weight")
+    tied = not any(t.name == "output.weight" for t in reader.tensors)
+    if tied:  # the output projection reads the whole embedding
+        total += sum(int(t.n_bytes) for t in reader.tensors if t.name == "token_embd.weight")
+    return total
+
+
+def bench(args):
+    copy = copy_bandwidth(args.threads)
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    print(f"CPU {cpu}; {args.threads} threads; copy bandwidth {copy:.1f} GB/s (read + write)")
+    print(f"{'file':28s} {'prefill t/l':>18s} {'ratio':>6s} {'decode t/l':>14s} {'ratio':>6s} "
+          f"{'GB/s':>6s} {'% copy':>6s} {'RSS MiB':>8s}")
+    for path in args.gguf:
+        rows = {"tailor": [], "llama": []}
+        rss = 0
+        for _ in range(args.rounds):
+            rows["llama"].append(llama_run(path, args.threads))
+            p, d, rss = tailor_run(args.tailor, path, args.threads)
+            rows["tailor"].append((p, d))
+        med = {k: (float(np.median([v[0] for v in vs])), float(np.median([v[1] for v in vs]))) for k, vs in rows.items()}
+        (tp, td), (lp, ld) = med["tailor"], med["llama"]
+        gbs = weight_bytes_per_token(path) * td / 1e9
+        print(f"{Path(path).name:28s} {tp:8.1f} / {lp:7.1f} {tp / lp:5.2f}x {td:6.1f} / {ld:5.1f} {td / ld:5.2f}x "
+              f"{gbs:6.1f} {100 * gbs / copy:5.0f}% {rss:8.0f}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("quantize"); q.add_argument("f16"); q.add_argument("outdir"); q.add_argument("types", nargs="+")
+    s = sub.add_parser("same-bytes"); s.add_argument("tailor_file"); s.add_argument("llama_file")
+    b = sub.add_parser("bench"); b.add_argument("tailor"); b.add_argument("gguf", nargs="+")
+    b.add_argument("--threads", type=int, default=2); b.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    {"quantize": quantize, "same-bytes": same_bytes, "bench": bench}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
