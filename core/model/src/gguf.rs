@@ -359,10 +359,15 @@ fn write_string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// The GGUF type a value is written as: integers in 32 bits when they fit
+/// (as llama.cpp writes hyper-parameters and token types, and reads them
+/// back strictly), floats as f32; an array's items all take one type, the
+/// widest any of them needs.
 fn value_kind(value: &MetaValue) -> u32 {
     match value {
         MetaValue::U64(v) if *v <= u32::MAX as u64 => 4,
         MetaValue::U64(_) => 10,
+        MetaValue::I64(v) if i32::try_from(*v).is_ok() => 5,
         MetaValue::I64(_) => 11,
         MetaValue::F64(_) => 6,
         MetaValue::Bool(_) => 7,
@@ -371,23 +376,41 @@ fn value_kind(value: &MetaValue) -> u32 {
     }
 }
 
-fn write_value(out: &mut Vec<u8>, value: &MetaValue, with_kind: bool) {
-    if with_kind {
-        out.extend_from_slice(&value_kind(value).to_le_bytes());
+/// The one type of an array's items.
+fn item_kind(items: &[MetaValue]) -> u32 {
+    let kinds = items.iter().map(value_kind);
+    match items.first() {
+        Some(MetaValue::U64(_)) => kinds.max().unwrap_or(4),
+        Some(MetaValue::I64(_)) => kinds.max().unwrap_or(5),
+        Some(first) => value_kind(first),
+        None => 4,
     }
-    match value {
-        MetaValue::U64(v) if *v <= u32::MAX as u64 => out.extend_from_slice(&(*v as u32).to_le_bytes()),
-        MetaValue::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
-        MetaValue::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
-        MetaValue::F64(v) => out.extend_from_slice(&(*v as f32).to_le_bytes()),
-        MetaValue::Bool(v) => out.push(*v as u8),
-        MetaValue::Str(s) => write_string(out, s),
-        MetaValue::Array(items) => {
-            let kind = items.first().map(value_kind).unwrap_or(4);
+}
+
+fn write_value(out: &mut Vec<u8>, value: &MetaValue, with_kind: bool) {
+    let kind = value_kind(value);
+    if with_kind {
+        out.extend_from_slice(&kind.to_le_bytes());
+    }
+    write_as(out, value, kind);
+}
+
+/// Writes `value` as GGUF type `kind` (chosen by [`value_kind`] or [`item_kind`]).
+fn write_as(out: &mut Vec<u8>, value: &MetaValue, kind: u32) {
+    match (value, kind) {
+        (MetaValue::U64(v), 4) => out.extend_from_slice(&(*v as u32).to_le_bytes()),
+        (MetaValue::U64(v), _) => out.extend_from_slice(&v.to_le_bytes()),
+        (MetaValue::I64(v), 5) => out.extend_from_slice(&(*v as i32).to_le_bytes()),
+        (MetaValue::I64(v), _) => out.extend_from_slice(&v.to_le_bytes()),
+        (MetaValue::F64(v), _) => out.extend_from_slice(&(*v as f32).to_le_bytes()),
+        (MetaValue::Bool(v), _) => out.push(*v as u8),
+        (MetaValue::Str(s), _) => write_string(out, s),
+        (MetaValue::Array(items), _) => {
+            let kind = item_kind(items);
             out.extend_from_slice(&kind.to_le_bytes());
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
             for item in items {
-                write_value(out, item, false);
+                write_as(out, item, kind);
             }
         }
     }

@@ -52,15 +52,14 @@ mod x86 {
     use super::BlockQ8;
     use std::arch::x86_64::*;
 
-    /// An f16 scale as f32, in integer operations and one multiply (see
-    /// [`super::super::f16_bits_to_f32`]). F16C's `vcvtph2ps` on one value
-    /// let the compiler merge its input into whatever register it liked
-    /// (`vpinsrw`), here the running sum of the offsets, which chained every
-    /// block to the one before (q4_0 ran at half the speed of q5_0).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16_to_f32(lo: u8, hi: u8) -> f32 {
-        super::super::f16_bits_to_f32(u16::from_le_bytes([lo, hi]))
+    /// The f16 at `b` as f32, from the table of every f16 (see
+    /// `quant::f16_table`). F16C's one-lane `vcvtph2ps` let the compiler
+    /// merge its input into whatever register it liked (`vpinsrw`), here
+    /// the running sum of the offsets, which chained every block to the one
+    /// before; a load has no such dependency.
+    #[inline(always)]
+    unsafe fn f16_to_f32(table: &[f32; 1 << 16], b: *const u8) -> f32 {
+        table[u16::from_le_bytes([*b, *b.add(1)]) as usize]
     }
 
     /// Loads 16 bytes of packed nibbles as 32 bytes: low nibbles, then high.
@@ -141,18 +140,20 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q4_1(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let table = super::super::f16_table();
         sum_blocks!(row, acts, 20, |b, a| {
-            let d = f16_to_f32(*b, *b.add(1));
-            let m = f16_to_f32(*b.add(2), *b.add(3));
+            let d = f16_to_f32(table, b);
+            let m = f16_to_f32(table, b.add(2));
             BlockTerms { dots: dot_u8_i8(unpack_nibbles(b.add(4)), a), scale: d * a.d, extra: m * a.s }
         })
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q4_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let table = super::super::f16_table();
         let eight = _mm256_set1_epi8(8);
         sum_blocks!(row, acts, 18, |b, a| {
-            let d = f16_to_f32(*b, *b.add(1));
+            let d = f16_to_f32(table, b);
             // q − 8 as signed bytes: no offset term to accumulate.
             let w = _mm256_sub_epi8(unpack_nibbles(b.add(2)), eight);
             BlockTerms { dots: dot_i8_i8(w, a), scale: d * a.d, extra: 0.0 }
@@ -161,8 +162,9 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q8_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let table = super::super::f16_table();
         sum_blocks!(row, acts, 34, |b, a| {
-            let d = f16_to_f32(*b, *b.add(1));
+            let d = f16_to_f32(table, b);
             let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
             BlockTerms { dots: dot_i8_i8(w, a), scale: d * a.d, extra: 0.0 }
         })
@@ -192,9 +194,10 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q5_0(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let table = super::super::f16_table();
         let sixteen = _mm256_set1_epi8(16);
         sum_blocks!(row, acts, 22, |b, a| {
-            let d = f16_to_f32(*b, *b.add(1));
+            let d = f16_to_f32(table, b);
             // q − 16 as signed bytes: no offset term to accumulate.
             let w = _mm256_sub_epi8(q5_quants(b.add(2), b.add(6)), sixteen);
             BlockTerms { dots: dot_i8_i8(w, a), scale: d * a.d, extra: 0.0 }
@@ -203,9 +206,10 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q5_1(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let table = super::super::f16_table();
         sum_blocks!(row, acts, 24, |b, a| {
-            let d = f16_to_f32(*b, *b.add(1));
-            let m = f16_to_f32(*b.add(2), *b.add(3));
+            let d = f16_to_f32(table, b);
+            let m = f16_to_f32(table, b.add(2));
             BlockTerms { dots: dot_u8_i8(q5_quants(b.add(4), b.add(8)), a), scale: d * a.d, extra: m * a.s }
         })
     }
@@ -226,12 +230,13 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q4_k(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let table = super::super::f16_table();
         let mut acc = _mm256_setzero_ps();
         let mut mins = 0f32;
         let low = _mm256_set1_epi8(0x0F);
         for (i, sub) in acts.chunks_exact(8).enumerate() {
             let b = row.as_ptr().add(144 * i);
-            let (d, dmin) = (f16_to_f32(*b, *b.add(1)), f16_to_f32(*b.add(2), *b.add(3)));
+            let (d, dmin) = (f16_to_f32(table, b), f16_to_f32(table, b.add(2)));
             for chunk in 0..4 {
                 let qs = _mm256_loadu_si256(b.add(16 + 32 * chunk) as *const __m256i);
                 let halves = [_mm256_and_si256(qs, low), _mm256_and_si256(_mm256_srli_epi16(qs, 4), low)];
@@ -249,12 +254,13 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q6_k(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let table = super::super::f16_table();
         let mut acc = _mm256_setzero_ps();
         let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
         let offset = _mm256_set1_epi8(32);
         for (i, sub) in acts.chunks_exact(8).enumerate() {
             let b = row.as_ptr().add(210 * i);
-            let d = f16_to_f32(*b.add(208), *b.add(209));
+            let d = f16_to_f32(table, b.add(208));
             for (j, a) in sub.iter().enumerate() {
                 // Sub-block j: half j / 4 of the block, group j % 4 (see formats::q6_k_position).
                 let (half, group) = (j / 4, j % 4);
