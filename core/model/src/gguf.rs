@@ -415,3 +415,34 @@ fn write_as(out: &mut Vec<u8>, value: &MetaValue, kind: u32) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// llama.cpp reads some keys with a fixed type (token types are INT32):
+    /// integers that fit stay 32-bit, and an array's items share one type.
+    #[test]
+    fn small_integers_are_written_in_32_bits() {
+        let mut writer = GgufWriter::new();
+        writer.meta("t", MetaValue::Array(vec![MetaValue::I64(1), MetaValue::I64(-3)]));
+        let bytes = writer.to_bytes();
+        let header = 4 + 4 + 8 + 8;
+        let after_key = header + 8 + 1;
+        let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        assert_eq!((u32_at(after_key), u32_at(after_key + 4)), (9, 5), "an array of INT32");
+        assert_eq!(bytes.len(), after_key + 4 + 4 + 8 + 2 * 4);
+        let mut wide = GgufWriter::new();
+        wide.meta("t", MetaValue::Array(vec![MetaValue::I64(1), MetaValue::I64(1 << 40)]));
+        let bytes = wide.to_bytes();
+        assert_eq!(
+            u32::from_le_bytes([
+                bytes[after_key + 4],
+                bytes[after_key + 5],
+                bytes[after_key + 6],
+                bytes[after_key + 7]
+            ]),
+            11
+        );
+    }
+}
