@@ -1,140 +1,11 @@
 //! Every CPU kernel against a plain scalar reference, on random data and
-//! odd shapes; quantize→dequantize round trips within stated bounds.
+//! odd shapes (the quantized formats' own tests are in quant_formats.rs).
 
+mod common;
+
+use common::{quantized_formats, Rng};
 use tailor_tensor::cpu::{self, AttentionShape, LinearScratch, RopeTable};
-use tailor_tensor::quant::packed::{block_sums, dot_packed, dot_packed_scalar, pack_rows, pair_activations, PackedDot};
-use tailor_tensor::quant::{dequantize_row, quantize_activations, quantize_row, vec_dot, DotImpl};
 use tailor_tensor::{DType, Tensor};
-
-/// Deterministic pseudo-random normals (no test dependency on `rand`).
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 + 0.5) / (1u64 << 24) as f32
-    }
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.normal()).collect()
-    }
-}
-
-fn quantized_formats() -> [DType; 7] {
-    [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4K, DType::Q6K]
-}
-
-fn round_trip(dtype: DType, x: &[f32]) -> Vec<f32> {
-    let mut bytes = Vec::new();
-    quantize_row(dtype, x, &mut bytes).unwrap();
-    assert_eq!(bytes.len(), dtype.bytes_for(x.len()).unwrap());
-    let mut y = vec![0f32; x.len()];
-    dequantize_row(dtype, &bytes, &mut y).unwrap();
-    y
-}
-
-#[test]
-fn round_trip_error_within_bounds() {
-    let mut rng = Rng(1);
-    let x = rng.vec(4096);
-    for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1] {
-        let y = round_trip(dtype, &x);
-        for (bx, by) in x.chunks(32).zip(y.chunks(32)) {
-            let amax = bx.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let (lo, hi) = bx.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-            // One quantization step (half a step of rounding, plus f16
-            // rounding of the scale and the one-sided clamp of q4_0).
-            let step = match dtype {
-                DType::Q8_0 => amax / 127.0 * 0.51 + 1e-3 * amax,
-                DType::Q4_0 => amax / 8.0 * 1.01,
-                DType::Q5_0 => amax / 16.0 * 1.01,
-                DType::Q5_1 => (hi - lo) / 31.0 * 0.51 + 2e-3 * amax,
-                _ => (hi - lo) / 15.0 * 0.51 + 2e-3 * amax,
-            };
-            for (a, b) in bx.iter().zip(by) {
-                assert!((a - b).abs() <= step, "{dtype}: |{a} - {b}| > {step}");
-            }
-        }
-    }
-    // K-quants: relative RMS error (their per-sub-block scales are themselves quantized).
-    for (dtype, bound) in [(DType::Q4K, 0.12), (DType::Q6K, 0.04), (DType::Q8_0, 0.01), (DType::Q4_1, 0.1)] {
-        let y = round_trip(dtype, &x);
-        let err: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
-        let norm: f32 = x.iter().map(|a| a * a).sum::<f32>().sqrt();
-        assert!(err / norm < bound, "{dtype}: relative RMS error {} >= {bound}", err / norm);
-    }
-}
-
-#[test]
-fn round_trip_of_zeros_and_constants_is_exact() {
-    for dtype in quantized_formats() {
-        assert_eq!(round_trip(dtype, &[0.0; 256]), vec![0.0; 256], "{dtype}");
-    }
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
-        assert_eq!(round_trip(dtype, &[1.5, -2.0, 0.25]), vec![1.5, -2.0, 0.25], "{dtype}");
-    }
-}
-
-#[test]
-fn bad_lengths_are_errors_not_panics() {
-    let mut out = Vec::new();
-    assert!(quantize_row(DType::Q4_0, &[0.0; 33], &mut out).is_err());
-    let mut y = vec![0f32; 32];
-    assert!(dequantize_row(DType::Q4_1, &[0u8; 19], &mut y).is_err());
-    assert!(Tensor::from_bytes(vec![0; 10], DType::Q8_0, &[1, 32]).is_err());
-    assert!(Tensor::from_f32(vec![0.0; 5], &[2, 3]).is_err());
-}
-
-/// Exact dot of dequantized weights with dequantized activations.
-fn reference_dot(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
-    let mut w = vec![0f32; x.len()];
-    dequantize_row(dtype, row, &mut w).unwrap();
-    let mut acts = Vec::new();
-    quantize_activations(x, &mut acts).unwrap();
-    let xq: Vec<f32> = acts.iter().flat_map(|a| a.qs.iter().map(move |q| a.d * *q as f32)).collect();
-    w.iter().zip(&xq).map(|(a, b)| (*a as f64 * *b as f64) as f32).sum()
-}
-
-#[test]
-fn quantized_dot_matches_reference_on_every_path() {
-    let mut rng = Rng(2);
-    for dtype in quantized_formats() {
-        for len in [256, 512, 2304] {
-            let w = rng.vec(len);
-            let x = rng.vec(len);
-            let mut row = Vec::new();
-            quantize_row(dtype, &w, &mut row).unwrap();
-            let mut acts = Vec::new();
-            quantize_activations(&x, &mut acts).unwrap();
-            let want = reference_dot(dtype, &row, &x);
-            let tol = 1e-4 * (len as f32).sqrt() * 4.0;
-            for imp in [DotImpl::Scalar, DotImpl::detect()] {
-                let got = vec_dot(dtype, &row, &acts, imp);
-                assert!((got - want).abs() <= tol, "{dtype} len {len} {imp:?}: {got} vs {want}");
-            }
-            if let Some(packed) = pack_rows(dtype, &row, len) {
-                let mut pairs = Vec::new();
-                pair_activations(&acts, &mut pairs);
-                let scalar = dot_packed_scalar(packed.kind, packed.row(0), &pairs);
-                let mut sums = Vec::new();
-                block_sums(&acts, &mut sums);
-                let fast = dot_packed(PackedDot {
-                    kind: packed.kind,
-                    row: packed.row(0),
-                    offsets: packed.row_offsets(0),
-                    acts: &pairs,
-                    sums: &sums,
-                    pairs: pairs.len(),
-                });
-                assert!((scalar - want).abs() <= tol, "{dtype} packed scalar {scalar} vs {want}");
-                assert!((fast - want).abs() <= tol, "{dtype} packed simd {fast} vs {want}");
-            }
-        }
-    }
-}
 
 fn naive_linear(x: &[f32], tokens: usize, w: &[f32], out: usize) -> Vec<f32> {
     let inp = x.len() / tokens;
@@ -449,28 +320,6 @@ fn decode_attention_gives_each_sequence_its_solo_result_bit_for_bit() {
     }
 }
 
-#[test]
-fn simd_activation_quantization_matches_the_portable_code_exactly() {
-    let mut rng = Rng(13);
-    let mut x = rng.vec(32 * 40);
-    x[5] = 0.0;
-    x[64..96].fill(0.0); // an all-zero block
-    for (i, v) in x[96..128].iter_mut().enumerate() {
-        *v = (i as f32 - 16.0) * 0.5; // exact ties after scaling
-    }
-    let mut fast = Vec::new();
-    tailor_tensor::quant::quantize_activations(&x, &mut fast).unwrap();
-    for (block, got) in x.chunks_exact(32).zip(&fast) {
-        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let qs: Vec<i8> = block.iter().map(|v| (v * id).round_ties_even() as i8).collect();
-        let sum: i32 = qs.iter().map(|&q| q as i32).sum();
-        assert_eq!((got.d.to_bits(), &got.qs[..]), (d.to_bits(), &qs[..]));
-        assert_eq!(got.s.to_bits(), (d * sum as f32).to_bits());
-    }
-}
-
 /// `v` rounded to bf16 (nearest, ties to even) and widened back.
 fn bf16_round(v: f32) -> f32 {
     let bits = v.to_bits();
@@ -571,21 +420,6 @@ fn packed_attention_keeps_each_sequence_to_itself() {
         cpu::full_attention(&q[qs.clone()], &keys[kvs.clone()], &values[kvs], shape, &mut alone);
         assert_eq!(alone, packed[qs], "sequence at {start} of length {len}");
         start += len;
-    }
-}
-
-#[test]
-fn vec_dot_refuses_rows_that_do_not_match_the_activations() {
-    let mut acts = Vec::new();
-    quantize_activations(&[0.5f32; 64], &mut acts).unwrap();
-    let mut row = Vec::new();
-    quantize_row(DType::Q8_0, &[0.25f32; 64], &mut row).unwrap();
-    for imp in [DotImpl::Scalar, DotImpl::detect()] {
-        assert!(vec_dot(DType::Q8_0, &row, &acts, imp).is_finite());
-        let short = std::panic::catch_unwind(|| vec_dot(DType::Q8_0, &row[..row.len() - 1], &acts, imp));
-        assert!(short.is_err(), "{imp:?}: a short row was read");
-        let unsupported = std::panic::catch_unwind(|| vec_dot(DType::F32, &[0u8; 256], &acts, imp));
-        assert!(unsupported.is_err(), "{imp:?}: f32 has no quantized dot");
     }
 }
 
@@ -761,30 +595,6 @@ fn attention_backward_gemm_kernel_matches_the_row_reference() {
             }
         }
     }
-}
-
-#[test]
-fn nf4_blocks_hold_the_normal_float_levels_and_round_trip_within_bounds() {
-    use tailor_tensor::quant::NF4_LEVELS;
-    // Values on the codebook (times the block's absmax) come back exactly.
-    let absmax = 0.37f32;
-    let on_grid: Vec<f32> = (0..64).map(|i| NF4_LEVELS[(i * 7) % 16] * absmax).collect();
-    let mut with_max = on_grid.clone();
-    with_max[0] = absmax; // the block's absmax is a level's value
-    assert_eq!(round_trip(DType::NF4, &with_max), with_max);
-    assert_eq!(DType::NF4.bytes_for(128).unwrap(), 72);
-    // Normal data: error within half the widest gap between levels.
-    let mut rng = Rng(5);
-    let x = rng.vec(64 * 16);
-    let y = round_trip(DType::NF4, &x);
-    for (block_x, block_y) in x.chunks(64).zip(y.chunks(64)) {
-        let absmax = block_x.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for (a, b) in block_x.iter().zip(block_y) {
-            assert!((a - b).abs() <= 0.1521 * absmax + 1e-6, "{a} → {b} (absmax {absmax})");
-        }
-    }
-    assert_eq!(DType::NF4.ggml_id(), None);
-    assert_eq!("nf4".parse::<DType>().unwrap(), DType::NF4);
 }
 
 #[test]

@@ -1,0 +1,26 @@
+//! What the kernel test files share.
+#![allow(dead_code)] // each test binary uses its own part
+
+use tailor_tensor::DType;
+
+/// Deterministic pseudo-random normals (no test dependency on `rand`).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn uniform(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+    pub fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f32::consts::PI * v).cos()
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.normal()).collect()
+    }
+}
+
+/// Every GGUF block format.
+pub fn quantized_formats() -> [DType; 7] {
+    [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4K, DType::Q6K]
+}
