@@ -69,7 +69,28 @@ async fn forward(state: &AppState, body: &Value, request: Value) -> Result<Json<
 /// context of a generate stage, the tokens per text of an embed stage)
 /// and, for embed stages, `tailor_dim`. Empty for other kinds, and for a
 /// stage that does not answer `{"describe": true}`.
+///
+/// A stage's shape does not change while the daemon runs, so the first
+/// answer is kept: `/v1/models` does not wait behind a busy stage twice.
 pub(crate) async fn model_fields(state: &AppState, stage: &Arc<Registered>) -> serde_json::Map<String, Value> {
+    static KNOWN: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, serde_json::Map<String, Value>>>,
+    > = std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    if let Some(fields) = known.lock().ok().and_then(|k| k.get(&stage.name).cloned()) {
+        return fields;
+    }
+    let fields = describe(state, stage).await;
+    if !fields.is_empty() {
+        if let Ok(mut known) = known.lock() {
+            known.insert(stage.name.clone(), fields.clone());
+        }
+    }
+    fields
+}
+
+/// Asks a generate or embed stage for its shape.
+async fn describe(state: &AppState, stage: &Arc<Registered>) -> serde_json::Map<String, Value> {
     let mut fields = serde_json::Map::new();
     if !matches!(stage.kind, Some(StageKind::Generate | StageKind::Embed)) {
         return fields;
