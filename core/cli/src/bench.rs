@@ -54,14 +54,23 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let decode_tps = args.gen_tokens as f64 / best_decode;
     let rss_mib = peak_rss_kib() as f64 / 1024.0;
     let threads = rayon::current_num_threads();
+    let report = tailor_tensor::cpu::kernel_report();
     if args.json {
         println!(
             "{}",
             serde_json::json!({"engine": "tailor", "threads": threads, "prompt_tokens": args.prompt_tokens,
-                "gen_tokens": args.gen_tokens, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps, "peak_rss_mib": rss_mib})
+                "gen_tokens": args.gen_tokens, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps,
+                "peak_rss_mib": rss_mib, "cpu": report.cpu, "cpu_features": report.features,
+                "kernels": {"quantized_rows": report.quantized_rows, "half_rows": report.half_rows,
+                    "bf16_gemm": report.bf16_gemm}})
         );
     } else {
         println!("model:   {}", model.source.display());
+        println!("cpu:     {} ({})", report.cpu, report.features.join(" "));
+        println!(
+            "kernels: quantized rows {}; f16/bf16 rows {}; bf16 gemm {}",
+            report.quantized_rows, report.half_rows, report.bf16_gemm
+        );
         println!("threads: {threads}");
         println!("prefill: {prefill_tps:.1} tok/s ({} tokens)", args.prompt_tokens);
         println!("decode:  {decode_tps:.1} tok/s ({} tokens)", args.gen_tokens);

@@ -61,6 +61,18 @@ fn has_f16c_avx2() -> bool {
     super::has_avx2_fma() && is_x86_feature_detected!("f16c")
 }
 
+/// True when [`dot_half`] takes its SIMD path on this CPU.
+pub(crate) fn simd_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_f16c_avx2()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Four independent 8-lane sums, 32 elements per step, then the tail.
 ///
 /// # Safety

@@ -9,6 +9,7 @@ mod lora;
 mod matmul;
 mod ops;
 pub mod pool;
+mod report;
 #[cfg(target_arch = "x86_64")]
 mod simd512;
 
@@ -27,6 +28,7 @@ pub use ops::{
     add_in_place, erf, erf_f32, exp_fast, gelu_in_place, layer_norm, residual_layer_norm, rms_norm, silu_mul,
     softmax_in_place, RopeTable,
 };
+pub use report::{kernel_report, KernelReport};
 
 /// True when this CPU has AVX-512F (checked once by std, cached).
 pub(crate) fn has_avx512() -> bool {

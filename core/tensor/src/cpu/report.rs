@@ -1,0 +1,66 @@
+//! Where a figure was measured: the CPU's name, the features detected at
+//! run time, and the kernel path each hot operation takes on it, so a
+//! benchmark line says which code ran (the CPU under the project changes
+//! between machines).
+
+use super::{bf16_supported, half_dot};
+use crate::quant::{packed::vnni_supported, DotImpl};
+
+/// The CPU and the kernels this process runs on it.
+#[derive(Debug, Clone)]
+pub struct KernelReport {
+    /// The CPU's model name (`/proc/cpuinfo`), or "unknown".
+    pub cpu: String,
+    /// The SIMD features the kernels look for, those present.
+    pub features: Vec<&'static str>,
+    /// Quantized weight rows at decode.
+    pub quantized_rows: &'static str,
+    /// f16/bf16 weight rows at decode.
+    pub half_rows: &'static str,
+    /// The encoder's bf16 matrix products.
+    pub bf16_gemm: &'static str,
+}
+
+/// This machine's report.
+pub fn kernel_report() -> KernelReport {
+    let quantized_rows = match (vnni_supported(), DotImpl::detect()) {
+        (true, _) => "avx512-vnni pair-packed (q4_0, q4_1, q8_0), avx2 (other types)",
+        (false, DotImpl::Avx2) => "avx2",
+        (false, DotImpl::Scalar) => "scalar",
+    };
+    KernelReport {
+        cpu: cpu_name(),
+        features: detected_features(),
+        quantized_rows,
+        half_rows: if half_dot::simd_supported() { "avx2+f16c" } else { "portable" },
+        bf16_gemm: if bf16_supported() { "avx512-bf16" } else { "f32 (no avx512-bf16)" },
+    }
+}
+
+fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name = info.lines().find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')));
+    name.map_or_else(|| "unknown".to_string(), |(_, n)| n.trim().to_string())
+}
+
+fn detected_features() -> Vec<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let checks: [(&'static str, bool); 9] = [
+            ("avx2", is_x86_feature_detected!("avx2")),
+            ("fma", is_x86_feature_detected!("fma")),
+            ("f16c", is_x86_feature_detected!("f16c")),
+            ("avx512f", is_x86_feature_detected!("avx512f")),
+            ("avx512bw", is_x86_feature_detected!("avx512bw")),
+            ("avx512vl", is_x86_feature_detected!("avx512vl")),
+            ("avx512vnni", is_x86_feature_detected!("avx512vnni")),
+            ("avx512bf16", is_x86_feature_detected!("avx512bf16")),
+            ("avx512fp16", is_x86_feature_detected!("avx512fp16")),
+        ];
+        checks.into_iter().filter(|(_, present)| *present).map(|(name, _)| name).collect()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Vec::new()
+    }
+}
