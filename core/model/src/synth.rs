@@ -164,20 +164,10 @@ pub fn requantize(file: &GgufFile, dtype: DType, progress: &(dyn Fn(usize, usize
         let tensor = file.tensor(name)?;
         let tensor = match info.shape.len() {
             2 => {
-                let target = fallback_dtype(dtype, info.shape[1]);
-                let rows = tensor.to_f32()?;
-                let row_bytes = target.bytes_for(info.shape[1])?;
-                let mut bytes = vec![0u8; info.shape[0] * row_bytes];
-                bytes.par_chunks_mut(row_bytes).zip(rows.par_chunks(info.shape[1])).try_for_each_init(
-                    || Vec::with_capacity(row_bytes),
-                    |encoded, (out, row)| {
-                        encoded.clear();
-                        quantize_row(target, row, encoded)?;
-                        out.copy_from_slice(encoded);
-                        Ok::<(), tailor_tensor::TensorError>(())
-                    },
-                )?;
-                Tensor::from_bytes(bytes, target, &info.shape)?
+                let (rows, cols) = (info.shape[0], info.shape[1]);
+                let values = tensor.to_f32()?;
+                let target = fallback_dtype(dtype, cols);
+                quantized_matrix(rows, cols, target, |r, row| row.extend_from_slice(&values[r * cols..(r + 1) * cols]))?
             }
             _ => tensor,
         };
@@ -214,14 +204,27 @@ fn check_shape(path: &Path, shape: &SynthShape) -> Result<()> {
 /// A `rows × cols` matrix of N(0, 0.02²) values in `dtype`, row `r` drawn
 /// from seed `(seed, r)`.
 fn random_matrix(rows: usize, cols: usize, dtype: DType, seed: u64) -> Result<Tensor> {
+    quantized_matrix(rows, cols, dtype, |r, row| {
+        let mut rng = SplitMix(seed ^ (r as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        row.extend((0..cols).map(|_| 0.02 * rng.normal()));
+    })
+}
+
+/// A `rows × cols` matrix in `dtype` whose row `r` `fill_row` writes (as
+/// f32, into an empty buffer); rows are filled and quantized in parallel.
+fn quantized_matrix(
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+    fill_row: impl Fn(usize, &mut Vec<f32>) + Sync,
+) -> Result<Tensor> {
     let row_bytes = dtype.bytes_for(cols)?;
     let mut bytes = vec![0u8; rows * row_bytes];
     bytes.par_chunks_mut(row_bytes).enumerate().try_for_each_init(
         || (Vec::with_capacity(cols), Vec::with_capacity(row_bytes)),
         |(values, encoded), (r, out)| {
-            let mut rng = SplitMix(seed ^ (r as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
             values.clear();
-            values.extend((0..cols).map(|_| 0.02 * rng.normal()));
+            fill_row(r, values);
             encoded.clear();
             quantize_row(dtype, values, encoded)?;
             out.copy_from_slice(encoded);

@@ -27,8 +27,8 @@ pub(crate) fn dot_half(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
             // per element of `x`, which is all they read.
             return unsafe {
                 match dtype {
-                    DType::F16 => dot_f16_avx2(row, x),
-                    _ => dot_bf16_avx2(row, x),
+                    DType::F16 => dot_half_avx2::<false>(row, x),
+                    _ => dot_half_avx2::<true>(row, x),
                 }
             };
         }
@@ -73,64 +73,33 @@ pub(crate) fn simd_supported() -> bool {
     }
 }
 
-/// Four independent 8-lane sums, 32 elements per step, then the tail.
+/// Four independent 8-lane sums, 32 elements per step, then the tail;
+/// `BF16` picks the format (f16 widens with F16C, bf16 is the high half of
+/// its f32).
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C; `row` holds `2 * x.len()` bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_f16_avx2(row: &[u8], x: &[f32]) -> f32 {
+unsafe fn dot_half_avx2<const BF16: bool>(row: &[u8], x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let n = x.len();
     let (w, a) = (row.as_ptr() as *const __m128i, x.as_ptr());
+    let widen = |p: *const __m128i| if BF16 { widen_bf16(p) } else { _mm256_cvtph_ps(_mm_loadu_si128(p)) };
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 32 <= n {
         for (k, sum) in acc.iter_mut().enumerate() {
-            let weights = _mm256_cvtph_ps(_mm_loadu_si128(w.add(i / 8 + k)));
-            *sum = _mm256_fmadd_ps(weights, _mm256_loadu_ps(a.add(i + 8 * k)), *sum);
+            *sum = _mm256_fmadd_ps(widen(w.add(i / 8 + k)), _mm256_loadu_ps(a.add(i + 8 * k)), *sum);
         }
         i += 32;
     }
     while i + 8 <= n {
-        let weights = _mm256_cvtph_ps(_mm_loadu_si128(w.add(i / 8)));
-        acc[0] = _mm256_fmadd_ps(weights, _mm256_loadu_ps(a.add(i)), acc[0]);
+        acc[0] = _mm256_fmadd_ps(widen(w.add(i / 8)), _mm256_loadu_ps(a.add(i)), acc[0]);
         i += 8;
     }
-    let mut total = horizontal_sum(acc);
-    for j in i..n {
-        total += half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
-    }
-    total
-}
-
-/// As [`dot_f16_avx2`] for bf16: an element is the high half of its f32.
-///
-/// # Safety
-/// The CPU has AVX2 and FMA; `row` holds `2 * x.len()` bytes.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_bf16_avx2(row: &[u8], x: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = x.len();
-    let (w, a) = (row.as_ptr() as *const __m128i, x.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (k, sum) in acc.iter_mut().enumerate() {
-            *sum = _mm256_fmadd_ps(widen_bf16(w.add(i / 8 + k)), _mm256_loadu_ps(a.add(i + 8 * k)), *sum);
-        }
-        i += 32;
-    }
-    while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(widen_bf16(w.add(i / 8)), _mm256_loadu_ps(a.add(i)), acc[0]);
-        i += 8;
-    }
-    let mut total = horizontal_sum(acc);
-    for j in i..n {
-        total += half::bf16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
-    }
-    total
+    let dtype = if BF16 { DType::BF16 } else { DType::F16 };
+    horizontal_sum(acc) + dot_half_portable(dtype, &row[2 * i..], &x[i..])
 }
 
 /// Eight bf16 values at `p` as f32.
