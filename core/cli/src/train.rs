@@ -65,6 +65,9 @@ pub struct TrainArgs {
     /// Scale by alpha/sqrt(r) (rsLoRA).
     #[arg(long)]
     rslora: bool,
+    /// Dropout on the LoRA path's inputs during training (PEFT's lora_dropout, 0 to <1).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
     /// Peak learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,
@@ -138,6 +141,7 @@ pub fn train_cmd(args: &TrainArgs) -> Result<()> {
             alpha: args.alpha,
             targets: parse_targets(&args.targets)?,
             use_rslora: args.rslora,
+            dropout: args.dropout,
         },
         epochs: args.epochs,
         batch_size: args.batch_size,

@@ -84,16 +84,19 @@ fn a_short_run_writes_a_servable_adapter_metrics_and_a_curve() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// With LoRA dropout on, so the masks must repeat across the restart too.
+const DROPOUT: [&str; 2] = ["--dropout", "0.1"];
+
 #[test]
 fn a_run_killed_and_resumed_ends_with_the_uninterrupted_adapter() {
     let dir = scratch("resume");
     let data = small_data(&dir, 12);
     let whole = dir.join("whole");
-    let result = run(tailor().args(train_args(&data, &whole, "1")));
+    let result = run(tailor().args(train_args(&data, &whole, "1")).args(DROPOUT));
     assert!(result.status.success(), "{}", stderr(&result));
 
     let killed = dir.join("killed");
-    let mut child = tailor().args(train_args(&data, &killed, "1")).spawn().unwrap();
+    let mut child = tailor().args(train_args(&data, &killed, "1")).args(DROPOUT).spawn().unwrap();
     let started = Instant::now();
     while steps_logged(&killed) < 3 {
         assert!(started.elapsed() < Duration::from_secs(120), "no progress");
@@ -105,7 +108,7 @@ fn a_run_killed_and_resumed_ends_with_the_uninterrupted_adapter() {
     let logged = steps_logged(&killed);
     assert!(logged < 6, "killed mid-run, at step {logged} of 6");
 
-    let resumed = run(tailor().args(train_args(&data, &killed, "1")).arg("--resume"));
+    let resumed = run(tailor().args(train_args(&data, &killed, "1")).args(DROPOUT).arg("--resume"));
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert!(stderr(&resumed).contains("resuming at step"), "{}", stderr(&resumed));
     for file in ["adapter_model.safetensors", "adapter_config.json"] {
@@ -118,6 +121,9 @@ fn a_run_killed_and_resumed_ends_with_the_uninterrupted_adapter() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, (1..=6).collect::<Vec<u64>>(), "each step logged once");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(killed.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["lora_dropout"], 0.1);
 
     let again = run(tailor().args(train_args(&data, &killed, "1")));
     assert!(!again.status.success() && stderr(&again).contains("--resume"), "{}", stderr(&again));

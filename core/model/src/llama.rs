@@ -6,7 +6,7 @@ use crate::config::{rope_inv_freq, LlamaConfig};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::linear::Linear;
-use crate::lora::{add_deltas, ActiveAdapter, Adapted, LoraScratch, RowAdapters};
+use crate::lora::{add_deltas, ActiveAdapter, Adapted, LoraDropout, LoraScratch, RowAdapters};
 use crate::names::{layer_prefix, Proj};
 use crate::tape::LayerTape;
 use crate::weights::WeightSource;
@@ -310,15 +310,18 @@ impl Llama {
     /// Training mode: runs decoder layer `layer` on the residual stream `x`
     /// of sequences packed back to back (`lengths`; each starts at
     /// position 0 and attends only within itself), with `adapter` on the
-    /// projections it adapts. This is the serving forward (the same
-    /// functions and kernels as a prefill, every linear over all rows at
-    /// once); given a tape it also keeps what the layer's backward needs.
+    /// projections it adapts, their inputs dropped out by `dropout` (PEFT's
+    /// `lora_dropout`; no effect without an adapter). This is the serving
+    /// forward (the same functions and kernels as a prefill, every linear
+    /// over all rows at once); given a tape it also keeps what the layer's
+    /// backward needs.
     pub fn run_layer(
         &self,
         layer: usize,
         x: &mut [f32],
         lengths: &[usize],
         adapter: Option<&ActiveAdapter>,
+        dropout: Option<LoraDropout>,
         tape: Option<&mut LayerTape>,
     ) -> Result<()> {
         let cfg = &self.config;
@@ -336,7 +339,11 @@ impl Llama {
             return Err(ModelError::ContextOverflow { tokens: longest, context: self.context_length() });
         }
         let mut scratch = Scratch::new(cfg, n);
-        scratch.adapters = adapter.map_or(RowAdapters::Base, |a| RowAdapters::One(a.clone()));
+        scratch.adapters = match (adapter, dropout) {
+            (None, _) => RowAdapters::Base,
+            (Some(a), None) => RowAdapters::One(a.clone()),
+            (Some(a), Some(dropout)) => RowAdapters::Dropped(a.clone(), dropout),
+        };
         let mut tape = tape;
         self.attention(layer, block, x, Context::Packed(lengths), &mut scratch, tape.as_deref_mut())?;
         self.mlp(layer, block, x, &mut scratch, tape)

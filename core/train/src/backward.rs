@@ -9,6 +9,7 @@
 
 use crate::error::{Result, TrainError};
 use crate::lora::{LoraModule, LoraParams};
+use tailor_model::lora::LoraDropout;
 use tailor_model::names::Proj;
 use tailor_model::{ActiveAdapter, LayerTape, Llama};
 use tailor_tensor::cpu::{
@@ -155,16 +156,19 @@ impl Packed {
 /// Runs a micro-batch forward and backward (its examples packed into one
 /// pass), adding `scale·∂loss/∂θ` to the LoRA gradients, where loss is the
 /// summed cross-entropy of their targets. Returns that sum (unscaled).
-/// `adapter` must be `lora`'s current weights ([`LoraParams::active`]).
+/// `adapter` must be `lora`'s current weights ([`LoraParams::active`]);
+/// `dropout`, the pass's mask on the LoRA inputs (none: no dropout).
 pub fn accumulate_gradients(
     model: &Llama,
     lora: &mut LoraParams,
     adapter: &ActiveAdapter,
+    dropout: Option<LoraDropout>,
     batch: &[&Example],
     scale: f32,
     checkpointing: Checkpointing,
 ) -> Result<f64> {
-    backward_pass(model, Some(adapter), batch, scale, checkpointing, Sink::Lora(lora))
+    let forward = Forward { adapter: Some(adapter), dropout, checkpointing };
+    backward_pass(model, forward, batch, scale, Sink::Lora(lora))
 }
 
 /// [`accumulate_gradients`] for full fine-tuning: the gradient of every
@@ -176,20 +180,29 @@ pub fn accumulate_full_gradients(
     scale: f32,
     checkpointing: Checkpointing,
 ) -> Result<f64> {
-    backward_pass(model, None, batch, scale, checkpointing, Sink::Full(grads))
+    let forward = Forward { adapter: None, dropout: None, checkpointing };
+    backward_pass(model, forward, batch, scale, Sink::Full(grads))
+}
+
+/// How a backward pass runs its forward.
+#[derive(Clone, Copy)]
+struct Forward<'a> {
+    adapter: Option<&'a ActiveAdapter>,
+    dropout: Option<LoraDropout>,
+    checkpointing: Checkpointing,
 }
 
 fn backward_pass(
     model: &Llama,
-    adapter: Option<&ActiveAdapter>,
+    forward: Forward<'_>,
     batch: &[&Example],
     scale: f32,
-    checkpointing: Checkpointing,
     mut sink: Sink<'_>,
 ) -> Result<f64> {
     let packed = Packed::new(batch)?;
     let lengths = &packed.lengths;
     let layers = model.config().num_hidden_layers;
+    let Forward { adapter, dropout, checkpointing } = forward;
     let mut x = model.embed(&packed.tokens)?;
     let mut inputs = Vec::new();
     let mut tapes = Vec::new();
@@ -197,11 +210,11 @@ fn backward_pass(
         match checkpointing {
             Checkpointing::Layers => {
                 inputs.push(x.clone());
-                model.run_layer(layer, &mut x, lengths, adapter, None)?;
+                model.run_layer(layer, &mut x, lengths, adapter, dropout, None)?;
             }
             Checkpointing::Off => {
                 let mut tape = LayerTape::default();
-                model.run_layer(layer, &mut x, lengths, adapter, Some(&mut tape))?;
+                model.run_layer(layer, &mut x, lengths, adapter, dropout, Some(&mut tape))?;
                 tapes.push(tape);
             }
         }
@@ -214,12 +227,12 @@ fn backward_pass(
             Checkpointing::Layers => {
                 let mut tape = LayerTape::default();
                 let mut input = std::mem::take(&mut inputs[layer]);
-                model.run_layer(layer, &mut input, lengths, adapter, Some(&mut tape))?;
+                model.run_layer(layer, &mut input, lengths, adapter, dropout, Some(&mut tape))?;
                 recomputed = tape;
                 &recomputed
             }
         };
-        layer_backward(model, layer, tape, lengths, &mut sink, &mut dx)?;
+        layer_backward(model, layer, tape, lengths, dropout, &mut sink, &mut dx)?;
     }
     if let Sink::Full(grads) = &mut sink {
         let dim = model.config().hidden_size;
@@ -237,7 +250,7 @@ pub fn forward_loss(model: &Llama, adapter: Option<&ActiveAdapter>, batch: &[&Ex
     let packed = Packed::new(batch)?;
     let mut x = model.embed(&packed.tokens)?;
     for layer in 0..model.config().num_hidden_layers {
-        model.run_layer(layer, &mut x, &packed.lengths, adapter, None)?;
+        model.run_layer(layer, &mut x, &packed.lengths, adapter, None, None)?;
     }
     Ok(head_loss(model, &x, &packed.predicted, 1.0)?.0)
 }
@@ -312,6 +325,7 @@ fn layer_backward(
     layer: usize,
     tape: &LayerTape,
     lengths: &[usize],
+    dropout: Option<LoraDropout>,
     sink: &mut Sink<'_>,
     dx: &mut [f32],
 ) -> Result<()> {
@@ -319,7 +333,7 @@ fn layer_backward(
     let eps = cfg.rms_norm_eps as f32;
     let n = dx.len() / cfg.hidden_size;
     let (attn_norm, mlp_norm) = model.layer_norm_weights(layer);
-    let mut grads = LinearGrads { model, layer, sink, tokens: n, scratch: Vec::new(), low: Vec::new() };
+    let mut grads = LinearGrads { model, layer, dropout, sink, tokens: n, scratch: Vec::new(), low: Vec::new() };
 
     // MLP half: y = h + down(silu(gate)·up).
     let dy = dx.to_vec();
@@ -360,6 +374,8 @@ fn layer_backward(
 struct LinearGrads<'a, 's> {
     model: &'a Llama,
     layer: usize,
+    /// The forward's dropout on the LoRA inputs.
+    dropout: Option<LoraDropout>,
     sink: &'a mut Sink<'s>,
     tokens: usize,
     scratch: Vec<f32>,
@@ -378,7 +394,18 @@ impl LinearGrads<'_, '_> {
                 if let Some(module) = lora.module_mut(self.layer, proj) {
                     let LoraModule { a, b, grad_a, grad_b, rank, scaling, .. } = module;
                     let backward = LoraBackward { a, b, rank: *rank, scaling: *scaling };
-                    backward.run(x, dy, self.tokens, grad_a, grad_b, dx, &mut self.low);
+                    match self.dropout {
+                        None => backward.run(x, dy, self.tokens, grad_a, grad_b, dx, &mut self.low),
+                        Some(dropout) => {
+                            // x̃ = x ⊙ m/(1−p): A and B see x̃, and x gets m/(1−p) ⊙ ∂loss/∂x̃.
+                            let mut dropped = vec![0f32; x.len()];
+                            dropout.apply(self.layer, proj, x, &mut dropped);
+                            let mut d_dropped = vec![0f32; dx.len()];
+                            backward.run(&dropped, dy, self.tokens, grad_a, grad_b, &mut d_dropped, &mut self.low);
+                            dropout.apply(self.layer, proj, &d_dropped, &mut dropped);
+                            dx.iter_mut().zip(&dropped).for_each(|(d, g)| *d += g);
+                        }
+                    }
                 }
             }
             Sink::Full(grads) => {

@@ -64,6 +64,12 @@ impl Dataset {
 /// per example (longer ones per `overlong`); empty lines are skipped.
 pub fn load(path: &Path, model: &Model, max_tokens: usize, overlong: Overlong) -> Result<Dataset> {
     let text = std::fs::read_to_string(path).map_err(io_error(path))?;
+    parse(&text, path, model, max_tokens, overlong)
+}
+
+/// [`load`] on a file's text; errors name `source` and the line.
+pub fn parse(text: &str, source: &Path, model: &Model, max_tokens: usize, overlong: Overlong) -> Result<Dataset> {
+    let path = source;
     let mut dataset = Dataset::default();
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -23,6 +23,9 @@ pub struct LoraSettings {
     pub targets: Targets,
     /// `alpha/√r` instead of `alpha/r`.
     pub use_rslora: bool,
+    /// `lora_dropout`: the probability each input of a LoRA path is
+    /// dropped during training (0: none).
+    pub dropout: f64,
 }
 
 impl LoraSettings {
@@ -38,6 +41,7 @@ impl LoraSettings {
             alpha_pattern: Vec::new(),
             layers_to_transform: None,
             base_model: None,
+            dropout: self.dropout,
         }
     }
 }
@@ -227,7 +231,7 @@ fn peft_config_json(config: &LoraConfig, base_model: &str) -> serde_json::Value 
         "r": config.r,
         "lora_alpha": config.alpha,
         "target_modules": targets,
-        "lora_dropout": 0.0,
+        "lora_dropout": config.dropout,
         "bias": "none",
         "use_rslora": config.use_rslora,
         "use_dora": false,

@@ -20,6 +20,7 @@ use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tailor_model::lora::{dropout_seed, LoraDropout};
 use tailor_model::names::Proj;
 use tailor_model::{Adapter, AdapterLimits, Llama};
 
@@ -67,6 +68,7 @@ impl Default for TrainConfig {
                 alpha: 16.0,
                 targets: tailor_model::lora::Targets::AllLinear,
                 use_rslora: false,
+                dropout: 0.0,
             },
             epochs: 3,
             batch_size: 4,
@@ -101,6 +103,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             return Err(TrainError::Setting(format!("warmup ratio {} must be in [0, 1)", self.warmup_ratio)));
+        }
+        if !(0.0..1.0).contains(&self.lora.dropout) {
+            return Err(TrainError::Setting(format!("LoRA dropout {} must be in [0, 1)", self.lora.dropout)));
         }
         Ok(())
     }
@@ -417,9 +422,11 @@ impl<'m> Trainer<'m> {
             Weights::Lora { base, lora } => {
                 lora.zero_grads();
                 let adapter = lora.active(base)?;
+                let (p, seed, step) = (lora.config().dropout, self.config.seed, self.state.step);
                 let mut loss_sum = 0f64;
-                for part in batch.chunks(micro) {
-                    loss_sum += accumulate_gradients(base, lora, &adapter, part, scale, checkpointing)?;
+                for (i, part) in batch.chunks(micro).enumerate() {
+                    let dropout = LoraDropout::new(p, dropout_seed(seed, step, i))?;
+                    loss_sum += accumulate_gradients(base, lora, &adapter, dropout, part, scale, checkpointing)?;
                 }
                 let mut grads: Vec<&mut [f32]> =
                     lora.modules_mut().iter_mut().flat_map(|m| [&mut m.grad_a[..], &mut m.grad_b[..]]).collect();

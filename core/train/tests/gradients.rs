@@ -4,13 +4,13 @@
 mod common;
 
 use common::{tiny_model, Lcg};
-use tailor_model::lora::Targets;
+use tailor_model::lora::{dropout_seed, LoraDropout, Targets};
 use tailor_model::{KvCache, Llama, Logits};
 use tailor_train::backward::{accumulate_full_gradients, accumulate_gradients, Checkpointing, Example, FullGrads};
 use tailor_train::{LoraParams, LoraSettings};
 
 fn settings() -> LoraSettings {
-    LoraSettings { r: 3, alpha: 6.0, targets: Targets::AllLinear, use_rslora: false }
+    LoraSettings { r: 3, alpha: 6.0, targets: Targets::AllLinear, use_rslora: false, dropout: 0.0 }
 }
 
 /// LoRA weights with B random too (PEFT starts B at zero, where A's
@@ -54,18 +54,14 @@ fn gradients(model: &Llama, lora: &LoraParams, checkpointing: Checkpointing) -> 
     let mut lora = lora.clone();
     lora.zero_grads();
     let adapter = lora.active(model).expect("adapter");
-    let loss = accumulate_gradients(model, &mut lora, &adapter, &[&example()], 1.0, checkpointing).expect("backward");
+    let loss =
+        accumulate_gradients(model, &mut lora, &adapter, None, &[&example()], 1.0, checkpointing).expect("backward");
     (loss, lora)
 }
 
-#[test]
-fn lora_gradients_match_finite_differences_of_the_serving_forward() {
-    let model = tiny_model(5);
-    let lora = random_lora(&model);
-    let (loss, grads) = gradients(&model, &lora, Checkpointing::Off);
-    let reference = serving_loss(&model, &lora, &example());
-    assert!((loss - reference).abs() < 1e-4 * reference.abs(), "training loss {loss} vs serving loss {reference}");
-
+/// Compares a few entries of every A and B gradient in `grads` with
+/// central differences of `loss_of` around `lora`.
+fn check_finite_differences(lora: &LoraParams, grads: &LoraParams, loss_of: impl Fn(&LoraParams) -> f64) {
     let eps = 1e-2f32;
     let mut checked = 0;
     let mut worst = 0f64;
@@ -78,7 +74,7 @@ fn lora_gradients_match_finite_differences_of_the_serving_forward() {
                     let m = &mut moved.modules_mut()[i];
                     let values = if part == "A" { &mut m.a } else { &mut m.b };
                     values[k] += delta;
-                    serving_loss(&model, &moved, &example())
+                    loss_of(&moved)
                 };
                 let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
                 let error = (analytic[k] as f64 - numeric).abs() / (numeric.abs() + 1e-2);
@@ -96,6 +92,45 @@ fn lora_gradients_match_finite_differences_of_the_serving_forward() {
     }
     assert_eq!(checked, 2 * 7 * 2 * 3);
     eprintln!("{checked} entries checked, worst relative error {worst:.2e}");
+}
+
+#[test]
+fn lora_gradients_match_finite_differences_of_the_serving_forward() {
+    let model = tiny_model(5);
+    let lora = random_lora(&model);
+    let (loss, grads) = gradients(&model, &lora, Checkpointing::Off);
+    let reference = serving_loss(&model, &lora, &example());
+    assert!((loss - reference).abs() < 1e-4 * reference.abs(), "training loss {loss} vs serving loss {reference}");
+
+    check_finite_differences(&lora, &grads, |moved| serving_loss(&model, moved, &example()));
+}
+
+/// With `lora_dropout` the loss is that of a forward whose LoRA inputs are
+/// masked (a fixed mask per pass seed): its gradients against finite
+/// differences of that very forward, and the same after recomputation.
+#[test]
+fn lora_dropout_gradients_match_finite_differences_of_the_dropped_out_forward() {
+    let model = tiny_model(5);
+    let lora = random_lora(&model);
+    let dropout = LoraDropout::new(0.3, dropout_seed(42, 3, 1)).expect("valid p");
+    assert!(dropout.is_some());
+    let run = |params: &LoraParams, checkpointing| {
+        let mut params = params.clone();
+        params.zero_grads();
+        let adapter = params.active(&model).expect("adapter");
+        let loss = accumulate_gradients(&model, &mut params, &adapter, dropout, &[&example()], 1.0, checkpointing)
+            .expect("backward");
+        (loss, params)
+    };
+    let (loss, grads) = run(&lora, Checkpointing::Off);
+    let (undropped, _) = gradients(&model, &lora, Checkpointing::Off);
+    assert!((loss - undropped).abs() > 1e-4 * undropped, "dropout changed nothing: {loss} vs {undropped}");
+    check_finite_differences(&lora, &grads, |moved| run(moved, Checkpointing::Off).0);
+    let (loss_recomputed, recomputed) = run(&lora, Checkpointing::Layers);
+    assert_eq!(loss, loss_recomputed);
+    for (a, b) in grads.modules().iter().zip(recomputed.modules()) {
+        assert_eq!((&a.grad_a, &a.grad_b), (&b.grad_a, &b.grad_b), "a recomputed forward draws the same masks");
+    }
 }
 
 #[test]
@@ -119,7 +154,8 @@ fn gradients_scale_and_accumulate() {
     twice.zero_grads();
     let adapter = twice.active(&model).expect("adapter");
     for _ in 0..2 {
-        accumulate_gradients(&model, &mut twice, &adapter, &[&example()], 0.5, Checkpointing::Off).expect("backward");
+        accumulate_gradients(&model, &mut twice, &adapter, None, &[&example()], 0.5, Checkpointing::Off)
+            .expect("backward");
     }
     let (_, once) = gradients(&model, &lora, Checkpointing::Off);
     for (a, b) in twice.modules().iter().zip(once.modules()) {
@@ -138,14 +174,14 @@ fn a_packed_batch_gets_the_sum_of_its_examples_gradients() {
     let mut packed = lora.clone();
     packed.zero_grads();
     let adapter = packed.active(&model).expect("adapter");
-    let loss = accumulate_gradients(&model, &mut packed, &adapter, &[&first, &second], 1.0, Checkpointing::Off)
+    let loss = accumulate_gradients(&model, &mut packed, &adapter, None, &[&first, &second], 1.0, Checkpointing::Off)
         .expect("backward");
     let mut separate = lora.clone();
     separate.zero_grads();
     let mut separate_loss = 0.0;
     for e in [&first, &second] {
-        separate_loss +=
-            accumulate_gradients(&model, &mut separate, &adapter, &[e], 1.0, Checkpointing::Off).expect("backward");
+        separate_loss += accumulate_gradients(&model, &mut separate, &adapter, None, &[e], 1.0, Checkpointing::Off)
+            .expect("backward");
     }
     assert!((loss - separate_loss).abs() < 1e-5 * loss, "{loss} vs {separate_loss}");
     for (a, b) in packed.modules().iter().zip(separate.modules()) {

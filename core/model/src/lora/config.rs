@@ -40,6 +40,8 @@ pub struct LoraConfig {
     pub layers_to_transform: Option<Vec<usize>>,
     /// The base the adapter was trained on, as its config names it.
     pub base_model: Option<String>,
+    /// `lora_dropout`: training only (serving never drops out).
+    pub dropout: f64,
 }
 
 /// Reads and checks `adapter_config.json`.
@@ -94,7 +96,19 @@ impl ConfigReader<'_> {
             alpha_pattern: self.pattern("alpha_pattern", |v| v.as_f64())?,
             layers_to_transform: self.layers()?,
             base_model: self.field("base_model_name_or_path").and_then(|v| v.as_str()).map(str::to_string),
+            dropout: self.dropout()?,
         })
+    }
+
+    /// `lora_dropout`, in [0, 1).
+    fn dropout(&self) -> Result<f64> {
+        match self.field("lora_dropout") {
+            None => Ok(0.0),
+            Some(v) => v
+                .as_f64()
+                .filter(|p| (0.0..1.0).contains(p))
+                .ok_or_else(|| self.fail(format!("`lora_dropout` {v} must be a number in [0, 1)"))),
+        }
     }
 
     /// Features PEFT has and tailor does not serve: refused by name.

@@ -24,8 +24,10 @@ use crate::llama::Llama;
 use crate::names::{layer_prefix, Proj};
 
 mod config;
+mod dropout;
 
 pub use config::{read_config, LoraConfig, Targets};
+pub use dropout::{dropout_seed, LoraDropout};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -315,6 +317,8 @@ pub(crate) enum RowAdapters {
     One(ActiveAdapter),
     /// Row `i` with `adapters[i]` (a decode batch).
     Each(Vec<Option<ActiveAdapter>>),
+    /// One adapter for every row, its inputs dropped out (training).
+    Dropped(ActiveAdapter, LoraDropout),
 }
 
 impl RowAdapters {
@@ -330,7 +334,7 @@ impl RowAdapters {
     fn groups(&self, rows: usize) -> Vec<(&ActiveAdapter, Vec<usize>)> {
         match self {
             RowAdapters::Base => Vec::new(),
-            RowAdapters::One(adapter) => vec![(adapter, (0..rows).collect())],
+            RowAdapters::One(adapter) | RowAdapters::Dropped(adapter, _) => vec![(adapter, (0..rows).collect())],
             RowAdapters::Each(each) => {
                 let mut groups: Vec<(&ActiveAdapter, Vec<usize>)> = Vec::new();
                 for (row, adapter) in each.iter().enumerate() {
@@ -355,6 +359,8 @@ impl RowAdapters {
 pub(crate) struct LoraScratch {
     deltas: Vec<Vec<f32>>,
     low: Vec<f32>,
+    /// A projection's dropped-out input.
+    dropped: Vec<f32>,
 }
 
 /// One projection's output for [`add_deltas`]: which projection, the base
@@ -368,8 +374,30 @@ pub(crate) struct Adapted<'y> {
 
 /// Adds every adapted row's delta to the outputs of several projections
 /// of `layer` that share the input `x` (`rows` rows): one kernel call for
-/// all of them.
+/// all of them, or one per projection when each drops out its own mask.
 pub(crate) fn add_deltas(
+    adapters: &RowAdapters,
+    layer: usize,
+    x: &[f32],
+    rows: usize,
+    outputs: &mut [Adapted<'_>],
+    scratch: &mut LoraScratch,
+) -> Result<()> {
+    let RowAdapters::Dropped(_, dropout) = adapters else {
+        return add_shared_deltas(adapters, layer, x, rows, outputs, scratch);
+    };
+    let mut dropped = std::mem::take(&mut scratch.dropped);
+    dropped.resize(x.len(), 0.0);
+    for output in outputs.iter_mut() {
+        dropout.apply(layer, output.proj, x, &mut dropped);
+        add_shared_deltas(adapters, layer, &dropped, rows, std::slice::from_mut(output), scratch)?;
+    }
+    scratch.dropped = dropped;
+    Ok(())
+}
+
+/// [`add_deltas`] for projections that all see `x` itself.
+fn add_shared_deltas(
     adapters: &RowAdapters,
     layer: usize,
     x: &[f32],
