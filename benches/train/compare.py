@@ -1,11 +1,12 @@
-"""LoRA fine-tuning speed and memory: tailor vs PEFT + torch on the CPU.
+"""Fine-tuning speed and memory: tailor vs PEFT + torch on the CPU.
 
 Both train SmolLM2-135M-Instruct (the converted f32 folder; tailor also on
 the Q4_1 GGUF, its QLoRA path) with LoRA r=8, alpha 16 on q_proj and v_proj,
 AdamW, 4 examples of 128 tokens per step (plain text from this repository's
-docs, loss on every token), on the same threads. Each tool runs in its own
+docs, loss on every token), on the same threads; then full fine-tuning
+(every weight, AdamW) in torch and in tailor. Each tool runs in its own
 process (peak RSS is the process's); steps after the first are timed.
-Prints seconds per step, the ratio PEFT/tailor (above 1: tailor is faster)
+Prints seconds per step, the ratio torch/tailor (above 1: tailor is faster)
 and peak RSS.
 """
 import argparse, json, os, platform, resource, subprocess, sys, tempfile, time
@@ -34,8 +35,9 @@ def peft_child(args):
     folder = Path(args.models) / "SmolLM2-135M-Instruct-hf"
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                             lora_dropout=0.0, task_type="CAUSAL_LM"))
+    if not args.full:
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                 lora_dropout=0.0, task_type="CAUSAL_LM"))
     model.train()
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     data = json.loads(Path(args.data).read_text())
@@ -87,6 +89,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--child", action="store_true")
+    parser.add_argument("--full", action="store_true", help="(child) every weight, no LoRA")
     parser.add_argument("--data")
     args = parser.parse_args()
     if args.child:
@@ -100,20 +103,28 @@ def main():
         jsonl = Path(tmp) / "data.jsonl"
         jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in data))
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        child = subprocess.run([sys.executable, __file__, args.tailor, args.models, args.root, "--child",
-                                "--threads", str(args.threads), "--steps", str(args.steps), "--data", str(data_json)],
-                               check=True, capture_output=True, text=True, env=env)
-        peft = json.loads(child.stdout.strip().splitlines()[-1])
+        def torch_run(extra):
+            child = subprocess.run([sys.executable, __file__, args.tailor, args.models, args.root, "--child",
+                                    "--threads", str(args.threads), "--steps", str(args.steps),
+                                    "--data", str(data_json)] + extra,
+                                   check=True, capture_output=True, text=True, env=env)
+            return json.loads(child.stdout.strip().splitlines()[-1])
+
         models = Path(args.models)
-        runs = [("tailor LoRA (f32 folder)", models / "SmolLM2-135M-Instruct-hf", []),
-                ("tailor QLoRA (Q4_1 GGUF)", models / "SmolLM2-135M-Instruct.Q4_1.gguf", ["--method", "qlora"])]
-        peft_step = median(peft["seconds"])
-        print(f"  {'PEFT ' + peft['torch']:28} {peft_step:6.3f} s/step  peak RSS {peft['rss_mb']:7.0f} MB")
-        for name, model, extra in runs:
-            seconds, rss = tailor_run(args.tailor, model, str(jsonl), args.threads, args.steps, extra)
-            step = median(seconds)
-            print(f"  {name:28} {step:6.3f} s/step  peak RSS {rss:7.0f} MB   "
-                  f"speed {peft_step / step:.2f}x PEFT, memory {rss / peft['rss_mb']:.2f}x PEFT")
+        folder, gguf = models / "SmolLM2-135M-Instruct-hf", models / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        groups = [("PEFT LoRA", [], [("tailor LoRA (f32 folder)", folder, []),
+                                     ("tailor QLoRA (Q4_1 GGUF)", gguf, ["--method", "qlora"]),
+                                     ("tailor QLoRA (NF4 of f32)", folder, ["--method", "qlora"])]),
+                  ("torch full", ["--full"], [("tailor full (f32 folder)", folder, ["--method", "full"])])]
+        for peer_name, peer_extra, runs in groups:
+            peer = torch_run(peer_extra)
+            peer_step = median(peer["seconds"])
+            print(f"  {peer_name + ' ' + peer['torch']:28} {peer_step:6.3f} s/step  peak RSS {peer['rss_mb']:7.0f} MB")
+            for name, model, extra in runs:
+                seconds, rss = tailor_run(args.tailor, model, str(jsonl), args.threads, args.steps, extra)
+                step = median(seconds)
+                print(f"  {name:28} {step:6.3f} s/step  peak RSS {rss:7.0f} MB   "
+                      f"speed {peer_step / step:.2f}x {peer_name}, memory {rss / peer['rss_mb']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 //! anything the client can fix.
 
 use crate::cache::AnswerCache;
+use crate::files::FileStore;
 use crate::guard::AllowedHosts;
 use crate::metrics::Metrics;
 use crate::openai::{self, Choice, LogprobRequest, Piece, Route};
@@ -32,6 +33,7 @@ struct Inner {
     next_id: AtomicU64,
     metrics: Metrics,
     cache: AnswerCache,
+    files: Option<FileStore>,
     draining: AtomicBool,
 }
 
@@ -46,12 +48,24 @@ pub struct Access {
 }
 
 impl AppState {
-    /// State over a registry and its host services, with its access rules.
-    pub fn new(registry: Registry, services: Arc<DaemonServices>, access: Access, cache: AnswerCache) -> AppState {
+    /// State over a registry and its host services, with its access rules,
+    /// answer cache and (when configured) store of uploaded files.
+    pub fn new(
+        registry: Registry,
+        services: Arc<DaemonServices>,
+        access: Access,
+        cache: AnswerCache,
+        files: Option<FileStore>,
+    ) -> AppState {
         let next_id = AtomicU64::new(1);
         let metrics = Metrics::default();
         let draining = AtomicBool::new(false);
-        AppState(Arc::new(Inner { registry, services, access, next_id, metrics, cache, draining }))
+        AppState(Arc::new(Inner { registry, services, access, next_id, metrics, cache, files, draining }))
+    }
+
+    /// Uploaded files, when `files_dir` is configured.
+    pub fn files(&self) -> Option<&FileStore> {
+        self.0.files.as_ref()
     }
 
     /// The configured stages.
@@ -121,6 +135,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(crate::adapter_api::routes())
         .merge(crate::fine_tuning_api::routes())
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .merge(crate::files_api::routes(state.files().map_or(0, FileStore::max_bytes)))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::guard::check_request))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(axum::middleware::from_fn(errors_as_openai))

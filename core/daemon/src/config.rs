@@ -17,6 +17,8 @@
 //! shutdown_grace_secs = 5         # after SIGTERM: time for in-flight work, then it is cancelled
 //! max_connections = 256           # open at once; first_byte_timeout_secs = 10, idle_timeout_secs = 600
 //! header_timeout_secs = 30        # a request head must arrive whole within this (also the keep-alive wait)
+//! files_dir = "/var/lib/tailor/files"   # /v1/files uploads for fine-tuning (off when unset)
+//! max_file_mb = 32                # the largest upload
 //!
 //! [[stages]]                      # one instance of a plugin's stage, named for the API
 //! name = "smollm2"                # the `model` of /v1/chat/completions
@@ -104,6 +106,15 @@ pub struct Server {
     /// CPU threads granted to each plugin (default: the machine's cores).
     #[serde(default = "default_cpu_threads")]
     pub cpu_threads: u32,
+    /// Where `/v1/files` keeps uploads (none: uploads are off).
+    pub files_dir: Option<PathBuf>,
+    /// The largest upload, in MiB.
+    #[serde(default = "default_file_mb")]
+    pub max_file_mb: usize,
+}
+
+fn default_file_mb() -> usize {
+    32
 }
 
 fn default_cpu_threads() -> u32 {

@@ -4,8 +4,9 @@
 //!
 //! - `POST /v1/fine_tuning/jobs` {model, training_file, validation_file?,
 //!   suffix?, seed?, hyperparameters? | method: {type: "supervised",
-//!   supervised: {hyperparameters}}, tailor?: {r, alpha, targets}};
-//!   training files are paths under the stage's `data_dirs`;
+//!   supervised: {hyperparameters}}, tailor?: {r, alpha, targets, dropout}};
+//!   training files are ids of uploads (`/v1/files`; the job keeps its
+//!   own copy) or paths under the stage's `data_dirs`;
 //! - `GET /v1/fine_tuning/jobs`, `GET /v1/fine_tuning/jobs/{id}`,
 //!   `…/{id}/events` (loss per step), `…/{id}/checkpoints`,
 //!   `POST …/{id}/cancel`.
@@ -14,6 +15,7 @@
 //! succeeded: that name works at once on the chat and completion routes.
 
 use crate::api::{ApiError, AppState};
+use crate::files_api::resolve_upload;
 use crate::index_api::{body_or_empty, forward};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -56,6 +58,11 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Json<Value
             job[field] = value.clone();
         }
     }
+    for (file, data) in [("training_file", "training_data"), ("validation_file", "validation_data")] {
+        if let Some(text) = job[file].as_str().map(|name| resolve_upload(&state, name)).transpose()?.flatten() {
+            job[data] = json!(text);
+        }
+    }
     if let Some(method) = body.get("method") {
         if method.get("type").and_then(Value::as_str) != Some("supervised") {
             return Err(ApiError::bad_request("method.type: only \"supervised\" fine-tuning is supported"));
@@ -66,8 +73,10 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Json<Value
     }
     if let Some(extras) = body.get("tailor").and_then(Value::as_object) {
         for (key, value) in extras {
-            if !["r", "alpha", "targets"].contains(&key.as_str()) {
-                return Err(ApiError::bad_request(format!("tailor.{key} is not supported (r, alpha, targets are)")));
+            if !["r", "alpha", "targets", "dropout"].contains(&key.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "tailor.{key} is not supported (r, alpha, targets, dropout are)"
+                )));
             }
             job[key] = value.clone();
         }

@@ -2,7 +2,9 @@
 //! the bearer token, a Host header naming this machine (TCP only: a page
 //! that rebinds its DNS name to 127.0.0.1 still sends its own name),
 //! `application/json` on every body (a cross-site "simple request" can
-//! only send form or text types), and no new work while the daemon drains;
+//! only send form or text types; the one exception, a multipart upload to
+//! `/v1/files`, must come from no web page or from a configured origin),
+//! and no new work while the daemon drains;
 //! CORS headers only for configured origins.
 //! Middleware runs before extractors, so a wrong token costs no body read.
 
@@ -102,8 +104,9 @@ pub async fn check_request(State(state): State<AppState>, request: Request, next
     if request.uri().path() == "/health" {
         return next.run(request).await;
     }
+    let upload = is_upload(request.uri().path(), request.method(), request.headers(), state.cors_origins());
     let checked = authorize(state.token(), request.headers())
-        .and_then(|()| require_json(request.method(), request.headers()))
+        .and_then(|()| if upload { Ok(()) } else { require_json(request.method(), request.headers()) })
         .and_then(|()| match state.draining() {
             true => Err(ApiError::draining()),
             false => Ok(()),
@@ -130,6 +133,18 @@ fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
     }
+}
+
+/// A multipart POST to `/v1/files` (how OpenAI's clients upload) sent by
+/// no browser page (no `Origin`) or by a configured one: browsers let any
+/// page send multipart forms cross-site without asking, so an unlisted
+/// origin is held to the JSON rule and refused.
+fn is_upload(path: &str, method: &Method, headers: &HeaderMap, cors_origins: &[String]) -> bool {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let trusted = origin.is_none_or(|o| cors_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
+    path == "/v1/files" && method == Method::POST && essence.eq_ignore_ascii_case("multipart/form-data") && trusted
 }
 
 /// A request that carries a body must say it is JSON.
@@ -167,6 +182,20 @@ mod tests {
         for bad in ["evil.example", "evil.example:8080", "127.0.0.1.evil.example", "10.0.0.1", "[::2]:80", ""] {
             assert!(!hosts.allows(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_file_uploads_from_no_page_or_a_listed_origin_may_be_multipart() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "multipart/form-data; boundary=x".parse().unwrap());
+        let listed = ["https://app.example".to_string()];
+        assert!(is_upload("/v1/files", &Method::POST, &headers, &listed));
+        assert!(!is_upload("/v1/chat/completions", &Method::POST, &headers, &listed));
+        assert!(!is_upload("/v1/files", &Method::DELETE, &headers, &listed));
+        headers.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert!(!is_upload("/v1/files", &Method::POST, &headers, &listed));
+        headers.insert(header::ORIGIN, "https://app.example".parse().unwrap());
+        assert!(is_upload("/v1/files", &Method::POST, &headers, &listed));
     }
 
     #[test]

@@ -8,6 +8,8 @@ mod api;
 mod cache;
 mod config;
 mod conn;
+mod files;
+mod files_api;
 mod fine_tuning_api;
 mod guard;
 mod index_api;
@@ -70,7 +72,14 @@ fn run(args: Args) -> Result<()> {
         hosts: guard::AllowedHosts::new(&config.server.allowed_hosts),
         cors_origins: config.server.cors_origins.clone(),
     };
-    let state = api::AppState::new(registry, services, access, cache);
+    let files = match &config.server.files_dir {
+        Some(dir) => Some(
+            files::FileStore::open(dir, config.server.max_file_mb << 20)
+                .with_context(|| format!("files_dir {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let state = api::AppState::new(registry, services, access, cache, files);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let result = runtime.block_on(serve(&config, addr, state, grace));

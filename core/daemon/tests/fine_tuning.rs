@@ -19,6 +19,11 @@ fn style_lines(n: usize) -> String {
 
 /// A config whose smollm2 stage trains: jobs under `dir/jobs`, data from `dir/data`.
 fn write_config(dir: &Path) -> PathBuf {
+    write_config_with(dir, "")
+}
+
+/// [`write_config`] with more `[server]` settings.
+fn write_config_with(dir: &Path, server: &str) -> PathBuf {
     let (jobs, data) = (dir.join("jobs"), dir.join("data"));
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("train.jsonl"), style_lines(8)).unwrap();
@@ -28,7 +33,7 @@ fn write_config(dir: &Path) -> PathBuf {
         format!("jobs_dir = {:?}, data_dirs = [{:?}]", jobs.display().to_string(), data.display().to_string());
     let plugins = format!("{:?}", plugin_dir().display().to_string());
     let path = dir.join("tailord.toml");
-    std::fs::write(&path, config_full(OPEN_TCP, &plugins, &generate, "")).unwrap();
+    std::fs::write(&path, config_full(&format!("{OPEN_TCP}\n{server}"), &plugins, &generate, "")).unwrap();
     path
 }
 
@@ -105,6 +110,43 @@ fn a_job_trains_shows_progress_and_serves_its_adapter() {
     assert_eq!(status, 200, "{text}");
     let stopped = wait_for(&d, cancelled_id, |j| j["status"] != "queued" && j["status"] != "running");
     assert_eq!(stopped["status"], "cancelled", "{stopped}");
+    drop(d);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// OpenAI's Python client uploads a file (`/v1/files`, multipart), starts
+/// a job on it, deletes the upload (the job has its copy), follows the job
+/// and chats with its model (tests/daemon/openai_fine_tune.py).
+#[test]
+fn a_job_trains_on_a_file_uploaded_through_the_openai_client() {
+    let dir = scratch("fine-tuning-upload");
+    let files = dir.join("files");
+    let config = write_config_with(&dir, &format!("files_dir = {:?}", files.display().to_string()));
+    let d = launch(&config, &[]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/daemon/openai_fine_tune.py");
+    let (train, broken) = (dir.join("data/train.jsonl"), dir.join("data/broken.jsonl"));
+    let out = std::process::Command::new(openai_python())
+        .arg(script)
+        .args([d.base.as_str(), "smollm2"])
+        .args([&train, &broken])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{stdout}");
+    assert!(out.status.success(), "openai client failed:\n{stdout}\n{stderr}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&files).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "uploads are the daemon user's only");
+    // A web page may not upload (a multipart form is a "simple" cross-site request).
+    let form = ["-H", "Origin: https://evil.example", "-F", "purpose=fine-tune", "-F"];
+    let file_arg = format!("file=@{}", train.display());
+    let (status, text) = curl_args(&d, "/v1/files", &[&form[..], &[file_arg.as_str()]].concat(), None);
+    assert_eq!(status, 415, "{text}");
+    drop(d);
+    // Without files_dir the routes say uploads are off.
+    let d = launch(&write_config(&dir), &[]);
+    let (status, text) = curl(&d, "/v1/files", None, None);
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("files_dir"), "{text}");
     drop(d);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,10 +6,13 @@
 //!
 //! Requests (`{"jobs": {"op": …}}`): `create` {training_file,
 //! validation_file?, suffix?, seed?, hyperparameters? {n_epochs,
-//! batch_size, learning_rate_multiplier}, r?, alpha?, targets?},
+//! batch_size, learning_rate_multiplier}, r?, alpha?, targets?, dropout?},
 //! `list`, `get` {id}, `events` {id}, `checkpoints` {id}, `cancel` {id}.
 //! Training files are read only from the configured `data_dirs` (after
-//! symlinks are resolved, regular files, at most `MAX_DATA_BYTES`).
+//! symlinks are resolved, regular files, at most `MAX_DATA_BYTES`), or
+//! come inline as `training_data` / `validation_data` (files uploaded to
+//! the daemon's `/v1/files`): each job keeps its own copy, so it resumes
+//! after a restart even if the upload is deleted.
 //! Between steps a job waits while the engine has requests, so training
 //! yields the CPU to serving.
 
@@ -36,6 +39,10 @@ const MAX_EXAMPLE_TOKENS: usize = 2048;
 const YIELD_POLL: Duration = Duration::from_millis(20);
 /// A job's record, beside its run folder.
 const JOB_FILE: &str = "job.json";
+/// A job's copy of an uploaded training file.
+const TRAINING_COPY: &str = "training.jsonl";
+/// A job's copy of an uploaded validation file.
+const VALIDATION_COPY: &str = "validation.jsonl";
 
 /// A job request (`{"jobs": {"op": …}}`).
 #[derive(Deserialize)]
@@ -62,6 +69,14 @@ pub struct CreateJob {
     r: Option<usize>,
     alpha: Option<f64>,
     targets: Option<Vec<String>>,
+    dropout: Option<f64>,
+    /// An uploaded training file's text (the daemon's `/v1/files`), kept
+    /// in the job's folder at creation; `training_file` is then its id.
+    #[serde(default, skip_serializing)]
+    training_data: Option<String>,
+    /// The same for the validation file.
+    #[serde(default, skip_serializing)]
+    validation_data: Option<String>,
 }
 
 /// OpenAI's supervised hyper-parameters (each may be a number or "auto").
@@ -176,17 +191,21 @@ impl Jobs {
         }
     }
 
-    fn create(&self, request: CreateJob) -> Result<Value, StageError> {
-        // Validate now, so a bad file is the caller's 400 with its line.
+    fn create(&self, mut request: CreateJob) -> Result<Value, StageError> {
         let config = self.train_config(&request)?;
-        let datasets = self.datasets(&request)?;
-        drop((config, datasets));
-        let id = new_job_id();
         let suffix = request.suffix.as_deref().unwrap_or("ft");
         if suffix.is_empty() || suffix.len() > 40 || !suffix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(StageError::invalid("`suffix` must be 1-40 letters, digits or '-'"));
         }
+        let id = new_job_id();
         let adapter = format!("{suffix}-{}", &id[id.len() - 8..]);
+        // Validate now, so a bad file is the caller's 400 with its line.
+        let checked = self.keep_uploads(&id, &mut request).and_then(|()| self.datasets(&id, &request));
+        if let Err(e) = checked {
+            let _ = std::fs::remove_dir_all(self.run_dir(&id));
+            return Err(e);
+        }
+        drop(config);
         let job = Job {
             id: id.clone(),
             status: "queued".into(),
@@ -263,7 +282,7 @@ impl Jobs {
     /// Trains (or resumes) a job to the end; the tokens it trained on.
     fn train(&self, job: &Job, cancel: &AtomicBool) -> Result<u64, TrainError> {
         let config = self.train_config(&job.request).map_err(|e| TrainError::Setting(e.message))?;
-        let datasets = self.datasets(&job.request).map_err(|e| TrainError::Setting(e.message))?;
+        let datasets = self.datasets(&job.id, &job.request).map_err(|e| TrainError::Setting(e.message))?;
         let epochs = config.epochs as u64;
         let tokens = datasets.train.tokens() as u64 * epochs;
         let out = self.run_dir(&job.id);
@@ -312,8 +331,18 @@ impl Jobs {
         if !(1..=256).contains(&r) {
             return Err(StageError::invalid("`r` must be 1-256"));
         }
+        let dropout = request.dropout.unwrap_or(defaults.lora.dropout);
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(StageError::invalid("`dropout` must be in [0, 1)"));
+        }
         Ok(TrainConfig {
-            lora: LoraSettings { r, alpha: request.alpha.unwrap_or(2.0 * r as f64), targets, use_rslora: false },
+            lora: LoraSettings {
+                r,
+                alpha: request.alpha.unwrap_or(2.0 * r as f64),
+                targets,
+                use_rslora: false,
+                dropout,
+            },
             epochs: epochs as usize,
             batch_size: batch as usize,
             learning_rate: defaults.learning_rate * multiplier as f32,
@@ -323,14 +352,44 @@ impl Jobs {
         })
     }
 
-    fn datasets(&self, request: &CreateJob) -> Result<Datasets, StageError> {
-        let train = self.dataset(&request.training_file)?;
-        let eval = request.validation_file.as_deref().map(|f| self.dataset(f)).transpose()?;
+    /// Writes the uploaded files a request carries into job `id`'s folder.
+    fn keep_uploads(&self, id: &str, request: &mut CreateJob) -> Result<(), StageError> {
+        let uploads =
+            [(request.training_data.take(), TRAINING_COPY), (request.validation_data.take(), VALIDATION_COPY)];
+        for (text, name) in uploads {
+            let Some(text) = text else { continue };
+            if text.len() as u64 > MAX_DATA_BYTES {
+                return Err(StageError::invalid(format!("an uploaded file of more than {MAX_DATA_BYTES} bytes")));
+            }
+            let dir = self.run_dir(id);
+            std::fs::create_dir_all(&dir).map_err(|e| StageError::internal(format!("job folder: {e}")))?;
+            tailor_train::checkpoint::write_atomic(&dir.join(name), text.as_bytes())
+                .map_err(|e| StageError::internal(format!("keeping the uploaded file: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Job `id`'s data: its copies of uploaded files, or files under `data_dirs`.
+    fn datasets(&self, id: &str, request: &CreateJob) -> Result<Datasets, StageError> {
+        let train = self.dataset(id, TRAINING_COPY, &request.training_file)?;
+        let eval = request.validation_file.as_deref().map(|f| self.dataset(id, VALIDATION_COPY, f)).transpose()?;
         Ok(Datasets { train, eval })
     }
 
+    /// The job's copy `copy` when it has one (an uploaded file, named
+    /// `file` in errors), else `file` from `data_dirs`.
+    fn dataset(&self, id: &str, copy: &str, file: &str) -> Result<Dataset, StageError> {
+        let kept = self.run_dir(id).join(copy);
+        if !kept.is_file() {
+            return self.data_file(file);
+        }
+        let text = std::fs::read_to_string(&kept).map_err(|e| StageError::internal(format!("{file}: {e}")))?;
+        data::parse(&text, Path::new(file), &self.model, MAX_EXAMPLE_TOKENS, Overlong::Truncate)
+            .map_err(|e| StageError::invalid(e.to_string()))
+    }
+
     /// A training file, only from `data_dirs`.
-    fn dataset(&self, file: &str) -> Result<Dataset, StageError> {
+    fn data_file(&self, file: &str) -> Result<Dataset, StageError> {
         let refuse =
             || StageError::invalid(format!("{file}: training files are read only from the configured data_dirs"));
         let path = Path::new(file).canonicalize().map_err(|_| refuse())?;

@@ -197,3 +197,19 @@ pub fn bluebird_index(dir: &Path) -> String {
         data.join("indexes").display().to_string()
     )
 }
+
+/// The Python interpreter of a venv with the `openai` package
+/// (`scripts/test.sh` makes target/openai-venv); missing is a failure.
+#[allow(dead_code)]
+pub fn openai_python() -> PathBuf {
+    let python = match std::env::var_os("TAILOR_OPENAI_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/openai-venv/bin/python"),
+    };
+    assert!(
+        python.exists(),
+        "{} is missing: scripts/test.sh creates it (scripts/venv.sh openai openai)",
+        python.display()
+    );
+    python
+}
