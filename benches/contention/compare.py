@@ -30,6 +30,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2); ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     print(subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo; nproc"], capture_output=True, text=True).stdout)
+    print(subprocess.run([args.tailor, "cpu"], capture_output=True, text=True).stdout, end="")
     llm = Llama(model_path=args.gguf, n_ctx=512, n_batch=512, n_threads=args.threads,
                 n_threads_batch=args.threads, verbose=False)
     runs = {"alone": [], "busy": []}

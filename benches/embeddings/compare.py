@@ -40,6 +40,7 @@ def main():
     st_after = sentence_transformers()
     st = (st_before + st_after) / 2
     print(f"{len(texts)} passages, {args.threads} threads")
+    print(f"  cpu {r['cpu']} ({' '.join(r['cpu_features'])}); kernels {r['kernels']}")
     print(f"  sentence-transformers {st:7.1f} passages/s (torch {torch.__version__}; {st_before:.1f} before, {st_after:.1f} after)")
     print(f"  tailor                {r['passages_per_second']:7.1f} passages/s   ratio {r['passages_per_second'] / st:.2f}x")
     print(f"  tailor, f32 only      {f32['passages_per_second']:7.1f} passages/s   ratio {f32['passages_per_second'] / st:.2f}x")

@@ -68,6 +68,7 @@ def tailor_bench(binary, gguf, threads):
 
 
 def bench(args):
+    print(subprocess.run([args.tailor, "cpu"], capture_output=True, text=True).stdout, end="")
     llm = Llama(model_path=args.gguf, n_ctx=512, n_batch=512, n_threads=args.threads,
                 n_threads_batch=args.threads, verbose=False)
     rows = {"tailor": [], "llama.cpp": []}

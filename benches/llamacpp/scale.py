@@ -114,6 +114,7 @@ def bench(args):
     copy = copy_bandwidth(args.threads)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"CPU {cpu}; {args.threads} threads; copy bandwidth {copy:.1f} GB/s (read + write)")
+    print(subprocess.run([args.tailor, "cpu"], capture_output=True, text=True).stdout, end="")
     print(f"{'file':28s} {'prefill t/l':>18s} {'ratio':>6s} {'decode t/l':>14s} {'ratio':>6s} "
           f"{'GB/s':>6s} {'% copy':>6s} {'RSS MiB':>8s}")
     for path in args.gguf:

@@ -96,6 +96,7 @@ def main():
         return peft_child(args)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
     print(f"CPU: {cpu}; {args.threads} threads; LoRA r=8 on q_proj,v_proj; {BATCH}x{SEQ} tokens per step")
+    print(subprocess.run([args.tailor, "cpu"], capture_output=True, text=True).stdout, end="")
     with tempfile.TemporaryDirectory() as tmp:
         data = texts(Path(args.root), BATCH * (args.steps + 1))
         data_json = Path(tmp) / "data.json"

@@ -54,23 +54,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let decode_tps = args.gen_tokens as f64 / best_decode;
     let rss_mib = peak_rss_kib() as f64 / 1024.0;
     let threads = rayon::current_num_threads();
-    let report = tailor_tensor::cpu::kernel_report();
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"engine": "tailor", "threads": threads, "prompt_tokens": args.prompt_tokens,
-                "gen_tokens": args.gen_tokens, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps,
-                "peak_rss_mib": rss_mib, "cpu": report.cpu, "cpu_features": report.features,
-                "kernels": {"quantized_rows": report.quantized_rows, "half_rows": report.half_rows,
-                    "bf16_gemm": report.bf16_gemm}})
-        );
+        let mut out = serde_json::json!({"engine": "tailor", "threads": threads, "prompt_tokens": args.prompt_tokens,
+            "gen_tokens": args.gen_tokens, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps,
+            "peak_rss_mib": rss_mib});
+        merge_cpu_json(&mut out);
+        println!("{out}");
     } else {
         println!("model:   {}", model.source.display());
-        println!("cpu:     {} ({})", report.cpu, report.features.join(" "));
-        println!(
-            "kernels: quantized rows {}; f16/bf16 rows {}; bf16 gemm {}",
-            report.quantized_rows, report.half_rows, report.bf16_gemm
-        );
+        print_cpu();
         println!("threads: {threads}");
         println!("prefill: {prefill_tps:.1} tok/s ({} tokens)", args.prompt_tokens);
         println!("decode:  {decode_tps:.1} tok/s ({} tokens)", args.gen_tokens);
@@ -88,4 +80,37 @@ fn peak_rss_kib() -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// `tailor cpu`: where figures are measured, for scripts that print it
+/// beside their own (`--json` for them to read).
+pub fn cpu_cmd(json: bool) {
+    match json {
+        true => {
+            let mut out = serde_json::json!({});
+            merge_cpu_json(&mut out);
+            println!("{out}");
+        }
+        false => print_cpu(),
+    }
+}
+
+/// The CPU's name, the SIMD features detected and each hot operation's
+/// kernel path, as two lines.
+pub fn print_cpu() {
+    let report = tailor_tensor::cpu::kernel_report();
+    println!("cpu:     {} ({})", report.cpu, report.features.join(" "));
+    println!(
+        "kernels: quantized rows {}; f16/bf16 rows {}; bf16 gemm {}",
+        report.quantized_rows, report.half_rows, report.bf16_gemm
+    );
+}
+
+/// Adds `cpu`, `cpu_features` and `kernels` to a JSON object.
+pub fn merge_cpu_json(out: &mut serde_json::Value) {
+    let report = tailor_tensor::cpu::kernel_report();
+    out["cpu"] = serde_json::json!(report.cpu);
+    out["cpu_features"] = serde_json::json!(report.features);
+    out["kernels"] = serde_json::json!({"quantized_rows": report.quantized_rows, "half_rows": report.half_rows,
+        "bf16_gemm": report.bf16_gemm});
 }

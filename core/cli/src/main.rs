@@ -44,6 +44,12 @@ enum Command {
     Chat(run::ChatArgs),
     /// Measure prefill and decode speed and peak memory.
     Bench(bench::BenchArgs),
+    /// Print the CPU, the SIMD features detected and the kernel path of each hot operation.
+    Cpu {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage retrieval indexes (documents in, chunks embedded, faiss beside).
     Index {
         #[command(subcommand)]
@@ -138,6 +144,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => run::generate_cmd(&args),
         Command::Chat(args) => run::chat_cmd(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Cpu { json } => {
+            bench::cpu_cmd(json);
+            Ok(())
+        }
         Command::Embed { model, texts } => run::embed_cmd(model, &texts),
         Command::Eval { command } => rag::eval_cmd(&command),
         Command::Status(args) => status::status(&args),

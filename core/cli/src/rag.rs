@@ -259,14 +259,14 @@ pub fn eval_cmd(command: &EvalCommand) -> Result<()> {
     let (p50, p99) = embedded.search_latency(&encoder, kind, *k)?;
     let secs = started.elapsed().as_secs_f64();
     if *json {
-        println!(
-            "{}",
-            serde_json::json!({"index": index, "k": k, "metrics": metrics, "passages": data.corpus.len(), "seconds": secs,
-                "encoder_precision": precision,
-                "embed_seconds": embed_secs, "passages_per_second": data.corpus.len() as f64 / embed_secs,
-                "search_p50_ms": p50 * 1e3, "search_p99_ms": p99 * 1e3})
-        );
+        let mut out = serde_json::json!({"index": index, "k": k, "metrics": metrics, "passages": data.corpus.len(),
+            "seconds": secs, "encoder_precision": precision,
+            "embed_seconds": embed_secs, "passages_per_second": data.corpus.len() as f64 / embed_secs,
+            "search_p50_ms": p50 * 1e3, "search_p99_ms": p99 * 1e3});
+        crate::bench::merge_cpu_json(&mut out);
+        println!("{out}");
     } else {
+        crate::bench::print_cpu();
         println!(
             "{} passages, {} judged queries, {index} index, encoder in {precision}, {secs:.1}s",
             data.corpus.len(),

@@ -44,3 +44,20 @@ fn bench_reports_the_machine_and_runs_synthetic_and_requantized_models() {
         assert!(report["peak_rss_mib"].as_f64().is_some_and(|m| m > 0.0), "{report}");
     }
 }
+
+/// `tailor cpu` prints the same report on its own, for bench scripts.
+#[test]
+fn cpu_prints_the_report_bench_scripts_show() {
+    let report = tailor(&["cpu", "--json"]);
+    assert!(report["cpu"].as_str().is_some_and(|c| !c.is_empty()), "{report}");
+    let features: Vec<&str> = report["cpu_features"].as_array().unwrap().iter().filter_map(|f| f.as_str()).collect();
+    let rows = report["kernels"]["quantized_rows"].as_str().unwrap();
+    // The kernel path follows the features detected, never the vendor.
+    if rows.starts_with("avx512-vnni") {
+        assert!(features.contains(&"avx512vnni"), "{report}");
+    } else if rows == "avx2" {
+        assert!(["avx2", "fma", "f16c"].iter().all(|f| features.contains(f)), "{report}");
+    } else {
+        assert_eq!(rows, "scalar", "{report}");
+    }
+}
