@@ -59,7 +59,7 @@ mod x86 {
     /// before; a load has no such dependency.
     #[inline(always)]
     unsafe fn f16_to_f32(table: &[f32; 1 << 16], b: *const u8) -> f32 {
-        table[u16::from_le_bytes([*b, *b.add(1)]) as usize]
+        table[u16::from_le((b as *const u16).read_unaligned()) as usize]
     }
 
     /// Loads 16 bytes of packed nibbles as 32 bytes: low nibbles, then high.
