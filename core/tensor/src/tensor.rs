@@ -5,6 +5,7 @@
 //! owned or borrowed from a memory-mapped file, so loading a model copies
 //! nothing it does not have to.
 
+use crate::quant::interleaved::{interleave_rows, InterleavedRows};
 use crate::quant::packed::{pack_rows, PackedRows};
 use crate::quant::{dequantize_row, quantize_row};
 use crate::{DType, Device, Result, TensorError};
@@ -48,6 +49,8 @@ pub struct Tensor {
     device: Device,
     /// Rows repacked for the fastest dot-product kernel, if any.
     packed: Option<Arc<PackedRows>>,
+    /// Groups of eight rows interleaved for the AVX2 kernel, if any.
+    interleaved: Option<Arc<InterleavedRows>>,
 }
 
 impl Tensor {
@@ -60,6 +63,7 @@ impl Tensor {
             dtype: DType::F32,
             device: Device::Cpu,
             packed: None,
+            interleaved: None,
         })
     }
 
@@ -72,6 +76,7 @@ impl Tensor {
             dtype,
             device: Device::Cpu,
             packed: None,
+            interleaved: None,
         })
     }
 
@@ -97,6 +102,7 @@ impl Tensor {
             dtype,
             device: Device::Cpu,
             packed: None,
+            interleaved: None,
         })
     }
 
@@ -104,10 +110,50 @@ impl Tensor {
     /// quantized dot product (see [`crate::quant::packed`]); unchanged when
     /// the format, row length or CPU does not allow it.
     pub fn prepacked(mut self) -> Tensor {
-        if self.shape.len() == 2 && crate::quant::packed::vnni_supported() {
+        if self.shape.len() != 2 {
+            return self;
+        }
+        if crate::quant::packed::vnni_supported() {
             self.packed = pack_rows(self.dtype, self.bytes(), self.row_len()).map(Arc::new);
+        } else if crate::quant::DotImpl::detect() == crate::quant::DotImpl::Avx2 {
+            self.interleaved =
+                interleave_rows(self.dtype, self.bytes(), self.row_count(), self.row_len()).map(Arc::new);
+            if let Some(rows) = self.interleaved.as_ref().map(|i| i.rows()) {
+                self.page_out_rows(rows);
+            }
         }
         self
+    }
+
+    /// Lets the kernel reclaim the memory of the first `rows` rows of a
+    /// mapped file (their interleaved copy serves every kernel; a later
+    /// read of them, say an embedding lookup, faults them back in from the
+    /// file). `MADV_PAGEOUT` never loses data: anonymous memory would be
+    /// swapped, not zeroed. Only whole pages inside the range are advised.
+    fn page_out_rows(&self, rows: usize) {
+        let Storage::Mapped { .. } = &self.storage else { return };
+        let bytes = &self.bytes()[..rows * self.bytes().len() / self.row_count().max(1)];
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+            let start = (bytes.as_ptr() as usize).div_ceil(page) * page;
+            let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+            if end > start {
+                // SAFETY: [start, end) lies inside this tensor's mapped range,
+                // which the Arc'd buffer keeps mapped; MADV_PAGEOUT only
+                // hints reclaim and never changes the contents. A failure
+                // (an old kernel) just leaves the pages resident.
+                unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT) };
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = bytes;
+    }
+
+    /// The groups of eight rows [`Tensor::prepacked`] interleaved, if any.
+    pub fn interleaved(&self) -> Option<&InterleavedRows> {
+        self.interleaved.as_deref()
     }
 
     /// The repacked rows, when [`Tensor::prepacked`] made them.
@@ -208,7 +254,7 @@ impl Tensor {
     /// The same data under another shape with the same element count.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         check_len(shape, self.dtype, self.bytes().len())?;
-        Ok(Tensor { shape: shape.to_vec(), packed: None, ..self.clone() })
+        Ok(Tensor { shape: shape.to_vec(), packed: None, interleaved: None, ..self.clone() })
     }
 }
 

@@ -8,6 +8,7 @@
 
 use super::half_dot::{dot_half, is_half};
 use super::pool::{split_range, SpinPool};
+use crate::quant::interleaved::{dot_group, InterleavedRows, GROUP};
 use crate::quant::packed::{block_sums, dot_packed_tokens, pair_activations, ActPair, PackedDot};
 use crate::quant::{dequantize_row, quantize_activations, supports_dot, vec_dot, BlockQ8, DotImpl, QK};
 use crate::{DType, Result, Tensor, TensorError};
@@ -216,7 +217,21 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
         for (w, y, rows) in &mats {
             let lo = mine.start.max(first) - first;
             let hi = mine.end.min(first + rows).saturating_sub(first);
-            for r in lo..hi.max(lo) {
+            let grouped = w.interleaved().map_or(0, InterleavedRows::rows);
+            let mut r = lo;
+            while r < hi {
+                if r < grouped {
+                    // A group of eight belongs to whoever claimed its first row.
+                    if r % GROUP == 0 {
+                        dot_interleaved(w, r, tokens, acts, blocks, |row, t, value| {
+                            // SAFETY: as below, for the group's rows: each < rows,
+                            // and only this thread computes a group it owns.
+                            unsafe { *y.at(t * rows + row) = value }
+                        });
+                    }
+                    r = (r / GROUP + 1) * GROUP;
+                    continue;
+                }
                 if let Some(packed) = w.packed() {
                     let mut values = [0f32; MAX_ROW_TOKENS];
                     for first in (0..tokens).step_by(MAX_ROW_TOKENS) {
@@ -236,6 +251,7 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
                             unsafe { *y.at((first + i) * rows + r) = *value };
                         }
                     }
+                    r += 1;
                     continue;
                 }
                 let row = w.row_bytes(r);
@@ -252,11 +268,31 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
                     // disjoint chunks), so writes never overlap.
                     unsafe { *y.at(t * rows + r) = value };
                 }
+                r += 1;
             }
             first += rows;
         }
     };
     SpinPool::global().run(&job);
+}
+
+/// The eight interleaved rows from `first` (a multiple of eight) with each
+/// token's activations, handed to `store(row, token, value)`.
+fn dot_interleaved(
+    w: &Tensor,
+    first: usize,
+    tokens: usize,
+    acts: &[BlockQ8],
+    blocks: usize,
+    mut store: impl FnMut(usize, usize, f32),
+) {
+    let Some(interleaved) = w.interleaved() else { return };
+    for t in 0..tokens {
+        let sums = dot_group(interleaved, first / GROUP, &acts[t * blocks..(t + 1) * blocks]);
+        for (i, value) in sums.into_iter().enumerate() {
+            store(first + i, t, value);
+        }
+    }
 }
 
 fn dequantize_into(w: &Tensor, dense: &mut Vec<f32>) -> Result<()> {
@@ -269,6 +305,10 @@ fn dequantize_into(w: &Tensor, dense: &mut Vec<f32>) -> Result<()> {
             // SAFETY: row r of `dense` (r < rows, dense holds rows×in_dim
             // values) is written by exactly one thread.
             let row = unsafe { std::slice::from_raw_parts_mut(out.at(r * in_dim), in_dim) };
+            if let Some(interleaved) = w.interleaved().filter(|i| r < i.rows()) {
+                interleaved.dequantize_row(r, row);
+                continue;
+            }
             if let Err(e) = dequantize_row(dtype, w.row_bytes(r), row) {
                 *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 return;

@@ -7,6 +7,7 @@
 
 mod avx2;
 mod formats;
+pub mod interleaved;
 pub mod packed;
 mod scalar;
 

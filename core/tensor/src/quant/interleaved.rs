@@ -1,0 +1,289 @@
+//! Row-interleaved weights for the AVX2 decode path.
+//!
+//! A row-at-a-time dot spends most of its instructions per block on things
+//! other than multiplying: unpacking, one scale multiply and broadcast, one
+//! horizontal step at the end of a short row. At load time, q4_0, q4_1 and
+//! q8_0 matrices are also stored eight rows at a time, block by block:
+//! the eight rows' scales (and q4_1's mins) as one run of f16, then their
+//! quants in 8-byte runs, four rows to a 32-byte load. One activation
+//! block, broadcast 8 bytes at a time, then meets four rows per `maddubs`;
+//! eight rows' sums land in the eight lanes of one register, their scales
+//! convert in one instruction, and no horizontal reduction is needed.
+//!
+//! A q4 run keeps GGUF's nibble pairing (byte `j` holds elements `j` and
+//! `j + 16`), so a 32-byte load gives elements `8c..8c+8` of four rows in
+//! its low nibbles and `8c+16..8c+24` in its high ones. The kernel's sums
+//! come out in lane order [`LANE_ROWS`], and the scales are stored in that
+//! order. Rows past the last whole group of eight keep the row kernel.
+//!
+//! Results equal the row kernel's within f32 rounding (the integer sums are
+//! exact; the scaling order differs); each row's result never depends on
+//! which thread or batch computed it.
+
+use super::{f16_at, BlockQ8, QK};
+use crate::DType;
+
+/// Rows stored together.
+pub const GROUP: usize = 8;
+
+/// Which row of a group each lane of the kernel's result holds (the order
+/// `hadd` leaves two quads of rows in).
+pub const LANE_ROWS: [usize; GROUP] = [0, 1, 4, 5, 2, 3, 6, 7];
+
+/// A matrix's whole groups of eight rows, interleaved.
+#[derive(Debug, Clone)]
+pub struct InterleavedRows {
+    /// q4_0, q4_1 or q8_0.
+    pub dtype: DType,
+    /// Whole groups (rows `0..8·groups`).
+    pub groups: usize,
+    /// Blocks per row.
+    pub blocks: usize,
+    /// Group after group, block after block.
+    pub data: Vec<u8>,
+}
+
+impl InterleavedRows {
+    /// Bytes of one block of a group: scales (and mins), then quants.
+    pub fn block_bytes(dtype: DType) -> usize {
+        match dtype {
+            DType::Q4_0 => 16 + 128,
+            DType::Q4_1 => 32 + 128,
+            _ => 16 + 256,
+        }
+    }
+
+    /// The bytes of group `g`.
+    pub fn group(&self, g: usize) -> &[u8] {
+        let size = self.blocks * Self::block_bytes(self.dtype);
+        &self.data[g * size..(g + 1) * size]
+    }
+
+    /// Rows covered (`8·groups`).
+    pub fn rows(&self) -> usize {
+        self.groups * GROUP
+    }
+
+    /// Row `row` (below [`InterleavedRows::rows`]) as f32, equal to
+    /// `dequantize_row` on its GGUF bytes: the prefill reads these, so the
+    /// GGUF pages of an interleaved matrix need not stay in memory.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        assert!(row < self.rows() && out.len() == self.blocks * QK, "dequantize_row: row {row}");
+        let (dtype, size) = (self.dtype, Self::block_bytes(self.dtype));
+        let (group, member) = (self.group(row / GROUP), row % GROUP);
+        let lane = LANE_ROWS.iter().position(|&r| r == member).unwrap_or(0);
+        for (b, values) in out.chunks_exact_mut(QK).enumerate() {
+            let block = &group[b * size..(b + 1) * size];
+            let d = f16_at(block, 2 * lane);
+            let quants = if dtype == DType::Q4_1 { &block[32..] } else { &block[16..] };
+            let (quad, seat) = (member / 4, member % 4);
+            if dtype == DType::Q8_0 {
+                for (run, chunk) in values.chunks_exact_mut(8).enumerate() {
+                    let bytes = &quants[128 * quad + 32 * run + 8 * seat..][..8];
+                    chunk.iter_mut().zip(bytes).for_each(|(v, &q)| *v = d * (q as i8) as f32);
+                }
+                continue;
+            }
+            let m = if dtype == DType::Q4_1 { f16_at(block, 16 + 2 * lane) } else { 0.0 };
+            let (low, high) = values.split_at_mut(16);
+            for run in 0..2 {
+                let bytes = &quants[64 * quad + 32 * run + 8 * seat..][..8];
+                for (i, &byte) in bytes.iter().enumerate() {
+                    let (lo, hi) = ((byte & 0x0F) as i32, (byte >> 4) as i32);
+                    let j = 8 * run + i;
+                    (low[j], high[j]) = match dtype {
+                        DType::Q4_0 => (d * (lo - 8) as f32, d * (hi - 8) as f32),
+                        _ => (d * lo as f32 + m, d * hi as f32 + m),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Interleaves the whole groups of eight rows of a `rows × row_len` matrix
+/// of `dtype`, if the format allows it (q4_0, q4_1, q8_0) and there is one.
+pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) -> Option<InterleavedRows> {
+    if !matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) || rows < GROUP || !row_len.is_multiple_of(QK) {
+        return None;
+    }
+    let (blocks, block) = (row_len / QK, dtype.type_size());
+    let row_bytes = blocks * block;
+    if bytes.len() != rows * row_bytes {
+        return None;
+    }
+    let groups = rows / GROUP;
+    let mut data = Vec::with_capacity(groups * blocks * InterleavedRows::block_bytes(dtype));
+    for g in 0..groups {
+        for b in 0..blocks {
+            let at = |lane_row: usize| {
+                let start = (g * GROUP + lane_row) * row_bytes + b * block;
+                &bytes[start..start + block]
+            };
+            let scales = if dtype == DType::Q4_1 { [0, 2].as_slice() } else { [0].as_slice() };
+            for &offset in scales {
+                for row in LANE_ROWS {
+                    data.extend_from_slice(&at(row)[offset..offset + 2]);
+                }
+            }
+            let quants = if dtype == DType::Q4_1 { 4 } else { 2 };
+            let runs = if dtype == DType::Q8_0 { 4 } else { 2 };
+            for quad in 0..2 {
+                for run in 0..runs {
+                    for row in 4 * quad..4 * quad + 4 {
+                        let q = &at(row)[quants..];
+                        data.extend_from_slice(&q[8 * run..8 * run + 8]);
+                    }
+                }
+            }
+        }
+    }
+    Some(InterleavedRows { dtype, groups, blocks, data })
+}
+
+/// The dot products of group `g`'s eight rows with one token's activations
+/// (`blocks` of them), in row order: AVX2 when the CPU has it (the caller
+/// made the layout only then), else the scalar reference.
+pub fn dot_group(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
+    assert!(g < rows.groups && acts.len() == rows.blocks, "dot_group: group {g} or {} activation blocks", acts.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx2::is_supported() {
+            // SAFETY: the features were just detected; the kernel reads
+            // `blocks` blocks of the group (its slice holds exactly that
+            // many) and of `acts` (asserted above).
+            let lanes = unsafe { x86::dot(rows.dtype, rows.group(g), acts) };
+            return in_row_order(lanes);
+        }
+    }
+    dot_group_scalar(rows, g, acts)
+}
+
+/// Scalar reference of [`dot_group`]: each row's sum from the interleaved
+/// bytes, in the kernel's order of operations per block.
+pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
+    let (dtype, data) = (rows.dtype, rows.group(g));
+    let size = InterleavedRows::block_bytes(dtype);
+    let mut lanes = [0f32; GROUP];
+    for (b, a) in acts.iter().enumerate() {
+        let block = &data[b * size..(b + 1) * size];
+        let quants = if dtype == DType::Q4_1 { &block[32..] } else { &block[16..] };
+        for (lane, &row) in LANE_ROWS.iter().enumerate() {
+            let dot: i32 = (0..QK).map(|e| quant(dtype, quants, row, e) * a.qs[e] as i32).sum();
+            let d = f16_at(block, 2 * lane);
+            lanes[lane] = match dtype {
+                DType::Q4_0 => d.mul_add(a.d.mul_add(dot as f32, -(8.0 * a.s)), lanes[lane]),
+                DType::Q4_1 => d.mul_add(a.d * dot as f32, f16_at(block, 16 + 2 * lane).mul_add(a.s, lanes[lane])),
+                _ => d.mul_add(a.d * dot as f32, lanes[lane]),
+            };
+        }
+    }
+    in_row_order(lanes)
+}
+
+/// Element `e` of `row` (of its group) in a block's interleaved quants.
+fn quant(dtype: DType, quants: &[u8], row: usize, e: usize) -> i32 {
+    let (quad, lane) = (row / 4, row % 4);
+    match dtype {
+        DType::Q8_0 => quants[128 * quad + 32 * (e / 8) + 8 * lane + e % 8] as i8 as i32,
+        _ => {
+            let (run, high) = ((e % 16) / 8, e >= 16);
+            let byte = quants[64 * quad + 32 * run + 8 * lane + e % 8];
+            (if high { byte >> 4 } else { byte & 0x0F }) as i32
+        }
+    }
+}
+
+fn in_row_order(lanes: [f32; GROUP]) -> [f32; GROUP] {
+    let mut out = [0f32; GROUP];
+    for (lane, &row) in LANE_ROWS.iter().enumerate() {
+        out[row] = lanes[lane];
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{BlockQ8, InterleavedRows};
+    use crate::DType;
+    use std::arch::x86_64::*;
+
+    /// Eight activation bytes `8k..8k+8` of a block in each 64-bit lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run_of(a: &BlockQ8, k: usize) -> __m256i {
+        _mm256_set1_epi64x((a.qs.as_ptr().add(8 * k) as *const i64).read_unaligned())
+    }
+
+    /// Σ q·a of four rows (two i32 lanes each) for a q4 quad: two 32-byte
+    /// loads, low nibbles with runs 0/1 of the activations, high with 2/3.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_quad(q: *const u8, a: &[__m256i; 4]) -> __m256i {
+        let mask = _mm256_set1_epi8(0x0F);
+        let (l0, l1) = (_mm256_loadu_si256(q as *const __m256i), _mm256_loadu_si256(q.add(32) as *const __m256i));
+        // Each i16 lane ≤ 2·15·127; four summed stay below 2¹⁵.
+        let p = _mm256_add_epi16(
+            _mm256_maddubs_epi16(_mm256_and_si256(l0, mask), a[0]),
+            _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(l0, 4), mask), a[2]),
+        );
+        let p = _mm256_add_epi16(p, _mm256_maddubs_epi16(_mm256_and_si256(l1, mask), a[1]));
+        let p = _mm256_add_epi16(p, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(l1, 4), mask), a[3]));
+        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+    }
+
+    /// Σ w·a of four rows for a q8_0 quad: four 32-byte loads of signed
+    /// bytes, the sign moved onto the activations for `maddubs`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_quad(q: *const u8, a: &[__m256i; 4]) -> __m256i {
+        let ones = _mm256_set1_epi16(1);
+        let mut sum = _mm256_setzero_si256();
+        for (k, act) in a.iter().enumerate() {
+            let w = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
+            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(*act, w));
+            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones));
+        }
+        sum
+    }
+
+    /// The eight lanes' sums of a group (lane order [`super::LANE_ROWS`]).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot(dtype: DType, group: &[u8], acts: &[BlockQ8]) -> [f32; 8] {
+        let size = InterleavedRows::block_bytes(dtype);
+        let mut acc = _mm256_setzero_ps();
+        for (b, a) in acts.iter().enumerate() {
+            let block = group.as_ptr().add(b * size);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
+            let sums = match dtype {
+                DType::Q8_0 => {
+                    let runs = [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)];
+                    _mm256_hadd_epi32(q8_quad(block.add(16), &runs), q8_quad(block.add(16 + 128), &runs))
+                }
+                _ => {
+                    // Low nibbles meet runs 0 and 1, high nibbles runs 2 and 3.
+                    let runs = [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)];
+                    let q = block.add(if dtype == DType::Q4_1 { 32 } else { 16 });
+                    _mm256_hadd_epi32(q4_quad(q, &runs), q4_quad(q.add(64), &runs))
+                }
+            };
+            let dot = _mm256_cvtepi32_ps(sums);
+            acc = match dtype {
+                DType::Q4_0 => {
+                    // Σ (q − 8)·a = Σ q·a − 8·Σ a.
+                    let t = _mm256_fmsub_ps(_mm256_set1_ps(a.d), dot, _mm256_set1_ps(8.0 * a.s));
+                    _mm256_fmadd_ps(d, t, acc)
+                }
+                DType::Q4_1 => {
+                    let m = _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
+                    let with_mins = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), acc);
+                    _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_set1_ps(a.d), dot), with_mins)
+                }
+                _ => _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_set1_ps(a.d), dot), acc),
+            };
+        }
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        out
+    }
+}

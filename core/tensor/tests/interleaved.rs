@@ -1,0 +1,78 @@
+//! The AVX2 row-interleaved decode kernel (`quant::interleaved`): against
+//! its scalar reference bit for bit, against the row kernel within f32
+//! rounding, on whole groups and matrices with leftover rows; rows
+//! dequantized from their group equal the GGUF bytes' own; and a row's
+//! result in a decode batch equal to its solo one.
+
+mod common;
+
+use common::Rng;
+use tailor_tensor::cpu::{self, LinearScratch};
+use tailor_tensor::quant::interleaved::{dot_group, dot_group_scalar, interleave_rows, GROUP};
+use tailor_tensor::quant::{dequantize_row, quantize_activations, vec_dot, DotImpl};
+use tailor_tensor::{DType, Tensor};
+
+const FORMATS: [DType; 3] = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
+
+fn random_matrix(rng: &mut Rng, dtype: DType, rows: usize, row_len: usize) -> Tensor {
+    Tensor::from_f32(rng.vec(rows * row_len), &[rows, row_len]).unwrap().to_dtype(dtype).unwrap()
+}
+
+#[test]
+fn groups_equal_their_scalar_reference_and_the_row_dots() {
+    let mut rng = Rng(21);
+    let mut acts = Vec::new();
+    for dtype in FORMATS {
+        for (rows, row_len) in [(8, 32), (19, 96), (24, 576)] {
+            let w = random_matrix(&mut rng, dtype, rows, row_len);
+            let grouped = interleave_rows(dtype, w.bytes(), rows, row_len).expect("interleavable");
+            assert_eq!(grouped.rows(), rows / GROUP * GROUP);
+            let (mut from_gguf, mut from_groups) = (vec![0f32; row_len], vec![0f32; row_len]);
+            for r in 0..grouped.rows() {
+                dequantize_row(dtype, w.row_bytes(r), &mut from_gguf).unwrap();
+                grouped.dequantize_row(r, &mut from_groups);
+                assert_eq!(from_groups, from_gguf, "{dtype} row {r} dequantized from its group");
+            }
+            quantize_activations(&rng.vec(row_len), &mut acts).unwrap();
+            for g in 0..grouped.groups {
+                let (fast, reference) = (dot_group(&grouped, g, &acts), dot_group_scalar(&grouped, g, &acts));
+                assert_eq!(fast.map(f32::to_bits), reference.map(f32::to_bits), "{dtype} {rows}x{row_len} group {g}");
+                for (i, value) in fast.into_iter().enumerate() {
+                    let row = vec_dot(dtype, w.row_bytes(g * GROUP + i), &acts, DotImpl::Scalar);
+                    assert!(
+                        (value - row).abs() <= 1e-5 * row.abs().max(1.0),
+                        "{dtype} row {}: {value} vs {row}",
+                        g * 8 + i
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn other_formats_and_short_matrices_keep_the_row_kernel() {
+    let mut rng = Rng(22);
+    let w = random_matrix(&mut rng, DType::Q4K, 16, 256);
+    assert!(interleave_rows(DType::Q4K, w.bytes(), 16, 256).is_none());
+    let w = random_matrix(&mut rng, DType::Q4_0, 7, 64);
+    assert!(interleave_rows(DType::Q4_0, w.bytes(), 7, 64).is_none());
+}
+
+#[test]
+fn a_row_in_a_decode_batch_equals_its_solo_result() {
+    let mut rng = Rng(23);
+    let mut scratch = LinearScratch::default();
+    for dtype in FORMATS {
+        let (rows, row_len, tokens) = (43, 192, 3);
+        let w = random_matrix(&mut rng, dtype, rows, row_len).prepacked();
+        let x = rng.vec(tokens * row_len);
+        let mut batch = vec![0f32; tokens * rows];
+        cpu::linear(&x, tokens, &w, &mut batch, &mut scratch).unwrap();
+        for t in 0..tokens {
+            let mut solo = vec![0f32; rows];
+            cpu::linear(&x[t * row_len..(t + 1) * row_len], 1, &w, &mut solo, &mut scratch).unwrap();
+            assert_eq!(solo, batch[t * rows..(t + 1) * rows], "{dtype} token {t}");
+        }
+    }
+}
