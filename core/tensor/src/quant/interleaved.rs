@@ -12,7 +12,11 @@
 //!
 //! A q4 run keeps GGUF's nibble pairing (byte `j` holds elements `j` and
 //! `j + 16`), so a 32-byte load gives elements `8c..8c+8` of four rows in
-//! its low nibbles and `8c+16..8c+24` in its high ones. The kernel's sums
+//! its low nibbles and `8c+16..8c+24` in its high ones. q4_k goes the same
+//! way per 256-element block: the eight rows' `d` and `dmin`, their 6-bit
+//! sub-block scales and mins unpacked to bytes (sub-block by sub-block, a
+//! byte per row), then each 32-byte chunk of quants (sub-block `2c` in its
+//! low nibbles, `2c + 1` in its high ones) in 8-byte runs. The kernel's sums
 //! come out in lane order [`LANE_ROWS`], and the scales are stored in that
 //! order. Rows past the last whole group of eight keep the row kernel.
 //!
@@ -33,11 +37,11 @@ pub const LANE_ROWS: [usize; GROUP] = [0, 1, 4, 5, 2, 3, 6, 7];
 /// A matrix's whole groups of eight rows, interleaved.
 #[derive(Debug, Clone)]
 pub struct InterleavedRows {
-    /// q4_0, q4_1 or q8_0.
+    /// q4_0, q4_1, q8_0 or q4_k.
     pub dtype: DType,
     /// Whole groups (rows `0..8·groups`).
     pub groups: usize,
-    /// Blocks per row.
+    /// Blocks per row (of the format's size: 32, or 256 for q4_k).
     pub blocks: usize,
     /// Group after group, block after block.
     pub data: Vec<u8>,
@@ -49,8 +53,14 @@ impl InterleavedRows {
         match dtype {
             DType::Q4_0 => 16 + 128,
             DType::Q4_1 => 32 + 128,
+            DType::Q4K => 32 + 128 + 1024,
             _ => 16 + 256,
         }
+    }
+
+    /// Activation blocks (of 32) per row.
+    pub fn act_blocks(&self) -> usize {
+        self.blocks * self.dtype.block_size() / QK
     }
 
     /// The bytes of group `g`.
@@ -68,33 +78,51 @@ impl InterleavedRows {
     /// `dequantize_row` on its GGUF bytes: the prefill reads these, so the
     /// GGUF pages of an interleaved matrix need not stay in memory.
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
-        assert!(row < self.rows() && out.len() == self.blocks * QK, "dequantize_row: row {row}");
+        assert!(row < self.rows() && out.len() == self.act_blocks() * QK, "dequantize_row: row {row}");
         let (dtype, size) = (self.dtype, Self::block_bytes(self.dtype));
         let (group, member) = (self.group(row / GROUP), row % GROUP);
         let lane = LANE_ROWS.iter().position(|&r| r == member).unwrap_or(0);
-        for (b, values) in out.chunks_exact_mut(QK).enumerate() {
+        let (quad, seat) = (member / 4, member % 4);
+        for (b, values) in out.chunks_exact_mut(dtype.block_size()).enumerate() {
             let block = &group[b * size..(b + 1) * size];
             let d = f16_at(block, 2 * lane);
-            let quants = if dtype == DType::Q4_1 { &block[32..] } else { &block[16..] };
-            let (quad, seat) = (member / 4, member % 4);
-            if dtype == DType::Q8_0 {
-                for (run, chunk) in values.chunks_exact_mut(8).enumerate() {
-                    let bytes = &quants[128 * quad + 32 * run + 8 * seat..][..8];
-                    chunk.iter_mut().zip(bytes).for_each(|(v, &q)| *v = d * (q as i8) as f32);
+            match dtype {
+                DType::Q8_0 => {
+                    for (run, chunk) in values.chunks_exact_mut(8).enumerate() {
+                        let bytes = &block[16 + 128 * quad + 32 * run + 8 * seat..][..8];
+                        chunk.iter_mut().zip(bytes).for_each(|(v, &q)| *v = d * (q as i8) as f32);
+                    }
                 }
-                continue;
-            }
-            let m = if dtype == DType::Q4_1 { f16_at(block, 16 + 2 * lane) } else { 0.0 };
-            let (low, high) = values.split_at_mut(16);
-            for run in 0..2 {
-                let bytes = &quants[64 * quad + 32 * run + 8 * seat..][..8];
-                for (i, &byte) in bytes.iter().enumerate() {
-                    let (lo, hi) = ((byte & 0x0F) as i32, (byte >> 4) as i32);
-                    let j = 8 * run + i;
-                    (low[j], high[j]) = match dtype {
-                        DType::Q4_0 => (d * (lo - 8) as f32, d * (hi - 8) as f32),
-                        _ => (d * lo as f32 + m, d * hi as f32 + m),
-                    };
+                DType::Q4K => {
+                    let dmin = f16_at(block, 16 + 2 * lane);
+                    for (c, chunk) in values.chunks_exact_mut(64).enumerate() {
+                        let (sc_lo, m_lo) = (block[32 + 8 * (2 * c) + lane], block[96 + 8 * (2 * c) + lane]);
+                        let (sc_hi, m_hi) = (block[32 + 8 * (2 * c + 1) + lane], block[96 + 8 * (2 * c + 1) + lane]);
+                        let (low, high) = chunk.split_at_mut(32);
+                        for run in 0..4 {
+                            let bytes = &block[160 + 256 * c + 128 * quad + 32 * run + 8 * seat..][..8];
+                            for (i, &q) in bytes.iter().enumerate() {
+                                low[8 * run + i] = d * sc_lo as f32 * (q & 0x0F) as f32 - dmin * m_lo as f32;
+                                high[8 * run + i] = d * sc_hi as f32 * (q >> 4) as f32 - dmin * m_hi as f32;
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let quants = if dtype == DType::Q4_1 { &block[32..] } else { &block[16..] };
+                    let m = if dtype == DType::Q4_1 { f16_at(block, 16 + 2 * lane) } else { 0.0 };
+                    let (low, high) = values.split_at_mut(16);
+                    for run in 0..2 {
+                        let bytes = &quants[64 * quad + 32 * run + 8 * seat..][..8];
+                        for (i, &byte) in bytes.iter().enumerate() {
+                            let (lo, hi) = ((byte & 0x0F) as i32, (byte >> 4) as i32);
+                            let j = 8 * run + i;
+                            (low[j], high[j]) = match dtype {
+                                DType::Q4_0 => (d * (lo - 8) as f32, d * (hi - 8) as f32),
+                                _ => (d * lo as f32 + m, d * hi as f32 + m),
+                            };
+                        }
+                    }
                 }
             }
         }
@@ -104,10 +132,11 @@ impl InterleavedRows {
 /// Interleaves the whole groups of eight rows of a `rows × row_len` matrix
 /// of `dtype`, if the format allows it (q4_0, q4_1, q8_0) and there is one.
 pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) -> Option<InterleavedRows> {
-    if !matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) || rows < GROUP || !row_len.is_multiple_of(QK) {
+    let formats = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4K];
+    if !formats.contains(&dtype) || rows < GROUP || !row_len.is_multiple_of(dtype.block_size()) {
         return None;
     }
-    let (blocks, block) = (row_len / QK, dtype.type_size());
+    let (blocks, block) = (row_len / dtype.block_size(), dtype.type_size());
     let row_bytes = blocks * block;
     if bytes.len() != rows * row_bytes {
         return None;
@@ -116,36 +145,73 @@ pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) 
     let mut data = Vec::with_capacity(groups * blocks * InterleavedRows::block_bytes(dtype));
     for g in 0..groups {
         for b in 0..blocks {
-            let at = |lane_row: usize| {
-                let start = (g * GROUP + lane_row) * row_bytes + b * block;
+            let at = |row: usize| {
+                let start = (g * GROUP + row) * row_bytes + b * block;
                 &bytes[start..start + block]
             };
-            let scales = if dtype == DType::Q4_1 { [0, 2].as_slice() } else { [0].as_slice() };
-            for &offset in scales {
-                for row in LANE_ROWS {
-                    data.extend_from_slice(&at(row)[offset..offset + 2]);
-                }
-            }
-            let quants = if dtype == DType::Q4_1 { 4 } else { 2 };
-            let runs = if dtype == DType::Q8_0 { 4 } else { 2 };
-            for quad in 0..2 {
-                for run in 0..runs {
-                    for row in 4 * quad..4 * quad + 4 {
-                        let q = &at(row)[quants..];
-                        data.extend_from_slice(&q[8 * run..8 * run + 8]);
-                    }
-                }
+            match dtype {
+                DType::Q4K => interleave_q4_k_block(&at, &mut data),
+                _ => interleave_block(dtype, &at, &mut data),
             }
         }
     }
     Some(InterleavedRows { dtype, groups, blocks, data })
 }
 
+/// One 32-element block of eight rows: scales (and q4_1's mins) in lane
+/// order, then the quants in 8-byte runs, four rows per 32 bytes.
+fn interleave_block<'a>(dtype: DType, at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>) {
+    let scales = if dtype == DType::Q4_1 { [0, 2].as_slice() } else { [0].as_slice() };
+    for &offset in scales {
+        for row in LANE_ROWS {
+            data.extend_from_slice(&at(row)[offset..offset + 2]);
+        }
+    }
+    let quants = if dtype == DType::Q4_1 { 4 } else { 2 };
+    let runs = if dtype == DType::Q8_0 { 4 } else { 2 };
+    for quad in 0..2 {
+        for run in 0..runs {
+            for row in 4 * quad..4 * quad + 4 {
+                data.extend_from_slice(&at(row)[quants + 8 * run..quants + 8 * run + 8]);
+            }
+        }
+    }
+}
+
+/// One q4_k block of eight rows: `d`, `dmin` (lane order), each sub-block's
+/// scales then mins as a byte per lane, then each 32-byte chunk of quants
+/// in 8-byte runs, four rows per 32 bytes.
+fn interleave_q4_k_block<'a>(at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>) {
+    for offset in [0, 2] {
+        for row in LANE_ROWS {
+            data.extend_from_slice(&at(row)[offset..offset + 2]);
+        }
+    }
+    for part in [0, 1] {
+        for j in 0..8 {
+            for row in LANE_ROWS {
+                let (sc, m) = super::formats::q4_k_scale_min(&at(row)[4..16], j);
+                data.push(if part == 0 { sc } else { m });
+            }
+        }
+    }
+    for chunk in 0..4 {
+        for quad in 0..2 {
+            for run in 0..4 {
+                for row in 4 * quad..4 * quad + 4 {
+                    let start = 16 + 32 * chunk + 8 * run;
+                    data.extend_from_slice(&at(row)[start..start + 8]);
+                }
+            }
+        }
+    }
+}
+
 /// The dot products of group `g`'s eight rows with one token's activations
 /// (`blocks` of them), in row order: AVX2 when the CPU has it (the caller
 /// made the layout only then), else the scalar reference.
 pub fn dot_group(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
-    assert!(g < rows.groups && acts.len() == rows.blocks, "dot_group: group {g} or {} activation blocks", acts.len());
+    assert!(g < rows.groups && acts.len() == rows.act_blocks(), "dot_group: group {g} or {} act blocks", acts.len());
     #[cfg(target_arch = "x86_64")]
     {
         if super::avx2::is_supported() {
@@ -163,6 +229,9 @@ pub fn dot_group(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GR
 /// bytes, in the kernel's order of operations per block.
 pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
     let (dtype, data) = (rows.dtype, rows.group(g));
+    if dtype == DType::Q4K {
+        return in_row_order(q4_k_scalar(data, acts));
+    }
     let size = InterleavedRows::block_bytes(dtype);
     let mut lanes = [0f32; GROUP];
     for (b, a) in acts.iter().enumerate() {
@@ -179,6 +248,33 @@ pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [
         }
     }
     in_row_order(lanes)
+}
+
+/// The q4_k lanes, in the kernel's order of operations: per sub-block,
+/// `acc += (d·sc)·(a.d·dot)` and `mins += (dmin·m)·a.s`; then `acc − mins`.
+fn q4_k_scalar(data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
+    let size = InterleavedRows::block_bytes(DType::Q4K);
+    let (mut acc, mut mins) = ([0f32; GROUP], [0f32; GROUP]);
+    for (block, sub) in data.chunks_exact(size).zip(acts.chunks_exact(8)) {
+        for (j, a) in sub.iter().enumerate() {
+            let (c, high) = (j / 2, j % 2 == 1);
+            for (lane, &row) in LANE_ROWS.iter().enumerate() {
+                let (quad, seat) = (row / 4, row % 4);
+                let dot: i32 = (0..QK)
+                    .map(|e| {
+                        let byte = block[160 + 256 * c + 128 * quad + 32 * (e / 8) + 8 * seat + e % 8];
+                        let q = if high { byte >> 4 } else { byte & 0x0F };
+                        q as i32 * a.qs[e] as i32
+                    })
+                    .sum();
+                let (d, dmin) = (f16_at(block, 2 * lane), f16_at(block, 16 + 2 * lane));
+                let (sc, m) = (block[32 + 8 * j + lane] as f32, block[96 + 8 * j + lane] as f32);
+                acc[lane] = (d * sc).mul_add(a.d * dot as f32, acc[lane]);
+                mins[lane] = (dmin * m).mul_add(a.s, mins[lane]);
+            }
+        }
+    }
+    std::array::from_fn(|lane| acc[lane] - mins[lane])
 }
 
 /// Element `e` of `row` (of its group) in a block's interleaved quants.
@@ -247,9 +343,67 @@ mod x86 {
         sum
     }
 
+    /// Σ q·a of four rows for one q4_k chunk of 32 bytes per row, both its
+    /// sub-blocks: (low nibbles with `lo`, high nibbles with `hi`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_k_quad(q: *const u8, lo: &[__m256i; 4], hi: &[__m256i; 4]) -> (__m256i, __m256i) {
+        let mask = _mm256_set1_epi8(0x0F);
+        let (mut p_lo, mut p_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for k in 0..4 {
+            // Each i16 lane ≤ 2·15·127; four summed stay below 2¹⁵.
+            let l = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
+            p_lo = _mm256_add_epi16(p_lo, _mm256_maddubs_epi16(_mm256_and_si256(l, mask), lo[k]));
+            p_hi = _mm256_add_epi16(p_hi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(l, 4), mask), hi[k]));
+        }
+        let ones = _mm256_set1_epi16(1);
+        (_mm256_madd_epi16(p_lo, ones), _mm256_madd_epi16(p_hi, ones))
+    }
+
+    /// Eight bytes at `p` as eight f32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn bytes_as_f32(p: *const u8) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    }
+
+    /// The eight lanes of a q4_k group (see `q4_k_scalar` for the order).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_q4_k(group: &[u8], acts: &[BlockQ8]) -> [f32; 8] {
+        let size = InterleavedRows::block_bytes(DType::Q4K);
+        let (mut acc, mut mins) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (b, sub) in acts.chunks_exact(8).enumerate() {
+            let block = group.as_ptr().add(b * size);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
+            for c in 0..4 {
+                let (a_lo, a_hi) = (&sub[2 * c], &sub[2 * c + 1]);
+                let lo = [run_of(a_lo, 0), run_of(a_lo, 1), run_of(a_lo, 2), run_of(a_lo, 3)];
+                let hi = [run_of(a_hi, 0), run_of(a_hi, 1), run_of(a_hi, 2), run_of(a_hi, 3)];
+                let q = block.add(160 + 256 * c);
+                let (x0_lo, x0_hi) = q4_k_quad(q, &lo, &hi);
+                let (x1_lo, x1_hi) = q4_k_quad(q.add(128), &lo, &hi);
+                let sums = [_mm256_hadd_epi32(x0_lo, x1_lo), _mm256_hadd_epi32(x0_hi, x1_hi)];
+                for (half, (a, sum)) in [a_lo, a_hi].into_iter().zip(sums).enumerate() {
+                    let j = 2 * c + half;
+                    let (sc, m) = (bytes_as_f32(block.add(32 + 8 * j)), bytes_as_f32(block.add(96 + 8 * j)));
+                    let dot = _mm256_mul_ps(_mm256_set1_ps(a.d), _mm256_cvtepi32_ps(sum));
+                    acc = _mm256_fmadd_ps(_mm256_mul_ps(d, sc), dot, acc);
+                    mins = _mm256_fmadd_ps(_mm256_mul_ps(dmin, m), _mm256_set1_ps(a.s), mins);
+                }
+            }
+        }
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(acc, mins));
+        out
+    }
+
     /// The eight lanes' sums of a group (lane order [`super::LANE_ROWS`]).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot(dtype: DType, group: &[u8], acts: &[BlockQ8]) -> [f32; 8] {
+        if dtype == DType::Q4K {
+            return dot_q4_k(group, acts);
+        }
         let size = InterleavedRows::block_bytes(dtype);
         let mut acc = _mm256_setzero_ps();
         for (b, a) in acts.iter().enumerate() {
