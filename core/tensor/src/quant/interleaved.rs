@@ -16,7 +16,11 @@
 //! way per 256-element block: the eight rows' `d` and `dmin`, their 6-bit
 //! sub-block scales and mins unpacked to bytes (sub-block by sub-block, a
 //! byte per row), then each 32-byte chunk of quants (sub-block `2c` in its
-//! low nibbles, `2c + 1` in its high ones) in 8-byte runs. The kernel's sums
+//! low nibbles, `2c + 1` in its high ones) in 8-byte runs. q6_k stores
+//! its eight `d`, its sixteen i8 sub-block scales a byte per row, and the
+//! 6-bit quants unpacked to bytes (`q + 32`, 0..63) in 8-byte runs: 30 %
+//! more bytes than GGUF's for that format, for a kernel without bit
+//! shuffling. The kernel's sums
 //! come out in lane order [`LANE_ROWS`], and the scales are stored in that
 //! order. Rows past the last whole group of eight keep the row kernel.
 //!
@@ -37,11 +41,11 @@ pub const LANE_ROWS: [usize; GROUP] = [0, 1, 4, 5, 2, 3, 6, 7];
 /// A matrix's whole groups of eight rows, interleaved.
 #[derive(Debug, Clone)]
 pub struct InterleavedRows {
-    /// q4_0, q4_1, q8_0 or q4_k.
+    /// q4_0, q4_1, q8_0, q4_k or q6_k.
     pub dtype: DType,
     /// Whole groups (rows `0..8·groups`).
     pub groups: usize,
-    /// Blocks per row (of the format's size: 32, or 256 for q4_k).
+    /// Blocks per row (of the format's size: 32, or 256 for the k-quants).
     pub blocks: usize,
     /// Group after group, block after block.
     pub data: Vec<u8>,
@@ -54,6 +58,7 @@ impl InterleavedRows {
             DType::Q4_0 => 16 + 128,
             DType::Q4_1 => 32 + 128,
             DType::Q4K => 32 + 128 + 1024,
+            DType::Q6K => 16 + 128 + 2048,
             _ => 16 + 256,
         }
     }
@@ -91,6 +96,13 @@ impl InterleavedRows {
                     for (run, chunk) in values.chunks_exact_mut(8).enumerate() {
                         let bytes = &block[16 + 128 * quad + 32 * run + 8 * seat..][..8];
                         chunk.iter_mut().zip(bytes).for_each(|(v, &q)| *v = d * (q as i8) as f32);
+                    }
+                }
+                DType::Q6K => {
+                    for (e, v) in values.iter_mut().enumerate() {
+                        let q = block[144 + 256 * (e / 32) + 128 * quad + 32 * ((e % 32) / 8) + 8 * seat + e % 8];
+                        let sc = block[16 + 8 * (e / 16) + lane] as i8;
+                        *v = d * sc as f32 * (q as i32 - 32) as f32;
                     }
                 }
                 DType::Q4K => {
@@ -132,7 +144,7 @@ impl InterleavedRows {
 /// Interleaves the whole groups of eight rows of a `rows × row_len` matrix
 /// of `dtype`, if the format allows it (q4_0, q4_1, q8_0) and there is one.
 pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) -> Option<InterleavedRows> {
-    let formats = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4K];
+    let formats = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4K, DType::Q6K];
     if !formats.contains(&dtype) || rows < GROUP || !row_len.is_multiple_of(dtype.block_size()) {
         return None;
     }
@@ -151,6 +163,7 @@ pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) 
             };
             match dtype {
                 DType::Q4K => interleave_q4_k_block(&at, &mut data),
+                DType::Q6K => interleave_q6_k_block(&at, &mut data),
                 _ => interleave_block(dtype, &at, &mut data),
             }
         }
@@ -173,6 +186,29 @@ fn interleave_block<'a>(dtype: DType, at: &dyn Fn(usize) -> &'a [u8], data: &mut
         for run in 0..runs {
             for row in 4 * quad..4 * quad + 4 {
                 data.extend_from_slice(&at(row)[quants + 8 * run..quants + 8 * run + 8]);
+            }
+        }
+    }
+}
+
+/// One q6_k block of eight rows: `d` (lane order), the sixteen i8
+/// sub-block scales a byte per lane, then each 32-element act block's
+/// quants as bytes `q + 32` in 8-byte runs, four rows per 32 bytes.
+fn interleave_q6_k_block<'a>(at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>) {
+    for row in LANE_ROWS {
+        data.extend_from_slice(&at(row)[208..210]);
+    }
+    for s in 0..16 {
+        data.extend(LANE_ROWS.iter().map(|&row| at(row)[192 + s]));
+    }
+    for j in 0..8 {
+        for quad in 0..2 {
+            for run in 0..4 {
+                for row in 4 * quad..4 * quad + 4 {
+                    let block = at(row);
+                    let first = 32 * j + 8 * run;
+                    data.extend((first..first + 8).map(|e| (super::formats::q6_k_quant(block, e) + 32) as u8));
+                }
             }
         }
     }
@@ -229,8 +265,10 @@ pub fn dot_group(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GR
 /// bytes, in the kernel's order of operations per block.
 pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
     let (dtype, data) = (rows.dtype, rows.group(g));
-    if dtype == DType::Q4K {
-        return in_row_order(q4_k_scalar(data, acts));
+    match dtype {
+        DType::Q4K => return in_row_order(q4_k_scalar(data, acts)),
+        DType::Q6K => return in_row_order(q6_k_scalar(data, acts)),
+        _ => {}
     }
     let size = InterleavedRows::block_bytes(dtype);
     let mut lanes = [0f32; GROUP];
@@ -248,6 +286,33 @@ pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [
         }
     }
     in_row_order(lanes)
+}
+
+/// The q6_k lanes, in the kernel's order of operations: per act block,
+/// the integer `Σ_half sc·(Σ q·a − 32·Σ a)` over its two 16-element
+/// halves, then `acc += d·(a.d·that)`.
+fn q6_k_scalar(data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
+    let size = InterleavedRows::block_bytes(DType::Q6K);
+    let mut acc = [0f32; GROUP];
+    for (block, sub) in data.chunks_exact(size).zip(acts.chunks_exact(8)) {
+        for (j, a) in sub.iter().enumerate() {
+            let act_sum = |half: usize| a.qs[16 * half..16 * half + 16].iter().map(|&v| v as i32).sum::<i32>();
+            for (lane, &row) in LANE_ROWS.iter().enumerate() {
+                let (quad, seat) = (row / 4, row % 4);
+                let mut total = 0i32;
+                for half in 0..2 {
+                    let dot: i32 = (16 * half..16 * half + 16)
+                        .map(|e| {
+                            block[144 + 256 * j + 128 * quad + 32 * (e / 8) + 8 * seat + e % 8] as i32 * a.qs[e] as i32
+                        })
+                        .sum();
+                    total += (dot - 32 * act_sum(half)) * block[16 + 8 * (2 * j + half) + lane] as i8 as i32;
+                }
+                acc[lane] = f16_at(block, 2 * lane).mul_add(a.d * total as f32, acc[lane]);
+            }
+        }
+    }
+    acc
 }
 
 /// The q4_k lanes, in the kernel's order of operations: per sub-block,
@@ -398,11 +463,62 @@ mod x86 {
         out
     }
 
+    /// The eight lanes of a q6_k group (see `q6_k_scalar` for the order).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_q6_k(group: &[u8], acts: &[BlockQ8]) -> [f32; 8] {
+        let size = InterleavedRows::block_bytes(DType::Q6K);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for (b, sub) in acts.chunks_exact(8).enumerate() {
+            let block = group.as_ptr().add(b * size);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
+            for (j, a) in sub.iter().enumerate() {
+                let runs = [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)];
+                // Σ a over each 16-element half: four-element sums, then each 128-bit half's total.
+                let act = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                let fours = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), act), ones);
+                let halves = _mm256_hadd_epi32(fours, fours);
+                // Two hadds leave the low half's total in lanes 0-3 and the high half's in 4-7; ×32.
+                let offsets = _mm256_slli_epi32(_mm256_hadd_epi32(halves, halves), 5);
+                let q = block.add(144 + 256 * j);
+                let mut dots = [[_mm256_setzero_si256(); 2]; 2];
+                for (quad, dot) in dots.iter_mut().enumerate() {
+                    let load = |k: usize| _mm256_loadu_si256(q.add(128 * quad + 32 * k) as *const __m256i);
+                    // Each i16 lane ≤ 2·63·127; two summed stay below 2¹⁵.
+                    let lo = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(load(0), runs[0]),
+                        _mm256_maddubs_epi16(load(1), runs[1]),
+                    );
+                    let hi = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(load(2), runs[2]),
+                        _mm256_maddubs_epi16(load(3), runs[3]),
+                    );
+                    *dot = [_mm256_madd_epi16(lo, ones), _mm256_madd_epi16(hi, ones)];
+                }
+                let mut total = _mm256_setzero_si256();
+                for (half, (quad0, quad1)) in dots[0].into_iter().zip(dots[1]).enumerate() {
+                    let dot = _mm256_hadd_epi32(quad0, quad1);
+                    let offset = _mm256_permutevar8x32_epi32(offsets, _mm256_set1_epi32(4 * half as i32));
+                    let sc =
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(block.add(16 + 8 * (2 * j + half)) as *const __m128i));
+                    total = _mm256_add_epi32(total, _mm256_mullo_epi32(_mm256_sub_epi32(dot, offset), sc));
+                }
+                let scaled = _mm256_mul_ps(_mm256_set1_ps(a.d), _mm256_cvtepi32_ps(total));
+                acc = _mm256_fmadd_ps(d, scaled, acc);
+            }
+        }
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        out
+    }
+
     /// The eight lanes' sums of a group (lane order [`super::LANE_ROWS`]).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot(dtype: DType, group: &[u8], acts: &[BlockQ8]) -> [f32; 8] {
-        if dtype == DType::Q4K {
-            return dot_q4_k(group, acts);
+        match dtype {
+            DType::Q4K => return dot_q4_k(group, acts),
+            DType::Q6K => return dot_q6_k(group, acts),
+            _ => {}
         }
         let size = InterleavedRows::block_bytes(dtype);
         let mut acc = _mm256_setzero_ps();
