@@ -30,6 +30,7 @@
 
 use super::{f16_at, BlockQ8, QK};
 use crate::DType;
+use rayon::prelude::*;
 
 /// Rows stored together.
 pub const GROUP: usize = 8;
@@ -154,20 +155,27 @@ pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) 
         return None;
     }
     let groups = rows / GROUP;
-    let mut data = Vec::with_capacity(groups * blocks * InterleavedRows::block_bytes(dtype));
-    for g in 0..groups {
-        for b in 0..blocks {
-            let at = |row: usize| {
-                let start = (g * GROUP + row) * row_bytes + b * block;
-                &bytes[start..start + block]
-            };
-            match dtype {
-                DType::Q4K => interleave_q4_k_block(&at, &mut data),
-                DType::Q6K => interleave_q6_k_block(&at, &mut data),
-                _ => interleave_block(dtype, &at, &mut data),
+    let group_bytes = blocks * InterleavedRows::block_bytes(dtype);
+    let mut data = vec![0u8; groups * group_bytes];
+    // Groups are independent: filled in parallel (model loading waits for this).
+    data.par_chunks_mut(group_bytes).enumerate().for_each_init(
+        || Vec::with_capacity(group_bytes),
+        |local, (g, out)| {
+            local.clear();
+            for b in 0..blocks {
+                let at = |row: usize| {
+                    let start = (g * GROUP + row) * row_bytes + b * block;
+                    &bytes[start..start + block]
+                };
+                match dtype {
+                    DType::Q4K => interleave_q4_k_block(&at, local),
+                    DType::Q6K => interleave_q6_k_block(&at, local),
+                    _ => interleave_block(dtype, &at, local),
+                }
             }
-        }
-    }
+            out.copy_from_slice(local);
+        },
+    );
     Some(InterleavedRows { dtype, groups, blocks, data })
 }
 
