@@ -2,9 +2,9 @@
 //!
 //! A row-at-a-time dot spends most of its instructions per block on things
 //! other than multiplying: unpacking, one scale multiply and broadcast, one
-//! horizontal step at the end of a short row. At load time, q4_0, q4_1 and
-//! q8_0 matrices are also stored eight rows at a time, block by block:
-//! the eight rows' scales (and q4_1's mins) as one run of f16, then their
+//! horizontal step at the end of a short row. At load time, q4_0, q4_1,
+//! q8_0, q4_k and q6_k matrices are also stored eight rows at a time, block
+//! by block: the eight rows' scales (and q4_1's mins) as one run of f16, then their
 //! quants in 8-byte runs, four rows to a 32-byte load. One activation
 //! block, broadcast 8 bytes at a time, then meets four rows per `maddubs`;
 //! eight rows' sums land in the eight lanes of one register, their scales
@@ -20,9 +20,9 @@
 //! its eight `d`, its sixteen i8 sub-block scales a byte per row, and the
 //! 6-bit quants unpacked to bytes (`q + 32`, 0..63) in 8-byte runs: 30 %
 //! more bytes than GGUF's for that format, for a kernel without bit
-//! shuffling. The kernel's sums
-//! come out in lane order [`LANE_ROWS`], and the scales are stored in that
-//! order. Rows past the last whole group of eight keep the row kernel.
+//! shuffling. The kernel's sums come out in lane order [`LANE_ROWS`], and
+//! the scales are stored in that order. Rows past the last whole group of
+//! eight keep the row kernel.
 //!
 //! Results equal the row kernel's within f32 rounding (the integer sums are
 //! exact; the scaling order differs); each row's result never depends on
@@ -38,6 +38,49 @@ pub const GROUP: usize = 8;
 /// Which row of a group each lane of the kernel's result holds (the order
 /// `hadd` leaves two quads of rows in).
 pub const LANE_ROWS: [usize; GROUP] = [0, 1, 4, 5, 2, 3, 6, 7];
+
+/// Where a group's block keeps its quants (after the scales), and how many
+/// 8-byte runs of a row make one 32-byte-per-row chunk of them.
+fn quants_layout(dtype: DType) -> (usize, usize) {
+    match dtype {
+        DType::Q4_0 => (16, 2),
+        DType::Q4_1 => (32, 2),
+        DType::Q4K => (Q4K_QUANTS, 4),
+        DType::Q6K => (Q6K_QUANTS, 4),
+        _ => (16, 4),
+    }
+}
+
+/// q4_k: the eight `dmin` follow the eight `d`; then 8 × 8 scales, 8 × 8 mins, quants.
+const Q4K_SCALES: usize = 32;
+const Q4K_MINS: usize = 96;
+const Q4K_QUANTS: usize = 160;
+/// q6_k: 16 × 8 i8 scales follow the eight `d`; then the quants.
+const Q6K_SCALES: usize = 16;
+const Q6K_QUANTS: usize = 144;
+
+/// Offset, among a block's quants, of run `k` of `row` in chunk `chunk`:
+/// each chunk holds two quads of four rows, each `runs` runs of 32 bytes.
+fn run_at(runs: usize, chunk: usize, row: usize, k: usize) -> usize {
+    let (quad, seat) = (row / 4, row % 4);
+    (2 * chunk + quad) * 32 * runs + 32 * k + 8 * seat
+}
+
+/// The quant of element `e` of `row` in a group's block (q4 formats 0..15,
+/// q8_0 signed, q4_k 0..15, q6_k `q + 32` in 0..63).
+fn element(dtype: DType, block: &[u8], row: usize, e: usize) -> i32 {
+    let (base, runs) = quants_layout(dtype);
+    let nibble = |byte: u8, high: bool| (if high { byte >> 4 } else { byte & 0x0F }) as i32;
+    match dtype {
+        DType::Q8_0 => block[base + run_at(runs, 0, row, e / 8) + e % 8] as i8 as i32,
+        DType::Q6K => block[base + run_at(runs, e / 32, row, (e % 32) / 8) + e % 8] as i32,
+        DType::Q4K => {
+            let r = e % 64;
+            nibble(block[base + run_at(runs, e / 64, row, (r % 32) / 8) + r % 8], r >= 32)
+        }
+        _ => nibble(block[base + run_at(runs, 0, row, (e % 16) / 8) + e % 8], e >= 16),
+    }
+}
 
 /// A matrix's whole groups of eight rows, interleaved.
 #[derive(Debug, Clone)]
@@ -88,56 +131,69 @@ impl InterleavedRows {
         let (dtype, size) = (self.dtype, Self::block_bytes(self.dtype));
         let (group, member) = (self.group(row / GROUP), row % GROUP);
         let lane = LANE_ROWS.iter().position(|&r| r == member).unwrap_or(0);
-        let (quad, seat) = (member / 4, member % 4);
         for (b, values) in out.chunks_exact_mut(dtype.block_size()).enumerate() {
             let block = &group[b * size..(b + 1) * size];
-            let d = f16_at(block, 2 * lane);
             match dtype {
-                DType::Q8_0 => {
-                    for (run, chunk) in values.chunks_exact_mut(8).enumerate() {
-                        let bytes = &block[16 + 128 * quad + 32 * run + 8 * seat..][..8];
-                        chunk.iter_mut().zip(bytes).for_each(|(v, &q)| *v = d * (q as i8) as f32);
-                    }
-                }
-                DType::Q6K => {
-                    for (e, v) in values.iter_mut().enumerate() {
-                        let q = block[144 + 256 * (e / 32) + 128 * quad + 32 * ((e % 32) / 8) + 8 * seat + e % 8];
-                        let sc = block[16 + 8 * (e / 16) + lane] as i8;
-                        *v = d * sc as f32 * (q as i32 - 32) as f32;
-                    }
-                }
-                DType::Q4K => {
-                    let dmin = f16_at(block, 16 + 2 * lane);
-                    for (c, chunk) in values.chunks_exact_mut(64).enumerate() {
-                        let (sc_lo, m_lo) = (block[32 + 8 * (2 * c) + lane], block[96 + 8 * (2 * c) + lane]);
-                        let (sc_hi, m_hi) = (block[32 + 8 * (2 * c + 1) + lane], block[96 + 8 * (2 * c + 1) + lane]);
-                        let (low, high) = chunk.split_at_mut(32);
-                        for run in 0..4 {
-                            let bytes = &block[160 + 256 * c + 128 * quad + 32 * run + 8 * seat..][..8];
-                            for (i, &q) in bytes.iter().enumerate() {
-                                low[8 * run + i] = d * sc_lo as f32 * (q & 0x0F) as f32 - dmin * m_lo as f32;
-                                high[8 * run + i] = d * sc_hi as f32 * (q >> 4) as f32 - dmin * m_hi as f32;
-                            }
-                        }
-                    }
-                }
-                _ => {
-                    let quants = if dtype == DType::Q4_1 { &block[32..] } else { &block[16..] };
-                    let m = if dtype == DType::Q4_1 { f16_at(block, 16 + 2 * lane) } else { 0.0 };
-                    let (low, high) = values.split_at_mut(16);
-                    for run in 0..2 {
-                        let bytes = &quants[64 * quad + 32 * run + 8 * seat..][..8];
-                        for (i, &byte) in bytes.iter().enumerate() {
-                            let (lo, hi) = ((byte & 0x0F) as i32, (byte >> 4) as i32);
-                            let j = 8 * run + i;
-                            (low[j], high[j]) = match dtype {
-                                DType::Q4_0 => (d * (lo - 8) as f32, d * (hi - 8) as f32),
-                                _ => (d * lo as f32 + m, d * hi as f32 + m),
-                            };
-                        }
-                    }
-                }
+                DType::Q8_0 => dequantize_q8_0(block, member, lane, values),
+                DType::Q4K => dequantize_q4_k(block, member, lane, values),
+                DType::Q6K => dequantize_q6_k(block, member, lane, values),
+                _ => dequantize_q4(dtype, block, member, lane, values),
             }
+        }
+    }
+}
+
+// Each as `formats::dequant_*` on the GGUF block, in the same arithmetic,
+// reading row `row`'s runs (its scales at `lane`).
+
+fn dequantize_q8_0(block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
+    let d = f16_at(block, 2 * lane);
+    for (k, chunk) in values.chunks_exact_mut(8).enumerate() {
+        let run = &block[16 + run_at(4, 0, row, k)..][..8];
+        chunk.iter_mut().zip(run).for_each(|(v, &q)| *v = d * (q as i8) as f32);
+    }
+}
+
+fn dequantize_q4(dtype: DType, block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
+    let (base, runs) = quants_layout(dtype);
+    let d = f16_at(block, 2 * lane);
+    let m = if dtype == DType::Q4_1 { f16_at(block, 16 + 2 * lane) } else { 0.0 };
+    let (low, high) = values.split_at_mut(16);
+    for k in 0..2 {
+        let run = &block[base + run_at(runs, 0, row, k)..][..8];
+        for (i, &byte) in run.iter().enumerate() {
+            let (lo, hi) = ((byte & 0x0F) as i32, (byte >> 4) as i32);
+            (low[8 * k + i], high[8 * k + i]) = match dtype {
+                DType::Q4_0 => (d * (lo - 8) as f32, d * (hi - 8) as f32),
+                _ => (d * lo as f32 + m, d * hi as f32 + m),
+            };
+        }
+    }
+}
+
+fn dequantize_q4_k(block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
+    let (d, dmin) = (f16_at(block, 2 * lane), f16_at(block, 16 + 2 * lane));
+    let scale_min = |j: usize| (block[Q4K_SCALES + 8 * j + lane] as f32, block[Q4K_MINS + 8 * j + lane] as f32);
+    for (c, chunk) in values.chunks_exact_mut(64).enumerate() {
+        let ((sc_lo, m_lo), (sc_hi, m_hi)) = (scale_min(2 * c), scale_min(2 * c + 1));
+        let (low, high) = chunk.split_at_mut(32);
+        for k in 0..4 {
+            let run = &block[Q4K_QUANTS + run_at(4, c, row, k)..][..8];
+            for (i, &q) in run.iter().enumerate() {
+                low[8 * k + i] = d * sc_lo * (q & 0x0F) as f32 - dmin * m_lo;
+                high[8 * k + i] = d * sc_hi * (q >> 4) as f32 - dmin * m_hi;
+            }
+        }
+    }
+}
+
+fn dequantize_q6_k(block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
+    let d = f16_at(block, 2 * lane);
+    for (j, chunk) in values.chunks_exact_mut(32).enumerate() {
+        for (k, eight) in chunk.chunks_exact_mut(8).enumerate() {
+            let sc = block[Q6K_SCALES + 8 * (2 * j + k / 2) + lane] as i8 as f32;
+            let run = &block[Q6K_QUANTS + run_at(4, j, row, k)..][..8];
+            eight.iter_mut().zip(run).for_each(|(v, &q)| *v = d * sc * (q as i32 - 32) as f32);
         }
     }
 }
@@ -282,9 +338,8 @@ pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [
     let mut lanes = [0f32; GROUP];
     for (b, a) in acts.iter().enumerate() {
         let block = &data[b * size..(b + 1) * size];
-        let quants = if dtype == DType::Q4_1 { &block[32..] } else { &block[16..] };
         for (lane, &row) in LANE_ROWS.iter().enumerate() {
-            let dot: i32 = (0..QK).map(|e| quant(dtype, quants, row, e) * a.qs[e] as i32).sum();
+            let dot: i32 = (0..QK).map(|e| element(dtype, block, row, e) * a.qs[e] as i32).sum();
             let d = f16_at(block, 2 * lane);
             lanes[lane] = match dtype {
                 DType::Q4_0 => d.mul_add(a.d.mul_add(dot as f32, -(8.0 * a.s)), lanes[lane]),
@@ -306,15 +361,12 @@ fn q6_k_scalar(data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
         for (j, a) in sub.iter().enumerate() {
             let act_sum = |half: usize| a.qs[16 * half..16 * half + 16].iter().map(|&v| v as i32).sum::<i32>();
             for (lane, &row) in LANE_ROWS.iter().enumerate() {
-                let (quad, seat) = (row / 4, row % 4);
                 let mut total = 0i32;
                 for half in 0..2 {
                     let dot: i32 = (16 * half..16 * half + 16)
-                        .map(|e| {
-                            block[144 + 256 * j + 128 * quad + 32 * (e / 8) + 8 * seat + e % 8] as i32 * a.qs[e] as i32
-                        })
+                        .map(|e| element(DType::Q6K, block, row, 32 * j + e) * a.qs[e] as i32)
                         .sum();
-                    total += (dot - 32 * act_sum(half)) * block[16 + 8 * (2 * j + half) + lane] as i8 as i32;
+                    total += (dot - 32 * act_sum(half)) * block[Q6K_SCALES + 8 * (2 * j + half) + lane] as i8 as i32;
                 }
                 acc[lane] = f16_at(block, 2 * lane).mul_add(a.d * total as f32, acc[lane]);
             }
@@ -330,37 +382,16 @@ fn q4_k_scalar(data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
     let (mut acc, mut mins) = ([0f32; GROUP], [0f32; GROUP]);
     for (block, sub) in data.chunks_exact(size).zip(acts.chunks_exact(8)) {
         for (j, a) in sub.iter().enumerate() {
-            let (c, high) = (j / 2, j % 2 == 1);
             for (lane, &row) in LANE_ROWS.iter().enumerate() {
-                let (quad, seat) = (row / 4, row % 4);
-                let dot: i32 = (0..QK)
-                    .map(|e| {
-                        let byte = block[160 + 256 * c + 128 * quad + 32 * (e / 8) + 8 * seat + e % 8];
-                        let q = if high { byte >> 4 } else { byte & 0x0F };
-                        q as i32 * a.qs[e] as i32
-                    })
-                    .sum();
+                let dot: i32 = (0..QK).map(|e| element(DType::Q4K, block, row, 32 * j + e) * a.qs[e] as i32).sum();
                 let (d, dmin) = (f16_at(block, 2 * lane), f16_at(block, 16 + 2 * lane));
-                let (sc, m) = (block[32 + 8 * j + lane] as f32, block[96 + 8 * j + lane] as f32);
+                let (sc, m) = (block[Q4K_SCALES + 8 * j + lane] as f32, block[Q4K_MINS + 8 * j + lane] as f32);
                 acc[lane] = (d * sc).mul_add(a.d * dot as f32, acc[lane]);
                 mins[lane] = (dmin * m).mul_add(a.s, mins[lane]);
             }
         }
     }
     std::array::from_fn(|lane| acc[lane] - mins[lane])
-}
-
-/// Element `e` of `row` (of its group) in a block's interleaved quants.
-fn quant(dtype: DType, quants: &[u8], row: usize, e: usize) -> i32 {
-    let (quad, lane) = (row / 4, row % 4);
-    match dtype {
-        DType::Q8_0 => quants[128 * quad + 32 * (e / 8) + 8 * lane + e % 8] as i8 as i32,
-        _ => {
-            let (run, high) = ((e % 16) / 8, e >= 16);
-            let byte = quants[64 * quad + 32 * run + 8 * lane + e % 8];
-            (if high { byte >> 4 } else { byte & 0x0F }) as i32
-        }
-    }
 }
 
 fn in_row_order(lanes: [f32; GROUP]) -> [f32; GROUP] {
@@ -373,7 +404,7 @@ fn in_row_order(lanes: [f32; GROUP]) -> [f32; GROUP] {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BlockQ8, InterleavedRows};
+    use super::{BlockQ8, InterleavedRows, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_QUANTS, Q6K_SCALES};
     use crate::DType;
     use std::arch::x86_64::*;
 
@@ -453,13 +484,14 @@ mod x86 {
                 let (a_lo, a_hi) = (&sub[2 * c], &sub[2 * c + 1]);
                 let lo = [run_of(a_lo, 0), run_of(a_lo, 1), run_of(a_lo, 2), run_of(a_lo, 3)];
                 let hi = [run_of(a_hi, 0), run_of(a_hi, 1), run_of(a_hi, 2), run_of(a_hi, 3)];
-                let q = block.add(160 + 256 * c);
+                let q = block.add(Q4K_QUANTS + 256 * c);
                 let (x0_lo, x0_hi) = q4_k_quad(q, &lo, &hi);
                 let (x1_lo, x1_hi) = q4_k_quad(q.add(128), &lo, &hi);
                 let sums = [_mm256_hadd_epi32(x0_lo, x1_lo), _mm256_hadd_epi32(x0_hi, x1_hi)];
                 for (half, (a, sum)) in [a_lo, a_hi].into_iter().zip(sums).enumerate() {
                     let j = 2 * c + half;
-                    let (sc, m) = (bytes_as_f32(block.add(32 + 8 * j)), bytes_as_f32(block.add(96 + 8 * j)));
+                    let (sc, m) =
+                        (bytes_as_f32(block.add(Q4K_SCALES + 8 * j)), bytes_as_f32(block.add(Q4K_MINS + 8 * j)));
                     let dot = _mm256_mul_ps(_mm256_set1_ps(a.d), _mm256_cvtepi32_ps(sum));
                     acc = _mm256_fmadd_ps(_mm256_mul_ps(d, sc), dot, acc);
                     mins = _mm256_fmadd_ps(_mm256_mul_ps(dmin, m), _mm256_set1_ps(a.s), mins);
@@ -488,7 +520,7 @@ mod x86 {
                 let halves = _mm256_hadd_epi32(fours, fours);
                 // Two hadds leave the low half's total in lanes 0-3 and the high half's in 4-7; ×32.
                 let offsets = _mm256_slli_epi32(_mm256_hadd_epi32(halves, halves), 5);
-                let q = block.add(144 + 256 * j);
+                let q = block.add(Q6K_QUANTS + 256 * j);
                 let mut dots = [[_mm256_setzero_si256(); 2]; 2];
                 for (quad, dot) in dots.iter_mut().enumerate() {
                     let load = |k: usize| _mm256_loadu_si256(q.add(128 * quad + 32 * k) as *const __m256i);
@@ -507,8 +539,9 @@ mod x86 {
                 for (half, (quad0, quad1)) in dots[0].into_iter().zip(dots[1]).enumerate() {
                     let dot = _mm256_hadd_epi32(quad0, quad1);
                     let offset = _mm256_permutevar8x32_epi32(offsets, _mm256_set1_epi32(4 * half as i32));
-                    let sc =
-                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(block.add(16 + 8 * (2 * j + half)) as *const __m128i));
+                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        block.add(Q6K_SCALES + 8 * (2 * j + half)) as *const __m128i
+                    ));
                     total = _mm256_add_epi32(total, _mm256_mullo_epi32(_mm256_sub_epi32(dot, offset), sc));
                 }
                 let scaled = _mm256_mul_ps(_mm256_set1_ps(a.d), _mm256_cvtepi32_ps(total));
