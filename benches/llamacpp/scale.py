@@ -90,6 +90,34 @@ def llama_run(path, threads):
     return prefill, decode
 
 
+def greedy(args):
+    """Greedy continuations of the same prompt by both engines, token ids compared."""
+    import json
+    from llama_cpp import Llama
+    llm = Llama(model_path=args.gguf, n_ctx=256, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    toks = llm.tokenize(args.prompt.encode(), add_bos=False)
+    llm.eval(toks)
+    logits = lambda: np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+    theirs, margins = [], []
+    for _ in range(args.tokens):
+        row = logits()
+        top2 = np.sort(row)[-2:]
+        margins.append(float(top2[1] - top2[0]))
+        theirs.append(int(np.argmax(row)))
+        llm.eval([theirs[-1]])
+    out = subprocess.run([args.tailor, "generate", "--model", args.gguf, "--prompt", args.prompt, "--max-tokens",
+                          str(args.tokens), "--logprobs", "1", "--threads", str(args.threads)],
+                         check=True, capture_output=True, text=True).stdout
+    ours = [json.loads(line)["id"] for line in out.splitlines() if line.startswith("{")]
+    same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    print(f"{args.gguf}: prompt {args.prompt!r}, {len(toks)} prompt tokens")
+    print(f"  equal for {same} of {args.tokens} greedy tokens"
+          + ("" if same == args.tokens else f"; at {same}: tailor {ours[same]} vs llama.cpp {theirs[same]}, "
+             f"llama.cpp's top-2 logit gap there {margins[same]:.4f}"))
+    print(f"  smallest top-2 logit gap along llama.cpp's path: {min(margins):.4f}")
+    return same == args.tokens
+
+
 def tailor_run(binary, path, threads):
     import json
     out = subprocess.run([binary, "bench", "--model", path, "--threads", str(threads), "--repeat", "1",
@@ -138,7 +166,12 @@ def main():
     s = sub.add_parser("same-bytes"); s.add_argument("tailor_file"); s.add_argument("llama_file")
     b = sub.add_parser("bench"); b.add_argument("tailor"); b.add_argument("gguf", nargs="+")
     b.add_argument("--threads", type=int, default=2); b.add_argument("--rounds", type=int, default=3)
+    g = sub.add_parser("greedy"); g.add_argument("tailor"); g.add_argument("gguf")
+    g.add_argument("--prompt", default="The history of the city begins"); g.add_argument("--tokens", type=int, default=32)
+    g.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if args.cmd == "greedy":
+        sys.exit(0 if greedy(args) else 1)
     {"quantize": quantize, "same-bytes": same_bytes, "bench": bench}[args.cmd](args)
 
 
