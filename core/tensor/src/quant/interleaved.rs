@@ -20,9 +20,12 @@
 //! its eight `d`, its sixteen i8 sub-block scales a byte per row, and the
 //! 6-bit quants unpacked to bytes (`q + 32`, 0..63) in 8-byte runs: 30 %
 //! more bytes than GGUF's for that format, for a kernel without bit
-//! shuffling. The kernel's sums come out in lane order [`LANE_ROWS`], and
-//! the scales are stored in that order. Rows past the last whole group of
-//! eight keep the row kernel.
+//! shuffling. q5_0 and q5_1 keep q4's nibble runs and add, per run, each
+//! row's two bytes of fifth bits (for the low and the high nibbles), which
+//! the kernel spreads onto the bytes with a shuffle and a compare; the
+//! group is exactly as large as the GGUF rows. The kernel's sums come out
+//! in lane order [`LANE_ROWS`], and the scales are stored in that order.
+//! Rows past the last whole group of eight keep the row kernel.
 //!
 //! Results equal the row kernel's within f32 rounding (the integer sums are
 //! exact; the scaling order differs); each row's result never depends on
@@ -45,6 +48,8 @@ fn quants_layout(dtype: DType) -> (usize, usize) {
     match dtype {
         DType::Q4_0 => (16, 2),
         DType::Q4_1 => (32, 2),
+        DType::Q5_0 => (16 + 32, 2),
+        DType::Q5_1 => (32 + 32, 2),
         DType::Q4K => (Q4K_QUANTS, 4),
         DType::Q6K => (Q6K_QUANTS, 4),
         _ => (16, 4),
@@ -78,8 +83,20 @@ fn element(dtype: DType, block: &[u8], row: usize, e: usize) -> i32 {
             let r = e % 64;
             nibble(block[base + run_at(runs, e / 64, row, (r % 32) / 8) + r % 8], r >= 32)
         }
+        DType::Q5_0 | DType::Q5_1 => {
+            let k = (e % 16) / 8;
+            let low = nibble(block[base + run_at(runs, 0, row, k) + e % 8], e >= 16);
+            low | fifth_bit(block, base - 32, row, k, e >= 16, e % 8) << 4
+        }
         _ => nibble(block[base + run_at(runs, 0, row, (e % 16) / 8) + e % 8], e >= 16),
     }
+}
+
+/// Bit `i` of the fifth-bit byte of `row`'s run `k` (for its high nibbles
+/// when `high`): per quad and run, four rows × (low byte, high byte).
+fn fifth_bit(block: &[u8], bits: usize, row: usize, k: usize, high: bool, i: usize) -> i32 {
+    let (quad, seat) = (row / 4, row % 4);
+    ((block[bits + 16 * quad + 8 * k + 2 * seat + high as usize] >> i) & 1) as i32
 }
 
 /// A matrix's whole groups of eight rows, interleaved.
@@ -101,6 +118,8 @@ impl InterleavedRows {
         match dtype {
             DType::Q4_0 => 16 + 128,
             DType::Q4_1 => 32 + 128,
+            DType::Q5_0 => 16 + 32 + 128,
+            DType::Q5_1 => 32 + 32 + 128,
             DType::Q4K => 32 + 128 + 1024,
             DType::Q6K => 16 + 128 + 2048,
             _ => 16 + 256,
@@ -137,6 +156,7 @@ impl InterleavedRows {
                 DType::Q8_0 => dequantize_q8_0(block, member, lane, values),
                 DType::Q4K => dequantize_q4_k(block, member, lane, values),
                 DType::Q6K => dequantize_q6_k(block, member, lane, values),
+                DType::Q5_0 | DType::Q5_1 => dequantize_q5(dtype, block, member, lane, values),
                 _ => dequantize_q4(dtype, block, member, lane, values),
             }
         }
@@ -165,6 +185,26 @@ fn dequantize_q4(dtype: DType, block: &[u8], row: usize, lane: usize, values: &m
             let (lo, hi) = ((byte & 0x0F) as i32, (byte >> 4) as i32);
             (low[8 * k + i], high[8 * k + i]) = match dtype {
                 DType::Q4_0 => (d * (lo - 8) as f32, d * (hi - 8) as f32),
+                _ => (d * lo as f32 + m, d * hi as f32 + m),
+            };
+        }
+    }
+}
+
+fn dequantize_q5(dtype: DType, block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
+    let (base, runs) = quants_layout(dtype);
+    let (quad, seat) = (row / 4, row % 4);
+    let d = f16_at(block, 2 * lane);
+    let m = if dtype == DType::Q5_1 { f16_at(block, 16 + 2 * lane) } else { 0.0 };
+    let (low, high) = values.split_at_mut(16);
+    for k in 0..2 {
+        let run = &block[base + run_at(runs, 0, row, k)..][..8];
+        let bits = &block[base - 32 + 16 * quad + 8 * k + 2 * seat..][..2];
+        for (i, &byte) in run.iter().enumerate() {
+            let lo = (byte & 0x0F) as i32 | (((bits[0] >> i) & 1) as i32) << 4;
+            let hi = (byte >> 4) as i32 | (((bits[1] >> i) & 1) as i32) << 4;
+            (low[8 * k + i], high[8 * k + i]) = match dtype {
+                DType::Q5_0 => (d * (lo - 16) as f32, d * (hi - 16) as f32),
                 _ => (d * lo as f32 + m, d * hi as f32 + m),
             };
         }
@@ -201,7 +241,7 @@ fn dequantize_q6_k(block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
 /// Interleaves the whole groups of eight rows of a `rows × row_len` matrix
 /// of `dtype`, if the format allows it (q4_0, q4_1, q8_0) and there is one.
 pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) -> Option<InterleavedRows> {
-    let formats = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4K, DType::Q6K];
+    let formats = [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4K, DType::Q6K];
     if !formats.contains(&dtype) || rows < GROUP || !row_len.is_multiple_of(dtype.block_size()) {
         return None;
     }
@@ -235,16 +275,35 @@ pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) 
     Some(InterleavedRows { dtype, groups, blocks, data })
 }
 
-/// One 32-element block of eight rows: scales (and q4_1's mins) in lane
-/// order, then the quants in 8-byte runs, four rows per 32 bytes.
+/// One 32-element block of eight rows: scales (and q4_1's / q5_1's mins)
+/// in lane order, q5's fifth bits, then the quants in 8-byte runs, four
+/// rows per 32 bytes.
 fn interleave_block<'a>(dtype: DType, at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>) {
-    let scales = if dtype == DType::Q4_1 { [0, 2].as_slice() } else { [0].as_slice() };
+    let with_mins = matches!(dtype, DType::Q4_1 | DType::Q5_1);
+    let scales = if with_mins { [0, 2].as_slice() } else { [0].as_slice() };
     for &offset in scales {
         for row in LANE_ROWS {
             data.extend_from_slice(&at(row)[offset..offset + 2]);
         }
     }
-    let quants = if dtype == DType::Q4_1 { 4 } else { 2 };
+    let high_bits = if with_mins { 4 } else { 2 };
+    if matches!(dtype, DType::Q5_0 | DType::Q5_1) {
+        // Element e's fifth bit is bit e of the block's u32: run k's low
+        // nibbles take its byte k, the high nibbles byte k + 2.
+        for quad in 0..2 {
+            for k in 0..2 {
+                for row in 4 * quad..4 * quad + 4 {
+                    data.extend_from_slice(&[at(row)[high_bits + k], at(row)[high_bits + k + 2]]);
+                }
+            }
+        }
+    }
+    let quants = match dtype {
+        DType::Q4_1 => 4,
+        DType::Q5_0 => 6,
+        DType::Q5_1 => 8,
+        _ => 2,
+    };
     let runs = if dtype == DType::Q8_0 { 4 } else { 2 };
     for quad in 0..2 {
         for run in 0..runs {
@@ -343,7 +402,10 @@ pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [
             let d = f16_at(block, 2 * lane);
             lanes[lane] = match dtype {
                 DType::Q4_0 => d.mul_add(a.d.mul_add(dot as f32, -(8.0 * a.s)), lanes[lane]),
-                DType::Q4_1 => d.mul_add(a.d * dot as f32, f16_at(block, 16 + 2 * lane).mul_add(a.s, lanes[lane])),
+                DType::Q5_0 => d.mul_add(a.d.mul_add(dot as f32, -(16.0 * a.s)), lanes[lane]),
+                DType::Q4_1 | DType::Q5_1 => {
+                    d.mul_add(a.d * dot as f32, f16_at(block, 16 + 2 * lane).mul_add(a.s, lanes[lane]))
+                }
                 _ => d.mul_add(a.d * dot as f32, lanes[lane]),
             };
         }
@@ -429,6 +491,35 @@ mod x86 {
         );
         let p = _mm256_add_epi16(p, _mm256_maddubs_epi16(_mm256_and_si256(l1, mask), a[1]));
         let p = _mm256_add_epi16(p, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(l1, 4), mask), a[3]));
+        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+    }
+
+    /// Σ q·a of four rows for a q5 quad: q4's nibble runs, each byte's
+    /// fifth bit added from the run's eight bytes of bits at `h` (per row:
+    /// the low nibbles' byte, then the high nibbles').
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q5_quad(q: *const u8, h: *const u8, a: &[__m256i; 4]) -> __m256i {
+        let mask = _mm256_set1_epi8(0x0F);
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let fifth = _mm256_set1_epi8(0x10);
+        // Row s of the quad fills 64-bit lane s: its byte 2s (low) or 2s + 1 (high).
+        let low_of = _mm256_setr_epi64x(0, 0x0202_0202_0202_0202, 0x0404_0404_0404_0404, 0x0606_0606_0606_0606);
+        let high_of = _mm256_add_epi8(low_of, _mm256_set1_epi8(1));
+        let spread = |bits: __m256i, which: __m256i| {
+            let picked = _mm256_shuffle_epi8(bits, which);
+            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(picked, bit), bit), fifth)
+        };
+        let mut p = _mm256_setzero_si256();
+        for k in 0..2 {
+            let l = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
+            let bits = _mm256_set1_epi64x((h.add(8 * k) as *const i64).read_unaligned());
+            let lo = _mm256_or_si256(_mm256_and_si256(l, mask), spread(bits, low_of));
+            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), mask), spread(bits, high_of));
+            // Each i16 lane ≤ 2·31·127; four summed stay below 2¹⁵.
+            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(lo, a[k]));
+            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(hi, a[k + 2]));
+        }
         _mm256_madd_epi16(p, _mm256_set1_epi16(1))
     }
 
@@ -571,6 +662,11 @@ mod x86 {
                     let runs = [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)];
                     _mm256_hadd_epi32(q8_quad(block.add(16), &runs), q8_quad(block.add(16 + 128), &runs))
                 }
+                DType::Q5_0 | DType::Q5_1 => {
+                    let runs = [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)];
+                    let (h, q) = (block.add(size - 128 - 32), block.add(size - 128));
+                    _mm256_hadd_epi32(q5_quad(q, h, &runs), q5_quad(q.add(64), h.add(16), &runs))
+                }
                 _ => {
                     // Low nibbles meet runs 0 and 1, high nibbles runs 2 and 3.
                     let runs = [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)];
@@ -585,7 +681,12 @@ mod x86 {
                     let t = _mm256_fmsub_ps(_mm256_set1_ps(a.d), dot, _mm256_set1_ps(8.0 * a.s));
                     _mm256_fmadd_ps(d, t, acc)
                 }
-                DType::Q4_1 => {
+                DType::Q5_0 => {
+                    // Σ (q − 16)·a = Σ q·a − 16·Σ a.
+                    let t = _mm256_fmsub_ps(_mm256_set1_ps(a.d), dot, _mm256_set1_ps(16.0 * a.s));
+                    _mm256_fmadd_ps(d, t, acc)
+                }
+                DType::Q4_1 | DType::Q5_1 => {
                     let m = _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
                     let with_mins = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), acc);
                     _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_set1_ps(a.d), dot), with_mins)
