@@ -176,7 +176,7 @@ def check_structured_output(client, model):
         assert is_person(value), (i, text)
         assert reply.choices[0].finish_reason == "stop", reply
     plain = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "Give the capital of France as JSON."}],
+        model=model, messages=[{"role": "user", "content": 'Give the capital of France as a JSON object with the key "capital".'}],
         max_tokens=60, temperature=0, response_format={"type": "json_object"})
     assert isinstance(json.loads(plain.choices[0].message.content), dict), plain
     print(f"structured output: 20 schema answers parse and validate (last {text}); json_object "

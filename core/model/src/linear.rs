@@ -3,7 +3,7 @@
 
 use crate::error::{ModelError, Result};
 use tailor_tensor::cpu::{
-    gemm_bf16, linear, linear_many, linear_many_decode, linear_many_gemm, Bf16Out, Bf16Rows, Bf16Weights, Epilogue,
+    gemm_bf16, linear, linear_many, linear_many_decode, linear_many_prefill, Bf16Out, Bf16Rows, Bf16Weights, Epilogue,
     LinearScratch,
 };
 use tailor_tensor::{DType, Tensor};
@@ -111,16 +111,16 @@ impl Linear {
         Linear::run_many(linear_many, x, tokens, layers, scratch)
     }
 
-    /// [`Linear::forward_many`] on the gemm path for any token count (see
-    /// `tailor_tensor::cpu::linear_many_gemm`): the path a long prompt's
-    /// prefill takes, forced, so a prompt can be prefilled in pieces.
-    pub fn forward_many_gemm(
+    /// [`Linear::forward_many`] on the prefill paths for any token count
+    /// (see `tailor_tensor::cpu::linear_many_prefill`): the path a long
+    /// prompt's prefill takes, forced, so a prompt can be prefilled in pieces.
+    pub fn forward_many_prefill(
         x: &[f32],
         tokens: usize,
         layers: &mut [(&Linear, &mut [f32])],
         scratch: &mut LinearScratch,
     ) -> Result<()> {
-        Linear::run_many(linear_many_gemm, x, tokens, layers, scratch)
+        Linear::run_many(linear_many_prefill, x, tokens, layers, scratch)
     }
 
     /// [`Linear::forward_many`] for a decode batch: row `t` of `x` is one

@@ -136,12 +136,12 @@ impl Llama {
     pub const EXACT_PREFILL_MIN: usize = tailor_tensor::cpu::QUANT_GEMM_MIN_TOKENS;
 
     /// Continues a prefill after a cached prefix: like [`Llama::forward`], but
-    /// every linear takes the gemm path a long prompt's prefill takes. When
-    /// the prefix came from such a prefill and at least
+    /// every linear takes the path a long prompt's prefill takes. When the
+    /// prefix came from such a prefill and at least
     /// [`Llama::EXACT_PREFILL_MIN`] tokens are extended, the keys, values
     /// and logits are exactly those of one prefill of the whole prompt (the
-    /// gemm's rows do not depend on how many rows it multiplies, once there
-    /// are that many: with very few it switches kernels).
+    /// prefill kernels' rows do not depend on how many rows they multiply,
+    /// once there are that many: with very few the gemm switches kernels).
     pub fn extend(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>> {
         self.extend_adapted(tokens, cache, which, None)
     }
@@ -199,7 +199,7 @@ impl Llama {
         }
         let x = self.embed_tokens(tokens)?;
         let mut scratch = Box::new(Scratch::new(&self.config, n));
-        scratch.pass = if exact_extend { LinearPass::PrefillGemm } else { LinearPass::Prefill };
+        scratch.pass = if exact_extend { LinearPass::PrefillExact } else { LinearPass::Prefill };
         scratch.adapters = adapter.map_or(RowAdapters::Base, |a| RowAdapters::One(a.clone()));
         Ok(LayeredPrefill { x, scratch, start, next_layer: 0 })
     }
@@ -533,8 +533,8 @@ enum Context<'c> {
 enum LinearPass {
     /// A prefill: the usual path by token count.
     Prefill,
-    /// A prefill with the gemm path forced (see [`Llama::extend`]).
-    PrefillGemm,
+    /// A prefill with the prefill kernels forced (see [`Llama::extend`]).
+    PrefillExact,
     /// A decode step: one row per sequence, each as it would be alone.
     Decode,
 }
@@ -549,7 +549,7 @@ impl LinearPass {
     ) -> Result<()> {
         match self {
             LinearPass::Prefill => Linear::forward_many(x, tokens, layers, scratch),
-            LinearPass::PrefillGemm => Linear::forward_many_gemm(x, tokens, layers, scratch),
+            LinearPass::PrefillExact => Linear::forward_many_prefill(x, tokens, layers, scratch),
             LinearPass::Decode => Linear::forward_many_decode(x, tokens, layers, scratch),
         }
     }

@@ -16,11 +16,14 @@ use tailor_model::cache::{cache_dir, SMOLLM2_GGUF, SMOLLM2_HF};
 use tailor_model::{sampler::argmax, ActiveAdapter, Adapter, AdapterLimits, LoadOptions, Logits, Model, ModelError};
 
 const MAX_RELATIVE_ERROR: f32 = 1e-4;
-/// On the Q4_1 file tailor quantizes activations to 8 bits (as llama.cpp
-/// does), which moves log-probabilities by up to about 0.1 nats against the
-/// exact dequantized computation (see tests/gguf_smollm2.rs): a top-1 that
-/// PEFT ranks within this of its own is a near-tie, not a fault.
-const Q4_NEAR_TIE_NATS: f32 = 0.3;
+/// On the Q4_1 file tailor quantizes activations to 8 bits in the prefill
+/// as in decoding (as llama.cpp does). Measured on the llama.cpp reference
+/// prompts of tests/gguf_smollm2.rs (2026-12-02, AMD EPYC, AVX2 kernels):
+/// top-5 log-probabilities then sit up to 0.27 nats from the exact
+/// dequantized computation, llama.cpp's up to 0.25. Two tokens' gap can
+/// move by twice that, so a top-1 that PEFT ranks within this of its own is
+/// a near-tie, not a fault.
+const Q4_NEAR_TIE_NATS: f32 = 0.5;
 /// Two logits closer than this (relative to the largest) are a tie that
 /// float rounding may break either way (seen: 5e-6 on logits of 10).
 const MAX_TIE: f32 = 1e-5;

@@ -1,14 +1,16 @@
 //! The AVX2 row-interleaved decode kernel (`quant::interleaved`): against
 //! its scalar reference bit for bit, against the row kernel within f32
 //! rounding, on whole groups and matrices with leftover rows; rows
-//! dequantized from their group equal the GGUF bytes' own; and a row's
-//! result in a decode batch equal to its solo one.
+//! dequantized from their group equal the GGUF bytes' own; a row's result
+//! in a decode batch equal to its solo one; and the multi-token (prefill)
+//! kernel giving each token exactly its one-token result, whatever the
+//! prompt length or the pieces it is prefilled in.
 
 mod common;
 
 use common::Rng;
 use tailor_tensor::cpu::{self, LinearScratch};
-use tailor_tensor::quant::interleaved::{dot_group, dot_group_scalar, interleave_rows, GROUP};
+use tailor_tensor::quant::interleaved::{dot_group, dot_group_scalar, dot_group_tokens, interleave_rows, GROUP};
 use tailor_tensor::quant::{dequantize_row, quantize_activations, vec_dot, DotImpl};
 use tailor_tensor::{DType, Tensor};
 
@@ -78,6 +80,60 @@ fn a_row_in_a_decode_batch_equals_its_solo_result() {
             let mut solo = vec![0f32; rows];
             cpu::linear(&x[t * row_len..(t + 1) * row_len], 1, &w, &mut solo, &mut scratch).unwrap();
             assert_eq!(solo, batch[t * rows..(t + 1) * rows], "{dtype} token {t}");
+        }
+    }
+}
+
+#[test]
+fn every_token_of_a_tile_gets_its_one_token_result() {
+    let mut rng = Rng(24);
+    let mut acts = Vec::new();
+    for dtype in FORMATS {
+        let (rows, row_len) = (16, if dtype.block_size() == 256 { 512 } else { 192 });
+        let w = random_matrix(&mut rng, dtype, rows, row_len);
+        let grouped = interleave_rows(dtype, w.bytes(), rows, row_len).expect("interleavable");
+        // 1 to 9 tokens: whole tiles of four and every remainder.
+        for tokens in 1..10 {
+            let mut all = Vec::new();
+            for _ in 0..tokens {
+                quantize_activations(&rng.vec(row_len), &mut acts).unwrap();
+                all.extend_from_slice(&acts);
+            }
+            let per_token = all.len() / tokens;
+            for g in 0..grouped.groups {
+                let mut out = vec![[0f32; GROUP]; tokens];
+                dot_group_tokens(&grouped, g, &all, &mut out);
+                for (t, sums) in out.iter().enumerate() {
+                    let solo = dot_group(&grouped, g, &all[t * per_token..(t + 1) * per_token]);
+                    assert_eq!(sums.map(f32::to_bits), solo.map(f32::to_bits), "{dtype} {tokens} tokens, token {t}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_prefill_in_pieces_equals_one_prefill() {
+    let mut rng = Rng(25);
+    let mut scratch = LinearScratch::default();
+    for dtype in FORMATS {
+        // 43 rows: five groups and three rows on the row kernel; 70 tokens:
+        // past one block of cached tokens, split unevenly.
+        let (rows, row_len, tokens) = (43, if dtype.block_size() == 256 { 512 } else { 192 }, 70);
+        let w = random_matrix(&mut rng, dtype, rows, row_len).prepacked();
+        let x = rng.vec(tokens * row_len);
+        let mut whole = vec![0f32; tokens * rows];
+        cpu::linear_many_prefill(&x, tokens, &mut [(&w, &mut whole)], &mut scratch).unwrap();
+        let mut pieces = vec![0f32; tokens * rows];
+        for (start, end) in [(0, 9), (9, 50), (50, 70)] {
+            let (xs, ys) = (&x[start * row_len..end * row_len], &mut pieces[start * rows..end * rows]);
+            cpu::linear_many_prefill(xs, end - start, &mut [(&w, ys)], &mut scratch).unwrap();
+        }
+        assert_eq!(whole, pieces, "{dtype}");
+        let mut one = vec![0f32; rows];
+        cpu::linear(&x[..row_len], 1, &w, &mut one, &mut scratch).unwrap();
+        if w.interleaved().is_some() {
+            assert_eq!(one, whole[..rows], "{dtype}: token 0 alone");
         }
     }
 }

@@ -3,21 +3,31 @@
 //! Decoding (one token) is a matrix-vector product and memory bound: weights
 //! stay quantized and activations are quantized to 8 bits; f16/bf16 weights
 //! are read as stored and widened in registers (`half_dot`). Prefill (many
-//! tokens) is compute bound: each quantized matrix is dequantized once into a
-//! scratch buffer and multiplied with the `gemm` crate.
+//! tokens) is compute bound. Weights with a row-interleaved copy (the AVX2
+//! layouts of `quant::interleaved`) stay quantized there too: 8-bit
+//! activations meet each group's unpacked quants a tile of tokens at a time,
+//! with integer products, as llama.cpp does, and every token gets exactly
+//! what it gets alone. Other matrices are dequantized once into a scratch
+//! buffer and multiplied with the `gemm` crate.
 
 use super::half_dot::{dot_half, is_half};
 use super::pool::{split_range, SpinPool};
-use crate::quant::interleaved::{dot_group, InterleavedRows, GROUP};
+use crate::quant::interleaved::{dot_group_tokens, InterleavedRows, GROUP};
 use crate::quant::packed::{block_sums, dot_packed_tokens, pair_activations, ActPair, PackedDot};
 use crate::quant::{dequantize_row, quantize_activations, supports_dot, vec_dot, BlockQ8, DotImpl, QK};
 use crate::{DType, Result, Tensor, TensorError};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Below this many tokens a quantized linear uses integer dot products;
-/// at or above it, dequantize + gemm.
+/// Below this many tokens a quantized linear without an interleaved copy
+/// uses integer dot products; at or above it, dequantize + gemm.
 pub const QUANT_GEMM_MIN_TOKENS: usize = 8;
+
+/// Tokens whose activations an interleaved matrix's groups pass over
+/// before moving to the next tokens (their 8-bit activations, 1.25 bytes
+/// per input, stay in the L2 cache meanwhile).
+const TOKEN_BLOCK: usize = 32;
 
 /// Reusable buffers for [`linear`], so steady-state decoding allocates nothing.
 #[derive(Default)]
@@ -48,25 +58,43 @@ pub fn linear_many(
     for (w, y) in outputs.iter() {
         check_linear(x, tokens, w, y)?;
     }
-    if !outputs.iter().all(|(w, _)| uses_row_kernel(w.dtype(), tokens)) {
-        return linear_many_gemm(x, tokens, outputs, scratch);
-    }
-    rows_linear(x, tokens, outputs, scratch)
+    split_linear(x, tokens, outputs, scratch, |w| uses_row_kernel(w, tokens))
 }
 
-/// [`linear_many`] always on the dequantize + gemm path, whatever the token
-/// count. Once there are [`QUANT_GEMM_MIN_TOKENS`] rows or more, the gemm
-/// gives each row the same result whatever the row count (with one or two
-/// rows it may pick other kernels), so a prompt prefilled in such pieces (a
-/// cached prefix, then the rest) gets exactly what one prefill gives.
-pub fn linear_many_gemm(
+/// [`linear_many`] on the prefill paths whatever the token count: the
+/// interleaved integer kernel where a weight has that copy, dequantize +
+/// gemm otherwise. Every token's result is then independent of how many
+/// tokens the call holds (for the gemm, once there are
+/// [`QUANT_GEMM_MIN_TOKENS`] rows or more: with one or two rows it may
+/// pick other kernels), so a prompt prefilled in such pieces (a cached
+/// prefix, then the rest) gets exactly what one prefill gives.
+pub fn linear_many_prefill(
     x: &[f32],
     tokens: usize,
     outputs: &mut [(&Tensor, &mut [f32])],
     scratch: &mut LinearScratch,
 ) -> Result<()> {
-    for (w, y) in outputs.iter_mut() {
+    for (w, y) in outputs.iter() {
         check_linear(x, tokens, w, y)?;
+    }
+    split_linear(x, tokens, outputs, scratch, |w| w.interleaved().is_some())
+}
+
+/// The outputs `by_rows` picks on the row kernels (activations quantized
+/// once for all of them), the others on dequantize + gemm.
+fn split_linear(
+    x: &[f32],
+    tokens: usize,
+    outputs: &mut [(&Tensor, &mut [f32])],
+    scratch: &mut LinearScratch,
+    by_rows: impl Fn(&Tensor) -> bool,
+) -> Result<()> {
+    let (mut rows, dense): (Vec<_>, Vec<_>) =
+        outputs.iter_mut().map(|(w, y)| (*w, &mut **y)).partition(|(w, _)| by_rows(w));
+    if !rows.is_empty() {
+        rows_linear(x, tokens, &mut rows, scratch)?;
+    }
+    for (w, y) in dense {
         gemm_linear(x, tokens, w, y, scratch)?;
     }
     Ok(())
@@ -86,7 +114,7 @@ pub fn linear_many_decode(
     for (w, y) in outputs.iter() {
         check_linear(x, tokens, w, y)?;
     }
-    if outputs.iter().all(|(w, _)| uses_row_kernel(w.dtype(), 1)) {
+    if outputs.iter().all(|(w, _)| uses_row_kernel(w, 1)) {
         return rows_linear(x, tokens, outputs, scratch);
     }
     let in_dim = outputs[0].0.row_len();
@@ -149,9 +177,12 @@ fn check_linear(x: &[f32], tokens: usize, w: &Tensor, y: &[f32]) -> Result<()> {
     Ok(())
 }
 
-/// True when row-by-row dot products beat dequantize + gemm.
-fn uses_row_kernel(dtype: DType, tokens: usize) -> bool {
-    match dtype {
+/// True when row-by-row dot products beat dequantize + gemm: always for
+/// an interleaved copy (its kernel reuses unpacked quants across tokens),
+/// else only for short inputs.
+fn uses_row_kernel(w: &Tensor, tokens: usize) -> bool {
+    match w.dtype() {
+        _ if w.interleaved().is_some() => true,
         DType::F32 => tokens == 1,
         d => (supports_dot(d) || is_half(d)) && tokens < QUANT_GEMM_MIN_TOKENS,
     }
@@ -217,21 +248,18 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
         for (w, y, rows) in &mats {
             let lo = mine.start.max(first) - first;
             let hi = mine.end.min(first + rows).saturating_sub(first);
-            let grouped = w.interleaved().map_or(0, InterleavedRows::rows);
             let mut r = lo;
+            if let Some(interleaved) = w.interleaved() {
+                // A group of eight belongs to whoever claimed its first row.
+                let groups = lo.div_ceil(GROUP)..hi.div_ceil(GROUP).min(interleaved.groups);
+                dot_interleaved(interleaved, groups, tokens, acts, blocks, |row, t, value| {
+                    // SAFETY: as below, for the group's rows: each < rows,
+                    // and only this thread computes a group it owns.
+                    unsafe { *y.at(t * rows + row) = value }
+                });
+                r = r.max(interleaved.rows());
+            }
             while r < hi {
-                if r < grouped {
-                    // A group of eight belongs to whoever claimed its first row.
-                    if r % GROUP == 0 {
-                        dot_interleaved(w, r, tokens, acts, blocks, |row, t, value| {
-                            // SAFETY: as below, for the group's rows: each < rows,
-                            // and only this thread computes a group it owns.
-                            unsafe { *y.at(t * rows + row) = value }
-                        });
-                    }
-                    r = (r / GROUP + 1) * GROUP;
-                    continue;
-                }
                 if let Some(packed) = w.packed() {
                     let mut values = [0f32; MAX_ROW_TOKENS];
                     for first in (0..tokens).step_by(MAX_ROW_TOKENS) {
@@ -276,21 +304,27 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
     SpinPool::global().run(&job);
 }
 
-/// The eight interleaved rows from `first` (a multiple of eight) with each
-/// token's activations, handed to `store(row, token, value)`.
+/// The interleaved groups `groups` with every token's activations,
+/// handed to `store(row, token, value)`: [`TOKEN_BLOCK`] tokens at a time,
+/// so their activations stay in cache while the groups pass over them.
 fn dot_interleaved(
-    w: &Tensor,
-    first: usize,
+    interleaved: &InterleavedRows,
+    groups: Range<usize>,
     tokens: usize,
     acts: &[BlockQ8],
     blocks: usize,
     mut store: impl FnMut(usize, usize, f32),
 ) {
-    let Some(interleaved) = w.interleaved() else { return };
-    for t in 0..tokens {
-        let sums = dot_group(interleaved, first / GROUP, &acts[t * blocks..(t + 1) * blocks]);
-        for (i, value) in sums.into_iter().enumerate() {
-            store(first + i, t, value);
+    let mut sums = [[0f32; GROUP]; TOKEN_BLOCK];
+    for first in (0..tokens).step_by(TOKEN_BLOCK) {
+        let count = (tokens - first).min(TOKEN_BLOCK);
+        for g in groups.clone() {
+            dot_group_tokens(interleaved, g, &acts[first * blocks..(first + count) * blocks], &mut sums[..count]);
+            for (t, row_sums) in sums[..count].iter().enumerate() {
+                for (i, &value) in row_sums.iter().enumerate() {
+                    store(g * GROUP + i, first + t, value);
+                }
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ pub use backward::{
 pub use bf16::{bf16_supported, gemm_bf16, gemm_bf16_on, Bf16Kernel, Bf16Out, Bf16Rows, Bf16Weights, Epilogue};
 pub use lora::{lora_deltas, lora_deltas_on, LoraGroup, LoraKernel, LoraMatrix, LoraPair};
 pub use matmul::{
-    dot_f32, gemm_f32, linear, linear_many, linear_many_decode, linear_many_gemm, matvec_f32, LinearScratch,
+    dot_f32, gemm_f32, linear, linear_many, linear_many_decode, linear_many_prefill, matvec_f32, LinearScratch,
     QUANT_GEMM_MIN_TOKENS,
 };
 pub use ops::{

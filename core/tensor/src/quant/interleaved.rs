@@ -366,22 +366,63 @@ fn interleave_q4_k_block<'a>(at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>)
     }
 }
 
+/// Tokens the AVX2 kernel takes per call: each block's quants, unpacked
+/// once, meet up to this many tokens' activations.
+pub const TOKEN_TILE: usize = 4;
+
 /// The dot products of group `g`'s eight rows with one token's activations
 /// (`blocks` of them), in row order: AVX2 when the CPU has it (the caller
 /// made the layout only then), else the scalar reference.
 pub fn dot_group(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
-    assert!(g < rows.groups && acts.len() == rows.act_blocks(), "dot_group: group {g} or {} act blocks", acts.len());
+    let mut out = [[0f32; GROUP]];
+    dot_group_tokens(rows, g, acts, &mut out);
+    out[0]
+}
+
+/// [`dot_group`] for `out.len()` tokens whose activations lie back to back
+/// in `acts`: `out[t]` gets token `t`'s eight sums, bit for bit what
+/// [`dot_group`] gives that token alone (the same operations in the same
+/// order per token). The prefill's kernel: a block's quants are loaded and
+/// unpacked once for [`TOKEN_TILE`] tokens.
+pub fn dot_group_tokens(rows: &InterleavedRows, g: usize, acts: &[BlockQ8], out: &mut [[f32; GROUP]]) {
+    let per_token = rows.act_blocks();
+    assert!(
+        g < rows.groups && acts.len() == out.len() * per_token,
+        "dot_group_tokens: group {g}, {} act blocks for {} tokens",
+        acts.len(),
+        out.len()
+    );
     #[cfg(target_arch = "x86_64")]
     {
         if super::avx2::is_supported() {
-            // SAFETY: the features were just detected; the kernel reads
-            // `blocks` blocks of the group (its slice holds exactly that
-            // many) and of `acts` (asserted above).
-            let lanes = unsafe { x86::dot(rows.dtype, rows.group(g), acts) };
-            return in_row_order(lanes);
+            for (tile, sums) in acts.chunks(TOKEN_TILE * per_token).zip(out.chunks_mut(TOKEN_TILE)) {
+                match sums.len() {
+                    4 => x86_tile::<4>(rows, g, tile, sums),
+                    3 => x86_tile::<3>(rows, g, tile, sums),
+                    2 => x86_tile::<2>(rows, g, tile, sums),
+                    _ => x86_tile::<1>(rows, g, tile, sums),
+                }
+            }
+            return;
         }
     }
-    dot_group_scalar(rows, g, acts)
+    for (token, sums) in acts.chunks_exact(per_token).zip(out.iter_mut()) {
+        *sums = dot_group_scalar(rows, g, token);
+    }
+}
+
+/// One tile of `T` tokens through the AVX2 kernel, results in row order.
+#[cfg(target_arch = "x86_64")]
+fn x86_tile<const T: usize>(rows: &InterleavedRows, g: usize, acts: &[BlockQ8], out: &mut [[f32; GROUP]]) {
+    let per_token = rows.act_blocks();
+    let tokens: [&[BlockQ8]; T] = std::array::from_fn(|t| &acts[t * per_token..(t + 1) * per_token]);
+    // SAFETY: the caller detected AVX2/FMA/F16C; the kernel reads
+    // `rows.blocks` blocks of the group (its slice holds exactly that many)
+    // and `per_token` blocks of each token (sliced above to that length).
+    let lanes = unsafe { x86::dot_tokens(rows.dtype, rows.group(g), &tokens) };
+    for (sums, token_lanes) in out.iter_mut().zip(lanes) {
+        *sums = in_row_order(token_lanes);
+    }
 }
 
 /// Scalar reference of [`dot_group`]: each row's sum from the interleaved
@@ -466,7 +507,11 @@ fn in_row_order(lanes: [f32; GROUP]) -> [f32; GROUP] {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BlockQ8, InterleavedRows, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_QUANTS, Q6K_SCALES};
+    //! The AVX2 kernels, each for `T` tokens at once: a block's quants are
+    //! loaded and unpacked once, then every token runs exactly the
+    //! operations a lone token would, so results never depend on `T`.
+
+    use super::{quants_layout, BlockQ8, InterleavedRows, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_QUANTS, Q6K_SCALES};
     use crate::DType;
     use std::arch::x86_64::*;
 
@@ -477,79 +522,139 @@ mod x86 {
         _mm256_set1_epi64x((a.qs.as_ptr().add(8 * k) as *const i64).read_unaligned())
     }
 
-    /// Σ q·a of four rows (two i32 lanes each) for a q4 quad: two 32-byte
-    /// loads, low nibbles with runs 0/1 of the activations, high with 2/3.
+    /// A block's four activation runs.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_quad(q: *const u8, a: &[__m256i; 4]) -> __m256i {
-        let mask = _mm256_set1_epi8(0x0F);
-        let (l0, l1) = (_mm256_loadu_si256(q as *const __m256i), _mm256_loadu_si256(q.add(32) as *const __m256i));
-        // Each i16 lane ≤ 2·15·127; four summed stay below 2¹⁵.
-        let p = _mm256_add_epi16(
-            _mm256_maddubs_epi16(_mm256_and_si256(l0, mask), a[0]),
-            _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(l0, 4), mask), a[2]),
-        );
-        let p = _mm256_add_epi16(p, _mm256_maddubs_epi16(_mm256_and_si256(l1, mask), a[1]));
-        let p = _mm256_add_epi16(p, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(l1, 4), mask), a[3]));
-        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+    unsafe fn runs_of(a: &BlockQ8) -> [__m256i; 4] {
+        [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)]
     }
 
-    /// Σ q·a of four rows for a q5 quad: q4's nibble runs, each byte's
-    /// fifth bit added from the run's eight bytes of bits at `h` (per row:
-    /// the low nibbles' byte, then the high nibbles').
+    /// Eight f16 at `p` as f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q5_quad(q: *const u8, h: *const u8, a: &[__m256i; 4]) -> __m256i {
+    unsafe fn f16x8(p: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    /// The quants of one quad (four rows) of a 32-element block, as the
+    /// byte operands that meet activation runs 0..4. q4: two 32-byte loads,
+    /// low nibbles for runs 0/1, high for 2/3. q5: the same with each
+    /// byte's fifth bit added from the run's eight bytes of bits at `h`
+    /// (per row: the low nibbles' byte, then the high nibbles'). q8_0: the
+    /// four signed loads as they are.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn quad_operands(dtype: DType, q: *const u8, h: *const u8) -> [__m256i; 4] {
+        let load = |k: usize| _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
         let mask = _mm256_set1_epi8(0x0F);
-        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let fifth = _mm256_set1_epi8(0x10);
-        // Row s of the quad fills 64-bit lane s: its byte 2s (low) or 2s + 1 (high).
-        let low_of = _mm256_setr_epi64x(0, 0x0202_0202_0202_0202, 0x0404_0404_0404_0404, 0x0606_0606_0606_0606);
-        let high_of = _mm256_add_epi8(low_of, _mm256_set1_epi8(1));
-        let spread = |bits: __m256i, which: __m256i| {
-            let picked = _mm256_shuffle_epi8(bits, which);
-            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(picked, bit), bit), fifth)
-        };
-        let mut p = _mm256_setzero_si256();
-        for k in 0..2 {
-            let l = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
-            let bits = _mm256_set1_epi64x((h.add(8 * k) as *const i64).read_unaligned());
-            let lo = _mm256_or_si256(_mm256_and_si256(l, mask), spread(bits, low_of));
-            let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), mask), spread(bits, high_of));
-            // Each i16 lane ≤ 2·31·127; four summed stay below 2¹⁵.
-            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(lo, a[k]));
-            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(hi, a[k + 2]));
+        let low = |l: __m256i| _mm256_and_si256(l, mask);
+        let high = |l: __m256i| _mm256_and_si256(_mm256_srli_epi16(l, 4), mask);
+        match dtype {
+            DType::Q8_0 => [load(0), load(1), load(2), load(3)],
+            DType::Q5_0 | DType::Q5_1 => {
+                let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+                let fifth = _mm256_set1_epi8(0x10);
+                // Row s of the quad fills 64-bit lane s: its byte 2s (low) or 2s + 1 (high).
+                let low_of = _mm256_setr_epi64x(0, 0x0202_0202_0202_0202, 0x0404_0404_0404_0404, 0x0606_0606_0606_0606);
+                let high_of = _mm256_add_epi8(low_of, _mm256_set1_epi8(1));
+                let spread = |k: usize, which: __m256i| {
+                    let bits = _mm256_set1_epi64x((h.add(8 * k) as *const i64).read_unaligned());
+                    let picked = _mm256_shuffle_epi8(bits, which);
+                    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(picked, bit), bit), fifth)
+                };
+                let (l0, l1) = (load(0), load(1));
+                [
+                    _mm256_or_si256(low(l0), spread(0, low_of)),
+                    _mm256_or_si256(low(l1), spread(1, low_of)),
+                    _mm256_or_si256(high(l0), spread(0, high_of)),
+                    _mm256_or_si256(high(l1), spread(1, high_of)),
+                ]
+            }
+            _ => {
+                let (l0, l1) = (load(0), load(1));
+                [low(l0), low(l1), high(l0), high(l1)]
+            }
         }
-        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
     }
 
-    /// Σ w·a of four rows for a q8_0 quad: four 32-byte loads of signed
-    /// bytes, the sign moved onto the activations for `maddubs`.
+    /// Σ q·a of a quad's four rows (two i32 lanes each) for one token.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_quad(q: *const u8, a: &[__m256i; 4]) -> __m256i {
+    unsafe fn quad_sum(dtype: DType, w: &[__m256i; 4], a: &[__m256i; 4]) -> __m256i {
         let ones = _mm256_set1_epi16(1);
-        let mut sum = _mm256_setzero_si256();
-        for (k, act) in a.iter().enumerate() {
-            let w = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
-            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(*act, w));
-            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones));
+        if dtype == DType::Q8_0 {
+            // Signed weights: the sign moves onto the activations for `maddubs`.
+            let mut sum = _mm256_setzero_si256();
+            for (w, a) in w.iter().zip(a) {
+                let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(*w, *w), _mm256_sign_epi8(*a, *w));
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones));
+            }
+            return sum;
         }
-        sum
+        // Each i16 lane ≤ 2·31·127 (q5; q4 2·15·127); four summed stay below 2¹⁵.
+        let mut p = _mm256_maddubs_epi16(w[0], a[0]);
+        for k in 1..4 {
+            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[k], a[k]));
+        }
+        _mm256_madd_epi16(p, ones)
     }
 
-    /// Σ q·a of four rows for one q4_k chunk of 32 bytes per row, both its
-    /// sub-blocks: (low nibbles with `lo`, high nibbles with `hi`).
+    /// Eight lanes per token for the 32-element formats.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_k_quad(q: *const u8, lo: &[__m256i; 4], hi: &[__m256i; 4]) -> (__m256i, __m256i) {
+    unsafe fn dot_blocks32<const T: usize>(dtype: DType, group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
+        let size = InterleavedRows::block_bytes(dtype);
+        let (base, runs) = quants_layout(dtype);
+        let with_mins = matches!(dtype, DType::Q4_1 | DType::Q5_1);
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..acts[0].len() {
+            let block = group.as_ptr().add(b * size);
+            let d = f16x8(block);
+            let m = if with_mins { f16x8(block.add(16)) } else { d };
+            let (q, h) = (block.add(base), block.add(base).wrapping_sub(32));
+            let w = [quad_operands(dtype, q, h), quad_operands(dtype, q.add(32 * runs), h.wrapping_add(16))];
+            for (acc, token) in acc.iter_mut().zip(acts) {
+                let a = &token[b];
+                let runs = runs_of(a);
+                let dot =
+                    _mm256_cvtepi32_ps(_mm256_hadd_epi32(quad_sum(dtype, &w[0], &runs), quad_sum(dtype, &w[1], &runs)));
+                *acc = match dtype {
+                    // Σ (q − 8)·a = Σ q·a − 8·Σ a.
+                    DType::Q4_0 => {
+                        _mm256_fmadd_ps(d, _mm256_fmsub_ps(_mm256_set1_ps(a.d), dot, _mm256_set1_ps(8.0 * a.s)), *acc)
+                    }
+                    DType::Q5_0 => {
+                        _mm256_fmadd_ps(d, _mm256_fmsub_ps(_mm256_set1_ps(a.d), dot, _mm256_set1_ps(16.0 * a.s)), *acc)
+                    }
+                    DType::Q4_1 | DType::Q5_1 => {
+                        let with_mins = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), *acc);
+                        _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_set1_ps(a.d), dot), with_mins)
+                    }
+                    _ => _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_set1_ps(a.d), dot), *acc),
+                };
+            }
+        }
+        acc
+    }
+
+    /// One q4_k quad's 32 bytes per row of a chunk as (low, high) nibbles.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_k_operands(q: *const u8) -> ([__m256i; 4], [__m256i; 4]) {
         let mask = _mm256_set1_epi8(0x0F);
+        let l: [__m256i; 4] = std::array::from_fn(|k| _mm256_loadu_si256(q.add(32 * k) as *const __m256i));
+        (l.map(|l| _mm256_and_si256(l, mask)), l.map(|l| _mm256_and_si256(_mm256_srli_epi16(l, 4), mask)))
+    }
+
+    /// Σ q·a of a quad's four rows for one q4_k chunk's two sub-blocks.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_k_sums(w: &([__m256i; 4], [__m256i; 4]), lo: &[__m256i; 4], hi: &[__m256i; 4]) -> (__m256i, __m256i) {
         let (mut p_lo, mut p_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
         for k in 0..4 {
             // Each i16 lane ≤ 2·15·127; four summed stay below 2¹⁵.
-            let l = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
-            p_lo = _mm256_add_epi16(p_lo, _mm256_maddubs_epi16(_mm256_and_si256(l, mask), lo[k]));
-            p_hi = _mm256_add_epi16(p_hi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(l, 4), mask), hi[k]));
+            p_lo = _mm256_add_epi16(p_lo, _mm256_maddubs_epi16(w.0[k], lo[k]));
+            p_hi = _mm256_add_epi16(p_hi, _mm256_maddubs_epi16(w.1[k], hi[k]));
         }
         let ones = _mm256_set1_epi16(1);
         (_mm256_madd_epi16(p_lo, ones), _mm256_madd_epi16(p_hi, ones))
@@ -562,140 +667,107 @@ mod x86 {
         _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
     }
 
-    /// The eight lanes of a q4_k group (see `q4_k_scalar` for the order).
+    /// The eight lanes of a q4_k group per token (see `q4_k_scalar` for the order).
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_q4_k(group: &[u8], acts: &[BlockQ8]) -> [f32; 8] {
+    unsafe fn dot_q4_k<const T: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
         let size = InterleavedRows::block_bytes(DType::Q4K);
-        let (mut acc, mut mins) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        for (b, sub) in acts.chunks_exact(8).enumerate() {
+        let (mut acc, mut mins) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
+        for b in 0..acts[0].len() / 8 {
             let block = group.as_ptr().add(b * size);
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
-            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
+            let (d, dmin) = (f16x8(block), f16x8(block.add(16)));
             for c in 0..4 {
-                let (a_lo, a_hi) = (&sub[2 * c], &sub[2 * c + 1]);
-                let lo = [run_of(a_lo, 0), run_of(a_lo, 1), run_of(a_lo, 2), run_of(a_lo, 3)];
-                let hi = [run_of(a_hi, 0), run_of(a_hi, 1), run_of(a_hi, 2), run_of(a_hi, 3)];
                 let q = block.add(Q4K_QUANTS + 256 * c);
-                let (x0_lo, x0_hi) = q4_k_quad(q, &lo, &hi);
-                let (x1_lo, x1_hi) = q4_k_quad(q.add(128), &lo, &hi);
-                let sums = [_mm256_hadd_epi32(x0_lo, x1_lo), _mm256_hadd_epi32(x0_hi, x1_hi)];
-                for (half, (a, sum)) in [a_lo, a_hi].into_iter().zip(sums).enumerate() {
+                let w = [q4_k_operands(q), q4_k_operands(q.add(128))];
+                let scaled: [(__m256, __m256); 2] = std::array::from_fn(|half| {
                     let j = 2 * c + half;
                     let (sc, m) =
                         (bytes_as_f32(block.add(Q4K_SCALES + 8 * j)), bytes_as_f32(block.add(Q4K_MINS + 8 * j)));
-                    let dot = _mm256_mul_ps(_mm256_set1_ps(a.d), _mm256_cvtepi32_ps(sum));
-                    acc = _mm256_fmadd_ps(_mm256_mul_ps(d, sc), dot, acc);
-                    mins = _mm256_fmadd_ps(_mm256_mul_ps(dmin, m), _mm256_set1_ps(a.s), mins);
+                    (_mm256_mul_ps(d, sc), _mm256_mul_ps(dmin, m))
+                });
+                for t in 0..T {
+                    let (a_lo, a_hi) = (&acts[t][8 * b + 2 * c], &acts[t][8 * b + 2 * c + 1]);
+                    let (lo, hi) = (runs_of(a_lo), runs_of(a_hi));
+                    let (x0_lo, x0_hi) = q4_k_sums(&w[0], &lo, &hi);
+                    let (x1_lo, x1_hi) = q4_k_sums(&w[1], &lo, &hi);
+                    let sums = [_mm256_hadd_epi32(x0_lo, x1_lo), _mm256_hadd_epi32(x0_hi, x1_hi)];
+                    for (half, (a, sum)) in [a_lo, a_hi].into_iter().zip(sums).enumerate() {
+                        let dot = _mm256_mul_ps(_mm256_set1_ps(a.d), _mm256_cvtepi32_ps(sum));
+                        acc[t] = _mm256_fmadd_ps(scaled[half].0, dot, acc[t]);
+                        mins[t] = _mm256_fmadd_ps(scaled[half].1, _mm256_set1_ps(a.s), mins[t]);
+                    }
                 }
             }
         }
-        let mut out = [0f32; 8];
-        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(acc, mins));
-        out
+        std::array::from_fn(|t| _mm256_sub_ps(acc[t], mins[t]))
     }
 
-    /// The eight lanes of a q6_k group (see `q6_k_scalar` for the order).
+    /// The eight lanes of a q6_k group per token (see `q6_k_scalar` for the order).
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_q6_k(group: &[u8], acts: &[BlockQ8]) -> [f32; 8] {
+    unsafe fn dot_q6_k<const T: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
         let size = InterleavedRows::block_bytes(DType::Q6K);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        for (b, sub) in acts.chunks_exact(8).enumerate() {
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..acts[0].len() / 8 {
             let block = group.as_ptr().add(b * size);
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
-            for (j, a) in sub.iter().enumerate() {
-                let runs = [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)];
-                // Σ a over each 16-element half: four-element sums, then each 128-bit half's total.
-                let act = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-                let fours = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), act), ones);
-                let halves = _mm256_hadd_epi32(fours, fours);
-                // Two hadds leave the low half's total in lanes 0-3 and the high half's in 4-7; ×32.
-                let offsets = _mm256_slli_epi32(_mm256_hadd_epi32(halves, halves), 5);
+            let d = f16x8(block);
+            for j in 0..8 {
                 let q = block.add(Q6K_QUANTS + 256 * j);
-                let mut dots = [[_mm256_setzero_si256(); 2]; 2];
-                for (quad, dot) in dots.iter_mut().enumerate() {
-                    let load = |k: usize| _mm256_loadu_si256(q.add(128 * quad + 32 * k) as *const __m256i);
-                    // Each i16 lane ≤ 2·63·127; two summed stay below 2¹⁵.
-                    let lo = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(load(0), runs[0]),
-                        _mm256_maddubs_epi16(load(1), runs[1]),
-                    );
-                    let hi = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(load(2), runs[2]),
-                        _mm256_maddubs_epi16(load(3), runs[3]),
-                    );
-                    *dot = [_mm256_madd_epi16(lo, ones), _mm256_madd_epi16(hi, ones)];
+                let w: [[__m256i; 4]; 2] = std::array::from_fn(|quad| {
+                    std::array::from_fn(|k| _mm256_loadu_si256(q.add(128 * quad + 32 * k) as *const __m256i))
+                });
+                let sc: [__m256i; 2] = std::array::from_fn(|half| {
+                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(block.add(Q6K_SCALES + 8 * (2 * j + half)) as *const __m128i))
+                });
+                for t in 0..T {
+                    let a = &acts[t][8 * b + j];
+                    let runs = runs_of(a);
+                    // Σ a over each 16-element half: four-element sums, then each 128-bit half's total.
+                    let act = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                    let fours = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), act), ones);
+                    let halves = _mm256_hadd_epi32(fours, fours);
+                    // Two hadds leave the low half's total in lanes 0-3 and the high half's in 4-7; ×32.
+                    let offsets = _mm256_slli_epi32(_mm256_hadd_epi32(halves, halves), 5);
+                    let dots = w.map(|w| {
+                        // Each i16 lane ≤ 2·63·127; two summed stay below 2¹⁵.
+                        let lo =
+                            _mm256_add_epi16(_mm256_maddubs_epi16(w[0], runs[0]), _mm256_maddubs_epi16(w[1], runs[1]));
+                        let hi =
+                            _mm256_add_epi16(_mm256_maddubs_epi16(w[2], runs[2]), _mm256_maddubs_epi16(w[3], runs[3]));
+                        [_mm256_madd_epi16(lo, ones), _mm256_madd_epi16(hi, ones)]
+                    });
+                    let mut total = _mm256_setzero_si256();
+                    for half in 0..2 {
+                        let dot = _mm256_hadd_epi32(dots[0][half], dots[1][half]);
+                        let offset = _mm256_permutevar8x32_epi32(offsets, _mm256_set1_epi32(4 * half as i32));
+                        total = _mm256_add_epi32(total, _mm256_mullo_epi32(_mm256_sub_epi32(dot, offset), sc[half]));
+                    }
+                    let scaled = _mm256_mul_ps(_mm256_set1_ps(a.d), _mm256_cvtepi32_ps(total));
+                    acc[t] = _mm256_fmadd_ps(d, scaled, acc[t]);
                 }
-                let mut total = _mm256_setzero_si256();
-                for (half, (quad0, quad1)) in dots[0].into_iter().zip(dots[1]).enumerate() {
-                    let dot = _mm256_hadd_epi32(quad0, quad1);
-                    let offset = _mm256_permutevar8x32_epi32(offsets, _mm256_set1_epi32(4 * half as i32));
-                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        block.add(Q6K_SCALES + 8 * (2 * j + half)) as *const __m128i
-                    ));
-                    total = _mm256_add_epi32(total, _mm256_mullo_epi32(_mm256_sub_epi32(dot, offset), sc));
-                }
-                let scaled = _mm256_mul_ps(_mm256_set1_ps(a.d), _mm256_cvtepi32_ps(total));
-                acc = _mm256_fmadd_ps(d, scaled, acc);
             }
         }
-        let mut out = [0f32; 8];
-        _mm256_storeu_ps(out.as_mut_ptr(), acc);
-        out
+        acc
     }
 
-    /// The eight lanes' sums of a group (lane order [`super::LANE_ROWS`]).
+    /// The eight lanes' sums of a group for each of `T` tokens (lane order
+    /// [`super::LANE_ROWS`]).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot(dtype: DType, group: &[u8], acts: &[BlockQ8]) -> [f32; 8] {
-        match dtype {
-            DType::Q4K => return dot_q4_k(group, acts),
-            DType::Q6K => return dot_q6_k(group, acts),
-            _ => {}
-        }
-        let size = InterleavedRows::block_bytes(dtype);
-        let mut acc = _mm256_setzero_ps();
-        for (b, a) in acts.iter().enumerate() {
-            let block = group.as_ptr().add(b * size);
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(block as *const __m128i));
-            let sums = match dtype {
-                DType::Q8_0 => {
-                    let runs = [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)];
-                    _mm256_hadd_epi32(q8_quad(block.add(16), &runs), q8_quad(block.add(16 + 128), &runs))
-                }
-                DType::Q5_0 | DType::Q5_1 => {
-                    let runs = [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)];
-                    let (h, q) = (block.add(size - 128 - 32), block.add(size - 128));
-                    _mm256_hadd_epi32(q5_quad(q, h, &runs), q5_quad(q.add(64), h.add(16), &runs))
-                }
-                _ => {
-                    // Low nibbles meet runs 0 and 1, high nibbles runs 2 and 3.
-                    let runs = [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)];
-                    let q = block.add(if dtype == DType::Q4_1 { 32 } else { 16 });
-                    _mm256_hadd_epi32(q4_quad(q, &runs), q4_quad(q.add(64), &runs))
-                }
-            };
-            let dot = _mm256_cvtepi32_ps(sums);
-            acc = match dtype {
-                DType::Q4_0 => {
-                    // Σ (q − 8)·a = Σ q·a − 8·Σ a.
-                    let t = _mm256_fmsub_ps(_mm256_set1_ps(a.d), dot, _mm256_set1_ps(8.0 * a.s));
-                    _mm256_fmadd_ps(d, t, acc)
-                }
-                DType::Q5_0 => {
-                    // Σ (q − 16)·a = Σ q·a − 16·Σ a.
-                    let t = _mm256_fmsub_ps(_mm256_set1_ps(a.d), dot, _mm256_set1_ps(16.0 * a.s));
-                    _mm256_fmadd_ps(d, t, acc)
-                }
-                DType::Q4_1 | DType::Q5_1 => {
-                    let m = _mm256_cvtph_ps(_mm_loadu_si128(block.add(16) as *const __m128i));
-                    let with_mins = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), acc);
-                    _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_set1_ps(a.d), dot), with_mins)
-                }
-                _ => _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_set1_ps(a.d), dot), acc),
-            };
-        }
-        let mut out = [0f32; 8];
-        _mm256_storeu_ps(out.as_mut_ptr(), acc);
-        out
+    pub(super) unsafe fn dot_tokens<const T: usize>(
+        dtype: DType,
+        group: &[u8],
+        acts: &[&[BlockQ8]; T],
+    ) -> [[f32; 8]; T] {
+        let lanes = match dtype {
+            DType::Q4K => dot_q4_k(group, acts),
+            DType::Q6K => dot_q6_k(group, acts),
+            _ => dot_blocks32(dtype, group, acts),
+        };
+        lanes.map(|v| {
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), v);
+            out
+        })
     }
 }
