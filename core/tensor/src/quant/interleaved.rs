@@ -542,10 +542,12 @@ mod x86 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
 
-    /// Decoding streams each group from memory: the 32-element kernels
-    /// ask for the block after next (measured on AMD EPYC, q8_0 1B decode
-    /// 18 → 24 tok/s; the same for the k-quants' larger blocks slowed them
-    /// down), `bytes` from `p`. A hint: addresses past the
+    /// Decoding streams each group from memory, so the kernels ask for
+    /// what comes next, `bytes` from `p`: the 32-element ones the block
+    /// after next, q4_k the next block a quarter per chunk (measured on AMD
+    /// EPYC, 1B decode: q8_0 18 → 24 tok/s, Q4_K_M 28 → 34; a whole block
+    /// at once slowed q4_k down, and q6_k, whose kernel does more work per
+    /// byte, was slower with every distance tried). A hint: addresses past the
     /// group's end (or anywhere) never fault.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -703,6 +705,7 @@ mod x86 {
             let block = group.as_ptr().add(b * size);
             let (d, dmin) = (f16x8(block), f16x8(block.add(16)));
             for c in 0..4 {
+                prefetch(block.wrapping_add(size + c * size / 4), size / 4);
                 let q = block.add(Q4K_QUANTS + 256 * c);
                 let a_lo: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + 2 * c]);
                 let a_hi: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + 2 * c + 1]);
