@@ -4,7 +4,7 @@
 mod attention;
 mod backward;
 mod bf16;
-mod half_dot;
+pub(crate) mod half_dot;
 mod lora;
 mod matmul;
 mod ops;
