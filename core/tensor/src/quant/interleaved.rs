@@ -732,12 +732,18 @@ mod x86 {
         std::array::from_fn(|t| _mm256_sub_ps(acc[t], mins[t]))
     }
 
-    /// Σ q·a of a quad's four rows for one q6_k act block, per token:
-    /// (the low 16 elements with runs 0/1, the high 16 with runs 2/3).
-    /// Each 32-byte load meets every token in turn.
+    /// Σ sc·q·a of a quad's four rows for one q6_k act block, per token:
+    /// (the low 16 elements with runs 0/1, the high 16 with runs 2/3), each
+    /// half's pair sums weighted by its rows' sub-block scales `scales`
+    /// (one i16 per row, in each of the row's four lanes). Each 32-byte
+    /// load meets every token in turn.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q6_k_quad_tokens<const T: usize>(q: *const u8, a: &[&BlockQ8; T]) -> [(__m256i, __m256i); T] {
+    unsafe fn q6_k_quad_tokens<const T: usize>(
+        q: *const u8,
+        scales: &[__m256i; 2],
+        a: &[&BlockQ8; T],
+    ) -> [(__m256i, __m256i); T] {
         let mut halves = [[_mm256_setzero_si256(); 2]; T];
         for k in 0..4 {
             let w = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
@@ -747,8 +753,34 @@ mod x86 {
                 *p = _mm256_add_epi16(*p, _mm256_maddubs_epi16(w, run_of(a[t], k)));
             }
         }
-        let ones = _mm256_set1_epi16(1);
-        halves.map(|[lo, hi]| (_mm256_madd_epi16(lo, ones), _mm256_madd_epi16(hi, ones)))
+        // Each pair ≤ 2·(2·63·127)·128: far inside i32.
+        halves.map(|[lo, hi]| (_mm256_madd_epi16(lo, scales[0]), _mm256_madd_epi16(hi, scales[1])))
+    }
+
+    /// A q6_k act block's sub-block scales (the two halves' eight i8, in
+    /// lane order, at `lo` and `hi`) as `maddubs` pair weights: per quad and
+    /// half, each of the quad's four rows' scale in its four i16 lanes;
+    /// and both halves' scales of each lane as an i16 pair (low, high).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6_k_scales(lo: *const u8, hi: *const u8) -> ([[__m256i; 2]; 2], __m256i) {
+        let (lo, hi) = (_mm_loadl_epi64(lo as *const __m128i), _mm_loadl_epi64(hi as *const __m128i));
+        // Lane order [0, 1, 4, 5, 2, 3, 6, 7]: quad 0's rows sit in lanes
+        // 0, 1 (low 128 bits) and 4, 5 (high); quad 1's in 2, 3 and 6, 7.
+        let pick = [
+            _mm256_setr_epi8(
+                0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 8, 9, 8, 9, 8, 9, 8, 9, 10, 11, 10, 11, 10, 11, 10, 11,
+            ),
+            _mm256_setr_epi8(
+                4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7, 12, 13, 12, 13, 12, 13, 12, 13, 14, 15, 14, 15, 14, 15,
+                14, 15,
+            ),
+        ];
+        let words = [lo, hi].map(|half| _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(half)));
+        let per_quad =
+            [0, 1].map(|quad| [_mm256_shuffle_epi8(words[0], pick[quad]), _mm256_shuffle_epi8(words[1], pick[quad])]);
+        let pairs = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(lo, hi));
+        (per_quad, pairs)
     }
 
     /// The eight lanes of a q6_k group per token (see `q6_k_scalar` for the order).
@@ -756,7 +788,6 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_q6_k<const T: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
         let size = InterleavedRows::block_bytes(DType::Q6K);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..acts[0].len() / 8 {
             let block = group.as_ptr().add(b * size);
@@ -764,31 +795,21 @@ mod x86 {
             for j in 0..8 {
                 let q = block.add(Q6K_QUANTS + 256 * j);
                 let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
+                let scales = block.add(Q6K_SCALES + 16 * j);
+                let (per_quad, pairs) = q6_k_scales(scales, scales.add(8));
                 let mut dots = [[(_mm256_setzero_si256(), _mm256_setzero_si256()); T]; 2];
                 for (quad, sums) in dots.iter_mut().enumerate() {
-                    *sums = q6_k_quad_tokens(q.add(128 * quad), &a);
+                    *sums = q6_k_quad_tokens(q.add(128 * quad), &per_quad[quad], &a);
                 }
-                let sc: [__m256i; 2] = std::array::from_fn(|half| {
-                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(block.add(Q6K_SCALES + 8 * (2 * j + half)) as *const __m128i))
-                });
                 for t in 0..T {
-                    // Σ a over each 16-element half: four-element sums, then each 128-bit half's total.
-                    let act = _mm256_loadu_si256(a[t].qs.as_ptr() as *const __m256i);
-                    let fours = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), act), ones);
-                    let halves = _mm256_hadd_epi32(fours, fours);
-                    // Two hadds leave the low half's total in lanes 0-3 and the high half's in 4-7; ×32.
-                    let offsets = _mm256_slli_epi32(_mm256_hadd_epi32(halves, halves), 5);
-                    let mut total = _mm256_setzero_si256();
-                    for (half, sc) in sc.iter().enumerate() {
-                        let (quad0, quad1) = (dots[0][t], dots[1][t]);
-                        let dot = if half == 0 {
-                            _mm256_hadd_epi32(quad0.0, quad1.0)
-                        } else {
-                            _mm256_hadd_epi32(quad0.1, quad1.1)
-                        };
-                        let offset = _mm256_permutevar8x32_epi32(offsets, _mm256_set1_epi32(4 * half as i32));
-                        total = _mm256_add_epi32(total, _mm256_mullo_epi32(_mm256_sub_epi32(dot, offset), *sc));
-                    }
+                    // Σ_half sc·Σ q·a, then minus 32·Σ_half sc·Σ a (the
+                    // activations' half sums as one i16 pair per lane).
+                    let (quad0, quad1) = (dots[0][t], dots[1][t]);
+                    let dot =
+                        _mm256_add_epi32(_mm256_hadd_epi32(quad0.0, quad1.0), _mm256_hadd_epi32(quad0.1, quad1.1));
+                    let sums = _mm256_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
+                    let offset = _mm256_slli_epi32(_mm256_madd_epi16(pairs, sums), 5);
+                    let total = _mm256_sub_epi32(dot, offset);
                     let scaled = _mm256_mul_ps(_mm256_set1_ps(a[t].d), _mm256_cvtepi32_ps(total));
                     acc[t] = _mm256_fmadd_ps(d, scaled, acc[t]);
                 }

@@ -40,6 +40,10 @@ pub struct BlockQ8 {
     pub s: f32,
     /// The quants.
     pub qs: [i8; QK],
+    /// The sums of the first and of the last 16 quants (q6_k's kernel
+    /// subtracts its `32·Σ a` per half-block from these, once per token
+    /// rather than once per group of weight rows).
+    pub half_sums: [i16; 2],
 }
 
 /// Quantizes a row of activations (length a multiple of 32) to [`BlockQ8`]s.
@@ -90,7 +94,7 @@ unsafe fn quantize_blocks_avx2(x: &[f32], out: &mut Vec<BlockQ8>) {
         let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         let mut qs = [0i8; QK];
         _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, ordered);
-        out.push(BlockQ8 { d, s: d * sum as f32, qs });
+        out.push(BlockQ8 { d, s: d * sum as f32, qs, half_sums: half_sums(&qs) });
     }
 }
 
@@ -106,7 +110,14 @@ fn quantize_activation_block(x: &[f32]) -> BlockQ8 {
         *q = (v * id).round_ties_even() as i8;
         sum += *q as i32;
     }
-    BlockQ8 { d, s: d * sum as f32, qs }
+    BlockQ8 { d, s: d * sum as f32, qs, half_sums: half_sums(&qs) }
+}
+
+/// The sums of the two 16-quant halves of a block (each within ±2032).
+#[inline(always)]
+fn half_sums(qs: &[i8; QK]) -> [i16; 2] {
+    let sum = |half: &[i8]| half.iter().map(|&q| q as i16).sum::<i16>();
+    [sum(&qs[..QK / 2]), sum(&qs[QK / 2..])]
 }
 
 /// Which implementation of the quantized dot product to use.
