@@ -6,6 +6,7 @@
 //! nothing it does not have to.
 
 use crate::quant::interleaved::{interleave_rows, InterleavedRows};
+use crate::quant::layout::WeightLayout;
 use crate::quant::packed::{pack_rows, PackedRows};
 use crate::quant::{dequantize_row, quantize_row};
 use crate::{DType, Device, Result, TensorError};
@@ -106,21 +107,33 @@ impl Tensor {
         })
     }
 
-    /// This tensor with its rows also repacked for the CPU's fastest
-    /// quantized dot product (see [`crate::quant::packed`]); unchanged when
-    /// the format, row length or CPU does not allow it.
-    pub fn prepacked(mut self) -> Tensor {
+    /// This tensor with its rows also stored in the layout the CPU's
+    /// kernels read fastest ([`WeightLayout::chosen`]: interleaved groups or
+    /// VNNI pair-packed rows); unchanged when the format, row length or CPU
+    /// does not allow it.
+    pub fn prepacked(self) -> Tensor {
+        self.in_layout(WeightLayout::chosen())
+    }
+
+    /// This tensor with its rows also stored in `layout` (or in the one
+    /// this CPU runs instead, [`WeightLayout::runnable`]): tests and
+    /// benchmarks run every kernel path this way on one machine.
+    pub fn in_layout(mut self, layout: WeightLayout) -> Tensor {
         if self.shape.len() != 2 {
             return self;
         }
-        if crate::quant::packed::vnni_supported() {
-            self.packed = pack_rows(self.dtype, self.bytes(), self.row_len()).map(Arc::new);
-        } else if crate::quant::DotImpl::detect() == crate::quant::DotImpl::Avx2 {
-            self.interleaved =
-                interleave_rows(self.dtype, self.bytes(), self.row_count(), self.row_len()).map(Arc::new);
-            if let Some(rows) = self.interleaved.as_ref().map(|i| i.rows()) {
-                self.page_out_rows(rows);
+        match layout.runnable() {
+            WeightLayout::Packed => {
+                self.packed = pack_rows(self.dtype, self.bytes(), self.row_len()).map(Arc::new);
             }
+            WeightLayout::Interleaved => {
+                self.interleaved =
+                    interleave_rows(self.dtype, self.bytes(), self.row_count(), self.row_len()).map(Arc::new);
+                if let Some(rows) = self.interleaved.as_ref().map(|i| i.rows()) {
+                    self.page_out_rows(rows);
+                }
+            }
+            WeightLayout::Rows => {}
         }
         self
     }

@@ -11,6 +11,7 @@ mod common;
 use common::Rng;
 use tailor_tensor::cpu::{self, LinearScratch};
 use tailor_tensor::quant::interleaved::{dot_group, dot_group_scalar, dot_group_tokens, interleave_rows, GROUP};
+use tailor_tensor::quant::layout::WeightLayout;
 use tailor_tensor::quant::{dequantize_row, quantize_activations, vec_dot, DotImpl};
 use tailor_tensor::{DType, Tensor};
 
@@ -72,7 +73,7 @@ fn a_row_in_a_decode_batch_equals_its_solo_result() {
     let mut scratch = LinearScratch::default();
     for dtype in FORMATS {
         let (rows, row_len, tokens) = (43, if dtype.block_size() == 256 { 512 } else { 192 }, 3);
-        let w = random_matrix(&mut rng, dtype, rows, row_len).prepacked();
+        let w = random_matrix(&mut rng, dtype, rows, row_len).in_layout(WeightLayout::Interleaved);
         let x = rng.vec(tokens * row_len);
         let mut batch = vec![0f32; tokens * rows];
         cpu::linear(&x, tokens, &w, &mut batch, &mut scratch).unwrap();
@@ -120,7 +121,7 @@ fn a_prefill_in_pieces_equals_one_prefill() {
         // 43 rows: five groups and three rows on the row kernel; 70 tokens:
         // past one block of cached tokens, split unevenly.
         let (rows, row_len, tokens) = (43, if dtype.block_size() == 256 { 512 } else { 192 }, 70);
-        let w = random_matrix(&mut rng, dtype, rows, row_len).prepacked();
+        let w = random_matrix(&mut rng, dtype, rows, row_len).in_layout(WeightLayout::Interleaved);
         let x = rng.vec(tokens * row_len);
         let mut whole = vec![0f32; tokens * rows];
         cpu::linear_many_prefill(&x, tokens, &mut [(&w, &mut whole)], &mut scratch).unwrap();

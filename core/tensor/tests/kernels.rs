@@ -5,7 +5,12 @@ mod common;
 
 use common::{quantized_formats, Rng};
 use tailor_tensor::cpu::{self, AttentionShape, LinearScratch, RopeTable};
+use tailor_tensor::quant::layout::WeightLayout;
 use tailor_tensor::{DType, Tensor};
+
+/// Every weight layout, each forced (or the one this CPU runs instead), so
+/// every kernel path this machine can run is tested whatever the default.
+const LAYOUTS: [WeightLayout; 3] = [WeightLayout::Rows, WeightLayout::Packed, WeightLayout::Interleaved];
 
 fn naive_linear(x: &[f32], tokens: usize, w: &[f32], out: usize) -> Vec<f32> {
     let inp = x.len() / tokens;
@@ -50,7 +55,7 @@ fn quantized_linear_matches_dequantized_reference() {
             let tensor = Tensor::from_f32(rng.vec(out * inp), &[out, inp]).unwrap().to_dtype(dtype).unwrap();
             let dense = tensor.to_f32().unwrap().into_owned();
             let want = naive_linear(&x, tokens, &dense, out);
-            for t in [tensor.clone(), tensor.clone().prepacked()] {
+            for t in std::iter::once(tensor.clone()).chain(LAYOUTS.map(|l| tensor.clone().in_layout(l))) {
                 let mut y = vec![0f32; tokens * out];
                 cpu::linear(&x, tokens, &t, &mut y, &mut scratch).unwrap();
                 // Activations are quantized to 8 bits below QUANT_GEMM_MIN_TOKENS,
@@ -276,14 +281,10 @@ fn decode_batch_linear_gives_each_row_its_solo_result_bit_for_bit() {
     let mut formats: Vec<DType> = quantized_formats().to_vec();
     formats.extend([DType::F32, DType::F16, DType::BF16]);
     for dtype in formats {
-        for packed in [false, true] {
+        for layout in LAYOUTS {
             let make = |rng: &mut Rng, rows: usize| {
                 let t = Tensor::from_f32(rng.vec(rows * inp), &[rows, inp]).unwrap().to_dtype(dtype).unwrap();
-                if packed {
-                    t.prepacked()
-                } else {
-                    t
-                }
+                t.in_layout(layout)
             };
             let (wa, wb) = (make(&mut rng, out_a), make(&mut rng, out_b));
             // 12 rows: past QUANT_GEMM_MIN_TOKENS, where plain linear would switch to gemm.
@@ -295,8 +296,8 @@ fn decode_batch_linear_gives_each_row_its_solo_result_bit_for_bit() {
                 let row = &x[t * inp..(t + 1) * inp];
                 let (mut sa, mut sb) = (vec![0f32; out_a], vec![0f32; out_b]);
                 cpu::linear_many(row, 1, &mut [(&wa, &mut sa), (&wb, &mut sb)], &mut scratch).unwrap();
-                assert_eq!(&ya[t * out_a..(t + 1) * out_a], &sa[..], "{dtype} packed={packed} row {t}");
-                assert_eq!(&yb[t * out_b..(t + 1) * out_b], &sb[..], "{dtype} packed={packed} row {t}");
+                assert_eq!(&ya[t * out_a..(t + 1) * out_a], &sa[..], "{dtype} {layout:?} row {t}");
+                assert_eq!(&yb[t * out_b..(t + 1) * out_b], &sb[..], "{dtype} {layout:?} row {t}");
             }
         }
     }

@@ -4,7 +4,7 @@
 //! between machines).
 
 use super::{bf16_supported, half_dot};
-use crate::quant::{packed::vnni_supported, DotImpl};
+use crate::quant::{layout::WeightLayout, DotImpl};
 
 /// The CPU and the kernels this process runs on it.
 #[derive(Debug, Clone)]
@@ -23,10 +23,11 @@ pub struct KernelReport {
 
 /// This machine's report.
 pub fn kernel_report() -> KernelReport {
-    let quantized_rows = match (vnni_supported(), DotImpl::detect()) {
-        (true, _) => "avx512-vnni pair-packed (q4_0, q4_1, q8_0), avx2 (other types)",
-        (false, DotImpl::Avx2) => "avx2",
-        (false, DotImpl::Scalar) => "scalar",
+    let quantized_rows = match (WeightLayout::chosen(), DotImpl::detect()) {
+        (WeightLayout::Packed, ..) => "avx512-vnni pair-packed (q4_0, q4_1, q8_0), avx2 rows (other types)",
+        (WeightLayout::Interleaved, ..) => "interleaved groups, avx2",
+        (WeightLayout::Rows, DotImpl::Avx2) => "avx2 rows",
+        (WeightLayout::Rows, DotImpl::Scalar) => "scalar rows",
     };
     KernelReport {
         cpu: cpu_name(),

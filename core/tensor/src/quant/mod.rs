@@ -8,6 +8,7 @@
 mod avx2;
 mod formats;
 pub mod interleaved;
+pub mod layout;
 pub mod packed;
 mod scalar;
 
