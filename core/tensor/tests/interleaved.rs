@@ -1,5 +1,5 @@
-//! The AVX2 row-interleaved decode kernel (`quant::interleaved`): against
-//! its scalar reference bit for bit, against the row kernel within f32
+//! The row-interleaved kernels (`quant::interleaved`), AVX2 and its VNNI
+//! form, each forced: against the scalar reference bit for bit, against the row kernel within f32
 //! rounding, on whole groups and matrices with leftover rows; rows
 //! dequantized from their group equal the GGUF bytes' own; a row's result
 //! in a decode batch equal to its solo one; and the multi-token (prefill)
@@ -10,12 +10,33 @@ mod common;
 
 use common::Rng;
 use tailor_tensor::cpu::{self, LinearScratch};
-use tailor_tensor::quant::interleaved::{dot_group, dot_group_scalar, dot_group_tokens, interleave_rows, GROUP};
+use tailor_tensor::quant::interleaved::InterleavedRows;
+use tailor_tensor::quant::interleaved::{
+    dot_group, dot_group_scalar, dot_group_tokens_on, interleave_rows, GroupKernel, GROUP,
+};
 use tailor_tensor::quant::layout::WeightLayout;
-use tailor_tensor::quant::{dequantize_row, quantize_activations, vec_dot, DotImpl};
+use tailor_tensor::quant::{dequantize_row, quantize_activations, vec_dot, BlockQ8, DotImpl};
 use tailor_tensor::{DType, Tensor};
 
 const FORMATS: [DType; 7] = [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4K, DType::Q6K];
+
+/// The fast kernels this CPU runs (those it does not are named on stderr:
+/// a machine with VNNI tests both).
+fn fast_kernels() -> Vec<GroupKernel> {
+    let all = [GroupKernel::Avx2, GroupKernel::Vnni];
+    let (run, skipped): (Vec<_>, Vec<_>) = all.into_iter().partition(|k| k.is_supported());
+    if !skipped.is_empty() {
+        eprintln!("interleaved kernels this CPU cannot run, not tested here: {skipped:?}");
+    }
+    run
+}
+
+/// One token's eight sums on `kernel`.
+fn dot_group_on(kernel: GroupKernel, rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
+    let mut out = [[0f32; GROUP]];
+    dot_group_tokens_on(kernel, rows, g, acts, &mut out);
+    out[0]
+}
 
 fn random_matrix(rng: &mut Rng, dtype: DType, rows: usize, row_len: usize) -> Tensor {
     Tensor::from_f32(rng.vec(rows * row_len), &[rows, row_len]).unwrap().to_dtype(dtype).unwrap()
@@ -41,6 +62,11 @@ fn groups_equal_their_scalar_reference_and_the_row_dots() {
             quantize_activations(&rng.vec(row_len), &mut acts).unwrap();
             for g in 0..grouped.groups {
                 let (fast, reference) = (dot_group(&grouped, g, &acts), dot_group_scalar(&grouped, g, &acts));
+                for kernel in fast_kernels() {
+                    let forced = dot_group_on(kernel, &grouped, g, &acts);
+                    let what = format!("{dtype} {rows}x{row_len} group {g} on {kernel:?}");
+                    assert_eq!(forced.map(f32::to_bits), reference.map(f32::to_bits), "{what}");
+                }
                 assert_eq!(fast.map(f32::to_bits), reference.map(f32::to_bits), "{dtype} {rows}x{row_len} group {g}");
                 // The k-quants sum sixteen or more scaled sub-blocks (q4_k minus
                 // a sum of mins): f32 rounding near 1e-5 of the result.
@@ -101,12 +127,13 @@ fn every_token_of_a_tile_gets_its_one_token_result() {
                 all.extend_from_slice(&acts);
             }
             let per_token = all.len() / tokens;
-            for g in 0..grouped.groups {
+            for (g, kernel) in (0..grouped.groups).flat_map(|g| fast_kernels().into_iter().map(move |k| (g, k))) {
                 let mut out = vec![[0f32; GROUP]; tokens];
-                dot_group_tokens(&grouped, g, &all, &mut out);
+                dot_group_tokens_on(kernel, &grouped, g, &all, &mut out);
                 for (t, sums) in out.iter().enumerate() {
                     let solo = dot_group(&grouped, g, &all[t * per_token..(t + 1) * per_token]);
-                    assert_eq!(sums.map(f32::to_bits), solo.map(f32::to_bits), "{dtype} {tokens} tokens, token {t}");
+                    let what = format!("{dtype} {tokens} tokens on {kernel:?}, token {t}");
+                    assert_eq!(sums.map(f32::to_bits), solo.map(f32::to_bits), "{what}");
                 }
             }
         }

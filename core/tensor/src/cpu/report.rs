@@ -4,7 +4,7 @@
 //! between machines).
 
 use super::{bf16_supported, half_dot};
-use crate::quant::{layout::WeightLayout, DotImpl};
+use crate::quant::{interleaved::GroupKernel, layout::WeightLayout, DotImpl};
 
 /// The CPU and the kernels this process runs on it.
 #[derive(Debug, Clone)]
@@ -25,7 +25,10 @@ pub struct KernelReport {
 pub fn kernel_report() -> KernelReport {
     let quantized_rows = match (WeightLayout::chosen(), DotImpl::detect()) {
         (WeightLayout::Packed, ..) => "avx512-vnni pair-packed (q4_0, q4_1, q8_0), avx2 rows (other types)",
-        (WeightLayout::Interleaved, ..) => "interleaved groups, avx2",
+        (WeightLayout::Interleaved, _) if GroupKernel::detect() == GroupKernel::Vnni => {
+            "interleaved groups, avx512-vnni (256-bit; q6_k avx2)"
+        }
+        (WeightLayout::Interleaved, _) => "interleaved groups, avx2",
         (WeightLayout::Rows, DotImpl::Avx2) => "avx2 rows",
         (WeightLayout::Rows, DotImpl::Scalar) => "scalar rows",
     };

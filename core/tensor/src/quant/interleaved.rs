@@ -370,9 +370,40 @@ fn interleave_q4_k_block<'a>(at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>)
 /// once, meet up to this many tokens' activations.
 pub const TOKEN_TILE: usize = 4;
 
+/// The implementations of the group kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKernel {
+    /// Portable scalar code (the reference).
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// The AVX2 kernels with AVX-512 VNNI's `vpdpbusd` for the integer sums.
+    Vnni,
+}
+
+impl GroupKernel {
+    /// The fastest this CPU runs (detected once).
+    pub fn detect() -> GroupKernel {
+        static DETECTED: std::sync::OnceLock<GroupKernel> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let all = [GroupKernel::Vnni, GroupKernel::Avx2];
+            all.into_iter().find(|k| k.is_supported()).unwrap_or(GroupKernel::Scalar)
+        })
+    }
+
+    /// Whether this CPU runs this implementation.
+    pub fn is_supported(self) -> bool {
+        match self {
+            GroupKernel::Scalar => true,
+            GroupKernel::Avx2 => super::avx2::is_supported(),
+            GroupKernel::Vnni => super::avx2::is_supported() && super::packed::vnni_supported(),
+        }
+    }
+}
+
 /// The dot products of group `g`'s eight rows with one token's activations
-/// (`blocks` of them), in row order: AVX2 when the CPU has it (the caller
-/// made the layout only then), else the scalar reference.
+/// (`blocks` of them), in row order, on the fastest kernel this CPU runs
+/// (every kernel gives the same bits).
 pub fn dot_group(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
     let mut out = [[0f32; GROUP]];
     dot_group_tokens(rows, g, acts, &mut out);
@@ -385,6 +416,18 @@ pub fn dot_group(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GR
 /// order per token). The prefill's kernel: a block's quants are loaded and
 /// unpacked once for [`TOKEN_TILE`] tokens.
 pub fn dot_group_tokens(rows: &InterleavedRows, g: usize, acts: &[BlockQ8], out: &mut [[f32; GROUP]]) {
+    dot_group_tokens_on(GroupKernel::detect(), rows, g, acts, out);
+}
+
+/// [`dot_group_tokens`] on the kernel `kernel`, or on the scalar reference
+/// where this CPU does not run it (tests compare the paths this way).
+pub fn dot_group_tokens_on(
+    kernel: GroupKernel,
+    rows: &InterleavedRows,
+    g: usize,
+    acts: &[BlockQ8],
+    out: &mut [[f32; GROUP]],
+) {
     let per_token = rows.act_blocks();
     assert!(
         g < rows.groups && acts.len() == out.len() * per_token,
@@ -394,13 +437,14 @@ pub fn dot_group_tokens(rows: &InterleavedRows, g: usize, acts: &[BlockQ8], out:
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if super::avx2::is_supported() {
+        if kernel != GroupKernel::Scalar && kernel.is_supported() {
+            let vnni = kernel == GroupKernel::Vnni;
             for (tile, sums) in acts.chunks(TOKEN_TILE * per_token).zip(out.chunks_mut(TOKEN_TILE)) {
                 match sums.len() {
-                    4 => x86_tile::<4>(rows, g, tile, sums),
-                    3 => x86_tile::<3>(rows, g, tile, sums),
-                    2 => x86_tile::<2>(rows, g, tile, sums),
-                    _ => x86_tile::<1>(rows, g, tile, sums),
+                    4 => x86_tile::<4>(vnni, rows, g, tile, sums),
+                    3 => x86_tile::<3>(vnni, rows, g, tile, sums),
+                    2 => x86_tile::<2>(vnni, rows, g, tile, sums),
+                    _ => x86_tile::<1>(vnni, rows, g, tile, sums),
                 }
             }
             return;
@@ -411,15 +455,24 @@ pub fn dot_group_tokens(rows: &InterleavedRows, g: usize, acts: &[BlockQ8], out:
     }
 }
 
-/// One tile of `T` tokens through the AVX2 kernel, results in row order.
+/// One tile of `T` tokens through the AVX2 kernel (its VNNI form when
+/// `vnni`), results in row order.
 #[cfg(target_arch = "x86_64")]
-fn x86_tile<const T: usize>(rows: &InterleavedRows, g: usize, acts: &[BlockQ8], out: &mut [[f32; GROUP]]) {
+fn x86_tile<const T: usize>(vnni: bool, rows: &InterleavedRows, g: usize, acts: &[BlockQ8], out: &mut [[f32; GROUP]]) {
     let per_token = rows.act_blocks();
     let tokens: [&[BlockQ8]; T] = std::array::from_fn(|t| &acts[t * per_token..(t + 1) * per_token]);
-    // SAFETY: the caller detected AVX2/FMA/F16C; the kernel reads
-    // `rows.blocks` blocks of the group (its slice holds exactly that many)
-    // and `per_token` blocks of each token (sliced above to that length).
-    let lanes = unsafe { x86::dot_tokens(rows.dtype, rows.group(g), &tokens) };
+    let (dtype, group) = (rows.dtype, rows.group(g));
+    // SAFETY: the caller detected the kernel's features (AVX2/FMA/F16C, and
+    // AVX-512 F/BW/VL/VNNI for `vnni`); the kernel reads `rows.blocks`
+    // blocks of the group (its slice holds exactly that many) and
+    // `per_token` blocks of each token (sliced above to that length).
+    let lanes = unsafe {
+        if vnni {
+            x86::vnni::dot_tokens(dtype, group, &tokens)
+        } else {
+            x86::avx2::dot_tokens(dtype, group, &tokens)
+        }
+    };
     for (sums, token_lanes) in out.iter_mut().zip(lanes) {
         *sums = in_row_order(token_lanes);
     }

@@ -1,4 +1,4 @@
-//! The AVX2 kernels of [`super`], each for `T` tokens at once: a block's
+//! The x86 kernels of [`super`], each for `T` tokens at once: a block's
 //! quants are loaded and unpacked once, then every token runs exactly the
 //! operations a lone token would, so results never depend on `T`.
 //! Every function is compiled once per format and token count (const
@@ -6,326 +6,383 @@
 //! helper serves one kernel, which it inlines into (measured: when a helper
 //! stayed a call, or a closure lost the target features, a kernel ran 2-6x
 //! slower).
+//!
+//! The kernels are written once and compiled twice, by `kernels!`: for
+//! AVX2 (`maddubs` pair sums in i16, widened by `madd`) and for AVX-512
+//! VNNI on 256-bit registers (`vpdpbusd`, four products straight into
+//! each i32 lane). The integer sums are exact either way, so both give
+//! the same bits; q6_k, whose pair sums are weighted by i16 scales in the
+//! widening step, runs the AVX2 form in both.
 
 use super::{quants_layout, BlockQ8, InterleavedRows, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_QUANTS, Q6K_SCALES};
 use crate::DType;
 use std::arch::x86_64::*;
 
-/// The 32-element formats, by the index `dot_blocks32` is compiled for.
-const BLOCKS32: [DType; 5] = [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0];
+/// The kernels for one instruction set: `$features` their target
+/// features, `$vnni` whether the integer sums use `vpdpbusd`.
+macro_rules! kernels {
+    ($features:tt, $vnni:tt) => {
+        /// The 32-element formats, by the index `dot_blocks32` is compiled for.
+        const BLOCKS32: [DType; 5] = [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0];
 
-/// Eight activation bytes `8k..8k+8` of a block in each 64-bit lane.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn run_of(a: &BlockQ8, k: usize) -> __m256i {
-    _mm256_set1_epi64x((a.qs.as_ptr().add(8 * k) as *const i64).read_unaligned())
-}
+        /// Eight activation bytes `8k..8k+8` of a block in each 64-bit lane.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn run_of(a: &BlockQ8, k: usize) -> __m256i {
+            _mm256_set1_epi64x((a.qs.as_ptr().add(8 * k) as *const i64).read_unaligned())
+        }
 
-/// A block's four activation runs.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn runs_of(a: &BlockQ8) -> [__m256i; 4] {
-    [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)]
-}
+        /// A block's four activation runs.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn runs_of(a: &BlockQ8) -> [__m256i; 4] {
+            [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)]
+        }
 
-/// Eight f16 at `p` as f32.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16x8(p: *const u8) -> __m256 {
-    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-}
+        /// Eight f16 at `p` as f32.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn f16x8(p: *const u8) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
 
-/// Decoding streams each group from memory, so the kernels ask for
-/// what comes next, `bytes` from `p`: the 32-element ones the block
-/// after next, q4_k the next block a quarter per chunk (measured on AMD
-/// EPYC, 1B decode: q8_0 18 → 24 tok/s, Q4_K_M 28 → 34; a whole block
-/// at once slowed q4_k down, and q6_k, whose kernel does more work per
-/// byte, was slower with every distance tried). A hint: addresses past the
-/// group's end (or anywhere) never fault.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn prefetch(p: *const u8, bytes: usize) {
-    for line in (0..bytes).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8);
-    }
-}
+        /// Decoding streams each group from memory, so the kernels ask for
+        /// what comes next, `bytes` from `p`: the 32-element ones the block
+        /// after next, q4_k the next block a quarter per chunk (measured on AMD
+        /// EPYC, 1B decode: q8_0 18 → 24 tok/s, Q4_K_M 28 → 34; a whole block
+        /// at once slowed q4_k down, and q6_k, whose kernel does more work per
+        /// byte, was slower with every distance tried). A hint: addresses past the
+        /// group's end (or anywhere) never fault.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn prefetch(p: *const u8, bytes: usize) {
+            for line in (0..bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8);
+            }
+        }
 
-/// The quants of one quad (four rows) of a 32-element block, as the
-/// byte operands that meet activation runs 0..4. q4: two 32-byte loads,
-/// low nibbles for runs 0/1, high for 2/3. q5: the same with each
-/// byte's fifth bit added from the run's eight bytes of bits at `h`
-/// (per row: the low nibbles' byte, then the high nibbles'). q8_0: the
-/// four signed loads as they are.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quad_operands<const F: usize>(q: *const u8, h: *const u8) -> [__m256i; 4] {
-    let dtype = BLOCKS32[F];
-    let load = |k: usize| _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
-    let mask = _mm256_set1_epi8(0x0F);
-    let low = |l: __m256i| _mm256_and_si256(l, mask);
-    let high = |l: __m256i| _mm256_and_si256(_mm256_srli_epi16(l, 4), mask);
-    match dtype {
-        DType::Q8_0 => [load(0), load(1), load(2), load(3)],
-        DType::Q5_0 | DType::Q5_1 => {
-            let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-            let fifth = _mm256_set1_epi8(0x10);
-            // Row s of the quad fills 64-bit lane s: its byte 2s (low) or 2s + 1 (high).
-            let low_of = _mm256_setr_epi64x(0, 0x0202_0202_0202_0202, 0x0404_0404_0404_0404, 0x0606_0606_0606_0606);
-            let high_of = _mm256_add_epi8(low_of, _mm256_set1_epi8(1));
-            let spread = |k: usize, which: __m256i| {
-                let bits = _mm256_set1_epi64x((h.add(8 * k) as *const i64).read_unaligned());
-                let picked = _mm256_shuffle_epi8(bits, which);
-                _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(picked, bit), bit), fifth)
+        /// The quants of one quad (four rows) of a 32-element block, as the
+        /// byte operands that meet activation runs 0..4. q4: two 32-byte loads,
+        /// low nibbles for runs 0/1, high for 2/3. q5: the same with each
+        /// byte's fifth bit added from the run's eight bytes of bits at `h`
+        /// (per row: the low nibbles' byte, then the high nibbles'). q8_0: the
+        /// four signed loads as they are.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn quad_operands<const F: usize>(q: *const u8, h: *const u8) -> [__m256i; 4] {
+            let dtype = BLOCKS32[F];
+            let load = |k: usize| _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
+            let mask = _mm256_set1_epi8(0x0F);
+            let low = |l: __m256i| _mm256_and_si256(l, mask);
+            let high = |l: __m256i| _mm256_and_si256(_mm256_srli_epi16(l, 4), mask);
+            match dtype {
+                DType::Q8_0 => [load(0), load(1), load(2), load(3)],
+                DType::Q5_0 | DType::Q5_1 => {
+                    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+                    let fifth = _mm256_set1_epi8(0x10);
+                    // Row s of the quad fills 64-bit lane s: its byte 2s (low) or 2s + 1 (high).
+                    let low_of =
+                        _mm256_setr_epi64x(0, 0x0202_0202_0202_0202, 0x0404_0404_0404_0404, 0x0606_0606_0606_0606);
+                    let high_of = _mm256_add_epi8(low_of, _mm256_set1_epi8(1));
+                    let spread = |k: usize, which: __m256i| {
+                        let bits = _mm256_set1_epi64x((h.add(8 * k) as *const i64).read_unaligned());
+                        let picked = _mm256_shuffle_epi8(bits, which);
+                        _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(picked, bit), bit), fifth)
+                    };
+                    let (l0, l1) = (load(0), load(1));
+                    [
+                        _mm256_or_si256(low(l0), spread(0, low_of)),
+                        _mm256_or_si256(low(l1), spread(1, low_of)),
+                        _mm256_or_si256(high(l0), spread(0, high_of)),
+                        _mm256_or_si256(high(l1), spread(1, high_of)),
+                    ]
+                }
+                _ => {
+                    let (l0, l1) = (load(0), load(1));
+                    [low(l0), low(l1), high(l0), high(l1)]
+                }
+            }
+        }
+
+        /// Σ q·a of a block's eight rows for one token, in lane order: each
+        /// quad's sums (two i32 lanes per row), paired up by one `hadd`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn block_sums<const F: usize>(w: &[[__m256i; 4]; 2], a: &[__m256i; 4]) -> __m256i {
+            let ones = _mm256_set1_epi16(1);
+            let mut quads = [_mm256_setzero_si256(); 2];
+            for (sum, w) in quads.iter_mut().zip(w) {
+                if BLOCKS32[F] == DType::Q8_0 {
+                    // Signed weights: the sign moves onto the activations (unsigned × signed products).
+                    for (w, a) in w.iter().zip(a) {
+                        let (w, a) = (_mm256_sign_epi8(*w, *w), _mm256_sign_epi8(*a, *w));
+                        *sum = if $vnni {
+                            _mm256_dpbusd_epi32(*sum, w, a)
+                        } else {
+                            _mm256_add_epi32(*sum, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones))
+                        };
+                    }
+                    continue;
+                }
+                if $vnni {
+                    // Two chains of two: each i32 lane sums four products at a time.
+                    let zero = _mm256_setzero_si256();
+                    let low = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, w[0], a[0]), w[1], a[1]);
+                    let high = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, w[2], a[2]), w[3], a[3]);
+                    *sum = _mm256_add_epi32(low, high);
+                    continue;
+                }
+                // Each i16 lane ≤ 2·31·127 (q5; q4 2·15·127); four summed stay below 2¹⁵.
+                let mut p = _mm256_maddubs_epi16(w[0], a[0]);
+                for k in 1..4 {
+                    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[k], a[k]));
+                }
+                *sum = _mm256_madd_epi16(p, ones);
+            }
+            _mm256_hadd_epi32(quads[0], quads[1])
+        }
+
+        /// Eight lanes per token for the 32-element formats.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn dot_blocks32<const T: usize, const F: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
+            let dtype = BLOCKS32[F];
+            let size = InterleavedRows::block_bytes(dtype);
+            let (base, runs) = quants_layout(dtype);
+            let with_mins = matches!(dtype, DType::Q4_1 | DType::Q5_1);
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..acts[0].len() {
+                let block = group.as_ptr().add(b * size);
+                prefetch(block.wrapping_add(2 * size), size);
+                let d = f16x8(block);
+                let m = if with_mins { f16x8(block.add(16)) } else { d };
+                let (q, h) = (block.add(base), block.add(base).wrapping_sub(32));
+                let w = [quad_operands::<F>(q, h), quad_operands::<F>(q.add(32 * runs), h.wrapping_add(16))];
+                for (acc, token) in acc.iter_mut().zip(acts) {
+                    let a = &token[b];
+                    let dot = _mm256_cvtepi32_ps(block_sums::<F>(&w, &runs_of(a)));
+                    *acc = match dtype {
+                        // Σ (q − 8)·a = Σ q·a − 8·Σ a.
+                        DType::Q4_0 => _mm256_fmadd_ps(
+                            d,
+                            _mm256_fmsub_ps(_mm256_set1_ps(a.d), dot, _mm256_set1_ps(8.0 * a.s)),
+                            *acc,
+                        ),
+                        DType::Q5_0 => _mm256_fmadd_ps(
+                            d,
+                            _mm256_fmsub_ps(_mm256_set1_ps(a.d), dot, _mm256_set1_ps(16.0 * a.s)),
+                            *acc,
+                        ),
+                        DType::Q4_1 | DType::Q5_1 => {
+                            let with_mins = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), *acc);
+                            _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_set1_ps(a.d), dot), with_mins)
+                        }
+                        _ => _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_set1_ps(a.d), dot), *acc),
+                    };
+                }
+            }
+            acc
+        }
+
+        /// Σ q·a of a quad's four rows for one q4_k chunk's two sub-blocks,
+        /// per token: (low nibbles with `lo`, high nibbles with `hi`). Each
+        /// 32-byte load is unpacked once and meets every token in turn.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn q4_k_quad_tokens<const T: usize>(
+            q: *const u8,
+            lo: &[&BlockQ8; T],
+            hi: &[&BlockQ8; T],
+        ) -> [(__m256i, __m256i); T] {
+            let mask = _mm256_set1_epi8(0x0F);
+            let (mut p_lo, mut p_hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
+            for k in 0..4 {
+                let l = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
+                let (w_lo, w_hi) = (_mm256_and_si256(l, mask), _mm256_and_si256(_mm256_srli_epi16(l, 4), mask));
+                for t in 0..T {
+                    if $vnni {
+                        // i32 lanes straight away: four products per lane and step.
+                        p_lo[t] = _mm256_dpbusd_epi32(p_lo[t], w_lo, run_of(lo[t], k));
+                        p_hi[t] = _mm256_dpbusd_epi32(p_hi[t], w_hi, run_of(hi[t], k));
+                        continue;
+                    }
+                    // Each i16 lane ≤ 2·15·127; four summed stay below 2¹⁵.
+                    p_lo[t] = _mm256_add_epi16(p_lo[t], _mm256_maddubs_epi16(w_lo, run_of(lo[t], k)));
+                    p_hi[t] = _mm256_add_epi16(p_hi[t], _mm256_maddubs_epi16(w_hi, run_of(hi[t], k)));
+                }
+            }
+            if $vnni {
+                return std::array::from_fn(|t| (p_lo[t], p_hi[t]));
+            }
+            let ones = _mm256_set1_epi16(1);
+            std::array::from_fn(|t| (_mm256_madd_epi16(p_lo[t], ones), _mm256_madd_epi16(p_hi[t], ones)))
+        }
+
+        /// Eight bytes at `p` as eight f32 lanes.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn bytes_as_f32(p: *const u8) -> __m256 {
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+        }
+
+        /// The eight lanes of a q4_k group per token (see `q4_k_scalar` for the order).
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn dot_q4_k<const T: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
+            let size = InterleavedRows::block_bytes(DType::Q4K);
+            let (mut acc, mut mins) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
+            for b in 0..acts[0].len() / 8 {
+                let block = group.as_ptr().add(b * size);
+                let (d, dmin) = (f16x8(block), f16x8(block.add(16)));
+                for c in 0..4 {
+                    prefetch(block.wrapping_add(size + c * size / 4), size / 4);
+                    let q = block.add(Q4K_QUANTS + 256 * c);
+                    let a_lo: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + 2 * c]);
+                    let a_hi: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + 2 * c + 1]);
+                    let mut x = [[(_mm256_setzero_si256(), _mm256_setzero_si256()); T]; 2];
+                    for (quad, sums) in x.iter_mut().enumerate() {
+                        *sums = q4_k_quad_tokens(q.add(128 * quad), &a_lo, &a_hi);
+                    }
+                    let scaled: [(__m256, __m256); 2] = std::array::from_fn(|half| {
+                        let j = 2 * c + half;
+                        let sc = bytes_as_f32(block.add(Q4K_SCALES + 8 * j));
+                        let m = bytes_as_f32(block.add(Q4K_MINS + 8 * j));
+                        (_mm256_mul_ps(d, sc), _mm256_mul_ps(dmin, m))
+                    });
+                    for t in 0..T {
+                        let sums = [_mm256_hadd_epi32(x[0][t].0, x[1][t].0), _mm256_hadd_epi32(x[0][t].1, x[1][t].1)];
+                        for (half, (a, sum)) in [a_lo[t], a_hi[t]].into_iter().zip(sums).enumerate() {
+                            let dot = _mm256_mul_ps(_mm256_set1_ps(a.d), _mm256_cvtepi32_ps(sum));
+                            acc[t] = _mm256_fmadd_ps(scaled[half].0, dot, acc[t]);
+                            mins[t] = _mm256_fmadd_ps(scaled[half].1, _mm256_set1_ps(a.s), mins[t]);
+                        }
+                    }
+                }
+            }
+            std::array::from_fn(|t| _mm256_sub_ps(acc[t], mins[t]))
+        }
+
+        /// Σ sc·q·a of a quad's four rows for one q6_k act block, per token:
+        /// (the low 16 elements with runs 0/1, the high 16 with runs 2/3), each
+        /// half's pair sums weighted by its rows' sub-block scales `scales`
+        /// (one i16 per row, in each of the row's four lanes). Each 32-byte
+        /// load meets every token in turn.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn q6_k_quad_tokens<const T: usize>(
+            q: *const u8,
+            scales: &[__m256i; 2],
+            a: &[&BlockQ8; T],
+        ) -> [(__m256i, __m256i); T] {
+            let mut halves = [[_mm256_setzero_si256(); 2]; T];
+            for k in 0..4 {
+                let w = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
+                for t in 0..T {
+                    // Each i16 lane ≤ 2·63·127; two summed stay below 2¹⁵.
+                    let p = &mut halves[t][k / 2];
+                    *p = _mm256_add_epi16(*p, _mm256_maddubs_epi16(w, run_of(a[t], k)));
+                }
+            }
+            // Each pair ≤ 2·(2·63·127)·128: far inside i32.
+            halves.map(|[lo, hi]| (_mm256_madd_epi16(lo, scales[0]), _mm256_madd_epi16(hi, scales[1])))
+        }
+
+        /// A q6_k act block's sub-block scales (the two halves' eight i8, in
+        /// lane order, at `lo` and `hi`) as `maddubs` pair weights: per quad and
+        /// half, each of the quad's four rows' scale in its four i16 lanes;
+        /// and both halves' scales of each lane as an i16 pair (low, high).
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn q6_k_scales(lo: *const u8, hi: *const u8) -> ([[__m256i; 2]; 2], __m256i) {
+            let (lo, hi) = (_mm_loadl_epi64(lo as *const __m128i), _mm_loadl_epi64(hi as *const __m128i));
+            // Lane order [0, 1, 4, 5, 2, 3, 6, 7]: quad 0's rows sit in lanes
+            // 0, 1 (low 128 bits) and 4, 5 (high); quad 1's in 2, 3 and 6, 7.
+            let pick = [
+                _mm256_setr_epi8(
+                    0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 8, 9, 8, 9, 8, 9, 8, 9, 10, 11, 10, 11, 10, 11, 10,
+                    11,
+                ),
+                _mm256_setr_epi8(
+                    4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7, 12, 13, 12, 13, 12, 13, 12, 13, 14, 15, 14, 15, 14,
+                    15, 14, 15,
+                ),
+            ];
+            let words = [lo, hi].map(|half| _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(half)));
+            let per_quad = [0, 1]
+                .map(|quad| [_mm256_shuffle_epi8(words[0], pick[quad]), _mm256_shuffle_epi8(words[1], pick[quad])]);
+            let pairs = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(lo, hi));
+            (per_quad, pairs)
+        }
+
+        /// The eight lanes of a q6_k group per token (see `q6_k_scalar` for the order).
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn dot_q6_k<const T: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
+            let size = InterleavedRows::block_bytes(DType::Q6K);
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..acts[0].len() / 8 {
+                let block = group.as_ptr().add(b * size);
+                let d = f16x8(block);
+                for j in 0..8 {
+                    let q = block.add(Q6K_QUANTS + 256 * j);
+                    let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
+                    let scales = block.add(Q6K_SCALES + 16 * j);
+                    let (per_quad, pairs) = q6_k_scales(scales, scales.add(8));
+                    let mut dots = [[(_mm256_setzero_si256(), _mm256_setzero_si256()); T]; 2];
+                    for (quad, sums) in dots.iter_mut().enumerate() {
+                        *sums = q6_k_quad_tokens(q.add(128 * quad), &per_quad[quad], &a);
+                    }
+                    for t in 0..T {
+                        // Σ_half sc·Σ q·a, then minus 32·Σ_half sc·Σ a (the
+                        // activations' half sums as one i16 pair per lane).
+                        let (quad0, quad1) = (dots[0][t], dots[1][t]);
+                        let dot =
+                            _mm256_add_epi32(_mm256_hadd_epi32(quad0.0, quad1.0), _mm256_hadd_epi32(quad0.1, quad1.1));
+                        let sums = _mm256_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
+                        let offset = _mm256_slli_epi32(_mm256_madd_epi16(pairs, sums), 5);
+                        let total = _mm256_sub_epi32(dot, offset);
+                        let scaled = _mm256_mul_ps(_mm256_set1_ps(a[t].d), _mm256_cvtepi32_ps(total));
+                        acc[t] = _mm256_fmadd_ps(d, scaled, acc[t]);
+                    }
+                }
+            }
+            acc
+        }
+
+        /// The eight lanes' sums of a group for each of `T` tokens (lane order
+        /// [`super::LANE_ROWS`]).
+        #[target_feature(enable = $features)]
+        pub(in crate::quant::interleaved) unsafe fn dot_tokens<const T: usize>(
+            dtype: DType,
+            group: &[u8],
+            acts: &[&[BlockQ8]; T],
+        ) -> [[f32; 8]; T] {
+            let lanes = match dtype {
+                DType::Q4K => dot_q4_k(group, acts),
+                DType::Q6K => dot_q6_k(group, acts),
+                DType::Q4_0 => dot_blocks32::<T, 0>(group, acts),
+                DType::Q4_1 => dot_blocks32::<T, 1>(group, acts),
+                DType::Q5_0 => dot_blocks32::<T, 2>(group, acts),
+                DType::Q5_1 => dot_blocks32::<T, 3>(group, acts),
+                _ => dot_blocks32::<T, 4>(group, acts),
             };
-            let (l0, l1) = (load(0), load(1));
-            [
-                _mm256_or_si256(low(l0), spread(0, low_of)),
-                _mm256_or_si256(low(l1), spread(1, low_of)),
-                _mm256_or_si256(high(l0), spread(0, high_of)),
-                _mm256_or_si256(high(l1), spread(1, high_of)),
-            ]
+            lanes.map(|v| {
+                let mut out = [0f32; 8];
+                _mm256_storeu_ps(out.as_mut_ptr(), v);
+                out
+            })
         }
-        _ => {
-            let (l0, l1) = (load(0), load(1));
-            [low(l0), low(l1), high(l0), high(l1)]
-        }
-    }
-}
-
-/// Σ q·a of a block's eight rows for one token, in lane order: each
-/// quad's sums (two i32 lanes per row), paired up by one `hadd`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_sums<const F: usize>(w: &[[__m256i; 4]; 2], a: &[__m256i; 4]) -> __m256i {
-    let ones = _mm256_set1_epi16(1);
-    let mut quads = [_mm256_setzero_si256(); 2];
-    for (sum, w) in quads.iter_mut().zip(w) {
-        if BLOCKS32[F] == DType::Q8_0 {
-            // Signed weights: the sign moves onto the activations for `maddubs`.
-            for (w, a) in w.iter().zip(a) {
-                let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(*w, *w), _mm256_sign_epi8(*a, *w));
-                *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones));
-            }
-            continue;
-        }
-        // Each i16 lane ≤ 2·31·127 (q5; q4 2·15·127); four summed stay below 2¹⁵.
-        let mut p = _mm256_maddubs_epi16(w[0], a[0]);
-        for k in 1..4 {
-            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[k], a[k]));
-        }
-        *sum = _mm256_madd_epi16(p, ones);
-    }
-    _mm256_hadd_epi32(quads[0], quads[1])
-}
-
-/// Eight lanes per token for the 32-element formats.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_blocks32<const T: usize, const F: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
-    let dtype = BLOCKS32[F];
-    let size = InterleavedRows::block_bytes(dtype);
-    let (base, runs) = quants_layout(dtype);
-    let with_mins = matches!(dtype, DType::Q4_1 | DType::Q5_1);
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..acts[0].len() {
-        let block = group.as_ptr().add(b * size);
-        prefetch(block.wrapping_add(2 * size), size);
-        let d = f16x8(block);
-        let m = if with_mins { f16x8(block.add(16)) } else { d };
-        let (q, h) = (block.add(base), block.add(base).wrapping_sub(32));
-        let w = [quad_operands::<F>(q, h), quad_operands::<F>(q.add(32 * runs), h.wrapping_add(16))];
-        for (acc, token) in acc.iter_mut().zip(acts) {
-            let a = &token[b];
-            let dot = _mm256_cvtepi32_ps(block_sums::<F>(&w, &runs_of(a)));
-            *acc = match dtype {
-                // Σ (q − 8)·a = Σ q·a − 8·Σ a.
-                DType::Q4_0 => {
-                    _mm256_fmadd_ps(d, _mm256_fmsub_ps(_mm256_set1_ps(a.d), dot, _mm256_set1_ps(8.0 * a.s)), *acc)
-                }
-                DType::Q5_0 => {
-                    _mm256_fmadd_ps(d, _mm256_fmsub_ps(_mm256_set1_ps(a.d), dot, _mm256_set1_ps(16.0 * a.s)), *acc)
-                }
-                DType::Q4_1 | DType::Q5_1 => {
-                    let with_mins = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), *acc);
-                    _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_set1_ps(a.d), dot), with_mins)
-                }
-                _ => _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_set1_ps(a.d), dot), *acc),
-            };
-        }
-    }
-    acc
-}
-
-/// Σ q·a of a quad's four rows for one q4_k chunk's two sub-blocks,
-/// per token: (low nibbles with `lo`, high nibbles with `hi`). Each
-/// 32-byte load is unpacked once and meets every token in turn.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_k_quad_tokens<const T: usize>(
-    q: *const u8,
-    lo: &[&BlockQ8; T],
-    hi: &[&BlockQ8; T],
-) -> [(__m256i, __m256i); T] {
-    let mask = _mm256_set1_epi8(0x0F);
-    let (mut p_lo, mut p_hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
-    for k in 0..4 {
-        let l = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
-        let (w_lo, w_hi) = (_mm256_and_si256(l, mask), _mm256_and_si256(_mm256_srli_epi16(l, 4), mask));
-        for t in 0..T {
-            // Each i16 lane ≤ 2·15·127; four summed stay below 2¹⁵.
-            p_lo[t] = _mm256_add_epi16(p_lo[t], _mm256_maddubs_epi16(w_lo, run_of(lo[t], k)));
-            p_hi[t] = _mm256_add_epi16(p_hi[t], _mm256_maddubs_epi16(w_hi, run_of(hi[t], k)));
-        }
-    }
-    let ones = _mm256_set1_epi16(1);
-    std::array::from_fn(|t| (_mm256_madd_epi16(p_lo[t], ones), _mm256_madd_epi16(p_hi[t], ones)))
-}
-
-/// Eight bytes at `p` as eight f32 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn bytes_as_f32(p: *const u8) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
-}
-
-/// The eight lanes of a q4_k group per token (see `q4_k_scalar` for the order).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q4_k<const T: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
-    let size = InterleavedRows::block_bytes(DType::Q4K);
-    let (mut acc, mut mins) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
-    for b in 0..acts[0].len() / 8 {
-        let block = group.as_ptr().add(b * size);
-        let (d, dmin) = (f16x8(block), f16x8(block.add(16)));
-        for c in 0..4 {
-            prefetch(block.wrapping_add(size + c * size / 4), size / 4);
-            let q = block.add(Q4K_QUANTS + 256 * c);
-            let a_lo: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + 2 * c]);
-            let a_hi: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + 2 * c + 1]);
-            let mut x = [[(_mm256_setzero_si256(), _mm256_setzero_si256()); T]; 2];
-            for (quad, sums) in x.iter_mut().enumerate() {
-                *sums = q4_k_quad_tokens(q.add(128 * quad), &a_lo, &a_hi);
-            }
-            let scaled: [(__m256, __m256); 2] = std::array::from_fn(|half| {
-                let j = 2 * c + half;
-                let sc = bytes_as_f32(block.add(Q4K_SCALES + 8 * j));
-                let m = bytes_as_f32(block.add(Q4K_MINS + 8 * j));
-                (_mm256_mul_ps(d, sc), _mm256_mul_ps(dmin, m))
-            });
-            for t in 0..T {
-                let sums = [_mm256_hadd_epi32(x[0][t].0, x[1][t].0), _mm256_hadd_epi32(x[0][t].1, x[1][t].1)];
-                for (half, (a, sum)) in [a_lo[t], a_hi[t]].into_iter().zip(sums).enumerate() {
-                    let dot = _mm256_mul_ps(_mm256_set1_ps(a.d), _mm256_cvtepi32_ps(sum));
-                    acc[t] = _mm256_fmadd_ps(scaled[half].0, dot, acc[t]);
-                    mins[t] = _mm256_fmadd_ps(scaled[half].1, _mm256_set1_ps(a.s), mins[t]);
-                }
-            }
-        }
-    }
-    std::array::from_fn(|t| _mm256_sub_ps(acc[t], mins[t]))
-}
-
-/// Σ sc·q·a of a quad's four rows for one q6_k act block, per token:
-/// (the low 16 elements with runs 0/1, the high 16 with runs 2/3), each
-/// half's pair sums weighted by its rows' sub-block scales `scales`
-/// (one i16 per row, in each of the row's four lanes). Each 32-byte
-/// load meets every token in turn.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_k_quad_tokens<const T: usize>(
-    q: *const u8,
-    scales: &[__m256i; 2],
-    a: &[&BlockQ8; T],
-) -> [(__m256i, __m256i); T] {
-    let mut halves = [[_mm256_setzero_si256(); 2]; T];
-    for k in 0..4 {
-        let w = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
-        for t in 0..T {
-            // Each i16 lane ≤ 2·63·127; two summed stay below 2¹⁵.
-            let p = &mut halves[t][k / 2];
-            *p = _mm256_add_epi16(*p, _mm256_maddubs_epi16(w, run_of(a[t], k)));
-        }
-    }
-    // Each pair ≤ 2·(2·63·127)·128: far inside i32.
-    halves.map(|[lo, hi]| (_mm256_madd_epi16(lo, scales[0]), _mm256_madd_epi16(hi, scales[1])))
-}
-
-/// A q6_k act block's sub-block scales (the two halves' eight i8, in
-/// lane order, at `lo` and `hi`) as `maddubs` pair weights: per quad and
-/// half, each of the quad's four rows' scale in its four i16 lanes;
-/// and both halves' scales of each lane as an i16 pair (low, high).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_k_scales(lo: *const u8, hi: *const u8) -> ([[__m256i; 2]; 2], __m256i) {
-    let (lo, hi) = (_mm_loadl_epi64(lo as *const __m128i), _mm_loadl_epi64(hi as *const __m128i));
-    // Lane order [0, 1, 4, 5, 2, 3, 6, 7]: quad 0's rows sit in lanes
-    // 0, 1 (low 128 bits) and 4, 5 (high); quad 1's in 2, 3 and 6, 7.
-    let pick = [
-        _mm256_setr_epi8(
-            0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 8, 9, 8, 9, 8, 9, 8, 9, 10, 11, 10, 11, 10, 11, 10, 11,
-        ),
-        _mm256_setr_epi8(
-            4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7, 12, 13, 12, 13, 12, 13, 12, 13, 14, 15, 14, 15, 14, 15, 14,
-            15,
-        ),
-    ];
-    let words = [lo, hi].map(|half| _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(half)));
-    let per_quad =
-        [0, 1].map(|quad| [_mm256_shuffle_epi8(words[0], pick[quad]), _mm256_shuffle_epi8(words[1], pick[quad])]);
-    let pairs = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(lo, hi));
-    (per_quad, pairs)
-}
-
-/// The eight lanes of a q6_k group per token (see `q6_k_scalar` for the order).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q6_k<const T: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
-    let size = InterleavedRows::block_bytes(DType::Q6K);
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..acts[0].len() / 8 {
-        let block = group.as_ptr().add(b * size);
-        let d = f16x8(block);
-        for j in 0..8 {
-            let q = block.add(Q6K_QUANTS + 256 * j);
-            let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
-            let scales = block.add(Q6K_SCALES + 16 * j);
-            let (per_quad, pairs) = q6_k_scales(scales, scales.add(8));
-            let mut dots = [[(_mm256_setzero_si256(), _mm256_setzero_si256()); T]; 2];
-            for (quad, sums) in dots.iter_mut().enumerate() {
-                *sums = q6_k_quad_tokens(q.add(128 * quad), &per_quad[quad], &a);
-            }
-            for t in 0..T {
-                // Σ_half sc·Σ q·a, then minus 32·Σ_half sc·Σ a (the
-                // activations' half sums as one i16 pair per lane).
-                let (quad0, quad1) = (dots[0][t], dots[1][t]);
-                let dot = _mm256_add_epi32(_mm256_hadd_epi32(quad0.0, quad1.0), _mm256_hadd_epi32(quad0.1, quad1.1));
-                let sums = _mm256_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
-                let offset = _mm256_slli_epi32(_mm256_madd_epi16(pairs, sums), 5);
-                let total = _mm256_sub_epi32(dot, offset);
-                let scaled = _mm256_mul_ps(_mm256_set1_ps(a[t].d), _mm256_cvtepi32_ps(total));
-                acc[t] = _mm256_fmadd_ps(d, scaled, acc[t]);
-            }
-        }
-    }
-    acc
-}
-
-/// The eight lanes' sums of a group for each of `T` tokens (lane order
-/// [`super::LANE_ROWS`]).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_tokens<const T: usize>(dtype: DType, group: &[u8], acts: &[&[BlockQ8]; T]) -> [[f32; 8]; T] {
-    let lanes = match dtype {
-        DType::Q4K => dot_q4_k(group, acts),
-        DType::Q6K => dot_q6_k(group, acts),
-        DType::Q4_0 => dot_blocks32::<T, 0>(group, acts),
-        DType::Q4_1 => dot_blocks32::<T, 1>(group, acts),
-        DType::Q5_0 => dot_blocks32::<T, 2>(group, acts),
-        DType::Q5_1 => dot_blocks32::<T, 3>(group, acts),
-        _ => dot_blocks32::<T, 4>(group, acts),
     };
-    lanes.map(|v| {
-        let mut out = [0f32; 8];
-        _mm256_storeu_ps(out.as_mut_ptr(), v);
-        out
-    })
+}
+
+/// AVX2 + FMA + F16C.
+pub(super) mod avx2 {
+    use super::*;
+    kernels!("avx2,fma,f16c", false);
+}
+
+/// The same with AVX-512 VNNI's `vpdpbusd` (on 256-bit registers).
+pub(super) mod vnni {
+    use super::*;
+    kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", true);
 }
