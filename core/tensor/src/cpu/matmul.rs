@@ -7,8 +7,9 @@
 //! layouts of `quant::interleaved`) stay quantized there too: 8-bit
 //! activations meet each group's unpacked quants a tile of tokens at a time,
 //! with integer products, as llama.cpp does, and every token gets exactly
-//! what it gets alone. Other matrices are dequantized once into a scratch
-//! buffer and multiplied with the `gemm` crate.
+//! what it gets alone. Other matrices go by panels of rows, each
+//! dequantized into a thread's cache-sized buffer and multiplied with the
+//! `gemm` crate.
 
 use super::half_dot::{dot_half, is_half};
 use super::pool::{split_range, SpinPool};
@@ -193,11 +194,83 @@ fn gemm_linear(x: &[f32], tokens: usize, w: &Tensor, y: &mut [f32], scratch: &mu
     if w.dtype() == DType::F32 {
         let weights = w.to_f32()?;
         gemm_f32(x, tokens, in_dim, &weights, out_dim, y);
-    } else {
-        dequantize_into(w, &mut scratch.dense)?;
-        gemm_f32(x, tokens, in_dim, &scratch.dense, out_dim, y);
+        return Ok(());
     }
-    Ok(())
+    gemm_panels(x, tokens, w, y, &mut scratch.dense)
+}
+
+/// Weight rows one thread dequantizes to f32 at a time for the prefill
+/// gemm: 64 rows of 2,048–8,192 inputs (0.5–2 MiB) stay in the L2 or L3
+/// cache while every token meets them, instead of the whole matrix going
+/// to memory as f32 and back (1B F16, 128-token prefill, Zen 4: the same
+/// speed within noise, 60 MiB less peak RSS; 64 or 256 rows measured alike).
+const PANEL_ROWS: usize = 64;
+
+/// `y = x · Wᵀ` for a weight without a row kernel fit for many tokens
+/// (f16, bf16, formats without an interleaved copy): panels of
+/// [`PANEL_ROWS`] rows, claimed by the pool's threads in order, each
+/// dequantized into the thread's own buffer in `dense`, then one
+/// single-threaded gemm of every token with the panel. Panel bounds are
+/// multiples of [`PANEL_ROWS`] whatever the thread count.
+fn gemm_panels(x: &[f32], tokens: usize, w: &Tensor, y: &mut [f32], dense: &mut Vec<f32>) -> Result<()> {
+    let (rows, in_dim, dtype) = (w.row_count(), w.row_len(), w.dtype());
+    let threads = SpinPool::global().threads().max(1);
+    dense.resize(threads * PANEL_ROWS * in_dim, 0.0);
+    let (buffers, out) = (OutPtr(dense.as_mut_ptr()), OutPtr(y.as_mut_ptr()));
+    let (next, failed) = (AtomicUsize::new(0), std::sync::Mutex::new(None));
+    let job = |index: usize, _: usize| loop {
+        let first = next.fetch_add(PANEL_ROWS, Ordering::Relaxed);
+        if first >= rows || index >= threads {
+            break;
+        }
+        let panel = first..(first + PANEL_ROWS).min(rows);
+        // SAFETY: slot `index` (< threads, checked above) of `dense` holds
+        // PANEL_ROWS·in_dim values and only the participant with this
+        // index uses it.
+        let buffer =
+            unsafe { std::slice::from_raw_parts_mut(buffers.at(index * PANEL_ROWS * in_dim), panel.len() * in_dim) };
+        for (r, row) in panel.clone().zip(buffer.chunks_exact_mut(in_dim)) {
+            if let Some(interleaved) = w.interleaved().filter(|i| r < i.rows()) {
+                interleaved.dequantize_row(r, row);
+            } else if let Err(e) = dequantize_row(dtype, w.row_bytes(r), row) {
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                return;
+            }
+        }
+        // SAFETY: x is tokens×in_dim row-major (checked by check_linear);
+        // the panel buffer is read as an in_dim×|panel| matrix (column
+        // stride in_dim); y is tokens×rows row-major and only this thread
+        // writes columns `panel` (claimed once from the counter).
+        // read_dst=false: y's old contents are not read.
+        unsafe {
+            gemm::gemm(
+                panel.len(),
+                tokens,
+                in_dim,
+                out.at(panel.start),
+                rows as isize,
+                1,
+                false,
+                buffer.as_ptr(),
+                1,
+                in_dim as isize,
+                x.as_ptr(),
+                in_dim as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    SpinPool::global().run(&job);
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// A raw output pointer shared by the pool's threads.
@@ -326,33 +399,6 @@ fn dot_interleaved(
                 }
             }
         }
-    }
-}
-
-fn dequantize_into(w: &Tensor, dense: &mut Vec<f32>) -> Result<()> {
-    let (rows, in_dim, dtype) = (w.row_count(), w.row_len(), w.dtype());
-    dense.resize(w.elem_count(), 0.0);
-    let out = OutPtr(dense.as_mut_ptr());
-    let failed = std::sync::Mutex::new(None);
-    let job = |index: usize, threads: usize| {
-        for r in split_range(rows, index, threads) {
-            // SAFETY: row r of `dense` (r < rows, dense holds rows×in_dim
-            // values) is written by exactly one thread.
-            let row = unsafe { std::slice::from_raw_parts_mut(out.at(r * in_dim), in_dim) };
-            if let Some(interleaved) = w.interleaved().filter(|i| r < i.rows()) {
-                interleaved.dequantize_row(r, row);
-                continue;
-            }
-            if let Err(e) = dequantize_row(dtype, w.row_bytes(r), row) {
-                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                return;
-            }
-        }
-    };
-    SpinPool::global().run(&job);
-    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
     }
 }
 

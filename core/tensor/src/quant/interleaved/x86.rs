@@ -10,9 +10,9 @@
 //! The kernels are written once and compiled twice, by `kernels!`: for
 //! AVX2 (`maddubs` pair sums in i16, widened by `madd`) and for AVX-512
 //! VNNI on 256-bit registers (`vpdpbusd`, four products straight into
-//! each i32 lane). The integer sums are exact either way, so both give
-//! the same bits; q6_k, whose pair sums are weighted by i16 scales in the
-//! widening step, runs the AVX2 form in both.
+//! each i32 lane; q6_k's sub-block scales then multiply i32 lanes instead
+//! of weighting i16 pairs). The integer sums are exact either way, so both
+//! give the same bits.
 
 use super::{quants_layout, BlockQ8, InterleavedRows, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_QUANTS, Q6K_SCALES};
 use crate::DType;
@@ -278,10 +278,20 @@ macro_rules! kernels {
             for k in 0..4 {
                 let w = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
                 for t in 0..T {
-                    // Each i16 lane ≤ 2·63·127; two summed stay below 2¹⁵.
                     let p = &mut halves[t][k / 2];
-                    *p = _mm256_add_epi16(*p, _mm256_maddubs_epi16(w, run_of(a[t], k)));
+                    *p = if $vnni {
+                        // Each i32 lane: bytes 4j..4j+4 of both runs of a half, as `madd` pairs them below.
+                        _mm256_dpbusd_epi32(*p, w, run_of(a[t], k))
+                    } else {
+                        // Each i16 lane ≤ 2·63·127; two summed stay below 2¹⁵.
+                        _mm256_add_epi16(*p, _mm256_maddubs_epi16(w, run_of(a[t], k)))
+                    };
                 }
+            }
+            if $vnni {
+                // Each row's scale as an i32 in its lanes (the high i16 of each pair, sign-extended).
+                let (lo, hi) = (_mm256_srai_epi32(scales[0], 16), _mm256_srai_epi32(scales[1], 16));
+                return halves.map(|[l, h]| (_mm256_mullo_epi32(l, lo), _mm256_mullo_epi32(h, hi)));
             }
             // Each pair ≤ 2·(2·63·127)·128: far inside i32.
             halves.map(|[lo, hi]| (_mm256_madd_epi16(lo, scales[0]), _mm256_madd_epi16(hi, scales[1])))
