@@ -12,6 +12,7 @@
 //! `gemm` crate.
 
 use super::half_dot::{dot_half, is_half};
+use super::half_gemm;
 use super::pool::{split_range, SpinPool};
 use crate::quant::interleaved::{dot_group_tokens, InterleavedRows, GROUP};
 use crate::quant::packed::{block_sums, dot_packed_tokens, pair_activations, ActPair, PackedDot};
@@ -194,6 +195,10 @@ fn gemm_linear(x: &[f32], tokens: usize, w: &Tensor, y: &mut [f32], scratch: &mu
     if w.dtype() == DType::F32 {
         let weights = w.to_f32()?;
         gemm_f32(x, tokens, in_dim, &weights, out_dim, y);
+        return Ok(());
+    }
+    if half_gemm::supported() && half_gemm::fits(w.dtype(), in_dim) {
+        half_gemm::half_gemm(w.dtype(), w.bytes(), x, tokens, y);
         return Ok(());
     }
     gemm_panels(x, tokens, w, y, &mut scratch.dense)

@@ -5,6 +5,7 @@ mod attention;
 mod backward;
 mod bf16;
 pub(crate) mod half_dot;
+mod half_gemm;
 mod lora;
 mod matmul;
 mod ops;
