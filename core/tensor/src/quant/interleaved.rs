@@ -17,10 +17,12 @@
 //! sub-block scales and mins unpacked to bytes (sub-block by sub-block, a
 //! byte per row), then each 32-byte chunk of quants (sub-block `2c` in its
 //! low nibbles, `2c + 1` in its high ones) in 8-byte runs. q6_k stores
-//! its eight `d`, its sixteen i8 sub-block scales a byte per row, and the
-//! 6-bit quants unpacked to bytes (`q + 32`, 0..63) in 8-byte runs: 30 %
-//! more bytes than GGUF's for that format, for a kernel without bit
-//! shuffling. q5_0 and q5_1 keep q4's nibble runs and add, per run, each
+//! its eight `d`, its sixteen i8 sub-block scales a byte per row, then per
+//! 32-element act block and quad the 6-bit quants (`q + 32`, 0..63) as
+//! GGUF splits them: two 32-byte loads of low nibbles (runs 0 and 1, runs
+//! 2 and 3 in their high nibbles) and one of high bit pairs (run `k` in
+//! bits `2k..2k+2` of each byte); the group is as large as the GGUF rows.
+//! q5_0 and q5_1 keep q4's nibble runs and add, per run, each
 //! row's two bytes of fifth bits (for the low and the high nibbles), which
 //! the kernel spreads onto the bytes with a shuffle and a compare; the
 //! group is exactly as large as the GGUF rows. The kernel's sums come out
@@ -51,7 +53,6 @@ fn quants_layout(dtype: DType) -> (usize, usize) {
         DType::Q5_0 => (16 + 32, 2),
         DType::Q5_1 => (32 + 32, 2),
         DType::Q4K => (Q4K_QUANTS, 4),
-        DType::Q6K => (Q6K_QUANTS, 4),
         _ => (16, 4),
     }
 }
@@ -60,9 +61,23 @@ fn quants_layout(dtype: DType) -> (usize, usize) {
 const Q4K_SCALES: usize = 32;
 const Q4K_MINS: usize = 96;
 const Q4K_QUANTS: usize = 160;
-/// q6_k: 16 × 8 i8 scales follow the eight `d`; then the quants.
+/// q6_k: 16 × 8 i8 scales follow the eight `d`; then the quants, per act
+/// block [`Q6K_ACT_BYTES`], per quad [`Q6K_QUAD_BYTES`]: 64 bytes of low
+/// nibbles, 32 of high bit pairs.
 const Q6K_SCALES: usize = 16;
 const Q6K_QUANTS: usize = 144;
+const Q6K_QUAD_BYTES: usize = 96;
+const Q6K_ACT_BYTES: usize = 2 * Q6K_QUAD_BYTES;
+
+/// The quant `q + 32` (0..63) of element `e` of `row` in a q6_k group's block.
+fn q6_k_element(block: &[u8], row: usize, e: usize) -> i32 {
+    let (k, i) = ((e % 32) / 8, e % 8);
+    let base = Q6K_QUANTS + Q6K_ACT_BYTES * (e / 32) + Q6K_QUAD_BYTES * (row / 4) + 8 * (row % 4) + i;
+    let low = block[base + 32 * (k % 2)];
+    let nibble = if k < 2 { low & 0x0F } else { low >> 4 };
+    let high = (block[base + 64] >> (2 * k)) & 3;
+    (nibble | high << 4) as i32
+}
 
 /// Offset, among a block's quants, of run `k` of `row` in chunk `chunk`:
 /// each chunk holds two quads of four rows, each `runs` runs of 32 bytes.
@@ -78,7 +93,7 @@ fn element(dtype: DType, block: &[u8], row: usize, e: usize) -> i32 {
     let nibble = |byte: u8, high: bool| (if high { byte >> 4 } else { byte & 0x0F }) as i32;
     match dtype {
         DType::Q8_0 => block[base + run_at(runs, 0, row, e / 8) + e % 8] as i8 as i32,
-        DType::Q6K => block[base + run_at(runs, e / 32, row, (e % 32) / 8) + e % 8] as i32,
+        DType::Q6K => q6_k_element(block, row, e),
         DType::Q4K => {
             let r = e % 64;
             nibble(block[base + run_at(runs, e / 64, row, (r % 32) / 8) + r % 8], r >= 32)
@@ -121,7 +136,7 @@ impl InterleavedRows {
             DType::Q5_0 => 16 + 32 + 128,
             DType::Q5_1 => 32 + 32 + 128,
             DType::Q4K => 32 + 128 + 1024,
-            DType::Q6K => 16 + 128 + 2048,
+            DType::Q6K => Q6K_QUANTS + 8 * Q6K_ACT_BYTES,
             _ => 16 + 256,
         }
     }
@@ -229,12 +244,9 @@ fn dequantize_q4_k(block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
 
 fn dequantize_q6_k(block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
     let d = f16_at(block, 2 * lane);
-    for (j, chunk) in values.chunks_exact_mut(32).enumerate() {
-        for (k, eight) in chunk.chunks_exact_mut(8).enumerate() {
-            let sc = block[Q6K_SCALES + 8 * (2 * j + k / 2) + lane] as i8 as f32;
-            let run = &block[Q6K_QUANTS + run_at(4, j, row, k)..][..8];
-            eight.iter_mut().zip(run).for_each(|(v, &q)| *v = d * sc * (q as i32 - 32) as f32);
-        }
+    for (e, v) in values.iter_mut().enumerate() {
+        let sc = block[Q6K_SCALES + 8 * (e / 16) + lane] as i8 as f32;
+        *v = d * sc * (q6_k_element(block, row, e) - 32) as f32;
     }
 }
 
@@ -316,7 +328,8 @@ fn interleave_block<'a>(dtype: DType, at: &dyn Fn(usize) -> &'a [u8], data: &mut
 
 /// One q6_k block of eight rows: `d` (lane order), the sixteen i8
 /// sub-block scales a byte per lane, then each 32-element act block's
-/// quants as bytes `q + 32` in 8-byte runs, four rows per 32 bytes.
+/// quants `q + 32`, per quad: two 32-byte loads of low nibbles in 8-byte
+/// runs (four rows each), then the high bit pairs of all four runs.
 fn interleave_q6_k_block<'a>(at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>) {
     for row in LANE_ROWS {
         data.extend_from_slice(&at(row)[208..210]);
@@ -324,14 +337,23 @@ fn interleave_q6_k_block<'a>(at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>)
     for s in 0..16 {
         data.extend(LANE_ROWS.iter().map(|&row| at(row)[192 + s]));
     }
+    let quant = |row: usize, e: usize| (super::formats::q6_k_quant(at(row), e) + 32) as u8;
     for j in 0..8 {
         for quad in 0..2 {
-            for run in 0..4 {
-                for row in 4 * quad..4 * quad + 4 {
-                    let block = at(row);
-                    let first = 32 * j + 8 * run;
-                    data.extend((first..first + 8).map(|e| (super::formats::q6_k_quant(block, e) + 32) as u8));
+            let rows = 4 * quad..4 * quad + 4;
+            // Low nibbles: run m in the low half of each byte, run m + 2 in the high.
+            for m in 0..2 {
+                for row in rows.clone() {
+                    data.extend((0..8).map(|i| {
+                        quant(row, 32 * j + 8 * m + i) & 0x0F | (quant(row, 32 * j + 8 * (m + 2) + i) & 0x0F) << 4
+                    }));
                 }
+            }
+            // High bit pairs: run k at bits 2k..2k+2.
+            for row in rows {
+                data.extend(
+                    (0..8).map(|i| (0..4).fold(0u8, |byte, k| byte | (quant(row, 32 * j + 8 * k + i) >> 4) << (2 * k))),
+                );
             }
         }
     }

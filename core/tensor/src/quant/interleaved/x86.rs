@@ -14,7 +14,10 @@
 //! of weighting i16 pairs). The integer sums are exact either way, so both
 //! give the same bits.
 
-use super::{quants_layout, BlockQ8, InterleavedRows, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_QUANTS, Q6K_SCALES};
+use super::{
+    quants_layout, BlockQ8, InterleavedRows, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_ACT_BYTES, Q6K_QUAD_BYTES,
+    Q6K_QUANTS, Q6K_SCALES,
+};
 use crate::DType;
 use std::arch::x86_64::*;
 
@@ -265,8 +268,9 @@ macro_rules! kernels {
         /// Σ sc·q·a of a quad's four rows for one q6_k act block, per token:
         /// (the low 16 elements with runs 0/1, the high 16 with runs 2/3), each
         /// half's pair sums weighted by its rows' sub-block scales `scales`
-        /// (one i16 per row, in each of the row's four lanes). Each 32-byte
-        /// load meets every token in turn.
+        /// (one i16 per row, in each of the row's four lanes). The quad's
+        /// three loads (two of low nibbles, one of high bit pairs) are
+        /// unpacked into its four runs once; each run meets every token.
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn q6_k_quad_tokens<const T: usize>(
@@ -275,8 +279,21 @@ macro_rules! kernels {
             a: &[&BlockQ8; T],
         ) -> [(__m256i, __m256i); T] {
             let mut halves = [[_mm256_setzero_si256(); 2]; T];
-            for k in 0..4 {
-                let w = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
+            let mask = _mm256_set1_epi8(0x0F);
+            let pairs = _mm256_set1_epi8(0x30);
+            let load = |at: usize| _mm256_loadu_si256(q.add(at) as *const __m256i);
+            let (low, high) = ([load(0), load(32)], load(64));
+            // Run k: its nibbles, and its bit pair (bits 2k..2k+2) moved to bits 4..6.
+            let runs = [
+                _mm256_or_si256(_mm256_and_si256(low[0], mask), _mm256_and_si256(_mm256_slli_epi16(high, 4), pairs)),
+                _mm256_or_si256(_mm256_and_si256(low[1], mask), _mm256_and_si256(_mm256_slli_epi16(high, 2), pairs)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(low[0], 4), mask), _mm256_and_si256(high, pairs)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(low[1], 4), mask),
+                    _mm256_and_si256(_mm256_srli_epi16(high, 2), pairs),
+                ),
+            ];
+            for (k, &w) in runs.iter().enumerate() {
                 for t in 0..T {
                     let p = &mut halves[t][k / 2];
                     *p = if $vnni {
@@ -334,13 +351,13 @@ macro_rules! kernels {
                 let block = group.as_ptr().add(b * size);
                 let d = f16x8(block);
                 for j in 0..8 {
-                    let q = block.add(Q6K_QUANTS + 256 * j);
+                    let q = block.add(Q6K_QUANTS + Q6K_ACT_BYTES * j);
                     let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
                     let scales = block.add(Q6K_SCALES + 16 * j);
                     let (per_quad, pairs) = q6_k_scales(scales, scales.add(8));
                     let mut dots = [[(_mm256_setzero_si256(), _mm256_setzero_si256()); T]; 2];
                     for (quad, sums) in dots.iter_mut().enumerate() {
-                        *sums = q6_k_quad_tokens(q.add(128 * quad), &per_quad[quad], &a);
+                        *sums = q6_k_quad_tokens(q.add(Q6K_QUAD_BYTES * quad), &per_quad[quad], &a);
                     }
                     for t in 0..T {
                         // Σ_half sc·Σ q·a, then minus 32·Σ_half sc·Σ a (the
