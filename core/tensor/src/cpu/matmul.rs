@@ -242,10 +242,12 @@ fn gemm_panels(x: &[f32], tokens: usize, w: &Tensor, y: &mut [f32], dense: &mut 
                 return;
             }
         }
-        // SAFETY: x is tokens×in_dim row-major (checked by check_linear);
-        // the panel buffer is read as an in_dim×|panel| matrix (column
-        // stride in_dim); y is tokens×rows row-major and only this thread
-        // writes columns `panel` (claimed once from the counter).
+        // SAFETY: the product is panel × xᵀ. The panel buffer is
+        // |panel|×in_dim row-major (filled above); x, tokens×in_dim
+        // row-major (checked by check_linear), is read as in_dim×tokens
+        // (column stride in_dim); the result goes to y, tokens×rows
+        // row-major, at rows `panel` of each token's row, which only this
+        // thread writes (claimed once from the counter).
         // read_dst=false: y's old contents are not read.
         unsafe {
             gemm::gemm(

@@ -3,9 +3,10 @@
 //! Two layouts serve quantized weights beside GGUF's row-at-a-time one:
 //! the AVX-512 VNNI pair-packed rows of [`super::packed`] (q4_0, q4_1,
 //! q8_0) and the eight-row interleaved groups of [`super::interleaved`]
-//! (every 32-element format, q4_k, q6_k). Which one pays is a matter of measurement on a CPU, not of
-//! its vendor, so the choice is made here once per process: by default the
-//! fastest measured for the features present, or forced with
+//! (every 32-element format, q4_k, q6_k). Which one pays is a matter of
+//! measurement on a CPU, not of its vendor, so the choice is made here once
+//! per process: by default the fastest measured for the features present,
+//! or forced with
 //! `TAILOR_WEIGHT_LAYOUT` (`auto`, `interleaved`, `packed`, `rows`) so
 //! benchmarks and tests can run every path on any machine. A forced layout
 //! the CPU cannot run falls back to the one it can, never to a fault.
@@ -22,7 +23,7 @@ pub enum WeightLayout {
     Rows,
     /// AVX-512 VNNI pair-packed rows (q4_0, q4_1, q8_0 only).
     Packed,
-    /// Eight-row interleaved groups (AVX2).
+    /// Eight-row interleaved groups (AVX2 kernels, or their AVX-512 VNNI form).
     Interleaved,
 }
 
@@ -32,6 +33,10 @@ impl WeightLayout {
         static CHOSEN: OnceLock<WeightLayout> = OnceLock::new();
         *CHOSEN.get_or_init(|| {
             let requested = std::env::var(LAYOUT_ENV).unwrap_or_default();
+            let known = ["", "auto"].contains(&requested.trim()) || Self::parse(&requested).is_some();
+            if !known {
+                eprintln!("{LAYOUT_ENV}={requested:?} is not rows, packed, interleaved or auto: using auto");
+            }
             Self::parse(&requested).unwrap_or_else(Self::fastest).runnable()
         })
     }
