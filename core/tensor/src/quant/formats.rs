@@ -313,6 +313,22 @@ pub(crate) fn q6_k_quant(b: &[u8], e: usize) -> i32 {
     (lo | (hi << 4)) as i32 - 32
 }
 
+/// All 256 quants of a q6_k block, offset by 32 (0..63): [`q6_k_quant`]
+/// for every element, walked in storage order.
+pub(crate) fn q6_k_quants(b: &[u8]) -> [u8; 256] {
+    let mut out = [0u8; 256];
+    for half in 0..2 {
+        for l in 0..32 {
+            let high = b[128 + 32 * half + l];
+            for group in 0..4 {
+                let low = (b[64 * half + l + 32 * (group % 2)] >> (4 * (group / 2))) & 0x0F;
+                out[128 * half + 32 * group + l] = low | ((high >> (2 * group)) & 3) << 4;
+            }
+        }
+    }
+    out
+}
+
 fn dequant_q6_k(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 208);
     for (e, v) in y.iter_mut().enumerate() {

@@ -337,23 +337,20 @@ fn interleave_q6_k_block<'a>(at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>)
     for s in 0..16 {
         data.extend(LANE_ROWS.iter().map(|&row| at(row)[192 + s]));
     }
-    let quant = |row: usize, e: usize| (super::formats::q6_k_quant(at(row), e) + 32) as u8;
-    for j in 0..8 {
-        for quad in 0..2 {
-            let rows = 4 * quad..4 * quad + 4;
-            // Low nibbles: run m in the low half of each byte, run m + 2 in the high.
-            for m in 0..2 {
-                for row in rows.clone() {
-                    data.extend((0..8).map(|i| {
-                        quant(row, 32 * j + 8 * m + i) & 0x0F | (quant(row, 32 * j + 8 * (m + 2) + i) & 0x0F) << 4
-                    }));
-                }
-            }
-            // High bit pairs: run k at bits 2k..2k+2.
-            for row in rows {
-                data.extend(
-                    (0..8).map(|i| (0..4).fold(0u8, |byte, k| byte | (quant(row, 32 * j + 8 * k + i) >> 4) << (2 * k))),
-                );
+    // Each row's 256 quants unpacked once (GGUF scatters an element's bits).
+    let quants: [[u8; 256]; GROUP] = std::array::from_fn(|row| super::formats::q6_k_quants(at(row)));
+    let start = data.len();
+    data.resize(start + 8 * Q6K_ACT_BYTES, 0);
+    let out = &mut data[start..];
+    for (row, q) in quants.iter().enumerate() {
+        for j in 0..8 {
+            let at = Q6K_ACT_BYTES * j + Q6K_QUAD_BYTES * (row / 4) + 8 * (row % 4);
+            for i in 0..8 {
+                // Run k holds elements 32j + 8k + i.
+                let run = |k: usize| q[32 * j + 8 * k + i];
+                out[at + i] = run(0) & 0x0F | (run(2) & 0x0F) << 4;
+                out[at + 32 + i] = run(1) & 0x0F | (run(3) & 0x0F) << 4;
+                out[at + 64 + i] = (0..4).fold(0, |byte, k| byte | (run(k) >> 4) << (2 * k));
             }
         }
     }
