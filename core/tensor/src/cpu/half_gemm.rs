@@ -50,11 +50,14 @@ pub(crate) fn fits(dtype: DType, in_dim: usize) -> bool {
 /// f16/bf16 matrix `w` (little-endian bytes, row-major) and `tokens` rows
 /// of `x`, on the pool: threads claim [`CHUNK_ROWS`] rows at a time.
 /// The caller checked [`supported`], [`fits`] and every length.
-pub(crate) fn half_gemm(dtype: DType, w: &[u8], x: &[f32], tokens: usize, y: &mut [f32]) {
-    let in_dim = x.len() / tokens.max(1);
-    let rows = w.len() / (2 * in_dim);
+pub(crate) fn half_gemm(dtype: DType, w: &[u8], in_dim: usize, x: &[f32], tokens: usize, y: &mut [f32]) {
+    let rows = w.len() / (2 * in_dim.max(1));
     assert!(
-        supported() && fits(dtype, in_dim) && x.len() == tokens * in_dim && y.len() == tokens * rows,
+        supported()
+            && fits(dtype, in_dim)
+            && w.len() == 2 * rows * in_dim
+            && x.len() == tokens * in_dim
+            && y.len() == tokens * rows,
         "half_gemm: {dtype:?}, {} weight bytes, {} inputs for {tokens} tokens, {} outputs",
         w.len(),
         x.len(),
@@ -239,11 +242,11 @@ mod tests {
                 let w = half_bytes(dtype, &(0..rows * in_dim).map(|_| next()).collect::<Vec<_>>());
                 let x: Vec<f32> = (0..tokens * in_dim).map(|_| next()).collect();
                 let mut y = vec![0f32; tokens * rows];
-                half_gemm(dtype, &w, &x, tokens, &mut y);
+                half_gemm(dtype, &w, in_dim, &x, tokens, &mut y);
                 for t in 0..tokens {
                     let input = &x[t * in_dim..(t + 1) * in_dim];
                     let mut alone = vec![0f32; rows];
-                    half_gemm(dtype, &w, input, 1, &mut alone);
+                    half_gemm(dtype, &w, in_dim, input, 1, &mut alone);
                     for o in 0..rows {
                         let want = half_dot_reference(dtype, &w[2 * o * in_dim..2 * (o + 1) * in_dim], input);
                         let what = format!("{dtype:?} {rows}x{in_dim}, token {t} of {tokens}, row {o}");

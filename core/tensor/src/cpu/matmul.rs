@@ -198,7 +198,7 @@ fn gemm_linear(x: &[f32], tokens: usize, w: &Tensor, y: &mut [f32], scratch: &mu
         return Ok(());
     }
     if half_gemm::supported() && half_gemm::fits(w.dtype(), in_dim) {
-        half_gemm::half_gemm(w.dtype(), w.bytes(), x, tokens, y);
+        half_gemm::half_gemm(w.dtype(), w.bytes(), in_dim, x, tokens, y);
         return Ok(());
     }
     gemm_panels(x, tokens, w, y, &mut scratch.dense)
