@@ -2,6 +2,7 @@
 
 use super::matmul::dot_f32_portable;
 use super::pool::{split_range, SpinPool};
+use super::small_gemm::{small_gemm, Operand, Product};
 use super::softmax_in_place;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -110,51 +111,21 @@ unsafe fn attend_packed_head(
     // from q_at; Kᵀ and V read len rows at stride kv_stride from kv_at;
     // `scores` is len×len; the output head slice has row stride q_stride.
     unsafe {
-        gemm::gemm(
-            len,
-            len,
-            head_dim,
-            scores.as_mut_ptr(),
-            1,
-            len as isize,
-            false,
-            q.as_ptr().add(head.q_at),
-            1,
-            q_stride as isize,
-            keys.as_ptr().add(head.kv_at),
-            kv_stride as isize,
-            1,
-            0.0,
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
+        small_gemm(
+            Product { scale, ..Product::plain(len, len, head_dim) },
+            Operand::rows(scores.as_mut_ptr(), len as isize),
+            Operand::rows(q.as_ptr().add(head.q_at), q_stride as isize),
+            Operand::transposed(keys.as_ptr().add(head.kv_at), kv_stride as isize),
         );
     }
     scores.chunks_exact_mut(len).for_each(softmax_in_place);
     // SAFETY: see above.
     unsafe {
-        gemm::gemm(
-            len,
-            head_dim,
-            len,
-            out.at(head.q_at),
-            1,
-            q_stride as isize,
-            false,
-            scores.as_ptr(),
-            1,
-            len as isize,
-            values.as_ptr().add(head.kv_at),
-            1,
-            kv_stride as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
+        small_gemm(
+            Product::plain(len, head_dim, len),
+            Operand::rows(out.at(head.q_at), q_stride as isize),
+            Operand::rows(scores.as_ptr(), len as isize),
+            Operand::rows(values.as_ptr().add(head.kv_at), kv_stride as isize),
         );
     }
 }

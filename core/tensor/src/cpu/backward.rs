@@ -8,6 +8,7 @@
 
 use super::attention::AttentionShape;
 use super::pool::{split_range, SpinPool};
+use super::small_gemm::{small_gemm, Operand, Product};
 use crate::quant::dequantize_row;
 use crate::{DType, Result, Tensor, TensorError};
 
@@ -75,26 +76,19 @@ pub fn matmul(c: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, alpha: f32, accumulat
         // from every other thread's, while `c` stays borrowed until `run`
         // returns.
         unsafe {
-            gemm::gemm(
-                rows.len(),
-                cols.len(),
-                k,
-                out.ptr().add(rows.start * n + cols.start),
-                1,
-                n as isize,
-                accumulate,
-                a.values.as_ptr().offset(rows.start as isize * a_rs),
-                a_cs,
-                a_rs,
-                b.values.as_ptr().offset(cols.start as isize * b_cs),
-                b_cs,
-                b_rs,
-                if accumulate { 1.0 } else { 0.0 },
-                alpha,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+            small_gemm(
+                Product { m: rows.len(), n: cols.len(), k, accumulate, scale: alpha },
+                Operand::rows(out.ptr().add(rows.start * n + cols.start), n as isize),
+                Operand {
+                    at: a.values.as_ptr().offset(rows.start as isize * a_rs),
+                    col_stride: a_cs,
+                    row_stride: a_rs,
+                },
+                Operand {
+                    at: b.values.as_ptr().offset(cols.start as isize * b_cs),
+                    col_stride: b_cs,
+                    row_stride: b_rs,
+                },
             );
         }
     };
@@ -406,7 +400,14 @@ impl Sequence<'_> {
             let nn = n as isize;
             // S = Q·Kᵀ·scale, then the causal softmax row by row.
             let (qs, kvs) = (q_stride as isize, kv_stride as isize);
-            unsafe { small_gemm(n, n, d, probs.as_mut_ptr(), nn, false, q, 1, qs, k, kvs, 1, scale) };
+            unsafe {
+                small_gemm(
+                    Product { scale, ..Product::plain(n, n, d) },
+                    Operand::rows(probs.as_mut_ptr(), nn),
+                    Operand::rows(q, qs),
+                    Operand::transposed(k, kvs),
+                )
+            };
             for (i, row) in probs.chunks_exact_mut(n).enumerate() {
                 let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
@@ -418,7 +419,14 @@ impl Sequence<'_> {
                 row[i + 1..].fill(0.0);
             }
             // dP = dO·Vᵀ; dS = P∘(dP − Σ_j P∘dP)·scale, in place of dP.
-            unsafe { small_gemm(n, n, d, dprobs.as_mut_ptr(), nn, false, dout, 1, qs, v, kvs, 1, 1.0) };
+            unsafe {
+                small_gemm(
+                    Product::plain(n, n, d),
+                    Operand::rows(dprobs.as_mut_ptr(), nn),
+                    Operand::rows(dout, qs),
+                    Operand::transposed(v, kvs),
+                )
+            };
             for (p_row, dp_row) in probs.chunks_exact(n).zip(dprobs.chunks_exact_mut(n)) {
                 let shared: f32 = p_row.iter().zip(dp_row.iter()).map(|(p, dp)| p * dp).sum();
                 dp_row.iter_mut().zip(p_row).for_each(|(dp, p)| *dp = p * (*dp - shared) * scale);
@@ -426,10 +434,18 @@ impl Sequence<'_> {
             let (ds, p) = (dprobs.as_ptr(), probs.as_ptr());
             unsafe {
                 // dQ = dS·K (this head's rows of dq).
-                small_gemm(n, d, n, grads.dq.ptr().add(q_at), qs, true, ds, 1, nn, k, 1, kvs, 1.0);
+                let adding = Product { accumulate: true, ..Product::plain(n, d, n) };
+                small_gemm(
+                    adding,
+                    Operand::rows(grads.dq.ptr().add(q_at), qs),
+                    Operand::rows(ds, nn),
+                    Operand::rows(k, kvs),
+                );
                 // dK += dSᵀ·Q, dV += Pᵀ·dO (the group's heads add up).
-                small_gemm(n, d, n, grads.dk.ptr().add(kv_at), kvs, true, ds, nn, 1, q, 1, qs, 1.0);
-                small_gemm(n, d, n, grads.dv.ptr().add(kv_at), kvs, true, p, nn, 1, dout, 1, qs, 1.0);
+                let (dk, dv) =
+                    (Operand::rows(grads.dk.ptr().add(kv_at), kvs), Operand::rows(grads.dv.ptr().add(kv_at), kvs));
+                small_gemm(adding, dk, Operand::transposed(ds, nn), Operand::rows(q, qs));
+                small_gemm(adding, dv, Operand::transposed(p, nn), Operand::rows(dout, qs));
             }
         }
     }
@@ -508,55 +524,6 @@ impl Sequence<'_> {
                 }
             }
         }
-    }
-}
-
-/// `dst = (accumulate ? dst : 0) + alpha·lhs·rhs` on the calling thread:
-/// `dst` is `m × n` (row stride `dst_rs`), `lhs` `m × k`, `rhs` `k × n`,
-/// each given by (column stride, row stride).
-///
-/// # Safety
-/// Every element the strides reach must be in bounds, and `dst` must not
-/// be written by anyone else during the call.
-#[allow(clippy::too_many_arguments)]
-unsafe fn small_gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: isize,
-    accumulate: bool,
-    lhs: *const f32,
-    lhs_cs: isize,
-    lhs_rs: isize,
-    rhs: *const f32,
-    rhs_cs: isize,
-    rhs_rs: isize,
-    alpha: f32,
-) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs,
-            accumulate,
-            lhs,
-            lhs_cs,
-            lhs_rs,
-            rhs,
-            rhs_cs,
-            rhs_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
     }
 }
 

@@ -14,6 +14,7 @@
 use super::half_dot::{dot_half, is_half};
 use super::half_gemm;
 use super::pool::{split_range, SpinPool};
+use super::small_gemm::{small_gemm, Operand, Product};
 use crate::quant::interleaved::{dot_group_tokens, InterleavedRows, GROUP};
 use crate::quant::packed::{block_sums, dot_packed_tokens, pair_activations, ActPair, PackedDot};
 use crate::quant::{dequantize_row, quantize_activations, supports_dot, vec_dot, BlockQ8, DotImpl, QK};
@@ -250,11 +251,11 @@ fn gemm_panels(x: &[f32], tokens: usize, w: &Tensor, y: &mut [f32], dense: &mut 
         // thread writes (claimed once from the counter).
         // read_dst=false: y's old contents are not read.
         unsafe {
-            gemm_single(
-                (panel.len(), tokens, in_dim),
-                Operand { at: out.at(panel.start), col_stride: rows as isize, row_stride: 1 },
-                Operand { at: buffer.as_ptr(), col_stride: 1, row_stride: in_dim as isize },
-                Operand { at: x.as_ptr(), col_stride: in_dim as isize, row_stride: 1 },
+            small_gemm(
+                Product::plain(panel.len(), tokens, in_dim),
+                Operand::transposed(out.at(panel.start), rows as isize),
+                Operand::rows(buffer.as_ptr(), in_dim as isize),
+                Operand::transposed(x.as_ptr(), in_dim as isize),
             );
         }
     };
@@ -470,56 +471,13 @@ pub fn gemm_f32(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32
         // `cols`, disjoint from every other thread's. read_dst=false means
         // y's old contents are not read.
         unsafe {
-            gemm_single(
-                (m, cols.len(), k),
-                Operand { at: out.at(cols.start), col_stride: 1, row_stride: n as isize },
-                Operand { at: x.as_ptr(), col_stride: 1, row_stride: k as isize },
-                Operand { at: w.as_ptr().add(cols.start * k), col_stride: k as isize, row_stride: 1 },
+            small_gemm(
+                Product::plain(m, cols.len(), k),
+                Operand::rows(out.at(cols.start), n as isize),
+                Operand::rows(x.as_ptr(), k as isize),
+                Operand::transposed(w.as_ptr().add(cols.start * k), k as isize),
             );
         }
     };
     SpinPool::global().run(&job);
-}
-
-/// A matrix operand of [`gemm_single`]: its first element and its
-/// strides between columns and between rows, in elements.
-struct Operand<P> {
-    at: P,
-    col_stride: isize,
-    row_stride: isize,
-}
-
-/// `dst = lhs · rhs` for `(m, n, k)`: an m×k by k×n product on the
-/// calling thread, `dst`'s old contents neither read nor kept.
-///
-/// # Safety
-/// Every element the strides reach (m×n of dst, m×k of lhs, k×n of rhs)
-/// lies inside its buffer, and no other thread touches dst's meanwhile.
-unsafe fn gemm_single(
-    (m, n, k): (usize, usize, usize),
-    dst: Operand<*mut f32>,
-    lhs: Operand<*const f32>,
-    rhs: Operand<*const f32>,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst.at,
-        dst.col_stride,
-        dst.row_stride,
-        false,
-        lhs.at,
-        lhs.col_stride,
-        lhs.row_stride,
-        rhs.at,
-        rhs.col_stride,
-        rhs.row_stride,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
 }

@@ -13,6 +13,7 @@ pub mod pool;
 mod report;
 #[cfg(target_arch = "x86_64")]
 mod simd512;
+mod small_gemm;
 
 pub use attention::{causal_attention, decode_attention, full_attention, full_attention_packed, AttentionShape};
 pub use backward::{
