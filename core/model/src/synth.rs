@@ -65,14 +65,16 @@ impl SynthShape {
 }
 
 /// The dtype a matrix of `dtype` takes when its rows of `row_len` are not
-/// whole blocks (as llama.cpp falls back: a k-quant to the 32-block type
-/// of similar size).
+/// whole blocks (as llama.cpp falls back: a 256-element type to the
+/// 32-element type of similar size).
 pub fn fallback_dtype(dtype: DType, row_len: usize) -> DType {
     if row_len.is_multiple_of(dtype.block_size()) {
         return dtype;
     }
     match dtype {
+        DType::Q2K | DType::Q3K | DType::IQ4XS => DType::IQ4NL,
         DType::Q4K => DType::Q5_0,
+        DType::Q5K => DType::Q5_1,
         DType::Q6K => DType::Q8_0,
         _ => DType::F16,
     }

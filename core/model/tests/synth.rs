@@ -59,7 +59,9 @@ fn every_weight_type_runs_and_tracks_f32() {
     // About 1.5× what each type measured (2026-12-02): the error roughly
     // doubles per bit dropped (f16 4.9e-4, bf16 4.4e-3, q8_0 1.7e-2, q6_k
     // 5.3e-2, q5_0/q5_1 1.1e-1, q4_* 1.9e-1 to 2.3e-1; this random
-    // network's logits are small, so relative errors look large).
+    // network's logits are small, so relative errors look large). The
+    // types added 2026-12-03 measured q5_k 1.1e-1, iq4_nl 2.1e-1, iq4_xs
+    // 2.3e-1, q3_k 4.0e-1, q2_k 8.3e-1.
     let bounds = [
         (DType::F16, 1e-3),
         (DType::BF16, 8e-3),
@@ -70,6 +72,11 @@ fn every_weight_type_runs_and_tracks_f32() {
         (DType::Q4_0, 0.35),
         (DType::Q4_1, 0.3),
         (DType::Q4K, 0.3),
+        (DType::Q5K, 0.16),
+        (DType::Q3K, 0.6),
+        (DType::Q2K, 1.2),
+        (DType::IQ4NL, 0.32),
+        (DType::IQ4XS, 0.33),
     ];
     for (dtype, bound) in bounds {
         let model = write("types", shape, dtype);

@@ -28,6 +28,18 @@ pub enum DType {
     Q4K,
     /// 256 elements: 6-bit quants, 16 × 16 with i8 scales.
     Q6K,
+    /// 256 elements: 2-bit quants, 16 × 16 with 4-bit scales and mins.
+    Q2K,
+    /// 256 elements: 3-bit quants (2 low bits + a high-bit mask), 16 × 16
+    /// with 6-bit signed scales.
+    Q3K,
+    /// 256 elements: as q4_k with a fifth bit per quant.
+    Q5K,
+    /// 32 elements: f16 scale + 32 × 4-bit indices into a fixed non-linear
+    /// table of 16 i8 values.
+    IQ4NL,
+    /// 256 elements: iq4_nl's table with a 6-bit scale per 32 elements.
+    IQ4XS,
     /// 64 elements: f32 absmax + 64 × 4-bit indices into the NormalFloat
     /// codebook (QLoRA's NF4, without double quantization). tailor's own
     /// layout: no GGUF type.
@@ -40,7 +52,8 @@ impl DType {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
             DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => 32,
-            DType::Q4K | DType::Q6K => 256,
+            DType::IQ4NL => 32,
+            DType::Q4K | DType::Q6K | DType::Q2K | DType::Q3K | DType::Q5K | DType::IQ4XS => 256,
             DType::NF4 => 64,
         }
     }
@@ -57,6 +70,11 @@ impl DType {
             DType::Q5_1 => 24,
             DType::Q4K => 144,
             DType::Q6K => 210,
+            DType::Q2K => 84,
+            DType::Q3K => 110,
+            DType::Q5K => 176,
+            DType::IQ4NL => 18,
+            DType::IQ4XS => 136,
             DType::NF4 => 36,
         }
     }
@@ -87,6 +105,11 @@ impl DType {
             DType::Q8_0 => 8,
             DType::Q4K => 12,
             DType::Q6K => 14,
+            DType::Q2K => 10,
+            DType::Q3K => 11,
+            DType::Q5K => 13,
+            DType::IQ4NL => 20,
+            DType::IQ4XS => 23,
             DType::BF16 => 30,
             DType::NF4 => return None,
         })
@@ -104,6 +127,11 @@ impl DType {
             8 => DType::Q8_0,
             12 => DType::Q4K,
             14 => DType::Q6K,
+            10 => DType::Q2K,
+            11 => DType::Q3K,
+            13 => DType::Q5K,
+            20 => DType::IQ4NL,
+            23 => DType::IQ4XS,
             30 => DType::BF16,
             other => return Err(TensorError::UnknownGgmlType(other)),
         })
@@ -122,6 +150,11 @@ impl DType {
             DType::Q5_1 => "q5_1",
             DType::Q4K => "q4_k",
             DType::Q6K => "q6_k",
+            DType::Q2K => "q2_k",
+            DType::Q3K => "q3_k",
+            DType::Q5K => "q5_k",
+            DType::IQ4NL => "iq4_nl",
+            DType::IQ4XS => "iq4_xs",
             DType::NF4 => "nf4",
         }
     }
@@ -142,6 +175,11 @@ impl std::str::FromStr for DType {
             DType::Q5_1,
             DType::Q4K,
             DType::Q6K,
+            DType::Q2K,
+            DType::Q3K,
+            DType::Q5K,
+            DType::IQ4NL,
+            DType::IQ4XS,
             DType::NF4,
         ];
         let wanted = s.to_ascii_lowercase();

@@ -5,7 +5,9 @@
 //! reduced to i32 by `madd`, and accumulated in f32 with one FMA per block
 //! (per 32-element sub-block for the k-quants). q5's fifth bits are spread
 //! from their 32-bit word onto the bytes by a shuffle and a compare; q6_k's
-//! two 16-element halves take their own scales in the i16 → i32 step.
+//! two 16-element halves take their own scales in the i16 → i32 step, and
+//! so do q2_k's and q3_k's. iq4's indices become their table values by one
+//! byte shuffle.
 
 use super::{scalar, BlockQ8};
 use crate::DType;
@@ -39,6 +41,11 @@ pub(super) fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8]) -> f32 {
                     DType::Q5_1 => return x86::dot_q5_1(row, acts),
                     DType::Q4K => return x86::dot_q4_k(row, acts),
                     DType::Q6K => return x86::dot_q6_k(row, acts),
+                    DType::Q2K => return x86::dot_q2_k(row, acts),
+                    DType::Q3K => return x86::dot_q3_k(row, acts),
+                    DType::Q5K => return x86::dot_q5_k(row, acts),
+                    DType::IQ4NL => return x86::dot_iq4_nl(row, acts),
+                    DType::IQ4XS => return x86::dot_iq4_xs(row, acts),
                     _ => {}
                 }
             }
@@ -257,7 +264,6 @@ mod x86 {
         let table = super::super::f16_table();
         let mut acc = _mm256_setzero_ps();
         let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
-        let offset = _mm256_set1_epi8(32);
         for (i, sub) in acts.chunks_exact(8).enumerate() {
             let b = row.as_ptr().add(210 * i);
             let d = f16_to_f32(table, b.add(208));
@@ -269,15 +275,141 @@ mod x86 {
                 let qh = _mm256_loadu_si256(b.add(128 + 32 * half) as *const __m256i);
                 let qh = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * group as i32));
                 let q = _mm256_or_si256(_mm256_and_si256(ql, low), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4));
-                let act = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-                // Σ (q − 32)·a per pair of lanes, in i16 (|Σ| ≤ 2·63·127 + 2·32·127 < 2¹⁵).
-                let pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(q, act), _mm256_maddubs_epi16(offset, act));
-                let scales = _mm256_set_m128i(
-                    _mm_set1_epi16(*b.add(192 + 2 * j + 1) as i8 as i16),
-                    _mm_set1_epi16(*b.add(192 + 2 * j) as i8 as i16),
-                );
-                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, scales));
+                let scales = [*b.add(192 + 2 * j) as i8 as i16, *b.add(192 + 2 * j + 1) as i8 as i16];
+                let sums = dot_halves(q, 32, a, scales);
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc);
+            }
+        }
+        hsum(acc)
+    }
+
+    /// Σ (q − offset)·a of one 32-element act block as 8 f32 lanes, where
+    /// `q` are unsigned bytes and each 16-element half of the block has its
+    /// own integer scale (q6_k, q3_k; q2_k with offset 0).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_halves(q: __m256i, offset: i8, a: &BlockQ8, scales: [i16; 2]) -> __m256 {
+        let act = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        // Pair sums in i16: |Σ| ≤ 2·63·127 + 2·32·127 < 2¹⁵ for q6_k, less for the others.
+        let mut pairs = _mm256_maddubs_epi16(q, act);
+        if offset != 0 {
+            pairs = _mm256_sub_epi16(pairs, _mm256_maddubs_epi16(_mm256_set1_epi8(offset), act));
+        }
+        let scales = _mm256_set_m128i(_mm_set1_epi16(scales[1]), _mm_set1_epi16(scales[0]));
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, scales))
+    }
+
+    /// Bits `shift..shift + width` of every byte of `v`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn bits(v: __m256i, shift: usize, mask: u8) -> __m256i {
+        _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(shift as i32)), _mm256_set1_epi8(mask as i8))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q2_k(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let table = super::super::f16_table();
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0f32;
+        for (i, sub) in acts.chunks_exact(8).enumerate() {
+            let b = row.as_ptr().add(84 * i);
+            let (d, dmin) = (f16_to_f32(table, b.add(80)), f16_to_f32(table, b.add(82)));
+            for n in 0..2 {
+                let qs = _mm256_loadu_si256(b.add(16 + 32 * n) as *const __m256i);
+                for j in 0..4 {
+                    // Act block 4n + j: bits 2j..2j+2 of the 32 bytes; its halves
+                    // are sub-blocks 8n + 2j and 8n + 2j + 1.
+                    let (k, a) = (4 * n + j, &sub[4 * n + j]);
+                    let (lo, hi) = (*b.add(2 * k), *b.add(2 * k + 1));
+                    let scales = [(lo & 0x0F) as i16, (hi & 0x0F) as i16];
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), dot_halves(bits(qs, 2 * j, 3), 0, a, scales), acc);
+                    let min_sum = (lo >> 4) as f32 * a.half_sums[0] as f32 + (hi >> 4) as f32 * a.half_sums[1] as f32;
+                    mins += dmin * a.d * min_sum;
+                }
+            }
+        }
+        hsum(acc) - mins
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q3_k(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let table = super::super::f16_table();
+        let mut acc = _mm256_setzero_ps();
+        for (i, sub) in acts.chunks_exact(8).enumerate() {
+            let block = &row[110 * i..110 * i + 110];
+            let b = block.as_ptr();
+            let d = f16_to_f32(table, b.add(108));
+            let scales = super::super::k_quants::q3_k_scales(block);
+            let hmask = _mm256_loadu_si256(b as *const __m256i);
+            for n in 0..2 {
+                let qs = _mm256_loadu_si256(b.add(32 + 32 * n) as *const __m256i);
+                for j in 0..4 {
+                    // Low bits 2j..2j+2, high bit 4n + j of the mask: q + 4 in 0..8.
+                    let (k, a) = (4 * n + j, &sub[4 * n + j]);
+                    let q = _mm256_or_si256(bits(qs, 2 * j, 3), _mm256_slli_epi16(bits(hmask, k, 1), 2));
+                    let halves = [scales[2 * k] as i16, scales[2 * k + 1] as i16];
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), dot_halves(q, 4, a, halves), acc);
+                }
+            }
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q5_k(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let table = super::super::f16_table();
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0f32;
+        for (i, sub) in acts.chunks_exact(8).enumerate() {
+            let b = row.as_ptr().add(176 * i);
+            let (d, dmin) = (f16_to_f32(table, b), f16_to_f32(table, b.add(2)));
+            let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
+            for chunk in 0..4 {
+                let qs = _mm256_loadu_si256(b.add(48 + 32 * chunk) as *const __m256i);
+                for half in 0..2 {
+                    // Sub-block j: nibbles of chunk j / 2, fifth bits at bit j of qh.
+                    let j = 2 * chunk + half;
+                    let w = _mm256_or_si256(bits(qs, 4 * half, 0x0F), _mm256_slli_epi16(bits(qh, j, 1), 4));
+                    let (sc, m) = q4_k_scale_min(b.add(4), j);
+                    let a = &sub[j];
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc * a.d), dot_u8_i8(w, a), acc);
+                    mins += dmin * m * a.s;
+                }
+            }
+        }
+        hsum(acc) - mins
+    }
+
+    /// ggml's iq4 table in both 128-bit lanes, for `shuffle_epi8`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn iq4_table() -> __m256i {
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(super::super::IQ4_VALUES.as_ptr() as *const __m128i))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_iq4_nl(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let table = super::super::f16_table();
+        let values = iq4_table();
+        sum_blocks!(row, acts, 18, |b, a| {
+            let d = f16_to_f32(table, b);
+            let w = _mm256_shuffle_epi8(values, unpack_nibbles(b.add(2)));
+            BlockTerms { dots: dot_i8_i8(w, a), scale: d * a.d, extra: 0.0 }
+        })
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_iq4_xs(row: &[u8], acts: &[BlockQ8]) -> f32 {
+        let table = super::super::f16_table();
+        let values = iq4_table();
+        let mut acc = _mm256_setzero_ps();
+        for (i, sub) in acts.chunks_exact(8).enumerate() {
+            let block = &row[136 * i..136 * i + 136];
+            let d = f16_to_f32(table, block.as_ptr());
+            for (k, a) in sub.iter().enumerate() {
+                let w = _mm256_shuffle_epi8(values, unpack_nibbles(block.as_ptr().add(8 + 16 * k)));
+                let scale = super::super::iq4::iq4_xs_scale(block, k) as f32;
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * scale * a.d), dot_i8_i8(w, a), acc);
             }
         }
         hsum(acc)

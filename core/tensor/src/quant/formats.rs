@@ -2,6 +2,8 @@
 //! quantization. The layouts follow ggml's `block_*` structs byte for byte.
 
 use super::f16_at;
+use super::iq4::{dequant_iq4_nl, dequant_iq4_xs, quant_iq4_nl, quant_iq4_xs};
+use super::k_quants::{dequant_q2_k, dequant_q3_k, dequant_q5_k, quant_q2_k, quant_q3_k, quant_q5_k};
 use crate::{DType, Result, TensorError};
 use half::f16;
 
@@ -27,6 +29,11 @@ pub fn dequantize_row(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()>
         DType::Q5_1 => blocks.for_each(|(b, y)| dequant_q5_1(b, y)),
         DType::Q4K => blocks.for_each(|(b, y)| dequant_q4_k(b, y)),
         DType::Q6K => blocks.for_each(|(b, y)| dequant_q6_k(b, y)),
+        DType::Q2K => blocks.for_each(|(b, y)| dequant_q2_k(b, y)),
+        DType::Q3K => blocks.for_each(|(b, y)| dequant_q3_k(b, y)),
+        DType::Q5K => blocks.for_each(|(b, y)| dequant_q5_k(b, y)),
+        DType::IQ4NL => blocks.for_each(|(b, y)| dequant_iq4_nl(b, y)),
+        DType::IQ4XS => blocks.for_each(|(b, y)| dequant_iq4_xs(b, y)),
         DType::NF4 => blocks.for_each(|(b, y)| dequant_nf4(b, y)),
     }
     Ok(())
@@ -48,6 +55,11 @@ pub fn quantize_row(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
             DType::Q5_1 => quant_q5_1(chunk, out),
             DType::Q4K => quant_q4_k(chunk, out),
             DType::Q6K => quant_q6_k(chunk, out),
+            DType::Q2K => quant_q2_k(chunk, out),
+            DType::Q3K => quant_q3_k(chunk, out),
+            DType::Q5K => quant_q5_k(chunk, out),
+            DType::IQ4NL => quant_iq4_nl(chunk, out),
+            DType::IQ4XS => quant_iq4_xs(chunk, out),
             DType::NF4 => quant_nf4(chunk, out),
         }
     }
@@ -250,47 +262,63 @@ fn dequant_q4_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
-fn quant_q4_k(x: &[f32], out: &mut Vec<u8>) {
+/// A 256-element block quantized as q4_k and q5_k share it: per 32-element
+/// sub-block a 6-bit scale and min (of the block's f16 `d` and `dmin`),
+/// and each element's quant in `0..=max_q`.
+pub(super) struct KBlock {
+    /// The block's scale of scales, as stored.
+    pub d: f16,
+    /// The block's scale of mins, as stored.
+    pub dmin: f16,
+    /// The eight 6-bit scales and mins packed as GGUF's 12 bytes.
+    pub scales: [u8; 12],
+    /// Each element's quant.
+    pub quants: [u8; 256],
+}
+
+/// Quantizes 256 values to [`KBlock`]: each sub-block spans its range
+/// (with zero inside it) in `max_q` steps; the steps and mins are then
+/// quantized to 6 bits of the largest.
+pub(super) fn quantize_k_block(x: &[f32], max_q: u8) -> KBlock {
     let mut sub_scale = [0f32; 8];
     let mut sub_min = [0f32; 8];
     for (j, sub) in x.chunks_exact(32).enumerate() {
         let min = sub.iter().copied().fold(0f32, f32::min);
         let max = sub.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        sub_scale[j] = (max - min) / 15.0;
+        sub_scale[j] = (max - min) / max_q as f32;
         sub_min[j] = -min;
     }
-    let d = sub_scale.iter().copied().fold(0f32, f32::max) / 63.0;
-    let dmin = sub_min.iter().copied().fold(0f32, f32::max) / 63.0;
-    let (d16, dmin16) = (f16::from_f32(d), f16::from_f32(dmin));
+    let d16 = f16::from_f32(sub_scale.iter().copied().fold(0f32, f32::max) / 63.0);
+    let dmin16 = f16::from_f32(sub_min.iter().copied().fold(0f32, f32::max) / 63.0);
     let (d, dmin) = (d16.to_f32(), dmin16.to_f32());
-    let to6 = |v: f32, s: f32| {
-        if s > 0.0 {
-            ((v / s).round() as i32).clamp(0, 63) as u8
-        } else {
-            0
-        }
-    };
-    let sc: Vec<u8> = sub_scale.iter().map(|&s| to6(s, d)).collect();
-    let mn: Vec<u8> = sub_min.iter().map(|&m| to6(m, dmin)).collect();
-    out.extend_from_slice(&d16.to_le_bytes());
-    out.extend_from_slice(&dmin16.to_le_bytes());
+    let to6 = |v: f32, s: f32| if s > 0.0 { ((v / s).round() as i32).clamp(0, 63) as u8 } else { 0 };
+    let sc: [u8; 8] = std::array::from_fn(|j| to6(sub_scale[j], d));
+    let mn: [u8; 8] = std::array::from_fn(|j| to6(sub_min[j], dmin));
     let mut scales = [0u8; 12];
     for k in 0..4 {
         scales[k] = sc[k] | ((sc[k + 4] >> 4) << 6);
         scales[k + 4] = mn[k] | ((mn[k + 4] >> 4) << 6);
         scales[k + 8] = (sc[k + 4] & 0x0F) | ((mn[k + 4] & 0x0F) << 4);
     }
-    out.extend_from_slice(&scales);
-    let q = |i: usize| {
+    let quants = std::array::from_fn(|i| {
         let j = i / 32;
         let step = d * sc[j] as f32;
         if step == 0.0 {
-            return 0u8;
+            return 0;
         }
-        (((x[i] + dmin * mn[j] as f32) / step).round() as i32).clamp(0, 15) as u8
-    };
+        (((x[i] + dmin * mn[j] as f32) / step).round() as i32).clamp(0, max_q as i32) as u8
+    });
+    KBlock { d: d16, dmin: dmin16, scales, quants }
+}
+
+fn quant_q4_k(x: &[f32], out: &mut Vec<u8>) {
+    let block = quantize_k_block(x, 15);
+    out.extend_from_slice(&block.d.to_le_bytes());
+    out.extend_from_slice(&block.dmin.to_le_bytes());
+    out.extend_from_slice(&block.scales);
+    let q = &block.quants;
     for chunk in 0..4 {
-        out.extend((0..32).map(|l| q(64 * chunk + l) | (q(64 * chunk + 32 + l) << 4)));
+        out.extend((0..32).map(|l| q[64 * chunk + l] | (q[64 * chunk + 32 + l] << 4)));
     }
 }
 

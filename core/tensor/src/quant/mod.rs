@@ -8,11 +8,14 @@
 mod avx2;
 mod formats;
 pub mod interleaved;
+mod iq4;
+mod k_quants;
 pub mod layout;
 pub mod packed;
 mod scalar;
 
 pub use formats::{dequantize_row, quantize_row, NF4_LEVELS};
+pub use iq4::IQ4_VALUES;
 
 use crate::{DType, Result, TensorError};
 
@@ -164,7 +167,7 @@ pub fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8], imp: DotImpl) -> f32 
 
 /// True when `vec_dot` supports weights of this dtype.
 pub fn supports_dot(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q4K | DType::Q6K)
+    !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::NF4)
 }
 
 /// An f16 (as bits) widened to f32 exactly, without F16C: the magnitude's

@@ -21,6 +21,19 @@ impl Rng {
 }
 
 /// Every GGUF block format.
-pub fn quantized_formats() -> [DType; 7] {
-    [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4K, DType::Q6K]
+pub fn quantized_formats() -> [DType; 12] {
+    [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q4K,
+        DType::Q6K,
+        DType::Q2K,
+        DType::Q3K,
+        DType::Q5K,
+        DType::IQ4NL,
+        DType::IQ4XS,
+    ]
 }
