@@ -18,7 +18,17 @@ use tailor_tensor::quant::layout::WeightLayout;
 use tailor_tensor::quant::{dequantize_row, quantize_activations, vec_dot, BlockQ8, DotImpl};
 use tailor_tensor::{DType, Tensor};
 
-const FORMATS: [DType; 7] = [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4K, DType::Q6K];
+const FORMATS: [DType; 9] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q4K,
+    DType::Q6K,
+    DType::IQ4NL,
+    DType::IQ4XS,
+];
 
 /// The fast kernels this CPU runs (those it does not are named on stderr:
 /// a machine with VNNI tests both).

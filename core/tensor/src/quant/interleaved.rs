@@ -53,9 +53,18 @@ fn quants_layout(dtype: DType) -> (usize, usize) {
         DType::Q5_0 => (16 + 32, 2),
         DType::Q5_1 => (32 + 32, 2),
         DType::Q4K => (Q4K_QUANTS, 4),
+        DType::IQ4NL => (16, 2),
+        DType::IQ4XS => (IQ4XS_QUANTS, 2),
         _ => (16, 4),
     }
 }
+
+/// iq4_xs, per 256-element block: the eight `d`, then per 32-element
+/// sub-block the eight rows' signed scales (a byte per lane), then per
+/// sub-block its quants as iq4_nl's ([`IQ4XS_SUB_BYTES`] each).
+const IQ4XS_SCALES: usize = 16;
+const IQ4XS_QUANTS: usize = 80;
+const IQ4XS_SUB_BYTES: usize = 128;
 
 /// q4_k: the eight `dmin` follow the eight `d`; then 8 × 8 scales, 8 × 8 mins, quants.
 const Q4K_SCALES: usize = 32;
@@ -98,6 +107,14 @@ fn element(dtype: DType, block: &[u8], row: usize, e: usize) -> i32 {
             let r = e % 64;
             nibble(block[base + run_at(runs, e / 64, row, (r % 32) / 8) + r % 8], r >= 32)
         }
+        DType::IQ4NL => {
+            super::IQ4_VALUES[nibble(block[base + run_at(runs, 0, row, (e % 16) / 8) + e % 8], e >= 16) as usize] as i32
+        }
+        DType::IQ4XS => {
+            let sub = &block[IQ4XS_SUB_BYTES * (e / 32)..];
+            let r = e % 32;
+            super::IQ4_VALUES[nibble(sub[base + run_at(runs, 0, row, (r % 16) / 8) + r % 8], r >= 16) as usize] as i32
+        }
         DType::Q5_0 | DType::Q5_1 => {
             let k = (e % 16) / 8;
             let low = nibble(block[base + run_at(runs, 0, row, k) + e % 8], e >= 16);
@@ -137,6 +154,8 @@ impl InterleavedRows {
             DType::Q5_1 => 32 + 32 + 128,
             DType::Q4K => 32 + 128 + 1024,
             DType::Q6K => Q6K_QUANTS + 8 * Q6K_ACT_BYTES,
+            DType::IQ4NL => 16 + 128,
+            DType::IQ4XS => IQ4XS_QUANTS + 8 * IQ4XS_SUB_BYTES,
             _ => 16 + 256,
         }
     }
@@ -172,6 +191,7 @@ impl InterleavedRows {
                 DType::Q4K => dequantize_q4_k(block, member, lane, values),
                 DType::Q6K => dequantize_q6_k(block, member, lane, values),
                 DType::Q5_0 | DType::Q5_1 => dequantize_q5(dtype, block, member, lane, values),
+                DType::IQ4NL | DType::IQ4XS => dequantize_iq4(dtype, block, member, lane, values),
                 _ => dequantize_q4(dtype, block, member, lane, values),
             }
         }
@@ -226,6 +246,19 @@ fn dequantize_q5(dtype: DType, block: &[u8], row: usize, lane: usize, values: &m
     }
 }
 
+fn dequantize_iq4(dtype: DType, block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
+    let d = f16_at(block, 2 * lane);
+    for (sub, out) in values.chunks_exact_mut(QK).enumerate() {
+        let step = match dtype {
+            DType::IQ4XS => d * block[IQ4XS_SCALES + 8 * sub + lane] as i8 as f32,
+            _ => d,
+        };
+        for (e, v) in out.iter_mut().enumerate() {
+            *v = step * element(dtype, block, row, QK * sub + e) as f32;
+        }
+    }
+}
+
 fn dequantize_q4_k(block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
     let (d, dmin) = (f16_at(block, 2 * lane), f16_at(block, 16 + 2 * lane));
     let scale_min = |j: usize| (block[Q4K_SCALES + 8 * j + lane] as f32, block[Q4K_MINS + 8 * j + lane] as f32);
@@ -253,7 +286,17 @@ fn dequantize_q6_k(block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
 /// Interleaves the whole groups of eight rows of a `rows × row_len` matrix
 /// of `dtype`, if the format allows it (q4_0, q4_1, q8_0) and there is one.
 pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) -> Option<InterleavedRows> {
-    let formats = [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4K, DType::Q6K];
+    let formats = [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q8_0,
+        DType::Q4K,
+        DType::Q6K,
+        DType::IQ4NL,
+        DType::IQ4XS,
+    ];
     if !formats.contains(&dtype) || rows < GROUP || !row_len.is_multiple_of(dtype.block_size()) {
         return None;
     }
@@ -278,6 +321,7 @@ pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) 
                 match dtype {
                     DType::Q4K => interleave_q4_k_block(&at, local),
                     DType::Q6K => interleave_q6_k_block(&at, local),
+                    DType::IQ4XS => interleave_iq4_xs_block(&at, local),
                     _ => interleave_block(dtype, &at, local),
                 }
             }
@@ -321,6 +365,28 @@ fn interleave_block<'a>(dtype: DType, at: &dyn Fn(usize) -> &'a [u8], data: &mut
         for run in 0..runs {
             for row in 4 * quad..4 * quad + 4 {
                 data.extend_from_slice(&at(row)[quants + 8 * run..quants + 8 * run + 8]);
+            }
+        }
+    }
+}
+
+/// One iq4_xs block of eight rows: `d` (lane order), each sub-block's
+/// signed scales a byte per lane, then each sub-block's indices in iq4_nl's
+/// 8-byte runs, four rows per 32 bytes.
+fn interleave_iq4_xs_block<'a>(at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>) {
+    for row in LANE_ROWS {
+        data.extend_from_slice(&at(row)[0..2]);
+    }
+    for sub in 0..8 {
+        data.extend(LANE_ROWS.iter().map(|&row| super::iq4::iq4_xs_scale(at(row), sub) as i8 as u8));
+    }
+    for sub in 0..8 {
+        for quad in 0..2 {
+            for run in 0..2 {
+                for row in 4 * quad..4 * quad + 4 {
+                    let start = 8 + 16 * sub + 8 * run;
+                    data.extend_from_slice(&at(row)[start..start + 8]);
+                }
             }
         }
     }
@@ -504,6 +570,7 @@ pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [
     match dtype {
         DType::Q4K => return in_row_order(q4_k_scalar(data, acts)),
         DType::Q6K => return in_row_order(q6_k_scalar(data, acts)),
+        DType::IQ4XS => return in_row_order(iq4_xs_scalar(data, acts)),
         _ => {}
     }
     let size = InterleavedRows::block_bytes(dtype);
@@ -544,6 +611,23 @@ fn q6_k_scalar(data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
                     total += (dot - 32 * act_sum(half)) * block[Q6K_SCALES + 8 * (2 * j + half) + lane] as i8 as i32;
                 }
                 acc[lane] = f16_at(block, 2 * lane).mul_add(a.d * total as f32, acc[lane]);
+            }
+        }
+    }
+    acc
+}
+
+/// The iq4_xs lanes, in the kernel's order of operations: per act block,
+/// `acc += (d·sc)·(a.d·dot)`.
+fn iq4_xs_scalar(data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
+    let size = InterleavedRows::block_bytes(DType::IQ4XS);
+    let mut acc = [0f32; GROUP];
+    for (block, sub) in data.chunks_exact(size).zip(acts.chunks_exact(8)) {
+        for (j, a) in sub.iter().enumerate() {
+            for (lane, &row) in LANE_ROWS.iter().enumerate() {
+                let dot: i32 = (0..QK).map(|e| element(DType::IQ4XS, block, row, 32 * j + e) * a.qs[e] as i32).sum();
+                let scale = f16_at(block, 2 * lane) * block[IQ4XS_SCALES + 8 * j + lane] as i8 as f32;
+                acc[lane] = scale.mul_add(a.d * dot as f32, acc[lane]);
             }
         }
     }

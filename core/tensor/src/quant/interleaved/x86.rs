@@ -15,8 +15,8 @@
 //! give the same bits.
 
 use super::{
-    quants_layout, BlockQ8, InterleavedRows, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q6K_ACT_BYTES, Q6K_QUAD_BYTES,
-    Q6K_QUANTS, Q6K_SCALES,
+    quants_layout, BlockQ8, InterleavedRows, IQ4XS_SCALES, IQ4XS_SUB_BYTES, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES,
+    Q6K_ACT_BYTES, Q6K_QUAD_BYTES, Q6K_QUANTS, Q6K_SCALES,
 };
 use crate::DType;
 use std::arch::x86_64::*;
@@ -25,8 +25,16 @@ use std::arch::x86_64::*;
 /// features, `$vnni` whether the integer sums use `vpdpbusd`.
 macro_rules! kernels {
     ($features:tt, $vnni:tt) => {
-        /// The 32-element formats, by the index `dot_blocks32` is compiled for.
-        const BLOCKS32: [DType; 5] = [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0];
+        /// The formats `dot_blocks32` runs, by the index it is compiled for:
+        /// the 32-element ones, and iq4_xs, whose 32-element sub-blocks are
+        /// iq4_nl blocks with a scale of their own.
+        const BLOCKS32: [DType; 7] =
+            [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4NL, DType::IQ4XS];
+
+        /// True for the formats whose quants are signed bytes.
+        const fn signed(dtype: DType) -> bool {
+            matches!(dtype, DType::Q8_0 | DType::IQ4NL | DType::IQ4XS)
+        }
 
         /// Eight activation bytes `8k..8k+8` of a block in each 64-bit lane.
         #[inline]
@@ -68,8 +76,9 @@ macro_rules! kernels {
         /// byte operands that meet activation runs 0..4. q4: two 32-byte loads,
         /// low nibbles for runs 0/1, high for 2/3. q5: the same with each
         /// byte's fifth bit added from the run's eight bytes of bits at `h`
-        /// (per row: the low nibbles' byte, then the high nibbles'). q8_0: the
-        /// four signed loads as they are.
+        /// (per row: the low nibbles' byte, then the high nibbles'). iq4: the
+        /// q4 nibbles looked up in the iq4 table (signed). q8_0: the four
+        /// signed loads as they are.
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn quad_operands<const F: usize>(q: *const u8, h: *const u8) -> [__m256i; 4] {
@@ -100,6 +109,12 @@ macro_rules! kernels {
                         _mm256_or_si256(high(l1), spread(1, high_of)),
                     ]
                 }
+                DType::IQ4NL | DType::IQ4XS => {
+                    let values = _mm_loadu_si128(crate::quant::IQ4_VALUES.as_ptr() as *const __m128i);
+                    let table = _mm256_broadcastsi128_si256(values);
+                    let (l0, l1) = (load(0), load(1));
+                    [low(l0), low(l1), high(l0), high(l1)].map(|n| _mm256_shuffle_epi8(table, n))
+                }
                 _ => {
                     let (l0, l1) = (load(0), load(1));
                     [low(l0), low(l1), high(l0), high(l1)]
@@ -115,7 +130,7 @@ macro_rules! kernels {
             let ones = _mm256_set1_epi16(1);
             let mut quads = [_mm256_setzero_si256(); 2];
             for (sum, w) in quads.iter_mut().zip(w) {
-                if BLOCKS32[F] == DType::Q8_0 {
+                if signed(BLOCKS32[F]) {
                     // Signed weights: the sign moves onto the activations (unsigned × signed products).
                     for (w, a) in w.iter().zip(a) {
                         let (w, a) = (_mm256_sign_epi8(*w, *w), _mm256_sign_epi8(*a, *w));
@@ -155,11 +170,22 @@ macro_rules! kernels {
             let with_mins = matches!(dtype, DType::Q4_1 | DType::Q5_1);
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..acts[0].len() {
-                let block = group.as_ptr().add(b * size);
-                prefetch(block.wrapping_add(2 * size), size);
-                let d = f16x8(block);
+                let (block, d, q) = if dtype == DType::IQ4XS {
+                    // Sub-block b % 8 of block b / 8: its rows' scales are d · sc.
+                    let (block, sub) = (group.as_ptr().add(b / 8 * size), b % 8);
+                    let q = block.add(base + IQ4XS_SUB_BYTES * sub);
+                    prefetch(q.wrapping_add(2 * IQ4XS_SUB_BYTES), IQ4XS_SUB_BYTES);
+                    let sc = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        block.add(IQ4XS_SCALES + 8 * sub) as *const __m128i,
+                    )));
+                    (block, _mm256_mul_ps(f16x8(block), sc), q)
+                } else {
+                    let block = group.as_ptr().add(b * size);
+                    prefetch(block.wrapping_add(2 * size), size);
+                    (block, f16x8(block), block.add(base))
+                };
                 let m = if with_mins { f16x8(block.add(16)) } else { d };
-                let (q, h) = (block.add(base), block.add(base).wrapping_sub(32));
+                let h = q.wrapping_sub(32);
                 let w = [quad_operands::<F>(q, h), quad_operands::<F>(q.add(32 * runs), h.wrapping_add(16))];
                 for (acc, token) in acc.iter_mut().zip(acts) {
                     let a = &token[b];
@@ -391,6 +417,8 @@ macro_rules! kernels {
                 DType::Q4_1 => dot_blocks32::<T, 1>(group, acts),
                 DType::Q5_0 => dot_blocks32::<T, 2>(group, acts),
                 DType::Q5_1 => dot_blocks32::<T, 3>(group, acts),
+                DType::IQ4NL => dot_blocks32::<T, 5>(group, acts),
+                DType::IQ4XS => dot_blocks32::<T, 6>(group, acts),
                 _ => dot_blocks32::<T, 4>(group, acts),
             };
             lanes.map(|v| {
