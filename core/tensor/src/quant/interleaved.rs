@@ -52,7 +52,7 @@ fn quants_layout(dtype: DType) -> (usize, usize) {
         DType::Q4_1 => (32, 2),
         DType::Q5_0 => (16 + 32, 2),
         DType::Q5_1 => (32 + 32, 2),
-        DType::Q4K => (Q4K_QUANTS, 4),
+        DType::Q4K | DType::Q5K => (Q4K_QUANTS, 4),
         DType::IQ4NL => (16, 2),
         DType::IQ4XS => (IQ4XS_QUANTS, 2),
         _ => (16, 4),
@@ -70,6 +70,11 @@ const IQ4XS_SUB_BYTES: usize = 128;
 const Q4K_SCALES: usize = 32;
 const Q4K_MINS: usize = 96;
 const Q4K_QUANTS: usize = 160;
+/// q5_k: q4_k's group, then per 32-byte chunk of quants and quad 32 bytes
+/// of fifth bits: byte `8·seat + i` holds, for each run `k`, the fifth bit
+/// of its low-nibble element in bit `2k` and of its high-nibble one in bit
+/// `2k + 1`.
+const Q5K_HIGH: usize = Q4K_QUANTS + 1024;
 /// q6_k: 16 × 8 i8 scales follow the eight `d`; then the quants, per act
 /// block [`Q6K_ACT_BYTES`], per quad [`Q6K_QUAD_BYTES`]: 64 bytes of low
 /// nibbles, 32 of high bit pairs.
@@ -106,6 +111,12 @@ fn element(dtype: DType, block: &[u8], row: usize, e: usize) -> i32 {
         DType::Q4K => {
             let r = e % 64;
             nibble(block[base + run_at(runs, e / 64, row, (r % 32) / 8) + r % 8], r >= 32)
+        }
+        DType::Q5K => {
+            let (r, quad, seat) = (e % 64, row / 4, row % 4);
+            let low = element(DType::Q4K, block, row, e);
+            let bits = block[Q5K_HIGH + 64 * (e / 64) + 32 * quad + 8 * seat + r % 8];
+            low | (((bits >> (2 * ((r % 32) / 8) + (r >= 32) as usize)) & 1) as i32) << 4
         }
         DType::IQ4NL => {
             super::IQ4_VALUES[nibble(block[base + run_at(runs, 0, row, (e % 16) / 8) + e % 8], e >= 16) as usize] as i32
@@ -153,6 +164,7 @@ impl InterleavedRows {
             DType::Q5_0 => 16 + 32 + 128,
             DType::Q5_1 => 32 + 32 + 128,
             DType::Q4K => 32 + 128 + 1024,
+            DType::Q5K => Q5K_HIGH + 256,
             DType::Q6K => Q6K_QUANTS + 8 * Q6K_ACT_BYTES,
             DType::IQ4NL => 16 + 128,
             DType::IQ4XS => IQ4XS_QUANTS + 8 * IQ4XS_SUB_BYTES,
@@ -188,7 +200,7 @@ impl InterleavedRows {
             let block = &group[b * size..(b + 1) * size];
             match dtype {
                 DType::Q8_0 => dequantize_q8_0(block, member, lane, values),
-                DType::Q4K => dequantize_q4_k(block, member, lane, values),
+                DType::Q4K | DType::Q5K => dequantize_k(dtype, block, member, lane, values),
                 DType::Q6K => dequantize_q6_k(block, member, lane, values),
                 DType::Q5_0 | DType::Q5_1 => dequantize_q5(dtype, block, member, lane, values),
                 DType::IQ4NL | DType::IQ4XS => dequantize_iq4(dtype, block, member, lane, values),
@@ -259,19 +271,11 @@ fn dequantize_iq4(dtype: DType, block: &[u8], row: usize, lane: usize, values: &
     }
 }
 
-fn dequantize_q4_k(block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
+fn dequantize_k(dtype: DType, block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
     let (d, dmin) = (f16_at(block, 2 * lane), f16_at(block, 16 + 2 * lane));
-    let scale_min = |j: usize| (block[Q4K_SCALES + 8 * j + lane] as f32, block[Q4K_MINS + 8 * j + lane] as f32);
-    for (c, chunk) in values.chunks_exact_mut(64).enumerate() {
-        let ((sc_lo, m_lo), (sc_hi, m_hi)) = (scale_min(2 * c), scale_min(2 * c + 1));
-        let (low, high) = chunk.split_at_mut(32);
-        for k in 0..4 {
-            let run = &block[Q4K_QUANTS + run_at(4, c, row, k)..][..8];
-            for (i, &q) in run.iter().enumerate() {
-                low[8 * k + i] = d * sc_lo * (q & 0x0F) as f32 - dmin * m_lo;
-                high[8 * k + i] = d * sc_hi * (q >> 4) as f32 - dmin * m_hi;
-            }
-        }
+    for (e, v) in values.iter_mut().enumerate() {
+        let (sc, m) = (block[Q4K_SCALES + 8 * (e / 32) + lane] as f32, block[Q4K_MINS + 8 * (e / 32) + lane] as f32);
+        *v = d * sc * element(dtype, block, row, e) as f32 - dmin * m;
     }
 }
 
@@ -294,6 +298,7 @@ pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) 
         DType::Q8_0,
         DType::Q4K,
         DType::Q6K,
+        DType::Q5K,
         DType::IQ4NL,
         DType::IQ4XS,
     ];
@@ -319,7 +324,11 @@ pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) 
                     &bytes[start..start + block]
                 };
                 match dtype {
-                    DType::Q4K => interleave_q4_k_block(&at, local),
+                    DType::Q4K => interleave_k_block(&at, 16, local),
+                    DType::Q5K => {
+                        interleave_k_block(&at, 48, local);
+                        interleave_q5_k_high_bits(&at, local);
+                    }
                     DType::Q6K => interleave_q6_k_block(&at, local),
                     DType::IQ4XS => interleave_iq4_xs_block(&at, local),
                     _ => interleave_block(dtype, &at, local),
@@ -422,10 +431,11 @@ fn interleave_q6_k_block<'a>(at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>)
     }
 }
 
-/// One q4_k block of eight rows: `d`, `dmin` (lane order), each sub-block's
-/// scales then mins as a byte per lane, then each 32-byte chunk of quants
-/// in 8-byte runs, four rows per 32 bytes.
-fn interleave_q4_k_block<'a>(at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>) {
+/// One q4_k block of eight rows (q5_k's low nibbles, whose quants are at
+/// `quants` in the GGUF block): `d`, `dmin` (lane order), each
+/// sub-block's scales then mins as a byte per lane, then each 32-byte chunk
+/// of quants in 8-byte runs, four rows per 32 bytes.
+fn interleave_k_block<'a>(at: &dyn Fn(usize) -> &'a [u8], quants: usize, data: &mut Vec<u8>) {
     for offset in [0, 2] {
         for row in LANE_ROWS {
             data.extend_from_slice(&at(row)[offset..offset + 2]);
@@ -443,9 +453,27 @@ fn interleave_q4_k_block<'a>(at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>)
         for quad in 0..2 {
             for run in 0..4 {
                 for row in 4 * quad..4 * quad + 4 {
-                    let start = 16 + 32 * chunk + 8 * run;
+                    let start = quants + 32 * chunk + 8 * run;
                     data.extend_from_slice(&at(row)[start..start + 8]);
                 }
+            }
+        }
+    }
+}
+
+/// A q5_k block's fifth bits for [`Q5K_HIGH`]: GGUF keeps element `e`'s
+/// in bit `e / 32` of byte `e % 32` of its 32 bytes at offset 16.
+fn interleave_q5_k_high_bits<'a>(at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>) {
+    for chunk in 0..4 {
+        for quad in 0..2 {
+            for row in 4 * quad..4 * quad + 4 {
+                let qh = &at(row)[16..48];
+                data.extend((0..8).map(|i| {
+                    (0..4).fold(0u8, |byte, k| {
+                        let bits = qh[8 * k + i] >> (2 * chunk);
+                        byte | (bits & 1) << (2 * k) | ((bits >> 1) & 1) << (2 * k + 1)
+                    })
+                }));
             }
         }
     }
@@ -568,7 +596,7 @@ fn x86_tile<const T: usize>(vnni: bool, rows: &InterleavedRows, g: usize, acts: 
 pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
     let (dtype, data) = (rows.dtype, rows.group(g));
     match dtype {
-        DType::Q4K => return in_row_order(q4_k_scalar(data, acts)),
+        DType::Q4K | DType::Q5K => return in_row_order(k_scalar(dtype, data, acts)),
         DType::Q6K => return in_row_order(q6_k_scalar(data, acts)),
         DType::IQ4XS => return in_row_order(iq4_xs_scalar(data, acts)),
         _ => {}
@@ -634,15 +662,16 @@ fn iq4_xs_scalar(data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
     acc
 }
 
-/// The q4_k lanes, in the kernel's order of operations: per sub-block,
-/// `acc += (d·sc)·(a.d·dot)` and `mins += (dmin·m)·a.s`; then `acc − mins`.
-fn q4_k_scalar(data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
-    let size = InterleavedRows::block_bytes(DType::Q4K);
+/// The q4_k (or q5_k) lanes, in the kernel's order of operations: per
+/// sub-block, `acc += (d·sc)·(a.d·dot)` and `mins += (dmin·m)·a.s`; then
+/// `acc − mins`.
+fn k_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
+    let size = InterleavedRows::block_bytes(dtype);
     let (mut acc, mut mins) = ([0f32; GROUP], [0f32; GROUP]);
     for (block, sub) in data.chunks_exact(size).zip(acts.chunks_exact(8)) {
         for (j, a) in sub.iter().enumerate() {
             for (lane, &row) in LANE_ROWS.iter().enumerate() {
-                let dot: i32 = (0..QK).map(|e| element(DType::Q4K, block, row, 32 * j + e) * a.qs[e] as i32).sum();
+                let dot: i32 = (0..QK).map(|e| element(dtype, block, row, 32 * j + e) * a.qs[e] as i32).sum();
                 let (d, dmin) = (f16_at(block, 2 * lane), f16_at(block, 16 + 2 * lane));
                 let (sc, m) = (block[Q4K_SCALES + 8 * j + lane] as f32, block[Q4K_MINS + 8 * j + lane] as f32);
                 acc[lane] = (d * sc).mul_add(a.d * dot as f32, acc[lane]);

@@ -15,7 +15,7 @@
 //! give the same bits.
 
 use super::{
-    quants_layout, BlockQ8, InterleavedRows, IQ4XS_SCALES, IQ4XS_SUB_BYTES, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES,
+    quants_layout, BlockQ8, InterleavedRows, IQ4XS_SCALES, IQ4XS_SUB_BYTES, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q5K_HIGH,
     Q6K_ACT_BYTES, Q6K_QUAD_BYTES, Q6K_QUANTS, Q6K_SCALES,
 };
 use crate::DType;
@@ -215,19 +215,38 @@ macro_rules! kernels {
 
         /// Σ q·a of a quad's four rows for one q4_k chunk's two sub-blocks,
         /// per token: (low nibbles with `lo`, high nibbles with `hi`). Each
-        /// 32-byte load is unpacked once and meets every token in turn.
+        /// 32-byte load is unpacked once and meets every token in turn. With
+        /// `Q5` (q5_k), each byte also gets its fifth bits from the quad's
+        /// 32 bytes at `h` (run `k`: bits `2k` and `2k + 1`).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn q4_k_quad_tokens<const T: usize>(
+        unsafe fn k_quad_tokens<const T: usize, const Q5: bool>(
             q: *const u8,
+            h: *const u8,
             lo: &[&BlockQ8; T],
             hi: &[&BlockQ8; T],
         ) -> [(__m256i, __m256i); T] {
             let mask = _mm256_set1_epi8(0x0F);
+            let fifth = _mm256_set1_epi8(0x10);
+            let high_bits = if Q5 { _mm256_loadu_si256(h as *const __m256i) } else { _mm256_setzero_si256() };
+            // Bit `bit` of each byte of the high bits moved to bit 4 (shifts
+            // by constants once the loop over k unrolls).
+            let fifth_bit = |bit: i32| {
+                let moved = if bit <= 4 {
+                    _mm256_sll_epi16(high_bits, _mm_cvtsi32_si128(4 - bit))
+                } else {
+                    _mm256_srl_epi16(high_bits, _mm_cvtsi32_si128(bit - 4))
+                };
+                _mm256_and_si256(moved, fifth)
+            };
             let (mut p_lo, mut p_hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
             for k in 0..4 {
                 let l = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
-                let (w_lo, w_hi) = (_mm256_and_si256(l, mask), _mm256_and_si256(_mm256_srli_epi16(l, 4), mask));
+                let (mut w_lo, mut w_hi) = (_mm256_and_si256(l, mask), _mm256_and_si256(_mm256_srli_epi16(l, 4), mask));
+                if Q5 {
+                    w_lo = _mm256_or_si256(w_lo, fifth_bit(2 * k as i32));
+                    w_hi = _mm256_or_si256(w_hi, fifth_bit(2 * k as i32 + 1));
+                }
                 for t in 0..T {
                     if $vnni {
                         // i32 lanes straight away: four products per lane and step.
@@ -235,7 +254,7 @@ macro_rules! kernels {
                         p_hi[t] = _mm256_dpbusd_epi32(p_hi[t], w_hi, run_of(hi[t], k));
                         continue;
                     }
-                    // Each i16 lane ≤ 2·15·127; four summed stay below 2¹⁵.
+                    // Each i16 lane ≤ 2·31·127 (q5_k; q4_k 2·15·127); four summed stay below 2¹⁵.
                     p_lo[t] = _mm256_add_epi16(p_lo[t], _mm256_maddubs_epi16(w_lo, run_of(lo[t], k)));
                     p_hi[t] = _mm256_add_epi16(p_hi[t], _mm256_maddubs_epi16(w_hi, run_of(hi[t], k)));
                 }
@@ -254,11 +273,12 @@ macro_rules! kernels {
             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
         }
 
-        /// The eight lanes of a q4_k group per token (see `q4_k_scalar` for the order).
+        /// The eight lanes of a q4_k (`Q5`: q5_k) group per token (see
+        /// `k_scalar` for the order).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn dot_q4_k<const T: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
-            let size = InterleavedRows::block_bytes(DType::Q4K);
+        unsafe fn dot_k<const T: usize, const Q5: bool>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
+            let size = InterleavedRows::block_bytes(if Q5 { DType::Q5K } else { DType::Q4K });
             let (mut acc, mut mins) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
             for b in 0..acts[0].len() / 8 {
                 let block = group.as_ptr().add(b * size);
@@ -270,7 +290,9 @@ macro_rules! kernels {
                     let a_hi: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + 2 * c + 1]);
                     let mut x = [[(_mm256_setzero_si256(), _mm256_setzero_si256()); T]; 2];
                     for (quad, sums) in x.iter_mut().enumerate() {
-                        *sums = q4_k_quad_tokens(q.add(128 * quad), &a_lo, &a_hi);
+                        // Read only for q5_k (past a q4_k block: never dereferenced).
+                        let h = block.wrapping_add(Q5K_HIGH + 64 * c + 32 * quad);
+                        *sums = k_quad_tokens::<T, Q5>(q.add(128 * quad), h, &a_lo, &a_hi);
                     }
                     let scaled: [(__m256, __m256); 2] = std::array::from_fn(|half| {
                         let j = 2 * c + half;
@@ -411,7 +433,8 @@ macro_rules! kernels {
             acts: &[&[BlockQ8]; T],
         ) -> [[f32; 8]; T] {
             let lanes = match dtype {
-                DType::Q4K => dot_q4_k(group, acts),
+                DType::Q4K => dot_k::<T, false>(group, acts),
+                DType::Q5K => dot_k::<T, true>(group, acts),
                 DType::Q6K => dot_q6_k(group, acts),
                 DType::Q4_0 => dot_blocks32::<T, 0>(group, acts),
                 DType::Q4_1 => dot_blocks32::<T, 1>(group, acts),
