@@ -18,7 +18,7 @@ use tailor_tensor::quant::layout::WeightLayout;
 use tailor_tensor::quant::{dequantize_row, quantize_activations, vec_dot, BlockQ8, DotImpl};
 use tailor_tensor::{DType, Tensor};
 
-const FORMATS: [DType; 10] = [
+const FORMATS: [DType; 12] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q5_0,
@@ -27,6 +27,8 @@ const FORMATS: [DType; 10] = [
     DType::Q4K,
     DType::Q6K,
     DType::Q5K,
+    DType::Q3K,
+    DType::Q2K,
     DType::IQ4NL,
     DType::IQ4XS,
 ];

@@ -1,33 +1,43 @@
-//! Row-interleaved weights for the AVX2 decode path.
+//! Row-interleaved weights for the AVX2 decode and prefill paths.
 //!
 //! A row-at-a-time dot spends most of its instructions per block on things
 //! other than multiplying: unpacking, one scale multiply and broadcast, one
-//! horizontal step at the end of a short row. At load time, q4_0, q4_1,
-//! q8_0, q4_k and q6_k matrices are also stored eight rows at a time, block
-//! by block: the eight rows' scales (and q4_1's mins) as one run of f16, then their
-//! quants in 8-byte runs, four rows to a 32-byte load. One activation
-//! block, broadcast 8 bytes at a time, then meets four rows per `maddubs`;
-//! eight rows' sums land in the eight lanes of one register, their scales
+//! horizontal step at the end of a short row. At load time, matrices of
+//! every GGUF block type are also stored eight rows at a time, block by
+//! block: the eight rows' scales (and mins) as one run, then their quants
+//! in 8-byte runs, four rows to a 32-byte load. One activation block,
+//! broadcast 8 bytes at a time, then meets four rows per `maddubs`; eight
+//! rows' sums land in the eight lanes of one register, their scales
 //! convert in one instruction, and no horizontal reduction is needed.
 //!
-//! A q4 run keeps GGUF's nibble pairing (byte `j` holds elements `j` and
-//! `j + 16`), so a 32-byte load gives elements `8c..8c+8` of four rows in
-//! its low nibbles and `8c+16..8c+24` in its high ones. q4_k goes the same
-//! way per 256-element block: the eight rows' `d` and `dmin`, their 6-bit
-//! sub-block scales and mins unpacked to bytes (sub-block by sub-block, a
-//! byte per row), then each 32-byte chunk of quants (sub-block `2c` in its
-//! low nibbles, `2c + 1` in its high ones) in 8-byte runs. q6_k stores
-//! its eight `d`, its sixteen i8 sub-block scales a byte per row, then per
-//! 32-element act block and quad the 6-bit quants (`q + 32`, 0..63) as
-//! GGUF splits them: two 32-byte loads of low nibbles (runs 0 and 1, runs
-//! 2 and 3 in their high nibbles) and one of high bit pairs (run `k` in
-//! bits `2k..2k+2` of each byte); the group is as large as the GGUF rows.
-//! q5_0 and q5_1 keep q4's nibble runs and add, per run, each
-//! row's two bytes of fifth bits (for the low and the high nibbles), which
-//! the kernel spreads onto the bytes with a shuffle and a compare; the
-//! group is exactly as large as the GGUF rows. The kernel's sums come out
-//! in lane order [`LANE_ROWS`], and the scales are stored in that order.
-//! Rows past the last whole group of eight keep the row kernel.
+//! The layouts, per format:
+//! - q4_0, q4_1, iq4_nl: the eight f16 scales (and q4_1's mins), then the
+//!   nibble runs. A run keeps GGUF's nibble pairing (byte `j` holds
+//!   elements `j` and `j + 16`), so a 32-byte load gives elements `8c..8c+8`
+//!   of four rows in its low nibbles and `8c+16..8c+24` in its high ones.
+//!   iq4_nl's nibbles are indices, looked up in its table by one shuffle.
+//! - q5_0, q5_1: q4's runs plus, per run, each row's two bytes of fifth bits
+//!   (for the low and the high nibbles), spread onto the bytes by a shuffle
+//!   and a compare.
+//! - q8_0: the scales, then the signed bytes in runs.
+//! - iq4_xs: per 256-element block the eight `d`, the 6-bit sub-block
+//!   scales as an i8 per row, then each sub-block's runs as iq4_nl's.
+//! - q4_k, q5_k: per 256-element block the eight `d` and `dmin`, the 6-bit
+//!   sub-block scales and mins unpacked to bytes (a byte per row), then each
+//!   32-byte chunk of quants (sub-block `2c` in its low nibbles, `2c + 1` in
+//!   its high ones) in 8-byte runs; q5_k adds 32 bytes of fifth bits per
+//!   chunk and quad of rows.
+//! - q6_k, q3_k, q2_k (16-element sub-blocks, an integer scale each): the
+//!   eight `d` (q2_k: and `dmin`), the sixteen sub-block scales a byte per
+//!   row, then per 32-element act block and quad the quants as GGUF splits
+//!   them (q6_k: two loads of low nibbles and one of high bit pairs; q3_k
+//!   and q2_k: one load of 2-bit parts, run `k` at bits `2k..2k+2`, and q3_k
+//!   one load of third bits shared by both quads).
+//!
+//! Every group is as large as its GGUF rows, or within 4 % of it (q3_k,
+//! q5_k, iq4_xs: scales unpacked to bytes). The kernel's sums come out in
+//! lane order [`LANE_ROWS`], and the scales are stored in that order. Rows
+//! past the last whole group of eight keep the row kernel.
 //!
 //! Results equal the row kernel's within f32 rounding (the integer sums are
 //! exact; the scaling order differs); each row's result never depends on
@@ -82,6 +92,63 @@ const Q6K_SCALES: usize = 16;
 const Q6K_QUANTS: usize = 144;
 const Q6K_QUAD_BYTES: usize = 96;
 const Q6K_ACT_BYTES: usize = 2 * Q6K_QUAD_BYTES;
+/// q3_k as q6_k's group (eight `d`, 16 × 8 i8 scales), then per act block
+/// the 2-bit low parts of each quad (run `k` at bits `2k..2k+2`), then one
+/// load of third bits for both quads (bit `4·quad + k`).
+const Q3K_ACT_BYTES: usize = 96;
+/// q2_k: eight `d`, eight `dmin`, 16 × 8 scale bytes as GGUF's (scale in
+/// the low nibble, min in the high), then per act block the 2-bit quants of
+/// each quad as q3_k's low parts; exactly as large as the GGUF rows.
+const Q2K_SCALES: usize = 32;
+const Q2K_QUANTS: usize = Q2K_SCALES + 128;
+const Q2K_ACT_BYTES: usize = 64;
+
+/// Where the groups of the formats with 16-element sub-blocks (q6_k, q3_k,
+/// q2_k) keep their parts.
+#[derive(Clone, Copy)]
+struct HalvesLayout {
+    /// The sub-block scales (a byte per lane, sub-block after sub-block).
+    scales: usize,
+    /// The first act block's quants.
+    quants: usize,
+    /// Bytes of quants per act block.
+    act_bytes: usize,
+    /// log2 of the offset the stored quants carry (q6_k 32, q3_k 4).
+    offset_shift: i32,
+}
+
+impl HalvesLayout {
+    fn of(dtype: DType) -> HalvesLayout {
+        match dtype {
+            DType::Q3K => {
+                HalvesLayout { scales: Q6K_SCALES, quants: Q6K_QUANTS, act_bytes: Q3K_ACT_BYTES, offset_shift: 2 }
+            }
+            DType::Q2K => {
+                HalvesLayout { scales: Q2K_SCALES, quants: Q2K_QUANTS, act_bytes: Q2K_ACT_BYTES, offset_shift: 0 }
+            }
+            _ => HalvesLayout { scales: Q6K_SCALES, quants: Q6K_QUANTS, act_bytes: Q6K_ACT_BYTES, offset_shift: 5 },
+        }
+    }
+
+    /// The integer scale (and q2_k's min) of sub-block `s` in `lane`.
+    fn scale_min(self, dtype: DType, block: &[u8], s: usize, lane: usize) -> (i32, i32) {
+        let byte = block[self.scales + 8 * s + lane];
+        match dtype {
+            DType::Q2K => ((byte & 0x0F) as i32, (byte >> 4) as i32),
+            _ => (byte as i8 as i32, 0),
+        }
+    }
+}
+
+/// The 2-bit part (run `k` at bits `2k..2k+2`) of element `e` of `row` in
+/// a q3_k or q2_k group's block, and the byte offset of its act block.
+fn low_bits(dtype: DType, block: &[u8], row: usize, e: usize) -> (i32, usize) {
+    let layout = HalvesLayout::of(dtype);
+    let (k, i) = ((e % 32) / 8, e % 8);
+    let act = layout.quants + layout.act_bytes * (e / 32);
+    let byte = block[act + 32 * (row / 4) + 8 * (row % 4) + i];
+    (((byte >> (2 * k)) & 3) as i32, act)
+}
 
 /// The quant `q + 32` (0..63) of element `e` of `row` in a q6_k group's block.
 fn q6_k_element(block: &[u8], row: usize, e: usize) -> i32 {
@@ -108,6 +175,12 @@ fn element(dtype: DType, block: &[u8], row: usize, e: usize) -> i32 {
     match dtype {
         DType::Q8_0 => block[base + run_at(runs, 0, row, e / 8) + e % 8] as i8 as i32,
         DType::Q6K => q6_k_element(block, row, e),
+        DType::Q2K => low_bits(dtype, block, row, e).0,
+        DType::Q3K => {
+            let (low, act) = low_bits(dtype, block, row, e);
+            let third = (block[act + 64 + 8 * (row % 4) + e % 8] >> (4 * (row / 4) + (e % 32) / 8)) & 1;
+            low | (third as i32) << 2
+        }
         DType::Q4K => {
             let r = e % 64;
             nibble(block[base + run_at(runs, e / 64, row, (r % 32) / 8) + r % 8], r >= 32)
@@ -145,7 +218,7 @@ fn fifth_bit(block: &[u8], bits: usize, row: usize, k: usize, high: bool, i: usi
 /// A matrix's whole groups of eight rows, interleaved.
 #[derive(Debug, Clone)]
 pub struct InterleavedRows {
-    /// q4_0, q4_1, q8_0, q4_k or q6_k.
+    /// A GGUF block type.
     pub dtype: DType,
     /// Whole groups (rows `0..8·groups`).
     pub groups: usize,
@@ -166,6 +239,8 @@ impl InterleavedRows {
             DType::Q4K => 32 + 128 + 1024,
             DType::Q5K => Q5K_HIGH + 256,
             DType::Q6K => Q6K_QUANTS + 8 * Q6K_ACT_BYTES,
+            DType::Q3K => Q6K_QUANTS + 8 * Q3K_ACT_BYTES,
+            DType::Q2K => Q2K_QUANTS + 8 * Q2K_ACT_BYTES,
             DType::IQ4NL => 16 + 128,
             DType::IQ4XS => IQ4XS_QUANTS + 8 * IQ4XS_SUB_BYTES,
             _ => 16 + 256,
@@ -201,7 +276,7 @@ impl InterleavedRows {
             match dtype {
                 DType::Q8_0 => dequantize_q8_0(block, member, lane, values),
                 DType::Q4K | DType::Q5K => dequantize_k(dtype, block, member, lane, values),
-                DType::Q6K => dequantize_q6_k(block, member, lane, values),
+                DType::Q6K | DType::Q3K | DType::Q2K => dequantize_halves(dtype, block, member, lane, values),
                 DType::Q5_0 | DType::Q5_1 => dequantize_q5(dtype, block, member, lane, values),
                 DType::IQ4NL | DType::IQ4XS => dequantize_iq4(dtype, block, member, lane, values),
                 _ => dequantize_q4(dtype, block, member, lane, values),
@@ -279,16 +354,23 @@ fn dequantize_k(dtype: DType, block: &[u8], row: usize, lane: usize, values: &mu
     }
 }
 
-fn dequantize_q6_k(block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
-    let d = f16_at(block, 2 * lane);
+fn dequantize_halves(dtype: DType, block: &[u8], row: usize, lane: usize, values: &mut [f32]) {
+    let (layout, d) = (HalvesLayout::of(dtype), f16_at(block, 2 * lane));
+    let dmin = if dtype == DType::Q2K { f16_at(block, 16 + 2 * lane) } else { 0.0 };
+    let offset = 1 << layout.offset_shift;
     for (e, v) in values.iter_mut().enumerate() {
-        let sc = block[Q6K_SCALES + 8 * (e / 16) + lane] as i8 as f32;
-        *v = d * sc * (q6_k_element(block, row, e) - 32) as f32;
+        let (sc, m) = layout.scale_min(dtype, block, e / 16, lane);
+        let q = element(dtype, block, row, e);
+        *v = match dtype {
+            DType::Q2K => d * sc as f32 * q as f32 - dmin * m as f32,
+            _ => d * sc as f32 * (q - offset) as f32,
+        };
     }
 }
 
 /// Interleaves the whole groups of eight rows of a `rows × row_len` matrix
-/// of `dtype`, if the format allows it (q4_0, q4_1, q8_0) and there is one.
+/// of `dtype`, if it is a GGUF block type (not nf4, not a dense type) and
+/// there is one whole group.
 pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) -> Option<InterleavedRows> {
     let formats = [
         DType::Q4_0,
@@ -301,6 +383,8 @@ pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) 
         DType::Q5K,
         DType::IQ4NL,
         DType::IQ4XS,
+        DType::Q3K,
+        DType::Q2K,
     ];
     if !formats.contains(&dtype) || rows < GROUP || !row_len.is_multiple_of(dtype.block_size()) {
         return None;
@@ -331,6 +415,7 @@ pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) 
                     }
                     DType::Q6K => interleave_q6_k_block(&at, local),
                     DType::IQ4XS => interleave_iq4_xs_block(&at, local),
+                    DType::Q3K | DType::Q2K => interleave_low_bit_block(dtype, &at, local),
                     _ => interleave_block(dtype, &at, local),
                 }
             }
@@ -397,6 +482,51 @@ fn interleave_iq4_xs_block<'a>(at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8
                     data.extend_from_slice(&at(row)[start..start + 8]);
                 }
             }
+        }
+    }
+}
+
+/// One q3_k or q2_k block of eight rows: `d` (and q2_k's `dmin`) in
+/// lane order, the sub-block scales a byte per lane (q3_k's unpacked to
+/// i8, q2_k's scale-and-min bytes as stored), then per act block and quad
+/// the 2-bit parts (run `k` at bits `2k..2k+2`), and for q3_k the act
+/// block's third bits (bit `4·quad + k`).
+fn interleave_low_bit_block<'a>(dtype: DType, at: &dyn Fn(usize) -> &'a [u8], data: &mut Vec<u8>) {
+    use super::k_quants::{q2_k_quant, q3_k_quant, q3_k_scales};
+    let scale_offsets: &[usize] = if dtype == DType::Q2K { &[80, 82] } else { &[108] };
+    for &offset in scale_offsets {
+        for row in LANE_ROWS {
+            data.extend_from_slice(&at(row)[offset..offset + 2]);
+        }
+    }
+    let scales: [[u8; 16]; GROUP] = std::array::from_fn(|row| match dtype {
+        DType::Q2K => std::array::from_fn(|s| at(row)[s]),
+        _ => q3_k_scales(at(row)).map(|s| s as u8),
+    });
+    let by_sub_block: [[u8; GROUP]; 16] = std::array::from_fn(|s| LANE_ROWS.map(|row| scales[row][s]));
+    data.extend_from_slice(by_sub_block.as_flattened());
+    // Each row's quants, as stored in the group (q3_k: q + 4).
+    let quants: [[u8; 256]; GROUP] = std::array::from_fn(|row| {
+        std::array::from_fn(|e| match dtype {
+            DType::Q2K => q2_k_quant(at(row), e) as u8,
+            _ => (q3_k_quant(at(row), e) + 4) as u8,
+        })
+    });
+    for j in 0..8 {
+        let mut third = [0u8; 32];
+        for quad in 0..2 {
+            for seat in 0..4 {
+                let q = &quants[4 * quad + seat];
+                for i in 0..8 {
+                    // Run k holds elements 32j + 8k + i.
+                    let run = |k: usize| q[32 * j + 8 * k + i];
+                    data.push((0..4).fold(0, |byte, k| byte | (run(k) & 3) << (2 * k)));
+                    third[8 * seat + i] |= (0..4).fold(0, |byte, k| byte | (run(k) >> 2) << (4 * quad + k));
+                }
+            }
+        }
+        if dtype == DType::Q3K {
+            data.extend_from_slice(&third);
         }
     }
 }
@@ -597,7 +727,7 @@ pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [
     let (dtype, data) = (rows.dtype, rows.group(g));
     match dtype {
         DType::Q4K | DType::Q5K => return in_row_order(k_scalar(dtype, data, acts)),
-        DType::Q6K => return in_row_order(q6_k_scalar(data, acts)),
+        DType::Q6K | DType::Q3K | DType::Q2K => return in_row_order(halves_scalar(dtype, data, acts)),
         DType::IQ4XS => return in_row_order(iq4_xs_scalar(data, acts)),
         _ => {}
     }
@@ -621,28 +751,34 @@ pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [
     in_row_order(lanes)
 }
 
-/// The q6_k lanes, in the kernel's order of operations: per act block,
-/// the integer `Σ_half sc·(Σ q·a − 32·Σ a)` over its two 16-element
-/// halves, then `acc += d·(a.d·that)`.
-fn q6_k_scalar(data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
-    let size = InterleavedRows::block_bytes(DType::Q6K);
-    let mut acc = [0f32; GROUP];
+/// The q6_k, q3_k or q2_k lanes, in the kernel's order of operations: per
+/// act block, the integer `Σ_half sc·(Σ q·a − offset·Σ a)` over its two
+/// 16-element halves, then `acc += d·(a.d·that)`; q2_k also `mins +=
+/// dmin·(a.d·Σ_half m·Σ a)`; then `acc − mins`.
+fn halves_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
+    let (layout, size) = (HalvesLayout::of(dtype), InterleavedRows::block_bytes(dtype));
+    let offset = if dtype == DType::Q2K { 0 } else { 1 << layout.offset_shift };
+    let (mut acc, mut mins) = ([0f32; GROUP], [0f32; GROUP]);
     for (block, sub) in data.chunks_exact(size).zip(acts.chunks_exact(8)) {
         for (j, a) in sub.iter().enumerate() {
-            let act_sum = |half: usize| a.qs[16 * half..16 * half + 16].iter().map(|&v| v as i32).sum::<i32>();
             for (lane, &row) in LANE_ROWS.iter().enumerate() {
-                let mut total = 0i32;
+                let (mut total, mut min_total) = (0i32, 0i32);
                 for half in 0..2 {
                     let dot: i32 = (16 * half..16 * half + 16)
-                        .map(|e| element(DType::Q6K, block, row, 32 * j + e) * a.qs[e] as i32)
+                        .map(|e| element(dtype, block, row, 32 * j + e) * a.qs[e] as i32)
                         .sum();
-                    total += (dot - 32 * act_sum(half)) * block[Q6K_SCALES + 8 * (2 * j + half) + lane] as i8 as i32;
+                    let (sc, m) = layout.scale_min(dtype, block, 2 * j + half, lane);
+                    total += (dot - offset * a.half_sums[half] as i32) * sc;
+                    min_total += m * a.half_sums[half] as i32;
                 }
                 acc[lane] = f16_at(block, 2 * lane).mul_add(a.d * total as f32, acc[lane]);
+                if dtype == DType::Q2K {
+                    mins[lane] = f16_at(block, 16 + 2 * lane).mul_add(a.d * min_total as f32, mins[lane]);
+                }
             }
         }
     }
-    acc
+    std::array::from_fn(|lane| acc[lane] - mins[lane])
 }
 
 /// The iq4_xs lanes, in the kernel's order of operations: per act block,

@@ -15,8 +15,8 @@
 //! give the same bits.
 
 use super::{
-    quants_layout, BlockQ8, InterleavedRows, IQ4XS_SCALES, IQ4XS_SUB_BYTES, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q5K_HIGH,
-    Q6K_ACT_BYTES, Q6K_QUAD_BYTES, Q6K_QUANTS, Q6K_SCALES,
+    quants_layout, BlockQ8, HalvesLayout, InterleavedRows, IQ4XS_SCALES, IQ4XS_SUB_BYTES, Q4K_MINS, Q4K_QUANTS,
+    Q4K_SCALES, Q5K_HIGH, Q6K_QUAD_BYTES,
 };
 use crate::DType;
 use std::arch::x86_64::*;
@@ -313,26 +313,21 @@ macro_rules! kernels {
             std::array::from_fn(|t| _mm256_sub_ps(acc[t], mins[t]))
         }
 
-        /// Σ sc·q·a of a quad's four rows for one q6_k act block, per token:
-        /// (the low 16 elements with runs 0/1, the high 16 with runs 2/3), each
-        /// half's pair sums weighted by its rows' sub-block scales `scales`
-        /// (one i16 per row, in each of the row's four lanes). The quad's
-        /// three loads (two of low nibbles, one of high bit pairs) are
-        /// unpacked into its four runs once; each run meets every token.
+        /// The formats `dot_halves` runs, by the index it is compiled for:
+        /// 16-element sub-blocks, each with its own integer scale per row.
+        const HALVES: [DType; 3] = [DType::Q6K, DType::Q3K, DType::Q2K];
+
+        /// A q6_k quad's four runs (`q + 32`, 0..63) from its three loads:
+        /// two of low nibbles, one of high bit pairs (run k's at bits 2k..2k+2).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn q6_k_quad_tokens<const T: usize>(
-            q: *const u8,
-            scales: &[__m256i; 2],
-            a: &[&BlockQ8; T],
-        ) -> [(__m256i, __m256i); T] {
-            let mut halves = [[_mm256_setzero_si256(); 2]; T];
+        unsafe fn q6_k_runs(q: *const u8) -> [__m256i; 4] {
             let mask = _mm256_set1_epi8(0x0F);
             let pairs = _mm256_set1_epi8(0x30);
             let load = |at: usize| _mm256_loadu_si256(q.add(at) as *const __m256i);
             let (low, high) = ([load(0), load(32)], load(64));
-            // Run k: its nibbles, and its bit pair (bits 2k..2k+2) moved to bits 4..6.
-            let runs = [
+            // Run k: its nibbles, and its bit pair moved to bits 4..6.
+            [
                 _mm256_or_si256(_mm256_and_si256(low[0], mask), _mm256_and_si256(_mm256_slli_epi16(high, 4), pairs)),
                 _mm256_or_si256(_mm256_and_si256(low[1], mask), _mm256_and_si256(_mm256_slli_epi16(high, 2), pairs)),
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(low[0], 4), mask), _mm256_and_si256(high, pairs)),
@@ -340,7 +335,47 @@ macro_rules! kernels {
                     _mm256_and_si256(_mm256_srli_epi16(low[1], 4), mask),
                     _mm256_and_si256(_mm256_srli_epi16(high, 2), pairs),
                 ),
-            ];
+            ]
+        }
+
+        /// A q3_k or q2_k quad's four runs from its load of 2-bit quants (run
+        /// k's at bits 2k..2k+2); q3_k (`high` not null) adds the third bit,
+        /// bit `4·quad + k` of the act block's shared load at `high`, as bit 2
+        /// (`q + 4`, 0..7).
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn low_bit_runs<const F: usize>(q: *const u8, high: *const u8, quad: usize) -> [__m256i; 4] {
+            let two = _mm256_set1_epi8(3);
+            let low = _mm256_loadu_si256(q as *const __m256i);
+            let shifted = |v: __m256i, right: i32| _mm256_srl_epi16(v, _mm_cvtsi32_si128(right));
+            let mut runs = [0, 1, 2, 3].map(|k| _mm256_and_si256(shifted(low, 2 * k), two));
+            if HALVES[F] == DType::Q3K {
+                let bits = _mm256_loadu_si256(high as *const __m256i);
+                let four = _mm256_set1_epi8(4);
+                for (k, run) in runs.iter_mut().enumerate() {
+                    // Bit 4·quad + k to bit 2: right by 4·quad + k − 2, or left by 2 − k.
+                    let at = (4 * quad + k) as i32;
+                    let moved =
+                        if at >= 2 { shifted(bits, at - 2) } else { _mm256_sll_epi16(bits, _mm_cvtsi32_si128(2 - at)) };
+                    *run = _mm256_or_si256(*run, _mm256_and_si256(moved, four));
+                }
+            }
+            runs
+        }
+
+        /// Σ sc·q·a of a quad's four rows for one act block, per token: (the
+        /// low 16 elements with runs 0/1, the high 16 with runs 2/3), each
+        /// half's pair sums weighted by its rows' sub-block scales `scales`
+        /// (one i16 per row, in each of the row's four lanes). Each run meets
+        /// every token.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn halves_quad_tokens<const T: usize>(
+            runs: &[__m256i; 4],
+            scales: &[__m256i; 2],
+            a: &[&BlockQ8; T],
+        ) -> [(__m256i, __m256i); T] {
+            let mut halves = [[_mm256_setzero_si256(); 2]; T];
             for (k, &w) in runs.iter().enumerate() {
                 for t in 0..T {
                     let p = &mut halves[t][k / 2];
@@ -348,7 +383,7 @@ macro_rules! kernels {
                         // Each i32 lane: bytes 4j..4j+4 of both runs of a half, as `madd` pairs them below.
                         _mm256_dpbusd_epi32(*p, w, run_of(a[t], k))
                     } else {
-                        // Each i16 lane ≤ 2·63·127; two summed stay below 2¹⁵.
+                        // Each i16 lane ≤ 2·63·127 (q6_k; less for q3_k, q2_k); two summed stay below 2¹⁵.
                         _mm256_add_epi16(*p, _mm256_maddubs_epi16(w, run_of(a[t], k)))
                     };
                 }
@@ -362,14 +397,14 @@ macro_rules! kernels {
             halves.map(|[lo, hi]| (_mm256_madd_epi16(lo, scales[0]), _mm256_madd_epi16(hi, scales[1])))
         }
 
-        /// A q6_k act block's sub-block scales (the two halves' eight i8, in
-        /// lane order, at `lo` and `hi`) as `maddubs` pair weights: per quad and
-        /// half, each of the quad's four rows' scale in its four i16 lanes;
-        /// and both halves' scales of each lane as an i16 pair (low, high).
+        /// An act block's sub-block scales (the two halves' eight i8, in lane
+        /// order, in the low bytes of `lo` and `hi`) as `maddubs` pair weights:
+        /// per quad and half, each of the quad's four rows' scale in its four
+        /// i16 lanes; and both halves' scales of each lane as an i16 pair
+        /// (low, high).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn q6_k_scales(lo: *const u8, hi: *const u8) -> ([[__m256i; 2]; 2], __m256i) {
-            let (lo, hi) = (_mm_loadl_epi64(lo as *const __m128i), _mm_loadl_epi64(hi as *const __m128i));
+        unsafe fn half_scales(lo: __m128i, hi: __m128i) -> ([[__m256i; 2]; 2], __m256i) {
             // Lane order [0, 1, 4, 5, 2, 3, 6, 7]: quad 0's rows sit in lanes
             // 0, 1 (low 128 bits) and 4, 5 (high); quad 1's in 2, 3 and 6, 7.
             let pick = [
@@ -389,39 +424,80 @@ macro_rules! kernels {
             (per_quad, pairs)
         }
 
-        /// The eight lanes of a q6_k group per token (see `q6_k_scalar` for the order).
+        /// q2_k: both halves' mins of each lane as an i16 pair (low, high),
+        /// from the high nibbles of the act block's scale bytes at `at`.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn dot_q6_k<const T: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
-            let size = InterleavedRows::block_bytes(DType::Q6K);
-            let mut acc = [_mm256_setzero_ps(); T];
+        unsafe fn q2_k_min_pairs(at: *const u8) -> __m256i {
+            let (lo, hi) = (_mm_loadl_epi64(at as *const __m128i), _mm_loadl_epi64(at.add(8) as *const __m128i));
+            // The 16-bit shift brings each byte's high nibble down (the
+            // neighbour's bits above it are masked off).
+            let shifted = _mm_srli_epi16(_mm_unpacklo_epi8(lo, hi), 4);
+            _mm256_and_si256(_mm256_cvtepu8_epi16(shifted), _mm256_set1_epi16(0x0F))
+        }
+
+        /// The eight lanes of a q6_k, q3_k or q2_k group per token (see
+        /// `halves_scalar` for the order).
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn dot_halves<const T: usize, const F: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
+            let dtype = HALVES[F];
+            let layout = HalvesLayout::of(dtype);
+            let size = InterleavedRows::block_bytes(dtype);
+            let (mut acc, mut mins) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
+            let low_nibbles = _mm_set1_epi8(0x0F);
             for b in 0..acts[0].len() / 8 {
                 let block = group.as_ptr().add(b * size);
                 let d = f16x8(block);
+                let dmin = if dtype == DType::Q2K { f16x8(block.add(16)) } else { d };
                 for j in 0..8 {
-                    let q = block.add(Q6K_QUANTS + Q6K_ACT_BYTES * j);
+                    let q = block.add(layout.quants + layout.act_bytes * j);
                     let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
-                    let scales = block.add(Q6K_SCALES + 16 * j);
-                    let (per_quad, pairs) = q6_k_scales(scales, scales.add(8));
+                    let at = block.add(layout.scales + 16 * j);
+                    let (lo, hi) =
+                        (_mm_loadl_epi64(at as *const __m128i), _mm_loadl_epi64(at.add(8) as *const __m128i));
+                    // q2_k: a byte holds the scale (low nibble) and the min (high).
+                    let (lo, hi) = if dtype == DType::Q2K {
+                        (_mm_and_si128(lo, low_nibbles), _mm_and_si128(hi, low_nibbles))
+                    } else {
+                        (lo, hi)
+                    };
+                    let (per_quad, pairs) = half_scales(lo, hi);
                     let mut dots = [[(_mm256_setzero_si256(), _mm256_setzero_si256()); T]; 2];
                     for (quad, sums) in dots.iter_mut().enumerate() {
-                        *sums = q6_k_quad_tokens(q.add(Q6K_QUAD_BYTES * quad), &per_quad[quad], &a);
+                        let runs = if dtype == DType::Q6K {
+                            q6_k_runs(q.add(Q6K_QUAD_BYTES * quad))
+                        } else {
+                            low_bit_runs::<F>(q.add(32 * quad), q.wrapping_add(64), quad)
+                        };
+                        *sums = halves_quad_tokens(&runs, &per_quad[quad], &a);
                     }
+                    let min_pairs = if dtype == DType::Q2K { q2_k_min_pairs(at) } else { pairs };
                     for t in 0..T {
-                        // Σ_half sc·Σ q·a, then minus 32·Σ_half sc·Σ a (the
+                        // Σ_half sc·Σ q·a, then minus offset·Σ_half sc·Σ a (the
                         // activations' half sums as one i16 pair per lane).
                         let (quad0, quad1) = (dots[0][t], dots[1][t]);
                         let dot =
                             _mm256_add_epi32(_mm256_hadd_epi32(quad0.0, quad1.0), _mm256_hadd_epi32(quad0.1, quad1.1));
                         let sums = _mm256_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
-                        let offset = _mm256_slli_epi32(_mm256_madd_epi16(pairs, sums), 5);
-                        let total = _mm256_sub_epi32(dot, offset);
-                        let scaled = _mm256_mul_ps(_mm256_set1_ps(a[t].d), _mm256_cvtepi32_ps(total));
-                        acc[t] = _mm256_fmadd_ps(d, scaled, acc[t]);
+                        let total = match dtype {
+                            DType::Q2K => dot,
+                            _ => {
+                                let offset = _mm256_madd_epi16(pairs, sums);
+                                _mm256_sub_epi32(dot, _mm256_sll_epi32(offset, _mm_cvtsi32_si128(layout.offset_shift)))
+                            }
+                        };
+                        let a_d = _mm256_set1_ps(a[t].d);
+                        acc[t] = _mm256_fmadd_ps(d, _mm256_mul_ps(a_d, _mm256_cvtepi32_ps(total)), acc[t]);
+                        if dtype == DType::Q2K {
+                            // Σ_half m·Σ a, weighted by dmin.
+                            let min_sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(min_pairs, sums));
+                            mins[t] = _mm256_fmadd_ps(dmin, _mm256_mul_ps(a_d, min_sum), mins[t]);
+                        }
                     }
                 }
             }
-            acc
+            std::array::from_fn(|t| _mm256_sub_ps(acc[t], mins[t]))
         }
 
         /// The eight lanes' sums of a group for each of `T` tokens (lane order
@@ -435,7 +511,9 @@ macro_rules! kernels {
             let lanes = match dtype {
                 DType::Q4K => dot_k::<T, false>(group, acts),
                 DType::Q5K => dot_k::<T, true>(group, acts),
-                DType::Q6K => dot_q6_k(group, acts),
+                DType::Q6K => dot_halves::<T, 0>(group, acts),
+                DType::Q3K => dot_halves::<T, 1>(group, acts),
+                DType::Q2K => dot_halves::<T, 2>(group, acts),
                 DType::Q4_0 => dot_blocks32::<T, 0>(group, acts),
                 DType::Q4_1 => dot_blocks32::<T, 1>(group, acts),
                 DType::Q5_0 => dot_blocks32::<T, 2>(group, acts),
