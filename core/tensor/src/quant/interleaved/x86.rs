@@ -87,8 +87,12 @@ macro_rules! kernels {
             let mask = _mm256_set1_epi8(0x0F);
             let low = |l: __m256i| _mm256_and_si256(l, mask);
             let high = |l: __m256i| _mm256_and_si256(_mm256_srli_epi16(l, 4), mask);
+            // VNNI takes signed weights offset by 128 (unsigned bytes, one
+            // operation per load here instead of two sign moves per token in
+            // `block_sums`, which takes the offset back off exactly).
+            let offset = _mm256_set1_epi8(if $vnni { -128 } else { 0 });
             match dtype {
-                DType::Q8_0 => [load(0), load(1), load(2), load(3)],
+                DType::Q8_0 => [load(0), load(1), load(2), load(3)].map(|w| _mm256_xor_si256(w, offset)),
                 DType::Q5_0 | DType::Q5_1 => {
                     let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
                     let fifth = _mm256_set1_epi8(0x10);
@@ -111,7 +115,7 @@ macro_rules! kernels {
                 }
                 DType::IQ4NL | DType::IQ4XS => {
                     let values = _mm_loadu_si128(crate::quant::IQ4_VALUES.as_ptr() as *const __m128i);
-                    let table = _mm256_broadcastsi128_si256(values);
+                    let table = _mm256_xor_si256(_mm256_broadcastsi128_si256(values), offset);
                     let (l0, l1) = (load(0), load(1));
                     [low(l0), low(l1), high(l0), high(l1)].map(|n| _mm256_shuffle_epi8(table, n))
                 }
@@ -126,19 +130,15 @@ macro_rules! kernels {
         /// quad's sums (two i32 lanes per row), paired up by one `hadd`.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn block_sums<const F: usize>(w: &[[__m256i; 4]; 2], a: &[__m256i; 4]) -> __m256i {
+        unsafe fn block_sums<const F: usize>(w: &[[__m256i; 4]; 2], a: &[__m256i; 4], act_sum: i32) -> __m256i {
             let ones = _mm256_set1_epi16(1);
             let mut quads = [_mm256_setzero_si256(); 2];
             for (sum, w) in quads.iter_mut().zip(w) {
-                if signed(BLOCKS32[F]) {
+                if signed(BLOCKS32[F]) && !$vnni {
                     // Signed weights: the sign moves onto the activations (unsigned × signed products).
                     for (w, a) in w.iter().zip(a) {
                         let (w, a) = (_mm256_sign_epi8(*w, *w), _mm256_sign_epi8(*a, *w));
-                        *sum = if $vnni {
-                            _mm256_dpbusd_epi32(*sum, w, a)
-                        } else {
-                            _mm256_add_epi32(*sum, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones))
-                        };
+                        *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones));
                     }
                     continue;
                 }
@@ -157,7 +157,12 @@ macro_rules! kernels {
                 }
                 *sum = _mm256_madd_epi16(p, ones);
             }
-            _mm256_hadd_epi32(quads[0], quads[1])
+            let sums = _mm256_hadd_epi32(quads[0], quads[1]);
+            if signed(BLOCKS32[F]) && $vnni {
+                // The weights came offset by 128 (see `quad_operands`): Σ w·a = Σ (w + 128)·a − 128·Σ a, exactly.
+                return _mm256_sub_epi32(sums, _mm256_set1_epi32(128 * act_sum));
+            }
+            sums
         }
 
         /// Eight lanes per token for the 32-element formats.
@@ -189,7 +194,8 @@ macro_rules! kernels {
                 let w = [quad_operands::<F>(q, h), quad_operands::<F>(q.add(32 * runs), h.wrapping_add(16))];
                 for (acc, token) in acc.iter_mut().zip(acts) {
                     let a = &token[b];
-                    let dot = _mm256_cvtepi32_ps(block_sums::<F>(&w, &runs_of(a)));
+                    let act_sum = a.half_sums[0] as i32 + a.half_sums[1] as i32;
+                    let dot = _mm256_cvtepi32_ps(block_sums::<F>(&w, &runs_of(a), act_sum));
                     *acc = match dtype {
                         // Σ (q − 8)·a = Σ q·a − 8·Σ a.
                         DType::Q4_0 => _mm256_fmadd_ps(
