@@ -33,7 +33,7 @@ pub struct SynthArgs {
     /// Key/value heads.
     #[arg(long)]
     kv_heads: Option<usize>,
-    /// Weight type: f16, bf16, f32, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k
+    /// Weight type: f16, bf16, f32, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs
     /// (a k-quant matrix whose rows are not whole 256-blocks falls back as
     /// llama.cpp does: q4_k to q5_0, q6_k to q8_0).
     #[arg(long, default_value = "f16")]
@@ -104,7 +104,8 @@ pub struct QuantizeArgs {
     input: PathBuf,
     /// The GGUF to write.
     out: PathBuf,
-    /// Weight type of every matrix: f16, bf16, f32, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k.
+    /// Weight type of every matrix: f16, bf16, f32, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k,
+    /// q6_k, iq4_nl, iq4_xs.
     #[arg(long)]
     dtype: String,
 }

@@ -49,7 +49,9 @@ pub enum TensorError {
     #[error("unknown ggml tensor type id {0}")]
     UnknownGgmlType(u32),
     /// A dtype name that tailor does not know.
-    #[error("unknown dtype {0:?} (expected one of f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k)")]
+    #[error(
+        "unknown dtype {0:?} (expected one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, nf4)"
+    )]
     UnknownDTypeName(String),
     /// The requested device cannot be used in this build or on this machine.
     #[error("device {0} is unavailable: {1}")]

@@ -3,7 +3,7 @@
 //! Two layouts serve quantized weights beside GGUF's row-at-a-time one:
 //! the AVX-512 VNNI pair-packed rows of [`super::packed`] (q4_0, q4_1,
 //! q8_0) and the eight-row interleaved groups of [`super::interleaved`]
-//! (every 32-element format, q4_k, q6_k). Which one pays is a matter of
+//! (every GGUF block type). Which one pays is a matter of
 //! measurement on a CPU, not of its vendor, so the choice is made here once
 //! per process: by default the fastest measured for the features present,
 //! or forced with
