@@ -126,6 +126,11 @@ impl Bf16Rows {
         assert!(cols > 0 && x.len().is_multiple_of(cols), "Bf16Rows::fill: {} values are not rows of {cols}", x.len());
         self.reshape(x.len() / cols, cols);
         let (rows, pairs) = (self.rows, self.pairs);
+        if rows == 1 {
+            // One row (a decoded token) is not worth waking the pool for.
+            round_row(x, &mut self.data);
+            return;
+        }
         let words = SharedWords(self.data.as_mut_ptr());
         SpinPool::global().run(&|index, threads| {
             let mine = split_range(rows, index, threads);
@@ -138,6 +143,12 @@ impl Bf16Rows {
                 round_row(src, dst);
             }
         });
+    }
+
+    /// Every row's words (`cols / 2` rounded up per row), two bf16 each,
+    /// the first value in the low half.
+    pub(crate) fn words(&self) -> &[u32] {
+        &self.data
     }
 
     /// Row `r` as f32 (each value as rounded).

@@ -2,8 +2,10 @@
 //!
 //! Decoding (one token) is a matrix-vector product and memory bound: weights
 //! stay quantized and activations are quantized to 8 bits; f16/bf16 weights
-//! are read as stored and widened in registers (`half_dot`). Prefill (many
-//! tokens) is compute bound. Weights with a row-interleaved copy (the AVX2
+//! are read as stored and widened in registers (`half_dot`), or, bf16 on a
+//! CPU with AVX-512 BF16, multiplied as stored with `vdpbf16ps` against
+//! activations rounded to bf16 (`half_gemm`, at every token count). Prefill
+//! (many tokens) is compute bound. Weights with a row-interleaved copy (the AVX2
 //! layouts of `quant::interleaved`) stay quantized there too: 8-bit
 //! activations meet each group's unpacked quants a tile of tokens at a time,
 //! with integer products, as llama.cpp does, and every token gets exactly
@@ -11,8 +13,9 @@
 //! dequantized into a thread's cache-sized buffer and multiplied with the
 //! `gemm` crate.
 
+use super::bf16::Bf16Rows;
 use super::half_dot::{dot_half, is_half};
-use super::half_gemm;
+use super::half_gemm::{self, HalfInputs};
 use super::pool::{split_range, SpinPool};
 use super::small_gemm::{small_gemm, Operand, Product};
 use crate::quant::interleaved::{dot_group_tokens, InterleavedRows, GROUP};
@@ -41,6 +44,7 @@ pub struct LinearScratch {
     row_pairs: Vec<ActPair>,
     sums: Vec<f32>,
     dense: Vec<f32>,
+    bf16_inputs: Bf16Rows,
 }
 
 /// `y[t, o] = Σ_i x[t, i] · W[o, i]` for `tokens` rows of `x`.
@@ -120,6 +124,10 @@ pub fn linear_many_decode(
     if outputs.iter().all(|(w, _)| uses_row_kernel(w, 1)) {
         return rows_linear(x, tokens, outputs, scratch);
     }
+    if outputs.iter().all(|(w, _)| uses_row_kernel(w, 1) || takes_bf16_products(w)) {
+        // The bf16 product kernel gives each token its solo result too.
+        return split_linear(x, tokens, outputs, scratch, |w| uses_row_kernel(w, 1));
+    }
     let in_dim = outputs[0].0.row_len();
     for t in 0..tokens {
         let mut rows: Vec<(&Tensor, &mut [f32])> = outputs
@@ -186,9 +194,16 @@ fn check_linear(x: &[f32], tokens: usize, w: &Tensor, y: &[f32]) -> Result<()> {
 fn uses_row_kernel(w: &Tensor, tokens: usize) -> bool {
     match w.dtype() {
         _ if w.interleaved().is_some() => true,
+        _ if takes_bf16_products(w) => false,
         DType::F32 => tokens == 1,
         d => (supports_dot(d) || is_half(d)) && tokens < QUANT_GEMM_MIN_TOKENS,
     }
+}
+
+/// True when `w` is bf16 and this CPU multiplies it as stored with
+/// `vdpbf16ps` (activations rounded to bf16), for any token count.
+fn takes_bf16_products(w: &Tensor) -> bool {
+    half_gemm::supported() && half_gemm::takes_bf16_products(w.dtype(), w.row_len())
 }
 
 fn gemm_linear(x: &[f32], tokens: usize, w: &Tensor, y: &mut [f32], scratch: &mut LinearScratch) -> Result<()> {
@@ -198,8 +213,13 @@ fn gemm_linear(x: &[f32], tokens: usize, w: &Tensor, y: &mut [f32], scratch: &mu
         gemm_f32(x, tokens, in_dim, &weights, out_dim, y);
         return Ok(());
     }
+    if takes_bf16_products(w) {
+        scratch.bf16_inputs.fill(x, in_dim);
+        half_gemm::half_gemm(w.dtype(), w.bytes(), in_dim, HalfInputs::Bf16(&scratch.bf16_inputs), tokens, y);
+        return Ok(());
+    }
     if half_gemm::supported() && half_gemm::fits(w.dtype(), in_dim) {
-        half_gemm::half_gemm(w.dtype(), w.bytes(), in_dim, x, tokens, y);
+        half_gemm::half_gemm(w.dtype(), w.bytes(), in_dim, HalfInputs::F32(x), tokens, y);
         return Ok(());
     }
     gemm_panels(x, tokens, w, y, &mut scratch.dense)
