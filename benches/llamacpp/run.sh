@@ -5,9 +5,10 @@
 #   benches/llamacpp/run.sh top5    # regenerate tests/reference/llamacpp_top5.json
 #   benches/llamacpp/run.sh scale [1b|3b] [TYPE...]
 #       a synthetic model (tailor models synth, f16), quantized by llama.cpp to each
-#       TYPE (default Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_M Q6_K), then both engines on
-#       every file: prefill/decode ratios, decode bandwidth vs a copy, peak RSS.
-#       Files go to $SCALE_DIR (default target/scale; 1b needs ~8 GB, 3b ~20 GB).
+#       TYPE (default: BF16 Q8_0 Q6_K Q5_K_M Q5_1 Q5_0 Q4_K_M Q4_1 Q4_0 IQ4_XS IQ4_NL
+#       Q3_K_M Q2_K), then both engines on every file: prefill/decode ratios, decode
+#       bandwidth vs a copy, peak RSS. Files go to $SCALE_DIR (default target/scale;
+#       1b needs ~14 GB, 3b ~35 GB).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -21,7 +22,8 @@ case "${1:-bench}" in
   scale)
     shift || true
     shape=${1:-1b}; shift || true
-    types=("$@"); [ ${#types[@]} -gt 0 ] || types=(Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_M Q6_K)
+    types=("$@")
+    [ ${#types[@]} -gt 0 ] || types=(BF16 Q8_0 Q6_K Q5_K_M Q5_1 Q5_0 Q4_K_M Q4_1 Q4_0 IQ4_XS IQ4_NL Q3_K_M Q2_K)
     dir=${SCALE_DIR:-$root/target/scale}; mkdir -p "$dir"
     "$venv/bin/python" -c 'import gguf' 2>/dev/null || "$venv/bin/pip" install --quiet gguf
     f16="$dir/$shape-f16.gguf"
