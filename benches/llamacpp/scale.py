@@ -3,6 +3,8 @@ machine, same run (benches/llamacpp/run.sh scale drives it).
 
   scale.py quantize F16.gguf OUTDIR TYPE...   llama.cpp's own quantizer writes OUTDIR/NAME-TYPE.gguf
   scale.py same-bytes TAILOR_FILE LLAMA_FILE  tensor bytes compared, per tensor (quantizers agree?)
+  scale.py error F16.gguf TAILOR_FILE LLAMA_FILE [--tensor NAME]
+        both quantizers' relative RMS error against the f16 weights, on one tensor
   scale.py bench TAILOR_BIN GGUF... [--threads 2] [--rounds 3]
         per file: prefill (128 tokens) and decode (32 tokens) tok/s, alternating
         engines round by round, medians and ratios, decode's effective
@@ -51,6 +53,25 @@ def same_bytes(args):
             print(f"  {t.name}: {t.tensor_type.name} vs {other.tensor_type.name}, "
                   f"{int((a[:n] != b[:n]).sum())} of {n} bytes differ")
     print(f"{equal} tensors byte-identical, {differ} differ")
+
+
+def quant_error(args):
+    """Relative RMS error of one tensor as each file quantized it, against the f16 original
+    (dequantized by gguf-py): how tailor's quantizer compares with llama.cpp's."""
+    from gguf import GGUFReader, GGMLQuantizationType, dequantize
+
+    def values(path):
+        tensor = next(t for t in GGUFReader(path).tensors if t.name == args.tensor)
+        kind = GGMLQuantizationType(tensor.tensor_type).name
+        return kind, dequantize(np.asarray(tensor.data), tensor.tensor_type).astype(np.float64).ravel()
+
+    _, exact = values(args.f16)
+    errors = []
+    for label, path in (("tailor", args.tailor_file), ("llama.cpp", args.llama_file)):
+        kind, got = values(path)
+        errors.append(np.sqrt(((got - exact) ** 2).sum() / (exact ** 2).sum()))
+        print(f"{args.tensor}: {label} {kind} relative RMS error {errors[-1]:.4f}")
+    print(f"ratio tailor / llama.cpp: {errors[0] / errors[1]:.2f}")
 
 
 def copy_bandwidth(threads, mib=512):
@@ -194,6 +215,8 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("quantize"); q.add_argument("f16"); q.add_argument("outdir"); q.add_argument("types", nargs="+")
     s = sub.add_parser("same-bytes"); s.add_argument("tailor_file"); s.add_argument("llama_file")
+    e = sub.add_parser("error"); e.add_argument("f16"); e.add_argument("tailor_file"); e.add_argument("llama_file")
+    e.add_argument("--tensor", default="blk.3.ffn_up.weight")
     b = sub.add_parser("bench"); b.add_argument("tailor"); b.add_argument("gguf", nargs="+")
     b.add_argument("--threads", type=int, default=2); b.add_argument("--rounds", type=int, default=3)
     g = sub.add_parser("greedy"); g.add_argument("tailor"); g.add_argument("gguf")
@@ -203,7 +226,9 @@ def main():
     args = ap.parse_args()
     if args.cmd == "greedy":
         sys.exit(0 if greedy(args) else 1)
-    {"quantize": quantize, "same-bytes": same_bytes, "bench": bench, "llama-child": llama_child}[args.cmd](args)
+    commands = {"quantize": quantize, "same-bytes": same_bytes, "error": quant_error, "bench": bench,
+                "llama-child": llama_child}
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":
