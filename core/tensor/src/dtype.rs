@@ -47,6 +47,31 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every dtype.
+    pub const ALL: [DType; 16] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q2K,
+        DType::Q3K,
+        DType::Q4K,
+        DType::Q5K,
+        DType::Q6K,
+        DType::IQ4NL,
+        DType::IQ4XS,
+        DType::NF4,
+    ];
+
+    /// True for the GGUF block types (quantized, with a ggml id: not nf4).
+    pub fn is_gguf_block(self) -> bool {
+        self.is_quantized() && self.ggml_id().is_some()
+    }
+
     /// Elements per block (1 for dense types).
     pub fn block_size(self) -> usize {
         match self {
@@ -164,26 +189,8 @@ impl std::str::FromStr for DType {
     type Err = TensorError;
 
     fn from_str(s: &str) -> Result<Self> {
-        let all = [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q5_0,
-            DType::Q5_1,
-            DType::Q4K,
-            DType::Q6K,
-            DType::Q2K,
-            DType::Q3K,
-            DType::Q5K,
-            DType::IQ4NL,
-            DType::IQ4XS,
-            DType::NF4,
-        ];
         let wanted = s.to_ascii_lowercase();
-        all.into_iter().find(|d| d.name() == wanted).ok_or_else(|| TensorError::UnknownDTypeName(s.to_string()))
+        DType::ALL.into_iter().find(|d| d.name() == wanted).ok_or_else(|| TensorError::UnknownDTypeName(s.to_string()))
     }
 }
 

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{quantized_formats, Rng};
 use tailor_tensor::cpu::{self, LinearScratch};
 use tailor_tensor::quant::interleaved::InterleavedRows;
 use tailor_tensor::quant::interleaved::{
@@ -17,21 +17,6 @@ use tailor_tensor::quant::interleaved::{
 use tailor_tensor::quant::layout::WeightLayout;
 use tailor_tensor::quant::{dequantize_row, quantize_activations, vec_dot, BlockQ8, DotImpl};
 use tailor_tensor::{DType, Tensor};
-
-const FORMATS: [DType; 12] = [
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q8_0,
-    DType::Q4K,
-    DType::Q6K,
-    DType::Q5K,
-    DType::Q3K,
-    DType::Q2K,
-    DType::IQ4NL,
-    DType::IQ4XS,
-];
 
 /// The fast kernels this CPU runs (those it does not are named on stderr:
 /// a machine with VNNI tests both).
@@ -59,7 +44,7 @@ fn random_matrix(rng: &mut Rng, dtype: DType, rows: usize, row_len: usize) -> Te
 fn groups_equal_their_scalar_reference_and_the_row_dots() {
     let mut rng = Rng(21);
     let mut acts = Vec::new();
-    for dtype in FORMATS {
+    for dtype in quantized_formats() {
         let shapes =
             if dtype.block_size() == 256 { [(8, 256), (19, 512), (24, 768)] } else { [(8, 32), (19, 96), (24, 576)] };
         for (rows, row_len) in shapes {
@@ -110,7 +95,7 @@ fn other_formats_and_short_matrices_keep_the_row_kernel() {
 fn a_row_in_a_decode_batch_equals_its_solo_result() {
     let mut rng = Rng(23);
     let mut scratch = LinearScratch::default();
-    for dtype in FORMATS {
+    for dtype in quantized_formats() {
         let (rows, row_len, tokens) = (43, if dtype.block_size() == 256 { 512 } else { 192 }, 3);
         let w = random_matrix(&mut rng, dtype, rows, row_len).in_layout(WeightLayout::Interleaved);
         let x = rng.vec(tokens * row_len);
@@ -128,7 +113,7 @@ fn a_row_in_a_decode_batch_equals_its_solo_result() {
 fn every_token_of_a_tile_gets_its_one_token_result() {
     let mut rng = Rng(24);
     let mut acts = Vec::new();
-    for dtype in FORMATS {
+    for dtype in quantized_formats() {
         let (rows, row_len) = (16, if dtype.block_size() == 256 { 512 } else { 192 });
         let w = random_matrix(&mut rng, dtype, rows, row_len);
         let grouped = interleave_rows(dtype, w.bytes(), rows, row_len).expect("interleavable");
@@ -157,7 +142,7 @@ fn every_token_of_a_tile_gets_its_one_token_result() {
 fn a_prefill_in_pieces_equals_one_prefill() {
     let mut rng = Rng(25);
     let mut scratch = LinearScratch::default();
-    for dtype in FORMATS {
+    for dtype in quantized_formats() {
         // 43 rows: five groups and three rows on the row kernel; 70 tokens:
         // past one block of cached tokens, split unevenly.
         let (rows, row_len, tokens) = (43, if dtype.block_size() == 256 { 512 } else { 192 }, 70);

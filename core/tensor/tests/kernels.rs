@@ -278,7 +278,7 @@ fn decode_batch_linear_gives_each_row_its_solo_result_bit_for_bit() {
     let mut rng = Rng(11);
     let mut scratch = LinearScratch::default();
     let (inp, out_a, out_b) = (256, 37, 20);
-    let mut formats: Vec<DType> = quantized_formats().to_vec();
+    let mut formats = quantized_formats();
     formats.extend([DType::F32, DType::F16, DType::BF16]);
     for dtype in formats {
         for layout in LAYOUTS {

@@ -216,13 +216,7 @@ unsafe fn kernel<const R: usize, const T: usize>(tile: &Tile, x: &[f32]) -> [[f3
             }
         }
     }
-    let mut lanes = [[[0f32; LANES]; R]; T];
-    for (sums, out) in acc.iter().zip(lanes.iter_mut()) {
-        for (sum, out) in sums.iter().zip(out.iter_mut()) {
-            _mm512_storeu_ps(out.as_mut_ptr(), *sum);
-        }
-    }
-    std::array::from_fn(|i| std::array::from_fn(|j| reduce_lanes(&lanes[j][i])))
+    reduce_tile(acc)
 }
 
 /// The tile's `R × T` sums with `vdpbf16ps`: per step of 32 inputs, `R`
@@ -255,6 +249,15 @@ unsafe fn bf16_kernel<const R: usize, const T: usize>(tile: &Tile, x: &Bf16Rows)
             }
         }
     }
+    reduce_tile(acc)
+}
+
+/// Every accumulator of a tile (by token, then row) reduced by
+/// [`reduce_lanes`], by row, then token.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn reduce_tile<const R: usize, const T: usize>(acc: [[std::arch::x86_64::__m512; R]; T]) -> [[f32; T]; R] {
+    use std::arch::x86_64::*;
     let mut lanes = [[[0f32; LANES]; R]; T];
     for (sums, out) in acc.iter().zip(lanes.iter_mut()) {
         for (sum, out) in sums.iter().zip(out.iter_mut()) {

@@ -167,7 +167,7 @@ pub fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8], imp: DotImpl) -> f32 
 
 /// True when `vec_dot` supports weights of this dtype.
 pub fn supports_dot(dtype: DType) -> bool {
-    !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::NF4)
+    dtype.is_gguf_block()
 }
 
 /// An f16 (as bits) widened to f32 exactly, without F16C: the magnitude's

@@ -21,19 +21,6 @@ impl Rng {
 }
 
 /// Every GGUF block format.
-pub fn quantized_formats() -> [DType; 12] {
-    [
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q5_1,
-        DType::Q4K,
-        DType::Q6K,
-        DType::Q2K,
-        DType::Q3K,
-        DType::Q5K,
-        DType::IQ4NL,
-        DType::IQ4XS,
-    ]
+pub fn quantized_formats() -> Vec<DType> {
+    DType::ALL.into_iter().filter(|d| d.is_gguf_block()).collect()
 }
