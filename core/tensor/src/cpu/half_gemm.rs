@@ -302,6 +302,14 @@ fn half_dot_reference(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
+    /// Seeded uniform values in [-0.5, 0.5).
+    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        }
+    }
+
     fn half_bytes(dtype: DType, values: &[f32]) -> Vec<u8> {
         values
             .iter()
@@ -321,11 +329,7 @@ mod tests {
             eprintln!("half_gemm: this CPU lacks AVX-512 F; the kernel was not run");
             return;
         }
-        let mut seed = 7u64;
-        let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        };
+        let mut next = uniform(7u64);
         for dtype in [DType::F16, DType::BF16] {
             for (rows, in_dim, tokens) in [(1, 16, 1), (7, 48, 13), (19, 160, 8), (33, 64, 20)] {
                 let w = half_bytes(dtype, &(0..rows * in_dim).map(|_| next()).collect::<Vec<_>>());
@@ -356,11 +360,7 @@ mod tests {
             eprintln!("half_gemm: this CPU lacks AVX-512 BF16; the vdpbf16ps kernel was not run");
             return;
         }
-        let mut seed = 11u64;
-        let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        };
+        let mut next = uniform(11u64);
         for (rows, in_dim, tokens) in [(1, 32, 1), (7, 96, 13), (19, 160, 8), (33, 64, 20)] {
             let w = half_bytes(DType::BF16, &(0..rows * in_dim).map(|_| next()).collect::<Vec<_>>());
             let x: Vec<f32> = (0..tokens * in_dim).map(|_| next()).collect();
