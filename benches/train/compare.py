@@ -1,8 +1,9 @@
 """Fine-tuning speed and memory: tailor vs PEFT + torch on the CPU.
 
 Both train SmolLM2-135M-Instruct (the converted f32 folder; tailor also on
-the Q4_1 GGUF, its QLoRA path) with LoRA r=8, alpha 16 on q_proj and v_proj,
-AdamW, 4 examples of 128 tokens per step (plain text from this repository's
+the Q4_1 GGUF, its QLoRA path; then both with the base in bf16, whose
+products run in bf16 on CPUs with AVX-512 BF16) with LoRA r=8, alpha 16 on
+q_proj and v_proj, AdamW, 4 examples of 128 tokens per step (plain text from this repository's
 docs, loss on every token), on the same threads; then full fine-tuning
 (every weight, AdamW) in torch and in tailor. Each tool runs in its own
 process (peak RSS is the process's); steps after the first are timed.
@@ -34,7 +35,7 @@ def peft_child(args):
     torch.set_num_threads(args.threads)
     folder = Path(args.models) / "SmolLM2-135M-Instruct-hf"
     tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype))
     if not args.full:
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                                                  lora_dropout=0.0, task_type="CAUSAL_LM"))
@@ -91,6 +92,7 @@ def main():
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--full", action="store_true", help="(child) every weight, no LoRA")
     parser.add_argument("--data")
+    parser.add_argument("--dtype", default="float32", help="(child) the base's torch dtype")
     args = parser.parse_args()
     if args.child:
         return peft_child(args)
@@ -116,6 +118,8 @@ def main():
         groups = [("PEFT LoRA", [], [("tailor LoRA (f32 folder)", folder, []),
                                      ("tailor QLoRA (Q4_1 GGUF)", gguf, ["--method", "qlora"]),
                                      ("tailor QLoRA (NF4 of f32)", folder, ["--method", "qlora"])]),
+                  ("PEFT LoRA bf16", ["--dtype", "bfloat16"],
+                   [("tailor LoRA (bf16 base)", folder, ["--dtype", "bf16"])]),
                   ("torch full", ["--full"], [("tailor full (f32 folder)", folder, ["--method", "full"])])]
         for peer_name, peer_extra, runs in groups:
             peer = torch_run(peer_extra)

@@ -610,6 +610,34 @@ fn cross_entropy_of_non_finite_logits_is_nan() {
     assert!((loss - 3f64.ln()).abs() < 1e-6, "{loss}");
 }
 
+/// bf16 weights: on a CPU with AVX-512 BF16 `dy` is rounded to bf16 and
+/// multiplied with the stored rows (elsewhere the rows are widened for the
+/// f32 gemm); either way each gradient is within bf16 rounding of `dy`
+/// (2⁻⁸ of Σ|w·dy|) of the f32 product with the same weights.
+#[test]
+fn linear_backward_input_on_bf16_weights_is_within_bf16_rounding_of_f32() {
+    let (tokens, out_dim, in_dim) = (19, 1031, 72);
+    let mut rng = Rng(37);
+    let stored =
+        Tensor::from_f32(rng.vec(out_dim * in_dim), &[out_dim, in_dim]).unwrap().to_dtype(DType::BF16).unwrap();
+    let widened = stored.to_dtype(DType::F32).unwrap();
+    let weights = widened.to_f32().unwrap();
+    let dy = rng.vec(tokens * out_dim);
+    let run = |w: &Tensor| {
+        let mut dx = vec![0.25f32; tokens * in_dim];
+        cpu::linear_backward_input(&dy, tokens, w, &mut dx, &mut Default::default()).unwrap();
+        dx
+    };
+    let (from_bf16, from_f32) = (run(&stored), run(&widened));
+    for t in 0..tokens {
+        for i in 0..in_dim {
+            let magnitude: f32 = (0..out_dim).map(|o| (weights[o * in_dim + i] * dy[t * out_dim + o]).abs()).sum();
+            let (a, b) = (from_bf16[t * in_dim + i], from_f32[t * in_dim + i]);
+            assert!((a - b).abs() <= magnitude / 256.0, "token {t}, column {i}: {a} vs {b}");
+        }
+    }
+}
+
 #[test]
 fn linear_backward_input_on_quantized_weights_matches_the_dequantized_f32_path() {
     // 2,600 output rows: two pieces of the dequantized weight (2,048 + 552).
@@ -621,7 +649,7 @@ fn linear_backward_input_on_quantized_weights_matches_the_dequantized_f32_path()
     let dy = rng.vec(tokens * out_dim);
     let run = |w: &Tensor| {
         let mut dx = vec![0.5f32; tokens * in_dim]; // accumulates onto what is there
-        cpu::linear_backward_input(&dy, tokens, w, &mut dx, &mut Vec::new()).unwrap();
+        cpu::linear_backward_input(&dy, tokens, w, &mut dx, &mut Default::default()).unwrap();
         dx
     };
     let (from_blocks, from_f32) = (run(&quantized), run(&dense));

@@ -14,7 +14,7 @@ use tailor_model::names::Proj;
 use tailor_model::{ActiveAdapter, LayerTape, Llama};
 use tailor_tensor::cpu::{
     causal_attention_backward, linear_backward_input, linear_backward_weight, rms_norm, rms_norm_backward, silu_mul,
-    silu_mul_backward, softmax_cross_entropy, LinearScratch, LoraBackward,
+    silu_mul_backward, softmax_cross_entropy, BackwardScratch, LinearScratch, LoraBackward,
 };
 
 /// A tokenized training example: `targets[t]` marks the tokens the loss
@@ -272,7 +272,7 @@ fn head_backward(
     let Some(HeadPass { positions, rows, normed, logits }) = head else { return Ok((loss, dx)) };
     let eps = cfg.rms_norm_eps as f32;
     let mut d_normed = vec![0f32; rows.len()];
-    linear_backward_input(&logits, positions.len(), model.lm_head().weight(), &mut d_normed, &mut Vec::new())?;
+    linear_backward_input(&logits, positions.len(), model.lm_head().weight(), &mut d_normed, &mut Default::default())?;
     let mut d_rows = vec![0f32; rows.len()];
     let final_norm_grad = match sink {
         Sink::Full(grads) => {
@@ -333,7 +333,8 @@ fn layer_backward(
     let eps = cfg.rms_norm_eps as f32;
     let n = dx.len() / cfg.hidden_size;
     let (attn_norm, mlp_norm) = model.layer_norm_weights(layer);
-    let mut grads = LinearGrads { model, layer, dropout, sink, tokens: n, scratch: Vec::new(), low: Vec::new() };
+    let mut grads =
+        LinearGrads { model, layer, dropout, sink, tokens: n, scratch: BackwardScratch::default(), low: Vec::new() };
 
     // MLP half: y = h + down(silu(gate)·up).
     let dy = dx.to_vec();
@@ -378,7 +379,7 @@ struct LinearGrads<'a, 's> {
     dropout: Option<LoraDropout>,
     sink: &'a mut Sink<'s>,
     tokens: usize,
-    scratch: Vec<f32>,
+    scratch: BackwardScratch,
     low: Vec<f32>,
 }
 

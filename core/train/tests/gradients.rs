@@ -3,10 +3,11 @@
 
 mod common;
 
-use common::{tiny_model, Lcg};
+use common::{tiny_model, tiny_model_of_bf16_values, Lcg};
 use tailor_model::lora::{dropout_seed, LoraDropout, Targets};
 use tailor_model::{KvCache, Llama, Logits};
 use tailor_train::backward::{accumulate_full_gradients, accumulate_gradients, Checkpointing, Example, FullGrads};
+use tailor_tensor::DType;
 use tailor_train::{LoraParams, LoraSettings};
 
 fn settings() -> LoraSettings {
@@ -103,6 +104,31 @@ fn lora_gradients_match_finite_differences_of_the_serving_forward() {
     assert!((loss - reference).abs() < 1e-4 * reference.abs(), "training loss {loss} vs serving loss {reference}");
 
     check_finite_differences(&lora, &grads, |moved| serving_loss(&model, moved, &example()));
+}
+
+/// A base stored in bf16 trains with its products in bf16 where the CPU
+/// has AVX-512 BF16 (forward and backward round their activations to
+/// bf16): its LoRA gradients stay within that rounding of the gradients of
+/// the same weights held in f32.
+#[test]
+fn lora_gradients_on_a_bf16_base_are_those_of_its_values_in_f32_to_bf16_rounding() {
+    let stored = tiny_model_of_bf16_values(5, Some(DType::BF16));
+    let widened = tiny_model_of_bf16_values(5, None);
+    assert_eq!(stored.projection(0, tailor_model::names::Proj::Q).weight().dtype(), DType::BF16);
+    let lora = random_lora(&widened);
+    let ((loss, grads), (reference_loss, reference)) =
+        (gradients(&stored, &lora, Checkpointing::Off), gradients(&widened, &lora, Checkpointing::Off));
+    assert!((loss - reference_loss).abs() < 1e-2 * reference_loss.abs(), "loss {loss} vs {reference_loss}");
+    let (mut difference, mut norm) = (0f64, 0f64);
+    for (module, want) in grads.modules().iter().zip(reference.modules()) {
+        for (got, want) in [(&module.grad_a, &want.grad_a), (&module.grad_b, &want.grad_b)] {
+            difference += got.iter().zip(want.iter()).map(|(g, w)| (*g as f64 - *w as f64).powi(2)).sum::<f64>();
+            norm += want.iter().map(|w| (*w as f64).powi(2)).sum::<f64>();
+        }
+    }
+    let relative = (difference / norm).sqrt();
+    eprintln!("bf16 base: relative gradient error {relative:.2e}");
+    assert!(relative < 2e-2, "bf16 base's LoRA gradients off by {relative:.2e} of their norm");
 }
 
 /// With `lora_dropout` the loss is that of a forward whose LoRA inputs are

@@ -7,6 +7,8 @@
 //! contributions without temporaries.
 
 use super::attention::AttentionShape;
+use super::bf16::Bf16Rows;
+use super::bf16_grad::{self, bf16_input_grad};
 use super::pool::{split_range, SpinPool};
 use super::small_gemm::{small_gemm, Operand, Product};
 use crate::quant::dequantize_row;
@@ -115,15 +117,26 @@ impl SharedOut {
 /// bounds its scratch (an lm_head of 49,152 rows never exists in f32).
 const DEQUANT_ROWS: usize = 2048;
 
+/// Reusable buffers for [`linear_backward_input`].
+#[derive(Default)]
+pub struct BackwardScratch {
+    /// Dequantized weight rows (f32 path).
+    dense: Vec<f32>,
+    /// The output gradient rounded to bf16 (bf16 weights on AVX-512 BF16).
+    rounded: Bf16Rows,
+}
+
 /// `dx += dy·W`: the input gradient of `y = x·Wᵀ`, for `tokens` rows;
-/// `w` is `[out, in]` in any dtype (dense f32 is used in place; others are
-/// dequantized a few thousand rows at a time into `scratch`).
+/// `w` is `[out, in]` in any dtype. Dense f32 is used in place; bf16 on a
+/// CPU with AVX-512 BF16 is multiplied as stored against `dy` rounded to
+/// bf16 (as the forward rounds its inputs; see `bf16_grad`); others are
+/// dequantized a few thousand rows at a time for the f32 gemm.
 pub fn linear_backward_input(
     dy: &[f32],
     tokens: usize,
     w: &Tensor,
     dx: &mut [f32],
-    scratch: &mut Vec<f32>,
+    scratch: &mut BackwardScratch,
 ) -> Result<()> {
     let (out_dim, in_dim) = (w.row_count(), w.row_len());
     if dy.len() != tokens * out_dim || dx.len() != tokens * in_dim {
@@ -132,17 +145,25 @@ pub fn linear_backward_input(
             detail: format!("dy of {}, dx of {} values for {tokens} rows of {in_dim}→{out_dim}", dy.len(), dx.len()),
         });
     }
+    if tokens == 0 {
+        return Ok(());
+    }
     if w.dtype() == DType::F32 && w.packed().is_none() {
         let weights: &[f32] = bytemuck::cast_slice(w.bytes());
         matmul(dx, MatRef::new(dy, tokens, out_dim), MatRef::new(weights, out_dim, in_dim), 1.0, true);
         return Ok(());
     }
+    if w.dtype() == DType::BF16 && bf16_grad::supported() {
+        scratch.rounded.fill(dy, out_dim);
+        bf16_input_grad(w.bytes(), in_dim, &scratch.rounded, dx);
+        return Ok(());
+    }
     let mut start = 0;
     while start < out_dim {
         let end = (start + DEQUANT_ROWS).min(out_dim);
-        dequantize_rows(w, start..end, scratch)?;
+        dequantize_rows(w, start..end, &mut scratch.dense)?;
         let dy_part = MatRef::new(dy, tokens, out_dim).columns(start..end);
-        matmul(dx, dy_part, MatRef::new(scratch, end - start, in_dim), 1.0, true);
+        matmul(dx, dy_part, MatRef::new(&scratch.dense, end - start, in_dim), 1.0, true);
         start = end;
     }
     Ok(())

@@ -9,7 +9,7 @@ use tailor_model::llama::BuildOptions;
 use tailor_model::names::Proj;
 use tailor_model::weights::WeightSource;
 use tailor_model::{Llama, LlamaConfig};
-use tailor_tensor::Tensor;
+use tailor_tensor::{DType, Tensor};
 
 /// A deterministic generator (an LCG; not the crate's own, on purpose).
 pub struct Lcg(pub u64);
@@ -68,12 +68,28 @@ impl WeightSource for MapWeights {
 
 /// A decoder with seeded random f32 weights.
 pub fn tiny_model(seed: u64) -> Llama {
+    tiny_model_built(seed, |values| values, None)
+}
+
+/// [`tiny_model`]'s weights rounded to bf16 values, stored as `dtype`
+/// (f32 when `None`): the same numbers either way, so two such models
+/// differ only in how their products are computed.
+pub fn tiny_model_of_bf16_values(seed: u64, dtype: Option<DType>) -> Llama {
+    let round = |values: Vec<f32>| {
+        let count = values.len();
+        let stored = Tensor::from_f32(values, &[count]).and_then(|t| t.to_dtype(DType::BF16));
+        stored.and_then(|t| t.to_f32().map(|v| v.into_owned())).expect("bf16 rounding")
+    };
+    tiny_model_built(seed, round, dtype)
+}
+
+fn tiny_model_built(seed: u64, values_of: impl Fn(Vec<f32>) -> Vec<f32>, dtype: Option<DType>) -> Llama {
     let config = tiny_config();
     let mut rng = Lcg(seed);
     let mut weights = HashMap::new();
     let h = config.hidden_size;
     let mut put = |name: String, shape: Vec<usize>, values: Vec<f32>| {
-        weights.insert(name, Tensor::from_f32(values, &shape).expect("shape"));
+        weights.insert(name, Tensor::from_f32(values_of(values), &shape).expect("shape"));
     };
     put("model.embed_tokens.weight".into(), vec![config.vocab_size, h], rng.vec(config.vocab_size * h, 1.0));
     put("lm_head.weight".into(), vec![config.vocab_size, h], rng.vec(config.vocab_size * h, 0.5));
@@ -89,5 +105,5 @@ pub fn tiny_model(seed: u64) -> Llama {
         }
     }
     let source = MapWeights(weights);
-    Llama::load(config, &source, BuildOptions { dtype: None, progress: &|_, _| {} }).expect("tiny model loads")
+    Llama::load(config, &source, BuildOptions { dtype, progress: &|_, _| {} }).expect("tiny model loads")
 }
