@@ -3,8 +3,8 @@
 
 use crate::error::{ModelError, Result};
 use tailor_tensor::cpu::{
-    gemm_bf16, linear, linear_many, linear_many_decode, linear_many_prefill, Bf16Out, Bf16Rows, Bf16Weights, Epilogue,
-    LinearScratch,
+    gemm_bf16, linear, linear_many, linear_many_decode, linear_many_prefill, linear_many_train, Bf16Out, Bf16Rows,
+    Bf16Weights, Epilogue, LinearScratch,
 };
 use tailor_tensor::{DType, Tensor};
 
@@ -121,6 +121,18 @@ impl Linear {
         scratch: &mut LinearScratch,
     ) -> Result<()> {
         Linear::run_many(linear_many_prefill, x, tokens, layers, scratch)
+    }
+
+    /// [`Linear::forward_many`] for the training forward (see
+    /// `tailor_tensor::cpu::linear_many_train`): results need not equal a
+    /// prefill's bit for bit, so bf16 weights may take a faster kernel.
+    pub fn forward_many_train(
+        x: &[f32],
+        tokens: usize,
+        layers: &mut [(&Linear, &mut [f32])],
+        scratch: &mut LinearScratch,
+    ) -> Result<()> {
+        Linear::run_many(linear_many_train, x, tokens, layers, scratch)
     }
 
     /// [`Linear::forward_many`] for a decode batch: row `t` of `x` is one

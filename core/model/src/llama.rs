@@ -339,6 +339,7 @@ impl Llama {
             return Err(ModelError::ContextOverflow { tokens: longest, context: self.context_length() });
         }
         let mut scratch = Scratch::new(cfg, n);
+        scratch.pass = LinearPass::Train;
         scratch.adapters = match (adapter, dropout) {
             (None, _) => RowAdapters::Base,
             (Some(a), None) => RowAdapters::One(a.clone()),
@@ -537,6 +538,8 @@ enum LinearPass {
     PrefillExact,
     /// A decode step: one row per sequence, each as it would be alone.
     Decode,
+    /// The training forward (`run_layer`): no prefill to agree with.
+    Train,
 }
 
 impl LinearPass {
@@ -551,6 +554,7 @@ impl LinearPass {
             LinearPass::Prefill => Linear::forward_many(x, tokens, layers, scratch),
             LinearPass::PrefillExact => Linear::forward_many_prefill(x, tokens, layers, scratch),
             LinearPass::Decode => Linear::forward_many_decode(x, tokens, layers, scratch),
+            LinearPass::Train => Linear::forward_many_train(x, tokens, layers, scratch),
         }
     }
 

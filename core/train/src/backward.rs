@@ -9,6 +9,7 @@
 
 use crate::error::{Result, TrainError};
 use crate::lora::{LoraModule, LoraParams};
+use tailor_model::linear::Linear;
 use tailor_model::lora::LoraDropout;
 use tailor_model::names::Proj;
 use tailor_model::{ActiveAdapter, LayerTape, Llama};
@@ -313,7 +314,8 @@ fn head_loss(model: &Llama, x: &[f32], predicted: &[(usize, u32)], scale: f32) -
     let mut normed = vec![0f32; rows.len()];
     rms_norm(&rows, model.final_norm_weight(), cfg.rms_norm_eps as f32, &mut normed);
     let mut logits = vec![0f32; positions.len() * vocab];
-    model.lm_head().forward(&normed, positions.len(), &mut logits, &mut LinearScratch::default())?;
+    let head = &mut [(model.lm_head(), &mut logits[..])];
+    Linear::forward_many_train(&normed, positions.len(), head, &mut LinearScratch::default())?;
     let loss = softmax_cross_entropy(&mut logits, vocab, &ids, scale)?;
     Ok((loss, Some(HeadPass { positions, rows, normed, logits })))
 }

@@ -6,8 +6,8 @@ mod common;
 use common::{tiny_model, tiny_model_of_bf16_values, Lcg};
 use tailor_model::lora::{dropout_seed, LoraDropout, Targets};
 use tailor_model::{KvCache, Llama, Logits};
-use tailor_train::backward::{accumulate_full_gradients, accumulate_gradients, Checkpointing, Example, FullGrads};
 use tailor_tensor::DType;
+use tailor_train::backward::{accumulate_full_gradients, accumulate_gradients, Checkpointing, Example, FullGrads};
 use tailor_train::{LoraParams, LoraSettings};
 
 fn settings() -> LoraSettings {

@@ -14,6 +14,7 @@
 //! `gemm` crate.
 
 use super::bf16::Bf16Rows;
+use super::bf16_lanes::{self, bf16_lanes_gemm, TokenPairs};
 use super::half_dot::{dot_half, is_half};
 use super::half_gemm::{self, HalfInputs};
 use super::pool::{split_range, SpinPool};
@@ -45,6 +46,7 @@ pub struct LinearScratch {
     sums: Vec<f32>,
     dense: Vec<f32>,
     bf16_inputs: Bf16Rows,
+    token_pairs: TokenPairs,
 }
 
 /// `y[t, o] = Σ_i x[t, i] · W[o, i]` for `tokens` rows of `x`.
@@ -85,6 +87,46 @@ pub fn linear_many_prefill(
         check_linear(x, tokens, w, y)?;
     }
     split_linear(x, tokens, outputs, scratch, |w| w.interleaved().is_some())
+}
+
+/// Tokens from which [`linear_many_train`] gives bf16 weights the
+/// token-lane kernel (one full tile of tokens).
+const TOKEN_LANES_MIN_TOKENS: usize = 32;
+
+/// [`linear_many`] for the training forward, where a token's result need
+/// not equal what a prefill of another length gives it: bf16 weights on a
+/// CPU with AVX-512 BF16 take the token-lane kernel (`bf16_lanes`: no
+/// per-sum reduction) from [`TOKEN_LANES_MIN_TOKENS`] tokens on; every
+/// other weight takes [`linear_many`]'s path.
+pub fn linear_many_train(
+    x: &[f32],
+    tokens: usize,
+    outputs: &mut [(&Tensor, &mut [f32])],
+    scratch: &mut LinearScratch,
+) -> Result<()> {
+    for (w, y) in outputs.iter() {
+        check_linear(x, tokens, w, y)?;
+    }
+    let in_lanes = |w: &Tensor| {
+        tokens >= TOKEN_LANES_MIN_TOKENS
+            && w.dtype() == DType::BF16
+            && w.row_len().is_multiple_of(2)
+            && w.interleaved().is_none()
+            && bf16_lanes::supported()
+    };
+    let (lanes, mut others): (Vec<_>, Vec<_>) =
+        outputs.iter_mut().map(|(w, y)| (*w, &mut **y)).partition(|(w, _)| in_lanes(w));
+    if let Some((first, _)) = lanes.first() {
+        scratch.bf16_inputs.fill(x, first.row_len());
+        scratch.token_pairs.fill(&scratch.bf16_inputs);
+        for (w, y) in lanes {
+            bf16_lanes_gemm(w.bytes(), w.row_len(), &scratch.token_pairs, y);
+        }
+    }
+    if !others.is_empty() {
+        linear_many(x, tokens, &mut others, scratch)?;
+    }
+    Ok(())
 }
 
 /// The outputs `by_rows` picks on the row kernels (activations quantized

@@ -5,6 +5,7 @@ mod attention;
 mod backward;
 mod bf16;
 mod bf16_grad;
+mod bf16_lanes;
 pub(crate) mod half_dot;
 mod half_gemm;
 mod lora;
@@ -25,8 +26,8 @@ pub use backward::{
 pub use bf16::{bf16_supported, gemm_bf16, gemm_bf16_on, Bf16Kernel, Bf16Out, Bf16Rows, Bf16Weights, Epilogue};
 pub use lora::{lora_deltas, lora_deltas_on, LoraGroup, LoraKernel, LoraMatrix, LoraPair};
 pub use matmul::{
-    dot_f32, gemm_f32, linear, linear_many, linear_many_decode, linear_many_prefill, matvec_f32, LinearScratch,
-    QUANT_GEMM_MIN_TOKENS,
+    dot_f32, gemm_f32, linear, linear_many, linear_many_decode, linear_many_prefill, linear_many_train, matvec_f32,
+    LinearScratch, QUANT_GEMM_MIN_TOKENS,
 };
 pub use ops::{
     add_in_place, erf, erf_f32, exp_fast, gelu_in_place, layer_norm, residual_layer_norm, rms_norm, silu_mul,
