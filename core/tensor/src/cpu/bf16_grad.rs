@@ -120,20 +120,8 @@ struct Block {
 /// As [`tile`].
 #[cfg(target_arch = "x86_64")]
 unsafe fn run_block(block: &Block, tokens: usize) {
-    match tokens {
-        1 => tile::<1>(block),
-        2 => tile::<2>(block),
-        3 => tile::<3>(block),
-        4 => tile::<4>(block),
-        5 => tile::<5>(block),
-        6 => tile::<6>(block),
-        7 => tile::<7>(block),
-        8 => tile::<8>(block),
-        9 => tile::<9>(block),
-        10 => tile::<10>(block),
-        11 => tile::<11>(block),
-        _ => tile::<TOKENS>(block),
-    }
+    const { assert!(TOKENS == 12) };
+    super::by_count_to_12!(tokens, tile(block))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -194,15 +182,8 @@ unsafe fn tile<const T: usize>(b: &Block) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_values::uniform;
     use super::*;
-
-    /// Seeded uniform values in [-0.5, 0.5).
-    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
-        move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        }
-    }
 
     /// Shapes with odd rows, column tails, several passes and tiles of
     /// every size: each sum within f32 rounding of the exact sum of the

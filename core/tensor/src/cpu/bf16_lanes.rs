@@ -143,20 +143,8 @@ struct Tile {
 /// As [`tile`].
 #[cfg(target_arch = "x86_64")]
 unsafe fn run_tile(tile: &Tile, rows: usize) {
-    match rows {
-        1 => kernel::<1>(tile),
-        2 => kernel::<2>(tile),
-        3 => kernel::<3>(tile),
-        4 => kernel::<4>(tile),
-        5 => kernel::<5>(tile),
-        6 => kernel::<6>(tile),
-        7 => kernel::<7>(tile),
-        8 => kernel::<8>(tile),
-        9 => kernel::<9>(tile),
-        10 => kernel::<10>(tile),
-        11 => kernel::<11>(tile),
-        _ => kernel::<ROWS>(tile),
-    }
+    const { assert!(ROWS == 12) };
+    super::by_count_to_12!(rows, kernel(tile))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -208,15 +196,8 @@ unsafe fn kernel<const R: usize>(tile: &Tile) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_values::uniform;
     use super::*;
-
-    /// Seeded uniform values in [-0.5, 0.5).
-    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
-        move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        }
-    }
 
     /// Every tile shape (rows and tokens not multiples of the tile): each
     /// result within f32 rounding of the exact product of the rounded

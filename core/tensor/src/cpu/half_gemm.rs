@@ -344,15 +344,8 @@ fn half_dot_reference(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_values::uniform;
     use super::*;
-
-    /// Seeded uniform values in [-0.5, 0.5).
-    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
-        move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        }
-    }
 
     fn half_bytes(dtype: DType, values: &[f32]) -> Vec<u8> {
         values

@@ -64,9 +64,7 @@ pub fn linear_many(
     outputs: &mut [(&Tensor, &mut [f32])],
     scratch: &mut LinearScratch,
 ) -> Result<()> {
-    for (w, y) in outputs.iter() {
-        check_linear(x, tokens, w, y)?;
-    }
+    check_outputs(x, tokens, outputs)?;
     split_linear(x, tokens, outputs, scratch, |w| uses_row_kernel(w, tokens))
 }
 
@@ -83,9 +81,7 @@ pub fn linear_many_prefill(
     outputs: &mut [(&Tensor, &mut [f32])],
     scratch: &mut LinearScratch,
 ) -> Result<()> {
-    for (w, y) in outputs.iter() {
-        check_linear(x, tokens, w, y)?;
-    }
+    check_outputs(x, tokens, outputs)?;
     split_linear(x, tokens, outputs, scratch, |w| w.interleaved().is_some())
 }
 
@@ -104,9 +100,7 @@ pub fn linear_many_train(
     outputs: &mut [(&Tensor, &mut [f32])],
     scratch: &mut LinearScratch,
 ) -> Result<()> {
-    for (w, y) in outputs.iter() {
-        check_linear(x, tokens, w, y)?;
-    }
+    check_outputs(x, tokens, outputs)?;
     let in_lanes = |w: &Tensor| {
         tokens >= TOKEN_LANES_MIN_TOKENS
             && w.dtype() == DType::BF16
@@ -160,9 +154,7 @@ pub fn linear_many_decode(
     outputs: &mut [(&Tensor, &mut [f32])],
     scratch: &mut LinearScratch,
 ) -> Result<()> {
-    for (w, y) in outputs.iter() {
-        check_linear(x, tokens, w, y)?;
-    }
+    check_outputs(x, tokens, outputs)?;
     if outputs.iter().all(|(w, _)| uses_row_kernel(w, 1)) {
         return rows_linear(x, tokens, outputs, scratch);
     }
@@ -212,6 +204,11 @@ fn rows_linear(
     let activations = Activations { blocks: &scratch.acts, pairs: &scratch.pairs, sums: &scratch.sums };
     row_kernel(x, tokens, activations, outputs);
     Ok(())
+}
+
+/// [`check_linear`] for every output of a multi-output call.
+fn check_outputs(x: &[f32], tokens: usize, outputs: &[(&Tensor, &mut [f32])]) -> Result<()> {
+    outputs.iter().try_for_each(|(w, y)| check_linear(x, tokens, w, y))
 }
 
 fn check_linear(x: &[f32], tokens: usize, w: &Tensor, y: &[f32]) -> Result<()> {

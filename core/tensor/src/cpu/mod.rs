@@ -35,6 +35,28 @@ pub use ops::{
 };
 pub use report::{kernel_report, KernelReport};
 
+/// `$kernel::<N>($args)` for N = `$count` in 1..=12 (12 for anything
+/// larger): a tile's edge through the kernel compiled for its size.
+macro_rules! by_count_to_12 {
+    ($count:expr, $kernel:ident($($arg:expr),*)) => {
+        match $count {
+            1 => $kernel::<1>($($arg),*),
+            2 => $kernel::<2>($($arg),*),
+            3 => $kernel::<3>($($arg),*),
+            4 => $kernel::<4>($($arg),*),
+            5 => $kernel::<5>($($arg),*),
+            6 => $kernel::<6>($($arg),*),
+            7 => $kernel::<7>($($arg),*),
+            8 => $kernel::<8>($($arg),*),
+            9 => $kernel::<9>($($arg),*),
+            10 => $kernel::<10>($($arg),*),
+            11 => $kernel::<11>($($arg),*),
+            _ => $kernel::<12>($($arg),*),
+        }
+    };
+}
+use by_count_to_12;
+
 /// True when this CPU has AVX-512F (checked once by std, cached).
 pub(crate) fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -56,5 +78,17 @@ pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+/// Seeded test values shared by the kernels' unit tests.
+#[cfg(test)]
+mod test_values {
+    /// Seeded uniform values in [-0.5, 0.5).
+    pub(super) fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        }
     }
 }
