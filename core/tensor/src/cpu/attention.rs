@@ -272,24 +272,25 @@ impl Head {
                 return;
             }
         }
-        self.attend_portable(input, scores, dst);
+        self.attend_portable::<false>(input, scores, dst);
     }
 
     /// The portable body compiled for AVX2, with the dot products inlined.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn attend_avx2(&self, input: HeadInput<'_>, scores: &mut Vec<f32>, dst: &mut [f32]) {
-        self.attend_portable(input, scores, dst);
+        self.attend_portable::<true>(input, scores, dst);
     }
 
+    /// `AVX2`: compiled into [`Head::attend_avx2`] (see [`dot_fixed`]).
     #[inline(always)]
-    fn attend_portable(&self, input: HeadInput<'_>, scores: &mut Vec<f32>, dst: &mut [f32]) {
+    fn attend_portable<const AVX2: bool>(&self, input: HeadInput<'_>, scores: &mut Vec<f32>, dst: &mut [f32]) {
         // Index loops only (see dot_f32_portable): all of this must inline
         // into the AVX2 wrapper. The usual head widths get fixed-size
         // accumulators that stay in registers.
         match input.query.len() {
-            64 => self.attend_fixed::<64>(input, scores, dst),
-            128 => self.attend_fixed::<128>(input, scores, dst),
+            64 => self.attend_fixed::<64, AVX2>(input, scores, dst),
+            128 => self.attend_fixed::<128, AVX2>(input, scores, dst),
             _ => self.attend_any(input, scores, dst),
         }
     }
@@ -297,14 +298,19 @@ impl Head {
     /// Heads of `W` values: 32-lane score accumulators, the weighted sum of
     /// values kept in a local array.
     #[inline(always)]
-    fn attend_fixed<const W: usize>(&self, input: HeadInput<'_>, scores: &mut Vec<f32>, dst: &mut [f32]) {
+    fn attend_fixed<const W: usize, const AVX2: bool>(
+        &self,
+        input: HeadInput<'_>,
+        scores: &mut Vec<f32>,
+        dst: &mut [f32],
+    ) {
         let HeadInput { query, keys, values, visible } = input;
         let (stride, offset) = (self.kv_stride, self.kv_offset);
         let query: &[f32; W] = query.try_into().expect("head width");
         scores.clear();
         for p in 0..visible {
             let key: &[f32; W] = keys[p * stride + offset..p * stride + offset + W].try_into().expect("head width");
-            scores.push(dot_fixed(query, key) * self.scale);
+            scores.push(dot_fixed::<W, AVX2>(query, key) * self.scale);
         }
         softmax_in_place(scores);
         let mut out = [0f32; W];
@@ -371,7 +377,7 @@ impl Head {
             let key: &[f32; W] = keys[p * stride + offset..p * stride + offset + W].try_into().expect("head width");
             for (m, s) in members.iter().zip(scores.iter_mut()).filter(|(m, _)| p < m.visible) {
                 let query: &[f32; W] = q[m.index * W..(m.index + 1) * W].try_into().expect("head width");
-                s.push(dot_fixed(query, key) * self.scale);
+                s.push(dot_fixed::<W, true>(query, key) * self.scale);
             }
         }
         for s in scores.iter_mut().take(members.len()) {
@@ -414,9 +420,18 @@ impl Head {
 
 /// A query·key product of a `W`-wide head: 32-lane partial sums, then a
 /// fixed tree. Every attention path computes scores with this one body, so
-/// their results agree bit for bit.
+/// their results agree bit for bit. `AVX2` (only in bodies compiled for
+/// AVX2 and entered after detection) runs the same multiplications and
+/// additions, lane for lane, in registers ([`dot_fixed_avx2`]): the loops
+/// below were left scalar by the compiler inside the tile kernel.
 #[inline(always)]
-fn dot_fixed<const W: usize>(query: &[f32; W], key: &[f32; W]) -> f32 {
+fn dot_fixed<const W: usize, const AVX2: bool>(query: &[f32; W], key: &[f32; W]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 {
+        // SAFETY: AVX2 is true only in `attend_avx2` and `tile_avx2`, which
+        // their callers enter after detecting AVX2.
+        return unsafe { dot_fixed_avx2(query, key) };
+    }
     let mut acc = [0f32; 32];
     for c in 0..W / 32 {
         for i in 0..32 {
@@ -429,6 +444,34 @@ fn dot_fixed<const W: usize>(query: &[f32; W], key: &[f32; W]) -> f32 {
         }
     }
     acc[0]
+}
+
+/// [`dot_fixed`] in AVX2 registers: lanes 8r..8r+8 of the 32 partial sums
+/// in register r, each a separate multiply and add (no FMA, as in the
+/// scalar body), then the tree's halves 16, 8, 4, 2, 1 in the same pairs.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_fixed_avx2<const W: usize>(query: &[f32; W], key: &[f32; W]) -> f32 {
+    use std::arch::x86_64::*;
+    const { assert!(W.is_multiple_of(32)) };
+    let (q, k) = (query.as_ptr(), key.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for c in 0..W / 32 {
+        for (r, sum) in acc.iter_mut().enumerate() {
+            // In bounds: c·32 + r·8 + 8 ≤ W.
+            let at = c * 32 + r * 8;
+            *sum = _mm256_add_ps(*sum, _mm256_mul_ps(_mm256_loadu_ps(q.add(at)), _mm256_loadu_ps(k.add(at))));
+        }
+    }
+    let sixteen = [_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3])];
+    let eight = _mm256_add_ps(sixteen[0], sixteen[1]);
+    let four = _mm_add_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps::<1>(eight));
+    let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+    _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps::<1>(two, two)))
 }
 
 /// `sum += w · value`, element by element (the weighted sum of values).
@@ -462,5 +505,27 @@ impl OutPtr {
     /// whole Sync wrapper rather than the raw pointer field).
     fn at(&self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_values::uniform;
+    use super::*;
+
+    /// The register form of the score product gives the scalar body's bits.
+    #[test]
+    fn the_avx2_score_product_equals_the_scalar_one_bit_for_bit() {
+        if !super::super::has_avx2_fma() {
+            eprintln!("attention: this CPU lacks AVX2; the register form was not run");
+            return;
+        }
+        let mut next = uniform(17);
+        for _ in 0..200 {
+            let (q, k): ([f32; 128], [f32; 128]) = (std::array::from_fn(|_| next()), std::array::from_fn(|_| next()));
+            assert_eq!(dot_fixed::<128, true>(&q, &k).to_bits(), dot_fixed::<128, false>(&q, &k).to_bits());
+            let (q, k): (&[f32; 64], &[f32; 64]) = (q[..64].try_into().unwrap(), k[64..].try_into().unwrap());
+            assert_eq!(dot_fixed::<64, true>(q, k).to_bits(), dot_fixed::<64, false>(q, k).to_bits());
+        }
     }
 }
