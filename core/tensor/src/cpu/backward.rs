@@ -571,6 +571,44 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// Lanes a row's maximum and sum of exponentials run in: fixed, so a
+/// row's result never depends on the thread or the batch.
+const SOFTMAX_LANES: usize = 16;
+
+/// One row of [`softmax_cross_entropy`]: `-log softmax(row)[target]`,
+/// and the row replaced by `scale·(softmax − onehot(target))`. One
+/// exponential per logit (kept in place), summed in
+/// [`SOFTMAX_LANES`] f64 partial sums the compiler can vectorize.
+fn row_softmax_gradient(row: &mut [f32], target: usize, scale: f32) -> f64 {
+    let mut maxima = [f32::NEG_INFINITY; SOFTMAX_LANES];
+    let chunks = row.chunks_exact(SOFTMAX_LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (m, &v) in maxima.iter_mut().zip(chunk) {
+            *m = m.max(v);
+        }
+    }
+    let max = tail.iter().chain(&maxima).copied().fold(f32::NEG_INFINITY, f32::max);
+    let target_logit = row[target];
+    let mut sums = [0f64; SOFTMAX_LANES];
+    let mut chunks = row.chunks_exact_mut(SOFTMAX_LANES);
+    for chunk in &mut chunks {
+        for (sum, v) in sums.iter_mut().zip(chunk.iter_mut()) {
+            *v = super::exp_fast(*v - max);
+            *sum += *v as f64;
+        }
+    }
+    for (sum, v) in sums.iter_mut().zip(chunks.into_remainder()) {
+        *v = super::exp_fast(*v - max);
+        *sum += *v as f64;
+    }
+    let sum: f64 = sums.iter().sum();
+    let factor = (scale as f64 / sum) as f32;
+    row.iter_mut().for_each(|v| *v *= factor);
+    row[target] -= scale;
+    max as f64 + sum.ln() - target_logit as f64
+}
+
 /// Softmax cross-entropy over rows of `vocab` logits, in place: returns the
 /// summed loss `Σ −log softmax(row)[target]` (in f64) and leaves
 /// `scale·(softmax − onehot(target))` in each row, the gradient of
@@ -598,17 +636,7 @@ pub fn softmax_cross_entropy(logits: &mut [f32], vocab: usize, targets: &[u32], 
                 row.fill(f32::NAN);
                 continue;
             }
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            // The forward's exponential; the sum over the vocabulary in f64.
-            let sum: f64 = row.iter().map(|&v| super::exp_fast(v - max) as f64).sum();
-            let log_sum = max as f64 + sum.ln();
-            let target = targets[r] as usize;
-            total += log_sum - row[target] as f64;
-            let shift = log_sum as f32;
-            for v in row.iter_mut() {
-                *v = super::exp_fast(*v - shift) * scale;
-            }
-            row[target] -= scale;
+            total += row_softmax_gradient(row, targets[r] as usize, scale);
         }
         *losses[index].lock().unwrap_or_else(|e| e.into_inner()) += total;
     });
