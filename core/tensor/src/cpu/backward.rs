@@ -9,7 +9,8 @@
 use super::attention::AttentionShape;
 use super::bf16::Bf16Rows;
 use super::bf16_grad::{self, bf16_input_grad};
-use super::pool::{split_range, SpinPool};
+use super::ops::ELEMENTWISE_PARALLEL_MIN;
+use super::pool::{for_parts, split_range, SharedMut, SpinPool};
 use super::small_gemm::{small_gemm, Operand, Product};
 use crate::quant::dequantize_row;
 use crate::{DType, Result, Tensor, TensorError};
@@ -246,7 +247,31 @@ impl LoraBackward<'_> {
 /// `dx += ∂/∂x`, and `dweight += Σ_rows dy·x̂` when given.
 pub fn rms_norm_backward(x: &[f32], weight: &[f32], eps: f32, dy: &[f32], dx: &mut [f32], dweight: Option<&mut [f32]>) {
     let dim = weight.len();
-    let mut dweight = dweight;
+    let rows = dx.len() / dim.max(1);
+    if let Some(dweight) = dweight {
+        // The weight's gradient sums over rows: one thread, rows in order.
+        rms_norm_backward_rows(x, weight, eps, dy, dx, Some(dweight));
+        return;
+    }
+    let dxs = SharedMut::new(dx);
+    for_parts(rows, ELEMENTWISE_PARALLEL_MIN / dim.max(1), |part| {
+        let values = part.start * dim..part.end * dim;
+        // SAFETY: for_parts hands each participant disjoint rows.
+        let dx = unsafe { dxs.part(values.clone()) };
+        rms_norm_backward_rows(&x[values.clone()], weight, eps, &dy[values], dx, None);
+    });
+}
+
+/// [`rms_norm_backward`] on the given rows, in order.
+fn rms_norm_backward_rows(
+    x: &[f32],
+    weight: &[f32],
+    eps: f32,
+    dy: &[f32],
+    dx: &mut [f32],
+    mut dweight: Option<&mut [f32]>,
+) {
+    let dim = weight.len();
     for ((row, grad), dst) in x.chunks_exact(dim).zip(dy.chunks_exact(dim)).zip(dx.chunks_exact_mut(dim)) {
         // Sums in f64: the residual stream has a few huge components, and
         // f32 sums over a row lose the small ones' share.
@@ -268,13 +293,21 @@ pub fn rms_norm_backward(x: &[f32], weight: &[f32], eps: f32, dy: &[f32], dx: &m
 /// The backward of `act = silu(gate)·up`: from the pre-activations and
 /// `dact`, writes `dgate` and `dup` (overwriting).
 pub fn silu_mul_backward(gate: &[f32], up: &[f32], dact: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
-    for i in 0..dact.len() {
-        let g = gate[i];
-        let sigmoid = 1.0 / (1.0 + (-g).exp());
-        let silu = g * sigmoid;
-        dup[i] = dact[i] * silu;
-        dgate[i] = dact[i] * up[i] * sigmoid * (1.0 + g * (1.0 - sigmoid));
-    }
+    let n = dact.len();
+    let (dgates, dups) = (SharedMut::new(&mut dgate[..n]), SharedMut::new(&mut dup[..n]));
+    for_parts(n, ELEMENTWISE_PARALLEL_MIN, |part| {
+        // SAFETY: for_parts hands each participant a disjoint part.
+        let (dgate, dup) = unsafe { (dgates.part(part.clone()), dups.part(part.clone())) };
+        let (gate, up, dact) = (&gate[part.clone()], &up[part.clone()], &dact[part]);
+        for i in 0..dact.len() {
+            let g = gate[i];
+            // The forward's exponential (`silu_mul`), which also vectorizes.
+            let sigmoid = 1.0 / (1.0 + super::exp_fast(-g));
+            let silu = g * sigmoid;
+            dup[i] = dact[i] * silu;
+            dgate[i] = dact[i] * up[i] * sigmoid * (1.0 + g * (1.0 - sigmoid));
+        }
+    });
 }
 
 /// The backward of [`super::causal_attention`] over sequences packed back

@@ -18,6 +18,7 @@
 //! must get the same result prefilled in pieces or at once).
 
 use super::bf16::{bf16_supported, Bf16Rows};
+use super::pool::{for_parts, SharedMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Weight rows per tile.
@@ -43,19 +44,28 @@ pub struct TokenPairs {
 }
 
 impl TokenPairs {
-    /// Replaces the contents with `x`'s rows, transposed.
+    /// Replaces the contents with `x`'s rows, transposed (blocks of
+    /// tokens split over the pool).
     pub(crate) fn fill(&mut self, x: &Bf16Rows) {
         let (tokens, pairs) = (x.rows(), x.cols().div_ceil(2));
         self.tokens = tokens;
         self.pairs = pairs;
         self.words.clear();
         self.words.resize(tokens.div_ceil(TOKENS) * pairs * TOKENS, 0);
-        for (t, row) in x.words().chunks_exact(pairs).enumerate() {
-            let block = &mut self.words[t / TOKENS * pairs * TOKENS..];
-            for (p, &word) in row.iter().enumerate() {
-                block[p * TOKENS + t % TOKENS] = word;
+        let (rows, block_words) = (x.words(), pairs * TOKENS);
+        let shared = SharedMut::new(&mut self.words);
+        for_parts(tokens.div_ceil(TOKENS), 2, |blocks| {
+            // SAFETY: for_parts hands each participant disjoint blocks.
+            let words = unsafe { shared.part(blocks.start * block_words..blocks.end * block_words) };
+            let first = blocks.start * TOKENS;
+            let last = (blocks.end * TOKENS).min(tokens);
+            for (t, row) in (first..last).zip(rows[first * pairs..last * pairs].chunks_exact(pairs)) {
+                let block = &mut words[(t - first) / TOKENS * block_words..];
+                for (p, &word) in row.iter().enumerate() {
+                    block[p * TOKENS + t % TOKENS] = word;
+                }
             }
-        }
+        });
     }
 }
 

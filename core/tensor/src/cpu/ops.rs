@@ -1,6 +1,6 @@
 //! Element-wise and row-wise kernels: RMSNorm, RoPE, softmax, SiLU.
 
-use super::pool::{split_range, SpinPool};
+use super::pool::{for_parts, split_range, SharedMut, SpinPool};
 
 /// RMSNorm of each row of `x` (rows of `weight.len()` values) into `out`:
 /// `out = x / sqrt(mean(x²) + eps) · weight`, accumulated in f32 as
@@ -31,12 +31,11 @@ pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [
 /// row by row in one pass split over the pool.
 pub fn residual_layer_norm(sum: &mut [f32], x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     assert_eq!(sum.len(), x.len(), "residual_layer_norm: buffers differ in length");
-    let sums = SharedMut(sum.as_mut_ptr());
+    let sums = SharedMut::new(sum);
     for_row_ranges(x, weight.len(), |range, x_part| {
         // SAFETY: `for_row_ranges` hands each thread a disjoint range, the
-        // same for `sum` (equal length, asserted) as for `x`; `sum` stays
-        // exclusively borrowed until it returns.
-        let sum_part = unsafe { std::slice::from_raw_parts_mut(sums.at(range.start), range.len()) };
+        // same for `sum` (equal length, asserted) as for `x`.
+        let sum_part = unsafe { sums.part(range) };
         for (s, dst) in sum_part.chunks_exact_mut(weight.len()).zip(x_part.chunks_exact_mut(weight.len())) {
             add_in_place(s, dst);
             layer_norm_row(s, weight, bias, eps, dst);
@@ -48,13 +47,12 @@ pub fn residual_layer_norm(sum: &mut [f32], x: &mut [f32], weight: &[f32], bias:
 /// (`dim` values each), one per pool thread.
 fn for_row_ranges(out: &mut [f32], dim: usize, body: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync) {
     let rows = out.len() / dim;
-    let ptr = SharedMut(out.as_mut_ptr());
+    let shared = SharedMut::new(out);
     SpinPool::global().run(&|index, threads| {
         let r = split_range(rows, index, threads);
         let range = r.start * dim..r.end * dim;
-        // SAFETY: split_range hands each thread a disjoint range of rows
-        // inside `out`, which stays exclusively borrowed until `run` returns.
-        let part = unsafe { std::slice::from_raw_parts_mut(ptr.at(range.start), range.len()) };
+        // SAFETY: split_range hands each thread a disjoint range of rows.
+        let part = unsafe { shared.part(range.clone()) };
         body(range, part);
     });
 }
@@ -86,14 +84,9 @@ fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 /// Exact (erf-based) GELU in place, as BERT's `gelu`, split over the pool.
 pub fn gelu_in_place(x: &mut [f32]) {
     let len = x.len();
-    let ptr = SharedMut(x.as_mut_ptr());
-    SpinPool::global().run(&|index, threads| {
-        let range = split_range(len, index, threads);
-        // SAFETY: split_range hands each thread a disjoint range inside
-        // `x`, which stays exclusively borrowed until `run` returns.
-        let part = unsafe { std::slice::from_raw_parts_mut(ptr.at(range.start), range.len()) };
-        gelu_slice(part);
-    });
+    let shared = SharedMut::new(x);
+    // SAFETY: for_parts hands each participant a disjoint range.
+    for_parts(len, 0, |range| gelu_slice(unsafe { shared.part(range) }));
 }
 
 /// GELU over a slice on the calling thread (the bf16 gemm's epilogue).
@@ -119,18 +112,6 @@ unsafe fn gelu_avx2(x: &mut [f32]) {
 fn gelu_portable(x: &mut [f32]) {
     for v in x {
         *v = 0.5 * *v * (1.0 + erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2));
-    }
-}
-
-/// A mutable pointer shared by the pool's threads, each writing its own range.
-struct SharedMut(*mut f32);
-// SAFETY: used only with disjoint per-thread ranges (see gelu_in_place,
-// for_row_ranges).
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    fn at(&self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
     }
 }
 
@@ -233,16 +214,27 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
 
 /// `gate = silu(gate) · up`, the SwiGLU of a Llama MLP.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::has_avx2_fma() {
-            // SAFETY: the features were just detected; only the slices are touched.
-            unsafe { silu_mul_avx2(gate, up) };
-            return;
+    let n = gate.len().min(up.len());
+    let gates = SharedMut::new(&mut gate[..n]);
+    for_parts(n, ELEMENTWISE_PARALLEL_MIN, |part| {
+        // SAFETY: for_parts hands each participant a disjoint part.
+        let gate = unsafe { gates.part(part.clone()) };
+        let up = &up[part];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::has_avx2_fma() {
+                // SAFETY: the features were just detected; only the slices are touched.
+                unsafe { silu_mul_avx2(gate, up) };
+                return;
+            }
         }
-    }
-    silu_mul_portable(gate, up);
+        silu_mul_portable(gate, up);
+    });
 }
+
+/// Values from which an element-wise op splits over the pool (a prompt's
+/// or a training batch's activations; a decode step's stay on one thread).
+pub(crate) const ELEMENTWISE_PARALLEL_MIN: usize = 1 << 15;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]

@@ -286,6 +286,53 @@ fn worker(shared: Arc<Shared>) {
     }
 }
 
+/// Runs `work(part)` on contiguous parts of `0..total`, one per participant
+/// of the pool, or on the calling thread alone below `min_total` items
+/// (not worth waking the pool). Parts never depend on timing, so work
+/// whose items are independent gives the same results on any thread count.
+pub(crate) fn for_parts(total: usize, min_total: usize, work: impl Fn(std::ops::Range<usize>) + Sync) {
+    if total < min_total {
+        work(0..total);
+        return;
+    }
+    SpinPool::global().run(&|index, threads| {
+        let part = split_range(total, index, threads);
+        if !part.is_empty() {
+            work(part);
+        }
+    });
+}
+
+/// A mutable slice the pool's participants write in disjoint parts.
+pub(crate) struct SharedMut<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: only `part` hands out access, and its callers promise disjoint
+// ranges across threads; T: Send lets the values be written from another thread.
+unsafe impl<T: Send> Sync for SharedMut<'_, T> {}
+
+impl<'a, T> SharedMut<'a, T> {
+    /// Shares `values` (borrowed mutably for `'a`).
+    pub(crate) fn new(values: &'a mut [T]) -> SharedMut<'a, T> {
+        SharedMut { ptr: values.as_mut_ptr(), len: values.len(), _borrow: std::marker::PhantomData }
+    }
+
+    /// The values of `range`; panics past the end.
+    ///
+    /// # Safety
+    /// No other thread may use an overlapping range while this one lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn part(&self, range: std::ops::Range<usize>) -> &'a mut [T] {
+        assert!(range.start <= range.end && range.end <= self.len, "part {range:?} of {}", self.len);
+        // SAFETY: inside the borrowed slice (assert above); exclusive by the
+        // caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
+    }
+}
+
 /// The half-open range of `0..total` that participant `index` of `threads` owns.
 pub fn split_range(total: usize, index: usize, threads: usize) -> std::ops::Range<usize> {
     let start = total * index / threads;
