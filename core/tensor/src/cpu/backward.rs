@@ -8,10 +8,11 @@
 
 use super::attention::AttentionShape;
 use super::bf16::Bf16Rows;
-use super::bf16_grad::{self, bf16_input_grad};
+use super::input_grad::{self, input_grad, OutputGrad};
 use super::ops::ELEMENTWISE_PARALLEL_MIN;
 use super::pool::{for_parts, split_range, SharedMut, SpinPool};
 use super::small_gemm::{small_gemm, Operand, Product};
+use super::token_lanes::Words;
 use crate::quant::dequantize_row;
 use crate::{DType, Result, Tensor, TensorError};
 
@@ -128,10 +129,11 @@ pub struct BackwardScratch {
 }
 
 /// `dx += dy·W`: the input gradient of `y = x·Wᵀ`, for `tokens` rows;
-/// `w` is `[out, in]` in any dtype. Dense f32 is used in place; bf16 on a
-/// CPU with AVX-512 BF16 is multiplied as stored against `dy` rounded to
-/// bf16 (as the forward rounds its inputs; see `bf16_grad`); others are
-/// dequantized a few thousand rows at a time for the f32 gemm.
+/// `w` is `[out, in]` in any dtype. Dense f32 is used in place (on AVX-512
+/// by `input_grad`, else the gemm); bf16 on a CPU with AVX-512 BF16 is
+/// multiplied as stored against `dy` rounded to bf16 (as the forward
+/// rounds its inputs; see `input_grad`); others are dequantized a few
+/// thousand rows at a time for the f32 gemm.
 pub fn linear_backward_input(
     dy: &[f32],
     tokens: usize,
@@ -149,14 +151,19 @@ pub fn linear_backward_input(
     if tokens == 0 {
         return Ok(());
     }
-    if w.dtype() == DType::F32 && w.packed().is_none() {
+    let dense_f32 = w.dtype() == DType::F32 && w.packed().is_none();
+    if dense_f32 && input_grad::supported(Words::F32) {
+        input_grad(w.bytes(), in_dim, OutputGrad::F32(dy), dx);
+        return Ok(());
+    }
+    if dense_f32 {
         let weights: &[f32] = bytemuck::cast_slice(w.bytes());
         matmul(dx, MatRef::new(dy, tokens, out_dim), MatRef::new(weights, out_dim, in_dim), 1.0, true);
         return Ok(());
     }
-    if w.dtype() == DType::BF16 && bf16_grad::supported() {
+    if w.dtype() == DType::BF16 && input_grad::supported(Words::Bf16Pairs) {
         scratch.rounded.fill(dy, out_dim);
-        bf16_input_grad(w.bytes(), in_dim, &scratch.rounded, dx);
+        input_grad(w.bytes(), in_dim, OutputGrad::Bf16(&scratch.rounded), dx);
         return Ok(());
     }
     let mut start = 0;

@@ -14,11 +14,11 @@
 //! `gemm` crate.
 
 use super::bf16::Bf16Rows;
-use super::bf16_lanes::{self, bf16_lanes_gemm, TokenPairs};
 use super::half_dot::{dot_half, is_half};
 use super::half_gemm::{self, HalfInputs};
 use super::pool::{split_range, SpinPool};
 use super::small_gemm::{small_gemm, Operand, Product};
+use super::token_lanes::{self, token_lanes_gemm, TokenWords, Words};
 use crate::quant::interleaved::{dot_group_tokens, InterleavedRows, GROUP};
 use crate::quant::packed::{block_sums, dot_packed_tokens, pair_activations, ActPair, PackedDot};
 use crate::quant::{dequantize_row, quantize_activations, supports_dot, vec_dot, BlockQ8, DotImpl, QK};
@@ -46,7 +46,7 @@ pub struct LinearScratch {
     sums: Vec<f32>,
     dense: Vec<f32>,
     bf16_inputs: Bf16Rows,
-    token_pairs: TokenPairs,
+    token_words: TokenWords,
 }
 
 /// `y[t, o] = Σ_i x[t, i] · W[o, i]` for `tokens` rows of `x`.
@@ -85,15 +85,16 @@ pub fn linear_many_prefill(
     split_linear(x, tokens, outputs, scratch, |w| w.interleaved().is_some())
 }
 
-/// Tokens from which [`linear_many_train`] gives bf16 weights the
-/// token-lane kernel (one full tile of tokens).
+/// Tokens from which [`linear_many_train`] gives weights the token-lane
+/// kernel (one full tile of tokens).
 const TOKEN_LANES_MIN_TOKENS: usize = 32;
 
 /// [`linear_many`] for the training forward, where a token's result need
-/// not equal what a prefill of another length gives it: bf16 weights on a
-/// CPU with AVX-512 BF16 take the token-lane kernel (`bf16_lanes`: no
-/// per-sum reduction) from [`TOKEN_LANES_MIN_TOKENS`] tokens on; every
-/// other weight takes [`linear_many`]'s path.
+/// not equal what a prefill of another length gives it: from
+/// [`TOKEN_LANES_MIN_TOKENS`] tokens on, f32 weights on a CPU with AVX-512
+/// and bf16 weights on one with AVX-512 BF16 take the token-lane kernel
+/// (`token_lanes`: no packing, no per-sum reduction); every other weight
+/// takes [`linear_many`]'s path.
 pub fn linear_many_train(
     x: &[f32],
     tokens: usize,
@@ -101,20 +102,36 @@ pub fn linear_many_train(
     scratch: &mut LinearScratch,
 ) -> Result<()> {
     check_outputs(x, tokens, outputs)?;
-    let in_lanes = |w: &Tensor| {
-        tokens >= TOKEN_LANES_MIN_TOKENS
-            && w.dtype() == DType::BF16
-            && w.row_len().is_multiple_of(2)
-            && w.interleaved().is_none()
-            && bf16_lanes::supported()
+    let lanes_words = |w: &Tensor| {
+        let words = match w.dtype() {
+            DType::F32 if w.packed().is_none() => Words::F32,
+            DType::BF16 if w.row_len().is_multiple_of(2) => Words::Bf16Pairs,
+            _ => return None,
+        };
+        let fits = tokens >= TOKEN_LANES_MIN_TOKENS && w.interleaved().is_none() && token_lanes::supported(words);
+        fits.then_some(words)
     };
-    let (lanes, mut others): (Vec<_>, Vec<_>) =
-        outputs.iter_mut().map(|(w, y)| (*w, &mut **y)).partition(|(w, _)| in_lanes(w));
-    if let Some((first, _)) = lanes.first() {
-        scratch.bf16_inputs.fill(x, first.row_len());
-        scratch.token_pairs.fill(&scratch.bf16_inputs);
-        for (w, y) in lanes {
-            bf16_lanes_gemm(w.bytes(), w.row_len(), &scratch.token_pairs, y);
+    let in_dim = x.len() / tokens.max(1);
+    let (mut f32_weights, mut bf16_weights, mut others) = (Vec::new(), Vec::new(), Vec::new());
+    for (w, y) in outputs.iter_mut() {
+        match lanes_words(w) {
+            Some(Words::F32) => f32_weights.push((*w, &mut **y)),
+            Some(Words::Bf16Pairs) => bf16_weights.push((*w, &mut **y)),
+            None => others.push((*w, &mut **y)),
+        }
+    }
+    // The outputs share the input: it is transposed once per kind of word.
+    if !f32_weights.is_empty() {
+        scratch.token_words.fill_f32(x, in_dim);
+        for (w, y) in f32_weights {
+            token_lanes_gemm(Words::F32, w.bytes(), in_dim, &scratch.token_words, y);
+        }
+    }
+    if !bf16_weights.is_empty() {
+        scratch.bf16_inputs.fill(x, in_dim);
+        scratch.token_words.fill_bf16(&scratch.bf16_inputs);
+        for (w, y) in bf16_weights {
+            token_lanes_gemm(Words::Bf16Pairs, w.bytes(), in_dim / 2, &scratch.token_words, y);
         }
     }
     if !others.is_empty() {

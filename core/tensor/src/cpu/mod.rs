@@ -4,10 +4,9 @@
 mod attention;
 mod backward;
 mod bf16;
-mod bf16_grad;
-mod bf16_lanes;
 pub(crate) mod half_dot;
 mod half_gemm;
+mod input_grad;
 mod lora;
 mod matmul;
 mod ops;
@@ -16,6 +15,7 @@ mod report;
 #[cfg(target_arch = "x86_64")]
 mod simd512;
 mod small_gemm;
+mod token_lanes;
 
 pub use attention::{causal_attention, decode_attention, full_attention, full_attention_packed, AttentionShape};
 pub use backward::{
