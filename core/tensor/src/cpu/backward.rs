@@ -153,7 +153,7 @@ pub fn linear_backward_input(
     }
     let dense_f32 = w.dtype() == DType::F32 && w.packed().is_none();
     if dense_f32 && input_grad::supported(Words::F32) {
-        input_grad(w.bytes(), in_dim, OutputGrad::F32(dy), dx);
+        input_grad(w.bytes(), in_dim, OutputGrad::F32 { dy, first: 0 }, dx);
         return Ok(());
     }
     if dense_f32 {
@@ -170,8 +170,13 @@ pub fn linear_backward_input(
     while start < out_dim {
         let end = (start + DEQUANT_ROWS).min(out_dim);
         dequantize_rows(w, start..end, &mut scratch.dense)?;
-        let dy_part = MatRef::new(dy, tokens, out_dim).columns(start..end);
-        matmul(dx, dy_part, MatRef::new(&scratch.dense, end - start, in_dim), 1.0, true);
+        if input_grad::supported(Words::F32) {
+            let rows = bytemuck::cast_slice(&scratch.dense[..(end - start) * in_dim]);
+            input_grad(rows, in_dim, OutputGrad::F32 { dy, first: start }, dx);
+        } else {
+            let dy_part = MatRef::new(dy, tokens, out_dim).columns(start..end);
+            matmul(dx, dy_part, MatRef::new(&scratch.dense, end - start, in_dim), 1.0, true);
+        }
         start = end;
     }
     Ok(())

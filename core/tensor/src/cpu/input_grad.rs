@@ -49,31 +49,39 @@ pub(crate) fn supported(words: Words) -> bool {
 /// The output gradient a product reads.
 #[derive(Clone, Copy)]
 pub(crate) enum OutputGrad<'a> {
-    /// f32 rows of `out` values (f32 weights).
-    F32(&'a [f32]),
+    /// f32 rows (f32 weights): the matrix's rows meet columns
+    /// `first..first + rows` of `dy` (a piece of a larger matrix).
+    F32 { dy: &'a [f32], first: usize },
     /// Rows rounded to bf16 (bf16 weights).
     Bf16(&'a Bf16Rows),
 }
 
 /// `dx[t, i] += Σ_o dy[t, o] · W[o, i]` for `w` the little-endian bytes of
-/// a row-major `[out, in_dim]` matrix (f32 for `OutputGrad::F32`, bf16 for
-/// `OutputGrad::Bf16`) and `dx` rows of `in_dim`, on the pool (threads
+/// a row-major matrix of rows of `in_dim` (f32 for `OutputGrad::F32`, bf16
+/// for `OutputGrad::Bf16`) and `dx` rows of `in_dim`, on the pool (threads
 /// take tiles of tokens). Panics unless [`supported`] and the lengths agree.
 pub(crate) fn input_grad(w: &[u8], in_dim: usize, dy: OutputGrad<'_>, dx: &mut [f32]) {
-    let (words, values, tokens, out_dim) = match dy {
-        OutputGrad::F32(dy) => (Words::F32, bytemuck::cast_slice::<f32, u32>(dy), dx.len() / in_dim.max(1), 0),
-        OutputGrad::Bf16(dy) => (Words::Bf16Pairs, dy.words(), dy.rows(), dy.cols()),
+    let tokens = dx.len() / in_dim.max(1);
+    let (words, values, first) = match dy {
+        OutputGrad::F32 { dy, first } => (Words::F32, bytemuck::cast_slice::<f32, u32>(dy), first),
+        OutputGrad::Bf16(dy) => (Words::Bf16Pairs, dy.words(), 0),
     };
-    let out_dim = if words == Words::F32 { values.len() / tokens.max(1) } else { out_dim };
     let (value_bytes, rows_per_word) = if words == Words::F32 { (4, 1) } else { (2, 2) };
-    let steps = out_dim.div_ceil(rows_per_word);
+    let out_dim = w.len() / (value_bytes * in_dim.max(1));
+    // Words per row of dy.
+    let steps = values.len() / tokens.max(1);
     assert!(
         supported(words)
             && in_dim > 0
             && w.len() == value_bytes * out_dim * in_dim
             && dx.len() == tokens * in_dim
-            && values.len() == tokens * steps,
-        "input_grad: {} weight bytes for {out_dim}×{in_dim}, dy of {} words, dx of {} for {tokens} tokens",
+            && values.len() == tokens * steps
+            && (first + out_dim).div_ceil(rows_per_word) <= steps
+            && match dy {
+                OutputGrad::Bf16(rows) => rows.rows() == tokens,
+                OutputGrad::F32 { .. } => true,
+            },
+        "input_grad: {} weight bytes for rows of {in_dim}, dy of {} words from row {first}, dx of {} for {tokens} tokens",
         w.len(),
         values.len(),
         dx.len()
@@ -92,7 +100,7 @@ pub(crate) fn input_grad(w: &[u8], in_dim: usize, dy: OutputGrad<'_>, dx: &mut [
                         w: w[value_bytes * (first_row * in_dim + first_col)..].as_ptr(),
                         row_bytes: value_bytes * in_dim,
                         rows,
-                        dy: values[first_token * steps + first_row / rows_per_word..].as_ptr(),
+                        dy: values[first_token * steps + (first + first_row) / rows_per_word..].as_ptr(),
                         steps,
                         dx: out.at(first_token * in_dim + first_col),
                         in_dim,
@@ -303,7 +311,7 @@ mod tests {
                 // `run(dy rows, dx)`, and the gradients as multiplied.
                 let run = |dy: &[f32], dx: &mut [f32]| -> Vec<f32> {
                     if words == Words::F32 {
-                        input_grad(&w, in_dim, OutputGrad::F32(dy), dx);
+                        input_grad(&w, in_dim, OutputGrad::F32 { dy, first: 0 }, dx);
                         return dy.to_vec();
                     }
                     let mut rounded = Bf16Rows::new();
