@@ -82,7 +82,8 @@ fn inspect(dir: &std::path::Path, model: &ModelArgs) -> Result<()> {
 }
 
 fn merge(base: &std::path::Path, adapter_dir: &std::path::Path, out: &std::path::Path) -> Result<()> {
-    let model = crate::run::load_model(&ModelArgs { model: Some(base.to_path_buf()), dtype: None })?;
+    let model =
+        crate::run::load_model(&ModelArgs { model: Some(base.to_path_buf()), dtype: None, scope: Default::default() })?;
     let adapter = Adapter::load(adapter_dir, &model.llama, AdapterLimits::default())
         .with_context(|| format!("loading adapter {}", adapter_dir.display()))?;
     let bar = ProgressBar::new(1);

@@ -13,6 +13,7 @@ mod train;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use tailor_model::ConvertScope;
 
 #[derive(Parser)]
 #[command(name = "tailor", version, about = "Customize and serve an LLM on your own box")]
@@ -102,19 +103,24 @@ pub struct ModelArgs {
     /// A .gguf file or Hugging Face folder (default: the fetched SmolLM2 GGUF).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Convert weights on load: f32, f16, bf16, q8_0, q4_0, q4_1, nf4.
+    /// Convert weights on load: f32, f16, bf16, q8_0, q4_0, q4_1, nf4, …
     #[arg(long)]
     dtype: Option<String>,
+    /// Which weights `dtype` converts (every matrix unless a command says).
+    #[arg(skip)]
+    scope: ConvertScope,
 }
 
 impl ModelArgs {
-    /// Asks for `dtype` on load unless a dtype was given or the model is a
-    /// GGUF file (whose blocks are kept as they are).
-    pub fn quantize_dense_to(&mut self, dtype: &str) {
+    /// QLoRA's base: the blocks' projections converted on load (to `dtype`
+    /// unless a dtype was given; not at all for a GGUF file, whose blocks
+    /// are kept as they are), the embedding and lm_head left as stored.
+    pub fn quantize_projections_to(&mut self, dtype: &str) {
         let is_gguf = self.model.as_ref().is_none_or(|p| p.is_file());
         if self.dtype.is_none() && !is_gguf {
             self.dtype = Some(dtype.to_string());
         }
+        self.scope = ConvertScope::Projections;
     }
 }
 

@@ -167,7 +167,7 @@ pub fn load_model(args: &ModelArgs) -> Result<Model> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
-    let model = Model::load(&path, LoadOptions { dtype, progress: &progress })?;
+    let model = Model::load(&path, LoadOptions { dtype, scope: args.scope, progress: &progress })?;
     bar.finish_and_clear();
     Ok(model)
 }

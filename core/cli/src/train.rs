@@ -19,8 +19,9 @@ pub enum Method {
     /// LoRA on the base as the file stores it (a GGUF's quantized blocks
     /// included).
     Lora,
-    /// LoRA on a 4-bit base: a dense base is quantized on load (NF4, block
-    /// 64, or `--dtype`); a quantized GGUF keeps its own blocks.
+    /// LoRA on a 4-bit base: a dense base's projections are quantized on
+    /// load (NF4, block 64, or `--dtype`; the embedding and lm_head stay
+    /// as stored, as in QLoRA); a quantized GGUF keeps its own blocks.
     Qlora,
     /// Every weight, in f32 with AdamW moments (small models): writes a
     /// Hugging Face folder.
@@ -114,7 +115,7 @@ enum Schedule {
 pub fn train_cmd(args: &TrainArgs) -> Result<()> {
     let mut model_args = args.model.clone();
     if args.method == Method::Qlora {
-        model_args.quantize_dense_to("nf4");
+        model_args.quantize_projections_to("nf4");
     }
     let mut model = crate::run::load_model(&model_args)?;
     let max_tokens = args.max_tokens.unwrap_or(model.llama.context_length().min(2048));

@@ -200,7 +200,7 @@ mod synthetic {
         };
         eprintln!("building a 1B-shaped model from random weights (Q4_0) ...");
         let weights = RandomWeights { config: config.clone() };
-        let options = BuildOptions { dtype: Some(DType::Q4_0), progress: &|_, _| {} };
+        let options = BuildOptions { dtype: Some(DType::Q4_0), scope: Default::default(), progress: &|_, _| {} };
         let llama = Llama::load(config.clone(), &weights, options).expect("synthetic model");
         let folder = write_adapter(&config);
         (llama, folder, (1..17).collect())

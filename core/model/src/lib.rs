@@ -33,7 +33,7 @@ pub use error::{ModelError, Result};
 pub use generate::{generate, FinishReason, GenerateParams, Generation, Sequence, Step, TokenEvent};
 pub use grammar::JsonGrammar;
 pub use kv_cache::KvCache;
-pub use llama::{DecodeBuffers, LayeredPrefill, Llama, Logits};
+pub use llama::{ConvertScope, DecodeBuffers, LayeredPrefill, Llama, Logits};
 pub use lora::{ActiveAdapter, Adapter, AdapterLimits};
 pub use model::{ChatExample, LoadOptions, Model};
 pub use sampler::{Sampler, SamplingParams};

@@ -49,11 +49,25 @@ pub struct Llama {
     rope: RopeTable,
 }
 
+/// Which weights a load-time dtype conversion applies to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConvertScope {
+    /// Every matrix: the blocks' projections, the embedding and lm_head.
+    #[default]
+    AllMatrices,
+    /// The blocks' projections only; the embedding and lm_head stay as
+    /// stored (QLoRA's base: bitsandbytes quantizes the decoder's linear
+    /// layers and leaves the embedding and lm_head in full precision).
+    Projections,
+}
+
 /// Options for building the decoder from weights.
 #[derive(Clone, Copy)]
 pub struct BuildOptions<'a> {
-    /// Convert linear and embedding weights to this dtype on load.
+    /// Convert weights to this dtype on load (those `scope` names).
     pub dtype: Option<DType>,
+    /// Which weights `dtype` converts.
+    pub scope: ConvertScope,
     /// Called with (tensors done, tensors total) while loading.
     pub progress: &'a (dyn Fn(usize, usize) + Sync),
 }
@@ -62,8 +76,9 @@ impl Llama {
     /// Builds the decoder, checking every tensor's shape against the config.
     pub fn load(config: LlamaConfig, source: &dyn WeightSource, options: BuildOptions<'_>) -> Result<Llama> {
         let loader = Loader { source, config: &config, dtype: options.dtype };
+        let outer = Loader { dtype: options.dtype.filter(|_| options.scope == ConvertScope::AllMatrices), ..loader };
         let total = config.num_hidden_layers + 2;
-        let embed = loader.matrix("model.embed_tokens.weight", config.vocab_size, config.hidden_size)?;
+        let embed = outer.matrix("model.embed_tokens.weight", config.vocab_size, config.hidden_size)?;
         (options.progress)(1, total);
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
         for layer in 0..config.num_hidden_layers {
@@ -75,7 +90,7 @@ impl Llama {
         let lm_head = if tied {
             Linear::new(embed.clone(), None)
         } else {
-            loader.linear("lm_head.weight", config.vocab_size, config.hidden_size, false)?
+            outer.linear("lm_head.weight", config.vocab_size, config.hidden_size, false)?
         };
         (options.progress)(total, total);
         let inv_freq = rope_inv_freq(&config);
@@ -657,6 +672,7 @@ impl Scratch {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Loader<'a> {
     source: &'a dyn WeightSource,
     config: &'a LlamaConfig,

@@ -5,7 +5,7 @@ use crate::chat::{ChatTemplate, Message, Segment};
 use crate::config::LlamaConfig;
 use crate::error::{io_error, ModelError, Result};
 use crate::gguf::{GgufFile, MetaValue};
-use crate::llama::{BuildOptions, Llama};
+use crate::llama::{BuildOptions, ConvertScope, Llama};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{GgufWeights, SafetensorsWeights};
 use std::path::{Path, PathBuf};
@@ -16,13 +16,15 @@ use tailor_tensor::DType;
 pub struct LoadOptions<'a> {
     /// Convert weights to this dtype on load (`None`: keep the file's).
     pub dtype: Option<DType>,
+    /// Which weights `dtype` converts.
+    pub scope: ConvertScope,
     /// Progress callback (done, total).
     pub progress: &'a (dyn Fn(usize, usize) + Sync),
 }
 
 impl Default for LoadOptions<'_> {
     fn default() -> Self {
-        LoadOptions { dtype: None, progress: &|_, _| {} }
+        LoadOptions { dtype: None, scope: ConvertScope::AllMatrices, progress: &|_, _| {} }
     }
 }
 
@@ -68,7 +70,7 @@ impl Model {
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let template = file.get("tokenizer.chat_template").and_then(MetaValue::as_str).and_then(ChatTemplate::detect);
         let weights = GgufWeights::new(&file, &config);
-        let build = BuildOptions { dtype: options.dtype, progress: options.progress };
+        let build = BuildOptions { dtype: options.dtype, scope: options.scope, progress: options.progress };
         let llama = Llama::load(config.clone(), &weights, build)?;
         Ok(Model { llama, tokenizer, template, source: path.to_path_buf() })
     }
@@ -83,7 +85,7 @@ impl Model {
         let tokenizer = Tokenizer::from_file(&folder.join("tokenizer.json"))?;
         let template = read_hf_chat_template(folder)?.as_deref().and_then(ChatTemplate::detect);
         let weights = SafetensorsWeights::open(folder)?;
-        let build = BuildOptions { dtype: options.dtype, progress: options.progress };
+        let build = BuildOptions { dtype: options.dtype, scope: options.scope, progress: options.progress };
         let llama = Llama::load(config, &weights, build)?;
         Ok(Model { llama, tokenizer, template, source: folder.to_path_buf() })
     }

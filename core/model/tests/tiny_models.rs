@@ -3,7 +3,8 @@
 mod common;
 
 use common::*;
-use tailor_model::{generate, GenerateParams, LoadOptions, Logits, Message, Model, ModelError};
+use tailor_model::names::Proj;
+use tailor_model::{generate, ConvertScope, GenerateParams, LoadOptions, Logits, Message, Model, ModelError};
 use tailor_tensor::DType;
 
 fn load(path: &std::path::Path) -> Result<Model, ModelError> {
@@ -75,6 +76,22 @@ fn quantizing_on_load_stays_close_to_f32() {
         let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
         assert!(err < bound, "{dtype}: relative logit error {err} >= {bound}");
     }
+}
+
+/// QLoRA's scope: only the blocks' projections are converted; the
+/// embedding and lm_head keep the file's dtype (every matrix otherwise).
+#[test]
+fn a_projections_scope_leaves_the_embedding_and_lm_head_as_stored() {
+    let dir = scratch_dir("scope");
+    let path = write_tiny_gguf(&dir, "llama", 13);
+    let load_as =
+        |scope| Model::load(&path, LoadOptions { dtype: Some(DType::Q4_0), scope, ..LoadOptions::default() }).unwrap();
+    let projections = load_as(ConvertScope::Projections);
+    assert_eq!(projections.llama.projection(0, Proj::Q).weight().dtype(), DType::Q4_0);
+    assert_eq!(projections.llama.projection(1, Proj::Down).weight().dtype(), DType::Q4_0);
+    assert_eq!(projections.llama.lm_head().weight().dtype(), DType::F32);
+    let everything = load_as(ConvertScope::AllMatrices);
+    assert_eq!(everything.llama.lm_head().weight().dtype(), DType::Q4_0);
 }
 
 #[test]

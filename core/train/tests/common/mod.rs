@@ -105,5 +105,6 @@ fn tiny_model_built(seed: u64, values_of: impl Fn(Vec<f32>) -> Vec<f32>, dtype: 
         }
     }
     let source = MapWeights(weights);
-    Llama::load(config, &source, BuildOptions { dtype, progress: &|_, _| {} }).expect("tiny model loads")
+    Llama::load(config, &source, BuildOptions { dtype, scope: Default::default(), progress: &|_, _| {} })
+        .expect("tiny model loads")
 }
