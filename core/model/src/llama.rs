@@ -75,8 +75,14 @@ pub struct BuildOptions<'a> {
 impl Llama {
     /// Builds the decoder, checking every tensor's shape against the config.
     pub fn load(config: LlamaConfig, source: &dyn WeightSource, options: BuildOptions<'_>) -> Result<Llama> {
-        let loader = Loader { source, config: &config, dtype: options.dtype };
-        let outer = Loader { dtype: options.dtype.filter(|_| options.scope == ConvertScope::AllMatrices), ..loader };
+        let loader = Loader { source, config: &config, dtype: options.dtype, owned: false };
+        let outer = match (options.dtype, options.scope) {
+            // Kept as stored, but out of the file: once the converted
+            // projections are loaded, nothing holds its mapping (whose pages
+            // the conversion made resident).
+            (Some(_), ConvertScope::Projections) => Loader { dtype: None, owned: true, ..loader },
+            _ => loader,
+        };
         let total = config.num_hidden_layers + 2;
         let embed = outer.matrix("model.embed_tokens.weight", config.vocab_size, config.hidden_size)?;
         (options.progress)(1, total);
@@ -677,6 +683,8 @@ struct Loader<'a> {
     source: &'a dyn WeightSource,
     config: &'a LlamaConfig,
     dtype: Option<DType>,
+    /// Copy unconverted matrices out of a mapped file.
+    owned: bool,
 }
 
 impl Loader<'_> {
@@ -701,6 +709,7 @@ impl Loader<'_> {
         let tensor = self.checked(name, &[rows, cols])?;
         let tensor = match self.dtype {
             Some(dtype) if dtype != tensor.dtype() => tensor.to_dtype(dtype)?,
+            _ if self.owned => tensor.into_owned()?,
             _ => tensor,
         };
         Ok(tensor.prepacked())

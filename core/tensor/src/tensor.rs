@@ -248,6 +248,19 @@ impl Tensor {
         }
     }
 
+    /// The same values in memory this tensor owns: a view of a mapped file
+    /// is copied out (so the mapping, and the pages it keeps resident, can
+    /// go once no tensor views it); owned storage is kept as it is.
+    pub fn into_owned(self) -> Result<Tensor> {
+        if !matches!(self.storage, Storage::Mapped { .. }) {
+            return Ok(self);
+        }
+        match self.dtype {
+            DType::F32 => Tensor::from_f32(self.to_f32()?.into_owned(), &self.shape),
+            dtype => Tensor::from_bytes(self.bytes().to_vec(), dtype, &self.shape),
+        }
+    }
+
     /// A copy converted (quantized or dequantized) to `dtype`, row by row.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype {
@@ -287,5 +300,35 @@ fn check_len(shape: &[usize], dtype: DType, actual_bytes: usize) -> Result<()> {
     match dtype.bytes_for(expected) {
         Ok(n) if n == actual_bytes => Ok(()),
         _ => Err(mismatch()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A view of a shared buffer is copied out (f32 into aligned values,
+    /// other dtypes as bytes) and lets the buffer go; owned storage stays.
+    #[test]
+    fn into_owned_copies_a_mapped_view_out_and_releases_the_buffer() {
+        let values = [1.5f32, -2.0, 3.25, 0.0, 7.0, -0.5];
+        // Two bytes first: the view's f32 values are unaligned in the buffer.
+        let mut bytes = vec![0u8; 2];
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        bytes.extend([0x80, 0x3f, 0x00, 0xc0]); // bf16 1.0, -2.0
+        let buffer: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(bytes);
+        let f32_view = Tensor::mapped(buffer.clone(), 2, 24, DType::F32, &[2, 3]).unwrap();
+        let bf16_view = Tensor::mapped(buffer.clone(), 26, 4, DType::BF16, &[1, 2]).unwrap();
+        let (f32_owned, bf16_owned) = (f32_view.into_owned().unwrap(), bf16_view.into_owned().unwrap());
+        assert!(matches!(f32_owned.storage, Storage::F32(_)));
+        assert!(matches!(bf16_owned.storage, Storage::Bytes(_)));
+        assert_eq!(f32_owned.to_f32().unwrap().as_ref(), &values);
+        assert_eq!(bf16_owned.to_f32().unwrap().as_ref(), &[1.0, -2.0]);
+        assert_eq!((f32_owned.shape(), bf16_owned.dtype()), (&[2usize, 3][..], DType::BF16));
+        assert_eq!(Arc::strong_count(&buffer), 1, "the views let the buffer go");
+        let again = f32_owned.clone().into_owned().unwrap();
+        assert!(
+            matches!((&again.storage, &f32_owned.storage), (Storage::F32(a), Storage::F32(b)) if Arc::ptr_eq(a, b))
+        );
     }
 }
