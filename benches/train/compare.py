@@ -117,7 +117,9 @@ def main():
         folder, gguf = models / "SmolLM2-135M-Instruct-hf", models / "SmolLM2-135M-Instruct.Q4_1.gguf"
         groups = [("PEFT LoRA", [], [("tailor LoRA (f32 folder)", folder, []),
                                      ("tailor QLoRA (Q4_1 GGUF)", gguf, ["--method", "qlora"]),
-                                     ("tailor QLoRA (NF4 of f32)", folder, ["--method", "qlora"])]),
+                                     ("tailor QLoRA (NF4 of f32)", folder, ["--method", "qlora"]),
+                                     ("tailor QLoRA (NF4, double q.)", folder,
+                                      ["--method", "qlora", "--double-quant"])]),
                   ("PEFT LoRA bf16", ["--dtype", "bfloat16"],
                    [("tailor LoRA (bf16 base)", folder, ["--dtype", "bf16"])]),
                   ("torch full", ["--full"], [("tailor full (f32 folder)", folder, ["--method", "full"])])]

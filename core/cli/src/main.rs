@@ -103,7 +103,7 @@ pub struct ModelArgs {
     /// A .gguf file or Hugging Face folder (default: the fetched SmolLM2 GGUF).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Convert weights on load: f32, f16, bf16, q8_0, q4_0, q4_1, nf4, …
+    /// Convert weights on load: f32, f16, bf16, q8_0, q4_0, q4_1, nf4, nf4_dq, …
     #[arg(long)]
     dtype: Option<String>,
     /// Which weights `dtype` converts (every matrix unless a command says).

@@ -64,8 +64,8 @@ pub fn synth(args: &SynthArgs) -> Result<()> {
         }
     }
     let dtype: DType = args.dtype.parse()?;
-    if dtype == DType::NF4 {
-        bail!("nf4 has no GGUF type; pick a GGUF one");
+    if dtype.ggml_id().is_none() {
+        bail!("{dtype} has no GGUF type; pick a GGUF one");
     }
     let template_path = match &args.tokenizer_from {
         Some(path) => path.clone(),
@@ -113,8 +113,8 @@ pub struct QuantizeArgs {
 /// Requantizes a GGUF with tailor's quantizers.
 pub fn quantize(args: &QuantizeArgs) -> Result<()> {
     let dtype: DType = args.dtype.parse()?;
-    if dtype == DType::NF4 {
-        bail!("nf4 has no GGUF type; pick a GGUF one");
+    if dtype.ggml_id().is_none() {
+        bail!("{dtype} has no GGUF type; pick a GGUF one");
     }
     let file = GgufFile::open(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     let bar = crate::rag::progress_bar("tensors");

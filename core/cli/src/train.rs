@@ -20,8 +20,9 @@ pub enum Method {
     /// included).
     Lora,
     /// LoRA on a 4-bit base: a dense base's projections are quantized on
-    /// load (NF4, block 64, or `--dtype`; the embedding and lm_head stay
-    /// as stored, as in QLoRA); a quantized GGUF keeps its own blocks.
+    /// load (NF4, block 64, nf4_dq with `--double-quant`, or `--dtype`;
+    /// the embedding and lm_head stay as stored, as in QLoRA); a
+    /// quantized GGUF keeps its own blocks.
     Qlora,
     /// Every weight, in f32 with AdamW moments (small models): writes a
     /// Hugging Face folder.
@@ -46,6 +47,10 @@ pub struct TrainArgs {
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = Method::Lora)]
     method: Method,
+    /// With --method qlora: QLoRA's double quantization, each NF4 block's
+    /// absmax in 8 bits (nf4_dq: 4.125 bits per weight instead of 4.5).
+    #[arg(long)]
+    double_quant: bool,
     /// Passes over the data.
     #[arg(long, default_value_t = 3)]
     epochs: usize,
@@ -114,8 +119,11 @@ enum Schedule {
 
 pub fn train_cmd(args: &TrainArgs) -> Result<()> {
     let mut model_args = args.model.clone();
-    if args.method == Method::Qlora {
-        model_args.quantize_projections_to("nf4");
+    match (args.method, args.double_quant) {
+        (Method::Qlora, false) => model_args.quantize_projections_to("nf4"),
+        (Method::Qlora, true) => model_args.quantize_projections_to("nf4_dq"),
+        (_, true) => bail!("--double-quant quantizes a QLoRA base: it needs --method qlora"),
+        (_, false) => {}
     }
     let mut model = crate::run::load_model(&model_args)?;
     let max_tokens = args.max_tokens.unwrap_or(model.llama.context_length().min(2048));

@@ -298,7 +298,7 @@ impl GgufWriter {
     }
 
     /// Adds a tensor (its shape outermost first). A dtype GGUF has no type
-    /// for (nf4) is written as the f32 values it holds.
+    /// for (nf4, nf4_dq) is written as the f32 values it holds.
     pub fn tensor(&mut self, name: &str, tensor: Tensor) -> &mut Self {
         let tensor = match tensor.dtype().ggml_id() {
             Some(_) => tensor,

@@ -707,7 +707,9 @@ impl Loader<'_> {
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor> {
         let tensor = self.checked(name, &[rows, cols])?;
-        let tensor = match self.dtype {
+        // Rows that are not whole blocks of the dtype take its fallback
+        // (as llama.cpp's quantizer does), not an error.
+        let tensor = match self.dtype.map(|dtype| dtype.for_rows_of(cols)) {
             Some(dtype) if dtype != tensor.dtype() => tensor.to_dtype(dtype)?,
             _ if self.owned => tensor.into_owned()?,
             _ => tensor,

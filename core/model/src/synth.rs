@@ -64,22 +64,6 @@ impl SynthShape {
     }
 }
 
-/// The dtype a matrix of `dtype` takes when its rows of `row_len` are not
-/// whole blocks (as llama.cpp falls back: a 256-element type to the
-/// 32-element type of similar size).
-pub fn fallback_dtype(dtype: DType, row_len: usize) -> DType {
-    if row_len.is_multiple_of(dtype.block_size()) {
-        return dtype;
-    }
-    match dtype {
-        DType::Q2K | DType::Q3K | DType::IQ4XS => DType::IQ4NL,
-        DType::Q4K => DType::Q5_0,
-        DType::Q5K => DType::Q5_1,
-        DType::Q6K => DType::Q8_0,
-        _ => DType::F16,
-    }
-}
-
 /// A GGUF of `shape` with seeded random weights in `dtype` (norms in f32),
 /// and `template`'s tokenizer, chat template and special tokens. `progress`
 /// gets (tensors done, tensors).
@@ -136,7 +120,7 @@ pub fn synthesize(
     let total = matrices.len() + 1;
     for (index, (name, rows, cols)) in matrices.iter().enumerate() {
         let tensor_seed = seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        writer.tensor(name, random_matrix(*rows, *cols, fallback_dtype(dtype, *cols), tensor_seed)?);
+        writer.tensor(name, random_matrix(*rows, *cols, dtype.for_rows_of(*cols), tensor_seed)?);
         progress(index + 1, total);
     }
     let ones = || Tensor::from_f32(vec![1.0; shape.hidden], &[shape.hidden]);
@@ -152,7 +136,7 @@ pub fn synthesize(
 
 /// `file` with every matrix (2-D tensor) requantized to `dtype` by
 /// tailor's quantizers (rows that are not whole blocks fall back as in
-/// [`fallback_dtype`]); vectors (norms) and metadata as they are.
+/// [`DType::for_rows_of`]); vectors (norms) and metadata as they are.
 /// `progress` gets (tensors done, tensors).
 pub fn requantize(file: &GgufFile, dtype: DType, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<GgufWriter> {
     let mut writer = GgufWriter::new();
@@ -168,7 +152,7 @@ pub fn requantize(file: &GgufFile, dtype: DType, progress: &(dyn Fn(usize, usize
             2 => {
                 let (rows, cols) = (info.shape[0], info.shape[1]);
                 let values = tensor.to_f32()?;
-                let target = fallback_dtype(dtype, cols);
+                let target = dtype.for_rows_of(cols);
                 quantized_matrix(rows, cols, target, |r, row| row.extend_from_slice(&values[r * cols..(r + 1) * cols]))?
             }
             _ => tensor,

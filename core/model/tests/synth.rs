@@ -28,7 +28,7 @@ fn write(dir: &str, shape: SynthShape, dtype: DType) -> Model {
     let mut file = std::fs::File::create(&path).unwrap();
     writer.write_to(&mut file).unwrap();
     let file = GgufFile::open(&path).unwrap();
-    let want = tailor_model::synth::fallback_dtype(dtype, shape.hidden);
+    let want = dtype.for_rows_of(shape.hidden);
     assert_eq!(file.tensors["blk.1.ffn_up.weight"].dtype, want, "{dtype}");
     assert_eq!(file.tensors["blk.1.attn_norm.weight"].dtype, DType::F32);
     Model::load(&path, LoadOptions::default()).unwrap()

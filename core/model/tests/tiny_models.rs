@@ -94,6 +94,32 @@ fn a_projections_scope_leaves_the_embedding_and_lm_head_as_stored() {
     assert_eq!(everything.llama.lm_head().weight().dtype(), DType::Q4_0);
 }
 
+/// QLoRA's bases: NF4 and its double-quantized form (an 8-bit scale code
+/// per block) give logits near the f32 model's, the double-quantized ones
+/// about as near as NF4's; rows that are not whole blocks fall back.
+#[test]
+fn nf4_and_double_quantized_nf4_bases_stay_near_the_f32_logits() {
+    let dir = scratch_dir("nf4");
+    let path = write_tiny_gguf(&dir, "llama", 15);
+    let ids = [3, 9, 4, 12, 7, 5];
+    let reference = logits(&load(&path).unwrap(), &ids);
+    let relative_error = |dtype| {
+        let options = LoadOptions { dtype: Some(dtype), scope: ConvertScope::Projections, ..LoadOptions::default() };
+        let model = Model::load(&path, options).unwrap();
+        assert_eq!(model.llama.projection(0, Proj::Q).weight().dtype(), dtype);
+        // down_proj's rows (96) are not whole 64-blocks: q8_0, as llama.cpp falls back.
+        assert_eq!(model.llama.projection(0, Proj::Down).weight().dtype(), DType::Q8_0);
+        let got = logits(&model, &ids);
+        let difference: f32 = got.iter().zip(&reference).map(|(g, r)| (g - r) * (g - r)).sum();
+        (difference / reference.iter().map(|r| r * r).sum::<f32>()).sqrt()
+    };
+    let (nf4, nf4_dq) = (relative_error(DType::NF4), relative_error(DType::NF4DQ));
+    eprintln!("relative logit error: nf4 {nf4:.3e}, nf4_dq {nf4_dq:.3e}");
+    // Random 4-bit weights: synth.rs measures q4 types at 0.2–0.4 too.
+    assert!(nf4 < 0.4 && nf4 > 0.0, "nf4 {nf4}");
+    assert!(nf4_dq < 1.25 * nf4, "nf4_dq {nf4_dq} against nf4 {nf4}");
+}
+
 #[test]
 fn generation_streams_stops_and_respects_limits() {
     let dir = scratch_dir("generate");

@@ -41,14 +41,17 @@ pub enum DType {
     /// 256 elements: iq4_nl's table with a 6-bit scale per 32 elements.
     IQ4XS,
     /// 64 elements: f32 absmax + 64 × 4-bit indices into the NormalFloat
-    /// codebook (QLoRA's NF4, without double quantization). tailor's own
-    /// layout: no GGUF type.
+    /// codebook (QLoRA's NF4). tailor's own layout: no GGUF type.
     NF4,
+    /// 64 elements: u8 logarithmic scale code + 64 × 4-bit NF4 indices
+    /// (QLoRA's NF4 with its double quantization's 4.125 bits per weight;
+    /// the code is described in `quant::formats`). No GGUF type.
+    NF4DQ,
 }
 
 impl DType {
     /// Every dtype.
-    pub const ALL: [DType; 16] = [
+    pub const ALL: [DType; 17] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -65,6 +68,7 @@ impl DType {
         DType::IQ4NL,
         DType::IQ4XS,
         DType::NF4,
+        DType::NF4DQ,
     ];
 
     /// True for the GGUF block types (quantized, with a ggml id: not nf4).
@@ -79,7 +83,7 @@ impl DType {
             DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => 32,
             DType::IQ4NL => 32,
             DType::Q4K | DType::Q6K | DType::Q2K | DType::Q3K | DType::Q5K | DType::IQ4XS => 256,
-            DType::NF4 => 64,
+            DType::NF4 | DType::NF4DQ => 64,
         }
     }
 
@@ -101,6 +105,7 @@ impl DType {
             DType::IQ4NL => 18,
             DType::IQ4XS => 136,
             DType::NF4 => 36,
+            DType::NF4DQ => 33,
         }
     }
 
@@ -118,7 +123,25 @@ impl DType {
         Ok(n / block * self.type_size())
     }
 
-    /// The ggml type id used in GGUF files (none for NF4).
+    /// The dtype a matrix meant for `self` takes when its rows of
+    /// `row_len` elements are not whole blocks, as llama.cpp falls back: a
+    /// 256-element type to the 32-element type of about its size, nf4 and
+    /// nf4_dq to q8_0, and any type whose blocks still do not fit to f16.
+    pub fn for_rows_of(self, row_len: usize) -> DType {
+        let mut dtype = self;
+        while !row_len.is_multiple_of(dtype.block_size()) {
+            dtype = match dtype {
+                DType::Q2K | DType::Q3K | DType::IQ4XS => DType::IQ4NL,
+                DType::Q4K => DType::Q5_0,
+                DType::Q5K => DType::Q5_1,
+                DType::Q6K | DType::NF4 | DType::NF4DQ => DType::Q8_0,
+                _ => DType::F16,
+            };
+        }
+        dtype
+    }
+
+    /// The ggml type id used in GGUF files (none for nf4 and nf4_dq).
     pub fn ggml_id(self) -> Option<u32> {
         Some(match self {
             DType::F32 => 0,
@@ -136,7 +159,7 @@ impl DType {
             DType::IQ4NL => 20,
             DType::IQ4XS => 23,
             DType::BF16 => 30,
-            DType::NF4 => return None,
+            DType::NF4 | DType::NF4DQ => return None,
         })
     }
 
@@ -181,6 +204,7 @@ impl DType {
             DType::IQ4NL => "iq4_nl",
             DType::IQ4XS => "iq4_xs",
             DType::NF4 => "nf4",
+            DType::NF4DQ => "nf4_dq",
         }
     }
 }

@@ -193,3 +193,38 @@ fn nf4_blocks_hold_the_normal_float_levels_and_round_trip_within_bounds() {
     assert_eq!(DType::NF4.ggml_id(), None);
     assert_eq!("nf4".parse::<DType>().unwrap(), DType::NF4);
 }
+
+#[test]
+fn nf4_dq_blocks_keep_nf4_levels_under_an_eight_bit_scale_at_nearly_nf4_error() {
+    use tailor_tensor::quant::NF4_LEVELS;
+    assert_eq!(DType::NF4DQ.bytes_for(128).unwrap(), 66);
+    // A scale that is a power of two is a code's exact value: values on
+    // the codebook come back exactly.
+    let on_grid: Vec<f32> = (0..64).map(|i| NF4_LEVELS[(i * 5) % 16] * 0.25).collect();
+    assert_eq!(round_trip(DType::NF4DQ, &on_grid), on_grid);
+    assert_eq!(round_trip(DType::NF4DQ, &[0.0; 64]), vec![0.0; 64]);
+    // Normal data: the scale is rounded up by less than one step of
+    // 2^(1/16), so the error bound is nf4's widened by that step, and the
+    // RMS error stays within 4 % of nf4's.
+    let mut rng = Rng(9);
+    let x: Vec<f32> = rng.vec(64 * 64).iter().map(|v| v * 0.02).collect();
+    let (y_dq, y_nf4) = (round_trip(DType::NF4DQ, &x), round_trip(DType::NF4, &x));
+    let step = 2f32.powf(1.0 / 16.0);
+    for (block_x, block_y) in x.chunks(64).zip(y_dq.chunks(64)) {
+        let absmax = block_x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in block_x.iter().zip(block_y) {
+            assert!((a - b).abs() <= 0.1521 * absmax * step + 1e-7, "{a} → {b} (absmax {absmax})");
+        }
+    }
+    let rms = |y: &[f32]| (x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / x.len() as f32).sqrt();
+    let (rms_dq, rms_nf4) = (rms(&y_dq), rms(&y_nf4));
+    assert!(rms_dq <= 1.04 * rms_nf4, "nf4_dq RMS error {rms_dq} against nf4's {rms_nf4}");
+    // Past the code's top (16) the block saturates at ±16 instead of failing.
+    let mut huge = vec![0f32; 64];
+    huge[3] = 40.0;
+    huge[9] = -40.0;
+    let y = round_trip(DType::NF4DQ, &huge);
+    assert_eq!((y[3], y[9]), (16.0, -16.0));
+    assert_eq!(DType::NF4DQ.ggml_id(), None);
+    assert_eq!("nf4_dq".parse::<DType>().unwrap(), DType::NF4DQ);
+}

@@ -35,6 +35,7 @@ pub fn dequantize_row(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()>
         DType::IQ4NL => blocks.for_each(|(b, y)| dequant_iq4_nl(b, y)),
         DType::IQ4XS => blocks.for_each(|(b, y)| dequant_iq4_xs(b, y)),
         DType::NF4 => blocks.for_each(|(b, y)| dequant_nf4(b, y)),
+        DType::NF4DQ => blocks.for_each(|(b, y)| dequant_nf4_dq(b, y)),
     }
     Ok(())
 }
@@ -61,6 +62,7 @@ pub fn quantize_row(dtype: DType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
             DType::IQ4NL => quant_iq4_nl(chunk, out),
             DType::IQ4XS => quant_iq4_xs(chunk, out),
             DType::NF4 => quant_nf4(chunk, out),
+            DType::NF4DQ => quant_nf4_dq(chunk, out),
         }
     }
     Ok(())
@@ -91,7 +93,13 @@ pub const NF4_LEVELS: [f32; 16] = [
 
 fn dequant_nf4(b: &[u8], y: &mut [f32]) {
     let absmax = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    for (pair, byte) in y.chunks_exact_mut(2).zip(&b[4..36]) {
+    nf4_values(absmax, &b[4..36], y);
+}
+
+/// Writes the 64 values whose codebook indices are `nibbles`, scaled by
+/// `absmax`.
+fn nf4_values(absmax: f32, nibbles: &[u8], y: &mut [f32]) {
+    for (pair, byte) in y.chunks_exact_mut(2).zip(nibbles) {
         pair[0] = NF4_LEVELS[(byte & 0x0f) as usize] * absmax;
         pair[1] = NF4_LEVELS[(byte >> 4) as usize] * absmax;
     }
@@ -111,11 +119,91 @@ fn nf4_index(x: f32) -> u8 {
 
 fn quant_nf4(x: &[f32], out: &mut Vec<u8>) {
     let absmax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let inverse = if absmax > 0.0 { 1.0 / absmax } else { 0.0 };
     out.extend_from_slice(&absmax.to_le_bytes());
+    push_nf4_nibbles(x, absmax, out);
+}
+
+/// Appends the codebook indices of `x` in units of `scale` (≥ the block's
+/// absmax, so every value falls within the codebook), two per byte.
+fn push_nf4_nibbles(x: &[f32], scale: f32, out: &mut Vec<u8>) {
+    let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     for pair in x.chunks_exact(2) {
         out.push(nf4_index(pair[0] * inverse) | (nf4_index(pair[1] * inverse) << 4));
     }
+}
+
+// ---- nf4_dq: u8 scale code | 4-bit codebook indices [64] ----
+//
+// QLoRA's double quantization stores each block's absmax in 8 bits instead
+// of 32. bitsandbytes does it with a second blockwise quantization of the
+// absmax values (256 per block, each with an f32 constant); here the byte
+// is a fixed logarithmic code, so every 33-byte block stands alone (any row
+// length that is whole 64-element blocks) at the same 4.125 bits per
+// weight: code c > 0 stands for 2^((c − 191) / 16), sixteen steps per
+// octave from 2^-11.9 to 2^4; code 0 for an all-zero block. The code is
+// rounded up, so the block's values stay within the codebook's ±1 (an
+// absmax above 16, far outside trained projection weights, saturates).
+
+/// 2^(i/16) for i in 0..16, as f32: one octave of scale codes.
+const OCTAVE_STEPS: [f32; 16] = [
+    1.0,
+    1.0442737,
+    1.0905077,
+    1.1387886,
+    1.1892071,
+    1.2418578,
+    1.2968396,
+    1.3542556,
+    std::f32::consts::SQRT_2,
+    1.4768262,
+    1.5422108,
+    1.6104903,
+    1.6817929,
+    1.7562522,
+    1.8340081,
+    1.9152066,
+];
+
+/// The exponent, in sixteenths of an octave, of scale code 1.
+const NF4_DQ_CODE_BIAS: i32 = 191;
+
+/// The scale that an nf4_dq code stands for (exact: a table entry times a
+/// power of two built from its bits).
+pub(crate) fn nf4_dq_scale(code: u8) -> f32 {
+    if code == 0 {
+        return 0.0;
+    }
+    let sixteenths = code as i32 - NF4_DQ_CODE_BIAS;
+    let octave = sixteenths.div_euclid(16);
+    let power_of_two = f32::from_bits(((127 + octave) as u32) << 23);
+    OCTAVE_STEPS[sixteenths.rem_euclid(16) as usize] * power_of_two
+}
+
+/// The smallest code whose scale is at least `absmax` (255 where none is).
+fn nf4_dq_code(absmax: f32) -> u8 {
+    if absmax <= 0.0 {
+        return 0;
+    }
+    // log2 gives the neighbourhood; the exact scales settle the rounding.
+    let guess = (16.0 * absmax.log2()).ceil() as i32 + NF4_DQ_CODE_BIAS;
+    let mut code = guess.clamp(1, 255) as u8;
+    while code > 1 && nf4_dq_scale(code - 1) >= absmax {
+        code -= 1;
+    }
+    while code < 255 && nf4_dq_scale(code) < absmax {
+        code += 1;
+    }
+    code
+}
+
+fn dequant_nf4_dq(b: &[u8], y: &mut [f32]) {
+    nf4_values(nf4_dq_scale(b[0]), &b[1..33], y);
+}
+
+fn quant_nf4_dq(x: &[f32], out: &mut Vec<u8>) {
+    let code = nf4_dq_code(x.iter().fold(0f32, |m, v| m.max(v.abs())));
+    out.push(code);
+    push_nf4_nibbles(x, nf4_dq_scale(code), out);
 }
 
 // ---- q8_0: f16 d | i8 qs[32] ----
@@ -386,4 +474,29 @@ fn quant_q6_k(x: &[f32], out: &mut Vec<u8>) {
     }
     block[208..210].copy_from_slice(&d16.to_le_bytes());
     out.extend_from_slice(&block);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{nf4_dq_code, nf4_dq_scale};
+
+    #[test]
+    fn nf4_dq_codes_are_sixteen_exact_steps_per_octave_and_round_up() {
+        assert_eq!((nf4_dq_scale(0), nf4_dq_scale(191), nf4_dq_scale(255)), (0.0, 1.0, 16.0));
+        for code in 1..=255u8 {
+            let scale = nf4_dq_scale(code);
+            let exact = 2f64.powf((code as f64 - 191.0) / 16.0);
+            assert!((scale as f64 / exact - 1.0).abs() < 1e-7, "code {code}: {scale} vs {exact}");
+            if code > 16 {
+                assert_eq!(scale, 2.0 * nf4_dq_scale(code - 16), "code {code}");
+            }
+            // A code's own scale maps back to it; a hair above, to the next.
+            assert_eq!(nf4_dq_code(scale), code);
+            if code < 255 {
+                assert_eq!(nf4_dq_code(scale * (1.0 + 1e-6)), code + 1);
+            }
+        }
+        assert_eq!(nf4_dq_code(1e-9), 1);
+        assert_eq!(nf4_dq_code(100.0), 255);
+    }
 }

@@ -21,7 +21,7 @@ pub(super) fn vec_dot(dtype: DType, row: &[u8], acts: &[BlockQ8]) -> f32 {
         DType::Q5K => row.chunks_exact(176).zip(acts.chunks_exact(8)).map(|(b, a)| dot_q5_k(b, a)).sum(),
         DType::IQ4NL => row.chunks_exact(18).zip(acts).map(|(b, a)| dot_iq4_nl(b, a)).sum(),
         DType::IQ4XS => row.chunks_exact(136).zip(acts.chunks_exact(8)).map(|(b, a)| dot_iq4_xs(b, a)).sum(),
-        DType::F32 | DType::F16 | DType::BF16 | DType::NF4 => {
+        DType::F32 | DType::F16 | DType::BF16 | DType::NF4 | DType::NF4DQ => {
             unreachable!("vec_dot is only called for quantized weights")
         }
     }
