@@ -117,8 +117,9 @@ fn every_token_of_a_tile_gets_its_one_token_result() {
         let (rows, row_len) = (16, if dtype.block_size() == 256 { 512 } else { 192 });
         let w = random_matrix(&mut rng, dtype, rows, row_len);
         let grouped = interleave_rows(dtype, w.bytes(), rows, row_len).expect("interleavable");
-        // 1 to 9 tokens: whole tiles of four and every remainder.
-        for tokens in 1..10 {
+        // 1 to 17 tokens: whole tiles (four, or eight on VNNI's 32-element
+        // kernel) and every remainder.
+        for tokens in 1..18 {
             let mut all = Vec::new();
             for _ in 0..tokens {
                 quantize_activations(&rng.vec(row_len), &mut acts).unwrap();

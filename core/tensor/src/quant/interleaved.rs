@@ -367,9 +367,25 @@ fn dequantize_halves(dtype: DType, block: &[u8], row: usize, lane: usize, values
     }
 }
 
-/// Tokens the AVX2 kernel takes per call: each block's quants, unpacked
-/// once, meet up to this many tokens' activations.
+/// Tokens the x86 kernels take per call: each block's quants, unpacked
+/// once, meet up to this many tokens' activations. VNNI's form of the
+/// 32-element kernel takes [`WIDE_TOKEN_TILE`]: AVX-512 VL gives it 32
+/// registers for twice the independent `vpdpbusd` chains.
 pub const TOKEN_TILE: usize = 4;
+
+/// The token tile of VNNI's 32-element kernel (formats with 32-element
+/// blocks, and iq4_xs).
+pub const WIDE_TOKEN_TILE: usize = 8;
+
+/// The token tile `kernel` takes for `dtype`.
+fn token_tile(kernel: GroupKernel, dtype: DType) -> usize {
+    let blocks32 = dtype.block_size() == QK || dtype == DType::IQ4XS;
+    if kernel == GroupKernel::Vnni && blocks32 {
+        WIDE_TOKEN_TILE
+    } else {
+        TOKEN_TILE
+    }
+}
 
 /// The implementations of the group kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,7 +431,7 @@ pub fn dot_group(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GR
 /// in `acts`: `out[t]` gets token `t`'s eight sums, bit for bit what
 /// [`dot_group`] gives that token alone (the same operations in the same
 /// order per token). The prefill's kernel: a block's quants are loaded and
-/// unpacked once for [`TOKEN_TILE`] tokens.
+/// unpacked once for a tile of tokens ([`TOKEN_TILE`], [`WIDE_TOKEN_TILE`]).
 pub fn dot_group_tokens(rows: &InterleavedRows, g: usize, acts: &[BlockQ8], out: &mut [[f32; GROUP]]) {
     dot_group_tokens_on(GroupKernel::detect(), rows, g, acts, out);
 }
@@ -440,8 +456,13 @@ pub fn dot_group_tokens_on(
     {
         if kernel != GroupKernel::Scalar && kernel.is_supported() {
             let vnni = kernel == GroupKernel::Vnni;
-            for (tile, sums) in acts.chunks(TOKEN_TILE * per_token).zip(out.chunks_mut(TOKEN_TILE)) {
+            let tile_tokens = token_tile(kernel, rows.dtype);
+            for (tile, sums) in acts.chunks(tile_tokens * per_token).zip(out.chunks_mut(tile_tokens)) {
                 match sums.len() {
+                    8 => x86_tile::<8>(vnni, rows, g, tile, sums),
+                    7 => x86_tile::<7>(vnni, rows, g, tile, sums),
+                    6 => x86_tile::<6>(vnni, rows, g, tile, sums),
+                    5 => x86_tile::<5>(vnni, rows, g, tile, sums),
                     4 => x86_tile::<4>(vnni, rows, g, tile, sums),
                     3 => x86_tile::<3>(vnni, rows, g, tile, sums),
                     2 => x86_tile::<2>(vnni, rows, g, tile, sums),

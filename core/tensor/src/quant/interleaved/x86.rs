@@ -126,28 +126,59 @@ macro_rules! kernels {
             }
         }
 
-        /// Σ q·a of a block's eight rows for one token, in lane order: each
-        /// quad's sums (two i32 lanes per row), paired up by one `hadd`.
+        /// Σ q·a of block `b`'s eight rows for each token of the tile, in
+        /// lane order: each quad's sums (two i32 lanes per row), paired up by
+        /// one `hadd`.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn block_sums<const F: usize>(w: &[[__m256i; 4]; 2], a: &[__m256i; 4], act_sum: i32) -> __m256i {
+        unsafe fn tile_sums<const T: usize, const F: usize>(
+            w: &[[__m256i; 4]; 2],
+            acts: &[&[BlockQ8]; T],
+            b: usize,
+        ) -> [__m256i; T] {
+            if !$vnni {
+                return std::array::from_fn(|t| block_sums::<F>(w, &runs_of(&acts[t][b])));
+            }
+            // One chain of four `vpdpbusd` per quad and token, each i32 lane
+            // summing four products a step; the tokens' chains step together,
+            // so 2·T independent ones hide the instruction's latency. Signed
+            // weights came offset by 128 (see `quad_operands`): Σ w·a =
+            // Σ (w + 128)·a − 128·Σ a, exactly, so their chains start at
+            // −64·Σ a, which `hadd` pairs up.
+            let start: [__m256i; T] = std::array::from_fn(|t| {
+                if signed(BLOCKS32[F]) {
+                    let halves = _mm256_set1_epi32((acts[t][b].half_sums.as_ptr() as *const i32).read_unaligned());
+                    _mm256_madd_epi16(halves, _mm256_set1_epi16(-64))
+                } else {
+                    _mm256_setzero_si256()
+                }
+            });
+            let mut quads = [start, start];
+            for k in 0..4 {
+                for t in 0..T {
+                    let run = run_of(&acts[t][b], k);
+                    for (sums, w) in quads.iter_mut().zip(w) {
+                        sums[t] = _mm256_dpbusd_epi32(sums[t], w[k], run);
+                    }
+                }
+            }
+            std::array::from_fn(|t| _mm256_hadd_epi32(quads[0][t], quads[1][t]))
+        }
+
+        /// Σ q·a of a block's eight rows for one token (its runs `a`), with
+        /// AVX2's `maddubs`, in lane order.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn block_sums<const F: usize>(w: &[[__m256i; 4]; 2], a: &[__m256i; 4]) -> __m256i {
             let ones = _mm256_set1_epi16(1);
             let mut quads = [_mm256_setzero_si256(); 2];
             for (sum, w) in quads.iter_mut().zip(w) {
-                if signed(BLOCKS32[F]) && !$vnni {
+                if signed(BLOCKS32[F]) {
                     // Signed weights: the sign moves onto the activations (unsigned × signed products).
                     for (w, a) in w.iter().zip(a) {
                         let (w, a) = (_mm256_sign_epi8(*w, *w), _mm256_sign_epi8(*a, *w));
                         *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones));
                     }
-                    continue;
-                }
-                if $vnni {
-                    // Two chains of two: each i32 lane sums four products at a time.
-                    let zero = _mm256_setzero_si256();
-                    let low = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, w[0], a[0]), w[1], a[1]);
-                    let high = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, w[2], a[2]), w[3], a[3]);
-                    *sum = _mm256_add_epi32(low, high);
                     continue;
                 }
                 // Each i16 lane ≤ 2·31·127 (q5; q4 2·15·127); four summed stay below 2¹⁵.
@@ -157,12 +188,7 @@ macro_rules! kernels {
                 }
                 *sum = _mm256_madd_epi16(p, ones);
             }
-            let sums = _mm256_hadd_epi32(quads[0], quads[1]);
-            if signed(BLOCKS32[F]) && $vnni {
-                // The weights came offset by 128 (see `quad_operands`): Σ w·a = Σ (w + 128)·a − 128·Σ a, exactly.
-                return _mm256_sub_epi32(sums, _mm256_set1_epi32(128 * act_sum));
-            }
-            sums
+            _mm256_hadd_epi32(quads[0], quads[1])
         }
 
         /// Eight lanes per token for the 32-element formats.
@@ -192,10 +218,10 @@ macro_rules! kernels {
                 let m = if with_mins { f16x8(block.add(16)) } else { d };
                 let h = q.wrapping_sub(32);
                 let w = [quad_operands::<F>(q, h), quad_operands::<F>(q.add(32 * runs), h.wrapping_add(16))];
-                for (acc, token) in acc.iter_mut().zip(acts) {
+                let sums = tile_sums::<T, F>(&w, acts, b);
+                for ((acc, token), sum) in acc.iter_mut().zip(acts).zip(sums) {
                     let a = &token[b];
-                    let act_sum = a.half_sums[0] as i32 + a.half_sums[1] as i32;
-                    let dot = _mm256_cvtepi32_ps(block_sums::<F>(&w, &runs_of(a), act_sum));
+                    let dot = _mm256_cvtepi32_ps(sum);
                     *acc = match dtype {
                         // Σ (q − 8)·a = Σ q·a − 8·Σ a.
                         DType::Q4_0 => _mm256_fmadd_ps(
