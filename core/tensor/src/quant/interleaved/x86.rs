@@ -395,18 +395,18 @@ macro_rules! kernels {
             runs
         }
 
-        /// Σ sc·q·a of a quad's four rows for one act block, per token: (the
-        /// low 16 elements with runs 0/1, the high 16 with runs 2/3), each
-        /// half's pair sums weighted by its rows' sub-block scales `scales`
-        /// (one i16 per row, in each of the row's four lanes). Each run meets
-        /// every token.
+        /// Σ sc·q·a of a quad's four rows for one act block, per token: the
+        /// low 16 elements (runs 0/1) and the high 16 (runs 2/3), each half's
+        /// pair sums weighted by its rows' sub-block scales `scales` (one i16
+        /// per row, in each of the row's four lanes), added up (two i32 lanes
+        /// per row). Each run meets every token.
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn halves_quad_tokens<const T: usize>(
             runs: &[__m256i; 4],
             scales: &[__m256i; 2],
             a: &[&BlockQ8; T],
-        ) -> [(__m256i, __m256i); T] {
+        ) -> [__m256i; T] {
             let mut halves = [[_mm256_setzero_si256(); 2]; T];
             for (k, &w) in runs.iter().enumerate() {
                 for t in 0..T {
@@ -423,10 +423,10 @@ macro_rules! kernels {
             if $vnni {
                 // Each row's scale as an i32 in its lanes (the high i16 of each pair, sign-extended).
                 let (lo, hi) = (_mm256_srai_epi32(scales[0], 16), _mm256_srai_epi32(scales[1], 16));
-                return halves.map(|[l, h]| (_mm256_mullo_epi32(l, lo), _mm256_mullo_epi32(h, hi)));
+                return halves.map(|[l, h]| _mm256_add_epi32(_mm256_mullo_epi32(l, lo), _mm256_mullo_epi32(h, hi)));
             }
             // Each pair ≤ 2·(2·63·127)·128: far inside i32.
-            halves.map(|[lo, hi]| (_mm256_madd_epi16(lo, scales[0]), _mm256_madd_epi16(hi, scales[1])))
+            halves.map(|[lo, hi]| _mm256_add_epi32(_mm256_madd_epi16(lo, scales[0]), _mm256_madd_epi16(hi, scales[1])))
         }
 
         /// An act block's sub-block scales (the two halves' eight i8, in lane
@@ -495,7 +495,7 @@ macro_rules! kernels {
                         (lo, hi)
                     };
                     let (per_quad, pairs) = half_scales(lo, hi);
-                    let mut dots = [[(_mm256_setzero_si256(), _mm256_setzero_si256()); T]; 2];
+                    let mut dots = [[_mm256_setzero_si256(); T]; 2];
                     for (quad, sums) in dots.iter_mut().enumerate() {
                         let runs = if dtype == DType::Q6K {
                             q6_k_runs(q.add(Q6K_QUAD_BYTES * quad))
@@ -508,9 +508,7 @@ macro_rules! kernels {
                     for t in 0..T {
                         // Σ_half sc·Σ q·a, then minus offset·Σ_half sc·Σ a (the
                         // activations' half sums as one i16 pair per lane).
-                        let (quad0, quad1) = (dots[0][t], dots[1][t]);
-                        let dot =
-                            _mm256_add_epi32(_mm256_hadd_epi32(quad0.0, quad1.0), _mm256_hadd_epi32(quad0.1, quad1.1));
+                        let dot = _mm256_hadd_epi32(dots[0][t], dots[1][t]);
                         let sums = _mm256_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
                         let total = match dtype {
                             DType::Q2K => dot,
