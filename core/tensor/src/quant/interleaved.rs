@@ -368,19 +368,22 @@ fn dequantize_halves(dtype: DType, block: &[u8], row: usize, lane: usize, values
 }
 
 /// Tokens the x86 kernels take per call: each block's quants, unpacked
-/// once, meet up to this many tokens' activations. VNNI's form of the
-/// 32-element kernel takes [`WIDE_TOKEN_TILE`]: AVX-512 VL gives it 32
-/// registers for twice the independent `vpdpbusd` chains.
+/// once, meet up to this many tokens' activations. VNNI's forms of the
+/// 32-element and the 16-element-sub-block kernels take
+/// [`WIDE_TOKEN_TILE`]: AVX-512 VL gives them 32 registers, for twice the
+/// independent `vpdpbusd` chains and half the unpacking per token (q4_k's
+/// and q5_k's kernel holds both quads' sums per token and stays at four).
 pub const TOKEN_TILE: usize = 4;
 
 /// The token tile of VNNI's 32-element kernel (formats with 32-element
-/// blocks, and iq4_xs).
+/// blocks, and iq4_xs) and of its q6_k, q3_k and q2_k kernel.
 pub const WIDE_TOKEN_TILE: usize = 8;
 
 /// The token tile `kernel` takes for `dtype`.
 fn token_tile(kernel: GroupKernel, dtype: DType) -> usize {
     let blocks32 = dtype.block_size() == QK || dtype == DType::IQ4XS;
-    if kernel == GroupKernel::Vnni && blocks32 {
+    let halves = matches!(dtype, DType::Q6K | DType::Q3K | DType::Q2K);
+    if kernel == GroupKernel::Vnni && (blocks32 || halves) {
         WIDE_TOKEN_TILE
     } else {
         TOKEN_TILE
