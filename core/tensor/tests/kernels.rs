@@ -68,6 +68,32 @@ fn quantized_linear_matches_dequantized_reference() {
     }
 }
 
+/// The training forward's products (token lanes on AVX-512 from 32 tokens,
+/// QLoRA's nf4 through pieces dequantized to f32) against the naive sum of
+/// the weights' values; dense f32 and nf4 to f32 rounding, bf16 to the
+/// rounding of its inputs. Where the CPU lacks the kernels, the same
+/// holds of the serving path the call falls back to.
+#[test]
+fn training_forward_matches_naive_for_every_weight_kind() {
+    let mut rng = Rng(8);
+    let mut scratch = LinearScratch::default();
+    // 2,100 rows: nf4 in two dequantized pieces (2,048 rows each).
+    for (tokens, inp, out) in [(7, 128, 70), (32, 128, 70), (45, 64, 2100)] {
+        let x = rng.vec(tokens * inp);
+        for dtype in [DType::F32, DType::BF16, DType::NF4, DType::NF4DQ] {
+            let weight = Tensor::from_f32(rng.vec(out * inp), &[out, inp]).unwrap().to_dtype(dtype).unwrap();
+            let values = weight.to_f32().unwrap().into_owned();
+            let other = Tensor::from_f32(rng.vec(3 * inp), &[3, inp]).unwrap();
+            let (mut y, mut y_other) = (vec![0f32; tokens * out], vec![0f32; tokens * 3]);
+            cpu::linear_many_train(&x, tokens, &mut [(&weight, &mut y), (&other, &mut y_other)], &mut scratch).unwrap();
+            let rel = if dtype == DType::BF16 { 2e-2 } else { 1e-5 };
+            assert_close(&y, &naive_linear(&x, tokens, &values, out), rel, &format!("{dtype} train t={tokens}"));
+            let other_values = other.to_f32().unwrap().into_owned();
+            assert_close(&y_other, &naive_linear(&x, tokens, &other_values, 3), 1e-5, "second output");
+        }
+    }
+}
+
 #[test]
 fn linear_rejects_mismatched_shapes() {
     let w = Tensor::from_f32(vec![0.0; 12], &[3, 4]).unwrap();

@@ -115,9 +115,10 @@ impl SharedOut {
     }
 }
 
-/// Rows of a non-f32 weight dequantized per piece of [`linear_backward_input`]:
-/// bounds its scratch (an lm_head of 49,152 rows never exists in f32).
-const DEQUANT_ROWS: usize = 2048;
+/// Rows of a non-f32 weight dequantized per piece of [`linear_backward_input`]
+/// (and of the training forward, `linear_many_train`): bounds their scratch
+/// (an lm_head of 49,152 rows never exists in f32).
+pub(crate) const DEQUANT_ROWS: usize = 2048;
 
 /// Reusable buffers for [`linear_backward_input`].
 #[derive(Default)]
@@ -183,7 +184,8 @@ pub fn linear_backward_input(
 }
 
 /// Dequantizes rows `rows` of `w` into `out` (resized), split over the pool.
-fn dequantize_rows(w: &Tensor, rows: std::ops::Range<usize>, out: &mut Vec<f32>) -> Result<()> {
+/// Rows `rows` of `w` dequantized to f32 into `out` (resized), on the pool.
+pub(crate) fn dequantize_rows(w: &Tensor, rows: std::ops::Range<usize>, out: &mut Vec<f32>) -> Result<()> {
     let in_dim = w.row_len();
     out.resize(rows.len() * in_dim, 0.0);
     let failed = std::sync::atomic::AtomicBool::new(false);
@@ -200,7 +202,7 @@ fn dequantize_rows(w: &Tensor, rows: std::ops::Range<usize>, out: &mut Vec<f32>)
     });
     match failed.into_inner() {
         false => Ok(()),
-        true => Err(TensorError::Incompatible { op: "linear_backward_input", detail: "row not dequantizable".into() }),
+        true => Err(TensorError::Incompatible { op: "dequantize_rows", detail: "row not dequantizable".into() }),
     }
 }
 

@@ -13,12 +13,13 @@
 //! dequantized into a thread's cache-sized buffer and multiplied with the
 //! `gemm` crate.
 
+use super::backward::{dequantize_rows, DEQUANT_ROWS};
 use super::bf16::Bf16Rows;
 use super::half_dot::{dot_half, is_half};
 use super::half_gemm::{self, HalfInputs};
 use super::pool::{split_range, SpinPool};
 use super::small_gemm::{small_gemm, Operand, Product};
-use super::token_lanes::{self, token_lanes_gemm, TokenWords, Words};
+use super::token_lanes::{self, token_lanes_gemm, token_lanes_gemm_rows, TokenWords, Words};
 use crate::quant::interleaved::{dot_group_tokens, InterleavedRows, GROUP};
 use crate::quant::packed::{block_sums, dot_packed_tokens, pair_activations, ActPair, PackedDot};
 use crate::quant::{dequantize_row, quantize_activations, supports_dot, vec_dot, BlockQ8, DotImpl, QK};
@@ -91,10 +92,12 @@ const TOKEN_LANES_MIN_TOKENS: usize = 32;
 
 /// [`linear_many`] for the training forward, where a token's result need
 /// not equal what a prefill of another length gives it: from
-/// [`TOKEN_LANES_MIN_TOKENS`] tokens on, f32 weights on a CPU with AVX-512
-/// and bf16 weights on one with AVX-512 BF16 take the token-lane kernel
-/// (`token_lanes`: no packing, no per-sum reduction); every other weight
-/// takes [`linear_many`]'s path.
+/// [`TOKEN_LANES_MIN_TOKENS`] tokens on, on a CPU with AVX-512, f32 weights
+/// and the block formats without an interleaved copy (QLoRA's nf4,
+/// dequantized [`DEQUANT_ROWS`] rows at a time) take the token-lane kernel
+/// (`token_lanes`: no packing, no per-sum reduction), and so do bf16
+/// weights where AVX-512 BF16 is present; every other weight takes
+/// [`linear_many`]'s path.
 pub fn linear_many_train(
     x: &[f32],
     tokens: usize,
@@ -102,9 +105,11 @@ pub fn linear_many_train(
     scratch: &mut LinearScratch,
 ) -> Result<()> {
     check_outputs(x, tokens, outputs)?;
+    // The words the token-lane kernel takes a weight in (block formats:
+    // dequantized to f32), if it takes it.
     let lanes_words = |w: &Tensor| {
         let words = match w.dtype() {
-            DType::F32 if w.packed().is_none() => Words::F32,
+            d if (d == DType::F32 || d.is_quantized()) && w.packed().is_none() => Words::F32,
             DType::BF16 if w.row_len().is_multiple_of(2) => Words::Bf16Pairs,
             _ => return None,
         };
@@ -124,7 +129,16 @@ pub fn linear_many_train(
     if !f32_weights.is_empty() {
         scratch.token_words.fill_f32(x, in_dim);
         for (w, y) in f32_weights {
-            token_lanes_gemm(Words::F32, w.bytes(), in_dim, &scratch.token_words, y);
+            if w.dtype() == DType::F32 {
+                token_lanes_gemm(Words::F32, w.bytes(), in_dim, &scratch.token_words, y);
+                continue;
+            }
+            for first in (0..w.row_count()).step_by(DEQUANT_ROWS) {
+                let end = (first + DEQUANT_ROWS).min(w.row_count());
+                dequantize_rows(w, first..end, &mut scratch.dense)?;
+                let piece = bytemuck::cast_slice(&scratch.dense[..(end - first) * in_dim]);
+                token_lanes_gemm_rows(Words::F32, piece, in_dim, &scratch.token_words, y, first);
+            }
         }
     }
     if !bf16_weights.is_empty() {

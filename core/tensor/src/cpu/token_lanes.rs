@@ -98,16 +98,31 @@ impl TokenWords {
 /// [`CHUNK_ROWS`] rows at a time). Panics unless [`supported`] and the
 /// lengths agree.
 pub(crate) fn token_lanes_gemm(words: Words, w: &[u8], row_words: usize, x: &TokenWords, y: &mut [f32]) {
+    token_lanes_gemm_rows(words, w, row_words, x, y, 0);
+}
+
+/// [`token_lanes_gemm`] for a piece of a matrix: `w`'s rows are rows
+/// `first_row..` of an output `y` of `y.len() / tokens` rows per token.
+pub(crate) fn token_lanes_gemm_rows(
+    words: Words,
+    w: &[u8],
+    row_words: usize,
+    x: &TokenWords,
+    y: &mut [f32],
+    first_row: usize,
+) {
     let rows = w.len() / (4 * row_words.max(1));
     let tokens = x.tokens;
+    let y_rows = y.len() / tokens.max(1);
     assert!(
         supported(words)
             && row_words > 0
             && x.steps == row_words
             && w.len() == 4 * rows * row_words
-            && y.len() == tokens * rows
-            && i32::try_from(tokens * rows).is_ok(),
-        "token_lanes_gemm: {} weight bytes of rows of {row_words} words, {tokens} tokens of {}, {} outputs",
+            && y.len() == tokens * y_rows
+            && first_row + rows <= y_rows
+            && i32::try_from(tokens * y_rows).is_ok(),
+        "token_lanes_gemm: {} weight bytes of rows of {row_words} words from row {first_row}, {tokens} tokens of {}, {} outputs",
         w.len(),
         x.steps,
         y.len()
@@ -124,16 +139,17 @@ pub(crate) fn token_lanes_gemm(words: Words, w: &[u8], row_words: usize, x: &Tok
                     w: w[4 * row * row_words..].as_ptr(),
                     row_words,
                     x: x.words[block * row_words * TOKENS..].as_ptr(),
-                    y: out.at(block * TOKENS * rows + row),
-                    rows,
+                    y: out.at(block * TOKENS * y_rows + first_row + row),
+                    rows: y_rows,
                     tokens: TOKENS.min(tokens - block * TOKENS),
                 };
                 // SAFETY: supported(words) held (assert above). The tile
                 // reads rows row..row + count of `w` (inside: row < rows),
                 // the block's row_words × 32 words of `x.words` (sized for
                 // whole blocks), and writes y at its tokens (< tokens) and
-                // rows, which only this thread claimed; `y` stays borrowed
-                // until the pool job returns, and its indices fit in i32.
+                // rows first_row + row.. (< y_rows, asserted), which only
+                // this thread claimed; `y` stays borrowed until the pool
+                // job returns, and its indices fit in i32.
                 unsafe { run_tile(words, &tile, ROWS.min(rows - row)) };
             }
         }
