@@ -118,7 +118,7 @@ impl SharedOut {
 /// Rows of a non-f32 weight dequantized per piece of [`linear_backward_input`]
 /// (and of the training forward, `linear_many_train`): bounds their scratch
 /// (an lm_head of 49,152 rows never exists in f32).
-pub(crate) const DEQUANT_ROWS: usize = 2048;
+const DEQUANT_ROWS: usize = 2048;
 
 /// Reusable buffers for [`linear_backward_input`].
 #[derive(Default)]
@@ -167,25 +167,36 @@ pub fn linear_backward_input(
         input_grad(w.bytes(), in_dim, OutputGrad::Bf16(&scratch.rounded), dx);
         return Ok(());
     }
-    let mut start = 0;
-    while start < out_dim {
-        let end = (start + DEQUANT_ROWS).min(out_dim);
-        dequantize_rows(w, start..end, &mut scratch.dense)?;
+    for_dequantized_pieces(w, &mut scratch.dense, |piece, rows| {
         if input_grad::supported(Words::F32) {
-            let rows = bytemuck::cast_slice(&scratch.dense[..(end - start) * in_dim]);
-            input_grad(rows, in_dim, OutputGrad::F32 { dy, first: start }, dx);
+            input_grad(bytemuck::cast_slice(piece), in_dim, OutputGrad::F32 { dy, first: rows.start }, dx);
         } else {
-            let dy_part = MatRef::new(dy, tokens, out_dim).columns(start..end);
-            matmul(dx, dy_part, MatRef::new(&scratch.dense, end - start, in_dim), 1.0, true);
+            let dy_part = MatRef::new(dy, tokens, out_dim).columns(rows.clone());
+            matmul(dx, dy_part, MatRef::new(piece, rows.len(), in_dim), 1.0, true);
         }
-        start = end;
+    })
+}
+
+/// Calls `use_piece(values, rows)` for each piece of [`DEQUANT_ROWS`] rows
+/// of `w`, dequantized to f32 into `dense` (so no f32 copy of the whole
+/// matrix exists).
+pub(crate) fn for_dequantized_pieces(
+    w: &Tensor,
+    dense: &mut Vec<f32>,
+    mut use_piece: impl FnMut(&[f32], std::ops::Range<usize>),
+) -> Result<()> {
+    let (out_dim, in_dim) = (w.row_count(), w.row_len());
+    for start in (0..out_dim).step_by(DEQUANT_ROWS) {
+        let end = (start + DEQUANT_ROWS).min(out_dim);
+        dequantize_rows(w, start..end, dense)?;
+        use_piece(&dense[..(end - start) * in_dim], start..end);
     }
     Ok(())
 }
 
 /// Dequantizes rows `rows` of `w` into `out` (resized), split over the pool.
 /// Rows `rows` of `w` dequantized to f32 into `out` (resized), on the pool.
-pub(crate) fn dequantize_rows(w: &Tensor, rows: std::ops::Range<usize>, out: &mut Vec<f32>) -> Result<()> {
+fn dequantize_rows(w: &Tensor, rows: std::ops::Range<usize>, out: &mut Vec<f32>) -> Result<()> {
     let in_dim = w.row_len();
     out.resize(rows.len() * in_dim, 0.0);
     let failed = std::sync::atomic::AtomicBool::new(false);

@@ -13,7 +13,7 @@
 //! dequantized into a thread's cache-sized buffer and multiplied with the
 //! `gemm` crate.
 
-use super::backward::{dequantize_rows, DEQUANT_ROWS};
+use super::backward::for_dequantized_pieces;
 use super::bf16::Bf16Rows;
 use super::half_dot::{dot_half, is_half};
 use super::half_gemm::{self, HalfInputs};
@@ -94,7 +94,7 @@ const TOKEN_LANES_MIN_TOKENS: usize = 32;
 /// not equal what a prefill of another length gives it: from
 /// [`TOKEN_LANES_MIN_TOKENS`] tokens on, on a CPU with AVX-512, f32 weights
 /// and the block formats without an interleaved copy (QLoRA's nf4,
-/// dequantized [`DEQUANT_ROWS`] rows at a time) take the token-lane kernel
+/// dequantized a few thousand rows at a time) take the token-lane kernel
 /// (`token_lanes`: no packing, no per-sum reduction), and so do bf16
 /// weights where AVX-512 BF16 is present; every other weight takes
 /// [`linear_many`]'s path.
@@ -133,12 +133,11 @@ pub fn linear_many_train(
                 token_lanes_gemm(Words::F32, w.bytes(), in_dim, &scratch.token_words, y);
                 continue;
             }
-            for first in (0..w.row_count()).step_by(DEQUANT_ROWS) {
-                let end = (first + DEQUANT_ROWS).min(w.row_count());
-                dequantize_rows(w, first..end, &mut scratch.dense)?;
-                let piece = bytemuck::cast_slice(&scratch.dense[..(end - first) * in_dim]);
-                token_lanes_gemm_rows(Words::F32, piece, in_dim, &scratch.token_words, y, first);
-            }
+            let token_words = &scratch.token_words;
+            for_dequantized_pieces(w, &mut scratch.dense, |piece, rows| {
+                let piece = bytemuck::cast_slice(piece);
+                token_lanes_gemm_rows(Words::F32, piece, in_dim, token_words, y, rows.start);
+            })?;
         }
     }
     if !bf16_weights.is_empty() {
