@@ -22,7 +22,8 @@ pub enum Method {
     /// LoRA on a 4-bit base: a dense base's projections are quantized on
     /// load (NF4, block 64, nf4_dq with `--double-quant`, or `--dtype`;
     /// the embedding and lm_head stay as stored, as in QLoRA); a
-    /// quantized GGUF keeps its own blocks.
+    /// quantized GGUF keeps its own blocks. The base is multiplied in
+    /// bf16 on a CPU with AVX-512 BF16, in f32 elsewhere.
     Qlora,
     /// Every weight, in f32 with AdamW moments (small models): writes a
     /// Hugging Face folder.

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{quantized_formats, Rng};
-use tailor_tensor::cpu::{self, AttentionShape, LinearScratch, RopeTable};
+use tailor_tensor::cpu::{self, AttentionShape, BackwardScratch, BlockCompute, LinearScratch, RopeTable};
 use tailor_tensor::quant::layout::WeightLayout;
 use tailor_tensor::{DType, Tensor};
 
@@ -69,14 +69,14 @@ fn quantized_linear_matches_dequantized_reference() {
 }
 
 /// The training forward's products (token lanes on AVX-512 from 32 tokens,
-/// QLoRA's nf4 through pieces dequantized to f32) against the naive sum of
-/// the weights' values; dense f32 and nf4 to f32 rounding, bf16 to the
-/// rounding of its inputs. Where the CPU lacks the kernels, the same
-/// holds of the serving path the call falls back to.
+/// QLoRA's nf4 through dequantized pieces, in f32 or in bf16) against the
+/// naive sum of the weights' values: dense f32 and nf4 in f32 to f32
+/// rounding, bf16 and nf4 in bf16 to the rounding of their inputs. Where
+/// the CPU lacks the kernels, the same holds of the path the call falls
+/// back to.
 #[test]
 fn training_forward_matches_naive_for_every_weight_kind() {
     let mut rng = Rng(8);
-    let mut scratch = LinearScratch::default();
     // 2,100 rows: nf4 in two dequantized pieces (2,048 rows each).
     for (tokens, inp, out) in [(7, 128, 70), (32, 128, 70), (45, 64, 2100)] {
         let x = rng.vec(tokens * inp);
@@ -84,12 +84,19 @@ fn training_forward_matches_naive_for_every_weight_kind() {
             let weight = Tensor::from_f32(rng.vec(out * inp), &[out, inp]).unwrap().to_dtype(dtype).unwrap();
             let values = weight.to_f32().unwrap().into_owned();
             let other = Tensor::from_f32(rng.vec(3 * inp), &[3, inp]).unwrap();
-            let (mut y, mut y_other) = (vec![0f32; tokens * out], vec![0f32; tokens * 3]);
-            cpu::linear_many_train(&x, tokens, &mut [(&weight, &mut y), (&other, &mut y_other)], &mut scratch).unwrap();
-            let rel = if dtype == DType::BF16 { 2e-2 } else { 1e-5 };
-            assert_close(&y, &naive_linear(&x, tokens, &values, out), rel, &format!("{dtype} train t={tokens}"));
-            let other_values = other.to_f32().unwrap().into_owned();
-            assert_close(&y_other, &naive_linear(&x, tokens, &other_values, 3), 1e-5, "second output");
+            for block_compute in [BlockCompute::F32, BlockCompute::Bf16] {
+                let mut scratch = LinearScratch::default();
+                scratch.block_compute = block_compute;
+                let (mut y, mut y_other) = (vec![0f32; tokens * out], vec![0f32; tokens * 3]);
+                let mut outputs = [(&weight, &mut y[..]), (&other, &mut y_other[..])];
+                cpu::linear_many_train(&x, tokens, &mut outputs, &mut scratch).unwrap();
+                let in_bf16 = dtype == DType::BF16 || (dtype.is_quantized() && block_compute == BlockCompute::Bf16);
+                let rel = if in_bf16 { 2e-2 } else { 1e-5 };
+                let what = format!("{dtype} in {block_compute:?}, t={tokens}");
+                assert_close(&y, &naive_linear(&x, tokens, &values, out), rel, &what);
+                let other_values = other.to_f32().unwrap().into_owned();
+                assert_close(&y_other, &naive_linear(&x, tokens, &other_values, 3), 1e-5, "second output");
+            }
         }
     }
 }
@@ -664,23 +671,37 @@ fn linear_backward_input_on_bf16_weights_is_within_bf16_rounding_of_f32() {
     }
 }
 
+/// Block-quantized weights' input gradient through dequantized pieces: in
+/// f32 it is the dense f32 path's to f32 rounding; in bf16 (on AVX-512
+/// BF16) within bf16 rounding of the weights and `dy` (2⁻⁷ of Σ|w·dy|).
 #[test]
 fn linear_backward_input_on_quantized_weights_matches_the_dequantized_f32_path() {
-    // 2,600 output rows: two pieces of the dequantized weight (2,048 + 552).
-    let (tokens, out_dim, in_dim) = (5, 2600, 64);
+    // 2,601 output rows: two pieces of the dequantized weight (2,048 + 553).
+    let (tokens, out_dim, in_dim) = (5, 2601, 64);
     let mut rng = Rng(31);
     let quantized =
         Tensor::from_f32(rng.vec(out_dim * in_dim), &[out_dim, in_dim]).unwrap().to_dtype(DType::Q4_1).unwrap();
     let dense = quantized.to_dtype(DType::F32).unwrap();
+    let weights = dense.to_f32().unwrap();
     let dy = rng.vec(tokens * out_dim);
-    let run = |w: &Tensor| {
+    let run = |w: &Tensor, block_compute| {
         let mut dx = vec![0.5f32; tokens * in_dim]; // accumulates onto what is there
-        cpu::linear_backward_input(&dy, tokens, w, &mut dx, &mut Default::default()).unwrap();
+        let mut scratch = BackwardScratch::default();
+        scratch.block_compute = block_compute;
+        cpu::linear_backward_input(&dy, tokens, w, &mut dx, &mut scratch).unwrap();
         dx
     };
-    let (from_blocks, from_f32) = (run(&quantized), run(&dense));
+    let from_f32 = run(&dense, BlockCompute::F32);
     let scale = from_f32.iter().fold(0f32, |m, v| m.max(v.abs()));
-    for (a, b) in from_blocks.iter().zip(&from_f32) {
-        assert!((a - b).abs() <= 1e-5 * scale, "{a} vs {b}");
+    for (a, b) in run(&quantized, BlockCompute::F32).iter().zip(&from_f32) {
+        assert!((a - b).abs() <= 1e-5 * scale, "f32 pieces: {a} vs {b}");
+    }
+    let from_bf16 = run(&quantized, BlockCompute::Bf16);
+    for t in 0..tokens {
+        for i in 0..in_dim {
+            let magnitude: f32 = (0..out_dim).map(|o| (weights[o * in_dim + i] * dy[t * out_dim + o]).abs()).sum();
+            let (a, b) = (from_bf16[t * in_dim + i], from_f32[t * in_dim + i]);
+            assert!((a - b).abs() <= magnitude / 128.0, "bf16 pieces, token {t}, column {i}: {a} vs {b}");
+        }
     }
 }

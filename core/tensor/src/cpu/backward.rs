@@ -7,12 +7,12 @@
 //! contributions without temporaries.
 
 use super::attention::AttentionShape;
-use super::bf16::Bf16Rows;
+use super::bf16::{round_row, Bf16Rows};
 use super::input_grad::{self, input_grad, OutputGrad};
 use super::ops::ELEMENTWISE_PARALLEL_MIN;
 use super::pool::{for_parts, split_range, SharedMut, SpinPool};
 use super::small_gemm::{small_gemm, Operand, Product};
-use super::token_lanes::Words;
+use super::token_lanes::{self, Words};
 use crate::quant::dequantize_row;
 use crate::{DType, Result, Tensor, TensorError};
 
@@ -120,21 +120,62 @@ impl SharedOut {
 /// (an lm_head of 49,152 rows never exists in f32).
 const DEQUANT_ROWS: usize = 2048;
 
+/// The precision training multiplies a frozen block-quantized weight in
+/// (QLoRA's base): its rows are dequantized a piece at a time, to f32 for
+/// the f32 kernels, or to bf16 for `vdpbf16ps` against inputs (forward)
+/// and output gradients (backward) rounded to bf16, as bitsandbytes' QLoRA
+/// with a bf16 compute dtype multiplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockCompute {
+    /// Pieces in f32.
+    F32,
+    /// Pieces in bf16, on a CPU with AVX-512 BF16 (elsewhere: as [`BlockCompute::F32`]).
+    Bf16,
+}
+
+impl BlockCompute {
+    /// bf16 where this CPU has the bf16 training kernels (AVX-512 BF16), f32 elsewhere.
+    pub fn best() -> BlockCompute {
+        match token_lanes::supported(Words::Bf16Pairs) && input_grad::supported(Words::Bf16Pairs) {
+            true => BlockCompute::Bf16,
+            false => BlockCompute::F32,
+        }
+    }
+
+    /// The words `w`'s pieces are dequantized to: bf16 pairs when chosen,
+    /// supported and its rows hold whole pairs.
+    pub(crate) fn words_for(self, w: &Tensor) -> Words {
+        let pairs = w.row_len().is_multiple_of(2);
+        match self == BlockCompute::Bf16 && pairs && BlockCompute::best() == BlockCompute::Bf16 {
+            true => Words::Bf16Pairs,
+            false => Words::F32,
+        }
+    }
+}
+
+impl Default for BlockCompute {
+    fn default() -> BlockCompute {
+        BlockCompute::best()
+    }
+}
+
 /// Reusable buffers for [`linear_backward_input`].
 #[derive(Default)]
 pub struct BackwardScratch {
-    /// Dequantized weight rows (f32 path).
-    dense: Vec<f32>,
+    /// Dequantized weight rows, as words of [`BackwardScratch::block_compute`].
+    pieces: Vec<u32>,
     /// The output gradient rounded to bf16 (bf16 weights on AVX-512 BF16).
     rounded: Bf16Rows,
+    /// The precision block-quantized weights are multiplied in.
+    pub block_compute: BlockCompute,
 }
 
 /// `dx += dy·W`: the input gradient of `y = x·Wᵀ`, for `tokens` rows;
 /// `w` is `[out, in]` in any dtype. Dense f32 is used in place (on AVX-512
 /// by `input_grad`, else the gemm); bf16 on a CPU with AVX-512 BF16 is
 /// multiplied as stored against `dy` rounded to bf16 (as the forward
-/// rounds its inputs; see `input_grad`); others are dequantized a few
-/// thousand rows at a time for the f32 gemm.
+/// rounds its inputs; see `input_grad`); block formats are dequantized a
+/// few thousand rows at a time, to the words of `scratch.block_compute`.
 pub fn linear_backward_input(
     dy: &[f32],
     tokens: usize,
@@ -167,46 +208,70 @@ pub fn linear_backward_input(
         input_grad(w.bytes(), in_dim, OutputGrad::Bf16(&scratch.rounded), dx);
         return Ok(());
     }
-    for_dequantized_pieces(w, &mut scratch.dense, |piece, rows| {
-        if input_grad::supported(Words::F32) {
-            input_grad(bytemuck::cast_slice(piece), in_dim, OutputGrad::F32 { dy, first: rows.start }, dx);
-        } else {
+    let words = scratch.block_compute.words_for(w);
+    let rounded = &mut scratch.rounded;
+    for_dequantized_pieces(w, words, &mut scratch.pieces, |piece, rows| match words {
+        Words::Bf16Pairs => {
+            // The piece's columns of dy only: a whole lm_head's would be
+            // tokens × vocabulary more words.
+            rounded.fill_columns(dy, out_dim, rows);
+            input_grad(piece, in_dim, OutputGrad::Bf16(rounded), dx)
+        }
+        Words::F32 if input_grad::supported(Words::F32) => {
+            input_grad(piece, in_dim, OutputGrad::F32 { dy, first: rows.start }, dx)
+        }
+        Words::F32 => {
             let dy_part = MatRef::new(dy, tokens, out_dim).columns(rows.clone());
-            matmul(dx, dy_part, MatRef::new(piece, rows.len(), in_dim), 1.0, true);
+            matmul(dx, dy_part, MatRef::new(bytemuck::cast_slice(piece), rows.len(), in_dim), 1.0, true);
         }
     })
 }
 
-/// Calls `use_piece(values, rows)` for each piece of [`DEQUANT_ROWS`] rows
-/// of `w`, dequantized to f32 into `dense` (so no f32 copy of the whole
-/// matrix exists).
+/// Calls `use_piece(bytes, rows)` for each piece of [`DEQUANT_ROWS`] rows
+/// of `w`, dequantized into `pieces` as `words` (f32 values, or bf16
+/// pairs: rows of `row_len / 2` words), so no copy of the whole matrix
+/// exists. The pieces start on even rows.
 pub(crate) fn for_dequantized_pieces(
     w: &Tensor,
-    dense: &mut Vec<f32>,
-    mut use_piece: impl FnMut(&[f32], std::ops::Range<usize>),
+    words: Words,
+    pieces: &mut Vec<u32>,
+    mut use_piece: impl FnMut(&[u8], std::ops::Range<usize>),
 ) -> Result<()> {
-    let (out_dim, in_dim) = (w.row_count(), w.row_len());
+    const { assert!(DEQUANT_ROWS.is_multiple_of(2)) };
+    let out_dim = w.row_count();
+    let row_words = match words {
+        Words::F32 => w.row_len(),
+        Words::Bf16Pairs => w.row_len().div_ceil(2),
+    };
     for start in (0..out_dim).step_by(DEQUANT_ROWS) {
         let end = (start + DEQUANT_ROWS).min(out_dim);
-        dequantize_rows(w, start..end, dense)?;
-        use_piece(&dense[..(end - start) * in_dim], start..end);
+        dequantize_rows(w, start..end, words, pieces)?;
+        use_piece(bytemuck::cast_slice(&pieces[..(end - start) * row_words]), start..end);
     }
     Ok(())
 }
 
-/// Dequantizes rows `rows` of `w` into `out` (resized), split over the pool.
-/// Rows `rows` of `w` dequantized to f32 into `out` (resized), on the pool.
-fn dequantize_rows(w: &Tensor, rows: std::ops::Range<usize>, out: &mut Vec<f32>) -> Result<()> {
+/// Rows `rows` of `w` dequantized into `out` (resized) as `words`, on the pool.
+fn dequantize_rows(w: &Tensor, rows: std::ops::Range<usize>, words: Words, out: &mut Vec<u32>) -> Result<()> {
     let in_dim = w.row_len();
-    out.resize(rows.len() * in_dim, 0.0);
+    let row_words = if words == Words::F32 { in_dim } else { in_dim.div_ceil(2) };
+    out.resize(rows.len() * row_words, 0);
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let dst = SharedOut(out.as_mut_ptr());
+    let dst = SharedWords(out.as_mut_ptr());
     let first = rows.start;
     SpinPool::global().run(&|index, threads| {
+        // bf16: each row dequantized to f32 here first, then rounded.
+        let mut values = vec![0f32; if words == Words::F32 { 0 } else { in_dim }];
         for r in split_range(rows.len(), index, threads) {
-            // SAFETY: row r of `out` (in_dim values) is written by this thread only.
-            let row = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(r * in_dim), in_dim) };
-            if dequantize_row(w.dtype(), w.row_bytes(first + r), row).is_err() {
+            // SAFETY: row r of `out` (row_words words) is written by this thread only.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.at(r * row_words), row_words) };
+            let done = match words {
+                Words::F32 => dequantize_row(w.dtype(), w.row_bytes(first + r), bytemuck::cast_slice_mut(row)),
+                Words::Bf16Pairs => {
+                    dequantize_row(w.dtype(), w.row_bytes(first + r), &mut values).map(|()| round_row(&values, row))
+                }
+            };
+            if done.is_err() {
                 failed.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
@@ -214,6 +279,18 @@ fn dequantize_rows(w: &Tensor, rows: std::ops::Range<usize>, out: &mut Vec<f32>)
     match failed.into_inner() {
         false => Ok(()),
         true => Err(TensorError::Incompatible { op: "dequantize_rows", detail: "row not dequantizable".into() }),
+    }
+}
+
+/// Words of a piece shared by the pool's threads, each writing its own rows.
+struct SharedWords(*mut u32);
+// SAFETY: threads write disjoint rows (split_range).
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    /// The word `offset` words in (a method, so closures capture the whole wrapper).
+    fn at(&self, offset: usize) -> *mut u32 {
+        self.0.wrapping_add(offset)
     }
 }
 

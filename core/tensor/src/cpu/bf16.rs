@@ -123,12 +123,23 @@ impl Bf16Rows {
 
     /// Replaces the contents with `x` (rows of `cols` values) rounded to bf16.
     pub fn fill(&mut self, x: &[f32], cols: usize) {
-        assert!(cols > 0 && x.len().is_multiple_of(cols), "Bf16Rows::fill: {} values are not rows of {cols}", x.len());
-        self.reshape(x.len() / cols, cols);
+        self.fill_columns(x, cols, 0..cols);
+    }
+
+    /// Replaces the contents with columns `range` of `x` (rows of `cols`
+    /// values) rounded to bf16: rows of `range.len()` values.
+    pub fn fill_columns(&mut self, x: &[f32], cols: usize, range: std::ops::Range<usize>) {
+        assert!(
+            cols > 0 && x.len().is_multiple_of(cols) && range.start < range.end && range.end <= cols,
+            "Bf16Rows::fill_columns: {} values are not rows of {cols} with columns {range:?}",
+            x.len()
+        );
+        self.reshape(x.len() / cols, range.len());
         let (rows, pairs) = (self.rows, self.pairs);
+        let source = |r: usize| &x[r * cols + range.start..r * cols + range.end];
         if rows == 1 {
             // One row (a decoded token) is not worth waking the pool for.
-            round_row(x, &mut self.data);
+            round_row(source(0), &mut self.data);
             return;
         }
         let words = SharedWords(self.data.as_mut_ptr());
@@ -138,9 +149,8 @@ impl Bf16Rows {
             // words lie inside `data` (rows × pairs, just sized), borrowed
             // exclusively until `run` returns.
             let dst = unsafe { std::slice::from_raw_parts_mut(words.at(mine.start * pairs), mine.len() * pairs) };
-            for (src, dst) in x[mine.start * cols..mine.end * cols].chunks_exact(cols).zip(dst.chunks_exact_mut(pairs))
-            {
-                round_row(src, dst);
+            for (r, dst) in mine.zip(dst.chunks_exact_mut(pairs)) {
+                round_row(source(r), dst);
             }
         });
     }
@@ -179,8 +189,8 @@ impl SharedWords {
     }
 }
 
-/// Rounds one row into words of two bf16.
-fn round_row(src: &[f32], dst: &mut [u32]) {
+/// Rounds one row into words of two bf16 (ties to even).
+pub(crate) fn round_row(src: &[f32], dst: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if bf16_supported() {

@@ -13,7 +13,7 @@
 //! dequantized into a thread's cache-sized buffer and multiplied with the
 //! `gemm` crate.
 
-use super::backward::for_dequantized_pieces;
+use super::backward::{for_dequantized_pieces, BlockCompute};
 use super::bf16::Bf16Rows;
 use super::half_dot::{dot_half, is_half};
 use super::half_gemm::{self, HalfInputs};
@@ -48,6 +48,11 @@ pub struct LinearScratch {
     dense: Vec<f32>,
     bf16_inputs: Bf16Rows,
     token_words: TokenWords,
+    /// Dequantized pieces of a block-quantized weight (training forward).
+    pieces: Vec<u32>,
+    /// The precision the training forward multiplies block-quantized
+    /// weights in (QLoRA's base; see [`BlockCompute`]).
+    pub block_compute: BlockCompute,
 }
 
 /// `y[t, o] = Σ_i x[t, i] · W[o, i]` for `tokens` rows of `x`.
@@ -93,11 +98,12 @@ const TOKEN_LANES_MIN_TOKENS: usize = 32;
 /// [`linear_many`] for the training forward, where a token's result need
 /// not equal what a prefill of another length gives it: from
 /// [`TOKEN_LANES_MIN_TOKENS`] tokens on, on a CPU with AVX-512, f32 weights
-/// and the block formats without an interleaved copy (QLoRA's nf4,
-/// dequantized a few thousand rows at a time) take the token-lane kernel
-/// (`token_lanes`: no packing, no per-sum reduction), and so do bf16
-/// weights where AVX-512 BF16 is present; every other weight takes
-/// [`linear_many`]'s path.
+/// take the token-lane kernel (`token_lanes`: no packing, no per-sum
+/// reduction), and so do bf16 weights where AVX-512 BF16 is present, and
+/// the block formats without an interleaved copy (QLoRA's nf4), whose
+/// rows are dequantized a few thousand at a time to the words of
+/// `scratch.block_compute` (f32, or bf16 against inputs rounded to bf16);
+/// every other weight takes [`linear_many`]'s path.
 pub fn linear_many_train(
     x: &[f32],
     tokens: usize,
@@ -105,11 +111,13 @@ pub fn linear_many_train(
     scratch: &mut LinearScratch,
 ) -> Result<()> {
     check_outputs(x, tokens, outputs)?;
+    let block_compute = scratch.block_compute;
     // The words the token-lane kernel takes a weight in (block formats:
-    // dequantized to f32), if it takes it.
+    // as dequantized), if it takes it.
     let lanes_words = |w: &Tensor| {
         let words = match w.dtype() {
-            d if (d == DType::F32 || d.is_quantized()) && w.packed().is_none() => Words::F32,
+            DType::F32 if w.packed().is_none() => Words::F32,
+            d if d.is_quantized() && w.packed().is_none() => block_compute.words_for(w),
             DType::BF16 if w.row_len().is_multiple_of(2) => Words::Bf16Pairs,
             _ => return None,
         };
@@ -128,27 +136,36 @@ pub fn linear_many_train(
     // The outputs share the input: it is transposed once per kind of word.
     if !f32_weights.is_empty() {
         scratch.token_words.fill_f32(x, in_dim);
-        for (w, y) in f32_weights {
-            if w.dtype() == DType::F32 {
-                token_lanes_gemm(Words::F32, w.bytes(), in_dim, &scratch.token_words, y);
-                continue;
-            }
-            let token_words = &scratch.token_words;
-            for_dequantized_pieces(w, &mut scratch.dense, |piece, rows| {
-                let piece = bytemuck::cast_slice(piece);
-                token_lanes_gemm_rows(Words::F32, piece, in_dim, token_words, y, rows.start);
-            })?;
-        }
+        token_lanes_train(Words::F32, in_dim, &scratch.token_words, f32_weights, &mut scratch.pieces)?;
     }
     if !bf16_weights.is_empty() {
         scratch.bf16_inputs.fill(x, in_dim);
         scratch.token_words.fill_bf16(&scratch.bf16_inputs);
-        for (w, y) in bf16_weights {
-            token_lanes_gemm(Words::Bf16Pairs, w.bytes(), in_dim / 2, &scratch.token_words, y);
-        }
+        token_lanes_train(Words::Bf16Pairs, in_dim / 2, &scratch.token_words, bf16_weights, &mut scratch.pieces)?;
     }
     if !others.is_empty() {
         linear_many(x, tokens, &mut others, scratch)?;
+    }
+    Ok(())
+}
+
+/// The token-lane kernel on `words` over each weight: as stored when
+/// stored in those words, else through pieces dequantized to them.
+fn token_lanes_train(
+    words: Words,
+    row_words: usize,
+    x: &TokenWords,
+    weights: Vec<(&Tensor, &mut [f32])>,
+    pieces: &mut Vec<u32>,
+) -> Result<()> {
+    for (w, y) in weights {
+        if !w.dtype().is_quantized() {
+            token_lanes_gemm(words, w.bytes(), row_words, x, y);
+            continue;
+        }
+        for_dequantized_pieces(w, words, pieces, |piece, rows| {
+            token_lanes_gemm_rows(words, piece, row_words, x, y, rows.start);
+        })?;
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ pub use attention::{causal_attention, decode_attention, full_attention, full_att
 pub use backward::{
     causal_attention_backward, causal_attention_backward_on, linear_backward_input, linear_backward_weight, matmul,
     rms_norm_backward, silu_mul_backward, softmax_cross_entropy, AttentionBackwardKernel, BackwardScratch,
-    LoraBackward, MatRef,
+    BlockCompute, LoraBackward, MatRef,
 };
 pub use bf16::{bf16_supported, gemm_bf16, gemm_bf16_on, Bf16Kernel, Bf16Out, Bf16Rows, Bf16Weights, Epilogue};
 pub use lora::{lora_deltas, lora_deltas_on, LoraGroup, LoraKernel, LoraMatrix, LoraPair};
