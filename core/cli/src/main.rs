@@ -114,13 +114,14 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// QLoRA's base: the blocks' projections converted on load (to `dtype`
     /// unless a dtype was given; not at all for a GGUF file, whose blocks
-    /// are kept as they are), the embedding and lm_head left as stored.
-    pub fn quantize_projections_to(&mut self, dtype: &str) {
+    /// are kept as they are), the embedding and lm_head converted to
+    /// `others` if given, else left as stored.
+    pub fn quantize_projections_to(&mut self, dtype: &str, others: Option<tailor_tensor::DType>) {
         let is_gguf = self.model.as_ref().is_none_or(|p| p.is_file());
         if self.dtype.is_none() && !is_gguf {
             self.dtype = Some(dtype.to_string());
         }
-        self.scope = ConvertScope::Projections;
+        self.scope = ConvertScope::Projections { others };
     }
 }
 

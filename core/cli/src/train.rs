@@ -8,6 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use tailor_model::lora::Targets;
 use tailor_model::names::Proj;
+use tailor_tensor::cpu::BlockCompute;
+use tailor_tensor::DType;
 use tailor_train::backward::Checkpointing;
 use tailor_train::data::{self, Overlong};
 use tailor_train::optim::Decay;
@@ -22,8 +24,9 @@ pub enum Method {
     /// LoRA on a 4-bit base: a dense base's projections are quantized on
     /// load (NF4, block 64, nf4_dq with `--double-quant`, or `--dtype`;
     /// the embedding and lm_head stay as stored, as in QLoRA); a
-    /// quantized GGUF keeps its own blocks. The base is multiplied in
-    /// bf16 on a CPU with AVX-512 BF16, in f32 elsewhere.
+    /// quantized GGUF keeps its own blocks. On a CPU with AVX-512 BF16
+    /// the base is multiplied in bf16 and a dense embedding and lm_head
+    /// are held in bf16 (as a QLoRA base loaded in bf16); in f32 elsewhere.
     Qlora,
     /// Every weight, in f32 with AdamW moments (small models): writes a
     /// Hugging Face folder.
@@ -120,9 +123,12 @@ enum Schedule {
 
 pub fn train_cmd(args: &TrainArgs) -> Result<()> {
     let mut model_args = args.model.clone();
+    // Where the base is multiplied in bf16, so are the embedding and
+    // lm_head (a QLoRA base loaded in bf16), else they stay as stored.
+    let others = (BlockCompute::best() == BlockCompute::Bf16).then_some(DType::BF16);
     match (args.method, args.double_quant) {
-        (Method::Qlora, false) => model_args.quantize_projections_to("nf4"),
-        (Method::Qlora, true) => model_args.quantize_projections_to("nf4_dq"),
+        (Method::Qlora, false) => model_args.quantize_projections_to("nf4", others),
+        (Method::Qlora, true) => model_args.quantize_projections_to("nf4_dq", others),
         (_, true) => bail!("--double-quant quantizes a QLoRA base: it needs --method qlora"),
         (_, false) => {}
     }

@@ -55,10 +55,14 @@ pub enum ConvertScope {
     /// Every matrix: the blocks' projections, the embedding and lm_head.
     #[default]
     AllMatrices,
-    /// The blocks' projections only; the embedding and lm_head stay as
-    /// stored (QLoRA's base: bitsandbytes quantizes the decoder's linear
-    /// layers and leaves the embedding and lm_head in full precision).
-    Projections,
+    /// The blocks' projections; the embedding and lm_head are converted
+    /// to `others` if given, else stay as stored (QLoRA's base:
+    /// bitsandbytes quantizes the decoder's linear layers and leaves the
+    /// embedding and lm_head in the dtype the model was loaded in).
+    Projections {
+        /// The embedding's and lm_head's dtype, if not as stored.
+        others: Option<DType>,
+    },
 }
 
 /// Options for building the decoder from weights.
@@ -80,7 +84,7 @@ impl Llama {
             // Kept as stored, but out of the file: once the converted
             // projections are loaded, nothing holds its mapping (whose pages
             // the conversion made resident).
-            (Some(_), ConvertScope::Projections) => Loader { dtype: None, owned: true, ..loader },
+            (Some(_), ConvertScope::Projections { others }) => Loader { dtype: others, owned: true, ..loader },
             _ => loader,
         };
         let total = config.num_hidden_layers + 2;

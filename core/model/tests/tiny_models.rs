@@ -78,18 +78,21 @@ fn quantizing_on_load_stays_close_to_f32() {
     }
 }
 
-/// QLoRA's scope: only the blocks' projections are converted; the
-/// embedding and lm_head keep the file's dtype (every matrix otherwise).
+/// QLoRA's scope: only the blocks' projections are converted to the
+/// dtype; the embedding and lm_head keep the file's dtype, or take the
+/// one given for them (every matrix the dtype otherwise).
 #[test]
-fn a_projections_scope_leaves_the_embedding_and_lm_head_as_stored() {
+fn a_projections_scope_leaves_the_embedding_and_lm_head_as_stored_or_as_told() {
     let dir = scratch_dir("scope");
     let path = write_tiny_gguf(&dir, "llama", 13);
     let load_as =
         |scope| Model::load(&path, LoadOptions { dtype: Some(DType::Q4_0), scope, ..LoadOptions::default() }).unwrap();
-    let projections = load_as(ConvertScope::Projections);
-    assert_eq!(projections.llama.projection(0, Proj::Q).weight().dtype(), DType::Q4_0);
-    assert_eq!(projections.llama.projection(1, Proj::Down).weight().dtype(), DType::Q4_0);
-    assert_eq!(projections.llama.lm_head().weight().dtype(), DType::F32);
+    for (others, lm_head) in [(None, DType::F32), (Some(DType::BF16), DType::BF16)] {
+        let projections = load_as(ConvertScope::Projections { others });
+        assert_eq!(projections.llama.projection(0, Proj::Q).weight().dtype(), DType::Q4_0);
+        assert_eq!(projections.llama.projection(1, Proj::Down).weight().dtype(), DType::Q4_0);
+        assert_eq!(projections.llama.lm_head().weight().dtype(), lm_head);
+    }
     let everything = load_as(ConvertScope::AllMatrices);
     assert_eq!(everything.llama.lm_head().weight().dtype(), DType::Q4_0);
 }
@@ -104,7 +107,8 @@ fn nf4_and_double_quantized_nf4_bases_stay_near_the_f32_logits() {
     let ids = [3, 9, 4, 12, 7, 5];
     let reference = logits(&load(&path).unwrap(), &ids);
     let relative_error = |dtype| {
-        let options = LoadOptions { dtype: Some(dtype), scope: ConvertScope::Projections, ..LoadOptions::default() };
+        let scope = ConvertScope::Projections { others: None };
+        let options = LoadOptions { dtype: Some(dtype), scope, ..LoadOptions::default() };
         let model = Model::load(&path, options).unwrap();
         assert_eq!(model.llama.projection(0, Proj::Q).weight().dtype(), dtype);
         // down_proj's rows (96) are not whole 64-blocks: q8_0, as llama.cpp falls back.
