@@ -19,8 +19,8 @@ import numpy as np
 
 FILLER = b"The quick brown fox jumps over the lazy dog while the river flows past old stone bridges and quiet towns. "
 # llama.cpp's file types (llama_ftype) by the names its quantize tool takes.
-FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15,
-          "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "IQ4_XS": 30, "BF16": 32}
+FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12,
+          "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "IQ4_XS": 30, "BF16": 32}
 
 
 def quantize(args):
@@ -37,22 +37,27 @@ def quantize(args):
 
 
 def same_bytes(args):
-    from gguf import GGUFReader
+    """Tensor by tensor, how many quantized blocks two files hold identically (the quantizers agree?)."""
+    from gguf import GGUFReader, GGML_QUANT_SIZES
     ours, theirs = GGUFReader(args.tailor_file), GGUFReader(args.llama_file)
     theirs_by_name = {t.name: t for t in theirs.tensors}
-    equal = differ = 0
+    totals = {}
     for t in ours.tensors:
         other = theirs_by_name[t.name]
-        same = t.tensor_type == other.tensor_type and np.array_equal(np.asarray(t.data), np.asarray(other.data))
-        if same:
-            equal += 1
-        else:
-            differ += 1
-            a, b = np.asarray(t.data).ravel().view(np.uint8), np.asarray(other.data).ravel().view(np.uint8)
-            n = min(a.size, b.size)
-            print(f"  {t.name}: {t.tensor_type.name} vs {other.tensor_type.name}, "
-                  f"{int((a[:n] != b[:n]).sum())} of {n} bytes differ")
-    print(f"{equal} tensors byte-identical, {differ} differ")
+        if t.tensor_type != other.tensor_type:
+            print(f"  {t.name}: {t.tensor_type.name} vs {other.tensor_type.name}, not compared")
+            continue
+        block_bytes = GGML_QUANT_SIZES[t.tensor_type][1]
+        a = np.asarray(t.data).ravel().view(np.uint8).reshape(-1, block_bytes)
+        b = np.asarray(other.data).ravel().view(np.uint8).reshape(-1, block_bytes)
+        same = int((a == b).all(axis=1).sum())
+        kind = totals.setdefault(t.tensor_type.name, [0, 0])
+        kind[0] += same
+        kind[1] += a.shape[0]
+        if same != a.shape[0]:
+            print(f"  {t.name}: {t.tensor_type.name}, {a.shape[0] - same} of {a.shape[0]} blocks differ")
+    for name, (same, total) in totals.items():
+        print(f"{name}: {same} of {total} blocks byte-identical ({100 * same / total:.3f} %)")
 
 
 def quant_error(args):

@@ -10,6 +10,7 @@ use crate::quant::layout::WeightLayout;
 use crate::quant::packed::{pack_rows, PackedRows};
 use crate::quant::{dequantize_row, quantize_row};
 use crate::{DType, Device, Result, TensorError};
+use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -261,7 +262,9 @@ impl Tensor {
         }
     }
 
-    /// A copy converted (quantized or dequantized) to `dtype`, row by row.
+    /// A copy converted (quantized or dequantized) to `dtype`, row by row
+    /// (rows in parallel: the k-quants' scale searches make quantizing a
+    /// large model take seconds per billion weights and thread).
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype {
             return Ok(self.clone());
@@ -270,10 +273,18 @@ impl Tensor {
         if dtype == DType::F32 {
             return Tensor::from_f32(values.into_owned(), &self.shape);
         }
-        let mut bytes = Vec::with_capacity(dtype.bytes_for(self.elem_count())?);
-        for row in values.chunks(self.row_len().max(1)) {
-            quantize_row(dtype, row, &mut bytes)?;
-        }
+        let row_len = self.row_len().max(1);
+        let row_bytes = dtype.bytes_for(row_len)?;
+        let mut bytes = vec![0u8; dtype.bytes_for(self.elem_count())?];
+        bytes.par_chunks_mut(row_bytes.max(1)).zip(values.par_chunks(row_len)).try_for_each_init(
+            || Vec::with_capacity(row_bytes),
+            |row_out, (out, row)| {
+                row_out.clear();
+                quantize_row(dtype, row, row_out)?;
+                out.copy_from_slice(row_out);
+                Ok::<_, TensorError>(())
+            },
+        )?;
         Tensor::from_bytes(bytes, dtype, &self.shape)
     }
 

@@ -1,31 +1,58 @@
 //! The GGUF types tailor reads against blocks llama.cpp's quantizer wrote
-//! and ggml's own Python package (gguf-py) dequantized
+//! from f16 rows and ggml's own Python package (gguf-py) dequantized
 //! (`tests/reference/make_quant_blocks.py`, run by hand; its outputs are
-//! committed): tailor's dequantizer gives the same values bit for bit, and
-//! every dot-product path gives their dot product.
+//! committed): tailor's dequantizer gives the same values bit for bit,
+//! every dot-product path gives their dot product, and tailor's k-quant
+//! quantizers write the same bytes from the same rows.
 
 mod common;
 
 use common::Rng;
 use std::path::PathBuf;
-use tailor_tensor::quant::{dequantize_row, quantize_activations, vec_dot, DotImpl};
+use tailor_tensor::quant::{dequantize_row, quantize_activations, quantize_row, vec_dot, DotImpl};
 use tailor_tensor::DType;
 
 /// The types with committed reference blocks.
-const TYPES: [DType; 5] = [DType::Q2K, DType::Q3K, DType::Q5K, DType::IQ4NL, DType::IQ4XS];
+const TYPES: [DType; 7] = [DType::Q2K, DType::Q3K, DType::Q4K, DType::Q5K, DType::Q6K, DType::IQ4NL, DType::IQ4XS];
+
+/// The types whose quantizer is llama.cpp's reference one (the iq4 types'
+/// search is not, yet).
+const K_QUANTS: [DType; 5] = [DType::Q2K, DType::Q3K, DType::Q4K, DType::Q5K, DType::Q6K];
 
 /// Elements per reference row.
 const ROW: usize = 2048;
 
+/// The committed file `dtype.ext`.
+fn read(dtype: DType, ext: &str) -> Vec<u8> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/quant_blocks");
+    let path = dir.join(format!("{}.{ext}", dtype.name()));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// The raw blocks and the reference values of `dtype`.
 fn reference(dtype: DType) -> (Vec<u8>, Vec<f32>) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/quant_blocks");
-    let read = |ext: &str| {
-        let path = dir.join(format!("{}.{ext}", dtype.name()));
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-    };
-    let values = read("f32").chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    (read("bin"), values)
+    let values = read(dtype, "f32").chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    (read(dtype, "bin"), values)
+}
+
+/// Every block tailor's quantizer writes from the f16 rows llama.cpp
+/// quantized is the block llama.cpp wrote, byte for byte.
+#[test]
+fn k_quant_quantizers_write_llama_cpp_s_bytes() {
+    for dtype in K_QUANTS {
+        let (blocks, _) = reference(dtype);
+        let source: Vec<f32> = read(dtype, "source.f16")
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect();
+        let mut ours = Vec::new();
+        quantize_row(dtype, &source, &mut ours).unwrap();
+        assert_eq!(ours.len(), blocks.len(), "{dtype}: sizes");
+        let block_bytes = dtype.bytes_for(dtype.block_size()).unwrap();
+        let differ =
+            ours.chunks_exact(block_bytes).zip(blocks.chunks_exact(block_bytes)).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{dtype}: {differ} of {} blocks differ from llama.cpp's", blocks.len() / block_bytes);
+    }
 }
 
 #[test]

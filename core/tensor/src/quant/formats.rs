@@ -4,6 +4,7 @@
 use super::f16_at;
 use super::iq4::{dequant_iq4_nl, dequant_iq4_xs, quant_iq4_nl, quant_iq4_xs};
 use super::k_quants::{dequant_q2_k, dequant_q3_k, dequant_q5_k, quant_q2_k, quant_q3_k, quant_q5_k};
+use super::k_search::{fit_scale_min, fit_symmetric, nearest, round_to_stored, MinSearch};
 use crate::{DType, Result, TensorError};
 use half::f16;
 
@@ -364,43 +365,47 @@ pub(super) struct KBlock {
     pub quants: [u8; 256],
 }
 
-/// Quantizes 256 values to [`KBlock`]: each sub-block spans its range
-/// (with zero inside it) in `max_q` steps; the steps and mins are then
-/// quantized to 6 bits of the largest.
-pub(super) fn quantize_k_block(x: &[f32], max_q: u8) -> KBlock {
-    let mut sub_scale = [0f32; 8];
-    let mut sub_min = [0f32; 8];
+/// Quantizes 256 values to [`KBlock`] as llama.cpp's reference quantizer
+/// does: each 32-element sub-block's scale and min searched over the
+/// candidates of `search` (weights `rms + |x|`), the scales and mins then
+/// rounded to 6 bits of the largest, and each element re-rounded to its
+/// sub-block's stored scale and min.
+pub(super) fn quantize_k_block(x: &[f32], search: MinSearch) -> KBlock {
+    let mut quants = [0u8; 256];
+    let (mut sub_scale, mut sub_min) = ([0f32; 8], [0f32; 8]);
+    let mut weights = [0f32; 32];
     for (j, sub) in x.chunks_exact(32).enumerate() {
-        let min = sub.iter().copied().fold(0f32, f32::min);
-        let max = sub.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        sub_scale[j] = (max - min) / max_q as f32;
-        sub_min[j] = -min;
+        let mut sum_x2 = 0f32;
+        for v in sub {
+            sum_x2 += v * v;
+        }
+        let rms = (sum_x2 / 32.0).sqrt();
+        for (w, v) in weights.iter_mut().zip(sub) {
+            *w = rms + v.abs();
+        }
+        (sub_scale[j], sub_min[j]) = fit_scale_min(sub, &weights, search, &mut quants[32 * j..32 * j + 32]);
     }
-    let d16 = f16::from_f32(sub_scale.iter().copied().fold(0f32, f32::max) / 63.0);
-    let dmin16 = f16::from_f32(sub_min.iter().copied().fold(0f32, f32::max) / 63.0);
-    let (d, dmin) = (d16.to_f32(), dmin16.to_f32());
-    let to6 = |v: f32, s: f32| if s > 0.0 { ((v / s).round() as i32).clamp(0, 63) as u8 } else { 0 };
-    let sc: [u8; 8] = std::array::from_fn(|j| to6(sub_scale[j], d));
-    let mn: [u8; 8] = std::array::from_fn(|j| to6(sub_min[j], dmin));
+    let max_scale = sub_scale.iter().fold(0f32, |m, &s| if s > m { s } else { m });
+    let max_min = sub_min.iter().fold(0f32, |m, &s| if s > m { s } else { m });
+    let inverse = |max: f32| if max > 0.0 { 63.0 / max } else { 0.0 };
+    let (inv_scale, inv_min) = (inverse(max_scale), inverse(max_min));
+    let sc: [u8; 8] = std::array::from_fn(|j| (nearest(inv_scale * sub_scale[j]) as u8).min(63));
+    let mn: [u8; 8] = std::array::from_fn(|j| (nearest(inv_min * sub_min[j]) as u8).min(63));
     let mut scales = [0u8; 12];
     for k in 0..4 {
         scales[k] = sc[k] | ((sc[k + 4] >> 4) << 6);
         scales[k + 4] = mn[k] | ((mn[k + 4] >> 4) << 6);
         scales[k + 8] = (sc[k + 4] & 0x0F) | ((mn[k + 4] & 0x0F) << 4);
     }
-    let quants = std::array::from_fn(|i| {
-        let j = i / 32;
-        let step = d * sc[j] as f32;
-        if step == 0.0 {
-            return 0;
-        }
-        (((x[i] + dmin * mn[j] as f32) / step).round() as i32).clamp(0, max_q as i32) as u8
-    });
+    let (d16, dmin16) = (f16::from_f32(max_scale / 63.0), f16::from_f32(max_min / 63.0));
+    let (d, dmin) = (d16.to_f32(), dmin16.to_f32());
+    round_to_stored(x, &mut quants, 32, (search.levels, 0), |j| (d * sc[j] as f32, dmin * mn[j] as f32));
     KBlock { d: d16, dmin: dmin16, scales, quants }
 }
 
 fn quant_q4_k(x: &[f32], out: &mut Vec<u8>) {
-    let block = quantize_k_block(x, 15);
+    let search = MinSearch { levels: 15, first: -1.0, step: 0.1, steps: 20, absolute: false };
+    let block = quantize_k_block(x, search);
     out.extend_from_slice(&block.d.to_le_bytes());
     out.extend_from_slice(&block.dmin.to_le_bytes());
     out.extend_from_slice(&block.scales);
@@ -453,18 +458,31 @@ fn dequant_q6_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// As llama.cpp's reference quantizer: each 16-element sub-block's scale
+/// searched ([`fit_symmetric`]), the scales rounded to 8 bits of the
+/// largest in magnitude (stored as −128), and each element re-rounded to
+/// its sub-block's stored scale.
 fn quant_q6_k(x: &[f32], out: &mut Vec<u8>) {
-    let sub_scale: Vec<f32> = x.chunks_exact(16).map(|s| s.iter().fold(0f32, |m, v| m.max(v.abs())) / 31.0).collect();
-    let d = sub_scale.iter().copied().fold(0f32, f32::max) / 127.0;
-    let d16 = f16::from_f32(d);
-    let d = d16.to_f32();
-    let sc: Vec<i8> =
-        sub_scale.iter().map(|&s| if d > 0.0 { (s / d).round().clamp(-128.0, 127.0) as i8 } else { 0 }).collect();
+    let mut quants = [0u8; 256];
+    let sub_scale: [f32; 16] =
+        std::array::from_fn(|j| fit_symmetric(&x[16 * j..16 * j + 16], 32, &mut quants[16 * j..]));
+    let (mut max_scale, mut max_abs) = (0f32, 0f32);
+    for &s in &sub_scale {
+        if s.abs() > max_abs {
+            (max_scale, max_abs) = (s, s.abs());
+        }
+    }
     let mut block = [0u8; 210];
-    for (e, &v) in x.iter().enumerate() {
-        let step = d * sc[e / 16] as f32;
-        let q = if step != 0.0 { ((v / step).round() as i32).clamp(-32, 31) } else { 0 };
-        let u = (q + 32) as u8;
+    if max_abs < 1e-15 {
+        out.extend_from_slice(&block);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let d16 = f16::from_f32(1.0 / iscale);
+    let d = d16.to_f32();
+    let sc: [i8; 16] = std::array::from_fn(|j| nearest(iscale * sub_scale[j]).min(127) as i8);
+    round_to_stored(x, &mut quants, 16, (63, 32), |j| (d * sc[j] as f32, 0.0));
+    for (e, &u) in quants.iter().enumerate() {
         let (ql, ql_shift, qh, qh_shift) = q6_k_position(e);
         block[ql] |= (u & 0x0F) << ql_shift;
         block[qh] |= (u >> 4) << qh_shift;

@@ -4,13 +4,14 @@
 //! quant of element `e` is written out once here and used by the
 //! dequantizer and the scalar dot products.
 //!
-//! The quantizers are tailor's own, simpler than llama.cpp's (no search of
-//! scales): they round each sub-block's range onto its levels, so their
-//! error is somewhat larger than llama.cpp's on the same input; files that
-//! llama.cpp wrote load and run exactly as stored.
+//! The quantizers are llama.cpp's reference ones (no importance matrix):
+//! each sub-block's scale searched as `k_search` does, then the block's
+//! scales rounded and every element re-rounded to them, writing the bytes
+//! llama.cpp's quantize tool writes for the same input.
 
 use super::f16_at;
 use super::formats::{q4_k_scale_min, quantize_k_block};
+use super::k_search::{fit_by_moves, fit_scale_min, nearest, round_to_stored, MinSearch};
 use half::f16;
 
 /// Elements per k-quant block.
@@ -40,30 +41,35 @@ pub(super) fn dequant_q2_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// Each 16-element sub-block's scale and min searched (weights `|x|`,
+/// absolute errors), both rounded to 4 bits of their largest, then each
+/// element re-rounded to its sub-block's stored pair.
 pub(super) fn quant_q2_k(x: &[f32], out: &mut Vec<u8>) {
-    // Each 16-element sub-block spans [min(0, lo), hi] in three steps.
-    let ranges: Vec<(f32, f32)> = x
-        .chunks_exact(16)
-        .map(|s| {
-            let lo = s.iter().copied().fold(0f32, f32::min);
-            let hi = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            ((hi - lo) / 3.0, -lo)
-        })
-        .collect();
-    let d16 = f16::from_f32(ranges.iter().fold(0f32, |m, r| m.max(r.0)) / 15.0);
-    let dmin16 = f16::from_f32(ranges.iter().fold(0f32, |m, r| m.max(r.1)) / 15.0);
-    let (d, dmin) = (d16.to_f32(), dmin16.to_f32());
-    let to4 = |v: f32, s: f32| if s > 0.0 { ((v / s).round() as i32).clamp(0, 15) as u8 } else { 0 };
-    let mut block = [0u8; 84];
-    for (i, &(step, min)) in ranges.iter().enumerate() {
-        block[i] = to4(step, d) | (to4(min, dmin) << 4);
+    let search = MinSearch { levels: 3, first: -0.5, step: 0.1, steps: 15, absolute: true };
+    let mut quants = [0u8; 256];
+    let (mut sub_scale, mut sub_min) = ([0f32; 16], [0f32; 16]);
+    for (j, sub) in x.chunks_exact(16).enumerate() {
+        let weights: [f32; 16] = std::array::from_fn(|i| sub[i].abs());
+        (sub_scale[j], sub_min[j]) = fit_scale_min(sub, &weights, search, &mut quants[16 * j..16 * j + 16]);
     }
-    for (e, &v) in x.iter().enumerate() {
-        let (sc, m) = q2_k_scale_min(&block, e / 16);
-        let step = d * sc as f32;
-        let q = if step > 0.0 { (((v + dmin * m as f32) / step).round() as i32).clamp(0, 3) } else { 0 };
+    let max_scale = sub_scale.iter().fold(0f32, |m, &s| if s > m { s } else { m });
+    let max_min = sub_min.iter().fold(0f32, |m, &s| if s > m { s } else { m });
+    let mut block = [0u8; 84];
+    let d16 = if max_scale > 0.0 { f16::from_f32(max_scale / 15.0) } else { f16::ZERO };
+    let dmin16 = if max_min > 0.0 { f16::from_f32(max_min / 15.0) } else { f16::ZERO };
+    for j in 0..16 {
+        let scale = if max_scale > 0.0 { nearest(15.0 / max_scale * sub_scale[j]) as u8 } else { 0 };
+        let min = if max_min > 0.0 { nearest(15.0 / max_min * sub_min[j]) as u8 } else { 0 };
+        block[j] = scale | (min << 4);
+    }
+    let (d, dmin) = (d16.to_f32(), dmin16.to_f32());
+    round_to_stored(x, &mut quants, 16, (3, 0), |j| {
+        let (sc, m) = q2_k_scale_min(&block, j);
+        (d * sc as f32, dmin * m as f32)
+    });
+    for (e, &q) in quants.iter().enumerate() {
         let (n, j, l) = (e / 128, (e % 128) / 32, e % 32);
-        block[16 + 32 * n + l] |= (q as u8) << (2 * j);
+        block[16 + 32 * n + l] |= q << (2 * j);
     }
     block[80..82].copy_from_slice(&d16.to_le_bytes());
     block[82..84].copy_from_slice(&dmin16.to_le_bytes());
@@ -108,29 +114,38 @@ pub(super) fn dequant_q3_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// Each 16-element sub-block's scale searched ([`fit_by_moves`]), the
+/// scales rounded to 6 signed bits of the largest in magnitude (stored as
+/// −32), then each element re-rounded to its sub-block's stored scale.
 pub(super) fn quant_q3_k(x: &[f32], out: &mut Vec<u8>) {
-    // As q4_0 per 16-element sub-block: the element of largest magnitude
-    // maps to −4; the sub-block steps share 6 bits of the largest.
-    let steps: Vec<f32> = x.chunks_exact(16).map(|s| signed_absmax(s) / -4.0).collect();
-    let d16 = f16::from_f32(signed_absmax(&steps) / -32.0);
-    let d = d16.to_f32();
-    let scales: Vec<i32> =
-        steps.iter().map(|&s| if d != 0.0 { ((s / d).round() as i32).clamp(-32, 31) } else { 0 }).collect();
-    let mut block = [0u8; 110];
-    for (i, &sc) in scales.iter().enumerate() {
-        let stored = (sc + 32) as u8;
-        block[96 + i % 8] |= (stored & 0x0F) << (4 * (i / 8));
-        block[104 + i % 4] |= (stored >> 4) << (2 * (i / 4));
+    let mut quants = [0u8; 256];
+    let sub_scale: [f32; 16] = std::array::from_fn(|j| fit_by_moves(&x[16 * j..16 * j + 16], 4, &mut quants[16 * j..]));
+    let (mut max_scale, mut max_abs) = (0f32, 0f32);
+    for &s in &sub_scale {
+        if s.abs() > max_abs {
+            (max_scale, max_abs) = (s, s.abs());
+        }
     }
-    for (e, &v) in x.iter().enumerate() {
-        let step = d * scales[e / 16] as f32;
-        let q = if step != 0.0 { ((v / step).round() as i32).clamp(-4, 3) } else { 0 };
-        let stored = (q + 4) as u8;
+    let mut block = [0u8; 110];
+    let mut d16 = f16::ZERO;
+    if max_scale != 0.0 {
+        let iscale = -32.0 / max_scale;
+        for (i, &s) in sub_scale.iter().enumerate() {
+            let stored = ((nearest(iscale * s) as i8).clamp(-32, 31) + 32) as u8;
+            block[96 + i % 8] |= (stored & 0x0F) << (4 * (i / 8));
+            block[104 + i % 4] |= (stored >> 4) << (2 * (i / 4));
+        }
+        d16 = f16::from_f32(1.0 / iscale);
+    }
+    let d = d16.to_f32();
+    block[108..110].copy_from_slice(&d16.to_le_bytes());
+    let scales = q3_k_scales(&block);
+    round_to_stored(x, &mut quants, 16, (7, 4), |j| (d * scales[j] as f32, 0.0));
+    for (e, &stored) in quants.iter().enumerate() {
         let (n, j, l) = (e / 128, (e % 128) / 32, e % 32);
         block[32 + 32 * n + l] |= (stored & 3) << (2 * j);
         block[l] |= (stored >> 2) << (4 * n + j);
     }
-    block[108..110].copy_from_slice(&d16.to_le_bytes());
     out.extend_from_slice(&block);
 }
 
@@ -162,7 +177,8 @@ pub(super) fn dequant_q5_k(b: &[u8], y: &mut [f32]) {
 }
 
 pub(super) fn quant_q5_k(x: &[f32], out: &mut Vec<u8>) {
-    let block = quantize_k_block(x, 31);
+    let search = MinSearch { levels: 31, first: -0.5, step: 0.1, steps: 15, absolute: false };
+    let block = quantize_k_block(x, search);
     out.extend_from_slice(&block.d.to_le_bytes());
     out.extend_from_slice(&block.dmin.to_le_bytes());
     out.extend_from_slice(&block.scales);

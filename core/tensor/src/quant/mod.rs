@@ -10,6 +10,7 @@ mod formats;
 pub mod interleaved;
 mod iq4;
 mod k_quants;
+mod k_search;
 pub mod layout;
 pub mod packed;
 mod scalar;
