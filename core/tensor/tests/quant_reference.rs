@@ -2,7 +2,7 @@
 //! from f16 rows and ggml's own Python package (gguf-py) dequantized
 //! (`tests/reference/make_quant_blocks.py`, run by hand; its outputs are
 //! committed): tailor's dequantizer gives the same values bit for bit,
-//! every dot-product path gives their dot product, and tailor's k-quant
+//! every dot-product path gives their dot product, and tailor's
 //! quantizers write the same bytes from the same rows.
 
 mod common;
@@ -14,10 +14,6 @@ use tailor_tensor::DType;
 
 /// The types with committed reference blocks.
 const TYPES: [DType; 7] = [DType::Q2K, DType::Q3K, DType::Q4K, DType::Q5K, DType::Q6K, DType::IQ4NL, DType::IQ4XS];
-
-/// The types whose quantizer is llama.cpp's reference one (the iq4 types'
-/// search is not, yet).
-const K_QUANTS: [DType; 5] = [DType::Q2K, DType::Q3K, DType::Q4K, DType::Q5K, DType::Q6K];
 
 /// Elements per reference row.
 const ROW: usize = 2048;
@@ -38,8 +34,8 @@ fn reference(dtype: DType) -> (Vec<u8>, Vec<f32>) {
 /// Every block tailor's quantizer writes from the f16 rows llama.cpp
 /// quantized is the block llama.cpp wrote, byte for byte.
 #[test]
-fn k_quant_quantizers_write_llama_cpp_s_bytes() {
-    for dtype in K_QUANTS {
+fn quantizers_write_llama_cpp_s_bytes() {
+    for dtype in TYPES {
         let (blocks, _) = reference(dtype);
         let source: Vec<f32> = read(dtype, "source.f16")
             .chunks_exact(2)

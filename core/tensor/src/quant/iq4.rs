@@ -5,12 +5,14 @@
 //! q4_0's: byte `j` of a 32-element run holds element `j` in its low
 //! nibble and `j + 16` in its high one.
 //!
-//! The quantizers are tailor's own (no importance matrix): the value of
-//! largest magnitude sets the scale, each element takes the nearest table
-//! value, and iq4_nl's scale is then refitted by least squares.
+//! The quantizers are llama.cpp's (`quantize_row_iq4_nl_impl`, no
+//! importance matrix), writing its bytes for the same input: each
+//! 32-element sub-block's scale is the best least-squares fit (weights
+//! `x²`) over fifteen candidates around `−127 / max`, then every element
+//! takes the table value nearest it at the stored scale.
 
 use super::f16_at;
-use super::k_quants::signed_absmax;
+use super::k_search::{nearest, signed_max};
 use half::f16;
 
 /// The table both formats index (ggml's `kvalues_iq4nl`).
@@ -41,16 +43,10 @@ pub(super) fn dequant_iq4_nl(b: &[u8], y: &mut [f32]) {
 }
 
 pub(super) fn quant_iq4_nl(x: &[f32], out: &mut Vec<u8>) {
-    let step = signed_absmax(x) / IQ4_VALUES[0] as f32;
-    let indices = nearest_indices(x, step);
-    // Least squares over the chosen indices: Σ x·v / Σ v².
-    let (xv, vv) = x.iter().zip(&indices).fold((0f32, 0f32), |(xv, vv), (&v, &i)| {
-        let level = IQ4_VALUES[i as usize] as f32;
-        (xv + v * level, vv + level * level)
-    });
-    let d = if vv > 0.0 { xv / vv } else { 0.0 };
+    let d = fit_scale(x);
     out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-    push_indices(&indices, out);
+    let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
+    push_indices(x, inverse, out);
 }
 
 // ---- iq4_xs: f16 d | u16 scales_h | u8 scales_l[4] | u8 qs[128] ----
@@ -66,42 +62,97 @@ pub(super) fn dequant_iq4_xs(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// Each sub-block's scale fitted, then rounded to 6 signed bits of the
+/// block's `d` (the largest in magnitude stored as −32); each element
+/// rounded at its sub-block's rounded scale (in f32, before `d`'s f16
+/// rounding, as llama.cpp does).
 pub(super) fn quant_iq4_xs(x: &[f32], out: &mut Vec<u8>) {
-    let steps: Vec<f32> = x.chunks_exact(32).map(|s| signed_absmax(s) / IQ4_VALUES[0] as f32).collect();
-    let d16 = f16::from_f32(signed_absmax(&steps) / -32.0);
-    let d = d16.to_f32();
+    let scales: Vec<f32> = x.chunks_exact(32).map(fit_scale).collect();
+    let (max_scale, _) = signed_max(&scales);
+    let d = -max_scale / 32.0;
+    let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut block = [0u8; 136];
-    block[0..2].copy_from_slice(&d16.to_le_bytes());
+    block[0..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
     let mut scales_h = 0u16;
     let mut quants = Vec::with_capacity(128);
-    for (i, (sub, &step)) in x.chunks_exact(32).zip(&steps).enumerate() {
-        let scale = if d != 0.0 { ((step / d).round() as i32).clamp(-32, 31) } else { 0 };
-        let stored = (scale + 32) as u8;
+    for (i, (sub, &scale)) in x.chunks_exact(32).zip(&scales).enumerate() {
+        let level = nearest(inverse * scale).clamp(-32, 31);
+        let step = d * level as f32;
+        push_indices(sub, if step != 0.0 { 1.0 / step } else { 0.0 }, &mut quants);
+        let stored = (level + 32) as u8;
         block[4 + i / 2] |= (stored & 0x0F) << (4 * (i % 2));
         scales_h |= ((stored >> 4) as u16) << (2 * i);
-        push_indices(&nearest_indices(sub, d * scale as f32), &mut quants);
     }
     block[2..4].copy_from_slice(&scales_h.to_le_bytes());
     block[8..].copy_from_slice(&quants);
     out.extend_from_slice(&block);
 }
 
-/// Each value's nearest table entry at `step` per unit.
-fn nearest_indices(x: &[f32], step: f32) -> Vec<u8> {
-    let inverse = if step != 0.0 { 1.0 / step } else { 0.0 };
-    x.iter()
-        .map(|&v| {
-            let target = v * inverse;
-            // The table is sorted: count the midpoints below the target.
-            IQ4_VALUES.windows(2).filter(|pair| target > (pair[0] as f32 + pair[1] as f32) / 2.0).count() as u8
-        })
-        .collect()
+/// The scale of a 32-element sub-block: of the roundings to the table at
+/// `−127 / max` and at fifteen steps around it, the least-squares scale
+/// (weights `x²`) of the one that fits best (0 for an all-zero sub-block).
+fn fit_scale(x: &[f32]) -> f32 {
+    let (max, amax) = signed_max(x);
+    if amax < 1e-15 {
+        return 0.0;
+    }
+    // Σ x²·q·x and Σ x²·q² of the rounding at `inverse` per unit.
+    let sums = |inverse: f32| {
+        let (mut sum_qx, mut sum_q2) = (0f32, 0f32);
+        for &v in x {
+            let q = IQ4_VALUES[nearest_index(inverse * v)] as f32;
+            let w = v * v;
+            sum_qx += w * q * v;
+            sum_q2 += w * q * q;
+        }
+        (sum_qx, sum_q2)
+    };
+    let first = IQ4_VALUES[0];
+    let (sum_qx, sum_q2) = sums(1.0 / (-max / first as f32));
+    let mut scale = sum_qx / sum_q2;
+    let mut best = scale * sum_qx;
+    for offset in -7..=7 {
+        let (sum_qx, sum_q2) = sums((offset + first as i32) as f32 / max);
+        if sum_q2 > 0.0 && sum_qx * sum_qx > best * sum_q2 {
+            scale = sum_qx / sum_q2;
+            best = scale * sum_qx;
+        }
+    }
+    scale
 }
 
-/// Appends 32 indices, element `j` in the low nibble of byte `j % 16`
-/// (`j < 16`) or its high nibble.
-fn push_indices(indices: &[u8], out: &mut Vec<u8>) {
-    for run in indices.chunks_exact(32) {
-        out.extend((0..16).map(|j| run[j] | (run[j + 16] << 4)));
+/// The index of the table value nearest `target` (the higher of two at
+/// equal distance).
+fn nearest_index(target: f32) -> usize {
+    let value = |i: usize| IQ4_VALUES[i] as f32;
+    if target <= value(0) {
+        return 0;
+    }
+    if target >= value(15) {
+        return 15;
+    }
+    let (mut low, mut high) = (0, 15);
+    while high - low > 1 {
+        let mid = (low + high) / 2;
+        if target < value(mid) {
+            high = mid;
+        } else {
+            low = mid;
+        }
+    }
+    if target - value(high - 1) < value(high) - target {
+        high - 1
+    } else {
+        high
+    }
+}
+
+/// Appends the table indices of `x` at `inverse` per unit, 32 at a time:
+/// element `j` in the low nibble of byte `j % 16` (`j < 16`) or its high
+/// nibble.
+fn push_indices(x: &[f32], inverse: f32, out: &mut Vec<u8>) {
+    for run in x.chunks_exact(32) {
+        let index = |j: usize| nearest_index(inverse * run[j]) as u8;
+        out.extend((0..16).map(|j| index(j) | (index(j + 16) << 4)));
     }
 }

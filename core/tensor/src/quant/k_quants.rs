@@ -149,11 +149,6 @@ pub(super) fn quant_q3_k(x: &[f32], out: &mut Vec<u8>) {
     out.extend_from_slice(&block);
 }
 
-/// The value of largest magnitude, with its sign.
-pub(super) fn signed_absmax(x: &[f32]) -> f32 {
-    x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m })
-}
-
 // ---- q5_k: f16 d | f16 dmin | u8 scales[12] | u8 qh[32] | u8 qs[128] ----
 // As q4_k (sub-block 2c in the low nibbles of qs[32c..32c + 32], 2c + 1
 // in the high ones) plus the fifth bit of element e in bit e / 32 of

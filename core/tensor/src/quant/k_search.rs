@@ -134,8 +134,9 @@ pub(super) fn round_to_stored(
     }
 }
 
-/// The element of largest magnitude, with its sign (the first of equals).
-fn signed_max(x: &[f32]) -> (f32, f32) {
+/// The element of largest magnitude, with its sign (the first of equals),
+/// and that magnitude.
+pub(super) fn signed_max(x: &[f32]) -> (f32, f32) {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
