@@ -3,6 +3,8 @@
 //! transformers' schedulers), and global-norm gradient clipping.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+use tailor_tensor::cpu::pool::SpinPool;
 
 /// AdamW's hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -45,6 +47,8 @@ pub struct AdamState {
 impl AdamW {
     /// One step at learning rate `lr` over `params` (always the same
     /// tensors in the same order); moments are created on the first step.
+    /// Large tensors are split over the thread pool: each element's update
+    /// is its own, so the result does not depend on the split.
     pub fn step(&self, state: &mut AdamState, params: &mut [Param<'_>], lr: f32) {
         if state.m.len() != params.len() {
             state.m = params.iter().map(|p| vec![0.0; p.value.len()]).collect();
@@ -52,22 +56,72 @@ impl AdamW {
         }
         state.step += 1;
         let t = state.step as i32;
-        let correction1 = 1.0 - self.beta1.powi(t);
-        let correction2 = 1.0 - self.beta2.powi(t);
+        let update =
+            Update { adamw: *self, lr, correction1: 1.0 - self.beta1.powi(t), correction2: 1.0 - self.beta2.powi(t) };
         for ((param, m), v) in params.iter_mut().zip(&mut state.m).zip(&mut state.v) {
-            for i in 0..param.value.len() {
-                let g = param.grad[i];
-                m[i] = self.beta1 * m[i] + (1.0 - self.beta1) * g;
-                v[i] = self.beta2 * v[i] + (1.0 - self.beta2) * g * g;
-                let m_hat = m[i] / correction1;
-                let v_hat = v[i] / correction2;
-                let w = &mut param.value[i];
-                *w -= lr * self.weight_decay * *w;
-                *w -= lr * m_hat / (v_hat.sqrt() + self.eps);
-            }
+            update.run_parallel(param.value, param.grad, m, v);
         }
     }
 }
+
+/// One AdamW step's constants.
+#[derive(Clone, Copy)]
+struct Update {
+    adamw: AdamW,
+    lr: f32,
+    /// `1 − β₁ᵗ` and `1 − β₂ᵗ`.
+    correction1: f32,
+    correction2: f32,
+}
+
+/// Elements from which a tensor's update is split over the pool.
+const PARALLEL_MIN: usize = 1 << 16;
+
+impl Update {
+    /// [`Update::run`] on `values`, split in one part per pool thread.
+    fn run_parallel(&self, values: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let pool = SpinPool::global();
+        if values.len() < PARALLEL_MIN || pool.threads() < 2 {
+            return self.run(values, grads, m, v);
+        }
+        let part = values.len().div_ceil(pool.threads());
+        let parts: Vec<Mutex<Option<Part<'_>>>> = values
+            .chunks_mut(part)
+            .zip(grads.chunks(part))
+            .zip(m.chunks_mut(part).zip(v.chunks_mut(part)))
+            .map(|((values, grads), (m, v))| Mutex::new(Some((values, grads, m, v))))
+            .collect();
+        pool.run(&|index, _| {
+            let mine = parts.get(index).and_then(|p| p.lock().ok().and_then(|mut p| p.take()));
+            if let Some((values, grads, m, v)) = mine {
+                self.run(values, grads, m, v);
+            }
+        });
+        // A part no thread took (a pool smaller than it said) runs here.
+        for part in parts {
+            if let Some((values, grads, m, v)) = part.into_inner().ok().flatten() {
+                self.run(values, grads, m, v);
+            }
+        }
+    }
+
+    /// The update of each element: moments, bias correction, decoupled
+    /// weight decay, then the step (PyTorch's order of operations).
+    fn run(&self, values: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let AdamW { beta1, beta2, eps, weight_decay } = self.adamw;
+        for (((w, &g), m), v) in values.iter_mut().zip(grads).zip(m).zip(v) {
+            *m = beta1 * *m + (1.0 - beta1) * g;
+            *v = beta2 * *v + (1.0 - beta2) * g * g;
+            let m_hat = *m / self.correction1;
+            let v_hat = *v / self.correction2;
+            *w -= self.lr * weight_decay * *w;
+            *w -= self.lr * m_hat / (v_hat.sqrt() + eps);
+        }
+    }
+}
+
+/// A tensor's share of one step: values, gradients, first and second moments.
+type Part<'a> = (&'a mut [f32], &'a [f32], &'a mut [f32], &'a mut [f32]);
 
 /// How the learning rate moves after warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +179,28 @@ pub fn clip_gradients(grads: &mut [&mut [f32]], max_norm: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tensor large enough to be split over the pool gets exactly the
+    /// update of one pass over it.
+    #[test]
+    fn a_split_update_equals_one_pass() {
+        let n = 3 * PARALLEL_MIN + 17;
+        let start: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let grads: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.4).collect();
+        let update = Update {
+            adamw: AdamW { weight_decay: 0.01, ..AdamW::default() },
+            lr: 1e-3,
+            correction1: 0.1,
+            correction2: 0.001,
+        };
+        let (mut whole, mut split) = (start.clone(), start.clone());
+        let (mut m1, mut v1) = (vec![0.01f32; n], vec![0.02f32; n]);
+        let (mut m2, mut v2) = (m1.clone(), v1.clone());
+        update.run(&mut whole, &grads, &mut m1, &mut v1);
+        update.run_parallel(&mut split, &grads, &mut m2, &mut v2);
+        assert!(whole.iter().zip(&split).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(m1 == m2 && v1 == v2 && whole != start, "the moments agree and the step moved the values");
+    }
 
     #[test]
     fn warmup_then_cosine_reaches_zero() {
