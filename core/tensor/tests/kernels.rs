@@ -671,6 +671,26 @@ fn linear_backward_input_on_bf16_weights_is_within_bf16_rounding_of_f32() {
     }
 }
 
+/// The weight gradient `dW += dyᵀ·x` against the naive sum, on odd shapes.
+#[test]
+fn linear_backward_weight_matches_naive() {
+    let mut rng = Rng(41);
+    for (tokens, out_dim, in_dim) in [(1, 3, 5), (13, 37, 70), (600, 25, 33)] {
+        let (dy, x) = (rng.vec(tokens * out_dim), rng.vec(tokens * in_dim));
+        let start = rng.vec(out_dim * in_dim);
+        let mut dw = start.clone();
+        cpu::linear_backward_weight(&dy, &x, tokens, &mut dw);
+        let want: Vec<f32> = (0..out_dim * in_dim)
+            .map(|k| {
+                let (o, i) = (k / in_dim, k % in_dim);
+                let sum: f64 = (0..tokens).map(|t| dy[t * out_dim + o] as f64 * x[t * in_dim + i] as f64).sum();
+                start[k] + sum as f32
+            })
+            .collect();
+        assert_close(&dw, &want, 1e-5, &format!("dW of {tokens} tokens, {out_dim}×{in_dim}"));
+    }
+}
+
 /// Block-quantized weights' input gradient through dequantized pieces: in
 /// f32 it is the dense f32 path's to f32 rounding; in bf16 (on AVX-512
 /// BF16) within bf16 rounding of the weights and `dy` (2⁻⁷ of Σ|w·dy|).
