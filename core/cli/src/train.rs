@@ -114,6 +114,26 @@ pub struct TrainArgs {
     recompute: bool,
 }
 
+/// Keeps what a step frees in the heap for the next step. Every step
+/// allocates and frees the same large buffers (each layer's tape, the
+/// logits); glibc returns blocks past its adaptive threshold, and the heap's
+/// freed top, to the kernel, which zeroes them again on the next step's page
+/// faults: `clear_page` was 4.3 % of a SmolLM2 QLoRA step in perf and is
+/// 0.5 % with these settings (2.11/1.86 → 2.04/1.80 s/step alternating).
+/// Blocks up to 32 MiB (glibc's most) come from the heap, which is never
+/// trimmed; peak RSS is unchanged.
+/// The process is this one run, so holding its high-water mark costs
+/// nothing (the daemon, which serves too, keeps glibc's defaults).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets two of glibc's allocator parameters, which
+    // it reads under its own lock; no memory is touched.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Schedule {
     Constant,
@@ -122,6 +142,7 @@ enum Schedule {
 }
 
 pub fn train_cmd(args: &TrainArgs) -> Result<()> {
+    keep_freed_memory();
     let mut model_args = args.model.clone();
     // Where the base is multiplied in bf16, so are the embedding and
     // lm_head (a QLoRA base loaded in bf16), else they stay as stored.
