@@ -2,7 +2,7 @@
 machine, same run (benches/llamacpp/run.sh scale drives it).
 
   scale.py quantize F16.gguf OUTDIR TYPE...   llama.cpp's own quantizer writes OUTDIR/NAME-TYPE.gguf
-  scale.py same-bytes TAILOR_FILE LLAMA_FILE  tensor bytes compared, per tensor (quantizers agree?)
+  scale.py same-bytes TAILOR_FILE LLAMA_FILE  identical blocks counted per tensor and type (quantizers agree?)
   scale.py error F16.gguf TAILOR_FILE LLAMA_FILE [--tensor NAME]
         both quantizers' relative RMS error against the f16 weights, on one tensor
   scale.py bench TAILOR_BIN GGUF... [--threads 2] [--rounds 3]
