@@ -4,7 +4,7 @@
 use super::f16_at;
 use super::iq4::{dequant_iq4_nl, dequant_iq4_xs, quant_iq4_nl, quant_iq4_xs};
 use super::k_quants::{dequant_q2_k, dequant_q3_k, dequant_q5_k, quant_q2_k, quant_q3_k, quant_q5_k};
-use super::k_search::{fit_scale_min, fit_symmetric, nearest, round_to_stored, MinSearch};
+use super::k_search::{fit_scale_min, fit_symmetric, nearest, round_to_stored, signed_max, MinSearch};
 use crate::{DType, Result, TensorError};
 use half::f16;
 
@@ -466,12 +466,7 @@ fn quant_q6_k(x: &[f32], out: &mut Vec<u8>) {
     let mut quants = [0u8; 256];
     let sub_scale: [f32; 16] =
         std::array::from_fn(|j| fit_symmetric(&x[16 * j..16 * j + 16], 32, &mut quants[16 * j..]));
-    let (mut max_scale, mut max_abs) = (0f32, 0f32);
-    for &s in &sub_scale {
-        if s.abs() > max_abs {
-            (max_scale, max_abs) = (s, s.abs());
-        }
-    }
+    let (max_scale, max_abs) = signed_max(&sub_scale);
     let mut block = [0u8; 210];
     if max_abs < 1e-15 {
         out.extend_from_slice(&block);

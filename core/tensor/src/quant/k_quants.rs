@@ -11,7 +11,7 @@
 
 use super::f16_at;
 use super::formats::{q4_k_scale_min, quantize_k_block};
-use super::k_search::{fit_by_moves, fit_scale_min, nearest, round_to_stored, MinSearch};
+use super::k_search::{fit_by_moves, fit_scale_min, nearest, round_to_stored, signed_max, MinSearch};
 use half::f16;
 
 /// Elements per k-quant block.
@@ -120,12 +120,7 @@ pub(super) fn dequant_q3_k(b: &[u8], y: &mut [f32]) {
 pub(super) fn quant_q3_k(x: &[f32], out: &mut Vec<u8>) {
     let mut quants = [0u8; 256];
     let sub_scale: [f32; 16] = std::array::from_fn(|j| fit_by_moves(&x[16 * j..16 * j + 16], 4, &mut quants[16 * j..]));
-    let (mut max_scale, mut max_abs) = (0f32, 0f32);
-    for &s in &sub_scale {
-        if s.abs() > max_abs {
-            (max_scale, max_abs) = (s, s.abs());
-        }
-    }
+    let (max_scale, _) = signed_max(&sub_scale);
     let mut block = [0u8; 110];
     let mut d16 = f16::ZERO;
     if max_scale != 0.0 {
