@@ -15,7 +15,7 @@ use tailor_tensor::quant::interleaved::{
     dot_group, dot_group_scalar, dot_group_tokens_on, interleave_rows, GroupKernel, GROUP,
 };
 use tailor_tensor::quant::layout::WeightLayout;
-use tailor_tensor::quant::{dequantize_row, quantize_activations, vec_dot, BlockQ8, DotImpl};
+use tailor_tensor::quant::{dequantize_row, quantize_activations_for, vec_dot, BlockQ8, DotImpl};
 use tailor_tensor::{DType, Tensor};
 
 /// The fast kernels this CPU runs (those it does not are named on stderr:
@@ -57,7 +57,7 @@ fn groups_equal_their_scalar_reference_and_the_row_dots() {
                 grouped.dequantize_row(r, &mut from_groups);
                 assert_eq!(from_groups, from_gguf, "{dtype} row {r} dequantized from its group");
             }
-            quantize_activations(&rng.vec(row_len), &mut acts).unwrap();
+            quantize_activations_for(dtype, &rng.vec(row_len), &mut acts).unwrap();
             for g in 0..grouped.groups {
                 let (fast, reference) = (dot_group(&grouped, g, &acts), dot_group_scalar(&grouped, g, &acts));
                 for kernel in fast_kernels() {
@@ -122,7 +122,7 @@ fn every_token_of_a_tile_gets_its_one_token_result() {
         for tokens in 1..18 {
             let mut all = Vec::new();
             for _ in 0..tokens {
-                quantize_activations(&rng.vec(row_len), &mut acts).unwrap();
+                quantize_activations_for(dtype, &rng.vec(row_len), &mut acts).unwrap();
                 all.extend_from_slice(&acts);
             }
             let per_token = all.len() / tokens;

@@ -22,7 +22,9 @@ use super::small_gemm::{small_gemm, Operand, Product};
 use super::token_lanes::{self, token_lanes_gemm, token_lanes_gemm_rows, TokenWords, Words};
 use crate::quant::interleaved::{dot_group_tokens, InterleavedRows, GROUP};
 use crate::quant::packed::{block_sums, dot_packed_tokens, pair_activations, ActPair, PackedDot};
-use crate::quant::{dequantize_row, quantize_activations, supports_dot, vec_dot, BlockQ8, DotImpl, QK};
+use crate::quant::{
+    dequantize_row, quantize_activations_for, shares_act_scales, supports_dot, vec_dot, BlockQ8, DotImpl, QK,
+};
 use crate::{DType, Result, Tensor, TensorError};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -234,12 +236,15 @@ fn rows_linear(
     let in_dim = outputs[0].0.row_len();
     let needs_blocks = outputs.iter().any(|(w, _)| supports_dot(w.dtype()));
     let needs_pairs = outputs.iter().any(|(w, _)| w.packed().is_some());
+    // One quantization serves every output: with a super-block scale where
+    // any of them needs it (every kernel takes that form).
+    let act_dtype = outputs.iter().map(|(w, _)| w.dtype()).find(|&d| shares_act_scales(d)).unwrap_or(DType::Q8_0);
     scratch.acts.clear();
     scratch.pairs.clear();
     scratch.sums.clear();
     for x_row in x.chunks_exact(in_dim) {
         if needs_blocks {
-            quantize_activations(x_row, &mut scratch.row_acts)?;
+            quantize_activations_for(act_dtype, x_row, &mut scratch.row_acts)?;
             scratch.acts.extend_from_slice(&scratch.row_acts);
         }
         if needs_pairs {

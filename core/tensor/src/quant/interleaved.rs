@@ -43,7 +43,7 @@
 //! exact; the scaling order differs); each row's result never depends on
 //! which thread or batch computed it.
 
-use super::{f16_at, BlockQ8, QK};
+use super::{f16_at, scales_shared, shares_act_scales, BlockQ8, QK};
 use crate::DType;
 
 /// Rows stored together.
@@ -422,8 +422,9 @@ impl GroupKernel {
 }
 
 /// The dot products of group `g`'s eight rows with one token's activations
-/// (`blocks` of them), in row order, on the fastest kernel this CPU runs
-/// (every kernel gives the same bits).
+/// (`blocks` of them, quantized as [`super::quantize_activations_for`] the
+/// matrix's type gives them), in row order, on the fastest kernel this CPU
+/// runs (every kernel gives the same bits).
 pub fn dot_group(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
     let mut out = [[0f32; GROUP]];
     dot_group_tokens(rows, g, acts, &mut out);
@@ -454,6 +455,13 @@ pub fn dot_group_tokens_on(
         "dot_group_tokens: group {g}, {} act blocks for {} tokens",
         acts.len(),
         out.len()
+    );
+    // Checked on the first group only, which every matrix product passes
+    // (a check per group would cost a few percent of the kernel).
+    assert!(
+        g != 0 || !shares_act_scales(rows.dtype) || scales_shared(acts),
+        "dot_group_tokens: {} takes activations with one scale per super block (quantize_activations_for)",
+        rows.dtype
     );
     #[cfg(target_arch = "x86_64")]
     {
@@ -534,17 +542,18 @@ pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [
 }
 
 /// The q6_k, q3_k or q2_k lanes, in the kernel's order of operations: per
-/// act block, the integer `Σ_half sc·(Σ q·a − offset·Σ a)` over its two
-/// 16-element halves, then `acc += d·(a.d·that)`; q2_k also `mins +=
-/// dmin·(a.d·Σ_half m·Σ a)`; then `acc − mins`.
+/// super block (whose act blocks share one scale `a.d`), the integer
+/// `Σ_j Σ_half sc·(Σ q·a − offset·Σ a)` over its act blocks' 16-element
+/// halves, then `acc += d·(a.d·that)`; q2_k also `mins += dmin·(a.d·Σ_j
+/// Σ_half m·Σ a)`; then `acc − mins`.
 fn halves_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
     let (layout, size) = (HalvesLayout::of(dtype), InterleavedRows::block_bytes(dtype));
     let offset = if dtype == DType::Q2K { 0 } else { 1 << layout.offset_shift };
     let (mut acc, mut mins) = ([0f32; GROUP], [0f32; GROUP]);
     for (block, sub) in data.chunks_exact(size).zip(acts.chunks_exact(8)) {
-        for (j, a) in sub.iter().enumerate() {
-            for (lane, &row) in LANE_ROWS.iter().enumerate() {
-                let (mut total, mut min_total) = (0i32, 0i32);
+        for (lane, &row) in LANE_ROWS.iter().enumerate() {
+            let (mut total, mut min_total) = (0i32, 0i32);
+            for (j, a) in sub.iter().enumerate() {
                 for half in 0..2 {
                     let dot: i32 = (16 * half..16 * half + 16)
                         .map(|e| element(dtype, block, row, 32 * j + e) * a.qs[e] as i32)
@@ -553,10 +562,11 @@ fn halves_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
                     total += (dot - offset * a.half_sums[half] as i32) * sc;
                     min_total += m * a.half_sums[half] as i32;
                 }
-                acc[lane] = f16_at(block, 2 * lane).mul_add(a.d * total as f32, acc[lane]);
-                if dtype == DType::Q2K {
-                    mins[lane] = f16_at(block, 16 + 2 * lane).mul_add(a.d * min_total as f32, mins[lane]);
-                }
+            }
+            let a_d = sub[0].d;
+            acc[lane] = f16_at(block, 2 * lane).mul_add(a_d * total as f32, acc[lane]);
+            if dtype == DType::Q2K {
+                mins[lane] = f16_at(block, 16 + 2 * lane).mul_add(a_d * min_total as f32, mins[lane]);
             }
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! Weights stay in their block format; activations are quantized to 8 bits in
 //! blocks of 32 ([`BlockQ8`]) so a matvec becomes integer dot products, as
-//! llama.cpp does. Every format has a scalar path (the reference) and, where
+//! llama.cpp does (with one scale per 256-element super block for the
+//! formats whose kernels sum a super block in integers, as its `q8_K`). Every format has a scalar path (the reference) and, where
 //! it matters for speed, an AVX2 path chosen at run time.
 
 mod avx2;
@@ -51,62 +52,115 @@ pub struct BlockQ8 {
     pub half_sums: [i16; 2],
 }
 
-/// Quantizes a row of activations (length a multiple of 32) to [`BlockQ8`]s.
+/// Quantizes a row of activations (length a multiple of 32) to [`BlockQ8`]s,
+/// each block with its own scale.
 pub fn quantize_activations(x: &[f32], out: &mut Vec<BlockQ8>) -> Result<()> {
-    if !x.len().is_multiple_of(QK) {
-        return Err(TensorError::BadBlockLength { dtype: DType::Q8_0, block: QK, len: x.len() });
+    quantize_activations_over(x, QK, out)
+}
+
+/// Elements of a super block: the span over which
+/// [`quantize_activations_for`] shares one scale for the formats that
+/// need it ([`shares_act_scales`]).
+pub const QK_K: usize = 256;
+
+/// True for the formats whose interleaved kernels take activations with
+/// one scale per 256-element super block, as llama.cpp's `q8_K` has: q6_k,
+/// q3_k and q2_k, whose 16-element sub-blocks each carry an integer scale.
+/// The kernel then sums a whole super block in integers and scales it
+/// once per token, where a scale per 32 elements took a float step per
+/// block.
+pub fn shares_act_scales(dtype: DType) -> bool {
+    matches!(dtype, DType::Q6K | DType::Q3K | DType::Q2K)
+}
+
+/// [`quantize_activations`] as a matrix of type `dtype` needs it: one
+/// scale per [`QK_K`] elements (the blocks of each super block share it)
+/// where [`shares_act_scales`], else per block. Every kernel takes the
+/// shared form too (its blocks are ordinary blocks that happen to share
+/// `d`).
+pub fn quantize_activations_for(dtype: DType, x: &[f32], out: &mut Vec<BlockQ8>) -> Result<()> {
+    let span = if shares_act_scales(dtype) { QK_K } else { QK };
+    quantize_activations_over(x, span, out)
+}
+
+/// True when every super block of `acts` (a whole number of them) has one
+/// scale in all of its blocks, as the kernels of [`shares_act_scales`]
+/// formats require.
+pub fn scales_shared(acts: &[BlockQ8]) -> bool {
+    let per_super = QK_K / QK;
+    acts.len().is_multiple_of(per_super)
+        && acts.chunks_exact(per_super).all(|sub| sub.iter().all(|a| a.d.to_bits() == sub[0].d.to_bits()))
+}
+
+/// Quantizes `x` block by block, each run of `span` elements (32 or 256)
+/// sharing the scale `amax / 127` of the whole run.
+fn quantize_activations_over(x: &[f32], span: usize, out: &mut Vec<BlockQ8>) -> Result<()> {
+    if !x.len().is_multiple_of(span) {
+        return Err(TensorError::BadBlockLength { dtype: DType::Q8_0, block: span, len: x.len() });
     }
     out.clear();
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::cpu::has_avx2_fma() {
-            // SAFETY: the features this function is compiled for were just detected.
-            unsafe { quantize_blocks_avx2(x, out) };
-            return Ok(());
+    for run in x.chunks_exact(span) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::cpu::has_avx2_fma() {
+                // SAFETY: the features these functions are compiled for were just detected.
+                unsafe {
+                    let d = abs_max_avx2(run) / 127.0;
+                    out.extend(run.chunks_exact(QK).map(|block| quantize_block_avx2(block, d)));
+                }
+                continue;
+            }
         }
+        let d = run.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        out.extend(run.chunks_exact(QK).map(|block| quantize_activation_block(block, d)));
     }
-    out.extend(x.chunks_exact(QK).map(quantize_activation_block));
     Ok(())
 }
 
-/// [`quantize_activation_block`] in AVX2, block by block: the same
-/// operations in the same order (abs-max, `amax / 127`, `1 / d`, multiply,
-/// round half to even, integer sum), so the results are identical.
+/// The largest |x| of `x` (a whole number of 32-element blocks), in AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_blocks_avx2(x: &[f32], out: &mut Vec<BlockQ8>) {
+unsafe fn abs_max_avx2(x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let sign = _mm256_set1_ps(-0.0);
-    for block in x.chunks_exact(QK) {
-        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(block.as_ptr().add(8 * i)));
-        let abs = v.map(|r| _mm256_andnot_ps(sign, r));
-        let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-        let d = amax / 127.0;
-        let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-        let q = v.map(|r| _mm256_cvtps_epi32(_mm256_round_ps::<NEAREST>(_mm256_mul_ps(r, id))));
-        let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        let sum = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
-        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b01_00_11_10>(sum));
-        let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32::<0b10_11_00_01>(sum)));
-        // Narrow to bytes (values are within ±127); the packs interleave
-        // 128-bit lanes, which the final permute puts back in order.
-        let words = [_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])];
-        let bytes = _mm256_packs_epi16(words[0], words[1]);
-        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        let mut qs = [0i8; QK];
-        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, ordered);
-        out.push(BlockQ8 { d, s: d * sum as f32, qs, half_sums: half_sums(&qs) });
+    let mut m = _mm256_setzero_ps();
+    for block in x.chunks_exact(8) {
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(block.as_ptr())));
     }
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
 }
 
+/// [`quantize_activation_block`] in AVX2: the same operations in the same
+/// order (`1 / d`, multiply, round half to even, integer sum), so the
+/// results are identical.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_block_avx2(block: &[f32], d: f32) -> BlockQ8 {
+    use std::arch::x86_64::*;
+    let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(block.as_ptr().add(8 * i)));
+    let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    let q = v.map(|r| _mm256_cvtps_epi32(_mm256_round_ps::<NEAREST>(_mm256_mul_ps(r, id))));
+    let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    let sum = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
+    let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b01_00_11_10>(sum));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32::<0b10_11_00_01>(sum)));
+    // Narrow to bytes (values are within ±127); the packs interleave
+    // 128-bit lanes, which the final permute puts back in order.
+    let words = [_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])];
+    let bytes = _mm256_packs_epi16(words[0], words[1]);
+    let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let mut qs = [0i8; QK];
+    _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, ordered);
+    BlockQ8 { d, s: d * sum as f32, qs, half_sums: half_sums(&qs) }
+}
+
+/// One block of `x` quantized at scale `d` (the block's own `amax / 127`,
+/// or its super block's).
 #[inline(always)]
-fn quantize_activation_block(x: &[f32]) -> BlockQ8 {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
+fn quantize_activation_block(x: &[f32], d: f32) -> BlockQ8 {
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
     let mut qs = [0i8; QK];
     let mut sum = 0i32;

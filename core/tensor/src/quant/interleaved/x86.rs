@@ -395,48 +395,85 @@ macro_rules! kernels {
             runs
         }
 
-        /// Σ sc·q·a of a quad's four rows for one act block, per token: the
-        /// low 16 elements (runs 0/1) and the high 16 (runs 2/3), each half's
-        /// pair sums weighted by its rows' sub-block scales `scales` (one i16
-        /// per row, in each of the row's four lanes), added up (two i32 lanes
-        /// per row). Each run meets every token.
+        /// Adds to each token's `totals` Σ_half sc·Σ q·a of an act block's
+        /// eight rows, in lane order, from both quads' runs; tokens' half
+        /// sums (an i16 pair each) are at `a[t].half_sums`. VNNI: each
+        /// half's chain of two `vpdpbusd` per quad starts at the `madd` of
+        /// the half sums with `start_weights[half]` (the offset's part),
+        /// `hadd` pairs the quads' lanes into one lane per row, and one
+        /// `vpmulld` applies the rows' i32 scales `scales.lanes`. AVX2:
+        /// `maddubs` pair sums in i16, weighted by each quad's scales
+        /// `scales.quads` in `madd`, then `hadd`. The loops over tokens
+        /// have short bodies, so they unroll and `totals` stay in registers
+        /// (one long body kept them in memory: 25 % slower).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn halves_quad_tokens<const T: usize>(
-            runs: &[__m256i; 4],
-            scales: &[__m256i; 2],
+        unsafe fn halves_tokens<const T: usize>(
+            runs: &[[__m256i; 4]; 2],
+            scales: &HalfScales,
             a: &[&BlockQ8; T],
-        ) -> [__m256i; T] {
-            let mut halves = [[_mm256_setzero_si256(); 2]; T];
-            for (k, &w) in runs.iter().enumerate() {
-                for t in 0..T {
-                    let p = &mut halves[t][k / 2];
-                    *p = if $vnni {
-                        // Each i32 lane: bytes 4j..4j+4 of both runs of a half, as `madd` pairs them below.
-                        _mm256_dpbusd_epi32(*p, w, run_of(a[t], k))
-                    } else {
-                        // Each i16 lane ≤ 2·63·127 (q6_k; less for q3_k, q2_k); two summed stay below 2¹⁵.
-                        _mm256_add_epi16(*p, _mm256_maddubs_epi16(w, run_of(a[t], k)))
-                    };
-                }
-            }
+            start_weights: [__m256i; 2],
+            totals: &mut [__m256i; T],
+        ) {
+            // No closures here: one loses the target features and stays a call.
             if $vnni {
-                // Each row's scale as an i32 in its lanes (the high i16 of each pair, sign-extended).
-                let (lo, hi) = (_mm256_srai_epi32(scales[0], 16), _mm256_srai_epi32(scales[1], 16));
-                return halves.map(|[l, h]| _mm256_add_epi32(_mm256_mullo_epi32(l, lo), _mm256_mullo_epi32(h, hi)));
+                for half in 0..2 {
+                    for t in 0..T {
+                        let sums = _mm256_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
+                        let start = _mm256_madd_epi16(sums, start_weights[half]);
+                        let (first, second) = (run_of(a[t], 2 * half), run_of(a[t], 2 * half + 1));
+                        // Each i32 lane: start + Σ of 8 products ≤ 63·127 (q6_k).
+                        let mut chains = [start; 2];
+                        for (chain, w) in chains.iter_mut().zip(runs) {
+                            *chain = _mm256_dpbusd_epi32(*chain, w[2 * half], first);
+                            *chain = _mm256_dpbusd_epi32(*chain, w[2 * half + 1], second);
+                        }
+                        let per_row = _mm256_hadd_epi32(chains[0], chains[1]);
+                        totals[t] = _mm256_add_epi32(totals[t], _mm256_mullo_epi32(per_row, scales.lanes[half]));
+                    }
+                }
+                return;
             }
-            // Each pair ≤ 2·(2·63·127)·128: far inside i32.
-            halves.map(|[lo, hi]| _mm256_add_epi32(_mm256_madd_epi16(lo, scales[0]), _mm256_madd_epi16(hi, scales[1])))
+            for t in 0..T {
+                let acts = runs_of(a[t]);
+                let mut quads = [_mm256_setzero_si256(); 2];
+                for ((sum, w), quad_scales) in quads.iter_mut().zip(runs).zip(&scales.quads) {
+                    for (half, scale) in quad_scales.iter().enumerate() {
+                        // Each i16 lane ≤ 2·63·127 (q6_k; less for q3_k, q2_k); two summed stay below 2¹⁵.
+                        let pairs = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(w[2 * half], acts[2 * half]),
+                            _mm256_maddubs_epi16(w[2 * half + 1], acts[2 * half + 1]),
+                        );
+                        // Each pair ≤ 2·(2·63·127)·128: far inside i32.
+                        *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, *scale));
+                    }
+                }
+                totals[t] = _mm256_add_epi32(totals[t], _mm256_hadd_epi32(quads[0], quads[1]));
+            }
         }
 
-        /// An act block's sub-block scales (the two halves' eight i8, in lane
-        /// order, in the low bytes of `lo` and `hi`) as `maddubs` pair weights:
-        /// per quad and half, each of the quad's four rows' scale in its four
-        /// i16 lanes; and both halves' scales of each lane as an i16 pair
-        /// (low, high).
+        /// An act block's sub-block scales in the forms the kernels apply
+        /// them in.
+        struct HalfScales {
+            /// VNNI: per half, each lane's scale as an i32 (lane order).
+            lanes: [__m256i; 2],
+            /// AVX2: per quad and half, each of the quad's four rows' scale
+            /// in its four i16 lanes (`maddubs` pair weights).
+            quads: [[__m256i; 2]; 2],
+            /// Both halves' scales of each lane as an i16 pair (low, high).
+            pairs: __m256i,
+        }
+
+        /// The scales of an act block's two halves (eight i8, in lane
+        /// order, in the low bytes of `lo` and `hi`).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn half_scales(lo: __m128i, hi: __m128i) -> ([[__m256i; 2]; 2], __m256i) {
+        unsafe fn half_scales(lo: __m128i, hi: __m128i) -> HalfScales {
+            let pairs = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(lo, hi));
+            if $vnni {
+                let lanes = [_mm256_cvtepi8_epi32(lo), _mm256_cvtepi8_epi32(hi)];
+                return HalfScales { lanes, quads: [[_mm256_setzero_si256(); 2]; 2], pairs };
+            }
             // Lane order [0, 1, 4, 5, 2, 3, 6, 7]: quad 0's rows sit in lanes
             // 0, 1 (low 128 bits) and 4, 5 (high); quad 1's in 2, 3 and 6, 7.
             let pick = [
@@ -450,10 +487,9 @@ macro_rules! kernels {
                 ),
             ];
             let words = [lo, hi].map(|half| _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(half)));
-            let per_quad = [0, 1]
+            let quads = [0, 1]
                 .map(|quad| [_mm256_shuffle_epi8(words[0], pick[quad]), _mm256_shuffle_epi8(words[1], pick[quad])]);
-            let pairs = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(lo, hi));
-            (per_quad, pairs)
+            HalfScales { lanes: [_mm256_setzero_si256(); 2], quads, pairs }
         }
 
         /// q2_k: both halves' mins of each lane as an i16 pair (low, high),
@@ -469,61 +505,70 @@ macro_rules! kernels {
         }
 
         /// The eight lanes of a q6_k, q3_k or q2_k group per token (see
-        /// `halves_scalar` for the order).
+        /// `halves_scalar` for the order). The activations share one scale
+        /// per super block (`quant::shares_act_scales`), so each token's
+        /// super block is summed in integers and scaled once: `Σ_half
+        /// sc·(Σ q·a − offset·Σ a)`, the offset's part entering VNNI's
+        /// chains at their start (−offset/2·Σ a in each of a row's two
+        /// lanes of a half) and AVX2's sum at the end, from `Σ_half sc·Σ
+        /// a` (`madd` of the scale pairs with the half sums); q2_k's mins
+        /// `Σ_half m·Σ a` the same way, weighted by `dmin`.
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn dot_halves<const T: usize, const F: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
             let dtype = HALVES[F];
             let layout = HalvesLayout::of(dtype);
             let size = InterleavedRows::block_bytes(dtype);
+            let (offset_in_chains, q2_k) = ($vnni && dtype != DType::Q2K, dtype == DType::Q2K);
+            let half_offset = if offset_in_chains { -(1i32 << layout.offset_shift) / 2 } else { 0 };
+            // `madd` of a token's half sums (an i16 pair) with these gives each half's start.
+            let start_weights = [_mm256_set1_epi32(half_offset & 0xFFFF), _mm256_set1_epi32(half_offset << 16)];
             let (mut acc, mut mins) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
             let low_nibbles = _mm_set1_epi8(0x0F);
             for b in 0..acts[0].len() / 8 {
                 let block = group.as_ptr().add(b * size);
-                let d = f16x8(block);
-                let dmin = if dtype == DType::Q2K { f16x8(block.add(16)) } else { d };
+                let mut totals = [_mm256_setzero_si256(); T];
+                // AVX2: Σ sc·Σ a (the offset's); q2_k: Σ m·Σ a.
+                let mut side = [_mm256_setzero_si256(); T];
                 for j in 0..8 {
                     let q = block.add(layout.quants + layout.act_bytes * j);
-                    let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
                     let at = block.add(layout.scales + 16 * j);
                     let (lo, hi) =
                         (_mm_loadl_epi64(at as *const __m128i), _mm_loadl_epi64(at.add(8) as *const __m128i));
                     // q2_k: a byte holds the scale (low nibble) and the min (high).
-                    let (lo, hi) = if dtype == DType::Q2K {
-                        (_mm_and_si128(lo, low_nibbles), _mm_and_si128(hi, low_nibbles))
+                    let (lo, hi) =
+                        if q2_k { (_mm_and_si128(lo, low_nibbles), _mm_and_si128(hi, low_nibbles)) } else { (lo, hi) };
+                    let scales = half_scales(lo, hi);
+                    let side_pairs = if q2_k { q2_k_min_pairs(at) } else { scales.pairs };
+                    let runs = if dtype == DType::Q6K {
+                        [q6_k_runs(q), q6_k_runs(q.add(Q6K_QUAD_BYTES))]
                     } else {
-                        (lo, hi)
+                        [
+                            low_bit_runs::<F>(q, q.wrapping_add(64), 0),
+                            low_bit_runs::<F>(q.add(32), q.wrapping_add(64), 1),
+                        ]
                     };
-                    let (per_quad, pairs) = half_scales(lo, hi);
-                    let mut dots = [[_mm256_setzero_si256(); T]; 2];
-                    for (quad, sums) in dots.iter_mut().enumerate() {
-                        let runs = if dtype == DType::Q6K {
-                            q6_k_runs(q.add(Q6K_QUAD_BYTES * quad))
-                        } else {
-                            low_bit_runs::<F>(q.add(32 * quad), q.wrapping_add(64), quad)
-                        };
-                        *sums = halves_quad_tokens(&runs, &per_quad[quad], &a);
-                    }
-                    let min_pairs = if dtype == DType::Q2K { q2_k_min_pairs(at) } else { pairs };
-                    for t in 0..T {
-                        // Σ_half sc·Σ q·a, then minus offset·Σ_half sc·Σ a (the
-                        // activations' half sums as one i16 pair per lane).
-                        let dot = _mm256_hadd_epi32(dots[0][t], dots[1][t]);
-                        let sums = _mm256_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
-                        let total = match dtype {
-                            DType::Q2K => dot,
-                            _ => {
-                                let offset = _mm256_madd_epi16(pairs, sums);
-                                _mm256_sub_epi32(dot, _mm256_sll_epi32(offset, _mm_cvtsi32_si128(layout.offset_shift)))
-                            }
-                        };
-                        let a_d = _mm256_set1_ps(a[t].d);
-                        acc[t] = _mm256_fmadd_ps(d, _mm256_mul_ps(a_d, _mm256_cvtepi32_ps(total)), acc[t]);
-                        if dtype == DType::Q2K {
-                            // Σ_half m·Σ a, weighted by dmin.
-                            let min_sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(min_pairs, sums));
-                            mins[t] = _mm256_fmadd_ps(dmin, _mm256_mul_ps(a_d, min_sum), mins[t]);
+                    let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
+                    halves_tokens(&runs, &scales, &a, start_weights, &mut totals);
+                    if !offset_in_chains {
+                        for t in 0..T {
+                            let sums = _mm256_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
+                            side[t] = _mm256_add_epi32(side[t], _mm256_madd_epi16(side_pairs, sums));
                         }
+                    }
+                }
+                let d = f16x8(block);
+                for t in 0..T {
+                    let a_d = _mm256_set1_ps(acts[t][8 * b].d);
+                    let total = if offset_in_chains || q2_k {
+                        totals[t]
+                    } else {
+                        _mm256_sub_epi32(totals[t], _mm256_sll_epi32(side[t], _mm_cvtsi32_si128(layout.offset_shift)))
+                    };
+                    acc[t] = _mm256_fmadd_ps(d, _mm256_mul_ps(a_d, _mm256_cvtepi32_ps(total)), acc[t]);
+                    if q2_k {
+                        let dmin = f16x8(block.add(16));
+                        mins[t] = _mm256_fmadd_ps(dmin, _mm256_mul_ps(a_d, _mm256_cvtepi32_ps(side[t])), mins[t]);
                     }
                 }
             }

@@ -1,0 +1,76 @@
+//! The interleaved group kernels (`quant::interleaved`) on one thread, per
+//! GGUF type: a prefill tile of tokens and a lone decode token against a
+//! 2,048 × 2,048 matrix, as multiply-adds per second (the best of ROUNDS:
+//! on a shared VM, interference only ever slows a round down).
+//! A figure to compare kernel changes by on one machine, in one run; the
+//! peer comparison lives in `benches/llamacpp`.
+//!
+//! `cargo bench -p tailor-tensor --bench group_kernels` (ROUNDS, TOKENS,
+//! TYPES=q6_k,q4_k env).
+
+use std::time::Instant;
+use tailor_tensor::quant::interleaved::{dot_group_tokens, interleave_rows, GROUP};
+use tailor_tensor::quant::{quantize_activations_for, BlockQ8};
+use tailor_tensor::{DType, Tensor};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn best(v: impl Iterator<Item = f64>) -> f64 {
+    v.fold(0.0, f64::max)
+}
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32).map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+}
+
+const ALL: [DType; 12] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q2K,
+    DType::Q3K,
+    DType::Q4K,
+    DType::Q5K,
+    DType::Q6K,
+    DType::IQ4NL,
+    DType::IQ4XS,
+];
+
+fn main() {
+    let (rounds, tokens) = (env_usize("ROUNDS", 15), env_usize("TOKENS", 64));
+    let wanted = std::env::var("TYPES").unwrap_or_default();
+    let (rows, row_len) = (2048, 2048);
+    println!("{rows} x {row_len}, one thread, {tokens}-token prefill and 1-token decode, best of {rounds}");
+    println!("{:8} {:>14} {:>14}", "type", "prefill GMAC/s", "decode GMAC/s");
+    let inputs = values(tokens * row_len, 7);
+    for dtype in ALL.into_iter().filter(|d| wanted.is_empty() || wanted.split(',').any(|w| w == d.to_string())) {
+        let mut acts = Vec::new();
+        for x in inputs.chunks_exact(row_len) {
+            let mut row = Vec::new();
+            quantize_activations_for(dtype, x, &mut row).expect("whole blocks");
+            acts.extend_from_slice(&row);
+        }
+        let w = Tensor::from_f32(values(rows * row_len, 3), &[rows, row_len]).unwrap().to_dtype(dtype).unwrap();
+        let grouped = interleave_rows(dtype, w.bytes(), rows, row_len).expect("interleavable");
+        let time = |acts: &[BlockQ8], count: usize| {
+            let mut sums = vec![[0f32; GROUP]; count];
+            let per_token = acts.len() / count;
+            best((0..rounds).map(|_| {
+                let start = Instant::now();
+                for g in 0..rows / GROUP {
+                    for (tile, out) in acts.chunks(32 * per_token).zip(sums.chunks_mut(32)) {
+                        dot_group_tokens(&grouped, g, tile, out);
+                    }
+                }
+                std::hint::black_box(&sums);
+                (rows * row_len * count) as f64 / start.elapsed().as_secs_f64() / 1e9
+            }))
+        };
+        let per_token = acts.len() / tokens;
+        println!("{:8} {:>14.1} {:>14.1}", dtype.to_string(), time(&acts, tokens), time(&acts[..per_token], 1));
+    }
+}
