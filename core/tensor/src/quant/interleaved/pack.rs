@@ -21,7 +21,7 @@ pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) 
     let groups = rows / GROUP;
     let group_bytes = blocks * InterleavedRows::block_bytes(dtype);
     let mut data = vec![0u8; groups * group_bytes];
-    advise_huge_pages(&mut data);
+    crate::tensor::advise_huge_pages(&mut data);
     // Groups are independent: filled in parallel (model loading waits for this).
     data.par_chunks_mut(group_bytes).enumerate().for_each_init(
         || Vec::with_capacity(group_bytes),
@@ -48,27 +48,6 @@ pub fn interleave_rows(dtype: DType, bytes: &[u8], rows: usize, row_len: usize) 
         },
     );
     Some(InterleavedRows { dtype, groups, blocks, data })
-}
-
-/// Asks Linux to back `data` (still untouched: calloc's fresh mapping)
-/// with 2 MiB pages where whole ones fit, so decoding streams the
-/// weights with one TLB entry per 2 MiB instead of per 4 KiB. A hint:
-/// where transparent huge pages are off, nothing changes.
-fn advise_huge_pages(data: &mut [u8]) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = (data.as_ptr() as usize).next_multiple_of(HUGE);
-        let end = (data.as_ptr() as usize + data.len()) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: madvise only changes how the kernel backs pages of
-            // this allocation (start..end lies inside `data`); it neither
-            // unmaps them nor changes their contents.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = data;
 }
 
 /// One 32-element block of eight rows: scales (and q4_1's / q5_1's mins)
