@@ -25,21 +25,6 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
     (0..n as u32).map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect()
 }
 
-const ALL: [DType; 12] = [
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q8_0,
-    DType::Q2K,
-    DType::Q3K,
-    DType::Q4K,
-    DType::Q5K,
-    DType::Q6K,
-    DType::IQ4NL,
-    DType::IQ4XS,
-];
-
 fn main() {
     let (rounds, tokens) = (env_usize("ROUNDS", 15), env_usize("TOKENS", 64));
     let wanted = std::env::var("TYPES").unwrap_or_default();
@@ -47,7 +32,8 @@ fn main() {
     println!("{rows} x {row_len}, one thread, {tokens}-token prefill and 1-token decode, best of {rounds}");
     println!("{:8} {:>14} {:>14}", "type", "prefill GMAC/s", "decode GMAC/s");
     let inputs = values(tokens * row_len, 7);
-    for dtype in ALL.into_iter().filter(|d| wanted.is_empty() || wanted.split(',').any(|w| w == d.to_string())) {
+    let chosen = |d: &DType| wanted.is_empty() || wanted.split(',').any(|w| w == d.to_string());
+    for dtype in DType::ALL.into_iter().filter(|d| d.is_gguf_block()).filter(chosen) {
         let mut acts = Vec::new();
         for x in inputs.chunks_exact(row_len) {
             let mut row = Vec::new();
