@@ -58,12 +58,15 @@ macro_rules! kernels {
         }
 
         /// Decoding streams each group from memory, so the kernels ask for
-        /// what comes next, `bytes` from `p`: the 32-element ones the block
-        /// after next, q4_k the next block a quarter per chunk (measured on AMD
-        /// EPYC, 1B decode: q8_0 18 → 24 tok/s, Q4_K_M 28 → 34; a whole block
-        /// at once slowed q4_k down, and q6_k, whose kernel does more work per
-        /// byte, was slower with every distance tried). A hint: addresses past the
-        /// group's end (or anywhere) never fault.
+        /// what comes next, `bytes` from `p`: the 32-element ones but q8_0
+        /// the block after next, q4_k the next block a quarter per chunk
+        /// (measured on AMD EPYC, 1B decode, with 4 KiB pages: q8_0 18 → 24
+        /// tok/s, Q4_K_M 28 → 34; a whole block at once slowed q4_k down, and
+        /// q6_k, whose kernel does more work per byte, was slower with every
+        /// distance tried; since the groups moved to 2 MiB pages q8_0 is
+        /// faster without, and q6_k still gains nothing at one or two blocks
+        /// ahead). A hint: addresses past the group's end (or anywhere) never
+        /// fault.
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn prefetch(p: *const u8, bytes: usize) {
@@ -212,7 +215,12 @@ macro_rules! kernels {
                     (block, _mm256_mul_ps(f16x8(block), sc), q)
                 } else {
                     let block = group.as_ptr().add(b * size);
-                    prefetch(block.wrapping_add(2 * size), size);
+                    // Not q8_0's: with the groups in 2 MiB pages its hint cost
+                    // (1B decode 34.7 → 39.2 tok/s without), while iq4_nl's
+                    // still pays (49.3 without, 50.8 with) and q4_0's is even.
+                    if dtype != DType::Q8_0 {
+                        prefetch(block.wrapping_add(2 * size), size);
+                    }
                     (block, f16x8(block), block.add(base))
                 };
                 let m = if with_mins { f16x8(block.add(16)) } else { d };
