@@ -6,7 +6,8 @@
 # Retrieval quality is checked on NegConstraint (BEIR) from
 # $TAILOR_NEGCONSTRAINT or ../shared/data/negconstraint; a plain clone has
 # neither and that one test says it did not run (unless
-# TAILOR_REQUIRE_NEGCONSTRAINT is set, as .ci/run does).
+# TAILOR_REQUIRE_NEGCONSTRAINT is set, as .ci/run does). The CUDA kernels
+# are compiled for sm_90 and sm_80 by NVRTC from NVIDIA's PyPI wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -14,4 +15,10 @@ cargo build --release --quiet --workspace   # the CLI, tailord and the plugin cd
 ./target/release/tailor models fetch
 scripts/venv.sh openai openai >/dev/null   # the official OpenAI client, for the daemon tests
 cargo test --workspace --release
+# The CUDA kernels compile with NVRTC and assemble with ptxas (resource
+# report printed) without a GPU, from NVIDIA's PyPI wheels; the GPU tests
+# build and say that they did not run.
+cuda=$(scripts/cuda_toolchain.sh)/nvidia/cu13
+LD_LIBRARY_PATH="$cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" TAILOR_PTXAS="$cuda/bin/ptxas" TAILOR_REQUIRE_NVRTC=1 \
+  cargo test --release -p tailor-tensor --features cuda --test cuda_compile --test cuda_kernels -- --nocapture
 packaging/check.sh

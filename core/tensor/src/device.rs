@@ -44,11 +44,14 @@ impl Device {
 }
 
 fn cuda_unavailable_reason() -> &'static str {
-    if cfg!(feature = "cuda") {
-        "the CUDA backend is not implemented in this version; use the CPU"
-    } else {
-        "this build has no CUDA support (rebuild with --features cuda)"
+    if !cfg!(feature = "cuda") {
+        return "this build has no CUDA support (rebuild with --features cuda)";
     }
+    #[cfg(feature = "cuda")]
+    if !crate::cuda::backend::driver_present() {
+        return "no CUDA driver (libcuda.so) on this machine; using the CPU";
+    }
+    "the decoder does not run on CUDA yet (its kernels and memory pool are in tailor_tensor::cuda); using the CPU"
 }
 
 impl std::fmt::Display for Device {

@@ -56,6 +56,30 @@ pub enum TensorError {
     /// The requested device cannot be used in this build or on this machine.
     #[error("device {0} is unavailable: {1}")]
     DeviceUnavailable(String, String),
+    /// The device memory pool's budget (or the device itself) cannot hold
+    /// a request; the request fails, nothing else does.
+    #[error("out of device memory: {requested} bytes requested, {in_use} of the {budget}-byte budget in use")]
+    DeviceOutOfMemory {
+        /// Bytes asked for.
+        requested: usize,
+        /// Bytes the pool had handed out.
+        in_use: usize,
+        /// The pool's budget.
+        budget: usize,
+    },
+    /// NVRTC could not compile a kernel; `log` is the compiler's.
+    #[error("CUDA kernel {kernel} failed to compile for {arch}:\n{log}")]
+    KernelCompile {
+        /// The kernel file.
+        kernel: String,
+        /// The target (`sm_90`, `compute_90`).
+        arch: String,
+        /// The compiler's log.
+        log: String,
+    },
+    /// A CUDA driver call failed.
+    #[error("CUDA driver: {0}")]
+    Cuda(String),
 }
 
 /// Result alias for tailor-tensor.

@@ -7,6 +7,7 @@
 //! reference any accelerator kernel is tested against.
 
 pub mod cpu;
+pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod error;

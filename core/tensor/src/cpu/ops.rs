@@ -362,6 +362,22 @@ impl RopeTable {
         self.positions
     }
 
+    /// Values per head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// The cosines, `[positions, head_dim / 2]` (uploaded by the CUDA
+    /// backend so that both devices rotate by the same values).
+    pub fn cos_table(&self) -> &[f32] {
+        &self.cos
+    }
+
+    /// The sines, laid out as [`RopeTable::cos_table`].
+    pub fn sin_table(&self) -> &[f32] {
+        &self.sin
+    }
+
     /// Rotates `x` = `[tokens, n_heads · head_dim]` whose first token sits at
     /// position `start`. Panics if `start + tokens` exceeds [`Self::positions`];
     /// callers bound sequences by the context length first.

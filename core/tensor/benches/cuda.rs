@@ -1,0 +1,140 @@
+//! The CUDA kernels timed on the device at the sizes people run: decode
+//! GEMV's effective bandwidth (weight bytes per call / time) against a
+//! device-to-device copy measured in the same run, and LoRA BGMV with 32
+//! distinct adapters against 1 in the same 32-row batch. Times are the
+//! median of 9 rounds of 20 launches each, after a warm-up, the stream
+//! synchronised around each round.
+//!
+//! `cargo bench -p tailor-tensor --features cuda --bench cuda` on a GPU;
+//! `… --bench cuda -- precompile DIR` fills a kernel cache for sm_90 with
+//! NVRTC alone (no GPU), for a GPU machine that has a driver but no NVRTC
+//! (run there with TAILOR_KERNEL_CACHE=DIR).
+
+use std::time::Instant;
+use tailor_tensor::cpu::{LoraMatrix, LoraPair};
+use tailor_tensor::cuda::backend::{CudaBackend, DeviceLora};
+use tailor_tensor::cuda::kernels::ALL;
+use tailor_tensor::cuda::nvrtc::KernelCache;
+use tailor_tensor::{DType, Result, Tensor};
+
+/// Llama-3-8B's FFN width times four by its hidden size: well past the
+/// H200's 50 MB L2 in every type, so the weights stream from HBM.
+const GEMV_ROWS: usize = 4 * 14336;
+const GEMV_COLS: usize = 4096;
+const ROUNDS: usize = 9;
+const CALLS: usize = 20;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if let [command, dir] = args.as_slice() {
+        if command == "precompile" {
+            return precompile(dir);
+        }
+    }
+    let gpu = CudaBackend::new(0, 64 << 30)?;
+    println!("device: {}", gpu.describe());
+    let copy = copy_bandwidth(&gpu)?;
+    println!("device-to-device copy: {copy:.0} GB/s (read + write)");
+    println!("{:<8} {:>10} {:>12} {:>10}", "type", "MB", "GEMV GB/s", "of copy");
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4K, DType::Q6K, DType::F16, DType::BF16] {
+        let (megabytes, bandwidth) = gemv_bandwidth(&gpu, dtype)?;
+        println!("{:<8} {megabytes:>10.0} {bandwidth:>12.0} {:>9.0}%", dtype.name(), 100.0 * bandwidth / copy);
+    }
+    let (one, many) = lora_adapters(&gpu)?;
+    println!(
+        "LoRA BGMV, 32 rows, 4096→16→4096: 1 adapter {:.1} µs, 32 adapters {:.1} µs, ratio {:.2}",
+        one * 1e6,
+        many * 1e6,
+        one / many
+    );
+    println!("pool: {:?}", gpu.pool_stats());
+    Ok(())
+}
+
+/// Compiles every kernel for sm_90 into `dir`.
+fn precompile(dir: &str) -> Result<()> {
+    let cache = KernelCache::new(Some(dir.into()));
+    for kernel in ALL {
+        cache.cubin(kernel, 90)?;
+        println!(
+            "{} -> {}",
+            kernel.file,
+            cache.path_for(kernel, 90).map(|p| p.display().to_string()).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Median seconds per call of `call`, over ROUNDS rounds of CALLS calls.
+fn time(gpu: &CudaBackend, mut call: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..3 {
+        call()?;
+    }
+    gpu.synchronize()?;
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        for _ in 0..CALLS {
+            call()?;
+        }
+        gpu.synchronize()?;
+        rounds.push(start.elapsed().as_secs_f64() / CALLS as f64);
+    }
+    rounds.sort_by(f64::total_cmp);
+    Ok(rounds[ROUNDS / 2])
+}
+
+/// Pseudo-random bytes (speed does not depend on the values, but never
+/// time on zeros).
+fn noise(len: usize, mut state: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        })
+        .collect()
+}
+
+fn copy_bandwidth(gpu: &CudaBackend) -> Result<f64> {
+    let bytes = 1 << 30;
+    let from = gpu.upload(&noise(bytes, 1))?;
+    let mut to = gpu.alloc(bytes)?;
+    let seconds = time(gpu, || gpu.copy(&from, &mut to))?;
+    Ok(2.0 * bytes as f64 / seconds / 1e9)
+}
+
+/// (weight megabytes, GB/s) of one-token GEMV on random blocks of `dtype`.
+fn gemv_bandwidth(gpu: &CudaBackend, dtype: DType) -> Result<(f64, f64)> {
+    let bytes = dtype.bytes_for(GEMV_ROWS * GEMV_COLS)?;
+    let weights = Tensor::from_bytes(noise(bytes, 2), dtype, &[GEMV_ROWS, GEMV_COLS])?;
+    let on_device = gpu.upload_matrix(&weights)?;
+    let x = gpu.upload(&vec![0.5f32; GEMV_COLS])?;
+    let mut y = gpu.alloc(GEMV_ROWS * 4)?;
+    let seconds = time(gpu, || gpu.linear(&on_device, &x, 1, &mut y))?;
+    Ok((bytes as f64 / 1e6, bytes as f64 / seconds / 1e9))
+}
+
+/// Seconds per BGMV call (shrink + expand) on 32 rows with one shared
+/// adapter and with 32 distinct ones.
+fn lora_adapters(gpu: &CudaBackend) -> Result<(f64, f64)> {
+    let (rows, dim, rank) = (32, 4096, 16);
+    let adapter = |seed: u64| -> Result<DeviceLora> {
+        let values = |n: usize, seed: u64| noise(n, seed).iter().map(|&b| b as f32 / 255.0 - 0.5).collect();
+        let pair = LoraPair::new(
+            rank,
+            dim,
+            dim,
+            LoraMatrix::F32(values(rank * dim, seed)),
+            LoraMatrix::F32(values(dim * rank, seed + 1)),
+        )?;
+        gpu.upload_lora(&pair)
+    };
+    let adapters = (0..rows as u64).map(|i| adapter(10 + 2 * i)).collect::<Result<Vec<_>>>()?;
+    let x = gpu.upload(&vec![0.25f32; rows * dim])?;
+    let mut y = gpu.alloc(rows * dim * 4)?;
+    let shared: Vec<Option<&DeviceLora>> = (0..rows).map(|_| Some(&adapters[0])).collect();
+    let distinct: Vec<Option<&DeviceLora>> = adapters.iter().map(Some).collect();
+    let one = time(gpu, || gpu.lora(&x, &shared, &mut y))?;
+    let many = time(gpu, || gpu.lora(&x, &distinct, &mut y))?;
+    Ok((one, many))
+}

@@ -1,0 +1,49 @@
+// Prepended by tailor-tensor to every kernel before NVRTC compiles it:
+// half-float conversions and reductions, written without CUDA's headers so
+// that NVRTC needs none (any NVRTC of the major version compiles them).
+
+// −∞ (NVRTC has no math.h, so no INFINITY).
+#define NEG_INFINITY __int_as_float(0xff800000)
+
+// An IEEE half's bits widened to f32 (exact).
+__device__ __forceinline__ float f16_to_f32(unsigned short bits) {
+    float value;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(bits));
+    return value;
+}
+
+// A bfloat16's bits widened to f32 (exact).
+__device__ __forceinline__ float bf16_to_f32(unsigned short bits) {
+    return __uint_as_float(((unsigned int)bits) << 16);
+}
+
+// The little-endian f16 at `p`, which need not be 2-byte aligned (GGUF
+// blocks of 18 or 34 bytes put their scales at odd addresses).
+__device__ __forceinline__ float f16_at(const unsigned char* p) {
+    return f16_to_f32((unsigned short)(p[0] | (p[1] << 8)));
+}
+
+// Sum over the 32 lanes of a warp; every lane gets the total.
+__device__ __forceinline__ float warp_sum(float value) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    return value;
+}
+
+// Maximum over the 32 lanes of a warp; every lane gets it.
+__device__ __forceinline__ float warp_max(float value) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    return value;
+}
+
+// Sum over a block whose size is a multiple of 32; every thread gets the
+// total. `scratch` is 32 floats of shared memory; safe to call repeatedly.
+__device__ __forceinline__ float block_sum(float value, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    value = warp_sum(value);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = value;
+    __syncthreads();
+    return warp_sum(lane < warps ? scratch[lane] : 0.0f);
+}

@@ -1,0 +1,113 @@
+//! The CUDA kernels' sources, one op per `.cu` file under `kernels/`,
+//! embedded in the binary so that a GPU machine needs no file beside it.
+//! NVRTC compiles each at first use ([`super::nvrtc`]); CI compiles every
+//! one without a GPU. Each file is compiled after a shared prelude
+//! (half-float conversions, warp and block reductions) and a `#line`
+//! directive, so compiler messages name the file and line of the op.
+
+/// One `.cu` file: an op and the entry points it exports.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelSource {
+    /// The op's name, also the module's name in the kernel cache.
+    pub name: &'static str,
+    /// The file under `core/tensor/kernels/`.
+    pub file: &'static str,
+    /// The file's text.
+    pub code: &'static str,
+    /// The `extern "C"` kernels the file defines.
+    pub entries: &'static [&'static str],
+}
+
+/// The prelude every kernel is compiled after.
+pub const PRELUDE: &str = include_str!("../../kernels/prelude.cuh");
+
+/// RMSNorm over rows.
+pub const RMS_NORM: KernelSource = KernelSource {
+    name: "rms_norm",
+    file: "rms_norm.cu",
+    code: include_str!("../../kernels/rms_norm.cu"),
+    entries: &["rms_norm"],
+};
+
+/// Rotary position embedding from the host's cos/sin tables.
+pub const ROPE: KernelSource =
+    KernelSource { name: "rope", file: "rope.cu", code: include_str!("../../kernels/rope.cu"), entries: &["rope"] };
+
+/// SwiGLU's silu(gate) · up.
+pub const SILU_MUL: KernelSource = KernelSource {
+    name: "silu_mul",
+    file: "silu_mul.cu",
+    code: include_str!("../../kernels/silu_mul.cu"),
+    entries: &["silu_mul"],
+};
+
+/// Embedding gather from f32, f16 or bf16 tables.
+pub const EMBEDDING: KernelSource = KernelSource {
+    name: "embedding",
+    file: "embedding.cu",
+    code: include_str!("../../kernels/embedding.cu"),
+    entries: &["embedding_f32", "embedding_f16", "embedding_bf16"],
+};
+
+/// Linear layers at decode sizes on weights as stored (GGUF blocks, f16,
+/// bf16, f32).
+pub const LINEAR: KernelSource = KernelSource {
+    name: "linear",
+    file: "linear.cu",
+    code: include_str!("../../kernels/linear.cu"),
+    entries: &[
+        "linear_q4_0",
+        "linear_q4_1",
+        "linear_q8_0",
+        "linear_q4_k",
+        "linear_q6_k",
+        "linear_f16",
+        "linear_bf16",
+        "linear_f32",
+    ],
+};
+
+/// Decode attention over each sequence's cached keys and values.
+pub const ATTENTION_DECODE: KernelSource = KernelSource {
+    name: "attention_decode",
+    file: "attention_decode.cu",
+    code: include_str!("../../kernels/attention_decode.cu"),
+    entries: &["attention_decode"],
+};
+
+/// LoRA shrink and expand batched across adapters (BGMV).
+pub const LORA: KernelSource = KernelSource {
+    name: "lora",
+    file: "lora.cu",
+    code: include_str!("../../kernels/lora.cu"),
+    entries: &["lora_shrink", "lora_expand"],
+};
+
+/// Every kernel, in the order CI compiles them.
+pub const ALL: &[KernelSource] = &[RMS_NORM, ROPE, SILU_MUL, EMBEDDING, LINEAR, ATTENTION_DECODE, LORA];
+
+impl KernelSource {
+    /// What NVRTC compiles: the prelude, then the file under its own name
+    /// and line numbers.
+    pub fn full_source(&self) -> String {
+        format!("{PRELUDE}\n#line 1 \"{}\"\n{}", self.file, self.code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_is_defined_in_its_file_and_names_are_unique() {
+        let mut names = std::collections::HashSet::new();
+        for kernel in ALL {
+            assert!(names.insert(kernel.name), "{} listed twice", kernel.name);
+            for entry in kernel.entries {
+                let defined =
+                    kernel.code.contains(&format!(" {entry}(")) || kernel.code.contains(&format!("({entry}, "));
+                assert!(defined, "{}: no kernel named {entry}", kernel.file);
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Every CUDA op against its CPU twin, on random values and odd shapes
+//! (row counts that leave warps idle, token counts that cross a launch's
+//! chunk, sequences of one position). They need a GPU: they run with the
+//! feature `cuda` and TAILOR_CUDA_TESTS=1 (benches/cuda/run.sh sets both)
+//! and say that they did not run elsewhere.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::Rng;
+use tailor_tensor::cpu::{self, AttentionShape, LoraGroup, LoraKernel, LoraMatrix, LoraPair, RopeTable};
+use tailor_tensor::cuda::backend::{CudaBackend, KvView};
+use tailor_tensor::{DType, Tensor, TensorError};
+
+/// The device, or `None` (after saying so) when GPU tests are not asked for.
+fn device() -> Option<CudaBackend> {
+    if std::env::var_os("TAILOR_CUDA_TESTS").is_none() {
+        eprintln!("TAILOR_CUDA_TESTS not set: this GPU test did not run");
+        return None;
+    }
+    Some(CudaBackend::new(0, 8 << 30).unwrap_or_else(|e| panic!("TAILOR_CUDA_TESTS is set but {e}")))
+}
+
+/// Asserts `got` matches `want` within `tolerance` relative to `scale[i]`
+/// (the magnitude the value was summed from).
+fn assert_close(what: &str, got: &[f32], want: &[f32], scale: &[f32], tolerance: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, ((g, w), s)) in got.iter().zip(want).zip(scale).enumerate() {
+        assert!((g - w).abs() <= tolerance * s.max(1e-3), "{what}[{i}]: GPU {g}, CPU {w} (scale {s})");
+    }
+}
+
+#[test]
+fn linear_matches_the_dequantized_cpu_product_for_every_stored_type() {
+    let Some(gpu) = device() else { return };
+    let mut rng = Rng(7);
+    let (rows, cols) = (37, 512);
+    let types = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4K, DType::Q6K, DType::F16, DType::BF16, DType::F32];
+    for dtype in types {
+        let weights = Tensor::from_f32(rng.vec(rows * cols), &[rows, cols]).unwrap().to_dtype(dtype).unwrap();
+        let dense = weights.to_f32().unwrap().into_owned();
+        let on_device = gpu.upload_matrix(&weights).unwrap();
+        for tokens in [1, 3, 11] {
+            let x = rng.vec(tokens * cols);
+            let (mut want, mut scale) = (vec![0f32; tokens * rows], vec![0f32; tokens * rows]);
+            for t in 0..tokens {
+                for r in 0..rows {
+                    let (w_row, x_row) = (&dense[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols]);
+                    want[t * rows + r] =
+                        w_row.iter().zip(x_row).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32;
+                    scale[t * rows + r] = w_row.iter().zip(x_row).map(|(a, b)| (a * b).abs()).sum();
+                }
+            }
+            let x_device = gpu.upload(&x).unwrap();
+            let mut y = gpu.alloc(tokens * rows * 4).unwrap();
+            gpu.linear(&on_device, &x_device, tokens, &mut y).unwrap();
+            let got: Vec<f32> = gpu.download(&y, tokens * rows).unwrap();
+            assert_close(&format!("linear {dtype:?} × {tokens} tokens"), &got, &want, &scale, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn rms_norm_matches_the_cpu() {
+    let Some(gpu) = device() else { return };
+    let mut rng = Rng(11);
+    let (rows, dim) = (3, 576);
+    let (x, weight) = (rng.vec(rows * dim), rng.vec(dim));
+    let mut want = vec![0f32; rows * dim];
+    cpu::rms_norm(&x, &weight, 1e-5, &mut want);
+    let mut out = gpu.alloc(rows * dim * 4).unwrap();
+    gpu.rms_norm(&gpu.upload(&x).unwrap(), &gpu.upload(&weight).unwrap(), &mut out, rows, dim, 1e-5).unwrap();
+    let got: Vec<f32> = gpu.download(&out, rows * dim).unwrap();
+    let scale: Vec<f32> = want.iter().map(|v| v.abs()).collect();
+    assert_close("rms_norm", &got, &want, &scale, 1e-5);
+}
+
+#[test]
+fn rope_matches_the_cpu_at_each_tokens_own_position() {
+    let Some(gpu) = device() else { return };
+    let mut rng = Rng(13);
+    let (head_dim, n_heads) = (64, 3);
+    let table = RopeTable::new(head_dim, &RopeTable::default_inv_freq(head_dim, 10000.0), 64);
+    let positions = [0usize, 5, 17, 63];
+    let x = rng.vec(positions.len() * n_heads * head_dim);
+    let mut want = x.clone();
+    for (t, &position) in positions.iter().enumerate() {
+        table.apply(&mut want[t * n_heads * head_dim..(t + 1) * n_heads * head_dim], n_heads, position);
+    }
+    let device_table = gpu.upload_rope(&table).unwrap();
+    let mut on_device = gpu.upload(&x).unwrap();
+    gpu.rope(&mut on_device, &device_table, &positions, n_heads).unwrap();
+    let got: Vec<f32> = gpu.download(&on_device, x.len()).unwrap();
+    assert_close("rope", &got, &want, &vec![1.0; x.len()], 1e-6);
+    let past = gpu.rope(&mut on_device, &device_table, &[64], 1).unwrap_err();
+    assert!(past.to_string().contains("past the table"), "{past}");
+}
+
+#[test]
+fn silu_mul_matches_the_cpu() {
+    let Some(gpu) = device() else { return };
+    let mut rng = Rng(17);
+    let n = 1000;
+    let (gate, up) = (rng.vec(n), rng.vec(n));
+    let mut want = gate.clone();
+    cpu::silu_mul(&mut want, &up);
+    let mut on_device = gpu.upload(&gate).unwrap();
+    gpu.silu_mul(&mut on_device, &gpu.upload(&up).unwrap(), n).unwrap();
+    let got: Vec<f32> = gpu.download(&on_device, n).unwrap();
+    let scale: Vec<f32> = want.iter().map(|v| v.abs()).collect();
+    assert_close("silu_mul", &got, &want, &scale, 1e-5);
+}
+
+#[test]
+fn embedding_gathers_the_rows_and_refuses_an_id_past_the_vocabulary() {
+    let Some(gpu) = device() else { return };
+    let mut rng = Rng(19);
+    let (vocab, dim) = (100, 64);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let table = Tensor::from_f32(rng.vec(vocab * dim), &[vocab, dim]).unwrap().to_dtype(dtype).unwrap();
+        let dense = table.to_f32().unwrap().into_owned();
+        let on_device = gpu.upload_matrix(&table).unwrap();
+        let ids = [3u32, 99, 0, 3];
+        let mut out = gpu.alloc(ids.len() * dim * 4).unwrap();
+        gpu.embedding(&on_device, &ids, &mut out).unwrap();
+        let got: Vec<f32> = gpu.download(&out, ids.len() * dim).unwrap();
+        let want: Vec<f32> =
+            ids.iter().flat_map(|&id| dense[id as usize * dim..(id as usize + 1) * dim].to_vec()).collect();
+        assert_eq!(got, want, "embedding {dtype:?}");
+        let err = gpu.embedding(&on_device, &[100], &mut out).unwrap_err();
+        assert!(err.to_string().contains("past the vocabulary"), "{err}");
+    }
+}
+
+#[test]
+fn decode_attention_matches_the_cpu_for_grouped_heads_and_ragged_lengths() {
+    let Some(gpu) = device() else { return };
+    let mut rng = Rng(23);
+    let shape = AttentionShape { n_head: 8, n_kv_head: 2, head_dim: 64 };
+    let kv_stride = shape.n_kv_head * shape.head_dim;
+    let lengths = [1usize, 7, 130];
+    let caches: Vec<(Vec<f32>, Vec<f32>)> =
+        lengths.iter().map(|&n| (rng.vec(n * kv_stride), rng.vec(n * kv_stride))).collect();
+    let q = rng.vec(lengths.len() * shape.n_head * shape.head_dim);
+    let mut want = vec![0f32; q.len()];
+    let sequences: Vec<(&[f32], &[f32])> = caches.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+    cpu::decode_attention(&q, &sequences, shape, &mut want);
+    let on_device: Vec<_> = caches.iter().map(|(k, v)| (gpu.upload(k).unwrap(), gpu.upload(v).unwrap())).collect();
+    let views: Vec<KvView<'_>> =
+        on_device.iter().zip(lengths).map(|((keys, values), length)| KvView { keys, values, length }).collect();
+    let mut out = gpu.alloc(q.len() * 4).unwrap();
+    gpu.attention_decode(&gpu.upload(&q).unwrap(), &views, shape, &mut out).unwrap();
+    let got: Vec<f32> = gpu.download(&out, q.len()).unwrap();
+    assert_close("attention_decode", &got, &want, &vec![1.0; q.len()], 1e-5);
+}
+
+#[test]
+fn lora_rows_of_different_adapters_in_one_launch_match_the_cpu_deltas() {
+    let Some(gpu) = device() else { return };
+    let mut rng = Rng(29);
+    let (in_dim, out_dim, rows) = (96, 80, 4);
+    let pair = |rng: &mut Rng, rank: usize| {
+        let (a, b) = (rng.vec(rank * in_dim), rng.vec(out_dim * rank));
+        LoraPair::new(rank, in_dim, out_dim, LoraMatrix::F32(a), LoraMatrix::F32(b)).unwrap()
+    };
+    let (first, second) = (pair(&mut rng, 8), pair(&mut rng, 4));
+    let (x, base) = (rng.vec(rows * in_dim), rng.vec(rows * out_dim));
+    let mut delta = vec![0f32; rows * out_dim];
+    let groups =
+        [LoraGroup { pair: &first, rows: &[0, 2], output: 0 }, LoraGroup { pair: &second, rows: &[1], output: 0 }];
+    cpu::lora_deltas_on(LoraKernel::Scalar, &x, rows, &groups, &mut [&mut delta[..]], &mut Vec::new()).unwrap();
+    let want: Vec<f32> = base.iter().zip(&delta).map(|(b, d)| b + d).collect();
+    let (first_device, second_device) = (gpu.upload_lora(&first).unwrap(), gpu.upload_lora(&second).unwrap());
+    let adapters = [Some(&first_device), Some(&second_device), Some(&first_device), None];
+    let mut y = gpu.upload(&base).unwrap();
+    gpu.lora(&gpu.upload(&x).unwrap(), &adapters, &mut y).unwrap();
+    let got: Vec<f32> = gpu.download(&y, rows * out_dim).unwrap();
+    let scale: Vec<f32> = delta.iter().map(|d| d.abs() + 1.0).collect();
+    assert_close("lora", &got, &want, &scale, 1e-5);
+    assert_eq!(&got[3 * out_dim..], &base[3 * out_dim..], "a row without an adapter is left as it was");
+}
+
+#[test]
+fn past_the_pool_budget_a_request_fails_with_a_typed_error_and_the_device_serves_on() {
+    if std::env::var_os("TAILOR_CUDA_TESTS").is_none() {
+        eprintln!("TAILOR_CUDA_TESTS not set: this GPU test did not run");
+        return;
+    }
+    let gpu = CudaBackend::new(0, 4 << 20).unwrap();
+    let held = gpu.alloc(3 << 20).unwrap();
+    let err = gpu.alloc(2 << 20).err().expect("4 + 2 MiB exceed the 4 MiB budget");
+    assert!(matches!(err, TensorError::DeviceOutOfMemory { .. }), "{err}");
+    drop(held);
+    let x = gpu.upload(&[1.0f32, 2.0]).unwrap();
+    assert_eq!(gpu.download::<f32>(&x, 2).unwrap(), [1.0, 2.0]);
+}
