@@ -17,7 +17,8 @@ scripts/venv.sh openai openai >/dev/null   # the official OpenAI client, for the
 cargo test --workspace --release
 # The CUDA kernels compile with NVRTC and assemble with ptxas (resource
 # report printed) without a GPU, from NVIDIA's PyPI wheels; the GPU tests
-# build and say that they did not run.
+# run against their CPU twins on the CPU emulation of the kernels (g++) and,
+# without a GPU, say that the on-device runs did not happen.
 cuda=$(scripts/cuda_toolchain.sh)/nvidia/cu13
 LD_LIBRARY_PATH="$cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" TAILOR_PTXAS="$cuda/bin/ptxas" TAILOR_REQUIRE_NVRTC=1 \
   cargo test --release -p tailor-tensor --features cuda --test cuda_compile --test cuda_kernels -- --nocapture

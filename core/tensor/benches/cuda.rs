@@ -12,7 +12,8 @@
 
 use std::time::Instant;
 use tailor_tensor::cpu::{LoraMatrix, LoraPair};
-use tailor_tensor::cuda::backend::{CudaBackend, DeviceLora};
+use tailor_tensor::cuda::backend::{CudaBackend, DeviceLora, Executor};
+use tailor_tensor::cuda::driver::CudaExecutor;
 use tailor_tensor::cuda::kernels::ALL;
 use tailor_tensor::cuda::nvrtc::KernelCache;
 use tailor_tensor::{DType, Result, Tensor};
@@ -118,7 +119,7 @@ fn gemv_bandwidth(gpu: &CudaBackend, dtype: DType) -> Result<(f64, f64)> {
 /// adapter and with 32 distinct ones.
 fn lora_adapters(gpu: &CudaBackend) -> Result<(f64, f64)> {
     let (rows, dim, rank) = (32, 4096, 16);
-    let adapter = |seed: u64| -> Result<DeviceLora> {
+    let adapter = |seed: u64| -> Result<DeviceLora<<CudaExecutor as Executor>::Block>> {
         let values = |n: usize, seed: u64| noise(n, seed).iter().map(|&b| b as f32 / 255.0 - 0.5).collect();
         let pair = LoraPair::new(
             rank,
@@ -132,8 +133,8 @@ fn lora_adapters(gpu: &CudaBackend) -> Result<(f64, f64)> {
     let adapters = (0..rows as u64).map(|i| adapter(10 + 2 * i)).collect::<Result<Vec<_>>>()?;
     let x = gpu.upload(&vec![0.25f32; rows * dim])?;
     let mut y = gpu.alloc(rows * dim * 4)?;
-    let shared: Vec<Option<&DeviceLora>> = (0..rows).map(|_| Some(&adapters[0])).collect();
-    let distinct: Vec<Option<&DeviceLora>> = adapters.iter().map(Some).collect();
+    let shared: Vec<Option<&_>> = (0..rows).map(|_| Some(&adapters[0])).collect();
+    let distinct: Vec<Option<&_>> = adapters.iter().map(Some).collect();
     let one = time(gpu, || gpu.lora(&x, &shared, &mut y))?;
     let many = time(gpu, || gpu.lora(&x, &distinct, &mut y))?;
     Ok((one, many))

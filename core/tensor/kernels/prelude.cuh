@@ -7,9 +7,15 @@
 
 // An IEEE half's bits widened to f32 (exact).
 __device__ __forceinline__ float f16_to_f32(unsigned short bits) {
+#ifdef TAILOR_EMULATOR  // emulator.h, on the CPU
+    _Float16 half;
+    memcpy(&half, &bits, 2);
+    return (float)half;
+#else
     float value;
     asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(bits));
     return value;
+#endif
 }
 
 // A bfloat16's bits widened to f32 (exact).

@@ -48,7 +48,7 @@ fn cuda_unavailable_reason() -> &'static str {
         return "this build has no CUDA support (rebuild with --features cuda)";
     }
     #[cfg(feature = "cuda")]
-    if !crate::cuda::backend::driver_present() {
+    if !crate::cuda::driver::driver_present() {
         return "no CUDA driver (libcuda.so) on this machine; using the CPU";
     }
     "the decoder does not run on CUDA yet (its kernels and memory pool are in tailor_tensor::cuda); using the CPU"

@@ -9,17 +9,12 @@
 //! takes them next writes them with a copy or kernel issued later on the
 //! same stream.
 
+use super::driver::CudaExecutor;
 use super::kernels::{self, KernelSource};
-use super::nvrtc::KernelCache;
 use super::pool::{MemoryPool, PoolBlock, PoolStats};
 use crate::cpu::{AttentionShape, LoraPair, RopeTable};
 use crate::{DType, Result, Tensor, TensorError};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
-};
-use cudarc::nvrtc::Ptx;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::ffi::c_void;
 
 /// Tokens one launch of the linear kernel takes (`LINEAR_TOKENS` in
 /// linear.cu); longer inputs are split.
@@ -30,64 +25,101 @@ const LINEAR_WARPS: usize = 4;
 const ATTENTION_WARPS: u32 = 4;
 /// The longest head decode attention takes (`32 · ATT_MAX_PER_LANE`).
 const ATTENTION_MAX_HEAD: usize = 256;
+/// Queries per block of prefill attention (`PF_WARPS`).
+const PREFILL_WARPS: usize = 8;
+/// The longest head prefill attention takes (`PF_MAX_HEAD`).
+const PREFILL_MAX_HEAD: usize = 128;
 /// Rank entries per block of the LoRA shrink (`LORA_WARPS`).
 const LORA_WARPS: usize = 8;
 
-/// True when the CUDA driver library can be loaded on this machine.
-pub fn driver_present() -> bool {
-    // SAFETY: only tries to dlopen libcuda by its candidate names.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+/// What runs the kernels: the CUDA driver ([`CudaExecutor`]) or, on a
+/// machine without a GPU, the CPU emulation of the kernels' own source
+/// ([`super::emulator::Emulator`]), so the ops below are checked on both.
+pub trait Executor {
+    /// One device allocation.
+    type Block;
+
+    /// The device, for logs.
+    fn describe(&self) -> String;
+
+    /// `bytes` bytes of device memory (uninitialised; every op writes a
+    /// buffer before it reads it). Out of memory is
+    /// [`TensorError::DeviceOutOfMemory`].
+    fn allocate(&self, bytes: usize) -> Result<Self::Block>;
+
+    /// The block's device address, as kernels take it.
+    fn address(&self, block: &mut Self::Block) -> u64;
+
+    /// Copies `bytes` to the start of `block`.
+    fn copy_in(&self, bytes: &[u8], block: &mut Self::Block) -> Result<()>;
+
+    /// Copies the start of `block` into `out`, once everything issued
+    /// before has finished.
+    fn copy_out(&self, block: &Self::Block, out: &mut [u8]) -> Result<()>;
+
+    /// Copies the first `bytes` of `from` to `to`.
+    fn copy_between(&self, from: &Self::Block, to: &mut Self::Block, bytes: usize) -> Result<()>;
+
+    /// Waits for everything issued so far.
+    fn synchronize(&self) -> Result<()>;
+
+    /// Launches `entry` of `kernel` over `grid` blocks of `threads` threads;
+    /// `params` points at each parameter's value, as cuLaunchKernel takes
+    /// them.
+    ///
+    /// # Safety
+    /// `params` must match the kernel's parameter list in number, order and
+    /// types, and every pointer among them must cover what the kernel reads
+    /// and writes for this grid.
+    unsafe fn launch(
+        &self,
+        kernel: &'static KernelSource,
+        entry: &str,
+        grid: (u32, u32),
+        threads: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<()>;
 }
 
-/// A driver error as tailor's; out-of-memory keeps its own variant so the
-/// pool can release its cache and retry.
-fn driver(error: DriverError) -> TensorError {
-    if error.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-        TensorError::DeviceOutOfMemory { requested: 0, in_use: 0, budget: 0 }
-    } else {
-        TensorError::Cuda(error.to_string())
-    }
+/// The decoder's ops on one device: an [`Executor`] and the memory pool
+/// every device buffer comes from.
+pub struct Backend<E: Executor> {
+    executor: E,
+    pool: MemoryPool<E::Block>,
 }
 
-/// One CUDA device owned by this process.
-pub struct CudaBackend {
-    context: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    arch: u32,
-    pool: MemoryPool<CudaSlice<u8>>,
-    cache: KernelCache,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-}
+/// The ops on a CUDA device.
+pub type CudaBackend = Backend<CudaExecutor>;
 
 /// Device memory from the pool, holding `bytes` bytes.
-pub struct DeviceBuffer {
-    block: PoolBlock<CudaSlice<u8>>,
+pub struct DeviceBuffer<B> {
+    block: PoolBlock<B>,
     bytes: usize,
     ptr: u64,
 }
 
 /// A weight matrix on the device, `[rows, cols]`, in the dtype it was stored
 /// in (GGUF blocks stay blocks).
-pub struct DeviceMatrix {
-    buffer: DeviceBuffer,
+pub struct DeviceMatrix<B> {
+    buffer: DeviceBuffer<B>,
     dtype: DType,
     rows: usize,
     cols: usize,
 }
 
 /// A RoPE table on the device.
-pub struct DeviceRope {
-    cos: DeviceBuffer,
-    sin: DeviceBuffer,
+pub struct DeviceRope<B> {
+    cos: DeviceBuffer<B>,
+    sin: DeviceBuffer<B>,
     head_dim: usize,
     positions: usize,
 }
 
 /// One adapted projection on the device: `A` `[rank, in]` and `B`
 /// `[out, rank]` in f32.
-pub struct DeviceLora {
-    a: DeviceBuffer,
-    b: DeviceBuffer,
+pub struct DeviceLora<B> {
+    a: DeviceBuffer<B>,
+    b: DeviceBuffer<B>,
     rank: usize,
     in_dim: usize,
     out_dim: usize,
@@ -95,50 +127,33 @@ pub struct DeviceLora {
 
 /// One decode row's cached keys and values (`[length, n_kv_head ·
 /// head_dim]` f32 each) and how many positions they hold.
-pub struct KvView<'a> {
+pub struct KvView<'a, B> {
     /// Keys.
-    pub keys: &'a DeviceBuffer,
+    pub keys: &'a DeviceBuffer<B>,
     /// Values.
-    pub values: &'a DeviceBuffer,
+    pub values: &'a DeviceBuffer<B>,
     /// Positions to attend to (at least 1).
     pub length: usize,
 }
 
 impl CudaBackend {
-    /// Device `ordinal`, with a pool of at most `budget` bytes. Fails with
-    /// [`TensorError::DeviceUnavailable`] when there is no driver or no such
-    /// device (the caller falls back to the CPU).
+    /// CUDA device `ordinal`, with a pool of at most `budget` bytes. Fails
+    /// with [`TensorError::DeviceUnavailable`] when there is no driver or no
+    /// such device (the caller falls back to the CPU).
     pub fn new(ordinal: usize, budget: usize) -> Result<CudaBackend> {
-        let unavailable = |why: String| TensorError::DeviceUnavailable(format!("cuda:{ordinal}"), why);
-        if !driver_present() {
-            return Err(unavailable("no CUDA driver (libcuda.so) on this machine".into()));
-        }
-        let count = CudaContext::device_count().map_err(|e| unavailable(e.to_string()))?;
-        if ordinal >= count.max(0) as usize {
-            return Err(unavailable(format!("the machine has {count} CUDA device(s)")));
-        }
-        let context = CudaContext::new(ordinal).map_err(|e| unavailable(e.to_string()))?;
-        let (major, minor) = context.compute_capability().map_err(driver)?;
-        let stream = context.default_stream();
-        Ok(CudaBackend {
-            context,
-            stream,
-            arch: (major * 10 + minor) as u32,
-            pool: MemoryPool::new(budget),
-            cache: KernelCache::new(KernelCache::default_dir()),
-            modules: Mutex::new(HashMap::new()),
-        })
+        Ok(Backend::with_executor(CudaExecutor::new(ordinal)?, budget))
+    }
+}
+
+impl<E: Executor> Backend<E> {
+    /// The ops on `executor`'s device, with a pool of at most `budget` bytes.
+    pub fn with_executor(executor: E, budget: usize) -> Backend<E> {
+        Backend { executor, pool: MemoryPool::new(budget) }
     }
 
-    /// The device's name and compute capability, for logs.
+    /// The device, for logs.
     pub fn describe(&self) -> String {
-        let name = self.context.name().unwrap_or_else(|_| "unknown device".into());
-        format!("{name} (sm_{})", self.arch)
-    }
-
-    /// The device's architecture (90 for sm_90).
-    pub fn arch(&self) -> u32 {
-        self.arch
+        self.executor.describe()
     }
 
     /// What the memory pool holds.
@@ -148,70 +163,59 @@ impl CudaBackend {
 
     /// Waits for everything issued so far.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(driver)
+        self.executor.synchronize()
     }
 
     /// An uninitialised buffer of `bytes` bytes from the pool.
-    pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer> {
-        let stream = &self.stream;
-        // SAFETY: the memory is uninitialised device memory; every op
-        // writes a buffer before reading it, and a buffer read back by
-        // `download` was written by an upload or a kernel first.
-        let mut block = self.pool.take(bytes, |class| unsafe { stream.alloc::<u8>(class) }.map_err(driver))?;
-        let ptr = block.block_mut().device_ptr(stream).0;
+    pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer<E::Block>> {
+        let mut block = self.pool.take(bytes, |class| self.executor.allocate(class))?;
+        let ptr = self.executor.address(block.block_mut());
         Ok(DeviceBuffer { block, bytes, ptr })
     }
 
     /// `values` copied to a new device buffer.
-    pub fn upload<T: bytemuck::Pod>(&self, values: &[T]) -> Result<DeviceBuffer> {
+    pub fn upload<T: bytemuck::Pod>(&self, values: &[T]) -> Result<DeviceBuffer<E::Block>> {
         let bytes: &[u8] = bytemuck::cast_slice(values);
         let mut buffer = self.alloc(bytes.len().max(1))?;
         buffer.bytes = bytes.len();
         if !bytes.is_empty() {
-            let mut target = buffer.block.block_mut().slice_mut(..bytes.len());
-            self.stream.memcpy_htod(bytes, &mut target).map_err(driver)?;
+            self.executor.copy_in(bytes, buffer.block.block_mut())?;
         }
         Ok(buffer)
     }
 
     /// The first `count` values of `buffer`, once every op issued before has
     /// finished.
-    pub fn download<T: bytemuck::Pod>(&self, buffer: &DeviceBuffer, count: usize) -> Result<Vec<T>> {
+    pub fn download<T: bytemuck::Pod>(&self, buffer: &DeviceBuffer<E::Block>, count: usize) -> Result<Vec<T>> {
         let bytes = count * std::mem::size_of::<T>();
         buffer.expect_bytes(bytes, "download")?;
         let mut values = vec![T::zeroed(); count];
         if bytes > 0 {
-            let host: &mut [u8] = bytemuck::cast_slice_mut(&mut values);
-            self.stream.memcpy_dtoh(&buffer.block.block().slice(..bytes), host).map_err(driver)?;
+            self.executor.copy_out(buffer.block.block(), bytemuck::cast_slice_mut(&mut values))?;
         }
-        self.synchronize()?;
         Ok(values)
     }
 
     /// `from`'s bytes copied into `to`, on the device.
-    pub fn copy(&self, from: &DeviceBuffer, to: &mut DeviceBuffer) -> Result<()> {
+    pub fn copy(&self, from: &DeviceBuffer<E::Block>, to: &mut DeviceBuffer<E::Block>) -> Result<()> {
         to.expect_bytes(from.bytes, "copy")?;
-        let source = from.block.block().slice(..from.bytes);
-        let mut target = to.block.block_mut().slice_mut(..from.bytes);
-        self.stream.memcpy_dtod(&source, &mut target).map_err(driver)
+        self.executor.copy_between(from.block.block(), to.block.block_mut(), from.bytes)
     }
 
     /// A 2-D weight matrix copied to the device as stored. The linear
     /// kernels take q4_0, q4_1, q8_0, q4_k, q6_k, f16, bf16 and f32 with rows
     /// a multiple of 32 elements; embedding tables f32, f16 and bf16.
-    pub fn upload_matrix(&self, tensor: &Tensor) -> Result<DeviceMatrix> {
+    pub fn upload_matrix(&self, tensor: &Tensor) -> Result<DeviceMatrix<E::Block>> {
         let &[rows, cols] = tensor.shape() else {
-            return Err(TensorError::Incompatible {
-                op: "cuda matrix",
-                detail: format!("shape {:?} is not 2-D", tensor.shape()),
-            });
+            let detail = format!("shape {:?} is not 2-D", tensor.shape());
+            return Err(TensorError::Incompatible { op: "cuda matrix", detail });
         };
         let buffer = self.upload(tensor.bytes())?;
         Ok(DeviceMatrix { buffer, dtype: tensor.dtype(), rows, cols })
     }
 
     /// A RoPE table copied to the device.
-    pub fn upload_rope(&self, table: &RopeTable) -> Result<DeviceRope> {
+    pub fn upload_rope(&self, table: &RopeTable) -> Result<DeviceRope<E::Block>> {
         Ok(DeviceRope {
             cos: self.upload(table.cos_table())?,
             sin: self.upload(table.sin_table())?,
@@ -221,7 +225,7 @@ impl CudaBackend {
     }
 
     /// An adapter's projection copied to the device in f32.
-    pub fn upload_lora(&self, pair: &LoraPair) -> Result<DeviceLora> {
+    pub fn upload_lora(&self, pair: &LoraPair) -> Result<DeviceLora<E::Block>> {
         Ok(DeviceLora {
             a: self.upload(&pair.a_f32())?,
             b: self.upload(&pair.b_f32())?,
@@ -231,52 +235,31 @@ impl CudaBackend {
         })
     }
 
-    /// The compiled kernel `entry` of `kernel`, compiled (or read from the
-    /// disk cache) and loaded at first use.
-    fn function(&self, kernel: &'static KernelSource, entry: &str) -> Result<CudaFunction> {
-        let mut modules = self.modules.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let module = match modules.get(kernel.name) {
-            Some(module) => Arc::clone(module),
-            None => {
-                let cubin = self.cache.cubin(kernel, self.arch)?;
-                let module = self.context.load_module(Ptx::from_binary(cubin)).map_err(driver)?;
-                modules.insert(kernel.name, Arc::clone(&module));
-                module
-            }
-        };
-        module.load_function(entry).map_err(driver)
-    }
-
-    /// Launches `entry` of `kernel` over `grid` blocks of `block` threads
+    /// Launches `entry` of `kernel` over `grid` blocks of `threads` threads
     /// with `args`, which must match the kernel's parameter list.
     fn launch(
         &self,
         kernel: &'static KernelSource,
         entry: &str,
         grid: (u32, u32),
-        block: u32,
+        threads: u32,
         args: &[&dyn KernelArg],
     ) -> Result<()> {
-        let function = self.function(kernel, entry)?;
-        let config = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
-        let mut builder = self.stream.launch_builder(&function);
-        for arg in args {
-            arg.push(&mut builder);
-        }
+        let mut params: Vec<*mut c_void> = args.iter().map(|arg| arg.param()).collect();
         // SAFETY: every caller passes the kernel's parameters in order and
         // of its types (device pointers as u64, int as i32, float as f32),
         // and has checked that each buffer holds what the kernel reads or
-        // writes for this grid.
-        unsafe { builder.launch(config) }.map_err(driver)?;
-        Ok(())
+        // writes for this grid; the values outlive the call, which is all
+        // the executor needs (cuLaunchKernel copies them).
+        unsafe { self.executor.launch(kernel, entry, grid, threads, &mut params) }
     }
 
     /// RMSNorm of `rows` rows of `dim` into `out`.
     pub fn rms_norm(
         &self,
-        x: &DeviceBuffer,
-        weight: &DeviceBuffer,
-        out: &mut DeviceBuffer,
+        x: &DeviceBuffer<E::Block>,
+        weight: &DeviceBuffer<E::Block>,
+        out: &mut DeviceBuffer<E::Block>,
         rows: usize,
         dim: usize,
         eps: f32,
@@ -293,7 +276,13 @@ impl CudaBackend {
 
     /// Rotates `x` (`[positions.len(), n_heads · head_dim]`) in place, token
     /// `t` by the angles of `positions[t]`.
-    pub fn rope(&self, x: &mut DeviceBuffer, table: &DeviceRope, positions: &[usize], n_heads: usize) -> Result<()> {
+    pub fn rope(
+        &self,
+        x: &mut DeviceBuffer<E::Block>,
+        table: &DeviceRope<E::Block>,
+        positions: &[usize],
+        n_heads: usize,
+    ) -> Result<()> {
         let tokens = positions.len();
         x.expect_f32s(tokens * n_heads * table.head_dim, "rope x")?;
         if let Some(&past) = positions.iter().find(|&&p| p >= table.positions) {
@@ -312,7 +301,7 @@ impl CudaBackend {
     }
 
     /// `gate = silu(gate) · up` over `n` values.
-    pub fn silu_mul(&self, gate: &mut DeviceBuffer, up: &DeviceBuffer, n: usize) -> Result<()> {
+    pub fn silu_mul(&self, gate: &mut DeviceBuffer<E::Block>, up: &DeviceBuffer<E::Block>, n: usize) -> Result<()> {
         gate.expect_f32s(n, "silu_mul gate")?;
         up.expect_f32s(n, "silu_mul up")?;
         if n == 0 {
@@ -323,7 +312,12 @@ impl CudaBackend {
     }
 
     /// The rows of `table` named by `ids`, widened to f32, into `out`.
-    pub fn embedding(&self, table: &DeviceMatrix, ids: &[u32], out: &mut DeviceBuffer) -> Result<()> {
+    pub fn embedding(
+        &self,
+        table: &DeviceMatrix<E::Block>,
+        ids: &[u32],
+        out: &mut DeviceBuffer<E::Block>,
+    ) -> Result<()> {
         let entry = match table.dtype {
             DType::F32 => "embedding_f32",
             DType::F16 => "embedding_f16",
@@ -345,7 +339,13 @@ impl CudaBackend {
 
     /// `y[t] = W · x[t]` for `tokens` tokens (`x` is `[tokens, cols]`, `y`
     /// `[tokens, rows]`), the weights read as stored.
-    pub fn linear(&self, w: &DeviceMatrix, x: &DeviceBuffer, tokens: usize, y: &mut DeviceBuffer) -> Result<()> {
+    pub fn linear(
+        &self,
+        w: &DeviceMatrix<E::Block>,
+        x: &DeviceBuffer<E::Block>,
+        tokens: usize,
+        y: &mut DeviceBuffer<E::Block>,
+    ) -> Result<()> {
         let entry = match w.dtype {
             DType::Q4_0 => "linear_q4_0",
             DType::Q4_1 => "linear_q4_1",
@@ -380,10 +380,10 @@ impl CudaBackend {
     /// attends to `sequences[r]`'s cached positions; results into `out`.
     pub fn attention_decode(
         &self,
-        q: &DeviceBuffer,
-        sequences: &[KvView<'_>],
+        q: &DeviceBuffer<E::Block>,
+        sequences: &[KvView<'_, E::Block>],
         shape: AttentionShape,
-        out: &mut DeviceBuffer,
+        out: &mut DeviceBuffer<E::Block>,
     ) -> Result<()> {
         let AttentionShape { n_head, n_kv_head, head_dim } = shape;
         let bad = |detail: String| Err(TensorError::Incompatible { op: "cuda attention_decode", detail });
@@ -434,10 +434,139 @@ impl CudaBackend {
         )
     }
 
+    /// Causal prefill attention for one sequence: `tokens` queries (`q`,
+    /// `[tokens, n_head · head_dim]`) at positions `start..start + tokens`
+    /// attend to `keys`/`values` (`[start + tokens, n_kv_head · head_dim]`,
+    /// the cached prefix first); results into `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_prefill(
+        &self,
+        q: &DeviceBuffer<E::Block>,
+        keys: &DeviceBuffer<E::Block>,
+        values: &DeviceBuffer<E::Block>,
+        start: usize,
+        tokens: usize,
+        shape: AttentionShape,
+        out: &mut DeviceBuffer<E::Block>,
+    ) -> Result<()> {
+        let AttentionShape { n_head, n_kv_head, head_dim } = shape;
+        let heads_fit = head_dim.is_multiple_of(32) && head_dim <= PREFILL_MAX_HEAD;
+        if !heads_fit || n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
+            let detail =
+                format!("{n_head} heads over {n_kv_head} KV heads of {head_dim} (multiples of 32, at most 128)");
+            return Err(TensorError::Incompatible { op: "cuda attention_prefill", detail });
+        }
+        q.expect_f32s(tokens * n_head * head_dim, "attention q")?;
+        out.expect_f32s(tokens * n_head * head_dim, "attention out")?;
+        keys.expect_f32s((start + tokens) * n_kv_head * head_dim, "attention keys")?;
+        values.expect_f32s((start + tokens) * n_kv_head * head_dim, "attention values")?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let args: [&dyn KernelArg; 10] = [
+            &q.ptr,
+            &keys.ptr,
+            &values.ptr,
+            &out.ptr,
+            &int(tokens)?,
+            &int(start)?,
+            &int(n_head)?,
+            &int(n_kv_head)?,
+            &int(head_dim)?,
+            &scale,
+        ];
+        let blocks = (grid(tokens.div_ceil(PREFILL_WARPS))?, grid(n_head)?);
+        self.launch(&kernels::ATTENTION_PREFILL, "attention_prefill", blocks, (32 * PREFILL_WARPS) as u32, &args)
+    }
+
+    /// Softmax cross-entropy in place over `targets.len()` rows of `vocab`
+    /// logits: returns each row's loss and leaves `scale · (softmax −
+    /// onehot)` in the rows, as [`crate::cpu::softmax_cross_entropy`].
+    pub fn softmax_cross_entropy(
+        &self,
+        logits: &mut DeviceBuffer<E::Block>,
+        vocab: usize,
+        targets: &[u32],
+        scale: f32,
+    ) -> Result<Vec<f32>> {
+        if let Some(&past) = targets.iter().find(|&&t| t as usize >= vocab) {
+            let detail = format!("target {past} past the vocabulary of {vocab}");
+            return Err(TensorError::Incompatible { op: "cuda softmax_cross_entropy", detail });
+        }
+        logits.expect_f32s(targets.len() * vocab, "softmax_cross_entropy logits")?;
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let on_device = self.upload(targets)?;
+        let loss = self.alloc(targets.len() * 4)?;
+        let args: [&dyn KernelArg; 5] = [&logits.ptr, &on_device.ptr, &loss.ptr, &int(vocab)?, &scale];
+        self.launch(&kernels::SOFTMAX_XENT, "softmax_xent", (grid(targets.len())?, 1), 256, &args)?;
+        self.download(&loss, targets.len())
+    }
+
+    /// The backward of [`CudaBackend::silu_mul`]: `dgate` and `dup`
+    /// (overwritten) from the pre-activations and `dact`, over `n` values.
+    pub fn silu_mul_backward(
+        &self,
+        gate: &DeviceBuffer<E::Block>,
+        up: &DeviceBuffer<E::Block>,
+        dact: &DeviceBuffer<E::Block>,
+        dgate: &mut DeviceBuffer<E::Block>,
+        dup: &mut DeviceBuffer<E::Block>,
+        n: usize,
+    ) -> Result<()> {
+        for (buffer, what) in [(gate, "gate"), (up, "up"), (dact, "dact"), (&*dgate, "dgate"), (&*dup, "dup")] {
+            buffer.expect_f32s(n, what)?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let args: [&dyn KernelArg; 6] = [&gate.ptr, &up.ptr, &dact.ptr, &dgate.ptr, &dup.ptr, &int(n)?];
+        self.launch(&kernels::SILU_MUL, "silu_mul_backward", (grid(n.div_ceil(256))?, 1), 256, &args)
+    }
+
+    /// The backward of [`CudaBackend::rms_norm`] on `rows` rows of `dim`:
+    /// `dx += ∂/∂x`, and `dweight += Σ_rows dy·x̂` when given (summed in
+    /// row order, deterministic).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm_backward(
+        &self,
+        x: &DeviceBuffer<E::Block>,
+        weight: &DeviceBuffer<E::Block>,
+        dy: &DeviceBuffer<E::Block>,
+        dx: &mut DeviceBuffer<E::Block>,
+        dweight: Option<&mut DeviceBuffer<E::Block>>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        for (buffer, count, what) in
+            [(x, rows * dim, "x"), (dy, rows * dim, "dy"), (&*dx, rows * dim, "dx"), (weight, dim, "weight")]
+        {
+            buffer.expect_f32s(count, what)?;
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let inv_rms = self.alloc(rows * 4)?;
+        let args: [&dyn KernelArg; 7] = [&x.ptr, &weight.ptr, &dy.ptr, &dx.ptr, &inv_rms.ptr, &int(dim)?, &eps];
+        self.launch(&kernels::RMS_NORM, "rms_norm_backward", (grid(rows)?, 1), 256, &args)?;
+        let Some(dweight) = dweight else { return Ok(()) };
+        dweight.expect_f32s(dim, "dweight")?;
+        let args: [&dyn KernelArg; 6] = [&x.ptr, &dy.ptr, &inv_rms.ptr, &dweight.ptr, &int(rows)?, &int(dim)?];
+        self.launch(&kernels::RMS_NORM, "rms_norm_backward_weight", (grid(dim.div_ceil(256))?, 1), 256, &args)
+    }
+
     /// Adds each row's LoRA delta `B·(A·x[r])` to `y[r]` (`x` is
     /// `[rows, in]`, `y` `[rows, out]`); `adapters[r]` is row r's adapter
     /// projection or none. Rows of different adapters share one launch.
-    pub fn lora(&self, x: &DeviceBuffer, adapters: &[Option<&DeviceLora>], y: &mut DeviceBuffer) -> Result<()> {
+    pub fn lora(
+        &self,
+        x: &DeviceBuffer<E::Block>,
+        adapters: &[Option<&DeviceLora<E::Block>>],
+        y: &mut DeviceBuffer<E::Block>,
+    ) -> Result<()> {
         let Some(first) = adapters.iter().flatten().next() else { return Ok(()) };
         let (in_dim, out_dim, rows) = (first.in_dim, first.out_dim, adapters.len());
         if adapters.iter().flatten().any(|a| a.in_dim != in_dim || a.out_dim != out_dim) {
@@ -447,8 +576,9 @@ impl CudaBackend {
         x.expect_f32s(rows * in_dim, "lora x")?;
         y.expect_f32s(rows * out_dim, "lora y")?;
         let max_rank = adapters.iter().flatten().map(|a| a.rank).max().unwrap_or(1);
-        let pointers =
-            |matrix: fn(&DeviceLora) -> u64| -> Vec<u64> { adapters.iter().map(|a| a.map_or(0, matrix)).collect() };
+        let pointers = |matrix: fn(&DeviceLora<E::Block>) -> u64| -> Vec<u64> {
+            adapters.iter().map(|a| a.map_or(0, matrix)).collect()
+        };
         let a_ptrs = self.upload(&pointers(|a| a.a.ptr))?;
         let b_ptrs = self.upload(&pointers(|a| a.b.ptr))?;
         let ranks: Vec<i32> = adapters.iter().map(|a| int(a.map_or(0, |a| a.rank))).collect::<Result<_>>()?;
@@ -462,7 +592,7 @@ impl CudaBackend {
     }
 }
 
-impl DeviceBuffer {
+impl<B> DeviceBuffer<B> {
     /// Bytes the buffer holds.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -481,7 +611,7 @@ impl DeviceBuffer {
     }
 }
 
-impl DeviceMatrix {
+impl<B> DeviceMatrix<B> {
     /// `[rows, cols]`.
     pub fn shape(&self) -> [usize; 2] {
         [self.rows, self.cols]
@@ -498,26 +628,27 @@ impl DeviceMatrix {
     }
 }
 
-/// A kernel parameter: something the launch builder takes by reference.
+/// A kernel parameter's value, passed by address as cuLaunchKernel takes
+/// it.
 trait KernelArg {
-    fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>);
+    fn param(&self) -> *mut c_void;
 }
 
 impl KernelArg for u64 {
-    fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>) {
-        builder.arg(self);
+    fn param(&self) -> *mut c_void {
+        self as *const u64 as *mut c_void
     }
 }
 
 impl KernelArg for i32 {
-    fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>) {
-        builder.arg(self);
+    fn param(&self) -> *mut c_void {
+        self as *const i32 as *mut c_void
     }
 }
 
 impl KernelArg for f32 {
-    fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>) {
-        builder.arg(self);
+    fn param(&self) -> *mut c_void {
+        self as *const f32 as *mut c_void
     }
 }
 

@@ -21,24 +21,24 @@ pub struct KernelSource {
 /// The prelude every kernel is compiled after.
 pub const PRELUDE: &str = include_str!("../../kernels/prelude.cuh");
 
-/// RMSNorm over rows.
+/// RMSNorm over rows, and its backward (inputs, weight).
 pub const RMS_NORM: KernelSource = KernelSource {
     name: "rms_norm",
     file: "rms_norm.cu",
     code: include_str!("../../kernels/rms_norm.cu"),
-    entries: &["rms_norm"],
+    entries: &["rms_norm", "rms_norm_backward", "rms_norm_backward_weight"],
 };
 
 /// Rotary position embedding from the host's cos/sin tables.
 pub const ROPE: KernelSource =
     KernelSource { name: "rope", file: "rope.cu", code: include_str!("../../kernels/rope.cu"), entries: &["rope"] };
 
-/// SwiGLU's silu(gate) · up.
+/// SwiGLU's silu(gate) · up, and its backward.
 pub const SILU_MUL: KernelSource = KernelSource {
     name: "silu_mul",
     file: "silu_mul.cu",
     code: include_str!("../../kernels/silu_mul.cu"),
-    entries: &["silu_mul"],
+    entries: &["silu_mul", "silu_mul_backward"],
 };
 
 /// Embedding gather from f32, f16 or bf16 tables.
@@ -75,6 +75,23 @@ pub const ATTENTION_DECODE: KernelSource = KernelSource {
     entries: &["attention_decode"],
 };
 
+/// Causal prefill attention (flash style: key/value tiles in shared
+/// memory, online softmax).
+pub const ATTENTION_PREFILL: KernelSource = KernelSource {
+    name: "attention_prefill",
+    file: "attention_prefill.cu",
+    code: include_str!("../../kernels/attention_prefill.cu"),
+    entries: &["attention_prefill"],
+};
+
+/// Softmax cross-entropy with its gradient in place (training's loss).
+pub const SOFTMAX_XENT: KernelSource = KernelSource {
+    name: "softmax_xent",
+    file: "softmax_xent.cu",
+    code: include_str!("../../kernels/softmax_xent.cu"),
+    entries: &["softmax_xent"],
+};
+
 /// LoRA shrink and expand batched across adapters (BGMV).
 pub const LORA: KernelSource = KernelSource {
     name: "lora",
@@ -84,7 +101,8 @@ pub const LORA: KernelSource = KernelSource {
 };
 
 /// Every kernel, in the order CI compiles them.
-pub const ALL: &[KernelSource] = &[RMS_NORM, ROPE, SILU_MUL, EMBEDDING, LINEAR, ATTENTION_DECODE, LORA];
+pub const ALL: &[KernelSource] =
+    &[RMS_NORM, ROPE, SILU_MUL, EMBEDDING, LINEAR, ATTENTION_DECODE, ATTENTION_PREFILL, SOFTMAX_XENT, LORA];
 
 impl KernelSource {
     /// What NVRTC compiles: the prelude, then the file under its own name

@@ -6,6 +6,10 @@
 
 #[cfg(feature = "cuda")]
 pub mod backend;
+#[cfg(feature = "cuda")]
+pub mod driver;
+#[cfg(feature = "cuda")]
+pub mod emulator;
 pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
