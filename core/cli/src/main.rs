@@ -21,6 +21,11 @@ struct Cli {
     /// CPU threads for kernels (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Where kernels run: cpu, cuda or cuda:N. An unusable CUDA device
+    /// falls back to the CPU with a note; the decoder itself runs on the
+    /// CPU in this version (the CUDA kernels are in tailor_tensor::cuda).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -138,6 +143,9 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     if let Some(threads) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+    }
+    if let (_, Some(note)) = tailor_tensor::Device::select(&cli.device)? {
+        eprintln!("tailor: {note}");
     }
     match cli.command {
         Command::Models { command: ModelsCommand::Fetch(args) } => fetch::fetch(&args),

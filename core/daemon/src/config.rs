@@ -106,11 +106,19 @@ pub struct Server {
     /// CPU threads granted to each plugin (default: the machine's cores).
     #[serde(default = "default_cpu_threads")]
     pub cpu_threads: u32,
+    /// Where kernels run: `cpu`, `cuda` or `cuda:N`; an unusable CUDA
+    /// device falls back to the CPU with a log line at start.
+    #[serde(default = "default_device")]
+    pub device: String,
     /// Where `/v1/files` keeps uploads (none: uploads are off).
     pub files_dir: Option<PathBuf>,
     /// The largest upload, in MiB.
     #[serde(default = "default_file_mb")]
     pub max_file_mb: usize,
+}
+
+fn default_device() -> String {
+    "cpu".into()
 }
 
 fn default_file_mb() -> usize {

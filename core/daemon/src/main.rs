@@ -60,6 +60,11 @@ fn run(args: Args) -> Result<()> {
     if let Some(path) = &config.server.unix_socket {
         check_socket_path(path)?; // before minutes of model loading
     }
+    let (_, fallback) = tailor_tensor::Device::select(&config.server.device)
+        .with_context(|| format!("[server] device = {:?}", config.server.device))?;
+    if let Some(note) = fallback {
+        eprintln!("tailord: {note}");
+    }
     let services = services::DaemonServices::new(config.server.cpu_threads);
     let registry = stages::Registry::load(&config, &services)?;
     let cache = cache::AnswerCache::new(cache::CacheLimits {

@@ -30,6 +30,20 @@ impl Device {
         }
     }
 
+    /// The device `spec` (`cpu`, `cuda`, `cuda:N`) names, or the CPU when it
+    /// names a CUDA device this build or machine cannot use; the note then
+    /// says why, for the caller's log line. Anything else is an error.
+    pub fn select(spec: &str) -> Result<(Device, Option<String>)> {
+        let names_cuda = spec == "cuda" || spec.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+        match Device::parse(spec) {
+            Ok(device) => Ok((device, None)),
+            Err(TensorError::DeviceUnavailable(name, why)) if names_cuda => {
+                Ok((Device::Cpu, Some(format!("{name} is unavailable ({why}); running on the CPU"))))
+            }
+            Err(other) => Err(other),
+        }
+    }
+
     /// Parses `cpu` or `cuda` / `cuda:N`, checking availability.
     pub fn parse(spec: &str) -> Result<Device> {
         match spec {

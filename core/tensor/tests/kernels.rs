@@ -239,6 +239,16 @@ fn spin_pool_runs_every_index_once_and_propagates_panics() {
 }
 
 #[test]
+fn an_unavailable_cuda_device_falls_back_to_the_cpu_with_a_note_and_a_bad_name_is_refused() {
+    let (device, note) = tailor_tensor::Device::select("cuda").unwrap();
+    let note = note.expect("this build or machine has no usable CUDA device: a note says so");
+    assert_eq!(device, tailor_tensor::Device::Cpu);
+    assert!(note.contains("cuda:0") && note.contains("running on the CPU"), "{note}");
+    assert_eq!(tailor_tensor::Device::select("cpu").unwrap(), (tailor_tensor::Device::Cpu, None));
+    assert!(tailor_tensor::Device::select("tpu").is_err() && tailor_tensor::Device::select("cuda:x").is_err());
+}
+
+#[test]
 fn cuda_device_reports_itself_unavailable() {
     let err = tailor_tensor::Device::cuda(0).unwrap_err().to_string();
     assert!(err.contains("cuda:0") && err.contains("unavailable"), "{err}");
