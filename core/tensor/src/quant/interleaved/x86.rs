@@ -140,7 +140,7 @@ macro_rules! kernels {
             b: usize,
         ) -> [__m256i; T] {
             if !$vnni {
-                return std::array::from_fn(|t| block_sums::<F>(w, &runs_of(&acts[t][b])));
+                return tile_sums_maddubs::<T, F>(w, acts, b);
             }
             // One chain of four `vpdpbusd` per quad and token, each i32 lane
             // summing four products a step; the tokens' chains step together,
@@ -168,30 +168,50 @@ macro_rules! kernels {
             std::array::from_fn(|t| _mm256_hadd_epi32(quads[0][t], quads[1][t]))
         }
 
-        /// Σ q·a of a block's eight rows for one token (its runs `a`), with
-        /// AVX2's `maddubs`, in lane order.
+        /// AVX2's `tile_sums`: at each of the four steps the quads' loads
+        /// meet every token of the tile (`maddubs` takes unsigned weights,
+        /// so signed ones are made unsigned once per step and their signs
+        /// move onto each token's activations). Unsigned quants sum in i16
+        /// over the four steps (each lane ≤ 2·31·127 for q5, four of them
+        /// below 2¹⁵), signed ones widen to i32 at every step (one product
+        /// pair reaches 2·127·127). Integer sums: the same values as one
+        /// token at a time, with the tile's accumulators in registers.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn block_sums<const F: usize>(w: &[[__m256i; 4]; 2], a: &[__m256i; 4]) -> __m256i {
+        unsafe fn tile_sums_maddubs<const T: usize, const F: usize>(
+            w: &[[__m256i; 4]; 2],
+            acts: &[&[BlockQ8]; T],
+            b: usize,
+        ) -> [__m256i; T] {
             let ones = _mm256_set1_epi16(1);
-            let mut quads = [_mm256_setzero_si256(); 2];
-            for (sum, w) in quads.iter_mut().zip(w) {
+            let mut quads = [[_mm256_setzero_si256(); T]; 2];
+            for k in 0..4 {
                 if signed(BLOCKS32[F]) {
-                    // Signed weights: the sign moves onto the activations (unsigned × signed products).
-                    for (w, a) in w.iter().zip(a) {
-                        let (w, a) = (_mm256_sign_epi8(*w, *w), _mm256_sign_epi8(*a, *w));
-                        *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones));
+                    let magnitudes = [_mm256_sign_epi8(w[0][k], w[0][k]), _mm256_sign_epi8(w[1][k], w[1][k])];
+                    for t in 0..T {
+                        let run = run_of(&acts[t][b], k);
+                        for (q, sums) in quads.iter_mut().enumerate() {
+                            let products = _mm256_maddubs_epi16(magnitudes[q], _mm256_sign_epi8(run, w[q][k]));
+                            sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(products, ones));
+                        }
                     }
-                    continue;
+                } else {
+                    for t in 0..T {
+                        let run = run_of(&acts[t][b], k);
+                        for (q, sums) in quads.iter_mut().enumerate() {
+                            sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(w[q][k], run));
+                        }
+                    }
                 }
-                // Each i16 lane ≤ 2·31·127 (q5; q4 2·15·127); four summed stay below 2¹⁵.
-                let mut p = _mm256_maddubs_epi16(w[0], a[0]);
-                for k in 1..4 {
-                    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[k], a[k]));
-                }
-                *sum = _mm256_madd_epi16(p, ones);
             }
-            _mm256_hadd_epi32(quads[0], quads[1])
+            if !signed(BLOCKS32[F]) {
+                for sums in quads.iter_mut() {
+                    for sum in sums.iter_mut() {
+                        *sum = _mm256_madd_epi16(*sum, ones);
+                    }
+                }
+            }
+            std::array::from_fn(|t| _mm256_hadd_epi32(quads[0][t], quads[1][t]))
         }
 
         /// Eight lanes per token for the 32-element formats.
