@@ -43,13 +43,6 @@ macro_rules! kernels {
             _mm256_set1_epi64x((a.qs.as_ptr().add(8 * k) as *const i64).read_unaligned())
         }
 
-        /// A block's four activation runs.
-        #[inline]
-        #[target_feature(enable = $features)]
-        unsafe fn runs_of(a: &BlockQ8) -> [__m256i; 4] {
-            [run_of(a, 0), run_of(a, 1), run_of(a, 2), run_of(a, 3)]
-        }
-
         /// Eight f16 at `p` as f32.
         #[inline]
         #[target_feature(enable = $features)]
@@ -462,21 +455,25 @@ macro_rules! kernels {
                 }
                 return;
             }
-            for t in 0..T {
-                let acts = runs_of(a[t]);
-                let mut quads = [_mm256_setzero_si256(); 2];
-                for ((sum, w), quad_scales) in quads.iter_mut().zip(runs).zip(&scales.quads) {
-                    for (half, scale) in quad_scales.iter().enumerate() {
+            // Half by half, each token's two runs meet both quads' loads
+            // with the tile's sums in registers.
+            let mut quads = [[_mm256_setzero_si256(); T]; 2];
+            for half in 0..2 {
+                for t in 0..T {
+                    let (first, second) = (run_of(a[t], 2 * half), run_of(a[t], 2 * half + 1));
+                    for (q, sums) in quads.iter_mut().enumerate() {
                         // Each i16 lane ≤ 2·63·127 (q6_k; less for q3_k, q2_k); two summed stay below 2¹⁵.
                         let pairs = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(w[2 * half], acts[2 * half]),
-                            _mm256_maddubs_epi16(w[2 * half + 1], acts[2 * half + 1]),
+                            _mm256_maddubs_epi16(runs[q][2 * half], first),
+                            _mm256_maddubs_epi16(runs[q][2 * half + 1], second),
                         );
                         // Each pair ≤ 2·(2·63·127)·128: far inside i32.
-                        *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, *scale));
+                        sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(pairs, scales.quads[q][half]));
                     }
                 }
-                totals[t] = _mm256_add_epi32(totals[t], _mm256_hadd_epi32(quads[0], quads[1]));
+            }
+            for (t, total) in totals.iter_mut().enumerate() {
+                *total = _mm256_add_epi32(*total, _mm256_hadd_epi32(quads[0][t], quads[1][t]));
             }
         }
 
