@@ -84,8 +84,9 @@ macro_rules! kernels {
             let low = |l: __m256i| _mm256_and_si256(l, mask);
             let high = |l: __m256i| _mm256_and_si256(_mm256_srli_epi16(l, 4), mask);
             // VNNI takes signed weights offset by 128 (unsigned bytes, one
-            // operation per load here instead of two sign moves per token in
-            // `block_sums`, which takes the offset back off exactly).
+            // operation per load here instead of the sign moves of
+            // `tile_sums_maddubs`; `tile_sums` takes the offset back off
+            // exactly).
             let offset = _mm256_set1_epi8(if $vnni { -128 } else { 0 });
             match dtype {
                 DType::Q8_0 => [load(0), load(1), load(2), load(3)].map(|w| _mm256_xor_si256(w, offset)),
