@@ -387,15 +387,7 @@ impl<E: Executor> Backend<E> {
     ) -> Result<()> {
         let AttentionShape { n_head, n_kv_head, head_dim } = shape;
         let bad = |detail: String| Err(TensorError::Incompatible { op: "cuda attention_decode", detail });
-        if !head_dim.is_multiple_of(32)
-            || head_dim > ATTENTION_MAX_HEAD
-            || n_kv_head == 0
-            || !n_head.is_multiple_of(n_kv_head)
-        {
-            return bad(format!(
-                "{n_head} heads over {n_kv_head} KV heads of {head_dim} (multiples of 32, at most 256)"
-            ));
-        }
+        check_heads(shape, ATTENTION_MAX_HEAD, "cuda attention_decode")?;
         let rows = sequences.len();
         q.expect_f32s(rows * n_head * head_dim, "attention q")?;
         out.expect_f32s(rows * n_head * head_dim, "attention out")?;
@@ -450,12 +442,7 @@ impl<E: Executor> Backend<E> {
         out: &mut DeviceBuffer<E::Block>,
     ) -> Result<()> {
         let AttentionShape { n_head, n_kv_head, head_dim } = shape;
-        let heads_fit = head_dim.is_multiple_of(32) && head_dim <= PREFILL_MAX_HEAD;
-        if !heads_fit || n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
-            let detail =
-                format!("{n_head} heads over {n_kv_head} KV heads of {head_dim} (multiples of 32, at most 128)");
-            return Err(TensorError::Incompatible { op: "cuda attention_prefill", detail });
-        }
+        check_heads(shape, PREFILL_MAX_HEAD, "cuda attention_prefill")?;
         q.expect_f32s(tokens * n_head * head_dim, "attention q")?;
         out.expect_f32s(tokens * n_head * head_dim, "attention out")?;
         keys.expect_f32s((start + tokens) * n_kv_head * head_dim, "attention keys")?;
@@ -650,6 +637,19 @@ impl KernelArg for f32 {
     fn param(&self) -> *mut c_void {
         self as *const f32 as *mut c_void
     }
+}
+
+/// Checks the head layout the attention kernels take: heads of a multiple
+/// of 32 values, at most `max_head`, query heads a multiple of KV heads.
+fn check_heads(shape: AttentionShape, max_head: usize, op: &'static str) -> Result<()> {
+    let AttentionShape { n_head, n_kv_head, head_dim } = shape;
+    let head_fits = head_dim.is_multiple_of(32) && head_dim <= max_head;
+    if !head_fits || n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
+        let detail =
+            format!("{n_head} heads over {n_kv_head} KV heads of {head_dim} (multiples of 32, at most {max_head})");
+        return Err(TensorError::Incompatible { op, detail });
+    }
+    Ok(())
 }
 
 /// `value` as a kernel's `int`.
