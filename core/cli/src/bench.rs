@@ -101,8 +101,8 @@ pub fn print_cpu() {
     let report = tailor_tensor::cpu::kernel_report();
     println!("cpu:     {} ({})", report.cpu, report.features.join(" "));
     println!(
-        "kernels: quantized rows {}; f16/bf16 rows {}; bf16 gemm {}",
-        report.quantized_rows, report.half_rows, report.bf16_gemm
+        "kernels: quantized rows {}; f16/bf16 rows {}; f16/bf16 prefill {}; bf16 gemm {}",
+        report.quantized_rows, report.half_rows, report.half_prefill, report.bf16_gemm
     );
 }
 
@@ -112,5 +112,5 @@ pub fn merge_cpu_json(out: &mut serde_json::Value) {
     out["cpu"] = serde_json::json!(report.cpu);
     out["cpu_features"] = serde_json::json!(report.features);
     out["kernels"] = serde_json::json!({"quantized_rows": report.quantized_rows, "half_rows": report.half_rows,
-        "bf16_gemm": report.bf16_gemm});
+        "half_prefill": report.half_prefill, "bf16_gemm": report.bf16_gemm});
 }

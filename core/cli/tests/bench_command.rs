@@ -37,7 +37,7 @@ fn bench_reports_the_machine_and_runs_synthetic_and_requantized_models() {
         ]);
         assert!(report["cpu"].as_str().is_some_and(|c| !c.is_empty()), "{report}");
         assert!(report["cpu_features"].is_array(), "{report}");
-        for kernel in ["quantized_rows", "half_rows", "bf16_gemm"] {
+        for kernel in ["quantized_rows", "half_rows", "half_prefill", "bf16_gemm"] {
             assert!(report["kernels"][kernel].as_str().is_some_and(|k| !k.is_empty()), "{kernel}: {report}");
         }
         assert!(report["decode_tok_s"].as_f64().is_some_and(|t| t > 0.0), "{report}");

@@ -1,21 +1,25 @@
-//! Prefill of f16/bf16 weights on AVX-512: `y = x · Wᵀ` for many tokens,
-//! reading each weight row as stored and widening it in registers.
+//! Prefill of f16/bf16 weights: `y = x · Wᵀ` for many tokens, reading
+//! each weight row as stored and widening it in registers.
 //!
 //! The gemm crate needs f32 operands, so half-precision weights used to
 //! be dequantized (now by panels) and then packed again inside the crate:
 //! on a 1B F16 model that packing and widening took a fifth of the prefill
 //! and its AVX2 micro-kernel reached about half the CPU's peak. Here a tile
-//! of four weight rows × six tokens keeps 24 accumulators of 16 lanes in
-//! registers and walks the rows' inputs 16 at a time: four widened weight
-//! vectors and six activation loads feed 24 FMAs, and nothing is copied.
+//! of weight rows × tokens keeps its accumulators in registers and walks
+//! the rows' inputs one register at a time: on AVX-512, four widened weight
+//! vectors and six activation loads feed 24 FMAs of 16 lanes; on AVX2 (16
+//! registers of 8 lanes), three weight vectors and four activation loads
+//! feed 12, in passes over the inputs with the tokens' activations copied
+//! once into tile order. The weights are never copied.
 //!
-//! Each (row, token) result is one 16-lane FMA chain over the inputs in
+//! Each (row, token) result is one FMA chain per lane over the inputs in
 //! order, then a fixed reduction of the lanes: it never depends on the
 //! tile, the token count or the thread, so a prompt prefilled in pieces
 //! gets what one prefill gives. The scalar reference below performs the
-//! same operations in the same order, so results are equal bit for bit.
+//! same operations in the same order (for the lane count of the kernel
+//! that ran), so results are equal bit for bit.
 //!
-//! bf16 weights on a CPU with AVX-512 BF16 take a second kernel, for
+//! bf16 weights on a CPU with AVX-512 BF16 take a third kernel, for
 //! decode and prefill alike ([`HalfInputs::Bf16`]): the activations are
 //! rounded to bf16 once per call (as llama.cpp and PyTorch do for bf16
 //! weights) and `vdpbf16ps` multiplies 32 stored weights with them per
@@ -25,50 +29,143 @@
 use super::bf16::{bf16_supported, Bf16Rows};
 use super::pool::SpinPool;
 use crate::DType;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Weight rows per tile.
-const ROWS: usize = 4;
-/// Tokens per tile.
-const TOKENS: usize = 6;
-/// Inputs per step (one 512-bit register of f32).
+/// Inputs per step of the AVX-512 kernels (one 512-bit register of f32).
 const LANES: usize = 16;
 /// How far ahead in a row the `vdpbf16ps` kernel asks for weights (1B
 /// bf16 decode, Zen 4, alternating: none 10.7–12.8 tok/s, 1 KiB 11.1–11.9,
 /// 4 KiB 11.8–14.0; the prefill gained too, 104 → 119–129).
 const PREFETCH_BYTES: usize = 4096;
-/// Rows a thread claims at a time.
+/// Rows a thread claims at a time on AVX-512 (a multiple of its tile rows).
 const CHUNK_ROWS: usize = 16;
+/// Rows a thread claims at a time on AVX2: its tiles of tokens meet 48
+/// rows per pass (a multiple of its tile rows).
+const AVX2_CHUNK_ROWS: usize = 48;
+/// Rows per tile of the AVX2 kernel.
+const AVX2_ROWS: usize = 3;
+/// Tokens per tile of the AVX2 kernel.
+const AVX2_TOKENS: usize = 4;
 
-/// Whether this CPU runs the kernel (AVX-512 F with F16C), detected once.
-pub(crate) fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *SUPPORTED.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("f16c"))
+/// The widening kernels, by instruction set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HalfKernel {
+    /// AVX-512 F (+F16C): tiles of 4 rows × 6 tokens, 16 lanes.
+    Avx512,
+    /// AVX2 + FMA + F16C: tiles of 3 rows × 4 tokens, 8 lanes, in passes
+    /// of [`AVX2_PASS`] inputs. On an AVX2-only AMD EPYC (Zen 3) the loop
+    /// is bound by its loads, not its FMAs (the same loop in C: 26 GMAC/s
+    /// on one core with each input loaded once per row, 43 loaded once per
+    /// step; 8 G FMA/s with operands in registers), so the tile is the one
+    /// with the fewest loads per FMA that fits 16 registers: 7 per 12.
+    /// 1B F16 prefill there: 39 tok/s through f32 panels and the gemm
+    /// crate, 45 with 2 × 6 tiles over whole rows, 58–60 as it is.
+    Avx2,
+}
+
+impl HalfKernel {
+    /// Weight rows per tile.
+    const fn rows(self) -> usize {
+        match self {
+            HalfKernel::Avx512 => 4,
+            HalfKernel::Avx2 => AVX2_ROWS,
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Rows a thread claims at a time.
+    const fn chunk_rows(self) -> usize {
+        match self {
+            HalfKernel::Avx512 => CHUNK_ROWS,
+            HalfKernel::Avx2 => AVX2_CHUNK_ROWS,
+        }
+    }
+
+    /// Tokens per tile.
+    const fn tokens(self) -> usize {
+        match self {
+            HalfKernel::Avx512 => 6,
+            HalfKernel::Avx2 => AVX2_TOKENS,
+        }
+    }
+
+    /// Inputs per step: the lanes of one f32 register.
+    pub(crate) const fn lanes(self) -> usize {
+        match self {
+            HalfKernel::Avx512 => LANES,
+            HalfKernel::Avx2 => 8,
+        }
+    }
+
+    /// The kernels this CPU runs, fastest first (tests run each).
+    pub(crate) fn available() -> Vec<HalfKernel> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let f16c = is_x86_feature_detected!("f16c");
+            let mut kernels = Vec::new();
+            if f16c && is_x86_feature_detected!("avx512f") {
+                kernels.push(HalfKernel::Avx512);
+            }
+            if f16c && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                kernels.push(HalfKernel::Avx2);
+            }
+            kernels
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Vec::new()
+        }
+    }
+
+    /// The fastest kernel this CPU runs, detected once.
+    pub(crate) fn best() -> Option<HalfKernel> {
+        static BEST: std::sync::OnceLock<Option<HalfKernel>> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| HalfKernel::available().first().copied())
+    }
+
+    /// The name `tailor bench` prints for the prefill path.
+    pub(crate) fn describe(kernel: Option<HalfKernel>) -> &'static str {
+        match kernel {
+            Some(HalfKernel::Avx512) => "avx512 tiles 4x6",
+            Some(HalfKernel::Avx2) => "avx2+f16c tiles 3x4",
+            None => "f32 panels + gemm",
+        }
     }
 }
 
-/// Whether a `dtype` matrix with rows of `in_dim` inputs fits the kernel.
+/// Whether this CPU runs a widening kernel (AVX-512 F, or AVX2 + FMA,
+/// with F16C).
+pub(crate) fn supported() -> bool {
+    HalfKernel::best().is_some()
+}
+
+/// Whether this CPU has the `vdpbf16ps` kernel's AVX-512 F.
+fn avx512_supported() -> bool {
+    HalfKernel::best() == Some(HalfKernel::Avx512)
+}
+
+/// Whether a `dtype` matrix with rows of `in_dim` inputs fits this CPU's
+/// widening kernel.
 pub(crate) fn fits(dtype: DType, in_dim: usize) -> bool {
-    matches!(dtype, DType::F16 | DType::BF16) && in_dim > 0 && in_dim.is_multiple_of(LANES)
+    HalfKernel::best().is_some_and(|kernel| fits_kernel(kernel, dtype, in_dim))
+}
+
+/// Whether a `dtype` matrix with rows of `in_dim` inputs fits `kernel`.
+fn fits_kernel(kernel: HalfKernel, dtype: DType, in_dim: usize) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16) && in_dim > 0 && in_dim.is_multiple_of(kernel.lanes())
 }
 
 /// Whether a `dtype` matrix with rows of `in_dim` inputs takes the
 /// `vdpbf16ps` kernel on this CPU (bf16 weights, AVX-512 BF16, rows of
 /// whole 32-input steps), at decode as at prefill.
 pub(crate) fn takes_bf16_products(dtype: DType, in_dim: usize) -> bool {
-    dtype == DType::BF16 && in_dim > 0 && in_dim.is_multiple_of(2 * LANES) && bf16_supported()
+    dtype == DType::BF16 && in_dim > 0 && in_dim.is_multiple_of(2 * LANES) && avx512_supported() && bf16_supported()
 }
 
 /// The activations a product reads.
 #[derive(Clone, Copy)]
 pub(crate) enum HalfInputs<'a> {
-    /// f32 rows (the widening kernel).
+    /// f32 rows (the widening kernels).
     F32(&'a [f32]),
     /// Rows rounded to bf16 (the `vdpbf16ps` kernel; bf16 weights only).
     Bf16(&'a Bf16Rows),
@@ -76,50 +173,150 @@ pub(crate) enum HalfInputs<'a> {
 
 /// `y[t·rows + o] = Σ_i x[t·in_dim + i] · W[o, i]` for a `rows × in_dim`
 /// f16/bf16 matrix `w` (little-endian bytes, row-major) and `tokens` rows
-/// of `x`, on the pool: threads claim [`CHUNK_ROWS`] rows at a time.
-/// The caller checked [`supported`], [`fits`] (for bf16 inputs
-/// [`takes_bf16_products`]) and every length.
+/// of `x`, on the pool: threads claim chunks of rows (`chunk_rows`).
+/// The caller checked [`fits`] (for bf16 inputs [`takes_bf16_products`])
+/// and every length.
 pub(crate) fn half_gemm(dtype: DType, w: &[u8], in_dim: usize, x: HalfInputs<'_>, tokens: usize, y: &mut [f32]) {
+    let kernel = HalfKernel::best().expect("half_gemm: the caller checked fits()");
+    half_gemm_on(kernel, dtype, w, in_dim, x, tokens, y)
+}
+
+/// [`half_gemm`] on a chosen widening kernel (tests run every one this
+/// CPU has).
+fn half_gemm_on(
+    kernel: HalfKernel,
+    dtype: DType,
+    w: &[u8],
+    in_dim: usize,
+    x: HalfInputs<'_>,
+    tokens: usize,
+    y: &mut [f32],
+) {
     let rows = w.len() / (2 * in_dim.max(1));
     let (inputs_fit, products) = match x {
         HalfInputs::F32(x) => (x.len() == tokens * in_dim, false),
-        HalfInputs::Bf16(x) => (x.rows() == tokens && x.cols() == in_dim && takes_bf16_products(dtype, in_dim), true),
+        HalfInputs::Bf16(x) => {
+            let fit = x.rows() == tokens && x.cols() == in_dim && takes_bf16_products(dtype, in_dim);
+            (fit && kernel == HalfKernel::Avx512, true)
+        }
     };
     assert!(
-        supported() && fits(dtype, in_dim) && w.len() == 2 * rows * in_dim && inputs_fit && y.len() == tokens * rows,
-        "half_gemm: {dtype:?}, {} weight bytes, inputs for {tokens} tokens of {in_dim}, {} outputs",
+        HalfKernel::available().contains(&kernel)
+            && fits_kernel(kernel, dtype, in_dim)
+            && w.len() == 2 * rows * in_dim
+            && inputs_fit
+            && y.len() == tokens * rows,
+        "half_gemm: {kernel:?}, {dtype:?}, {} weight bytes, inputs for {tokens} tokens of {in_dim}, {} outputs",
         w.len(),
         y.len()
     );
     let out = OutPtr(y.as_mut_ptr());
     let next = AtomicUsize::new(0);
-    let job = |_: usize, _: usize| loop {
-        let first = next.fetch_add(CHUNK_ROWS, Ordering::Relaxed);
-        if first >= rows {
-            break;
+    let chunk_rows = kernel.chunk_rows();
+    let claim = || Some(next.fetch_add(chunk_rows, Ordering::Relaxed)).filter(|&first| first < rows);
+    let packed;
+    let x = match (kernel, x) {
+        (HalfKernel::Avx2, HalfInputs::F32(x)) => {
+            packed = pack_token_tiles(x, in_dim, HalfKernel::Avx2.tokens(), 8);
+            HalfInputs::F32(&packed)
         }
-        for r in (first..(first + CHUNK_ROWS).min(rows)).step_by(ROWS) {
-            let count = ROWS.min(rows - r);
-            for t in (0..tokens).step_by(TOKENS) {
-                let tile = Tile { dtype, w, x, in_dim, rows, first_row: r, first_token: t };
-                // SAFETY: AVX-512 F and F16C (and for bf16 inputs AVX-512
-                // BF16) were checked (assert above);
-                // the tile reads rows r..r+count of w and tokens
-                // t..t+TOKENS.min(tokens - t) of x, all inside the checked
-                // lengths; it writes y entries of rows r..r+count, which
-                // only this thread claimed.
-                unsafe {
-                    if products {
-                        run_tile::<true>(&tile, count, TOKENS.min(tokens - t), &out)
-                    } else {
-                        run_tile::<false>(&tile, count, TOKENS.min(tokens - t), &out)
-                    }
-                };
+        _ => x,
+    };
+    let job = |_: usize, _: usize| {
+        let mut sums = Vec::new();
+        while let Some(first) = claim() {
+            let chunk = first..(first + chunk_rows).min(rows);
+            let tile = Tile { dtype, w, x, in_dim, rows, first_row: first, first_token: 0 };
+            match (kernel, products) {
+                (HalfKernel::Avx2, _) => avx2_chunk(&tile, chunk, tokens, &mut sums, &out),
+                (HalfKernel::Avx512, _) => avx512_chunk(&tile, chunk, tokens, products, &out),
             }
         }
     };
     SpinPool::global().run(&job);
 }
+
+/// `x`'s rows (`in_dim` inputs each) reordered for the AVX2 kernel: by
+/// tile of `tile_tokens` tokens (the last may be short), then by step of
+/// `step` inputs, then by token, so a tile's loads are one sequential
+/// stream from one pointer (rows read in place sit `in_dim · 4` bytes
+/// apart: for power-of-two widths, all in one L1 cache set). One copy of
+/// the activations per call, made before the threads start.
+fn pack_token_tiles(x: &[f32], in_dim: usize, tile_tokens: usize, step: usize) -> Vec<f32> {
+    let mut packed = Vec::with_capacity(x.len());
+    for tile in x.chunks(tile_tokens * in_dim) {
+        for at in (0..in_dim).step_by(step) {
+            for token in tile.chunks_exact(in_dim) {
+                packed.extend_from_slice(&token[at..at + step]);
+            }
+        }
+    }
+    packed
+}
+
+/// The AVX-512 kernels over rows `chunk`: each tile of rows meets every
+/// tile of tokens, walking the whole rows.
+fn avx512_chunk(base: &Tile, chunk: Range<usize>, tokens: usize, products: bool, out: &OutPtr) {
+    let (tile_rows, tile_tokens) = (HalfKernel::Avx512.rows(), HalfKernel::Avx512.tokens());
+    for r in chunk.clone().step_by(tile_rows) {
+        let count = tile_rows.min(chunk.end - r);
+        for t in (0..tokens).step_by(tile_tokens) {
+            let tile = Tile { first_row: r, first_token: t, ..*base };
+            let tile_tokens = tile_tokens.min(tokens - t);
+            // SAFETY: AVX-512 F and F16C (for bf16 inputs AVX-512 BF16)
+            // were checked (`half_gemm_on`'s assert); the tile reads rows
+            // r..r+count of w and tokens t..t+tile_tokens of x, all inside
+            // the checked lengths; it writes y entries of rows r..r+count,
+            // which only this thread claimed.
+            unsafe {
+                if products {
+                    run_tile::<true>(&tile, count, tile_tokens, out)
+                } else {
+                    run_tile::<false>(&tile, count, tile_tokens, out)
+                }
+            };
+        }
+    }
+}
+
+/// Inputs per pass of the AVX2 kernel over a chunk's rows: a tile of
+/// tokens' 512 inputs (8 KiB) stays in the L1 cache while every row tile
+/// of the chunk meets it (the chunk's 48 rows of them, 48 KiB, in L2).
+/// Walking whole rows streamed each tile's activations (8–32 KiB a token
+/// at 1B) from L2 or beyond for every row tile. Passes of 256 and 1,024
+/// inputs measured 5–15 % slower on Zen 3, within its noise at times.
+const AVX2_PASS: usize = 512;
+
+/// The AVX2 kernel over rows `chunk`, in passes of [`AVX2_PASS`] inputs:
+/// each (row tile, token tile)'s accumulators wait in `sums` between
+/// passes, so every lane is still one FMA chain over the inputs in order.
+fn avx2_chunk(base: &Tile, chunk: Range<usize>, tokens: usize, sums: &mut Vec<Avx2Sums>, out: &OutPtr) {
+    let (tile_rows, tile_tokens) = (HalfKernel::Avx2.rows(), HalfKernel::Avx2.tokens());
+    let row_tiles = chunk.len().div_ceil(tile_rows);
+    sums.clear();
+    sums.resize(row_tiles * tokens.div_ceil(tile_tokens), Avx2Sums::default());
+    for pass in (0..base.in_dim).step_by(AVX2_PASS) {
+        let inputs = pass..(pass + AVX2_PASS).min(base.in_dim);
+        for (token_tile, t) in (0..tokens).step_by(tile_tokens).enumerate() {
+            for (row_tile, r) in chunk.clone().step_by(tile_rows).enumerate() {
+                let tile = Tile { first_row: r, first_token: t, ..*base };
+                let shape = (tile_rows.min(chunk.end - r), tile_tokens.min(tokens - t));
+                let tile_sums = &mut sums[token_tile * row_tiles + row_tile];
+                // SAFETY: AVX2, FMA and F16C were checked (`half_gemm_on`'s
+                // assert); the tile reads inputs `inputs` of rows r..r+shape.0
+                // of w and of tokens t..t+shape.1 of x, inside the checked
+                // lengths, and on the last pass writes y entries of rows
+                // r..r+shape.0, which only this thread claimed.
+                unsafe { run_tile_avx2(&tile, shape, inputs.clone(), tile_sums, out) };
+            }
+        }
+    }
+}
+
+/// One AVX2 tile's accumulators between passes: by token, then row, eight
+/// lanes each.
+#[derive(Clone, Copy, Default)]
+struct Avx2Sums([[[f32; 8]; AVX2_ROWS]; AVX2_TOKENS]);
 
 /// A raw output pointer shared by the pool's threads (each writes the
 /// columns of the rows it claimed).
@@ -128,6 +325,7 @@ struct OutPtr(*mut f32);
 unsafe impl Sync for OutPtr {}
 
 /// One tile's operands: the matrix, the inputs, and where the tile starts.
+#[derive(Clone, Copy)]
 struct Tile<'a> {
     dtype: DType,
     w: &'a [u8],
@@ -138,15 +336,15 @@ struct Tile<'a> {
     first_token: usize,
 }
 
-/// A tile of `r` rows × `t` tokens through the kernel compiled for it
-/// (`P`: the `vdpbf16ps` one).
+/// A tile of `r` rows × `t` tokens through the AVX-512 kernel compiled
+/// for it (`P`: the `vdpbf16ps` one).
 #[cfg(target_arch = "x86_64")]
 unsafe fn run_tile<const P: bool>(tile: &Tile, r: usize, t: usize, out: &OutPtr) {
     match r {
         1 => run_tokens::<1, P>(tile, t, out),
         2 => run_tokens::<2, P>(tile, t, out),
         3 => run_tokens::<3, P>(tile, t, out),
-        _ => run_tokens::<ROWS, P>(tile, t, out),
+        _ => run_tokens::<4, P>(tile, t, out),
     }
 }
 
@@ -159,11 +357,11 @@ unsafe fn run_tokens<const R: usize, const P: bool>(tile: &Tile, t: usize, out: 
         3 => store::<R, 3>(tile, out, tile_sums::<R, 3, P>(tile)),
         4 => store::<R, 4>(tile, out, tile_sums::<R, 4, P>(tile)),
         5 => store::<R, 5>(tile, out, tile_sums::<R, 5, P>(tile)),
-        _ => store::<R, TOKENS>(tile, out, tile_sums::<R, TOKENS, P>(tile)),
+        _ => store::<R, 6>(tile, out, tile_sums::<R, 6, P>(tile)),
     }
 }
 
-/// The tile's sums on the kernel `P` picks.
+/// The tile's sums on the AVX-512 kernel `P` picks.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn tile_sums<const R: usize, const T: usize, const P: bool>(tile: &Tile) -> [[f32; T]; R] {
@@ -174,8 +372,56 @@ unsafe fn tile_sums<const R: usize, const T: usize, const P: bool>(tile: &Tile) 
     }
 }
 
+/// A tile of `shape` (rows, tokens) through the AVX2 kernel compiled
+/// for it, over `inputs`; on the pass that ends the rows, its sums stored.
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_tile_avx2(tile: &Tile, shape: (usize, usize), inputs: Range<usize>, sums: &mut Avx2Sums, out: &OutPtr) {
+    match shape.0 {
+        1 => run_tokens_avx2::<1>(tile, shape.1, inputs, sums, out),
+        2 => run_tokens_avx2::<2>(tile, shape.1, inputs, sums, out),
+        _ => run_tokens_avx2::<AVX2_ROWS>(tile, shape.1, inputs, sums, out),
+    }
+}
+
+/// [`run_tile_avx2`] for `R` rows.
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_tokens_avx2<const R: usize>(
+    tile: &Tile,
+    t: usize,
+    inputs: Range<usize>,
+    sums: &mut Avx2Sums,
+    out: &OutPtr,
+) {
+    match t {
+        1 => pass_avx2::<R, 1>(tile, inputs, sums, out),
+        2 => pass_avx2::<R, 2>(tile, inputs, sums, out),
+        3 => pass_avx2::<R, 3>(tile, inputs, sums, out),
+        _ => pass_avx2::<R, AVX2_TOKENS>(tile, inputs, sums, out),
+    }
+}
+
+/// One pass of an `R × T` tile over `inputs`; after the pass that ends
+/// the rows, its sums stored.
+#[cfg(target_arch = "x86_64")]
+unsafe fn pass_avx2<const R: usize, const T: usize>(
+    tile: &Tile,
+    inputs: Range<usize>,
+    sums: &mut Avx2Sums,
+    out: &OutPtr,
+) {
+    let last = inputs.end == tile.in_dim;
+    if let Some(tile_sums) = kernel_avx2::<R, T>(tile, inputs, last, sums) {
+        store::<R, T>(tile, out, tile_sums)
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn run_tile<const P: bool>(_: &Tile, _: usize, _: usize, _: &OutPtr) {
+    unreachable!("half_gemm runs only where supported() holds")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn run_tile_avx2(_: &Tile, _: (usize, usize), _: Range<usize>, _: &mut Avx2Sums, _: &OutPtr) {
     unreachable!("half_gemm runs only where supported() holds")
 }
 
@@ -219,6 +465,81 @@ unsafe fn kernel<const R: usize, const T: usize>(tile: &Tile, x: &[f32]) -> [[f3
     reduce_tile(acc)
 }
 
+/// [`kernel`] on AVX2 over `inputs`: per step of 8 inputs, `R` widened
+/// weight vectors and `T` activation loads, `R·T` FMAs (12 accumulators,
+/// two weight vectors and an input: 15 of the 16 registers), the
+/// accumulators taken from and left in `sums`; after the `last` pass,
+/// returns each accumulator's eight lanes reduced in the reference's order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kernel_avx2<const R: usize, const T: usize>(
+    tile: &Tile,
+    inputs: Range<usize>,
+    last: bool,
+    sums: &mut Avx2Sums,
+) -> Option<[[f32; T]; R]> {
+    use std::arch::x86_64::*;
+    let HalfInputs::F32(x) = tile.x else { unreachable!("bf16 inputs take the vdpbf16ps kernel") };
+    let w: [*const u8; R] = std::array::from_fn(|i| tile.w.as_ptr().add(2 * (tile.first_row + i) * tile.in_dim));
+    // The tile's inputs as `pack_token_tiles` laid them out: T tokens' 8 inputs per step.
+    let x = x.as_ptr().add(tile.first_token * tile.in_dim);
+    let mut acc: [[__m256; R]; T] =
+        std::array::from_fn(|j| std::array::from_fn(|i| _mm256_loadu_ps(sums.0[j][i].as_ptr())));
+    if tile.dtype == DType::BF16 {
+        steps_avx2::<R, T, true>(&mut acc, &w, x, inputs);
+    } else {
+        steps_avx2::<R, T, false>(&mut acc, &w, x, inputs);
+    }
+    for (j, sums_j) in acc.iter().enumerate() {
+        for (i, sum) in sums_j.iter().enumerate() {
+            _mm256_storeu_ps(sums.0[j][i].as_mut_ptr(), *sum);
+        }
+    }
+    last.then(|| std::array::from_fn(|i| std::array::from_fn(|j| reduce_eight(acc[j][i]))))
+}
+
+/// [`kernel_avx2`]'s FMAs over `inputs` (whole steps of 8), for bf16
+/// (`BF16`) or f16 rows `w` (the branch outside the loop).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn steps_avx2<const R: usize, const T: usize, const BF16: bool>(
+    acc: &mut [[std::arch::x86_64::__m256; R]; T],
+    w: &[*const u8; R],
+    x: *const f32,
+    inputs: Range<usize>,
+) {
+    use std::arch::x86_64::*;
+    for at in inputs.step_by(8) {
+        let weights: [__m256; R] = std::array::from_fn(|i| {
+            let bits = _mm_loadu_si128(w[i].add(2 * at) as *const __m128i);
+            if BF16 {
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16))
+            } else {
+                _mm256_cvtph_ps(bits)
+            }
+        });
+        let inputs = x.add(at * T);
+        for (j, sums) in acc.iter_mut().enumerate() {
+            let input = _mm256_loadu_ps(inputs.add(8 * j));
+            for (sum, weight) in sums.iter_mut().zip(&weights) {
+                *sum = _mm256_fmadd_ps(*weight, input, *sum);
+            }
+        }
+    }
+}
+
+/// One accumulator's eight lanes added as the reference's `reduce_lanes`
+/// does: halves pairwise, 8 → 4 → 2 → 1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn reduce_eight(sum: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let fours = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
+    let twos = _mm_add_ps(fours, _mm_movehl_ps(fours, fours));
+    _mm_cvtss_f32(_mm_add_ss(twos, _mm_shuffle_ps::<1>(twos, twos)))
+}
+
 /// The tile's `R × T` sums with `vdpbf16ps`: per step of 32 inputs, `R`
 /// weight vectors loaded as stored and `T` rounded activation vectors,
 /// `R·T` products of pairs into 16-lane chains; then each chain's lanes
@@ -260,7 +581,7 @@ unsafe fn bf16_kernel<const R: usize, const T: usize>(tile: &Tile, x: &Bf16Rows)
 unsafe fn reduce_tile<const R: usize, const T: usize>(acc: [[std::arch::x86_64::__m512; R]; T]) -> [[f32; T]; R] {
     use std::arch::x86_64::*;
     const SLOTS: usize = 2 * LANES;
-    const { assert!(ROWS * TOKENS <= SLOTS) };
+    const { assert!(R * T <= SLOTS) };
     let mut all = [_mm512_setzero_ps(); SLOTS];
     for (j, sums) in acc.iter().enumerate() {
         for (i, sum) in sums.iter().enumerate() {
@@ -311,11 +632,12 @@ unsafe fn reduce_sixteen(acc: &[std::arch::x86_64::__m512; LANES]) -> std::arch:
 }
 
 /// The lanes' sum in the kernels' fixed order: halves added pairwise,
-/// 16 → 8 → 4 → 2 → 1 (the reference's form of [`reduce_sixteen`]).
+/// 16 → 8 → 4 → 2 → 1 (the reference's form of [`reduce_sixteen`] and
+/// `reduce_eight`).
 #[cfg(test)]
-fn reduce_lanes(lanes: &[f32; LANES]) -> f32 {
-    let mut v = *lanes;
-    let mut width = LANES / 2;
+fn reduce_lanes(lanes: &[f32]) -> f32 {
+    let mut v = lanes.to_vec();
+    let mut width = v.len() / 2;
     while width > 0 {
         for i in 0..width {
             v[i] += v[i + width];
@@ -325,19 +647,21 @@ fn reduce_lanes(lanes: &[f32; LANES]) -> f32 {
     v[0]
 }
 
-/// The reference of one (row, token) sum: 16 running FMA sums over the
-/// inputs in steps of 16, reduced as the kernel does (the tests hold the
-/// kernel to it; CPUs without AVX-512 take the panel gemm instead).
+/// The reference of one (row, token) sum on `kernel`: a running FMA sum
+/// per lane over the inputs in steps of its lane count, reduced as the
+/// kernel does (the tests hold each kernel to it; CPUs with neither take
+/// the panel gemm instead).
 #[cfg(test)]
-fn half_dot_reference(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
-    let mut lanes = [0f32; LANES];
+fn half_dot_reference(kernel: HalfKernel, dtype: DType, row: &[u8], x: &[f32]) -> f32 {
+    let mut lanes = vec![0f32; kernel.lanes()];
     for (i, &input) in x.iter().enumerate() {
         let bits = u16::from_le_bytes([row[2 * i], row[2 * i + 1]]);
         let weight = match dtype {
             DType::BF16 => f32::from_bits((bits as u32) << 16),
             _ => half::f16::from_bits(bits).to_f32(),
         };
-        lanes[i % LANES] = weight.mul_add(input, lanes[i % LANES]);
+        let lane = i % lanes.len();
+        lanes[lane] = weight.mul_add(input, lanes[lane]);
     }
     reduce_lanes(&lanes)
 }
@@ -359,29 +683,38 @@ mod tests {
 
     /// Every tile shape (rows and tokens not multiples of the tile), each
     /// result equal to the reference bit for bit, and each token's result
-    /// the same whatever the token count of the call.
+    /// the same whatever the token count of the call: on every widening
+    /// kernel this CPU runs.
     #[test]
     fn every_result_equals_the_reference_whatever_the_token_count() {
-        if !supported() {
-            eprintln!("half_gemm: this CPU lacks AVX-512 F; the kernel was not run");
-            return;
+        let kernels = HalfKernel::available();
+        if kernels.is_empty() {
+            eprintln!("half_gemm: this CPU has neither AVX-512 F nor AVX2 with F16C; no kernel was run");
         }
         let mut next = uniform(7u64);
-        for dtype in [DType::F16, DType::BF16] {
-            for (rows, in_dim, tokens) in [(1, 16, 1), (7, 48, 13), (19, 160, 8), (33, 64, 20)] {
-                let w = half_bytes(dtype, &(0..rows * in_dim).map(|_| next()).collect::<Vec<_>>());
-                let x: Vec<f32> = (0..tokens * in_dim).map(|_| next()).collect();
-                let mut y = vec![0f32; tokens * rows];
-                half_gemm(dtype, &w, in_dim, HalfInputs::F32(&x), tokens, &mut y);
-                for t in 0..tokens {
-                    let input = &x[t * in_dim..(t + 1) * in_dim];
-                    let mut alone = vec![0f32; rows];
-                    half_gemm(dtype, &w, in_dim, HalfInputs::F32(input), 1, &mut alone);
-                    for o in 0..rows {
-                        let want = half_dot_reference(dtype, &w[2 * o * in_dim..2 * (o + 1) * in_dim], input);
-                        let what = format!("{dtype:?} {rows}x{in_dim}, token {t} of {tokens}, row {o}");
-                        assert_eq!(y[t * rows + o].to_bits(), want.to_bits(), "{what}");
-                        assert_eq!(alone[o].to_bits(), want.to_bits(), "{what}, alone");
+        for kernel in kernels {
+            for dtype in [DType::F16, DType::BF16] {
+                for (rows, in_dim, tokens) in
+                    [(1, 16, 1), (7, 48, 13), (19, 160, 8), (33, 64, 20), (6, 24, 7), (5, 600, 9)]
+                {
+                    if !fits_kernel(kernel, dtype, in_dim) {
+                        continue;
+                    }
+                    let w = half_bytes(dtype, &(0..rows * in_dim).map(|_| next()).collect::<Vec<_>>());
+                    let x: Vec<f32> = (0..tokens * in_dim).map(|_| next()).collect();
+                    let mut y = vec![0f32; tokens * rows];
+                    half_gemm_on(kernel, dtype, &w, in_dim, HalfInputs::F32(&x), tokens, &mut y);
+                    for t in 0..tokens {
+                        let input = &x[t * in_dim..(t + 1) * in_dim];
+                        let mut alone = vec![0f32; rows];
+                        half_gemm_on(kernel, dtype, &w, in_dim, HalfInputs::F32(input), 1, &mut alone);
+                        for o in 0..rows {
+                            let row = &w[2 * o * in_dim..2 * (o + 1) * in_dim];
+                            let want = half_dot_reference(kernel, dtype, row, input);
+                            let what = format!("{kernel:?} {dtype:?} {rows}x{in_dim}, token {t} of {tokens}, row {o}");
+                            assert_eq!(y[t * rows + o].to_bits(), want.to_bits(), "{what}");
+                            assert_eq!(alone[o].to_bits(), want.to_bits(), "{what}, alone");
+                        }
                     }
                 }
             }
@@ -393,7 +726,7 @@ mod tests {
     /// f32 rounding of the exact product of the rounded operands.
     #[test]
     fn bf16_products_give_each_token_its_solo_result() {
-        if !(supported() && bf16_supported()) {
+        if !(avx512_supported() && bf16_supported()) {
             eprintln!("half_gemm: this CPU lacks AVX-512 BF16; the vdpbf16ps kernel was not run");
             return;
         }

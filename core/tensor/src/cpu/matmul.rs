@@ -9,9 +9,10 @@
 //! layouts of `quant::interleaved`) stay quantized there too: 8-bit
 //! activations meet each group's unpacked quants a tile of tokens at a time,
 //! with integer products, as llama.cpp does, and every token gets exactly
-//! what it gets alone. Other matrices go by panels of rows, each
-//! dequantized into a thread's cache-sized buffer and multiplied with the
-//! `gemm` crate.
+//! what it gets alone. f16/bf16 matrices are read as stored by the tile
+//! kernels of `half_gemm` (AVX-512, or AVX2 with F16C). Other matrices go
+//! by panels of rows, each dequantized into a thread's cache-sized buffer
+//! and multiplied with the `gemm` crate.
 
 use super::backward::{for_dequantized_pieces, BlockCompute};
 use super::bf16::Bf16Rows;

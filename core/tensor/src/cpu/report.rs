@@ -3,7 +3,7 @@
 //! benchmark line says which code ran (the CPU under the project changes
 //! between machines).
 
-use super::{bf16_supported, half_dot};
+use super::{bf16_supported, half_dot, half_gemm};
 use crate::quant::{interleaved::GroupKernel, layout::WeightLayout, DotImpl};
 
 /// The CPU and the kernels this process runs on it.
@@ -17,6 +17,8 @@ pub struct KernelReport {
     pub quantized_rows: &'static str,
     /// f16/bf16 weight rows at decode.
     pub half_rows: &'static str,
+    /// f16/bf16 weights at prefill (many tokens).
+    pub half_prefill: &'static str,
     /// The encoder's bf16 matrix products.
     pub bf16_gemm: &'static str,
 }
@@ -37,6 +39,7 @@ pub fn kernel_report() -> KernelReport {
         features: detected_features(),
         quantized_rows,
         half_rows: if half_dot::simd_supported() { "avx2+f16c" } else { "portable" },
+        half_prefill: half_gemm::HalfKernel::describe(half_gemm::HalfKernel::best()),
         bf16_gemm: if bf16_supported() { "avx512-bf16" } else { "f32 (no avx512-bf16)" },
     }
 }
