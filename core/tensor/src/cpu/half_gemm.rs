@@ -227,9 +227,9 @@ fn half_gemm_on(
         while let Some(first) = claim() {
             let chunk = first..(first + chunk_rows).min(rows);
             let tile = Tile { dtype, w, x, in_dim, rows, first_row: first, first_token: 0 };
-            match (kernel, products) {
-                (HalfKernel::Avx2, _) => avx2_chunk(&tile, chunk, tokens, &mut sums, &out),
-                (HalfKernel::Avx512, _) => avx512_chunk(&tile, chunk, tokens, products, &out),
+            match kernel {
+                HalfKernel::Avx2 => avx2_chunk(&tile, chunk, tokens, &mut sums, &out),
+                HalfKernel::Avx512 => avx512_chunk(&tile, chunk, tokens, products, &out),
             }
         }
     };
