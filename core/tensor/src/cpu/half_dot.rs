@@ -100,10 +100,10 @@ pub(crate) fn widen_portable(dtype: DType, row: &[u8], out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn widen_avx2<const BF16: bool>(row: &[u8], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    let (n, w) = (out.len(), row.as_ptr() as *const __m128i);
+    let (n, w) = (out.len(), row.as_ptr());
     let mut i = 0;
     while i + 8 <= n {
-        let values = if BF16 { widen_bf16(w.add(i / 8)) } else { _mm256_cvtph_ps(_mm_loadu_si128(w.add(i / 8))) };
+        let values = widen8::<BF16>(w.add(2 * i));
         _mm256_storeu_ps(out.as_mut_ptr().add(i), values);
         i += 8;
     }
@@ -139,8 +139,7 @@ pub(crate) fn simd_supported() -> bool {
 unsafe fn dot_half_avx2<const BF16: bool>(row: &[u8], x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let n = x.len();
-    let (w, a) = (row.as_ptr() as *const __m128i, x.as_ptr());
-    let widen = |p: *const __m128i| if BF16 { widen_bf16(p) } else { _mm256_cvtph_ps(_mm_loadu_si128(p)) };
+    let (w, a) = (row.as_ptr(), x.as_ptr());
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     // No software prefetch: with the matrix in 2 MiB pages (see
@@ -148,28 +147,35 @@ unsafe fn dot_half_avx2<const BF16: bool>(row: &[u8], x: &[f32]) -> f32 {
     // decode 6 % slower (16.0 vs 17.0 tok/s, alternating).
     while i + 32 <= n {
         for (k, sum) in acc.iter_mut().enumerate() {
-            *sum = _mm256_fmadd_ps(widen(w.add(i / 8 + k)), _mm256_loadu_ps(a.add(i + 8 * k)), *sum);
+            *sum = _mm256_fmadd_ps(widen8::<BF16>(w.add(2 * (i + 8 * k))), _mm256_loadu_ps(a.add(i + 8 * k)), *sum);
         }
         i += 32;
     }
     while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(widen(w.add(i / 8)), _mm256_loadu_ps(a.add(i)), acc[0]);
+        acc[0] = _mm256_fmadd_ps(widen8::<BF16>(w.add(2 * i)), _mm256_loadu_ps(a.add(i)), acc[0]);
         i += 8;
     }
     let dtype = if BF16 { DType::BF16 } else { DType::F16 };
     horizontal_sum(acc) + dot_half_portable(dtype, &row[2 * i..], &x[i..])
 }
 
-/// Eight bf16 values at `p` as f32.
+/// Eight f16 (or, with `BF16`, bf16) values at `p` as f32: F16C's
+/// conversion, or bf16 as the high half of its f32 (also the AVX2 prefill
+/// kernel's widening, `half_gemm`).
 ///
 /// # Safety
-/// The CPU has AVX2; 16 bytes are readable at `p`.
+/// The CPU has AVX2 and F16C; 16 bytes are readable at `p`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn widen_bf16(p: *const std::arch::x86_64::__m128i) -> std::arch::x86_64::__m256 {
+pub(super) unsafe fn widen8<const BF16: bool>(p: *const u8) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
-    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p))))
+    let bits = _mm_loadu_si128(p as *const __m128i);
+    if BF16 {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+    } else {
+        _mm256_cvtph_ps(bits)
+    }
 }
 
 /// The sum of four 8-lane accumulators.

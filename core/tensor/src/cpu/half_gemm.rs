@@ -27,6 +27,8 @@
 //! a token's result is the same whatever the token count of the call.
 
 use super::bf16::{bf16_supported, Bf16Rows};
+#[cfg(target_arch = "x86_64")]
+use super::half_dot::widen8;
 use super::pool::SpinPool;
 use crate::DType;
 use std::ops::Range;
@@ -467,7 +469,7 @@ unsafe fn kernel<const R: usize, const T: usize>(tile: &Tile, x: &[f32]) -> [[f3
 
 /// [`kernel`] on AVX2 over `inputs`: per step of 8 inputs, `R` widened
 /// weight vectors and `T` activation loads, `R·T` FMAs (12 accumulators,
-/// two weight vectors and an input: 15 of the 16 registers), the
+/// three weight vectors and an input: the 16 registers), the
 /// accumulators taken from and left in `sums`; after the `last` pass,
 /// returns each accumulator's eight lanes reduced in the reference's order.
 #[cfg(target_arch = "x86_64")]
@@ -511,14 +513,7 @@ unsafe fn steps_avx2<const R: usize, const T: usize, const BF16: bool>(
 ) {
     use std::arch::x86_64::*;
     for at in inputs.step_by(8) {
-        let weights: [__m256; R] = std::array::from_fn(|i| {
-            let bits = _mm_loadu_si128(w[i].add(2 * at) as *const __m128i);
-            if BF16 {
-                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16))
-            } else {
-                _mm256_cvtph_ps(bits)
-            }
-        });
+        let weights: [__m256; R] = std::array::from_fn(|i| widen8::<BF16>(w[i].add(2 * at)));
         let inputs = x.add(at * T);
         for (j, sums) in acc.iter_mut().enumerate() {
             let input = _mm256_loadu_ps(inputs.add(8 * j));
