@@ -22,4 +22,7 @@ cargo test --workspace --release
 cuda=$(scripts/cuda_toolchain.sh)/nvidia/cu13
 LD_LIBRARY_PATH="$cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" TAILOR_PTXAS="$cuda/bin/ptxas" TAILOR_REQUIRE_NVRTC=1 \
   cargo test --release -p tailor-tensor --features cuda --test cuda_compile --test cuda_kernels -- --nocapture
+# The decoder on the device (the same layer code over the device's ops)
+# against the CPU decoder, emulated here.
+cargo test --release -p tailor-model --features cuda --test device_decoder
 packaging/check.sh

@@ -20,4 +20,5 @@ fi
 echo "kernel cache: ${TAILOR_KERNEL_CACHE:-default}"
 export TAILOR_CUDA_TESTS=1
 timeout 300 cargo test --release -p tailor-tensor --features cuda --test cuda_kernels -- --test-threads 1 2>&1 | tail -25
+timeout 240 cargo test --release -p tailor-model --features cuda --test device_decoder -- --test-threads 1 gpu 2>&1 | tail -12
 timeout 180 cargo bench -p tailor-tensor --features cuda --bench cuda 2>&1 | tail -20

@@ -9,11 +9,14 @@ pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod convert;
+#[cfg(feature = "cuda")]
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod grammar;
 pub mod kv_cache;
+mod layer;
 pub mod linear;
 pub mod llama;
 pub mod lora;

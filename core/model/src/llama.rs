@@ -5,6 +5,7 @@
 use crate::config::{rope_inv_freq, LlamaConfig};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
+use crate::layer::{run_layer, LayerActs, LayerOps, Norm};
 use crate::linear::Linear;
 use crate::lora::{add_deltas, ActiveAdapter, Adapted, LoraDropout, LoraScratch, RowAdapters};
 use crate::names::{layer_prefix, Proj};
@@ -125,8 +126,7 @@ impl Llama {
 
     /// The linear layer of `proj` in `layer` (panics past the last layer).
     pub fn projection(&self, layer: usize, proj: Proj) -> &Linear {
-        let b = &self.blocks[layer];
-        [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down][proj.index()]
+        self.blocks[layer].linear(proj)
     }
 
     /// Bytes of weights in memory (or mapped).
@@ -234,9 +234,7 @@ impl Llama {
         let LayeredPrefill { x, scratch, start, next_layer } = prefill;
         let end = (*next_layer + layers).min(self.blocks.len());
         for layer in *next_layer..end {
-            let block = &self.blocks[layer];
-            self.attention(layer, block, x, Context::Cache { cache, start: *start }, scratch, None)?;
-            self.mlp(layer, block, x, scratch, None)?;
+            self.run_block(layer, x, Context::Cache { cache: &mut *cache, start: *start }, scratch, None)?;
         }
         *next_layer = end;
         Ok(end == self.blocks.len())
@@ -313,16 +311,15 @@ impl Llama {
         s.resize(cfg, n);
         s.pass = LinearPass::Decode;
         s.adapters = RowAdapters::each(adapters);
-        for (layer, block) in self.blocks.iter().enumerate() {
-            self.decode_attention(layer, block, &mut x, caches, s)?;
-            self.mlp(layer, block, &mut x, s, None)?;
+        for layer in 0..self.blocks.len() {
+            self.run_block(layer, &mut x, Context::Decode(&mut *caches), s, None)?;
         }
         for cache in caches.iter_mut() {
             cache.advance(1);
         }
-        rms_norm(&x, &self.norm, cfg.rms_norm_eps as f32, &mut s.normed);
+        rms_norm(&x, &self.norm, cfg.rms_norm_eps as f32, &mut s.acts.normed);
         logits.resize(n * cfg.vocab_size, 0.0);
-        Linear::forward_many_decode(&s.normed, n, &mut [(&self.lm_head, &mut logits[..])], &mut s.linear)?;
+        Linear::forward_many_decode(&s.acts.normed, n, &mut [(&self.lm_head, &mut logits[..])], &mut s.linear)?;
         Ok(&mut logits[..])
     }
 
@@ -351,9 +348,9 @@ impl Llama {
     ) -> Result<()> {
         let cfg = &self.config;
         let n: usize = lengths.iter().sum();
-        let block = self.blocks.get(layer).ok_or_else(|| {
-            ModelError::InvalidParameter(format!("layer {layer} of a model with {}", self.blocks.len()))
-        })?;
+        if layer >= self.blocks.len() {
+            return Err(ModelError::InvalidParameter(format!("layer {layer} of a model with {}", self.blocks.len())));
+        }
         if n == 0 || lengths.contains(&0) || x.len() != n * cfg.hidden_size {
             return Err(ModelError::InvalidParameter(format!(
                 "{} values for sequences of {lengths:?} tokens",
@@ -370,9 +367,7 @@ impl Llama {
             (Some(a), None) => RowAdapters::One(a.clone()),
             (Some(a), Some(dropout)) => RowAdapters::Dropped(a.clone(), dropout),
         };
-        let mut tape = tape;
-        self.attention(layer, block, x, Context::Packed(lengths), &mut scratch, tape.as_deref_mut())?;
-        self.mlp(layer, block, x, &mut scratch, tape)
+        self.run_block(layer, x, Context::Packed(lengths), &mut scratch, tape)
     }
 
     /// Full fine-tuning: every weight by Hugging Face name, as mutable f32
@@ -433,6 +428,11 @@ impl Llama {
         (&self.blocks[layer].attn_norm, &self.blocks[layer].ffn_norm)
     }
 
+    /// The token embedding table, as stored.
+    pub fn embedding(&self) -> &Tensor {
+        &self.embed
+    }
+
     /// The output projection (the embedding when they are tied).
     pub fn lm_head(&self) -> &Linear {
         &self.lm_head
@@ -441,34 +441,6 @@ impl Llama {
     /// The rotary embedding table.
     pub fn rope(&self) -> &RopeTable {
         &self.rope
-    }
-
-    fn decode_attention(
-        &self,
-        layer: usize,
-        b: &Block,
-        x: &mut [f32],
-        caches: &mut [&mut KvCache],
-        s: &mut Scratch,
-    ) -> Result<()> {
-        let cfg = &self.config;
-        let n = s.tokens;
-        rms_norm(x, &b.attn_norm, cfg.rms_norm_eps as f32, &mut s.normed);
-        let qkv = &mut [(Proj::Q, &b.q, &mut s.q[..]), (Proj::K, &b.k, &mut s.k[..]), (Proj::V, &b.v, &mut s.v[..])];
-        s.pass.run_adapted(&s.normed, n, layer, qkv, &s.adapters, &mut s.linear, &mut s.lora)?;
-        let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
-        for (i, cache) in caches.iter_mut().enumerate() {
-            let position = cache.len();
-            self.rope.apply(&mut s.q[i * q_dim..(i + 1) * q_dim], cfg.num_attention_heads, position);
-            self.rope.apply(&mut s.k[i * kv_dim..(i + 1) * kv_dim], cfg.num_key_value_heads, position);
-            cache.append(layer, &s.k[i * kv_dim..(i + 1) * kv_dim], &s.v[i * kv_dim..(i + 1) * kv_dim]);
-        }
-        let sequences: Vec<(&[f32], &[f32])> = caches.iter().map(|c| c.layer(layer)).collect();
-        decode_attention(&s.q, &sequences, cfg.attention_shape(), &mut s.attn);
-        let o = &mut [(Proj::O, &b.o, &mut s.out[..])];
-        s.pass.run_adapted(&s.attn, n, layer, o, &s.adapters, &mut s.linear, &mut s.lora)?;
-        add_in_place(x, &s.out);
-        Ok(())
     }
 
     fn embed_tokens(&self, tokens: &[u32]) -> Result<Vec<f32>> {
@@ -483,75 +455,146 @@ impl Llama {
         Ok(x)
     }
 
-    fn attention(
+    /// Runs layer `layer` on `x` through the layer's ops on the CPU.
+    fn run_block(
         &self,
         layer: usize,
-        b: &Block,
         x: &mut [f32],
-        context: Context<'_>,
+        context: Context<'_, '_>,
         s: &mut Scratch,
         tape: Option<&mut LayerTape>,
     ) -> Result<()> {
-        let cfg = &self.config;
-        let n = s.tokens;
-        rms_norm(x, &b.attn_norm, cfg.rms_norm_eps as f32, &mut s.normed);
-        let qkv = &mut [(Proj::Q, &b.q, &mut s.q[..]), (Proj::K, &b.k, &mut s.k[..]), (Proj::V, &b.v, &mut s.v[..])];
-        s.pass.run_adapted(&s.normed, n, layer, qkv, &s.adapters, &mut s.linear, &mut s.lora)?;
-        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        match context {
-            Context::Cache { cache, start } => {
-                self.rope.apply(&mut s.q, heads, start);
-                self.rope.apply(&mut s.k, kv_heads, start);
-                cache.append(layer, &s.k, &s.v);
-                let (keys, values) = cache.layer(layer);
-                causal_attention(&s.q, keys, values, start, cfg.attention_shape(), &mut s.attn);
-            }
-            Context::Packed(lengths) => {
-                let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
-                let mut row = 0;
-                for &len in lengths {
-                    let (q_rows, kv_rows) = (row * q_dim..(row + len) * q_dim, row * kv_dim..(row + len) * kv_dim);
-                    self.rope.apply(&mut s.q[q_rows.clone()], heads, 0);
-                    self.rope.apply(&mut s.k[kv_rows.clone()], kv_heads, 0);
-                    let (k, v) = (&s.k[kv_rows.clone()], &s.v[kv_rows]);
-                    causal_attention(&s.q[q_rows.clone()], k, v, 0, cfg.attention_shape(), &mut s.attn[q_rows]);
-                    row += len;
-                }
-            }
-        }
-        if let Some(tape) = tape {
-            tape.keep_attention(x, &s.normed, &s.q, &s.k, &s.v, &s.attn);
-        }
-        let o = &mut [(Proj::O, &b.o, &mut s.out[..])];
-        s.pass.run_adapted(&s.attn, n, layer, o, &s.adapters, &mut s.linear, &mut s.lora)?;
-        add_in_place(x, &s.out);
+        let Scratch { tokens, pass, adapters, acts, linear, lora } = s;
+        let mut ops = CpuLayer {
+            model: self,
+            layer,
+            block: &self.blocks[layer],
+            context,
+            tokens: *tokens,
+            pass: *pass,
+            adapters,
+            linear,
+            lora,
+            tape,
+        };
+        run_layer(&mut ops, x, acts)
+    }
+}
+
+impl Block {
+    /// The linear layer of `proj`.
+    fn linear(&self, proj: Proj) -> &Linear {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down][proj.index()]
+    }
+}
+
+/// One layer's ops on the CPU: the layer's weights, where its attention
+/// finds keys and values, the kernels its linears take, and (training)
+/// the tape that keeps what its backward needs.
+struct CpuLayer<'a, 'c, 'd> {
+    model: &'a Llama,
+    layer: usize,
+    block: &'a Block,
+    context: Context<'c, 'd>,
+    tokens: usize,
+    pass: LinearPass,
+    adapters: &'a RowAdapters,
+    linear: &'a mut LinearScratch,
+    lora: &'a mut LoraScratch,
+    tape: Option<&'a mut LayerTape>,
+}
+
+impl LayerOps for CpuLayer<'_, '_, '_> {
+    type Rows = [f32];
+    type Buffer = Vec<f32>;
+
+    fn norm(&mut self, norm: Norm, x: &[f32], out: &mut [f32]) -> Result<()> {
+        let weight = match norm {
+            Norm::Attention => &self.block.attn_norm,
+            Norm::Mlp => &self.block.ffn_norm,
+        };
+        rms_norm(x, weight, self.model.config.rms_norm_eps as f32, out);
         Ok(())
     }
 
-    fn mlp(&self, layer: usize, b: &Block, x: &mut [f32], s: &mut Scratch, tape: Option<&mut LayerTape>) -> Result<()> {
-        let n = s.tokens;
-        rms_norm(x, &b.ffn_norm, self.config.rms_norm_eps as f32, &mut s.normed);
-        let gate_up = &mut [(Proj::Gate, &b.gate, &mut s.gate[..]), (Proj::Up, &b.up, &mut s.up[..])];
-        s.pass.run_adapted(&s.normed, n, layer, gate_up, &s.adapters, &mut s.linear, &mut s.lora)?;
-        if let Some(tape) = tape {
-            tape.keep_mlp(x, &s.normed, &s.gate, &s.up);
+    fn project(&mut self, input: &[f32], outputs: &mut [(Proj, &mut [f32])]) -> Result<()> {
+        let block = self.block;
+        let mut projections: Vec<(Proj, &Linear, &mut [f32])> =
+            outputs.iter_mut().map(|(proj, y)| (*proj, block.linear(*proj), &mut **y)).collect();
+        let (tokens, layer, adapters) = (self.tokens, self.layer, self.adapters);
+        self.pass.run_adapted(input, tokens, layer, &mut projections, adapters, self.linear, self.lora)
+    }
+
+    fn attend(&mut self, q: &mut [f32], k: &mut [f32], v: &[f32], out: &mut [f32]) -> Result<()> {
+        let (cfg, rope, layer) = (&self.model.config, &self.model.rope, self.layer);
+        let (heads, kv_heads, shape) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.attention_shape());
+        let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
+        match &mut self.context {
+            Context::Cache { cache, start } => {
+                rope.apply(q, heads, *start);
+                rope.apply(k, kv_heads, *start);
+                cache.append(layer, k, v);
+                let (keys, values) = cache.layer(layer);
+                causal_attention(q, keys, values, *start, shape, out);
+            }
+            Context::Packed(lengths) => {
+                let mut row = 0;
+                for &len in lengths.iter() {
+                    let (q_rows, kv_rows) = (row * q_dim..(row + len) * q_dim, row * kv_dim..(row + len) * kv_dim);
+                    rope.apply(&mut q[q_rows.clone()], heads, 0);
+                    rope.apply(&mut k[kv_rows.clone()], kv_heads, 0);
+                    causal_attention(&q[q_rows.clone()], &k[kv_rows.clone()], &v[kv_rows], 0, shape, &mut out[q_rows]);
+                    row += len;
+                }
+            }
+            Context::Decode(caches) => {
+                for (i, cache) in caches.iter_mut().enumerate() {
+                    let position = cache.len();
+                    rope.apply(&mut q[i * q_dim..(i + 1) * q_dim], heads, position);
+                    rope.apply(&mut k[i * kv_dim..(i + 1) * kv_dim], kv_heads, position);
+                    cache.append(layer, &k[i * kv_dim..(i + 1) * kv_dim], &v[i * kv_dim..(i + 1) * kv_dim]);
+                }
+                let sequences: Vec<(&[f32], &[f32])> = caches.iter().map(|c| c.layer(layer)).collect();
+                decode_attention(q, &sequences, shape, out);
+            }
         }
-        silu_mul(&mut s.gate, &s.up);
-        let down = &mut [(Proj::Down, &b.down, &mut s.out[..])];
-        s.pass.run_adapted(&s.gate, n, layer, down, &s.adapters, &mut s.linear, &mut s.lora)?;
-        add_in_place(x, &s.out);
         Ok(())
+    }
+
+    fn silu_mul(&mut self, gate: &mut [f32], up: &[f32]) -> Result<()> {
+        silu_mul(gate, up);
+        Ok(())
+    }
+
+    fn add(&mut self, x: &mut [f32], delta: &[f32]) -> Result<()> {
+        add_in_place(x, delta);
+        Ok(())
+    }
+
+    fn after_attention(&mut self, x: &[f32], a: &LayerActs<Vec<f32>>) {
+        if let Some(tape) = self.tape.as_deref_mut() {
+            tape.keep_attention(x, &a.normed, &a.q, &a.k, &a.v, &a.attn);
+        }
+    }
+
+    fn after_gate_up(&mut self, x: &[f32], a: &LayerActs<Vec<f32>>) {
+        if let Some(tape) = self.tape.as_deref_mut() {
+            tape.keep_mlp(x, &a.normed, &a.gate, &a.up);
+        }
     }
 }
 
 /// Where a forward pass's attention finds keys and values.
-enum Context<'c> {
+enum Context<'c, 'd> {
     /// After what the cache holds, from position `start` (serving): the
     /// new keys and values are appended to it.
     Cache { cache: &'c mut KvCache, start: usize },
     /// Sequences packed back to back, each from position 0, attending
     /// only within itself (training; no cache).
     Packed(&'c [usize]),
+    /// A decode batch: row `i` follows what `caches[i]` holds, and its key
+    /// and value are appended there.
+    Decode(&'c mut [&'d mut KvCache]),
 }
 
 /// Which kernels a forward pass's linears run.
@@ -632,51 +675,30 @@ struct Scratch {
     pass: LinearPass,
     /// The adapter of each row.
     adapters: RowAdapters,
-    normed: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    attn: Vec<f32>,
-    out: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
+    acts: LayerActs<Vec<f32>>,
     linear: LinearScratch,
     lora: LoraScratch,
 }
 
 impl Scratch {
     fn new(cfg: &LlamaConfig, n: usize) -> Scratch {
-        Scratch {
+        let mut scratch = Scratch {
             tokens: n,
             pass: LinearPass::Prefill,
             adapters: RowAdapters::Base,
-            normed: vec![0.0; n * cfg.hidden_size],
-            q: vec![0.0; n * cfg.q_dim()],
-            k: vec![0.0; n * cfg.kv_dim()],
-            v: vec![0.0; n * cfg.kv_dim()],
-            attn: vec![0.0; n * cfg.q_dim()],
-            out: vec![0.0; n * cfg.hidden_size],
-            gate: vec![0.0; n * cfg.intermediate_size],
-            up: vec![0.0; n * cfg.intermediate_size],
+            acts: LayerActs::default(),
             linear: LinearScratch::default(),
             lora: LoraScratch::default(),
-        }
+        };
+        scratch.resize(cfg, n);
+        scratch
     }
 
     /// Fits the buffers to `n` tokens, keeping their allocations.
     fn resize(&mut self, cfg: &LlamaConfig, n: usize) {
         self.tokens = n;
-        let sizes = [
-            (&mut self.normed, cfg.hidden_size),
-            (&mut self.q, cfg.q_dim()),
-            (&mut self.k, cfg.kv_dim()),
-            (&mut self.v, cfg.kv_dim()),
-            (&mut self.attn, cfg.q_dim()),
-            (&mut self.out, cfg.hidden_size),
-            (&mut self.gate, cfg.intermediate_size),
-            (&mut self.up, cfg.intermediate_size),
-        ];
-        for (buffer, width) in sizes {
+        let widths = LayerActs::widths(cfg).into_array();
+        for (buffer, width) in self.acts.each_mut().into_iter().zip(widths) {
             buffer.resize(n * width, 0.0);
         }
     }

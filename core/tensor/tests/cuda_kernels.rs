@@ -61,6 +61,8 @@ on_both!(prefill_attention_matches_the_cpu_after_a_cached_prefix, attention_pref
 on_both!(softmax_cross_entropy_matches_the_cpu_loss_and_gradient, softmax_xent_gpu, softmax_xent_emulated);
 on_both!(backward_of_silu_mul_and_rms_norm_match_the_cpu, backward_gpu, backward_emulated);
 on_both!(lora_rows_of_different_adapters_in_one_launch_match_the_cpu_deltas, lora_gpu, lora_emulated);
+on_both!(additions_match_the_cpu, add_gpu, add_emulated);
+on_both!(kv_store_appends_each_row_to_its_own_cache_at_its_length, kv_store_gpu, kv_store_emulated);
 
 /// Asserts `got` matches `want` within `tolerance` relative to `scale[i]`
 /// (the magnitude the value was summed from).
@@ -74,7 +76,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], scale: &[f32], tolerance:
 fn linear_matches_the_dequantized_cpu_product_for_every_stored_type<E: Executor>(gpu: &Backend<E>) {
     let mut rng = Rng(7);
     let (rows, cols) = (13, 512);
-    let types = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4K, DType::Q6K, DType::F16, DType::BF16, DType::F32];
+    let types = tailor_tensor::cuda::backend::LINEAR_DTYPES;
     for dtype in types {
         let weights = Tensor::from_f32(rng.vec(rows * cols), &[rows, cols]).unwrap().to_dtype(dtype).unwrap();
         let dense = weights.to_f32().unwrap().into_owned();
@@ -142,6 +144,42 @@ fn silu_mul_matches_the_cpu<E: Executor>(gpu: &Backend<E>) {
     let got: Vec<f32> = gpu.download(&on_device, n).unwrap();
     let scale: Vec<f32> = want.iter().map(|v| v.abs()).collect();
     assert_close("silu_mul", &got, &want, &scale, 1e-5);
+}
+
+fn additions_match_the_cpu<E: Executor>(gpu: &Backend<E>) {
+    let mut rng = Rng(18);
+    let (rows, cols) = (3, 300);
+    let (x, y, bias) = (rng.vec(rows * cols), rng.vec(rows * cols), rng.vec(cols));
+    let mut want = x.clone();
+    cpu::add_in_place(&mut want, &y);
+    let mut on_device = gpu.upload(&x).unwrap();
+    gpu.add(&mut on_device, &gpu.upload(&y).unwrap(), rows * cols).unwrap();
+    assert_eq!(gpu.download::<f32>(&on_device, rows * cols).unwrap(), want, "add");
+    want.chunks_exact_mut(cols).for_each(|row| cpu::add_in_place(row, &bias));
+    gpu.add_bias(&mut on_device, &gpu.upload(&bias).unwrap(), rows, cols).unwrap();
+    assert_eq!(gpu.download::<f32>(&on_device, rows * cols).unwrap(), want, "add_bias");
+}
+
+fn kv_store_appends_each_row_to_its_own_cache_at_its_length<E: Executor>(gpu: &Backend<E>) {
+    let mut rng = Rng(20);
+    let width = 200;
+    let lengths = [0usize, 3, 3];
+    let caches: Vec<(Vec<f32>, Vec<f32>)> = (0..3).map(|_| (rng.vec(5 * width), rng.vec(5 * width))).collect();
+    let (keys, values) = (rng.vec(3 * width), rng.vec(3 * width));
+    let on_device: Vec<_> = caches.iter().map(|(k, v)| (gpu.upload(k).unwrap(), gpu.upload(v).unwrap())).collect();
+    let views: Vec<KvView<'_, E::Block>> =
+        on_device.iter().zip(lengths).map(|((keys, values), length)| KvView { keys, values, length }).collect();
+    gpu.kv_store(&gpu.upload(&keys).unwrap(), &gpu.upload(&values).unwrap(), width, &views).unwrap();
+    for (r, ((want_k, want_v), (k, v))) in caches.iter().zip(&on_device).enumerate() {
+        let (mut want_k, mut want_v) = (want_k.clone(), want_v.clone());
+        let at = lengths[r] * width..(lengths[r] + 1) * width;
+        want_k[at.clone()].copy_from_slice(&keys[r * width..(r + 1) * width]);
+        want_v[at].copy_from_slice(&values[r * width..(r + 1) * width]);
+        assert_eq!(gpu.download::<f32>(k, 5 * width).unwrap(), want_k, "row {r} keys");
+        assert_eq!(gpu.download::<f32>(v, 5 * width).unwrap(), want_v, "row {r} values");
+    }
+    let full = [KvView { keys: &on_device[0].0, values: &on_device[0].1, length: 5 }];
+    assert!(gpu.kv_store(&gpu.upload(&keys).unwrap(), &gpu.upload(&values).unwrap(), width, &full).is_err());
 }
 
 fn embedding_gathers_the_rows_and_refuses_an_id_past_the_vocabulary<E: Executor>(gpu: &Backend<E>) {

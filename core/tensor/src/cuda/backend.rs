@@ -32,6 +32,13 @@ const PREFILL_MAX_HEAD: usize = 128;
 /// Rank entries per block of the LoRA shrink (`LORA_WARPS`).
 const LORA_WARPS: usize = 8;
 
+/// The weight dtypes [`Backend::linear`] takes.
+pub const LINEAR_DTYPES: [DType; 8] =
+    [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4K, DType::Q6K, DType::F16, DType::BF16, DType::F32];
+
+/// The table dtypes [`Backend::embedding`] takes.
+pub const EMBEDDING_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
 /// What runs the kernels: the CUDA driver ([`CudaExecutor`]) or, on a
 /// machine without a GPU, the CPU emulation of the kernels' own source
 /// ([`super::emulator::Emulator`]), so the ops below are checked on both.
@@ -57,8 +64,16 @@ pub trait Executor {
     /// before has finished.
     fn copy_out(&self, block: &Self::Block, out: &mut [u8]) -> Result<()>;
 
-    /// Copies the first `bytes` of `from` to `to`.
-    fn copy_between(&self, from: &Self::Block, to: &mut Self::Block, bytes: usize) -> Result<()>;
+    /// Copies `bytes` bytes of `from`, from byte `from_offset`, to `to` at
+    /// byte `to_offset` (both ranges inside their blocks).
+    fn copy_between(
+        &self,
+        from: &Self::Block,
+        from_offset: usize,
+        to: &mut Self::Block,
+        to_offset: usize,
+        bytes: usize,
+    ) -> Result<()>;
 
     /// Waits for everything issued so far.
     fn synchronize(&self) -> Result<()>;
@@ -198,8 +213,25 @@ impl<E: Executor> Backend<E> {
 
     /// `from`'s bytes copied into `to`, on the device.
     pub fn copy(&self, from: &DeviceBuffer<E::Block>, to: &mut DeviceBuffer<E::Block>) -> Result<()> {
-        to.expect_bytes(from.bytes, "copy")?;
-        self.executor.copy_between(from.block.block(), to.block.block_mut(), from.bytes)
+        self.copy_region(from, 0, to, 0, from.bytes)
+    }
+
+    /// `bytes` bytes of `from` from byte `from_offset` copied into `to` at
+    /// byte `to_offset`, on the device.
+    pub fn copy_region(
+        &self,
+        from: &DeviceBuffer<E::Block>,
+        from_offset: usize,
+        to: &mut DeviceBuffer<E::Block>,
+        to_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        from.expect_bytes(from_offset + bytes, "copy from")?;
+        to.expect_bytes(to_offset + bytes, "copy to")?;
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.executor.copy_between(from.block.block(), from_offset, to.block.block_mut(), to_offset, bytes)
     }
 
     /// A 2-D weight matrix copied to the device as stored. The linear
@@ -543,6 +575,61 @@ impl<E: Executor> Backend<E> {
         dweight.expect_f32s(dim, "dweight")?;
         let args: [&dyn KernelArg; 6] = [&x.ptr, &dy.ptr, &inv_rms.ptr, &dweight.ptr, &int(rows)?, &int(dim)?];
         self.launch(&kernels::RMS_NORM, "rms_norm_backward_weight", (grid(dim.div_ceil(256))?, 1), 256, &args)
+    }
+
+    /// `x += y` over `n` values.
+    pub fn add(&self, x: &mut DeviceBuffer<E::Block>, y: &DeviceBuffer<E::Block>, n: usize) -> Result<()> {
+        x.expect_f32s(n, "add x")?;
+        y.expect_f32s(n, "add y")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let args: [&dyn KernelArg; 3] = [&x.ptr, &y.ptr, &int(n)?];
+        self.launch(&kernels::ADD, "add_in_place", (grid(n.div_ceil(256))?, 1), 256, &args)
+    }
+
+    /// Adds `bias` (`cols` values) to each of `rows` rows of `y`.
+    pub fn add_bias(
+        &self,
+        y: &mut DeviceBuffer<E::Block>,
+        bias: &DeviceBuffer<E::Block>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        y.expect_f32s(rows * cols, "add_bias y")?;
+        bias.expect_f32s(cols, "add_bias bias")?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let args: [&dyn KernelArg; 3] = [&y.ptr, &bias.ptr, &int(cols)?];
+        self.launch(&kernels::ADD, "add_bias", (grid(rows)?, grid(cols.div_ceil(256))?), 256, &args)
+    }
+
+    /// Appends row `r` of `keys` and `values` (`[rows, width]`) to
+    /// `caches[r]`: its key and value buffers, at position `length`
+    /// (which they must have room for), for every row in one launch.
+    pub fn kv_store(
+        &self,
+        keys: &DeviceBuffer<E::Block>,
+        values: &DeviceBuffer<E::Block>,
+        width: usize,
+        caches: &[KvView<'_, E::Block>],
+    ) -> Result<()> {
+        let rows = caches.len();
+        keys.expect_f32s(rows * width, "kv_store keys")?;
+        values.expect_f32s(rows * width, "kv_store values")?;
+        for kv in caches {
+            kv.keys.expect_f32s((kv.length + 1) * width, "kv_store key cache")?;
+            kv.values.expect_f32s((kv.length + 1) * width, "kv_store value cache")?;
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let at = |buffer: &DeviceBuffer<E::Block>, length: usize| buffer.ptr + (length * width * 4) as u64;
+        let key_at = self.upload(&caches.iter().map(|kv| at(kv.keys, kv.length)).collect::<Vec<u64>>())?;
+        let value_at = self.upload(&caches.iter().map(|kv| at(kv.values, kv.length)).collect::<Vec<u64>>())?;
+        let args: [&dyn KernelArg; 5] = [&keys.ptr, &values.ptr, &key_at.ptr, &value_at.ptr, &int(width)?];
+        self.launch(&kernels::KV_STORE, "kv_store", (grid(rows)?, 1), 128, &args)
     }
 
     /// Adds each row's LoRA delta `B·(A·x[r])` to `y[r]` (`x` is

@@ -112,8 +112,16 @@ impl Executor for CudaExecutor {
         self.synchronize()
     }
 
-    fn copy_between(&self, from: &CudaSlice<u8>, to: &mut CudaSlice<u8>, bytes: usize) -> Result<()> {
-        self.stream.memcpy_dtod(&from.slice(..bytes), &mut to.slice_mut(..bytes)).map_err(driver)
+    fn copy_between(
+        &self,
+        from: &CudaSlice<u8>,
+        from_offset: usize,
+        to: &mut CudaSlice<u8>,
+        to_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        let source = from.slice(from_offset..from_offset + bytes);
+        self.stream.memcpy_dtod(&source, &mut to.slice_mut(to_offset..to_offset + bytes)).map_err(driver)
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -118,9 +118,16 @@ impl Executor for Emulator {
         Ok(())
     }
 
-    fn copy_between(&self, from: &HostBlock, to: &mut HostBlock, bytes: usize) -> Result<()> {
-        let source = &bytemuck::cast_slice::<u128, u8>(from)[..bytes];
-        bytemuck::cast_slice_mut::<u128, u8>(to)[..bytes].copy_from_slice(source);
+    fn copy_between(
+        &self,
+        from: &HostBlock,
+        from_offset: usize,
+        to: &mut HostBlock,
+        to_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        let source = &bytemuck::cast_slice::<u128, u8>(from)[from_offset..from_offset + bytes];
+        bytemuck::cast_slice_mut::<u128, u8>(to)[to_offset..to_offset + bytes].copy_from_slice(source);
         Ok(())
     }
 

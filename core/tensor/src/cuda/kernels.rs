@@ -100,9 +100,37 @@ pub const LORA: KernelSource = KernelSource {
     entries: &["lora_shrink", "lora_expand"],
 };
 
+/// The residual stream's addition and the q/k/v biases.
+pub const ADD: KernelSource = KernelSource {
+    name: "add",
+    file: "add.cu",
+    code: include_str!("../../kernels/add.cu"),
+    entries: &["add_in_place", "add_bias"],
+};
+
+/// New keys and values appended to each sequence's cache (a decode batch in
+/// one launch).
+pub const KV_STORE: KernelSource = KernelSource {
+    name: "kv_store",
+    file: "kv_store.cu",
+    code: include_str!("../../kernels/kv_store.cu"),
+    entries: &["kv_store"],
+};
+
 /// Every kernel, in the order CI compiles them.
-pub const ALL: &[KernelSource] =
-    &[RMS_NORM, ROPE, SILU_MUL, EMBEDDING, LINEAR, ATTENTION_DECODE, ATTENTION_PREFILL, SOFTMAX_XENT, LORA];
+pub const ALL: &[KernelSource] = &[
+    RMS_NORM,
+    ROPE,
+    SILU_MUL,
+    EMBEDDING,
+    LINEAR,
+    ATTENTION_DECODE,
+    ATTENTION_PREFILL,
+    SOFTMAX_XENT,
+    LORA,
+    ADD,
+    KV_STORE,
+];
 
 impl KernelSource {
     /// What NVRTC compiles: the prelude, then the file under its own name

@@ -1,0 +1,220 @@
+//! The decoder on the device against the same decoder on the CPU, on a
+//! small random Llama (heads of 32, GQA) written as a real GGUF and loaded
+//! as stored or quantized: prefill logits, greedy decoding, a decode batch
+//! of sequences at different lengths with different adapters, and the
+//! typed errors. Each check runs on the CPU emulation of the kernels
+//! (everywhere) and on a GPU with TAILOR_CUDA_TESTS=1 (benches/cuda/run.sh).
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use tailor_model::device::{DeviceAdapter, DeviceKvCache, DeviceLlama};
+use tailor_model::llama::Logits;
+use tailor_model::lora::{ActiveAdapter, Adapter, AdapterLimits};
+use tailor_model::{LlamaConfig, LoadOptions, Model};
+use tailor_tensor::cuda::backend::{Backend, CudaBackend, Executor};
+use tailor_tensor::cuda::emulator::Emulator;
+use tailor_tensor::DType;
+
+/// The device, or `None` (after saying so) when GPU tests are not asked for.
+fn device() -> Option<CudaBackend> {
+    if std::env::var_os("TAILOR_CUDA_TESTS").is_none() {
+        eprintln!("TAILOR_CUDA_TESTS not set: this GPU test did not run");
+        return None;
+    }
+    Some(CudaBackend::new(0, 8 << 30).unwrap_or_else(|e| panic!("TAILOR_CUDA_TESTS is set but {e}")))
+}
+
+fn emulated() -> Backend<Emulator> {
+    Backend::with_executor(Emulator::new().unwrap(), 1 << 30)
+}
+
+macro_rules! on_both {
+    ($check:ident, $gpu:ident, $emulated:ident) => {
+        #[test]
+        fn $gpu() {
+            if let Some(gpu) = device() {
+                $check(&gpu);
+            }
+        }
+
+        #[test]
+        fn $emulated() {
+            $check(&emulated());
+        }
+    };
+}
+
+on_both!(prefill_logits_match_the_cpu_for_stored_and_quantized_weights, prefill_gpu, prefill_emulated);
+on_both!(greedy_decoding_matches_the_cpu_token_for_token, greedy_gpu, greedy_emulated);
+on_both!(a_decode_batch_with_different_adapters_matches_each_sequence_on_the_cpu, batch_gpu, batch_emulated);
+on_both!(bad_input_is_a_typed_error_and_the_device_model_serves_on, errors_gpu, errors_emulated);
+
+/// Two layers, 4 query heads over 2 KV heads of 32 (the device kernels'
+/// head layout), rows a multiple of 32.
+fn device_config() -> LlamaConfig {
+    LlamaConfig {
+        hidden_size: 128,
+        intermediate_size: 192,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 32,
+        ..common::tiny_config(common::tiny_vocab().0.len())
+    }
+}
+
+fn load(dir: &Path, dtype: Option<DType>) -> Model {
+    let path = common::write_gguf(dir, &device_config(), "llama", 41);
+    Model::load(&path, LoadOptions { dtype, ..LoadOptions::default() }).unwrap()
+}
+
+/// The largest |a − b| over the largest |b|.
+fn relative_gap(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let gap = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    gap / b.iter().map(|v| v.abs()).fold(1e-6, f32::max)
+}
+
+fn argmax(values: &[f32]) -> u32 {
+    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap()
+}
+
+const PROMPT: [u32; 11] = [257, 104, 101, 108, 108, 111, 32, 119, 111, 114, 108];
+
+fn prefill_logits_match_the_cpu_for_stored_and_quantized_weights<E: Executor>(backend: &Backend<E>) {
+    let dir = common::scratch_dir(&format!("device-prefill-{}", std::process::id()));
+    // f32 products agree to rounding (and so do the top tokens); quantized
+    // ones differ in how the activations are taken (the CPU quantizes them
+    // to 8 bits, the device keeps f32), within what 8-bit activations cost
+    // (a random model's near-ties may then swap). Every stored type's
+    // kernel is checked on its own in tailor-tensor's cuda_kernels.
+    for (dtype, tolerance) in [(None, 1e-4), (Some(DType::Q4_0), 3e-2)] {
+        let model = load(&dir, dtype);
+        let llama = &model.llama;
+        let want = llama.forward(&PROMPT, &mut llama.new_cache(), Logits::All).unwrap();
+        let on_device = DeviceLlama::upload(llama, backend).unwrap();
+        let mut cache = on_device.new_cache(4).unwrap();
+        let got = on_device.forward(&PROMPT, &mut cache, Logits::All, None).unwrap();
+        let gap = relative_gap(&got, &want);
+        assert!(gap <= tolerance, "{dtype:?}: device logits differ from the CPU's by {gap} (relative)");
+        assert_eq!(cache.len(), PROMPT.len());
+        assert!(cache.capacity() >= PROMPT.len(), "the cache grew to hold the prompt");
+        let vocab = llama.config().vocab_size;
+        for row in (0..PROMPT.len()).filter(|_| dtype.is_none()) {
+            let (g, w) = (&got[row * vocab..(row + 1) * vocab], &want[row * vocab..(row + 1) * vocab]);
+            assert_eq!(argmax(g), argmax(w), "{dtype:?}: top token of position {row}");
+        }
+    }
+}
+
+fn greedy_decoding_matches_the_cpu_token_for_token<E: Executor>(backend: &Backend<E>) {
+    let dir = common::scratch_dir(&format!("device-greedy-{}", std::process::id()));
+    let model = load(&dir, None);
+    let llama = &model.llama;
+    let steps = 8;
+    let mut cpu_cache = llama.new_cache();
+    let mut token = argmax(&llama.forward(&PROMPT, &mut cpu_cache, Logits::Last).unwrap());
+    let mut want = vec![token];
+    for _ in 1..steps {
+        token = argmax(&llama.forward(&[token], &mut cpu_cache, Logits::Last).unwrap());
+        want.push(token);
+    }
+    let on_device = DeviceLlama::upload(llama, backend).unwrap();
+    let mut cache = on_device.new_cache(1).unwrap();
+    let mut token = argmax(&on_device.forward(&PROMPT, &mut cache, Logits::Last, None).unwrap());
+    let mut got = vec![token];
+    for _ in 1..steps {
+        token = argmax(&on_device.forward_decode(&[token], &mut [&mut cache], &[]).unwrap());
+        got.push(token);
+    }
+    assert_eq!(got, want, "greedy tokens, device vs CPU");
+    assert_eq!(cache.len(), PROMPT.len() + steps - 1);
+}
+
+/// A rank-4 adapter on q, v, o and down (seeded).
+fn write_adapter(folder: &Path, config: &LlamaConfig, seed: u64) {
+    std::fs::create_dir_all(folder).unwrap();
+    let adapter_config = r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "bias": "none",
+        "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj"]}"#;
+    std::fs::write(folder.join("adapter_config.json"), adapter_config).unwrap();
+    let mut rng = common::Rng(seed);
+    let mut tensors = Vec::new();
+    for layer in 0..config.num_hidden_layers {
+        for (path, out, inp) in [
+            ("self_attn.q_proj", config.q_dim(), config.hidden_size),
+            ("self_attn.v_proj", config.kv_dim(), config.hidden_size),
+            ("self_attn.o_proj", config.hidden_size, config.q_dim()),
+            ("mlp.down_proj", config.hidden_size, config.intermediate_size),
+        ] {
+            let key = format!("base_model.model.model.layers.{layer}.{path}");
+            tensors.push((format!("{key}.lora_A.weight"), vec![4, inp], rng.vec(4 * inp, 0.2)));
+            tensors.push((format!("{key}.lora_B.weight"), vec![out, 4], rng.vec(out * 4, 0.2)));
+        }
+    }
+    common::write_safetensors(&folder.join("adapter_model.safetensors"), &tensors);
+}
+
+fn a_decode_batch_with_different_adapters_matches_each_sequence_on_the_cpu<E: Executor>(backend: &Backend<E>) {
+    let dir = common::scratch_dir(&format!("device-batch-{}", std::process::id()));
+    let model = load(&dir, Some(DType::Q8_0));
+    let llama = &model.llama;
+    let actives: Vec<ActiveAdapter> = [(1, 1.0), (2, 0.5)]
+        .into_iter()
+        .map(|(seed, scale)| {
+            let folder = dir.join(format!("adapter-{seed}"));
+            write_adapter(&folder, llama.config(), seed);
+            let adapter = Adapter::load(&folder, llama, AdapterLimits::default()).unwrap();
+            ActiveAdapter::new(Arc::new(adapter), scale).unwrap()
+        })
+        .collect();
+    let on_device = DeviceLlama::upload(llama, backend).unwrap();
+    let device_adapters: Vec<DeviceAdapter<E::Block>> =
+        actives.iter().map(|a| on_device.upload_adapter(a).unwrap()).collect();
+    // Three sequences at different lengths: base, adapter 1, adapter 2 at half strength.
+    let prompts: [&[u32]; 3] = [&PROMPT[..3], &PROMPT, &PROMPT[2..9]];
+    let cpu_adapters = [None, Some(&actives[0]), Some(&actives[1])];
+    let row_adapters = [None, Some(&device_adapters[0]), Some(&device_adapters[1])];
+    let mut caches: Vec<DeviceKvCache<E::Block>> = Vec::new();
+    let mut want = Vec::new();
+    for ((prompt, cpu_adapter), device_adapter) in prompts.iter().zip(cpu_adapters).zip(row_adapters) {
+        let mut cpu_cache = llama.new_cache();
+        llama.forward_adapted(prompt, &mut cpu_cache, Logits::Last, cpu_adapter).unwrap();
+        want.extend(llama.forward_adapted(&[100], &mut cpu_cache, Logits::Last, cpu_adapter).unwrap());
+        let mut cache = on_device.new_cache(prompt.len()).unwrap();
+        on_device.forward(prompt, &mut cache, Logits::Last, device_adapter).unwrap();
+        caches.push(cache);
+    }
+    let mut batch: Vec<&mut DeviceKvCache<E::Block>> = caches.iter_mut().collect();
+    let got = on_device.forward_decode(&[100, 100, 100], &mut batch, &row_adapters).unwrap();
+    let vocab = llama.config().vocab_size;
+    for row in 0..3 {
+        let (g, w) = (&got[row * vocab..(row + 1) * vocab], &want[row * vocab..(row + 1) * vocab]);
+        let gap = relative_gap(g, w);
+        assert!(gap <= 3e-2, "row {row}: the batch's logits differ from its CPU run by {gap} (relative)");
+        assert_eq!(argmax(g), argmax(w), "row {row}: top token");
+    }
+    let base_vs_adapted = relative_gap(&got[vocab..2 * vocab], &got[..vocab]);
+    assert!(base_vs_adapted > 0.05, "the adapters change the logits ({base_vs_adapted})");
+}
+
+fn bad_input_is_a_typed_error_and_the_device_model_serves_on<E: Executor>(backend: &Backend<E>) {
+    let dir = common::scratch_dir(&format!("device-errors-{}", std::process::id()));
+    let unsupported = load(&dir, Some(DType::Q5_0));
+    let refused = DeviceLlama::upload(&unsupported.llama, backend).err().expect("q5_0 has no device kernel");
+    assert!(refused.to_string().contains("Q5_0"), "{refused}");
+
+    let model = load(&dir, None);
+    let on_device = DeviceLlama::upload(&model.llama, backend).unwrap();
+    let mut cache = on_device.new_cache(8).unwrap();
+    let vocab = model.llama.config().vocab_size as u32;
+    assert!(on_device.forward(&[], &mut cache, Logits::Last, None).is_err(), "an empty prompt");
+    assert!(on_device.forward(&[1, vocab], &mut cache, Logits::Last, None).is_err(), "a token past the vocabulary");
+    let too_long = vec![1u32; model.llama.context_length() + 1];
+    assert!(on_device.forward(&too_long, &mut cache, Logits::Last, None).is_err(), "past the context");
+    assert!(on_device.forward_decode(&[1, 2], &mut [&mut cache], &[]).is_err(), "two tokens for one cache");
+    assert_eq!(cache.len(), 0, "nothing failed half way into the cache");
+    let logits = on_device.forward(&PROMPT, &mut cache, Logits::Last, None).unwrap();
+    assert_eq!(logits.len(), vocab as usize, "it serves on after the errors");
+}
