@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The device check, one script sized for a few minutes on a GPU machine:
 # builds tailor-tensor with CUDA, runs every GPU test (each op against its
-# CPU twin, the pool's budget), then prints GEMV bandwidth against a device
-# copy and 32 LoRA adapters against 1 (core/tensor/benches/cuda.rs).
+# CPU twin, the pool's budget; the decoder on the device against the CPU
+# decoder), then prints GEMV bandwidth against a device copy and 32 LoRA
+# adapters against 1 (core/tensor/benches/cuda.rs), and the decoder end to
+# end (core/model/benches/device_decode.rs).
 # NVRTC comes from the CUDA toolkit or the PyPI wheel (scripts/cuda_toolchain.sh);
 # a machine without either uses CUBINs precompiled elsewhere, carried in
 # target/kernel-cache (fill it with:
@@ -21,4 +23,13 @@ echo "kernel cache: ${TAILOR_KERNEL_CACHE:-default}"
 export TAILOR_CUDA_TESTS=1
 timeout 300 cargo test --release -p tailor-tensor --features cuda --test cuda_kernels -- --test-threads 1 2>&1 | tail -25
 timeout 240 cargo test --release -p tailor-model --features cuda --test device_decoder -- --test-threads 1 gpu 2>&1 | tail -12
+# The decoder end to end on the device: synthesized SmolLM2-shaped (f32,
+# q4_0) and 1B-shaped (q4_0) GGUFs, prefill/decode tok/s and greedy
+# equality with the CPU. Their tokenizer: target/device/tokenizer.gguf
+# (2.6 MB, carried; make it with `tailor models synth target/device/tokenizer.gguf
+# --hidden 32 --intermediate 32 --layers 1 --heads 1 --kv-heads 1 --dtype q4_0`)
+# or the fetched SmolLM2.
+tokenizer=target/device/tokenizer.gguf
+[ -f "$tokenizer" ] || tokenizer="${TAILOR_MODELS:-$HOME/.cache/tailor/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
+timeout 240 cargo bench -p tailor-model --features cuda --bench device_decode -- "$tokenizer" target/device 2>&1 | tail -8
 timeout 180 cargo bench -p tailor-tensor --features cuda --bench cuda 2>&1 | tail -20

@@ -6,6 +6,7 @@ use anyhow::{ensure, Result};
 use clap::Args;
 use std::time::Instant;
 use tailor_model::Logits;
+use tailor_tensor::Device;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -23,12 +24,15 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// With `--device cuda`: the device memory pool's budget, GiB.
+    #[arg(long, default_value_t = 16)]
+    device_memory_gb: usize,
 }
 
 const FILLER: &str =
     "The quick brown fox jumps over the lazy dog while the river flows past old stone bridges and quiet towns. ";
 
-pub fn bench(args: &BenchArgs) -> Result<()> {
+pub fn bench(args: &BenchArgs, device: Device) -> Result<()> {
     let model = crate::run::load_model(&args.model)?;
     ensure!(args.prompt_tokens > 0 && args.repeat > 0, "--prompt-tokens and --repeat must be positive");
     let mut prompt = Vec::new();
@@ -36,39 +40,105 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         prompt.extend(model.encode(FILLER)?);
     }
     prompt.truncate(args.prompt_tokens);
-    let (mut best_prefill, mut best_decode) = (f64::MAX, f64::MAX);
-    for _ in 0..args.repeat {
-        let mut cache = model.llama.new_cache();
-        let start = Instant::now();
-        let logits = model.llama.forward(&prompt, &mut cache, Logits::Last)?;
-        best_prefill = best_prefill.min(start.elapsed().as_secs_f64());
-        let mut next = tailor_model::sampler::argmax(&logits);
-        let start = Instant::now();
-        for _ in 0..args.gen_tokens {
-            let logits = model.llama.forward(&[next], &mut cache, Logits::Last)?;
-            next = tailor_model::sampler::argmax(&logits);
+    let on_cpu = || best_of(args.repeat, || cpu_run(&model, &prompt, args.gen_tokens));
+    let (best, on_device) = match device {
+        Device::Cpu => (on_cpu()?, None),
+        Device::Cuda(ordinal) => {
+            let (best, describe) = device_bench(&model, &prompt, args, ordinal)?;
+            // The CPU's greedy tokens, once, for the equality check.
+            let cpu = cpu_run(&model, &prompt, args.gen_tokens)?;
+            let equal = best.tokens.iter().zip(&cpu.tokens).take_while(|(d, c)| d == c).count();
+            (best, Some((describe, equal)))
         }
-        best_decode = best_decode.min(start.elapsed().as_secs_f64());
-    }
-    let prefill_tps = args.prompt_tokens as f64 / best_prefill;
-    let decode_tps = args.gen_tokens as f64 / best_decode;
+    };
+    let prefill_tps = args.prompt_tokens as f64 / best.prefill_secs;
+    let decode_tps = args.gen_tokens as f64 / best.decode_secs;
     let rss_mib = peak_rss_kib() as f64 / 1024.0;
     let threads = rayon::current_num_threads();
     if args.json {
         let mut out = serde_json::json!({"engine": "tailor", "threads": threads, "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens, "prefill_tok_s": prefill_tps, "decode_tok_s": decode_tps,
             "peak_rss_mib": rss_mib});
+        if let Some((describe, equal)) = &on_device {
+            out["device"] = serde_json::json!(describe);
+            out["greedy_equal_to_cpu"] = serde_json::json!(equal);
+        }
         merge_cpu_json(&mut out);
         println!("{out}");
     } else {
         println!("model:   {}", model.source.display());
         print_cpu();
         println!("threads: {threads}");
+        if let Some((describe, equal)) = &on_device {
+            println!("device:  {describe}");
+            println!("greedy:  the first {equal} of {} tokens equal to the CPU's", args.gen_tokens);
+        }
         println!("prefill: {prefill_tps:.1} tok/s ({} tokens)", args.prompt_tokens);
         println!("decode:  {decode_tps:.1} tok/s ({} tokens)", args.gen_tokens);
         println!("peak RSS: {rss_mib:.0} MiB");
     }
     Ok(())
+}
+
+/// One measured run: a prefill, then greedy decoding.
+struct Timed {
+    prefill_secs: f64,
+    decode_secs: f64,
+    /// The greedy tokens (the prefill's first).
+    tokens: Vec<u32>,
+}
+
+/// The fastest prefill and the fastest decode of `repeat` runs.
+fn best_of(repeat: usize, mut run: impl FnMut() -> Result<Timed>) -> Result<Timed> {
+    let mut best = run()?;
+    for _ in 1..repeat {
+        let next = run()?;
+        best.prefill_secs = best.prefill_secs.min(next.prefill_secs);
+        best.decode_secs = best.decode_secs.min(next.decode_secs);
+    }
+    Ok(best)
+}
+
+/// Prefill and `gen_tokens` greedy steps on the CPU.
+fn cpu_run(model: &tailor_model::Model, prompt: &[u32], gen_tokens: usize) -> Result<Timed> {
+    let mut cache = model.llama.new_cache();
+    let start = Instant::now();
+    let logits = model.llama.forward(prompt, &mut cache, Logits::Last)?;
+    let prefill_secs = start.elapsed().as_secs_f64();
+    let mut tokens = vec![tailor_model::sampler::argmax(&logits)];
+    let start = Instant::now();
+    for _ in 0..gen_tokens {
+        let logits = model.llama.forward(&[tokens[tokens.len() - 1]], &mut cache, Logits::Last)?;
+        tokens.push(tailor_model::sampler::argmax(&logits));
+    }
+    Ok(Timed { prefill_secs, decode_secs: start.elapsed().as_secs_f64(), tokens })
+}
+
+/// The best of `--repeat` runs on CUDA device `ordinal` (weights uploaded
+/// once), and the device's name.
+#[cfg(feature = "cuda")]
+fn device_bench(
+    model: &tailor_model::Model,
+    prompt: &[u32],
+    args: &BenchArgs,
+    ordinal: usize,
+) -> Result<(Timed, String)> {
+    use tailor_model::device::DeviceLlama;
+    let backend = tailor_tensor::cuda::backend::CudaBackend::new(ordinal, args.device_memory_gb << 30)?;
+    let start = Instant::now();
+    let on_device = DeviceLlama::upload(&model.llama, &backend)?;
+    backend.synchronize()?;
+    eprintln!("tailor: weights on {} in {:.1}s", backend.describe(), start.elapsed().as_secs_f64());
+    let run = || -> Result<Timed> {
+        let run = on_device.greedy(prompt, args.gen_tokens)?;
+        Ok(Timed { prefill_secs: run.prefill_secs, decode_secs: run.decode_secs, tokens: run.tokens })
+    };
+    Ok((best_of(args.repeat, run)?, backend.describe()))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device_bench(_: &tailor_model::Model, _: &[u32], _: &BenchArgs, _: usize) -> Result<(Timed, String)> {
+    anyhow::bail!("this build has no CUDA support (rebuild with --features cuda)")
 }
 
 /// Peak resident set size of this process (VmHWM), in KiB; 0 if unknown.

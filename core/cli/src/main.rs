@@ -22,8 +22,9 @@ struct Cli {
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Where kernels run: cpu, cuda or cuda:N. An unusable CUDA device
-    /// falls back to the CPU with a note; the decoder itself runs on the
-    /// CPU in this version (the CUDA kernels are in tailor_tensor::cuda).
+    /// falls back to the CPU with a note. On CUDA (a build with
+    /// `--features cuda`), `bench` runs the decoder on the device; the
+    /// other commands still run on the CPU in this version.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
     #[command(subcommand)]
@@ -144,8 +145,12 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(threads) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     }
-    if let (_, Some(note)) = tailor_tensor::Device::select(&cli.device)? {
+    let (device, note) = tailor_tensor::Device::select(&cli.device)?;
+    if let Some(note) = note {
         eprintln!("tailor: {note}");
+    }
+    if device != tailor_tensor::Device::Cpu && !matches!(cli.command, Command::Bench(_)) {
+        eprintln!("tailor: only `bench` runs the decoder on {device} in this version; this command runs on the CPU");
     }
     match cli.command {
         Command::Models { command: ModelsCommand::Fetch(args) } => fetch::fetch(&args),
@@ -158,7 +163,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Convert { gguf, out_dir } => run::convert(&gguf, &out_dir),
         Command::Generate(args) => run::generate_cmd(&args),
         Command::Chat(args) => run::chat_cmd(&args),
-        Command::Bench(args) => bench::bench(&args),
+        Command::Bench(args) => bench::bench(&args, device),
         Command::Cpu { json } => {
             bench::cpu_cmd(json);
             Ok(())

@@ -60,10 +60,12 @@ fn run(args: Args) -> Result<()> {
     if let Some(path) = &config.server.unix_socket {
         check_socket_path(path)?; // before minutes of model loading
     }
-    let (_, fallback) = tailor_tensor::Device::select(&config.server.device)
+    let (device, fallback) = tailor_tensor::Device::select(&config.server.device)
         .with_context(|| format!("[server] device = {:?}", config.server.device))?;
     if let Some(note) = fallback {
         eprintln!("tailord: {note}");
+    } else if device != tailor_tensor::Device::Cpu {
+        eprintln!("tailord: the serving engine runs on the CPU in this version ({device} runs `tailor bench` only)");
     }
     let services = services::DaemonServices::new(config.server.cpu_threads);
     let registry = stages::Registry::load(&config, &services)?;

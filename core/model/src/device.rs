@@ -220,6 +220,23 @@ impl<'m, E: Executor> DeviceLlama<'m, E> {
         self.logits(&x, 0, n)
     }
 
+    /// Prefills `prompt` into a fresh cache, then decodes `steps` tokens
+    /// greedily one at a time (logits back to the host each step, as
+    /// serving takes them), timing both phases (the device synchronized).
+    pub fn greedy(&self, prompt: &[u32], steps: usize) -> Result<GreedyRun> {
+        let mut cache = self.new_cache(prompt.len() + steps + 1)?;
+        let start = std::time::Instant::now();
+        let logits = self.forward(prompt, &mut cache, Logits::Last, None)?;
+        let prefill_secs = start.elapsed().as_secs_f64();
+        let mut tokens = vec![crate::sampler::argmax(&logits)];
+        let start = std::time::Instant::now();
+        for _ in 0..steps {
+            let logits = self.forward_decode(&tokens[tokens.len() - 1..], &mut [&mut cache], &[])?;
+            tokens.push(crate::sampler::argmax(&logits));
+        }
+        Ok(GreedyRun { prefill_secs, decode_secs: start.elapsed().as_secs_f64(), tokens })
+    }
+
     fn layer_ops<'o>(
         &'o self,
         layer: usize,
@@ -304,6 +321,17 @@ impl<B> DeviceKvCache<B> {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+}
+
+/// A timed greedy run ([`DeviceLlama::greedy`]).
+#[derive(Debug, Clone)]
+pub struct GreedyRun {
+    /// Seconds of the prefill (logits of its last position included).
+    pub prefill_secs: f64,
+    /// Seconds of the decode steps.
+    pub decode_secs: f64,
+    /// The prefill's greedy token, then each step's.
+    pub tokens: Vec<u32>,
 }
 
 /// Where a device pass's attention finds keys and values.

@@ -3,7 +3,8 @@
 //! The CPU is always available. The CUDA device exists in the type so that
 //! callers can be written once; in a build without the `cuda` feature (or on a
 //! machine without a driver) asking for it returns
-//! [`TensorError::DeviceUnavailable`] instead of failing later.
+//! [`TensorError::DeviceUnavailable`] instead of failing later, and callers
+//! stay on the CPU with a note saying why.
 
 use crate::{Result, TensorError};
 
@@ -17,9 +18,14 @@ pub enum Device {
 }
 
 impl Device {
-    /// Returns the CUDA device `ordinal` if this build and machine can use it.
+    /// Returns the CUDA device `ordinal` if this build has CUDA support and
+    /// the machine a driver (whether the ordinal exists shows when a
+    /// backend is made on it: `cuda::backend::CudaBackend::new`).
     pub fn cuda(ordinal: usize) -> Result<Device> {
-        Err(TensorError::DeviceUnavailable(format!("cuda:{ordinal}"), cuda_unavailable_reason().to_string()))
+        match cuda_unavailable_reason() {
+            None => Ok(Device::Cuda(ordinal)),
+            Some(why) => Err(TensorError::DeviceUnavailable(format!("cuda:{ordinal}"), why.to_string())),
+        }
     }
 
     /// True when the device can run kernels in this process.
@@ -57,15 +63,16 @@ impl Device {
     }
 }
 
-fn cuda_unavailable_reason() -> &'static str {
+/// Why this build or machine cannot run CUDA, or `None` when it can.
+fn cuda_unavailable_reason() -> Option<&'static str> {
     if !cfg!(feature = "cuda") {
-        return "this build has no CUDA support (rebuild with --features cuda)";
+        return Some("this build has no CUDA support (rebuild with --features cuda)");
     }
     #[cfg(feature = "cuda")]
     if !crate::cuda::driver::driver_present() {
-        return "no CUDA driver (libcuda.so) on this machine; using the CPU";
+        return Some("no CUDA driver (libcuda.so) on this machine; using the CPU");
     }
-    "the decoder does not run on CUDA yet (its kernels and memory pool are in tailor_tensor::cuda); using the CPU"
+    None
 }
 
 impl std::fmt::Display for Device {
