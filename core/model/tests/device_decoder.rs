@@ -52,6 +52,33 @@ on_both!(greedy_decoding_matches_the_cpu_token_for_token, greedy_gpu, greedy_emu
 on_both!(a_decode_batch_with_different_adapters_matches_each_sequence_on_the_cpu, batch_gpu, batch_emulated);
 on_both!(bad_input_is_a_typed_error_and_the_device_model_serves_on, errors_gpu, errors_emulated);
 
+/// Past the memory budget: a prompt whose keys and values do not fit is a
+/// typed out-of-memory error, its cache keeps what it held, and shorter
+/// work runs on (the emulator only: the budget is counted the same way on
+/// a GPU, whose pool tests are in tailor-tensor).
+#[test]
+fn past_the_device_memory_budget_a_request_fails_typed_and_the_model_serves_on() {
+    let dir = common::scratch_dir(&format!("device-oom-{}", std::process::id()));
+    let model = load(&dir, None);
+    let probe = emulated();
+    DeviceLlama::upload(&model.llama, &probe).unwrap();
+    let weights = probe.pool_stats().peak;
+    // Room for the weights and about half a context of work, not a whole one.
+    let backend = Backend::with_executor(Emulator::new().unwrap(), weights + (160 << 10));
+    let on_device = DeviceLlama::upload(&model.llama, &backend).unwrap();
+    let mut cache = on_device.new_cache(4).unwrap();
+    on_device.forward(&PROMPT, &mut cache, Logits::Last, None).unwrap();
+    let long = vec![104u32; model.llama.context_length() - PROMPT.len()];
+    let err = on_device.forward(&long, &mut cache, Logits::Last, None).err().expect("the budget is exceeded");
+    assert!(
+        matches!(err, tailor_model::ModelError::Tensor(tailor_tensor::TensorError::DeviceOutOfMemory { .. })),
+        "{err:?}"
+    );
+    assert_eq!(cache.len(), PROMPT.len(), "the failed prompt left the cache as it was");
+    let next = on_device.forward_decode(&[101], &mut [&mut cache], &[]).unwrap();
+    assert_eq!(next.len(), model.llama.config().vocab_size, "decoding goes on after the failure");
+}
+
 /// Two layers, 4 query heads over 2 KV heads of 32 (the device kernels'
 /// head layout), rows a multiple of 32.
 fn device_config() -> LlamaConfig {

@@ -1,7 +1,8 @@
 // A CPU emulation of the CUDA features tailor's kernels use, so that the
 // kernels' own source runs under g++ and is compared with the CPU twins
 // on machines without a GPU (tailor_tensor::cuda::emulator). Every CUDA
-// thread of a block is an OS thread; blocks run one after another, so
+// thread of a block is an OS thread (the same ones for every block of a
+// launch); blocks run one after another, so
 // `__shared__` memory is a static shared by the block's threads. Barriers
 // stand in for __syncthreads and for the lockstep of warp shuffles.
 // This checks indexing, masking, reductions and synchronisation; it says
@@ -93,24 +94,35 @@ void call(void (*kernel)(Params...), void** args, std::index_sequence<I...>) {
 
 // Runs `kernel` over a (grid_x, grid_y) grid of `threads`-thread blocks,
 // its parameters given as cuLaunchKernel takes them (pointers to values).
+// One OS thread per CUDA thread for the whole launch: they run the blocks
+// in order (x fastest), meeting at a barrier after each, whose completion
+// step (all threads waiting) puts the next block's state in place.
 template <typename... Params>
 void launch(void (*kernel)(Params...), unsigned grid_x, unsigned grid_y, unsigned threads, void** args) {
-    for (unsigned y = 0; y < grid_y; ++y) {
-        for (unsigned x = 0; x < grid_x; ++x) {
-            Block block(dim3{x, y, 0}, threads);
-            std::vector<std::thread> workers;
-            workers.reserve(threads);
-            for (unsigned t = 0; t < threads; ++t) {
-                workers.emplace_back([&block, kernel, args, t] {
-                    thread_index = dim3{t, 0, 0};
-                    current = &block;
-                    call(kernel, args, std::index_sequence_for<Params...>{});
-                    block.leave(t);
-                });
+    const unsigned blocks = grid_x * grid_y;
+    if (blocks == 0 || threads == 0) return;
+    const auto index_of = [grid_x](unsigned b) { return dim3{b % grid_x, b / grid_x, 0}; };
+    std::unique_ptr<Block> block = std::make_unique<Block>(index_of(0), threads);
+    unsigned next = 1;
+    const auto advance = [&]() noexcept {
+        if (next < blocks) block = std::make_unique<Block>(index_of(next), threads);
+        ++next;
+    };
+    std::barrier between((std::ptrdiff_t)threads, advance);
+    std::vector<std::thread> workers;
+    workers.reserve(threads);
+    for (unsigned t = 0; t < threads; ++t) {
+        workers.emplace_back([&, t] {
+            thread_index = dim3{t, 0, 0};
+            for (unsigned b = 0; b < blocks; ++b) {
+                current = block.get();
+                call(kernel, args, std::index_sequence_for<Params...>{});
+                current->leave(t);
+                between.arrive_and_wait();
             }
-            for (auto& worker : workers) worker.join();
-        }
+        });
     }
+    for (auto& worker : workers) worker.join();
 }
 
 }  // namespace tailor_emulator

@@ -14,7 +14,7 @@ use super::kernels::KernelSource;
 use crate::{Result, TensorError};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -27,36 +27,54 @@ type Entry = unsafe extern "C" fn(grid_x: u32, grid_y: u32, threads: u32, params
 
 /// Runs kernels on the CPU from their CUDA source.
 pub struct Emulator {
-    dir: PathBuf,
     compiler: String,
-    /// dlopen handles by kernel name, kept for the life of the process.
-    libraries: Mutex<HashMap<&'static str, usize>>,
 }
 
+/// dlopen handles by kernel name, shared by every emulator of the process
+/// (each kernel is compiled once) and kept for its life.
+static LIBRARIES: Mutex<Option<HashMap<&'static str, usize>>> = Mutex::new(None);
+
 impl Emulator {
-    /// An emulator compiling with `$CXX` (default g++) in a temporary
-    /// folder of its own (removed when it is dropped).
+    /// An emulator compiling with `$CXX` (default g++).
     pub fn new() -> Result<Emulator> {
-        static INSTANCES: AtomicUsize = AtomicUsize::new(0);
-        let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("tailor-emulator-{}-{instance}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| emulator_error("setup", e.to_string()))?;
-        std::fs::write(dir.join("emulator.h"), HEADER).map_err(|e| emulator_error("setup", e.to_string()))?;
         let compiler = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-        Ok(Emulator { dir, compiler, libraries: Mutex::new(HashMap::new()) })
+        Ok(Emulator { compiler })
     }
 
-    /// The loaded library of `kernel`, compiled at first use.
+    /// The loaded library of `kernel`, compiled at its first use in this
+    /// process.
     fn library(&self, kernel: &'static KernelSource) -> Result<usize> {
-        let mut libraries = self.libraries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut libraries = LIBRARIES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let libraries = libraries.get_or_insert_with(HashMap::new);
         if let Some(&handle) = libraries.get(kernel.name) {
             return Ok(handle);
         }
+        let handle = self.compile(kernel)?;
+        libraries.insert(kernel.name, handle);
+        Ok(handle)
+    }
+
+    /// Compiles `kernel` into a shared library in a folder of its own and
+    /// loads it; the folder goes once it is loaded (the mapping stays).
+    fn compile(&self, kernel: &'static KernelSource) -> Result<usize> {
+        static BUILDS: AtomicUsize = AtomicUsize::new(0);
+        let build = BUILDS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tailor-emulator-{}-{build}", std::process::id()));
+        let setup = |e: std::io::Error| emulator_error(kernel.file, e.to_string());
+        std::fs::create_dir_all(&dir).map_err(setup)?;
+        let loaded = self.compile_in(&dir, kernel);
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded
+    }
+
+    fn compile_in(&self, dir: &Path, kernel: &'static KernelSource) -> Result<usize> {
+        let setup = |e: std::io::Error| emulator_error(kernel.file, e.to_string());
+        std::fs::write(dir.join("emulator.h"), HEADER).map_err(setup)?;
         let exports: String = kernel.entries.iter().map(|e| format!("TAILOR_EMULATOR_EXPORT({e})\n")).collect();
-        let source = self.dir.join(format!("{}.cpp", kernel.name));
-        let library = self.dir.join(format!("lib{}.so", kernel.name));
+        let source = dir.join(format!("{}.cpp", kernel.name));
+        let library = dir.join(format!("lib{}.so", kernel.name));
         let text = format!("#include \"emulator.h\"\n{}\n{exports}", kernel.full_source());
-        std::fs::write(&source, text).map_err(|e| emulator_error(kernel.file, e.to_string()))?;
+        std::fs::write(&source, text).map_err(setup)?;
         let output = Command::new(&self.compiler)
             .args(["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-o"])
             .arg(&library)
@@ -74,15 +92,7 @@ impl Emulator {
         if handle.is_null() {
             return Err(emulator_error(kernel.file, format!("dlopen {} failed", library.display())));
         }
-        libraries.insert(kernel.name, handle as usize);
         Ok(handle as usize)
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        // The loaded libraries stay mapped; only their files go.
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
