@@ -69,7 +69,7 @@ fn past_the_device_memory_budget_a_request_fails_typed_and_the_model_serves_on()
     let mut cache = on_device.new_cache(4).unwrap();
     on_device.forward(&PROMPT, &mut cache, Logits::Last, None).unwrap();
     let long = vec![104u32; model.llama.context_length() - PROMPT.len()];
-    let err = on_device.forward(&long, &mut cache, Logits::Last, None).err().expect("the budget is exceeded");
+    let err = on_device.forward(&long, &mut cache, Logits::Last, None).expect_err("the budget is exceeded");
     assert!(
         matches!(err, tailor_model::ModelError::Tensor(tailor_tensor::TensorError::DeviceOutOfMemory { .. })),
         "{err:?}"
