@@ -27,6 +27,9 @@ pub struct BenchArgs {
     /// With `--device cuda`: the device memory pool's budget, GiB.
     #[arg(long, default_value_t = 16)]
     device_memory_gb: usize,
+    /// With `--device cuda`: the KV cache's element type, f32 or f16.
+    #[arg(long, default_value = "f32")]
+    kv_dtype: String,
 }
 
 const FILLER: &str =
@@ -126,7 +129,8 @@ fn device_bench(
     use tailor_model::device::DeviceLlama;
     let backend = tailor_tensor::cuda::backend::CudaBackend::new(ordinal, args.device_memory_gb << 30)?;
     let start = Instant::now();
-    let on_device = DeviceLlama::upload(&model.llama, &backend)?;
+    let mut on_device = DeviceLlama::upload(&model.llama, &backend)?;
+    on_device.set_kv_dtype(args.kv_dtype.parse()?)?;
     backend.synchronize()?;
     eprintln!("tailor: weights on {} in {:.1}s", backend.describe(), start.elapsed().as_secs_f64());
     let run = || -> Result<Timed> {

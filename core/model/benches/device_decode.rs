@@ -1,8 +1,9 @@
 //! The decoder end to end on a CUDA device (benches/cuda/run.sh): for
 //! synthesized Llama GGUFs (seeded random weights; the device machine
-//! reaches no model hub) of SmolLM2's shape in f32 and q4_0 and of a 1B
-//! shape in q4_0, prefill and decode tok/s on the device, decode's weight
-//! bandwidth, and how many greedy tokens equal the CPU decoder's.
+//! reaches no model hub) of SmolLM2's shape in f32 (with an f32 and an f16
+//! KV cache) and q4_0 and of a 1B shape in q4_0, prefill and decode tok/s
+//! on the device, decode's weight bandwidth, and how many greedy tokens
+//! equal the CPU decoder's.
 //!
 //! `cargo bench -p tailor-model --features cuda --bench device_decode -- TOKENIZER.gguf [OUT_DIR]`
 //! where TOKENIZER.gguf is any GGUF with SmolLM2's tokenizer (the fetched
@@ -40,7 +41,13 @@ fn main() {
     println!("device: {}", backend.describe());
     println!("| model | prefill tok/s | decode tok/s | decode weight GB/s | greedy = CPU |");
     println!("|---|---|---|---|---|");
-    for (shape, dtype) in [("smollm2", DType::F32), ("smollm2", DType::Q4_0), ("1b", DType::Q4_0)] {
+    let runs = [
+        ("smollm2", DType::F32, DType::F32),
+        ("smollm2", DType::F32, DType::F16),
+        ("smollm2", DType::Q4_0, DType::F32),
+        ("1b", DType::Q4_0, DType::F32),
+    ];
+    for (shape, dtype, kv) in runs {
         let path = synthesized(&tokenizer, &out_dir, shape, dtype);
         let model = Model::load(&path, LoadOptions::default()).expect("the synthesized model loads");
         let mut prompt = Vec::new();
@@ -48,7 +55,8 @@ fn main() {
             prompt.extend(model.encode(FILLER).expect("encode"));
         }
         prompt.truncate(PROMPT_TOKENS);
-        let on_device = DeviceLlama::upload(&model.llama, &backend).expect("upload");
+        let mut on_device = DeviceLlama::upload(&model.llama, &backend).expect("upload");
+        on_device.set_kv_dtype(kv).expect("a KV dtype the kernels take");
         on_device.greedy(&prompt, 4).expect("warm-up");
         let run = (0..3)
             .map(|_| on_device.greedy(&prompt, DECODE_TOKENS).expect("device run"))
@@ -59,7 +67,7 @@ fn main() {
         let decode_tps = DECODE_TOKENS as f64 / run.decode_secs;
         let gb_s = model.llama.weight_bytes() as f64 * decode_tps / 1e9;
         println!(
-            "| {shape} {dtype} | {:.0} | {decode_tps:.1} | {gb_s:.0} | {equal}/{} |",
+            "| {shape} {dtype}, {kv} cache | {:.0} | {decode_tps:.1} | {gb_s:.0} | {equal}/{} |",
             PROMPT_TOKENS as f64 / run.prefill_secs,
             cpu.len()
         );

@@ -15,7 +15,8 @@ use crate::lora::ActiveAdapter;
 use crate::names::Proj;
 use tailor_tensor::cpu::{LoraMatrix, LoraPair};
 use tailor_tensor::cuda::backend::{
-    Backend, DeviceBuffer, DeviceLora, DeviceMatrix, DeviceRope, Executor, KvView, EMBEDDING_DTYPES, LINEAR_DTYPES,
+    Backend, DeviceBuffer, DeviceLora, DeviceMatrix, DeviceRope, Executor, KvView, EMBEDDING_DTYPES, KV_DTYPES,
+    LINEAR_DTYPES,
 };
 use tailor_tensor::{DType, Tensor};
 
@@ -34,6 +35,8 @@ pub struct DeviceLlama<'m, E: Executor> {
     gather_from_head: bool,
     norm: DeviceBuffer<E::Block>,
     rope: DeviceRope<E::Block>,
+    /// The element type of new caches' keys and values.
+    kv_dtype: DType,
 }
 
 /// One layer's weights on the device.
@@ -51,11 +54,13 @@ struct DeviceLinear<B> {
 }
 
 /// One sequence's keys and values on the device: per layer, room for
-/// `capacity` positions of `kv_dim` f32 each, `len` of them filled.
+/// `capacity` positions of `kv_dim` elements of `dtype` (f32 or f16)
+/// each, `len` of them filled.
 pub struct DeviceKvCache<B> {
     layers: Vec<[DeviceBuffer<B>; 2]>,
     len: usize,
     capacity: usize,
+    dtype: DType,
 }
 
 /// An adapter on the device, its scale folded into each `B`.
@@ -106,7 +111,21 @@ impl<'m, E: Executor> DeviceLlama<'m, E> {
             gather_from_head,
             norm: backend.upload(model.final_norm_weight())?,
             rope: backend.upload_rope(model.rope())?,
+            kv_dtype: DType::F32,
         })
+    }
+
+    /// Keys and values of caches made from now on are stored as `dtype`:
+    /// f32 (the default, as the CPU keeps them) or f16 (half the memory
+    /// and the attention's reads; attention still sums in f32).
+    pub fn set_kv_dtype(&mut self, dtype: DType) -> Result<()> {
+        if !KV_DTYPES.contains(&dtype) {
+            return Err(ModelError::InvalidParameter(format!(
+                "a device cache of {dtype:?}: the attention kernels take {KV_DTYPES:?}"
+            )));
+        }
+        self.kv_dtype = dtype;
+        Ok(())
     }
 
     /// The model on the host.
@@ -119,11 +138,11 @@ impl<'m, E: Executor> DeviceLlama<'m, E> {
     pub fn new_cache(&self, capacity: usize) -> Result<DeviceKvCache<E::Block>> {
         let cfg = self.model.config();
         let capacity = capacity.clamp(1, self.model.context_length());
-        let bytes = capacity * cfg.kv_dim() * 4;
+        let bytes = capacity * cfg.kv_dim() * self.kv_dtype.bytes_for(1)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| Ok([self.backend.alloc(bytes)?, self.backend.alloc(bytes)?]))
             .collect::<Result<Vec<_>>>()?;
-        Ok(DeviceKvCache { layers, len: 0, capacity })
+        Ok(DeviceKvCache { layers, len: 0, capacity, dtype: self.kv_dtype })
     }
 
     /// `active` on the device: each adapted projection's `A`, and its `B`
@@ -202,6 +221,9 @@ impl<'m, E: Executor> DeviceLlama<'m, E> {
                 caches.len(),
                 adapters.len()
             )));
+        }
+        if caches.iter().any(|c| c.dtype != caches[0].dtype) {
+            return Err(ModelError::InvalidParameter("one decode batch's caches must share a dtype".into()));
         }
         for cache in caches.iter_mut() {
             self.reserve(cache, cache.len + 1)?;
@@ -293,10 +315,11 @@ impl<'m, E: Executor> DeviceLlama<'m, E> {
             return Ok(());
         }
         let capacity = positions.max(cache.capacity * 2).min(context);
-        let (kv_dim, filled) = (self.model.config().kv_dim(), cache.len * self.model.config().kv_dim() * 4);
+        let row_bytes = self.model.config().kv_dim() * cache.dtype.bytes_for(1)?;
+        let filled = cache.len * row_bytes;
         for buffers in cache.layers.iter_mut() {
             for buffer in buffers.iter_mut() {
-                let mut grown = self.backend.alloc(capacity * kv_dim * 4)?;
+                let mut grown = self.backend.alloc(capacity * row_bytes)?;
                 self.backend.copy_region(buffer, 0, &mut grown, 0, filled)?;
                 *buffer = grown;
             }
@@ -320,6 +343,11 @@ impl<B> DeviceKvCache<B> {
     /// Positions it has room for before it grows.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// The element type of its keys and values.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 }
 
@@ -396,15 +424,16 @@ impl<E: Executor> LayerOps for DeviceLayer<'_, '_, E> {
                 let [keys, values] = &cache.layers[layer];
                 let slots: Vec<KvView<'_, E::Block>> =
                     positions.iter().map(|&length| KvView { keys, values, length }).collect();
-                backend.kv_store(k, v, kv_dim, &slots)?;
-                backend.attention_prefill(q, keys, values, *start, self.tokens, shape, out)?;
+                backend.kv_store(k, v, kv_dim, &slots, cache.dtype)?;
+                backend.attention_prefill(q, keys, values, *start, self.tokens, shape, cache.dtype, out)?;
             }
             DeviceContext::Decode(caches) => {
                 let positions: Vec<usize> = caches.iter().map(|c| c.len).collect();
                 backend.rope(q, rope, &positions, cfg.num_attention_heads)?;
                 backend.rope(k, rope, &positions, cfg.num_key_value_heads)?;
-                backend.kv_store(k, v, kv_dim, &layer_views(caches, layer, 0))?;
-                backend.attention_decode(q, &layer_views(caches, layer, 1), shape, out)?;
+                let kv = caches.first().map_or(DType::F32, |c| c.dtype);
+                backend.kv_store(k, v, kv_dim, &layer_views(caches, layer, 0), kv)?;
+                backend.attention_decode(q, &layer_views(caches, layer, 1), shape, kv, out)?;
             }
         }
         Ok(())

@@ -112,28 +112,44 @@ const PROMPT: [u32; 11] = [257, 104, 101, 108, 108, 111, 32, 119, 111, 114, 108]
 
 fn prefill_logits_match_the_cpu_for_stored_and_quantized_weights<E: Executor>(backend: &Backend<E>) {
     let dir = common::scratch_dir(&format!("device-prefill-{}", std::process::id()));
-    // f32 products agree to rounding (and so do the top tokens); quantized
-    // ones differ in how the activations are taken (the CPU quantizes them
-    // to 8 bits, the device keeps f32), within what 8-bit activations cost
-    // (a random model's near-ties may then swap). Every stored type's
-    // kernel is checked on its own in tailor-tensor's cuda_kernels.
-    for (dtype, tolerance) in [(None, 1e-4), (Some(DType::Q4_0), 3e-2)] {
+    // f32 products agree to rounding (and so do the top tokens); an f16
+    // cache rounds keys and values to 11 bits; quantized weights differ in
+    // how the activations are taken (the CPU quantizes them to 8 bits, the
+    // device keeps f32), within what 8-bit activations cost (a random
+    // model's near-ties may then swap). Every stored type's kernel is
+    // checked on its own in tailor-tensor's cuda_kernels.
+    for (dtype, kv, tolerance) in
+        [(None, DType::F32, 1e-4), (None, DType::F16, 5e-3), (Some(DType::Q4_0), DType::F32, 3e-2)]
+    {
         let model = load(&dir, dtype);
         let llama = &model.llama;
         let want = llama.forward(&PROMPT, &mut llama.new_cache(), Logits::All).unwrap();
-        let on_device = DeviceLlama::upload(llama, backend).unwrap();
+        let mut on_device = DeviceLlama::upload(llama, backend).unwrap();
+        on_device.set_kv_dtype(kv).unwrap();
         let mut cache = on_device.new_cache(4).unwrap();
         let got = on_device.forward(&PROMPT, &mut cache, Logits::All, None).unwrap();
+        // A few steps after it, through the cache.
+        let mut cpu_cache = llama.new_cache();
+        llama.forward(&PROMPT, &mut cpu_cache, Logits::Last).unwrap();
+        for token in [101u32, 108, 32] {
+            let want = llama.forward(&[token], &mut cpu_cache, Logits::Last).unwrap();
+            let got = on_device.forward_decode(&[token], &mut [&mut cache], &[]).unwrap();
+            let gap = relative_gap(&got, &want);
+            assert!(gap <= tolerance, "{dtype:?}, {kv:?} cache: a decode step differs from the CPU's by {gap}");
+        }
         let gap = relative_gap(&got, &want);
-        assert!(gap <= tolerance, "{dtype:?}: device logits differ from the CPU's by {gap} (relative)");
-        assert_eq!(cache.len(), PROMPT.len());
-        assert!(cache.capacity() >= PROMPT.len(), "the cache grew to hold the prompt");
+        assert!(gap <= tolerance, "{dtype:?}, {kv:?} cache: device logits differ from the CPU's by {gap} (relative)");
+        assert_eq!(cache.len(), PROMPT.len() + 3);
+        assert!(cache.capacity() >= cache.len(), "the cache grew to hold the prompt");
         let vocab = llama.config().vocab_size;
-        for row in (0..PROMPT.len()).filter(|_| dtype.is_none()) {
+        for row in (0..PROMPT.len()).filter(|_| dtype.is_none() && kv == DType::F32) {
             let (g, w) = (&got[row * vocab..(row + 1) * vocab], &want[row * vocab..(row + 1) * vocab]);
             assert_eq!(argmax(g), argmax(w), "{dtype:?}: top token of position {row}");
         }
     }
+    let model = load(&dir, None);
+    let mut on_device = DeviceLlama::upload(&model.llama, backend).unwrap();
+    assert!(on_device.set_kv_dtype(DType::Q8_0).is_err(), "a q8_0 cache is refused");
 }
 
 fn greedy_decoding_matches_the_cpu_token_for_token<E: Executor>(backend: &Backend<E>) {

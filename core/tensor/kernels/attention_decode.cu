@@ -1,6 +1,7 @@
 // Decode attention: query row `r` (one token, n_head heads) attends to every
 // cached position of its own sequence, whose keys and values are
-// [length, n_kv_head · head_dim] f32 arrays at key_ptrs[r] / value_ptrs[r].
+// [length, n_kv_head · head_dim] arrays at key_ptrs[r] / value_ptrs[r], of
+// f32 (attention_decode) or f16 (attention_decode_f16; sums in f32).
 // Grouped-query heads share their KV head. Each warp runs an online softmax
 // over every ATT_WARPS-th position; the warps' partial sums are then merged.
 // Grid: (rows, n_head); block: 32 · ATT_WARPS threads; head_dim ≤ 256 and a
@@ -9,17 +10,17 @@
 #define ATT_WARPS 4
 #define ATT_MAX_PER_LANE 8
 
-extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
-    attention_decode(const float* q, const unsigned long long* key_ptrs, const unsigned long long* value_ptrs,
-                     const int* lengths, float* out, int n_head, int n_kv_head, int head_dim, float scale) {
+template <typename KV>
+__device__ void decode_rows(const float* q, const unsigned long long* key_ptrs, const unsigned long long* value_ptrs,
+                            const int* lengths, float* out, int n_head, int n_kv_head, int head_dim, float scale) {
     __shared__ float warp_max_score[ATT_WARPS], warp_denominator[ATT_WARPS];
     __shared__ float warp_acc[ATT_WARPS][32 * ATT_MAX_PER_LANE];
     const int row = blockIdx.x, head = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int per_lane = head_dim / 32;
     const int kv_stride = n_kv_head * head_dim, kv_offset = (head / (n_head / n_kv_head)) * head_dim;
-    const float* keys = (const float*)key_ptrs[row] + kv_offset;
-    const float* values = (const float*)value_ptrs[row] + kv_offset;
+    const KV* keys = (const KV*)key_ptrs[row] + kv_offset;
+    const KV* values = (const KV*)value_ptrs[row] + kv_offset;
     const int length = lengths[row];
     const float* query = q + ((size_t)row * n_head + head) * head_dim;
 
@@ -31,20 +32,20 @@ extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
     }
     float max_score = NEG_INFINITY, denominator = 0.0f;
     for (int p = warp; p < length; p += ATT_WARPS) {
-        const float* key = keys + (size_t)p * kv_stride;
+        const KV* key = keys + (size_t)p * kv_stride;
         float partial = 0.0f;
 #pragma unroll
         for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
-            if (i < per_lane) partial += qv[i] * key[lane + 32 * i];
+            if (i < per_lane) partial += qv[i] * kv_load(key, lane + 32 * i);
         const float score = warp_sum(partial) * scale;
         const float new_max = fmaxf(max_score, score);
         const float correction = expf(max_score - new_max);  // 0 on the first position
         const float weight = expf(score - new_max);
         denominator = denominator * correction + weight;
-        const float* value = values + (size_t)p * kv_stride;
+        const KV* value = values + (size_t)p * kv_stride;
 #pragma unroll
         for (int i = 0; i < ATT_MAX_PER_LANE; ++i)
-            if (i < per_lane) acc[i] = acc[i] * correction + weight * value[lane + 32 * i];
+            if (i < per_lane) acc[i] = acc[i] * correction + weight * kv_load(value, lane + 32 * i);
         max_score = new_max;
     }
     if (lane == 0) {
@@ -72,4 +73,16 @@ extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
         for (int w = 0; w < ATT_WARPS; ++w) sum += warp_acc[w][lane + 32 * i] * factors[w];
         dst[lane + 32 * i] = sum / total;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
+    attention_decode(const float* q, const unsigned long long* key_ptrs, const unsigned long long* value_ptrs,
+                     const int* lengths, float* out, int n_head, int n_kv_head, int head_dim, float scale) {
+    decode_rows<float>(q, key_ptrs, value_ptrs, lengths, out, n_head, n_kv_head, head_dim, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
+    attention_decode_f16(const float* q, const unsigned long long* key_ptrs, const unsigned long long* value_ptrs,
+                         const int* lengths, float* out, int n_head, int n_kv_head, int head_dim, float scale) {
+    decode_rows<unsigned short>(q, key_ptrs, value_ptrs, lengths, out, n_head, n_kv_head, head_dim, scale);
 }

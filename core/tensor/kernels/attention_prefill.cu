@@ -1,7 +1,8 @@
 // Causal prefill attention, flash style: queries at positions start ..
 // start + tokens of one sequence attend to its keys 0 ..= their own
-// position (keys and values are [start + tokens, n_kv_head · head_dim] f32,
-// the cached prefix first). Key/value tiles of PF_TILE positions are staged
+// position (keys and values are [start + tokens, n_kv_head · head_dim], the
+// cached prefix first, of f32 (attention_prefill) or f16
+// (attention_prefill_f16; tiles and sums in f32)). Key/value tiles of PF_TILE positions are staged
 // in shared memory once for the block's PF_WARPS queries (one warp per
 // query); each warp keeps an online softmax, so no score matrix is written.
 // Grouped-query heads read their KV head.
@@ -12,9 +13,9 @@
 #define PF_TILE 32
 #define PF_MAX_HEAD 128
 
-extern "C" __global__ void __launch_bounds__(32 * PF_WARPS)
-    attention_prefill(const float* q, const float* keys, const float* values, float* out, int tokens, int start,
-                      int n_head, int n_kv_head, int head_dim, float scale) {
+template <typename KV>
+__device__ void prefill_rows(const float* q, const KV* keys, const KV* values, float* out, int tokens, int start,
+                             int n_head, int n_kv_head, int head_dim, float scale) {
     __shared__ float key_tile[PF_TILE][PF_MAX_HEAD + 1];  // +1: lanes read rows, not banks
     __shared__ float value_tile[PF_TILE][PF_MAX_HEAD];
     __shared__ float query_tile[PF_WARPS][PF_MAX_HEAD];
@@ -38,8 +39,8 @@ extern "C" __global__ void __launch_bounds__(32 * PF_WARPS)
         for (int index = threadIdx.x; index < PF_TILE * head_dim; index += blockDim.x) {
             const int j = index / head_dim, d = index % head_dim, p = tile_start + j;
             const size_t at = (size_t)p * kv_stride + kv_offset + d;
-            key_tile[j][d] = p < visible_end ? keys[at] : 0.0f;
-            value_tile[j][d] = p < visible_end ? values[at] : 0.0f;
+            key_tile[j][d] = p < visible_end ? kv_load(keys, at) : 0.0f;
+            value_tile[j][d] = p < visible_end ? kv_load(values, at) : 0.0f;
         }
         __syncthreads();
         if (!active) continue;
@@ -69,4 +70,16 @@ extern "C" __global__ void __launch_bounds__(32 * PF_WARPS)
     }
     if (!active) return;
     for (int i = 0; i < per_lane; ++i) out[query_at + lane + 32 * i] = acc[i] / denominator;
+}
+
+extern "C" __global__ void __launch_bounds__(32 * PF_WARPS)
+    attention_prefill(const float* q, const float* keys, const float* values, float* out, int tokens, int start,
+                      int n_head, int n_kv_head, int head_dim, float scale) {
+    prefill_rows<float>(q, keys, values, out, tokens, start, n_head, n_kv_head, head_dim, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * PF_WARPS)
+    attention_prefill_f16(const float* q, const unsigned short* keys, const unsigned short* values, float* out,
+                          int tokens, int start, int n_head, int n_kv_head, int head_dim, float scale) {
+    prefill_rows<unsigned short>(q, keys, values, out, tokens, start, n_head, n_kv_head, head_dim, scale);
 }

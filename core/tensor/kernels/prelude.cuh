@@ -18,6 +18,28 @@ __device__ __forceinline__ float f16_to_f32(unsigned short bits) {
 #endif
 }
 
+// An f32 rounded to the nearest IEEE half (ties to even), as bits.
+__device__ __forceinline__ unsigned short f32_to_f16(float value) {
+#ifdef TAILOR_EMULATOR
+    const _Float16 half = (_Float16)value;
+    unsigned short bits;
+    memcpy(&bits, &half, 2);
+    return bits;
+#else
+    unsigned short bits;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(value));
+    return bits;
+#endif
+}
+
+// A key or value element as f32: f32 caches as they are, f16 ones widened.
+__device__ __forceinline__ float kv_load(const float* p, size_t i) { return p[i]; }
+__device__ __forceinline__ float kv_load(const unsigned short* p, size_t i) { return f16_to_f32(p[i]); }
+
+// An f32 stored as a cache element of either kind.
+__device__ __forceinline__ void kv_put(float* p, size_t i, float value) { p[i] = value; }
+__device__ __forceinline__ void kv_put(unsigned short* p, size_t i, float value) { p[i] = f32_to_f16(value); }
+
 // A bfloat16's bits widened to f32 (exact).
 __device__ __forceinline__ float bf16_to_f32(unsigned short bits) {
     return __uint_as_float(((unsigned int)bits) << 16);

@@ -11,7 +11,7 @@ mod common;
 
 use common::Rng;
 use tailor_tensor::cpu::{self, AttentionShape, LoraGroup, LoraKernel, LoraMatrix, LoraPair, RopeTable};
-use tailor_tensor::cuda::backend::{Backend, CudaBackend, Executor, KvView};
+use tailor_tensor::cuda::backend::{Backend, CudaBackend, DeviceBuffer, Executor, KvView, KV_DTYPES};
 use tailor_tensor::cuda::emulator::Emulator;
 use tailor_tensor::{DType, Tensor, TensorError};
 
@@ -164,22 +164,56 @@ fn kv_store_appends_each_row_to_its_own_cache_at_its_length<E: Executor>(gpu: &B
     let mut rng = Rng(20);
     let width = 200;
     let lengths = [0usize, 3, 3];
-    let caches: Vec<(Vec<f32>, Vec<f32>)> = (0..3).map(|_| (rng.vec(5 * width), rng.vec(5 * width))).collect();
-    let (keys, values) = (rng.vec(3 * width), rng.vec(3 * width));
-    let on_device: Vec<_> = caches.iter().map(|(k, v)| (gpu.upload(k).unwrap(), gpu.upload(v).unwrap())).collect();
-    let views: Vec<KvView<'_, E::Block>> =
-        on_device.iter().zip(lengths).map(|((keys, values), length)| KvView { keys, values, length }).collect();
-    gpu.kv_store(&gpu.upload(&keys).unwrap(), &gpu.upload(&values).unwrap(), width, &views).unwrap();
-    for (r, ((want_k, want_v), (k, v))) in caches.iter().zip(&on_device).enumerate() {
-        let (mut want_k, mut want_v) = (want_k.clone(), want_v.clone());
-        let at = lengths[r] * width..(lengths[r] + 1) * width;
-        want_k[at.clone()].copy_from_slice(&keys[r * width..(r + 1) * width]);
-        want_v[at].copy_from_slice(&values[r * width..(r + 1) * width]);
-        assert_eq!(gpu.download::<f32>(k, 5 * width).unwrap(), want_k, "row {r} keys");
-        assert_eq!(gpu.download::<f32>(v, 5 * width).unwrap(), want_v, "row {r} values");
+    for kv in KV_DTYPES {
+        let caches: Vec<(Vec<f32>, Vec<f32>)> = (0..3).map(|_| (rng.vec(5 * width), rng.vec(5 * width))).collect();
+        let (keys, values) = (rng.vec(3 * width), rng.vec(3 * width));
+        let on_device: Vec<_> = caches.iter().map(|(k, v)| (upload_kv(gpu, k, kv), upload_kv(gpu, v, kv))).collect();
+        let views: Vec<KvView<'_, E::Block>> =
+            on_device.iter().zip(lengths).map(|((keys, values), length)| KvView { keys, values, length }).collect();
+        gpu.kv_store(&gpu.upload(&keys).unwrap(), &gpu.upload(&values).unwrap(), width, &views, kv).unwrap();
+        for (r, ((want_k, want_v), (k, v))) in caches.iter().zip(&on_device).enumerate() {
+            let (mut want_k, mut want_v) = (want_k.clone(), want_v.clone());
+            let at = lengths[r] * width..(lengths[r] + 1) * width;
+            want_k[at.clone()].copy_from_slice(&keys[r * width..(r + 1) * width]);
+            want_v[at].copy_from_slice(&values[r * width..(r + 1) * width]);
+            assert_eq!(download_kv(gpu, k, 5 * width, kv), rounded(&want_k, kv), "{kv:?} row {r} keys");
+            assert_eq!(download_kv(gpu, v, 5 * width, kv), rounded(&want_v, kv), "{kv:?} row {r} values");
+        }
+        let full = [KvView { keys: &on_device[0].0, values: &on_device[0].1, length: 5 }];
+        assert!(gpu.kv_store(&gpu.upload(&keys).unwrap(), &gpu.upload(&values).unwrap(), width, &full, kv).is_err());
     }
-    let full = [KvView { keys: &on_device[0].0, values: &on_device[0].1, length: 5 }];
-    assert!(gpu.kv_store(&gpu.upload(&keys).unwrap(), &gpu.upload(&values).unwrap(), width, &full).is_err());
+    let views = [KvView { keys: &gpu.alloc(4096).unwrap(), values: &gpu.alloc(4096).unwrap(), length: 0 }];
+    let refused =
+        gpu.kv_store(&gpu.upload(&[0f32; 8]).unwrap(), &gpu.upload(&[0f32; 8]).unwrap(), 8, &views, DType::Q8_0);
+    assert!(refused.is_err(), "a cache of q8_0 is refused");
+}
+
+/// `values` as a cache of `kv` elements holds them: f32 as they are, f16
+/// rounded to nearest.
+fn rounded(values: &[f32], kv: DType) -> Vec<f32> {
+    match kv {
+        DType::F16 => values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+        _ => values.to_vec(),
+    }
+}
+
+/// `values` on the device as a cache of `kv` elements.
+fn upload_kv<E: Executor>(gpu: &Backend<E>, values: &[f32], kv: DType) -> DeviceBuffer<E::Block> {
+    match kv {
+        DType::F16 => gpu.upload(&values.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect::<Vec<u16>>()),
+        _ => gpu.upload(values),
+    }
+    .unwrap()
+}
+
+/// The first `count` elements of a cache of `kv` elements, as f32.
+fn download_kv<E: Executor>(gpu: &Backend<E>, buffer: &DeviceBuffer<E::Block>, count: usize, kv: DType) -> Vec<f32> {
+    match kv {
+        DType::F16 => {
+            gpu.download::<u16>(buffer, count).unwrap().into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect()
+        }
+        _ => gpu.download::<f32>(buffer, count).unwrap(),
+    }
 }
 
 fn embedding_gathers_the_rows_and_refuses_an_id_past_the_vocabulary<E: Executor>(gpu: &Backend<E>) {
@@ -206,38 +240,47 @@ fn decode_attention_matches_the_cpu_for_grouped_heads_and_ragged_lengths<E: Exec
     let shape = AttentionShape { n_head: 8, n_kv_head: 2, head_dim: 64 };
     let kv_stride = shape.n_kv_head * shape.head_dim;
     let lengths = [1usize, 7, 130];
-    let caches: Vec<(Vec<f32>, Vec<f32>)> =
-        lengths.iter().map(|&n| (rng.vec(n * kv_stride), rng.vec(n * kv_stride))).collect();
-    let q = rng.vec(lengths.len() * shape.n_head * shape.head_dim);
-    let mut want = vec![0f32; q.len()];
-    let sequences: Vec<(&[f32], &[f32])> = caches.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
-    cpu::decode_attention(&q, &sequences, shape, &mut want);
-    let on_device: Vec<_> = caches.iter().map(|(k, v)| (gpu.upload(k).unwrap(), gpu.upload(v).unwrap())).collect();
-    let views: Vec<KvView<'_, E::Block>> =
-        on_device.iter().zip(lengths).map(|((keys, values), length)| KvView { keys, values, length }).collect();
-    let mut out = gpu.alloc(q.len() * 4).unwrap();
-    gpu.attention_decode(&gpu.upload(&q).unwrap(), &views, shape, &mut out).unwrap();
-    let got: Vec<f32> = gpu.download(&out, q.len()).unwrap();
-    assert_close("attention_decode", &got, &want, &vec![1.0; q.len()], 1e-5);
+    for kv in KV_DTYPES {
+        // The CPU twin reads the values the cache holds.
+        let caches: Vec<(Vec<f32>, Vec<f32>)> = lengths
+            .iter()
+            .map(|&n| (rounded(&rng.vec(n * kv_stride), kv), rounded(&rng.vec(n * kv_stride), kv)))
+            .collect();
+        let q = rng.vec(lengths.len() * shape.n_head * shape.head_dim);
+        let mut want = vec![0f32; q.len()];
+        let sequences: Vec<(&[f32], &[f32])> = caches.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        cpu::decode_attention(&q, &sequences, shape, &mut want);
+        let on_device: Vec<_> = caches.iter().map(|(k, v)| (upload_kv(gpu, k, kv), upload_kv(gpu, v, kv))).collect();
+        let views: Vec<KvView<'_, E::Block>> =
+            on_device.iter().zip(lengths).map(|((keys, values), length)| KvView { keys, values, length }).collect();
+        let mut out = gpu.alloc(q.len() * 4).unwrap();
+        gpu.attention_decode(&gpu.upload(&q).unwrap(), &views, shape, kv, &mut out).unwrap();
+        let got: Vec<f32> = gpu.download(&out, q.len()).unwrap();
+        assert_close(&format!("attention_decode {kv:?}"), &got, &want, &vec![1.0; q.len()], 1e-5);
+    }
 }
 
 fn prefill_attention_matches_the_cpu_after_a_cached_prefix<E: Executor>(gpu: &Backend<E>) {
     let mut rng = Rng(31);
-    for (shape, start, tokens) in [
-        (AttentionShape { n_head: 8, n_kv_head: 2, head_dim: 64 }, 5, 19),
-        (AttentionShape { n_head: 2, n_kv_head: 2, head_dim: 128 }, 0, 40),
-        (AttentionShape { n_head: 2, n_kv_head: 1, head_dim: 32 }, 40, 1),
-    ] {
-        let kv_len = (start + tokens) * shape.n_kv_head * shape.head_dim;
-        let (keys, values) = (rng.vec(kv_len), rng.vec(kv_len));
-        let q = rng.vec(tokens * shape.n_head * shape.head_dim);
-        let mut want = vec![0f32; q.len()];
-        cpu::causal_attention(&q, &keys, &values, start, shape, &mut want);
-        let mut out = gpu.alloc(q.len() * 4).unwrap();
-        let (keys, values) = (gpu.upload(&keys).unwrap(), gpu.upload(&values).unwrap());
-        gpu.attention_prefill(&gpu.upload(&q).unwrap(), &keys, &values, start, tokens, shape, &mut out).unwrap();
-        let got: Vec<f32> = gpu.download(&out, q.len()).unwrap();
-        assert_close(&format!("attention_prefill {shape:?} from {start}"), &got, &want, &vec![1.0; q.len()], 1e-5);
+    for kv in KV_DTYPES {
+        for (shape, start, tokens) in [
+            (AttentionShape { n_head: 8, n_kv_head: 2, head_dim: 64 }, 5, 19),
+            (AttentionShape { n_head: 2, n_kv_head: 2, head_dim: 128 }, 0, 40),
+            (AttentionShape { n_head: 2, n_kv_head: 1, head_dim: 32 }, 40, 1),
+        ] {
+            let kv_len = (start + tokens) * shape.n_kv_head * shape.head_dim;
+            let (keys, values) = (rounded(&rng.vec(kv_len), kv), rounded(&rng.vec(kv_len), kv));
+            let q = rng.vec(tokens * shape.n_head * shape.head_dim);
+            let mut want = vec![0f32; q.len()];
+            cpu::causal_attention(&q, &keys, &values, start, shape, &mut want);
+            let mut out = gpu.alloc(q.len() * 4).unwrap();
+            let (keys, values) = (upload_kv(gpu, &keys, kv), upload_kv(gpu, &values, kv));
+            gpu.attention_prefill(&gpu.upload(&q).unwrap(), &keys, &values, start, tokens, shape, kv, &mut out)
+                .unwrap();
+            let got: Vec<f32> = gpu.download(&out, q.len()).unwrap();
+            let what = format!("attention_prefill {kv:?} {shape:?} from {start}");
+            assert_close(&what, &got, &want, &vec![1.0; q.len()], 1e-5);
+        }
     }
 }
 

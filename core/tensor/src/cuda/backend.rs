@@ -36,6 +36,9 @@ const LORA_WARPS: usize = 8;
 pub const LINEAR_DTYPES: [DType; 8] =
     [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4K, DType::Q6K, DType::F16, DType::BF16, DType::F32];
 
+/// The key/value cache element types the attention kernels take.
+pub const KV_DTYPES: [DType; 2] = [DType::F32, DType::F16];
+
 /// The table dtypes [`Backend::embedding`] takes.
 pub const EMBEDDING_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
@@ -141,7 +144,8 @@ pub struct DeviceLora<B> {
 }
 
 /// One decode row's cached keys and values (`[length, n_kv_head ·
-/// head_dim]` f32 each) and how many positions they hold.
+/// head_dim]` each, of the element type the op is given) and how many
+/// positions they hold.
 pub struct KvView<'a, B> {
     /// Keys.
     pub keys: &'a DeviceBuffer<B>,
@@ -409,14 +413,17 @@ impl<E: Executor> Backend<E> {
     }
 
     /// Decode attention: query row `r` of `q` (`[rows, n_head · head_dim]`)
-    /// attends to `sequences[r]`'s cached positions; results into `out`.
+    /// attends to `sequences[r]`'s cached positions (elements of `kv`: f32
+    /// or f16); results into `out`.
     pub fn attention_decode(
         &self,
         q: &DeviceBuffer<E::Block>,
         sequences: &[KvView<'_, E::Block>],
         shape: AttentionShape,
+        kv: DType,
         out: &mut DeviceBuffer<E::Block>,
     ) -> Result<()> {
+        let (entry, element) = kv_kind(kv, "attention_decode")?;
         let AttentionShape { n_head, n_kv_head, head_dim } = shape;
         let bad = |detail: String| Err(TensorError::Incompatible { op: "cuda attention_decode", detail });
         check_heads(shape, ATTENTION_MAX_HEAD, "cuda attention_decode")?;
@@ -427,8 +434,8 @@ impl<E: Executor> Backend<E> {
             if kv.length == 0 {
                 return bad(format!("row {r} has no cached position"));
             }
-            kv.keys.expect_f32s(kv.length * n_kv_head * head_dim, "attention keys")?;
-            kv.values.expect_f32s(kv.length * n_kv_head * head_dim, "attention values")?;
+            kv.keys.expect_bytes(kv.length * n_kv_head * head_dim * element, "attention keys")?;
+            kv.values.expect_bytes(kv.length * n_kv_head * head_dim * element, "attention values")?;
         }
         if rows == 0 {
             return Ok(());
@@ -449,19 +456,14 @@ impl<E: Executor> Backend<E> {
             &int(head_dim)?,
             &scale,
         ];
-        self.launch(
-            &kernels::ATTENTION_DECODE,
-            "attention_decode",
-            (grid(rows)?, grid(n_head)?),
-            32 * ATTENTION_WARPS,
-            &args,
-        )
+        self.launch(&kernels::ATTENTION_DECODE, &entry, (grid(rows)?, grid(n_head)?), 32 * ATTENTION_WARPS, &args)
     }
 
     /// Causal prefill attention for one sequence: `tokens` queries (`q`,
     /// `[tokens, n_head · head_dim]`) at positions `start..start + tokens`
-    /// attend to `keys`/`values` (`[start + tokens, n_kv_head · head_dim]`,
-    /// the cached prefix first); results into `out`.
+    /// attend to `keys`/`values` (`[start + tokens, n_kv_head · head_dim]`
+    /// elements of `kv`, f32 or f16, the cached prefix first); results into
+    /// `out`.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_prefill(
         &self,
@@ -471,14 +473,16 @@ impl<E: Executor> Backend<E> {
         start: usize,
         tokens: usize,
         shape: AttentionShape,
+        kv: DType,
         out: &mut DeviceBuffer<E::Block>,
     ) -> Result<()> {
+        let (entry, element) = kv_kind(kv, "attention_prefill")?;
         let AttentionShape { n_head, n_kv_head, head_dim } = shape;
         check_heads(shape, PREFILL_MAX_HEAD, "cuda attention_prefill")?;
         q.expect_f32s(tokens * n_head * head_dim, "attention q")?;
         out.expect_f32s(tokens * n_head * head_dim, "attention out")?;
-        keys.expect_f32s((start + tokens) * n_kv_head * head_dim, "attention keys")?;
-        values.expect_f32s((start + tokens) * n_kv_head * head_dim, "attention values")?;
+        keys.expect_bytes((start + tokens) * n_kv_head * head_dim * element, "attention keys")?;
+        values.expect_bytes((start + tokens) * n_kv_head * head_dim * element, "attention values")?;
         if tokens == 0 {
             return Ok(());
         }
@@ -496,7 +500,7 @@ impl<E: Executor> Backend<E> {
             &scale,
         ];
         let blocks = (grid(tokens.div_ceil(PREFILL_WARPS))?, grid(n_head)?);
-        self.launch(&kernels::ATTENTION_PREFILL, "attention_prefill", blocks, (32 * PREFILL_WARPS) as u32, &args)
+        self.launch(&kernels::ATTENTION_PREFILL, &entry, blocks, (32 * PREFILL_WARPS) as u32, &args)
     }
 
     /// Softmax cross-entropy in place over `targets.len()` rows of `vocab`
@@ -605,31 +609,34 @@ impl<E: Executor> Backend<E> {
         self.launch(&kernels::ADD, "add_bias", (grid(rows)?, grid(cols.div_ceil(256))?), 256, &args)
     }
 
-    /// Appends row `r` of `keys` and `values` (`[rows, width]`) to
-    /// `caches[r]`: its key and value buffers, at position `length`
-    /// (which they must have room for), for every row in one launch.
+    /// Appends row `r` of `keys` and `values` (`[rows, width]` f32) to
+    /// `caches[r]`: its key and value buffers of `kv` elements (f32, or f16
+    /// rounded to nearest), at position `length` (which they must have
+    /// room for), for every row in one launch.
     pub fn kv_store(
         &self,
         keys: &DeviceBuffer<E::Block>,
         values: &DeviceBuffer<E::Block>,
         width: usize,
         caches: &[KvView<'_, E::Block>],
+        kv: DType,
     ) -> Result<()> {
+        let (entry, element) = kv_kind(kv, "kv_store")?;
         let rows = caches.len();
         keys.expect_f32s(rows * width, "kv_store keys")?;
         values.expect_f32s(rows * width, "kv_store values")?;
-        for kv in caches {
-            kv.keys.expect_f32s((kv.length + 1) * width, "kv_store key cache")?;
-            kv.values.expect_f32s((kv.length + 1) * width, "kv_store value cache")?;
+        for cache in caches {
+            cache.keys.expect_bytes((cache.length + 1) * width * element, "kv_store key cache")?;
+            cache.values.expect_bytes((cache.length + 1) * width * element, "kv_store value cache")?;
         }
         if rows == 0 {
             return Ok(());
         }
-        let at = |buffer: &DeviceBuffer<E::Block>, length: usize| buffer.ptr + (length * width * 4) as u64;
+        let at = |buffer: &DeviceBuffer<E::Block>, length: usize| buffer.ptr + (length * width * element) as u64;
         let key_at = self.upload(&caches.iter().map(|kv| at(kv.keys, kv.length)).collect::<Vec<u64>>())?;
         let value_at = self.upload(&caches.iter().map(|kv| at(kv.values, kv.length)).collect::<Vec<u64>>())?;
         let args: [&dyn KernelArg; 5] = [&keys.ptr, &values.ptr, &key_at.ptr, &value_at.ptr, &int(width)?];
-        self.launch(&kernels::KV_STORE, "kv_store", (grid(rows)?, 1), 128, &args)
+        self.launch(&kernels::KV_STORE, &entry, (grid(rows)?, 1), 128, &args)
     }
 
     /// Adds each row's LoRA delta `B·(A·x[r])` to `y[r]` (`x` is
@@ -737,6 +744,16 @@ fn check_heads(shape: AttentionShape, max_head: usize, op: &'static str) -> Resu
         return Err(TensorError::Incompatible { op, detail });
     }
     Ok(())
+}
+
+/// The cache element types the KV kernels take: `op`'s entry for `kv`
+/// (`op` for f32, `op_f16` for f16) and the element's size.
+fn kv_kind(kv: DType, op: &'static str) -> Result<(String, usize)> {
+    match kv {
+        DType::F32 => Ok((op.to_string(), 4)),
+        DType::F16 => Ok((format!("{op}_f16"), 2)),
+        dtype => Err(TensorError::UnsupportedDType { op, dtype }),
+    }
 }
 
 /// `value` as a kernel's `int`.
