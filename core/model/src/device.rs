@@ -10,7 +10,7 @@
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::layer::{run_layer, LayerActs, LayerOps, Norm};
-use crate::llama::{Llama, Logits};
+use crate::llama::{check_decode_batch, Llama, Logits};
 use crate::lora::ActiveAdapter;
 use crate::names::Proj;
 use tailor_tensor::cpu::{LoraMatrix, LoraPair};
@@ -212,16 +212,7 @@ impl<'m, E: Executor> DeviceLlama<'m, E> {
         adapters: &[Option<&DeviceAdapter<E::Block>>],
     ) -> Result<Vec<f32>> {
         let n = tokens.len();
-        if n == 0 {
-            return Err(ModelError::EmptyPrompt);
-        }
-        if caches.len() != n || !(adapters.is_empty() || adapters.len() == n) {
-            return Err(ModelError::InvalidParameter(format!(
-                "{n} tokens for {} caches and {} adapters",
-                caches.len(),
-                adapters.len()
-            )));
-        }
+        check_decode_batch(n, caches.len(), adapters.len())?;
         if caches.iter().any(|c| c.dtype != caches[0].dtype) {
             return Err(ModelError::InvalidParameter("one decode batch's caches must share a dtype".into()));
         }

@@ -292,16 +292,7 @@ impl Llama {
     ) -> Result<&'b mut [f32]> {
         let cfg = &self.config;
         let n = tokens.len();
-        if n == 0 {
-            return Err(ModelError::EmptyPrompt);
-        }
-        if caches.len() != n || !(adapters.is_empty() || adapters.len() == n) {
-            return Err(ModelError::InvalidParameter(format!(
-                "{n} tokens for {} caches and {} adapters",
-                caches.len(),
-                adapters.len()
-            )));
-        }
+        check_decode_batch(n, caches.len(), adapters.len())?;
         if let Some(full) = caches.iter().find(|c| c.len() + 1 > self.context_length()) {
             return Err(ModelError::ContextOverflow { tokens: full.len() + 1, context: self.context_length() });
         }
@@ -582,6 +573,20 @@ impl LayerOps for CpuLayer<'_, '_, '_> {
             tape.keep_mlp(x, &a.normed, &a.gate, &a.up);
         }
     }
+}
+
+/// A decode batch's sizes: at least one token, a cache per token, and an
+/// adapter per token or none at all.
+pub(crate) fn check_decode_batch(tokens: usize, caches: usize, adapters: usize) -> Result<()> {
+    if tokens == 0 {
+        return Err(ModelError::EmptyPrompt);
+    }
+    if caches != tokens || !(adapters == 0 || adapters == tokens) {
+        return Err(ModelError::InvalidParameter(format!(
+            "{tokens} tokens for {caches} caches and {adapters} adapters"
+        )));
+    }
+    Ok(())
 }
 
 /// Where a forward pass's attention finds keys and values.

@@ -14,43 +14,26 @@ use tailor_model::device::{DeviceAdapter, DeviceKvCache, DeviceLlama};
 use tailor_model::llama::Logits;
 use tailor_model::lora::{ActiveAdapter, Adapter, AdapterLimits};
 use tailor_model::{LlamaConfig, LoadOptions, Model};
-use tailor_tensor::cuda::backend::{Backend, CudaBackend, Executor};
-use tailor_tensor::cuda::emulator::Emulator;
+use tailor_tensor::cuda::backend::{Backend, Executor};
+use tailor_tensor::cuda::testing::emulated;
 use tailor_tensor::DType;
 
-/// The device, or `None` (after saying so) when GPU tests are not asked for.
-fn device() -> Option<CudaBackend> {
-    if std::env::var_os("TAILOR_CUDA_TESTS").is_none() {
-        eprintln!("TAILOR_CUDA_TESTS not set: this GPU test did not run");
-        return None;
-    }
-    Some(CudaBackend::new(0, 8 << 30).unwrap_or_else(|e| panic!("TAILOR_CUDA_TESTS is set but {e}")))
-}
-
-fn emulated() -> Backend<Emulator> {
-    Backend::with_executor(Emulator::new().unwrap(), 1 << 30)
-}
-
-macro_rules! on_both {
-    ($check:ident, $gpu:ident, $emulated:ident) => {
-        #[test]
-        fn $gpu() {
-            if let Some(gpu) = device() {
-                $check(&gpu);
-            }
-        }
-
-        #[test]
-        fn $emulated() {
-            $check(&emulated());
-        }
-    };
-}
-
-on_both!(prefill_logits_match_the_cpu_for_stored_and_quantized_weights, prefill_gpu, prefill_emulated);
-on_both!(greedy_decoding_matches_the_cpu_token_for_token, greedy_gpu, greedy_emulated);
-on_both!(a_decode_batch_with_different_adapters_matches_each_sequence_on_the_cpu, batch_gpu, batch_emulated);
-on_both!(bad_input_is_a_typed_error_and_the_device_model_serves_on, errors_gpu, errors_emulated);
+tailor_tensor::on_gpu_and_emulator!(
+    prefill_logits_match_the_cpu_for_stored_and_quantized_weights,
+    prefill_gpu,
+    prefill_emulated
+);
+tailor_tensor::on_gpu_and_emulator!(greedy_decoding_matches_the_cpu_token_for_token, greedy_gpu, greedy_emulated);
+tailor_tensor::on_gpu_and_emulator!(
+    a_decode_batch_with_different_adapters_matches_each_sequence_on_the_cpu,
+    batch_gpu,
+    batch_emulated
+);
+tailor_tensor::on_gpu_and_emulator!(
+    bad_input_is_a_typed_error_and_the_device_model_serves_on,
+    errors_gpu,
+    errors_emulated
+);
 
 /// Past the memory budget: a prompt whose keys and values do not fit is a
 /// typed out-of-memory error, its cache keeps what it held, and shorter
@@ -60,11 +43,11 @@ on_both!(bad_input_is_a_typed_error_and_the_device_model_serves_on, errors_gpu, 
 fn past_the_device_memory_budget_a_request_fails_typed_and_the_model_serves_on() {
     let dir = common::scratch_dir(&format!("device-oom-{}", std::process::id()));
     let model = load(&dir, None);
-    let probe = emulated();
+    let probe = emulated(1 << 30);
     DeviceLlama::upload(&model.llama, &probe).unwrap();
     let weights = probe.pool_stats().peak;
     // Room for the weights and about half a context of work, not a whole one.
-    let backend = Backend::with_executor(Emulator::new().unwrap(), weights + (160 << 10));
+    let backend = emulated(weights + (160 << 10));
     let on_device = DeviceLlama::upload(&model.llama, &backend).unwrap();
     let mut cache = on_device.new_cache(4).unwrap();
     on_device.forward(&PROMPT, &mut cache, Logits::Last, None).unwrap();

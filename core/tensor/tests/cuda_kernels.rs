@@ -11,58 +11,49 @@ mod common;
 
 use common::Rng;
 use tailor_tensor::cpu::{self, AttentionShape, LoraGroup, LoraKernel, LoraMatrix, LoraPair, RopeTable};
-use tailor_tensor::cuda::backend::{Backend, CudaBackend, DeviceBuffer, Executor, KvView, KV_DTYPES};
-use tailor_tensor::cuda::emulator::Emulator;
+use tailor_tensor::cuda::backend::{Backend, DeviceBuffer, Executor, KvView, KV_DTYPES};
 use tailor_tensor::{DType, Tensor, TensorError};
 
-/// The device, or `None` (after saying so) when GPU tests are not asked for.
-fn device() -> Option<CudaBackend> {
-    if std::env::var_os("TAILOR_CUDA_TESTS").is_none() {
-        eprintln!("TAILOR_CUDA_TESTS not set: this GPU test did not run");
-        return None;
-    }
-    Some(CudaBackend::new(0, 8 << 30).unwrap_or_else(|e| panic!("TAILOR_CUDA_TESTS is set but {e}")))
-}
-
-/// The kernels emulated on the CPU.
-fn emulated() -> Backend<Emulator> {
-    Backend::with_executor(Emulator::new().unwrap(), 1 << 30)
-}
-
-/// `$check` on the GPU (when asked for) as `$gpu`, and on the emulator as
-/// `$emulated`.
-macro_rules! on_both {
-    ($check:ident, $gpu:ident, $emulated:ident) => {
-        #[test]
-        fn $gpu() {
-            if let Some(gpu) = device() {
-                $check(&gpu);
-            }
-        }
-
-        #[test]
-        fn $emulated() {
-            $check(&emulated());
-        }
-    };
-}
-
-on_both!(linear_matches_the_dequantized_cpu_product_for_every_stored_type, linear_gpu, linear_emulated);
-on_both!(rms_norm_matches_the_cpu, rms_norm_gpu, rms_norm_emulated);
-on_both!(rope_matches_the_cpu_at_each_tokens_own_position, rope_gpu, rope_emulated);
-on_both!(silu_mul_matches_the_cpu, silu_mul_gpu, silu_mul_emulated);
-on_both!(embedding_gathers_the_rows_and_refuses_an_id_past_the_vocabulary, embedding_gpu, embedding_emulated);
-on_both!(
+tailor_tensor::on_gpu_and_emulator!(
+    linear_matches_the_dequantized_cpu_product_for_every_stored_type,
+    linear_gpu,
+    linear_emulated
+);
+tailor_tensor::on_gpu_and_emulator!(rms_norm_matches_the_cpu, rms_norm_gpu, rms_norm_emulated);
+tailor_tensor::on_gpu_and_emulator!(rope_matches_the_cpu_at_each_tokens_own_position, rope_gpu, rope_emulated);
+tailor_tensor::on_gpu_and_emulator!(silu_mul_matches_the_cpu, silu_mul_gpu, silu_mul_emulated);
+tailor_tensor::on_gpu_and_emulator!(
+    embedding_gathers_the_rows_and_refuses_an_id_past_the_vocabulary,
+    embedding_gpu,
+    embedding_emulated
+);
+tailor_tensor::on_gpu_and_emulator!(
     decode_attention_matches_the_cpu_for_grouped_heads_and_ragged_lengths,
     attention_decode_gpu,
     attention_decode_emulated
 );
-on_both!(prefill_attention_matches_the_cpu_after_a_cached_prefix, attention_prefill_gpu, attention_prefill_emulated);
-on_both!(softmax_cross_entropy_matches_the_cpu_loss_and_gradient, softmax_xent_gpu, softmax_xent_emulated);
-on_both!(backward_of_silu_mul_and_rms_norm_match_the_cpu, backward_gpu, backward_emulated);
-on_both!(lora_rows_of_different_adapters_in_one_launch_match_the_cpu_deltas, lora_gpu, lora_emulated);
-on_both!(additions_match_the_cpu, add_gpu, add_emulated);
-on_both!(kv_store_appends_each_row_to_its_own_cache_at_its_length, kv_store_gpu, kv_store_emulated);
+tailor_tensor::on_gpu_and_emulator!(
+    prefill_attention_matches_the_cpu_after_a_cached_prefix,
+    attention_prefill_gpu,
+    attention_prefill_emulated
+);
+tailor_tensor::on_gpu_and_emulator!(
+    softmax_cross_entropy_matches_the_cpu_loss_and_gradient,
+    softmax_xent_gpu,
+    softmax_xent_emulated
+);
+tailor_tensor::on_gpu_and_emulator!(backward_of_silu_mul_and_rms_norm_match_the_cpu, backward_gpu, backward_emulated);
+tailor_tensor::on_gpu_and_emulator!(
+    lora_rows_of_different_adapters_in_one_launch_match_the_cpu_deltas,
+    lora_gpu,
+    lora_emulated
+);
+tailor_tensor::on_gpu_and_emulator!(additions_match_the_cpu, add_gpu, add_emulated);
+tailor_tensor::on_gpu_and_emulator!(
+    kv_store_appends_each_row_to_its_own_cache_at_its_length,
+    kv_store_gpu,
+    kv_store_emulated
+);
 
 /// Asserts `got` matches `want` within `tolerance` relative to `scale[i]`
 /// (the magnitude the value was summed from).
@@ -352,11 +343,7 @@ fn lora_rows_of_different_adapters_in_one_launch_match_the_cpu_deltas<E: Executo
 
 #[test]
 fn past_the_pool_budget_a_request_fails_with_a_typed_error_and_the_device_serves_on() {
-    if std::env::var_os("TAILOR_CUDA_TESTS").is_none() {
-        eprintln!("TAILOR_CUDA_TESTS not set: this GPU test did not run");
-        return;
-    }
-    let gpu = CudaBackend::new(0, 4 << 20).unwrap();
+    let Some(gpu) = tailor_tensor::cuda::testing::gpu_if_asked(4 << 20) else { return };
     let held = gpu.alloc(3 << 20).unwrap();
     let err = gpu.alloc(2 << 20).err().expect("4 + 2 MiB exceed the 4 MiB budget");
     assert!(matches!(err, TensorError::DeviceOutOfMemory { .. }), "{err}");

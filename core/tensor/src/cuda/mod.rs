@@ -14,3 +14,5 @@ pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
 pub mod pool;
+#[cfg(feature = "cuda")]
+pub mod testing;
