@@ -1,7 +1,9 @@
 //! The CUDA kernels timed on the device at the sizes people run: decode
 //! GEMV's effective bandwidth (weight bytes per call / time) against a
-//! device-to-device copy measured in the same run, and LoRA BGMV with 32
-//! distinct adapters against 1 in the same 32-row batch. Times are the
+//! device-to-device copy measured in the same run, LoRA BGMV with 32
+//! distinct adapters against 1 in the same 32-row batch, causal prefill
+//! attention's TFLOP/s and decode attention's cache bandwidth, each with
+//! an f32 and an f16 KV cache. Times are the
 //! median of 9 rounds of 20 launches each, after a warm-up, the stream
 //! synchronised around each round.
 //!
@@ -11,8 +13,8 @@
 //! (run there with TAILOR_KERNEL_CACHE=DIR).
 
 use std::time::Instant;
-use tailor_tensor::cpu::{LoraMatrix, LoraPair};
-use tailor_tensor::cuda::backend::{CudaBackend, DeviceLora, Executor};
+use tailor_tensor::cpu::{AttentionShape, LoraMatrix, LoraPair};
+use tailor_tensor::cuda::backend::{CudaBackend, DeviceBuffer, DeviceLora, Executor, KvView, KV_DTYPES};
 use tailor_tensor::cuda::driver::CudaExecutor;
 use tailor_tensor::cuda::kernels::ALL;
 use tailor_tensor::cuda::nvrtc::KernelCache;
@@ -23,6 +25,8 @@ use tailor_tensor::{DType, Result, Tensor};
 const GEMV_ROWS: usize = 4 * 14336;
 const GEMV_COLS: usize = 4096;
 const ROUNDS: usize = 9;
+/// A device allocation of the CUDA executor.
+type Block = <CudaExecutor as Executor>::Block;
 const CALLS: usize = 20;
 
 fn main() -> Result<()> {
@@ -48,8 +52,62 @@ fn main() -> Result<()> {
         many * 1e6,
         one / many
     );
+    for kv in KV_DTYPES {
+        let tflops = prefill_attention(&gpu, kv)?;
+        let (megabytes, bandwidth) = decode_attention(&gpu, kv)?;
+        println!(
+            "attention, {} cache: prefill {PREFILL_TOKENS} tokens × 32 heads of 128 (8 KV): {tflops:.1} TFLOP/s; \
+             decode 32 rows × {DECODE_POSITIONS} positions ({megabytes:.0} MB of cache): {bandwidth:.0} GB/s ({:.0}% of copy)",
+            kv.name(),
+            100.0 * bandwidth / copy
+        );
+    }
     println!("pool: {:?}", gpu.pool_stats());
     Ok(())
+}
+
+/// The attention shapes timed: Llama-3-8B's heads.
+const SHAPE: AttentionShape = AttentionShape { n_head: 32, n_kv_head: 8, head_dim: 128 };
+const PREFILL_TOKENS: usize = 2048;
+const DECODE_POSITIONS: usize = 4096;
+
+/// A cache of `count` random elements of `kv`.
+fn random_cache(gpu: &CudaBackend, count: usize, kv: DType, seed: u64) -> Result<DeviceBuffer<Block>> {
+    match kv {
+        DType::F16 => gpu.upload(
+            &noise(2 * count, seed).chunks_exact(2).map(|b| u16::from(b[0]) << 6 | 0x3000).collect::<Vec<u16>>(),
+        ),
+        _ => gpu.upload(&noise(count, seed).iter().map(|&b| b as f32 / 255.0 - 0.5).collect::<Vec<f32>>()),
+    }
+}
+
+/// TFLOP/s of one sequence's causal prefill (QKᵀ and PV, the causal half).
+fn prefill_attention(gpu: &CudaBackend, kv: DType) -> Result<f64> {
+    let (tokens, AttentionShape { n_head, n_kv_head, head_dim }) = (PREFILL_TOKENS, SHAPE);
+    let q = gpu.upload(&vec![0.01f32; tokens * n_head * head_dim])?;
+    let keys = random_cache(gpu, tokens * n_kv_head * head_dim, kv, 3)?;
+    let values = random_cache(gpu, tokens * n_kv_head * head_dim, kv, 4)?;
+    let mut out = gpu.alloc(tokens * n_head * head_dim * 4)?;
+    let seconds = time(gpu, || gpu.attention_prefill(&q, &keys, &values, 0, tokens, SHAPE, kv, &mut out))?;
+    let flops = 4.0 * (n_head * head_dim) as f64 * (tokens * (tokens + 1) / 2) as f64;
+    Ok(flops / seconds / 1e12)
+}
+
+/// (cache megabytes, GB/s) of a decode step's attention: 32 rows, each over
+/// its own cache of DECODE_POSITIONS positions.
+fn decode_attention(gpu: &CudaBackend, kv: DType) -> Result<(f64, f64)> {
+    let (rows, AttentionShape { n_head, n_kv_head, head_dim }) = (32, SHAPE);
+    let per_row = DECODE_POSITIONS * n_kv_head * head_dim;
+    let caches: Vec<_> = (0..rows as u64)
+        .map(|r| Ok((random_cache(gpu, per_row, kv, 10 + 2 * r)?, random_cache(gpu, per_row, kv, 11 + 2 * r)?)))
+        .collect::<Result<_>>()?;
+    let views: Vec<KvView<'_, Block>> =
+        caches.iter().map(|(keys, values)| KvView { keys, values, length: DECODE_POSITIONS }).collect();
+    let q = gpu.upload(&vec![0.01f32; rows * n_head * head_dim])?;
+    let mut out = gpu.alloc(rows * n_head * head_dim * 4)?;
+    let seconds = time(gpu, || gpu.attention_decode(&q, &views, SHAPE, kv, &mut out))?;
+    let bytes = (2 * rows * per_row * kv.bytes_for(1)?) as f64;
+    Ok((bytes / 1e6, bytes / seconds / 1e9))
 }
 
 /// Compiles every kernel for sm_90 into `dir`.
