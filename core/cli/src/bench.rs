@@ -4,8 +4,7 @@
 use crate::ModelArgs;
 use anyhow::{ensure, Result};
 use clap::Args;
-use std::time::Instant;
-use tailor_model::Logits;
+use tailor_model::llama::GreedyRun;
 use tailor_tensor::Device;
 
 #[derive(Args)]
@@ -43,13 +42,13 @@ pub fn bench(args: &BenchArgs, device: Device) -> Result<()> {
         prompt.extend(model.encode(FILLER)?);
     }
     prompt.truncate(args.prompt_tokens);
-    let on_cpu = || best_of(args.repeat, || cpu_run(&model, &prompt, args.gen_tokens));
+    let on_cpu = || best_of(args.repeat, || Ok(model.llama.greedy(&prompt, args.gen_tokens)?));
     let (best, on_device) = match device {
         Device::Cpu => (on_cpu()?, None),
         Device::Cuda(ordinal) => {
             let (best, describe) = device_bench(&model, &prompt, args, ordinal)?;
             // The CPU's greedy tokens, once, for the equality check.
-            let cpu = cpu_run(&model, &prompt, args.gen_tokens)?;
+            let cpu = model.llama.greedy(&prompt, args.gen_tokens)?;
             let equal = best.tokens.iter().zip(&cpu.tokens).take_while(|(d, c)| d == c).count();
             (best, Some((describe, equal)))
         }
@@ -83,16 +82,8 @@ pub fn bench(args: &BenchArgs, device: Device) -> Result<()> {
     Ok(())
 }
 
-/// One measured run: a prefill, then greedy decoding.
-struct Timed {
-    prefill_secs: f64,
-    decode_secs: f64,
-    /// The greedy tokens (the prefill's first).
-    tokens: Vec<u32>,
-}
-
 /// The fastest prefill and the fastest decode of `repeat` runs.
-fn best_of(repeat: usize, mut run: impl FnMut() -> Result<Timed>) -> Result<Timed> {
+fn best_of(repeat: usize, mut run: impl FnMut() -> Result<GreedyRun>) -> Result<GreedyRun> {
     let mut best = run()?;
     for _ in 1..repeat {
         let next = run()?;
@@ -100,21 +91,6 @@ fn best_of(repeat: usize, mut run: impl FnMut() -> Result<Timed>) -> Result<Time
         best.decode_secs = best.decode_secs.min(next.decode_secs);
     }
     Ok(best)
-}
-
-/// Prefill and `gen_tokens` greedy steps on the CPU.
-fn cpu_run(model: &tailor_model::Model, prompt: &[u32], gen_tokens: usize) -> Result<Timed> {
-    let mut cache = model.llama.new_cache();
-    let start = Instant::now();
-    let logits = model.llama.forward(prompt, &mut cache, Logits::Last)?;
-    let prefill_secs = start.elapsed().as_secs_f64();
-    let mut tokens = vec![tailor_model::sampler::argmax(&logits)];
-    let start = Instant::now();
-    for _ in 0..gen_tokens {
-        let logits = model.llama.forward(&[tokens[tokens.len() - 1]], &mut cache, Logits::Last)?;
-        tokens.push(tailor_model::sampler::argmax(&logits));
-    }
-    Ok(Timed { prefill_secs, decode_secs: start.elapsed().as_secs_f64(), tokens })
 }
 
 /// The best of `--repeat` runs on CUDA device `ordinal` (weights uploaded
@@ -125,23 +101,20 @@ fn device_bench(
     prompt: &[u32],
     args: &BenchArgs,
     ordinal: usize,
-) -> Result<(Timed, String)> {
+) -> Result<(GreedyRun, String)> {
     use tailor_model::device::DeviceLlama;
     let backend = tailor_tensor::cuda::backend::CudaBackend::new(ordinal, args.device_memory_gb << 30)?;
-    let start = Instant::now();
+    let start = std::time::Instant::now();
     let mut on_device = DeviceLlama::upload(&model.llama, &backend)?;
     on_device.set_kv_dtype(args.kv_dtype.parse()?)?;
     backend.synchronize()?;
     eprintln!("tailor: weights on {} in {:.1}s", backend.describe(), start.elapsed().as_secs_f64());
-    let run = || -> Result<Timed> {
-        let run = on_device.greedy(prompt, args.gen_tokens)?;
-        Ok(Timed { prefill_secs: run.prefill_secs, decode_secs: run.decode_secs, tokens: run.tokens })
-    };
+    let run = || Ok(on_device.greedy(prompt, args.gen_tokens)?);
     Ok((best_of(args.repeat, run)?, backend.describe()))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn device_bench(_: &tailor_model::Model, _: &[u32], _: &BenchArgs, _: usize) -> Result<(Timed, String)> {
+fn device_bench(_: &tailor_model::Model, _: &[u32], _: &BenchArgs, _: usize) -> Result<(GreedyRun, String)> {
     anyhow::bail!("this build has no CUDA support (rebuild with --features cuda)")
 }
 

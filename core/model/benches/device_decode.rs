@@ -12,7 +12,6 @@
 use std::path::{Path, PathBuf};
 use tailor_model::device::DeviceLlama;
 use tailor_model::gguf::GgufFile;
-use tailor_model::llama::Logits;
 use tailor_model::synth::{synthesize, SynthShape};
 use tailor_model::{LoadOptions, Model};
 use tailor_tensor::cuda::backend::CudaBackend;
@@ -62,7 +61,7 @@ fn main() {
             .map(|_| on_device.greedy(&prompt, DECODE_TOKENS).expect("device run"))
             .min_by(|a, b| a.decode_secs.total_cmp(&b.decode_secs))
             .expect("three runs");
-        let cpu = cpu_greedy(&model, &prompt, DECODE_TOKENS);
+        let cpu = model.llama.greedy(&prompt, DECODE_TOKENS).expect("CPU run").tokens;
         let equal = run.tokens.iter().zip(&cpu).take_while(|(d, c)| d == c).count();
         let decode_tps = DECODE_TOKENS as f64 / run.decode_secs;
         let gb_s = model.llama.weight_bytes() as f64 * decode_tps / 1e9;
@@ -84,16 +83,4 @@ fn synthesized(tokenizer: &Path, out_dir: &Path, shape: &str, dtype: DType) -> P
         std::fs::write(&path, writer.to_bytes()).expect("write the synthesized model");
     }
     path
-}
-
-/// The CPU decoder's greedy tokens (the prefill's, then each step's).
-fn cpu_greedy(model: &Model, prompt: &[u32], steps: usize) -> Vec<u32> {
-    let mut cache = model.llama.new_cache();
-    let logits = model.llama.forward(prompt, &mut cache, Logits::Last).expect("CPU prefill");
-    let mut tokens = vec![tailor_model::sampler::argmax(&logits)];
-    for _ in 0..steps {
-        let logits = model.llama.forward(&tokens[tokens.len() - 1..], &mut cache, Logits::Last).expect("CPU step");
-        tokens.push(tailor_model::sampler::argmax(&logits));
-    }
-    tokens
 }

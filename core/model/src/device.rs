@@ -10,7 +10,7 @@
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::layer::{run_layer, LayerActs, LayerOps, Norm};
-use crate::llama::{check_decode_batch, Llama, Logits};
+use crate::llama::{check_decode_batch, GreedyRun, Llama, Logits};
 use crate::lora::ActiveAdapter;
 use crate::names::Proj;
 use tailor_tensor::cpu::{LoraMatrix, LoraPair};
@@ -340,17 +340,6 @@ impl<B> DeviceKvCache<B> {
     pub fn dtype(&self) -> DType {
         self.dtype
     }
-}
-
-/// A timed greedy run ([`DeviceLlama::greedy`]).
-#[derive(Debug, Clone)]
-pub struct GreedyRun {
-    /// Seconds of the prefill (logits of its last position included).
-    pub prefill_secs: f64,
-    /// Seconds of the decode steps.
-    pub decode_secs: f64,
-    /// The prefill's greedy token, then each step's.
-    pub tokens: Vec<u32>,
 }
 
 /// Where a device pass's attention finds keys and values.

@@ -314,6 +314,23 @@ impl Llama {
         Ok(&mut logits[..])
     }
 
+    /// Prefills `prompt` into a fresh cache, then decodes `steps` tokens
+    /// greedily one at a time, timing both phases (`tailor bench`; the
+    /// device decoder's `greedy` is the same on the GPU).
+    pub fn greedy(&self, prompt: &[u32], steps: usize) -> Result<GreedyRun> {
+        let mut cache = self.new_cache();
+        let start = std::time::Instant::now();
+        let logits = self.forward(prompt, &mut cache, Logits::Last)?;
+        let prefill_secs = start.elapsed().as_secs_f64();
+        let mut tokens = vec![crate::sampler::argmax(&logits)];
+        let start = std::time::Instant::now();
+        for _ in 0..steps {
+            let logits = self.forward(&tokens[tokens.len() - 1..], &mut cache, Logits::Last)?;
+            tokens.push(crate::sampler::argmax(&logits));
+        }
+        Ok(GreedyRun { prefill_secs, decode_secs: start.elapsed().as_secs_f64(), tokens })
+    }
+
     /// Training mode: the embedding rows of `tokens`, the residual stream
     /// entering layer 0.
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
@@ -452,6 +469,17 @@ impl Block {
     fn linear(&self, proj: Proj) -> &Linear {
         [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down][proj.index()]
     }
+}
+
+/// A timed greedy run ([`Llama::greedy`], or the device decoder's).
+#[derive(Debug, Clone)]
+pub struct GreedyRun {
+    /// Seconds of the prefill (logits of its last position included).
+    pub prefill_secs: f64,
+    /// Seconds of the decode steps.
+    pub decode_secs: f64,
+    /// The prefill's greedy token, then each step's.
+    pub tokens: Vec<u32>,
 }
 
 /// A decode batch's sizes: at least one token, a cache per token, and an
