@@ -25,4 +25,6 @@ LD_LIBRARY_PATH="$cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" TAILOR_PTXAS="$
 # The decoder on the device (the same layer code over the device's ops)
 # against the CPU decoder, emulated here.
 cargo test --release -p tailor-model --features cuda --test device_decoder
+# The continuous-batching engine on the device: batched = alone = CPU engine.
+cargo test --release -p tailor-engine --features cuda --test device_engine
 packaging/check.sh

@@ -2,9 +2,13 @@
 //! at a time. Requests queue up; between decode steps, waiting requests are
 //! prefilled and join the running batch, and finished or abandoned ones
 //! leave it. Every running sequence advances by one token per step through
-//! [`tailor_model::Llama::forward_decode`], which reads the weights once for
-//! the whole batch and gives each sequence exactly the logits it would get
-//! alone, so a request's output does not depend on what else is running.
+//! [`Decoder::decode`], which reads the weights once for the whole batch
+//! and gives each sequence the logits it would get alone (exactly, on the
+//! CPU), so a request's output does not depend on what else is running.
+//! The scheduler is written once over [`Decoder`]: the CPU's decoder
+//! ([`Engine::start`]) or, with feature `cuda`, the decoder on a device
+//! ([`Engine::start_on_device`]), where caches and adapters live in device
+//! memory.
 //!
 //! One scheduler thread owns the sequences; callers talk to it through
 //! channels. A caller that drops its [`Submission`] (or cancels it) ends its
@@ -16,12 +20,15 @@ mod prefix;
 
 pub use adapters::{AdapterError, AdapterInfo, AdapterRegistry, RegistryOptions};
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use tailor_model::{DecodeBuffers, GenerateParams, Generation, Llama, Logits, Model, Sampler, Sequence, TokenEvent};
+use tailor_model::{
+    CpuDecoder, Decoder, DecoderCache, GenerateParams, Generation, Llama, Model, Sampler, Sequence, TokenEvent,
+};
 
 /// What a request's receiver gets, in order: tokens, then one `Done` or `Failed`.
 #[derive(Debug)]
@@ -147,20 +154,59 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the scheduler thread over `model`.
+    /// Starts the scheduler thread over `model` on the CPU.
     pub fn start(model: Arc<Model>, options: EngineOptions) -> Engine {
         let (jobs, queue) = mpsc::channel();
         let stats = Arc::new(EngineStats::default());
-        let scheduler = Scheduler {
-            model,
-            queue,
-            max_batch: options.max_batch.max(1),
-            prefill_chunk: options.prefill_chunk.max(Llama::EXACT_PREFILL_MIN),
-            stats: stats.clone(),
-            prefixes: std::cell::RefCell::new(prefix::PrefixCache::new(options.prefix_cache_bytes)),
+        let counters = stats.clone();
+        let run = move || {
+            let decoder = CpuDecoder::new(&model.llama);
+            Scheduler::new(&model, decoder, queue, options, counters).run();
         };
-        let worker = std::thread::Builder::new().name("tailor-engine".into()).spawn(move || scheduler.run()).ok();
+        let worker = std::thread::Builder::new().name("tailor-engine".into()).spawn(run).ok();
         Engine { jobs: Mutex::new(Some(jobs)), stats, worker }
+    }
+
+    /// Starts the scheduler thread over `model` on `backend`'s device: its
+    /// weights are uploaded first (a typed error, before any request, when
+    /// the device cannot take them: the caller may start on the CPU
+    /// instead), then every prefill and decode step runs there, with up
+    /// to `adapter_slots` adapters kept in device memory.
+    #[cfg(feature = "cuda")]
+    pub fn start_on_device<E>(
+        model: Arc<Model>,
+        backend: tailor_tensor::cuda::backend::Backend<E>,
+        options: EngineOptions,
+        adapter_slots: usize,
+    ) -> tailor_model::Result<Engine>
+    where
+        E: tailor_tensor::cuda::backend::Executor + 'static,
+        tailor_tensor::cuda::backend::Backend<E>: Send,
+    {
+        use tailor_model::device::{DeviceDecoder, DeviceLlama};
+        let (jobs, queue) = mpsc::channel();
+        let stats = Arc::new(EngineStats::default());
+        let counters = stats.clone();
+        let (uploaded, upload_result) = mpsc::sync_channel(1);
+        let run = move || {
+            let device = match DeviceLlama::upload(&model.llama, &backend) {
+                Ok(device) => device,
+                Err(e) => return drop(uploaded.send(Err(e))),
+            };
+            let _ = uploaded.send(Ok(()));
+            let decoder = DeviceDecoder::new(device, adapter_slots);
+            Scheduler::new(&model, decoder, queue, options, counters).run();
+        };
+        let worker = std::thread::Builder::new()
+            .name("tailor-engine".into())
+            .spawn(run)
+            .map_err(|e| tailor_model::ModelError::InvalidParameter(format!("the engine thread: {e}")))?;
+        let engine = Engine { jobs: Mutex::new(Some(jobs)), stats, worker: Some(worker) };
+        match upload_result.recv() {
+            Ok(Ok(())) => Ok(engine),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(tailor_model::ModelError::InvalidParameter("the engine thread ended during upload".into())),
+        }
     }
 
     /// Queues a generation; its events arrive through the returned
@@ -220,44 +266,63 @@ impl Drop for Engine {
 const PREFILL_SLICE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A request whose long prompt is being prefilled, a slice per turn.
-struct Prefill {
+struct Prefill<D: Decoder> {
     job: Job,
     /// Keys and values of the prompt's first `cache.len()` tokens (and, of
     /// the chunk under way, of its layers run so far).
-    cache: tailor_model::KvCache,
-    /// The chunk under way, between two of its layers.
-    piece: Option<tailor_model::LayeredPrefill>,
+    cache: D::Cache,
+    /// The chunk under way, between two of its slices.
+    piece: Option<D::Chunk>,
 }
 
 /// Where a request stands after a scheduling turn.
-enum Started {
+enum Started<D: Decoder> {
     /// In the decode batch.
-    Running(Box<Running>),
+    Running(Box<Running<D::Cache>>),
     /// More of its prompt to prefill.
-    Prefilling(Box<Prefill>),
+    Prefilling(Box<Prefill<D>>),
     /// Finished, failed or cancelled (its caller has been told, if anyone listens).
     Ended,
 }
 
 /// A sequence in the running batch.
-struct Running {
-    sequence: Sequence,
+struct Running<C> {
+    sequence: Sequence<C>,
     next: u32,
     events: Outbox,
     cancelled: Arc<AtomicBool>,
 }
 
-struct Scheduler {
-    model: Arc<Model>,
+struct Scheduler<'m, D: Decoder> {
+    model: &'m Model,
+    decoder: RefCell<D>,
     queue: Receiver<Job>,
     max_batch: usize,
     /// Prompt tokens prefilled per turn for a long prompt.
     prefill_chunk: usize,
     stats: Arc<EngineStats>,
-    prefixes: std::cell::RefCell<prefix::PrefixCache>,
+    prefixes: RefCell<prefix::PrefixCache<D::Cache>>,
 }
 
-impl Scheduler {
+impl<'m, D: Decoder> Scheduler<'m, D> {
+    fn new(
+        model: &'m Model,
+        decoder: D,
+        queue: Receiver<Job>,
+        options: EngineOptions,
+        stats: Arc<EngineStats>,
+    ) -> Scheduler<'m, D> {
+        Scheduler {
+            model,
+            decoder: RefCell::new(decoder),
+            queue,
+            max_batch: options.max_batch.max(1),
+            prefill_chunk: options.prefill_chunk.max(Llama::EXACT_PREFILL_MIN),
+            stats,
+            prefixes: RefCell::new(prefix::PrefixCache::new(options.prefix_cache_bytes)),
+        }
+    }
+
     /// The scheduling loop. Each turn: take new requests, start those that
     /// fit (a long prompt is prefilled in chunks, a slice of layers per
     /// turn, one such prompt at a time), then one decode step for the
@@ -265,9 +330,8 @@ impl Scheduler {
     /// (plus one layer) between two tokens, however long a prompt joins.
     fn run(self) {
         let mut waiting: VecDeque<Job> = VecDeque::new();
-        let mut running: Vec<Running> = Vec::new();
-        let mut prefilling: Option<Prefill> = None;
-        let mut buffers = DecodeBuffers::default();
+        let mut running: Vec<Running<D::Cache>> = Vec::new();
+        let mut prefilling: Option<Prefill<D>> = None;
         loop {
             if running.is_empty() && waiting.is_empty() && prefilling.is_none() {
                 match self.queue.recv() {
@@ -290,13 +354,13 @@ impl Scheduler {
             }
             self.stats.running.store(running.len(), Ordering::Relaxed);
             if !running.is_empty() {
-                self.step(&mut running, &mut buffers);
+                self.step(&mut running);
                 self.stats.running.store(running.len(), Ordering::Relaxed);
             }
         }
     }
 
-    fn place(&self, started: Started, running: &mut Vec<Running>, prefilling: &mut Option<Prefill>) {
+    fn place(&self, started: Started<D>, running: &mut Vec<Running<D::Cache>>, prefilling: &mut Option<Prefill<D>>) {
         match started {
             Started::Running(r) => running.push(*r),
             Started::Prefilling(p) => *prefilling = Some(*p),
@@ -311,7 +375,7 @@ impl Scheduler {
 
     /// A new request: checked, its cached prefix looked up, then started at
     /// once or, when more than a chunk is left to prefill, queued for chunks.
-    fn begin(&self, job: Job) -> Started {
+    fn begin(&self, job: Job) -> Started<D> {
         if job.cancelled.load(Ordering::Relaxed) {
             return Started::Ended; // its caller left while it waited
         }
@@ -325,19 +389,27 @@ impl Scheduler {
             return Started::Ended;
         }
         let adapter_key = job.params.adapter.as_ref().map(|a| a.cache_key());
-        let reused = self.prefixes.borrow_mut().lookup(&job.prompt, adapter_key);
+        let decoder = self.decoder.borrow();
+        let reused = self.prefixes.borrow_mut().lookup(&*decoder, &job.prompt, adapter_key);
         if let Some(cache) = &reused {
             self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
             self.stats.prefix_tokens.fetch_add(cache.len() as u64, Ordering::Relaxed);
         }
-        let cache = reused.unwrap_or_else(|| self.model.llama.new_cache());
+        let cache = match reused.map_or_else(|| decoder.new_cache(), Ok) {
+            Ok(cache) => cache,
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(e.to_string()));
+                return Started::Ended;
+            }
+        };
+        drop(decoder);
         self.continue_prefill(Prefill { job, cache, piece: None }, true)
     }
 
     /// Spends up to [`PREFILL_SLICE`] on a long prompt, one layer of one
     /// chunk at a time (each chunk exactly as `Llama::extend` would run it);
     /// once only the last few tokens are left, the sequence starts.
-    fn prefill_slice(&self, mut prefill: Prefill) -> Started {
+    fn prefill_slice(&self, mut prefill: Prefill<D>) -> Started<D> {
         let started = std::time::Instant::now();
         while started.elapsed() < PREFILL_SLICE {
             if prefill.job.cancelled.load(Ordering::Relaxed) {
@@ -355,32 +427,29 @@ impl Scheduler {
         Started::Prefilling(Box::new(prefill))
     }
 
-    /// Runs one layer of the current chunk (starting a chunk if none is
-    /// under way); true when that finished a chunk.
-    fn prefill_layer(&self, prefill: &mut Prefill) -> tailor_model::Result<bool> {
-        let llama = &self.model.llama;
-        let mut piece = match prefill.piece.take() {
+    /// Runs one slice (on the CPU: one layer) of the current chunk,
+    /// starting a chunk if none is under way; true when that finished a
+    /// chunk.
+    fn prefill_layer(&self, prefill: &mut Prefill<D>) -> tailor_model::Result<bool> {
+        let mut decoder = self.decoder.borrow_mut();
+        let piece = match prefill.piece.take() {
             Some(piece) => piece,
             None => {
                 let done = prefill.cache.len();
                 let len = (prefill.job.prompt.len() - done - Llama::EXACT_PREFILL_MIN).min(self.prefill_chunk);
                 let adapter = prefill.job.params.adapter.as_ref();
-                llama.begin_prefill(&prefill.job.prompt[done..done + len], &prefill.cache, done > 0, adapter)?
+                decoder.begin_chunk(&prefill.job.prompt[done..done + len], &prefill.cache, adapter)?
             }
         };
-        if !llama.prefill_layers(&mut piece, &mut prefill.cache, 1)? {
-            prefill.piece = Some(piece);
-            return Ok(false);
-        }
-        llama.finish_prefill(piece, &mut prefill.cache, Logits::Last)?;
-        Ok(true)
+        prefill.piece = decoder.run_chunk(piece, &mut prefill.cache)?;
+        Ok(prefill.piece.is_none())
     }
 
     /// Starts the sequence when few enough prompt tokens are left (the last
     /// `EXACT_PREFILL_MIN` or more go through `Sequence::start_from`), else
     /// leaves it for more chunks. A prompt that starts with at most a chunk
     /// to go is started at once.
-    fn continue_prefill(&self, prefill: Prefill, fresh: bool) -> Started {
+    fn continue_prefill(&self, prefill: Prefill<D>, fresh: bool) -> Started<D> {
         let left = prefill.job.prompt.len() - prefill.cache.len();
         let min = Llama::EXACT_PREFILL_MIN;
         let start_now = if fresh { left <= self.prefill_chunk + min } else { left < 2 * min };
@@ -396,18 +465,21 @@ impl Scheduler {
     /// Prefills what is left of a request's prompt and streams its first
     /// token; `None` when it is already finished (or failed, or its caller
     /// left).
-    fn admit(&self, job: Job, cache: tailor_model::KvCache) -> Option<Running> {
-        let (mut sequence, mut logits) = match Sequence::start_from(&self.model, &job.prompt, &job.params, cache) {
-            Ok(started) => {
-                let adapter_key = job.params.adapter.as_ref().map(|a| a.cache_key());
-                self.prefixes.borrow_mut().insert(&job.prompt, adapter_key, started.0.cache());
-                started
-            }
-            Err(e) => {
-                let _ = job.events.send(Event::Failed(e.to_string()));
-                return None;
-            }
-        };
+    fn admit(&self, job: Job, cache: D::Cache) -> Option<Running<D::Cache>> {
+        let mut decoder = self.decoder.borrow_mut();
+        let (mut sequence, mut logits) =
+            match Sequence::start_on(self.model, &mut *decoder, &job.prompt, &job.params, cache) {
+                Ok(started) => {
+                    let adapter_key = job.params.adapter.as_ref().map(|a| a.cache_key());
+                    self.prefixes.borrow_mut().insert(&*decoder, &job.prompt, adapter_key, started.0.cache());
+                    started
+                }
+                Err(e) => {
+                    let _ = job.events.send(Event::Failed(e.to_string()));
+                    return None;
+                }
+            };
+        drop(decoder);
         match self.advance(&mut sequence, &mut logits, &job.events) {
             Some(next) => Some(Running { sequence, next, events: job.events, cancelled: job.cancelled }),
             None => {
@@ -420,8 +492,8 @@ impl Scheduler {
     /// Hands one position's logits to a sequence and streams the outcome;
     /// returns the token to decode next, or `None` once the sequence ended
     /// (its `Done`/`Failed` already sent).
-    fn advance(&self, sequence: &mut Sequence, logits: &mut [f32], events: &Outbox) -> Option<u32> {
-        let step = match sequence.accept(&self.model, logits) {
+    fn advance(&self, sequence: &mut Sequence<D::Cache>, logits: &mut [f32], events: &Outbox) -> Option<u32> {
+        let step = match sequence.accept(self.model, logits) {
             Ok(step) => step,
             Err(e) => {
                 let _ = events.send(Event::Failed(e.to_string()));
@@ -438,15 +510,16 @@ impl Scheduler {
     }
 
     /// One decode step for the whole batch; finished sequences leave it.
-    fn step(&self, running: &mut Vec<Running>, buffers: &mut DecodeBuffers) {
+    fn step(&self, running: &mut Vec<Running<D::Cache>>) {
         running.retain(|r| !r.cancelled.load(Ordering::Relaxed));
         if running.is_empty() {
             return;
         }
         let tokens: Vec<u32> = running.iter().map(|r| r.next).collect();
         let adapters: Vec<_> = running.iter().map(|r| r.sequence.adapter().cloned()).collect();
-        let mut caches: Vec<&mut tailor_model::KvCache> = running.iter_mut().map(|r| r.sequence.cache_mut()).collect();
-        let logits = match self.model.llama.forward_decode_adapted(&tokens, &mut caches, &adapters, buffers) {
+        let mut decoder = self.decoder.borrow_mut();
+        let mut caches: Vec<&mut D::Cache> = running.iter_mut().map(|r| r.sequence.cache_mut()).collect();
+        let logits = match decoder.decode(&tokens, &mut caches, &adapters) {
             Ok(logits) => logits,
             Err(e) => {
                 for r in running.drain(..) {
@@ -473,11 +546,11 @@ impl Scheduler {
 
     /// Sends `Done` for a sequence that ended normally (a failed one has
     /// had its `Failed`; a cancelled one has nobody to tell).
-    fn finish(&self, sequence: Sequence, events: &Outbox) {
+    fn finish(&self, sequence: Sequence<D::Cache>, events: &Outbox) {
         if !sequence.is_done() {
             return;
         }
-        match sequence.finish(&self.model) {
+        match sequence.finish(self.model) {
             Ok(generation) if generation.finish != tailor_model::FinishReason::Cancelled => {
                 let _ = events.send(Event::Done(generation));
             }

@@ -9,33 +9,40 @@
 
 use std::collections::VecDeque;
 use tailor_model::lora::AdapterKey;
-use tailor_model::{KvCache, Llama};
+use tailor_model::{Decoder, DecoderCache, Llama};
 
 /// Fewer shared tokens than this are not worth a copy of the cache.
 const MIN_REUSE: usize = 4;
 
 /// One remembered prompt.
-struct Entry {
+struct Entry<C> {
     adapter: Option<AdapterKey>,
     tokens: Vec<u32>,
-    cache: KvCache,
+    cache: C,
 }
 
-/// Recent prompts and their caches, least recently used first, bounded in bytes.
-pub(crate) struct PrefixCache {
-    entries: VecDeque<Entry>,
+/// Recent prompts and their caches (host or device memory, as the decoder
+/// keeps them), least recently used first, bounded in bytes.
+pub(crate) struct PrefixCache<C> {
+    entries: VecDeque<Entry<C>>,
     bytes: usize,
     max_bytes: usize,
 }
 
-impl PrefixCache {
+impl<C: DecoderCache> PrefixCache<C> {
     /// An empty cache holding at most `max_bytes` of keys and values.
-    pub(crate) fn new(max_bytes: usize) -> PrefixCache {
+    pub(crate) fn new(max_bytes: usize) -> PrefixCache<C> {
         PrefixCache { entries: VecDeque::new(), bytes: 0, max_bytes }
     }
 
-    /// A cache holding the longest reusable prefix of `prompt`, if any.
-    pub(crate) fn lookup(&mut self, prompt: &[u32], adapter: Option<AdapterKey>) -> Option<KvCache> {
+    /// A cache holding the longest reusable prefix of `prompt`, if any (a
+    /// copy made by `decoder`; none when that copy fails).
+    pub(crate) fn lookup<D: Decoder<Cache = C>>(
+        &mut self,
+        decoder: &D,
+        prompt: &[u32],
+        adapter: Option<AdapterKey>,
+    ) -> Option<C> {
         if prompt.len() < Llama::EXACT_PREFILL_MIN + MIN_REUSE {
             return None;
         }
@@ -51,14 +58,20 @@ impl PrefixCache {
             return None;
         }
         let entry = self.entries.remove(index)?;
-        let mut cache = entry.cache.clone();
-        cache.truncate(reuse);
+        let cache = decoder.fork(&entry.cache, reuse).ok();
         self.entries.push_back(entry);
-        Some(cache)
+        cache
     }
 
-    /// Remembers a prompt's cache (a copy, taken right after its prefill).
-    pub(crate) fn insert(&mut self, prompt: &[u32], adapter: Option<AdapterKey>, cache: &KvCache) {
+    /// Remembers a prompt's cache (a copy, taken right after its prefill;
+    /// nothing when the copy fails).
+    pub(crate) fn insert<D: Decoder<Cache = C>>(
+        &mut self,
+        decoder: &D,
+        prompt: &[u32],
+        adapter: Option<AdapterKey>,
+        cache: &C,
+    ) {
         if prompt.len() < Llama::EXACT_PREFILL_MIN || cache.bytes() > self.max_bytes {
             return;
         }
@@ -68,8 +81,9 @@ impl PrefixCache {
             }
             return;
         }
-        self.bytes += cache.bytes();
-        self.entries.push_back(Entry { adapter, tokens: prompt.to_vec(), cache: cache.clone() });
+        let Ok(copy) = decoder.fork(cache, cache.len()) else { return };
+        self.bytes += copy.bytes();
+        self.entries.push_back(Entry { adapter, tokens: prompt.to_vec(), cache: copy });
         while self.bytes > self.max_bytes {
             let Some(evicted) = self.entries.pop_front() else { break };
             self.bytes -= evicted.cache.bytes();

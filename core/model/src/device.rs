@@ -7,6 +7,10 @@
 //! the CPU. This is not a second model: the layer's order of ops lives in
 //! `layer.rs` alone, and the weights are the [`Llama`]'s.
 
+mod decoder;
+
+pub use decoder::{DeviceChunk, DeviceDecoder, DEFAULT_ADAPTER_SLOTS};
+
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::layer::{run_layer, LayerActs, LayerOps, Norm};
@@ -143,6 +147,27 @@ impl<'m, E: Executor> DeviceLlama<'m, E> {
             .map(|_| Ok([self.backend.alloc(bytes)?, self.backend.alloc(bytes)?]))
             .collect::<Result<Vec<_>>>()?;
         Ok(DeviceKvCache { layers, len: 0, capacity, dtype: self.kv_dtype })
+    }
+
+    /// A new cache (of `cache`'s dtype) holding a copy of its first `len`
+    /// positions: a reused prompt prefix.
+    pub fn fork_cache(&self, cache: &DeviceKvCache<E::Block>, len: usize) -> Result<DeviceKvCache<E::Block>> {
+        let len = len.min(cache.len);
+        let capacity = len.max(1);
+        let row_bytes = self.model.config().kv_dim() * cache.dtype.bytes_for(1)?;
+        let layers = cache
+            .layers
+            .iter()
+            .map(|buffers| {
+                let copy = |from: &DeviceBuffer<E::Block>| -> Result<DeviceBuffer<E::Block>> {
+                    let mut to = self.backend.alloc(capacity * row_bytes)?;
+                    self.backend.copy_region(from, 0, &mut to, 0, len * row_bytes)?;
+                    Ok(to)
+                };
+                Ok([copy(&buffers[0])?, copy(&buffers[1])?])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DeviceKvCache { layers, len, capacity, dtype: cache.dtype })
     }
 
     /// `active` on the device: each adapted projection's `A`, and its `B`

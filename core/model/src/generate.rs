@@ -1,10 +1,10 @@
 //! The generation loop: prefill the prompt, then decode token by token,
 //! streaming each piece of text as soon as it is complete UTF-8.
 
+use crate::decoder::{CpuDecoder, Decoder, DecoderCache};
 use crate::error::{ModelError, Result};
 use crate::grammar::{JsonGrammar, JsonState};
 use crate::kv_cache::KvCache;
-use crate::llama::{DecodeBuffers, Logits};
 use crate::lora::ActiveAdapter;
 use crate::model::Model;
 use crate::sampler::{top_logprobs, Sampler, SamplingParams};
@@ -103,8 +103,9 @@ pub fn generate(
     params: &GenerateParams,
     on_token: &mut dyn FnMut(&TokenEvent) -> bool,
 ) -> Result<Generation> {
-    let (mut sequence, mut logits) = Sequence::start(model, prompt, params)?;
-    let mut buffers = DecodeBuffers::default();
+    let mut decoder = CpuDecoder::new(&model.llama);
+    let (mut sequence, mut logits) = Sequence::start_on(model, &mut decoder, prompt, params, model.llama.new_cache())?;
+    let adapter = [params.adapter.clone()];
     loop {
         let step = sequence.accept(model, &mut logits)?;
         if let Some(event) = &step.event {
@@ -116,9 +117,7 @@ pub fn generate(
         let Some(next) = step.next else { break };
         // The batched decode path with a batch of one: the same arithmetic
         // as a request running in tailor-engine's batch.
-        let adapter = [params.adapter.clone()];
-        let stepped =
-            model.llama.forward_decode_adapted(&[next], &mut [sequence.cache_mut()], &adapter, &mut buffers)?;
+        let stepped = decoder.decode(&[next], &mut [sequence.cache_mut()], &adapter)?;
         logits.clear();
         logits.extend_from_slice(stepped);
     }
@@ -129,11 +128,11 @@ pub fn generate(
 /// batch: [`Sequence::start`] prefills the prompt, then each decode step's
 /// logits go to [`Sequence::accept`], which samples, streams and says which
 /// token to feed next (none when the sequence is done).
-pub struct Sequence {
+pub struct Sequence<C = KvCache> {
     params: GenerateParams,
     sampler: Sampler,
     stops: Vec<u32>,
-    cache: KvCache,
+    cache: C,
     history: Vec<u32>,
     detok: Detokenizer,
     /// Stop-string matching (boxed: most sequences have none, and the
@@ -165,24 +164,39 @@ pub struct Step {
     pub next: Option<u32>,
 }
 
-impl Sequence {
-    /// Checks the prompt, prefills it, and returns the sequence with the
-    /// logits of its first generated position.
+impl Sequence<KvCache> {
+    /// Checks the prompt, prefills it on the CPU, and returns the sequence
+    /// with the logits of its first generated position.
     pub fn start(model: &Model, prompt: &[u32], params: &GenerateParams) -> Result<(Sequence, Vec<f32>)> {
         Sequence::start_from(model, prompt, params, model.llama.new_cache())
     }
 
     /// Like [`Sequence::start`], with `cache` already holding the keys and
-    /// values of the prompt's first `cache.len()` tokens (a reused prefix):
-    /// only the rest is prefilled, through [`crate::Llama::extend`], so the
-    /// result is exactly that of a full prefill (at least
-    /// `Llama::EXACT_PREFILL_MIN` tokens must remain).
+    /// values of the prompt's first `cache.len()` tokens (a reused prefix).
     pub fn start_from(
         model: &Model,
         prompt: &[u32],
         params: &GenerateParams,
-        mut cache: KvCache,
+        cache: KvCache,
     ) -> Result<(Sequence, Vec<f32>)> {
+        Sequence::start_on(model, &mut CpuDecoder::new(&model.llama), prompt, params, cache)
+    }
+}
+
+impl<C: DecoderCache> Sequence<C> {
+    /// Checks the prompt and prefills it on `decoder` into `cache`, which
+    /// may already hold the keys and values of the prompt's first
+    /// `cache.len()` tokens (a reused prefix): only the rest is prefilled,
+    /// so that the result is exactly that of a full prefill (at least
+    /// `Llama::EXACT_PREFILL_MIN` tokens must remain). Returns the sequence
+    /// with the logits of its first generated position.
+    pub fn start_on<D: Decoder<Cache = C>>(
+        model: &Model,
+        decoder: &mut D,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut cache: C,
+    ) -> Result<(Sequence<C>, Vec<f32>)> {
         if prompt.is_empty() {
             return Err(ModelError::EmptyPrompt);
         }
@@ -204,11 +218,7 @@ impl Sequence {
             )));
         }
         let started = Instant::now();
-        let adapter = params.adapter.as_ref();
-        let logits = match cache.len() {
-            0 => model.llama.forward_adapted(prompt, &mut cache, Logits::Last, adapter)?,
-            reused => model.llama.extend_adapted(&prompt[reused..], &mut cache, Logits::Last, adapter)?,
-        };
+        let logits = decoder.prefill(&prompt[cache.len()..], &mut cache, params.adapter.as_ref())?;
         let out = Generation {
             tokens: Vec::new(),
             text: String::new(),
@@ -302,12 +312,12 @@ impl Sequence {
     }
 
     /// The sequence's KV cache (right after `start`: the prompt's).
-    pub fn cache(&self) -> &KvCache {
+    pub fn cache(&self) -> &C {
         &self.cache
     }
 
     /// The sequence's KV cache (what the next decode step appends to).
-    pub fn cache_mut(&mut self) -> &mut KvCache {
+    pub fn cache_mut(&mut self) -> &mut C {
         &mut self.cache
     }
 

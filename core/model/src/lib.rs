@@ -9,6 +9,7 @@ pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod convert;
+pub mod decoder;
 #[cfg(feature = "cuda")]
 pub mod device;
 pub mod error;
@@ -32,6 +33,7 @@ pub mod weights;
 pub use bert::{Encoder, EncoderPrecision, PRECISION_ENV};
 pub use chat::{ChatTemplate, Message};
 pub use config::LlamaConfig;
+pub use decoder::{CpuDecoder, Decoder, DecoderCache};
 pub use error::{ModelError, Result};
 pub use generate::{generate, FinishReason, GenerateParams, Generation, Sequence, Step, TokenEvent};
 pub use grammar::JsonGrammar;

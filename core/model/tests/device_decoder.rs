@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tailor_model::device::{DeviceAdapter, DeviceKvCache, DeviceLlama};
 use tailor_model::llama::Logits;
 use tailor_model::lora::{ActiveAdapter, Adapter, AdapterLimits};
-use tailor_model::{LlamaConfig, LoadOptions, Model};
+use tailor_model::{LoadOptions, Model};
 use tailor_tensor::cuda::backend::{Backend, Executor};
 use tailor_tensor::cuda::testing::emulated;
 use tailor_tensor::DType;
@@ -62,21 +62,8 @@ fn past_the_device_memory_budget_a_request_fails_typed_and_the_model_serves_on()
     assert_eq!(next.len(), model.llama.config().vocab_size, "decoding goes on after the failure");
 }
 
-/// Two layers, 4 query heads over 2 KV heads of 32 (the device kernels'
-/// head layout), rows a multiple of 32.
-fn device_config() -> LlamaConfig {
-    LlamaConfig {
-        hidden_size: 128,
-        intermediate_size: 192,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 32,
-        ..common::tiny_config(common::tiny_vocab().0.len())
-    }
-}
-
 fn load(dir: &Path, dtype: Option<DType>) -> Model {
-    let path = common::write_gguf(dir, &device_config(), "llama", 41);
+    let path = common::write_gguf(dir, &common::device_config(), "llama", 41);
     Model::load(&path, LoadOptions { dtype, ..LoadOptions::default() }).unwrap()
 }
 
@@ -159,29 +146,6 @@ fn greedy_decoding_matches_the_cpu_token_for_token<E: Executor>(backend: &Backen
     assert_eq!(cache.len(), PROMPT.len() + steps - 1);
 }
 
-/// A rank-4 adapter on q, v, o and down (seeded).
-fn write_adapter(folder: &Path, config: &LlamaConfig, seed: u64) {
-    std::fs::create_dir_all(folder).unwrap();
-    let adapter_config = r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "bias": "none",
-        "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj"]}"#;
-    std::fs::write(folder.join("adapter_config.json"), adapter_config).unwrap();
-    let mut rng = common::Rng(seed);
-    let mut tensors = Vec::new();
-    for layer in 0..config.num_hidden_layers {
-        for (path, out, inp) in [
-            ("self_attn.q_proj", config.q_dim(), config.hidden_size),
-            ("self_attn.v_proj", config.kv_dim(), config.hidden_size),
-            ("self_attn.o_proj", config.hidden_size, config.q_dim()),
-            ("mlp.down_proj", config.hidden_size, config.intermediate_size),
-        ] {
-            let key = format!("base_model.model.model.layers.{layer}.{path}");
-            tensors.push((format!("{key}.lora_A.weight"), vec![4, inp], rng.vec(4 * inp, 0.2)));
-            tensors.push((format!("{key}.lora_B.weight"), vec![out, 4], rng.vec(out * 4, 0.2)));
-        }
-    }
-    common::write_safetensors(&folder.join("adapter_model.safetensors"), &tensors);
-}
-
 fn a_decode_batch_with_different_adapters_matches_each_sequence_on_the_cpu<E: Executor>(backend: &Backend<E>) {
     let dir = common::scratch_dir(&format!("device-batch-{}", std::process::id()));
     let model = load(&dir, Some(DType::Q8_0));
@@ -190,7 +154,7 @@ fn a_decode_batch_with_different_adapters_matches_each_sequence_on_the_cpu<E: Ex
         .into_iter()
         .map(|(seed, scale)| {
             let folder = dir.join(format!("adapter-{seed}"));
-            write_adapter(&folder, llama.config(), seed);
+            common::write_adapter(&folder, llama.config(), seed);
             let adapter = Adapter::load(&folder, llama, AdapterLimits::default()).unwrap();
             ActiveAdapter::new(Arc::new(adapter), scale).unwrap()
         })

@@ -227,3 +227,39 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Two layers, 4 query heads over 2 KV heads of 32 (the device kernels'
+/// head layout), rows a multiple of 32.
+pub fn device_config() -> LlamaConfig {
+    LlamaConfig {
+        hidden_size: 128,
+        intermediate_size: 192,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 32,
+        ..tiny_config(tiny_vocab().0.len())
+    }
+}
+
+/// A rank-4 adapter on q, v, o and down (seeded).
+pub fn write_adapter(folder: &Path, config: &LlamaConfig, seed: u64) {
+    std::fs::create_dir_all(folder).unwrap();
+    let adapter_config = r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "bias": "none",
+        "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj"]}"#;
+    std::fs::write(folder.join("adapter_config.json"), adapter_config).unwrap();
+    let mut rng = Rng(seed);
+    let mut tensors = Vec::new();
+    for layer in 0..config.num_hidden_layers {
+        for (path, out, inp) in [
+            ("self_attn.q_proj", config.q_dim(), config.hidden_size),
+            ("self_attn.v_proj", config.kv_dim(), config.hidden_size),
+            ("self_attn.o_proj", config.hidden_size, config.q_dim()),
+            ("mlp.down_proj", config.hidden_size, config.intermediate_size),
+        ] {
+            let key = format!("base_model.model.model.layers.{layer}.{path}");
+            tensors.push((format!("{key}.lora_A.weight"), vec![4, inp], rng.vec(4 * inp, 0.2)));
+            tensors.push((format!("{key}.lora_B.weight"), vec![out, 4], rng.vec(out * 4, 0.2)));
+        }
+    }
+    write_safetensors(&folder.join("adapter_model.safetensors"), &tensors);
+}
