@@ -1,5 +1,5 @@
 /*
- * tailor_plugin.h — the plugin ABI of tailord (version 1.2).
+ * tailor_plugin.h — the plugin ABI of tailord (version 1.4).
  *
  * A plugin is a shared library exporting one function, tailor_plugin_entry.
  * The host calls it once, passing its services; the plugin returns a
@@ -38,7 +38,7 @@ extern "C" {
 #ifndef TAILOR_PLUGIN_ABI_MAJOR
 #define TAILOR_PLUGIN_ABI_MAJOR 1
 #endif
-#define TAILOR_PLUGIN_ABI_MINOR 3
+#define TAILOR_PLUGIN_ABI_MINOR 4
 #define TAILOR_PLUGIN_ENTRY_SYMBOL "tailor_plugin_entry"
 
 typedef enum tailor_plugin_status {
@@ -95,6 +95,15 @@ typedef struct tailor_host_api {
    * kernel threads (one pool for the whole process) and returns when all are done. slot may run
    * on any thread, concurrently, and must not unwind or longjmp. Check struct_size first. */
   void (*parallel_for)(void *host_ctx, tailor_slot_fn slot, void *job_ctx);
+  /* ABI 1.4: the device tailord serves on ([server] device): -1 for the CPU, else the CUDA
+   * ordinal. Every plugin running kernels there takes its device memory from one budget for the
+   * whole daemon ([server] device_memory_mb): device_reserve returns non-zero when `bytes` are
+   * granted (they count as the plugin's until device_release gives them back) and zero, granting
+   * nothing, when they would exceed the budget. Reserve before allocating from the driver,
+   * release after freeing. Check struct_size first. */
+  int32_t device;
+  int32_t (*device_reserve)(void *host_ctx, uint64_t bytes);
+  void (*device_release)(void *host_ctx, uint64_t bytes);
 } tailor_host_api;
 
 typedef struct tailor_stage {

@@ -187,12 +187,27 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     body.push_str(&engine_metrics(&state).await);
     body.push_str(&task_metrics(&state));
     body.push_str(&stage_metrics(&state));
+    body.push_str(&device_metrics(&state));
     body.push_str(&format!(
         "# HELP tailor_answer_cache_bytes Bytes of prompts and answers in the answer cache.\n\
          # TYPE tailor_answer_cache_bytes gauge\ntailor_answer_cache_bytes {}\n",
         state.0.cache.bytes()
     ));
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+/// Device memory the plugins hold against the daemon's budget (serving on
+/// a device only).
+fn device_metrics(state: &AppState) -> String {
+    let budget = state.0.services.device_budget();
+    if budget.ordinal.is_none() {
+        return String::new();
+    }
+    format!(
+        "# HELP tailor_device_memory_reserved_bytes Device memory plugins hold against the budget.\n\
+         # TYPE tailor_device_memory_reserved_bytes gauge\ntailor_device_memory_reserved_bytes {}\n",
+        budget.reserved()
+    )
 }
 
 /// API calls each stage holds now (running or queued; `max_pending` bounds them).

@@ -110,6 +110,10 @@ pub struct Server {
     /// device falls back to the CPU with a log line at start.
     #[serde(default = "default_device")]
     pub device: String,
+    /// MiB of device memory all plugins may hold together on `device`
+    /// (weights, KV caches, adapters; 0: as much as the device has).
+    #[serde(default)]
+    pub device_memory_mb: u64,
     /// Where `/v1/files` keeps uploads (none: uploads are off).
     pub files_dir: Option<PathBuf>,
     /// The largest upload, in MiB.

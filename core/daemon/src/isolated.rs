@@ -61,6 +61,14 @@ enum HostCall {
         request: String,
         reply: IpcSender<Reply>,
     },
+    /// Bytes of the daemon's device budget, granted or not.
+    DeviceReserve {
+        bytes: u64,
+        reply: IpcSender<bool>,
+    },
+    DeviceRelease {
+        bytes: u64,
+    },
 }
 
 /// How to start the child.
@@ -76,6 +84,8 @@ pub struct HostSpec {
     pub config_json: String,
     /// CPU threads granted to the plugin.
     pub cpu_threads: u32,
+    /// The CUDA device the daemon serves on (`None`: the CPU).
+    pub device: Option<usize>,
 }
 
 struct Running {
@@ -238,9 +248,12 @@ impl Drop for IsolatedStage {
 }
 
 /// The daemon side of a child's host services: until the child goes away.
+/// Device memory the child still holds then (it crashed, or was killed) is
+/// given back to the budget.
 fn serve_host_calls(server: IpcOneShotServer<HostCall>, services: Arc<DaemonServices>) {
     let Ok((calls, first)) = server.accept() else { return };
     let mut next = Some(first);
+    let mut device_held = 0u64;
     while let Some(call) = next.take().or_else(|| calls.recv().ok()) {
         match call {
             HostCall::Connected => {}
@@ -258,14 +271,26 @@ fn serve_host_calls(server: IpcOneShotServer<HostCall>, services: Arc<DaemonServ
                 };
                 let _ = reply.send(last);
             }
+            HostCall::DeviceReserve { bytes, reply } => {
+                let granted = services.device_reserve(bytes);
+                device_held += if granted { bytes } else { 0 };
+                let _ = reply.send(granted);
+            }
+            HostCall::DeviceRelease { bytes } => {
+                let bytes = bytes.min(device_held);
+                device_held -= bytes;
+                services.device_release(bytes);
+            }
         }
     }
+    services.device_release(device_held);
 }
 
 /// The child's host services: each a message to the daemon.
 struct ProxyServices {
     calls: Mutex<IpcSender<HostCall>>,
     cpu_threads: u32,
+    device: Option<usize>,
 }
 
 impl ProxyServices {
@@ -310,6 +335,19 @@ impl HostServices for ProxyServices {
     fn parallel_for(&self, job: &(dyn Fn(usize, usize) + Sync)) {
         tailor_tensor::cpu::pool::SpinPool::global().run(job);
     }
+
+    fn device(&self) -> Option<usize> {
+        self.device
+    }
+
+    fn device_reserve(&self, bytes: u64) -> bool {
+        let Ok((reply, answer)) = ipc::channel() else { return false };
+        self.send(HostCall::DeviceReserve { bytes, reply }).is_ok() && answer.recv().unwrap_or(false)
+    }
+
+    fn device_release(&self, bytes: u64) {
+        let _ = self.send(HostCall::DeviceRelease { bytes });
+    }
 }
 
 /// The child side (`tailord --plugin-host`): load the plugin, create the
@@ -324,7 +362,7 @@ pub fn run_plugin_host() -> Result<()> {
     let calls = IpcSender::<HostCall>::connect(services_name).context("connecting to tailord's host services")?;
     calls.send(HostCall::Connected).context("greeting tailord's host services")?;
     let cpu_threads = crate::services::start_kernel_pool(spec.cpu_threads);
-    let host = host_api(Arc::new(ProxyServices { calls: Mutex::new(calls), cpu_threads }));
+    let host = host_api(Arc::new(ProxyServices { calls: Mutex::new(calls), cpu_threads, device: spec.device }));
     let loaded = Plugin::load(&spec.plugin, &spec.plugin_dirs, host).and_then(|plugin| {
         let kind =
             plugin.stages().iter().find(|s| s.name == spec.stage).and_then(|s| s.kind).map(|k| k as u32).unwrap_or(0);

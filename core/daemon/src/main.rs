@@ -64,10 +64,8 @@ fn run(args: Args) -> Result<()> {
         .with_context(|| format!("[server] device = {:?}", config.server.device))?;
     if let Some(note) = fallback {
         eprintln!("tailord: {note}");
-    } else if device != tailor_tensor::Device::Cpu {
-        eprintln!("tailord: the serving engine runs on the CPU in this version ({device} runs `tailor bench` only)");
     }
-    let services = services::DaemonServices::new(config.server.cpu_threads);
+    let services = services::DaemonServices::new(config.server.cpu_threads, device_budget(device, &config.server));
     let registry = stages::Registry::load(&config, &services)?;
     let cache = cache::AnswerCache::new(cache::CacheLimits {
         entries: config.server.answer_cache_entries,
@@ -93,6 +91,20 @@ fn run(args: Args) -> Result<()> {
     // Work that ignored cancellation is not waited for past this.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// The device plugins run kernels on and the memory they may hold there
+/// together (`[server] device`, `device_memory_mb`), said in the log.
+fn device_budget(device: tailor_tensor::Device, server: &config::Server) -> services::DeviceBudget {
+    let tailor_tensor::Device::Cuda(ordinal) = device else { return services::DeviceBudget::new(None, 0) };
+    let bytes = match server.device_memory_mb {
+        0 => u64::MAX,
+        mb => mb.saturating_mul(1 << 20),
+    };
+    let shown =
+        if bytes == u64::MAX { "all its memory".to_string() } else { format!("{} MiB", server.device_memory_mb) };
+    eprintln!("tailord: plugins that run kernels do so on {device}, holding at most {shown} there together");
+    services::DeviceBudget::new(Some(ordinal), bytes)
 }
 
 /// Serves until SIGTERM or Ctrl-C, then drains: new requests get 503,

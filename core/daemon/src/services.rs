@@ -1,8 +1,10 @@
 //! The daemon's side of the plugin host services: logging, progress of
 //! long work (shown on `/metrics`), cancellation of requests whose caller
 //! went away, calls from one stage into another by name, the CPU budget,
-//! and the process's one kernel pool (`parallel_for`: every in-process
-//! plugin runs its kernels on it instead of a team of its own). In-process
+//! the process's one kernel pool (`parallel_for`: every in-process
+//! plugin runs its kernels on it instead of a team of its own), and the
+//! device the daemon serves on with the device-memory budget every plugin
+//! draws on (`device_reserve` / `device_release`, ABI 1.4). In-process
 //! plugins get these through the C table; isolated children get a proxy of
 //! them over ipc-channel (`isolated.rs`), with a pool of their own.
 
@@ -26,12 +28,49 @@ pub struct DaemonServices {
     tasks: Mutex<BTreeMap<String, (u64, u64)>>,
     cpu_threads: u32,
     next_nested: AtomicU64,
+    device: DeviceBudget,
+}
+
+/// The CUDA device plugins may run kernels on and the bytes of its memory
+/// they may hold together.
+#[derive(Debug, Default)]
+pub struct DeviceBudget {
+    /// The device (`None`: the CPU).
+    pub ordinal: Option<usize>,
+    /// Bytes all plugins may reserve together.
+    pub bytes: u64,
+    /// Bytes reserved now.
+    reserved: AtomicU64,
+}
+
+impl DeviceBudget {
+    /// Device `ordinal` (or the CPU) with a budget of `bytes`.
+    pub fn new(ordinal: Option<usize>, bytes: u64) -> DeviceBudget {
+        DeviceBudget { ordinal, bytes, reserved: AtomicU64::new(0) }
+    }
+
+    /// Reserves `bytes` when they fit; false (nothing reserved) otherwise.
+    pub fn reserve(&self, bytes: u64) -> bool {
+        let fits = |reserved: u64| reserved.checked_add(bytes).filter(|&total| total <= self.bytes);
+        self.ordinal.is_some() && self.reserved.fetch_update(Ordering::AcqRel, Ordering::Acquire, fits).is_ok()
+    }
+
+    /// Gives back `bytes` (never below zero: a plugin returning more than
+    /// it took cannot lend the others its share).
+    pub fn release(&self, bytes: u64) {
+        let _ = self.reserved.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| Some(r.saturating_sub(bytes)));
+    }
+
+    /// Bytes reserved now.
+    pub fn reserved(&self) -> u64 {
+        self.reserved.load(Ordering::Acquire)
+    }
 }
 
 impl DaemonServices {
-    /// Services granting plugins `cpu_threads` threads: the kernel pool
-    /// they share is started with that many participants.
-    pub fn new(cpu_threads: u32) -> Arc<DaemonServices> {
+    /// Services granting plugins `cpu_threads` threads (the kernel pool
+    /// they share is started with that many participants) and `device`.
+    pub fn new(cpu_threads: u32, device: DeviceBudget) -> Arc<DaemonServices> {
         let cpu_threads = start_kernel_pool(cpu_threads);
         Arc::new(DaemonServices {
             stages: OnceLock::new(),
@@ -40,7 +79,13 @@ impl DaemonServices {
             tasks: Mutex::new(BTreeMap::new()),
             cpu_threads,
             next_nested: AtomicU64::new(NESTED_IDS),
+            device,
         })
+    }
+
+    /// The device plugins share and its budget.
+    pub fn device_budget(&self) -> &DeviceBudget {
+        &self.device
     }
 
     /// Makes the stages callable by name (once they all exist).
@@ -102,6 +147,18 @@ impl HostServices for DaemonServices {
     fn parallel_for(&self, job: &(dyn Fn(usize, usize) + Sync)) {
         SpinPool::global().run(job);
     }
+
+    fn device(&self) -> Option<usize> {
+        self.device.ordinal
+    }
+
+    fn device_reserve(&self, bytes: u64) -> bool {
+        self.device.reserve(bytes)
+    }
+
+    fn device_release(&self, bytes: u64) {
+        self.device.release(bytes);
+    }
 }
 
 /// Starts this process's kernel pool with `threads` participants (the
@@ -109,4 +166,23 @@ impl HostServices for DaemonServices {
 pub fn start_kernel_pool(threads: u32) -> u32 {
     tailor_tensor::cpu::pool::set_global_threads(threads.max(1) as usize, 0);
     SpinPool::global().threads() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_budget_grants_up_to_its_bytes_and_the_cpu_grants_nothing() {
+        let budget = DeviceBudget::new(Some(0), 100);
+        assert!(budget.reserve(60) && budget.reserve(40));
+        assert!(!budget.reserve(1), "100 of 100 bytes are held");
+        budget.release(40);
+        assert_eq!(budget.reserved(), 60);
+        assert!(!budget.reserve(u64::MAX), "an overflowing request is refused, not wrapped");
+        budget.release(1000);
+        assert_eq!(budget.reserved(), 0, "releasing more than held stops at zero");
+        let cpu = DeviceBudget::new(None, 100);
+        assert!(!cpu.reserve(1), "serving on the CPU, no device memory is granted");
+    }
 }

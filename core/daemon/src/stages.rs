@@ -127,6 +127,7 @@ impl Registry {
                     stage: stage.stage.clone(),
                     config_json: json,
                     cpu_threads: services.cpu_threads(),
+                    device: services.device_budget().ordinal,
                 };
                 eprintln!("tailord: starting isolated stage {} ({:?}) ...", stage.name, stage.stage);
                 let isolated = IsolatedStage::start(&stage.name, spec, services.clone())

@@ -147,6 +147,27 @@ fn chat_streaming_embeddings_and_errors_over_http() {
     assert_eq!(status, 200, "the daemon keeps serving after bad requests");
 }
 
+/// `device = "cuda"` where there is no usable CUDA (no driver here, or a
+/// build without it): the daemon says so, serves on the CPU, and shows no
+/// device memory on /metrics.
+#[test]
+fn a_cuda_device_that_is_unavailable_falls_back_to_the_cpu_and_serves() {
+    let dir = scratch("cuda-fallback");
+    let path = dir.join("tailord.toml");
+    let plugins = format!("{:?}", plugin_dir().display().to_string());
+    let server = format!("{OPEN_TCP}\ndevice = \"cuda\"\ndevice_memory_mb = 512");
+    std::fs::write(&path, config(&server, &plugins)).unwrap();
+    let log = dir.join("tailord.log");
+    let d = launch_logging(&path, &[], Some(&log));
+    let request = r#"{"model":"smollm2","prompt":"The capital of France is","max_tokens":3}"#;
+    let (status, body) = curl(&d, "/v1/completions", None, Some(request));
+    assert_eq!(status, 200, "{body}");
+    assert!(json(&body)["choices"][0]["text"].as_str().unwrap().contains("Paris"));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("cuda:0 is unavailable") && logged.contains("running on the CPU"), "{logged}");
+    assert_eq!(metric(&d, None, "tailor_device_memory_reserved_bytes"), None);
+}
+
 #[test]
 fn non_loopback_bind_and_foreign_plugin_paths_are_refused() {
     let dir = scratch("refuse");

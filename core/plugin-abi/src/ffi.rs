@@ -92,6 +92,14 @@ pub struct HostApi {
     /// host's kernel threads (one pool for the whole process; `slots` is
     /// `cpu_threads`) and returns when all are done (ABI 1.3).
     pub parallel_for: Option<unsafe extern "C" fn(host_ctx: *mut c_void, slot: SlotFn, job_ctx: *mut c_void)>,
+    /// The device the daemon serves on: -1 for the CPU, else the CUDA
+    /// ordinal (ABI 1.4).
+    pub device: i32,
+    /// Reserves bytes of the daemon's device budget; non-zero when granted
+    /// (ABI 1.4).
+    pub device_reserve: Option<unsafe extern "C" fn(host_ctx: *mut c_void, bytes: u64) -> i32>,
+    /// Gives reserved bytes back (ABI 1.4).
+    pub device_release: Option<unsafe extern "C" fn(host_ctx: *mut c_void, bytes: u64)>,
 }
 
 /// `tailor_slot_fn`: one slot of a parallel job; it must not unwind.

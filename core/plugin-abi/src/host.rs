@@ -117,6 +117,9 @@ pub fn default_host() -> &'static HostApi {
         is_cancelled: Some(never_cancelled),
         call_stage: None,
         parallel_for: None,
+        device: -1,
+        device_reserve: None,
+        device_release: None,
     });
     &HOST.0
 }

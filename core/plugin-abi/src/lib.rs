@@ -17,7 +17,7 @@ pub use shim::{descriptor_for, StageTable};
 /// ABI major this crate implements; a plugin with another major is refused.
 pub const ABI_MAJOR: u32 = 1;
 /// ABI minor this crate implements.
-pub const ABI_MINOR: u32 = 3;
+pub const ABI_MINOR: u32 = 4;
 /// `TAILOR_PLUGIN_MAGIC`.
 pub const MAGIC: u32 = 0x504C_5254;
 

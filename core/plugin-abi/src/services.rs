@@ -32,12 +32,27 @@ pub trait HostServices: Send + Sync + 'static {
     fn parallel_for(&self, job: &(dyn Fn(usize, usize) + Sync)) {
         job(0, 1);
     }
+    /// The CUDA device the daemon serves on (`None`: the CPU).
+    fn device(&self) -> Option<usize> {
+        None
+    }
+    /// Reserves `bytes` of the daemon's device budget; false (nothing
+    /// reserved) past it. By default nothing is granted.
+    fn device_reserve(&self, bytes: u64) -> bool {
+        let _ = bytes;
+        false
+    }
+    /// Gives back `bytes` reserved earlier.
+    fn device_release(&self, bytes: u64) {
+        let _ = bytes;
+    }
 }
 
 /// A `'static` host API table backed by `services` (leaked: plugins keep
 /// the pointer for the life of the process, as they keep their code).
 pub fn host_api(services: Arc<dyn HostServices>) -> &'static HostApi {
     let cpu_threads = services.cpu_threads();
+    let device = services.device().and_then(|ordinal| i32::try_from(ordinal).ok()).unwrap_or(-1);
     let ctx = Box::into_raw(Box::new(services)) as *mut c_void;
     Box::leak(Box::new(HostApi {
         struct_size: std::mem::size_of::<HostApi>() as u32,
@@ -50,6 +65,9 @@ pub fn host_api(services: Arc<dyn HostServices>) -> &'static HostApi {
         is_cancelled: Some(is_cancelled_trampoline),
         call_stage: Some(call_stage_trampoline),
         parallel_for: Some(parallel_for_trampoline),
+        device,
+        device_reserve: Some(device_reserve_trampoline),
+        device_release: Some(device_release_trampoline),
     }))
 }
 
@@ -87,6 +105,21 @@ unsafe extern "C" fn is_cancelled_trampoline(ctx: *mut c_void, request_id: u64) 
     let cancelled =
         catch_unwind(AssertUnwindSafe(|| unsafe { services(ctx) }.is_some_and(|s| s.is_cancelled(request_id))));
     i32::from(cancelled.unwrap_or(false))
+}
+
+unsafe extern "C" fn device_reserve_trampoline(ctx: *mut c_void, bytes: u64) -> i32 {
+    // SAFETY: ctx is ours.
+    let granted = catch_unwind(AssertUnwindSafe(|| unsafe { services(ctx) }.is_some_and(|s| s.device_reserve(bytes))));
+    i32::from(granted.unwrap_or(false))
+}
+
+unsafe extern "C" fn device_release_trampoline(ctx: *mut c_void, bytes: u64) {
+    // SAFETY: ctx is ours.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if let Some(services) = unsafe { services(ctx) } {
+            services.device_release(bytes);
+        }
+    }));
 }
 
 /// A plugin's slot function and job context, handed to the pool's threads.
@@ -269,7 +302,34 @@ impl Host {
 impl Host {
     /// True when the host runs kernel jobs on its own pool (ABI 1.3).
     pub fn offers_parallel_for(&self) -> bool {
-        self.has(std::mem::size_of::<HostApi>()) && self.0.parallel_for.is_some()
+        self.has(std::mem::offset_of!(HostApi, device)) && self.0.parallel_for.is_some()
+    }
+
+    /// The CUDA device the daemon serves on, when it serves on one and
+    /// offers its device budget (ABI 1.4); `None`: run on the CPU.
+    pub fn device(&self) -> Option<usize> {
+        let offers = self.has(std::mem::size_of::<HostApi>())
+            && self.0.device_reserve.is_some()
+            && self.0.device_release.is_some();
+        usize::try_from(self.0.device).ok().filter(|_| offers)
+    }
+
+    /// Reserves `bytes` of the daemon's device budget; false (nothing
+    /// reserved) past it, or when the host offers no device.
+    pub fn device_reserve(&self, bytes: u64) -> bool {
+        match self.0.device_reserve.filter(|_| self.device().is_some()) {
+            // SAFETY: a host function with its own context.
+            Some(reserve) => (unsafe { reserve(self.0.host_ctx, bytes) }) != 0,
+            None => false,
+        }
+    }
+
+    /// Gives back `bytes` reserved with [`Host::device_reserve`].
+    pub fn device_release(&self, bytes: u64) {
+        if let Some(release) = self.0.device_release.filter(|_| self.device().is_some()) {
+            // SAFETY: as in `device_reserve`.
+            unsafe { release(self.0.host_ctx, bytes) };
+        }
     }
 
     /// Runs `job(slot, slots)` for every slot of the host's kernel pool;
@@ -325,10 +385,13 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
-    /// A host whose pool is four scoped threads, counting the jobs it ran.
+    /// A host whose pool is four scoped threads, counting the jobs it ran,
+    /// serving on `device` with a 10-byte device budget.
     #[derive(Default)]
     struct FourThreads {
         jobs: AtomicUsize,
+        device: Option<usize>,
+        reserved: AtomicUsize,
     }
 
     impl HostServices for FourThreads {
@@ -346,6 +409,17 @@ mod tests {
         fn parallel_for(&self, job: &(dyn Fn(usize, usize) + Sync)) {
             self.jobs.fetch_add(1, Ordering::Relaxed);
             std::thread::scope(|scope| (0..4).for_each(|slot| drop(scope.spawn(move || job(slot, 4)))));
+        }
+        fn device(&self) -> Option<usize> {
+            self.device
+        }
+        fn device_reserve(&self, bytes: u64) -> bool {
+            let bytes = bytes as usize;
+            let fits = |r: usize| (r + bytes <= 10).then_some(r + bytes);
+            self.reserved.fetch_update(Ordering::Relaxed, Ordering::Relaxed, fits).is_ok()
+        }
+        fn device_release(&self, bytes: u64) {
+            self.reserved.fetch_sub(bytes as usize, Ordering::Relaxed);
         }
     }
 
@@ -379,5 +453,27 @@ mod tests {
         older.struct_size = std::mem::offset_of!(HostApi, parallel_for) as u32;
         let older = Host(Box::leak(Box::new(older)));
         assert!(!older.offers_parallel_for() && !older.run_parallel(&|_, _| unreachable!()));
+    }
+
+    #[test]
+    fn the_device_budget_passes_through_the_table_and_an_older_host_offers_none() {
+        let services = Arc::new(FourThreads { device: Some(1), ..FourThreads::default() });
+        let host = Host(host_api(services.clone()));
+        assert_eq!(host.device(), Some(1));
+        assert!(host.device_reserve(6));
+        assert!(!host.device_reserve(6), "6 + 6 bytes exceed the budget of 10");
+        host.device_release(6);
+        assert!(host.device_reserve(10));
+        assert_eq!(services.reserved.load(Ordering::Relaxed), 10);
+        // An ABI 1.3 host's table ends before `device`: the CPU, nothing granted.
+        let mut older = HostApi { ..*host.0 };
+        older.struct_size = std::mem::offset_of!(HostApi, device) as u32;
+        let older = Host(Box::leak(Box::new(older)));
+        assert_eq!(older.device(), None);
+        assert!(!older.device_reserve(1));
+        // A host on the CPU says so.
+        let cpu = Host(host_api(Arc::new(FourThreads::default())));
+        assert_eq!(cpu.device(), None);
+        assert!(!cpu.device_reserve(1));
     }
 }

@@ -35,6 +35,58 @@ fn build_c_plugin(dir: &Path, file: &str, flags: &[&str]) -> PathBuf {
     out
 }
 
+/// The host table as the C compiler lays it out (each field's offset and
+/// the size, from the header) equals the Rust mirror's, so an append to the
+/// header that the mirror misses, or places differently, fails here.
+#[test]
+fn the_host_table_has_the_same_layout_in_c_and_in_rust() {
+    let dir = scratch("host-layout");
+    use std::mem::{offset_of, size_of};
+    use tailor_plugin_abi::ffi::HostApi;
+    /// Each field's name and its offset in the Rust mirror.
+    macro_rules! fields {
+        ($($field:ident),*) => {
+            ([$(stringify!($field)),*], [$(offset_of!(HostApi, $field)),*])
+        };
+    }
+    let (fields, offsets) = fields!(
+        struct_size,
+        abi_major,
+        abi_minor,
+        cpu_threads,
+        host_ctx,
+        log,
+        progress,
+        is_cancelled,
+        call_stage,
+        parallel_for,
+        device,
+        device_reserve,
+        device_release
+    );
+    let prints: String =
+        fields.iter().map(|f| format!("printf(\"%zu \", offsetof(tailor_host_api, {f}));\n")).collect();
+    let program = format!(
+        "#include <stddef.h>\n#include <stdio.h>\n#include \"tailor_plugin.h\"\n\
+         int main(void) {{\n{prints}printf(\"%zu\\n\", sizeof(tailor_host_api));\nreturn 0;\n}}\n"
+    );
+    std::fs::write(dir.join("layout.c"), program).unwrap();
+    let binary = dir.join("layout");
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-std=c11", "-Wall", "-Werror", "-I"])
+        .arg(repo().join("include"))
+        .arg(dir.join("layout.c"))
+        .arg("-o")
+        .arg(&binary)
+        .status()
+        .expect("running the C compiler");
+    assert!(status.success(), "compiling the layout probe failed");
+    let printed = String::from_utf8(Command::new(&binary).output().unwrap().stdout).unwrap();
+    let rust = offsets.into_iter().chain([size_of::<HostApi>()]);
+    let rust: Vec<String> = rust.map(|n| n.to_string()).collect();
+    assert_eq!(printed.split_whitespace().collect::<Vec<_>>(), rust, "offsets of {fields:?}, then the size");
+}
+
 #[test]
 fn c_plugin_loads_and_redacts_email_addresses() {
     let dir = scratch("c-plugin");

@@ -180,6 +180,66 @@ fn use_host_cpu_budget() {
     }
 }
 
+/// The engine on the device the daemon serves on (ABI 1.4), its memory
+/// drawn from the daemon's device budget; on the CPU when the daemon
+/// serves there, or, with a log line saying why, when this build has no
+/// CUDA or the device cannot take the model.
+fn start_engine(model: Arc<Model>, options: EngineOptions) -> Engine {
+    let host = tailor_plugin_abi::services::host();
+    if let Some((host, ordinal)) = host.and_then(|h| Some((h, h.device()?))) {
+        match start_on_device(model.clone(), options, host, ordinal) {
+            Ok(engine) => {
+                host.log(2, &format!("generate: serving on cuda:{ordinal}"));
+                return engine;
+            }
+            Err(why) => {
+                host.log(1, &format!("generate: cuda:{ordinal} cannot serve this model ({why}); serving on the CPU"))
+            }
+        }
+    }
+    Engine::start(model, options)
+}
+
+/// The engine on CUDA device `ordinal`, every block of its memory pool
+/// reserved in the daemon's device budget first.
+#[cfg(feature = "cuda")]
+fn start_on_device(
+    model: Arc<Model>,
+    options: EngineOptions,
+    host: tailor_plugin_abi::services::Host,
+    ordinal: usize,
+) -> Result<Engine, String> {
+    use tailor_tensor::cuda::{backend::CudaBackend, pool::SharedBudget};
+    /// The daemon's device budget, through the host service.
+    struct DaemonBudget(tailor_plugin_abi::services::Host);
+    impl SharedBudget for DaemonBudget {
+        fn reserve(&self, bytes: usize) -> bool {
+            self.0.device_reserve(bytes as u64)
+        }
+        fn release(&self, bytes: usize) {
+            self.0.device_release(bytes as u64);
+        }
+    }
+    // The daemon's budget is the bound; the pool's own is only there so
+    // its sums cannot overflow.
+    let own_budget = usize::MAX >> 2;
+    let backend = CudaBackend::with_shared_budget(ordinal, own_budget, Arc::new(DaemonBudget(host)))
+        .map_err(|e| e.to_string())?;
+    let slots = tailor_model::device::DEFAULT_ADAPTER_SLOTS;
+    Engine::start_on_device(model, backend, options, slots).map_err(|e| e.to_string())
+}
+
+/// Without CUDA in this build, the device is never taken.
+#[cfg(not(feature = "cuda"))]
+fn start_on_device(
+    _model: Arc<Model>,
+    _options: EngineOptions,
+    _host: tailor_plugin_abi::services::Host,
+    _ordinal: usize,
+) -> Result<Engine, String> {
+    Err("this plugin was built without CUDA (cargo build --features cuda)".into())
+}
+
 /// Stop strings one request may give, and the longest one in bytes.
 const MAX_STOPS: usize = 4;
 const MAX_STOP_BYTES: usize = 256;
@@ -289,7 +349,7 @@ impl Stage for Generate {
             prefill_chunk: config.prefill_chunk.unwrap_or(defaults.prefill_chunk),
         };
         let adapters = Arc::new(Generate::registry(&config, model.clone())?);
-        let engine = Engine::start(model.clone(), options);
+        let engine = start_engine(model.clone(), options);
         let jobs = match &config.jobs_dir {
             Some(dir) => Some(jobs::Jobs::start(
                 dir.clone(),

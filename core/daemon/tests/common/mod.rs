@@ -111,8 +111,16 @@ pub fn start_full(name: &str, server: &str, generate: &str, extra: &str) -> Daem
 /// Starts tailord on a config file (with extra environment) and waits for
 /// its "listening" line.
 pub fn launch(config: &Path, env: &[(&str, &Path)]) -> Daemon {
+    launch_logging(config, env, None)
+}
+
+/// [`launch`], its log (stderr) written to `log` when given.
+pub fn launch_logging(config: &Path, env: &[(&str, &Path)], log: Option<&Path>) -> Daemon {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tailord"));
     command.arg("--config").arg(config).stdout(Stdio::piped());
+    if let Some(log) = log {
+        command.stderr(std::fs::File::create(log).unwrap());
+    }
     for (key, value) in env {
         command.env(key, value);
     }

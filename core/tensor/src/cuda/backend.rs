@@ -11,10 +11,11 @@
 
 use super::driver::CudaExecutor;
 use super::kernels::{self, KernelSource};
-use super::pool::{MemoryPool, PoolBlock, PoolStats};
+use super::pool::{MemoryPool, PoolBlock, PoolStats, SharedBudget};
 use crate::cpu::{AttentionShape, LoraPair, RopeTable};
 use crate::{DType, Result, Tensor, TensorError};
 use std::ffi::c_void;
+use std::sync::Arc;
 
 /// Tokens one launch of the linear kernel takes (`LINEAR_TOKENS` in
 /// linear.cu); longer inputs are split.
@@ -162,12 +163,23 @@ impl CudaBackend {
     pub fn new(ordinal: usize, budget: usize) -> Result<CudaBackend> {
         Ok(Backend::with_executor(CudaExecutor::new(ordinal)?, budget))
     }
+
+    /// [`CudaBackend::new`] whose memory also counts against `shared` (the
+    /// daemon's device budget, across plugins).
+    pub fn with_shared_budget(ordinal: usize, budget: usize, shared: Arc<dyn SharedBudget>) -> Result<CudaBackend> {
+        Ok(Backend::with_pool(CudaExecutor::new(ordinal)?, MemoryPool::with_shared(budget, Some(shared))))
+    }
 }
 
 impl<E: Executor> Backend<E> {
     /// The ops on `executor`'s device, with a pool of at most `budget` bytes.
     pub fn with_executor(executor: E, budget: usize) -> Backend<E> {
-        Backend { executor, pool: MemoryPool::new(budget) }
+        Backend::with_pool(executor, MemoryPool::new(budget))
+    }
+
+    /// The ops on `executor`'s device, taking memory from `pool`.
+    pub fn with_pool(executor: E, pool: MemoryPool<E::Block>) -> Backend<E> {
+        Backend { executor, pool }
     }
 
     /// The device, for logs.

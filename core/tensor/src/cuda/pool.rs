@@ -6,6 +6,12 @@
 //! after the cached blocks have been released, and the caller (a request)
 //! fails while the daemon serves on.
 //!
+//! A pool may also draw on a budget it shares with other pools
+//! ([`SharedBudget`]: the daemon's `[server]` device budget, granted to
+//! plugins through the plugin ABI's host service): every block it takes
+//! from the driver is reserved there first and given back when the pool
+//! releases it, so several plugins on one device stay within one figure.
+//!
 //! The bookkeeping does not depend on the device: the pool is generic over
 //! its block type, so it is tested on the CPU with host blocks, and the
 //! CUDA backend instantiates it with driver allocations.
@@ -45,10 +51,23 @@ pub struct PoolStats {
     pub peak: usize,
 }
 
+/// A device budget shared by several pools (in tailord, across plugins):
+/// bytes are reserved before the driver is asked for them and released
+/// after they are given back to it.
+pub trait SharedBudget: Send + Sync {
+    /// Reserves `bytes`; false (nothing reserved) when they would exceed
+    /// the shared budget.
+    fn reserve(&self, bytes: usize) -> bool;
+    /// Returns `bytes` reserved earlier.
+    fn release(&self, bytes: usize);
+}
+
 /// The pool's state behind its lock.
 struct Ledger<B> {
     stats: PoolStats,
     free: BTreeMap<usize, Vec<B>>,
+    /// The budget shared with other pools, if any.
+    shared: Option<Arc<dyn SharedBudget>>,
 }
 
 impl<B> Ledger<B> {
@@ -63,13 +82,41 @@ impl<B> Ledger<B> {
                 largest.remove();
             }
             self.stats.cached -= class;
+            self.give_to_shared(class);
         }
     }
 
     /// Drops every cached block.
     fn release_all(&mut self) {
         self.free.clear();
+        self.give_to_shared(self.stats.cached);
         self.stats.cached = 0;
+    }
+
+    /// Reserves a new block's bytes in the shared budget, if any, emptying
+    /// this pool's cache once to make room; false when it stays refused.
+    fn reserve_shared(&mut self, class: usize) -> bool {
+        let Some(shared) = self.shared.clone() else { return true };
+        if shared.reserve(class) {
+            return true;
+        }
+        self.release_all();
+        shared.reserve(class)
+    }
+
+    /// Returns bytes the driver has back (or never gave) to the shared budget.
+    fn give_to_shared(&self, bytes: usize) {
+        if let (Some(shared), true) = (&self.shared, bytes > 0) {
+            shared.release(bytes);
+        }
+    }
+}
+
+impl<B> Drop for Ledger<B> {
+    /// The pool's last blocks go back to the driver, so their bytes go
+    /// back to the shared budget.
+    fn drop(&mut self) {
+        self.give_to_shared(self.stats.in_use + self.stats.cached);
     }
 }
 
@@ -95,8 +142,14 @@ pub struct PoolBlock<B> {
 impl<B> MemoryPool<B> {
     /// An empty pool that may hold at most `budget` bytes.
     pub fn new(budget: usize) -> MemoryPool<B> {
+        MemoryPool::with_shared(budget, None)
+    }
+
+    /// An empty pool of at most `budget` bytes whose blocks also count
+    /// against `shared`, when given.
+    pub fn with_shared(budget: usize, shared: Option<Arc<dyn SharedBudget>>) -> MemoryPool<B> {
         let stats = PoolStats { budget, ..PoolStats::default() };
-        MemoryPool { ledger: Arc::new(Mutex::new(Ledger { stats, free: BTreeMap::new() })) }
+        MemoryPool { ledger: Arc::new(Mutex::new(Ledger { stats, free: BTreeMap::new(), shared })) }
     }
 
     /// The pool's figures now.
@@ -119,7 +172,7 @@ impl<B> MemoryPool<B> {
         }
         ledger.release_for(class);
         let stats = ledger.stats;
-        if stats.in_use + class > stats.budget {
+        if stats.in_use + class > stats.budget || !ledger.reserve_shared(class) {
             return Err(TensorError::DeviceOutOfMemory {
                 requested: bytes,
                 in_use: stats.in_use,
@@ -127,15 +180,16 @@ impl<B> MemoryPool<B> {
             });
         }
         let block = match allocate(class) {
-            Ok(block) => block,
+            Ok(block) => Ok(block),
             Err(TensorError::DeviceOutOfMemory { .. }) => {
                 // The device is shared with other processes: give back
                 // everything cached and try once more.
                 ledger.release_all();
-                allocate(class)?
+                allocate(class)
             }
-            Err(other) => return Err(other),
+            Err(other) => Err(other),
         };
+        let block = block.inspect_err(|_| ledger.give_to_shared(class))?;
         Ok(self.hand_out(&mut ledger, block, class))
     }
 
@@ -254,5 +308,56 @@ mod tests {
         };
         let block = pool.take(4 << 20, flaky).unwrap();
         assert_eq!((attempts.get(), pool.stats().cached, block.capacity()), (2, 0, 4 << 20));
+    }
+
+    /// A budget two pools share, counting what is reserved.
+    struct Shared {
+        limit: usize,
+        reserved: Mutex<usize>,
+    }
+
+    impl SharedBudget for Shared {
+        fn reserve(&self, bytes: usize) -> bool {
+            let mut reserved = self.reserved.lock().unwrap();
+            let fits = *reserved + bytes <= self.limit;
+            if fits {
+                *reserved += bytes;
+            }
+            fits
+        }
+
+        fn release(&self, bytes: usize) {
+            *self.reserved.lock().unwrap() -= bytes;
+        }
+    }
+
+    #[test]
+    fn pools_sharing_a_budget_stay_within_it_and_give_back_what_they_release() {
+        let shared = Arc::new(Shared { limit: 8 << 20, reserved: Mutex::new(0) });
+        let reserved = || *shared.reserved.lock().unwrap();
+        let first = MemoryPool::with_shared(16 << 20, Some(shared.clone() as Arc<dyn SharedBudget>));
+        let second = MemoryPool::with_shared(16 << 20, Some(shared.clone() as Arc<dyn SharedBudget>));
+        let held = first.take(6 << 20, host).unwrap();
+        assert_eq!(reserved(), 6 << 20);
+        let err = second.take(4 << 20, host).err().expect("6 + 4 MiB exceed the shared 8 MiB");
+        assert!(matches!(err, TensorError::DeviceOutOfMemory { .. }), "{err}");
+        assert_eq!(reserved(), 6 << 20, "a refused request reserves nothing");
+        drop(held);
+        assert_eq!(reserved(), 6 << 20, "a cached block stays reserved");
+        first.trim();
+        assert_eq!(reserved(), 0, "a trimmed cache is given back");
+        let second_block = second.take(4 << 20, host).unwrap();
+        drop(first.take(4 << 20, host).unwrap());
+        assert_eq!(reserved(), 8 << 20);
+        // The second pool needs more: the first's cache stays (another
+        // pool's cache is not this one's to empty), so it is refused until
+        // the first pool goes away.
+        assert!(second.take(2 << 20, host).is_err());
+        drop(first);
+        assert_eq!(reserved(), 4 << 20, "a dropped pool gives back its cache");
+        assert!(second.take(2 << 20, host).is_ok());
+        drop(second_block);
+        drop(second);
+        assert_eq!(reserved(), 0);
     }
 }
