@@ -23,8 +23,8 @@ struct Cli {
     threads: Option<usize>,
     /// Where kernels run: cpu, cuda or cuda:N. An unusable CUDA device
     /// falls back to the CPU with a note. On CUDA (a build with
-    /// `--features cuda`), `bench` runs the decoder on the device; the
-    /// other commands still run on the CPU in this version.
+    /// `--features cuda`), `bench`, `generate` and `chat` run the decoder
+    /// on the device; the other commands run on the CPU.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
     #[command(subcommand)]
@@ -149,8 +149,9 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(note) = note {
         eprintln!("tailor: {note}");
     }
-    if device != tailor_tensor::Device::Cpu && !matches!(cli.command, Command::Bench(_)) {
-        eprintln!("tailor: only `bench` runs the decoder on {device} in this version; this command runs on the CPU");
+    let on_device = matches!(cli.command, Command::Bench(_) | Command::Generate(_) | Command::Chat(_));
+    if device != tailor_tensor::Device::Cpu && !on_device {
+        eprintln!("tailor: `bench`, `generate` and `chat` run on {device}; this command runs on the CPU");
     }
     match cli.command {
         Command::Models { command: ModelsCommand::Fetch(args) } => fetch::fetch(&args),
@@ -161,8 +162,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Convert { gguf, out_dir } => run::convert(&gguf, &out_dir),
-        Command::Generate(args) => run::generate_cmd(&args),
-        Command::Chat(args) => run::chat_cmd(&args),
+        Command::Generate(args) => run::generate_cmd(&args, device),
+        Command::Chat(args) => run::chat_cmd(&args, device),
         Command::Bench(args) => bench::bench(&args, device),
         Command::Cpu { json } => {
             bench::cpu_cmd(json);

@@ -7,10 +7,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufRead, Write};
 use std::path::Path;
 use tailor_model::{
-    generate, ActiveAdapter, Adapter, AdapterLimits, GenerateParams, JsonGrammar, LoadOptions, Message, Model,
-    SamplingParams, TokenEvent,
+    generate_on, ActiveAdapter, Adapter, AdapterLimits, CpuDecoder, GenerateParams, Generation, JsonGrammar,
+    LoadOptions, Message, Model, SamplingParams, TokenEvent,
 };
-use tailor_tensor::DType;
+use tailor_tensor::{DType, Device};
 
 #[derive(Args)]
 pub struct SamplingArgs {
@@ -185,8 +185,69 @@ pub fn convert(gguf: &Path, out_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
+/// The device's kernels and memory pool, for commands that run there.
+#[cfg(feature = "cuda")]
+pub type DeviceBackend = tailor_tensor::cuda::backend::CudaBackend;
+/// Without CUDA in this build no command runs on a device.
+#[cfg(not(feature = "cuda"))]
+pub type DeviceBackend = std::convert::Infallible;
+
+/// The backend of `device` when it is a CUDA device (`None`: the CPU). Its
+/// pool is bounded by the device itself (the driver's out-of-memory is a
+/// typed error).
+pub fn open_device(device: Device) -> Result<Option<DeviceBackend>> {
+    match device {
+        Device::Cpu => Ok(None),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(ordinal) => Ok(Some(DeviceBackend::new(ordinal, usize::MAX >> 2)?)),
+        // `Device::select` falls back to the CPU without the feature.
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Ok(None),
+    }
+}
+
+/// The decoder a command generates with: the CPU's, or the device's.
+enum Runner<'m> {
+    Cpu(CpuDecoder<'m>),
+    #[cfg(feature = "cuda")]
+    Device(tailor_model::device::DeviceDecoder<'m, tailor_tensor::cuda::driver::CudaExecutor>),
+}
+
+impl<'m> Runner<'m> {
+    /// `model` on `backend`'s device (its weights uploaded once), or on the CPU.
+    fn new(model: &'m Model, backend: Option<&'m DeviceBackend>) -> Result<Runner<'m>> {
+        let Some(backend) = backend else { return Ok(Runner::Cpu(CpuDecoder::new(&model.llama))) };
+        #[cfg(feature = "cuda")]
+        {
+            use tailor_model::device::{DeviceDecoder, DeviceLlama, DEFAULT_ADAPTER_SLOTS};
+            let on_device = DeviceLlama::upload(&model.llama, backend)
+                .with_context(|| format!("uploading the model to {}", backend.describe()))?;
+            eprintln!("tailor: generating on {}", backend.describe());
+            Ok(Runner::Device(DeviceDecoder::new(on_device, DEFAULT_ADAPTER_SLOTS)))
+        }
+        #[cfg(not(feature = "cuda"))]
+        match *backend {}
+    }
+
+    fn generate(
+        &mut self,
+        model: &Model,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_token: &mut dyn FnMut(&TokenEvent) -> bool,
+    ) -> Result<Generation> {
+        Ok(match self {
+            Runner::Cpu(decoder) => generate_on(model, decoder, prompt, params, on_token)?,
+            #[cfg(feature = "cuda")]
+            Runner::Device(decoder) => generate_on(model, decoder, prompt, params, on_token)?,
+        })
+    }
+}
+
+pub fn generate_cmd(args: &GenerateArgs, device: Device) -> Result<()> {
     let model = load_model(&args.model)?;
+    let backend = open_device(device)?;
+    let mut runner = Runner::new(&model, backend.as_ref())?;
     let prompt = if args.chat {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
@@ -205,7 +266,7 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
         let written = if json_lines { writeln!(out, "{}", logprob_line(event)) } else { write!(out, "{}", event.text) };
         written.and_then(|_| out.flush()).is_ok()
     };
-    let result = generate(&model, &prompt, &params, &mut on_token)?;
+    let result = runner.generate(&model, &prompt, &params, &mut on_token)?;
     if !json_lines {
         println!("{}", result.unstreamed);
     }
@@ -231,8 +292,10 @@ fn logprob_line(event: &TokenEvent) -> String {
     serde_json::json!({"token": event.token, "text": event.text, "id": event.id, "logprob": event.logprob, "top_logprobs": top}).to_string()
 }
 
-pub fn chat_cmd(args: &ChatArgs) -> Result<()> {
+pub fn chat_cmd(args: &ChatArgs, device: Device) -> Result<()> {
     let model = load_model(&args.model)?;
+    let backend = open_device(device)?;
+    let mut runner = Runner::new(&model, backend.as_ref())?;
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(Message::new("system", system));
@@ -252,7 +315,7 @@ pub fn chat_cmd(args: &ChatArgs) -> Result<()> {
             print!("{}", event.text);
             std::io::stdout().flush().is_ok()
         };
-        let result = generate(&model, &prompt, &params, &mut on_token)?;
+        let result = runner.generate(&model, &prompt, &params, &mut on_token)?;
         println!("{}", result.unstreamed);
         messages.push(Message::new("assistant", &result.text));
     }

@@ -15,8 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tailor_engine::{Engine, EngineOptions, Event};
 use tailor_model::device::{DeviceDecoder, DeviceLlama};
-use tailor_model::{ActiveAdapter, Adapter, AdapterLimits, Decoder, GenerateParams, LoadOptions, Model};
-use tailor_model::{SamplingParams, Sequence};
+use tailor_model::{ActiveAdapter, Adapter, AdapterLimits, GenerateParams, LoadOptions, Model, SamplingParams};
 use tailor_tensor::cuda::backend::{Backend, Executor};
 use tailor_tensor::cuda::testing::{emulated, gpu_if_asked};
 use tailor_tensor::DType;
@@ -69,20 +68,15 @@ fn collect(events: tailor_engine::Submission) -> (Vec<u32>, String) {
 }
 
 /// One generation alone on the device, through the same `Sequence` and
-/// `Decoder` the engine drives.
+/// `Decoder` the engine drives (`generate_on`, as `tailor --device cuda
+/// generate` runs it).
 fn solo<E: Executor>(
     model: &Model,
     decoder: &mut DeviceDecoder<'_, E>,
     prompt: &[u32],
     params: &GenerateParams,
 ) -> Vec<u32> {
-    let cache = decoder.new_cache().unwrap();
-    let (mut sequence, mut logits) = Sequence::start_on(model, decoder, prompt, params, cache).unwrap();
-    let adapter = [params.adapter.clone()];
-    while let Some(next) = sequence.accept(model, &mut logits).unwrap().next {
-        logits = decoder.decode(&[next], &mut [sequence.cache_mut()], &adapter).unwrap().to_vec();
-    }
-    sequence.finish(model).unwrap().tokens
+    tailor_model::generate_on(model, decoder, prompt, params, &mut |_| true).unwrap().tokens
 }
 
 fn batched_requests_match_solo_runs_and_the_cpu<E>(backend: Backend<E>, another: impl Fn() -> Backend<E>)

@@ -95,16 +95,27 @@ pub struct Generation {
     pub unstreamed: String,
 }
 
-/// Generates from `prompt`, calling `on_token` for each token; returning
-/// `false` from it cancels.
+/// Generates from `prompt` on the CPU, calling `on_token` for each token;
+/// returning `false` from it cancels.
 pub fn generate(
     model: &Model,
     prompt: &[u32],
     params: &GenerateParams,
     on_token: &mut dyn FnMut(&TokenEvent) -> bool,
 ) -> Result<Generation> {
-    let mut decoder = CpuDecoder::new(&model.llama);
-    let (mut sequence, mut logits) = Sequence::start_on(model, &mut decoder, prompt, params, model.llama.new_cache())?;
+    generate_on(model, &mut CpuDecoder::new(&model.llama), prompt, params, on_token)
+}
+
+/// [`generate`] on `decoder` (the CPU's, or a device's).
+pub fn generate_on<D: Decoder>(
+    model: &Model,
+    decoder: &mut D,
+    prompt: &[u32],
+    params: &GenerateParams,
+    on_token: &mut dyn FnMut(&TokenEvent) -> bool,
+) -> Result<Generation> {
+    let cache = decoder.new_cache()?;
+    let (mut sequence, mut logits) = Sequence::start_on(model, decoder, prompt, params, cache)?;
     let adapter = [params.adapter.clone()];
     loop {
         let step = sequence.accept(model, &mut logits)?;

@@ -35,7 +35,7 @@ pub use chat::{ChatTemplate, Message};
 pub use config::LlamaConfig;
 pub use decoder::{CpuDecoder, Decoder, DecoderCache};
 pub use error::{ModelError, Result};
-pub use generate::{generate, FinishReason, GenerateParams, Generation, Sequence, Step, TokenEvent};
+pub use generate::{generate, generate_on, FinishReason, GenerateParams, Generation, Sequence, Step, TokenEvent};
 pub use grammar::JsonGrammar;
 pub use kv_cache::KvCache;
 pub use llama::{ConvertScope, DecodeBuffers, LayeredPrefill, Llama, Logits};
