@@ -2,7 +2,8 @@
 # The device check, one script sized for a few minutes on a GPU machine:
 # builds tailor-tensor with CUDA, runs every GPU test (each op against its
 # CPU twin, the pool's budget; the decoder on the device against the CPU
-# decoder), then prints GEMV bandwidth against a device copy and 32 LoRA
+# decoder; the continuous-batching engine on the device against its solo
+# runs and the CPU engine), then prints GEMV bandwidth against a device copy and 32 LoRA
 # adapters against 1 (core/tensor/benches/cuda.rs), and the decoder end to
 # end (core/model/benches/device_decode.rs).
 # NVRTC comes from the CUDA toolkit or the PyPI wheel (scripts/cuda_toolchain.sh);
@@ -23,6 +24,7 @@ echo "kernel cache: ${TAILOR_KERNEL_CACHE:-default}"
 export TAILOR_CUDA_TESTS=1
 timeout 300 cargo test --release -p tailor-tensor --features cuda --test cuda_kernels -- --test-threads 1 2>&1 | tail -25
 timeout 240 cargo test --release -p tailor-model --features cuda --test device_decoder -- --test-threads 1 gpu 2>&1 | tail -12
+timeout 180 cargo test --release -p tailor-engine --features cuda --test device_engine -- gpu 2>&1 | tail -6
 # The decoder end to end on the device: synthesized SmolLM2-shaped (f32,
 # q4_0) and 1B-shaped (q4_0) GGUFs, prefill/decode tok/s and greedy
 # equality with the CPU. Their tokenizer: target/device/tokenizer.gguf
