@@ -201,7 +201,8 @@ void launch(void (*kernel)(Params...), unsigned grid_x, unsigned grid_y, unsigne
     const unsigned blocks = grid_x * grid_y;
     if (blocks == 0 || threads == 0) return;
     const std::lock_guard<std::mutex> one_launch_at_a_time(launching);
-    while (stacks.size() < threads) stacks.push_back(std::make_unique<char[]>(STACK_BYTES));
+    // Not zero-filled: a stack's pages are only touched as a fiber grows into them.
+    while (stacks.size() < threads) stacks.push_back(std::unique_ptr<char[]>(new char[STACK_BYTES]));
     struct Launch {
         void (*kernel)(Params...);
         void** args;
