@@ -32,9 +32,6 @@ pub trait Decoder {
     /// A prompt chunk whose prefill is under way.
     type Chunk;
 
-    /// Most positions one sequence may hold.
-    fn context_length(&self) -> usize;
-
     /// An empty cache.
     fn new_cache(&self) -> Result<Self::Cache>;
 
@@ -99,10 +96,6 @@ impl<'m> CpuDecoder<'m> {
 impl Decoder for CpuDecoder<'_> {
     type Cache = KvCache;
     type Chunk = LayeredPrefill;
-
-    fn context_length(&self) -> usize {
-        self.llama.context_length()
-    }
 
     fn new_cache(&self) -> Result<KvCache> {
         Ok(self.llama.new_cache())

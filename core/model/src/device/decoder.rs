@@ -101,10 +101,6 @@ impl<E: Executor> Decoder for DeviceDecoder<'_, E> {
     type Cache = DeviceKvCache<E::Block>;
     type Chunk = DeviceChunk;
 
-    fn context_length(&self) -> usize {
-        self.device.model().context_length()
-    }
-
     fn new_cache(&self) -> Result<Self::Cache> {
         self.device.new_cache(FIRST_CAPACITY)
     }
