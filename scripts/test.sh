@@ -21,7 +21,7 @@ cargo test --workspace --release
 # without a GPU, say that the on-device runs did not happen.
 cuda=$(scripts/cuda_toolchain.sh)/nvidia/cu13
 LD_LIBRARY_PATH="$cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" TAILOR_PTXAS="$cuda/bin/ptxas" TAILOR_REQUIRE_NVRTC=1 \
-  cargo test --release -p tailor-tensor --features cuda --test cuda_compile --test cuda_kernels -- --nocapture
+  cargo test --release -p tailor-tensor --features cuda --test cuda_compile --test cuda_kernels --test cuda_backward -- --nocapture
 # The decoder on the device (the same layer code over the device's ops)
 # against the CPU decoder, emulated here.
 cargo test --release -p tailor-model --features cuda --test device_decoder

@@ -22,7 +22,7 @@ if [ -z "${TAILOR_KERNEL_CACHE:-}" ] && [ -d target/kernel-cache ]; then
 fi
 echo "kernel cache: ${TAILOR_KERNEL_CACHE:-default}"
 export TAILOR_CUDA_TESTS=1
-timeout 300 cargo test --release -p tailor-tensor --features cuda --test cuda_kernels -- --test-threads 1 2>&1 | tail -25
+timeout 300 cargo test --release -p tailor-tensor --features cuda --test cuda_kernels --test cuda_backward -- --test-threads 1 2>&1 | tail -25
 timeout 240 cargo test --release -p tailor-model --features cuda --test device_decoder -- --test-threads 1 gpu 2>&1 | tail -12
 timeout 180 cargo test --release -p tailor-engine --features cuda --test device_engine -- gpu 2>&1 | tail -6
 # The decoder end to end on the device: synthesized SmolLM2-shaped (f32,

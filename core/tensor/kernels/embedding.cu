@@ -18,3 +18,13 @@ extern "C" __global__ void embedding_bf16(const unsigned short* table, const uns
     float* dst = out + (size_t)blockIdx.x * dim;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = bf16_to_f32(row[i]);
 }
+
+// The backward of the gather into an f32 table gradient: dtable[ids[t]] +=
+// dy[t], tokens in order for each column (a token repeated adds twice;
+// deterministic, no atomics). Grid: ceil(dim / blockDim.x) blocks.
+extern "C" __global__ void embedding_backward(const float* dy, const unsigned int* ids, float* dtable, int tokens,
+                                              int dim) {
+    const int column = blockIdx.x * blockDim.x + threadIdx.x;
+    if (column >= dim) return;
+    for (int t = 0; t < tokens; ++t) dtable[(size_t)ids[t] * dim + column] += dy[(size_t)t * dim + column];
+}

@@ -1,12 +1,18 @@
-// Linear layer at decode sizes: y[t][row] = Σk W[row][k] · x[t][k] for up
-// to LINEAR_TOKENS tokens per launch, W read as stored (GGUF blocks, f16,
-// bf16 or f32) and widened in registers, never copied out dequantized.
-// One warp per weight row; each lane takes 32-element units of the row in
-// turn, widens the unit once and uses it for every token. The host passes
+// Linear layers: y[t][row] = Σk W[row][k] · x[t][k], W read as stored
+// (GGUF blocks, f16, bf16 or f32) and widened in registers, never copied
+// out dequantized. One warp per weight row; each lane takes 32-element
+// units of the row in turn, widens the unit once and uses it for every
+// token of the launch: up to LINEAR_TOKENS tokens (linear_*, decode) or
+// LINEAR_WIDE_TOKENS (linear_wide_*, prefill: the weights are read once per
+// 32 tokens). Both sum each token's products in the same order, so a
+// token's result does not depend on the launch it was in. The host passes
 // the row's length k (a multiple of the format's block) and its byte size.
 // Grid: ceil(rows / LINEAR_WARPS) blocks of 32 · LINEAR_WARPS threads.
+//
+// The backward (linear_backward_*, further down) takes the same formats.
 
 #define LINEAR_TOKENS 8
+#define LINEAR_WIDE_TOKENS 32
 #define LINEAR_WARPS 4
 
 // Each format's unit loader: the 32 weights of unit `u` of a row.
@@ -108,22 +114,22 @@ struct F32 {
     }
 };
 
-template <typename Format>
+template <typename Format, int TOKENS>
 __device__ __forceinline__ void linear_rows(const unsigned char* weights, size_t row_bytes, const float* x, float* y,
                                             int rows, int k, int tokens) {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * LINEAR_WARPS + (threadIdx.x >> 5);
     if (row >= rows) return;  // whole warps leave together
     const unsigned char* src = weights + (size_t)row * row_bytes;
-    float acc[LINEAR_TOKENS];
+    float acc[TOKENS];
 #pragma unroll
-    for (int t = 0; t < LINEAR_TOKENS; ++t) acc[t] = 0.0f;
+    for (int t = 0; t < TOKENS; ++t) acc[t] = 0.0f;
     const int units = k / 32;
     for (int u = lane; u < units; u += 32) {
         float w[32];
         Format::load(src, u, w);
 #pragma unroll
-        for (int t = 0; t < LINEAR_TOKENS; ++t) {
+        for (int t = 0; t < TOKENS; ++t) {
             if (t < tokens) {
                 const float4* xs = (const float4*)(x + (size_t)t * k + (size_t)u * 32);
                 float sum = 0.0f;
@@ -137,7 +143,7 @@ __device__ __forceinline__ void linear_rows(const unsigned char* weights, size_t
         }
     }
 #pragma unroll
-    for (int t = 0; t < LINEAR_TOKENS; ++t) {
+    for (int t = 0; t < TOKENS; ++t) {
         if (t < tokens) {
             const float total = warp_sum(acc[t]);
             if (lane == 0) y[(size_t)t * rows + row] = total;
@@ -145,18 +151,90 @@ __device__ __forceinline__ void linear_rows(const unsigned char* weights, size_t
     }
 }
 
-#define LINEAR_KERNEL(name, Format)                                                                              \
+#define LINEAR_KERNEL(name, wide, Format)                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * LINEAR_WARPS)                                             \
         name(const unsigned char* weights, unsigned long long row_bytes, const float* x, float* y, int rows, int k, \
              int tokens) {                                                                                      \
-        linear_rows<Format>(weights, (size_t)row_bytes, x, y, rows, k, tokens);                                \
+        linear_rows<Format, LINEAR_TOKENS>(weights, (size_t)row_bytes, x, y, rows, k, tokens);                 \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(32 * LINEAR_WARPS)                                             \
+        wide(const unsigned char* weights, unsigned long long row_bytes, const float* x, float* y, int rows, int k, \
+             int tokens) {                                                                                      \
+        linear_rows<Format, LINEAR_WIDE_TOKENS>(weights, (size_t)row_bytes, x, y, rows, k, tokens);            \
     }
 
-LINEAR_KERNEL(linear_q4_0, Q4_0)
-LINEAR_KERNEL(linear_q4_1, Q4_1)
-LINEAR_KERNEL(linear_q8_0, Q8_0)
-LINEAR_KERNEL(linear_q4_k, Q4_K)
-LINEAR_KERNEL(linear_q6_k, Q6_K)
-LINEAR_KERNEL(linear_f16, F16)
-LINEAR_KERNEL(linear_bf16, BF16)
-LINEAR_KERNEL(linear_f32, F32)
+LINEAR_KERNEL(linear_q4_0, linear_wide_q4_0, Q4_0)
+LINEAR_KERNEL(linear_q4_1, linear_wide_q4_1, Q4_1)
+LINEAR_KERNEL(linear_q8_0, linear_wide_q8_0, Q8_0)
+LINEAR_KERNEL(linear_q4_k, linear_wide_q4_k, Q4_K)
+LINEAR_KERNEL(linear_q6_k, linear_wide_q6_k, Q6_K)
+LINEAR_KERNEL(linear_f16, linear_wide_f16, F16)
+LINEAR_KERNEL(linear_bf16, linear_wide_bf16, BF16)
+LINEAR_KERNEL(linear_f32, linear_wide_f32, F32)
+
+// Input gradient of y = x·Wᵀ: dx[t][k] += Σrow dy[t][row] · W[row][k], W
+// read as stored. A block owns LB_UNITS units of the inputs (one input per
+// thread) and LB_TOKENS tokens (grid.y), and walks every row, LB_ROWS at a
+// time: its threads widen the stage's (row, unit) pairs into shared memory
+// once, then each adds its input's products for every token, in row order
+// (deterministic, no atomics).
+// Grid: (ceil(k / (32 · LB_UNITS)), ceil(tokens / LB_TOKENS)); block: 32 ·
+// LB_UNITS threads (= LB_ROWS · LB_UNITS: one (row, unit) each per stage).
+
+#define LB_UNITS 8
+#define LB_ROWS 32
+#define LB_TOKENS 8
+
+template <typename Format>
+__device__ __forceinline__ void linear_backward_rows(const unsigned char* weights, size_t row_bytes, const float* dy,
+                                                     float* dx, int rows, int k, int tokens) {
+    __shared__ float weight_stage[LB_ROWS][32 * LB_UNITS + 1];
+    __shared__ float dy_stage[LB_TOKENS][LB_ROWS];
+    const int units = k / 32, first_unit = blockIdx.x * LB_UNITS, first_token = blockIdx.y * LB_TOKENS;
+    const int count = min(LB_TOKENS, tokens - first_token);
+    const int input = first_unit * 32 + threadIdx.x;
+    const bool owns_input = input < k;
+    float acc[LB_TOKENS];
+#pragma unroll
+    for (int t = 0; t < LB_TOKENS; ++t) acc[t] = 0.0f;
+    for (int stage = 0; stage < rows; stage += LB_ROWS) {
+        __syncthreads();  // the previous stage is consumed
+        const int r = threadIdx.x / LB_UNITS, u = threadIdx.x % LB_UNITS;
+        if (stage + r < rows && first_unit + u < units) {
+            float w[32];
+            Format::load(weights + (size_t)(stage + r) * row_bytes, first_unit + u, w);
+#pragma unroll
+            for (int j = 0; j < 32; ++j) weight_stage[r][32 * u + j] = w[j];
+        }
+        for (int i = threadIdx.x; i < LB_TOKENS * LB_ROWS; i += blockDim.x) {
+            const int t = i / LB_ROWS, row = stage + i % LB_ROWS;
+            dy_stage[t][i % LB_ROWS] = t < count && row < rows ? dy[(size_t)(first_token + t) * rows + row] : 0.0f;
+        }
+        __syncthreads();
+        if (!owns_input) continue;
+        const int stage_rows = min(LB_ROWS, rows - stage);
+        for (int row = 0; row < stage_rows; ++row) {
+            const float w = weight_stage[row][threadIdx.x];
+#pragma unroll
+            for (int t = 0; t < LB_TOKENS; ++t) acc[t] += dy_stage[t][row] * w;
+        }
+    }
+    if (!owns_input) return;
+    for (int t = 0; t < count; ++t) dx[(size_t)(first_token + t) * k + input] += acc[t];
+}
+
+#define LINEAR_BACKWARD_KERNEL(name, Format)                                                                    \
+    extern "C" __global__ void __launch_bounds__(32 * LB_UNITS)                                                 \
+        name(const unsigned char* weights, unsigned long long row_bytes, const float* dy, float* dx, int rows,  \
+             int k, int tokens) {                                                                               \
+        linear_backward_rows<Format>(weights, (size_t)row_bytes, dy, dx, rows, k, tokens);                     \
+    }
+
+LINEAR_BACKWARD_KERNEL(linear_backward_q4_0, Q4_0)
+LINEAR_BACKWARD_KERNEL(linear_backward_q4_1, Q4_1)
+LINEAR_BACKWARD_KERNEL(linear_backward_q8_0, Q8_0)
+LINEAR_BACKWARD_KERNEL(linear_backward_q4_k, Q4_K)
+LINEAR_BACKWARD_KERNEL(linear_backward_q6_k, Q6_K)
+LINEAR_BACKWARD_KERNEL(linear_backward_f16, F16)
+LINEAR_BACKWARD_KERNEL(linear_backward_bf16, BF16)
+LINEAR_BACKWARD_KERNEL(linear_backward_f32, F32)

@@ -11,7 +11,7 @@ mod common;
 
 use common::Rng;
 use tailor_tensor::cpu::{self, AttentionShape, LoraGroup, LoraKernel, LoraMatrix, LoraPair, RopeTable};
-use tailor_tensor::cuda::backend::{Backend, DeviceBuffer, Executor, KvView, KV_DTYPES};
+use tailor_tensor::cuda::backend::{Backend, DeviceBuffer, Executor, KvView, LoraLaunch, KV_DTYPES};
 use tailor_tensor::{DType, Tensor, TensorError};
 
 tailor_tensor::on_gpu_and_emulator!(
@@ -48,6 +48,11 @@ tailor_tensor::on_gpu_and_emulator!(
     lora_gpu,
     lora_emulated
 );
+tailor_tensor::on_gpu_and_emulator!(
+    lora_segments_of_a_prompt_match_rows_bit_for_bit_and_the_cpu,
+    lora_segments_gpu,
+    lora_segments_emulated
+);
 tailor_tensor::on_gpu_and_emulator!(additions_match_the_cpu, add_gpu, add_emulated);
 tailor_tensor::on_gpu_and_emulator!(
     kv_store_appends_each_row_to_its_own_cache_at_its_length,
@@ -72,7 +77,9 @@ fn linear_matches_the_dequantized_cpu_product_for_every_stored_type<E: Executor>
         let weights = Tensor::from_f32(rng.vec(rows * cols), &[rows, cols]).unwrap().to_dtype(dtype).unwrap();
         let dense = weights.to_f32().unwrap().into_owned();
         let on_device = gpu.upload_matrix(&weights).unwrap();
-        for tokens in [1, 3, 11] {
+        // 45 tokens: a launch of the prefill kernel (32) and one of the
+        // decode kernel (13 → 8 + 5); 1 is the decode kernel alone.
+        for tokens in [1, 3, 11, 45] {
             let x = rng.vec(tokens * cols);
             let (mut want, mut scale) = (vec![0f32; tokens * rows], vec![0f32; tokens * rows]);
             for t in 0..tokens {
@@ -88,6 +95,21 @@ fn linear_matches_the_dequantized_cpu_product_for_every_stored_type<E: Executor>
             gpu.linear(&on_device, &x_device, tokens, &mut y).unwrap();
             let got: Vec<f32> = gpu.download(&y, tokens * rows).unwrap();
             assert_close(&format!("linear {dtype:?} × {tokens} tokens"), &got, &want, &scale, 1e-4);
+            if tokens == 1 {
+                continue;
+            }
+            // The prefill kernel sums each token's products in the decode
+            // kernel's order: a token's result does not depend on its launch.
+            let last = &x[(tokens - 1) * cols..];
+            let mut y_alone = gpu.alloc(rows * 4).unwrap();
+            gpu.linear(&on_device, &gpu.upload(last).unwrap(), 1, &mut y_alone).unwrap();
+            let got_alone: Vec<f32> = gpu.download(&y_alone, rows).unwrap();
+            assert_eq!(
+                got[(tokens - 1) * rows..],
+                got_alone[..],
+                "{dtype:?}: token {} of {tokens} vs alone",
+                tokens - 1
+            );
         }
     }
 }
@@ -333,12 +355,51 @@ fn lora_rows_of_different_adapters_in_one_launch_match_the_cpu_deltas<E: Executo
     let want: Vec<f32> = base.iter().zip(&delta).map(|(b, d)| b + d).collect();
     let (first_device, second_device) = (gpu.upload_lora(&first).unwrap(), gpu.upload_lora(&second).unwrap());
     let adapters = [Some(&first_device), Some(&second_device), Some(&first_device), None];
-    let mut y = gpu.upload(&base).unwrap();
-    gpu.lora(&gpu.upload(&x).unwrap(), &adapters, &mut y).unwrap();
-    let got: Vec<f32> = gpu.download(&y, rows * out_dim).unwrap();
+    let x_device = gpu.upload(&x).unwrap();
+    for launch in [LoraLaunch::Rows, LoraLaunch::Segments] {
+        let mut y = gpu.upload(&base).unwrap();
+        gpu.lora_on(launch, &x_device, &adapters, &mut y).unwrap();
+        let got: Vec<f32> = gpu.download(&y, rows * out_dim).unwrap();
+        let scale: Vec<f32> = delta.iter().map(|d| d.abs() + 1.0).collect();
+        assert_close(&format!("lora {launch:?}"), &got, &want, &scale, 1e-4);
+        assert_eq!(&got[3 * out_dim..], &base[3 * out_dim..], "a row without an adapter is left as it was");
+    }
+}
+
+fn lora_segments_of_a_prompt_match_rows_bit_for_bit_and_the_cpu<E: Executor>(gpu: &Backend<E>) {
+    let mut rng = Rng(43);
+    let (in_dim, out_dim) = (64, 96);
+    let pair = |rng: &mut Rng, rank: usize| {
+        let (a, b) = (rng.vec(rank * in_dim), rng.vec(out_dim * rank));
+        LoraPair::new(rank, in_dim, out_dim, LoraMatrix::F32(a), LoraMatrix::F32(b)).unwrap()
+    };
+    let (first, second) = (pair(&mut rng, 16), pair(&mut rng, 4));
+    // Runs of 20 (past one 16-row tile), 1 without, 3, and a lone row.
+    let owners: Vec<Option<usize>> =
+        [vec![Some(0); 20], vec![None], vec![Some(1); 3], vec![Some(0)]].into_iter().flatten().collect();
+    let rows = owners.len();
+    let (x, base) = (rng.vec(rows * in_dim), rng.vec(rows * out_dim));
+    let rows_of = |adapter: usize| -> Vec<usize> { (0..rows).filter(|&r| owners[r] == Some(adapter)).collect() };
+    let (first_rows, second_rows) = (rows_of(0), rows_of(1));
+    let groups = [
+        LoraGroup { pair: &first, rows: &first_rows, output: 0 },
+        LoraGroup { pair: &second, rows: &second_rows, output: 0 },
+    ];
+    let mut delta = vec![0f32; rows * out_dim];
+    cpu::lora_deltas_on(LoraKernel::Scalar, &x, rows, &groups, &mut [&mut delta[..]], &mut Vec::new()).unwrap();
+    let want: Vec<f32> = base.iter().zip(&delta).map(|(b, d)| b + d).collect();
+    let on_device = [gpu.upload_lora(&first).unwrap(), gpu.upload_lora(&second).unwrap()];
+    let adapters: Vec<_> = owners.iter().map(|owner| owner.map(|i| &on_device[i])).collect();
+    let x_device = gpu.upload(&x).unwrap();
+    let mut results = Vec::new();
+    for launch in [LoraLaunch::Rows, LoraLaunch::Segments] {
+        let mut y = gpu.upload(&base).unwrap();
+        gpu.lora_on(launch, &x_device, &adapters, &mut y).unwrap();
+        results.push(gpu.download::<f32>(&y, rows * out_dim).unwrap());
+    }
     let scale: Vec<f32> = delta.iter().map(|d| d.abs() + 1.0).collect();
-    assert_close("lora", &got, &want, &scale, 1e-4);
-    assert_eq!(&got[3 * out_dim..], &base[3 * out_dim..], "a row without an adapter is left as it was");
+    assert_close("lora segments", &results[1], &want, &scale, 1e-4);
+    assert_eq!(results[0], results[1], "SGMV and BGMV sum in the same order");
 }
 
 #[test]

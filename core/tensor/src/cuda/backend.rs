@@ -17,9 +17,15 @@ use crate::{DType, Result, Tensor, TensorError};
 use std::ffi::c_void;
 use std::sync::Arc;
 
-/// Tokens one launch of the linear kernel takes (`LINEAR_TOKENS` in
-/// linear.cu); longer inputs are split.
+mod backward;
+pub use backward::DeviceMatRef;
+
+/// Tokens one launch of the decode linear kernel takes (`LINEAR_TOKENS` in
+/// linear.cu).
 const LINEAR_TOKENS: usize = 8;
+/// Tokens one launch of the prefill linear kernel takes
+/// (`LINEAR_WIDE_TOKENS`); longer inputs are split.
+const LINEAR_WIDE_TOKENS: usize = 32;
 /// Weight rows per block of the linear kernel (`LINEAR_WARPS`).
 const LINEAR_WARPS: usize = 4;
 /// Warps per block of decode attention (`ATT_WARPS`).
@@ -32,6 +38,8 @@ const PREFILL_WARPS: usize = 8;
 const PREFILL_MAX_HEAD: usize = 128;
 /// Rank entries per block of the LoRA shrink (`LORA_WARPS`).
 const LORA_WARPS: usize = 8;
+/// Rows per tile of the segmented LoRA kernels (`LORA_TILE`).
+const LORA_TILE: usize = 16;
 
 /// The weight dtypes [`Backend::linear`] takes.
 pub const LINEAR_DTYPES: [DType; 8] =
@@ -331,6 +339,18 @@ impl<E: Executor> Backend<E> {
         positions: &[usize],
         n_heads: usize,
     ) -> Result<()> {
+        self.rotate(x, table, positions, n_heads, 1.0)
+    }
+
+    /// Rotates by `direction` (±1) times the angles of each token's position.
+    fn rotate(
+        &self,
+        x: &mut DeviceBuffer<E::Block>,
+        table: &DeviceRope<E::Block>,
+        positions: &[usize],
+        n_heads: usize,
+        direction: f32,
+    ) -> Result<()> {
         let tokens = positions.len();
         x.expect_f32s(tokens * n_heads * table.head_dim, "rope x")?;
         if let Some(&past) = positions.iter().find(|&&p| p >= table.positions) {
@@ -342,8 +362,8 @@ impl<E: Executor> Backend<E> {
         }
         let positions: Vec<i32> = positions.iter().map(|&p| int(p)).collect::<Result<_>>()?;
         let positions = self.upload(&positions)?;
-        let args: [&dyn KernelArg; 6] =
-            [&x.ptr, &table.cos.ptr, &table.sin.ptr, &positions.ptr, &int(n_heads)?, &int(table.head_dim)?];
+        let args: [&dyn KernelArg; 7] =
+            [&x.ptr, &table.cos.ptr, &table.sin.ptr, &positions.ptr, &int(n_heads)?, &int(table.head_dim)?, &direction];
         let threads = table.head_dim.div_ceil(2).next_multiple_of(32) as u32;
         self.launch(&kernels::ROPE, "rope", (grid(tokens)?, grid(n_heads)?), threads, &args)
     }
@@ -394,32 +414,25 @@ impl<E: Executor> Backend<E> {
         tokens: usize,
         y: &mut DeviceBuffer<E::Block>,
     ) -> Result<()> {
-        let entry = match w.dtype {
-            DType::Q4_0 => "linear_q4_0",
-            DType::Q4_1 => "linear_q4_1",
-            DType::Q8_0 => "linear_q8_0",
-            DType::Q4K => "linear_q4_k",
-            DType::Q6K => "linear_q6_k",
-            DType::F16 => "linear_f16",
-            DType::BF16 => "linear_bf16",
-            DType::F32 => "linear_f32",
-            dtype => return Err(TensorError::UnsupportedDType { op: "cuda linear", dtype }),
-        };
-        if !w.cols.is_multiple_of(32) {
-            let detail = format!("rows of {} elements (the kernel takes multiples of 32)", w.cols);
-            return Err(TensorError::Incompatible { op: "cuda linear", detail });
-        }
+        let entry = w.linear_suffix("cuda linear")?;
         x.expect_f32s(tokens * w.cols, "linear x")?;
         y.expect_f32s(tokens * w.rows, "linear y")?;
         let row_bytes = w.dtype.bytes_for(w.cols)? as u64;
         let blocks = grid(w.rows.div_ceil(LINEAR_WARPS))?;
-        for first in (0..tokens).step_by(LINEAR_TOKENS) {
-            let count = (tokens - first).min(LINEAR_TOKENS);
+        let mut first = 0;
+        while first < tokens {
+            // More than a decode launch takes: the prefill kernel, which
+            // reads the weights once per LINEAR_WIDE_TOKENS tokens.
+            let (entry, count) = match tokens - first {
+                left if left > LINEAR_TOKENS => (format!("linear_wide_{entry}"), left.min(LINEAR_WIDE_TOKENS)),
+                left => (format!("linear_{entry}"), left),
+            };
             let x_at = x.ptr + (first * w.cols * 4) as u64;
             let y_at = y.ptr + (first * w.rows * 4) as u64;
             let args: [&dyn KernelArg; 7] =
                 [&w.buffer.ptr, &row_bytes, &x_at, &y_at, &int(w.rows)?, &int(w.cols)?, &int(count)?];
-            self.launch(&kernels::LINEAR, entry, (blocks, 1), (32 * LINEAR_WARPS) as u32, &args)?;
+            self.launch(&kernels::LINEAR, &entry, (blocks, 1), (32 * LINEAR_WARPS) as u32, &args)?;
+            first += count;
         }
         Ok(())
     }
@@ -540,59 +553,6 @@ impl<E: Executor> Backend<E> {
         self.download(&loss, targets.len())
     }
 
-    /// The backward of [`CudaBackend::silu_mul`]: `dgate` and `dup`
-    /// (overwritten) from the pre-activations and `dact`, over `n` values.
-    pub fn silu_mul_backward(
-        &self,
-        gate: &DeviceBuffer<E::Block>,
-        up: &DeviceBuffer<E::Block>,
-        dact: &DeviceBuffer<E::Block>,
-        dgate: &mut DeviceBuffer<E::Block>,
-        dup: &mut DeviceBuffer<E::Block>,
-        n: usize,
-    ) -> Result<()> {
-        for (buffer, what) in [(gate, "gate"), (up, "up"), (dact, "dact"), (&*dgate, "dgate"), (&*dup, "dup")] {
-            buffer.expect_f32s(n, what)?;
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        let args: [&dyn KernelArg; 6] = [&gate.ptr, &up.ptr, &dact.ptr, &dgate.ptr, &dup.ptr, &int(n)?];
-        self.launch(&kernels::SILU_MUL, "silu_mul_backward", (grid(n.div_ceil(256))?, 1), 256, &args)
-    }
-
-    /// The backward of [`CudaBackend::rms_norm`] on `rows` rows of `dim`:
-    /// `dx += ∂/∂x`, and `dweight += Σ_rows dy·x̂` when given (summed in
-    /// row order, deterministic).
-    #[allow(clippy::too_many_arguments)]
-    pub fn rms_norm_backward(
-        &self,
-        x: &DeviceBuffer<E::Block>,
-        weight: &DeviceBuffer<E::Block>,
-        dy: &DeviceBuffer<E::Block>,
-        dx: &mut DeviceBuffer<E::Block>,
-        dweight: Option<&mut DeviceBuffer<E::Block>>,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-    ) -> Result<()> {
-        for (buffer, count, what) in
-            [(x, rows * dim, "x"), (dy, rows * dim, "dy"), (&*dx, rows * dim, "dx"), (weight, dim, "weight")]
-        {
-            buffer.expect_f32s(count, what)?;
-        }
-        if rows == 0 {
-            return Ok(());
-        }
-        let inv_rms = self.alloc(rows * 4)?;
-        let args: [&dyn KernelArg; 7] = [&x.ptr, &weight.ptr, &dy.ptr, &dx.ptr, &inv_rms.ptr, &int(dim)?, &eps];
-        self.launch(&kernels::RMS_NORM, "rms_norm_backward", (grid(rows)?, 1), 256, &args)?;
-        let Some(dweight) = dweight else { return Ok(()) };
-        dweight.expect_f32s(dim, "dweight")?;
-        let args: [&dyn KernelArg; 6] = [&x.ptr, &dy.ptr, &inv_rms.ptr, &dweight.ptr, &int(rows)?, &int(dim)?];
-        self.launch(&kernels::RMS_NORM, "rms_norm_backward_weight", (grid(dim.div_ceil(256))?, 1), 256, &args)
-    }
-
     /// `x += y` over `n` values.
     pub fn add(&self, x: &mut DeviceBuffer<E::Block>, y: &DeviceBuffer<E::Block>, n: usize) -> Result<()> {
         x.expect_f32s(n, "add x")?;
@@ -653,9 +613,27 @@ impl<E: Executor> Backend<E> {
 
     /// Adds each row's LoRA delta `B·(A·x[r])` to `y[r]` (`x` is
     /// `[rows, in]`, `y` `[rows, out]`); `adapters[r]` is row r's adapter
-    /// projection or none. Rows of different adapters share one launch.
+    /// projection or none. Rows of different adapters share one launch;
+    /// consecutive rows of one adapter (a prompt) are taken a tile at a
+    /// time (SGMV), others a row at a time (BGMV). Both give the same bits.
     pub fn lora(
         &self,
+        x: &DeviceBuffer<E::Block>,
+        adapters: &[Option<&DeviceLora<E::Block>>],
+        y: &mut DeviceBuffer<E::Block>,
+    ) -> Result<()> {
+        let runs = adapters.windows(2).any(|pair| match (pair[0], pair[1]) {
+            (Some(a), Some(b)) => std::ptr::eq(a, b),
+            _ => false,
+        });
+        let launch = if runs { LoraLaunch::Segments } else { LoraLaunch::Rows };
+        self.lora_on(launch, x, adapters, y)
+    }
+
+    /// [`Backend::lora`] launched the way `launch` says (tests run both).
+    pub fn lora_on(
+        &self,
+        launch: LoraLaunch,
         x: &DeviceBuffer<E::Block>,
         adapters: &[Option<&DeviceLora<E::Block>>],
         y: &mut DeviceBuffer<E::Block>,
@@ -669,6 +647,24 @@ impl<E: Executor> Backend<E> {
         x.expect_f32s(rows * in_dim, "lora x")?;
         y.expect_f32s(rows * out_dim, "lora y")?;
         let max_rank = adapters.iter().flatten().map(|a| a.rank).max().unwrap_or(1);
+        let low = self.alloc(rows * max_rank * 4)?;
+        let dims = LoraDims { in_dim, out_dim, max_rank };
+        match launch {
+            LoraLaunch::Rows => self.lora_rows(x, adapters, &low, y, dims),
+            LoraLaunch::Segments => self.lora_segments(x, adapters, &low, y, dims),
+        }
+    }
+
+    /// BGMV: one row per block of the shrink and of the expand.
+    fn lora_rows(
+        &self,
+        x: &DeviceBuffer<E::Block>,
+        adapters: &[Option<&DeviceLora<E::Block>>],
+        low: &DeviceBuffer<E::Block>,
+        y: &mut DeviceBuffer<E::Block>,
+        LoraDims { in_dim, out_dim, max_rank }: LoraDims,
+    ) -> Result<()> {
+        let rows = adapters.len();
         let pointers = |matrix: fn(&DeviceLora<E::Block>) -> u64| -> Vec<u64> {
             adapters.iter().map(|a| a.map_or(0, matrix)).collect()
         };
@@ -676,13 +672,102 @@ impl<E: Executor> Backend<E> {
         let b_ptrs = self.upload(&pointers(|a| a.b.ptr))?;
         let ranks: Vec<i32> = adapters.iter().map(|a| int(a.map_or(0, |a| a.rank))).collect::<Result<_>>()?;
         let ranks = self.upload(&ranks)?;
-        let low = self.alloc(rows * max_rank * 4)?;
         let shrink: [&dyn KernelArg; 6] = [&x.ptr, &a_ptrs.ptr, &ranks.ptr, &low.ptr, &int(in_dim)?, &int(max_rank)?];
         let shrink_grid = (grid(rows)?, grid(max_rank.div_ceil(LORA_WARPS))?);
         self.launch(&kernels::LORA, "lora_shrink", shrink_grid, (32 * LORA_WARPS) as u32, &shrink)?;
         let expand: [&dyn KernelArg; 6] = [&low.ptr, &b_ptrs.ptr, &ranks.ptr, &y.ptr, &int(out_dim)?, &int(max_rank)?];
         self.launch(&kernels::LORA, "lora_expand", (grid(rows)?, grid(out_dim.div_ceil(256))?), 256, &expand)
     }
+
+    /// SGMV: tiles of up to `LORA_TILE` consecutive rows of one adapter.
+    fn lora_segments(
+        &self,
+        x: &DeviceBuffer<E::Block>,
+        adapters: &[Option<&DeviceLora<E::Block>>],
+        low: &DeviceBuffer<E::Block>,
+        y: &mut DeviceBuffer<E::Block>,
+        LoraDims { in_dim, out_dim, max_rank }: LoraDims,
+    ) -> Result<()> {
+        let tiles = lora_tiles(adapters);
+        if tiles.is_empty() {
+            return Ok(());
+        }
+        let column = |field: fn(&LoraTile<'_, E::Block>) -> usize| -> Result<Vec<i32>> {
+            tiles.iter().map(|tile| int(field(tile))).collect()
+        };
+        let tile_first = self.upload(&column(|tile| tile.first)?)?;
+        let tile_rows = self.upload(&column(|tile| tile.rows)?)?;
+        let tile_rank = self.upload(&column(|tile| tile.adapter.rank)?)?;
+        let tile_a = self.upload(&tiles.iter().map(|tile| tile.adapter.a.ptr).collect::<Vec<u64>>())?;
+        let tile_b = self.upload(&tiles.iter().map(|tile| tile.adapter.b.ptr).collect::<Vec<u64>>())?;
+        let shrink: [&dyn KernelArg; 8] = [
+            &x.ptr,
+            &tile_first.ptr,
+            &tile_rows.ptr,
+            &tile_a.ptr,
+            &tile_rank.ptr,
+            &low.ptr,
+            &int(in_dim)?,
+            &int(max_rank)?,
+        ];
+        let shrink_grid = (grid(tiles.len())?, grid(max_rank.div_ceil(LORA_WARPS))?);
+        self.launch(&kernels::LORA, "lora_shrink_segments", shrink_grid, (32 * LORA_WARPS) as u32, &shrink)?;
+        let expand: [&dyn KernelArg; 8] = [
+            &low.ptr,
+            &tile_first.ptr,
+            &tile_rows.ptr,
+            &tile_b.ptr,
+            &tile_rank.ptr,
+            &y.ptr,
+            &int(out_dim)?,
+            &int(max_rank)?,
+        ];
+        let expand_grid = (grid(tiles.len())?, grid(out_dim.div_ceil(256))?);
+        self.launch(&kernels::LORA, "lora_expand_segments", expand_grid, 256, &expand)
+    }
+}
+
+/// How [`Backend::lora_on`] launches its kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoraLaunch {
+    /// A row at a time (BGMV): every row may name its own adapter (decode).
+    Rows,
+    /// Tiles of consecutive rows sharing an adapter (SGMV): each adapter
+    /// row is read once per tile (prefill).
+    Segments,
+}
+
+/// The sizes one LoRA call works in.
+#[derive(Clone, Copy)]
+struct LoraDims {
+    in_dim: usize,
+    out_dim: usize,
+    max_rank: usize,
+}
+
+/// Consecutive rows `first .. first + rows` sharing `adapter`.
+struct LoraTile<'a, B> {
+    first: usize,
+    rows: usize,
+    adapter: &'a DeviceLora<B>,
+}
+
+/// The rows with an adapter cut into runs of one adapter, each at most
+/// `LORA_TILE` rows.
+fn lora_tiles<'a, B>(adapters: &[Option<&'a DeviceLora<B>>]) -> Vec<LoraTile<'a, B>> {
+    let mut tiles: Vec<LoraTile<'a, B>> = Vec::new();
+    for (row, adapter) in adapters.iter().enumerate() {
+        let Some(adapter) = *adapter else { continue };
+        match tiles.last_mut() {
+            Some(tile)
+                if tile.first + tile.rows == row && std::ptr::eq(tile.adapter, adapter) && tile.rows < LORA_TILE =>
+            {
+                tile.rows += 1
+            }
+            _ => tiles.push(LoraTile { first: row, rows: 1, adapter }),
+        }
+    }
+    tiles
 }
 
 impl<B> DeviceBuffer<B> {
@@ -705,6 +790,27 @@ impl<B> DeviceBuffer<B> {
 }
 
 impl<B> DeviceMatrix<B> {
+    /// The suffix of the linear kernels' entries for this matrix's dtype
+    /// (`q4_0` for `linear_q4_0`), or why `op` cannot take it.
+    fn linear_suffix(&self, op: &'static str) -> Result<&'static str> {
+        let suffix = match self.dtype {
+            DType::Q4_0 => "q4_0",
+            DType::Q4_1 => "q4_1",
+            DType::Q8_0 => "q8_0",
+            DType::Q4K => "q4_k",
+            DType::Q6K => "q6_k",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::F32 => "f32",
+            dtype => return Err(TensorError::UnsupportedDType { op, dtype }),
+        };
+        if !self.cols.is_multiple_of(32) {
+            let detail = format!("rows of {} elements (the kernels take multiples of 32)", self.cols);
+            return Err(TensorError::Incompatible { op, detail });
+        }
+        Ok(suffix)
+    }
+
     /// `[rows, cols]`.
     pub fn shape(&self) -> [usize; 2] {
         [self.rows, self.cols]

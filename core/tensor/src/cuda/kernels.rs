@@ -29,7 +29,8 @@ pub const RMS_NORM: KernelSource = KernelSource {
     entries: &["rms_norm", "rms_norm_backward", "rms_norm_backward_weight"],
 };
 
-/// Rotary position embedding from the host's cos/sin tables.
+/// Rotary position embedding from the host's cos/sin tables (forward and
+/// backward: the opposite rotation).
 pub const ROPE: KernelSource =
     KernelSource { name: "rope", file: "rope.cu", code: include_str!("../../kernels/rope.cu"), entries: &["rope"] };
 
@@ -41,16 +42,18 @@ pub const SILU_MUL: KernelSource = KernelSource {
     entries: &["silu_mul", "silu_mul_backward"],
 };
 
-/// Embedding gather from f32, f16 or bf16 tables.
+/// Embedding gather from f32, f16 or bf16 tables, and its backward into an
+/// f32 table gradient.
 pub const EMBEDDING: KernelSource = KernelSource {
     name: "embedding",
     file: "embedding.cu",
     code: include_str!("../../kernels/embedding.cu"),
-    entries: &["embedding_f32", "embedding_f16", "embedding_bf16"],
+    entries: &["embedding_f32", "embedding_f16", "embedding_bf16", "embedding_backward"],
 };
 
-/// Linear layers at decode sizes on weights as stored (GGUF blocks, f16,
-/// bf16, f32).
+/// Linear layers on weights as stored (GGUF blocks, f16, bf16, f32): a
+/// decode kernel (8 tokens a launch), a prefill one (32 tokens a launch,
+/// the same per-token sums), and the input gradient.
 pub const LINEAR: KernelSource = KernelSource {
     name: "linear",
     file: "linear.cu",
@@ -64,6 +67,22 @@ pub const LINEAR: KernelSource = KernelSource {
         "linear_f16",
         "linear_bf16",
         "linear_f32",
+        "linear_wide_q4_0",
+        "linear_wide_q4_1",
+        "linear_wide_q8_0",
+        "linear_wide_q4_k",
+        "linear_wide_q6_k",
+        "linear_wide_f16",
+        "linear_wide_bf16",
+        "linear_wide_f32",
+        "linear_backward_q4_0",
+        "linear_backward_q4_1",
+        "linear_backward_q8_0",
+        "linear_backward_q4_k",
+        "linear_backward_q6_k",
+        "linear_backward_f16",
+        "linear_backward_bf16",
+        "linear_backward_f32",
     ],
 };
 
@@ -92,12 +111,31 @@ pub const SOFTMAX_XENT: KernelSource = KernelSource {
     entries: &["softmax_xent"],
 };
 
-/// LoRA shrink and expand batched across adapters (BGMV).
+/// LoRA shrink and expand batched across adapters: a row at a time (BGMV,
+/// decode) or a tile of rows sharing an adapter at a time (SGMV, prefill).
 pub const LORA: KernelSource = KernelSource {
     name: "lora",
     file: "lora.cu",
     code: include_str!("../../kernels/lora.cu"),
-    entries: &["lora_shrink", "lora_expand"],
+    entries: &["lora_shrink", "lora_expand", "lora_shrink_segments", "lora_expand_segments"],
+};
+
+/// The backward of causal attention over packed sequences (dq with each
+/// row's log-sum-exp, then dk and dv).
+pub const ATTENTION_BACKWARD: KernelSource = KernelSource {
+    name: "attention_backward",
+    file: "attention_backward.cu",
+    code: include_str!("../../kernels/attention_backward.cu"),
+    entries: &["attention_backward_dq", "attention_backward_dkv"],
+};
+
+/// A small f32 product with strided operands (weight and adapter
+/// gradients).
+pub const MATMUL: KernelSource = KernelSource {
+    name: "matmul",
+    file: "matmul.cu",
+    code: include_str!("../../kernels/matmul.cu"),
+    entries: &["matmul_f32"],
 };
 
 /// The residual stream's addition and the q/k/v biases.
@@ -130,6 +168,8 @@ pub const ALL: &[KernelSource] = &[
     LORA,
     ADD,
     KV_STORE,
+    ATTENTION_BACKWARD,
+    MATMUL,
 ];
 
 impl KernelSource {
@@ -150,8 +190,9 @@ mod tests {
         for kernel in ALL {
             assert!(names.insert(kernel.name), "{} listed twice", kernel.name);
             for entry in kernel.entries {
-                let defined =
-                    kernel.code.contains(&format!(" {entry}(")) || kernel.code.contains(&format!("({entry}, "));
+                let defined = [format!(" {entry}("), format!("({entry}, "), format!(", {entry}, ")]
+                    .iter()
+                    .any(|pattern| kernel.code.contains(pattern));
                 assert!(defined, "{}: no kernel named {entry}", kernel.file);
             }
         }
