@@ -171,13 +171,13 @@ impl Engine {
     /// weights are uploaded first (a typed error, before any request, when
     /// the device cannot take them: the caller may start on the CPU
     /// instead), then every prefill and decode step runs there, with up
-    /// to `adapter_slots` adapters kept in device memory.
+    /// to `device.adapter_slots` adapters kept in device memory.
     #[cfg(feature = "cuda")]
     pub fn start_on_device<E>(
         model: Arc<Model>,
         backend: tailor_tensor::cuda::backend::Backend<E>,
         options: EngineOptions,
-        adapter_slots: usize,
+        device: tailor_model::device::DeviceOptions,
     ) -> tailor_model::Result<Engine>
     where
         E: tailor_tensor::cuda::backend::Executor + 'static,
@@ -189,12 +189,12 @@ impl Engine {
         let counters = stats.clone();
         let (uploaded, upload_result) = mpsc::sync_channel(1);
         let run = move || {
-            let device = match DeviceLlama::upload(&model.llama, &backend) {
-                Ok(device) => device,
+            let weights = match DeviceLlama::upload(&model.llama, &backend) {
+                Ok(weights) => weights,
                 Err(e) => return drop(uploaded.send(Err(e))),
             };
             let _ = uploaded.send(Ok(()));
-            let decoder = DeviceDecoder::new(device, adapter_slots);
+            let decoder = DeviceDecoder::with_options(weights, device);
             Scheduler::new(&model, decoder, queue, options, counters).run();
         };
         let worker = std::thread::Builder::new()
@@ -521,6 +521,16 @@ impl<'m, D: Decoder> Scheduler<'m, D> {
         let mut caches: Vec<&mut D::Cache> = running.iter_mut().map(|r| r.sequence.cache_mut()).collect();
         let logits = match decoder.decode(&tokens, &mut caches, &adapters) {
             Ok(logits) => logits,
+            Err(e) if e.is_out_of_memory() && running.len() > 1 => {
+                // A failed step leaves every cache as it was: the sequence
+                // holding the most memory fails alone, the rest step again.
+                drop(decoder);
+                let largest = (0..running.len()).max_by_key(|&i| running[i].sequence.cache().bytes());
+                if let Some(shed) = largest.map(|i| running.swap_remove(i)) {
+                    let _ = shed.events.send(Event::Failed(format!("decode step failed: {e}")));
+                }
+                return self.step(running);
+            }
             Err(e) => {
                 for r in running.drain(..) {
                     let _ = r.events.send(Event::Failed(format!("decode step failed: {e}")));

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tailor_engine::{Engine, EngineOptions, Event};
-use tailor_model::device::{DeviceDecoder, DeviceLlama};
+use tailor_model::device::{DeviceDecoder, DeviceLlama, DeviceOptions};
 use tailor_model::{ActiveAdapter, Adapter, AdapterLimits, GenerateParams, LoadOptions, Model, SamplingParams};
 use tailor_tensor::cuda::backend::{Backend, Executor};
 use tailor_tensor::cuda::testing::{emulated, gpu_if_asked};
@@ -30,6 +30,11 @@ fn batched_requests_on_the_gpu_match_their_solo_runs() {
 #[test]
 fn batched_requests_on_the_emulator_match_their_solo_runs() {
     batched_requests_match_solo_runs_and_the_cpu(emulated(1 << 30), || emulated(1 << 30));
+}
+
+/// Device options keeping `adapter_slots` adapters.
+fn slots(adapter_slots: usize) -> DeviceOptions {
+    DeviceOptions { adapter_slots, ..DeviceOptions::default() }
 }
 
 /// A prompt of `len` tokens from `seed` (bytes of the tiny vocabulary).
@@ -106,7 +111,7 @@ where
         (shares_first, with(5, &greedy, None)),
     ];
     let options = EngineOptions { max_batch: 2, ..EngineOptions::default() };
-    let engine = Engine::start_on_device(model.clone(), backend, options, 4).unwrap();
+    let engine = Engine::start_on_device(model.clone(), backend, options, slots(4)).unwrap();
     let submissions: Vec<_> = requests.iter().map(|(p, params)| engine.submit(p.clone(), params.clone())).collect();
     let batched: Vec<(Vec<u32>, String)> = submissions.into_iter().map(collect).collect();
     let cpu = Engine::start(model.clone(), options);
@@ -136,7 +141,7 @@ fn past_the_device_budget_a_request_fails_and_the_engine_serves_on() {
     DeviceLlama::upload(&model.llama, &probe).unwrap();
     let weights = probe.pool_stats().peak;
     let options = EngineOptions { prefix_cache_bytes: 0, ..EngineOptions::default() };
-    let engine = Engine::start_on_device(model.clone(), emulated(weights + (160 << 10)), options, 4).unwrap();
+    let engine = Engine::start_on_device(model.clone(), emulated(weights + (160 << 10)), options, slots(4)).unwrap();
     let params = GenerateParams { max_tokens: 2, ..GenerateParams::default() };
     let long = prompt(4, model.llama.context_length() - 8);
     let (_, failed) = collect(engine.submit(long, params.clone()));
@@ -145,13 +150,46 @@ fn past_the_device_budget_a_request_fails_and_the_engine_serves_on() {
     assert!(!finish.starts_with("failed") && !tokens.is_empty(), "the engine serves on: {finish}");
 }
 
+/// Two sequences decode together while their caches grow (from 2
+/// positions, doubling); the device has room for one cache of 64
+/// positions and a little more, not for that and the other's 32. When the
+/// longer one's growth fails, it alone fails with the device's typed
+/// error: the step is taken again without it and the other runs to its
+/// end (emulator only: the pool counts the same way on a GPU).
+#[test]
+fn a_decode_step_past_the_device_budget_fails_only_the_largest_sequence() {
+    let dir = common::scratch_dir("device-engine-decode-oom");
+    let model = load(&dir, None);
+    let probe = emulated(1 << 30);
+    DeviceLlama::upload(&model.llama, &probe).unwrap();
+    let weights = probe.pool_stats().peak;
+    // 2 layers × (keys, values) × 64 values × 4 bytes: 1 KiB a position.
+    let cache_bytes = |positions: usize| positions << 10;
+    // Growing 32 → 64 takes 64 KiB plus one old buffer (8 KiB) at the
+    // peak; with the other's 32 KiB that is 104 KiB: the room is between.
+    let room = cache_bytes(64) + (24 << 10);
+    let device = DeviceOptions { first_cache_positions: 2, ..slots(4) };
+    let options = EngineOptions { prefix_cache_bytes: 0, max_batch: 2, ..EngineOptions::default() };
+    let engine = Engine::start_on_device(model.clone(), emulated(weights + room), options, device).unwrap();
+    let params = GenerateParams { max_tokens: 50, ..GenerateParams::default() };
+    // Prompts whose 50 greedy tokens hold no end of sequence.
+    let longer = engine.submit(prompt(1, 4), params.clone());
+    let shorter = engine.submit(prompt(0, 3), params);
+    let (longer_tokens, longer_end) = collect(longer);
+    let (shorter_tokens, shorter_end) = collect(shorter);
+    assert!(longer_end.contains("out of device memory"), "the longer sequence fails: {longer_end}");
+    assert!(longer_tokens.len() >= 28, "it failed growing past 32 positions: {} tokens", longer_tokens.len());
+    assert!(!shorter_end.starts_with("failed"), "the other one runs on: {shorter_end}");
+    assert!(shorter_tokens.len() > 30, "past its own growth to 64 positions: {} tokens", shorter_tokens.len());
+}
+
 /// A model whose weights the device kernels do not take is refused when
 /// the engine starts, with an error naming the dtype.
 #[test]
 fn an_engine_on_a_device_that_cannot_take_the_model_is_refused_at_start() {
     let dir = common::scratch_dir("device-engine-refused");
     let model = load(&dir, Some(DType::Q5_0));
-    let refused = Engine::start_on_device(model, emulated(1 << 30), EngineOptions::default(), 4).err();
+    let refused = Engine::start_on_device(model, emulated(1 << 30), EngineOptions::default(), slots(4)).err();
     let refused = refused.expect("q5_0 has no device kernel").to_string();
     assert!(refused.contains("Q5_0"), "{refused}");
 }

@@ -9,7 +9,7 @@
 
 mod decoder;
 
-pub use decoder::{DeviceChunk, DeviceDecoder, DEFAULT_ADAPTER_SLOTS};
+pub use decoder::{DeviceChunk, DeviceDecoder, DeviceOptions, DEFAULT_ADAPTER_SLOTS, DEFAULT_FIRST_CACHE_POSITIONS};
 
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};

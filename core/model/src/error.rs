@@ -127,6 +127,15 @@ pub enum ModelError {
     Tensor(#[from] tailor_tensor::TensorError),
 }
 
+impl ModelError {
+    /// Whether the device's memory (its pool's budget, or the device
+    /// itself) could not hold what the call needed: the caller may retry
+    /// with less.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, ModelError::Tensor(tailor_tensor::TensorError::DeviceOutOfMemory { .. }))
+    }
+}
+
 /// Result alias for tailor-model.
 pub type Result<T> = std::result::Result<T, ModelError>;
 

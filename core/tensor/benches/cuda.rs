@@ -1,7 +1,9 @@
 //! The CUDA kernels timed on the device at the sizes people run: decode
 //! GEMV's effective bandwidth (weight bytes per call / time) against a
-//! device-to-device copy measured in the same run, LoRA BGMV with 32
-//! distinct adapters against 1 in the same 32-row batch, causal prefill
+//! device-to-device copy measured in the same run, the prefill linear
+//! kernel's TFLOP/s on a 512-token prompt, LoRA on that prompt by SGMV
+//! against BGMV, LoRA BGMV with 32 distinct adapters against 1 in the same
+//! 32-row batch, causal prefill
 //! attention's TFLOP/s and decode attention's cache bandwidth, each with
 //! an f32 and an f16 KV cache. Times are the
 //! median of 9 rounds of 20 launches each, after a warm-up, the stream
@@ -14,7 +16,7 @@
 
 use std::time::Instant;
 use tailor_tensor::cpu::{AttentionShape, LoraMatrix, LoraPair};
-use tailor_tensor::cuda::backend::{CudaBackend, DeviceBuffer, DeviceLora, Executor, KvView, KV_DTYPES};
+use tailor_tensor::cuda::backend::{CudaBackend, DeviceBuffer, DeviceLora, Executor, KvView, LoraLaunch, KV_DTYPES};
 use tailor_tensor::cuda::driver::CudaExecutor;
 use tailor_tensor::cuda::kernels::ALL;
 use tailor_tensor::cuda::nvrtc::KernelCache;
@@ -45,6 +47,18 @@ fn main() -> Result<()> {
         let (megabytes, bandwidth) = gemv_bandwidth(&gpu, dtype)?;
         println!("{:<8} {megabytes:>10.0} {bandwidth:>12.0} {:>9.0}%", dtype.name(), 100.0 * bandwidth / copy);
     }
+    for dtype in [DType::Q4_0, DType::Q8_0, DType::F16] {
+        let tflops = prefill_linear(&gpu, dtype)?;
+        println!("{:<8} prefill linear, {PREFILL_LINEAR_TOKENS} tokens: {tflops:.1} TFLOP/s", dtype.name());
+    }
+    let (rows, segments) = lora_prompt(&gpu)?;
+    println!(
+        "LoRA on a {PREFILL_LINEAR_TOKENS}-token prompt of one adapter, 4096→16→4096: BGMV {:.1} µs, SGMV {:.1} µs, \
+         {:.2}× faster",
+        rows * 1e6,
+        segments * 1e6,
+        rows / segments
+    );
     let (one, many) = lora_adapters(&gpu)?;
     println!(
         "LoRA BGMV, 32 rows, 4096→16→4096: 1 adapter {:.1} µs, 32 adapters {:.1} µs, ratio {:.2}",
@@ -173,27 +187,60 @@ fn gemv_bandwidth(gpu: &CudaBackend, dtype: DType) -> Result<(f64, f64)> {
     Ok((bytes as f64 / 1e6, bytes as f64 / seconds / 1e9))
 }
 
+/// Tokens of the prefill-sized calls.
+const PREFILL_LINEAR_TOKENS: usize = 512;
+
+/// TFLOP/s of a prompt's linear layer (the prefill kernel, weights as
+/// stored) on the GEMV matrix.
+fn prefill_linear(gpu: &CudaBackend, dtype: DType) -> Result<f64> {
+    let tokens = PREFILL_LINEAR_TOKENS;
+    let weights =
+        Tensor::from_bytes(noise(dtype.bytes_for(GEMV_ROWS * GEMV_COLS)?, 5), dtype, &[GEMV_ROWS, GEMV_COLS])?;
+    let on_device = gpu.upload_matrix(&weights)?;
+    let x = gpu.upload(&vec![0.5f32; tokens * GEMV_COLS])?;
+    let mut y = gpu.alloc(tokens * GEMV_ROWS * 4)?;
+    let seconds = time(gpu, || gpu.linear(&on_device, &x, tokens, &mut y))?;
+    Ok(2.0 * (GEMV_ROWS * GEMV_COLS * tokens) as f64 / seconds / 1e12)
+}
+
+/// A random rank-16 adapter on a 4096 → 4096 projection.
+fn random_adapter(gpu: &CudaBackend, seed: u64) -> Result<DeviceLora<Block>> {
+    let (dim, rank) = (4096, 16);
+    let values = |n: usize, seed: u64| noise(n, seed).iter().map(|&b| b as f32 / 255.0 - 0.5).collect();
+    let pair = LoraPair::new(
+        rank,
+        dim,
+        dim,
+        LoraMatrix::F32(values(rank * dim, seed)),
+        LoraMatrix::F32(values(dim * rank, seed + 1)),
+    )?;
+    gpu.upload_lora(&pair)
+}
+
+/// Seconds per LoRA call on a prompt whose rows share one adapter, a row
+/// at a time (BGMV) and a tile at a time (SGMV).
+fn lora_prompt(gpu: &CudaBackend) -> Result<(f64, f64)> {
+    let (rows, dim) = (PREFILL_LINEAR_TOKENS, 4096);
+    let adapter = random_adapter(gpu, 7)?;
+    let x = gpu.upload(&vec![0.25f32; rows * dim])?;
+    let mut y = gpu.alloc(rows * dim * 4)?;
+    let adapters: Vec<Option<&_>> = vec![Some(&adapter); rows];
+    let by_rows = time(gpu, || gpu.lora_on(LoraLaunch::Rows, &x, &adapters, &mut y))?;
+    let by_segments = time(gpu, || gpu.lora_on(LoraLaunch::Segments, &x, &adapters, &mut y))?;
+    Ok((by_rows, by_segments))
+}
+
 /// Seconds per BGMV call (shrink + expand) on 32 rows with one shared
 /// adapter and with 32 distinct ones.
 fn lora_adapters(gpu: &CudaBackend) -> Result<(f64, f64)> {
-    let (rows, dim, rank) = (32, 4096, 16);
-    let adapter = |seed: u64| -> Result<DeviceLora<<CudaExecutor as Executor>::Block>> {
-        let values = |n: usize, seed: u64| noise(n, seed).iter().map(|&b| b as f32 / 255.0 - 0.5).collect();
-        let pair = LoraPair::new(
-            rank,
-            dim,
-            dim,
-            LoraMatrix::F32(values(rank * dim, seed)),
-            LoraMatrix::F32(values(dim * rank, seed + 1)),
-        )?;
-        gpu.upload_lora(&pair)
-    };
+    let (rows, dim) = (32, 4096);
+    let adapter = |seed: u64| random_adapter(gpu, seed);
     let adapters = (0..rows as u64).map(|i| adapter(10 + 2 * i)).collect::<Result<Vec<_>>>()?;
     let x = gpu.upload(&vec![0.25f32; rows * dim])?;
     let mut y = gpu.alloc(rows * dim * 4)?;
     let shared: Vec<Option<&_>> = (0..rows).map(|_| Some(&adapters[0])).collect();
     let distinct: Vec<Option<&_>> = adapters.iter().map(Some).collect();
-    let one = time(gpu, || gpu.lora(&x, &shared, &mut y))?;
-    let many = time(gpu, || gpu.lora(&x, &distinct, &mut y))?;
+    let one = time(gpu, || gpu.lora_on(LoraLaunch::Rows, &x, &shared, &mut y))?;
+    let many = time(gpu, || gpu.lora_on(LoraLaunch::Rows, &x, &distinct, &mut y))?;
     Ok((one, many))
 }

@@ -225,8 +225,8 @@ fn start_on_device(
     let own_budget = usize::MAX >> 2;
     let backend = CudaBackend::with_shared_budget(ordinal, own_budget, Arc::new(DaemonBudget(host)))
         .map_err(|e| e.to_string())?;
-    let slots = tailor_model::device::DEFAULT_ADAPTER_SLOTS;
-    Engine::start_on_device(model, backend, options, slots).map_err(|e| e.to_string())
+    let device = tailor_model::device::DeviceOptions::default();
+    Engine::start_on_device(model, backend, options, device).map_err(|e| e.to_string())
 }
 
 /// Without CUDA in this build, the device is never taken.

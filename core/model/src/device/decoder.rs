@@ -14,15 +14,32 @@ use tailor_tensor::cuda::backend::Executor;
 /// Adapters kept on the device unless told otherwise.
 pub const DEFAULT_ADAPTER_SLOTS: usize = 64;
 
-/// Positions a new cache has room for before it first grows.
-const FIRST_CAPACITY: usize = 256;
+/// Positions a new cache has room for before it first grows, unless told
+/// otherwise.
+pub const DEFAULT_FIRST_CACHE_POSITIONS: usize = 256;
+
+/// How a [`DeviceDecoder`] uses device memory.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceOptions {
+    /// Adapters kept uploaded (at least one).
+    pub adapter_slots: usize,
+    /// Positions a new cache has room for; it doubles as it fills, up to
+    /// the context length.
+    pub first_cache_positions: usize,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> DeviceOptions {
+        DeviceOptions { adapter_slots: DEFAULT_ADAPTER_SLOTS, first_cache_positions: DEFAULT_FIRST_CACHE_POSITIONS }
+    }
+}
 
 /// A [`DeviceLlama`] driven through [`Decoder`].
 pub struct DeviceDecoder<'m, E: Executor> {
     device: DeviceLlama<'m, E>,
     /// Uploaded adapters, least recently used first.
     adapters: Vec<(AdapterKey, DeviceAdapter<E::Block>)>,
-    adapter_slots: usize,
+    options: DeviceOptions,
     logits: Vec<f32>,
 }
 
@@ -37,7 +54,13 @@ impl<'m, E: Executor> DeviceDecoder<'m, E> {
     /// `device` as a [`Decoder`], keeping up to `adapter_slots` adapters
     /// uploaded (at least one).
     pub fn new(device: DeviceLlama<'m, E>, adapter_slots: usize) -> DeviceDecoder<'m, E> {
-        DeviceDecoder { device, adapters: Vec::new(), adapter_slots: adapter_slots.max(1), logits: Vec::new() }
+        DeviceDecoder::with_options(device, DeviceOptions { adapter_slots, ..DeviceOptions::default() })
+    }
+
+    /// `device` as a [`Decoder`] with `options`.
+    pub fn with_options(device: DeviceLlama<'m, E>, options: DeviceOptions) -> DeviceDecoder<'m, E> {
+        let options = DeviceOptions { adapter_slots: options.adapter_slots.max(1), ..options };
+        DeviceDecoder { device, adapters: Vec::new(), options, logits: Vec::new() }
     }
 
     /// The device decoder it drives.
@@ -72,7 +95,7 @@ impl<'m, E: Executor> DeviceDecoder<'m, E> {
     /// Frees a slot when all are taken, by the least recently used adapter
     /// outside `keep`.
     fn evict_for_one(&mut self, keep: &[AdapterKey]) {
-        if self.adapters.len() < self.adapter_slots {
+        if self.adapters.len() < self.options.adapter_slots {
             return;
         }
         if let Some(at) = self.adapters.iter().position(|(k, _)| !keep.contains(k)) {
@@ -102,7 +125,7 @@ impl<E: Executor> Decoder for DeviceDecoder<'_, E> {
     type Chunk = DeviceChunk;
 
     fn new_cache(&self) -> Result<Self::Cache> {
-        self.device.new_cache(FIRST_CAPACITY)
+        self.device.new_cache(self.options.first_cache_positions)
     }
 
     fn fork(&self, cache: &Self::Cache, len: usize) -> Result<Self::Cache> {
