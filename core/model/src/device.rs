@@ -58,7 +58,7 @@ struct DeviceLinear<B> {
 }
 
 /// One sequence's keys and values on the device: per layer, room for
-/// `capacity` positions of `kv_dim` elements of `dtype` (f32 or f16)
+/// `capacity` positions of `kv_dim` elements of `dtype` (f32, f16 or bf16)
 /// each, `len` of them filled.
 pub struct DeviceKvCache<B> {
     layers: Vec<[DeviceBuffer<B>; 2]>,
@@ -120,7 +120,7 @@ impl<'m, E: Executor> DeviceLlama<'m, E> {
     }
 
     /// Keys and values of caches made from now on are stored as `dtype`:
-    /// f32 (the default, as the CPU keeps them) or f16 (half the memory
+    /// f32 (the default, as the CPU keeps them), f16 or bf16 (half the memory
     /// and the attention's reads; attention still sums in f32).
     pub fn set_kv_dtype(&mut self, dtype: DType) -> Result<()> {
         if !KV_DTYPES.contains(&dtype) {

@@ -83,14 +83,17 @@ const PROMPT: [u32; 11] = [257, 104, 101, 108, 108, 111, 32, 119, 111, 114, 108]
 fn prefill_logits_match_the_cpu_for_stored_and_quantized_weights<E: Executor>(backend: &Backend<E>) {
     let dir = common::scratch_dir(&format!("device-prefill-{}", std::process::id()));
     // f32 products agree to rounding (and so do the top tokens); an f16
-    // cache rounds keys and values to 11 bits; quantized weights differ in
-    // how the activations are taken (the CPU quantizes them to 8 bits, the
-    // device keeps f32), within what 8-bit activations cost (a random
-    // model's near-ties may then swap). Every stored type's kernel is
-    // checked on its own in tailor-tensor's cuda_kernels.
-    for (dtype, kv, tolerance) in
-        [(None, DType::F32, 1e-4), (None, DType::F16, 5e-3), (Some(DType::Q4_0), DType::F32, 3e-2)]
-    {
+    // cache rounds keys and values to 11 bits, a bf16 one to 8; quantized
+    // weights differ in how the activations are taken (the CPU quantizes
+    // them to 8 bits, the device keeps f32), within what 8-bit activations
+    // cost (a random model's near-ties may then swap). Every stored type's
+    // kernel is checked on its own in tailor-tensor's cuda_kernels.
+    for (dtype, kv, tolerance) in [
+        (None, DType::F32, 1e-4),
+        (None, DType::F16, 5e-3),
+        (None, DType::BF16, 4e-2),
+        (Some(DType::Q4_0), DType::F32, 3e-2),
+    ] {
         let model = load(&dir, dtype);
         let llama = &model.llama;
         let want = llama.forward(&PROMPT, &mut llama.new_cache(), Logits::All).unwrap();

@@ -1,7 +1,8 @@
 // Decode attention: query row `r` (one token, n_head heads) attends to every
 // cached position of its own sequence, whose keys and values are
 // [length, n_kv_head · head_dim] arrays at key_ptrs[r] / value_ptrs[r], of
-// f32 (attention_decode) or f16 (attention_decode_f16; sums in f32).
+// f32 (attention_decode), f16 or bf16 (attention_decode_f16 / _bf16; sums in
+// f32).
 // Grouped-query heads share their KV head. Each warp runs an online softmax
 // over every ATT_WARPS-th position; the warps' partial sums are then merged.
 // Grid: (rows, n_head); block: 32 · ATT_WARPS threads; head_dim ≤ 256 and a
@@ -85,4 +86,10 @@ extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
     attention_decode_f16(const float* q, const unsigned long long* key_ptrs, const unsigned long long* value_ptrs,
                          const int* lengths, float* out, int n_head, int n_kv_head, int head_dim, float scale) {
     decode_rows<unsigned short>(q, key_ptrs, value_ptrs, lengths, out, n_head, n_kv_head, head_dim, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * ATT_WARPS)
+    attention_decode_bf16(const float* q, const unsigned long long* key_ptrs, const unsigned long long* value_ptrs,
+                          const int* lengths, float* out, int n_head, int n_kv_head, int head_dim, float scale) {
+    decode_rows<bf16_bits>(q, key_ptrs, value_ptrs, lengths, out, n_head, n_kv_head, head_dim, scale);
 }

@@ -83,3 +83,9 @@ extern "C" __global__ void __launch_bounds__(32 * PF_WARPS)
                           int tokens, int start, int n_head, int n_kv_head, int head_dim, float scale) {
     prefill_rows<unsigned short>(q, keys, values, out, tokens, start, n_head, n_kv_head, head_dim, scale);
 }
+
+extern "C" __global__ void __launch_bounds__(32 * PF_WARPS)
+    attention_prefill_bf16(const float* q, const bf16_bits* keys, const bf16_bits* values, float* out, int tokens,
+                           int start, int n_head, int n_kv_head, int head_dim, float scale) {
+    prefill_rows<bf16_bits>(q, keys, values, out, tokens, start, n_head, n_kv_head, head_dim, scale);
+}

@@ -59,6 +59,12 @@ inline float __int_as_float(int bits) {
     return value;
 }
 
+inline unsigned int __float_as_uint(float value) {
+    unsigned int bits;
+    std::memcpy(&bits, &value, 4);
+    return bits;
+}
+
 namespace tailor_emulator {
 
 // A barrier among `expected` fibers; threads that return drop out.

@@ -32,7 +32,8 @@ __device__ __forceinline__ unsigned short f32_to_f16(float value) {
 #endif
 }
 
-// A key or value element as f32: f32 caches as they are, f16 ones widened.
+// A key or value element as f32: f32 caches as they are, f16 ones widened
+// (bf16 ones further down).
 __device__ __forceinline__ float kv_load(const float* p, size_t i) { return p[i]; }
 __device__ __forceinline__ float kv_load(const unsigned short* p, size_t i) { return f16_to_f32(p[i]); }
 
@@ -44,6 +45,22 @@ __device__ __forceinline__ void kv_put(unsigned short* p, size_t i, float value)
 __device__ __forceinline__ float bf16_to_f32(unsigned short bits) {
     return __uint_as_float(((unsigned int)bits) << 16);
 }
+
+// An f32 rounded to the nearest bfloat16 (ties to even; NaN stays NaN), as
+// bits.
+__device__ __forceinline__ unsigned short f32_to_bf16(float value) {
+    const unsigned int bits = __float_as_uint(value);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((bits >> 16) | 0x40);
+    return (unsigned short)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+// A bfloat16 cache element: a type of its own, so that kv_load and kv_put
+// pick its conversion.
+struct bf16_bits {
+    unsigned short bits;
+};
+__device__ __forceinline__ float kv_load(const bf16_bits* p, size_t i) { return bf16_to_f32(p[i].bits); }
+__device__ __forceinline__ void kv_put(bf16_bits* p, size_t i, float value) { p[i].bits = f32_to_bf16(value); }
 
 // The little-endian f16 at `p`, which need not be 2-byte aligned (GGUF
 // blocks of 18 or 34 bytes put their scales at odd addresses).

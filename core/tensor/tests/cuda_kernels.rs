@@ -206,6 +206,7 @@ fn kv_store_appends_each_row_to_its_own_cache_at_its_length<E: Executor>(gpu: &B
 fn rounded(values: &[f32], kv: DType) -> Vec<f32> {
     match kv {
         DType::F16 => values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+        DType::BF16 => values.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect(),
         _ => values.to_vec(),
     }
 }
@@ -214,6 +215,7 @@ fn rounded(values: &[f32], kv: DType) -> Vec<f32> {
 fn upload_kv<E: Executor>(gpu: &Backend<E>, values: &[f32], kv: DType) -> DeviceBuffer<E::Block> {
     match kv {
         DType::F16 => gpu.upload(&values.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect::<Vec<u16>>()),
+        DType::BF16 => gpu.upload(&values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect::<Vec<u16>>()),
         _ => gpu.upload(values),
     }
     .unwrap()
@@ -224,6 +226,9 @@ fn download_kv<E: Executor>(gpu: &Backend<E>, buffer: &DeviceBuffer<E::Block>, c
     match kv {
         DType::F16 => {
             gpu.download::<u16>(buffer, count).unwrap().into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect()
+        }
+        DType::BF16 => {
+            gpu.download::<u16>(buffer, count).unwrap().into_iter().map(|b| half::bf16::from_bits(b).to_f32()).collect()
         }
         _ => gpu.download::<f32>(buffer, count).unwrap(),
     }

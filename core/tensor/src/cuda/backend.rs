@@ -46,7 +46,7 @@ pub const LINEAR_DTYPES: [DType; 8] =
     [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4K, DType::Q6K, DType::F16, DType::BF16, DType::F32];
 
 /// The key/value cache element types the attention kernels take.
-pub const KV_DTYPES: [DType; 2] = [DType::F32, DType::F16];
+pub const KV_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 /// The table dtypes [`Backend::embedding`] takes.
 pub const EMBEDDING_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
@@ -438,8 +438,8 @@ impl<E: Executor> Backend<E> {
     }
 
     /// Decode attention: query row `r` of `q` (`[rows, n_head · head_dim]`)
-    /// attends to `sequences[r]`'s cached positions (elements of `kv`: f32
-    /// or f16); results into `out`.
+    /// attends to `sequences[r]`'s cached positions (elements of `kv`: f32,
+    /// f16 or bf16); results into `out`.
     pub fn attention_decode(
         &self,
         q: &DeviceBuffer<E::Block>,
@@ -487,7 +487,7 @@ impl<E: Executor> Backend<E> {
     /// Causal prefill attention for one sequence: `tokens` queries (`q`,
     /// `[tokens, n_head · head_dim]`) at positions `start..start + tokens`
     /// attend to `keys`/`values` (`[start + tokens, n_kv_head · head_dim]`
-    /// elements of `kv`, f32 or f16, the cached prefix first); results into
+    /// elements of `kv`, f32, f16 or bf16, the cached prefix first); results into
     /// `out`.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_prefill(
@@ -583,7 +583,7 @@ impl<E: Executor> Backend<E> {
 
     /// Appends row `r` of `keys` and `values` (`[rows, width]` f32) to
     /// `caches[r]`: its key and value buffers of `kv` elements (f32, or f16
-    /// rounded to nearest), at position `length` (which they must have
+    /// or bf16 rounded to nearest), at position `length` (which they must have
     /// room for), for every row in one launch.
     pub fn kv_store(
         &self,
@@ -865,11 +865,13 @@ fn check_heads(shape: AttentionShape, max_head: usize, op: &'static str) -> Resu
 }
 
 /// The cache element types the KV kernels take: `op`'s entry for `kv`
-/// (`op` for f32, `op_f16` for f16) and the element's size.
+/// (`op` for f32, `op_f16` / `op_bf16` for f16 / bf16) and the element's
+/// size.
 fn kv_kind(kv: DType, op: &'static str) -> Result<(String, usize)> {
     match kv {
         DType::F32 => Ok((op.to_string(), 4)),
         DType::F16 => Ok((format!("{op}_f16"), 2)),
+        DType::BF16 => Ok((format!("{op}_bf16"), 2)),
         dtype => Err(TensorError::UnsupportedDType { op, dtype }),
     }
 }

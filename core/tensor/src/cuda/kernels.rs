@@ -91,7 +91,7 @@ pub const ATTENTION_DECODE: KernelSource = KernelSource {
     name: "attention_decode",
     file: "attention_decode.cu",
     code: include_str!("../../kernels/attention_decode.cu"),
-    entries: &["attention_decode", "attention_decode_f16"],
+    entries: &["attention_decode", "attention_decode_f16", "attention_decode_bf16"],
 };
 
 /// Causal prefill attention (flash style: key/value tiles in shared
@@ -100,7 +100,7 @@ pub const ATTENTION_PREFILL: KernelSource = KernelSource {
     name: "attention_prefill",
     file: "attention_prefill.cu",
     code: include_str!("../../kernels/attention_prefill.cu"),
-    entries: &["attention_prefill", "attention_prefill_f16"],
+    entries: &["attention_prefill", "attention_prefill_f16", "attention_prefill_bf16"],
 };
 
 /// Softmax cross-entropy with its gradient in place (training's loss).
@@ -152,7 +152,7 @@ pub const KV_STORE: KernelSource = KernelSource {
     name: "kv_store",
     file: "kv_store.cu",
     code: include_str!("../../kernels/kv_store.cu"),
-    entries: &["kv_store", "kv_store_f16"],
+    entries: &["kv_store", "kv_store_f16", "kv_store_bf16"],
 };
 
 /// Every kernel, in the order CI compiles them.
