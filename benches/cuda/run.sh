@@ -3,9 +3,11 @@
 # builds tailor-tensor with CUDA, runs every GPU test (each op against its
 # CPU twin, the pool's budget; the decoder on the device against the CPU
 # decoder; the continuous-batching engine on the device against its solo
-# runs and the CPU engine), then prints GEMV bandwidth against a device copy and 32 LoRA
-# adapters against 1 (core/tensor/benches/cuda.rs), and the decoder end to
-# end (core/model/benches/device_decode.rs).
+# runs and the CPU engine), then prints GEMV bandwidth against a device copy, the
+# prefill linear kernel's TFLOP/s, SGMV against BGMV on a prompt, 32 LoRA
+# adapters against 1, attention TFLOP/s (core/tensor/benches/cuda.rs) and torch
+# SDPA's on the same shapes where torch is installed (sdpa.py), and the decoder
+# end to end (core/model/benches/device_decode.rs).
 # NVRTC comes from the CUDA toolkit or the PyPI wheel (scripts/cuda_toolchain.sh);
 # a machine without either uses CUBINs precompiled elsewhere, carried in
 # target/kernel-cache (fill it with:
@@ -34,4 +36,8 @@ timeout 180 cargo test --release -p tailor-engine --features cuda --test device_
 tokenizer=target/device/tokenizer.gguf
 [ -f "$tokenizer" ] || tokenizer="${TAILOR_MODELS:-$HOME/.cache/tailor/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
 timeout 240 cargo bench -p tailor-model --features cuda --bench device_decode -- "$tokenizer" target/device 2>&1 | tail -8
-timeout 180 cargo bench -p tailor-tensor --features cuda --bench cuda 2>&1 | tail -20
+timeout 180 cargo bench -p tailor-tensor --features cuda --bench cuda 2>&1 | tail -24 | tee target/cuda-bench.txt
+# torch's SDPA on the same attention shapes, where torch is installed.
+tflops() { grep "attention, $1 cache" target/cuda-bench.txt | sed -n 's/.*: \([0-9.]*\) TFLOP\/s.*/\1/p' | head -1; }
+f32=$(tflops f32); f16=$(tflops f16)
+timeout 60 python3 benches/cuda/sdpa.py ${f32:+--tailor-f32 $f32} ${f16:+--tailor-f16 $f16} || echo "torch SDPA: failed"
