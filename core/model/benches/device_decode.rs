@@ -1,9 +1,9 @@
 //! The decoder end to end on a CUDA device (benches/cuda/run.sh): for
 //! synthesized Llama GGUFs (seeded random weights; the device machine
-//! reaches no model hub) of SmolLM2's shape in f32 (with an f32 and an f16
-//! KV cache) and q4_0 and of a 1B shape in q4_0, prefill and decode tok/s
-//! on the device, decode's weight bandwidth, and how many greedy tokens
-//! equal the CPU decoder's.
+//! reaches no model hub) of SmolLM2's shape in f32 (with an f32, an f16
+//! and a bf16 KV cache) and q4_0 and of a 1B shape in q4_0, prefill and
+//! decode tok/s on the device, decode's weight bandwidth, and how many
+//! greedy tokens equal the CPU decoder's.
 //!
 //! `cargo bench -p tailor-model --features cuda --bench device_decode -- TOKENIZER.gguf [OUT_DIR]`
 //! where TOKENIZER.gguf is any GGUF with SmolLM2's tokenizer (the fetched
@@ -43,6 +43,7 @@ fn main() {
     let runs = [
         ("smollm2", DType::F32, DType::F32),
         ("smollm2", DType::F32, DType::F16),
+        ("smollm2", DType::F32, DType::BF16),
         ("smollm2", DType::Q4_0, DType::F32),
         ("1b", DType::Q4_0, DType::F32),
     ];
