@@ -77,8 +77,8 @@ fn linear_matches_the_dequantized_cpu_product_for_every_stored_type<E: Executor>
         let weights = Tensor::from_f32(rng.vec(rows * cols), &[rows, cols]).unwrap().to_dtype(dtype).unwrap();
         let dense = weights.to_f32().unwrap().into_owned();
         let on_device = gpu.upload_matrix(&weights).unwrap();
-        // 45 tokens: a launch of the prefill kernel (32) and one of the
-        // decode kernel (13 → 8 + 5); 1 is the decode kernel alone.
+        // 1 and 3 tokens: the decode kernel; 11: the prefill kernel; 45:
+        // two launches of the prefill kernel (32, then 13).
         for tokens in [1, 3, 11, 45] {
             let x = rng.vec(tokens * cols);
             let (mut want, mut scale) = (vec![0f32; tokens * rows], vec![0f32; tokens * rows]);

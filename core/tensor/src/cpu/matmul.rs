@@ -100,7 +100,7 @@ const TOKEN_LANES_MIN_TOKENS: usize = 32;
 
 /// [`linear_many`] for the training forward, where a token's result need
 /// not equal what a prefill of another length gives it: from
-/// [`TOKEN_LANES_MIN_TOKENS`] tokens on, on a CPU with AVX-512, f32 weights
+/// `TOKEN_LANES_MIN_TOKENS` (32) tokens on, on a CPU with AVX-512, f32 weights
 /// take the token-lane kernel (`token_lanes`: no packing, no per-sum
 /// reduction), and so do bf16 weights where AVX-512 BF16 is present, and
 /// the block formats without an interleaved copy (QLoRA's nf4), whose

@@ -414,7 +414,7 @@ impl<E: Executor> Backend<E> {
         tokens: usize,
         y: &mut DeviceBuffer<E::Block>,
     ) -> Result<()> {
-        let entry = w.linear_suffix("cuda linear")?;
+        let suffix = w.linear_suffix("cuda linear")?;
         x.expect_f32s(tokens * w.cols, "linear x")?;
         y.expect_f32s(tokens * w.rows, "linear y")?;
         let row_bytes = w.dtype.bytes_for(w.cols)? as u64;
@@ -424,8 +424,8 @@ impl<E: Executor> Backend<E> {
             // More than a decode launch takes: the prefill kernel, which
             // reads the weights once per LINEAR_WIDE_TOKENS tokens.
             let (entry, count) = match tokens - first {
-                left if left > LINEAR_TOKENS => (format!("linear_wide_{entry}"), left.min(LINEAR_WIDE_TOKENS)),
-                left => (format!("linear_{entry}"), left),
+                left if left > LINEAR_TOKENS => (format!("linear_wide_{suffix}"), left.min(LINEAR_WIDE_TOKENS)),
+                left => (format!("linear_{suffix}"), left),
             };
             let x_at = x.ptr + (first * w.cols * 4) as u64;
             let y_at = y.ptr + (first * w.rows * 4) as u64;
@@ -487,8 +487,8 @@ impl<E: Executor> Backend<E> {
     /// Causal prefill attention for one sequence: `tokens` queries (`q`,
     /// `[tokens, n_head · head_dim]`) at positions `start..start + tokens`
     /// attend to `keys`/`values` (`[start + tokens, n_kv_head · head_dim]`
-    /// elements of `kv`, f32, f16 or bf16, the cached prefix first); results into
-    /// `out`.
+    /// elements of `kv`, f32, f16 or bf16, the cached prefix first);
+    /// results into `out`.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_prefill(
         &self,
@@ -583,8 +583,8 @@ impl<E: Executor> Backend<E> {
 
     /// Appends row `r` of `keys` and `values` (`[rows, width]` f32) to
     /// `caches[r]`: its key and value buffers of `kv` elements (f32, or f16
-    /// or bf16 rounded to nearest), at position `length` (which they must have
-    /// room for), for every row in one launch.
+    /// or bf16 rounded to nearest), at position `length` (which they must
+    /// have room for), for every row in one launch.
     pub fn kv_store(
         &self,
         keys: &DeviceBuffer<E::Block>,

@@ -1,5 +1,5 @@
 //! Training's backward ops on the device, each the twin of a CPU op in
-//! [`crate::cpu::backward`] (or of a [`crate::cpu::RopeTable`] /
+//! `crate::cpu`'s backward.rs (or of a [`crate::cpu::RopeTable`] /
 //! embedding step) that its test compares it with: the input gradient of a
 //! linear layer on weights as stored, a weight's and an adapter's
 //! gradients through a small strided f32 product, causal attention's
@@ -26,7 +26,7 @@ const ATTENTION_BACKWARD_MAX_HEAD: usize = 128;
 
 /// A read-only f32 matrix operand on the device: `rows × cols`, stored
 /// row-major, or stored as its transpose when `transposed` (the device
-/// twin of [`crate::cpu::backward::MatRef`]).
+/// twin of [`crate::cpu::MatRef`]).
 pub struct DeviceMatRef<'a, B> {
     buffer: &'a DeviceBuffer<B>,
     rows: usize,
@@ -104,7 +104,7 @@ impl<E: Executor> Backend<E> {
 
     /// `dx += dy·W`: the input gradient of [`Backend::linear`] for `tokens`
     /// rows (`dy` is `[tokens, rows]`, `dx` `[tokens, cols]`), the weights
-    /// read as stored ([`crate::cpu::backward::linear_backward_input`]).
+    /// read as stored ([`crate::cpu::linear_backward_input`]).
     pub fn linear_backward_input(
         &self,
         w: &DeviceMatrix<E::Block>,
@@ -182,7 +182,7 @@ impl<E: Executor> Backend<E> {
     /// The backward of a LoRA delta `y += scaling·(x·Aᵀ)·Bᵀ` on `tokens`
     /// rows, with `lora`'s `A` and `B` as uploaded: adds to `da` (`[rank,
     /// in]`), `db` (`[out, rank]`) and `dx`
-    /// ([`crate::cpu::backward::LoraBackward`]).
+    /// ([`crate::cpu::LoraBackward`]).
     #[allow(clippy::too_many_arguments)]
     pub fn lora_backward(
         &self,
@@ -212,7 +212,7 @@ impl<E: Executor> Backend<E> {
     /// (`lengths`; each starts at position 0): `q` (after RoPE) and `dout`
     /// are `[tokens, n_head · head_dim]`, `k` (after RoPE) and `v`
     /// `[tokens, n_kv_head · head_dim]`. Overwrites `dq`, `dk` and `dv`
-    /// ([`crate::cpu::backward::causal_attention_backward`]).
+    /// ([`crate::cpu::causal_attention_backward`]).
     #[allow(clippy::too_many_arguments)]
     pub fn causal_attention_backward(
         &self,
