@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{assert_close, Rng};
 use tailor_tensor::cpu::{self, AttentionShape, BackwardScratch, LoraBackward, LoraMatrix, LoraPair, RopeTable};
 use tailor_tensor::cuda::backend::{Backend, Executor, LINEAR_DTYPES};
 use tailor_tensor::Tensor;
@@ -31,15 +31,6 @@ tailor_tensor::on_gpu_and_emulator!(
     rope_embedding_backward_gpu,
     rope_embedding_backward_emulated
 );
-
-/// Asserts `got` matches `want` within `tolerance` relative to `scale[i]`
-/// (the magnitude the value was summed from).
-fn assert_close(what: &str, got: &[f32], want: &[f32], scale: &[f32], tolerance: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, ((g, w), s)) in got.iter().zip(want).zip(scale).enumerate() {
-        assert!((g - w).abs() <= tolerance * s.max(1e-3), "{what}[{i}]: GPU {g}, CPU {w} (scale {s})");
-    }
-}
 
 /// Magnitudes to compare against: each value's own, plus `floor`.
 fn magnitudes(values: &[f32], floor: f32) -> Vec<f32> {

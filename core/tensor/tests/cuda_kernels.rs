@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{assert_close, Rng};
 use tailor_tensor::cpu::{self, AttentionShape, LoraGroup, LoraKernel, LoraMatrix, LoraPair, RopeTable};
 use tailor_tensor::cuda::backend::{Backend, DeviceBuffer, Executor, KvView, LoraLaunch, KV_DTYPES};
 use tailor_tensor::{DType, Tensor, TensorError};
@@ -59,15 +59,6 @@ tailor_tensor::on_gpu_and_emulator!(
     kv_store_gpu,
     kv_store_emulated
 );
-
-/// Asserts `got` matches `want` within `tolerance` relative to `scale[i]`
-/// (the magnitude the value was summed from).
-fn assert_close(what: &str, got: &[f32], want: &[f32], scale: &[f32], tolerance: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, ((g, w), s)) in got.iter().zip(want).zip(scale).enumerate() {
-        assert!((g - w).abs() <= tolerance * s.max(1e-3), "{what}[{i}]: GPU {g}, CPU {w} (scale {s})");
-    }
-}
 
 fn linear_matches_the_dequantized_cpu_product_for_every_stored_type<E: Executor>(gpu: &Backend<E>) {
     let mut rng = Rng(7);

@@ -24,3 +24,12 @@ impl Rng {
 pub fn quantized_formats() -> Vec<DType> {
     DType::ALL.into_iter().filter(|d| d.is_gguf_block()).collect()
 }
+
+/// Asserts a device's `got` matches the CPU's `want` within `tolerance`
+/// relative to `scale[i]` (the magnitude the value was summed from).
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], scale: &[f32], tolerance: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, ((g, w), s)) in got.iter().zip(want).zip(scale).enumerate() {
+        assert!((g - w).abs() <= tolerance * s.max(1e-3), "{what}[{i}]: GPU {g}, CPU {w} (scale {s})");
+    }
+}
