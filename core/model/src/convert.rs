@@ -9,15 +9,46 @@ use crate::names::{layer_parts, layer_prefix, Proj};
 use crate::tokenizer::gguf_tokenizer_json;
 use crate::weights::{GgufWeights, WeightSource};
 use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 
-/// A dense f32 tensor to write.
-struct F32View {
+/// A tensor to write as f32, converted only when the writer reaches it:
+/// the file is streamed, and one converted tensor at a time is in memory.
+struct LazyF32<'a> {
+    name: &'a str,
     shape: Vec<usize>,
-    bytes: Vec<u8>,
+    job: &'a WriteJob<'a>,
 }
 
-impl safetensors::View for F32View {
+/// What every [`LazyF32`] of one file shares: where values come from, the
+/// change made to them, progress, and the first failure (the writer's
+/// `data` cannot return one).
+struct WriteJob<'a> {
+    weights: &'a dyn WeightSource,
+    transform: &'a Transform<'a>,
+    progress: &'a dyn Fn(usize, usize),
+    written: Cell<usize>,
+    total: usize,
+    failure: RefCell<Option<ModelError>>,
+}
+
+impl WriteJob<'_> {
+    /// `name`'s values, transformed, as little-endian bytes.
+    fn bytes(&self, name: &str, expected: usize) -> Result<Vec<u8>> {
+        let values = (self.transform)(name, self.weights.get(name)?.to_f32()?.into_owned())?;
+        if values.len() * 4 != expected {
+            return Err(ModelError::InvalidParameter(format!(
+                "{name}: {} values written for {expected} bytes",
+                values.len()
+            )));
+        }
+        self.written.set(self.written.get() + 1);
+        (self.progress)(self.written.get(), self.total);
+        Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+}
+
+impl safetensors::View for LazyF32<'_> {
     fn dtype(&self) -> safetensors::Dtype {
         safetensors::Dtype::F32
     }
@@ -25,10 +56,17 @@ impl safetensors::View for F32View {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
+        if self.job.failure.borrow().is_none() {
+            match self.job.bytes(self.name, self.data_len()) {
+                Ok(bytes) => return Cow::Owned(bytes),
+                Err(e) => *self.job.failure.borrow_mut() = Some(e),
+            }
+        }
+        // After a failure the file is removed: these bytes only keep its length.
+        Cow::Owned(vec![0; self.data_len()])
     }
     fn data_len(&self) -> usize {
-        self.bytes.len()
+        self.shape.iter().product::<usize>() * 4
     }
 }
 
@@ -75,17 +113,27 @@ pub(crate) fn write_f32_weights(
     transform: &Transform<'_>,
     progress: &dyn Fn(usize, usize),
 ) -> Result<()> {
+    let job = WriteJob {
+        weights,
+        transform,
+        progress,
+        written: Cell::new(0),
+        total: names.len(),
+        failure: RefCell::new(None),
+    };
     let mut views = Vec::with_capacity(names.len());
-    for (i, name) in names.iter().enumerate() {
-        let tensor = weights.get(name)?;
-        let values = transform(name, tensor.to_f32()?.into_owned())?;
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        views.push((name.clone(), F32View { shape: tensor.shape().to_vec(), bytes }));
-        progress(i + 1, names.len());
+    for name in names {
+        views.push((name.clone(), LazyF32 { name, shape: weights.get(name)?.shape().to_vec(), job: &job }));
     }
     let weights_path = out_dir.join("model.safetensors");
-    safetensors::serialize_to_file(views, None, &weights_path)
-        .map_err(|e| ModelError::Corrupt { path: weights_path.clone(), detail: format!("writing failed: {e}") })
+    let partial = out_dir.join(".model.safetensors.partial");
+    let written = safetensors::serialize_to_file(views, None, &partial)
+        .map_err(|e| ModelError::Corrupt { path: weights_path.clone(), detail: format!("writing failed: {e}") });
+    if let Err(e) = written.and_then(|()| job.failure.into_inner().map_or(Ok(()), Err)) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, &weights_path).map_err(io_error(&weights_path))
 }
 
 /// Writes the GGUF's config and tokenizer as Hugging Face files into `out_dir`.

@@ -14,7 +14,7 @@ use crate::optim::AdamState;
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// Where a run's checkpoints live, under its output folder.
@@ -100,15 +100,14 @@ fn write_contents(
     write_adapter(folder)?;
     let mut tensors = Vec::new();
     for (i, (m, v)) in adam.m.iter().zip(&adam.v).enumerate() {
-        tensors.push((format!("m.{i}"), vec![m.len()], m));
-        tensors.push((format!("v.{i}"), vec![v.len()], v));
+        tensors.push((format!("m.{i}"), F32Tensor::flat(m)));
+        tensors.push((format!("v.{i}"), F32Tensor::flat(v)));
     }
-    write_atomic(&folder.join(OPTIMIZER_FILE), &safetensors_bytes(&tensors)?)?;
+    write_safetensors(&folder.join(OPTIMIZER_FILE), tensors)?;
     let mut hashes = BTreeMap::new();
     for entry in std::fs::read_dir(folder).map_err(io_error(folder))? {
         let path = entry.map_err(io_error(folder))?.path();
-        let bytes = std::fs::read(&path).map_err(io_error(&path))?;
-        hashes.insert(file_name(&path), format!("{:016x}", fnv1a(&bytes)));
+        hashes.insert(file_name(&path), format!("{:016x}", hash_file(&path).map_err(io_error(&path))?));
     }
     let file = StateFile { format: 1, state: state.clone(), adam_step: adam.step, hashes };
     let text = serde_json::to_string_pretty(&file).map_err(|e| TrainError::Setting(e.to_string()))?;
@@ -141,20 +140,18 @@ fn restore(folder: &Path, fingerprint: &str) -> Result<Restored> {
         return Err(bad("another run's checkpoint (different model, data or settings): use a new --out".into()));
     }
     for (name, hash) in &file.hashes {
-        let bytes = std::fs::read(folder.join(name)).map_err(|e| bad(format!("{name}: {e}")))?;
-        if format!("{:016x}", fnv1a(&bytes)) != *hash {
+        let actual = hash_file(&folder.join(name)).map_err(|e| bad(format!("{name}: {e}")))?;
+        if format!("{actual:016x}") != *hash {
             return Err(bad(format!("{name} does not match its hash")));
         }
     }
-    let bytes = std::fs::read(folder.join(OPTIMIZER_FILE)).map_err(|e| bad(format!("{OPTIMIZER_FILE}: {e}")))?;
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{OPTIMIZER_FILE}: {e}")))?;
+    let path = folder.join(OPTIMIZER_FILE);
+    let mut tensors = read_f32_tensors(&path)?;
     let count = tensors.len() / 2;
-    let read = |name: String| -> Result<Vec<f32>> {
-        let view = tensors.tensor(&name).map_err(|e| bad(format!("{OPTIMIZER_FILE}: {name}: {e}")))?;
-        Ok(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-    };
-    let m = (0..count).map(|i| read(format!("m.{i}"))).collect::<Result<Vec<_>>>()?;
-    let v = (0..count).map(|i| read(format!("v.{i}"))).collect::<Result<Vec<_>>>()?;
+    let mut take =
+        |name: String| tensors.remove(&name).ok_or_else(|| bad(format!("{OPTIMIZER_FILE}: no tensor {name}")));
+    let m = (0..count).map(|i| take(format!("m.{i}"))).collect::<Result<Vec<_>>>()?;
+    let v = (0..count).map(|i| take(format!("v.{i}"))).collect::<Result<Vec<_>>>()?;
     Ok(Restored { state: file.state, adam: AdamState { step: file.adam_step, m, v }, folder: folder.to_path_buf() })
 }
 
@@ -207,28 +204,146 @@ fn sync_dir(folder: &Path) -> Result<()> {
     std::fs::File::open(folder).and_then(|f| f.sync_all()).map_err(io_error(folder))
 }
 
-/// A safetensors file of f32 tensors (name, shape, values), PEFT's
-/// `{"format": "pt"}` metadata included.
-pub fn safetensors_bytes(tensors: &[(String, Vec<usize>, &Vec<f32>)]) -> Result<Vec<u8>> {
-    let views = tensors
-        .iter()
-        .map(|(name, shape, values)| {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                shape.clone(),
-                bytemuck::cast_slice(values.as_slice()),
-            )
-            .map_err(|e| TrainError::Setting(format!("{name}: {e}")))?;
-            Ok((name.clone(), view))
-        })
-        .collect::<Result<Vec<_>>>()?;
+/// An f32 tensor to write, borrowed: its bytes go from memory to the file
+/// with no copy between, so writing a checkpoint of a full fine-tune costs
+/// no second copy of the weights or moments.
+pub struct F32Tensor<'a> {
+    /// The tensor's shape.
+    pub shape: Vec<usize>,
+    /// Its values, row-major.
+    pub values: &'a [f32],
+}
+
+impl<'a> F32Tensor<'a> {
+    /// `values` as a tensor of shape `[len]`.
+    pub fn flat(values: &'a [f32]) -> F32Tensor<'a> {
+        F32Tensor { shape: vec![values.len()], values }
+    }
+}
+
+impl safetensors::View for F32Tensor<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        if cfg!(target_endian = "little") {
+            std::borrow::Cow::Borrowed(bytemuck::cast_slice(self.values))
+        } else {
+            std::borrow::Cow::Owned(self.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        self.values.len() * 4
+    }
+}
+
+/// Replaces `path` with a safetensors file of `tensors` (PEFT's
+/// `{"format": "pt"}` metadata included), streamed tensor by tensor to a
+/// temporary file beside it, fsynced, renamed over it, the folder fsynced.
+pub fn write_safetensors(path: &Path, tensors: Vec<(String, F32Tensor<'_>)>) -> Result<()> {
+    for (name, tensor) in &tensors {
+        if tensor.shape.iter().product::<usize>() != tensor.values.len() {
+            return Err(TrainError::Setting(format!(
+                "{name}: shape {:?} for {} values",
+                tensor.shape,
+                tensor.values.len()
+            )));
+        }
+    }
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let temporary = folder.join(format!(".{}.partial", file_name(path)));
     let metadata = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
-    safetensors::serialize(views, metadata).map_err(|e| TrainError::Setting(e.to_string()))
+    let written = safetensors::serialize_to_file(tensors, metadata, &temporary)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|()| std::fs::File::open(&temporary)?.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(TrainError::Io { path: path.to_path_buf(), source: e });
+    }
+    std::fs::rename(&temporary, path).map_err(io_error(path))?;
+    sync_dir(folder)
+}
+
+/// Every tensor of a safetensors file of f32 tensors (as
+/// [`write_safetensors`] writes them) by name, read straight into its own
+/// vector: no copy of the whole file is held.
+pub fn read_f32_tensors(path: &Path) -> Result<BTreeMap<String, Vec<f32>>> {
+    let bad = |detail: String| TrainError::Checkpoint { path: path.to_path_buf(), detail };
+    let mut file = std::fs::File::open(path).map_err(io_error(path))?;
+    let file_len = file.metadata().map_err(io_error(path))?.len();
+    let mut len_bytes = [0u8; 8];
+    file.read_exact(&mut len_bytes).map_err(|e| bad(format!("header: {e}")))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > (100 << 20) || 8 + header_len > file_len {
+        return Err(bad(format!("a {header_len}-byte header in a {file_len}-byte file")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(|e| bad(format!("header: {e}")))?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+    let mut entries = Vec::new();
+    for (name, entry) in header.into_iter().filter(|(name, _)| name != "__metadata__") {
+        let entry: TensorEntry = serde_json::from_value(entry).map_err(|e| bad(format!("{name}: {e}")))?;
+        let [start, end] = entry.data_offsets;
+        let count = entry.shape.iter().product::<u64>();
+        if entry.dtype != "F32" || end < start || end - start != count * 4 || 8 + header_len + end > file_len {
+            return Err(bad(format!("{name}: {} {:?} at {start}..{end}", entry.dtype, entry.shape)));
+        }
+        entries.push((start, name, count as usize));
+    }
+    entries.sort();
+    let mut tensors = BTreeMap::new();
+    for (start, name, count) in entries {
+        file.seek(std::io::SeekFrom::Start(8 + header_len + start)).map_err(io_error(path))?;
+        let mut values = vec![0f32; count];
+        file.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(|e| bad(format!("{name}: {e}")))?;
+        if cfg!(target_endian = "big") {
+            values.iter_mut().for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
+        }
+        tensors.insert(name, values);
+    }
+    Ok(tensors)
+}
+
+/// One tensor in a safetensors header.
+#[derive(Deserialize)]
+struct TensorEntry {
+    dtype: String,
+    shape: Vec<u64>,
+    data_offsets: [u64; 2],
+}
+
+/// [`fnv1a`] of a file's bytes, read a MiB at a time.
+fn hash_file(path: &Path) -> std::io::Result<u64> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut hash = FNV_OFFSET;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(hash);
+        }
+        hash = fnv1a_from(hash, &buffer[..read]);
+    }
 }
 
 /// FNV-1a, 64 bits: detects torn or damaged files (not an adversary).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    fnv1a_from(FNV_OFFSET, bytes)
+}
+
+/// FNV-1a's starting value.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a continued over `bytes` from `hash`.
+fn fnv1a_from(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, &b| (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]
@@ -301,6 +416,29 @@ mod tests {
         let names: Vec<String> =
             checkpoint_folders(&out.join(CHECKPOINTS)).unwrap().iter().map(|p| file_name(p)).collect();
         assert_eq!(names, ["step-00000003", "step-00000004"]);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn tensors_written_streaming_read_back_and_a_truncated_file_is_refused() {
+        let out = scratch("tensors");
+        std::fs::create_dir_all(&out).unwrap();
+        let (a, b) = (vec![1.5f32, -2.0, 3.25, 0.0, 7.0, -0.5], vec![9.0f32; 3]);
+        let path = out.join("t.safetensors");
+        let tensors = vec![
+            ("b".to_string(), F32Tensor::flat(&b)),
+            ("a".to_string(), F32Tensor { shape: vec![2, 3], values: &a }),
+        ];
+        write_safetensors(&path, tensors).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(parsed.tensor("a").unwrap().shape(), [2, 3], "the safetensors crate reads it");
+        let read = read_f32_tensors(&path).unwrap();
+        assert_eq!((read["a"].clone(), read["b"].clone()), (a.clone(), b));
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+        assert!(matches!(read_f32_tensors(&path), Err(TrainError::Checkpoint { .. })));
+        let wrong_shape = vec![("a".to_string(), F32Tensor { shape: vec![4, 3], values: &a })];
+        assert!(write_safetensors(&path, wrong_shape).is_err());
         std::fs::remove_dir_all(&out).unwrap();
     }
 }

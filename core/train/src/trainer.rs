@@ -10,7 +10,7 @@
 use crate::backward::{
     accumulate_full_gradients, accumulate_gradients, forward_loss, Checkpointing, Example, FullGrads,
 };
-use crate::checkpoint::{self, LoopState};
+use crate::checkpoint::{self, F32Tensor, LoopState};
 use crate::data::Dataset;
 use crate::error::{io_error, Result, TrainError};
 use crate::lora::{save_peft, LoraParams, LoraSettings};
@@ -531,27 +531,20 @@ impl<'m> Trainer<'m> {
 
 /// A full fine-tune's weights, flat f32 by name, into a checkpoint folder.
 fn save_weights(model: &mut Llama, folder: &Path) -> Result<()> {
-    let params = model.parameters_mut()?;
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
-        params.into_iter().map(|(name, values)| (name, vec![values.len()], values.to_vec())).collect();
-    let views: Vec<(String, Vec<usize>, &Vec<f32>)> =
-        tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), v)).collect();
-    checkpoint::write_atomic(&folder.join(FULL_WEIGHTS_FILE), &checkpoint::safetensors_bytes(&views)?)
+    let tensors = model.parameters_mut()?.into_iter().map(|(name, values)| (name, F32Tensor::flat(values))).collect();
+    checkpoint::write_safetensors(&folder.join(FULL_WEIGHTS_FILE), tensors)
 }
 
 /// Puts a checkpoint's weights back into `model`.
 fn restore_weights(model: &mut Llama, path: &Path) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(io_error(path))?;
+    let mut stored = checkpoint::read_f32_tensors(path)?;
     let bad = |detail: String| TrainError::Checkpoint { path: path.to_path_buf(), detail };
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     for (name, values) in model.parameters_mut()? {
-        let view = file.tensor(&name).map_err(|e| bad(format!("{name}: {e}")))?;
-        if view.data().len() != values.len() * 4 {
-            return Err(bad(format!("{name}: {} bytes for {} values", view.data().len(), values.len())));
+        let saved = stored.remove(&name).ok_or_else(|| bad(format!("no tensor {name}")))?;
+        if saved.len() != values.len() {
+            return Err(bad(format!("{name}: {} values for {}", saved.len(), values.len())));
         }
-        for (v, b) in values.iter_mut().zip(view.data().chunks_exact(4)) {
-            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
+        values.copy_from_slice(&saved);
     }
     model.sync_tied();
     Ok(())
