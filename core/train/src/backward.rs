@@ -253,12 +253,18 @@ pub fn forward_loss(model: &Llama, adapter: Option<&ActiveAdapter>, batch: &[&Ex
     for layer in 0..model.config().num_hidden_layers {
         model.run_layer(layer, &mut x, &packed.lengths, adapter, None, None)?;
     }
-    Ok(head_loss(model, &x, &packed.predicted, 1.0)?.0)
+    packed.predicted.chunks(HEAD_ROWS).map(|chunk| Ok(head_loss(model, &x, chunk, 1.0)?.loss)).sum()
 }
 
+/// Predicted positions whose logits are held at once: the head runs on
+/// this many rows at a time, so a batch's logits (vocabulary × positions
+/// f32, 100 MB for SmolLM2 at 512 positions) are never all in memory.
+const HEAD_ROWS: usize = 128;
+
 /// The final norm, lm_head and cross-entropy on the predicted positions
-/// only: returns the summed loss and the gradient of `scale·loss` with
-/// respect to the last layer's output (zero on other positions).
+/// only, [`HEAD_ROWS`] at a time: returns the summed loss and the gradient
+/// of `scale·loss` with respect to the last layer's output (zero on other
+/// positions).
 fn head_backward(
     model: &Llama,
     x: &[f32],
@@ -267,47 +273,50 @@ fn head_backward(
     sink: &mut Sink<'_>,
 ) -> Result<(f64, Vec<f32>)> {
     let cfg = model.config();
-    let dim = cfg.hidden_size;
+    let (dim, eps) = (cfg.hidden_size, cfg.rms_norm_eps as f32);
     let mut dx = vec![0f32; x.len()];
-    let (loss, head) = head_loss(model, x, predicted, scale)?;
-    let Some(HeadPass { positions, rows, normed, logits }) = head else { return Ok((loss, dx)) };
-    let eps = cfg.rms_norm_eps as f32;
-    let mut d_normed = vec![0f32; rows.len()];
-    linear_backward_input(&logits, positions.len(), model.lm_head().weight(), &mut d_normed, &mut Default::default())?;
-    let mut d_rows = vec![0f32; rows.len()];
-    let final_norm_grad = match sink {
-        Sink::Full(grads) => {
-            let head = grads.lm_head.as_mut().unwrap_or(&mut grads.embed);
-            linear_backward_weight(&logits, &normed, positions.len(), head);
-            Some(&mut grads.final_norm[..])
+    let mut loss = 0f64;
+    for chunk in predicted.chunks(HEAD_ROWS) {
+        let HeadPass { positions, rows, normed, logits, loss: chunk_loss } = head_loss(model, x, chunk, scale)?;
+        loss += chunk_loss;
+        let mut d_normed = vec![0f32; rows.len()];
+        let weight = model.lm_head().weight();
+        linear_backward_input(&logits, positions.len(), weight, &mut d_normed, &mut Default::default())?;
+        let mut d_rows = vec![0f32; rows.len()];
+        let final_norm_grad = match sink {
+            Sink::Full(grads) => {
+                let head = grads.lm_head.as_mut().unwrap_or(&mut grads.embed);
+                linear_backward_weight(&logits, &normed, positions.len(), head);
+                Some(&mut grads.final_norm[..])
+            }
+            Sink::Lora(_) => None,
+        };
+        rms_norm_backward(&rows, model.final_norm_weight(), eps, &d_normed, &mut d_rows, final_norm_grad);
+        for (i, &t) in positions.iter().enumerate() {
+            dx[t * dim..(t + 1) * dim].copy_from_slice(&d_rows[i * dim..(i + 1) * dim]);
         }
-        Sink::Lora(_) => None,
-    };
-    rms_norm_backward(&rows, model.final_norm_weight(), eps, &d_normed, &mut d_rows, final_norm_grad);
-    for (i, &t) in positions.iter().enumerate() {
-        dx[t * dim..(t + 1) * dim].copy_from_slice(&d_rows[i * dim..(i + 1) * dim]);
     }
     Ok((loss, dx))
 }
 
-/// What the head's forward leaves for its backward: the predicted
-/// positions, their rows of the last layer's output, and the logits'
-/// gradient (in place of the logits).
+/// What the head's forward on some predicted positions leaves for its
+/// backward: the positions, their rows of the last layer's output, the
+/// normed rows, the logits' gradient (in place of the logits) and the
+/// summed loss.
 struct HeadPass {
     positions: Vec<usize>,
     rows: Vec<f32>,
     normed: Vec<f32>,
     logits: Vec<f32>,
+    loss: f64,
 }
 
-/// The head's forward and loss: the summed cross-entropy of the targets,
-/// with `scale·∂loss/∂logits` left in the pass (none without targets).
-fn head_loss(model: &Llama, x: &[f32], predicted: &[(usize, u32)], scale: f32) -> Result<(f64, Option<HeadPass>)> {
+/// The head's forward and loss on `predicted` (at most [`HEAD_ROWS`]):
+/// the summed cross-entropy of the targets, with `scale·∂loss/∂logits`
+/// left in the pass.
+fn head_loss(model: &Llama, x: &[f32], predicted: &[(usize, u32)], scale: f32) -> Result<HeadPass> {
     let cfg = model.config();
     let (dim, vocab) = (cfg.hidden_size, cfg.vocab_size);
-    if predicted.is_empty() {
-        return Ok((0.0, None));
-    }
     let positions: Vec<usize> = predicted.iter().map(|&(row, _)| row).collect();
     let ids: Vec<u32> = predicted.iter().map(|&(_, id)| id).collect();
     let rows: Vec<f32> = positions.iter().flat_map(|&t| x[t * dim..(t + 1) * dim].iter().copied()).collect();
@@ -317,7 +326,7 @@ fn head_loss(model: &Llama, x: &[f32], predicted: &[(usize, u32)], scale: f32) -
     let head = &mut [(model.lm_head(), &mut logits[..])];
     Linear::forward_many_train(&normed, positions.len(), head, &mut LinearScratch::default())?;
     let loss = softmax_cross_entropy(&mut logits, vocab, &ids, scale)?;
-    Ok((loss, Some(HeadPass { positions, rows, normed, logits })))
+    Ok(HeadPass { positions, rows, normed, logits, loss })
 }
 
 /// One layer's backward: `dx` holds the gradient of the layer's output on

@@ -10,7 +10,8 @@
 //! files match their hashes wins; a damaged one is skipped with a warning.
 
 use crate::error::{io_error, Result, TrainError};
-use crate::optim::AdamState;
+use crate::moments8::{Blockwise8, BLOCK};
+use crate::optim::{AdamState, Moments};
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -98,12 +99,7 @@ fn write_contents(
     write_adapter: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     write_adapter(folder)?;
-    let mut tensors = Vec::new();
-    for (i, (m, v)) in adam.m.iter().zip(&adam.v).enumerate() {
-        tensors.push((format!("m.{i}"), F32Tensor::flat(m)));
-        tensors.push((format!("v.{i}"), F32Tensor::flat(v)));
-    }
-    write_safetensors(&folder.join(OPTIMIZER_FILE), tensors)?;
+    write_safetensors(&folder.join(OPTIMIZER_FILE), moment_tensors(adam))?;
     let mut hashes = BTreeMap::new();
     for entry in std::fs::read_dir(folder).map_err(io_error(folder))? {
         let path = entry.map_err(io_error(folder))?.path();
@@ -145,14 +141,62 @@ fn restore(folder: &Path, fingerprint: &str) -> Result<Restored> {
             return Err(bad(format!("{name} does not match its hash")));
         }
     }
-    let path = folder.join(OPTIMIZER_FILE);
-    let mut tensors = read_f32_tensors(&path)?;
-    let count = tensors.len() / 2;
-    let mut take =
-        |name: String| tensors.remove(&name).ok_or_else(|| bad(format!("{OPTIMIZER_FILE}: no tensor {name}")));
-    let m = (0..count).map(|i| take(format!("m.{i}"))).collect::<Result<Vec<_>>>()?;
-    let v = (0..count).map(|i| take(format!("v.{i}"))).collect::<Result<Vec<_>>>()?;
-    Ok(Restored { state: file.state, adam: AdamState { step: file.adam_step, m, v }, folder: folder.to_path_buf() })
+    let moments = read_moments(&folder.join(OPTIMIZER_FILE))?;
+    Ok(Restored { state: file.state, adam: AdamState { step: file.adam_step, moments }, folder: folder.to_path_buf() })
+}
+
+/// The optimizer file's tensors: tensor `i`'s moments as `m.i` and `v.i`
+/// (f32), or as `m.i.codes`, `m.i.absmax`, `v.i.codes`, `v.i.absmax`
+/// (8-bit).
+fn moment_tensors(adam: &AdamState) -> Vec<(String, OutTensor<'_>)> {
+    let mut tensors = Vec::new();
+    for (i, moments) in adam.moments.iter().enumerate() {
+        match moments {
+            Moments::F32 { m, v } => {
+                tensors.push((format!("m.{i}"), OutTensor::flat(m)));
+                tensors.push((format!("v.{i}"), OutTensor::flat(v)));
+            }
+            Moments::Int8 { m, v } => {
+                for (name, moment) in [("m", m), ("v", v)] {
+                    tensors.push((format!("{name}.{i}.codes"), OutTensor::bytes(&moment.codes)));
+                    tensors.push((format!("{name}.{i}.absmax"), OutTensor::flat(&moment.absmax)));
+                }
+            }
+        }
+    }
+    tensors
+}
+
+/// The moments [`moment_tensors`] wrote.
+fn read_moments(path: &Path) -> Result<Vec<Moments>> {
+    let bad = |detail: String| TrainError::Checkpoint { path: path.to_path_buf(), detail };
+    let mut tensors = read_tensors(path)?;
+    let count = tensors.keys().filter(|name| name.starts_with("m.") && !name.ends_with(".absmax")).count();
+    let mut take = |name: String| tensors.remove(&name).ok_or_else(|| bad(format!("no tensor {name}")));
+    let mut moments = Vec::with_capacity(count);
+    for i in 0..count {
+        let moment = match (take(format!("m.{i}")), take(format!("v.{i}"))) {
+            (Ok(Stored::F32(m)), Ok(Stored::F32(v))) if m.len() == v.len() => Moments::F32 { m, v },
+            (Err(_), Err(_)) => {
+                let mut blockwise = |name: &str| -> Result<Blockwise8> {
+                    match (take(format!("{name}.{i}.codes"))?, take(format!("{name}.{i}.absmax"))?) {
+                        (Stored::U8(codes), Stored::F32(absmax)) if absmax.len() == codes.len().div_ceil(BLOCK) => {
+                            Ok(Blockwise8 { codes, absmax })
+                        }
+                        _ => Err(bad(format!("{name}.{i}: codes and scales do not fit"))),
+                    }
+                };
+                let (m, v) = (blockwise("m")?, blockwise("v")?);
+                if m.codes.len() != v.codes.len() {
+                    return Err(bad(format!("moments {i}: {} and {} values", m.codes.len(), v.codes.len())));
+                }
+                Moments::Int8 { m, v }
+            }
+            _ => return Err(bad(format!("moments {i}: not two f32 tensors of one length"))),
+        };
+        moments.push(moment);
+    }
+    Ok(moments)
 }
 
 /// Complete checkpoint folders, oldest first.
@@ -204,26 +248,55 @@ fn sync_dir(folder: &Path) -> Result<()> {
     std::fs::File::open(folder).and_then(|f| f.sync_all()).map_err(io_error(folder))
 }
 
-/// An f32 tensor to write, borrowed: its bytes go from memory to the file
-/// with no copy between, so writing a checkpoint of a full fine-tune costs
-/// no second copy of the weights or moments.
-pub struct F32Tensor<'a> {
+/// A tensor to write, borrowed: its bytes go from memory to the file with
+/// no copy between, so writing a checkpoint of a full fine-tune costs no
+/// second copy of the weights or moments.
+pub struct OutTensor<'a> {
     /// The tensor's shape.
     pub shape: Vec<usize>,
     /// Its values, row-major.
-    pub values: &'a [f32],
+    pub values: Values<'a>,
 }
 
-impl<'a> F32Tensor<'a> {
+/// A tensor's values, borrowed.
+#[derive(Clone, Copy)]
+pub enum Values<'a> {
+    /// f32 (written little-endian).
+    F32(&'a [f32]),
+    /// Bytes (8-bit optimizer codes).
+    U8(&'a [u8]),
+}
+
+impl<'a> OutTensor<'a> {
     /// `values` as a tensor of shape `[len]`.
-    pub fn flat(values: &'a [f32]) -> F32Tensor<'a> {
-        F32Tensor { shape: vec![values.len()], values }
+    pub fn flat(values: &'a [f32]) -> OutTensor<'a> {
+        OutTensor { shape: vec![values.len()], values: Values::F32(values) }
+    }
+
+    /// `values` as a tensor of shape `shape`.
+    pub fn f32(shape: Vec<usize>, values: &'a [f32]) -> OutTensor<'a> {
+        OutTensor { shape, values: Values::F32(values) }
+    }
+
+    /// `bytes` as a u8 tensor of shape `[len]`.
+    pub fn bytes(bytes: &'a [u8]) -> OutTensor<'a> {
+        OutTensor { shape: vec![bytes.len()], values: Values::U8(bytes) }
+    }
+
+    fn len(&self) -> usize {
+        match self.values {
+            Values::F32(v) => v.len(),
+            Values::U8(v) => v.len(),
+        }
     }
 }
 
-impl safetensors::View for F32Tensor<'_> {
+impl safetensors::View for OutTensor<'_> {
     fn dtype(&self) -> safetensors::Dtype {
-        safetensors::Dtype::F32
+        match self.values {
+            Values::F32(_) => safetensors::Dtype::F32,
+            Values::U8(_) => safetensors::Dtype::U8,
+        }
     }
 
     fn shape(&self) -> &[usize] {
@@ -231,29 +304,30 @@ impl safetensors::View for F32Tensor<'_> {
     }
 
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        if cfg!(target_endian = "little") {
-            std::borrow::Cow::Borrowed(bytemuck::cast_slice(self.values))
-        } else {
-            std::borrow::Cow::Owned(self.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        match self.values {
+            Values::U8(bytes) => std::borrow::Cow::Borrowed(bytes),
+            Values::F32(values) if cfg!(target_endian = "little") => {
+                std::borrow::Cow::Borrowed(bytemuck::cast_slice(values))
+            }
+            Values::F32(values) => std::borrow::Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         }
     }
 
     fn data_len(&self) -> usize {
-        self.values.len() * 4
+        match self.values {
+            Values::F32(v) => v.len() * 4,
+            Values::U8(v) => v.len(),
+        }
     }
 }
 
 /// Replaces `path` with a safetensors file of `tensors` (PEFT's
 /// `{"format": "pt"}` metadata included), streamed tensor by tensor to a
 /// temporary file beside it, fsynced, renamed over it, the folder fsynced.
-pub fn write_safetensors(path: &Path, tensors: Vec<(String, F32Tensor<'_>)>) -> Result<()> {
+pub fn write_safetensors(path: &Path, tensors: Vec<(String, OutTensor<'_>)>) -> Result<()> {
     for (name, tensor) in &tensors {
-        if tensor.shape.iter().product::<usize>() != tensor.values.len() {
-            return Err(TrainError::Setting(format!(
-                "{name}: shape {:?} for {} values",
-                tensor.shape,
-                tensor.values.len()
-            )));
+        if tensor.shape.iter().product::<usize>() != tensor.len() {
+            return Err(TrainError::Setting(format!("{name}: shape {:?} for {} values", tensor.shape, tensor.len())));
         }
     }
     let folder = path.parent().unwrap_or(Path::new("."));
@@ -270,10 +344,19 @@ pub fn write_safetensors(path: &Path, tensors: Vec<(String, F32Tensor<'_>)>) -> 
     sync_dir(folder)
 }
 
-/// Every tensor of a safetensors file of f32 tensors (as
+/// A tensor read back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// f32 values.
+    F32(Vec<f32>),
+    /// Bytes.
+    U8(Vec<u8>),
+}
+
+/// Every tensor of a safetensors file of f32 and u8 tensors (as
 /// [`write_safetensors`] writes them) by name, read straight into its own
 /// vector: no copy of the whole file is held.
-pub fn read_f32_tensors(path: &Path) -> Result<BTreeMap<String, Vec<f32>>> {
+pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Stored>> {
     let bad = |detail: String| TrainError::Checkpoint { path: path.to_path_buf(), detail };
     let mut file = std::fs::File::open(path).map_err(io_error(path))?;
     let file_len = file.metadata().map_err(io_error(path))?.len();
@@ -292,21 +375,33 @@ pub fn read_f32_tensors(path: &Path) -> Result<BTreeMap<String, Vec<f32>>> {
         let entry: TensorEntry = serde_json::from_value(entry).map_err(|e| bad(format!("{name}: {e}")))?;
         let [start, end] = entry.data_offsets;
         let count = entry.shape.iter().product::<u64>();
-        if entry.dtype != "F32" || end < start || end - start != count * 4 || 8 + header_len + end > file_len {
+        let width = match entry.dtype.as_str() {
+            "F32" => 4,
+            "U8" => 1,
+            _ => 0,
+        };
+        if width == 0 || end < start || end - start != count * width || 8 + header_len + end > file_len {
             return Err(bad(format!("{name}: {} {:?} at {start}..{end}", entry.dtype, entry.shape)));
         }
-        entries.push((start, name, count as usize));
+        entries.push((start, name, width == 4, count as usize));
     }
     entries.sort();
     let mut tensors = BTreeMap::new();
-    for (start, name, count) in entries {
+    for (start, name, is_f32, count) in entries {
         file.seek(std::io::SeekFrom::Start(8 + header_len + start)).map_err(io_error(path))?;
-        let mut values = vec![0f32; count];
-        file.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(|e| bad(format!("{name}: {e}")))?;
-        if cfg!(target_endian = "big") {
-            values.iter_mut().for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
-        }
-        tensors.insert(name, values);
+        let tensor = if is_f32 {
+            let mut values = vec![0f32; count];
+            file.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(|e| bad(format!("{name}: {e}")))?;
+            if cfg!(target_endian = "big") {
+                values.iter_mut().for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
+            }
+            Stored::F32(values)
+        } else {
+            let mut bytes = vec![0u8; count];
+            file.read_exact(&mut bytes).map_err(|e| bad(format!("{name}: {e}")))?;
+            Stored::U8(bytes)
+        };
+        tensors.insert(name, tensor);
     }
     Ok(tensors)
 }
@@ -355,7 +450,11 @@ mod tests {
     }
 
     fn adam(value: f32) -> AdamState {
-        AdamState { step: 3, m: vec![vec![value; 4]], v: vec![vec![value * 2.0; 4]] }
+        let eight_bit = Moments::Int8 {
+            m: Blockwise8 { codes: vec![value as u8; 300], absmax: vec![value, -value] },
+            v: Blockwise8 { codes: vec![7; 300], absmax: vec![value * 2.0; 2] },
+        };
+        AdamState { step: 3, moments: vec![Moments::F32 { m: vec![value; 4], v: vec![value * 2.0; 4] }, eight_bit] }
     }
 
     fn adapter_file(folder: &Path) -> Result<()> {
@@ -426,18 +525,20 @@ mod tests {
         let (a, b) = (vec![1.5f32, -2.0, 3.25, 0.0, 7.0, -0.5], vec![9.0f32; 3]);
         let path = out.join("t.safetensors");
         let tensors = vec![
-            ("b".to_string(), F32Tensor::flat(&b)),
-            ("a".to_string(), F32Tensor { shape: vec![2, 3], values: &a }),
+            ("b".to_string(), OutTensor::flat(&b)),
+            ("a".to_string(), OutTensor::f32(vec![2, 3], &a)),
+            ("c".to_string(), OutTensor::bytes(&[1, 2, 3])),
         ];
         write_safetensors(&path, tensors).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         assert_eq!(parsed.tensor("a").unwrap().shape(), [2, 3], "the safetensors crate reads it");
-        let read = read_f32_tensors(&path).unwrap();
-        assert_eq!((read["a"].clone(), read["b"].clone()), (a.clone(), b));
+        let read = read_tensors(&path).unwrap();
+        assert_eq!(read["a"], Stored::F32(a.clone()));
+        assert_eq!((&read["b"], &read["c"]), (&Stored::F32(b), &Stored::U8(vec![1, 2, 3])));
         std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
-        assert!(matches!(read_f32_tensors(&path), Err(TrainError::Checkpoint { .. })));
-        let wrong_shape = vec![("a".to_string(), F32Tensor { shape: vec![4, 3], values: &a })];
+        assert!(matches!(read_tensors(&path), Err(TrainError::Checkpoint { .. })));
+        let wrong_shape = vec![("a".to_string(), OutTensor::f32(vec![4, 3], &a))];
         assert!(write_safetensors(&path, wrong_shape).is_err());
         std::fs::remove_dir_all(&out).unwrap();
     }

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod lora;
+pub mod moments8;
 pub mod optim;
 pub mod plot;
 pub mod rng;

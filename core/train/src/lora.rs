@@ -4,7 +4,7 @@
 //! Initialisation follows PEFT's default: `A` from Kaiming-uniform with
 //! `a = √5` (uniform in ±1/√in), `B` zero, so training starts at the base.
 
-use crate::checkpoint::F32Tensor;
+use crate::checkpoint::OutTensor;
 use crate::error::{Result, TrainError};
 use crate::rng::Rng;
 use std::path::PathBuf;
@@ -211,8 +211,8 @@ pub fn save_peft(params: &LoraParams, folder: &std::path::Path, base_model: &str
     let mut tensors = Vec::new();
     for m in params.modules() {
         let (out, inp) = (m.b.len() / m.rank, m.a.len() / m.rank);
-        tensors.push((format!("{}.lora_A.weight", m.peft_key()), F32Tensor { shape: vec![m.rank, inp], values: &m.a }));
-        tensors.push((format!("{}.lora_B.weight", m.peft_key()), F32Tensor { shape: vec![out, m.rank], values: &m.b }));
+        tensors.push((format!("{}.lora_A.weight", m.peft_key()), OutTensor::f32(vec![m.rank, inp], &m.a)));
+        tensors.push((format!("{}.lora_B.weight", m.peft_key()), OutTensor::f32(vec![out, m.rank], &m.b)));
     }
     crate::checkpoint::write_safetensors(&folder.join(tailor_model::lora::WEIGHTS_FILE), tensors)
 }

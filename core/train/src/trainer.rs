@@ -10,7 +10,7 @@
 use crate::backward::{
     accumulate_full_gradients, accumulate_gradients, forward_loss, Checkpointing, Example, FullGrads,
 };
-use crate::checkpoint::{self, F32Tensor, LoopState};
+use crate::checkpoint::{self, LoopState, OutTensor, Stored};
 use crate::data::Dataset;
 use crate::error::{io_error, Result, TrainError};
 use crate::lora::{save_peft, LoraParams, LoraSettings};
@@ -531,16 +531,18 @@ impl<'m> Trainer<'m> {
 
 /// A full fine-tune's weights, flat f32 by name, into a checkpoint folder.
 fn save_weights(model: &mut Llama, folder: &Path) -> Result<()> {
-    let tensors = model.parameters_mut()?.into_iter().map(|(name, values)| (name, F32Tensor::flat(values))).collect();
+    let tensors = model.parameters_mut()?.into_iter().map(|(name, values)| (name, OutTensor::flat(values))).collect();
     checkpoint::write_safetensors(&folder.join(FULL_WEIGHTS_FILE), tensors)
 }
 
 /// Puts a checkpoint's weights back into `model`.
 fn restore_weights(model: &mut Llama, path: &Path) -> Result<()> {
-    let mut stored = checkpoint::read_f32_tensors(path)?;
+    let mut stored = checkpoint::read_tensors(path)?;
     let bad = |detail: String| TrainError::Checkpoint { path: path.to_path_buf(), detail };
     for (name, values) in model.parameters_mut()? {
-        let saved = stored.remove(&name).ok_or_else(|| bad(format!("no tensor {name}")))?;
+        let Some(Stored::F32(saved)) = stored.remove(&name) else {
+            return Err(bad(format!("no f32 tensor {name}")));
+        };
         if saved.len() != values.len() {
             return Err(bad(format!("{name}: {} values for {}", saved.len(), values.len())));
         }

@@ -1,15 +1,17 @@
 //! Full fine-tuning through the trainer on a tiny random decoder: the loss
 //! falls, and a run stopped after a checkpoint and resumed in a fresh
-//! process state ends with exactly the weights of an uninterrupted run.
+//! process state ends with exactly the weights of an uninterrupted run;
+//! the same with 8-bit AdamW moments, whose run follows the f32 one.
 
 mod common;
 
-use common::tiny_model;
+use common::{tiny_config, tiny_model, tiny_model_shaped};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use tailor_model::Llama;
 use tailor_train::backward::Example;
 use tailor_train::data::Dataset;
+use tailor_train::optim::{AdamW, StateBits};
 use tailor_train::{Datasets, TrainConfig, TrainError, Trainer};
 
 fn data() -> Datasets {
@@ -37,7 +39,17 @@ fn weights(model: &mut Llama) -> Vec<Vec<f32>> {
 }
 
 fn train(model: &mut Llama, out: &Path, resume: bool, stop_before_call: usize) -> Result<Vec<f64>, TrainError> {
-    let mut trainer = Trainer::new_full(model, "tiny", config(), data(), out, resume, &mut |w| panic!("{w}"))?;
+    train_with(config(), model, out, resume, stop_before_call)
+}
+
+fn train_with(
+    config: TrainConfig,
+    model: &mut Llama,
+    out: &Path,
+    resume: bool,
+    stop_before_call: usize,
+) -> Result<Vec<f64>, TrainError> {
+    let mut trainer = Trainer::new_full(model, "tiny", config, data(), out, resume, &mut |w| panic!("{w}"))?;
     let calls = Cell::new(0);
     let mut losses = Vec::new();
     trainer.run(&mut |r| losses.push(r.loss), &|| {
@@ -65,4 +77,41 @@ fn full_fine_tuning_lowers_the_loss_and_resumes_exactly() {
     assert_eq!(weights(&mut resumed), weights(&mut uninterrupted), "bit-identical to the uninterrupted run");
     std::fs::remove_dir_all(&whole).unwrap();
     std::fs::remove_dir_all(&stopped).unwrap();
+}
+
+/// A tiny model whose embedding and head (300 × 32) are large enough for
+/// 8-bit moments; its projections and norms keep f32 moments.
+fn model_with_8bit_sized_tensors() -> Llama {
+    tiny_model_shaped(tailor_model::LlamaConfig { vocab_size: 300, ..tiny_config() }, 5)
+}
+
+#[test]
+fn eight_bit_moments_resume_exactly_and_follow_the_f32_run() {
+    let eight_bit = TrainConfig { adamw: AdamW { state: StateBits::Int8, ..AdamW::default() }, ..config() };
+    let whole = scratch("whole8");
+    let mut uninterrupted = model_with_8bit_sized_tensors();
+    let losses = train_with(eight_bit.clone(), &mut uninterrupted, &whole, false, 0).expect("trains");
+    assert!(losses[5] < losses[0], "the loss falls: {losses:?}");
+    let optimizer = std::fs::read(whole.join("checkpoints/step-00000006/optimizer.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&optimizer).unwrap();
+    let codes = file.names().into_iter().filter(|name| name.ends_with(".codes")).count();
+    assert_eq!(codes, 4, "the embedding's and the head's two moments as 8-bit codes, the rest f32");
+
+    let stopped = scratch("stopped8");
+    let mut first = model_with_8bit_sized_tensors();
+    let cancelled = train_with(eight_bit.clone(), &mut first, &stopped, false, 4);
+    assert!(matches!(cancelled, Err(TrainError::Cancelled { step: 3 })), "{cancelled:?}");
+    let mut resumed = model_with_8bit_sized_tensors();
+    train_with(eight_bit, &mut resumed, &stopped, true, 0).expect("resumes");
+    assert_eq!(weights(&mut resumed), weights(&mut uninterrupted), "bit-identical to the uninterrupted run");
+
+    let f32_run = scratch("f32");
+    let mut reference = model_with_8bit_sized_tensors();
+    let reference_losses = train_with(config(), &mut reference, &f32_run, false, 0).expect("trains");
+    for (step, (a, b)) in losses.iter().zip(&reference_losses).enumerate() {
+        assert!((a - b).abs() <= 0.02 * b.abs(), "step {step}: 8-bit {a} vs f32 {b}");
+    }
+    for dir in [whole, stopped, f32_run] {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

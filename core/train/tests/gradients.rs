@@ -273,3 +273,34 @@ fn full_gradients_match_finite_differences_of_the_serving_forward() {
     }
     eprintln!("{checked} weight entries checked, worst relative error {worst:.2e}");
 }
+
+/// A batch predicting more positions than the head holds at once (it runs
+/// on 128 at a time) has the gradients of its examples taken one by one,
+/// summed: the chunks cover every position once, in place.
+#[test]
+fn a_batch_past_the_heads_chunk_has_the_summed_gradients_of_its_examples() {
+    let model = tiny_model(13);
+    let mut rng = Lcg(9);
+    let examples: Vec<Example> = (0..12)
+        .map(|_| {
+            let tokens: Vec<u32> = (0..26).map(|_| ((rng.uniform() + 0.5) * 49.9) as u32).collect();
+            Example { targets: vec![true; tokens.len()], tokens }
+        })
+        .collect();
+    assert!(examples.iter().map(Example::target_count).sum::<usize>() > 2 * 128);
+    let mut batched = FullGrads::new(&model);
+    let all: Vec<&Example> = examples.iter().collect();
+    let loss = accumulate_full_gradients(&model, &mut batched, &all, 1.0, Checkpointing::Off).expect("backward");
+    let mut one_by_one = FullGrads::new(&model);
+    let mut summed_loss = 0.0;
+    for example in &examples {
+        summed_loss +=
+            accumulate_full_gradients(&model, &mut one_by_one, &[example], 1.0, Checkpointing::Off).expect("backward");
+    }
+    assert!((loss - summed_loss).abs() < 1e-5 * summed_loss, "{loss} vs {summed_loss}");
+    for ((name, a), (_, b)) in batched.named_mut().into_iter().zip(one_by_one.named_mut()) {
+        let norm = b.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let error = a.iter().zip(b.iter()).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt();
+        assert!(error <= 1e-5 * norm, "{name}: {error} of {norm}");
+    }
+}

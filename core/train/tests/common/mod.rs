@@ -68,7 +68,13 @@ impl WeightSource for MapWeights {
 
 /// A decoder with seeded random f32 weights.
 pub fn tiny_model(seed: u64) -> Llama {
-    tiny_model_built(seed, |values| values, None)
+    tiny_model_built(tiny_config(), seed, |values| values, None)
+}
+
+/// [`tiny_model`] with another shape.
+#[allow(dead_code)]
+pub fn tiny_model_shaped(config: LlamaConfig, seed: u64) -> Llama {
+    tiny_model_built(config, seed, |values| values, None)
 }
 
 /// [`tiny_model`]'s weights rounded to bf16 values, stored as `dtype`
@@ -80,11 +86,15 @@ pub fn tiny_model_of_bf16_values(seed: u64, dtype: Option<DType>) -> Llama {
         let stored = Tensor::from_f32(values, &[count]).and_then(|t| t.to_dtype(DType::BF16));
         stored.and_then(|t| t.to_f32().map(|v| v.into_owned())).expect("bf16 rounding")
     };
-    tiny_model_built(seed, round, dtype)
+    tiny_model_built(tiny_config(), seed, round, dtype)
 }
 
-fn tiny_model_built(seed: u64, values_of: impl Fn(Vec<f32>) -> Vec<f32>, dtype: Option<DType>) -> Llama {
-    let config = tiny_config();
+fn tiny_model_built(
+    config: LlamaConfig,
+    seed: u64,
+    values_of: impl Fn(Vec<f32>) -> Vec<f32>,
+    dtype: Option<DType>,
+) -> Llama {
     let mut rng = Lcg(seed);
     let mut weights = HashMap::new();
     let h = config.hidden_size;
