@@ -5,7 +5,9 @@ the Q4_1 GGUF, its QLoRA path; then both with the base in bf16, whose
 products run in bf16 on CPUs with AVX-512 BF16) with LoRA r=8, alpha 16 on
 q_proj and v_proj, AdamW, 4 examples of 128 tokens per step (plain text from this repository's
 docs, loss on every token), on the same threads; then full fine-tuning
-(every weight, AdamW) in torch and in tailor. Each tool runs in its own
+(every weight, AdamW) in torch and in tailor, and in tailor with 8-bit
+AdamW moments (`--optim adamw-8bit`; torch has no 8-bit optimizer on the
+CPU, so its row is f32 AdamW). Each tool runs in its own
 process (peak RSS is the process's); steps after the first are timed.
 Prints seconds per step, the ratio torch/tailor (above 1: tailor is faster)
 and peak RSS.
@@ -93,6 +95,8 @@ def main():
     parser.add_argument("--full", action="store_true", help="(child) every weight, no LoRA")
     parser.add_argument("--data")
     parser.add_argument("--dtype", default="float32", help="(child) the base's torch dtype")
+    parser.add_argument("--groups", default="lora,bf16,full",
+                        help="comma list of lora, bf16 (slow: torch has no fast bf16 path on most CPUs), full")
     args = parser.parse_args()
     if args.child:
         return peft_child(args)
@@ -115,15 +119,20 @@ def main():
 
         models = Path(args.models)
         folder, gguf = models / "SmolLM2-135M-Instruct-hf", models / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        groups = [("PEFT LoRA", [], [("tailor LoRA (f32 folder)", folder, []),
+        groups = [("lora", "PEFT LoRA", [], [("tailor LoRA (f32 folder)", folder, []),
                                      ("tailor QLoRA (Q4_1 GGUF)", gguf, ["--method", "qlora"]),
                                      ("tailor QLoRA (NF4 of f32)", folder, ["--method", "qlora"]),
                                      ("tailor QLoRA (NF4, double q.)", folder,
                                       ["--method", "qlora", "--double-quant"])]),
-                  ("PEFT LoRA bf16", ["--dtype", "bfloat16"],
+                  ("bf16", "PEFT LoRA bf16", ["--dtype", "bfloat16"],
                    [("tailor LoRA (bf16 base)", folder, ["--dtype", "bf16"])]),
-                  ("torch full", ["--full"], [("tailor full (f32 folder)", folder, ["--method", "full"])])]
-        for peer_name, peer_extra, runs in groups:
+                  ("full", "torch full", ["--full"],
+                   [("tailor full (f32 folder)", folder, ["--method", "full"]),
+                    ("tailor full, 8-bit AdamW", folder, ["--method", "full", "--optim", "adamw-8bit"])])]
+        chosen = args.groups.split(",")
+        for key, peer_name, peer_extra, runs in groups:
+            if key not in chosen:
+                continue
             peer = torch_run(peer_extra)
             peer_step = median(peer["seconds"])
             print(f"  {peer_name + ' ' + peer['torch']:28} {peer_step:6.3f} s/step  peak RSS {peer['rss_mb']:7.0f} MB")
