@@ -4,7 +4,8 @@
 //!
 //! - `POST /v1/fine_tuning/jobs` {model, training_file, validation_file?,
 //!   suffix?, seed?, hyperparameters? | method: {type: "supervised",
-//!   supervised: {hyperparameters}}, tailor?: {r, alpha, targets, dropout}};
+//!   supervised: {hyperparameters}}, tailor?: {r, alpha, targets, dropout,
+//!   method: lora | qlora | full}};
 //!   training files are ids of uploads (`/v1/files`; the job keeps its
 //!   own copy) or paths under the stage's `data_dirs`;
 //! - `GET /v1/fine_tuning/jobs`, `GET /v1/fine_tuning/jobs/{id}`,
@@ -12,7 +13,9 @@
 //!   `POST …/{id}/cancel`.
 //!
 //! A job shows `fine_tuned_model` = `"{stage}:{adapter}"` once it
-//! succeeded: that name works at once on the chat and completion routes.
+//! succeeded: that name works at once on the chat and completion routes. A
+//! full fine-tune (`tailor.method = "full"`) makes a new model, not an
+//! adapter: its Hugging Face folder is in `result_files`.
 
 use crate::api::{ApiError, AppState};
 use crate::files_api::resolve_upload;
@@ -73,9 +76,9 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Json<Value
     }
     if let Some(extras) = body.get("tailor").and_then(Value::as_object) {
         for (key, value) in extras {
-            if !["r", "alpha", "targets", "dropout"].contains(&key.as_str()) {
+            if !["r", "alpha", "targets", "dropout", "method"].contains(&key.as_str()) {
                 return Err(ApiError::bad_request(format!(
-                    "tailor.{key} is not supported (r, alpha, targets, dropout are)"
+                    "tailor.{key} is not supported (r, alpha, targets, dropout, method are)"
                 )));
             }
             job[key] = value.clone();
@@ -143,9 +146,8 @@ fn decorate(mut job: Value, stage: &str) -> Value {
     job["fine_tuned_model"] = json!(adapter);
     if let Some(object) = job.as_object_mut() {
         object.remove("fine_tuned_adapter");
-        if let Some(name) = object.remove("adapter") {
-            object.insert("tailor".into(), json!({"adapter": name}));
-        }
+        let (adapter, method) = (object.remove("adapter"), object.remove("train_method"));
+        object.insert("tailor".into(), json!({"adapter": adapter, "method": method}));
     }
     job
 }

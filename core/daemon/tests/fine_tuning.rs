@@ -3,7 +3,9 @@
 //! its loss per step as events and its checkpoints, and once it succeeds
 //! its adapter answers at once under `fine_tuned_model`; a job survives a
 //! SIGKILLed daemon and resumes from its checkpoint on restart; jobs can be
-//! cancelled; bad requests are OpenAI-shaped 400s and 404s.
+//! cancelled; bad requests are OpenAI-shaped 400s and 404s. On a stage
+//! serving a Hugging Face folder, a QLoRA job trains on an NF4 copy and its
+//! adapter serves on the folder, and a full fine-tune writes a model folder.
 
 mod common;
 
@@ -197,6 +199,11 @@ fn bad_fine_tuning_requests_are_clear_errors() {
             400,
             "lm_head",
         ),
+        (
+            serde_json::json!({"model": "smollm2", "training_file": data.join("train.jsonl"), "tailor": {"method": "dora"}}),
+            400,
+            "dora",
+        ),
         (serde_json::json!({"model": "nope", "training_file": data.join("train.jsonl")}), 404, "nope"),
     ];
     for (body, expected, needle) in cases {
@@ -207,6 +214,53 @@ fn bad_fine_tuning_requests_are_clear_errors() {
     }
     let (status, text) = curl(&d, "/v1/fine_tuning/jobs/ftjob-unknown", None, None);
     assert_eq!(status, 404, "{text}");
+    drop(d);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Creates a one-step job of `method` on `train.jsonl`; its id.
+fn create_one_step(d: &Daemon, dir: &Path, method: &str) -> String {
+    let body = serde_json::json!({
+        "model": "smollm2",
+        "training_file": dir.join("data/train.jsonl"),
+        "suffix": method,
+        "hyperparameters": {"n_epochs": 1, "batch_size": 8},
+        "tailor": {"method": method, "targets": ["q_proj", "v_proj"]},
+    });
+    let (status, text) = curl(d, "/v1/fine_tuning/jobs", None, Some(&body.to_string()));
+    assert_eq!(status, 200, "{text}");
+    json(&text)["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn qlora_and_full_jobs_on_a_hugging_face_folder() {
+    let dir = scratch("fine-tuning-methods");
+    let gguf = cache().join("SmolLM2-135M-Instruct.Q4_1.gguf").display().to_string();
+    let folder = cache().join("SmolLM2-135M-Instruct-hf").display().to_string();
+    let config = write_config(&dir);
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace(&gguf, &folder)).unwrap();
+    let d = launch(&config, &[]);
+
+    let qlora = create_one_step(&d, &dir, "qlora");
+    let done = wait_for(&d, &qlora, |j| j["status"] != "queued" && j["status"] != "running");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["tailor"]["method"], "qlora");
+    let model = done["fine_tuned_model"].as_str().unwrap();
+    let chat = format!(r#"{{"model":"{model}","max_tokens":4,"messages":[{{"role":"user","content":"Hi"}}]}}"#);
+    let (status, text) = curl(&d, "/v1/chat/completions", None, Some(&chat));
+    assert_eq!(status, 200, "the adapter trained on NF4 serves on the folder's weights: {text}");
+
+    let full = create_one_step(&d, &dir, "full");
+    let done = wait_for(&d, &full, |j| j["status"] != "queued" && j["status"] != "running");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["fine_tuned_model"].is_null(), "a new model, not an adapter: {done}");
+    let out = PathBuf::from(done["result_files"][0].as_str().unwrap());
+    let config: Value = json(&std::fs::read_to_string(out.join("config.json")).unwrap());
+    assert_eq!(config["hidden_size"], 576);
+    let weights = std::fs::metadata(out.join("model.safetensors")).unwrap().len();
+    assert!(weights > 134_000_000 * 4, "every weight in f32: {weights} bytes");
+    let original = std::fs::metadata(cache().join("SmolLM2-135M-Instruct-hf/model.safetensors")).unwrap().len();
+    assert!(weights.abs_diff(original) < 1 << 20, "{weights} vs {original}");
     drop(d);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,7 +6,8 @@
 //!
 //! Requests (`{"jobs": {"op": …}}`): `create` {training_file,
 //! validation_file?, suffix?, seed?, hyperparameters? {n_epochs,
-//! batch_size, learning_rate_multiplier}, r?, alpha?, targets?, dropout?},
+//! batch_size, learning_rate_multiplier}, r?, alpha?, targets?, dropout?,
+//! method?},
 //! `list`, `get` {id}, `events` {id}, `checkpoints` {id}, `cancel` {id}.
 //! Training files are read only from the configured `data_dirs` (after
 //! symlinks are resolved, regular files, at most `MAX_DATA_BYTES`), or
@@ -15,6 +16,14 @@
 //! after a restart even if the upload is deleted.
 //! Between steps a job waits while the engine has requests, so training
 //! yields the CPU to serving.
+//!
+//! `method`: `lora` (the default) trains an adapter on the loaded base;
+//! `qlora` on the base in 4 bits — a quantized GGUF as loaded, a Hugging
+//! Face folder as a private copy with NF4 projections, held while the job
+//! runs — and the adapter then serves on the loaded base; `full` trains
+//! every weight of a private f32 copy (16 bytes per weight while it runs:
+//! small models) and writes a Hugging Face folder (`result_files`), which
+//! is a new model, not an adapter of this stage.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -26,8 +35,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tailor_engine::{AdapterRegistry, EngineStats};
 use tailor_model::lora::Targets;
 use tailor_model::names::Proj;
-use tailor_model::Model;
+use tailor_model::{ConvertScope, LoadOptions, Model};
 use tailor_plugin_abi::StageError;
+use tailor_tensor::DType;
 use tailor_train::data::{self, Dataset, Overlong};
 use tailor_train::{Datasets, LoraSettings, TrainConfig, TrainError, Trainer};
 
@@ -43,6 +53,21 @@ const JOB_FILE: &str = "job.json";
 const TRAINING_COPY: &str = "training.jsonl";
 /// A job's copy of an uploaded validation file.
 const VALIDATION_COPY: &str = "validation.jsonl";
+/// Where a full fine-tune writes its model, in the job's folder.
+const FULL_MODEL_DIR: &str = "model";
+
+/// What a job trains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// An adapter on the loaded base.
+    #[default]
+    Lora,
+    /// An adapter on the base in 4 bits.
+    Qlora,
+    /// Every weight of a private f32 copy of the base.
+    Full,
+}
 
 /// A job request (`{"jobs": {"op": …}}`).
 #[derive(Deserialize)]
@@ -70,6 +95,8 @@ pub struct CreateJob {
     alpha: Option<f64>,
     targets: Option<Vec<String>>,
     dropout: Option<f64>,
+    #[serde(default)]
+    method: Method,
     /// An uploaded training file's text (the daemon's `/v1/files`), kept
     /// in the job's folder at creation; `training_file` is then its id.
     #[serde(default, skip_serializing)]
@@ -165,7 +192,7 @@ impl Jobs {
         for job in records {
             match job.status.as_str() {
                 "queued" | "running" => state.queue.push(job.id.clone()),
-                "succeeded" => {
+                "succeeded" if job.request.method != Method::Full => {
                     let _ = self.adapters.register(&job.adapter, &self.run_dir(&job.id), false);
                 }
                 _ => {}
@@ -263,6 +290,9 @@ impl Jobs {
         let _ = self.save(&job);
         self.lock().jobs.insert(id.to_string(), job.clone());
         match self.train(&job, &cancel) {
+            Ok(tokens) if job.request.method == Method::Full => {
+                self.finish(id, "succeeded", None, Some(tokens));
+            }
             Ok(tokens) => {
                 let registered = self.adapters.register(&job.adapter, &self.run_dir(id), false);
                 match registered {
@@ -288,9 +318,51 @@ impl Jobs {
         let out = self.run_dir(&job.id);
         let base = self.model.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut warn = |_: String| {};
-        let mut trainer = Trainer::new(&self.model.llama, &base, config, datasets, &out, true, &mut warn)?;
+        match job.request.method {
+            Method::Lora => {
+                let mut trainer = Trainer::new(&self.model.llama, &base, config, datasets, &out, true, &mut warn)?;
+                self.run_yielding(&mut trainer, cancel)?;
+            }
+            Method::Qlora => {
+                let private = self.four_bit_copy()?;
+                let llama = private.as_ref().map_or(&self.model.llama, |m| &m.llama);
+                let mut trainer = Trainer::new(llama, &base, config, datasets, &out, true, &mut warn)?;
+                self.run_yielding(&mut trainer, cancel)?;
+            }
+            Method::Full => {
+                let mut copy = Model::load(&self.model.source, LoadOptions::default())?;
+                let mut trainer = Trainer::new_full(&mut copy.llama, &base, config, datasets, &out, true, &mut warn)?;
+                self.run_yielding(&mut trainer, cancel)?;
+                drop(trainer);
+                tailor_model::merge::save_model(&copy, &out.join(FULL_MODEL_DIR), &|_, _| {})?;
+            }
+        }
+        let metrics = out.join(tailor_train::trainer::METRICS_FILE);
+        let curve = out.join("loss.png");
+        tailor_train::plot::loss_curve(&metrics, &curve)?;
+        Ok(tokens)
+    }
+
+    /// QLoRA's base: `None` when the loaded one is a GGUF (trained on its
+    /// own blocks, as `tailor train --method qlora` does), else a copy of
+    /// the Hugging Face folder with its projections in NF4 (the embedding
+    /// and lm_head as stored, as in QLoRA).
+    fn four_bit_copy(&self) -> Result<Option<Model>, TrainError> {
+        if !self.model.source.is_dir() {
+            return Ok(None);
+        }
+        let options = LoadOptions {
+            dtype: Some(DType::NF4),
+            scope: ConvertScope::Projections { others: None },
+            ..Default::default()
+        };
+        Ok(Some(Model::load(&self.model.source, options)?))
+    }
+
+    /// Runs `trainer` to the end, waiting between steps while the engine
+    /// has requests (serving first), stopping when `cancel` is set.
+    fn run_yielding(&self, trainer: &mut Trainer<'_>, cancel: &AtomicBool) -> Result<(), TrainError> {
         let between_steps = || {
-            // Serving first: wait while the engine has requests.
             while self.engine.running.load(Ordering::Relaxed) + self.engine.waiting.load(Ordering::Relaxed) > 0 {
                 if cancel.load(Ordering::Relaxed) {
                     return true;
@@ -300,10 +372,7 @@ impl Jobs {
             cancel.load(Ordering::Relaxed)
         };
         trainer.run(&mut |_| {}, &between_steps)?;
-        let metrics = out.join(tailor_train::trainer::METRICS_FILE);
-        let curve = out.join("loss.png");
-        tailor_train::plot::loss_curve(&metrics, &curve)?;
-        Ok(tokens)
+        Ok(())
     }
 
     fn train_config(&self, request: &CreateJob) -> Result<TrainConfig, StageError> {
@@ -470,6 +539,7 @@ impl Jobs {
     fn describe(&self, job: &Job) -> Value {
         let hp = &job.request.hyperparameters;
         let auto = |v: &Option<Value>| v.clone().unwrap_or(json!("auto"));
+        let full = job.request.method == Method::Full;
         json!({
             "object": "fine_tuning.job",
             "id": job.id,
@@ -478,8 +548,14 @@ impl Jobs {
             "finished_at": job.finished_at,
             "training_file": job.request.training_file,
             "validation_file": job.request.validation_file,
-            "adapter": job.adapter,
-            "fine_tuned_adapter": (job.status == "succeeded").then_some(&job.adapter),
+            "adapter": (!full).then_some(&job.adapter),
+            "fine_tuned_adapter": (job.status == "succeeded" && !full).then_some(&job.adapter),
+            "train_method": job.request.method,
+            "result_files": if full && job.status == "succeeded" {
+                json!([self.run_dir(&job.id).join(FULL_MODEL_DIR)])
+            } else {
+                json!([])
+            },
             "seed": job.request.seed.unwrap_or(TrainConfig::default().seed),
             "trained_tokens": job.trained_tokens,
             "hyperparameters": {"n_epochs": auto(&hp.n_epochs), "batch_size": auto(&hp.batch_size),
