@@ -726,6 +726,7 @@ func (c *Client) Adapters(ctx context.Context) ([]Adapter, error) {
 // the daemon's defaults (Seed nil: none given).
 type FineTuneOptions struct {
 	ValidationFile, Suffix  string
+	Method                  string // "lora" ("": the default), "qlora" or "full" (API 1.5)
 	Epochs, BatchSize, Rank int
 	LearningRateMultiplier  float32
 	Seed                    *int64
@@ -736,6 +737,7 @@ type FineTuneJob struct {
 	ID, Status string // Status: queued, running, succeeded, failed, cancelled
 	Model      string // once succeeded: the trained model's name ("stage:adapter")
 	Error      string // once failed: why
+	Result     string // once a full fine-tune succeeded: its Hugging Face folder (API 1.5)
 }
 
 // FineTuneEvent is one step of a job's log (NaN: not measured then).
@@ -755,6 +757,7 @@ func (c *Client) StartFineTune(ctx context.Context, model, trainingFile string, 
 	params.training_file = strings.add(trainingFile)
 	params.validation_file = strings.optional(o.ValidationFile)
 	params.suffix = strings.optional(o.Suffix)
+	params.method = strings.optional(o.Method)
 	params.n_epochs = C.uint32_t(o.Epochs)
 	params.batch_size = C.uint32_t(o.BatchSize)
 	params.rank = C.uint32_t(o.Rank)
@@ -820,5 +823,6 @@ func jobOf(job *C.tailor_fine_tune_job) FineTuneJob {
 		return C.GoString(s)
 	}
 	return FineTuneJob{C.GoString(C.tailor_fine_tune_job_id(job)), C.GoString(C.tailor_fine_tune_job_status(job)),
-		optional(C.tailor_fine_tune_job_model(job)), optional(C.tailor_fine_tune_job_error(job))}
+		optional(C.tailor_fine_tune_job_model(job)), optional(C.tailor_fine_tune_job_error(job)),
+		optional(C.tailor_fine_tune_job_result(job))}
 }

@@ -334,7 +334,12 @@ func TestFineTuneStartFollowAndServe(t *testing.T) {
 	if file == "" {
 		t.Fatal("set TAILOR_TEST_TRAINING to a JSONL file under the generate stage's data_dirs")
 	}
-	job, err := client.StartFineTune(ctx, model, file, FineTuneOptions{Suffix: "go", Epochs: 1, BatchSize: 2, Rank: 2})
+	var e *Error
+	if _, err := client.StartFineTune(ctx, model, file, FineTuneOptions{Method: "dora"}); !errors.As(err, &e) || e.Status != BadRequest {
+		t.Fatalf("an unknown method: %v", err)
+	}
+	options := FineTuneOptions{Suffix: "go", Method: "lora", Epochs: 1, BatchSize: 2, Rank: 2}
+	job, err := client.StartFineTune(ctx, model, file, options)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,7 +352,7 @@ func TestFineTuneStartFollowAndServe(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if job.Status != "succeeded" || !strings.Contains(job.Model, ":go-") {
+	if job.Status != "succeeded" || !strings.Contains(job.Model, ":go-") || job.Result != "" {
 		t.Fatalf("job ended %+v", job)
 	}
 	events, err := client.FineTuneEvents(ctx, job.ID)
@@ -358,7 +363,6 @@ func TestFineTuneStartFollowAndServe(t *testing.T) {
 	if _, err := client.Generate(ctx, job.Model, "Hello", &Options{MaxTokens: 4}, nil); err != nil {
 		t.Fatal(err)
 	}
-	var e *Error
 	if err := client.CancelFineTune(ctx, job.ID); !errors.As(err, &e) || e.Status != BadRequest {
 		t.Fatalf("cancelling a finished job: %v", err)
 	}

@@ -63,7 +63,9 @@ extern "C" {
  * is cut short; timeout_ms bounds whole calls (TAILOR_ERR_TIMEOUT);
  * tailor_cancel tokens and tailor_client_derive; tailor_tokenize; model
  * context length and embedding size; tailor_indexes_list, tailor_index_drop. */
-#define TAILOR_API_VERSION 10400
+/* 1.5: a fine-tuning job's method (lora, qlora, full) and a full fine-tune's
+ * result folder (tailor_fine_tune_job_result). */
+#define TAILOR_API_VERSION 10500
 
 /* ---- status and errors ------------------------------------------------ */
 
@@ -473,6 +475,11 @@ typedef struct tailor_fine_tune_params {
   float learning_rate_multiplier; /* <= 0: 1 */
   uint32_t rank;                 /* LoRA rank; 0: the daemon's default */
   int64_t seed;                  /* < 0: the daemon's default */
+  /* API 1.5: "lora" (NULL: the default; an adapter on the loaded base),
+   * "qlora" (an adapter trained on the base in 4 bits) or "full" (every
+   * weight of a copy of the base: the result is a Hugging Face folder,
+   * tailor_fine_tune_job_result, not an adapter). */
+  const char *method;
 } tailor_fine_tune_params;
 
 tailor_fine_tune_params tailor_fine_tune_default_params(void);
@@ -505,6 +512,10 @@ const char *tailor_fine_tune_job_model(const tailor_fine_tune_job *job);
 
 /* Why the job failed; NULL unless it did. Borrowed. */
 const char *tailor_fine_tune_job_error(const tailor_fine_tune_job *job);
+
+/* API 1.5: once a full fine-tune succeeded, its Hugging Face folder on the
+ * daemon's machine; NULL for other jobs and before. Borrowed. */
+const char *tailor_fine_tune_job_result(const tailor_fine_tune_job *job);
 
 void tailor_fine_tune_job_free(tailor_fine_tune_job *job);
 

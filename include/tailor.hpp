@@ -158,6 +158,7 @@ struct AdapterInfo {
 /// A fine-tuning job's settings (0 / empty: the daemon's defaults).
 struct FineTuneOptions {
   std::string validation_file, suffix;
+  std::string method;  // "lora" (empty: the default), "qlora" or "full" (API 1.5)
   uint32_t n_epochs = 0, batch_size = 0, rank = 0;
   float learning_rate_multiplier = 0;
   int64_t seed = -1;
@@ -168,6 +169,7 @@ struct FineTuneJob {
   std::string id, status;  // status: queued, running, succeeded, failed, cancelled
   std::string model;       // once succeeded: the trained model's name ("stage:adapter")
   std::string error;       // once failed: why
+  std::string result;      // once a full fine-tune succeeded: its Hugging Face folder (API 1.5)
 };
 
 /// One step of a job's log (NaN: not measured at that step).
@@ -330,6 +332,7 @@ class Client {
     params.training_file = training_file.c_str();
     if (!options.validation_file.empty()) params.validation_file = options.validation_file.c_str();
     if (!options.suffix.empty()) params.suffix = options.suffix.c_str();
+    if (!options.method.empty()) params.method = options.method.c_str();
     params.n_epochs = options.n_epochs;
     params.batch_size = options.batch_size;
     params.learning_rate_multiplier = options.learning_rate_multiplier;
@@ -348,8 +351,9 @@ class Client {
     detail::Owned<tailor_fine_tune_job, tailor_fine_tune_job_free> job(raw);
     const char *model = tailor_fine_tune_job_model(job.get());
     const char *error = tailor_fine_tune_job_error(job.get());
+    const char *result = tailor_fine_tune_job_result(job.get());
     return {tailor_fine_tune_job_id(job.get()), tailor_fine_tune_job_status(job.get()), model ? model : "",
-            error ? error : ""};
+            error ? error : "", result ? result : ""};
   }
 
   /// Job `id`'s log, step by step.

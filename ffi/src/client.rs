@@ -552,6 +552,8 @@ pub struct FineTuneJob {
     pub fine_tuned_model: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+    /// A succeeded full fine-tune's model folder.
+    pub result: Option<String>,
 }
 
 /// One step of a job's log.
@@ -605,5 +607,6 @@ fn job_of(reply: &Value) -> Result<FineTuneJob> {
         status: reply["status"].as_str().unwrap_or_default().to_string(),
         fine_tuned_model: reply["fine_tuned_model"].as_str().map(str::to_string),
         error: reply["error"]["message"].as_str().map(str::to_string),
+        result: reply["result_files"][0].as_str().map(str::to_string),
     })
 }

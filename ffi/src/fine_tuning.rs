@@ -34,6 +34,8 @@ pub struct tailor_fine_tune_params {
     pub rank: u32,
     /// < 0: the daemon's default.
     pub seed: i64,
+    /// API 1.5: "lora" (NULL: the default), "qlora" or "full".
+    pub method: *const c_char,
 }
 
 // SAFETY: repr(C), struct_size first.
@@ -50,6 +52,7 @@ unsafe impl Params for tailor_fine_tune_params {
             learning_rate_multiplier: 0.0,
             rank: 0,
             seed: -1,
+            method: std::ptr::null(),
         }
     }
 }
@@ -66,6 +69,7 @@ pub struct tailor_fine_tune_job {
     status: CString,
     model: Option<CString>,
     error: Option<CString>,
+    result: Option<CString>,
 }
 
 impl tailor_fine_tune_job {
@@ -75,6 +79,7 @@ impl tailor_fine_tune_job {
             status: c_string(&job.status),
             model: job.fine_tuned_model.as_deref().map(c_string),
             error: job.error.as_deref().map(c_string),
+            result: job.result.as_deref().map(c_string),
         };
         Box::into_raw(Box::new(handle))
     }
@@ -95,12 +100,13 @@ pub unsafe extern "C" fn tailor_fine_tune_start(
         let (slot, client, p) =
             unsafe { (out_handle(out_job, "out_job")?, client_ref(client)?, read_params(params, "params")?) };
         // SAFETY: the params' strings follow tailor.h's contract.
-        let (model, training, validation, suffix) = unsafe {
+        let (model, training, validation, suffix, method) = unsafe {
             (
                 required_str(p.model, "params->model")?,
                 required_str(p.training_file, "params->training_file")?,
                 optional_str(p.validation_file, "params->validation_file")?,
                 optional_str(p.suffix, "params->suffix")?,
+                optional_str(p.method, "params->method")?,
             )
         };
         let mut hyperparameters = json!({});
@@ -124,8 +130,15 @@ pub unsafe extern "C" fn tailor_fine_tune_start(
         if p.seed >= 0 {
             body["seed"] = json!(p.seed);
         }
+        let mut extras = json!({});
         if p.rank > 0 {
-            body["tailor"] = json!({"r": p.rank});
+            extras["r"] = json!(p.rank);
+        }
+        if let Some(method) = method {
+            extras["method"] = json!(method);
+        }
+        if extras != json!({}) {
+            body["tailor"] = extras;
         }
         *slot = tailor_fine_tune_job::new(client.fine_tune_start(&body)?);
         Ok(())
@@ -202,6 +215,16 @@ pub unsafe extern "C" fn tailor_fine_tune_job_model(job: *const tailor_fine_tune
 pub unsafe extern "C" fn tailor_fine_tune_job_error(job: *const tailor_fine_tune_job) -> *const c_char {
     // SAFETY: the caller's contract.
     unsafe { job.as_ref() }.and_then(|j| j.error.as_ref()).map_or(std::ptr::null(), |m| m.as_ptr())
+}
+
+/// A succeeded full fine-tune's model folder (borrowed), or NULL.
+///
+/// # Safety
+/// `job` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_fine_tune_job_result(job: *const tailor_fine_tune_job) -> *const c_char {
+    // SAFETY: the caller's contract.
+    unsafe { job.as_ref() }.and_then(|j| j.result.as_ref()).map_or(std::ptr::null(), |m| m.as_ptr())
 }
 
 /// Frees a job state (NULL is fine).

@@ -30,7 +30,7 @@ use error::last_error_ptr;
 use std::ffi::{c_char, c_int, CStr};
 
 /// `TAILOR_API_VERSION`: major * 10000 + minor * 100 + patch.
-pub const TAILOR_API_VERSION: u32 = 10400;
+pub const TAILOR_API_VERSION: u32 = 10500;
 
 /// Outcome of every call (`tailor_status` in the header).
 #[repr(C)]

@@ -416,7 +416,7 @@ static tailor_fine_tune_job *wait_for_job(tailor_client *client, const char *id)
 
 static void fine_tuning(tailor_client *client, const char *model, const char *training_file) {
   tailor_fine_tune_params params = tailor_fine_tune_default_params();
-  EXPECT(params.n_epochs == 0 && params.seed < 0 && params.training_file == NULL);
+  EXPECT(params.n_epochs == 0 && params.seed < 0 && params.training_file == NULL && params.method == NULL);
   tailor_fine_tune_job *job = NULL;
   EXPECT(tailor_fine_tune_start(client, &params, &job) == TAILOR_ERR_INVALID_ARGUMENT && job == NULL);
   params.model = model;
@@ -424,6 +424,10 @@ static void fine_tuning(tailor_client *client, const char *model, const char *tr
   EXPECT(tailor_fine_tune_start(client, &params, &job) == TAILOR_ERR_BAD_REQUEST && job == NULL);
   EXPECT(strstr(tailor_last_error(), "data_dirs") != NULL);
   params.training_file = training_file;
+  params.method = "dora";
+  EXPECT(tailor_fine_tune_start(client, &params, &job) == TAILOR_ERR_BAD_REQUEST && job == NULL);
+  EXPECT(strstr(tailor_last_error(), "dora") != NULL);
+  params.method = "qlora"; /* on the daemon's quantized GGUF: trained on its own blocks */
   params.suffix = "every";
   params.n_epochs = 1;
   params.batch_size = 2;
@@ -438,6 +442,8 @@ static void fine_tuning(tailor_client *client, const char *model, const char *tr
   EXPECT(done != NULL && strcmp(tailor_fine_tune_job_status(done), "succeeded") == 0);
   const char *trained = done ? tailor_fine_tune_job_model(done) : NULL;
   EXPECT(trained != NULL && strstr(trained, ":every-") != NULL);
+  EXPECT(done != NULL && tailor_fine_tune_job_result(done) == NULL); /* an adapter, not a model folder */
+  EXPECT(tailor_fine_tune_job_result(NULL) == NULL);
 
   tailor_fine_tune_events *events = NULL;
   EXPECT(tailor_fine_tune_events_get(client, id, &events) == TAILOR_OK);
