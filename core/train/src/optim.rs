@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use tailor_tensor::cpu::pool::SpinPool;
 
 /// AdamW's hyper-parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamW {
     /// β₁.
     pub beta1: f32,
@@ -26,6 +26,21 @@ pub struct AdamW {
 impl Default for AdamW {
     fn default() -> Self {
         AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, state: StateBits::F32 }
+    }
+}
+
+/// As derived, but f32 moments print as they did before `state` existed:
+/// a run's fingerprint is its settings' debug form, and a run checkpointed
+/// by an earlier build must still resume.
+impl std::fmt::Debug for AdamW {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut fields = f.debug_struct("AdamW");
+        fields.field("beta1", &self.beta1).field("beta2", &self.beta2).field("eps", &self.eps);
+        fields.field("weight_decay", &self.weight_decay);
+        if self.state != StateBits::F32 {
+            fields.field("state", &self.state);
+        }
+        fields.finish()
     }
 }
 
@@ -414,5 +429,17 @@ mod tests {
         assert!(distance(&finals[0], &target) < 0.05 * scale, "f32 reaches the minimum");
         assert!(distance(&finals[1], &target) < 0.05 * scale, "8-bit reaches the minimum");
         assert!(distance(&finals[0], &finals[1]) < 0.02 * scale, "and the two runs stay together");
+    }
+
+    /// The settings' debug form is a run's fingerprint: with f32 moments
+    /// it reads as before the moments' width was a setting.
+    #[test]
+    fn f32_adamw_prints_as_before_the_state_setting() {
+        assert_eq!(
+            format!("{:?}", AdamW::default()),
+            "AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }"
+        );
+        let eight_bit = AdamW { state: StateBits::Int8, ..AdamW::default() };
+        assert!(format!("{eight_bit:?}").ends_with("weight_decay: 0.0, state: Int8 }"));
     }
 }
