@@ -324,19 +324,21 @@ pub fn clip_gradients(grads: &mut [&mut [f32]], max_norm: f32) -> f32 {
 mod tests {
     use super::*;
 
+    /// `n` start values and gradients, and an update with weight decay
+    /// and the bias corrections `corrections`.
+    fn fixture(n: usize, corrections: (f32, f32)) -> (Vec<f32>, Vec<f32>, Update) {
+        let start = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let grads = (0..n).map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.4).collect();
+        let adamw = AdamW { weight_decay: 0.01, ..AdamW::default() };
+        (start, grads, Update { adamw, lr: 1e-3, correction1: corrections.0, correction2: corrections.1 })
+    }
+
     /// A tensor large enough to be split over the pool gets exactly the
     /// update of one pass over it.
     #[test]
     fn a_split_update_equals_one_pass() {
         let n = 3 * PARALLEL_MIN + 17;
-        let start: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
-        let grads: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.4).collect();
-        let update = Update {
-            adamw: AdamW { weight_decay: 0.01, ..AdamW::default() },
-            lr: 1e-3,
-            correction1: 0.1,
-            correction2: 0.001,
-        };
+        let (start, grads, update) = fixture(n, (0.1, 0.001));
         let (mut whole, mut split) = (start.clone(), start.clone());
         let (mut m1, mut v1) = (vec![0.01f32; n], vec![0.02f32; n]);
         let (mut m2, mut v2) = (m1.clone(), v1.clone());
@@ -381,14 +383,7 @@ mod tests {
     #[test]
     fn both_compilations_of_the_8bit_update_agree() {
         let n = 5 * moments8::BLOCK + 77;
-        let grads: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.4).collect();
-        let update = Update {
-            adamw: AdamW { weight_decay: 0.01, ..AdamW::default() },
-            lr: 1e-3,
-            correction1: 0.19,
-            correction2: 0.002,
-        };
-        let start: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let (start, grads, update) = fixture(n, (0.19, 0.002));
         let mut runs = Vec::new();
         for portable in [true, false] {
             let (mut values, mut m, mut v) = (start.clone(), Blockwise8::zeros(n), Blockwise8::zeros(n));

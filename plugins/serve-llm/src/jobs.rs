@@ -319,12 +319,8 @@ impl Jobs {
         let base = self.model.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut warn = |_: String| {};
         match job.request.method {
-            Method::Lora => {
-                let mut trainer = Trainer::new(&self.model.llama, &base, config, datasets, &out, true, &mut warn)?;
-                self.run_yielding(&mut trainer, cancel)?;
-            }
-            Method::Qlora => {
-                let private = self.four_bit_copy()?;
+            Method::Lora | Method::Qlora => {
+                let private = if job.request.method == Method::Qlora { self.four_bit_copy()? } else { None };
                 let llama = private.as_ref().map_or(&self.model.llama, |m| &m.llama);
                 let mut trainer = Trainer::new(llama, &base, config, datasets, &out, true, &mut warn)?;
                 self.run_yielding(&mut trainer, cancel)?;
