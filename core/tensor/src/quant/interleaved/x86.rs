@@ -267,6 +267,20 @@ macro_rules! kernels {
             acc
         }
 
+        /// q5_k's fifth bits for one run and half: bit `bit` of each byte of
+        /// `high_bits` moved to bit 4, the rest cleared (shifts by constants
+        /// once the caller's loop over runs unrolls).
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn fifth_bits(high_bits: __m256i, bit: i32) -> __m256i {
+            let moved = if bit <= 4 {
+                _mm256_sll_epi16(high_bits, _mm_cvtsi32_si128(4 - bit))
+            } else {
+                _mm256_srl_epi16(high_bits, _mm_cvtsi32_si128(bit - 4))
+            };
+            _mm256_and_si256(moved, _mm256_set1_epi8(0x10))
+        }
+
         /// Σ q·a of a quad's four rows for one q4_k chunk's two sub-blocks,
         /// per token: (low nibbles with `lo`, high nibbles with `hi`). Each
         /// 32-byte load is unpacked once and meets every token in turn. With
@@ -281,25 +295,14 @@ macro_rules! kernels {
             hi: &[&BlockQ8; T],
         ) -> [(__m256i, __m256i); T] {
             let mask = _mm256_set1_epi8(0x0F);
-            let fifth = _mm256_set1_epi8(0x10);
             let high_bits = if Q5 { _mm256_loadu_si256(h as *const __m256i) } else { _mm256_setzero_si256() };
-            // Bit `bit` of each byte of the high bits moved to bit 4 (shifts
-            // by constants once the loop over k unrolls).
-            let fifth_bit = |bit: i32| {
-                let moved = if bit <= 4 {
-                    _mm256_sll_epi16(high_bits, _mm_cvtsi32_si128(4 - bit))
-                } else {
-                    _mm256_srl_epi16(high_bits, _mm_cvtsi32_si128(bit - 4))
-                };
-                _mm256_and_si256(moved, fifth)
-            };
             let (mut p_lo, mut p_hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
             for k in 0..4 {
                 let l = _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
                 let (mut w_lo, mut w_hi) = (_mm256_and_si256(l, mask), _mm256_and_si256(_mm256_srli_epi16(l, 4), mask));
                 if Q5 {
-                    w_lo = _mm256_or_si256(w_lo, fifth_bit(2 * k as i32));
-                    w_hi = _mm256_or_si256(w_hi, fifth_bit(2 * k as i32 + 1));
+                    w_lo = _mm256_or_si256(w_lo, fifth_bits(high_bits, 2 * k as i32));
+                    w_hi = _mm256_or_si256(w_hi, fifth_bits(high_bits, 2 * k as i32 + 1));
                 }
                 for t in 0..T {
                     if $vnni {
@@ -334,7 +337,6 @@ macro_rules! kernels {
             acts: &[&BlockQ8; T],
         ) -> [[__m256i; T]; 2] {
             let mask = _mm256_set1_epi8(0x0F);
-            let fifth = _mm256_set1_epi8(0x10);
             let mut sums = [[_mm256_setzero_si256(); T]; 2];
             for k in 0..4 {
                 let mut w = [_mm256_setzero_si256(); 2];
@@ -342,15 +344,9 @@ macro_rules! kernels {
                     let l = _mm256_loadu_si256(q.add(128 * quad + 32 * k) as *const __m256i);
                     *w = if HI { _mm256_and_si256(_mm256_srli_epi16(l, 4), mask) } else { _mm256_and_si256(l, mask) };
                     if Q5 {
-                        // Bit 2k (low half) or 2k + 1 (high half) moved to bit 4.
+                        // Bit 2k (low half) or 2k + 1 (high half).
                         let high_bits = _mm256_loadu_si256(h.add(32 * quad) as *const __m256i);
-                        let bit = 2 * k as i32 + HI as i32;
-                        let moved = if bit <= 4 {
-                            _mm256_sll_epi16(high_bits, _mm_cvtsi32_si128(4 - bit))
-                        } else {
-                            _mm256_srl_epi16(high_bits, _mm_cvtsi32_si128(bit - 4))
-                        };
-                        *w = _mm256_or_si256(*w, _mm256_and_si256(moved, fifth));
+                        *w = _mm256_or_si256(*w, fifth_bits(high_bits, 2 * k as i32 + HI as i32));
                     }
                 }
                 for t in 0..T {
