@@ -393,9 +393,10 @@ macro_rules! kernels {
                     let h = block.wrapping_add(Q5K_HIGH + 64 * c);
                     // A prefill tile on AVX2 goes half by half (measured on
                     // AMD EPYC Zen 3, group_kernels bench, 4 tokens: q5_k 61 →
-                    // 66 GMAC/s, q4_k 72 → 76; a lone token, whose loads
-                    // nothing else shares, is as fast either way, and
-                    // tiles of 5 or more are no faster).
+                    // 66 GMAC/s, q4_k 72 → 76; tiles of 5 or more are no
+                    // faster). A lone token keeps the quad form, which
+                    // unpacks each load once for both halves: the half form
+                    // loads and masks it twice and was no faster there.
                     if $vnni || T == 1 {
                         for (quad, sums) in x.iter_mut().enumerate() {
                             *sums = k_quad_tokens::<T, Q5>(q.add(128 * quad), h.wrapping_add(32 * quad), &a_lo, &a_hi);
