@@ -7,7 +7,8 @@
 #       a synthetic model (tailor models synth, f16), quantized by llama.cpp to each
 #       TYPE (default: BF16 Q8_0 Q6_K Q5_K_M Q5_1 Q5_0 Q4_K_M Q4_1 Q4_0 IQ4_XS IQ4_NL
 #       Q3_K_M Q2_K), then both engines on every file: prefill/decode ratios, decode
-#       bandwidth vs a copy, peak RSS. Files go to $SCALE_DIR (default target/scale;
+#       bandwidth vs a copy, peak RSS, and the spread of single rounds' ratios; $ROUNDS
+#       rounds (default 3). Files go to $SCALE_DIR (default target/scale;
 #       1b needs ~14 GB, 3b ~35 GB).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +32,6 @@ case "${1:-bench}" in
     "$venv/bin/python" "$here/scale.py" quantize "$f16" "$dir" "${types[@]}"
     files=("$f16")
     for t in "${types[@]}"; do files+=("$dir/$shape-${t,,}.gguf"); done
-    "$venv/bin/python" "$here/scale.py" bench "$tailor" "${files[@]}" ;;
+    "$venv/bin/python" "$here/scale.py" bench "$tailor" "${files[@]}" --rounds "${ROUNDS:-3}" ;;
   *) echo "usage: $0 bench|top5|scale" >&2; exit 2 ;;
 esac

@@ -197,7 +197,7 @@ def bench(args):
     print(f"CPU {cpu}; {args.threads} threads; copy bandwidth {copy:.1f} GB/s (read + write)")
     print(subprocess.run([args.tailor, "cpu"], capture_output=True, text=True).stdout, end="")
     print(f"{'file':28s} {'prefill t/l':>18s} {'ratio':>6s} {'decode t/l':>14s} {'ratio':>6s} "
-          f"{'GB/s':>6s} {'% copy':>6s} {'RSS MiB t/l':>14s}")
+          f"{'GB/s':>6s} {'% copy':>6s} {'RSS MiB t/l':>14s}  {'round ratios p, d':>20s}")
     for path in args.gguf:
         rows = {"tailor": [], "llama": []}
         rss = their_rss = 0
@@ -209,10 +209,20 @@ def bench(args):
         med = {k: (float(np.median([v[0] for v in vs])), float(np.median([v[1] for v in vs]))) for k, vs in rows.items()}
         (tp, td), (lp, ld) = med["tailor"], med["llama"]
         gbs = weight_bytes_per_token(path) * td / 1e9
+        spread = [f"{min(r):.2f}-{max(r):.2f}" for r in round_ratios(rows)]
         print(f"{Path(path).name:28s} {tp:8.1f} / {lp:7.1f} {tp / lp:5.2f}x {td:6.1f} / {ld:5.1f} {td / ld:5.2f}x "
-              f"{gbs:6.1f} {100 * gbs / copy:5.0f}% {rss:6.0f} / {their_rss:5.0f}", flush=True)
+              f"{gbs:6.1f} {100 * gbs / copy:5.0f}% {rss:6.0f} / {their_rss:5.0f}  {spread[0]:>9s} {spread[1]:>9s}",
+              flush=True)
     print("RSS: peak resident MiB of the whole tailor process / of llama.cpp's, above the Python "
           "interpreter and library it runs in")
+    print("round ratios: the lowest and highest tailor/llama.cpp ratio of a single round (its two runs "
+          "back to back), prefill then decode: how far this machine's noise moves one comparison")
+
+
+def round_ratios(rows):
+    """Per round, tailor's figure over llama.cpp's: ([prefill ratios], [decode ratios])."""
+    pairs = list(zip(rows["tailor"], rows["llama"]))
+    return [t[0] / l[0] for t, l in pairs], [t[1] / l[1] for t, l in pairs]
 
 
 def main():
