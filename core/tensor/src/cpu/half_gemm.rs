@@ -9,8 +9,9 @@
 //! the rows' inputs one register at a time: on AVX-512, four widened weight
 //! vectors and six activation loads feed 24 FMAs of 16 lanes; on AVX2 (16
 //! registers of 8 lanes), three weight vectors and four activation loads
-//! feed 12, in passes over the inputs with the tokens' activations copied
-//! once into tile order. The weights are never copied.
+//! feed 12, with the tokens' activations copied once into tile order. Both
+//! go in passes over the inputs, so a tile of tokens' activations stays in
+//! the L1 cache while a chunk's rows meet it. The weights are never copied.
 //!
 //! Each (row, token) result is one FMA chain per lane over the inputs in
 //! order, then a fixed reduction of the lanes: it never depends on the
@@ -42,6 +43,13 @@ const LANES: usize = 16;
 const PREFETCH_BYTES: usize = 4096;
 /// Rows a thread claims at a time on AVX-512 (a multiple of its tile rows).
 const CHUNK_ROWS: usize = 16;
+/// Inputs per pass of the AVX-512 kernels over a chunk's rows: a tile of
+/// tokens' 512 inputs (12 KiB of f32) stays in the L1 cache while the
+/// chunk's four row tiles (16 KiB of weights for the pass) meet it, where
+/// walking whole rows read every tile's activations from L2 again (1B F16
+/// 128-token prefill, Sapphire Rapids, 2 threads, alternating builds:
+/// 77–82 → 84–96 tok/s).
+const AVX512_PASS: usize = 512;
 /// Rows a thread claims at a time on AVX2: its tiles of tokens meet 48
 /// rows per pass (a multiple of its tile rows).
 const AVX2_CHUNK_ROWS: usize = 48;
@@ -152,6 +160,16 @@ pub(crate) fn fits(dtype: DType, in_dim: usize) -> bool {
     HalfKernel::best().is_some_and(|kernel| fits_kernel(kernel, dtype, in_dim))
 }
 
+/// Whether a `dtype` matrix with rows of `in_dim` inputs takes the
+/// AVX-512 tiles at decode too: four rows at a time stream a lone
+/// token's weights faster than `half_dot`'s one row at a time (1B F16
+/// decode, Sapphire Rapids, 2 threads, alternating builds: 10.1–10.4 →
+/// 11.2–11.7 tok/s), and each token gets its solo result, so a decode
+/// batch equals its sequences alone.
+pub(crate) fn decodes(dtype: DType, in_dim: usize) -> bool {
+    avx512_supported() && fits_kernel(HalfKernel::Avx512, dtype, in_dim)
+}
+
 /// Whether a `dtype` matrix with rows of `in_dim` inputs fits `kernel`.
 fn fits_kernel(kernel: HalfKernel, dtype: DType, in_dim: usize) -> bool {
     matches!(dtype, DType::F16 | DType::BF16) && in_dim > 0 && in_dim.is_multiple_of(kernel.lanes())
@@ -225,13 +243,13 @@ fn half_gemm_on(
         _ => x,
     };
     let job = |_: usize, _: usize| {
-        let mut sums = Vec::new();
+        let (mut sums, mut sums512) = (Vec::new(), Vec::new());
         while let Some(first) = claim() {
             let chunk = first..(first + chunk_rows).min(rows);
             let tile = Tile { dtype, w, x, in_dim, rows, first_row: first, first_token: 0 };
             match kernel {
                 HalfKernel::Avx2 => avx2_chunk(&tile, chunk, tokens, &mut sums, &out),
-                HalfKernel::Avx512 => avx512_chunk(&tile, chunk, tokens, products, &out),
+                HalfKernel::Avx512 => avx512_chunk(&tile, chunk, tokens, products, &mut sums512, &out),
             }
         }
     };
@@ -256,30 +274,54 @@ fn pack_token_tiles(x: &[f32], in_dim: usize, tile_tokens: usize, step: usize) -
     packed
 }
 
-/// The AVX-512 kernels over rows `chunk`: each tile of rows meets every
-/// tile of tokens, walking the whole rows.
-fn avx512_chunk(base: &Tile, chunk: Range<usize>, tokens: usize, products: bool, out: &OutPtr) {
+/// The AVX-512 kernels over rows `chunk`, in passes of [`AVX512_PASS`]
+/// inputs (as [`avx2_chunk`]): each (row tile, token tile)'s accumulators
+/// wait in `sums` between passes, so every lane is still one chain over
+/// the inputs in order.
+fn avx512_chunk(
+    base: &Tile,
+    chunk: Range<usize>,
+    tokens: usize,
+    products: bool,
+    sums: &mut Vec<Avx512Sums>,
+    out: &OutPtr,
+) {
     let (tile_rows, tile_tokens) = (HalfKernel::Avx512.rows(), HalfKernel::Avx512.tokens());
-    for r in chunk.clone().step_by(tile_rows) {
-        let count = tile_rows.min(chunk.end - r);
-        for t in (0..tokens).step_by(tile_tokens) {
-            let tile = Tile { first_row: r, first_token: t, ..*base };
-            let tile_tokens = tile_tokens.min(tokens - t);
-            // SAFETY: AVX-512 F and F16C (for bf16 inputs AVX-512 BF16)
-            // were checked (`half_gemm_on`'s assert); the tile reads rows
-            // r..r+count of w and tokens t..t+tile_tokens of x, all inside
-            // the checked lengths; it writes y entries of rows r..r+count,
-            // which only this thread claimed.
-            unsafe {
-                if products {
-                    run_tile::<true>(&tile, count, tile_tokens, out)
-                } else {
-                    run_tile::<false>(&tile, count, tile_tokens, out)
-                }
-            };
+    let row_tiles = chunk.len().div_ceil(tile_rows);
+    sums.clear();
+    sums.resize(row_tiles * tokens.div_ceil(tile_tokens), Avx512Sums::default());
+    // bf16 activations are half the bytes: whole rows measured faster
+    // there (1B BF16 prefill, same machine: 88–95 vs 82–91 tok/s).
+    let pass_inputs = if products { base.in_dim } else { AVX512_PASS };
+    for pass in (0..base.in_dim).step_by(pass_inputs) {
+        let inputs = pass..(pass + pass_inputs).min(base.in_dim);
+        for (token_tile, t) in (0..tokens).step_by(tile_tokens).enumerate() {
+            for (row_tile, r) in chunk.clone().step_by(tile_rows).enumerate() {
+                let tile = Tile { first_row: r, first_token: t, ..*base };
+                let shape = (tile_rows.min(chunk.end - r), tile_tokens.min(tokens - t));
+                let tile_sums = &mut sums[token_tile * row_tiles + row_tile];
+                // SAFETY: AVX-512 F and F16C (for bf16 inputs AVX-512 BF16)
+                // were checked (`half_gemm_on`'s assert); the tile reads
+                // inputs `inputs` of rows r..r+shape.0 of w and of tokens
+                // t..t+shape.1 of x, inside the checked lengths, and on the
+                // last pass writes y entries of rows r..r+shape.0, which
+                // only this thread claimed.
+                unsafe {
+                    if products {
+                        run_tile::<true>(&tile, shape, inputs.clone(), tile_sums, out)
+                    } else {
+                        run_tile::<false>(&tile, shape, inputs.clone(), tile_sums, out)
+                    }
+                };
+            }
         }
     }
 }
+
+/// One AVX-512 tile's accumulators between passes: by token, then row,
+/// sixteen lanes each.
+#[derive(Clone, Copy, Default)]
+struct Avx512Sums([[[f32; LANES]; HalfKernel::Avx512.rows()]; HalfKernel::Avx512.tokens()]);
 
 /// Inputs per pass of the AVX2 kernel over a chunk's rows: a tile of
 /// tokens' 512 inputs (8 KiB) stays in the L1 cache while every row tile
@@ -338,39 +380,62 @@ struct Tile<'a> {
     first_token: usize,
 }
 
-/// A tile of `r` rows × `t` tokens through the AVX-512 kernel compiled
-/// for it (`P`: the `vdpbf16ps` one).
+/// A tile of `shape` (rows, tokens) through the AVX-512 kernel compiled
+/// for it (`P`: the `vdpbf16ps` one), over `inputs`; on the pass that
+/// ends the rows, its sums stored.
 #[cfg(target_arch = "x86_64")]
-unsafe fn run_tile<const P: bool>(tile: &Tile, r: usize, t: usize, out: &OutPtr) {
-    match r {
-        1 => run_tokens::<1, P>(tile, t, out),
-        2 => run_tokens::<2, P>(tile, t, out),
-        3 => run_tokens::<3, P>(tile, t, out),
-        _ => run_tokens::<4, P>(tile, t, out),
+unsafe fn run_tile<const P: bool>(
+    tile: &Tile,
+    shape: (usize, usize),
+    inputs: Range<usize>,
+    sums: &mut Avx512Sums,
+    out: &OutPtr,
+) {
+    match shape.0 {
+        1 => run_tokens::<1, P>(tile, shape.1, inputs, sums, out),
+        2 => run_tokens::<2, P>(tile, shape.1, inputs, sums, out),
+        3 => run_tokens::<3, P>(tile, shape.1, inputs, sums, out),
+        _ => run_tokens::<4, P>(tile, shape.1, inputs, sums, out),
     }
 }
 
 /// [`run_tile`] for `R` rows.
 #[cfg(target_arch = "x86_64")]
-unsafe fn run_tokens<const R: usize, const P: bool>(tile: &Tile, t: usize, out: &OutPtr) {
+unsafe fn run_tokens<const R: usize, const P: bool>(
+    tile: &Tile,
+    t: usize,
+    inputs: Range<usize>,
+    sums: &mut Avx512Sums,
+    out: &OutPtr,
+) {
     match t {
-        1 => store::<R, 1>(tile, out, tile_sums::<R, 1, P>(tile)),
-        2 => store::<R, 2>(tile, out, tile_sums::<R, 2, P>(tile)),
-        3 => store::<R, 3>(tile, out, tile_sums::<R, 3, P>(tile)),
-        4 => store::<R, 4>(tile, out, tile_sums::<R, 4, P>(tile)),
-        5 => store::<R, 5>(tile, out, tile_sums::<R, 5, P>(tile)),
-        _ => store::<R, 6>(tile, out, tile_sums::<R, 6, P>(tile)),
+        1 => pass_avx512::<R, 1, P>(tile, inputs, sums, out),
+        2 => pass_avx512::<R, 2, P>(tile, inputs, sums, out),
+        3 => pass_avx512::<R, 3, P>(tile, inputs, sums, out),
+        4 => pass_avx512::<R, 4, P>(tile, inputs, sums, out),
+        5 => pass_avx512::<R, 5, P>(tile, inputs, sums, out),
+        _ => pass_avx512::<R, 6, P>(tile, inputs, sums, out),
     }
 }
 
-/// The tile's sums on the AVX-512 kernel `P` picks.
+/// One pass of an `R × T` tile over `inputs` on the AVX-512 kernel `P`
+/// picks; after the pass that ends the rows, its sums stored.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn tile_sums<const R: usize, const T: usize, const P: bool>(tile: &Tile) -> [[f32; T]; R] {
-    match tile.x {
-        HalfInputs::Bf16(x) if P => bf16_kernel::<R, T>(tile, x),
-        HalfInputs::F32(x) => kernel::<R, T>(tile, x),
+unsafe fn pass_avx512<const R: usize, const T: usize, const P: bool>(
+    tile: &Tile,
+    inputs: Range<usize>,
+    sums: &mut Avx512Sums,
+    out: &OutPtr,
+) {
+    let last = inputs.end == tile.in_dim;
+    let tile_sums = match tile.x {
+        HalfInputs::Bf16(x) if P => bf16_kernel::<R, T>(tile, x, inputs, last, sums),
+        HalfInputs::F32(x) => kernel::<R, T>(tile, x, inputs, last, sums),
         HalfInputs::Bf16(_) => unreachable!("bf16 inputs take the vdpbf16ps kernel"),
+    };
+    if let Some(tile_sums) = tile_sums {
+        store::<R, T>(tile, out, tile_sums)
     }
 }
 
@@ -418,7 +483,7 @@ unsafe fn pass_avx2<const R: usize, const T: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn run_tile<const P: bool>(_: &Tile, _: usize, _: usize, _: &OutPtr) {
+unsafe fn run_tile<const P: bool>(_: &Tile, _: (usize, usize), _: Range<usize>, _: &mut Avx512Sums, _: &OutPtr) {
     unreachable!("half_gemm runs only where supported() holds")
 }
 
@@ -436,19 +501,26 @@ unsafe fn store<const R: usize, const T: usize>(tile: &Tile, out: &OutPtr, sums:
     }
 }
 
-/// The tile's `R × T` sums: per step, `R` widened weight vectors and `T`
-/// activation vectors, `R·T` FMAs; then each accumulator's lanes reduced.
+/// The tile's `R × T` sums over `inputs` (whole steps of 16): per step,
+/// `R` widened weight vectors and `T` activation vectors, `R·T` FMAs, the
+/// accumulators taken from and left in `sums`; after the `last` pass,
+/// each accumulator's lanes reduced.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,f16c,avx2,fma")]
-unsafe fn kernel<const R: usize, const T: usize>(tile: &Tile, x: &[f32]) -> [[f32; T]; R] {
+unsafe fn kernel<const R: usize, const T: usize>(
+    tile: &Tile,
+    x: &[f32],
+    inputs: Range<usize>,
+    last: bool,
+    sums: &mut Avx512Sums,
+) -> Option<[[f32; T]; R]> {
     use std::arch::x86_64::*;
     let bf16 = tile.dtype == DType::BF16;
     let w = tile.w.as_ptr().add(2 * tile.first_row * tile.in_dim);
     let x = x.as_ptr().add(tile.first_token * tile.in_dim);
     // By token, then row: acc[j][i] sums row i with token j.
-    let mut acc = [[_mm512_setzero_ps(); R]; T];
-    for step in 0..tile.in_dim / LANES {
-        let at = step * LANES;
+    let mut acc = load_sums::<R, T>(sums);
+    for at in inputs.step_by(LANES) {
         let weights: [__m512; R] = std::array::from_fn(|i| {
             let bits = _mm256_loadu_si256(w.add(2 * (i * tile.in_dim + at)) as *const __m256i);
             if bf16 {
@@ -464,7 +536,36 @@ unsafe fn kernel<const R: usize, const T: usize>(tile: &Tile, x: &[f32]) -> [[f3
             }
         }
     }
-    reduce_tile(acc)
+    finish_pass(acc, last, sums)
+}
+
+/// A tile's accumulators as the previous pass left them in `sums`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_sums<const R: usize, const T: usize>(sums: &Avx512Sums) -> [[std::arch::x86_64::__m512; R]; T] {
+    use std::arch::x86_64::*;
+    std::array::from_fn(|j| std::array::from_fn(|i| _mm512_loadu_ps(sums.0[j][i].as_ptr())))
+}
+
+/// After a pass: the accumulators reduced if it was the `last`, else
+/// kept in `sums` for the next.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn finish_pass<const R: usize, const T: usize>(
+    acc: [[std::arch::x86_64::__m512; R]; T],
+    last: bool,
+    sums: &mut Avx512Sums,
+) -> Option<[[f32; T]; R]> {
+    use std::arch::x86_64::*;
+    if last {
+        return Some(reduce_tile(acc));
+    }
+    for (j, sums_j) in acc.iter().enumerate() {
+        for (i, sum) in sums_j.iter().enumerate() {
+            _mm512_storeu_ps(sums.0[j][i].as_mut_ptr(), *sum);
+        }
+    }
+    None
 }
 
 /// [`kernel`] on AVX2 over `inputs`: per step of 8 inputs, `R` widened
@@ -535,37 +636,44 @@ unsafe fn reduce_eight(sum: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(twos, _mm_shuffle_ps::<1>(twos, twos)))
 }
 
-/// The tile's `R × T` sums with `vdpbf16ps`: per step of 32 inputs, `R`
-/// weight vectors loaded as stored and `T` rounded activation vectors,
-/// `R·T` products of pairs into 16-lane chains; then each chain's lanes
-/// reduced as in [`kernel`].
+/// The tile's `R × T` sums with `vdpbf16ps` over `inputs` (whole steps
+/// of 32): per step, `R` weight vectors loaded as stored and `T` rounded
+/// activation vectors, `R·T` products of pairs into 16-lane chains, kept
+/// in `sums` between passes as in [`kernel`]; after the `last` pass, each
+/// chain's lanes reduced as there.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn bf16_kernel<const R: usize, const T: usize>(tile: &Tile, x: &Bf16Rows) -> [[f32; T]; R] {
+unsafe fn bf16_kernel<const R: usize, const T: usize>(
+    tile: &Tile,
+    x: &Bf16Rows,
+    inputs: Range<usize>,
+    last: bool,
+    sums: &mut Avx512Sums,
+) -> Option<[[f32; T]; R]> {
     use std::arch::x86_64::*;
     let w = tile.w.as_ptr().add(2 * tile.first_row * tile.in_dim);
     let pairs = tile.in_dim / 2;
     let x = x.words().as_ptr().add(tile.first_token * pairs);
-    let mut acc = [[_mm512_setzero_ps(); R]; T];
-    for step in 0..tile.in_dim / (2 * LANES) {
+    let mut acc = load_sums::<R, T>(sums);
+    for at in inputs.step_by(2 * LANES) {
         // __m512i and __m512bh are both 64-byte vectors: the transmutes
         // reinterpret bits only. Weight element 2k, 2k+1 and activation
         // word k (its two values) meet in lane k, as stored.
         let weights: [__m512bh; R] = std::array::from_fn(|i| {
-            let at = w.add(2 * (i * tile.in_dim + 2 * LANES * step));
-            // Decode streams the rows from memory: a hint 1 KiB ahead (into
-            // the next rows at their ends); never faults.
+            let at = w.add(2 * (i * tile.in_dim + at));
+            // Decode streams the rows from memory: a hint ahead (into the
+            // next rows at their ends); never faults.
             _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_BYTES) as *const i8);
             std::mem::transmute(_mm512_loadu_si512(at.cast()))
         });
         for (j, sums) in acc.iter_mut().enumerate() {
-            let input: __m512bh = std::mem::transmute(_mm512_loadu_si512(x.add(j * pairs + LANES * step).cast()));
+            let input: __m512bh = std::mem::transmute(_mm512_loadu_si512(x.add(j * pairs + at / 2).cast()));
             for (sum, weight) in sums.iter_mut().zip(&weights) {
                 *sum = _mm512_dpbf16_ps(*sum, *weight, input);
             }
         }
     }
-    reduce_tile(acc)
+    finish_pass(acc, last, sums)
 }
 
 /// Every accumulator of a tile (by token, then row) reduced in the order
@@ -690,7 +798,7 @@ mod tests {
         for kernel in kernels {
             for dtype in [DType::F16, DType::BF16] {
                 for (rows, in_dim, tokens) in
-                    [(1, 16, 1), (7, 48, 13), (19, 160, 8), (33, 64, 20), (6, 24, 7), (5, 600, 9)]
+                    [(1, 16, 1), (7, 48, 13), (19, 160, 8), (33, 64, 20), (6, 24, 7), (5, 600, 9), (5, 1040, 9)]
                 {
                     if !fits_kernel(kernel, dtype, in_dim) {
                         continue;
@@ -726,7 +834,7 @@ mod tests {
             return;
         }
         let mut next = uniform(11u64);
-        for (rows, in_dim, tokens) in [(1, 32, 1), (7, 96, 13), (19, 160, 8), (33, 64, 20)] {
+        for (rows, in_dim, tokens) in [(1, 32, 1), (7, 96, 13), (19, 160, 8), (33, 64, 20), (5, 1056, 9)] {
             let w = half_bytes(DType::BF16, &(0..rows * in_dim).map(|_| next()).collect::<Vec<_>>());
             let x: Vec<f32> = (0..tokens * in_dim).map(|_| next()).collect();
             let mut inputs = Bf16Rows::new();

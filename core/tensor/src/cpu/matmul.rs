@@ -208,8 +208,8 @@ pub fn linear_many_decode(
     if outputs.iter().all(|(w, _)| uses_row_kernel(w, 1)) {
         return rows_linear(x, tokens, outputs, scratch);
     }
-    if outputs.iter().all(|(w, _)| uses_row_kernel(w, 1) || takes_bf16_products(w)) {
-        // The bf16 product kernel gives each token its solo result too.
+    if outputs.iter().all(|(w, _)| uses_row_kernel(w, 1) || takes_half_tiles(w)) {
+        // The AVX-512 half tiles give each token its solo result too.
         return split_linear(x, tokens, outputs, scratch, |w| uses_row_kernel(w, 1));
     }
     let in_dim = outputs[0].0.row_len();
@@ -286,7 +286,7 @@ fn check_linear(x: &[f32], tokens: usize, w: &Tensor, y: &[f32]) -> Result<()> {
 fn uses_row_kernel(w: &Tensor, tokens: usize) -> bool {
     match w.dtype() {
         _ if w.interleaved().is_some() => true,
-        _ if takes_bf16_products(w) => false,
+        _ if takes_half_tiles(w) => false,
         DType::F32 => tokens == 1,
         d => (supports_dot(d) || is_half(d)) && tokens < QUANT_GEMM_MIN_TOKENS,
     }
@@ -296,6 +296,12 @@ fn uses_row_kernel(w: &Tensor, tokens: usize) -> bool {
 /// `vdpbf16ps` (activations rounded to bf16), for any token count.
 fn takes_bf16_products(w: &Tensor) -> bool {
     half_gemm::supported() && half_gemm::takes_bf16_products(w.dtype(), w.row_len())
+}
+
+/// True when `w` is f16/bf16 and this CPU's AVX-512 tiles multiply it
+/// for any token count, decode included.
+fn takes_half_tiles(w: &Tensor) -> bool {
+    takes_bf16_products(w) || half_gemm::decodes(w.dtype(), w.row_len())
 }
 
 fn gemm_linear(x: &[f32], tokens: usize, w: &Tensor, y: &mut [f32], scratch: &mut LinearScratch) -> Result<()> {
