@@ -5,6 +5,7 @@
 
 use super::{bf16_supported, half_dot, half_gemm};
 use crate::quant::{interleaved::GroupKernel, layout::WeightLayout, DotImpl};
+use crate::DType;
 
 /// The CPU and the kernels this process runs on it.
 #[derive(Debug, Clone)]
@@ -38,7 +39,12 @@ pub fn kernel_report() -> KernelReport {
         cpu: cpu_name(),
         features: detected_features(),
         quantized_rows,
-        half_rows: if half_dot::simd_supported() { "avx2+f16c" } else { "portable" },
+        half_rows: match () {
+            _ if half_gemm::decodes(DType::F16, 64) && bf16_supported() => "avx512 tiles, bf16 by vdpbf16ps",
+            _ if half_gemm::decodes(DType::F16, 64) => "avx512 tiles",
+            _ if half_dot::simd_supported() => "avx2+f16c",
+            _ => "portable",
+        },
         half_prefill: half_gemm::HalfKernel::describe(half_gemm::HalfKernel::best()),
         bf16_gemm: if bf16_supported() { "avx512-bf16" } else { "f32 (no avx512-bf16)" },
     }
