@@ -21,6 +21,18 @@ use super::{
 use crate::DType;
 use std::arch::x86_64::*;
 
+/// How far ahead of the block it starts a kernel asks for the group's
+/// bytes while decoding streams it from memory. Sapphire Rapids (2
+/// threads, 1B decode, tok/s): the 32-element formats went from two
+/// blocks ahead (288 B for q4_0) to this, q4_0 28 → 33–34, iq4_nl 27 →
+/// 32–33, iq4_xs 26 → 31–32, q8_0 (which took no hint) 20 → 22; q6_k
+/// and q2_k, which took none, 19 → 22–23 and 27.5 → 38–39. 1 KiB and
+/// 4 KiB were slower (q6_k 23, 21; q2_k 36–37, 38); q4_k, one block
+/// ahead before (1,152 B), measured alike from one to eight blocks. On an
+/// AMD EPYC (Zen 3) earlier sessions found q8_0 and q6_k faster without a
+/// hint at one or two blocks ahead; this distance was not measured there.
+const STREAM_AHEAD: usize = 2048;
+
 /// The kernels for one instruction set: `$features` their target
 /// features, `$vnni` whether the integer sums use `vpdpbusd`.
 macro_rules! kernels {
@@ -51,15 +63,9 @@ macro_rules! kernels {
         }
 
         /// Decoding streams each group from memory, so the kernels ask for
-        /// what comes next, `bytes` from `p`: the 32-element ones but q8_0
-        /// the block after next, q4_k the next block a quarter per chunk
-        /// (measured on AMD EPYC, 1B decode, with 4 KiB pages: q8_0 18 → 24
-        /// tok/s, Q4_K_M 28 → 34; a whole block at once slowed q4_k down, and
-        /// q6_k, whose kernel does more work per byte, was slower with every
-        /// distance tried; since the groups moved to 2 MiB pages q8_0 is
-        /// faster without, and q6_k still gains nothing at one or two blocks
-        /// ahead). A hint: addresses past the group's end (or anywhere) never
-        /// fault.
+        /// what comes `bytes` from `p`, [`STREAM_AHEAD`] past the block
+        /// they start. A hint: addresses past the group's end (or anywhere)
+        /// never fault.
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn prefetch(p: *const u8, bytes: usize) {
@@ -222,19 +228,14 @@ macro_rules! kernels {
                     // Sub-block b % 8 of block b / 8: its rows' scales are d · sc.
                     let (block, sub) = (group.as_ptr().add(b / 8 * size), b % 8);
                     let q = block.add(base + IQ4XS_SUB_BYTES * sub);
-                    prefetch(q.wrapping_add(2 * IQ4XS_SUB_BYTES), IQ4XS_SUB_BYTES);
+                    prefetch(q.wrapping_add(STREAM_AHEAD), IQ4XS_SUB_BYTES);
                     let sc = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
                         block.add(IQ4XS_SCALES + 8 * sub) as *const __m128i,
                     )));
                     (block, _mm256_mul_ps(f16x8(block), sc), q)
                 } else {
                     let block = group.as_ptr().add(b * size);
-                    // Not q8_0's: with the groups in 2 MiB pages its hint cost
-                    // (1B decode 34.7 → 39.2 tok/s without), while iq4_nl's
-                    // still pays (49.3 without, 50.8 with) and q4_0's is even.
-                    if dtype != DType::Q8_0 {
-                        prefetch(block.wrapping_add(2 * size), size);
-                    }
+                    prefetch(block.wrapping_add(STREAM_AHEAD), size);
                     (block, f16x8(block), block.add(base))
                 };
                 let m = if with_mins { f16x8(block.add(16)) } else { d };
@@ -384,7 +385,7 @@ macro_rules! kernels {
                 let block = group.as_ptr().add(b * size);
                 let (d, dmin) = (f16x8(block), f16x8(block.add(16)));
                 for c in 0..4 {
-                    prefetch(block.wrapping_add(size + c * size / 4), size / 4);
+                    prefetch(block.wrapping_add(STREAM_AHEAD + c * size / 4), size / 4);
                     let q = block.add(Q4K_QUANTS + 256 * c);
                     let a_lo: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + 2 * c]);
                     let a_hi: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + 2 * c + 1]);
@@ -615,6 +616,7 @@ macro_rules! kernels {
             let low_nibbles = _mm_set1_epi8(0x0F);
             for b in 0..acts[0].len() / 8 {
                 let block = group.as_ptr().add(b * size);
+                prefetch(block.wrapping_add(STREAM_AHEAD), size);
                 let mut totals = [_mm256_setzero_si256(); T];
                 // AVX2: Σ sc·Σ a (the offset's); q2_k: Σ m·Σ a.
                 let mut side = [_mm256_setzero_si256(); T];
