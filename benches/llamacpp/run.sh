@@ -13,6 +13,19 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# A CPU that lists AMX may still fault on it: these VMs raise a general
+# protection fault at llama.cpp's first `ldtilecfg` (the hypervisor leaves
+# the tile state off). There llama.cpp is built for every other feature
+# the CPU lists (what GGML_NATIVE would pick) with AMX off; PIP_NO_CACHE_DIR
+# keeps pip from reusing a wheel built the other way.
+flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
+if [[ " $flags " == *" amx_tile "* ]]; then
+  has() { [[ " $flags " == *" $1 "* ]] && echo ON || echo OFF; }
+  export PIP_NO_CACHE_DIR=1 CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+-DGGML_F16C=ON -DGGML_AVX512=$(has avx512f) -DGGML_AVX512_VBMI=$(has avx512vbmi) \
+-DGGML_AVX512_VNNI=$(has avx512_vnni) -DGGML_AVX512_BF16=$(has avx512_bf16) -DGGML_AVX_VNNI=$(has avx_vnni) \
+-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+fi
 venv=$(VENV=${LLAMA_VENV:-} "$root/scripts/venv.sh" llama llama-cpp-python numpy gguf)
 (cd "$root" && cargo build --release --quiet -p tailor-cli)
 tailor="$root/target/release/tailor"
