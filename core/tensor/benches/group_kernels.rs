@@ -9,7 +9,9 @@
 //! TYPES=q6_k,q4_k env).
 
 use std::time::Instant;
-use tailor_tensor::quant::interleaved::{dot_group_tokens, interleave_rows, GROUP};
+use tailor_tensor::quant::interleaved::{
+    dot_group_pairs, dot_group_tokens, interleave_rows, takes_pairs, PairedTokens, GROUP,
+};
 use tailor_tensor::quant::{quantize_activations_for, BlockQ8};
 use tailor_tensor::{DType, Tensor};
 
@@ -57,6 +59,34 @@ fn main() {
             }))
         };
         let per_token = acts.len() / tokens;
+        if takes_pairs(dtype) {
+            let mut paired = PairedTokens::default();
+            let mut sums = vec![[0f32; GROUP]; 32];
+            let mut solo = vec![[0f32; GROUP]; 32];
+            let pairs_rate = best((0..rounds).map(|_| {
+                let start = Instant::now();
+                paired.fill(&acts, tokens, per_token);
+                for first in (0..tokens).step_by(32) {
+                    let count = (tokens - first).min(32);
+                    for g in 0..rows / GROUP {
+                        dot_group_pairs(&grouped, g, &paired, first, &mut sums[..count]);
+                    }
+                }
+                std::hint::black_box(&sums);
+                (rows * row_len * tokens) as f64 / start.elapsed().as_secs_f64() / 1e9
+            }));
+            for g in [0, 5, rows / GROUP - 1] {
+                let tile = &acts[..32 * per_token];
+                paired.fill(tile, 32, per_token);
+                dot_group_pairs(&grouped, g, &paired, 0, &mut sums);
+                dot_group_tokens(&grouped, g, tile, &mut solo);
+                assert!(
+                    sums.iter().flatten().zip(solo.iter().flatten()).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{dtype} group {g}: pairs differ"
+                );
+            }
+            println!("{:8} {:>14.1} (token pairs, 512-bit)", dtype.to_string(), pairs_rate);
+        }
         println!("{:8} {:>14.1} {:>14.1}", dtype.to_string(), time(&acts, tokens), time(&acts[..per_token], 1));
     }
 }

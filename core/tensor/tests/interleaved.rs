@@ -12,7 +12,8 @@ use common::{quantized_formats, Rng};
 use tailor_tensor::cpu::{self, LinearScratch};
 use tailor_tensor::quant::interleaved::InterleavedRows;
 use tailor_tensor::quant::interleaved::{
-    dot_group, dot_group_scalar, dot_group_tokens_on, interleave_rows, GroupKernel, GROUP,
+    dot_group, dot_group_pairs, dot_group_scalar, dot_group_tokens_on, interleave_rows, takes_pairs, GroupKernel,
+    PairedTokens, GROUP,
 };
 use tailor_tensor::quant::layout::WeightLayout;
 use tailor_tensor::quant::{dequantize_row, quantize_activations_for, vec_dot, BlockQ8, DotImpl};
@@ -132,6 +133,42 @@ fn every_token_of_a_tile_gets_its_one_token_result() {
                 for (t, sums) in out.iter().enumerate() {
                     let solo = dot_group(&grouped, g, &all[t * per_token..(t + 1) * per_token]);
                     let what = format!("{dtype} {tokens} tokens on {kernel:?}, token {t}");
+                    assert_eq!(sums.map(f32::to_bits), solo.map(f32::to_bits), "{what}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn token_pairs_give_each_token_its_one_token_result() {
+    let mut rng = Rng(25);
+    let mut acts = Vec::new();
+    let formats: Vec<DType> = quantized_formats().into_iter().filter(|&d| takes_pairs(d)).collect();
+    if formats.is_empty() {
+        eprintln!("no AVX-512 VNNI here: the token-pair kernel is not tested on this CPU");
+    }
+    let mut paired = PairedTokens::default();
+    for dtype in formats {
+        let (rows, row_len) = (16, if dtype.block_size() == 256 { 512 } else { 192 });
+        let w = random_matrix(&mut rng, dtype, rows, row_len);
+        let grouped = interleave_rows(dtype, w.bytes(), rows, row_len).expect("interleavable");
+        // 1 to 37 tokens: whole tiles of eight pairs, every remainder, odd
+        // counts (the last token paired with itself), from every even start.
+        for tokens in 1..38 {
+            let mut all = Vec::new();
+            for _ in 0..tokens {
+                quantize_activations_for(dtype, &rng.vec(row_len), &mut acts).unwrap();
+                all.extend_from_slice(&acts);
+            }
+            let per_token = all.len() / tokens;
+            paired.fill(&all, tokens, per_token);
+            for (g, first) in (0..grouped.groups).flat_map(|g| (0..tokens).step_by(2).map(move |f| (g, f))) {
+                let mut out = vec![[0f32; GROUP]; tokens - first];
+                dot_group_pairs(&grouped, g, &paired, first, &mut out);
+                for (t, sums) in (first..).zip(&out) {
+                    let solo = dot_group_scalar(&grouped, g, &all[t * per_token..(t + 1) * per_token]);
+                    let what = format!("{dtype} group {g}, {tokens} tokens from {first}, token {t}");
                     assert_eq!(sums.map(f32::to_bits), solo.map(f32::to_bits), "{what}");
                 }
             }

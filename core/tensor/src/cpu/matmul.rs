@@ -21,7 +21,7 @@ use super::half_gemm::{self, HalfInputs};
 use super::pool::{split_range, SpinPool};
 use super::small_gemm::{small_gemm, Operand, Product};
 use super::token_lanes::{self, token_lanes_gemm, token_lanes_gemm_rows, TokenWords, Words};
-use crate::quant::interleaved::{dot_group_tokens, InterleavedRows, GROUP};
+use crate::quant::interleaved::{dot_group_pairs, dot_group_tokens, takes_pairs, InterleavedRows, PairedTokens, GROUP};
 use crate::quant::packed::{block_sums, dot_packed_tokens, pair_activations, ActPair, PackedDot};
 use crate::quant::{
     dequantize_row, quantize_activations_for, shares_act_scales, supports_dot, vec_dot, BlockQ8, DotImpl, QK,
@@ -47,6 +47,8 @@ pub struct LinearScratch {
     row_acts: Vec<BlockQ8>,
     pairs: Vec<ActPair>,
     row_pairs: Vec<ActPair>,
+    /// The tokens' blocks paired for the 512-bit interleaved kernel.
+    token_pairs: PairedTokens,
     sums: Vec<f32>,
     dense: Vec<f32>,
     bf16_inputs: Bf16Rows,
@@ -254,7 +256,17 @@ fn rows_linear(
             block_sums(&scratch.row_acts, &mut scratch.sums);
         }
     }
-    let activations = Activations { blocks: &scratch.acts, pairs: &scratch.pairs, sums: &scratch.sums };
+    let pairs_tokens =
+        tokens > 1 && outputs.iter().any(|(w, _)| w.interleaved().is_some_and(|rows| takes_pairs(rows.dtype)));
+    if pairs_tokens {
+        scratch.token_pairs.fill(&scratch.acts, tokens, in_dim / QK);
+    }
+    let activations = Activations {
+        blocks: &scratch.acts,
+        pairs: &scratch.pairs,
+        token_pairs: pairs_tokens.then_some(&scratch.token_pairs),
+        sums: &scratch.sums,
+    };
     row_kernel(x, tokens, activations, outputs);
     Ok(())
 }
@@ -406,12 +418,14 @@ const MAX_ROW_TOKENS: usize = 16;
 struct Activations<'a> {
     blocks: &'a [BlockQ8],
     pairs: &'a [ActPair],
+    /// `blocks` paired up, where some output takes the token-pair kernel.
+    token_pairs: Option<&'a PairedTokens>,
     sums: &'a [f32],
 }
 
 /// Dot products of every (matrix row, token) pair, rows split over the pool.
 fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &mut [(&Tensor, &mut [f32])]) {
-    let Activations { blocks: acts, pairs, sums } = activations;
+    let Activations { blocks: acts, pairs, token_pairs, sums } = activations;
     let imp = DotImpl::detect();
     let mats: Vec<(&Tensor, OutPtr, usize)> =
         outputs.iter_mut().map(|(w, y)| (*w, OutPtr(y.as_mut_ptr()), w.row_count())).collect();
@@ -436,7 +450,8 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
             if let Some(interleaved) = w.interleaved() {
                 // A group of eight belongs to whoever claimed its first row.
                 let groups = lo.div_ceil(GROUP)..hi.div_ceil(GROUP).min(interleaved.groups);
-                dot_interleaved(interleaved, groups, tokens, acts, blocks, |row, t, value| {
+                let paired = token_pairs.filter(|_| takes_pairs(interleaved.dtype));
+                dot_interleaved(interleaved, groups, tokens, (acts, paired), blocks, |row, t, value| {
                     // SAFETY: as below, for the group's rows: each < rows,
                     // and only this thread computes a group it owns.
                     unsafe { *y.at(t * rows + row) = value }
@@ -495,7 +510,7 @@ fn dot_interleaved(
     interleaved: &InterleavedRows,
     groups: Range<usize>,
     tokens: usize,
-    acts: &[BlockQ8],
+    (acts, paired): (&[BlockQ8], Option<&PairedTokens>),
     blocks: usize,
     mut store: impl FnMut(usize, usize, f32),
 ) {
@@ -503,7 +518,15 @@ fn dot_interleaved(
     for first in (0..tokens).step_by(TOKEN_BLOCK) {
         let count = (tokens - first).min(TOKEN_BLOCK);
         for g in groups.clone() {
-            dot_group_tokens(interleaved, g, &acts[first * blocks..(first + count) * blocks], &mut sums[..count]);
+            match paired {
+                Some(paired) if count > 1 => dot_group_pairs(interleaved, g, paired, first, &mut sums[..count]),
+                _ => dot_group_tokens(
+                    interleaved,
+                    g,
+                    &acts[first * blocks..(first + count) * blocks],
+                    &mut sums[..count],
+                ),
+            }
             for (t, row_sums) in sums[..count].iter().enumerate() {
                 for (i, &value) in row_sums.iter().enumerate() {
                     store(g * GROUP + i, first + t, value);

@@ -619,7 +619,112 @@ fn in_row_order(lanes: [f32; GROUP]) -> [f32; GROUP] {
 }
 
 mod pack;
+mod wide;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use pack::interleave_rows;
+pub use wide::{PairBlock, PairedTokens};
+
+/// Whether [`dot_group_pairs`] takes `dtype` on this CPU (the 512-bit
+/// token-pair kernels: the 32-element formats, iq4_xs, and q6_k, q3_k,
+/// q2_k, with AVX-512 VNNI).
+pub fn takes_pairs(dtype: DType) -> bool {
+    GroupKernel::detect() == GroupKernel::Vnni && pair_format(dtype).is_some()
+}
+
+/// The index `wide::kernel::dot_pairs` is compiled for, by format.
+fn pair_format(dtype: DType) -> Option<usize> {
+    match dtype {
+        DType::Q4_0 => Some(0),
+        DType::Q4_1 => Some(1),
+        DType::Q5_0 => Some(2),
+        DType::Q5_1 => Some(3),
+        DType::Q8_0 => Some(4),
+        DType::IQ4NL => Some(5),
+        DType::IQ4XS => Some(6),
+        DType::Q6K => Some(7),
+        DType::Q3K => Some(8),
+        DType::Q2K => Some(9),
+        _ => None,
+    }
+}
+
+/// Token pairs [`dot_group_pairs`] takes per call.
+pub const PAIR_TILE: usize = 8;
+
+/// [`dot_group_tokens`] for tokens `first..first + out.len()` of
+/// `paired` (`first` even), where [`takes_pairs`] says so: `out[t]` gets
+/// token `first + t`'s eight sums, bit for bit what [`dot_group`] gives
+/// it alone.
+pub fn dot_group_pairs(
+    rows: &InterleavedRows,
+    g: usize,
+    paired: &PairedTokens,
+    first: usize,
+    out: &mut [[f32; GROUP]],
+) {
+    assert!(
+        takes_pairs(rows.dtype)
+            && g < rows.groups
+            && paired.blocks == rows.act_blocks()
+            && first.is_multiple_of(2)
+            && first + out.len() <= paired.tokens,
+        "dot_group_pairs: group {g}, tokens {first}.. +{} of {} ({} blocks each)",
+        out.len(),
+        paired.tokens,
+        paired.blocks
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let format = pair_format(rows.dtype).unwrap_or(0);
+        let group = rows.group(g);
+        for (tile, sums) in out.chunks_mut(2 * PAIR_TILE).enumerate() {
+            let pair = first / 2 + tile * PAIR_TILE;
+            match sums.len().div_ceil(2) {
+                8 => pair_tile::<8>(format, group, paired, pair, sums),
+                7 => pair_tile::<7>(format, group, paired, pair, sums),
+                6 => pair_tile::<6>(format, group, paired, pair, sums),
+                5 => pair_tile::<5>(format, group, paired, pair, sums),
+                4 => pair_tile::<4>(format, group, paired, pair, sums),
+                3 => pair_tile::<3>(format, group, paired, pair, sums),
+                2 => pair_tile::<2>(format, group, paired, pair, sums),
+                _ => pair_tile::<1>(format, group, paired, pair, sums),
+            }
+        }
+    }
+}
+
+/// `P` pairs from pair `first` through the 512-bit kernel, the tokens'
+/// sums into `out` (of `2P` or `2P − 1` tokens) in row order.
+#[cfg(target_arch = "x86_64")]
+fn pair_tile<const P: usize>(
+    format: usize,
+    group: &[u8],
+    paired: &PairedTokens,
+    first: usize,
+    out: &mut [[f32; GROUP]],
+) {
+    let pairs: [&[PairBlock]; P] = std::array::from_fn(|p| paired.pair(first + p));
+    // SAFETY: `takes_pairs` (checked by the caller) detected AVX-512
+    // F/BW/VL/VNNI with AVX2/FMA/F16C; the kernel reads the group's
+    // `blocks` blocks (its slice holds exactly that many) and each pair's
+    // blocks (as many: `paired.blocks == rows.act_blocks()`).
+    let lanes = unsafe {
+        match format {
+            0 => wide::kernel::dot_pairs::<P, 0>(group, &pairs),
+            1 => wide::kernel::dot_pairs::<P, 1>(group, &pairs),
+            2 => wide::kernel::dot_pairs::<P, 2>(group, &pairs),
+            3 => wide::kernel::dot_pairs::<P, 3>(group, &pairs),
+            4 => wide::kernel::dot_pairs::<P, 4>(group, &pairs),
+            5 => wide::kernel::dot_pairs::<P, 5>(group, &pairs),
+            6 => wide::kernel::dot_pairs::<P, 6>(group, &pairs),
+            7 => wide::kernel::dot_halves_pairs::<P, 0>(group, &pairs),
+            8 => wide::kernel::dot_halves_pairs::<P, 1>(group, &pairs),
+            _ => wide::kernel::dot_halves_pairs::<P, 2>(group, &pairs),
+        }
+    };
+    for (t, sums) in out.iter_mut().enumerate() {
+        *sums = std::array::from_fn(|row| lanes[t / 2][2 * row + t % 2]);
+    }
+}

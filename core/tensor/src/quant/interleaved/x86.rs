@@ -40,11 +40,11 @@ macro_rules! kernels {
         /// The formats `dot_blocks32` runs, by the index it is compiled for:
         /// the 32-element ones, and iq4_xs, whose 32-element sub-blocks are
         /// iq4_nl blocks with a scale of their own.
-        const BLOCKS32: [DType; 7] =
+        pub(in crate::quant::interleaved) const BLOCKS32: [DType; 7] =
             [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4NL, DType::IQ4XS];
 
         /// True for the formats whose quants are signed bytes.
-        const fn signed(dtype: DType) -> bool {
+        pub(in crate::quant::interleaved) const fn signed(dtype: DType) -> bool {
             matches!(dtype, DType::Q8_0 | DType::IQ4NL | DType::IQ4XS)
         }
 
@@ -58,7 +58,7 @@ macro_rules! kernels {
         /// Eight f16 at `p` as f32.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn f16x8(p: *const u8) -> __m256 {
+        pub(in crate::quant::interleaved) unsafe fn f16x8(p: *const u8) -> __m256 {
             _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
         }
 
@@ -83,7 +83,10 @@ macro_rules! kernels {
         /// signed loads as they are.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn quad_operands<const F: usize>(q: *const u8, h: *const u8) -> [__m256i; 4] {
+        pub(in crate::quant::interleaved) unsafe fn quad_operands<const F: usize>(
+            q: *const u8,
+            h: *const u8,
+        ) -> [__m256i; 4] {
             let dtype = BLOCKS32[F];
             let load = |k: usize| _mm256_loadu_si256(q.add(32 * k) as *const __m256i);
             let mask = _mm256_set1_epi8(0x0F);
@@ -432,13 +435,13 @@ macro_rules! kernels {
 
         /// The formats `dot_halves` runs, by the index it is compiled for:
         /// 16-element sub-blocks, each with its own integer scale per row.
-        const HALVES: [DType; 3] = [DType::Q6K, DType::Q3K, DType::Q2K];
+        pub(in crate::quant::interleaved) const HALVES: [DType; 3] = [DType::Q6K, DType::Q3K, DType::Q2K];
 
         /// A q6_k quad's four runs (`q + 32`, 0..63) from its three loads:
         /// two of low nibbles, one of high bit pairs (run k's at bits 2k..2k+2).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn q6_k_runs(q: *const u8) -> [__m256i; 4] {
+        pub(in crate::quant::interleaved) unsafe fn q6_k_runs(q: *const u8) -> [__m256i; 4] {
             let mask = _mm256_set1_epi8(0x0F);
             let pairs = _mm256_set1_epi8(0x30);
             let load = |at: usize| _mm256_loadu_si256(q.add(at) as *const __m256i);
@@ -461,7 +464,11 @@ macro_rules! kernels {
         /// (`q + 4`, 0..7).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn low_bit_runs<const F: usize>(q: *const u8, high: *const u8, quad: usize) -> [__m256i; 4] {
+        pub(in crate::quant::interleaved) unsafe fn low_bit_runs<const F: usize>(
+            q: *const u8,
+            high: *const u8,
+            quad: usize,
+        ) -> [__m256i; 4] {
             let two = _mm256_set1_epi8(3);
             let low = _mm256_loadu_si256(q as *const __m256i);
             let shifted = |v: __m256i, right: i32| _mm256_srl_epi16(v, _mm_cvtsi32_si128(right));
@@ -585,7 +592,7 @@ macro_rules! kernels {
         /// from the high nibbles of the act block's scale bytes at `at`.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn q2_k_min_pairs(at: *const u8) -> __m256i {
+        pub(in crate::quant::interleaved) unsafe fn q2_k_min_pairs(at: *const u8) -> __m256i {
             let (lo, hi) = (_mm_loadl_epi64(at as *const __m128i), _mm_loadl_epi64(at.add(8) as *const __m128i));
             // The 16-bit shift brings each byte's high nibble down (the
             // neighbour's bits above it are masked off).

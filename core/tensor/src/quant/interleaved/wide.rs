@@ -1,0 +1,306 @@
+//! Two tokens per 512-bit register for the prefill of the 32-element
+//! formats, iq4_xs, and q6_k, q3_k, q2_k on AVX-512 VNNI (q4_k and q5_k
+//! keep the 256-bit kernel).
+//!
+//! On Sapphire Rapids a 512-bit `vpdpbusd` issues as often as a 256-bit
+//! one (two a cycle, ports 0 and 5, measured), so one that meets a quad of
+//! rows with two tokens at once does twice the work per instruction. The
+//! tokens go in pairs ([`PairedTokens`], built once per matrix product and
+//! token block): a pair's activation runs interleaved so that one
+//! 128-bit broadcast load gives each 64-bit lane its token's run, and the
+//! pair's scales side by side so that one 64-bit broadcast gives each lane
+//! its token's. Each row's eight bytes of a quad are doubled into adjacent
+//! 64-bit lanes once per block, for every pair of the tile; two permutes
+//! and an add then leave sixteen exact integer sums, row `i / 2` of token
+//! `i % 2` in lane `i`, scaled by the same operations in the same order as
+//! the 256-bit kernel's, so results are bit for bit the same.
+//!
+//! Measured on Sapphire Rapids, one thread, 2048 × 2048, 64 tokens
+//! (`group_kernels`, same run): q4_0 119 → 142, q8_0 126 → 146, iq4_xs
+//! 110–126 → 138–155, q6_k 79 → 104, q3_k 88 → 104, q2_k 91 → 103
+//! GMAC/s. Each block's quants are unpacked by the 256-bit kernel's
+//! helpers and doubled with one `vpermq` per run; a decode (one token)
+//! keeps the 256-bit kernel.
+
+use super::BlockQ8;
+
+/// Two tokens' activations of one 32-element block, arranged for the
+/// kernel's broadcast loads.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub struct PairBlock {
+    /// Run `k` (eight quants) of the first token, then of the second, for
+    /// `k` in `0..4`.
+    pub qs: [i8; 64],
+    /// Each token's `−64·Σ a` twice (first, first, second, second): the
+    /// start of the signed formats' chains.
+    pub start: [i32; 4],
+    /// The tokens' scales `d`.
+    pub d: [f32; 2],
+    /// The tokens' `s` (`d·Σ a`).
+    pub s: [f32; 2],
+    /// Each token's half sums (first 16 quants, last 16) twice: first,
+    /// first, second, second (the 16-element formats' chain starts and
+    /// q2_k's mins).
+    pub halves: [[i16; 2]; 4],
+}
+
+/// Tokens' activation blocks paired up for [`super::dot_group_tokens`]'s
+/// 512-bit kernel: pair after pair, block after block. An odd token count
+/// pairs the last token with itself (the lanes are independent, so its
+/// copy changes nothing).
+#[derive(Debug, Clone, Default)]
+pub struct PairedTokens {
+    /// Tokens paired.
+    pub tokens: usize,
+    /// Blocks per token.
+    pub blocks: usize,
+    /// `tokens.div_ceil(2)` pairs of `blocks` each.
+    pub pairs: Vec<PairBlock>,
+}
+
+impl PairedTokens {
+    /// Pairs `tokens` tokens whose `blocks` activation blocks each lie back
+    /// to back in `acts` (reusing this value's memory).
+    pub fn fill(&mut self, acts: &[BlockQ8], tokens: usize, blocks: usize) {
+        assert_eq!(acts.len(), tokens * blocks, "PairedTokens: {} blocks for {tokens} tokens", acts.len());
+        self.tokens = tokens;
+        self.blocks = blocks;
+        self.pairs.clear();
+        for first in (0..tokens).step_by(2) {
+            let second = (first + 1).min(tokens - 1);
+            for b in 0..blocks {
+                let (x, y) = (&acts[first * blocks + b], &acts[second * blocks + b]);
+                self.pairs.push(pair_block(x, y));
+            }
+        }
+    }
+
+    /// The blocks of pair `p`.
+    pub fn pair(&self, p: usize) -> &[PairBlock] {
+        &self.pairs[p * self.blocks..(p + 1) * self.blocks]
+    }
+}
+
+fn pair_block(x: &BlockQ8, y: &BlockQ8) -> PairBlock {
+    let mut qs = [0i8; 64];
+    for k in 0..4 {
+        qs[16 * k..16 * k + 8].copy_from_slice(&x.qs[8 * k..8 * k + 8]);
+        qs[16 * k + 8..16 * k + 16].copy_from_slice(&y.qs[8 * k..8 * k + 8]);
+    }
+    let start = |a: &BlockQ8| -64 * (a.half_sums[0] as i32 + a.half_sums[1] as i32);
+    PairBlock {
+        qs,
+        start: [start(x), start(x), start(y), start(y)],
+        d: [x.d, y.d],
+        s: [x.s, y.s],
+        halves: [x.half_sums, x.half_sums, y.half_sums, y.half_sums],
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod kernel {
+    use super::super::x86::vnni::{
+        f16x8, low_bit_runs, q2_k_min_pairs, q6_k_runs, quad_operands, signed, BLOCKS32, HALVES,
+    };
+    use super::super::{
+        quants_layout, HalvesLayout, InterleavedRows, IQ4XS_SCALES, IQ4XS_SUB_BYTES, LANE_ROWS, Q6K_QUAD_BYTES,
+    };
+    use super::PairBlock;
+    use crate::DType;
+    use std::arch::x86_64::*;
+
+    /// Sixteen lanes per pair: lane `i` holds row `i / 2` (in row order) of
+    /// token `i % 2`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_pairs<const P: usize, const F: usize>(group: &[u8], pairs: &[&[PairBlock]; P]) -> [[f32; 16]; P] {
+        let dtype = BLOCKS32[F];
+        let size = InterleavedRows::block_bytes(dtype);
+        let (base, runs) = quants_layout(dtype);
+        let with_mins = matches!(dtype, DType::Q4_1 | DType::Q5_1);
+        // Row r's eight bytes of a quad load (64-bit lane r) into lanes 2r, 2r + 1.
+        let doubled = _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3);
+        // Lane i of the result: row i / 2's scale, held in lane LANE_ROWS[i / 2].
+        let by_row = _mm512_setr_epi32(0, 0, 1, 1, 4, 4, 5, 5, 2, 2, 3, 3, 6, 6, 7, 7);
+        debug_assert_eq!(LANE_ROWS, [0, 1, 4, 5, 2, 3, 6, 7]);
+        // The two dwords of each (row, token) qword: evens and odds of both quads' chains.
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let mut acc = [_mm512_setzero_ps(); P];
+        // `b` walks the group's blocks (by byte offset) and every pair's at once.
+        #[allow(clippy::needless_range_loop)]
+        for b in 0..pairs[0].len() {
+            let (block, d, q) = if dtype == DType::IQ4XS {
+                let (block, sub) = (group.as_ptr().add(b / 8 * size), b % 8);
+                let q = block.add(base + IQ4XS_SUB_BYTES * sub);
+                let sc = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                    block.add(IQ4XS_SCALES + 8 * sub) as *const __m128i
+                )));
+                (block, _mm256_mul_ps(f16x8(block), sc), q)
+            } else {
+                let block = group.as_ptr().add(b * size);
+                (block, f16x8(block), block.add(base))
+            };
+            let d = _mm512_permutexvar_ps(by_row, _mm512_castps256_ps512(d));
+            let m =
+                if with_mins { _mm512_permutexvar_ps(by_row, _mm512_castps256_ps512(f16x8(block.add(16)))) } else { d };
+            let h = q.wrapping_sub(32);
+            let quads = [quad_operands::<F>(q, h), quad_operands::<F>(q.add(32 * runs), h.wrapping_add(16))];
+            // No closures in this function: one loses the target features and stays a call.
+            let mut w = [[_mm512_setzero_si512(); 4]; 2];
+            for (doubled_quad, quad) in w.iter_mut().zip(&quads) {
+                for (run, &loaded) in doubled_quad.iter_mut().zip(quad) {
+                    *run = _mm512_permutexvar_epi64(doubled, _mm512_castsi256_si512(loaded));
+                }
+            }
+            for p in 0..P {
+                let a = &pairs[p][b];
+                let start = if signed(dtype) {
+                    _mm512_broadcast_i32x4(_mm_loadu_si128(a.start.as_ptr() as *const __m128i))
+                } else {
+                    _mm512_setzero_si512()
+                };
+                let mut chains = [start, start];
+                for k in 0..4 {
+                    let run = _mm512_broadcast_i32x4(_mm_loadu_si128(a.qs.as_ptr().add(16 * k) as *const __m128i));
+                    for (chain, w) in chains.iter_mut().zip(&w) {
+                        *chain = _mm512_dpbusd_epi32(*chain, w[k], run);
+                    }
+                }
+                let sums = _mm512_add_epi32(
+                    _mm512_permutex2var_epi32(chains[0], evens, chains[1]),
+                    _mm512_permutex2var_epi32(chains[0], odds, chains[1]),
+                );
+                let dot = _mm512_cvtepi32_ps(sums);
+                let a_d = pair_of(&a.d);
+                acc[p] = match dtype {
+                    DType::Q4_0 => _mm512_fmadd_ps(
+                        d,
+                        _mm512_fmsub_ps(a_d, dot, _mm512_mul_ps(_mm512_set1_ps(8.0), pair_of(&a.s))),
+                        acc[p],
+                    ),
+                    DType::Q5_0 => _mm512_fmadd_ps(
+                        d,
+                        _mm512_fmsub_ps(a_d, dot, _mm512_mul_ps(_mm512_set1_ps(16.0), pair_of(&a.s))),
+                        acc[p],
+                    ),
+                    DType::Q4_1 | DType::Q5_1 => {
+                        let with_mins = _mm512_fmadd_ps(m, pair_of(&a.s), acc[p]);
+                        _mm512_fmadd_ps(d, _mm512_mul_ps(a_d, dot), with_mins)
+                    }
+                    _ => _mm512_fmadd_ps(d, _mm512_mul_ps(a_d, dot), acc[p]),
+                };
+            }
+        }
+        let mut out = [[0f32; 16]; P];
+        for (lanes, v) in out.iter_mut().zip(acc) {
+            _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+        }
+        out
+    }
+
+    /// Two f32 broadcast to the even and the odd lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn pair_of(v: &[f32; 2]) -> __m512 {
+        _mm512_castpd_ps(_mm512_set1_pd(f64::from_bits((v.as_ptr() as *const u64).read_unaligned())))
+    }
+
+    /// The q6_k, q3_k or q2_k kernel (`HALVES[F]`) for `P` pairs, lanes as
+    /// [`dot_pairs`]'s: per act block and half, each pair's two chains of
+    /// two `vpdpbusd` start at the offset's part (`madd` of the pair's
+    /// half sums), the sixteen exact sums times the rows' i32 scales add
+    /// to the super block's integer totals; then `acc += d·(a.d·total)`
+    /// (q2_k also `mins += dmin·(a.d·Σ m·Σ a)`), as the 256-bit kernel.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_halves_pairs<const P: usize, const F: usize>(
+        group: &[u8],
+        pairs: &[&[PairBlock]; P],
+    ) -> [[f32; 16]; P] {
+        let dtype = HALVES[F];
+        let layout = HalvesLayout::of(dtype);
+        let size = InterleavedRows::block_bytes(dtype);
+        let q2_k = dtype == DType::Q2K;
+        let half_offset = if q2_k { 0 } else { -(1i32 << layout.offset_shift) / 2 };
+        // `madd` of a token's half sums (an i16 pair) with these gives each half's start.
+        let start_weights = [_mm512_set1_epi32(half_offset & 0xFFFF), _mm512_set1_epi32(half_offset << 16)];
+        let doubled = _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3);
+        let by_row = _mm512_setr_epi32(0, 0, 1, 1, 4, 4, 5, 5, 2, 2, 3, 3, 6, 6, 7, 7);
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let low_nibbles = _mm_set1_epi8(0x0F);
+        let (mut acc, mut mins) = ([_mm512_setzero_ps(); P], [_mm512_setzero_ps(); P]);
+        for b in 0..pairs[0].len() / 8 {
+            let block = group.as_ptr().add(b * size);
+            let mut totals = [_mm512_setzero_si512(); P];
+            let mut side = [_mm512_setzero_si512(); P];
+            for j in 0..8 {
+                let q = block.add(layout.quants + layout.act_bytes * j);
+                let at = block.add(layout.scales + 16 * j);
+                let (lo, hi) = (_mm_loadl_epi64(at as *const __m128i), _mm_loadl_epi64(at.add(8) as *const __m128i));
+                let (lo, hi) =
+                    if q2_k { (_mm_and_si128(lo, low_nibbles), _mm_and_si128(hi, low_nibbles)) } else { (lo, hi) };
+                let scales = [
+                    _mm512_permutexvar_epi32(by_row, _mm512_castsi256_si512(_mm256_cvtepi8_epi32(lo))),
+                    _mm512_permutexvar_epi32(by_row, _mm512_castsi256_si512(_mm256_cvtepi8_epi32(hi))),
+                ];
+                let min_pairs = if q2_k {
+                    _mm512_permutexvar_epi32(by_row, _mm512_castsi256_si512(q2_k_min_pairs(at)))
+                } else {
+                    _mm512_setzero_si512()
+                };
+                let quads = if dtype == DType::Q6K {
+                    [q6_k_runs(q), q6_k_runs(q.add(Q6K_QUAD_BYTES))]
+                } else {
+                    [low_bit_runs::<F>(q, q.wrapping_add(64), 0), low_bit_runs::<F>(q.add(32), q.wrapping_add(64), 1)]
+                };
+                let mut w = [[_mm512_setzero_si512(); 4]; 2];
+                for (doubled_quad, quad) in w.iter_mut().zip(&quads) {
+                    for (run, &loaded) in doubled_quad.iter_mut().zip(quad) {
+                        *run = _mm512_permutexvar_epi64(doubled, _mm512_castsi256_si512(loaded));
+                    }
+                }
+                for p in 0..P {
+                    let a = &pairs[p][8 * b + j];
+                    let halves = _mm512_broadcast_i32x4(_mm_loadu_si128(a.halves.as_ptr() as *const __m128i));
+                    for half in 0..2 {
+                        let start =
+                            if q2_k { _mm512_setzero_si512() } else { _mm512_madd_epi16(halves, start_weights[half]) };
+                        let mut chains = [start, start];
+                        for k in 2 * half..2 * half + 2 {
+                            let run =
+                                _mm512_broadcast_i32x4(_mm_loadu_si128(a.qs.as_ptr().add(16 * k) as *const __m128i));
+                            for (chain, w) in chains.iter_mut().zip(&w) {
+                                *chain = _mm512_dpbusd_epi32(*chain, w[k], run);
+                            }
+                        }
+                        let sums = _mm512_add_epi32(
+                            _mm512_permutex2var_epi32(chains[0], evens, chains[1]),
+                            _mm512_permutex2var_epi32(chains[0], odds, chains[1]),
+                        );
+                        totals[p] = _mm512_add_epi32(totals[p], _mm512_mullo_epi32(sums, scales[half]));
+                    }
+                    if q2_k {
+                        // Lane i: token i % 2's half sums, an i16 pair.
+                        let token_halves = _mm512_set1_epi64((a.halves.as_ptr().add(1) as *const i64).read_unaligned());
+                        side[p] = _mm512_add_epi32(side[p], _mm512_madd_epi16(min_pairs, token_halves));
+                    }
+                }
+            }
+            let d = _mm512_permutexvar_ps(by_row, _mm512_castps256_ps512(f16x8(block)));
+            let dmin = _mm512_permutexvar_ps(by_row, _mm512_castps256_ps512(f16x8(block.add(16))));
+            for p in 0..P {
+                let a_d = pair_of(&pairs[p][8 * b].d);
+                acc[p] = _mm512_fmadd_ps(d, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(totals[p])), acc[p]);
+                if q2_k {
+                    mins[p] = _mm512_fmadd_ps(dmin, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(side[p])), mins[p]);
+                }
+            }
+        }
+        let mut out = [[0f32; 16]; P];
+        for ((lanes, acc), mins) in out.iter_mut().zip(acc).zip(mins) {
+            _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_sub_ps(acc, mins));
+        }
+        out
+    }
+}
