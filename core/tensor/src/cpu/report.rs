@@ -29,7 +29,7 @@ pub fn kernel_report() -> KernelReport {
     let quantized_rows = match (WeightLayout::chosen(), DotImpl::detect()) {
         (WeightLayout::Packed, ..) => "avx512-vnni pair-packed (q4_0, q4_1, q8_0), avx2 rows (other types)",
         (WeightLayout::Interleaved, _) if GroupKernel::detect() == GroupKernel::Vnni => {
-            "interleaved groups, avx512-vnni (256-bit; prefill token pairs 512-bit, 32-element types, iq4_xs, q6_k, q3_k, q2_k)"
+            "interleaved groups, avx512-vnni (256-bit; prefill in token pairs, 512-bit)"
         }
         (WeightLayout::Interleaved, _) => "interleaved groups, avx2",
         (WeightLayout::Rows, DotImpl::Avx2) => "avx2 rows",

@@ -627,8 +627,7 @@ pub use pack::interleave_rows;
 pub use wide::{PairBlock, PairedTokens};
 
 /// Whether [`dot_group_pairs`] takes `dtype` on this CPU (the 512-bit
-/// token-pair kernels: the 32-element formats, iq4_xs, and q6_k, q3_k,
-/// q2_k, with AVX-512 VNNI).
+/// token-pair kernels: every interleaved format, with AVX-512 VNNI).
 pub fn takes_pairs(dtype: DType) -> bool {
     GroupKernel::detect() == GroupKernel::Vnni && pair_format(dtype).is_some()
 }
@@ -646,6 +645,8 @@ fn pair_format(dtype: DType) -> Option<usize> {
         DType::Q6K => Some(7),
         DType::Q3K => Some(8),
         DType::Q2K => Some(9),
+        DType::Q4K => Some(10),
+        DType::Q5K => Some(11),
         _ => None,
     }
 }
@@ -721,7 +722,9 @@ fn pair_tile<const P: usize>(
             6 => wide::kernel::dot_pairs::<P, 6>(group, &pairs),
             7 => wide::kernel::dot_halves_pairs::<P, 0>(group, &pairs),
             8 => wide::kernel::dot_halves_pairs::<P, 1>(group, &pairs),
-            _ => wide::kernel::dot_halves_pairs::<P, 2>(group, &pairs),
+            9 => wide::kernel::dot_halves_pairs::<P, 2>(group, &pairs),
+            10 => wide::kernel::dot_k_pairs::<P, false>(group, &pairs),
+            _ => wide::kernel::dot_k_pairs::<P, true>(group, &pairs),
         }
     };
     for (t, sums) in out.iter_mut().enumerate() {

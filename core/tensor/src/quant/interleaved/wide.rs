@@ -1,6 +1,5 @@
-//! Two tokens per 512-bit register for the prefill of the 32-element
-//! formats, iq4_xs, and q6_k, q3_k, q2_k on AVX-512 VNNI (q4_k and q5_k
-//! keep the 256-bit kernel).
+//! Two tokens per 512-bit register for the prefill of every interleaved
+//! format on AVX-512 VNNI.
 //!
 //! On Sapphire Rapids a 512-bit `vpdpbusd` issues as often as a 256-bit
 //! one (two a cycle, ports 0 and 5, measured), so one that meets a quad of
@@ -17,8 +16,8 @@
 //!
 //! Measured on Sapphire Rapids, one thread, 2048 × 2048, 64 tokens
 //! (`group_kernels`, same run): q4_0 119 → 142, q8_0 126 → 146, iq4_xs
-//! 110–126 → 138–155, q6_k 79 → 104, q3_k 88 → 104, q2_k 91 → 103
-//! GMAC/s. Each block's quants are unpacked by the 256-bit kernel's
+//! 110–126 → 138–155, q6_k 79 → 104, q3_k 88 → 104, q2_k 91 → 103,
+//! q4_k 109 → 125, q5_k 92 → 117 GMAC/s. Each block's quants are unpacked by the 256-bit kernel's
 //! helpers and doubled with one `vpermq` per run; a decode (one token)
 //! keeps the 256-bit kernel.
 
@@ -101,10 +100,12 @@ fn pair_block(x: &BlockQ8, y: &BlockQ8) -> PairBlock {
 #[cfg(target_arch = "x86_64")]
 pub(super) mod kernel {
     use super::super::x86::vnni::{
-        f16x8, low_bit_runs, q2_k_min_pairs, q6_k_runs, quad_operands, signed, BLOCKS32, HALVES,
+        bytes_as_f32, f16x8, fifth_bits, low_bit_runs, q2_k_min_pairs, q6_k_runs, quad_operands, signed, BLOCKS32,
+        HALVES,
     };
     use super::super::{
-        quants_layout, HalvesLayout, InterleavedRows, IQ4XS_SCALES, IQ4XS_SUB_BYTES, LANE_ROWS, Q6K_QUAD_BYTES,
+        quants_layout, HalvesLayout, InterleavedRows, IQ4XS_SCALES, IQ4XS_SUB_BYTES, LANE_ROWS, Q4K_MINS, Q4K_QUANTS,
+        Q4K_SCALES, Q5K_HIGH, Q6K_QUAD_BYTES,
     };
     use super::PairBlock;
     use crate::DType;
@@ -294,6 +295,82 @@ pub(super) mod kernel {
                 acc[p] = _mm512_fmadd_ps(d, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(totals[p])), acc[p]);
                 if q2_k {
                     mins[p] = _mm512_fmadd_ps(dmin, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(side[p])), mins[p]);
+                }
+            }
+        }
+        let mut out = [[0f32; 16]; P];
+        for ((lanes, acc), mins) in out.iter_mut().zip(acc).zip(mins) {
+            _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_sub_ps(acc, mins));
+        }
+        out
+    }
+
+    /// The q4_k (`Q5`: q5_k) kernel for `P` pairs, lanes as [`dot_pairs`]'s:
+    /// per 64-element chunk, the low nibbles (sub-block `2c`) and then the
+    /// high ones (`2c + 1`) meet every pair, each sub-block's sixteen exact
+    /// sums scaled as the 256-bit kernel does: `acc += (d·sc)·(a.d·dot)`,
+    /// `mins += (dmin·m)·a.s`; then `acc − mins`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_k_pairs<const P: usize, const Q5: bool>(
+        group: &[u8],
+        pairs: &[&[PairBlock]; P],
+    ) -> [[f32; 16]; P] {
+        let size = InterleavedRows::block_bytes(if Q5 { DType::Q5K } else { DType::Q4K });
+        let doubled = _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3);
+        let by_row = _mm512_setr_epi32(0, 0, 1, 1, 4, 4, 5, 5, 2, 2, 3, 3, 6, 6, 7, 7);
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let mask = _mm256_set1_epi8(0x0F);
+        let (mut acc, mut mins) = ([_mm512_setzero_ps(); P], [_mm512_setzero_ps(); P]);
+        for b in 0..pairs[0].len() / 8 {
+            let block = group.as_ptr().add(b * size);
+            let (d, dmin) = (f16x8(block), f16x8(block.add(16)));
+            for j in 0..8 {
+                // Sub-block j: chunk j / 2, its low nibbles (even j) or high ones.
+                let (c, high) = (j / 2, j % 2 == 1);
+                let q = block.add(Q4K_QUANTS + 256 * c);
+                // Read only for q5_k (past a q4_k block: never dereferenced).
+                let h = block.wrapping_add(Q5K_HIGH + 64 * c);
+                let mut w = [[_mm512_setzero_si512(); 4]; 2];
+                for (quad, runs) in w.iter_mut().enumerate() {
+                    let high_bits = if Q5 {
+                        _mm256_loadu_si256(h.add(32 * quad) as *const __m256i)
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    for (k, run) in runs.iter_mut().enumerate() {
+                        let l = _mm256_loadu_si256(q.add(128 * quad + 32 * k) as *const __m256i);
+                        let mut nibbles = if high {
+                            _mm256_and_si256(_mm256_srli_epi16(l, 4), mask)
+                        } else {
+                            _mm256_and_si256(l, mask)
+                        };
+                        if Q5 {
+                            nibbles = _mm256_or_si256(nibbles, fifth_bits(high_bits, 2 * k as i32 + high as i32));
+                        }
+                        *run = _mm512_permutexvar_epi64(doubled, _mm512_castsi256_si512(nibbles));
+                    }
+                }
+                let scaled = _mm256_mul_ps(d, bytes_as_f32(block.add(Q4K_SCALES + 8 * j)));
+                let min_scaled = _mm256_mul_ps(dmin, bytes_as_f32(block.add(Q4K_MINS + 8 * j)));
+                let scaled = _mm512_permutexvar_ps(by_row, _mm512_castps256_ps512(scaled));
+                let min_scaled = _mm512_permutexvar_ps(by_row, _mm512_castps256_ps512(min_scaled));
+                for p in 0..P {
+                    let a = &pairs[p][8 * b + j];
+                    let mut chains = [_mm512_setzero_si512(); 2];
+                    for k in 0..4 {
+                        let run = _mm512_broadcast_i32x4(_mm_loadu_si128(a.qs.as_ptr().add(16 * k) as *const __m128i));
+                        for (chain, w) in chains.iter_mut().zip(&w) {
+                            *chain = _mm512_dpbusd_epi32(*chain, w[k], run);
+                        }
+                    }
+                    let sums = _mm512_add_epi32(
+                        _mm512_permutex2var_epi32(chains[0], evens, chains[1]),
+                        _mm512_permutex2var_epi32(chains[0], odds, chains[1]),
+                    );
+                    let dot = _mm512_mul_ps(pair_of(&a.d), _mm512_cvtepi32_ps(sums));
+                    acc[p] = _mm512_fmadd_ps(scaled, dot, acc[p]);
+                    mins[p] = _mm512_fmadd_ps(min_scaled, pair_of(&a.s), mins[p]);
                 }
             }
         }

@@ -276,7 +276,7 @@ macro_rules! kernels {
         /// once the caller's loop over runs unrolls).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn fifth_bits(high_bits: __m256i, bit: i32) -> __m256i {
+        pub(in crate::quant::interleaved) unsafe fn fifth_bits(high_bits: __m256i, bit: i32) -> __m256i {
             let moved = if bit <= 4 {
                 _mm256_sll_epi16(high_bits, _mm_cvtsi32_si128(4 - bit))
             } else {
@@ -373,7 +373,7 @@ macro_rules! kernels {
         /// Eight bytes at `p` as eight f32 lanes.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn bytes_as_f32(p: *const u8) -> __m256 {
+        pub(in crate::quant::interleaved) unsafe fn bytes_as_f32(p: *const u8) -> __m256 {
             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
         }
 
