@@ -275,9 +275,7 @@ fn pack_token_tiles(x: &[f32], in_dim: usize, tile_tokens: usize, step: usize) -
 }
 
 /// The AVX-512 kernels over rows `chunk`, in passes of [`AVX512_PASS`]
-/// inputs (as [`avx2_chunk`]): each (row tile, token tile)'s accumulators
-/// wait in `sums` between passes, so every lane is still one chain over
-/// the inputs in order.
+/// inputs (see [`walk_tiles`]).
 fn avx512_chunk(
     base: &Tile,
     chunk: Range<usize>,
@@ -286,33 +284,58 @@ fn avx512_chunk(
     sums: &mut Vec<Avx512Sums>,
     out: &OutPtr,
 ) {
-    let (tile_rows, tile_tokens) = (HalfKernel::Avx512.rows(), HalfKernel::Avx512.tokens());
-    let row_tiles = chunk.len().div_ceil(tile_rows);
-    sums.clear();
-    sums.resize(row_tiles * tokens.div_ceil(tile_tokens), Avx512Sums::default());
     // bf16 activations are half the bytes: whole rows measured faster
     // there (1B BF16 prefill, same machine: 88–95 vs 82–91 tok/s).
     let pass_inputs = if products { base.in_dim } else { AVX512_PASS };
+    let walk = TileWalk { kernel: HalfKernel::Avx512, chunk, tokens, pass_inputs };
+    walk_tiles(base, walk, sums, |tile, shape, inputs, tile_sums| {
+        // SAFETY: AVX-512 F and F16C (for bf16 inputs AVX-512 BF16) were
+        // checked (`half_gemm_on`'s assert); the tile reads inputs `inputs`
+        // of rows r..r+shape.0 of w and of tokens t..t+shape.1 of x, inside
+        // the checked lengths, and on the last pass writes y entries of
+        // rows r..r+shape.0, which only this thread claimed.
+        unsafe {
+            if products {
+                run_tile::<true>(tile, shape, inputs, tile_sums, out)
+            } else {
+                run_tile::<false>(tile, shape, inputs, tile_sums, out)
+            }
+        }
+    });
+}
+
+/// Which tiles [`walk_tiles`] visits: rows `chunk` and `tokens` tokens in
+/// `kernel`'s tiles, `pass_inputs` inputs per pass.
+struct TileWalk {
+    kernel: HalfKernel,
+    chunk: Range<usize>,
+    tokens: usize,
+    pass_inputs: usize,
+}
+
+/// Hands `run(tile, (rows, tokens), inputs, sums)` every (row tile, token
+/// tile) of `walk`, pass by pass over the inputs: each tile's accumulators
+/// wait in `sums` between passes, so every lane is still one FMA chain
+/// over the inputs in order, while a token tile's inputs of one pass stay
+/// in the L1 cache as every row tile of the chunk meets them.
+fn walk_tiles<S: Clone + Default>(
+    base: &Tile,
+    walk: TileWalk,
+    sums: &mut Vec<S>,
+    mut run: impl FnMut(&Tile, (usize, usize), Range<usize>, &mut S),
+) {
+    let TileWalk { kernel, chunk, tokens, pass_inputs } = walk;
+    let (tile_rows, tile_tokens) = (kernel.rows(), kernel.tokens());
+    let row_tiles = chunk.len().div_ceil(tile_rows);
+    sums.clear();
+    sums.resize(row_tiles * tokens.div_ceil(tile_tokens), S::default());
     for pass in (0..base.in_dim).step_by(pass_inputs) {
         let inputs = pass..(pass + pass_inputs).min(base.in_dim);
         for (token_tile, t) in (0..tokens).step_by(tile_tokens).enumerate() {
             for (row_tile, r) in chunk.clone().step_by(tile_rows).enumerate() {
                 let tile = Tile { first_row: r, first_token: t, ..*base };
                 let shape = (tile_rows.min(chunk.end - r), tile_tokens.min(tokens - t));
-                let tile_sums = &mut sums[token_tile * row_tiles + row_tile];
-                // SAFETY: AVX-512 F and F16C (for bf16 inputs AVX-512 BF16)
-                // were checked (`half_gemm_on`'s assert); the tile reads
-                // inputs `inputs` of rows r..r+shape.0 of w and of tokens
-                // t..t+shape.1 of x, inside the checked lengths, and on the
-                // last pass writes y entries of rows r..r+shape.0, which
-                // only this thread claimed.
-                unsafe {
-                    if products {
-                        run_tile::<true>(&tile, shape, inputs.clone(), tile_sums, out)
-                    } else {
-                        run_tile::<false>(&tile, shape, inputs.clone(), tile_sums, out)
-                    }
-                };
+                run(&tile, shape, inputs.clone(), &mut sums[token_tile * row_tiles + row_tile]);
             }
         }
     }
@@ -331,30 +354,18 @@ struct Avx512Sums([[[f32; LANES]; HalfKernel::Avx512.rows()]; HalfKernel::Avx512
 /// inputs measured 5–15 % slower on Zen 3, within its noise at times.
 const AVX2_PASS: usize = 512;
 
-/// The AVX2 kernel over rows `chunk`, in passes of [`AVX2_PASS`] inputs:
-/// each (row tile, token tile)'s accumulators wait in `sums` between
-/// passes, so every lane is still one FMA chain over the inputs in order.
+/// The AVX2 kernel over rows `chunk`, in passes of [`AVX2_PASS`] inputs
+/// (see [`walk_tiles`]).
 fn avx2_chunk(base: &Tile, chunk: Range<usize>, tokens: usize, sums: &mut Vec<Avx2Sums>, out: &OutPtr) {
-    let (tile_rows, tile_tokens) = (HalfKernel::Avx2.rows(), HalfKernel::Avx2.tokens());
-    let row_tiles = chunk.len().div_ceil(tile_rows);
-    sums.clear();
-    sums.resize(row_tiles * tokens.div_ceil(tile_tokens), Avx2Sums::default());
-    for pass in (0..base.in_dim).step_by(AVX2_PASS) {
-        let inputs = pass..(pass + AVX2_PASS).min(base.in_dim);
-        for (token_tile, t) in (0..tokens).step_by(tile_tokens).enumerate() {
-            for (row_tile, r) in chunk.clone().step_by(tile_rows).enumerate() {
-                let tile = Tile { first_row: r, first_token: t, ..*base };
-                let shape = (tile_rows.min(chunk.end - r), tile_tokens.min(tokens - t));
-                let tile_sums = &mut sums[token_tile * row_tiles + row_tile];
-                // SAFETY: AVX2, FMA and F16C were checked (`half_gemm_on`'s
-                // assert); the tile reads inputs `inputs` of rows r..r+shape.0
-                // of w and of tokens t..t+shape.1 of x, inside the checked
-                // lengths, and on the last pass writes y entries of rows
-                // r..r+shape.0, which only this thread claimed.
-                unsafe { run_tile_avx2(&tile, shape, inputs.clone(), tile_sums, out) };
-            }
-        }
-    }
+    let walk = TileWalk { kernel: HalfKernel::Avx2, chunk, tokens, pass_inputs: AVX2_PASS };
+    walk_tiles(base, walk, sums, |tile, shape, inputs, tile_sums| {
+        // SAFETY: AVX2, FMA and F16C were checked (`half_gemm_on`'s
+        // assert); the tile reads inputs `inputs` of rows r..r+shape.0 of w
+        // and of tokens t..t+shape.1 of x, inside the checked lengths, and
+        // on the last pass writes y entries of rows r..r+shape.0, which only
+        // this thread claimed.
+        unsafe { run_tile_avx2(tile, shape, inputs, tile_sums, out) }
+    });
 }
 
 /// One AVX2 tile's accumulators between passes: by token, then row, eight
