@@ -110,6 +110,7 @@ pub(super) mod kernel {
     use super::PairBlock;
     use crate::DType;
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
     /// Sixteen lanes per pair: lane `i` holds row `i / 2` (in row order) of
     /// token `i % 2`.
@@ -119,14 +120,6 @@ pub(super) mod kernel {
         let size = InterleavedRows::block_bytes(dtype);
         let (base, runs) = quants_layout(dtype);
         let with_mins = matches!(dtype, DType::Q4_1 | DType::Q5_1);
-        // Row r's eight bytes of a quad load (64-bit lane r) into lanes 2r, 2r + 1.
-        let doubled = _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3);
-        // Lane i of the result: row i / 2's scale, held in lane LANE_ROWS[i / 2].
-        let by_row = _mm512_setr_epi32(0, 0, 1, 1, 4, 4, 5, 5, 2, 2, 3, 3, 6, 6, 7, 7);
-        debug_assert_eq!(LANE_ROWS, [0, 1, 4, 5, 2, 3, 6, 7]);
-        // The two dwords of each (row, token) qword: evens and odds of both quads' chains.
-        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         let mut acc = [_mm512_setzero_ps(); P];
         // `b` walks the group's blocks (by byte offset) and every pair's at once.
         #[allow(clippy::needless_range_loop)]
@@ -142,18 +135,10 @@ pub(super) mod kernel {
                 let block = group.as_ptr().add(b * size);
                 (block, f16x8(block), block.add(base))
             };
-            let d = _mm512_permutexvar_ps(by_row, _mm512_castps256_ps512(d));
-            let m =
-                if with_mins { _mm512_permutexvar_ps(by_row, _mm512_castps256_ps512(f16x8(block.add(16)))) } else { d };
+            let d = by_row_ps(d);
+            let m = if with_mins { by_row_ps(f16x8(block.add(16))) } else { d };
             let h = q.wrapping_sub(32);
-            let quads = [quad_operands::<F>(q, h), quad_operands::<F>(q.add(32 * runs), h.wrapping_add(16))];
-            // No closures in this function: one loses the target features and stays a call.
-            let mut w = [[_mm512_setzero_si512(); 4]; 2];
-            for (doubled_quad, quad) in w.iter_mut().zip(&quads) {
-                for (run, &loaded) in doubled_quad.iter_mut().zip(quad) {
-                    *run = _mm512_permutexvar_epi64(doubled, _mm512_castsi256_si512(loaded));
-                }
-            }
+            let w = doubled(&[quad_operands::<F>(q, h), quad_operands::<F>(q.add(32 * runs), h.wrapping_add(16))]);
             for p in 0..P {
                 let a = &pairs[p][b];
                 let start = if signed(dtype) {
@@ -161,18 +146,7 @@ pub(super) mod kernel {
                 } else {
                     _mm512_setzero_si512()
                 };
-                let mut chains = [start, start];
-                for k in 0..4 {
-                    let run = _mm512_broadcast_i32x4(_mm_loadu_si128(a.qs.as_ptr().add(16 * k) as *const __m128i));
-                    for (chain, w) in chains.iter_mut().zip(&w) {
-                        *chain = _mm512_dpbusd_epi32(*chain, w[k], run);
-                    }
-                }
-                let sums = _mm512_add_epi32(
-                    _mm512_permutex2var_epi32(chains[0], evens, chains[1]),
-                    _mm512_permutex2var_epi32(chains[0], odds, chains[1]),
-                );
-                let dot = _mm512_cvtepi32_ps(sums);
+                let dot = _mm512_cvtepi32_ps(pair_sums(&w, a, start, 0..4));
                 let a_d = pair_of(&a.d);
                 acc[p] = match dtype {
                     DType::Q4_0 => _mm512_fmadd_ps(
@@ -200,6 +174,66 @@ pub(super) mod kernel {
         out
     }
 
+    // The helpers below serve the kernels above and inline into them (no
+    // closures in the kernels: one loses the target features and stays a
+    // call).
+
+    /// Both quads' runs doubled for a pair: row r's eight bytes (64-bit
+    /// lane r of a quad's run) into lanes 2r and 2r + 1, one per token.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn doubled(quads: &[[__m256i; 4]; 2]) -> [[__m512i; 4]; 2] {
+        let index = _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3);
+        let mut w = [[_mm512_setzero_si512(); 4]; 2];
+        for (doubled_quad, quad) in w.iter_mut().zip(quads) {
+            for (run, &loaded) in doubled_quad.iter_mut().zip(quad) {
+                *run = _mm512_permutexvar_epi64(index, _mm512_castsi256_si512(loaded));
+            }
+        }
+        w
+    }
+
+    /// The exact sums of activation runs `runs` of pair `a` with both
+    /// quads' doubled runs `w`, each chain starting at `start`: the two
+    /// dwords of every (row, token) qword added, lane `i` row `i / 2` of
+    /// token `i % 2`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn pair_sums(w: &[[__m512i; 4]; 2], a: &PairBlock, start: __m512i, runs: Range<usize>) -> __m512i {
+        let mut chains = [start, start];
+        for k in runs {
+            let run = _mm512_broadcast_i32x4(_mm_loadu_si128(a.qs.as_ptr().add(16 * k) as *const __m128i));
+            for (chain, w) in chains.iter_mut().zip(w) {
+                *chain = _mm512_dpbusd_epi32(*chain, w[k], run);
+            }
+        }
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        _mm512_add_epi32(
+            _mm512_permutex2var_epi32(chains[0], evens, chains[1]),
+            _mm512_permutex2var_epi32(chains[0], odds, chains[1]),
+        )
+    }
+
+    /// Lane `i` of the sixteen: row `i / 2`'s value, from eight lanes in
+    /// lane order (row `r` in lane `LANE_ROWS[r]`).
+    const BY_ROW: [i32; 16] = [0, 0, 1, 1, 4, 4, 5, 5, 2, 2, 3, 3, 6, 6, 7, 7];
+
+    /// Eight f32 in lane order as sixteen lanes by row ([`BY_ROW`]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn by_row_ps(v: __m256) -> __m512 {
+        debug_assert_eq!(LANE_ROWS, [0, 1, 4, 5, 2, 3, 6, 7]);
+        _mm512_permutexvar_ps(_mm512_loadu_si512(BY_ROW.as_ptr() as *const _), _mm512_castps256_ps512(v))
+    }
+
+    /// Eight i32 in lane order as sixteen lanes by row ([`BY_ROW`]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn by_row_epi32(v: __m256i) -> __m512i {
+        _mm512_permutexvar_epi32(_mm512_loadu_si512(BY_ROW.as_ptr() as *const _), _mm512_castsi256_si512(v))
+    }
+
     /// Two f32 broadcast to the even and the odd lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -225,10 +259,6 @@ pub(super) mod kernel {
         let half_offset = if q2_k { 0 } else { -(1i32 << layout.offset_shift) / 2 };
         // `madd` of a token's half sums (an i16 pair) with these gives each half's start.
         let start_weights = [_mm512_set1_epi32(half_offset & 0xFFFF), _mm512_set1_epi32(half_offset << 16)];
-        let doubled = _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3);
-        let by_row = _mm512_setr_epi32(0, 0, 1, 1, 4, 4, 5, 5, 2, 2, 3, 3, 6, 6, 7, 7);
-        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         let low_nibbles = _mm_set1_epi8(0x0F);
         let (mut acc, mut mins) = ([_mm512_setzero_ps(); P], [_mm512_setzero_ps(); P]);
         for b in 0..pairs[0].len() / 8 {
@@ -241,44 +271,21 @@ pub(super) mod kernel {
                 let (lo, hi) = (_mm_loadl_epi64(at as *const __m128i), _mm_loadl_epi64(at.add(8) as *const __m128i));
                 let (lo, hi) =
                     if q2_k { (_mm_and_si128(lo, low_nibbles), _mm_and_si128(hi, low_nibbles)) } else { (lo, hi) };
-                let scales = [
-                    _mm512_permutexvar_epi32(by_row, _mm512_castsi256_si512(_mm256_cvtepi8_epi32(lo))),
-                    _mm512_permutexvar_epi32(by_row, _mm512_castsi256_si512(_mm256_cvtepi8_epi32(hi))),
-                ];
-                let min_pairs = if q2_k {
-                    _mm512_permutexvar_epi32(by_row, _mm512_castsi256_si512(q2_k_min_pairs(at)))
-                } else {
-                    _mm512_setzero_si512()
-                };
+                let scales = [by_row_epi32(_mm256_cvtepi8_epi32(lo)), by_row_epi32(_mm256_cvtepi8_epi32(hi))];
+                let min_pairs = if q2_k { by_row_epi32(q2_k_min_pairs(at)) } else { _mm512_setzero_si512() };
                 let quads = if dtype == DType::Q6K {
                     [q6_k_runs(q), q6_k_runs(q.add(Q6K_QUAD_BYTES))]
                 } else {
                     [low_bit_runs::<F>(q, q.wrapping_add(64), 0), low_bit_runs::<F>(q.add(32), q.wrapping_add(64), 1)]
                 };
-                let mut w = [[_mm512_setzero_si512(); 4]; 2];
-                for (doubled_quad, quad) in w.iter_mut().zip(&quads) {
-                    for (run, &loaded) in doubled_quad.iter_mut().zip(quad) {
-                        *run = _mm512_permutexvar_epi64(doubled, _mm512_castsi256_si512(loaded));
-                    }
-                }
+                let w = doubled(&quads);
                 for p in 0..P {
                     let a = &pairs[p][8 * b + j];
                     let halves = _mm512_broadcast_i32x4(_mm_loadu_si128(a.halves.as_ptr() as *const __m128i));
                     for half in 0..2 {
                         let start =
                             if q2_k { _mm512_setzero_si512() } else { _mm512_madd_epi16(halves, start_weights[half]) };
-                        let mut chains = [start, start];
-                        for k in 2 * half..2 * half + 2 {
-                            let run =
-                                _mm512_broadcast_i32x4(_mm_loadu_si128(a.qs.as_ptr().add(16 * k) as *const __m128i));
-                            for (chain, w) in chains.iter_mut().zip(&w) {
-                                *chain = _mm512_dpbusd_epi32(*chain, w[k], run);
-                            }
-                        }
-                        let sums = _mm512_add_epi32(
-                            _mm512_permutex2var_epi32(chains[0], evens, chains[1]),
-                            _mm512_permutex2var_epi32(chains[0], odds, chains[1]),
-                        );
+                        let sums = pair_sums(&w, a, start, 2 * half..2 * half + 2);
                         totals[p] = _mm512_add_epi32(totals[p], _mm512_mullo_epi32(sums, scales[half]));
                     }
                     if q2_k {
@@ -288,8 +295,7 @@ pub(super) mod kernel {
                     }
                 }
             }
-            let d = _mm512_permutexvar_ps(by_row, _mm512_castps256_ps512(f16x8(block)));
-            let dmin = _mm512_permutexvar_ps(by_row, _mm512_castps256_ps512(f16x8(block.add(16))));
+            let (d, dmin) = (by_row_ps(f16x8(block)), by_row_ps(f16x8(block.add(16))));
             for p in 0..P {
                 let a_d = pair_of(&pairs[p][8 * b].d);
                 acc[p] = _mm512_fmadd_ps(d, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(totals[p])), acc[p]);
@@ -316,10 +322,6 @@ pub(super) mod kernel {
         pairs: &[&[PairBlock]; P],
     ) -> [[f32; 16]; P] {
         let size = InterleavedRows::block_bytes(if Q5 { DType::Q5K } else { DType::Q4K });
-        let doubled = _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3);
-        let by_row = _mm512_setr_epi32(0, 0, 1, 1, 4, 4, 5, 5, 2, 2, 3, 3, 6, 6, 7, 7);
-        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         let mask = _mm256_set1_epi8(0x0F);
         let (mut acc, mut mins) = ([_mm512_setzero_ps(); P], [_mm512_setzero_ps(); P]);
         for b in 0..pairs[0].len() / 8 {
@@ -331,8 +333,8 @@ pub(super) mod kernel {
                 let q = block.add(Q4K_QUANTS + 256 * c);
                 // Read only for q5_k (past a q4_k block: never dereferenced).
                 let h = block.wrapping_add(Q5K_HIGH + 64 * c);
-                let mut w = [[_mm512_setzero_si512(); 4]; 2];
-                for (quad, runs) in w.iter_mut().enumerate() {
+                let mut quads = [[_mm256_setzero_si256(); 4]; 2];
+                for (quad, runs) in quads.iter_mut().enumerate() {
                     let high_bits = if Q5 {
                         _mm256_loadu_si256(h.add(32 * quad) as *const __m256i)
                     } else {
@@ -348,26 +350,16 @@ pub(super) mod kernel {
                         if Q5 {
                             nibbles = _mm256_or_si256(nibbles, fifth_bits(high_bits, 2 * k as i32 + high as i32));
                         }
-                        *run = _mm512_permutexvar_epi64(doubled, _mm512_castsi256_si512(nibbles));
+                        *run = nibbles;
                     }
                 }
+                let w = doubled(&quads);
                 let scaled = _mm256_mul_ps(d, bytes_as_f32(block.add(Q4K_SCALES + 8 * j)));
                 let min_scaled = _mm256_mul_ps(dmin, bytes_as_f32(block.add(Q4K_MINS + 8 * j)));
-                let scaled = _mm512_permutexvar_ps(by_row, _mm512_castps256_ps512(scaled));
-                let min_scaled = _mm512_permutexvar_ps(by_row, _mm512_castps256_ps512(min_scaled));
+                let (scaled, min_scaled) = (by_row_ps(scaled), by_row_ps(min_scaled));
                 for p in 0..P {
                     let a = &pairs[p][8 * b + j];
-                    let mut chains = [_mm512_setzero_si512(); 2];
-                    for k in 0..4 {
-                        let run = _mm512_broadcast_i32x4(_mm_loadu_si128(a.qs.as_ptr().add(16 * k) as *const __m128i));
-                        for (chain, w) in chains.iter_mut().zip(&w) {
-                            *chain = _mm512_dpbusd_epi32(*chain, w[k], run);
-                        }
-                    }
-                    let sums = _mm512_add_epi32(
-                        _mm512_permutex2var_epi32(chains[0], evens, chains[1]),
-                        _mm512_permutex2var_epi32(chains[0], odds, chains[1]),
-                    );
+                    let sums = pair_sums(&w, a, _mm512_setzero_si512(), 0..4);
                     let dot = _mm512_mul_ps(pair_of(&a.d), _mm512_cvtepi32_ps(sums));
                     acc[p] = _mm512_fmadd_ps(scaled, dot, acc[p]);
                     mins[p] = _mm512_fmadd_ps(min_scaled, pair_of(&a.s), mins[p]);
