@@ -632,7 +632,7 @@ pub fn takes_pairs(dtype: DType) -> bool {
     GroupKernel::detect() == GroupKernel::Vnni && pair_format(dtype).is_some()
 }
 
-/// The index `wide::kernel::dot_pairs` is compiled for, by format.
+/// Which of `wide::kernel`'s compiled kernels [`pair_tile`] runs, by format.
 fn pair_format(dtype: DType) -> Option<usize> {
     match dtype {
         DType::Q4_0 => Some(0),
