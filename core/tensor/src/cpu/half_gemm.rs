@@ -9,7 +9,10 @@
 //! the rows' inputs one register at a time: on AVX-512, four widened weight
 //! vectors and six activation loads feed 24 FMAs of 16 lanes; on AVX2 (16
 //! registers of 8 lanes), three weight vectors and four activation loads
-//! feed 12, with the tokens' activations copied once into tile order. Both
+//! feed 12. Both copy the tokens' activations once into tile order (rows
+//! read in place sit `in_dim · 4` bytes apart, in one L1 set for
+//! power-of-two widths: 1B F16 prefill, Sapphire Rapids, 2 threads,
+//! alternating builds, 75.0/75.4 → 81.2/82.8 tok/s with the copy). Both
 //! go in passes over the inputs, so a tile of tokens' activations stays in
 //! the L1 cache while a chunk's rows meet it. The weights are never copied.
 //!
@@ -236,8 +239,8 @@ fn half_gemm_on(
     let claim = || Some(next.fetch_add(chunk_rows, Ordering::Relaxed)).filter(|&first| first < rows);
     let packed;
     let x = match (kernel, x) {
-        (HalfKernel::Avx2, HalfInputs::F32(x)) => {
-            packed = pack_token_tiles(x, in_dim, HalfKernel::Avx2.tokens(), 8);
+        (kernel, HalfInputs::F32(x)) => {
+            packed = pack_token_tiles(x, in_dim, kernel.tokens(), kernel.lanes());
             HalfInputs::F32(&packed)
         }
         _ => x,
@@ -256,7 +259,7 @@ fn half_gemm_on(
     SpinPool::global().run(&job);
 }
 
-/// `x`'s rows (`in_dim` inputs each) reordered for the AVX2 kernel: by
+/// `x`'s rows (`in_dim` inputs each) reordered for the widening kernels: by
 /// tile of `tile_tokens` tokens (the last may be short), then by step of
 /// `step` inputs, then by token, so a tile's loads are one sequential
 /// stream from one pointer (rows read in place sit `in_dim · 4` bytes
@@ -525,29 +528,52 @@ unsafe fn kernel<const R: usize, const T: usize>(
     last: bool,
     sums: &mut Avx512Sums,
 ) -> Option<[[f32; T]; R]> {
-    use std::arch::x86_64::*;
-    let bf16 = tile.dtype == DType::BF16;
-    let w = tile.w.as_ptr().add(2 * tile.first_row * tile.in_dim);
-    let x = x.as_ptr().add(tile.first_token * tile.in_dim);
+    let w: [*const u8; R] =
+        std::array::from_fn(|i| tile.w.as_ptr().add(2 * ((tile.first_row + i) * tile.in_dim + inputs.start)));
+    // The tile's inputs as `pack_token_tiles` laid them out: T tokens' 16 inputs per step.
+    let x = x.as_ptr().add(tile.first_token * tile.in_dim + inputs.start * T);
     // By token, then row: acc[j][i] sums row i with token j.
     let mut acc = load_sums::<R, T>(sums);
-    for at in inputs.step_by(LANES) {
+    let steps = inputs.len() / LANES;
+    if tile.dtype == DType::BF16 {
+        steps_avx512::<R, T, true>(&mut acc, w, x, steps);
+    } else {
+        steps_avx512::<R, T, false>(&mut acc, w, x, steps);
+    }
+    finish_pass(acc, last, sums)
+}
+
+/// [`kernel`]'s FMAs over `steps` steps of 16 inputs from `w` (each row's
+/// first input of the pass) and `x` (the pass's packed inputs), for bf16
+/// (`BF16`) or f16 rows (the branch outside the loop).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,f16c,avx2,fma")]
+#[inline]
+unsafe fn steps_avx512<const R: usize, const T: usize, const BF16: bool>(
+    acc: &mut [[std::arch::x86_64::__m512; R]; T],
+    mut w: [*const u8; R],
+    mut x: *const f32,
+    steps: usize,
+) {
+    use std::arch::x86_64::*;
+    for _ in 0..steps {
         let weights: [__m512; R] = std::array::from_fn(|i| {
-            let bits = _mm256_loadu_si256(w.add(2 * (i * tile.in_dim + at)) as *const __m256i);
-            if bf16 {
+            let bits = _mm256_loadu_si256(w[i] as *const __m256i);
+            if BF16 {
                 _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16))
             } else {
                 _mm512_cvtph_ps(bits)
             }
         });
         for (j, sums) in acc.iter_mut().enumerate() {
-            let input = _mm512_loadu_ps(x.add(j * tile.in_dim + at));
+            let input = _mm512_loadu_ps(x.add(LANES * j));
             for (sum, weight) in sums.iter_mut().zip(&weights) {
                 *sum = _mm512_fmadd_ps(*weight, input, *sum);
             }
         }
+        w = w.map(|row| row.add(2 * LANES));
+        x = x.add(LANES * T);
     }
-    finish_pass(acc, last, sums)
 }
 
 /// A tile's accumulators as the previous pass left them in `sums`.
