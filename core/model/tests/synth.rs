@@ -61,9 +61,11 @@ fn every_weight_type_runs_and_tracks_f32() {
     // 5.3e-2, q5_0/q5_1 1.1e-1, q4_* 1.9e-1 to 2.3e-1; this random
     // network's logits are small, so relative errors look large). The
     // types added 2026-12-03 measured q5_k 1.1e-1, iq4_nl 2.1e-1, iq4_xs
-    // 2.3e-1, q3_k 4.0e-1, q2_k 8.3e-1.
+    // 2.3e-1, q3_k 4.0e-1, q2_k 8.3e-1. f16 on a CPU with AVX-512 FP16
+    // multiplies in f16 (activations rounded to f16, f16 sums of 16
+    // products): 1.1e-3 there (2026-12-04), still 4× under bf16.
     let bounds = [
-        (DType::F16, 1e-3),
+        (DType::F16, 1.8e-3),
         (DType::BF16, 8e-3),
         (DType::Q8_0, 3e-2),
         (DType::Q6K, 8e-2),

@@ -4,7 +4,9 @@
 //! stay quantized and activations are quantized to 8 bits; f16/bf16 weights
 //! are read as stored and widened in registers (`half_dot`), or, bf16 on a
 //! CPU with AVX-512 BF16, multiplied as stored with `vdpbf16ps` against
-//! activations rounded to bf16 (`half_gemm`, at every token count). Prefill
+//! activations rounded to bf16 (`half_gemm`, at every token count), and f16
+//! on a CPU with AVX-512 FP16 in f16 against activations rounded to f16
+//! (the same, with `vfmadd231ph`; f16 sums of at most 16 products). Prefill
 //! (many tokens) is compute bound. Weights with a row-interleaved copy (the AVX2
 //! layouts of `quant::interleaved`) stay quantized there too: 8-bit
 //! activations meet each group's unpacked quants a tile of tokens at a time,
@@ -326,6 +328,10 @@ fn gemm_linear(x: &[f32], tokens: usize, w: &Tensor, y: &mut [f32], scratch: &mu
     if takes_bf16_products(w) {
         scratch.bf16_inputs.fill(x, in_dim);
         half_gemm::half_gemm(w.dtype(), w.bytes(), in_dim, HalfInputs::Bf16(&scratch.bf16_inputs), tokens, y);
+        return Ok(());
+    }
+    if half_gemm::takes_f16_products(w.dtype(), in_dim) {
+        half_gemm::half_gemm(w.dtype(), w.bytes(), in_dim, HalfInputs::F16(x), tokens, y);
         return Ok(());
     }
     if half_gemm::supported() && half_gemm::fits(w.dtype(), in_dim) {
