@@ -204,7 +204,9 @@ fn fp16_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static FP16: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *FP16.get_or_init(|| avx512_supported() && is_x86_feature_detected!("avx512fp16"))
+        *FP16.get_or_init(|| {
+            avx512_supported() && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512fp16")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
