@@ -10,7 +10,8 @@
 
 use std::time::Instant;
 use tailor_tensor::quant::interleaved::{
-    dot_group_pairs, dot_group_tokens, interleave_rows, takes_pairs, PairedTokens, GROUP,
+    dot_group_pairs, dot_group_tokens, dot_two_groups, interleave_rows, takes_pairs, takes_two_groups, PairedTokens,
+    GROUP,
 };
 use tailor_tensor::quant::{quantize_activations_for, BlockQ8};
 use tailor_tensor::{DType, Tensor};
@@ -86,6 +87,22 @@ fn main() {
                 );
             }
             println!("{:8} {:>14.1} (token pairs, 512-bit)", dtype.to_string(), pairs_rate);
+        }
+        if takes_two_groups(dtype) {
+            let mut sums = vec![[0f32; 2 * GROUP]; 32];
+            let rate = best((0..rounds).map(|_| {
+                let start = Instant::now();
+                for first in (0..tokens).step_by(32) {
+                    let count = (tokens - first).min(32);
+                    let tile = &acts[first * per_token..(first + count) * per_token];
+                    for g in (0..rows / GROUP).step_by(2) {
+                        dot_two_groups(&grouped, g, tile, &mut sums[..count]);
+                    }
+                }
+                std::hint::black_box(&sums);
+                (rows * row_len * tokens) as f64 / start.elapsed().as_secs_f64() / 1e9
+            }));
+            println!("{:8} {:>14.1} (two groups, 512-bit)", dtype.to_string(), rate);
         }
         println!("{:8} {:>14.1} {:>14.1}", dtype.to_string(), time(&acts, tokens), time(&acts[..per_token], 1));
     }

@@ -12,8 +12,8 @@ use common::{quantized_formats, Rng};
 use tailor_tensor::cpu::{self, LinearScratch};
 use tailor_tensor::quant::interleaved::InterleavedRows;
 use tailor_tensor::quant::interleaved::{
-    dot_group, dot_group_pairs, dot_group_scalar, dot_group_tokens_on, interleave_rows, takes_pairs, GroupKernel,
-    PairedTokens, GROUP,
+    dot_group, dot_group_pairs, dot_group_scalar, dot_group_tokens_on, dot_two_groups, interleave_rows, takes_pairs,
+    takes_two_groups, GroupKernel, PairedTokens, GROUP,
 };
 use tailor_tensor::quant::layout::WeightLayout;
 use tailor_tensor::quant::{dequantize_row, quantize_activations_for, vec_dot, BlockQ8, DotImpl};
@@ -170,6 +170,43 @@ fn token_pairs_give_each_token_its_one_token_result() {
                     let solo = dot_group_scalar(&grouped, g, &all[t * per_token..(t + 1) * per_token]);
                     let what = format!("{dtype} group {g}, {tokens} tokens from {first}, token {t}");
                     assert_eq!(sums.map(f32::to_bits), solo.map(f32::to_bits), "{what}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn two_groups_at_once_give_each_token_its_one_token_result() {
+    let mut rng = Rng(27);
+    let mut acts = Vec::new();
+    let formats: Vec<DType> = quantized_formats().into_iter().filter(|&d| takes_two_groups(d)).collect();
+    if formats.is_empty() {
+        eprintln!("no AVX-512 VNNI here: the two-group kernel is not tested on this CPU");
+    }
+    for dtype in formats {
+        // Three groups: pairs (0, 1) and (1, 2), so each group sits in
+        // either half of the registers; two super blocks per row.
+        let (rows, row_len) = (24, 512);
+        let w = random_matrix(&mut rng, dtype, rows, row_len);
+        let grouped = interleave_rows(dtype, w.bytes(), rows, row_len).expect("interleavable");
+        // 1 to 37 tokens: whole tiles of sixteen and every remainder.
+        for tokens in 1..38 {
+            let mut all = Vec::new();
+            for _ in 0..tokens {
+                quantize_activations_for(dtype, &rng.vec(row_len), &mut acts).unwrap();
+                all.extend_from_slice(&acts);
+            }
+            let per_token = all.len() / tokens;
+            for g in 0..grouped.groups - 1 {
+                let mut out = vec![[0f32; 2 * GROUP]; tokens];
+                dot_two_groups(&grouped, g, &all, &mut out);
+                for (t, sums) in out.iter().enumerate() {
+                    let token = &all[t * per_token..(t + 1) * per_token];
+                    let solo = [dot_group_scalar(&grouped, g, token), dot_group_scalar(&grouped, g + 1, token)];
+                    let what = format!("{dtype} groups {g}, {}: {tokens} tokens, token {t}", g + 1);
+                    let bits: Vec<u32> = solo.concat().into_iter().map(f32::to_bits).collect();
+                    assert_eq!(sums.map(f32::to_bits)[..], bits[..], "{what}");
                 }
             }
         }

@@ -23,7 +23,10 @@ use super::half_gemm::{self, HalfInputs};
 use super::pool::{split_range, SpinPool};
 use super::small_gemm::{small_gemm, Operand, Product};
 use super::token_lanes::{self, token_lanes_gemm, token_lanes_gemm_rows, TokenWords, Words};
-use crate::quant::interleaved::{dot_group_pairs, dot_group_tokens, takes_pairs, InterleavedRows, PairedTokens, GROUP};
+use crate::quant::interleaved::{
+    dot_group_pairs, dot_group_tokens, dot_two_groups, takes_pairs, takes_two_groups, InterleavedRows, PairedTokens,
+    GROUP,
+};
 use crate::quant::packed::{block_sums, dot_packed_tokens, pair_activations, ActPair, PackedDot};
 use crate::quant::{
     dequantize_row, quantize_activations_for, shares_act_scales, supports_dot, vec_dot, BlockQ8, DotImpl, QK,
@@ -521,23 +524,33 @@ fn dot_interleaved(
     mut store: impl FnMut(usize, usize, f32),
 ) {
     let mut sums = [[0f32; GROUP]; TOKEN_BLOCK];
+    let mut sixteen = [[0f32; 2 * GROUP]; TOKEN_BLOCK];
+    let two_groups = tokens > 1 && takes_two_groups(interleaved.dtype);
     for first in (0..tokens).step_by(TOKEN_BLOCK) {
         let count = (tokens - first).min(TOKEN_BLOCK);
-        for g in groups.clone() {
+        let token_acts = &acts[first * blocks..(first + count) * blocks];
+        let mut g = groups.start;
+        while g < groups.end {
+            if two_groups && count > 1 && g + 1 < groups.end {
+                dot_two_groups(interleaved, g, token_acts, &mut sixteen[..count]);
+                for (t, row_sums) in sixteen[..count].iter().enumerate() {
+                    for (i, &value) in row_sums.iter().enumerate() {
+                        store(g * GROUP + i, first + t, value);
+                    }
+                }
+                g += 2;
+                continue;
+            }
             match paired {
                 Some(paired) if count > 1 => dot_group_pairs(interleaved, g, paired, first, &mut sums[..count]),
-                _ => dot_group_tokens(
-                    interleaved,
-                    g,
-                    &acts[first * blocks..(first + count) * blocks],
-                    &mut sums[..count],
-                ),
+                _ => dot_group_tokens(interleaved, g, token_acts, &mut sums[..count]),
             }
             for (t, row_sums) in sums[..count].iter().enumerate() {
                 for (i, &value) in row_sums.iter().enumerate() {
                     store(g * GROUP + i, first + t, value);
                 }
             }
+            g += 1;
         }
     }
 }

@@ -619,11 +619,13 @@ fn in_row_order(lanes: [f32; GROUP]) -> [f32; GROUP] {
 }
 
 mod pack;
+mod sixteen;
 mod wide;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use pack::interleave_rows;
+pub use sixteen::{dot_two_groups, takes_two_groups, TWO_GROUP_TILE};
 pub use wide::{PairBlock, PairedTokens};
 
 /// Whether [`dot_group_pairs`] takes `dtype` on this CPU (the 512-bit

@@ -1,0 +1,333 @@
+//! Sixteen rows per 512-bit register, one token per instruction: the
+//! prefill of q6_k, q3_k and q2_k on AVX-512 VNNI, two groups at a time.
+//!
+//! The token-pair kernel ([`super::wide`]) meets a quad of rows with two
+//! tokens per `vpdpbusd` and pays for it per act block and pair: each
+//! row's eight bytes doubled, two permutes and an add to fold the lanes
+//! of a row back together, then a `vpmulld` by the sub-block scales for
+//! every half. Here the runs of two adjacent groups are rearranged once
+//! per block into registers that hold four elements of each of sixteen
+//! rows (a permute per register, shared by every token of the tile), so
+//! one broadcast dword of a token's activations meets sixteen rows:
+//! each lane is a row's exact sum at once, and one `vpmulld` scales
+//! sixteen rows of a half instead of eight. The layout in memory is the
+//! groups' own (no second copy); lanes come out in the groups' lane
+//! order ([`super::LANE_ROWS`]), so their stored scales apply as they
+//! are. The integer totals are exact and scaled by the same operations in
+//! the same order as the 256-bit kernel's, so every token gets, bit for
+//! bit, what [`super::dot_group`] gives it alone.
+
+use super::{in_row_order, BlockQ8, GroupKernel, InterleavedRows, GROUP};
+use crate::DType;
+
+/// Tokens one call of the kernel takes.
+pub const TWO_GROUP_TILE: usize = 8;
+
+/// Whether [`dot_two_groups`] takes `dtype` on this CPU: the formats with
+/// 16-element sub-blocks, with AVX-512 VNNI.
+pub fn takes_two_groups(dtype: DType) -> bool {
+    GroupKernel::detect() == GroupKernel::Vnni && halves_format(dtype).is_some()
+}
+
+/// Which compiled kernel [`dot_two_groups`] runs, by format.
+fn halves_format(dtype: DType) -> Option<usize> {
+    match dtype {
+        DType::Q6K => Some(0),
+        DType::Q3K => Some(1),
+        DType::Q2K => Some(2),
+        _ => None,
+    }
+}
+
+/// The sums of groups `g` and `g + 1` (rows `8g..8g + 16`, in row order)
+/// with `out.len()` tokens whose activations lie back to back in `acts`,
+/// where [`takes_two_groups`] says so: `out[t]` is, bit for bit, what
+/// [`super::dot_group`] gives token `t` alone for each of the two groups.
+pub fn dot_two_groups(rows: &InterleavedRows, g: usize, acts: &[BlockQ8], out: &mut [[f32; 2 * GROUP]]) {
+    let per_token = rows.act_blocks();
+    assert!(
+        takes_two_groups(rows.dtype) && g + 1 < rows.groups && acts.len() == out.len() * per_token,
+        "dot_two_groups: groups {g}, {g}+1 of {}, {} act blocks for {} tokens",
+        rows.groups,
+        acts.len(),
+        out.len()
+    );
+    assert!(
+        g != 0 || super::scales_shared(acts),
+        "dot_two_groups: {} takes activations with one scale per super block (quantize_activations_for)",
+        rows.dtype
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let format = halves_format(rows.dtype).unwrap_or(0);
+        let groups = [rows.group(g), rows.group(g + 1)];
+        for (tile, sums) in acts.chunks(TWO_GROUP_TILE * per_token).zip(out.chunks_mut(TWO_GROUP_TILE)) {
+            match sums.len() {
+                16 => tile_of::<16>(format, groups, tile, sums),
+                15 => tile_of::<15>(format, groups, tile, sums),
+                14 => tile_of::<14>(format, groups, tile, sums),
+                13 => tile_of::<13>(format, groups, tile, sums),
+                12 => tile_of::<12>(format, groups, tile, sums),
+                11 => tile_of::<11>(format, groups, tile, sums),
+                10 => tile_of::<10>(format, groups, tile, sums),
+                9 => tile_of::<9>(format, groups, tile, sums),
+                8 => tile_of::<8>(format, groups, tile, sums),
+                7 => tile_of::<7>(format, groups, tile, sums),
+                6 => tile_of::<6>(format, groups, tile, sums),
+                5 => tile_of::<5>(format, groups, tile, sums),
+                4 => tile_of::<4>(format, groups, tile, sums),
+                3 => tile_of::<3>(format, groups, tile, sums),
+                2 => tile_of::<2>(format, groups, tile, sums),
+                _ => tile_of::<1>(format, groups, tile, sums),
+            }
+        }
+    }
+}
+
+/// `T` tokens through the kernel compiled for `format`, each token's
+/// sixteen sums into `out` in row order.
+#[cfg(target_arch = "x86_64")]
+fn tile_of<const T: usize>(format: usize, groups: [&[u8]; 2], acts: &[BlockQ8], out: &mut [[f32; 2 * GROUP]]) {
+    let per_token = acts.len() / T;
+    let tokens: [&[BlockQ8]; T] = std::array::from_fn(|t| &acts[t * per_token..(t + 1) * per_token]);
+    // SAFETY: `takes_two_groups` (checked by the caller) detected AVX-512
+    // F/BW/VL/VNNI with AVX2/FMA/F16C; both groups hold `rows.blocks`
+    // blocks, which is `per_token / 8` (the caller checked the act blocks
+    // per token), and the kernel reads that many of each.
+    let lanes = unsafe {
+        match format {
+            0 => kernel::dot_halves_two::<T, 0>(groups, &tokens),
+            1 => kernel::dot_halves_two::<T, 1>(groups, &tokens),
+            _ => kernel::dot_halves_two::<T, 2>(groups, &tokens),
+        }
+    };
+    for (sums, lanes) in out.iter_mut().zip(lanes) {
+        let (first, second) = lanes.split_at(GROUP);
+        let first: [f32; GROUP] = std::array::from_fn(|i| first[i]);
+        let second: [f32; GROUP] = std::array::from_fn(|i| second[i]);
+        sums[..GROUP].copy_from_slice(&in_row_order(first));
+        sums[GROUP..].copy_from_slice(&in_row_order(second));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kernel {
+    use super::super::x86::vnni::HALVES;
+    use super::super::{HalvesLayout, InterleavedRows, LANE_ROWS, Q6K_QUAD_BYTES};
+    use super::BlockQ8;
+    use crate::DType;
+    use std::arch::x86_64::*;
+
+    /// Lane `i` of a sixteen-row register: dword `EVENS[i]` of the two
+    /// groups' runs (the first group's 16 dwords, then the second's), the
+    /// first four elements of the run of row `LANE_ROWS[i % 8]`; `ODDS`
+    /// its last four.
+    const EVENS: [i32; 16] = lane_dwords(0);
+    const ODDS: [i32; 16] = lane_dwords(1);
+
+    const fn lane_dwords(half: i32) -> [i32; 16] {
+        let mut index = [0; 16];
+        let mut i = 0;
+        while i < 16 {
+            index[i] = 16 * (i / 8) as i32 + 2 * LANE_ROWS[i % 8] as i32 + half;
+            i += 1;
+        }
+        index
+    }
+
+    /// Two 32-byte loads as one register (the first in the low half).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn joined(low: *const u8, high: *const u8) -> __m512i {
+        let low = _mm512_castsi256_si512(_mm256_loadu_si256(low as *const __m256i));
+        _mm512_inserti64x4::<1>(low, _mm256_loadu_si256(high as *const __m256i))
+    }
+
+    /// One group's four runs of an act block, both quads in one register
+    /// each (row `r`'s eight bytes in 64-bit lane `r`), as the 256-bit
+    /// kernel's `q6_k_runs`/`low_bit_runs` give them per quad.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn group_runs<const F: usize>(q: *const u8) -> [__m512i; 4] {
+        if HALVES[F] == DType::Q6K {
+            return q6_k_runs(q);
+        }
+        let two = _mm512_set1_epi8(3);
+        let low = _mm512_loadu_si512(q as *const _);
+        let mut runs = [
+            _mm512_and_si512(low, two),
+            _mm512_and_si512(_mm512_srli_epi16::<2>(low), two),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(low), two),
+            _mm512_and_si512(_mm512_srli_epi16::<6>(low), two),
+        ];
+        if HALVES[F] == DType::Q3K {
+            // Both quads share the act block's third bits: run k's is bit
+            // k of a byte for quad 0 (the low half), bit 4 + k for quad 1;
+            // it becomes bit 2 (`q + 4`), where the run's bytes hold 0.
+            let third = _mm512_broadcast_i64x4(_mm256_loadu_si256(q.add(64) as *const __m256i));
+            let four = _mm512_set1_epi8(4);
+            for (k, run) in runs.iter_mut().enumerate() {
+                let quad0 = _mm512_castsi256_si512(_mm256_set1_epi8(1 << k));
+                let bit = _mm512_inserti64x4::<1>(quad0, _mm256_set1_epi8((1u8 << (4 + k)) as i8));
+                *run = _mm512_mask_add_epi8(*run, _mm512_test_epi8_mask(third, bit), *run, four);
+            }
+        }
+        runs
+    }
+
+    /// A q6_k group's four runs (`q + 32`, 0..63) from each quad's three
+    /// loads: two of low nibbles, one of high bit pairs (run k's at bits
+    /// 2k..2k+2).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q6_k_runs(q: *const u8) -> [__m512i; 4] {
+        let nibbles = _mm512_set1_epi8(0x0F);
+        let pairs = _mm512_set1_epi8(0x30);
+        let (low0, low1) = (joined(q, q.add(Q6K_QUAD_BYTES)), joined(q.add(32), q.add(32 + Q6K_QUAD_BYTES)));
+        let high = joined(q.add(64), q.add(64 + Q6K_QUAD_BYTES));
+        [
+            _mm512_or_si512(_mm512_and_si512(low0, nibbles), _mm512_and_si512(_mm512_slli_epi16::<4>(high), pairs)),
+            _mm512_or_si512(_mm512_and_si512(low1, nibbles), _mm512_and_si512(_mm512_slli_epi16::<2>(high), pairs)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(low0), nibbles), _mm512_and_si512(high, pairs)),
+            _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16::<4>(low1), nibbles),
+                _mm512_and_si512(_mm512_srli_epi16::<2>(high), pairs),
+            ),
+        ]
+    }
+
+    /// The sixteen-row operands of an act block: per run `k`, elements
+    /// `8k..8k+4` of every lane's row, then `8k+4..8k+8`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn sixteen_rows<const F: usize>(first: *const u8, second: *const u8) -> [[__m512i; 2]; 4] {
+        let (a, b) = (group_runs::<F>(first), group_runs::<F>(second));
+        let evens = _mm512_loadu_si512(EVENS.as_ptr() as *const _);
+        let odds = _mm512_loadu_si512(ODDS.as_ptr() as *const _);
+        let mut w = [[_mm512_setzero_si512(); 2]; 4];
+        for (k, halves) in w.iter_mut().enumerate() {
+            *halves = [_mm512_permutex2var_epi32(a[k], evens, b[k]), _mm512_permutex2var_epi32(a[k], odds, b[k])];
+        }
+        w
+    }
+
+    /// Sixteen bytes, eight from each group, as i32 lanes (the first
+    /// group's in lanes 0..8).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn joined_bytes(first: *const u8, second: *const u8) -> __m128i {
+        _mm_unpacklo_epi64(_mm_loadl_epi64(first as *const __m128i), _mm_loadl_epi64(second as *const __m128i))
+    }
+
+    /// Both groups' eight f16 at `offset` of their blocks as sixteen f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn f16x16(first: *const u8, second: *const u8) -> __m512 {
+        let (low, high) = (_mm_loadu_si128(first as *const __m128i), _mm_loadu_si128(second as *const __m128i));
+        _mm512_cvtph_ps(_mm256_set_m128i(high, low))
+    }
+
+    /// A token's activation dword `i` (elements `4i..4i+4`) in every lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn act_dword(a: &BlockQ8, i: usize) -> __m512i {
+        _mm512_set1_epi32((a.qs.as_ptr().add(4 * i) as *const i32).read_unaligned())
+    }
+
+    /// Adds to each token's `totals` Σ_half sc·Σ q·a of an act block's
+    /// sixteen rows: per half a chain of four `vpdpbusd`, times the rows'
+    /// i32 scales. Half by half, the loop over tokens has a short body, so
+    /// it unrolls and `totals` stay in registers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn halves_tokens<const T: usize>(
+        w: &[[__m512i; 2]; 4],
+        scales: &[__m512i; 2],
+        a: &[&BlockQ8; T],
+        totals: &mut [__m512i; T],
+    ) {
+        for (half, (runs, &scale)) in w.chunks_exact(2).zip(scales).enumerate() {
+            for (a, total) in a.iter().zip(totals.iter_mut()) {
+                // Each i32 lane: Σ of 16 products ≤ 63·127 (q6_k).
+                let mut chain = _mm512_setzero_si512();
+                for (k, [evens, odds]) in (2 * half..).zip(runs) {
+                    chain = _mm512_dpbusd_epi32(chain, *evens, act_dword(a, 2 * k));
+                    chain = _mm512_dpbusd_epi32(chain, *odds, act_dword(a, 2 * k + 1));
+                }
+                *total = _mm512_add_epi32(*total, _mm512_mullo_epi32(chain, scale));
+            }
+        }
+    }
+
+    /// Sixteen lanes per token (group `groups[0]`'s lanes, then
+    /// `groups[1]`'s, each in lane order) of a q6_k, q3_k or q2_k pair of
+    /// groups, the 256-bit kernel's sums exactly: per act block and half a
+    /// chain of four `vpdpbusd` from `−offset·Σ a` (the half's sum of
+    /// activations), times the half's i32 scales, into the super block's
+    /// total; then `acc += d·(a.d·total)`, q2_k `mins += dmin·(a.d·Σ_half
+    /// m·Σ a)`; then `acc − mins`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_halves_two<const T: usize, const F: usize>(
+        groups: [&[u8]; 2],
+        acts: &[&[BlockQ8]; T],
+    ) -> [[f32; 16]; T] {
+        let dtype = HALVES[F];
+        let layout = HalvesLayout::of(dtype);
+        let size = InterleavedRows::block_bytes(dtype);
+        let q2_k = dtype == DType::Q2K;
+        let low_nibbles = _mm_set1_epi8(0x0F);
+        let mut acc = [[0f32; 16]; T];
+        let mut mins = [[0f32; 16]; T];
+        for b in 0..acts[0].len() / 8 {
+            let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
+            let mut totals = [_mm512_setzero_si512(); T];
+            // Σ_half sc·Σ a (the offset's part); q2_k: Σ_half m·Σ a.
+            let mut side = [_mm512_setzero_si512(); T];
+            for j in 0..8 {
+                let at = layout.scales + 16 * j;
+                let (lo, hi) =
+                    (joined_bytes(first.add(at), second.add(at)), joined_bytes(first.add(at + 8), second.add(at + 8)));
+                // q2_k: a byte holds the scale (low nibble) and the min (high).
+                let (lo_scales, hi_scales) =
+                    if q2_k { (_mm_and_si128(lo, low_nibbles), _mm_and_si128(hi, low_nibbles)) } else { (lo, hi) };
+                let scales = [_mm512_cvtepi8_epi32(lo_scales), _mm512_cvtepi8_epi32(hi_scales)];
+                // Both halves' scales (q2_k: mins) of each lane as an i16 pair.
+                let byte_pairs = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+                let side_pairs = if q2_k {
+                    _mm512_srli_epi16::<4>(_mm512_cvtepu8_epi16(byte_pairs))
+                } else {
+                    _mm512_cvtepi8_epi16(byte_pairs)
+                };
+                let quants = layout.quants + layout.act_bytes * j;
+                let w = sixteen_rows::<F>(first.add(quants), second.add(quants));
+                let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
+                halves_tokens(&w, &scales, &a, &mut totals);
+                for t in 0..T {
+                    let half_sums = _mm512_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
+                    side[t] = _mm512_dpwssd_epi32(side[t], side_pairs, half_sums);
+                }
+            }
+            let d = f16x16(first, second);
+            let dmin = if q2_k { f16x16(first.add(16), second.add(16)) } else { _mm512_setzero_ps() };
+            let shift = _mm_cvtsi32_si128(layout.offset_shift);
+            for t in 0..T {
+                let a_d = _mm512_set1_ps(acts[t][8 * b].d);
+                let total =
+                    if q2_k { totals[t] } else { _mm512_sub_epi32(totals[t], _mm512_sll_epi32(side[t], shift)) };
+                let sum = _mm512_loadu_ps(acc[t].as_ptr());
+                let sum = _mm512_fmadd_ps(d, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(total)), sum);
+                _mm512_storeu_ps(acc[t].as_mut_ptr(), sum);
+                if q2_k {
+                    let sum = _mm512_loadu_ps(mins[t].as_ptr());
+                    let sum = _mm512_fmadd_ps(dmin, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(side[t])), sum);
+                    _mm512_storeu_ps(mins[t].as_mut_ptr(), sum);
+                }
+            }
+        }
+        for (acc, mins) in acc.iter_mut().zip(&mins) {
+            let difference = _mm512_sub_ps(_mm512_loadu_ps(acc.as_ptr()), _mm512_loadu_ps(mins.as_ptr()));
+            _mm512_storeu_ps(acc.as_mut_ptr(), difference);
+        }
+        acc
+    }
+}
