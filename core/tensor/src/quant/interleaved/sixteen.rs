@@ -20,21 +20,24 @@
 use super::{in_row_order, BlockQ8, GroupKernel, InterleavedRows, GROUP};
 use crate::DType;
 
-/// Tokens one call of the kernel takes.
-pub const TWO_GROUP_TILE: usize = 8;
+/// Tokens one call of a kernel takes: eight tokens' sums stay in
+/// registers (sixteen measured no faster: their loop no longer unrolls).
+const TWO_GROUP_TILE: usize = 8;
 
-/// Whether [`dot_two_groups`] takes `dtype` on this CPU: the formats with
-/// 16-element sub-blocks, with AVX-512 VNNI.
+/// Whether [`dot_two_groups`] takes `dtype` on this CPU: the k-quants,
+/// with AVX-512 VNNI.
 pub fn takes_two_groups(dtype: DType) -> bool {
-    GroupKernel::detect() == GroupKernel::Vnni && halves_format(dtype).is_some()
+    GroupKernel::detect() == GroupKernel::Vnni && two_group_format(dtype).is_some()
 }
 
 /// Which compiled kernel [`dot_two_groups`] runs, by format.
-fn halves_format(dtype: DType) -> Option<usize> {
+fn two_group_format(dtype: DType) -> Option<usize> {
     match dtype {
         DType::Q6K => Some(0),
         DType::Q3K => Some(1),
         DType::Q2K => Some(2),
+        DType::Q4K => Some(3),
+        DType::Q5K => Some(4),
         _ => None,
     }
 }
@@ -53,24 +56,16 @@ pub fn dot_two_groups(rows: &InterleavedRows, g: usize, acts: &[BlockQ8], out: &
         out.len()
     );
     assert!(
-        g != 0 || super::scales_shared(acts),
+        g != 0 || !super::shares_act_scales(rows.dtype) || super::scales_shared(acts),
         "dot_two_groups: {} takes activations with one scale per super block (quantize_activations_for)",
         rows.dtype
     );
     #[cfg(target_arch = "x86_64")]
     {
-        let format = halves_format(rows.dtype).unwrap_or(0);
+        let format = two_group_format(rows.dtype).unwrap_or(0);
         let groups = [rows.group(g), rows.group(g + 1)];
         for (tile, sums) in acts.chunks(TWO_GROUP_TILE * per_token).zip(out.chunks_mut(TWO_GROUP_TILE)) {
             match sums.len() {
-                16 => tile_of::<16>(format, groups, tile, sums),
-                15 => tile_of::<15>(format, groups, tile, sums),
-                14 => tile_of::<14>(format, groups, tile, sums),
-                13 => tile_of::<13>(format, groups, tile, sums),
-                12 => tile_of::<12>(format, groups, tile, sums),
-                11 => tile_of::<11>(format, groups, tile, sums),
-                10 => tile_of::<10>(format, groups, tile, sums),
-                9 => tile_of::<9>(format, groups, tile, sums),
                 8 => tile_of::<8>(format, groups, tile, sums),
                 7 => tile_of::<7>(format, groups, tile, sums),
                 6 => tile_of::<6>(format, groups, tile, sums),
@@ -98,7 +93,9 @@ fn tile_of<const T: usize>(format: usize, groups: [&[u8]; 2], acts: &[BlockQ8], 
         match format {
             0 => kernel::dot_halves_two::<T, 0>(groups, &tokens),
             1 => kernel::dot_halves_two::<T, 1>(groups, &tokens),
-            _ => kernel::dot_halves_two::<T, 2>(groups, &tokens),
+            2 => kernel::dot_halves_two::<T, 2>(groups, &tokens),
+            3 => kernel::dot_k_two::<T, false>(groups, &tokens),
+            _ => kernel::dot_k_two::<T, true>(groups, &tokens),
         }
     };
     for (sums, lanes) in out.iter_mut().zip(lanes) {
@@ -113,7 +110,9 @@ fn tile_of<const T: usize>(format: usize, groups: [&[u8]; 2], acts: &[BlockQ8], 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
     use super::super::x86::vnni::HALVES;
-    use super::super::{HalvesLayout, InterleavedRows, LANE_ROWS, Q6K_QUAD_BYTES};
+    use super::super::{
+        HalvesLayout, InterleavedRows, LANE_ROWS, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q5K_HIGH, Q6K_QUAD_BYTES,
+    };
     use super::BlockQ8;
     use crate::DType;
     use std::arch::x86_64::*;
@@ -196,12 +195,20 @@ mod kernel {
         ]
     }
 
-    /// The sixteen-row operands of an act block: per run `k`, elements
-    /// `8k..8k+4` of every lane's row, then `8k+4..8k+8`.
+    /// The sixteen-row operands of a q6_k, q3_k or q2_k act block: per run
+    /// `k`, elements `8k..8k+4` of every lane's row, then `8k+4..8k+8`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn sixteen_rows<const F: usize>(first: *const u8, second: *const u8) -> [[__m512i; 2]; 4] {
-        let (a, b) = (group_runs::<F>(first), group_runs::<F>(second));
+        rearranged(group_runs::<F>(first), group_runs::<F>(second))
+    }
+
+    /// Two groups' runs (each group's four, row `r` in 64-bit lane `r`)
+    /// as sixteen-row operands: per run `k`, elements `8k..8k+4` of every
+    /// lane's row, then `8k+4..8k+8`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn rearranged(a: [__m512i; 4], b: [__m512i; 4]) -> [[__m512i; 2]; 4] {
         let evens = _mm512_loadu_si512(EVENS.as_ptr() as *const _);
         let odds = _mm512_loadu_si512(ODDS.as_ptr() as *const _);
         let mut w = [[_mm512_setzero_si512(); 2]; 4];
@@ -257,6 +264,127 @@ mod kernel {
                 *total = _mm512_add_epi32(*total, _mm512_mullo_epi32(chain, scale));
             }
         }
+    }
+
+    /// One group's runs of a q4_k (`Q5`: q5_k) sub-block, both quads in
+    /// one register each: the chunk's loads `loads` (row `r`'s eight bytes
+    /// in 64-bit lane `r`), their low nibbles (sub-block `2c`) or high ones
+    /// (`2c + 1`), q5_k's fifth bit added from the chunk's bits `bits` (run
+    /// `k`: bit `2k` for the low nibbles, `2k + 1` for the high).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn k_runs<const Q5: bool>(loads: &[__m512i; 4], bits: __m512i, high: bool) -> [__m512i; 4] {
+        let nibbles = _mm512_set1_epi8(0x0F);
+        let sixteen = _mm512_set1_epi8(0x10);
+        let mut runs = [_mm512_setzero_si512(); 4];
+        for (k, (run, &load)) in runs.iter_mut().zip(loads).enumerate() {
+            let shifted = if high { _mm512_srli_epi16::<4>(load) } else { load };
+            *run = _mm512_and_si512(shifted, nibbles);
+            if Q5 {
+                let bit = _mm512_set1_epi8((1u8 << (2 * k + high as usize)) as i8);
+                *run = _mm512_mask_add_epi8(*run, _mm512_test_epi8_mask(bits, bit), *run, sixteen);
+            }
+        }
+        runs
+    }
+
+    /// A group's four 32-byte loads of a q4_k chunk (quants at `q`), both
+    /// quads joined per run.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn k_loads(q: *const u8) -> [__m512i; 4] {
+        [0, 1, 2, 3].map(|k| joined(q.add(32 * k), q.add(128 + 32 * k)))
+    }
+
+    /// Sixteen unsigned bytes (eight per group) as f32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn bytes_as_f32x16(first: *const u8, second: *const u8) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(joined_bytes(first, second)))
+    }
+
+    /// Adds one q4_k sub-block's `scaled·(a.d·dot)` to each token's `acc`,
+    /// `dot` from a chain of eight `vpdpbusd`. A short loop body, so it
+    /// unrolls.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn k_tokens<const T: usize>(
+        w: &[[__m512i; 2]; 4],
+        scaled: __m512,
+        a: &[&BlockQ8; T],
+        acc: &mut [__m512; T],
+    ) {
+        for (a, acc) in a.iter().zip(acc.iter_mut()) {
+            let mut dot = _mm512_setzero_si512();
+            for (k, [evens, odds]) in w.iter().enumerate() {
+                dot = _mm512_dpbusd_epi32(dot, *evens, act_dword(a, 2 * k));
+                dot = _mm512_dpbusd_epi32(dot, *odds, act_dword(a, 2 * k + 1));
+            }
+            let dot = _mm512_mul_ps(_mm512_set1_ps(a.d), _mm512_cvtepi32_ps(dot));
+            *acc = _mm512_fmadd_ps(scaled, dot, *acc);
+        }
+    }
+
+    /// Each token's q4_k mins `Σ (dmin·m)·a.s` over the groups' blocks, in
+    /// the kernel's order (a pass of its own: the quants play no part).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn k_mins<const T: usize>(groups: [&[u8]; 2], size: usize, acts: &[&[BlockQ8]; T]) -> [__m512; T] {
+        let mut mins = [_mm512_setzero_ps(); T];
+        for b in 0..acts[0].len() / 8 {
+            let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
+            let dmin = f16x16(first.add(16), second.add(16));
+            for j in 0..8 {
+                let at = Q4K_MINS + 8 * j;
+                let min_scaled = _mm512_mul_ps(dmin, bytes_as_f32x16(first.add(at), second.add(at)));
+                for (mins, a) in mins.iter_mut().zip(acts) {
+                    *mins = _mm512_fmadd_ps(min_scaled, _mm512_set1_ps(a[8 * b + j].s), *mins);
+                }
+            }
+        }
+        mins
+    }
+
+    /// Sixteen lanes per token of a q4_k (`Q5`: q5_k) pair of groups, as
+    /// [`dot_halves_two`]'s, the 256-bit kernel's sums exactly: per
+    /// sub-block a chain of eight `vpdpbusd`, `acc += (d·sc)·(a.d·dot)`;
+    /// `mins += (dmin·m)·a.s` in sub-block order; then `acc − mins`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_k_two<const T: usize, const Q5: bool>(
+        groups: [&[u8]; 2],
+        acts: &[&[BlockQ8]; T],
+    ) -> [[f32; 16]; T] {
+        let size = InterleavedRows::block_bytes(if Q5 { DType::Q5K } else { DType::Q4K });
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..acts[0].len() / 8 {
+            let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
+            let d = f16x16(first, second);
+            for c in 0..4 {
+                let quants = Q4K_QUANTS + 256 * c;
+                let loads = [k_loads(first.add(quants)), k_loads(second.add(quants))];
+                // Read only for q5_k (past a q4_k block: never dereferenced).
+                let h = Q5K_HIGH + 64 * c;
+                let bits = if Q5 {
+                    [joined(first.add(h), first.add(h + 32)), joined(second.add(h), second.add(h + 32))]
+                } else {
+                    [_mm512_setzero_si512(); 2]
+                };
+                for high in [false, true] {
+                    let j = 2 * c + high as usize;
+                    let w = rearranged(k_runs::<Q5>(&loads[0], bits[0], high), k_runs::<Q5>(&loads[1], bits[1], high));
+                    let at = Q4K_SCALES + 8 * j;
+                    let scaled = _mm512_mul_ps(d, bytes_as_f32x16(first.add(at), second.add(at)));
+                    let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
+                    k_tokens(&w, scaled, &a, &mut acc);
+                }
+            }
+        }
+        let mins = k_mins(groups, size, acts);
+        let mut out = [[0f32; 16]; T];
+        for ((lanes, acc), mins) in out.iter_mut().zip(acc).zip(mins) {
+            _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_sub_ps(acc, mins));
+        }
+        out
     }
 
     /// Sixteen lanes per token (group `groups[0]`'s lanes, then
