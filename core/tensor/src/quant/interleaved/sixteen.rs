@@ -24,8 +24,8 @@ use crate::DType;
 /// registers (sixteen measured no faster: their loop no longer unrolls).
 const TWO_GROUP_TILE: usize = 8;
 
-/// Whether [`dot_two_groups`] takes `dtype` on this CPU: the k-quants,
-/// with AVX-512 VNNI.
+/// Whether [`dot_two_groups`] takes `dtype` on this CPU: the k-quants and
+/// iq4_xs, with AVX-512 VNNI.
 pub fn takes_two_groups(dtype: DType) -> bool {
     GroupKernel::detect() == GroupKernel::Vnni && two_group_format(dtype).is_some()
 }
@@ -38,6 +38,7 @@ fn two_group_format(dtype: DType) -> Option<usize> {
         DType::Q2K => Some(2),
         DType::Q4K => Some(3),
         DType::Q5K => Some(4),
+        DType::IQ4XS => Some(5),
         _ => None,
     }
 }
@@ -95,7 +96,8 @@ fn tile_of<const T: usize>(format: usize, groups: [&[u8]; 2], acts: &[BlockQ8], 
             1 => kernel::dot_halves_two::<T, 1>(groups, &tokens),
             2 => kernel::dot_halves_two::<T, 2>(groups, &tokens),
             3 => kernel::dot_k_two::<T, false>(groups, &tokens),
-            _ => kernel::dot_k_two::<T, true>(groups, &tokens),
+            4 => kernel::dot_k_two::<T, true>(groups, &tokens),
+            _ => kernel::dot_iq4_xs_two::<T>(groups, &tokens),
         }
     };
     for (sums, lanes) in out.iter_mut().zip(lanes) {
@@ -111,7 +113,8 @@ fn tile_of<const T: usize>(format: usize, groups: [&[u8]; 2], acts: &[BlockQ8], 
 mod kernel {
     use super::super::x86::vnni::HALVES;
     use super::super::{
-        HalvesLayout, InterleavedRows, LANE_ROWS, Q4K_MINS, Q4K_QUANTS, Q4K_SCALES, Q5K_HIGH, Q6K_QUAD_BYTES,
+        HalvesLayout, InterleavedRows, IQ4XS_QUANTS, IQ4XS_SCALES, IQ4XS_SUB_BYTES, LANE_ROWS, Q4K_MINS, Q4K_QUANTS,
+        Q4K_SCALES, Q5K_HIGH, Q6K_QUAD_BYTES,
     };
     use super::BlockQ8;
     use crate::DType;
@@ -457,5 +460,71 @@ mod kernel {
             _mm512_storeu_ps(acc.as_mut_ptr(), difference);
         }
         acc
+    }
+
+    /// One group's runs of an iq4_xs sub-block (quants at `q`), both quads
+    /// in one register each: the nibbles of its two loads looked up in
+    /// the iq4 table, offset by 128 to unsigned bytes for `vpdpbusd`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn iq4_runs(q: *const u8) -> [__m512i; 4] {
+        let nibbles = _mm512_set1_epi8(0x0F);
+        let values = _mm_loadu_si128(crate::quant::IQ4_VALUES.as_ptr() as *const __m128i);
+        let table = _mm512_xor_si512(_mm512_broadcast_i32x4(values), _mm512_set1_epi8(-128));
+        let (l0, l1) = (joined(q, q.add(64)), joined(q.add(32), q.add(96)));
+        let (h0, h1) = (_mm512_srli_epi16::<4>(l0), _mm512_srli_epi16::<4>(l1));
+        [l0, l1, h0, h1].map(|n| _mm512_shuffle_epi8(table, _mm512_and_si512(n, nibbles)))
+    }
+
+    /// Adds one iq4_xs sub-block's `scaled·(a.d·dot)` to each token's
+    /// `acc`, `dot` from a chain of eight `vpdpbusd` that starts at
+    /// `−128·Σ a` (the weights' offset). A short loop body, so it unrolls.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn iq4_tokens<const T: usize>(
+        w: &[[__m512i; 2]; 4],
+        scaled: __m512,
+        a: &[&BlockQ8; T],
+        acc: &mut [__m512; T],
+    ) {
+        // `madd` of a token's half sums (an i16 pair) with −128 in both halves.
+        let offset = _mm512_set1_epi16(-128);
+        for (a, acc) in a.iter().zip(acc.iter_mut()) {
+            let half_sums = _mm512_set1_epi32((a.half_sums.as_ptr() as *const i32).read_unaligned());
+            let mut dot = _mm512_madd_epi16(half_sums, offset);
+            for (k, [evens, odds]) in w.iter().enumerate() {
+                dot = _mm512_dpbusd_epi32(dot, *evens, act_dword(a, 2 * k));
+                dot = _mm512_dpbusd_epi32(dot, *odds, act_dword(a, 2 * k + 1));
+            }
+            let dot = _mm512_mul_ps(_mm512_set1_ps(a.d), _mm512_cvtepi32_ps(dot));
+            *acc = _mm512_fmadd_ps(scaled, dot, *acc);
+        }
+    }
+
+    /// Sixteen lanes per token of an iq4_xs pair of groups, as
+    /// [`dot_halves_two`]'s, the 256-bit kernel's sums exactly: per
+    /// 32-element sub-block `acc += (d·sc)·(a.d·dot)`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_iq4_xs_two<const T: usize>(groups: [&[u8]; 2], acts: &[&[BlockQ8]; T]) -> [[f32; 16]; T] {
+        let size = InterleavedRows::block_bytes(DType::IQ4XS);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..acts[0].len() / 8 {
+            let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
+            let d = f16x16(first, second);
+            for j in 0..8 {
+                let quants = IQ4XS_QUANTS + IQ4XS_SUB_BYTES * j;
+                let w = rearranged(iq4_runs(first.add(quants)), iq4_runs(second.add(quants)));
+                let at = IQ4XS_SCALES + 8 * j;
+                let scales = _mm512_cvtepi8_epi32(joined_bytes(first.add(at), second.add(at)));
+                let scaled = _mm512_mul_ps(d, _mm512_cvtepi32_ps(scales));
+                let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
+                iq4_tokens(&w, scaled, &a, &mut acc);
+            }
+        }
+        let mut out = [[0f32; 16]; T];
+        for (lanes, acc) in out.iter_mut().zip(acc) {
+            _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+        }
+        out
     }
 }
