@@ -1,5 +1,6 @@
 //! The interleaved group kernels (`quant::interleaved`) on one thread, per
-//! GGUF type: a prefill tile of tokens and a lone decode token against a
+//! GGUF type: a prefill tile of tokens (on AVX-512 VNNI also the token-pair
+//! and the two-group kernels) and a lone decode token against a
 //! 2,048 × 2,048 matrix, as multiply-adds per second (the best of ROUNDS:
 //! on a shared VM, interference only ever slows a round down).
 //! A figure to compare kernel changes by on one machine, in one run; the
@@ -102,6 +103,16 @@ fn main() {
                 std::hint::black_box(&sums);
                 (rows * row_len * tokens) as f64 / start.elapsed().as_secs_f64() / 1e9
             }));
+            let (tile, mut solo) = (&acts[..32 * per_token], vec![[0f32; GROUP]; 32]);
+            dot_two_groups(&grouped, 0, tile, &mut sums);
+            for g in [0, 1] {
+                dot_group_tokens(&grouped, g, tile, &mut solo);
+                let mine = sums.iter().flat_map(|s| &s[g * GROUP..(g + 1) * GROUP]);
+                assert!(
+                    mine.zip(solo.iter().flatten()).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{dtype}: two groups differ"
+                );
+            }
             println!("{:8} {:>14.1} (two groups, 512-bit)", dtype.to_string(), rate);
         }
         println!("{:8} {:>14.1} {:>14.1}", dtype.to_string(), time(&acts, tokens), time(&acts[..per_token], 1));

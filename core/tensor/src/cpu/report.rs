@@ -29,7 +29,7 @@ pub fn kernel_report() -> KernelReport {
     let quantized_rows = match (WeightLayout::chosen(), DotImpl::detect()) {
         (WeightLayout::Packed, ..) => "avx512-vnni pair-packed (q4_0, q4_1, q8_0), avx2 rows (other types)",
         (WeightLayout::Interleaved, _) if GroupKernel::detect() == GroupKernel::Vnni => {
-            "interleaved groups, avx512-vnni (256-bit; prefill in token pairs, 512-bit)"
+            "interleaved groups, avx512-vnni (256-bit; prefill 512-bit: k-quants and iq4_xs two groups of sixteen rows, others token pairs)"
         }
         (WeightLayout::Interleaved, _) => "interleaved groups, avx2",
         (WeightLayout::Rows, DotImpl::Avx2) => "avx2 rows",

@@ -19,7 +19,10 @@
 //! 110–126 → 138–155, q6_k 79 → 104, q3_k 88 → 104, q2_k 91 → 103,
 //! q4_k 109 → 125, q5_k 92 → 117 GMAC/s. Each block's quants are unpacked by the 256-bit kernel's
 //! helpers and doubled with one `vpermq` per run; a decode (one token)
-//! keeps the 256-bit kernel.
+//! keeps the 256-bit kernel. The k-quants and iq4_xs now take
+//! [`super::sixteen`]'s kernel for pairs of groups (faster still: no
+//! doubling, no folding); this one serves the 32-element formats and a
+//! group left without a neighbour.
 
 use super::BlockQ8;
 
