@@ -37,6 +37,18 @@ fn dot_group_on(kernel: GroupKernel, rows: &InterleavedRows, g: usize, acts: &[B
     out[0]
 }
 
+/// `tokens` tokens' random activations of `row_len` values each, quantized
+/// for `dtype` and lying back to back, and the blocks each takes.
+fn random_activations(rng: &mut Rng, dtype: DType, tokens: usize, row_len: usize) -> (Vec<BlockQ8>, usize) {
+    let (mut all, mut acts) = (Vec::new(), Vec::new());
+    for _ in 0..tokens {
+        quantize_activations_for(dtype, &rng.vec(row_len), &mut acts).unwrap();
+        all.extend_from_slice(&acts);
+    }
+    let per_token = all.len() / tokens;
+    (all, per_token)
+}
+
 fn random_matrix(rng: &mut Rng, dtype: DType, rows: usize, row_len: usize) -> Tensor {
     Tensor::from_f32(rng.vec(rows * row_len), &[rows, row_len]).unwrap().to_dtype(dtype).unwrap()
 }
@@ -113,7 +125,6 @@ fn a_row_in_a_decode_batch_equals_its_solo_result() {
 #[test]
 fn every_token_of_a_tile_gets_its_one_token_result() {
     let mut rng = Rng(24);
-    let mut acts = Vec::new();
     for dtype in quantized_formats() {
         let (rows, row_len) = (16, if dtype.block_size() == 256 { 512 } else { 192 });
         let w = random_matrix(&mut rng, dtype, rows, row_len);
@@ -121,12 +132,7 @@ fn every_token_of_a_tile_gets_its_one_token_result() {
         // 1 to 17 tokens: whole tiles (four, or eight on VNNI's 32-element
         // kernel) and every remainder.
         for tokens in 1..18 {
-            let mut all = Vec::new();
-            for _ in 0..tokens {
-                quantize_activations_for(dtype, &rng.vec(row_len), &mut acts).unwrap();
-                all.extend_from_slice(&acts);
-            }
-            let per_token = all.len() / tokens;
+            let (all, per_token) = random_activations(&mut rng, dtype, tokens, row_len);
             for (g, kernel) in (0..grouped.groups).flat_map(|g| fast_kernels().into_iter().map(move |k| (g, k))) {
                 let mut out = vec![[0f32; GROUP]; tokens];
                 dot_group_tokens_on(kernel, &grouped, g, &all, &mut out);
@@ -143,7 +149,6 @@ fn every_token_of_a_tile_gets_its_one_token_result() {
 #[test]
 fn token_pairs_give_each_token_its_one_token_result() {
     let mut rng = Rng(25);
-    let mut acts = Vec::new();
     let formats: Vec<DType> = quantized_formats().into_iter().filter(|&d| takes_pairs(d)).collect();
     if formats.is_empty() {
         eprintln!("no AVX-512 VNNI here: the token-pair kernel is not tested on this CPU");
@@ -156,12 +161,7 @@ fn token_pairs_give_each_token_its_one_token_result() {
         // 1 to 37 tokens: whole tiles of eight pairs, every remainder, odd
         // counts (the last token paired with itself), from every even start.
         for tokens in 1..38 {
-            let mut all = Vec::new();
-            for _ in 0..tokens {
-                quantize_activations_for(dtype, &rng.vec(row_len), &mut acts).unwrap();
-                all.extend_from_slice(&acts);
-            }
-            let per_token = all.len() / tokens;
+            let (all, per_token) = random_activations(&mut rng, dtype, tokens, row_len);
             paired.fill(&all, tokens, per_token);
             for (g, first) in (0..grouped.groups).flat_map(|g| (0..tokens).step_by(2).map(move |f| (g, f))) {
                 let mut out = vec![[0f32; GROUP]; tokens - first];
@@ -179,7 +179,6 @@ fn token_pairs_give_each_token_its_one_token_result() {
 #[test]
 fn two_groups_at_once_give_each_token_its_one_token_result() {
     let mut rng = Rng(27);
-    let mut acts = Vec::new();
     let formats: Vec<DType> = quantized_formats().into_iter().filter(|&d| takes_two_groups(d)).collect();
     if formats.is_empty() {
         eprintln!("no AVX-512 VNNI here: the two-group kernel is not tested on this CPU");
@@ -190,14 +189,9 @@ fn two_groups_at_once_give_each_token_its_one_token_result() {
         let (rows, row_len) = (24, 512);
         let w = random_matrix(&mut rng, dtype, rows, row_len);
         let grouped = interleave_rows(dtype, w.bytes(), rows, row_len).expect("interleavable");
-        // 1 to 37 tokens: whole tiles of sixteen and every remainder.
+        // 1 to 37 tokens: whole tiles of eight and every remainder.
         for tokens in 1..38 {
-            let mut all = Vec::new();
-            for _ in 0..tokens {
-                quantize_activations_for(dtype, &rng.vec(row_len), &mut acts).unwrap();
-                all.extend_from_slice(&acts);
-            }
-            let per_token = all.len() / tokens;
+            let (all, per_token) = random_activations(&mut rng, dtype, tokens, row_len);
             for g in 0..grouped.groups - 1 {
                 let mut out = vec![[0f32; 2 * GROUP]; tokens];
                 dot_two_groups(&grouped, g, &all, &mut out);
