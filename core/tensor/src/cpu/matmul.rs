@@ -525,7 +525,7 @@ fn dot_interleaved(
 ) {
     let mut sums = [[0f32; GROUP]; TOKEN_BLOCK];
     let mut sixteen = [[0f32; 2 * GROUP]; TOKEN_BLOCK];
-    let two_groups = tokens > 1 && takes_two_groups(interleaved.dtype);
+    let two_groups = takes_two_groups(interleaved.dtype);
     for first in (0..tokens).step_by(TOKEN_BLOCK) {
         let count = (tokens - first).min(TOKEN_BLOCK);
         let token_acts = &acts[first * blocks..(first + count) * blocks];
@@ -533,11 +533,7 @@ fn dot_interleaved(
         while g < groups.end {
             if two_groups && count > 1 && g + 1 < groups.end {
                 dot_two_groups(interleaved, g, token_acts, &mut sixteen[..count]);
-                for (t, row_sums) in sixteen[..count].iter().enumerate() {
-                    for (i, &value) in row_sums.iter().enumerate() {
-                        store(g * GROUP + i, first + t, value);
-                    }
-                }
+                store_rows(&sixteen[..count], g * GROUP, first, &mut store);
                 g += 2;
                 continue;
             }
@@ -545,12 +541,23 @@ fn dot_interleaved(
                 Some(paired) if count > 1 => dot_group_pairs(interleaved, g, paired, first, &mut sums[..count]),
                 _ => dot_group_tokens(interleaved, g, token_acts, &mut sums[..count]),
             }
-            for (t, row_sums) in sums[..count].iter().enumerate() {
-                for (i, &value) in row_sums.iter().enumerate() {
-                    store(g * GROUP + i, first + t, value);
-                }
-            }
+            store_rows(&sums[..count], g * GROUP, first, &mut store);
             g += 1;
+        }
+    }
+}
+
+/// Hands each token's sums of `N` rows from `first_row` to `store(row,
+/// token, value)`, tokens from `first_token`.
+fn store_rows<const N: usize>(
+    sums: &[[f32; N]],
+    first_row: usize,
+    first_token: usize,
+    store: &mut impl FnMut(usize, usize, f32),
+) {
+    for (t, row_sums) in sums.iter().enumerate() {
+        for (i, &value) in row_sums.iter().enumerate() {
+            store(first_row + i, first_token + t, value);
         }
     }
 }

@@ -110,11 +110,9 @@ fn tile_of<const T: usize>(format: usize, groups: [&[u8]; 2], acts: &[BlockQ8], 
         }
     };
     for (sums, lanes) in out.iter_mut().zip(lanes) {
-        let (first, second) = lanes.split_at(GROUP);
-        let first: [f32; GROUP] = std::array::from_fn(|i| first[i]);
-        let second: [f32; GROUP] = std::array::from_fn(|i| second[i]);
-        sums[..GROUP].copy_from_slice(&in_row_order(first));
-        sums[GROUP..].copy_from_slice(&in_row_order(second));
+        for (group_rows, group_lanes) in sums.chunks_exact_mut(GROUP).zip(lanes.chunks_exact(GROUP)) {
+            group_rows.copy_from_slice(&in_row_order(std::array::from_fn(|i| group_lanes[i])));
+        }
     }
 }
 
