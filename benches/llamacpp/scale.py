@@ -9,8 +9,11 @@ machine, same run (benches/llamacpp/run.sh scale drives it).
         per file: prefill (128 tokens) and decode (32 tokens) tok/s, alternating
         engines round by round, medians and ratios, decode's effective
         bandwidth (weight bytes per token x tok/s) against a copy bandwidth
-        measured now on the same number of threads, and both engines' peak RSS
-        (llama.cpp in a child process per run).
+        measured at the start on the same number of threads (read + write
+        bytes, as STREAM counts them) and against a read bandwidth measured
+        right after the file's rounds (a decode only reads its weights; on a
+        shared VM the memory's speed moves between minutes), and both engines'
+        peak RSS (llama.cpp in a child process per run).
 """
 import argparse, ctypes, os, subprocess, sys, threading, time
 from pathlib import Path
@@ -98,6 +101,23 @@ def copy_bandwidth(threads, mib=512):
     return threads * 4 * 2 * (mib << 20) / seconds / 1e9  # read + write
 
 
+def read_bandwidth(threads, mib=512, rounds=3):
+    """GB/s of `threads` threads each reading its own buffer (an OR reduction,
+    numpy releases the GIL), best of `rounds`: the ceiling of a decode, which
+    reads its weights and writes next to nothing."""
+    bufs = [np.ones(mib << 17, dtype=np.uint64) for _ in range(threads)]
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        workers = [threading.Thread(target=np.bitwise_or.reduce, args=(buf,)) for buf in bufs]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = min(best, time.perf_counter() - start)
+    return threads * (mib << 20) / best / 1e9
+
+
 def llama_run(path, threads):
     from llama_cpp import Llama
     llm = Llama(model_path=path, n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -144,10 +164,16 @@ def llama_run_apart(path, threads):
 
 
 def greedy(args):
-    """Greedy continuations of the same prompt by both engines, token ids compared."""
+    """Greedy continuations of the same prompt by both engines, token ids compared.
+    `--kv f32` gives llama.cpp an f32 KV cache (its default is f16; tailor's
+    CPU cache is f32): on a random model, whose top two logits often lie
+    within rounding of each other, that alone moves llama.cpp's own path."""
     import json
+    import llama_cpp
     from llama_cpp import Llama
-    llm = Llama(model_path=args.gguf, n_ctx=256, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    kv_type = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[args.kv]
+    llm = Llama(model_path=args.gguf, n_ctx=256, n_threads=args.threads, n_threads_batch=args.threads, verbose=False,
+                type_k=kv_type, type_v=kv_type)
     toks = llm.tokenize(args.prompt.encode(), add_bos=False)
     llm.eval(toks)
     logits = lambda: np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
@@ -163,7 +189,7 @@ def greedy(args):
                          check=True, capture_output=True, text=True).stdout
     ours = [json.loads(line)["id"] for line in out.splitlines() if line.startswith("{")]
     same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-    print(f"{args.gguf}: prompt {args.prompt!r}, {len(toks)} prompt tokens")
+    print(f"{args.gguf}: prompt {args.prompt!r}, {len(toks)} prompt tokens, llama.cpp KV cache {args.kv}")
     print(f"  equal for {same} of {args.tokens} greedy tokens"
           + ("" if same == args.tokens else f"; at {same}: tailor {ours[same]} vs llama.cpp {theirs[same]}, "
              f"llama.cpp's top-2 logit gap there {margins[same]:.4f}"))
@@ -197,7 +223,7 @@ def bench(args):
     print(f"CPU {cpu}; {args.threads} threads; copy bandwidth {copy:.1f} GB/s (read + write)")
     print(subprocess.run([args.tailor, "cpu"], capture_output=True, text=True).stdout, end="")
     print(f"{'file':28s} {'prefill t/l':>18s} {'ratio':>6s} {'decode t/l':>14s} {'ratio':>6s} "
-          f"{'GB/s':>6s} {'% copy':>6s} {'RSS MiB t/l':>14s}  {'round ratios p, d':>20s}")
+          f"{'GB/s':>6s} {'% copy':>6s} {'read':>5s} {'% read':>6s} {'RSS MiB t/l':>14s}  {'round ratios p, d':>20s}")
     for path in args.gguf:
         rows = {"tailor": [], "llama": []}
         rss = their_rss = 0
@@ -209,12 +235,15 @@ def bench(args):
         med = {k: (float(np.median([v[0] for v in vs])), float(np.median([v[1] for v in vs]))) for k, vs in rows.items()}
         (tp, td), (lp, ld) = med["tailor"], med["llama"]
         gbs = weight_bytes_per_token(path) * td / 1e9
+        read = read_bandwidth(args.threads)
         spread = [f"{min(r):.2f}-{max(r):.2f}" for r in round_ratios(rows)]
         print(f"{Path(path).name:28s} {tp:8.1f} / {lp:7.1f} {tp / lp:5.2f}x {td:6.1f} / {ld:5.1f} {td / ld:5.2f}x "
-              f"{gbs:6.1f} {100 * gbs / copy:5.0f}% {rss:6.0f} / {their_rss:5.0f}  {spread[0]:>9s} {spread[1]:>9s}",
+              f"{gbs:6.1f} {100 * gbs / copy:5.0f}% {read:5.1f} {100 * gbs / read:5.0f}% {rss:6.0f} / {their_rss:5.0f}  {spread[0]:>9s} {spread[1]:>9s}",
               flush=True)
     print("RSS: peak resident MiB of the whole tailor process / of llama.cpp's, above the Python "
           "interpreter and library it runs in")
+    print("GB/s: decode's weight bytes per token x tok/s; read: GB/s of the threads reading memory, "
+          "measured after the file's rounds")
     print("round ratios: the lowest and highest tailor/llama.cpp ratio of a single round (its two runs "
           "back to back), prefill then decode: how far this machine's noise moves one comparison")
 
@@ -236,7 +265,7 @@ def main():
     b.add_argument("--threads", type=int, default=2); b.add_argument("--rounds", type=int, default=3)
     g = sub.add_parser("greedy"); g.add_argument("tailor"); g.add_argument("gguf")
     g.add_argument("--prompt", default="The history of the city begins"); g.add_argument("--tokens", type=int, default=32)
-    g.add_argument("--threads", type=int, default=2)
+    g.add_argument("--threads", type=int, default=2); g.add_argument("--kv", choices=["f16", "f32"], default="f16")
     c = sub.add_parser("llama-child"); c.add_argument("gguf"); c.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.cmd == "greedy":
