@@ -23,11 +23,12 @@ const TILE_ROWS: usize = 8;
 /// Tiles that share one pass over the weight panels (their rows stay in L2).
 const CHUNK_TILES: usize = 8;
 
-/// True when this CPU has AVX-512 BF16 (checked once by std, cached).
+/// True when this CPU has AVX-512 BF16 (with F and VL, see
+/// [`super::has_avx512`]; checked once by std, cached).
 pub fn bf16_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+        super::has_avx512() && is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -436,7 +437,7 @@ mod avx512 {
     ///
     /// # Safety
     /// The CPU must have AVX-512F and AVX-512 BF16.
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
     pub(super) unsafe fn round_row(src: &[f32], dst: &mut [u32]) {
         assert!(dst.len() * 2 >= src.len());
         let full = src.len() / 32;
@@ -460,7 +461,7 @@ mod avx512 {
     /// # Safety
     /// The CPU must have AVX-512F and AVX-512 BF16; `target.dst` must be
     /// writable for `rows` rows of `target.cols` columns at its stride.
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
     pub(super) unsafe fn tile(a: &[u32], pairs: usize, rows: usize, panel: &[u32], target: &TileTarget<'_>) {
         assert!(rows <= TILE_ROWS && a.len() >= rows * pairs && panel.len() >= pairs * PANEL);
         assert!(target.cols <= PANEL && target.bias.is_none_or(|b| b.len() == target.cols));
@@ -486,7 +487,7 @@ mod avx512 {
     ///
     /// # Safety
     /// As [`tile`], with `a` holding `R × pairs` words.
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
     #[allow(clippy::needless_range_loop)] // indexing keeps the accumulators in registers
     unsafe fn tile_rows<const R: usize>(a: &[u32], pairs: usize, panel: &[u32], target: &TileTarget<'_>) {
         let mut sums = [[_mm512_setzero_ps(); 2]; R];

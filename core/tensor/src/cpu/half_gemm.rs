@@ -132,7 +132,7 @@ impl HalfKernel {
         {
             let f16c = is_x86_feature_detected!("f16c");
             let mut kernels = Vec::new();
-            if f16c && is_x86_feature_detected!("avx512f") {
+            if f16c && super::has_avx512() {
                 kernels.push(HalfKernel::Avx512);
             }
             if f16c && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -520,7 +520,7 @@ unsafe fn store<const R: usize, const T: usize>(tile: &Tile, out: &OutPtr, sums:
 /// accumulators taken from and left in `sums`; after the `last` pass,
 /// each accumulator's lanes reduced.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,f16c,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,f16c,avx2,fma")]
 unsafe fn kernel<const R: usize, const T: usize>(
     tile: &Tile,
     x: &[f32],
@@ -547,7 +547,7 @@ unsafe fn kernel<const R: usize, const T: usize>(
 /// first input of the pass) and `x` (the pass's packed inputs), for bf16
 /// (`BF16`) or f16 rows (the branch outside the loop).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,f16c,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512vl,f16c,avx2,fma")]
 #[inline]
 unsafe fn steps_avx512<const R: usize, const T: usize, const BF16: bool>(
     acc: &mut [[std::arch::x86_64::__m512; R]; T],
@@ -578,7 +578,7 @@ unsafe fn steps_avx512<const R: usize, const T: usize, const BF16: bool>(
 
 /// A tile's accumulators as the previous pass left them in `sums`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn load_sums<const R: usize, const T: usize>(sums: &Avx512Sums) -> [[std::arch::x86_64::__m512; R]; T] {
     use std::arch::x86_64::*;
     std::array::from_fn(|j| std::array::from_fn(|i| _mm512_loadu_ps(sums.0[j][i].as_ptr())))
@@ -587,7 +587,7 @@ unsafe fn load_sums<const R: usize, const T: usize>(sums: &Avx512Sums) -> [[std:
 /// After a pass: the accumulators reduced if it was the `last`, else
 /// kept in `sums` for the next.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn finish_pass<const R: usize, const T: usize>(
     acc: [[std::arch::x86_64::__m512; R]; T],
     last: bool,
@@ -611,7 +611,7 @@ unsafe fn finish_pass<const R: usize, const T: usize>(
 /// in `sums` between passes as in [`kernel`]; after the `last` pass, each
 /// chain's lanes reduced as there.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
 unsafe fn bf16_kernel<const R: usize, const T: usize>(
     tile: &Tile,
     x: &Bf16Rows,
@@ -649,7 +649,7 @@ unsafe fn bf16_kernel<const R: usize, const T: usize>(
 /// of the reference's `reduce_lanes`, returned by row, then token; sixteen
 /// accumulators at a time in registers ([`reduce_sixteen`]).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn reduce_tile<const R: usize, const T: usize>(acc: [[std::arch::x86_64::__m512; R]; T]) -> [[f32; T]; R] {
     use std::arch::x86_64::*;
     const SLOTS: usize = 2 * LANES;
@@ -681,7 +681,7 @@ fn sixteen_slot(k: usize) -> usize {
 /// addition serves two accumulators or more: 45 instructions instead of
 /// 16 stores and 240 scalar additions.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn reduce_sixteen(acc: &[std::arch::x86_64::__m512; LANES]) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     // 16 → 8: [a0..8 + a8..16, b0..8 + b8..16] for accumulators a, b.

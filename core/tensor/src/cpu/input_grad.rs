@@ -185,7 +185,7 @@ fn column_mask(block: &Block) -> u32 {
 /// weight rows of `width` columns, `T` tokens' `rows` words, and `T`
 /// writable rows of `width` values in `dx`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw")]
 unsafe fn f32_tile<const T: usize>(b: &Block) {
     use std::arch::x86_64::*;
     let columns = column_mask(b);
@@ -216,7 +216,7 @@ unsafe fn f32_tile<const T: usize>(b: &Block) {
 /// `rows` bf16 weight rows of `width` columns, `T` tokens'
 /// `rows.div_ceil(2)` words, and `T` writable rows of `width` values in `dx`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16")]
 unsafe fn bf16_tile<const T: usize>(b: &Block) {
     use std::arch::x86_64::*;
     let columns: __mmask32 = column_mask(b);

@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 ///
 /// # Safety
 /// The CPU must have AVX-512F.
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 pub(super) unsafe fn softmax(x: &mut [f32]) {
     let n = x.len();
     let ptr = x.as_mut_ptr();
@@ -41,7 +41,7 @@ pub(super) unsafe fn softmax(x: &mut [f32]) {
 /// The exact GELU `x·Φ(x)`, with erf from Abramowitz & Stegun 7.1.26
 /// (absolute error below 1.5e-7).
 #[inline]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[allow(clippy::excessive_precision)] // the published coefficients, kept as written
 pub(super) fn gelu(x: __m512) -> __m512 {
     let z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
@@ -63,7 +63,7 @@ pub(super) fn gelu(x: __m512) -> __m512 {
 /// `e^x` for x ≤ 0 to about 2e-7 relative, as `exp_fast`: `x = n·ln 2
 /// + r`, a degree-6 polynomial for `e^r`, and `2^n` by `vscalefps`.
 #[inline]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 pub(super) fn exp(x: __m512) -> __m512 {
     let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
     let scaled = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));

@@ -204,7 +204,7 @@ unsafe fn run_tile(_: Words, _: &Tile, _: usize) {
 
 /// [`kernel`] on f32 words.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn f32_kernel<const R: usize>(tile: &Tile) {
     use std::arch::x86_64::*;
     kernel::<R>(tile, |acc, weight, tokens| {
@@ -214,7 +214,7 @@ unsafe fn f32_kernel<const R: usize>(tile: &Tile) {
 
 /// [`kernel`] on bf16 pairs.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
 unsafe fn bf16_kernel<const R: usize>(tile: &Tile) {
     use std::arch::x86_64::*;
     // __m512i and __m512bh are both 64-byte vectors: the transmutes

@@ -344,7 +344,7 @@ mod vnni {
     /// adds). Each token's sum is formed in the same order whichever four
     /// tokens share the call.
     #[inline]
-    #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
     unsafe fn reduce4(acc: [__m512; 4]) -> __m128 {
         let half = |v: __m512| _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps::<1>(v));
         let h01 = _mm256_hadd_ps(half(acc[0]), half(acc[1]));

@@ -72,7 +72,7 @@ pub(super) fn widen_where_f16_overflowed(dtype: DType, w: &[u8], in_dim: usize, 
 /// are kept in `sums` between passes as in [`kernel`]; after the `last`
 /// pass, each chain's lanes reduced as there.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512fp16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512fp16")]
 pub(super) unsafe fn f16_kernel<const R: usize, const T: usize>(
     tile: &Tile,
     x: &[u16],
