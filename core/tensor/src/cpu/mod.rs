@@ -62,7 +62,7 @@ use by_count_to_12;
 /// compiled with VL too: without it LLVM cannot give a value that a
 /// 256-bit operation also touches any of registers 16–31, and the f16 tile's
 /// loop kept a third of its sums on the stack (1B f16 prefill tiles,
-/// Sapphire Rapids: 116–130 → 142–167 GMAC/s).
+/// Sapphire Rapids, 2 threads: 116–130 → 135–167 GMAC/s).
 pub(crate) fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
