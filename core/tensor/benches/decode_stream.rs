@@ -44,7 +44,9 @@ fn read_seconds(words: &[u64]) -> f64 {
 /// weights are (the TLB misses of 4 KiB pages would cost the read its
 /// speed, not the memory).
 fn huge_words(words: usize) -> Vec<u64> {
-    let mut buffer = vec![1u64; words];
+    // Zeroed memory comes untouched from the kernel, so the advice applies
+    // before the first write faults its pages in.
+    let mut buffer = vec![0u64; words];
     // SAFETY: madvise only changes how the kernel backs this allocation's
     // pages (the range lies inside `buffer`); contents stay as they are.
     unsafe { libc::madvise(buffer.as_mut_ptr().cast(), words * 8, libc::MADV_HUGEPAGE) };
