@@ -189,7 +189,8 @@ fn two_groups_at_once_give_each_token_its_one_token_result() {
         let (rows, row_len) = (24, 512);
         let w = random_matrix(&mut rng, dtype, rows, row_len);
         let grouped = interleave_rows(dtype, w.bytes(), rows, row_len).expect("interleavable");
-        // 1 to 37 tokens: whole tiles of eight and every remainder.
+        // 1 to 37 tokens: whole tiles of sixteen, the remainders' tiles of
+        // eight and fewer.
         for tokens in 1..38 {
             let (all, per_token) = random_activations(&mut rng, dtype, tokens, row_len);
             for g in 0..grouped.groups - 1 {

@@ -50,6 +50,10 @@ pub struct BlockQ8 {
     /// subtracts its `32·Σ a` per half-block from these, once per token
     /// rather than once per group of weight rows).
     pub half_sums: [i16; 2],
+    /// `−32 ·` [`BlockQ8::half_sums`] as i32: the offset term of weights
+    /// stored as `q + 32` (q6_k, and q3_k in the two-group kernel), where a
+    /// chain of `vpdpbusd` starts with one broadcast load, no multiply.
+    pub offset_sums: [i32; 2],
 }
 
 /// Quantizes a row of activations (length a multiple of 32) to [`BlockQ8`]s,
@@ -154,7 +158,7 @@ unsafe fn quantize_block_avx2(block: &[f32], d: f32) -> BlockQ8 {
     let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     let mut qs = [0i8; QK];
     _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, ordered);
-    BlockQ8 { d, s: d * sum as f32, qs, half_sums: half_sums(&qs) }
+    block_q8(d, sum, qs)
 }
 
 /// One block of `x` quantized at scale `d` (the block's own `amax / 127`,
@@ -169,7 +173,14 @@ fn quantize_activation_block(x: &[f32], d: f32) -> BlockQ8 {
         *q = (v * id).round_ties_even() as i8;
         sum += *q as i32;
     }
-    BlockQ8 { d, s: d * sum as f32, qs, half_sums: half_sums(&qs) }
+    block_q8(d, sum, qs)
+}
+
+/// A quantized block with the sums its kernels take.
+#[inline(always)]
+fn block_q8(d: f32, sum: i32, qs: [i8; QK]) -> BlockQ8 {
+    let half_sums = half_sums(&qs);
+    BlockQ8 { d, s: d * sum as f32, qs, half_sums, offset_sums: half_sums.map(|h| -32 * h as i32) }
 }
 
 /// The sums of the two 16-quant halves of a block (each within ±2032).

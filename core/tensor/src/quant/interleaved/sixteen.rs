@@ -18,20 +18,34 @@
 //! operations in the same order as the 256-bit kernel's, so every token
 //! gets, bit for bit, what [`super::dot_group`] gives it alone.
 //!
-//! One thread, 2048 × 2048, 64 tokens, Sapphire Rapids (`group_kernels`,
-//! token pairs → this, same run): q6_k 125 → 145, q3_k 119 → 141, q2_k
-//! 130 → 163, q4_k 149 → 170, q5_k 134 → 149, iq4_xs 170 → 184 GMAC/s.
-//! Tried: sixteen tokens per call (their loop no longer unrolls; no
-//! faster), one chain of eight `vpdpbusd` for q4_k with its mins in the
-//! loop (slower than two chains there; with the mins in a pass of their
-//! own, one chain is best).
+//! Sixteen tokens per call: each token's sums stay in a register, and
+//! the unpacking and rearranging of a block is shared by twice as many
+//! tokens as at eight. The kernels' loops over tokens run eight at a time
+//! ([`kernel`]'s `eights`): LLVM unrolls those, and keeps the sums in
+//! registers, but not a loop of sixteen. q6_k and q3_k are unpacked as
+//! `q + 32`, so each chain starts at the token's `−32·Σ a`
+//! ([`BlockQ8::offset_sums`], one broadcast load) instead of a
+//! `vpdpwssd` per token and act block; q2_k's mins are a pass of their
+//! own, which leaves the main loop's registers to the sums.
+//!
+//! One thread, 2048 × 2048, 64 tokens, Sapphire Rapids (`group_kernels`):
+//! token pairs → this kernel at eight tokens (an earlier session, another
+//! host): q6_k 125 → 145, q3_k 119 → 141, q2_k 130 → 163, q4_k 149 → 170,
+//! q5_k 134 → 149, iq4_xs 170 → 184 GMAC/s; eight tokens → sixteen with
+//! the offsets above (one run, this host): q6_k 119 → 158, q3_k 114 →
+//! 161, q2_k 131 → 160, q4_k 150 → 159, q5_k 137 → 155, iq4_xs 166 → 195.
+//! Tried: one chain of eight `vpdpbusd` for q4_k with its mins in the loop
+//! (slower than two chains there; with the mins in a pass of their own,
+//! one chain is best).
 
 use super::{in_row_order, BlockQ8, GroupKernel, InterleavedRows, GROUP};
 use crate::DType;
 
-/// Tokens one call of a kernel takes: eight tokens' sums stay in
-/// registers (sixteen measured no faster: their loop no longer unrolls).
-const TWO_GROUP_TILE: usize = 8;
+/// Tokens one call of a kernel takes (see the module's header).
+const TWO_GROUP_TILE: usize = 16;
+
+/// The largest tile of the tokens past the last whole one.
+const REMAINDER_TILE: usize = 8;
 
 /// Whether [`dot_two_groups`] takes `dtype` on this CPU: the k-quants and
 /// iq4_xs, with AVX-512 VNNI.
@@ -74,16 +88,22 @@ pub fn dot_two_groups(rows: &InterleavedRows, g: usize, acts: &[BlockQ8], out: &
     {
         let format = two_group_format(rows.dtype).unwrap_or(0);
         let groups = [rows.group(g), rows.group(g + 1)];
-        for (tile, sums) in acts.chunks(TWO_GROUP_TILE * per_token).zip(out.chunks_mut(TWO_GROUP_TILE)) {
-            match sums.len() {
-                8 => tile_of::<8>(format, groups, tile, sums),
-                7 => tile_of::<7>(format, groups, tile, sums),
-                6 => tile_of::<6>(format, groups, tile, sums),
-                5 => tile_of::<5>(format, groups, tile, sums),
-                4 => tile_of::<4>(format, groups, tile, sums),
-                3 => tile_of::<3>(format, groups, tile, sums),
-                2 => tile_of::<2>(format, groups, tile, sums),
-                _ => tile_of::<1>(format, groups, tile, sums),
+        for (acts, sums) in acts.chunks(TWO_GROUP_TILE * per_token).zip(out.chunks_mut(TWO_GROUP_TILE)) {
+            if sums.len() == TWO_GROUP_TILE {
+                tile_of::<TWO_GROUP_TILE>(format, groups, acts, sums);
+                continue;
+            }
+            for (acts, sums) in acts.chunks(REMAINDER_TILE * per_token).zip(sums.chunks_mut(REMAINDER_TILE)) {
+                match sums.len() {
+                    8 => tile_of::<8>(format, groups, acts, sums),
+                    7 => tile_of::<7>(format, groups, acts, sums),
+                    6 => tile_of::<6>(format, groups, acts, sums),
+                    5 => tile_of::<5>(format, groups, acts, sums),
+                    4 => tile_of::<4>(format, groups, acts, sums),
+                    3 => tile_of::<3>(format, groups, acts, sums),
+                    2 => tile_of::<2>(format, groups, acts, sums),
+                    _ => tile_of::<1>(format, groups, acts, sums),
+                }
             }
         }
     }
@@ -163,23 +183,22 @@ mod kernel {
         }
         let two = _mm512_set1_epi8(3);
         let low = _mm512_loadu_si512(q as *const _);
-        let mut runs = [
-            _mm512_and_si512(low, two),
-            _mm512_and_si512(_mm512_srli_epi16::<2>(low), two),
-            _mm512_and_si512(_mm512_srli_epi16::<4>(low), two),
-            _mm512_and_si512(_mm512_srli_epi16::<6>(low), two),
-        ];
-        if HALVES[F] == DType::Q3K {
-            // Both quads share the act block's third bits: run k's is bit
-            // k of a byte for quad 0 (the low half), bit 4 + k for quad 1;
-            // it becomes bit 2 (`q + 4`), where the run's bytes hold 0.
-            let third = _mm512_broadcast_i64x4(_mm256_loadu_si256(q.add(64) as *const __m256i));
-            let four = _mm512_set1_epi8(4);
-            for (k, run) in runs.iter_mut().enumerate() {
-                let quad0 = _mm512_castsi256_si512(_mm256_set1_epi8(1 << k));
-                let bit = _mm512_inserti64x4::<1>(quad0, _mm256_set1_epi8((1u8 << (4 + k)) as i8));
-                *run = _mm512_mask_add_epi8(*run, _mm512_test_epi8_mask(third, bit), *run, four);
-            }
+        let parts = [low, _mm512_srli_epi16::<2>(low), _mm512_srli_epi16::<4>(low), _mm512_srli_epi16::<6>(low)];
+        if HALVES[F] != DType::Q3K {
+            return parts.map(|part| _mm512_and_si512(part, two));
+        }
+        // q3_k as `q + 32`, q6_k's offset: the 2-bit part ORed with 28 in
+        // one step (`(part & 3) | 28`), then 4 more where the third bit is
+        // set. Both quads share the act block's third bits: run k's is bit
+        // k of a byte for quad 0 (the low half), bit 4 + k for quad 1.
+        const LOW_OR_C: i32 = 0xF8;
+        let (c28, four) = (_mm512_set1_epi8(28), _mm512_set1_epi8(4));
+        let third = _mm512_broadcast_i64x4(_mm256_loadu_si256(q.add(64) as *const __m256i));
+        let mut runs = parts.map(|part| _mm512_ternarylogic_epi32::<LOW_OR_C>(c28, part, two));
+        for (k, run) in runs.iter_mut().enumerate() {
+            let quad0 = _mm512_castsi256_si512(_mm256_set1_epi8(1 << k));
+            let bit = _mm512_inserti64x4::<1>(quad0, _mm256_set1_epi8((1u8 << (4 + k)) as i8));
+            *run = _mm512_mask_add_epi8(*run, _mm512_test_epi8_mask(third, bit), *run, four);
         }
         runs
     }
@@ -253,26 +272,67 @@ mod kernel {
 
     /// Adds to each token's `totals` Σ_half sc·Σ q·a of an act block's
     /// sixteen rows: per half a chain of four `vpdpbusd`, times the rows'
-    /// i32 scales. Half by half, the loop over tokens has a short body, so
-    /// it unrolls and `totals` stay in registers.
+    /// i32 scales. With `OFFSET` (weights stored as `q + 32`) each chain
+    /// starts at the token's `−32·Σ a` of the half, one broadcast load, so
+    /// the sum is the exact `sc·(Σ (q + 32)·a − 32·Σ a)`. Half by half, the
+    /// loop over tokens has a short body, so it unrolls and `totals` stay
+    /// in registers.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn halves_tokens<const T: usize>(
+    unsafe fn halves_tokens<const T: usize, const OFFSET: bool>(
         w: &[[__m512i; 2]; 4],
         scales: &[__m512i; 2],
         a: &[&BlockQ8; T],
         totals: &mut [__m512i; T],
     ) {
-        for (half, (runs, &scale)) in w.chunks_exact(2).zip(scales).enumerate() {
-            for (a, total) in a.iter().zip(totals.iter_mut()) {
-                // Each i32 lane: Σ of 16 products ≤ 63·127 (q6_k).
-                let mut chain = _mm512_setzero_si512();
-                for (k, [evens, odds]) in (2 * half..).zip(runs) {
-                    chain = _mm512_dpbusd_epi32(chain, *evens, act_dword(a, 2 * k));
-                    chain = _mm512_dpbusd_epi32(chain, *odds, act_dword(a, 2 * k + 1));
-                }
-                *total = _mm512_add_epi32(*total, _mm512_mullo_epi32(chain, scale));
+        if T <= 8 {
+            half_tokens::<T, OFFSET>(&w[..2], scales[0], 0, a, totals);
+            half_tokens::<T, OFFSET>(&w[2..], scales[1], 1, a, totals);
+            return;
+        }
+        let [(a_low, low), (a_high, high)] = eights(a, totals);
+        for (half, runs) in w.chunks_exact(2).enumerate() {
+            half_tokens::<8, OFFSET>(runs, scales[half], half, a_low, low);
+            half_tokens::<8, OFFSET>(runs, scales[half], half, a_high, high);
+        }
+    }
+
+    /// A tile of sixteen tokens' activations and sums as its two eights:
+    /// the kernels' loops over eight tokens unroll and keep their sums in
+    /// registers, a loop over sixteen does not (its sums then go through
+    /// memory at every step, ~10 % slower).
+    #[inline(always)]
+    fn eights<'a, 'b, S, const T: usize>(
+        a: &'a [&'b BlockQ8; T],
+        sums: &'a mut [S; T],
+    ) -> [(&'a [&'b BlockQ8; 8], &'a mut [S; 8]); 2] {
+        // Callers take this path for tiles of sixteen only (`T > 8`).
+        let (a_low, a_high) = a.split_first_chunk::<8>().expect("a tile of sixteen");
+        let (low, high) = sums.split_first_chunk_mut::<8>().expect("a tile of sixteen");
+        let a_high = a_high.first_chunk::<8>().expect("a tile of sixteen");
+        let high = high.first_chunk_mut::<8>().expect("a tile of sixteen");
+        [(a_low, low), (a_high, high)]
+    }
+
+    /// [`halves_tokens`] for half `half` (its runs `runs`, scales `scale`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn half_tokens<const T: usize, const OFFSET: bool>(
+        runs: &[[__m512i; 2]],
+        scale: __m512i,
+        half: usize,
+        a: &[&BlockQ8; T],
+        totals: &mut [__m512i; T],
+    ) {
+        for (a, total) in a.iter().zip(totals.iter_mut()) {
+            // Each i32 lane: 16 products, each within ±63·127 (q6_k), and
+            // the offset, within ±32·2032.
+            let mut chain = if OFFSET { _mm512_set1_epi32(a.offset_sums[half]) } else { _mm512_setzero_si512() };
+            for (k, [evens, odds]) in (2 * half..).zip(runs) {
+                chain = _mm512_dpbusd_epi32(chain, *evens, act_dword(a, 2 * k));
+                chain = _mm512_dpbusd_epi32(chain, *odds, act_dword(a, 2 * k + 1));
             }
+            *total = _mm512_add_epi32(*total, _mm512_mullo_epi32(chain, scale));
         }
     }
 
@@ -324,6 +384,12 @@ mod kernel {
         a: &[&BlockQ8; T],
         acc: &mut [__m512; T],
     ) {
+        if T > 8 {
+            for (a, acc) in eights(a, acc) {
+                k_tokens::<8>(w, scaled, a, acc);
+            }
+            return;
+        }
         for (a, acc) in a.iter().zip(acc.iter_mut()) {
             let mut dot = _mm512_setzero_si512();
             for (k, [evens, odds]) in w.iter().enumerate() {
@@ -400,10 +466,11 @@ mod kernel {
     /// Sixteen lanes per token (group `groups[0]`'s lanes, then
     /// `groups[1]`'s, each in lane order) of a q6_k, q3_k or q2_k pair of
     /// groups, the 256-bit kernel's sums exactly: per act block and half a
-    /// chain of four `vpdpbusd` from `−offset·Σ a` (the half's sum of
-    /// activations), times the half's i32 scales, into the super block's
-    /// total; then `acc += d·(a.d·total)`, q2_k `mins += dmin·(a.d·Σ_half
-    /// m·Σ a)`; then `acc − mins`.
+    /// chain of four `vpdpbusd`, times the half's i32 scales, into the
+    /// super block's integer total (q6_k and q3_k, unpacked as `q + 32`:
+    /// each chain from `−32·Σ a`, so the total is Σ_half sc·Σ q·a, the
+    /// 256-bit kernel's integer); then `acc += d·(a.d·total)`; q2_k less
+    /// its mins ([`q2_k_mins`]).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn dot_halves_two<const T: usize, const F: usize>(
         groups: [&[u8]; 2],
@@ -414,13 +481,10 @@ mod kernel {
         let size = InterleavedRows::block_bytes(dtype);
         let q2_k = dtype == DType::Q2K;
         let low_nibbles = _mm_set1_epi8(0x0F);
-        let mut acc = [[0f32; 16]; T];
-        let mut mins = [[0f32; 16]; T];
+        let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..acts[0].len() / 8 {
             let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
             let mut totals = [_mm512_setzero_si512(); T];
-            // Σ_half sc·Σ a (the offset's part); q2_k: Σ_half m·Σ a.
-            let mut side = [_mm512_setzero_si512(); T];
             for j in 0..8 {
                 let at = layout.scales + 16 * j;
                 let (lo, hi) =
@@ -429,44 +493,60 @@ mod kernel {
                 let (lo_scales, hi_scales) =
                     if q2_k { (_mm_and_si128(lo, low_nibbles), _mm_and_si128(hi, low_nibbles)) } else { (lo, hi) };
                 let scales = [_mm512_cvtepi8_epi32(lo_scales), _mm512_cvtepi8_epi32(hi_scales)];
-                // Both halves' scales (q2_k: mins) of each lane as an i16 pair.
-                let byte_pairs = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-                let side_pairs = if q2_k {
-                    _mm512_srli_epi16::<4>(_mm512_cvtepu8_epi16(byte_pairs))
-                } else {
-                    _mm512_cvtepi8_epi16(byte_pairs)
-                };
                 let quants = layout.quants + layout.act_bytes * j;
                 let w = sixteen_rows::<F>(first.add(quants), second.add(quants));
                 let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
-                halves_tokens(&w, &scales, &a, &mut totals);
-                for t in 0..T {
-                    let half_sums = _mm512_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
-                    side[t] = _mm512_dpwssd_epi32(side[t], side_pairs, half_sums);
+                if q2_k {
+                    halves_tokens::<T, false>(&w, &scales, &a, &mut totals);
+                } else {
+                    halves_tokens::<T, true>(&w, &scales, &a, &mut totals);
                 }
             }
             let d = f16x16(first, second);
-            let dmin = if q2_k { f16x16(first.add(16), second.add(16)) } else { _mm512_setzero_ps() };
-            let shift = _mm_cvtsi32_si128(layout.offset_shift);
-            for t in 0..T {
+            for (t, (acc, total)) in acc.iter_mut().zip(totals).enumerate() {
                 let a_d = _mm512_set1_ps(acts[t][8 * b].d);
-                let total =
-                    if q2_k { totals[t] } else { _mm512_sub_epi32(totals[t], _mm512_sll_epi32(side[t], shift)) };
-                let sum = _mm512_loadu_ps(acc[t].as_ptr());
-                let sum = _mm512_fmadd_ps(d, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(total)), sum);
-                _mm512_storeu_ps(acc[t].as_mut_ptr(), sum);
-                if q2_k {
-                    let sum = _mm512_loadu_ps(mins[t].as_ptr());
-                    let sum = _mm512_fmadd_ps(dmin, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(side[t])), sum);
-                    _mm512_storeu_ps(mins[t].as_mut_ptr(), sum);
-                }
+                *acc = _mm512_fmadd_ps(d, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(total)), *acc);
             }
         }
-        for (acc, mins) in acc.iter_mut().zip(&mins) {
-            let difference = _mm512_sub_ps(_mm512_loadu_ps(acc.as_ptr()), _mm512_loadu_ps(mins.as_ptr()));
-            _mm512_storeu_ps(acc.as_mut_ptr(), difference);
+        let mins = if q2_k { q2_k_mins(groups, acts) } else { [_mm512_setzero_ps(); T] };
+        let mut out = [[0f32; 16]; T];
+        for ((lanes, acc), mins) in out.iter_mut().zip(acc).zip(mins) {
+            _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_sub_ps(acc, mins));
         }
-        acc
+        out
+    }
+
+    /// Each token's q2_k mins, `Σ_b dmin·(a.d·Σ_j Σ_half m·Σ a)` in super
+    /// block order, the 256-bit kernel's: a pass of its own (the quants
+    /// play no part), which leaves the main loop's registers to the sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q2_k_mins<const T: usize>(groups: [&[u8]; 2], acts: &[&[BlockQ8]; T]) -> [__m512; T] {
+        let layout = HalvesLayout::of(DType::Q2K);
+        let size = InterleavedRows::block_bytes(DType::Q2K);
+        let mut mins = [_mm512_setzero_ps(); T];
+        for b in 0..acts[0].len() / 8 {
+            let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
+            let mut side = [_mm512_setzero_si512(); T];
+            for j in 0..8 {
+                let at = layout.scales + 16 * j;
+                let (lo, hi) =
+                    (joined_bytes(first.add(at), second.add(at)), joined_bytes(first.add(at + 8), second.add(at + 8)));
+                // Both halves' mins (the bytes' high nibbles) of each lane as an i16 pair.
+                let byte_pairs = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+                let min_pairs = _mm512_srli_epi16::<4>(_mm512_cvtepu8_epi16(byte_pairs));
+                for (side, a) in side.iter_mut().zip(acts) {
+                    let half_sums = _mm512_set1_epi32((a[8 * b + j].half_sums.as_ptr() as *const i32).read_unaligned());
+                    *side = _mm512_dpwssd_epi32(*side, min_pairs, half_sums);
+                }
+            }
+            let dmin = f16x16(first.add(16), second.add(16));
+            for ((mins, side), a) in mins.iter_mut().zip(side).zip(acts) {
+                let a_d = _mm512_set1_ps(a[8 * b].d);
+                *mins = _mm512_fmadd_ps(dmin, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(side)), *mins);
+            }
+        }
+        mins
     }
 
     /// One group's runs of an iq4_xs sub-block (quants at `q`), both quads
@@ -494,6 +574,12 @@ mod kernel {
         a: &[&BlockQ8; T],
         acc: &mut [__m512; T],
     ) {
+        if T > 8 {
+            for (a, acc) in eights(a, acc) {
+                iq4_tokens::<8>(w, scaled, a, acc);
+            }
+            return;
+        }
         // `madd` of a token's half sums (an i16 pair) with −128 in both halves.
         let offset = _mm512_set1_epi16(-128);
         for (a, acc) in a.iter().zip(acc.iter_mut()) {
