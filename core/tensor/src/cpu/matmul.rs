@@ -460,10 +460,11 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
                 // A group of eight belongs to whoever claimed its first row.
                 let groups = lo.div_ceil(GROUP)..hi.div_ceil(GROUP).min(interleaved.groups);
                 let paired = token_pairs.filter(|_| takes_pairs(interleaved.dtype));
-                dot_interleaved(interleaved, groups, tokens, (acts, paired), blocks, |row, t, value| {
-                    // SAFETY: as below, for the group's rows: each < rows,
-                    // and only this thread computes a group it owns.
-                    unsafe { *y.at(t * rows + row) = value }
+                dot_interleaved(interleaved, groups, tokens, (acts, paired), blocks, |row, t, values| {
+                    // SAFETY: as below, for the group's rows `row..row +
+                    // values.len()`: each < rows, and only this thread
+                    // computes a group it owns.
+                    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), y.at(t * rows + row), values.len()) }
                 });
                 r = r.max(interleaved.rows());
             }
@@ -513,7 +514,8 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
 }
 
 /// The interleaved groups `groups` with every token's activations,
-/// handed to `store(row, token, value)`: [`TOKEN_BLOCK`] tokens at a time,
+/// handed to `store(first_row, token, values)` (the sums of rows
+/// `first_row..first_row + values.len()`): [`TOKEN_BLOCK`] tokens at a time,
 /// so their activations stay in cache while the groups pass over them.
 fn dot_interleaved(
     interleaved: &InterleavedRows,
@@ -521,7 +523,7 @@ fn dot_interleaved(
     tokens: usize,
     (acts, paired): (&[BlockQ8], Option<&PairedTokens>),
     blocks: usize,
-    mut store: impl FnMut(usize, usize, f32),
+    mut store: impl FnMut(usize, usize, &[f32]),
 ) {
     let mut sums = [[0f32; GROUP]; TOKEN_BLOCK];
     let mut sixteen = [[0f32; 2 * GROUP]; TOKEN_BLOCK];
@@ -547,18 +549,16 @@ fn dot_interleaved(
     }
 }
 
-/// Hands each token's sums of `N` rows from `first_row` to `store(row,
-/// token, value)`, tokens from `first_token`.
+/// Hands each token's sums of `N` rows from `first_row` to `store(first_row,
+/// token, sums)`, tokens from `first_token`.
 fn store_rows<const N: usize>(
     sums: &[[f32; N]],
     first_row: usize,
     first_token: usize,
-    store: &mut impl FnMut(usize, usize, f32),
+    store: &mut impl FnMut(usize, usize, &[f32]),
 ) {
     for (t, row_sums) in sums.iter().enumerate() {
-        for (i, &value) in row_sums.iter().enumerate() {
-            store(first_row + i, first_token + t, value);
-        }
+        store(first_row, first_token + t, row_sums);
     }
 }
 

@@ -38,7 +38,7 @@
 //! (slower than two chains there; with the mins in a pass of their own,
 //! one chain is best).
 
-use super::{in_row_order, BlockQ8, GroupKernel, InterleavedRows, GROUP};
+use super::{BlockQ8, GroupKernel, InterleavedRows, GROUP};
 use crate::DType;
 
 /// Tokens one call of a kernel takes (see the module's header).
@@ -129,11 +129,7 @@ fn tile_of<const T: usize>(format: usize, groups: [&[u8]; 2], acts: &[BlockQ8], 
             _ => kernel::dot_iq4_xs_two::<T>(groups, &tokens),
         }
     };
-    for (sums, lanes) in out.iter_mut().zip(lanes) {
-        for (group_rows, group_lanes) in sums.chunks_exact_mut(GROUP).zip(lanes.chunks_exact(GROUP)) {
-            group_rows.copy_from_slice(&in_row_order(std::array::from_fn(|i| group_lanes[i])));
-        }
-    }
+    out.copy_from_slice(&lanes);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -162,6 +158,25 @@ mod kernel {
             i += 1;
         }
         index
+    }
+
+    /// Which lane holds row `i` of the two groups (rows 0..8 the first
+    /// group's): [`LANE_ROWS`] is its own inverse.
+    const ROW_LANES: [i32; 16] = {
+        let mut index = [0; 16];
+        let mut i = 0;
+        while i < 16 {
+            index[i] = 8 * (i / 8) as i32 + LANE_ROWS[i % 8] as i32;
+            i += 1;
+        }
+        index
+    };
+
+    /// Sixteen sums from lane order to row order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn in_row_order(lanes: __m512) -> __m512 {
+        _mm512_permutexvar_ps(_mm512_loadu_si512(ROW_LANES.as_ptr() as *const _), lanes)
     }
 
     /// Two 32-byte loads as one register (the first in the low half).
@@ -421,7 +436,7 @@ mod kernel {
         mins
     }
 
-    /// Sixteen lanes per token of a q4_k (`Q5`: q5_k) pair of groups, as
+    /// Sixteen sums per token of a q4_k (`Q5`: q5_k) pair of groups, as
     /// [`dot_halves_two`]'s, the 256-bit kernel's sums exactly: per
     /// sub-block a chain of eight `vpdpbusd`, `acc += (d·sc)·(a.d·dot)`;
     /// `mins += (dmin·m)·a.s` in sub-block order; then `acc − mins`.
@@ -458,13 +473,13 @@ mod kernel {
         let mins = k_mins(groups, size, acts);
         let mut out = [[0f32; 16]; T];
         for ((lanes, acc), mins) in out.iter_mut().zip(acc).zip(mins) {
-            _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_sub_ps(acc, mins));
+            _mm512_storeu_ps(lanes.as_mut_ptr(), in_row_order(_mm512_sub_ps(acc, mins)));
         }
         out
     }
 
-    /// Sixteen lanes per token (group `groups[0]`'s lanes, then
-    /// `groups[1]`'s, each in lane order) of a q6_k, q3_k or q2_k pair of
+    /// Sixteen sums per token (group `groups[0]`'s rows, then
+    /// `groups[1]`'s, in row order) of a q6_k, q3_k or q2_k pair of
     /// groups, the 256-bit kernel's sums exactly: per act block and half a
     /// chain of four `vpdpbusd`, times the half's i32 scales, into the
     /// super block's integer total (q6_k and q3_k, unpacked as `q + 32`:
@@ -511,7 +526,7 @@ mod kernel {
         let mins = if q2_k { q2_k_mins(groups, acts) } else { [_mm512_setzero_ps(); T] };
         let mut out = [[0f32; 16]; T];
         for ((lanes, acc), mins) in out.iter_mut().zip(acc).zip(mins) {
-            _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_sub_ps(acc, mins));
+            _mm512_storeu_ps(lanes.as_mut_ptr(), in_row_order(_mm512_sub_ps(acc, mins)));
         }
         out
     }
@@ -594,7 +609,7 @@ mod kernel {
         }
     }
 
-    /// Sixteen lanes per token of an iq4_xs pair of groups, as
+    /// Sixteen sums per token of an iq4_xs pair of groups, as
     /// [`dot_halves_two`]'s, the 256-bit kernel's sums exactly: per
     /// 32-element sub-block `acc += (d·sc)·(a.d·dot)`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -616,7 +631,7 @@ mod kernel {
         }
         let mut out = [[0f32; 16]; T];
         for (lanes, acc) in out.iter_mut().zip(acc) {
-            _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+            _mm512_storeu_ps(lanes.as_mut_ptr(), in_row_order(acc));
         }
         out
     }
