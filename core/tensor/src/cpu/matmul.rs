@@ -20,7 +20,7 @@ use super::backward::{for_dequantized_pieces, BlockCompute};
 use super::bf16::Bf16Rows;
 use super::half_dot::{dot_half, is_half};
 use super::half_gemm::{self, HalfInputs};
-use super::pool::{split_range, SpinPool};
+use super::pool::{for_parts, split_range, SharedMut, SpinPool};
 use super::small_gemm::{small_gemm, Operand, Product};
 use super::token_lanes::{self, token_lanes_gemm, token_lanes_gemm_rows, TokenWords, Words};
 use crate::quant::interleaved::{
@@ -29,7 +29,7 @@ use crate::quant::interleaved::{
 };
 use crate::quant::packed::{block_sums, dot_packed_tokens, pair_activations, ActPair, PackedDot};
 use crate::quant::{
-    dequantize_row, quantize_activations_for, shares_act_scales, supports_dot, vec_dot, BlockQ8, DotImpl, QK,
+    act_span, dequantize_row, quantize_runs, shares_act_scales, supports_dot, vec_dot, BlockQ8, DotImpl, QK, QK_K,
 };
 use crate::{DType, Result, Tensor, TensorError};
 use rayon::prelude::*;
@@ -49,7 +49,6 @@ const TOKEN_BLOCK: usize = 32;
 #[derive(Default)]
 pub struct LinearScratch {
     acts: Vec<BlockQ8>,
-    row_acts: Vec<BlockQ8>,
     pairs: Vec<ActPair>,
     row_pairs: Vec<ActPair>,
     /// The tokens' blocks paired for the 512-bit interleaved kernel.
@@ -250,19 +249,22 @@ fn rows_linear(
     scratch.acts.clear();
     scratch.pairs.clear();
     scratch.sums.clear();
-    for x_row in x.chunks_exact(in_dim) {
-        if needs_blocks {
-            quantize_activations_for(act_dtype, x_row, &mut scratch.row_acts)?;
-            scratch.acts.extend_from_slice(&scratch.row_acts);
-        }
-        if needs_pairs {
-            pair_activations(&scratch.row_acts, &mut scratch.row_pairs);
+    if needs_blocks || needs_pairs {
+        quantize_tokens(act_dtype, x, &mut scratch.acts)?;
+    }
+    if needs_pairs {
+        for row_acts in scratch.acts.chunks_exact(in_dim / QK) {
+            pair_activations(row_acts, &mut scratch.row_pairs);
             scratch.pairs.extend_from_slice(&scratch.row_pairs);
-            block_sums(&scratch.row_acts, &mut scratch.sums);
+            block_sums(row_acts, &mut scratch.sums);
         }
     }
-    let pairs_tokens =
-        tokens > 1 && outputs.iter().any(|(w, _)| w.interleaved().is_some_and(|rows| takes_pairs(rows.dtype)));
+    // Token pairs for the interleaved outputs that take them and not the
+    // two-group kernel (whose matrices' odd groups take the 256-bit one).
+    let pairs_tokens = tokens > 1
+        && outputs
+            .iter()
+            .any(|(w, _)| w.interleaved().is_some_and(|rows| takes_pairs(rows.dtype) && !takes_two_groups(rows.dtype)));
     if pairs_tokens {
         scratch.token_pairs.fill(&scratch.acts, tokens, in_dim / QK);
     }
@@ -273,6 +275,36 @@ fn rows_linear(
         sums: &scratch.sums,
     };
     row_kernel(x, tokens, activations, outputs);
+    Ok(())
+}
+
+/// Every token's activations of `x` quantized for `act_dtype` into
+/// `acts` (a block per 32 values), the tokens split over the pool:
+/// quantizing is the prefill's largest step between its matrix products,
+/// and the pool's other threads would wait through it.
+fn quantize_tokens(act_dtype: DType, x: &[f32], acts: &mut Vec<BlockQ8>) -> Result<()> {
+    /// Blocks below which one thread quantizes alone (a decode's row).
+    const MIN_PARALLEL_BLOCKS: usize = 1024;
+    let span = act_span(act_dtype);
+    if !x.len().is_multiple_of(span) {
+        return Err(TensorError::BadBlockLength { dtype: DType::Q8_0, block: span, len: x.len() });
+    }
+    acts.clear();
+    acts.resize(x.len() / QK, BlockQ8::default());
+    if !x.len().is_multiple_of(QK_K) || acts.len() < MIN_PARALLEL_BLOCKS {
+        quantize_runs(x, span, acts);
+        return Ok(());
+    }
+    // Parts of whole super blocks (a whole number of spans of either
+    // size), so each part quantizes exactly as the whole would.
+    let per_part = QK_K / QK;
+    let shared = SharedMut::new(acts);
+    for_parts(shared.len() / per_part, 0, |range| {
+        let blocks = range.start * per_part..range.end * per_part;
+        let values = &x[blocks.start * QK..blocks.end * QK];
+        // SAFETY: `for_parts` hands each participant a disjoint range.
+        quantize_runs(values, span, unsafe { shared.part(blocks) });
+    });
     Ok(())
 }
 

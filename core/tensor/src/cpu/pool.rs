@@ -320,6 +320,11 @@ impl<'a, T> SharedMut<'a, T> {
         SharedMut { ptr: values.as_mut_ptr(), len: values.len(), _borrow: std::marker::PhantomData }
     }
 
+    /// How many values it shares.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// The values of `range`; panics past the end.
     ///
     /// # Safety

@@ -37,7 +37,7 @@ mod tests {
 }
 
 /// One block of 32 activations quantized to i8 with a shared scale.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
 pub struct BlockQ8 {
     /// Scale: value = d * q.
@@ -83,8 +83,17 @@ pub fn shares_act_scales(dtype: DType) -> bool {
 /// shared form too (its blocks are ordinary blocks that happen to share
 /// `d`).
 pub fn quantize_activations_for(dtype: DType, x: &[f32], out: &mut Vec<BlockQ8>) -> Result<()> {
-    let span = if shares_act_scales(dtype) { QK_K } else { QK };
-    quantize_activations_over(x, span, out)
+    quantize_activations_over(x, act_span(dtype), out)
+}
+
+/// The values that share one activation scale for a matrix of type
+/// `dtype` ([`quantize_activations_for`]).
+pub(crate) fn act_span(dtype: DType) -> usize {
+    if shares_act_scales(dtype) {
+        QK_K
+    } else {
+        QK
+    }
 }
 
 /// True when every super block of `acts` (a whole number of them) has one
@@ -103,22 +112,32 @@ fn quantize_activations_over(x: &[f32], span: usize, out: &mut Vec<BlockQ8>) -> 
         return Err(TensorError::BadBlockLength { dtype: DType::Q8_0, block: span, len: x.len() });
     }
     out.clear();
-    for run in x.chunks_exact(span) {
+    out.resize(x.len() / QK, BlockQ8::default());
+    quantize_runs(x, span, out);
+    Ok(())
+}
+
+/// The blocks of `x` (a whole number of `span`s) into `out`, one per 32.
+pub(crate) fn quantize_runs(x: &[f32], span: usize, out: &mut [BlockQ8]) {
+    for (run, blocks) in x.chunks_exact(span).zip(out.chunks_exact_mut(span / QK)) {
         #[cfg(target_arch = "x86_64")]
         {
             if crate::cpu::has_avx2_fma() {
                 // SAFETY: the features these functions are compiled for were just detected.
                 unsafe {
                     let d = abs_max_avx2(run) / 127.0;
-                    out.extend(run.chunks_exact(QK).map(|block| quantize_block_avx2(block, d)));
+                    for (block, values) in blocks.iter_mut().zip(run.chunks_exact(QK)) {
+                        *block = quantize_block_avx2(values, d);
+                    }
                 }
                 continue;
             }
         }
         let d = run.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-        out.extend(run.chunks_exact(QK).map(|block| quantize_activation_block(block, d)));
+        for (block, values) in blocks.iter_mut().zip(run.chunks_exact(QK)) {
+            *block = quantize_activation_block(values, d);
+        }
     }
-    Ok(())
 }
 
 /// The largest |x| of `x` (a whole number of 32-element blocks), in AVX2.
