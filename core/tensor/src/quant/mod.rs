@@ -54,6 +54,9 @@ pub struct BlockQ8 {
     /// stored as `q + 32` (q6_k, and q3_k in the two-group kernel), where a
     /// chain of `vpdpbusd` starts with one broadcast load, no multiply.
     pub offset_sums: [i32; 2],
+    /// `−128 · Σ a` over the block: the offset term of weights stored as
+    /// `q + 128` (iq4_xs's table values in the two-group kernel).
+    pub offset_sum: i32,
 }
 
 /// Quantizes a row of activations (length a multiple of 32) to [`BlockQ8`]s,
@@ -199,7 +202,14 @@ fn quantize_activation_block(x: &[f32], d: f32) -> BlockQ8 {
 #[inline(always)]
 fn block_q8(d: f32, sum: i32, qs: [i8; QK]) -> BlockQ8 {
     let half_sums = half_sums(&qs);
-    BlockQ8 { d, s: d * sum as f32, qs, half_sums, offset_sums: half_sums.map(|h| -32 * h as i32) }
+    BlockQ8 {
+        d,
+        s: d * sum as f32,
+        qs,
+        half_sums,
+        offset_sums: half_sums.map(|h| -32 * h as i32),
+        offset_sum: -128 * sum,
+    }
 }
 
 /// The sums of the two 16-quant halves of a block (each within ±2032).

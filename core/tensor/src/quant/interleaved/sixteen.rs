@@ -25,15 +25,17 @@
 //! registers, but not a loop of sixteen. q6_k and q3_k are unpacked as
 //! `q + 32`, so each chain starts at the token's `−32·Σ a`
 //! ([`BlockQ8::offset_sums`], one broadcast load) instead of a
-//! `vpdpwssd` per token and act block; q2_k's mins are a pass of their
-//! own, which leaves the main loop's registers to the sums.
+//! `vpdpwssd` per token and act block, and iq4_xs's at `−128·Σ a`
+//! ([`BlockQ8::offset_sum`]) instead of a `vpmaddwd`; q2_k's mins are a
+//! pass of their own, which leaves the main loop's registers to the sums.
 //!
 //! One thread, 2048 × 2048, 64 tokens, Sapphire Rapids (`group_kernels`):
 //! token pairs → this kernel at eight tokens (an earlier session, another
 //! host): q6_k 125 → 145, q3_k 119 → 141, q2_k 130 → 163, q4_k 149 → 170,
 //! q5_k 134 → 149, iq4_xs 170 → 184 GMAC/s; eight tokens → sixteen with
 //! the offsets above (one run, this host): q6_k 119 → 158, q3_k 114 →
-//! 161, q2_k 131 → 160, q4_k 150 → 159, q5_k 137 → 155, iq4_xs 166 → 195.
+//! 161, q2_k 131 → 160, q4_k 150 → 159, q5_k 137 → 155, iq4_xs 166 → 195
+//! (→ 206 with its offset from the block).
 //! Tried: one chain of eight `vpdpbusd` for q4_k with its mins in the loop
 //! (slower than two chains there; with the mins in a pass of their own,
 //! one chain is best).
@@ -580,7 +582,8 @@ mod kernel {
 
     /// Adds one iq4_xs sub-block's `scaled·(a.d·dot)` to each token's
     /// `acc`, `dot` from a chain of eight `vpdpbusd` that starts at
-    /// `−128·Σ a` (the weights' offset). A short loop body, so it unrolls.
+    /// `−128·Σ a` (the weights' offset, [`BlockQ8::offset_sum`]: one
+    /// broadcast load). A short loop body, so it unrolls.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn iq4_tokens<const T: usize>(
@@ -595,11 +598,8 @@ mod kernel {
             }
             return;
         }
-        // `madd` of a token's half sums (an i16 pair) with −128 in both halves.
-        let offset = _mm512_set1_epi16(-128);
         for (a, acc) in a.iter().zip(acc.iter_mut()) {
-            let half_sums = _mm512_set1_epi32((a.half_sums.as_ptr() as *const i32).read_unaligned());
-            let mut dot = _mm512_madd_epi16(half_sums, offset);
+            let mut dot = _mm512_set1_epi32(a.offset_sum);
             for (k, [evens, odds]) in w.iter().enumerate() {
                 dot = _mm512_dpbusd_epi32(dot, *evens, act_dword(a, 2 * k));
                 dot = _mm512_dpbusd_epi32(dot, *odds, act_dword(a, 2 * k + 1));
