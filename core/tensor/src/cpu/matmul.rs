@@ -250,7 +250,7 @@ fn rows_linear(
     scratch.pairs.clear();
     scratch.sums.clear();
     if needs_blocks || needs_pairs {
-        quantize_tokens(act_dtype, x, &mut scratch.acts)?;
+        quantize_tokens(act_dtype, x, in_dim, &mut scratch.acts)?;
     }
     if needs_pairs {
         for row_acts in scratch.acts.chunks_exact(in_dim / QK) {
@@ -278,16 +278,16 @@ fn rows_linear(
     Ok(())
 }
 
-/// Every token's activations of `x` quantized for `act_dtype` into
-/// `acts` (a block per 32 values), the tokens split over the pool:
-/// quantizing is the prefill's largest step between its matrix products,
-/// and the pool's other threads would wait through it.
-fn quantize_tokens(act_dtype: DType, x: &[f32], acts: &mut Vec<BlockQ8>) -> Result<()> {
+/// Every token's activations of `x` (rows of `in_dim`) quantized for
+/// `act_dtype` into `acts` (a block per 32 values), the tokens split over
+/// the pool: quantizing is the prefill's largest step between its matrix
+/// products, and the pool's other threads would wait through it.
+fn quantize_tokens(act_dtype: DType, x: &[f32], in_dim: usize, acts: &mut Vec<BlockQ8>) -> Result<()> {
     /// Blocks below which one thread quantizes alone (a decode's row).
     const MIN_PARALLEL_BLOCKS: usize = 1024;
     let span = act_span(act_dtype);
-    if !x.len().is_multiple_of(span) {
-        return Err(TensorError::BadBlockLength { dtype: DType::Q8_0, block: span, len: x.len() });
+    if !in_dim.is_multiple_of(span) || !x.len().is_multiple_of(in_dim) {
+        return Err(TensorError::BadBlockLength { dtype: DType::Q8_0, block: span, len: in_dim });
     }
     acts.clear();
     acts.resize(x.len() / QK, BlockQ8::default());
