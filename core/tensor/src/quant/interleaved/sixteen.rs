@@ -272,6 +272,15 @@ mod kernel {
         _mm_unpacklo_epi64(_mm_loadl_epi64(first as *const __m128i), _mm_loadl_epi64(second as *const __m128i))
     }
 
+    /// An act block's sixteen scale bytes per group at `at` (the first
+    /// half's eight lanes, then the second's), both groups joined: the
+    /// first halves', then the second halves'.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn scale_bytes(first: *const u8, second: *const u8, at: usize) -> (__m128i, __m128i) {
+        (joined_bytes(first.add(at), second.add(at)), joined_bytes(first.add(at + 8), second.add(at + 8)))
+    }
+
     /// Both groups' eight f16 at `offset` of their blocks as sixteen f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -503,9 +512,7 @@ mod kernel {
             let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
             let mut totals = [_mm512_setzero_si512(); T];
             for j in 0..8 {
-                let at = layout.scales + 16 * j;
-                let (lo, hi) =
-                    (joined_bytes(first.add(at), second.add(at)), joined_bytes(first.add(at + 8), second.add(at + 8)));
+                let (lo, hi) = scale_bytes(first, second, layout.scales + 16 * j);
                 // q2_k: a byte holds the scale (low nibble) and the min (high).
                 let (lo_scales, hi_scales) =
                     if q2_k { (_mm_and_si128(lo, low_nibbles), _mm_and_si128(hi, low_nibbles)) } else { (lo, hi) };
@@ -546,9 +553,7 @@ mod kernel {
             let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
             let mut side = [_mm512_setzero_si512(); T];
             for j in 0..8 {
-                let at = layout.scales + 16 * j;
-                let (lo, hi) =
-                    (joined_bytes(first.add(at), second.add(at)), joined_bytes(first.add(at + 8), second.add(at + 8)));
+                let (lo, hi) = scale_bytes(first, second, layout.scales + 16 * j);
                 // Both halves' mins (the bytes' high nibbles) of each lane as an i16 pair.
                 let byte_pairs = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
                 let min_pairs = _mm512_srli_epi16::<4>(_mm512_cvtepu8_epi16(byte_pairs));
