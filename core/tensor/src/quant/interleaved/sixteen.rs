@@ -399,12 +399,14 @@ mod kernel {
         _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(joined_bytes(first, second)))
     }
 
-    /// Adds one q4_k sub-block's `scaled·(a.d·dot)` to each token's `acc`,
-    /// `dot` from a chain of eight `vpdpbusd`. A short loop body, so it
-    /// unrolls.
+    /// Adds one 32-element sub-block's `scaled·(a.d·dot)` to each token's
+    /// `acc` (q4_k, q5_k, iq4_xs), `dot` from a chain of eight `vpdpbusd`;
+    /// with `OFFSET` (iq4_xs's weights stored as `q + 128`) the chain
+    /// starts at `−128·Σ a` ([`BlockQ8::offset_sum`]: one broadcast load).
+    /// A short loop body, so it unrolls.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn k_tokens<const T: usize>(
+    unsafe fn sub_block_tokens<const T: usize, const OFFSET: bool>(
         w: &[[__m512i; 2]; 4],
         scaled: __m512,
         a: &[&BlockQ8; T],
@@ -412,12 +414,12 @@ mod kernel {
     ) {
         if T > 8 {
             for (a, acc) in eights(a, acc) {
-                k_tokens::<8>(w, scaled, a, acc);
+                sub_block_tokens::<8, OFFSET>(w, scaled, a, acc);
             }
             return;
         }
         for (a, acc) in a.iter().zip(acc.iter_mut()) {
-            let mut dot = _mm512_setzero_si512();
+            let mut dot = if OFFSET { _mm512_set1_epi32(a.offset_sum) } else { _mm512_setzero_si512() };
             for (k, [evens, odds]) in w.iter().enumerate() {
                 dot = _mm512_dpbusd_epi32(dot, *evens, act_dword(a, 2 * k));
                 dot = _mm512_dpbusd_epi32(dot, *odds, act_dword(a, 2 * k + 1));
@@ -477,7 +479,7 @@ mod kernel {
                     let at = Q4K_SCALES + 8 * j;
                     let scaled = _mm512_mul_ps(d, bytes_as_f32x16(first.add(at), second.add(at)));
                     let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
-                    k_tokens(&w, scaled, &a, &mut acc);
+                    sub_block_tokens::<T, false>(&w, scaled, &a, &mut acc);
                 }
             }
         }
@@ -585,35 +587,6 @@ mod kernel {
         [l0, l1, h0, h1].map(|n| _mm512_shuffle_epi8(table, _mm512_and_si512(n, nibbles)))
     }
 
-    /// Adds one iq4_xs sub-block's `scaled·(a.d·dot)` to each token's
-    /// `acc`, `dot` from a chain of eight `vpdpbusd` that starts at
-    /// `−128·Σ a` (the weights' offset, [`BlockQ8::offset_sum`]: one
-    /// broadcast load). A short loop body, so it unrolls.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn iq4_tokens<const T: usize>(
-        w: &[[__m512i; 2]; 4],
-        scaled: __m512,
-        a: &[&BlockQ8; T],
-        acc: &mut [__m512; T],
-    ) {
-        if T > 8 {
-            for (a, acc) in eights(a, acc) {
-                iq4_tokens::<8>(w, scaled, a, acc);
-            }
-            return;
-        }
-        for (a, acc) in a.iter().zip(acc.iter_mut()) {
-            let mut dot = _mm512_set1_epi32(a.offset_sum);
-            for (k, [evens, odds]) in w.iter().enumerate() {
-                dot = _mm512_dpbusd_epi32(dot, *evens, act_dword(a, 2 * k));
-                dot = _mm512_dpbusd_epi32(dot, *odds, act_dword(a, 2 * k + 1));
-            }
-            let dot = _mm512_mul_ps(_mm512_set1_ps(a.d), _mm512_cvtepi32_ps(dot));
-            *acc = _mm512_fmadd_ps(scaled, dot, *acc);
-        }
-    }
-
     /// Sixteen sums per token of an iq4_xs pair of groups, as
     /// [`dot_halves_two`]'s, the 256-bit kernel's sums exactly: per
     /// 32-element sub-block `acc += (d·sc)·(a.d·dot)`.
@@ -631,7 +604,7 @@ mod kernel {
                 let scales = _mm512_cvtepi8_epi32(joined_bytes(first.add(at), second.add(at)));
                 let scaled = _mm512_mul_ps(d, _mm512_cvtepi32_ps(scales));
                 let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
-                iq4_tokens(&w, scaled, &a, &mut acc);
+                sub_block_tokens::<T, true>(&w, scaled, &a, &mut acc);
             }
         }
         let mut out = [[0f32; 16]; T];
