@@ -181,6 +181,17 @@ mod kernel {
         _mm512_permutexvar_ps(_mm512_loadu_si512(ROW_LANES.as_ptr() as *const _), lanes)
     }
 
+    /// Each token's `acc − mins` in row order: a kernel's result.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn row_sums<const T: usize>(acc: [__m512; T], mins: [__m512; T]) -> [[f32; 16]; T] {
+        let mut out = [[0f32; 16]; T];
+        for ((lanes, acc), mins) in out.iter_mut().zip(acc).zip(mins) {
+            _mm512_storeu_ps(lanes.as_mut_ptr(), in_row_order(_mm512_sub_ps(acc, mins)));
+        }
+        out
+    }
+
     /// Two 32-byte loads as one register (the first in the low half).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -484,11 +495,7 @@ mod kernel {
             }
         }
         let mins = k_mins(groups, size, acts);
-        let mut out = [[0f32; 16]; T];
-        for ((lanes, acc), mins) in out.iter_mut().zip(acc).zip(mins) {
-            _mm512_storeu_ps(lanes.as_mut_ptr(), in_row_order(_mm512_sub_ps(acc, mins)));
-        }
-        out
+        row_sums(acc, mins)
     }
 
     /// Sixteen sums per token (group `groups[0]`'s rows, then
@@ -535,11 +542,7 @@ mod kernel {
             }
         }
         let mins = if q2_k { q2_k_mins(groups, acts) } else { [_mm512_setzero_ps(); T] };
-        let mut out = [[0f32; 16]; T];
-        for ((lanes, acc), mins) in out.iter_mut().zip(acc).zip(mins) {
-            _mm512_storeu_ps(lanes.as_mut_ptr(), in_row_order(_mm512_sub_ps(acc, mins)));
-        }
-        out
+        row_sums(acc, mins)
     }
 
     /// Each token's q2_k mins, `Σ_b dmin·(a.d·Σ_j Σ_half m·Σ a)` in super
@@ -607,10 +610,6 @@ mod kernel {
                 sub_block_tokens::<T, true>(&w, scaled, &a, &mut acc);
             }
         }
-        let mut out = [[0f32; 16]; T];
-        for (lanes, acc) in out.iter_mut().zip(acc) {
-            _mm512_storeu_ps(lanes.as_mut_ptr(), in_row_order(acc));
-        }
-        out
+        row_sums(acc, [_mm512_setzero_ps(); T])
     }
 }
