@@ -5,6 +5,7 @@
 //! owned or borrowed from a memory-mapped file, so loading a model copies
 //! nothing it does not have to.
 
+use crate::cpu::{bf16_into_f16, stores_bf16_as_f16};
 use crate::quant::interleaved::{interleave_rows, InterleavedRows};
 use crate::quant::layout::WeightLayout;
 use crate::quant::packed::{pack_rows, PackedRows};
@@ -132,6 +133,8 @@ impl Tensor {
                     interleave_rows(self.dtype, self.bytes(), self.row_count(), self.row_len()).map(Arc::new);
                 if let Some(rows) = self.interleaved.as_ref().map(|i| i.rows()) {
                     self.page_out_rows(rows);
+                } else if self.dtype == DType::BF16 && stores_bf16_as_f16(self.row_len()) {
+                    return self.into_f16();
                 } else if matches!(self.dtype, DType::F32 | DType::F16 | DType::BF16) {
                     return self.into_huge_pages();
                 }
@@ -157,6 +160,28 @@ impl Tensor {
         data.par_chunks_mut(PIECE).zip(self.bytes().par_chunks(PIECE)).for_each(|(to, from)| to.copy_from_slice(from));
         self.page_out_rows(self.row_count());
         Tensor { storage: Storage::Bytes(Arc::new(data)), ..self }
+    }
+
+    /// A mapped bf16 matrix converted to f16 into memory advised to 2 MiB
+    /// pages, its mapped pages handed back, on a CPU whose f16 product
+    /// kernel outruns its bf16 one ([`stores_bf16_as_f16`]); the same
+    /// bytes as the bf16 copy [`Tensor::into_huge_pages`] would make, and
+    /// exact for every weight of magnitude 2⁻¹⁷ or more ([`bf16_into_f16`]).
+    /// A matrix holding a value f16 cannot (past ±65,504, or not finite)
+    /// stays bf16.
+    fn into_f16(self) -> Tensor {
+        if !matches!(self.storage, Storage::Mapped { .. }) {
+            return self;
+        }
+        let mut data = vec![0u8; self.bytes().len()];
+        advise_huge_pages(&mut data);
+        const PIECE: usize = 1 << 20;
+        let pieces = data.par_chunks_mut(PIECE).zip(self.bytes().par_chunks(PIECE));
+        if !pieces.all(|(to, from)| bf16_into_f16(from, to)) {
+            return self.into_huge_pages();
+        }
+        self.page_out_rows(self.row_count());
+        Tensor { storage: Storage::Bytes(Arc::new(data)), dtype: DType::F16, ..self }
     }
 
     /// Lets the kernel reclaim the memory of the first `rows` rows of a
@@ -382,5 +407,44 @@ mod tests {
         assert!(
             matches!((&again.storage, &f32_owned.storage), (Storage::F32(a), Storage::F32(b)) if Arc::ptr_eq(a, b))
         );
+    }
+
+    /// A mapped bf16 matrix laid out for the CPU's kernels is stored as
+    /// f16 where the f16 product kernel runs, with every value of f16's
+    /// range kept exactly (normal and down to 2⁻¹⁷) and tinier ones
+    /// within 2⁻²⁵; one holding a value f16 cannot stays bf16. Elsewhere
+    /// both stay bf16.
+    #[test]
+    fn a_mapped_bf16_matrix_is_stored_as_f16_where_f16_products_run() {
+        let (rows, cols) = (4, 64);
+        let mut values: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let magnitude = [1.0e-9, 3.0e-6, 2.0f32.powi(-17), 6.2e-5, 0.01, 1.7, 300.0, 40000.0][i % 8];
+                let sign = if i % 3 == 0 { -1.0 } else { 1.0 };
+                f32::from_bits((sign * magnitude * (1.0 + i as f32 / 512.0)).to_bits() & 0xffff_0000)
+            })
+            .collect();
+        values[7] = -65280.0; // bf16's largest below f16's limit
+        let bf16_bytes = |values: &[f32]| -> Vec<u8> {
+            values.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect()
+        };
+        let mapped = |values: &[f32]| {
+            let buffer: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(bf16_bytes(values));
+            Tensor::mapped(buffer, 0, 2 * values.len(), DType::BF16, &[rows, cols]).unwrap()
+        };
+        let laid_out = mapped(&values).in_layout(WeightLayout::Interleaved);
+        let converts = stores_bf16_as_f16(cols) && WeightLayout::Interleaved.runnable() == WeightLayout::Interleaved;
+        assert_eq!(laid_out.dtype(), if converts { DType::F16 } else { DType::BF16 });
+        for (got, want) in laid_out.to_f32().unwrap().iter().zip(&values) {
+            let error = (got - want).abs();
+            if want.abs() >= 2.0f32.powi(-17) {
+                assert_eq!(error, 0.0, "{want:e} became {got:e}");
+            } else {
+                assert!(error <= 2.0f32.powi(-25), "{want:e} became {got:e}");
+            }
+        }
+        let mut too_large = values.clone();
+        too_large[5] = 65536.0;
+        assert_eq!(mapped(&too_large).in_layout(WeightLayout::Interleaved).dtype(), DType::BF16);
     }
 }

@@ -24,6 +24,7 @@ pub use backward::{
     BlockCompute, LoraBackward, MatRef,
 };
 pub use bf16::{bf16_supported, gemm_bf16, gemm_bf16_on, Bf16Kernel, Bf16Out, Bf16Rows, Bf16Weights, Epilogue};
+pub(crate) use half_gemm::{bf16_into_f16, stores_bf16_as_f16};
 pub use lora::{lora_deltas, lora_deltas_on, LoraGroup, LoraKernel, LoraMatrix, LoraPair};
 pub use matmul::{
     dot_f32, gemm_f32, linear, linear_many, linear_many_decode, linear_many_prefill, linear_many_train, matvec_f32,

@@ -40,16 +40,14 @@ pub fn kernel_report() -> KernelReport {
         features: detected_features(),
         quantized_rows,
         half_rows: match () {
-            _ if half_gemm::takes_f16_products(DType::F16, 64) && bf16_supported() => {
-                "avx512 tiles, bf16 by vdpbf16ps, f16 by vfmadd231ph"
-            }
+            _ if half_gemm::stores_bf16_as_f16(64) => "avx512 tiles, f16 and bf16 (stored as f16) by vfmadd231ph",
             _ if half_gemm::decodes(DType::F16, 64) && bf16_supported() => "avx512 tiles, bf16 by vdpbf16ps",
             _ if half_gemm::decodes(DType::F16, 64) => "avx512 tiles",
             _ if half_dot::simd_supported() => "avx2+f16c",
             _ => "portable",
         },
         half_prefill: match half_gemm::HalfKernel::best() {
-            _ if half_gemm::takes_f16_products(DType::F16, 64) => "avx512 tiles 4x6 (f16 weights: f16 products)",
+            _ if half_gemm::stores_bf16_as_f16(64) => "avx512 tiles 4x6 (f16 and bf16 weights: f16 products)",
             best => half_gemm::HalfKernel::describe(best),
         },
         bf16_gemm: if bf16_supported() { "avx512-bf16" } else { "f32 (no avx512-bf16)" },
