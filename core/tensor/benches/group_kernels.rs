@@ -11,8 +11,8 @@
 
 use std::time::Instant;
 use tailor_tensor::quant::interleaved::{
-    dot_group_pairs, dot_group_tokens, dot_two_groups, interleave_rows, takes_pairs, takes_two_groups, PairedTokens,
-    GROUP,
+    dot_group_pairs, dot_group_tokens, dot_two_groups, interleave_rows, takes_pairs, takes_two_groups, tile_order,
+    PairedTokens, GROUP,
 };
 use tailor_tensor::quant::{quantize_activations_for, BlockQ8};
 use tailor_tensor::{DType, Tensor};
@@ -90,12 +90,14 @@ fn main() {
             println!("{:8} {:>14.1} (token pairs, 512-bit)", dtype.to_string(), pairs_rate);
         }
         if takes_two_groups(dtype) {
+            let mut tiled = Vec::new();
+            tile_order(&acts, per_token, &mut tiled);
             let mut sums = vec![[0f32; 2 * GROUP]; 32];
             let rate = best((0..rounds).map(|_| {
                 let start = Instant::now();
                 for first in (0..tokens).step_by(32) {
                     let count = (tokens - first).min(32);
-                    let tile = &acts[first * per_token..(first + count) * per_token];
+                    let tile = &tiled[first * per_token..(first + count) * per_token];
                     for g in (0..rows / GROUP).step_by(2) {
                         dot_two_groups(&grouped, g, tile, &mut sums[..count]);
                     }
@@ -104,7 +106,7 @@ fn main() {
                 (rows * row_len * tokens) as f64 / start.elapsed().as_secs_f64() / 1e9
             }));
             let (tile, mut solo) = (&acts[..32 * per_token], vec![[0f32; GROUP]; 32]);
-            dot_two_groups(&grouped, 0, tile, &mut sums);
+            dot_two_groups(&grouped, 0, &tiled[..32 * per_token], &mut sums);
             for g in [0, 1] {
                 dot_group_tokens(&grouped, g, tile, &mut solo);
                 let mine = sums.iter().flat_map(|s| &s[g * GROUP..(g + 1) * GROUP]);

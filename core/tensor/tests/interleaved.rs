@@ -13,7 +13,7 @@ use tailor_tensor::cpu::{self, LinearScratch};
 use tailor_tensor::quant::interleaved::InterleavedRows;
 use tailor_tensor::quant::interleaved::{
     dot_group, dot_group_pairs, dot_group_scalar, dot_group_tokens_on, dot_two_groups, interleave_rows, takes_pairs,
-    takes_two_groups, GroupKernel, PairedTokens, GROUP,
+    takes_two_groups, tile_order, GroupKernel, PairedTokens, GROUP,
 };
 use tailor_tensor::quant::layout::WeightLayout;
 use tailor_tensor::quant::{dequantize_row, quantize_activations_for, vec_dot, BlockQ8, DotImpl};
@@ -193,9 +193,11 @@ fn two_groups_at_once_give_each_token_its_one_token_result() {
         // eight and fewer.
         for tokens in 1..38 {
             let (all, per_token) = random_activations(&mut rng, dtype, tokens, row_len);
+            let mut tiled = Vec::new();
+            tile_order(&all, per_token, &mut tiled);
             for g in 0..grouped.groups - 1 {
                 let mut out = vec![[0f32; 2 * GROUP]; tokens];
-                dot_two_groups(&grouped, g, &all, &mut out);
+                dot_two_groups(&grouped, g, &tiled, &mut out);
                 for (t, sums) in out.iter().enumerate() {
                     let token = &all[t * per_token..(t + 1) * per_token];
                     let solo = [dot_group_scalar(&grouped, g, token), dot_group_scalar(&grouped, g + 1, token)];

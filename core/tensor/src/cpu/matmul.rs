@@ -24,8 +24,8 @@ use super::pool::{for_parts, split_range, SharedMut, SpinPool};
 use super::small_gemm::{small_gemm, Operand, Product};
 use super::token_lanes::{self, token_lanes_gemm, token_lanes_gemm_rows, TokenWords, Words};
 use crate::quant::interleaved::{
-    dot_group_pairs, dot_group_tokens, dot_two_groups, takes_pairs, takes_two_groups, InterleavedRows, PairedTokens,
-    GROUP,
+    dot_group_pairs, dot_group_tokens, dot_two_groups, takes_pairs, takes_two_groups, tile_order, InterleavedRows,
+    PairedTokens, GROUP,
 };
 use crate::quant::packed::{block_sums, dot_packed_tokens, pair_activations, ActPair, PackedDot};
 use crate::quant::{
@@ -53,6 +53,8 @@ pub struct LinearScratch {
     row_pairs: Vec<ActPair>,
     /// The tokens' blocks paired for the 512-bit interleaved kernel.
     token_pairs: PairedTokens,
+    /// The tokens' blocks in the two-group kernel's tile order.
+    tiled_acts: Vec<BlockQ8>,
     sums: Vec<f32>,
     dense: Vec<f32>,
     bf16_inputs: Bf16Rows,
@@ -268,10 +270,16 @@ fn rows_linear(
     if pairs_tokens {
         scratch.token_pairs.fill(&scratch.acts, tokens, in_dim / QK);
     }
+    let two_groups =
+        tokens > 1 && outputs.iter().any(|(w, _)| w.interleaved().is_some_and(|rows| takes_two_groups(rows.dtype)));
+    if two_groups {
+        tile_order(&scratch.acts, in_dim / QK, &mut scratch.tiled_acts);
+    }
     let activations = Activations {
         blocks: &scratch.acts,
         pairs: &scratch.pairs,
         token_pairs: pairs_tokens.then_some(&scratch.token_pairs),
+        tiled: two_groups.then_some(&scratch.tiled_acts[..]),
         sums: &scratch.sums,
     };
     row_kernel(x, tokens, activations, outputs);
@@ -461,12 +469,14 @@ struct Activations<'a> {
     pairs: &'a [ActPair],
     /// `blocks` paired up, where some output takes the token-pair kernel.
     token_pairs: Option<&'a PairedTokens>,
+    /// `blocks` in tile order, where some output takes the two-group kernel.
+    tiled: Option<&'a [BlockQ8]>,
     sums: &'a [f32],
 }
 
 /// Dot products of every (matrix row, token) pair, rows split over the pool.
 fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &mut [(&Tensor, &mut [f32])]) {
-    let Activations { blocks: acts, pairs, token_pairs, sums } = activations;
+    let Activations { blocks: acts, pairs, token_pairs, tiled, sums } = activations;
     let imp = DotImpl::detect();
     let mats: Vec<(&Tensor, OutPtr, usize)> =
         outputs.iter_mut().map(|(w, y)| (*w, OutPtr(y.as_mut_ptr()), w.row_count())).collect();
@@ -492,7 +502,8 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
                 // A group of eight belongs to whoever claimed its first row.
                 let groups = lo.div_ceil(GROUP)..hi.div_ceil(GROUP).min(interleaved.groups);
                 let paired = token_pairs.filter(|_| takes_pairs(interleaved.dtype));
-                dot_interleaved(interleaved, groups, tokens, (acts, paired), blocks, |row, t, values| {
+                let token_acts = TokenActs { blocks: acts, paired, tiled };
+                dot_interleaved(interleaved, groups, tokens, token_acts, blocks, |row, t, values| {
                     // SAFETY: as below, for the group's rows `row..row +
                     // values.len()`: each < rows, and only this thread
                     // computes a group it owns.
@@ -545,6 +556,18 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
     SpinPool::global().run(&job);
 }
 
+/// The forms of the tokens' activations an interleaved matrix's kernels
+/// read.
+#[derive(Clone, Copy)]
+struct TokenActs<'a> {
+    /// Token after token.
+    blocks: &'a [BlockQ8],
+    /// Paired up, where the matrix takes the token-pair kernel.
+    paired: Option<&'a PairedTokens>,
+    /// In tile order, where some matrix takes the two-group kernel.
+    tiled: Option<&'a [BlockQ8]>,
+}
+
 /// The interleaved groups `groups` with every token's activations,
 /// handed to `store(first_row, token, values)` (the sums of rows
 /// `first_row..first_row + values.len()`): [`TOKEN_BLOCK`] tokens at a time,
@@ -553,20 +576,23 @@ fn dot_interleaved(
     interleaved: &InterleavedRows,
     groups: Range<usize>,
     tokens: usize,
-    (acts, paired): (&[BlockQ8], Option<&PairedTokens>),
+    TokenActs { blocks: acts, paired, tiled }: TokenActs<'_>,
     blocks: usize,
     mut store: impl FnMut(usize, usize, &[f32]),
 ) {
     let mut sums = [[0f32; GROUP]; TOKEN_BLOCK];
     let mut sixteen = [[0f32; 2 * GROUP]; TOKEN_BLOCK];
-    let two_groups = takes_two_groups(interleaved.dtype);
+    let tiled = tiled.filter(|_| takes_two_groups(interleaved.dtype));
     for first in (0..tokens).step_by(TOKEN_BLOCK) {
         let count = (tokens - first).min(TOKEN_BLOCK);
         let token_acts = &acts[first * blocks..(first + count) * blocks];
         let mut g = groups.start;
         while g < groups.end {
-            if two_groups && count > 1 && g + 1 < groups.end {
-                dot_two_groups(interleaved, g, token_acts, &mut sixteen[..count]);
+            if let Some(tiled) = tiled.filter(|_| count > 1 && g + 1 < groups.end) {
+                // From a multiple of TOKEN_BLOCK (of sixteen) on, the tile
+                // order is that of these tokens alone.
+                let tile_acts = &tiled[first * blocks..(first + count) * blocks];
+                dot_two_groups(interleaved, g, tile_acts, &mut sixteen[..count]);
                 store_rows(&sixteen[..count], g * GROUP, first, &mut store);
                 g += 2;
                 continue;

@@ -625,7 +625,7 @@ mod wide;
 mod x86;
 
 pub use pack::interleave_rows;
-pub use sixteen::{dot_two_groups, takes_two_groups};
+pub use sixteen::{dot_two_groups, takes_two_groups, tile_order};
 pub use wide::{PairBlock, PairedTokens};
 
 /// Whether [`dot_group_pairs`] takes `dtype` on this CPU (the 512-bit
