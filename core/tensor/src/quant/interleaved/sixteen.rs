@@ -28,6 +28,11 @@
 //! `vpdpwssd` per token and act block, and iq4_xs's at `−128·Σ a`
 //! ([`BlockQ8::offset_sum`]) instead of a `vpmaddwd`; q2_k's mins are a
 //! pass of their own, which leaves the main loop's registers to the sums.
+//! The tokens' activations come in tile order ([`tile_order`]): a
+//! sub-block's blocks of a tile's tokens side by side, read at fixed
+//! distances from one address. q4_k/q5_k load each sub-block's quants
+//! afresh (an L1 hit for the second sub-block of a chunk): held over both
+//! sub-blocks, those eight registers pushed the sums to memory.
 //!
 //! One thread, 2048 × 2048, 64 tokens, Sapphire Rapids (`group_kernels`):
 //! token pairs → this kernel at eight tokens (an earlier session, another
@@ -35,7 +40,13 @@
 //! q5_k 134 → 149, iq4_xs 170 → 184 GMAC/s; eight tokens → sixteen with
 //! the offsets above (one run, this host): q6_k 119 → 158, q3_k 114 →
 //! 161, q2_k 131 → 160, q4_k 150 → 159, q5_k 137 → 155, iq4_xs 166 → 195
-//! (→ 206 with its offset from the block).
+//! (→ 206 with its offset from the block); tile order and q4_k/q5_k's
+//! loads per sub-block (alternating builds, another day): q4_k ~165 →
+//! 206, q5_k ~158 → 183, iq4_xs ~221 → 236, q2_k ~161 → 197, q6_k and
+//! q3_k unchanged within the noise. Tried there: a super block's q6_k/
+//! q3_k/q2_k operands unpacked into L1 and read by each eight of tokens
+//! in turn (sums never leave registers): q3_k +8 %, q6_k and q2_k within
+//! the noise, model prefill unchanged, so not kept.
 //! Tried: one chain of eight `vpdpbusd` for q4_k with its mins in the loop
 //! (slower than two chains there; with the mins in a pass of their own,
 //! one chain is best).
