@@ -483,77 +483,90 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
     let total: usize = mats.iter().map(|m| m.2).sum();
     let in_dim = mats[0].0.row_len();
     let blocks = in_dim / QK;
-    // Rows are claimed in small chunks from a shared counter, so a thread
-    // that starts late or runs slower takes fewer of them.
-    let chunk = (total / (SpinPool::global().threads() * 8)).clamp(4, 64);
+    // Rows are claimed in chunks from a shared counter, so a thread that
+    // starts late or runs slower takes fewer of them; the chunks shrink as
+    // the rows run out, so the threads finish close together.
+    let threads = SpinPool::global().threads();
     let next = AtomicUsize::new(0);
-    let job = |_: usize, _: usize| loop {
-        let start = next.fetch_add(chunk, Ordering::Relaxed);
-        if start >= total {
-            break;
-        }
-        let mine = start..(start + chunk).min(total);
-        let mut first = 0;
-        for (w, y, rows) in &mats {
-            let lo = mine.start.max(first) - first;
-            let hi = mine.end.min(first + rows).saturating_sub(first);
-            let mut r = lo;
-            if let Some(interleaved) = w.interleaved() {
-                // A group of eight belongs to whoever claimed its first row.
-                let groups = lo.div_ceil(GROUP)..hi.div_ceil(GROUP).min(interleaved.groups);
-                let paired = token_pairs.filter(|_| takes_pairs(interleaved.dtype));
-                let token_acts = TokenActs { blocks: acts, paired, tiled };
-                dot_interleaved(interleaved, groups, tokens, token_acts, blocks, |row, t, values| {
-                    // SAFETY: as below, for the group's rows `row..row +
-                    // values.len()`: each < rows, and only this thread
-                    // computes a group it owns.
-                    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), y.at(t * rows + row), values.len()) }
-                });
-                r = r.max(interleaved.rows());
-            }
-            while r < hi {
-                if let Some(packed) = w.packed() {
-                    let mut values = [0f32; MAX_ROW_TOKENS];
-                    for first in (0..tokens).step_by(MAX_ROW_TOKENS) {
-                        let group = &mut values[..(tokens - first).min(MAX_ROW_TOKENS)];
-                        let dot = PackedDot {
-                            kind: packed.kind,
-                            row: packed.row(r),
-                            offsets: packed.row_offsets(r),
-                            acts: &pairs[first * blocks / 2..],
-                            sums: &sums[first * blocks..],
-                            pairs: blocks / 2,
-                        };
-                        dot_packed_tokens(dot, group);
-                        for (i, value) in group.iter().enumerate() {
-                            // SAFETY: as below: index (first+i)*rows + r is
-                            // inside this output and row r is this thread's.
-                            unsafe { *y.at((first + i) * rows + r) = *value };
+    let claim = || {
+        next.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |start| {
+            (start < total).then(|| start + claim_rows(total - start, threads))
+        })
+    };
+    let job = |_: usize, _: usize| {
+        while let Ok(start) = claim() {
+            let mine = start..(start + claim_rows(total - start, threads)).min(total);
+            let mut first = 0;
+            for (w, y, rows) in &mats {
+                let lo = mine.start.max(first) - first;
+                let hi = mine.end.min(first + rows).saturating_sub(first);
+                let mut r = lo;
+                if let Some(interleaved) = w.interleaved() {
+                    // A group of eight belongs to whoever claimed its first row.
+                    let groups = lo.div_ceil(GROUP)..hi.div_ceil(GROUP).min(interleaved.groups);
+                    let paired = token_pairs.filter(|_| takes_pairs(interleaved.dtype));
+                    let token_acts = TokenActs { blocks: acts, paired, tiled };
+                    dot_interleaved(interleaved, groups, tokens, token_acts, blocks, |row, t, values| {
+                        // SAFETY: as below, for the group's rows `row..row +
+                        // values.len()`: each < rows, and only this thread
+                        // computes a group it owns.
+                        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), y.at(t * rows + row), values.len()) }
+                    });
+                    r = r.max(interleaved.rows());
+                }
+                while r < hi {
+                    if let Some(packed) = w.packed() {
+                        let mut values = [0f32; MAX_ROW_TOKENS];
+                        for first in (0..tokens).step_by(MAX_ROW_TOKENS) {
+                            let group = &mut values[..(tokens - first).min(MAX_ROW_TOKENS)];
+                            let dot = PackedDot {
+                                kind: packed.kind,
+                                row: packed.row(r),
+                                offsets: packed.row_offsets(r),
+                                acts: &pairs[first * blocks / 2..],
+                                sums: &sums[first * blocks..],
+                                pairs: blocks / 2,
+                            };
+                            dot_packed_tokens(dot, group);
+                            for (i, value) in group.iter().enumerate() {
+                                // SAFETY: as below: index (first+i)*rows + r is
+                                // inside this output and row r is this thread's.
+                                unsafe { *y.at((first + i) * rows + r) = *value };
+                            }
                         }
+                        r += 1;
+                        continue;
+                    }
+                    let row = w.row_bytes(r);
+                    for t in 0..tokens {
+                        let x_row = &x[t * in_dim..(t + 1) * in_dim];
+                        let value = match w.dtype() {
+                            DType::F32 => dot_f32(bytemuck::cast_slice(row), x_row),
+                            d if is_half(d) => dot_half(d, row, x_row),
+                            d => vec_dot(d, row, &acts[t * blocks..(t + 1) * blocks], imp),
+                        };
+                        // SAFETY: index t*rows + r is inside this output (t <
+                        // tokens, r < rows, checked by check_linear) and row r is
+                        // claimed by exactly one thread (the counter hands out
+                        // disjoint chunks), so writes never overlap.
+                        unsafe { *y.at(t * rows + r) = value };
                     }
                     r += 1;
-                    continue;
                 }
-                let row = w.row_bytes(r);
-                for t in 0..tokens {
-                    let x_row = &x[t * in_dim..(t + 1) * in_dim];
-                    let value = match w.dtype() {
-                        DType::F32 => dot_f32(bytemuck::cast_slice(row), x_row),
-                        d if is_half(d) => dot_half(d, row, x_row),
-                        d => vec_dot(d, row, &acts[t * blocks..(t + 1) * blocks], imp),
-                    };
-                    // SAFETY: index t*rows + r is inside this output (t <
-                    // tokens, r < rows, checked by check_linear) and row r is
-                    // claimed by exactly one thread (the counter hands out
-                    // disjoint chunks), so writes never overlap.
-                    unsafe { *y.at(t * rows + r) = value };
-                }
-                r += 1;
+                first += rows;
             }
-            first += rows;
         }
     };
     SpinPool::global().run(&job);
+}
+
+/// Rows a thread claims when `left` rows remain and `threads` share them:
+/// a quarter of each thread's share, from 64 rows down to 16 (a pair of
+/// groups of eight, the two-group kernel's unit) as the rows run out, so
+/// the threads finish close together (a fixed chunk of 64 rows left one
+/// waiting up to a whole chunk at the end of every product).
+fn claim_rows(left: usize, threads: usize) -> usize {
+    (left / (4 * threads.max(1))).clamp(16, 64) / 16 * 16
 }
 
 /// The forms of the tokens' activations an interleaved matrix's kernels
