@@ -591,20 +591,25 @@ fn iq4_xs_scalar(data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
 }
 
 /// The q4_k (or q5_k) lanes, in the kernel's order of operations: per
-/// sub-block, `acc += (d·sc)·(a.d·dot)` and `mins += (dmin·m)·a.s`; then
-/// `acc − mins`.
+/// super block (whose act blocks share one scale `a.d`), `block +=
+/// (d·sc)·dot` over its sub-blocks and `mins += (dmin·m)·a.s`, then `acc
+/// += a.d·block`; then `acc − mins`.
 fn k_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
     let size = InterleavedRows::block_bytes(dtype);
     let (mut acc, mut mins) = ([0f32; GROUP], [0f32; GROUP]);
     for (block, sub) in data.chunks_exact(size).zip(acts.chunks_exact(8)) {
+        let mut block_acc = [0f32; GROUP];
         for (j, a) in sub.iter().enumerate() {
             for (lane, &row) in LANE_ROWS.iter().enumerate() {
                 let dot: i32 = (0..QK).map(|e| element(dtype, block, row, 32 * j + e) * a.qs[e] as i32).sum();
                 let (d, dmin) = (f16_at(block, 2 * lane), f16_at(block, 16 + 2 * lane));
                 let (sc, m) = (block[Q4K_SCALES + 8 * j + lane] as f32, block[Q4K_MINS + 8 * j + lane] as f32);
-                acc[lane] = (d * sc).mul_add(a.d * dot as f32, acc[lane]);
+                block_acc[lane] = (d * sc).mul_add(dot as f32, block_acc[lane]);
                 mins[lane] = (dmin * m).mul_add(a.s, mins[lane]);
             }
+        }
+        for (acc, block_acc) in acc.iter_mut().zip(block_acc) {
+            *acc = sub[0].d.mul_add(block_acc, *acc);
         }
     }
     std::array::from_fn(|lane| acc[lane] - mins[lane])

@@ -3,8 +3,9 @@
 //! Weights stay in their block format; activations are quantized to 8 bits in
 //! blocks of 32 ([`BlockQ8`]) so a matvec becomes integer dot products, as
 //! llama.cpp does (with one scale per 256-element super block for the
-//! formats whose kernels sum a super block in integers, as its `q8_K`). Every format has a scalar path (the reference) and, where
-//! it matters for speed, an AVX2 path chosen at run time.
+//! k-quants, as its `q8_K`). Every format has a scalar path (the
+//! reference) and, where it matters for speed, an AVX2 path chosen at
+//! run time.
 
 mod avx2;
 mod formats;
@@ -71,13 +72,15 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<BlockQ8>) -> Result<()> {
 pub const QK_K: usize = 256;
 
 /// True for the formats whose interleaved kernels take activations with
-/// one scale per 256-element super block, as llama.cpp's `q8_K` has: q6_k,
-/// q3_k and q2_k, whose 16-element sub-blocks each carry an integer scale.
-/// The kernel then sums a whole super block in integers and scales it
-/// once per token, where a scale per 32 elements took a float step per
-/// block.
+/// one scale per 256-element super block, as llama.cpp's `q8_K` has: the
+/// k-quants. q6_k, q3_k and q2_k, whose 16-element sub-blocks each carry
+/// an integer scale, then sum a whole super block in integers and scale
+/// it once per token, where a scale per 32 elements took a float step per
+/// block; q4_k and q5_k sum a super block's scaled sub-blocks in f32 and
+/// multiply by the activations' scale once (one multiply per token and
+/// sub-block fewer).
 pub fn shares_act_scales(dtype: DType) -> bool {
-    matches!(dtype, DType::Q6K | DType::Q3K | DType::Q2K)
+    matches!(dtype, DType::Q6K | DType::Q3K | DType::Q2K | DType::Q4K | DType::Q5K)
 }
 
 /// [`quantize_activations`] as a matrix of type `dtype` needs it: one

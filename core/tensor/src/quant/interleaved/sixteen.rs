@@ -46,7 +46,10 @@
 //! q3_k unchanged within the noise. Tried there: a super block's q6_k/
 //! q3_k/q2_k operands unpacked into L1 and read by each eight of tokens
 //! in turn (sums never leave registers): q3_k +8 %, q6_k and q2_k within
-//! the noise, model prefill unchanged, so not kept.
+//! the noise, model prefill unchanged, so not kept. Then q4_k/q5_k with
+//! one activation scale per super block (its multiply leaves the token
+//! loop) and q5_k's fifth bits placed by GFNI ([`kernel`]'s `k_runs`):
+//! q5_k ~186 → 197–204, q4_k ~220 → 225 GMAC/s (neither alone gained).
 //! Tried: one chain of eight `vpdpbusd` for q4_k with its mins in the loop
 //! (slower than two chains there; with the mins in a pass of their own,
 //! one chain is best).
@@ -61,9 +64,25 @@ const TWO_GROUP_TILE: usize = 16;
 const REMAINDER_TILE: usize = 8;
 
 /// Whether [`dot_two_groups`] takes `dtype` on this CPU: the k-quants and
-/// iq4_xs, with AVX-512 VNNI.
+/// iq4_xs, with AVX-512 VNNI; q4_k and q5_k also with GFNI (their kernel
+/// places q5_k's fifth bits with `vgf2p8affineqb`; CPUs with VNNI and
+/// without GFNI, Cascade Lake, give them the token-pair kernel).
 pub fn takes_two_groups(dtype: DType) -> bool {
-    GroupKernel::detect() == GroupKernel::Vnni && two_group_format(dtype).is_some()
+    let needs_gfni = matches!(dtype, DType::Q4K | DType::Q5K);
+    GroupKernel::detect() == GroupKernel::Vnni && two_group_format(dtype).is_some() && (!needs_gfni || gfni())
+}
+
+/// Whether this CPU has GFNI (Galois-field instructions).
+fn gfni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static GFNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *GFNI.get_or_init(|| is_x86_feature_detected!("gfni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Which compiled kernel [`dot_two_groups`] runs, by format.
@@ -178,7 +197,8 @@ fn scales_shared_tiled(tiled: &[BlockQ8], tokens: usize) -> bool {
 fn tile_of<const T: usize>(format: usize, groups: [&[u8]; 2], tile: &[BlockQ8], out: &mut [[f32; 2 * GROUP]]) {
     let tile = kernel::Tile::<T>::new(tile);
     // SAFETY: `takes_two_groups` (checked by the caller) detected AVX-512
-    // F/BW/VL/VNNI with AVX2/FMA/F16C; both groups hold `rows.blocks`
+    // F/BW/VL/VNNI with AVX2/FMA/F16C, and GFNI for q4_k/q5_k (formats 3
+    // and 4, whose kernel is compiled with it); both groups hold `rows.blocks`
     // blocks, which is the tile's blocks per token over 8 (the caller
     // checked the act blocks per token), and the kernel reads that many of
     // each.
@@ -464,20 +484,29 @@ mod kernel {
     /// one register each: the chunk's loads `loads` (row `r`'s eight bytes
     /// in 64-bit lane `r`), their low nibbles (sub-block `2c`) or high ones
     /// (`2c + 1`), q5_k's fifth bit added from the chunk's bits `bits` (run
-    /// `k`: bit `2k` for the low nibbles, `2k + 1` for the high).
+    /// `k`: bit `2k` for the low nibbles, `2k + 1` for the high). The bit
+    /// is moved to bit 4 of each byte, all others cleared, by one
+    /// `vgf2p8affineqb` (a bit matrix per byte: row 3, the result's bit 4,
+    /// picks source bit `p`), and ORed in by the `vpternlogd` that masks
+    /// the nibble (`(n & 0x0F) | bit`): two instructions a run where a
+    /// test into a mask and a masked add took three.
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,gfni")]
     unsafe fn k_runs<const Q5: bool>(loads: &[__m512i; 4], bits: __m512i, high: bool) -> [__m512i; 4] {
+        /// `vpternlogd`'s table for `(a & c) | b`.
+        const A_AND_C_OR_B: i32 = 0xEC;
         let nibbles = _mm512_set1_epi8(0x0F);
-        let sixteen = _mm512_set1_epi8(0x10);
         let mut runs = [_mm512_setzero_si512(); 4];
         for (k, (run, &load)) in runs.iter_mut().zip(loads).enumerate() {
             let shifted = if high { _mm512_srli_epi16::<4>(load) } else { load };
-            *run = _mm512_and_si512(shifted, nibbles);
-            if Q5 {
-                let bit = _mm512_set1_epi8((1u8 << (2 * k + high as usize)) as i8);
-                *run = _mm512_mask_add_epi8(*run, _mm512_test_epi8_mask(bits, bit), *run, sixteen);
-            }
+            *run = if Q5 {
+                let source_bit = 2 * k + high as usize;
+                let bit_to_four = _mm512_set1_epi64(((1u64 << source_bit) << 24) as i64);
+                let fifth = _mm512_gf2p8affine_epi64_epi8::<0>(bits, bit_to_four);
+                _mm512_ternarylogic_epi32::<A_AND_C_OR_B>(shifted, fifth, nibbles)
+            } else {
+                _mm512_and_si512(shifted, nibbles)
+            };
         }
         runs
     }
@@ -497,11 +526,13 @@ mod kernel {
         _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(joined_bytes(first, second)))
     }
 
-    /// Adds one 32-element sub-block's `scaled·(a.d·dot)` to each token's
-    /// `acc` (q4_k, q5_k, iq4_xs), `dot` from a chain of eight `vpdpbusd`;
-    /// with `OFFSET` (iq4_xs's weights stored as `q + 128`) the chain
-    /// starts at `−128·Σ a` ([`BlockQ8::offset_sum`]: one broadcast load).
-    /// A short loop body, so it unrolls.
+    /// Adds one 32-element sub-block's `scaled·dot` (q4_k, q5_k: their
+    /// super block's act blocks share one scale, applied once per super
+    /// block) or, with `OFFSET`, `scaled·(a.d·dot)` (iq4_xs) to each
+    /// token's `acc`, `dot` from a chain of eight `vpdpbusd`; with `OFFSET`
+    /// (iq4_xs's weights stored as `q + 128`) the chain starts at `−128·Σ
+    /// a` ([`BlockQ8::offset_sum`]: one broadcast load). A short loop
+    /// body, so it unrolls.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn sub_block_tokens<const T: usize, const OFFSET: bool>(
@@ -522,7 +553,11 @@ mod kernel {
                 dot = _mm512_dpbusd_epi32(dot, *evens, act_dword(a, 2 * k));
                 dot = _mm512_dpbusd_epi32(dot, *odds, act_dword(a, 2 * k + 1));
             }
-            let dot = _mm512_mul_ps(_mm512_set1_ps(a.d), _mm512_cvtepi32_ps(dot));
+            let dot = if OFFSET {
+                _mm512_mul_ps(_mm512_set1_ps(a.d), _mm512_cvtepi32_ps(dot))
+            } else {
+                _mm512_cvtepi32_ps(dot)
+            };
             *acc = _mm512_fmadd_ps(scaled, dot, *acc);
         }
     }
@@ -549,15 +584,17 @@ mod kernel {
 
     /// Sixteen sums per token of a q4_k (`Q5`: q5_k) pair of groups, as
     /// [`dot_halves_two`]'s, the 256-bit kernel's sums exactly: per
-    /// sub-block a chain of eight `vpdpbusd`, `acc += (d·sc)·(a.d·dot)`;
+    /// sub-block a chain of eight `vpdpbusd`, `block += (d·sc)·dot`; per
+    /// super block (whose act blocks share one scale) `acc += a.d·block`;
     /// `mins += (dmin·m)·a.s` in sub-block order; then `acc − mins`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,gfni")]
     pub unsafe fn dot_k_two<const T: usize, const Q5: bool>(groups: [&[u8]; 2], tile: Tile<'_, T>) -> [[f32; 16]; T] {
         let size = InterleavedRows::block_bytes(if Q5 { DType::Q5K } else { DType::Q4K });
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..tile.per_token() / 8 {
             let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
             let d = f16x16(first, second);
+            let mut block_acc = [_mm512_setzero_ps(); T];
             // Sub-block by sub-block, each loading its chunk's quants
             // again (from L1): the chunk's loads held over both of its
             // sub-blocks took registers the tokens' sums needed.
@@ -575,7 +612,10 @@ mod kernel {
                 let w = rearranged(k_runs::<Q5>(&loads[0], bits[0], high), k_runs::<Q5>(&loads[1], bits[1], high));
                 let at = Q4K_SCALES + 8 * j;
                 let scaled = _mm512_mul_ps(d, bytes_as_f32x16(first.add(at), second.add(at)));
-                sub_block_tokens::<T, false>(&w, scaled, tile.at(8 * b + j), &mut acc);
+                sub_block_tokens::<T, false>(&w, scaled, tile.at(8 * b + j), &mut block_acc);
+            }
+            for ((acc, block_acc), a) in acc.iter_mut().zip(block_acc).zip(tile.at(8 * b)) {
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(a.d), block_acc, *acc);
             }
         }
         let mins = k_mins(groups, size, tile);

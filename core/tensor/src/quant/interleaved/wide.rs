@@ -317,8 +317,9 @@ pub(super) mod kernel {
     /// The q4_k (`Q5`: q5_k) kernel for `P` pairs, lanes as [`dot_pairs`]'s:
     /// per 64-element chunk, the low nibbles (sub-block `2c`) and then the
     /// high ones (`2c + 1`) meet every pair, each sub-block's sixteen exact
-    /// sums scaled as the 256-bit kernel does: `acc += (d·sc)·(a.d·dot)`,
-    /// `mins += (dmin·m)·a.s`; then `acc − mins`.
+    /// sums scaled as the 256-bit kernel does: `block += (d·sc)·dot` and
+    /// `mins += (dmin·m)·a.s` per sub-block, `acc += a.d·block` per super
+    /// block (whose act blocks share one scale); then `acc − mins`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn dot_k_pairs<const P: usize, const Q5: bool>(
         group: &[u8],
@@ -330,6 +331,7 @@ pub(super) mod kernel {
         for b in 0..pairs[0].len() / 8 {
             let block = group.as_ptr().add(b * size);
             let (d, dmin) = (f16x8(block), f16x8(block.add(16)));
+            let mut block_acc = [_mm512_setzero_ps(); P];
             for j in 0..8 {
                 // Sub-block j: chunk j / 2, its low nibbles (even j) or high ones.
                 let (c, high) = (j / 2, j % 2 == 1);
@@ -363,10 +365,12 @@ pub(super) mod kernel {
                 for p in 0..P {
                     let a = &pairs[p][8 * b + j];
                     let sums = pair_sums(&w, a, _mm512_setzero_si512(), 0..4);
-                    let dot = _mm512_mul_ps(pair_of(&a.d), _mm512_cvtepi32_ps(sums));
-                    acc[p] = _mm512_fmadd_ps(scaled, dot, acc[p]);
+                    block_acc[p] = _mm512_fmadd_ps(scaled, _mm512_cvtepi32_ps(sums), block_acc[p]);
                     mins[p] = _mm512_fmadd_ps(min_scaled, pair_of(&a.s), mins[p]);
                 }
+            }
+            for ((acc, block_acc), pair) in acc.iter_mut().zip(block_acc).zip(pairs) {
+                *acc = _mm512_fmadd_ps(pair_of(&pair[8 * b].d), block_acc, *acc);
             }
         }
         let mut out = [[0f32; 16]; P];

@@ -387,6 +387,7 @@ macro_rules! kernels {
             for b in 0..acts[0].len() / 8 {
                 let block = group.as_ptr().add(b * size);
                 let (d, dmin) = (f16x8(block), f16x8(block.add(16)));
+                let mut block_acc = [_mm256_setzero_ps(); T];
                 for c in 0..4 {
                     prefetch(block.wrapping_add(STREAM_AHEAD + c * size / 4), size / 4);
                     let q = block.add(Q4K_QUANTS + 256 * c);
@@ -423,11 +424,14 @@ macro_rules! kernels {
                     for t in 0..T {
                         let sums = [_mm256_hadd_epi32(x[0][t].0, x[1][t].0), _mm256_hadd_epi32(x[0][t].1, x[1][t].1)];
                         for (half, (a, sum)) in [a_lo[t], a_hi[t]].into_iter().zip(sums).enumerate() {
-                            let dot = _mm256_mul_ps(_mm256_set1_ps(a.d), _mm256_cvtepi32_ps(sum));
-                            acc[t] = _mm256_fmadd_ps(scaled[half].0, dot, acc[t]);
+                            block_acc[t] = _mm256_fmadd_ps(scaled[half].0, _mm256_cvtepi32_ps(sum), block_acc[t]);
                             mins[t] = _mm256_fmadd_ps(scaled[half].1, _mm256_set1_ps(a.s), mins[t]);
                         }
                     }
+                }
+                // The super block's act blocks share one scale.
+                for (t, (acc, block_acc)) in acc.iter_mut().zip(block_acc).enumerate() {
+                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(acts[t][8 * b].d), block_acc, *acc);
                 }
             }
             std::array::from_fn(|t| _mm256_sub_ps(acc[t], mins[t]))
