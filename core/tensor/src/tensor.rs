@@ -151,15 +151,12 @@ impl Tensor {
     /// f16 decode, see the commit that added this). Resident memory stays
     /// one copy; loading copies it once.
     fn into_huge_pages(self) -> Tensor {
-        if !matches!(self.storage, Storage::Mapped { .. }) {
-            return self;
-        }
-        let mut data = vec![0u8; self.bytes().len()];
-        advise_huge_pages(&mut data);
-        const PIECE: usize = 1 << 20;
-        data.par_chunks_mut(PIECE).zip(self.bytes().par_chunks(PIECE)).for_each(|(to, from)| to.copy_from_slice(from));
-        self.page_out_rows(self.row_count());
-        Tensor { storage: Storage::Bytes(Arc::new(data)), ..self }
+        let dtype = self.dtype;
+        let copy = |from: &[u8], to: &mut [u8]| {
+            to.copy_from_slice(from);
+            true
+        };
+        self.moved_out(dtype, copy).unwrap_or_else(|unmoved| unmoved)
     }
 
     /// A mapped bf16 matrix converted to f16 into memory advised to 2 MiB
@@ -170,18 +167,30 @@ impl Tensor {
     /// A matrix holding a value f16 cannot (past ±65,504, or not finite)
     /// stays bf16.
     fn into_f16(self) -> Tensor {
+        self.moved_out(DType::F16, bf16_into_f16).unwrap_or_else(Tensor::into_huge_pages)
+    }
+
+    /// This mapped matrix's bytes written piece by piece by `write(from,
+    /// to)` into memory advised to 2 MiB pages, as a `dtype` tensor, its
+    /// mapped pages handed back; `Err(self)` untouched where the storage is
+    /// not mapped or `write` refuses a piece.
+    fn moved_out(
+        self,
+        dtype: DType,
+        write: impl Fn(&[u8], &mut [u8]) -> bool + Sync,
+    ) -> std::result::Result<Tensor, Tensor> {
         if !matches!(self.storage, Storage::Mapped { .. }) {
-            return self;
+            return Err(self);
         }
         let mut data = vec![0u8; self.bytes().len()];
         advise_huge_pages(&mut data);
         const PIECE: usize = 1 << 20;
         let pieces = data.par_chunks_mut(PIECE).zip(self.bytes().par_chunks(PIECE));
-        if !pieces.all(|(to, from)| bf16_into_f16(from, to)) {
-            return self.into_huge_pages();
+        if !pieces.all(|(to, from)| write(from, to)) {
+            return Err(self);
         }
         self.page_out_rows(self.row_count());
-        Tensor { storage: Storage::Bytes(Arc::new(data)), dtype: DType::F16, ..self }
+        Ok(Tensor { storage: Storage::Bytes(Arc::new(data)), dtype, ..self })
     }
 
     /// Lets the kernel reclaim the memory of the first `rows` rows of a
