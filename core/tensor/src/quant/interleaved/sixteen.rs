@@ -299,6 +299,15 @@ mod kernel {
         out
     }
 
+    /// Super block `b` of each group (blocks of `size` bytes).
+    ///
+    /// # Safety
+    /// Both groups hold more than `b` blocks of `size` bytes.
+    #[inline(always)]
+    unsafe fn super_blocks(groups: [&[u8]; 2], b: usize, size: usize) -> (*const u8, *const u8) {
+        (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size))
+    }
+
     /// Two 32-byte loads as one register (the first in the low half).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -569,7 +578,7 @@ mod kernel {
     unsafe fn k_mins<const T: usize>(groups: [&[u8]; 2], size: usize, tile: Tile<'_, T>) -> [__m512; T] {
         let mut mins = [_mm512_setzero_ps(); T];
         for b in 0..tile.per_token() / 8 {
-            let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
+            let (first, second) = super_blocks(groups, b, size);
             let dmin = f16x16(first.add(16), second.add(16));
             for j in 0..8 {
                 let at = Q4K_MINS + 8 * j;
@@ -592,7 +601,7 @@ mod kernel {
         let size = InterleavedRows::block_bytes(if Q5 { DType::Q5K } else { DType::Q4K });
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..tile.per_token() / 8 {
-            let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
+            let (first, second) = super_blocks(groups, b, size);
             let d = f16x16(first, second);
             let mut block_acc = [_mm512_setzero_ps(); T];
             // Sub-block by sub-block, each loading its chunk's quants
@@ -642,7 +651,7 @@ mod kernel {
         let low_nibbles = _mm_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..tile.per_token() / 8 {
-            let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
+            let (first, second) = super_blocks(groups, b, size);
             let mut totals = [_mm512_setzero_si512(); T];
             for j in 0..8 {
                 let (lo, hi) = scale_bytes(first, second, layout.scales + 16 * j);
@@ -679,7 +688,7 @@ mod kernel {
         let size = InterleavedRows::block_bytes(DType::Q2K);
         let mut mins = [_mm512_setzero_ps(); T];
         for b in 0..tile.per_token() / 8 {
-            let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
+            let (first, second) = super_blocks(groups, b, size);
             let mut side = [_mm512_setzero_si512(); T];
             for j in 0..8 {
                 let (lo, hi) = scale_bytes(first, second, layout.scales + 16 * j);
@@ -722,7 +731,7 @@ mod kernel {
         let size = InterleavedRows::block_bytes(DType::IQ4XS);
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..tile.per_token() / 8 {
-            let (first, second) = (groups[0].as_ptr().add(b * size), groups[1].as_ptr().add(b * size));
+            let (first, second) = super_blocks(groups, b, size);
             let d = f16x16(first, second);
             for j in 0..8 {
                 let quants = IQ4XS_QUANTS + IQ4XS_SUB_BYTES * j;
