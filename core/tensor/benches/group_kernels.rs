@@ -1,7 +1,8 @@
 //! The interleaved group kernels (`quant::interleaved`) on one thread, per
 //! GGUF type: a prefill tile of tokens (on AVX-512 VNNI also the token-pair
 //! and the two-group kernels) and a lone decode token against a
-//! 2,048 × 2,048 matrix, as multiply-adds per second (the best of ROUNDS:
+//! 2,048 × 2,048 matrix (on VNNI CPUs also the AVX2 form the kernels take
+//! without it), as multiply-adds per second (the best of ROUNDS:
 //! on a shared VM, interference only ever slows a round down).
 //! A figure to compare kernel changes by on one machine, in one run; the
 //! peer comparison lives in `benches/llamacpp`.
@@ -11,8 +12,8 @@
 
 use std::time::Instant;
 use tailor_tensor::quant::interleaved::{
-    dot_group_pairs, dot_group_tokens, dot_two_groups, interleave_rows, takes_pairs, takes_two_groups, tile_order,
-    PairedTokens, GROUP,
+    dot_group_pairs, dot_group_tokens, dot_group_tokens_on, dot_two_groups, interleave_rows, takes_pairs,
+    takes_two_groups, tile_order, GroupKernel, PairedTokens, GROUP,
 };
 use tailor_tensor::quant::{quantize_activations_for, BlockQ8};
 use tailor_tensor::{DType, Tensor};
@@ -46,14 +47,14 @@ fn main() {
         }
         let w = Tensor::from_f32(values(rows * row_len, 3), &[rows, row_len]).unwrap().to_dtype(dtype).unwrap();
         let grouped = interleave_rows(dtype, w.bytes(), rows, row_len).expect("interleavable");
-        let time = |acts: &[BlockQ8], count: usize| {
+        let time = |kernel: GroupKernel, acts: &[BlockQ8], count: usize| {
             let mut sums = vec![[0f32; GROUP]; count];
             let per_token = acts.len() / count;
             best((0..rounds).map(|_| {
                 let start = Instant::now();
                 for g in 0..rows / GROUP {
                     for (tile, out) in acts.chunks(32 * per_token).zip(sums.chunks_mut(32)) {
-                        dot_group_tokens(&grouped, g, tile, out);
+                        dot_group_tokens_on(kernel, &grouped, g, tile, out);
                     }
                 }
                 std::hint::black_box(&sums);
@@ -117,6 +118,11 @@ fn main() {
             }
             println!("{:8} {:>14.1} (two groups, 512-bit)", dtype.to_string(), rate);
         }
-        println!("{:8} {:>14.1} {:>14.1}", dtype.to_string(), time(&acts, tokens), time(&acts[..per_token], 1));
+        let (detected, one) = (GroupKernel::detect(), &acts[..per_token]);
+        if detected == GroupKernel::Vnni && GroupKernel::Avx2.is_supported() {
+            let (prefill, decode) = (time(GroupKernel::Avx2, &acts, tokens), time(GroupKernel::Avx2, one, 1));
+            println!("{:8} {prefill:>14.1} {decode:>14.1} (AVX2 form, no VNNI)", dtype.to_string());
+        }
+        println!("{:8} {:>14.1} {:>14.1}", dtype.to_string(), time(detected, &acts, tokens), time(detected, one, 1));
     }
 }

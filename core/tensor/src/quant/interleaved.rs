@@ -542,29 +542,31 @@ pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [
 }
 
 /// The q6_k, q3_k or q2_k lanes, in the kernel's order of operations: per
-/// super block (whose act blocks share one scale `a.d`), the integer
-/// `Σ_j Σ_half sc·(Σ q·a − offset·Σ a)` over its act blocks' 16-element
-/// halves, then `acc += d·(a.d·that)`; q2_k also `mins += dmin·(a.d·Σ_j
-/// Σ_half m·Σ a)`; then `acc − mins`.
+/// super block (whose act blocks share one scale `a.d`), `block +=
+/// (d·sc)·(Σ q·a − offset·Σ a)` over its act blocks' 16-element halves
+/// (the integer exact, one float step per half), then `acc += a.d·block`;
+/// q2_k also `mins += dmin·(a.d·Σ_j Σ_half m·Σ a)`; then `acc − mins`.
 fn halves_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
     let (layout, size) = (HalvesLayout::of(dtype), InterleavedRows::block_bytes(dtype));
     let offset = if dtype == DType::Q2K { 0 } else { 1 << layout.offset_shift };
     let (mut acc, mut mins) = ([0f32; GROUP], [0f32; GROUP]);
     for (block, sub) in data.chunks_exact(size).zip(acts.chunks_exact(8)) {
         for (lane, &row) in LANE_ROWS.iter().enumerate() {
-            let (mut total, mut min_total) = (0i32, 0i32);
+            let d = f16_at(block, 2 * lane);
+            let (mut block_acc, mut min_total) = (0f32, 0i32);
             for (j, a) in sub.iter().enumerate() {
                 for half in 0..2 {
                     let dot: i32 = (16 * half..16 * half + 16)
                         .map(|e| element(dtype, block, row, 32 * j + e) * a.qs[e] as i32)
                         .sum();
                     let (sc, m) = layout.scale_min(dtype, block, 2 * j + half, lane);
-                    total += (dot - offset * a.half_sums[half] as i32) * sc;
+                    let chain = dot - offset * a.half_sums[half] as i32;
+                    block_acc = (d * sc as f32).mul_add(chain as f32, block_acc);
                     min_total += m * a.half_sums[half] as i32;
                 }
             }
             let a_d = sub[0].d;
-            acc[lane] = f16_at(block, 2 * lane).mul_add(a_d * total as f32, acc[lane]);
+            acc[lane] = a_d.mul_add(block_acc, acc[lane]);
             if dtype == DType::Q2K {
                 mins[lane] = f16_at(block, 16 + 2 * lane).mul_add(a_d * min_total as f32, mins[lane]);
             }

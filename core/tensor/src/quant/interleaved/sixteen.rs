@@ -5,16 +5,16 @@
 //! The token-pair kernel ([`super::wide`]) meets a quad of rows with two
 //! tokens per `vpdpbusd` and pays for it per act block and pair: each
 //! row's eight bytes doubled, two permutes and an add to fold the lanes
-//! of a row back together, and for q6_k/q3_k/q2_k a `vpmulld` by the
+//! of a row back together, and for q6_k/q3_k/q2_k a float step by the
 //! sub-block scales per eight rows and half. Here the runs of two
 //! adjacent groups are rearranged once per block into registers that hold
 //! four elements of each of sixteen rows (a permute per register, shared
 //! by every token of the tile), so one broadcast dword of a token's
 //! activations meets sixteen rows: each lane is a row's exact sum at
-//! once, and one `vpmulld` scales sixteen rows of a half. The layout in
-//! memory is the groups' own (no second copy); lanes come out in the
-//! groups' lane order ([`super::LANE_ROWS`]), so their stored scales apply
-//! as they are. The integer sums are exact and scaled by the same
+//! once, and one conversion and FMA scale sixteen rows of a half. The
+//! layout in memory is the groups' own (no second copy); lanes come out
+//! in the groups' lane order ([`super::LANE_ROWS`]), so their stored
+//! scales apply as they are. The integer sums are exact and scaled by the same
 //! operations in the same order as the 256-bit kernel's, so every token
 //! gets, bit for bit, what [`super::dot_group`] gives it alone.
 //!
@@ -52,7 +52,15 @@
 //! q5_k ~186 → 197–204, q4_k ~220 → 225 GMAC/s (neither alone gained).
 //! Tried: one chain of eight `vpdpbusd` for q4_k with its mins in the loop
 //! (slower than two chains there; with the mins in a pass of their own,
-//! one chain is best).
+//! one chain is best). Then q6_k/q3_k/q2_k's halves weighted in f32
+//! (`block += (d·sc)·chain`, a conversion and an FMA) instead of in
+//! integers (`vpmulld`, two µops on port 0, and an add), in every kernel
+//! of those formats: q6_k two groups 161–184 → 172–187, token pairs
+//! 112–125 → 120–131, 256-bit VNNI 95–98 → 101–106 GMAC/s (three
+//! alternating pairs); the AVX2 form, which weighted i16 pairs by the
+//! scales for free in its `madd`, now widens with ones and converts per
+//! half: q6_k 68–70 → 63–65 (−7 %), decode unchanged. 1B Q6_K prefill
+//! +5 % (three alternating pairs), Q3_K_M and Q2_K within the noise.
 
 use super::{BlockQ8, GroupKernel, InterleavedRows, GROUP};
 use crate::DType;
@@ -423,30 +431,31 @@ mod kernel {
         _mm512_set1_epi32((a.qs.as_ptr().add(4 * i) as *const i32).read_unaligned())
     }
 
-    /// Adds to each token's `totals` Σ_half sc·Σ q·a of an act block's
-    /// sixteen rows: per half a chain of four `vpdpbusd`, times the rows'
-    /// i32 scales. With `OFFSET` (weights stored as `q + 32`) each chain
-    /// starts at the token's `−32·Σ a` of the half, one broadcast load, so
-    /// the sum is the exact `sc·(Σ (q + 32)·a − 32·Σ a)`. Half by half, the
-    /// loop over tokens has a short body, so it unrolls and `totals` stay
-    /// in registers.
+    /// Adds to each token's `block_acc` Σ_half (d·sc)·Σ q·a of an act
+    /// block's sixteen rows: per half a chain of four `vpdpbusd`, converted
+    /// and weighted by the rows' `scaled` (`d·sc`) in one FMA. With
+    /// `OFFSET` (weights stored as `q + 32`) each chain starts at the
+    /// token's `−32·Σ a` of the half, one broadcast load, so the chain is
+    /// the exact `Σ (q + 32)·a − 32·Σ a`. Half by half, the loop over
+    /// tokens has a short body, so it unrolls and the sums stay in
+    /// registers.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn halves_tokens<const T: usize, const OFFSET: bool>(
         w: &[[__m512i; 2]; 4],
-        scales: &[__m512i; 2],
+        scaled: &[__m512; 2],
         a: &[BlockQ8; T],
-        totals: &mut [__m512i; T],
+        block_acc: &mut [__m512; T],
     ) {
         if T <= 8 {
-            half_tokens::<T, OFFSET>(&w[..2], scales[0], 0, a, totals);
-            half_tokens::<T, OFFSET>(&w[2..], scales[1], 1, a, totals);
+            half_tokens::<T, OFFSET>(&w[..2], scaled[0], 0, a, block_acc);
+            half_tokens::<T, OFFSET>(&w[2..], scaled[1], 1, a, block_acc);
             return;
         }
-        let [(a_low, low), (a_high, high)] = eights(a, totals);
+        let [(a_low, low), (a_high, high)] = eights(a, block_acc);
         for (half, runs) in w.chunks_exact(2).enumerate() {
-            half_tokens::<8, OFFSET>(runs, scales[half], half, a_low, low);
-            half_tokens::<8, OFFSET>(runs, scales[half], half, a_high, high);
+            half_tokens::<8, OFFSET>(runs, scaled[half], half, a_low, low);
+            half_tokens::<8, OFFSET>(runs, scaled[half], half, a_high, high);
         }
     }
 
@@ -467,17 +476,18 @@ mod kernel {
         [(a_low, low), (a_high, high)]
     }
 
-    /// [`halves_tokens`] for half `half` (its runs `runs`, scales `scale`).
+    /// [`halves_tokens`] for half `half` (its runs `runs`, rows' `d·sc`
+    /// `scaled`).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn half_tokens<const T: usize, const OFFSET: bool>(
         runs: &[[__m512i; 2]],
-        scale: __m512i,
+        scaled: __m512,
         half: usize,
         a: &[BlockQ8; T],
-        totals: &mut [__m512i; T],
+        block_acc: &mut [__m512; T],
     ) {
-        for (a, total) in a.iter().zip(totals.iter_mut()) {
+        for (a, block_acc) in a.iter().zip(block_acc.iter_mut()) {
             // Each i32 lane: 16 products, each within ±63·127 (q6_k), and
             // the offset, within ±32·2032.
             let mut chain = if OFFSET { _mm512_set1_epi32(a.offset_sums[half]) } else { _mm512_setzero_si512() };
@@ -485,7 +495,7 @@ mod kernel {
                 chain = _mm512_dpbusd_epi32(chain, *evens, act_dword(a, 2 * k));
                 chain = _mm512_dpbusd_epi32(chain, *odds, act_dword(a, 2 * k + 1));
             }
-            *total = _mm512_add_epi32(*total, _mm512_mullo_epi32(chain, scale));
+            *block_acc = _mm512_fmadd_ps(scaled, _mm512_cvtepi32_ps(chain), *block_acc);
         }
     }
 
@@ -631,14 +641,20 @@ mod kernel {
         row_sums(acc, mins)
     }
 
+    /// The rows' `d·sc`: sixteen f32 `d` times sixteen i8 scales `scales`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn scaled_by(d: __m512, scales: __m128i) -> __m512 {
+        _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(scales)))
+    }
+
     /// Sixteen sums per token (group `groups[0]`'s rows, then
     /// `groups[1]`'s, in row order) of a q6_k, q3_k or q2_k pair of
     /// groups, the 256-bit kernel's sums exactly: per act block and half a
-    /// chain of four `vpdpbusd`, times the half's i32 scales, into the
-    /// super block's integer total (q6_k and q3_k, unpacked as `q + 32`:
-    /// each chain from `−32·Σ a`, so the total is Σ_half sc·Σ q·a, the
-    /// 256-bit kernel's integer); then `acc += d·(a.d·total)`; q2_k less
-    /// its mins ([`q2_k_mins`]).
+    /// chain of four `vpdpbusd` (q6_k and q3_k, unpacked as `q + 32`: each
+    /// chain from `−32·Σ a`, so it is the exact Σ q·a), `block +=
+    /// (d·sc)·chain`; per super block (whose act blocks share one scale)
+    /// `acc += a.d·block`; q2_k less its mins ([`q2_k_mins`]).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn dot_halves_two<const T: usize, const F: usize>(
         groups: [&[u8]; 2],
@@ -652,26 +668,25 @@ mod kernel {
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..tile.per_token() / 8 {
             let (first, second) = super_blocks(groups, b, size);
-            let mut totals = [_mm512_setzero_si512(); T];
+            let d = f16x16(first, second);
+            let mut block_acc = [_mm512_setzero_ps(); T];
             for j in 0..8 {
                 let (lo, hi) = scale_bytes(first, second, layout.scales + 16 * j);
                 // q2_k: a byte holds the scale (low nibble) and the min (high).
                 let (lo_scales, hi_scales) =
                     if q2_k { (_mm_and_si128(lo, low_nibbles), _mm_and_si128(hi, low_nibbles)) } else { (lo, hi) };
-                let scales = [_mm512_cvtepi8_epi32(lo_scales), _mm512_cvtepi8_epi32(hi_scales)];
+                let scaled = [scaled_by(d, lo_scales), scaled_by(d, hi_scales)];
                 let quants = layout.quants + layout.act_bytes * j;
                 let w = sixteen_rows::<F>(first.add(quants), second.add(quants));
                 let a = tile.at(8 * b + j);
                 if q2_k {
-                    halves_tokens::<T, false>(&w, &scales, a, &mut totals);
+                    halves_tokens::<T, false>(&w, &scaled, a, &mut block_acc);
                 } else {
-                    halves_tokens::<T, true>(&w, &scales, a, &mut totals);
+                    halves_tokens::<T, true>(&w, &scaled, a, &mut block_acc);
                 }
             }
-            let d = f16x16(first, second);
-            for ((acc, total), a) in acc.iter_mut().zip(totals).zip(tile.at(8 * b)) {
-                let a_d = _mm512_set1_ps(a.d);
-                *acc = _mm512_fmadd_ps(d, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(total)), *acc);
+            for ((acc, block_acc), a) in acc.iter_mut().zip(block_acc).zip(tile.at(8 * b)) {
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(a.d), block_acc, *acc);
             }
         }
         let mins = if q2_k { q2_k_mins(groups, tile) } else { [_mm512_setzero_ps(); T] };
@@ -737,8 +752,7 @@ mod kernel {
                 let quants = IQ4XS_QUANTS + IQ4XS_SUB_BYTES * j;
                 let w = rearranged(iq4_runs(first.add(quants)), iq4_runs(second.add(quants)));
                 let at = IQ4XS_SCALES + 8 * j;
-                let scales = _mm512_cvtepi8_epi32(joined_bytes(first.add(at), second.add(at)));
-                let scaled = _mm512_mul_ps(d, _mm512_cvtepi32_ps(scales));
+                let scaled = scaled_by(d, joined_bytes(first.add(at), second.add(at)));
                 sub_block_tokens::<T, true>(&w, scaled, tile.at(8 * b + j), &mut acc);
             }
         }

@@ -103,8 +103,8 @@ fn pair_block(x: &BlockQ8, y: &BlockQ8) -> PairBlock {
 #[cfg(target_arch = "x86_64")]
 pub(super) mod kernel {
     use super::super::x86::vnni::{
-        bytes_as_f32, f16x8, fifth_bits, low_bit_runs, q2_k_min_pairs, q6_k_runs, quad_operands, signed, BLOCKS32,
-        HALVES,
+        bytes_as_f32, f16x8, fifth_bits, low_bit_runs, q2_k_min_pairs, q6_k_runs, quad_operands, scaled_by, signed,
+        BLOCKS32, HALVES,
     };
     use super::super::{
         quants_layout, HalvesLayout, InterleavedRows, IQ4XS_SCALES, IQ4XS_SUB_BYTES, LANE_ROWS, Q4K_MINS, Q4K_QUANTS,
@@ -247,9 +247,9 @@ pub(super) mod kernel {
     /// The q6_k, q3_k or q2_k kernel (`HALVES[F]`) for `P` pairs, lanes as
     /// [`dot_pairs`]'s: per act block and half, each pair's two chains of
     /// two `vpdpbusd` start at the offset's part (`madd` of the pair's
-    /// half sums), the sixteen exact sums times the rows' i32 scales add
-    /// to the super block's integer totals; then `acc += d·(a.d·total)`
-    /// (q2_k also `mins += dmin·(a.d·Σ m·Σ a)`), as the 256-bit kernel.
+    /// half sums), the sixteen exact sums weighted by the rows' `d·sc`
+    /// into the super block's `block`; then `acc += a.d·block` (q2_k also
+    /// `mins += dmin·(a.d·Σ m·Σ a)`), as the 256-bit kernel.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn dot_halves_pairs<const P: usize, const F: usize>(
         group: &[u8],
@@ -266,7 +266,8 @@ pub(super) mod kernel {
         let (mut acc, mut mins) = ([_mm512_setzero_ps(); P], [_mm512_setzero_ps(); P]);
         for b in 0..pairs[0].len() / 8 {
             let block = group.as_ptr().add(b * size);
-            let mut totals = [_mm512_setzero_si512(); P];
+            let d = f16x8(block);
+            let mut block_acc = [_mm512_setzero_ps(); P];
             let mut side = [_mm512_setzero_si512(); P];
             for j in 0..8 {
                 let q = block.add(layout.quants + layout.act_bytes * j);
@@ -274,7 +275,7 @@ pub(super) mod kernel {
                 let (lo, hi) = (_mm_loadl_epi64(at as *const __m128i), _mm_loadl_epi64(at.add(8) as *const __m128i));
                 let (lo, hi) =
                     if q2_k { (_mm_and_si128(lo, low_nibbles), _mm_and_si128(hi, low_nibbles)) } else { (lo, hi) };
-                let scales = [by_row_epi32(_mm256_cvtepi8_epi32(lo)), by_row_epi32(_mm256_cvtepi8_epi32(hi))];
+                let scaled = [by_row_ps(scaled_by(d, lo)), by_row_ps(scaled_by(d, hi))];
                 let min_pairs = if q2_k { by_row_epi32(q2_k_min_pairs(at)) } else { _mm512_setzero_si512() };
                 let quads = if dtype == DType::Q6K {
                     [q6_k_runs(q), q6_k_runs(q.add(Q6K_QUAD_BYTES))]
@@ -289,7 +290,7 @@ pub(super) mod kernel {
                         let start =
                             if q2_k { _mm512_setzero_si512() } else { _mm512_madd_epi16(halves, start_weights[half]) };
                         let sums = pair_sums(&w, a, start, 2 * half..2 * half + 2);
-                        totals[p] = _mm512_add_epi32(totals[p], _mm512_mullo_epi32(sums, scales[half]));
+                        block_acc[p] = _mm512_fmadd_ps(scaled[half], _mm512_cvtepi32_ps(sums), block_acc[p]);
                     }
                     if q2_k {
                         // Lane i: token i % 2's half sums, an i16 pair.
@@ -298,10 +299,10 @@ pub(super) mod kernel {
                     }
                 }
             }
-            let (d, dmin) = (by_row_ps(f16x8(block)), by_row_ps(f16x8(block.add(16))));
+            let dmin = by_row_ps(f16x8(block.add(16)));
             for p in 0..P {
                 let a_d = pair_of(&pairs[p][8 * b].d);
-                acc[p] = _mm512_fmadd_ps(d, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(totals[p])), acc[p]);
+                acc[p] = _mm512_fmadd_ps(a_d, block_acc[p], acc[p]);
                 if q2_k {
                     mins[p] = _mm512_fmadd_ps(dmin, _mm512_mul_ps(a_d, _mm512_cvtepi32_ps(side[p])), mins[p]);
                 }

@@ -10,9 +10,9 @@
 //! The kernels are written once and compiled twice, by `kernels!`: for
 //! AVX2 (`maddubs` pair sums in i16, widened by `madd`) and for AVX-512
 //! VNNI on 256-bit registers (`vpdpbusd`, four products straight into
-//! each i32 lane; q6_k's sub-block scales then multiply i32 lanes instead
-//! of weighting i16 pairs). The integer sums are exact either way, so both
-//! give the same bits.
+//! each i32 lane). The integer sums are exact either way, and both weight
+//! them by the same float operations in the same order, so both give the
+//! same bits.
 
 use super::{
     quants_layout, BlockQ8, HalvesLayout, InterleavedRows, IQ4XS_SCALES, IQ4XS_SUB_BYTES, Q4K_MINS, Q4K_QUANTS,
@@ -491,105 +491,65 @@ macro_rules! kernels {
             runs
         }
 
-        /// Adds to each token's `totals` Σ_half sc·Σ q·a of an act block's
-        /// eight rows, in lane order, from both quads' runs; tokens' half
-        /// sums (an i16 pair each) are at `a[t].half_sums`. VNNI: each
-        /// half's chain of two `vpdpbusd` per quad starts at the `madd` of
-        /// the half sums with `start_weights[half]` (the offset's part),
-        /// `hadd` pairs the quads' lanes into one lane per row, and one
-        /// `vpmulld` applies the rows' i32 scales `scales.lanes`. AVX2:
-        /// `maddubs` pair sums in i16, weighted by each quad's scales
-        /// `scales.quads` in `madd`, then `hadd`. The loops over tokens
-        /// have short bodies, so they unroll and `totals` stay in registers
-        /// (one long body kept them in memory: 25 % slower).
+        /// Adds to each token's `block_acc` Σ_half (d·sc)·(Σ q·a − offset·Σ
+        /// a) of an act block's eight rows, in lane order, from both quads'
+        /// runs, the integer exact, one FMA per half with the rows' `scaled`
+        /// (`d·sc`); tokens' half sums (an i16 pair each) are at
+        /// `a[t].half_sums`, and their `madd` with `start_weights[half]` is
+        /// the offset's part. VNNI: each half's chain of two `vpdpbusd`
+        /// per quad starts at that part (half of it in each of a row's two
+        /// lanes), and `hadd` pairs the quads' lanes into one lane per row.
+        /// AVX2: `maddubs` pair sums in i16, widened by `madd` with ones,
+        /// `hadd` into rows, plus the whole offset's part. The loops over
+        /// tokens have short bodies, so they unroll and the sums stay in
+        /// registers (one long body kept them in memory: 25 % slower).
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn halves_tokens<const T: usize>(
             runs: &[[__m256i; 4]; 2],
-            scales: &HalfScales,
+            scaled: &[__m256; 2],
             a: &[&BlockQ8; T],
             start_weights: [__m256i; 2],
-            totals: &mut [__m256i; T],
+            block_acc: &mut [__m256; T],
         ) {
+            let ones = _mm256_set1_epi16(1);
             // No closures here: one loses the target features and stays a call.
-            if $vnni {
-                for half in 0..2 {
-                    for t in 0..T {
-                        let sums = _mm256_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
-                        let start = _mm256_madd_epi16(sums, start_weights[half]);
-                        let (first, second) = (run_of(a[t], 2 * half), run_of(a[t], 2 * half + 1));
+            for half in 0..2 {
+                for t in 0..T {
+                    let sums = _mm256_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
+                    let start = _mm256_madd_epi16(sums, start_weights[half]);
+                    let (first, second) = (run_of(a[t], 2 * half), run_of(a[t], 2 * half + 1));
+                    let per_row = if $vnni {
                         // Each i32 lane: start + Σ of 8 products ≤ 63·127 (q6_k).
                         let mut chains = [start; 2];
                         for (chain, w) in chains.iter_mut().zip(runs) {
                             *chain = _mm256_dpbusd_epi32(*chain, w[2 * half], first);
                             *chain = _mm256_dpbusd_epi32(*chain, w[2 * half + 1], second);
                         }
-                        let per_row = _mm256_hadd_epi32(chains[0], chains[1]);
-                        totals[t] = _mm256_add_epi32(totals[t], _mm256_mullo_epi32(per_row, scales.lanes[half]));
-                    }
+                        _mm256_hadd_epi32(chains[0], chains[1])
+                    } else {
+                        let mut quads = [_mm256_setzero_si256(); 2];
+                        for (quad, w) in quads.iter_mut().zip(runs) {
+                            // Each i16 lane ≤ 2·63·127 (q6_k; less for q3_k, q2_k); two summed stay below 2¹⁵.
+                            let pairs = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(w[2 * half], first),
+                                _mm256_maddubs_epi16(w[2 * half + 1], second),
+                            );
+                            *quad = _mm256_madd_epi16(pairs, ones);
+                        }
+                        _mm256_add_epi32(_mm256_hadd_epi32(quads[0], quads[1]), start)
+                    };
+                    block_acc[t] = _mm256_fmadd_ps(scaled[half], _mm256_cvtepi32_ps(per_row), block_acc[t]);
                 }
-                return;
-            }
-            // Half by half, each token's two runs meet both quads' loads
-            // with the tile's sums in registers.
-            let mut quads = [[_mm256_setzero_si256(); T]; 2];
-            for half in 0..2 {
-                for t in 0..T {
-                    let (first, second) = (run_of(a[t], 2 * half), run_of(a[t], 2 * half + 1));
-                    for (q, sums) in quads.iter_mut().enumerate() {
-                        // Each i16 lane ≤ 2·63·127 (q6_k; less for q3_k, q2_k); two summed stay below 2¹⁵.
-                        let pairs = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(runs[q][2 * half], first),
-                            _mm256_maddubs_epi16(runs[q][2 * half + 1], second),
-                        );
-                        // Each pair ≤ 2·(2·63·127)·128: far inside i32.
-                        sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(pairs, scales.quads[q][half]));
-                    }
-                }
-            }
-            for (t, total) in totals.iter_mut().enumerate() {
-                *total = _mm256_add_epi32(*total, _mm256_hadd_epi32(quads[0][t], quads[1][t]));
             }
         }
 
-        /// An act block's sub-block scales in the forms the kernels apply
-        /// them in.
-        struct HalfScales {
-            /// VNNI: per half, each lane's scale as an i32 (lane order).
-            lanes: [__m256i; 2],
-            /// AVX2: per quad and half, each of the quad's four rows' scale
-            /// in its four i16 lanes (`maddubs` pair weights).
-            quads: [[__m256i; 2]; 2],
-            /// Both halves' scales of each lane as an i16 pair (low, high).
-            pairs: __m256i,
-        }
-
-        /// The scales of an act block's two halves (eight i8, in lane
-        /// order, in the low bytes of `lo` and `hi`).
+        /// The rows' `d·sc`: eight f32 `d` times eight i8 scales (the low
+        /// bytes of `scales`), in the same lane order.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn half_scales(lo: __m128i, hi: __m128i) -> HalfScales {
-            let pairs = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(lo, hi));
-            if $vnni {
-                let lanes = [_mm256_cvtepi8_epi32(lo), _mm256_cvtepi8_epi32(hi)];
-                return HalfScales { lanes, quads: [[_mm256_setzero_si256(); 2]; 2], pairs };
-            }
-            // Lane order [0, 1, 4, 5, 2, 3, 6, 7]: quad 0's rows sit in lanes
-            // 0, 1 (low 128 bits) and 4, 5 (high); quad 1's in 2, 3 and 6, 7.
-            let pick = [
-                _mm256_setr_epi8(
-                    0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 8, 9, 8, 9, 8, 9, 8, 9, 10, 11, 10, 11, 10, 11, 10,
-                    11,
-                ),
-                _mm256_setr_epi8(
-                    4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7, 12, 13, 12, 13, 12, 13, 12, 13, 14, 15, 14, 15, 14,
-                    15, 14, 15,
-                ),
-            ];
-            let words = [lo, hi].map(|half| _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(half)));
-            let quads = [0, 1]
-                .map(|quad| [_mm256_shuffle_epi8(words[0], pick[quad]), _mm256_shuffle_epi8(words[1], pick[quad])]);
-            HalfScales { lanes: [_mm256_setzero_si256(); 2], quads, pairs }
+        pub(in crate::quant::interleaved) unsafe fn scaled_by(d: __m256, scales: __m128i) -> __m256 {
+            _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(scales)))
         }
 
         /// q2_k: both halves' mins of each lane as an i16 pair (low, high),
@@ -607,29 +567,30 @@ macro_rules! kernels {
         /// The eight lanes of a q6_k, q3_k or q2_k group per token (see
         /// `halves_scalar` for the order). The activations share one scale
         /// per super block (`quant::shares_act_scales`), so each token's
-        /// super block is summed in integers and scaled once: `Σ_half
-        /// sc·(Σ q·a − offset·Σ a)`, the offset's part entering VNNI's
-        /// chains at their start (−offset/2·Σ a in each of a row's two
-        /// lanes of a half) and AVX2's sum at the end, from `Σ_half sc·Σ
-        /// a` (`madd` of the scale pairs with the half sums); q2_k's mins
-        /// `Σ_half m·Σ a` the same way, weighted by `dmin`.
+        /// super block sums its halves' `(d·sc)·(Σ q·a − offset·Σ a)` in
+        /// f32 and is scaled once: `acc += a.d·block`; q2_k's mins `Σ_half
+        /// m·Σ a` in integers (`madd` of the min pairs with the half sums),
+        /// weighted by `dmin`.
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn dot_halves<const T: usize, const F: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
             let dtype = HALVES[F];
             let layout = HalvesLayout::of(dtype);
             let size = InterleavedRows::block_bytes(dtype);
-            let (offset_in_chains, q2_k) = ($vnni && dtype != DType::Q2K, dtype == DType::Q2K);
-            let half_offset = if offset_in_chains { -(1i32 << layout.offset_shift) / 2 } else { 0 };
-            // `madd` of a token's half sums (an i16 pair) with these gives each half's start.
-            let start_weights = [_mm256_set1_epi32(half_offset & 0xFFFF), _mm256_set1_epi32(half_offset << 16)];
+            let q2_k = dtype == DType::Q2K;
+            let offset = if q2_k { 0 } else { 1i32 << layout.offset_shift };
+            // VNNI starts both of a row's chains at half the offset's part.
+            let lane_offset = if $vnni { -offset / 2 } else { -offset };
+            // `madd` of a token's half sums (an i16 pair) with these gives each half's offset part.
+            let start_weights = [_mm256_set1_epi32(lane_offset & 0xFFFF), _mm256_set1_epi32(lane_offset << 16)];
             let (mut acc, mut mins) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
             let low_nibbles = _mm_set1_epi8(0x0F);
             for b in 0..acts[0].len() / 8 {
                 let block = group.as_ptr().add(b * size);
                 prefetch(block.wrapping_add(STREAM_AHEAD), size);
-                let mut totals = [_mm256_setzero_si256(); T];
-                // AVX2: Σ sc·Σ a (the offset's); q2_k: Σ m·Σ a.
+                let d = f16x8(block);
+                let mut block_acc = [_mm256_setzero_ps(); T];
+                // q2_k: Σ m·Σ a.
                 let mut side = [_mm256_setzero_si256(); T];
                 for j in 0..8 {
                     let q = block.add(layout.quants + layout.act_bytes * j);
@@ -639,8 +600,7 @@ macro_rules! kernels {
                     // q2_k: a byte holds the scale (low nibble) and the min (high).
                     let (lo, hi) =
                         if q2_k { (_mm_and_si128(lo, low_nibbles), _mm_and_si128(hi, low_nibbles)) } else { (lo, hi) };
-                    let scales = half_scales(lo, hi);
-                    let side_pairs = if q2_k { q2_k_min_pairs(at) } else { scales.pairs };
+                    let scaled = [scaled_by(d, lo), scaled_by(d, hi)];
                     let runs = if dtype == DType::Q6K {
                         [q6_k_runs(q), q6_k_runs(q.add(Q6K_QUAD_BYTES))]
                     } else {
@@ -650,23 +610,18 @@ macro_rules! kernels {
                         ]
                     };
                     let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
-                    halves_tokens(&runs, &scales, &a, start_weights, &mut totals);
-                    if !offset_in_chains {
+                    halves_tokens(&runs, &scaled, &a, start_weights, &mut block_acc);
+                    if q2_k {
+                        let min_pairs = q2_k_min_pairs(at);
                         for t in 0..T {
                             let sums = _mm256_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
-                            side[t] = _mm256_add_epi32(side[t], _mm256_madd_epi16(side_pairs, sums));
+                            side[t] = _mm256_add_epi32(side[t], _mm256_madd_epi16(min_pairs, sums));
                         }
                     }
                 }
-                let d = f16x8(block);
                 for t in 0..T {
                     let a_d = _mm256_set1_ps(acts[t][8 * b].d);
-                    let total = if offset_in_chains || q2_k {
-                        totals[t]
-                    } else {
-                        _mm256_sub_epi32(totals[t], _mm256_sll_epi32(side[t], _mm_cvtsi32_si128(layout.offset_shift)))
-                    };
-                    acc[t] = _mm256_fmadd_ps(d, _mm256_mul_ps(a_d, _mm256_cvtepi32_ps(total)), acc[t]);
+                    acc[t] = _mm256_fmadd_ps(a_d, block_acc[t], acc[t]);
                     if q2_k {
                         let dmin = f16x8(block.add(16));
                         mins[t] = _mm256_fmadd_ps(dmin, _mm256_mul_ps(a_d, _mm256_cvtepi32_ps(side[t])), mins[t]);
