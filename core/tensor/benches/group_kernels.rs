@@ -8,12 +8,13 @@
 //! peer comparison lives in `benches/llamacpp`.
 //!
 //! `cargo bench -p tailor-tensor --bench group_kernels` (ROUNDS, TOKENS,
-//! TYPES=q6_k,q4_k env).
+//! TYPES=q6_k,q4_k env; STREAM_MIB=1024 also times a decode streaming that
+//! many MiB of weights from memory against a plain read of them).
 
 use std::time::Instant;
 use tailor_tensor::quant::interleaved::{
     dot_group_pairs, dot_group_tokens, dot_group_tokens_on, dot_two_groups, interleave_rows, takes_pairs,
-    takes_two_groups, tile_order, GroupKernel, PairedTokens, GROUP,
+    takes_two_groups, tile_order, GroupKernel, InterleavedRows, PairedTokens, GROUP,
 };
 use tailor_tensor::quant::{quantize_activations_for, BlockQ8};
 use tailor_tensor::{DType, Tensor};
@@ -32,6 +33,7 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 
 fn main() {
     let (rounds, tokens) = (env_usize("ROUNDS", 15), env_usize("TOKENS", 64));
+    let stream_mib = env_usize("STREAM_MIB", 0);
     let wanted = std::env::var("TYPES").unwrap_or_default();
     let (rows, row_len) = (2048, 2048);
     println!("{rows} x {row_len}, one thread, {tokens}-token prefill and 1-token decode, best of {rounds}");
@@ -124,5 +126,41 @@ fn main() {
             println!("{:8} {prefill:>14.1} {decode:>14.1} (AVX2 form, no VNNI)", dtype.to_string());
         }
         println!("{:8} {:>14.1} {:>14.1}", dtype.to_string(), time(detected, &acts, tokens), time(detected, one, 1));
+        if stream_mib > 0 {
+            let (kernel, read) = streamed(&grouped, one, stream_mib, rounds);
+            println!("{:8} decode from memory: kernel {kernel:.1} GB/s, plain read {read:.1} GB/s", dtype.to_string());
+        }
     }
+}
+
+/// One token through copies of `grouped` filling `mib` MiB (far past the
+/// caches, as a model's decode reads its weights), and a plain read of the
+/// same bytes: GB/s of weights each, the best of `rounds`.
+fn streamed(grouped: &InterleavedRows, one: &[BlockQ8], mib: usize, rounds: usize) -> (f64, f64) {
+    let copies = (mib << 20).div_ceil(grouped.data.len());
+    let matrices = vec![grouped.clone(); copies];
+    let bytes = (copies * grouped.data.len()) as f64;
+    let mut sums = [[0f32; GROUP]];
+    let kernel = best((0..rounds).map(|_| {
+        let start = Instant::now();
+        for m in &matrices {
+            for g in 0..m.groups {
+                dot_group_tokens(m, g, one, &mut sums);
+            }
+        }
+        std::hint::black_box(&sums);
+        bytes / start.elapsed().as_secs_f64() / 1e9
+    }));
+    let read = best((0..rounds).map(|_| {
+        let start = Instant::now();
+        let mut or = 0u64;
+        for m in &matrices {
+            for chunk in m.data.chunks_exact(8) {
+                or |= u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            }
+        }
+        std::hint::black_box(or);
+        bytes / start.elapsed().as_secs_f64() / 1e9
+    }));
+    (kernel, read)
 }

@@ -31,6 +31,13 @@ use std::arch::x86_64::*;
 /// ahead before (1,152 B), measured alike from one to eight blocks. On an
 /// AMD EPYC (Zen 3) earlier sessions found q8_0 and q6_k faster without a
 /// hint at one or two blocks ahead; this distance was not measured there.
+/// q6_k, q3_k and q2_k ask for L2 only (`prefetcht1`): 1B Q6_K decode
+/// 23.4–23.7 → 24.6–25.2 tok/s (three alternating pairs), Q2_K and Q3_K_M
+/// within the noise; q4_0, q8_0, iq4_nl, iq4_xs, Q4_K_M and Q5_K_M were
+/// alike or slower that way. In L2, 1 KiB was slower (Q4_K_M, Q6_K,
+/// Q2_K) and 3–4 KiB alike or slower; the one-thread `group_kernels`
+/// stream (`STREAM_MIB`), where 1 KiB into L1 was fastest, does not
+/// predict two threads.
 const STREAM_AHEAD: usize = 2048;
 
 /// The kernels for one instruction set: `$features` their target
@@ -71,6 +78,15 @@ macro_rules! kernels {
         unsafe fn prefetch(p: *const u8, bytes: usize) {
             for line in (0..bytes).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8);
+            }
+        }
+
+        /// [`prefetch`] into L2 only (`prefetcht1`).
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn prefetch_l2(p: *const u8, bytes: usize) {
+            for line in (0..bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(line) as *const i8);
             }
         }
 
@@ -587,7 +603,7 @@ macro_rules! kernels {
             let low_nibbles = _mm_set1_epi8(0x0F);
             for b in 0..acts[0].len() / 8 {
                 let block = group.as_ptr().add(b * size);
-                prefetch(block.wrapping_add(STREAM_AHEAD), size);
+                prefetch_l2(block.wrapping_add(STREAM_AHEAD), size);
                 let d = f16x8(block);
                 let mut block_acc = [_mm256_setzero_ps(); T];
                 // q2_k: Σ m·Σ a.
