@@ -575,18 +575,23 @@ fn halves_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
     std::array::from_fn(|lane| acc[lane] - mins[lane])
 }
 
-/// The iq4_xs lanes, in the kernel's order of operations: per act block,
-/// `acc += (d·sc)·(a.d·dot)`.
+/// The iq4_xs lanes, in the kernel's order of operations: per super block
+/// (whose act blocks share one scale `a.d`), `block += (d·sc)·dot` over its
+/// sub-blocks, then `acc += a.d·block`.
 fn iq4_xs_scalar(data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
     let size = InterleavedRows::block_bytes(DType::IQ4XS);
     let mut acc = [0f32; GROUP];
     for (block, sub) in data.chunks_exact(size).zip(acts.chunks_exact(8)) {
+        let mut block_acc = [0f32; GROUP];
         for (j, a) in sub.iter().enumerate() {
             for (lane, &row) in LANE_ROWS.iter().enumerate() {
                 let dot: i32 = (0..QK).map(|e| element(DType::IQ4XS, block, row, 32 * j + e) * a.qs[e] as i32).sum();
                 let scale = f16_at(block, 2 * lane) * block[IQ4XS_SCALES + 8 * j + lane] as i8 as f32;
-                acc[lane] = scale.mul_add(a.d * dot as f32, acc[lane]);
+                block_acc[lane] = scale.mul_add(dot as f32, block_acc[lane]);
             }
+        }
+        for (acc, block_acc) in acc.iter_mut().zip(block_acc) {
+            *acc = sub[0].d.mul_add(block_acc, *acc);
         }
     }
     acc

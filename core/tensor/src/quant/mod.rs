@@ -73,13 +73,13 @@ pub const QK_K: usize = 256;
 
 /// True for the formats whose interleaved kernels take activations with
 /// one scale per 256-element super block, as llama.cpp's `q8_K` has: the
-/// k-quants. Each sums a super block's scaled sub-blocks (q6_k, q3_k,
-/// q2_k: each 16-element half's exact integer sum times `d·sc`; q4_k,
-/// q5_k: each 32-element sub-block's) in f32 and multiplies by the
-/// activations' scale once per token and super block, where a scale per
-/// 32 elements took a multiply per token and block.
+/// k-quants and iq4_xs. Each sums a super block's scaled sub-blocks (q6_k,
+/// q3_k, q2_k: each 16-element half's exact integer sum times `d·sc`;
+/// q4_k, q5_k, iq4_xs: each 32-element sub-block's) in f32 and multiplies
+/// by the activations' scale once per token and super block, where a
+/// scale per 32 elements took a multiply per token and block.
 pub fn shares_act_scales(dtype: DType) -> bool {
-    matches!(dtype, DType::Q6K | DType::Q3K | DType::Q2K | DType::Q4K | DType::Q5K)
+    matches!(dtype, DType::Q6K | DType::Q3K | DType::Q2K | DType::Q4K | DType::Q5K | DType::IQ4XS)
 }
 
 /// [`quantize_activations`] as a matrix of type `dtype` needs it: one

@@ -124,6 +124,9 @@ pub(super) mod kernel {
         let (base, runs) = quants_layout(dtype);
         let with_mins = matches!(dtype, DType::Q4_1 | DType::Q5_1);
         let mut acc = [_mm512_setzero_ps(); P];
+        // iq4_xs: the super block's sums, scaled by the act blocks' one
+        // shared scale after its last block (`quant::shares_act_scales`).
+        let mut block_acc = [_mm512_setzero_ps(); P];
         // `b` walks the group's blocks (by byte offset) and every pair's at once.
         #[allow(clippy::needless_range_loop)]
         for b in 0..pairs[0].len() {
@@ -151,6 +154,14 @@ pub(super) mod kernel {
                 };
                 let dot = _mm512_cvtepi32_ps(pair_sums(&w, a, start, 0..4));
                 let a_d = pair_of(&a.d);
+                if dtype == DType::IQ4XS {
+                    block_acc[p] = _mm512_fmadd_ps(d, dot, block_acc[p]);
+                    if b % 8 == 7 {
+                        acc[p] = _mm512_fmadd_ps(a_d, block_acc[p], acc[p]);
+                        block_acc[p] = _mm512_setzero_ps();
+                    }
+                    continue;
+                }
                 acc[p] = match dtype {
                     DType::Q4_0 => _mm512_fmadd_ps(
                         d,

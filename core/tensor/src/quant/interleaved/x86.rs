@@ -242,6 +242,9 @@ macro_rules! kernels {
             let (base, runs) = quants_layout(dtype);
             let with_mins = matches!(dtype, DType::Q4_1 | DType::Q5_1);
             let mut acc = [_mm256_setzero_ps(); T];
+            // iq4_xs: the super block's sums, scaled by the act blocks' one
+            // shared scale after its last block (`quant::shares_act_scales`).
+            let mut block_acc = [_mm256_setzero_ps(); T];
             for b in 0..acts[0].len() {
                 let (block, d, q) = if dtype == DType::IQ4XS {
                     // Sub-block b % 8 of block b / 8: its rows' scales are d · sc.
@@ -261,9 +264,17 @@ macro_rules! kernels {
                 let h = q.wrapping_sub(32);
                 let w = [quad_operands::<F>(q, h), quad_operands::<F>(q.add(32 * runs), h.wrapping_add(16))];
                 let sums = tile_sums::<T, F>(&w, acts, b);
-                for ((acc, token), sum) in acc.iter_mut().zip(acts).zip(sums) {
+                for (((acc, block_acc), token), sum) in acc.iter_mut().zip(&mut block_acc).zip(acts).zip(sums) {
                     let a = &token[b];
                     let dot = _mm256_cvtepi32_ps(sum);
+                    if dtype == DType::IQ4XS {
+                        *block_acc = _mm256_fmadd_ps(d, dot, *block_acc);
+                        if b % 8 == 7 {
+                            *acc = _mm256_fmadd_ps(_mm256_set1_ps(a.d), *block_acc, *acc);
+                            *block_acc = _mm256_setzero_ps();
+                        }
+                        continue;
+                    }
                     *acc = match dtype {
                         // Σ (q − 8)·a = Σ q·a − 8·Σ a.
                         DType::Q4_0 => _mm256_fmadd_ps(
