@@ -567,10 +567,11 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
 /// a whole chunk at the end of every product).
 ///
 /// Fewer tokens than [`STREAMING_TOKENS`] stream the weights from memory,
-/// and each chunk is a stream of its own (its first lines fetched without
-/// a prefetch ahead of them, the one ahead of the previous chunk's end
-/// spent on rows another thread claims): half of each thread's share, up
-/// to 512 rows. Sapphire Rapids, 2 threads, 1B decode (three alternating
+/// where a chunk costs more than its claim (an atomic on a line both
+/// cores write): each is a stream of its own, its first lines fetched
+/// with no prefetch ahead of them (the one ahead of the previous chunk's
+/// end went to rows another thread claims). Those products take half of
+/// each thread's share, up to 512 rows. Sapphire Rapids, 2 threads, 1B decode (three alternating
 /// pairs): Q4_K_M 30.3–32.2 → 34.8–36.4 tok/s, Q8_0 21.7–22.9 → 24.6–25.1,
 /// Q4_0 32.8–34.7 → 38.6–39.7, Q6_K 24.0–25.3 → 26.6–27.4, F16 alike; a
 /// 4-token prompt Q8_0 65.5 → 71.6 tok/s. Larger chunks (up to 4,096

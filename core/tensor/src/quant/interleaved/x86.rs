@@ -31,13 +31,14 @@ use std::arch::x86_64::*;
 /// ahead before (1,152 B), measured alike from one to eight blocks. On an
 /// AMD EPYC (Zen 3) earlier sessions found q8_0 and q6_k faster without a
 /// hint at one or two blocks ahead; this distance was not measured there.
-/// q6_k, q3_k and q2_k ask for L2 only (`prefetcht1`): 1B Q6_K decode
-/// 23.4–23.7 → 24.6–25.2 tok/s (three alternating pairs), Q2_K and Q3_K_M
-/// within the noise; q4_0, q8_0, iq4_nl, iq4_xs, Q4_K_M and Q5_K_M were
-/// alike or slower that way. In L2, 1 KiB was slower (Q4_K_M, Q6_K,
-/// Q2_K) and 3–4 KiB alike or slower; the one-thread `group_kernels`
-/// stream (`STREAM_MIB`), where 1 KiB into L1 was fastest, does not
-/// predict two threads.
+/// q6_k asks for L2 only (`prefetcht1`): 1B Q6_K decode 23.4–23.7 →
+/// 24.6–25.2 tok/s (three alternating pairs), and 24.7–25.6 → 25.6–27.0
+/// once decode claimed rows in long chunks (`cpu::matmul`'s
+/// `claim_rows`); Q2_K was 1–3 % slower that way (six pairs), Q3_K_M
+/// alike, and q4_0, q8_0, iq4_nl, iq4_xs, Q4_K_M and Q5_K_M alike or
+/// slower. In L2, 1 KiB was slower (Q4_K_M, Q6_K, Q2_K) and 3–4 KiB alike
+/// or slower; the one-thread `group_kernels` stream (`STREAM_MIB`), where
+/// 1 KiB into L1 was fastest, does not predict two threads.
 const STREAM_AHEAD: usize = 2048;
 
 /// The kernels for one instruction set: `$features` their target
@@ -614,7 +615,11 @@ macro_rules! kernels {
             let low_nibbles = _mm_set1_epi8(0x0F);
             for b in 0..acts[0].len() / 8 {
                 let block = group.as_ptr().add(b * size);
-                prefetch_l2(block.wrapping_add(STREAM_AHEAD), size);
+                if dtype == DType::Q6K {
+                    prefetch_l2(block.wrapping_add(STREAM_AHEAD), size);
+                } else {
+                    prefetch(block.wrapping_add(STREAM_AHEAD), size);
+                }
                 let d = f16x8(block);
                 let mut block_acc = [_mm256_setzero_ps(); T];
                 // q2_k: Σ m·Σ a.
