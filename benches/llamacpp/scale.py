@@ -14,6 +14,10 @@ machine, same run (benches/llamacpp/run.sh scale drives it).
         right after the file's rounds (a decode only reads its weights; on a
         shared VM the memory's speed moves between minutes), and both engines'
         peak RSS (llama.cpp in a child process per run).
+  scale.py greedy TAILOR_BIN GGUF [--kv f16|f32] [--self]
+        greedy token ids of both engines compared (--self: llama.cpp with an
+        f16 KV cache against itself with an f32 one), with llama.cpp's top-2
+        logit gap where they part.
 """
 import argparse, ctypes, os, subprocess, sys, threading, time
 from pathlib import Path
@@ -163,35 +167,55 @@ def llama_run_apart(path, threads):
     return r["prefill"], r["decode"], r["rss_mib"]
 
 
+def llama_greedy(path, prompt, tokens, threads, kv):
+    """llama.cpp's greedy continuation of `prompt` with a `kv` (f16 or f32) KV
+    cache: (prompt token count, token ids, its top-2 logit gap at each step)."""
+    import llama_cpp
+    from llama_cpp import Llama
+    kv_type = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[kv]
+    llm = Llama(model_path=path, n_ctx=256, n_threads=threads, n_threads_batch=threads, verbose=False,
+                type_k=kv_type, type_v=kv_type)
+    toks = llm.tokenize(prompt.encode(), add_bos=False)
+    llm.eval(toks)
+    logits = lambda: np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+    ids, margins = [], []
+    for _ in range(tokens):
+        row = logits()
+        top2 = np.sort(row)[-2:]
+        margins.append(float(top2[1] - top2[0]))
+        ids.append(int(np.argmax(row)))
+        llm.eval([ids[-1]])
+    return len(toks), ids, margins
+
+
+def first_difference(a, b):
+    """Index of the first differing token id, or the shorter length."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def greedy(args):
     """Greedy continuations of the same prompt by both engines, token ids compared.
     `--kv f32` gives llama.cpp an f32 KV cache (its default is f16; tailor's
     CPU cache is f32): on a random model, whose top two logits often lie
-    within rounding of each other, that alone moves llama.cpp's own path."""
+    within rounding of each other, that alone moves llama.cpp's own path.
+    `--self` compares llama.cpp with itself, f16 against f32 KV cache: how
+    far two runs of one engine that differ only in that rounding agree."""
     import json
-    import llama_cpp
-    from llama_cpp import Llama
-    kv_type = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[args.kv]
-    llm = Llama(model_path=args.gguf, n_ctx=256, n_threads=args.threads, n_threads_batch=args.threads, verbose=False,
-                type_k=kv_type, type_v=kv_type)
-    toks = llm.tokenize(args.prompt.encode(), add_bos=False)
-    llm.eval(toks)
-    logits = lambda: np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
-    theirs, margins = [], []
-    for _ in range(args.tokens):
-        row = logits()
-        top2 = np.sort(row)[-2:]
-        margins.append(float(top2[1] - top2[0]))
-        theirs.append(int(np.argmax(row)))
-        llm.eval([theirs[-1]])
-    out = subprocess.run([args.tailor, "generate", "--model", args.gguf, "--prompt", args.prompt, "--max-tokens",
-                          str(args.tokens), "--logprobs", "1", "--threads", str(args.threads)],
-                         check=True, capture_output=True, text=True).stdout
-    ours = [json.loads(line)["id"] for line in out.splitlines() if line.startswith("{")]
-    same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-    print(f"{args.gguf}: prompt {args.prompt!r}, {len(toks)} prompt tokens, llama.cpp KV cache {args.kv}")
+    prompt_tokens, theirs, margins = llama_greedy(args.gguf, args.prompt, args.tokens, args.threads, args.kv)
+    if args.self_check:
+        other = "f32" if args.kv == "f16" else "f16"
+        _, ours, _ = llama_greedy(args.gguf, args.prompt, args.tokens, args.threads, other)
+        first, second = f"llama.cpp with an {other} KV cache", "llama.cpp"
+    else:
+        out = subprocess.run([args.tailor, "generate", "--model", args.gguf, "--prompt", args.prompt, "--max-tokens",
+                              str(args.tokens), "--logprobs", "1", "--threads", str(args.threads)],
+                             check=True, capture_output=True, text=True).stdout
+        ours = [json.loads(line)["id"] for line in out.splitlines() if line.startswith("{")]
+        first, second = "tailor", "llama.cpp"
+    same = first_difference(ours, theirs)
+    print(f"{args.gguf}: prompt {args.prompt!r}, {prompt_tokens} prompt tokens, llama.cpp KV cache {args.kv}")
     print(f"  equal for {same} of {args.tokens} greedy tokens"
-          + ("" if same == args.tokens else f"; at {same}: tailor {ours[same]} vs llama.cpp {theirs[same]}, "
+          + ("" if same == args.tokens else f"; at {same}: {first} {ours[same]} vs {second} {theirs[same]}, "
              f"llama.cpp's top-2 logit gap there {margins[same]:.4f}"))
     print(f"  smallest top-2 logit gap along llama.cpp's path: {min(margins):.4f}")
     return same == args.tokens
@@ -266,6 +290,8 @@ def main():
     g = sub.add_parser("greedy"); g.add_argument("tailor"); g.add_argument("gguf")
     g.add_argument("--prompt", default="The history of the city begins"); g.add_argument("--tokens", type=int, default=32)
     g.add_argument("--threads", type=int, default=2); g.add_argument("--kv", choices=["f16", "f32"], default="f16")
+    g.add_argument("--self", dest="self_check", action="store_true",
+                   help="compare llama.cpp with itself (the other KV cache type) instead of tailor")
     c = sub.add_parser("llama-child"); c.add_argument("gguf"); c.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.cmd == "greedy":
