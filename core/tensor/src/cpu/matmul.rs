@@ -490,12 +490,12 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
     let next = AtomicUsize::new(0);
     let claim = || {
         next.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |start| {
-            (start < total).then(|| start + claim_rows(total - start, threads, tokens))
+            (start < total).then(|| start + claim_rows(total - start, threads))
         })
     };
     let job = |_: usize, _: usize| {
         while let Ok(start) = claim() {
-            let mine = start..(start + claim_rows(total - start, threads, tokens)).min(total);
+            let mine = start..(start + claim_rows(total - start, threads)).min(total);
             let mut first = 0;
             for (w, y, rows) in &mats {
                 let lo = mine.start.max(first) - first;
@@ -560,36 +560,27 @@ fn row_kernel(x: &[f32], tokens: usize, activations: Activations<'_>, outputs: &
     SpinPool::global().run(&job);
 }
 
-/// Rows a thread claims when `left` rows remain and `threads` share them
-/// for `tokens` tokens, in multiples of 16 (a pair of groups of eight, the
-/// two-group kernel's unit), shrinking as the rows run out so the threads
-/// finish close together (a fixed chunk of 64 rows left one waiting up to
-/// a whole chunk at the end of every product).
+/// Rows a thread claims when `left` rows remain and `threads` share them:
+/// half of each thread's share, up to 512 rows, in multiples of 16 (a
+/// pair of groups of eight, the two-group kernel's unit), shrinking as the
+/// rows run out so the threads finish close together (a fixed chunk of 64
+/// rows left one waiting up to a whole chunk at the end of every product).
 ///
-/// Fewer tokens than [`STREAMING_TOKENS`] stream the weights from memory,
-/// where a chunk costs more than its claim (an atomic on a line both
-/// cores write): each is a stream of its own, its first lines fetched
-/// with no prefetch ahead of them (the one ahead of the previous chunk's
-/// end went to rows another thread claims). Those products take half of
-/// each thread's share, up to 512 rows. Sapphire Rapids, 2 threads, 1B decode (three alternating
-/// pairs): Q4_K_M 30.3–32.2 → 34.8–36.4 tok/s, Q8_0 21.7–22.9 → 24.6–25.1,
-/// Q4_0 32.8–34.7 → 38.6–39.7, Q6_K 24.0–25.3 → 26.6–27.4, F16 alike; a
-/// 4-token prompt Q8_0 65.5 → 71.6 tok/s. Larger chunks (up to 4,096
-/// rows, or a whole share at once) measured alike. A prefill's tiles are
-/// compute-bound: a quarter share, from 64 rows.
-fn claim_rows(left: usize, threads: usize, tokens: usize) -> usize {
-    let threads = threads.max(1);
-    let rows = if tokens < STREAMING_TOKENS {
-        (left / (2 * threads)).clamp(16, 512)
-    } else {
-        (left / (4 * threads)).clamp(16, 64)
-    };
-    rows / 16 * 16
+/// A chunk costs more than its claim (an atomic on a line both cores
+/// write): each is a stream of its own through the weights, its first
+/// lines fetched with no prefetch ahead of them (the one ahead of the
+/// previous chunk's end went to rows another thread claimed), and a
+/// prefill's activations are read again from the top for each. Chunks of
+/// 64 rows before, Sapphire Rapids, 2 threads, 1B (alternating pairs):
+/// decode Q4_K_M 30.3–32.2 → 34.8–36.4 tok/s, Q8_0 21.7–22.9 →
+/// 24.6–25.1, Q4_0 32.8–34.7 → 38.6–39.7, Q6_K 24.0–25.3 → 26.6–27.4, F16
+/// alike; 128-token prefill Q4_K_M 286–297 → 302–313, Q5_K_M 270–279 →
+/// 289–291, IQ4_XS 329–340 → 335–362, SmolLM2 1457–1488 → 1530–1554, Q8_0,
+/// Q5_1 and F16 alike; 512 tokens Q4_K_M 259–270 → 280–288. Larger chunks
+/// (up to 4,096 rows, or a whole share at once) measured alike at decode.
+fn claim_rows(left: usize, threads: usize) -> usize {
+    (left / (2 * threads.max(1))).clamp(16, 512) / 16 * 16
 }
-
-/// Products of fewer tokens than this (one two-group tile) are bound by
-/// reading the weights, not by the kernels' arithmetic ([`claim_rows`]).
-const STREAMING_TOKENS: usize = 16;
 
 /// The forms of the tokens' activations an interleaved matrix's kernels
 /// read.
