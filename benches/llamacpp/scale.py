@@ -204,18 +204,20 @@ def greedy(args):
     prompt_tokens, theirs, margins = llama_greedy(args.gguf, args.prompt, args.tokens, args.threads, args.kv)
     if args.self_check:
         other = "f32" if args.kv == "f16" else "f16"
-        _, ours, _ = llama_greedy(args.gguf, args.prompt, args.tokens, args.threads, other)
+        _, compared, _ = llama_greedy(args.gguf, args.prompt, args.tokens, args.threads, other)
         first, second = f"llama.cpp with an {other} KV cache", "llama.cpp"
     else:
         out = subprocess.run([args.tailor, "generate", "--model", args.gguf, "--prompt", args.prompt, "--max-tokens",
                               str(args.tokens), "--logprobs", "1", "--threads", str(args.threads)],
                              check=True, capture_output=True, text=True).stdout
-        ours = [json.loads(line)["id"] for line in out.splitlines() if line.startswith("{")]
+        compared = [json.loads(line)["id"] for line in out.splitlines() if line.startswith("{")]
         first, second = "tailor", "llama.cpp"
-    same = first_difference(ours, theirs)
+    same = first_difference(compared, theirs)
+    # One side may stop early (an end-of-text token): then they part where it ended.
+    at = lambda ids: str(ids[same]) if same < len(ids) else "(ended)"
     print(f"{args.gguf}: prompt {args.prompt!r}, {prompt_tokens} prompt tokens, llama.cpp KV cache {args.kv}")
     print(f"  equal for {same} of {args.tokens} greedy tokens"
-          + ("" if same == args.tokens else f"; at {same}: {first} {ours[same]} vs {second} {theirs[same]}, "
+          + ("" if same == args.tokens else f"; at {same}: {first} {at(compared)} vs {second} {at(theirs)}, "
              f"llama.cpp's top-2 logit gap there {margins[same]:.4f}"))
     print(f"  smallest top-2 logit gap along llama.cpp's path: {min(margins):.4f}")
     return same == args.tokens
