@@ -1,5 +1,6 @@
 //! The row-interleaved kernels (`quant::interleaved`), AVX2 and its VNNI
-//! form, each forced: against the scalar reference bit for bit, against the row kernel within f32
+//! form, each forced: against its scalar reference bit for bit, every
+//! kernel's reference against the row kernel within f32
 //! rounding, on whole groups and matrices with leftover rows; rows
 //! dequantized from their group equal the GGUF bytes' own; a row's result
 //! in a decode batch equal to its solo one; and the multi-token (prefill)
@@ -12,7 +13,7 @@ use common::{quantized_formats, Rng};
 use tailor_tensor::cpu::{self, LinearScratch};
 use tailor_tensor::quant::interleaved::InterleavedRows;
 use tailor_tensor::quant::interleaved::{
-    dot_group, dot_group_pairs, dot_group_scalar, dot_group_tokens_on, dot_two_groups, interleave_rows, takes_pairs,
+    dot_group, dot_group_pairs, dot_group_reference, dot_group_tokens_on, dot_two_groups, interleave_rows, takes_pairs,
     takes_two_groups, tile_order, GroupKernel, PairedTokens, GROUP,
 };
 use tailor_tensor::quant::layout::WeightLayout;
@@ -72,23 +73,30 @@ fn groups_equal_their_scalar_reference_and_the_row_dots() {
             }
             quantize_activations_for(dtype, &rng.vec(row_len), &mut acts).unwrap();
             for g in 0..grouped.groups {
-                let (fast, reference) = (dot_group(&grouped, g, &acts), dot_group_scalar(&grouped, g, &acts));
                 for kernel in fast_kernels() {
                     let forced = dot_group_on(kernel, &grouped, g, &acts);
+                    let reference = dot_group_reference(kernel, &grouped, g, &acts);
                     let what = format!("{dtype} {rows}x{row_len} group {g} on {kernel:?}");
                     assert_eq!(forced.map(f32::to_bits), reference.map(f32::to_bits), "{what}");
                 }
+                let (fast, detected) = (dot_group(&grouped, g, &acts), GroupKernel::detect());
+                let reference = dot_group_reference(detected, &grouped, g, &acts);
                 assert_eq!(fast.map(f32::to_bits), reference.map(f32::to_bits), "{dtype} {rows}x{row_len} group {g}");
-                // The k-quants sum sixteen or more scaled sub-blocks (q4_k minus
-                // a sum of mins): f32 rounding near 1e-5 of the result.
+                // Every kernel's arithmetic (its scalar reference, on any CPU)
+                // against the row kernel. The k-quants sum sixteen or more
+                // scaled sub-blocks (q4_k minus a sum of mins): f32 rounding
+                // near 1e-5 of the result.
                 let bound = if dtype.block_size() == 256 { 1e-4 } else { 1e-5 };
-                for (i, value) in fast.into_iter().enumerate() {
-                    let row = vec_dot(dtype, w.row_bytes(g * GROUP + i), &acts, DotImpl::Scalar);
-                    assert!(
-                        (value - row).abs() <= bound * row.abs().max(1.0),
-                        "{dtype} row {}: {value} vs {row}",
-                        g * 8 + i
-                    );
+                for kernel in [GroupKernel::Scalar, GroupKernel::Avx2, GroupKernel::Vnni] {
+                    let sums = dot_group_reference(kernel, &grouped, g, &acts);
+                    for (i, value) in sums.into_iter().enumerate() {
+                        let row = vec_dot(dtype, w.row_bytes(g * GROUP + i), &acts, DotImpl::Scalar);
+                        assert!(
+                            (value - row).abs() <= bound * row.abs().max(1.0),
+                            "{dtype} row {} on {kernel:?}'s reference: {value} vs {row}",
+                            g * 8 + i
+                        );
+                    }
                 }
             }
         }
@@ -137,7 +145,7 @@ fn every_token_of_a_tile_gets_its_one_token_result() {
                 let mut out = vec![[0f32; GROUP]; tokens];
                 dot_group_tokens_on(kernel, &grouped, g, &all, &mut out);
                 for (t, sums) in out.iter().enumerate() {
-                    let solo = dot_group(&grouped, g, &all[t * per_token..(t + 1) * per_token]);
+                    let solo = dot_group_on(kernel, &grouped, g, &all[t * per_token..(t + 1) * per_token]);
                     let what = format!("{dtype} {tokens} tokens on {kernel:?}, token {t}");
                     assert_eq!(sums.map(f32::to_bits), solo.map(f32::to_bits), "{what}");
                 }
@@ -167,7 +175,8 @@ fn token_pairs_give_each_token_its_one_token_result() {
                 let mut out = vec![[0f32; GROUP]; tokens - first];
                 dot_group_pairs(&grouped, g, &paired, first, &mut out);
                 for (t, sums) in (first..).zip(&out) {
-                    let solo = dot_group_scalar(&grouped, g, &all[t * per_token..(t + 1) * per_token]);
+                    let token = &all[t * per_token..(t + 1) * per_token];
+                    let solo = dot_group_reference(GroupKernel::Vnni, &grouped, g, token);
                     let what = format!("{dtype} group {g}, {tokens} tokens from {first}, token {t}");
                     assert_eq!(sums.map(f32::to_bits), solo.map(f32::to_bits), "{what}");
                 }
@@ -200,7 +209,7 @@ fn two_groups_at_once_give_each_token_its_one_token_result() {
                 dot_two_groups(&grouped, g, &tiled, &mut out);
                 for (t, sums) in out.iter().enumerate() {
                     let token = &all[t * per_token..(t + 1) * per_token];
-                    let solo = [dot_group_scalar(&grouped, g, token), dot_group_scalar(&grouped, g + 1, token)];
+                    let solo = [g, g + 1].map(|g| dot_group_reference(GroupKernel::Vnni, &grouped, g, token));
                     let what = format!("{dtype} groups {g}, {}: {tokens} tokens, token {t}", g + 1);
                     let bits: Vec<u32> = solo.concat().into_iter().map(f32::to_bits).collect();
                     assert_eq!(sums.map(f32::to_bits)[..], bits[..], "{what}");

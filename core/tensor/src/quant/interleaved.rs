@@ -41,7 +41,10 @@
 //!
 //! Results equal the row kernel's within f32 rounding (the integer sums are
 //! exact; the scaling order differs); each row's result never depends on
-//! which thread or batch computed it.
+//! which thread or batch computed it. q6_k's, q3_k's and q2_k's sub-block
+//! scales are multiplied in integers on AVX2 and in floats per half on
+//! VNNI (`HalfScaling`), so those three formats' bits differ between the
+//! two kinds of CPU (never between the paths of one).
 
 use super::{f16_at, scales_shared, shares_act_scales, BlockQ8, QK};
 use crate::DType;
@@ -369,21 +372,25 @@ fn dequantize_halves(dtype: DType, block: &[u8], row: usize, lane: usize, values
 
 /// Tokens the x86 kernels take per call: each block's quants, unpacked
 /// once, meet up to this many tokens' activations. VNNI's forms of the
-/// 32-element and the 16-element-sub-block kernels take
-/// [`WIDE_TOKEN_TILE`]: AVX-512 VL gives them 32 registers, for twice the
-/// independent `vpdpbusd` chains and half the unpacking per token (q4_k's
-/// and q5_k's kernel holds both quads' sums per token and stays at four).
+/// 32-element kernel and the q6_k, q3_k and q2_k kernels of both take
+/// [`WIDE_TOKEN_TILE`]: AVX-512 VL gives VNNI 32 registers, for twice the
+/// independent `vpdpbusd` chains and half the unpacking per token, and the
+/// AVX2 q6_k/q3_k/q2_k kernel keeps one i32 sum per token and quad over a
+/// super block, which lets eight tokens share each unpacking (one thread,
+/// AVX2-only EPYC, GMAC/s, tiles of 4 / 6 / 8: q6_k 17.5 / 18.1 / 19.0,
+/// q3_k 17.5 / 18.1 / 19.1, q2_k 19.6 / 19.5 / 20.0); q4_k's and q5_k's
+/// kernel holds both quads' sums per token and stays at four.
 pub const TOKEN_TILE: usize = 4;
 
 /// The token tile of VNNI's 32-element kernel (formats with 32-element
-/// blocks, and iq4_xs) and of its q6_k, q3_k and q2_k kernel.
+/// blocks, and iq4_xs) and of the q6_k, q3_k and q2_k kernels.
 pub const WIDE_TOKEN_TILE: usize = 8;
 
 /// The token tile `kernel` takes for `dtype`.
 fn token_tile(kernel: GroupKernel, dtype: DType) -> usize {
     let blocks32 = dtype.block_size() == QK || dtype == DType::IQ4XS;
     let halves = matches!(dtype, DType::Q6K | DType::Q3K | DType::Q2K);
-    if kernel == GroupKernel::Vnni && (blocks32 || halves) {
+    if halves || (kernel == GroupKernel::Vnni && blocks32) {
         WIDE_TOKEN_TILE
     } else {
         TOKEN_TILE
@@ -424,7 +431,8 @@ impl GroupKernel {
 /// The dot products of group `g`'s eight rows with one token's activations
 /// (`blocks` of them, quantized as [`super::quantize_activations_for`] the
 /// matrix's type gives them), in row order, on the fastest kernel this CPU
-/// runs (every kernel gives the same bits).
+/// runs: bit for bit its [`dot_group_reference`] (the kernels agree but
+/// for q6_k, q3_k and q2_k, within f32 rounding there).
 pub fn dot_group(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
     let mut out = [[0f32; GROUP]];
     dot_group_tokens(rows, g, acts, &mut out);
@@ -440,8 +448,9 @@ pub fn dot_group_tokens(rows: &InterleavedRows, g: usize, acts: &[BlockQ8], out:
     dot_group_tokens_on(GroupKernel::detect(), rows, g, acts, out);
 }
 
-/// [`dot_group_tokens`] on the kernel `kernel`, or on the scalar reference
-/// where this CPU does not run it (tests compare the paths this way).
+/// [`dot_group_tokens`] on the kernel `kernel`, or on its scalar reference
+/// ([`dot_group_reference`]) where this CPU does not run it (tests compare
+/// the paths this way).
 pub fn dot_group_tokens_on(
     kernel: GroupKernel,
     rows: &InterleavedRows,
@@ -484,7 +493,7 @@ pub fn dot_group_tokens_on(
         }
     }
     for (token, sums) in acts.chunks_exact(per_token).zip(out.iter_mut()) {
-        *sums = dot_group_scalar(rows, g, token);
+        *sums = dot_group_reference(kernel, rows, g, token);
     }
 }
 
@@ -511,13 +520,25 @@ fn x86_tile<const T: usize>(vnni: bool, rows: &InterleavedRows, g: usize, acts: 
     }
 }
 
-/// Scalar reference of [`dot_group`]: each row's sum from the interleaved
-/// bytes, in the kernel's order of operations per block.
+/// Scalar reference of [`dot_group`] on the scalar kernel, which computes
+/// as the AVX2 kernels do: [`dot_group_reference`] of
+/// [`GroupKernel::Scalar`].
 pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
+    dot_group_reference(GroupKernel::Scalar, rows, g, acts)
+}
+
+/// The bits `kernel` gives for group `g` (on any CPU): each row's sum from
+/// the interleaved bytes, in the kernel's order of operations per block.
+/// The kernels agree but for q6_k, q3_k and q2_k, whose sub-block scales
+/// the VNNI kernels apply in floats per half and the others in integers
+/// (`HalfScaling`).
+pub fn dot_group_reference(kernel: GroupKernel, rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
     let (dtype, data) = (rows.dtype, rows.group(g));
     match dtype {
         DType::Q4K | DType::Q5K => return in_row_order(k_scalar(dtype, data, acts)),
-        DType::Q6K | DType::Q3K | DType::Q2K => return in_row_order(halves_scalar(dtype, data, acts)),
+        DType::Q6K | DType::Q3K | DType::Q2K => {
+            return in_row_order(halves_scalar(dtype, data, acts, HalfScaling::of(kernel)))
+        }
         DType::IQ4XS => return in_row_order(iq4_xs_scalar(data, acts)),
         _ => {}
     }
@@ -541,19 +562,46 @@ pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [
     in_row_order(lanes)
 }
 
-/// The q6_k, q3_k or q2_k lanes, in the kernel's order of operations: per
-/// super block (whose act blocks share one scale `a.d`), `block +=
-/// (d·sc)·(Σ q·a − offset·Σ a)` over its act blocks' 16-element halves
-/// (the integer exact, one float step per half), then `acc += a.d·block`;
-/// q2_k also `mins += dmin·(a.d·Σ_j Σ_half m·Σ a)`; then `acc − mins`.
-fn halves_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
+/// How a kernel weights the integer sums of q6_k's, q3_k's and q2_k's
+/// 16-element halves by their rows' sub-block scales.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HalfScaling {
+    /// One float step per half, `block += (d·sc)·Σ`: the VNNI kernels, whose
+    /// `vpdpbusd` sums reach i32 without a multiply the scale could ride on.
+    PerHalf,
+    /// The scales multiplied in integers (on AVX2 by the `madd` that widens
+    /// the `maddubs` pair sums anyway), one float step per super block:
+    /// the AVX2 kernels and the scalar fallback.
+    Integer,
+}
+
+impl HalfScaling {
+    fn of(kernel: GroupKernel) -> HalfScaling {
+        match kernel {
+            GroupKernel::Vnni => HalfScaling::PerHalf,
+            GroupKernel::Avx2 | GroupKernel::Scalar => HalfScaling::Integer,
+        }
+    }
+}
+
+/// The q6_k, q3_k or q2_k lanes, in the order of operations of the kernels
+/// that scale them `scaling`. Per super block (whose act blocks share one
+/// scale `a.d`) and lane, over its act blocks' 16-element halves, with
+/// `chain = Σ q·a − offset·Σ a` (exact):
+/// - [`HalfScaling::PerHalf`]: `block += (d·sc)·chain`, one float step per
+///   half, then `acc += a.d·block`;
+/// - [`HalfScaling::Integer`]: `total += sc·chain` in i32 (exact: at most
+///   16 · 128 · 16 · 32 · 127 < 2³¹ for q6_k), then `acc += (d·a.d)·total`.
+///
+/// q2_k also `mins += dmin·(a.d·Σ_half m·Σ a)`; then `acc − mins`.
+fn halves_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8], scaling: HalfScaling) -> [f32; GROUP] {
     let (layout, size) = (HalvesLayout::of(dtype), InterleavedRows::block_bytes(dtype));
     let offset = if dtype == DType::Q2K { 0 } else { 1 << layout.offset_shift };
     let (mut acc, mut mins) = ([0f32; GROUP], [0f32; GROUP]);
     for (block, sub) in data.chunks_exact(size).zip(acts.chunks_exact(8)) {
         for (lane, &row) in LANE_ROWS.iter().enumerate() {
             let d = f16_at(block, 2 * lane);
-            let (mut block_acc, mut min_total) = (0f32, 0i32);
+            let (mut block_acc, mut total, mut min_total) = (0f32, 0i32, 0i32);
             for (j, a) in sub.iter().enumerate() {
                 for half in 0..2 {
                     let dot: i32 = (16 * half..16 * half + 16)
@@ -561,12 +609,18 @@ fn halves_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
                         .sum();
                     let (sc, m) = layout.scale_min(dtype, block, 2 * j + half, lane);
                     let chain = dot - offset * a.half_sums[half] as i32;
-                    block_acc = (d * sc as f32).mul_add(chain as f32, block_acc);
+                    match scaling {
+                        HalfScaling::PerHalf => block_acc = (d * sc as f32).mul_add(chain as f32, block_acc),
+                        HalfScaling::Integer => total += sc * chain,
+                    }
                     min_total += m * a.half_sums[half] as i32;
                 }
             }
             let a_d = sub[0].d;
-            acc[lane] = a_d.mul_add(block_acc, acc[lane]);
+            acc[lane] = match scaling {
+                HalfScaling::PerHalf => a_d.mul_add(block_acc, acc[lane]),
+                HalfScaling::Integer => (d * a_d).mul_add(total as f32, acc[lane]),
+            };
             if dtype == DType::Q2K {
                 mins[lane] = f16_at(block, 16 + 2 * lane).mul_add(a_d * min_total as f32, mins[lane]);
             }

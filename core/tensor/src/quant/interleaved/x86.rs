@@ -12,7 +12,10 @@
 //! VNNI on 256-bit registers (`vpdpbusd`, four products straight into
 //! each i32 lane). The integer sums are exact either way, and both weight
 //! them by the same float operations in the same order, so both give the
-//! same bits.
+//! same bits, but for q6_k, q3_k and q2_k: AVX2 multiplies their sub-block
+//! scales in integers, riding on the `madd` that widens its pair sums,
+//! where VNNI's sums reach i32 with no such step and take one float step
+//! per half (`super::HalfScaling`; each matches its own scalar reference).
 
 use super::{
     quants_layout, BlockQ8, HalvesLayout, InterleavedRows, IQ4XS_SCALES, IQ4XS_SUB_BYTES, Q4K_MINS, Q4K_QUANTS,
@@ -528,13 +531,12 @@ macro_rules! kernels {
         /// runs, the integer exact, one FMA per half with the rows' `scaled`
         /// (`d·sc`); tokens' half sums (an i16 pair each) are at
         /// `a[t].half_sums`, and their `madd` with `start_weights[half]` is
-        /// the offset's part. VNNI: each half's chain of two `vpdpbusd`
-        /// per quad starts at that part (half of it in each of a row's two
-        /// lanes), and `hadd` pairs the quads' lanes into one lane per row.
-        /// AVX2: `maddubs` pair sums in i16, widened by `madd` with ones,
-        /// `hadd` into rows, plus the whole offset's part. The loops over
-        /// tokens have short bodies, so they unroll and the sums stay in
-        /// registers (one long body kept them in memory: 25 % slower).
+        /// the offset's part. Each half's chain of two `vpdpbusd` per quad
+        /// starts at that part (half of it in each of a row's two lanes),
+        /// and `hadd` pairs the quads' lanes into one lane per row. VNNI
+        /// only (`dot_tokens` sends AVX2 to `dot_halves_integer`). The loops
+        /// over tokens have short bodies, so they unroll and the sums stay
+        /// in registers (one long body kept them in memory: 25 % slower).
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn halves_tokens<const T: usize>(
@@ -544,33 +546,19 @@ macro_rules! kernels {
             start_weights: [__m256i; 2],
             block_acc: &mut [__m256; T],
         ) {
-            let ones = _mm256_set1_epi16(1);
             // No closures here: one loses the target features and stays a call.
             for half in 0..2 {
                 for t in 0..T {
                     let sums = _mm256_set1_epi32((a[t].half_sums.as_ptr() as *const i32).read_unaligned());
                     let start = _mm256_madd_epi16(sums, start_weights[half]);
                     let (first, second) = (run_of(a[t], 2 * half), run_of(a[t], 2 * half + 1));
-                    let per_row = if $vnni {
-                        // Each i32 lane: start + Σ of 8 products ≤ 63·127 (q6_k).
-                        let mut chains = [start; 2];
-                        for (chain, w) in chains.iter_mut().zip(runs) {
-                            *chain = _mm256_dpbusd_epi32(*chain, w[2 * half], first);
-                            *chain = _mm256_dpbusd_epi32(*chain, w[2 * half + 1], second);
-                        }
-                        _mm256_hadd_epi32(chains[0], chains[1])
-                    } else {
-                        let mut quads = [_mm256_setzero_si256(); 2];
-                        for (quad, w) in quads.iter_mut().zip(runs) {
-                            // Each i16 lane ≤ 2·63·127 (q6_k; less for q3_k, q2_k); two summed stay below 2¹⁵.
-                            let pairs = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(w[2 * half], first),
-                                _mm256_maddubs_epi16(w[2 * half + 1], second),
-                            );
-                            *quad = _mm256_madd_epi16(pairs, ones);
-                        }
-                        _mm256_add_epi32(_mm256_hadd_epi32(quads[0], quads[1]), start)
-                    };
+                    // Each i32 lane: start + Σ of 8 products ≤ 63·127 (q6_k).
+                    let mut chains = [start; 2];
+                    for (chain, w) in chains.iter_mut().zip(runs) {
+                        *chain = _mm256_dpbusd_epi32(*chain, w[2 * half], first);
+                        *chain = _mm256_dpbusd_epi32(*chain, w[2 * half + 1], second);
+                    }
+                    let per_row = _mm256_hadd_epi32(chains[0], chains[1]);
                     block_acc[t] = _mm256_fmadd_ps(scaled[half], _mm256_cvtepi32_ps(per_row), block_acc[t]);
                 }
             }
@@ -596,8 +584,8 @@ macro_rules! kernels {
             _mm256_and_si256(_mm256_cvtepu8_epi16(shifted), _mm256_set1_epi16(0x0F))
         }
 
-        /// The eight lanes of a q6_k, q3_k or q2_k group per token (see
-        /// `halves_scalar` for the order). The activations share one scale
+        /// The eight lanes of a q6_k, q3_k or q2_k group per token on VNNI
+        /// (`halves_scalar`, `HalfScaling::PerHalf`). The activations share one scale
         /// per super block (`quant::shares_act_scales`), so each token's
         /// super block sums its halves' `(d·sc)·(Σ q·a − offset·Σ a)` in
         /// f32 and is scaled once: `acc += a.d·block`; q2_k's mins `Σ_half
@@ -611,15 +599,15 @@ macro_rules! kernels {
             let size = InterleavedRows::block_bytes(dtype);
             let q2_k = dtype == DType::Q2K;
             let offset = if q2_k { 0 } else { 1i32 << layout.offset_shift };
-            // VNNI starts both of a row's chains at half the offset's part.
-            let lane_offset = if $vnni { -offset / 2 } else { -offset };
+            // Both of a row's chains start at half the offset's part.
+            let lane_offset = -offset / 2;
             // `madd` of a token's half sums (an i16 pair) with these gives each half's offset part.
             let start_weights = [_mm256_set1_epi32(lane_offset & 0xFFFF), _mm256_set1_epi32(lane_offset << 16)];
             let (mut acc, mut mins) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
             let low_nibbles = _mm_set1_epi8(0x0F);
             for b in 0..acts[0].len() / 8 {
                 let block = group.as_ptr().add(b * size);
-                if dtype == DType::Q6K && $vnni {
+                if dtype == DType::Q6K {
                     prefetch_l2(block.wrapping_add(STREAM_AHEAD), size);
                 } else {
                     prefetch(block.wrapping_add(STREAM_AHEAD), size);
@@ -667,6 +655,117 @@ macro_rules! kernels {
             std::array::from_fn(|t| _mm256_sub_ps(acc[t], mins[t]))
         }
 
+        /// The `pshufb` controls that spread a 16-byte load of an act block's
+        /// scales (half 0's eight lanes, then half 1's) into the byte each
+        /// `maddubs` pair sum of quad `q`, half `h` meets (index `2q + h`):
+        /// each of the quad's four rows' scale four times, rows in seat order.
+        const fn scale_spreads() -> [[i8; 16]; 4] {
+            // The lane of each row (the inverse of `LANE_ROWS`).
+            const LANE_OF_ROW: [i8; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
+            let mut out = [[0i8; 16]; 4];
+            let mut i = 0;
+            while i < 64 {
+                let (q, h, byte) = (i / 32, (i / 16) % 2, i % 16);
+                out[2 * q + h][byte] = 8 * h as i8 + LANE_OF_ROW[4 * q + byte / 4];
+                i += 1;
+            }
+            out
+        }
+
+        /// The AVX2 kernels' form of [`dot_halves`], as llama.cpp's AVX2
+        /// kernels for these formats weight their halves (`halves_scalar`,
+        /// `HalfScaling::Integer`): each half's `maddubs` pair sums are
+        /// widened by a `madd` with the rows' sub-block scales instead of
+        /// ones, so a super block's sums stay in i32 (one per token and
+        /// quad, two lanes per row, paired by one `hadd` at its end) and meet
+        /// floats once, `acc += (d·a.d)·Σ`; the offset's part `offset·Σ sc·Σ
+        /// a` (q2_k: the mins' `Σ m·Σ a`) is a `madd` per act block and token
+        /// in a pass of its own. Quads are unpacked one at a time (both at
+        /// once, with the offset's sums beside them, ran out of registers:
+        /// q6_k 13.7 GMAC/s where this order gives 16.9, tiles of four).
+        /// One thread, AVX2-only EPYC, against the per-half form (tile of
+        /// four), prefill / decode GMAC/s: q6_k 15.7 → 19.0 / 10.2 → 10.8,
+        /// q3_k 15.3 → 19.1 / 10.1 → 11.1, q2_k 17.0 → 20.0 / 14.2 → 14.5.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn dot_halves_integer<const T: usize, const F: usize>(
+            group: &[u8],
+            acts: &[&[BlockQ8]; T],
+        ) -> [__m256; T] {
+            let dtype = HALVES[F];
+            let layout = HalvesLayout::of(dtype);
+            let size = InterleavedRows::block_bytes(dtype);
+            let q2_k = dtype == DType::Q2K;
+            let spreads = scale_spreads().map(|c| _mm_loadu_si128(c.as_ptr() as *const __m128i));
+            let low_nibbles = _mm_set1_epi8(0x0F);
+            let (mut acc, mut mins) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
+            for b in 0..acts[0].len() / 8 {
+                let block = group.as_ptr().add(b * size);
+                prefetch(block.wrapping_add(STREAM_AHEAD), size);
+                // Per token, each quad's sums (two i32 lanes per row).
+                let mut quads = [[_mm256_setzero_si256(); 2]; T];
+                for j in 0..8 {
+                    let q = block.add(layout.quants + layout.act_bytes * j);
+                    let loaded = _mm_loadu_si128(block.add(layout.scales + 16 * j) as *const __m128i);
+                    let scales = if q2_k { _mm_and_si128(loaded, low_nibbles) } else { loaded };
+                    let a: [&BlockQ8; T] = std::array::from_fn(|t| &acts[t][8 * b + j]);
+                    for quad in 0..2 {
+                        let w = if dtype == DType::Q6K {
+                            q6_k_runs(q.add(Q6K_QUAD_BYTES * quad))
+                        } else {
+                            low_bit_runs::<F>(q.add(32 * quad), q.wrapping_add(64), quad)
+                        };
+                        let spread =
+                            [0, 1].map(|h| _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, spreads[2 * quad + h])));
+                        for t in 0..T {
+                            for half in 0..2 {
+                                let (first, second) = (run_of(a[t], 2 * half), run_of(a[t], 2 * half + 1));
+                                // Each i16 lane ≤ 2·63·127 (q6_k; less for q3_k, q2_k); two summed stay below 2¹⁵.
+                                let pairs = _mm256_add_epi16(
+                                    _mm256_maddubs_epi16(w[2 * half], first),
+                                    _mm256_maddubs_epi16(w[2 * half + 1], second),
+                                );
+                                let scaled = _mm256_madd_epi16(pairs, spread[half]);
+                                quads[t][quad] = _mm256_add_epi32(quads[t][quad], scaled);
+                            }
+                        }
+                    }
+                }
+                // Σ sc·Σ a (q2_k: Σ m·Σ a) per token, over the act blocks again.
+                let mut side = [_mm256_setzero_si256(); T];
+                for j in 0..8 {
+                    let at = block.add(layout.scales + 16 * j);
+                    let side_pairs = if q2_k {
+                        q2_k_min_pairs(at)
+                    } else {
+                        let scales = _mm_loadu_si128(at as *const __m128i);
+                        _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(scales, _mm_srli_si128(scales, 8)))
+                    };
+                    for t in 0..T {
+                        let a = &acts[t][8 * b + j];
+                        let sums = _mm256_set1_epi32((a.half_sums.as_ptr() as *const i32).read_unaligned());
+                        side[t] = _mm256_add_epi32(side[t], _mm256_madd_epi16(side_pairs, sums));
+                    }
+                }
+                let d = f16x8(block);
+                for t in 0..T {
+                    let a_d = _mm256_set1_ps(acts[t][8 * b].d);
+                    let rows = _mm256_hadd_epi32(quads[t][0], quads[t][1]);
+                    let total = if q2_k {
+                        rows
+                    } else {
+                        _mm256_sub_epi32(rows, _mm256_sll_epi32(side[t], _mm_cvtsi32_si128(layout.offset_shift)))
+                    };
+                    acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, a_d), _mm256_cvtepi32_ps(total), acc[t]);
+                    if q2_k {
+                        let dmin = f16x8(block.add(16));
+                        mins[t] = _mm256_fmadd_ps(dmin, _mm256_mul_ps(a_d, _mm256_cvtepi32_ps(side[t])), mins[t]);
+                    }
+                }
+            }
+            std::array::from_fn(|t| _mm256_sub_ps(acc[t], mins[t]))
+        }
+
         /// The eight lanes' sums of a group for each of `T` tokens (lane order
         /// [`super::LANE_ROWS`]).
         #[target_feature(enable = $features)]
@@ -678,9 +777,12 @@ macro_rules! kernels {
             let lanes = match dtype {
                 DType::Q4K => dot_k::<T, false>(group, acts),
                 DType::Q5K => dot_k::<T, true>(group, acts),
-                DType::Q6K => dot_halves::<T, 0>(group, acts),
-                DType::Q3K => dot_halves::<T, 1>(group, acts),
-                DType::Q2K => dot_halves::<T, 2>(group, acts),
+                DType::Q6K if $vnni => dot_halves::<T, 0>(group, acts),
+                DType::Q3K if $vnni => dot_halves::<T, 1>(group, acts),
+                DType::Q2K if $vnni => dot_halves::<T, 2>(group, acts),
+                DType::Q6K => dot_halves_integer::<T, 0>(group, acts),
+                DType::Q3K => dot_halves_integer::<T, 1>(group, acts),
+                DType::Q2K => dot_halves_integer::<T, 2>(group, acts),
                 DType::Q4_0 => dot_blocks32::<T, 0>(group, acts),
                 DType::Q4_1 => dot_blocks32::<T, 1>(group, acts),
                 DType::Q5_0 => dot_blocks32::<T, 2>(group, acts),
