@@ -41,10 +41,10 @@
 //!
 //! Results equal the row kernel's within f32 rounding (the integer sums are
 //! exact; the scaling order differs); each row's result never depends on
-//! which thread or batch computed it. q6_k's, q3_k's and q2_k's sub-block
-//! scales are multiplied in integers on AVX2 and in floats per half on
-//! VNNI (`HalfScaling`), so those three formats' bits differ between the
-//! two kinds of CPU (never between the paths of one).
+//! which thread or batch computed it. The sub-block scales of q6_k, q3_k,
+//! q2_k and iq4_xs are multiplied in integers on AVX2 and in floats per
+//! sub-block on VNNI (`SubBlockScaling`), so those four formats' bits
+//! differ between the two kinds of CPU (never between the paths of one).
 
 use super::{f16_at, scales_shared, shares_act_scales, BlockQ8, QK};
 use crate::DType;
@@ -432,7 +432,7 @@ impl GroupKernel {
 /// (`blocks` of them, quantized as [`super::quantize_activations_for`] the
 /// matrix's type gives them), in row order, on the fastest kernel this CPU
 /// runs: bit for bit its [`dot_group_reference`] (the kernels agree but
-/// for q6_k, q3_k and q2_k, within f32 rounding there).
+/// for q6_k, q3_k, q2_k and iq4_xs, within f32 rounding there).
 pub fn dot_group(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
     let mut out = [[0f32; GROUP]];
     dot_group_tokens(rows, g, acts, &mut out);
@@ -529,17 +529,17 @@ pub fn dot_group_scalar(rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [
 
 /// The bits `kernel` gives for group `g` (on any CPU): each row's sum from
 /// the interleaved bytes, in the kernel's order of operations per block.
-/// The kernels agree but for q6_k, q3_k and q2_k, whose sub-block scales
-/// the VNNI kernels apply in floats per half and the others in integers
-/// (`HalfScaling`).
+/// The kernels agree but for q6_k, q3_k, q2_k and iq4_xs, whose sub-block
+/// scales the VNNI kernels apply in floats per sub-block and the others in
+/// integers (`SubBlockScaling`).
 pub fn dot_group_reference(kernel: GroupKernel, rows: &InterleavedRows, g: usize, acts: &[BlockQ8]) -> [f32; GROUP] {
     let (dtype, data) = (rows.dtype, rows.group(g));
     match dtype {
         DType::Q4K | DType::Q5K => return in_row_order(k_scalar(dtype, data, acts)),
         DType::Q6K | DType::Q3K | DType::Q2K => {
-            return in_row_order(halves_scalar(dtype, data, acts, HalfScaling::of(kernel)))
+            return in_row_order(halves_scalar(dtype, data, acts, SubBlockScaling::of(kernel)))
         }
-        DType::IQ4XS => return in_row_order(iq4_xs_scalar(data, acts)),
+        DType::IQ4XS => return in_row_order(iq4_xs_scalar(data, acts, SubBlockScaling::of(kernel))),
         _ => {}
     }
     let size = InterleavedRows::block_bytes(dtype);
@@ -562,24 +562,26 @@ pub fn dot_group_reference(kernel: GroupKernel, rows: &InterleavedRows, g: usize
     in_row_order(lanes)
 }
 
-/// How a kernel weights the integer sums of q6_k's, q3_k's and q2_k's
-/// 16-element halves by their rows' sub-block scales.
+/// How a kernel weights the integer sums of the sub-blocks with an integer
+/// scale of their own (q6_k's, q3_k's and q2_k's 16-element halves,
+/// iq4_xs's 32-element sub-blocks) by their rows' scales.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum HalfScaling {
-    /// One float step per half, `block += (d·sc)·Σ`: the VNNI kernels, whose
-    /// `vpdpbusd` sums reach i32 without a multiply the scale could ride on.
-    PerHalf,
+enum SubBlockScaling {
+    /// One float step per sub-block, `block += (d·sc)·Σ`: the VNNI kernels,
+    /// whose `vpdpbusd` sums reach i32 without a multiply the scale could
+    /// ride on.
+    Float,
     /// The scales multiplied in integers (on AVX2 by the `madd` that widens
     /// the `maddubs` pair sums anyway), one float step per super block:
     /// the AVX2 kernels and the scalar fallback.
     Integer,
 }
 
-impl HalfScaling {
-    fn of(kernel: GroupKernel) -> HalfScaling {
+impl SubBlockScaling {
+    fn of(kernel: GroupKernel) -> SubBlockScaling {
         match kernel {
-            GroupKernel::Vnni => HalfScaling::PerHalf,
-            GroupKernel::Avx2 | GroupKernel::Scalar => HalfScaling::Integer,
+            GroupKernel::Vnni => SubBlockScaling::Float,
+            GroupKernel::Avx2 | GroupKernel::Scalar => SubBlockScaling::Integer,
         }
     }
 }
@@ -588,13 +590,13 @@ impl HalfScaling {
 /// that scale them `scaling`. Per super block (whose act blocks share one
 /// scale `a.d`) and lane, over its act blocks' 16-element halves, with
 /// `chain = Σ q·a − offset·Σ a` (exact):
-/// - [`HalfScaling::PerHalf`]: `block += (d·sc)·chain`, one float step per
+/// - [`SubBlockScaling::Float`]: `block += (d·sc)·chain`, one float step per
 ///   half, then `acc += a.d·block`;
-/// - [`HalfScaling::Integer`]: `total += sc·chain` in i32 (exact: at most
+/// - [`SubBlockScaling::Integer`]: `total += sc·chain` in i32 (exact: at most
 ///   16 · 128 · 16 · 32 · 127 < 2³¹ for q6_k), then `acc += (d·a.d)·total`.
 ///
 /// q2_k also `mins += dmin·(a.d·Σ_half m·Σ a)`; then `acc − mins`.
-fn halves_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8], scaling: HalfScaling) -> [f32; GROUP] {
+fn halves_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8], scaling: SubBlockScaling) -> [f32; GROUP] {
     let (layout, size) = (HalvesLayout::of(dtype), InterleavedRows::block_bytes(dtype));
     let offset = if dtype == DType::Q2K { 0 } else { 1 << layout.offset_shift };
     let (mut acc, mut mins) = ([0f32; GROUP], [0f32; GROUP]);
@@ -610,16 +612,16 @@ fn halves_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8], scaling: HalfScali
                     let (sc, m) = layout.scale_min(dtype, block, 2 * j + half, lane);
                     let chain = dot - offset * a.half_sums[half] as i32;
                     match scaling {
-                        HalfScaling::PerHalf => block_acc = (d * sc as f32).mul_add(chain as f32, block_acc),
-                        HalfScaling::Integer => total += sc * chain,
+                        SubBlockScaling::Float => block_acc = (d * sc as f32).mul_add(chain as f32, block_acc),
+                        SubBlockScaling::Integer => total += sc * chain,
                     }
                     min_total += m * a.half_sums[half] as i32;
                 }
             }
             let a_d = sub[0].d;
             acc[lane] = match scaling {
-                HalfScaling::PerHalf => a_d.mul_add(block_acc, acc[lane]),
-                HalfScaling::Integer => (d * a_d).mul_add(total as f32, acc[lane]),
+                SubBlockScaling::Float => a_d.mul_add(block_acc, acc[lane]),
+                SubBlockScaling::Integer => (d * a_d).mul_add(total as f32, acc[lane]),
             };
             if dtype == DType::Q2K {
                 mins[lane] = f16_at(block, 16 + 2 * lane).mul_add(a_d * min_total as f32, mins[lane]);
@@ -629,23 +631,35 @@ fn halves_scalar(dtype: DType, data: &[u8], acts: &[BlockQ8], scaling: HalfScali
     std::array::from_fn(|lane| acc[lane] - mins[lane])
 }
 
-/// The iq4_xs lanes, in the kernel's order of operations: per super block
-/// (whose act blocks share one scale `a.d`), `block += (d·sc)·dot` over its
-/// sub-blocks, then `acc += a.d·block`.
-fn iq4_xs_scalar(data: &[u8], acts: &[BlockQ8]) -> [f32; GROUP] {
+/// The iq4_xs lanes, in the order of operations of the kernels that scale
+/// them `scaling`: per super block (whose act blocks share one scale
+/// `a.d`), over its sub-blocks, either `block += (d·sc)·dot` then `acc +=
+/// a.d·block` ([`SubBlockScaling::Float`]), or `total += sc·dot` in i32
+/// (exact: at most 8 · 32 · 32 · 127 · 127 < 2³¹) then `acc +=
+/// (d·a.d)·total` ([`SubBlockScaling::Integer`]).
+fn iq4_xs_scalar(data: &[u8], acts: &[BlockQ8], scaling: SubBlockScaling) -> [f32; GROUP] {
     let size = InterleavedRows::block_bytes(DType::IQ4XS);
     let mut acc = [0f32; GROUP];
     for (block, sub) in data.chunks_exact(size).zip(acts.chunks_exact(8)) {
-        let mut block_acc = [0f32; GROUP];
+        let (mut block_acc, mut total) = ([0f32; GROUP], [0i32; GROUP]);
         for (j, a) in sub.iter().enumerate() {
             for (lane, &row) in LANE_ROWS.iter().enumerate() {
                 let dot: i32 = (0..QK).map(|e| element(DType::IQ4XS, block, row, 32 * j + e) * a.qs[e] as i32).sum();
-                let scale = f16_at(block, 2 * lane) * block[IQ4XS_SCALES + 8 * j + lane] as i8 as f32;
-                block_acc[lane] = scale.mul_add(dot as f32, block_acc[lane]);
+                let sc = block[IQ4XS_SCALES + 8 * j + lane] as i8;
+                match scaling {
+                    SubBlockScaling::Float => {
+                        let scale = f16_at(block, 2 * lane) * sc as f32;
+                        block_acc[lane] = scale.mul_add(dot as f32, block_acc[lane]);
+                    }
+                    SubBlockScaling::Integer => total[lane] += sc as i32 * dot,
+                }
             }
         }
-        for (acc, block_acc) in acc.iter_mut().zip(block_acc) {
-            *acc = sub[0].d.mul_add(block_acc, *acc);
+        for (lane, acc) in acc.iter_mut().enumerate() {
+            *acc = match scaling {
+                SubBlockScaling::Float => sub[0].d.mul_add(block_acc[lane], *acc),
+                SubBlockScaling::Integer => (f16_at(block, 2 * lane) * sub[0].d).mul_add(total[lane] as f32, *acc),
+            };
         }
     }
     acc

@@ -12,10 +12,11 @@
 //! VNNI on 256-bit registers (`vpdpbusd`, four products straight into
 //! each i32 lane). The integer sums are exact either way, and both weight
 //! them by the same float operations in the same order, so both give the
-//! same bits, but for q6_k, q3_k and q2_k: AVX2 multiplies their sub-block
-//! scales in integers, riding on the `madd` that widens its pair sums,
-//! where VNNI's sums reach i32 with no such step and take one float step
-//! per half (`super::HalfScaling`; each matches its own scalar reference).
+//! same bits, but for q6_k, q3_k, q2_k and iq4_xs: AVX2 multiplies their
+//! sub-block scales in integers, riding on the `madd` that widens its pair
+//! sums, where VNNI's sums reach i32 with no such step and take one float
+//! step per sub-block (`super::SubBlockScaling`; each matches its own
+//! scalar reference).
 
 use super::{
     quants_layout, BlockQ8, HalvesLayout, InterleavedRows, IQ4XS_SCALES, IQ4XS_SUB_BYTES, Q4K_MINS, Q4K_QUANTS,
@@ -250,8 +251,9 @@ macro_rules! kernels {
             let (base, runs) = quants_layout(dtype);
             let with_mins = matches!(dtype, DType::Q4_1 | DType::Q5_1);
             let mut acc = [_mm256_setzero_ps(); T];
-            // iq4_xs: the super block's sums, scaled by the act blocks' one
-            // shared scale after its last block (`quant::shares_act_scales`).
+            // iq4_xs (VNNI: AVX2 takes `dot_iq4_xs_integer`): the super
+            // block's sums, scaled by the act blocks' one shared scale after
+            // its last block (`quant::shares_act_scales`).
             let mut block_acc = [_mm256_setzero_ps(); T];
             for b in 0..acts[0].len() {
                 let (block, d, q) = if dtype == DType::IQ4XS {
@@ -585,7 +587,7 @@ macro_rules! kernels {
         }
 
         /// The eight lanes of a q6_k, q3_k or q2_k group per token on VNNI
-        /// (`halves_scalar`, `HalfScaling::PerHalf`). The activations share one scale
+        /// (`halves_scalar`, `SubBlockScaling::Float`). The activations share one scale
         /// per super block (`quant::shares_act_scales`), so each token's
         /// super block sums its halves' `(d·sc)·(Σ q·a − offset·Σ a)` in
         /// f32 and is scaled once: `acc += a.d·block`; q2_k's mins `Σ_half
@@ -674,7 +676,7 @@ macro_rules! kernels {
 
         /// The AVX2 kernels' form of [`dot_halves`], as llama.cpp's AVX2
         /// kernels for these formats weight their halves (`halves_scalar`,
-        /// `HalfScaling::Integer`): each half's `maddubs` pair sums are
+        /// `SubBlockScaling::Integer`): each half's `maddubs` pair sums are
         /// widened by a `madd` with the rows' sub-block scales instead of
         /// ones, so a super block's sums stay in i32 (one per token and
         /// quad, two lanes per row, paired by one `hadd` at its end) and meet
@@ -766,6 +768,56 @@ macro_rules! kernels {
             std::array::from_fn(|t| _mm256_sub_ps(acc[t], mins[t]))
         }
 
+        /// iq4_xs on AVX2 in the integer form of `dot_halves_integer`
+        /// (`iq4_xs_scalar`, `SubBlockScaling::Integer`): each sub-block's
+        /// `maddubs` products (signs moved onto the activations, as
+        /// `tile_sums_maddubs` does) widen by a `madd` with the rows'
+        /// scales, a super block's sums stay in i32 per token and quad, and
+        /// meet floats once, `acc += (d·a.d)·Σ`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn dot_iq4_xs_integer<const T: usize>(group: &[u8], acts: &[&[BlockQ8]; T]) -> [__m256; T] {
+            const F: usize = 6;
+            let size = InterleavedRows::block_bytes(DType::IQ4XS);
+            let (base, runs) = quants_layout(DType::IQ4XS);
+            // A sub-block's eight scales spread as one half's of `dot_halves_integer`.
+            let spreads = scale_spreads().map(|c| _mm_loadu_si128(c.as_ptr() as *const __m128i));
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..acts[0].len() / 8 {
+                let block = group.as_ptr().add(b * size);
+                let mut quads = [[_mm256_setzero_si256(); 2]; T];
+                for sub in 0..8 {
+                    let q = block.add(base + IQ4XS_SUB_BYTES * sub);
+                    prefetch(q.wrapping_add(STREAM_AHEAD), IQ4XS_SUB_BYTES);
+                    let scales = _mm_loadl_epi64(block.add(IQ4XS_SCALES + 8 * sub) as *const __m128i);
+                    let spread = [0, 2].map(|i| _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, spreads[i])));
+                    // iq4 quants have no fifth bits: `quad_operands` reads nothing at `h`.
+                    let h = q.wrapping_sub(32);
+                    let w = [quad_operands::<F>(q, h), quad_operands::<F>(q.add(32 * runs), h.wrapping_add(16))];
+                    for k in 0..4 {
+                        let magnitudes = [_mm256_sign_epi8(w[0][k], w[0][k]), _mm256_sign_epi8(w[1][k], w[1][k])];
+                        for t in 0..T {
+                            let run = run_of(&acts[t][8 * b + sub], k);
+                            for quad in 0..2 {
+                                // Each i16 lane ≤ 2·127·127; times a scale ≤ 32, two summed per i32.
+                                let products =
+                                    _mm256_maddubs_epi16(magnitudes[quad], _mm256_sign_epi8(run, w[quad][k]));
+                                quads[t][quad] =
+                                    _mm256_add_epi32(quads[t][quad], _mm256_madd_epi16(products, spread[quad]));
+                            }
+                        }
+                    }
+                }
+                let d = f16x8(block);
+                for t in 0..T {
+                    let rows = _mm256_hadd_epi32(quads[t][0], quads[t][1]);
+                    let da = _mm256_mul_ps(d, _mm256_set1_ps(acts[t][8 * b].d));
+                    acc[t] = _mm256_fmadd_ps(da, _mm256_cvtepi32_ps(rows), acc[t]);
+                }
+            }
+            acc
+        }
+
         /// The eight lanes' sums of a group for each of `T` tokens (lane order
         /// [`super::LANE_ROWS`]).
         #[target_feature(enable = $features)]
@@ -788,7 +840,8 @@ macro_rules! kernels {
                 DType::Q5_0 => dot_blocks32::<T, 2>(group, acts),
                 DType::Q5_1 => dot_blocks32::<T, 3>(group, acts),
                 DType::IQ4NL => dot_blocks32::<T, 5>(group, acts),
-                DType::IQ4XS => dot_blocks32::<T, 6>(group, acts),
+                DType::IQ4XS if $vnni => dot_blocks32::<T, 6>(group, acts),
+                DType::IQ4XS => dot_iq4_xs_integer::<T>(group, acts),
                 _ => dot_blocks32::<T, 4>(group, acts),
             };
             lanes.map(|v| {
