@@ -43,10 +43,12 @@ use std::arch::x86_64::*;
 /// slower. In L2, 1 KiB was slower (Q4_K_M, Q6_K, Q2_K) and 3–4 KiB alike
 /// or slower; the one-thread `group_kernels` stream (`STREAM_MIB`), where
 /// 1 KiB into L1 was fastest, does not predict two threads. Only the
-/// VNNI kernels (Sapphire Rapids, Zen 4) take q6_k's L2 hint: on an
-/// AVX2-only AMD EPYC (family 23), 1B Q6_K decode, where the kernel is
-/// bound by its arithmetic more than by memory, L1 was faster in five of
-/// six alternating pairs (mean +2.6 %, 13.3–14.6 → 13.4–14.8 tok/s).
+/// VNNI kernels (Sapphire Rapids, Zen 4) take q6_k's L2 hint. The AVX2
+/// kernels ask for nothing ahead of q6_k: on an AVX2-only AMD EPYC (family
+/// 23), 1B decode, where that kernel is bound by its arithmetic more than
+/// by memory, six alternating pairs against the L1 hint: Q6_K 13.2 → 14.1
+/// tok/s (faster in all six), Q5_K_M (some q6_k rows) 16.0 → 16.5 (five of
+/// six); the L2 hint, and 1 or 4 KiB ahead, were between the two there.
 const STREAM_AHEAD: usize = 2048;
 
 /// The kernels for one instruction set: `$features` their target
@@ -703,7 +705,10 @@ macro_rules! kernels {
             let (mut acc, mut mins) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
             for b in 0..acts[0].len() / 8 {
                 let block = group.as_ptr().add(b * size);
-                prefetch(block.wrapping_add(STREAM_AHEAD), size);
+                // No hint for q6_k (see `STREAM_AHEAD`).
+                if dtype != DType::Q6K {
+                    prefetch(block.wrapping_add(STREAM_AHEAD), size);
+                }
                 // Per token, each quad's sums (two i32 lanes per row).
                 let mut quads = [[_mm256_setzero_si256(); 2]; T];
                 for j in 0..8 {
