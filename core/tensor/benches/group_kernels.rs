@@ -9,7 +9,8 @@
 //!
 //! `cargo bench -p tailor-tensor --bench group_kernels` (ROUNDS, TOKENS,
 //! TYPES=q6_k,q4_k env; STREAM_MIB=1024 also times a decode streaming that
-//! many MiB of weights from memory against a plain read of them).
+//! many MiB of weights from memory against a plain read of them, on VNNI
+//! CPUs in the AVX2 form too).
 
 use std::time::Instant;
 use tailor_tensor::quant::interleaved::{
@@ -127,25 +128,29 @@ fn main() {
         }
         println!("{:8} {:>14.1} {:>14.1}", dtype.to_string(), time(detected, &acts, tokens), time(detected, one, 1));
         if stream_mib > 0 {
-            let (kernel, read) = streamed(&grouped, one, stream_mib, rounds);
+            let (kernel, read) = streamed(detected, &grouped, one, stream_mib, rounds);
             println!("{:8} decode from memory: kernel {kernel:.1} GB/s, plain read {read:.1} GB/s", dtype.to_string());
+            if detected == GroupKernel::Vnni && GroupKernel::Avx2.is_supported() {
+                let (kernel, _) = streamed(GroupKernel::Avx2, &grouped, one, stream_mib, rounds);
+                println!("{:8} decode from memory: AVX2 form {kernel:.1} GB/s", dtype.to_string());
+            }
         }
     }
 }
 
 /// One token through copies of `grouped` filling `mib` MiB (far past the
-/// caches, as a model's decode reads its weights), and a plain read of the
-/// same bytes: GB/s of weights each, the best of `rounds`.
-fn streamed(grouped: &InterleavedRows, one: &[BlockQ8], mib: usize, rounds: usize) -> (f64, f64) {
+/// caches, as a model's decode reads its weights) on `kernel`, and a plain
+/// read of the same bytes: GB/s of weights each, the best of `rounds`.
+fn streamed(kernel: GroupKernel, grouped: &InterleavedRows, one: &[BlockQ8], mib: usize, rounds: usize) -> (f64, f64) {
     let copies = (mib << 20).div_ceil(grouped.data.len());
     let matrices = vec![grouped.clone(); copies];
     let bytes = (copies * grouped.data.len()) as f64;
     let mut sums = [[0f32; GROUP]];
-    let kernel = best((0..rounds).map(|_| {
+    let rate = best((0..rounds).map(|_| {
         let start = Instant::now();
         for m in &matrices {
             for g in 0..m.groups {
-                dot_group_tokens(m, g, one, &mut sums);
+                dot_group_tokens_on(kernel, m, g, one, &mut sums);
             }
         }
         std::hint::black_box(&sums);
@@ -162,5 +167,5 @@ fn streamed(grouped: &InterleavedRows, one: &[BlockQ8], mib: usize, rounds: usiz
         std::hint::black_box(or);
         bytes / start.elapsed().as_secs_f64() / 1e9
     }));
-    (kernel, read)
+    (rate, read)
 }

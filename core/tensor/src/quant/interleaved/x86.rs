@@ -42,13 +42,15 @@ use std::arch::x86_64::*;
 /// alike, and q4_0, q8_0, iq4_nl, iq4_xs, Q4_K_M and Q5_K_M alike or
 /// slower. In L2, 1 KiB was slower (Q4_K_M, Q6_K, Q2_K) and 3–4 KiB alike
 /// or slower; the one-thread `group_kernels` stream (`STREAM_MIB`), where
-/// 1 KiB into L1 was fastest, does not predict two threads. Only the
-/// VNNI kernels (Sapphire Rapids, Zen 4) take q6_k's L2 hint. The AVX2
-/// kernels ask for nothing ahead of q6_k: on an AVX2-only AMD EPYC (family
+/// 1 KiB into L1 was fastest, does not predict two threads. The AVX2
+/// q6_k kernel takes the L2 hint too. On an AVX2-only AMD EPYC (family
 /// 23), 1B decode, where that kernel is bound by its arithmetic more than
-/// by memory, six alternating pairs against the L1 hint: Q6_K 13.2 → 14.1
-/// tok/s (faster in all six), Q5_K_M (some q6_k rows) 16.0 → 16.5 (five of
-/// six); the L2 hint, and 1 or 4 KiB ahead, were between the two there.
+/// by memory, no hint at all was fastest (against the L1 hint, six
+/// alternating pairs: Q6_K 13.2 → 14.1 tok/s; the L2 hint, and 1 or 4 KiB
+/// ahead, between the two); but on an Intel Xeon the same AVX2 kernel,
+/// one token streamed from memory on one thread (`group_kernels`,
+/// `STREAM_MIB=1024`, its AVX2-form line), read 5.9–7.1 GB/s without a
+/// hint against 10.3–11.3 with the L1 or the L2 one (alike there).
 const STREAM_AHEAD: usize = 2048;
 
 /// The kernels for one instruction set: `$features` their target
@@ -98,6 +100,18 @@ macro_rules! kernels {
         unsafe fn prefetch_l2(p: *const u8, bytes: usize) {
             for line in (0..bytes).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(line) as *const i8);
+            }
+        }
+
+        /// The hint of a q6_k, q3_k or q2_k block at `block` (`bytes` long):
+        /// q6_k's into L2 only (see [`STREAM_AHEAD`]), the others' into L1.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn prefetch_halves(dtype: DType, block: *const u8, bytes: usize) {
+            if dtype == DType::Q6K {
+                prefetch_l2(block.wrapping_add(STREAM_AHEAD), bytes);
+            } else {
+                prefetch(block.wrapping_add(STREAM_AHEAD), bytes);
             }
         }
 
@@ -611,11 +625,7 @@ macro_rules! kernels {
             let low_nibbles = _mm_set1_epi8(0x0F);
             for b in 0..acts[0].len() / 8 {
                 let block = group.as_ptr().add(b * size);
-                if dtype == DType::Q6K {
-                    prefetch_l2(block.wrapping_add(STREAM_AHEAD), size);
-                } else {
-                    prefetch(block.wrapping_add(STREAM_AHEAD), size);
-                }
+                prefetch_halves(dtype, block, size);
                 let d = f16x8(block);
                 let mut block_acc = [_mm256_setzero_ps(); T];
                 // q2_k: Σ m·Σ a.
@@ -690,6 +700,11 @@ macro_rules! kernels {
         /// One thread, AVX2-only EPYC, against the per-half form (tile of
         /// four), prefill / decode GMAC/s: q6_k 15.7 → 19.0 / 10.2 → 10.8,
         /// q3_k 15.3 → 19.1 / 10.1 → 11.1, q2_k 17.0 → 20.0 / 14.2 → 14.5.
+        /// An Intel Xeon's AVX2 units (the bench's AVX2-form line) gain at
+        /// prefill, q6_k 51 → 65, q3_k 52 → 65, q2_k 59 → 68, and lose at one
+        /// token in cache, q3_k 30 → 27, q2_k 40 → 34 (no tile's tokens
+        /// share the scale spreads); streamed from memory, q2_k/q3_k 10.3 →
+        /// 9.0 GB/s on one thread.
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn dot_halves_integer<const T: usize, const F: usize>(
@@ -705,10 +720,7 @@ macro_rules! kernels {
             let (mut acc, mut mins) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
             for b in 0..acts[0].len() / 8 {
                 let block = group.as_ptr().add(b * size);
-                // No hint for q6_k (see `STREAM_AHEAD`).
-                if dtype != DType::Q6K {
-                    prefetch(block.wrapping_add(STREAM_AHEAD), size);
-                }
+                prefetch_halves(dtype, block, size);
                 // Per token, each quad's sums (two i32 lanes per row).
                 let mut quads = [[_mm256_setzero_si256(); 2]; T];
                 for j in 0..8 {
