@@ -14,10 +14,11 @@ machine, same run (benches/llamacpp/run.sh scale drives it).
         right after the file's rounds (a decode only reads its weights; on a
         shared VM the memory's speed moves between minutes), and both engines'
         peak RSS (llama.cpp in a child process per run).
-  scale.py greedy TAILOR_BIN GGUF [--kv f16|f32] [--self]
+  scale.py greedy TAILOR_BIN GGUF [--kv f16|f32] [--self] [--all-prompts]
         greedy token ids of both engines compared (--self: llama.cpp with an
-        f16 KV cache against itself with an f32 one), with llama.cpp's top-2
-        logit gap where they part.
+        f16 KV cache against itself with an f32 one; --all-prompts: ten
+        prompts, both comparisons, equal tokens summed), with llama.cpp's
+        top-2 logit gap where they part.
 """
 import argparse, ctypes, os, subprocess, sys, threading, time
 from pathlib import Path
@@ -193,34 +194,60 @@ def first_difference(a, b):
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
+# Prompts of `greedy --all-prompts`: one path per prompt is one draw of where
+# the top two logits first lie within rounding of each other.
+GREEDY_PROMPTS = ["The history of the city begins", "Once upon a time, in a small village,",
+                  "The best way to learn programming is", "Water boils at a temperature of", "In 1969, the first humans",
+                  "A good breakfast should include", "The main causes of the French Revolution were",
+                  "To make bread you need", "The capital of France is", "Machine learning models are trained by"]
+
+
+def tailor_greedy(args, prompt):
+    """tailor's greedy token ids for `prompt`."""
+    import json
+    out = subprocess.run([args.tailor, "generate", "--model", args.gguf, "--prompt", prompt, "--max-tokens",
+                          str(args.tokens), "--logprobs", "1", "--threads", str(args.threads)],
+                         check=True, capture_output=True, text=True).stdout
+    return [json.loads(line)["id"] for line in out.splitlines() if line.startswith("{")]
+
+
 def greedy(args):
     """Greedy continuations of the same prompt by both engines, token ids compared.
     `--kv f32` gives llama.cpp an f32 KV cache (its default is f16; tailor's
     CPU cache is f32): on a random model, whose top two logits often lie
     within rounding of each other, that alone moves llama.cpp's own path.
     `--self` compares llama.cpp with itself, f16 against f32 KV cache: how
-    far two runs of one engine that differ only in that rounding agree."""
-    import json
-    prompt_tokens, theirs, margins = llama_greedy(args.gguf, args.prompt, args.tokens, args.threads, args.kv)
-    if args.self_check:
-        other = "f32" if args.kv == "f16" else "f16"
-        _, compared, _ = llama_greedy(args.gguf, args.prompt, args.tokens, args.threads, other)
-        first, second = f"llama.cpp with an {other} KV cache", "llama.cpp"
-    else:
-        out = subprocess.run([args.tailor, "generate", "--model", args.gguf, "--prompt", args.prompt, "--max-tokens",
-                              str(args.tokens), "--logprobs", "1", "--threads", str(args.threads)],
-                             check=True, capture_output=True, text=True).stdout
-        compared = [json.loads(line)["id"] for line in out.splitlines() if line.startswith("{")]
-        first, second = "tailor", "llama.cpp"
-    same = first_difference(compared, theirs)
-    # One side may stop early (an end-of-text token): then they part where it ended.
-    at = lambda ids: str(ids[same]) if same < len(ids) else "(ended)"
-    print(f"{args.gguf}: prompt {args.prompt!r}, {prompt_tokens} prompt tokens, llama.cpp KV cache {args.kv}")
-    print(f"  equal for {same} of {args.tokens} greedy tokens"
-          + ("" if same == args.tokens else f"; at {same}: {first} {at(compared)} vs {second} {at(theirs)}, "
-             f"llama.cpp's top-2 logit gap there {margins[same]:.4f}"))
-    print(f"  smallest top-2 logit gap along llama.cpp's path: {min(margins):.4f}")
-    return same == args.tokens
+    far two runs of one engine that differ only in that rounding agree.
+    `--all-prompts` runs every prompt of GREEDY_PROMPTS and both comparisons
+    (tailor against llama.cpp, and llama.cpp against itself with the other
+    KV cache type, the yardstick), and sums the equal tokens."""
+    prompts = GREEDY_PROMPTS if args.all_prompts else [args.prompt]
+    other = "f32" if args.kv == "f16" else "f16"
+    print(f"{args.gguf}: {args.tokens} greedy tokens per prompt, llama.cpp KV cache {args.kv}")
+    equal = {"tailor": 0, "self": 0}
+    for prompt in prompts:
+        prompt_tokens, theirs, margins = llama_greedy(args.gguf, prompt, args.tokens, args.threads, args.kv)
+        compared = {}
+        if args.self_check or args.all_prompts:
+            compared["self"] = llama_greedy(args.gguf, prompt, args.tokens, args.threads, other)[1]
+        if not args.self_check:
+            compared["tailor"] = tailor_greedy(args, prompt)
+        print(f"  {prompt!r} ({prompt_tokens} tokens; smallest top-2 logit gap along llama.cpp's path {min(margins):.4f})")
+        for who, ids in compared.items():
+            same = first_difference(ids, theirs)
+            equal[who] += same
+            name = "tailor" if who == "tailor" else f"llama.cpp with an {other} KV cache"
+            # One side may stop early (an end-of-text token): then they part where it ended.
+            at = lambda seq: str(seq[same]) if same < len(seq) else "(ended)"
+            print(f"    {name}: equal for {same} of {args.tokens}"
+                  + ("" if same == args.tokens else f"; at {same}: {at(ids)} vs llama.cpp {at(theirs)}, "
+                     f"llama.cpp's top-2 logit gap there {margins[same]:.4f}"))
+    if len(prompts) > 1:
+        total = args.tokens * len(prompts)
+        print(f"  tokens equal before the first difference, all prompts: tailor {equal['tailor']} of {total}; "
+              f"llama.cpp with an {other} KV cache {equal['self']} of {total}")
+    who = "self" if args.self_check else "tailor"
+    return equal[who] == args.tokens * len(prompts)
 
 
 def tailor_run(binary, path, threads):
@@ -294,6 +321,8 @@ def main():
     g.add_argument("--threads", type=int, default=2); g.add_argument("--kv", choices=["f16", "f32"], default="f16")
     g.add_argument("--self", dest="self_check", action="store_true",
                    help="compare llama.cpp with itself (the other KV cache type) instead of tailor")
+    g.add_argument("--all-prompts", action="store_true",
+                   help="every prompt of GREEDY_PROMPTS, tailor and llama.cpp's other KV cache type both compared")
     c = sub.add_parser("llama-child"); c.add_argument("gguf"); c.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.cmd == "greedy":
