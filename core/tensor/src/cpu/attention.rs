@@ -23,7 +23,7 @@ pub struct AttentionShape {
 /// `[positions, n_kv_head · head_dim]` and hold at least `start + tokens`
 /// positions. Query `t` attends to positions `0..=start + t`.
 pub fn causal_attention(q: &[f32], keys: &[f32], values: &[f32], start: usize, shape: AttentionShape, out: &mut [f32]) {
-    attention(q, keys, values, shape, out, |t| start + t + 1);
+    attention(q, keys, values, shape, out, |t| start + t + 1, super::has_avx512());
 }
 
 /// Bidirectional attention (encoders): every query of a `positions`-long
@@ -143,6 +143,7 @@ fn attention(
     shape: AttentionShape,
     out: &mut [f32],
     visible: impl Fn(usize) -> usize + Sync,
+    wide: bool,
 ) {
     let AttentionShape { n_head, n_kv_head, head_dim } = shape;
     let kv_stride = n_kv_head * head_dim;
@@ -181,7 +182,7 @@ fn attention(
             // each tile to the one thread that claimed it; `out` is exclusively
             // borrowed until the pool job returns, and every item lies inside
             // it (index < items = out.len() / head_dim).
-            unsafe { head.attend_tile(TileInput { q, keys, values }, &mut tile, &out_ptr, head_dim) };
+            unsafe { head.attend_tile(TileInput { q, keys, values, wide }, &mut tile, &out_ptr, head_dim) };
         }
     };
     SpinPool::global().run(&job);
@@ -200,6 +201,8 @@ struct TileInput<'a> {
     q: &'a [f32],
     keys: &'a [f32],
     values: &'a [f32],
+    /// The register kernels may use AVX-512 F (detected; tests run both).
+    wide: bool,
 }
 
 /// A thread's reusable buffers for tiles.
@@ -208,17 +211,27 @@ struct Tile {
     members: Vec<Member>,
     scores: Vec<Vec<f32>>,
     sums: Vec<f32>,
-    /// One block of [`BLOCK`] keys transposed (`[width][BLOCK]`) for the
-    /// register kernel.
+    /// One block of [`BLOCK`] or [`WIDE_BLOCK`] keys transposed
+    /// (`[width][block]`) for the register kernel.
     keys_t: Vec<f32>,
     /// One chunk of [`VALUE_CHUNK`] value rows of the tile's head, back to
     /// back (`[VALUE_CHUNK][width]`).
     values_chunk: Vec<f32>,
 }
 
+#[cfg(target_arch = "x86_64")]
+mod registers;
+#[cfg(target_arch = "x86_64")]
+use registers::{
+    block_scores_avx2, block_scores_avx512, transpose8, weighted_values_avx2, weighted_values_avx512, HeadPart,
+};
+
 /// Key positions whose scores the register tile kernel computes at once,
-/// one per lane of a register.
+/// one per lane of an AVX2 register.
 const BLOCK: usize = 8;
+
+/// [`BLOCK`] in AVX-512 registers.
+const WIDE_BLOCK: usize = 16;
 
 /// Positions whose value rows a tile's queries take in turn, copied back
 /// to back first (64 rows of a 128-wide head: 32 KiB): in place, a head's
@@ -383,8 +396,9 @@ impl Head {
 
     /// [`Head::attend_fixed`] for a tile, with the same sums in the same
     /// order per query, computed across positions instead of along the
-    /// head: a block of [`BLOCK`] keys is transposed once for the whole
-    /// tile, so each lane of a register holds one position's score and the
+    /// head: a block of [`BLOCK`] keys ([`WIDE_BLOCK`] with AVX-512) is
+    /// transposed once for the whole tile, so each lane of a register holds
+    /// one position's score and the
     /// 32 partial sums of [`dot_fixed`] and its tree are register-wide
     /// adds, with no horizontal reduction per score; each query's weighted
     /// sum of values stays in registers over all its positions. (1B
@@ -392,27 +406,25 @@ impl Head {
     /// dot product and a reduction per score.)
     ///
     /// # Safety
-    /// The CPU must have AVX2 (the caller's `target_feature`).
+    /// The CPU must have AVX2 (the caller's `target_feature`), and AVX-512 F
+    /// where `input.wide`.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn tile_fixed<const W: usize>(&self, input: TileInput<'_>, tile: &mut Tile) {
-        let TileInput { q, keys, values } = input;
+        let TileInput { q, keys, values, wide } = input;
         let Tile { members, scores, sums, keys_t, values_chunk } = tile;
         let longest = members.iter().map(|m| m.visible).max().unwrap_or(0);
         for (m, s) in members.iter().zip(scores.iter_mut()) {
             s.clear();
             s.resize(m.visible, 0.0);
         }
-        keys_t.resize(W * BLOCK, 0.0);
-        for first in (0..longest).step_by(BLOCK) {
-            // SAFETY: AVX2 by this function's contract; `keys_t` was sized above.
-            unsafe { self.transpose_keys::<W>(keys, first, (longest - first).min(BLOCK), keys_t) };
-            for (m, s) in members.iter().zip(scores.iter_mut()).filter(|(m, _)| first < m.visible) {
-                let query: &[f32; W] = q[m.index * W..(m.index + 1) * W].try_into().expect("head width");
-                // SAFETY: AVX2 by this function's contract; `keys_t` holds W·BLOCK values.
-                let block = unsafe { block_scores_avx2::<W>(query, keys_t, self.scale) };
-                let take = (m.visible - first).min(BLOCK);
-                s[first..first + take].copy_from_slice(&block[..take]);
+        // SAFETY: AVX2 by this function's contract, AVX-512 F where `wide`
+        // (set only where detected).
+        unsafe {
+            if wide {
+                self.scores_by_blocks::<W, WIDE_BLOCK>(q, keys, members, scores, keys_t);
+            } else {
+                self.scores_by_blocks::<W, BLOCK>(q, keys, members, scores, keys_t);
             }
         }
         for s in scores.iter_mut().take(members.len()) {
@@ -432,39 +444,95 @@ impl Head {
                 let weights = &s[first..m.visible.min(first + count)];
                 for half in 0..W / 64 {
                     let part = HeadPart { rows: values_chunk, width: W, offset: half * 64 };
-                    // SAFETY: AVX2 by this function's contract; the chunk
-                    // holds `count ≥ weights.len()` rows of W values.
-                    unsafe { weighted_values_avx2(part, weights, &mut sum[half * 64..(half + 1) * 64]) };
+                    let sum = &mut sum[half * 64..(half + 1) * 64];
+                    // SAFETY: AVX2 by this function's contract, AVX-512 F
+                    // where detected; the chunk holds `count ≥
+                    // weights.len()` rows of W values.
+                    unsafe {
+                        if wide {
+                            weighted_values_avx512(part, weights, sum)
+                        } else {
+                            weighted_values_avx2(part, weights, sum)
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// Keys `first..first + count` of this head into `keys_t` as
-    /// `[W][BLOCK]` (lanes past `count` zero), eight by eight in registers.
+    /// Every member's scores, `L` key positions at a time ([`BLOCK`] in
+    /// AVX2 registers, [`WIDE_BLOCK`] in AVX-512 ones), each block of keys
+    /// transposed once for the whole tile.
     ///
     /// # Safety
-    /// The CPU must have AVX2; `keys_t` must hold `W · BLOCK` values.
+    /// The CPU must have AVX2, and AVX-512 F when `L` is [`WIDE_BLOCK`].
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn transpose_keys<const W: usize>(&self, keys: &[f32], first: usize, count: usize, keys_t: &mut [f32]) {
+    unsafe fn scores_by_blocks<const W: usize, const L: usize>(
+        &self,
+        q: &[f32],
+        keys: &[f32],
+        members: &[Member],
+        scores: &mut [Vec<f32>],
+        keys_t: &mut Vec<f32>,
+    ) {
+        let longest = members.iter().map(|m| m.visible).max().unwrap_or(0);
+        keys_t.resize(W * L, 0.0);
+        for first in (0..longest).step_by(L) {
+            // SAFETY: AVX2 by this function's contract; `keys_t` was sized above.
+            unsafe { self.transpose_keys::<W, L>(keys, first, (longest - first).min(L), keys_t) };
+            for (m, s) in members.iter().zip(scores.iter_mut()).filter(|(m, _)| first < m.visible) {
+                let query: &[f32; W] = q[m.index * W..(m.index + 1) * W].try_into().expect("head width");
+                let dst = &mut s[first..first + (m.visible - first).min(L)];
+                // SAFETY: the features by this function's contract; `keys_t`
+                // holds W·L values.
+                unsafe {
+                    if L == WIDE_BLOCK {
+                        let block = block_scores_avx512::<W>(query, keys_t, self.scale);
+                        dst.copy_from_slice(&block[..dst.len()]);
+                    } else {
+                        let block = block_scores_avx2::<W>(query, keys_t, self.scale);
+                        dst.copy_from_slice(&block[..dst.len()]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keys `first..first + count` of this head into `keys_t` as `[W][L]`
+    /// (lanes past `count` zero), eight by eight in registers.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `keys_t` must hold `W · L` values.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn transpose_keys<const W: usize, const L: usize>(
+        &self,
+        keys: &[f32],
+        first: usize,
+        count: usize,
+        keys_t: &mut [f32],
+    ) {
         use std::arch::x86_64::*;
-        assert!(keys_t.len() >= W * BLOCK && count <= BLOCK, "transpose_keys: block out of range");
-        let rows: [Option<&[f32]>; BLOCK] = std::array::from_fn(|lane| {
-            let at = (first + lane) * self.kv_stride + self.kv_offset;
-            (lane < count).then(|| &keys[at..at + W])
-        });
-        for chunk in 0..W / 8 {
-            // SAFETY: each present row holds W values (sliced above) and
-            // chunk·8 + 8 ≤ W; absent rows read as zeros.
-            let block: [__m256; BLOCK] = std::array::from_fn(|lane| match rows[lane] {
-                Some(row) => unsafe { _mm256_loadu_ps(row.as_ptr().add(chunk * 8)) },
-                None => _mm256_setzero_ps(),
+        assert!(keys_t.len() >= W * L && count <= L && L.is_multiple_of(8), "transpose_keys: block out of range");
+        for group in 0..L / 8 {
+            let rows: [Option<&[f32]>; 8] = std::array::from_fn(|lane| {
+                let position = group * 8 + lane;
+                let at = (first + position) * self.kv_stride + self.kv_offset;
+                (position < count).then(|| &keys[at..at + W])
             });
-            // SAFETY: AVX2 by this function's contract.
-            for (k, column) in unsafe { transpose8(block) }.iter().enumerate() {
-                // SAFETY: (chunk·8 + k)·BLOCK + 8 ≤ W·BLOCK ≤ keys_t.len().
-                unsafe { _mm256_storeu_ps(keys_t.as_mut_ptr().add((chunk * 8 + k) * BLOCK), *column) };
+            for chunk in 0..W / 8 {
+                // SAFETY: each present row holds W values (sliced above) and
+                // chunk·8 + 8 ≤ W; absent rows read as zeros.
+                let block: [__m256; 8] = std::array::from_fn(|lane| match rows[lane] {
+                    Some(row) => unsafe { _mm256_loadu_ps(row.as_ptr().add(chunk * 8)) },
+                    None => _mm256_setzero_ps(),
+                });
+                // SAFETY: AVX2 by this function's contract.
+                for (k, column) in unsafe { transpose8(block) }.iter().enumerate() {
+                    // SAFETY: (chunk·8 + k)·L + group·8 + 8 ≤ W·L ≤ keys_t.len().
+                    unsafe { _mm256_storeu_ps(keys_t.as_mut_ptr().add((chunk * 8 + k) * L + group * 8), *column) };
+                }
             }
         }
     }
@@ -549,147 +617,6 @@ unsafe fn dot_fixed_avx2<const W: usize>(query: &[f32; W], key: &[f32; W]) -> f3
     _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps::<1>(two, two)))
 }
 
-/// [`dot_fixed`] of one query with [`BLOCK`] keys at once (`keys_t`,
-/// transposed: `[W][BLOCK]`), times `scale`: lane `j` is key `j`'s score
-/// with exactly the operations of [`dot_fixed`] (partial sum `i` starts at
-/// zero and adds `q[i + 32c]·k[i + 32c]` for each chunk `c` in order; then
-/// the tree adds `i + 16` into `i`, then `+ 8`, `+ 4`, `+ 2`, `+ 1`),
-/// the first two levels per pair of pairs so that eight registers hold
-/// the sums.
-///
-/// # Safety
-/// The CPU must have AVX2; `keys_t` must hold `W · BLOCK` values.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn block_scores_avx2<const W: usize>(query: &[f32; W], keys_t: &[f32], scale: f32) -> [f32; BLOCK] {
-    use std::arch::x86_64::*;
-    const { assert!(W.is_multiple_of(32)) };
-    debug_assert!(keys_t.len() >= W * BLOCK);
-    let k = keys_t.as_ptr();
-    // SAFETY (every leaf): keys_t holds W·BLOCK values.
-    let leaf = |i: usize| unsafe { score_leaf::<W>(query, k, i) };
-    let mut sums = [_mm256_setzero_ps(); 8];
-    for (i, sum) in sums.iter_mut().enumerate() {
-        *sum = _mm256_add_ps(_mm256_add_ps(leaf(i), leaf(i + 16)), _mm256_add_ps(leaf(i + 8), leaf(i + 24)));
-    }
-    for i in 0..4 {
-        sums[i] = _mm256_add_ps(sums[i], sums[i + 4]);
-    }
-    for i in 0..2 {
-        sums[i] = _mm256_add_ps(sums[i], sums[i + 2]);
-    }
-    let dots = _mm256_mul_ps(_mm256_add_ps(sums[0], sums[1]), _mm256_set1_ps(scale));
-    let mut out = [0f32; BLOCK];
-    // SAFETY: `out` holds BLOCK = 8 floats.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), dots) };
-    out
-}
-
-/// Partial sum `i` of [`dot_fixed`] for [`BLOCK`] keys at once: from zero,
-/// `+ q[i + 32c] · k[i + 32c]` for each chunk `c` in order (`keys_t` as in
-/// [`block_scores_avx2`]). A function, not a closure, so it always inlines.
-///
-/// # Safety
-/// The CPU must have AVX2 (the caller's `target_feature`); `keys_t` must
-/// hold `W · BLOCK` values; `i < 32`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn score_leaf<const W: usize>(query: &[f32; W], keys_t: *const f32, i: usize) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    // SAFETY: AVX2 and the bounds by the contract: d < W, so d·BLOCK + 8 ≤ W·BLOCK.
-    unsafe {
-        let mut sum = _mm256_setzero_ps();
-        for c in 0..W / 32 {
-            let d = c * 32 + i;
-            sum = _mm256_add_ps(sum, _mm256_mul_ps(_mm256_set1_ps(query[d]), _mm256_loadu_ps(keys_t.add(d * BLOCK))));
-        }
-        sum
-    }
-}
-
-/// An 8×8 block of floats transposed: row `k` of the result holds element
-/// `k` of every input row.
-///
-/// # Safety
-/// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
-    use std::arch::x86_64::*;
-    let t: [__m256; 8] = std::array::from_fn(|i| {
-        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-        if i % 2 == 0 {
-            _mm256_unpacklo_ps(a, b)
-        } else {
-            _mm256_unpackhi_ps(a, b)
-        }
-    });
-    // t[0] = a0 b0 a1 b1 | a4 b4 a5 b5 (rows 0, 1), t[1] = a2 b2 a3 b3 | …
-    let u = [
-        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
-        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
-        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
-        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
-    ];
-    [
-        _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
-        _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
-        _mm256_permute2f128_ps::<0x20>(u[2], u[6]),
-        _mm256_permute2f128_ps::<0x20>(u[3], u[7]),
-        _mm256_permute2f128_ps::<0x31>(u[0], u[4]),
-        _mm256_permute2f128_ps::<0x31>(u[1], u[5]),
-        _mm256_permute2f128_ps::<0x31>(u[2], u[6]),
-        _mm256_permute2f128_ps::<0x31>(u[3], u[7]),
-    ]
-}
-
-/// 64 values of each row of a chunk of value rows: the part of them
-/// [`weighted_values_avx2`] reads.
-#[derive(Clone, Copy)]
-struct HeadPart<'a> {
-    /// Rows of `width` values, back to back.
-    rows: &'a [f32],
-    width: usize,
-    /// The first of the 64 values within a row.
-    offset: usize,
-}
-
-/// `sum += Σ_p weights[p] · row_p` over the first `weights.len()` rows of
-/// `part` (in order) and its 64 values, with [`add_scaled`]'s operations
-/// per element (a multiply then an add per position), the sums in eight
-/// registers.
-///
-/// # Safety
-/// The CPU must have AVX2; `part.rows` must hold `weights.len()` rows and
-/// `part.offset + 64 ≤ part.width`; `sum` holds 64.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn weighted_values_avx2(part: HeadPart<'_>, weights: &[f32], sum: &mut [f32]) {
-    use std::arch::x86_64::*;
-    assert!(sum.len() == 64, "weighted_values_avx2: 64 sums");
-    // SAFETY (loads and stores of `sum`): r·8 + 8 ≤ 64 = sum.len().
-    let mut acc: [__m256; 8] = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(sum.as_ptr().add(r * 8)) });
-    for (row, &w) in part.rows.chunks_exact(part.width).zip(weights) {
-        let w = _mm256_set1_ps(w);
-        let values = row[part.offset..part.offset + 64].as_ptr();
-        for (r, a) in acc.iter_mut().enumerate() {
-            // SAFETY: r·8 + 8 ≤ 64 values of the slice just bounds-checked.
-            *a = _mm256_add_ps(*a, _mm256_mul_ps(w, unsafe { _mm256_loadu_ps(values.add(r * 8)) }));
-        }
-    }
-    for (r, a) in acc.iter().enumerate() {
-        // SAFETY: as the loads above.
-        unsafe { _mm256_storeu_ps(sum.as_mut_ptr().add(r * 8), *a) };
-    }
-}
-
 /// `sum += w · value`, element by element (the weighted sum of values).
 #[inline(always)]
 fn add_scaled<const W: usize>(sum: &mut [f32; W], w: f32, value: &[f32; W]) {
@@ -762,23 +689,35 @@ mod tests {
             let q: Vec<f32> = (0..tokens * q_width).map(|_| next()).collect();
             let keys: Vec<f32> = (0..positions * kv_width).map(|_| next()).collect();
             let values: Vec<f32> = (0..positions * kv_width).map(|_| next()).collect();
-            let mut prefill = vec![0f32; q.len()];
-            causal_attention(&q, &keys, &values, start, shape, &mut prefill);
-            for t in 0..tokens {
-                let seen = (start + t + 1) * kv_width;
-                let mut alone = vec![0f32; q_width];
-                decode_attention(
-                    &q[t * q_width..(t + 1) * q_width],
-                    &[(&keys[..seen], &values[..seen])],
-                    shape,
-                    &mut alone,
-                );
-                let got = &prefill[t * q_width..(t + 1) * q_width];
-                assert!(
-                    got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "head_dim {head_dim}, start {start}, token {t}: the tile differs from the query alone"
-                );
+            for wide in [false, crate::cpu::has_avx512()] {
+                let mut prefill = vec![0f32; q.len()];
+                attention(&q, &keys, &values, shape, &mut prefill, |t| start + t + 1, wide);
+                let input = TileInput { q: &q, keys: &keys, values: &values, wide };
+                assert_tiles_equal_single_queries(input, start, shape, &prefill);
             }
+        }
+    }
+
+    /// Each token of `prefill` (queries `q` from position `start`, tiles in
+    /// AVX-512 registers if `wide`) equals [`decode_attention`] of that
+    /// query alone, bit for bit.
+    fn assert_tiles_equal_single_queries(input: TileInput<'_>, start: usize, shape: AttentionShape, prefill: &[f32]) {
+        let TileInput { q, keys, values, wide } = input;
+        let (q_width, kv_width) = (shape.n_head * shape.head_dim, shape.n_kv_head * shape.head_dim);
+        for t in 0..q.len() / q_width {
+            let seen = (start + t + 1) * kv_width;
+            let mut alone = vec![0f32; q_width];
+            decode_attention(
+                &q[t * q_width..(t + 1) * q_width],
+                &[(&keys[..seen], &values[..seen])],
+                shape,
+                &mut alone,
+            );
+            let got = &prefill[t * q_width..(t + 1) * q_width];
+            assert!(
+                got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{shape:?}, start {start}, token {t}, wide {wide}: the tile differs from the query alone"
+            );
         }
     }
 }
